@@ -1,0 +1,3 @@
+from diet_explore.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,362 @@
+"""The score cache: what profiling writes and everything else reads.
+
+Layout of a cache folder (no pickle anywhere: JSON + safetensors)::
+
+    manifest.json              schema version, model, sites, tasks (+ sample ids, token counts), provenance
+    tasks/<task>.safetensors   per site: "<site>.layer" (L, D) and "<site>.sample" (N, D), float32
+    baselines.safetensors      task-agnostic arrays, e.g. "weight_magnitude" (D,)
+
+``<site>.layer[l, k]`` is the mean |activation| of hidden dimension k at block l, averaged over the
+non-padding tokens of each sample and then over samples. ``<site>.sample[i, k]`` is the same for
+sample i alone, averaged over blocks; so ``layer.mean(0) == sample.mean(0)`` (up to fp32 rounding),
+which the mask engine relies on when it bootstraps over samples.
+
+Each task file is written atomically and listed in the manifest with its sha256 only once complete,
+so an interrupted profile resumes from the finished tasks and a corrupt file is detected on load.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as _st_load
+from safetensors.numpy import save as _st_save
+
+from diet_explore import __version__, atomic
+from diet_explore.errors import DietError
+
+SCHEMA_VERSION = 1
+CACHE_KIND = "diet-explore-score-cache"
+MANIFEST = "manifest.json"
+BASELINES_FILE = "baselines.safetensors"
+SITES = ("residual", "normed")
+SITE_DOC = {
+    "residual": "residual stream after each decoder block (the paper's site)",
+    "normed": "normed inputs of attention and MLP (Minitron-style), averaged over the two per block",
+}
+TASK_KINDS = ("task", "generic")  # "generic": task-agnostic calibration text (wiki baseline)
+
+
+@dataclass(frozen=True)
+class TaskScores:
+    """Scores of one task. ``layer[site]``: (L, D); ``sample[site]``: (N, D), both float32."""
+
+    layer: dict[str, np.ndarray]
+    sample: dict[str, np.ndarray]
+    sample_ids: list[int]
+    token_counts: list[int]
+    kind: str = "task"
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.sample_ids)
+
+
+@dataclass(frozen=True)
+class ScoreCache:
+    """A loaded, validated score cache. Arrays are read-only views; copy before mutating."""
+
+    manifest: dict[str, Any]
+    tasks: dict[str, TaskScores]
+    baselines: dict[str, np.ndarray] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.manifest["model"]["hidden_size"])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.manifest["model"]["num_layers"])
+
+    @property
+    def model_name(self) -> str:
+        return str(self.manifest["model"]["name"])
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.manifest["sites"])
+
+    @property
+    def task_names(self) -> list[str]:
+        """Evaluation tasks (what the vote merges), in manifest order."""
+        return [t for t, s in self.tasks.items() if s.kind == "task"]
+
+    @property
+    def generic_names(self) -> list[str]:
+        """Task-agnostic calibration sets (e.g. ``wikitext``) used by baselines."""
+        return [t for t, s in self.tasks.items() if s.kind == "generic"]
+
+    @property
+    def manifest_hash(self) -> str:
+        """Content hash: the manifest lists every data file's sha256, so this covers the arrays too."""
+        blob = json.dumps(self.manifest, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def layer_scores(self, task: str, site: str = "residual") -> np.ndarray:
+        return self._get(task, site).layer[site]
+
+    def sample_scores(self, task: str, site: str = "residual") -> np.ndarray:
+        return self._get(task, site).sample[site]
+
+    def _get(self, task: str, site: str) -> TaskScores:
+        if task not in self.tasks:
+            raise DietError(f"task {task!r} is not in this cache", f"choose one of {', '.join(self.tasks)}")
+        if site not in self.sites:
+            raise DietError(f"site {site!r} is not in this cache", f"choose one of {', '.join(self.sites)}")
+        return self.tasks[task]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+class CacheWriter:
+    """Writes a cache folder task by task; every write is atomic and the manifest is rewritten last.
+
+    ``header`` holds the model/config/provenance fields; it must match an existing manifest's
+    (same model and config) for a resume, otherwise the caller is told to use a new folder.
+    """
+
+    RESUME_KEYS = ("model", "sites", "prompt_format_version", "config")
+
+    def __init__(self, root: str | Path, header: dict[str, Any]):
+        self.root = Path(root)
+        self.manifest: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": CACHE_KIND,
+            **header,
+            "package_version": __version__,
+            "created": _now(),
+            "tasks": {},
+            "baselines": None,
+        }
+        existing = self.root / MANIFEST
+        if existing.exists():
+            old = _read_manifest(self.root)
+            for key in self.RESUME_KEYS:
+                if old.get(key) != self.manifest.get(key):
+                    raise DietError(
+                        f"{existing} was made with a different {key!r}; refusing to mix two profiles",
+                        "use another --out folder, or delete the old cache to start again",
+                    )
+            self.manifest["created"] = old.get("created", self.manifest["created"])
+            self.manifest["tasks"] = {t: m for t, m in old["tasks"].items() if self._file_ok(m)}
+            self.manifest["baselines"] = old.get("baselines")
+
+    def _file_ok(self, meta: dict[str, Any]) -> bool:
+        p = self.root / meta["file"]
+        return p.exists() and sha256_bytes(p.read_bytes()) == meta["sha256"]
+
+    def finished_tasks(self) -> list[str]:
+        return list(self.manifest["tasks"])
+
+    def write_task(self, name: str, scores: TaskScores, extra: dict[str, Any] | None = None) -> None:
+        tensors = {}
+        for site in self.manifest["sites"]:
+            tensors[f"{site}.layer"] = np.ascontiguousarray(scores.layer[site], dtype=np.float32)
+            tensors[f"{site}.sample"] = np.ascontiguousarray(scores.sample[site], dtype=np.float32)
+        blob = _st_save(tensors)
+        rel = f"tasks/{name}.safetensors"
+        atomic.write_bytes(self.root / rel, blob)
+        self.manifest["tasks"][name] = {
+            "kind": scores.kind,
+            "file": rel,
+            "sha256": sha256_bytes(blob),
+            "n_samples": scores.n_samples,
+            "sample_ids": [int(i) for i in scores.sample_ids],
+            "token_counts": [int(c) for c in scores.token_counts],
+            "finished": _now(),
+            **(extra or {}),
+        }
+        self.flush()
+
+    def write_baselines(self, arrays: dict[str, np.ndarray]) -> None:
+        blob = _st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()})
+        atomic.write_bytes(self.root / BASELINES_FILE, blob)
+        self.manifest["baselines"] = {"file": BASELINES_FILE, "sha256": sha256_bytes(blob), "arrays": sorted(arrays)}
+        self.flush()
+
+    def flush(self) -> None:
+        self.manifest["updated"] = _now()
+        atomic.write_json(self.root / MANIFEST, self.manifest)
+
+
+def save_cache(cache: ScoreCache, root: str | Path) -> Path:
+    """Write an in-memory cache (e.g. a synthetic one) to ``root``; returns the folder."""
+    header = {k: v for k, v in cache.manifest.items() if k not in ("tasks", "baselines", "schema_version", "kind")}
+    writer = CacheWriter(root, header)
+    for name, scores in cache.tasks.items():
+        extra = {k: v for k, v in cache.manifest["tasks"].get(name, {}).items() if k not in _TASK_META_KEYS}
+        writer.write_task(name, scores, extra)
+    if cache.baselines:
+        writer.write_baselines(cache.baselines)
+    return Path(root)
+
+
+_TASK_META_KEYS = {"kind", "file", "sha256", "n_samples", "sample_ids", "token_counts", "finished"}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------
+def _read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise DietError(f"cache folder {root} does not exist", "run `diet-explore profile ... --out <folder>` first")
+    if not path.exists():
+        raise DietError(f"{path} is missing: {root} is not a score cache", "point --cache at a folder made by `diet-explore profile`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DietError(f"{path} is not valid JSON ({exc})", "the file is corrupt or truncated; re-run the profile") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != CACHE_KIND:
+        raise DietError(f"{path} is not a diet-explore score cache manifest", "point --cache at a folder made by `diet-explore profile`")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DietError(
+            f"{path} has schema_version {version!r}; this diet-explore reads version {SCHEMA_VERSION}",
+            "re-run `diet-explore profile` with this version",
+        )
+    for key in ("model", "sites", "tasks"):
+        if key not in manifest:
+            raise DietError(f"{path} lacks the {key!r} field", "the manifest is incomplete; re-run the profile")
+    for key in ("hidden_size", "num_layers", "name"):
+        if key not in manifest["model"]:
+            raise DietError(f"{path}: model lacks {key!r}", "the manifest is incomplete; re-run the profile")
+    return manifest
+
+
+def _load_safetensors(path: Path, expected_sha: str) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise DietError(f"{path} is listed in the manifest but missing", "re-run the profile to rebuild it")
+    blob = path.read_bytes()
+    if sha256_bytes(blob) != expected_sha:
+        raise DietError(f"{path} does not match its sha256 in the manifest (corrupt or truncated)", "re-run the profile for this task")
+    try:
+        return _st_load(blob)
+    except Exception as exc:  # safetensors raises its own error types
+        raise DietError(f"{path} is not a readable safetensors file ({exc})", "re-run the profile for this task") from None
+
+
+def load_cache(root: str | Path) -> ScoreCache:
+    """Load and validate a cache folder. Every problem is a ``DietError`` naming the file."""
+    root = Path(root)
+    manifest = _read_manifest(root)
+    hidden, layers = int(manifest["model"]["hidden_size"]), int(manifest["model"]["num_layers"])
+    sites = list(manifest["sites"])
+    if not manifest["tasks"]:
+        raise DietError(f"{root / MANIFEST} lists no finished task", "run or resume `diet-explore profile` into this folder")
+    tasks: dict[str, TaskScores] = {}
+    for name, meta in manifest["tasks"].items():
+        path = root / meta["file"]
+        arrays = _load_safetensors(path, meta["sha256"])
+        n = int(meta["n_samples"])
+        layer, sample = {}, {}
+        for site in sites:
+            for suffix, shape, out in (("layer", (layers, hidden), layer), ("sample", (n, hidden), sample)):
+                key = f"{site}.{suffix}"
+                if key not in arrays:
+                    raise DietError(f"{path} lacks array {key!r}", "re-run the profile for this task")
+                arr = arrays[key]
+                if arr.shape != shape or arr.dtype != np.float32:
+                    raise DietError(
+                        f"{path}: {key} has shape {arr.shape} {arr.dtype}, expected {shape} float32",
+                        "the cache does not match its manifest; re-run the profile",
+                    )
+                if not np.isfinite(arr).all():
+                    raise DietError(f"{path}: {key} contains NaN or inf", "re-run the profile (fp16 overflow? use --dtype float32)")
+                arr.setflags(write=False)
+                out[site] = arr
+        tasks[name] = TaskScores(layer, sample, list(meta["sample_ids"]), list(meta["token_counts"]), meta.get("kind", "task"))
+    baselines: dict[str, np.ndarray] = {}
+    if manifest.get("baselines"):
+        meta = manifest["baselines"]
+        baselines = _load_safetensors(root / meta["file"], meta["sha256"])
+        for key, arr in baselines.items():
+            if arr.shape != (hidden,):
+                raise DietError(f"{root / meta['file']}: {key} has shape {arr.shape}, expected ({hidden},)", "re-run the profile")
+            arr.setflags(write=False)
+    return ScoreCache(manifest, tasks, baselines, root)
+
+
+def list_caches(root: str | Path = "cache") -> list[Path]:
+    """Every folder under ``root`` that has a manifest (not validated; ``load_cache`` does that)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic caches (tests, benchmarks, demos at sizes we cannot profile here)
+# --------------------------------------------------------------------------------------------
+DEFAULT_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+
+
+def synthetic_cache(
+    hidden_size: int = 576,
+    num_layers: int = 30,
+    tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS,
+    n_samples: int = 100,
+    seed: int = 0,
+    task_noise: float = 0.35,
+) -> ScoreCache:
+    """A cache shaped like a real one: a shared heavy-tailed per-dimension importance, a few
+    massive-activation outlier dimensions, per-task and per-sample log-normal noise."""
+    rng = np.random.default_rng(seed)
+    base = rng.lognormal(0.0, 0.6, hidden_size)  # (D,)
+    outliers = rng.choice(hidden_size, size=max(1, hidden_size // 200), replace=False)
+    base[outliers] *= 30.0
+    depth = np.linspace(0.5, 2.0, num_layers)[:, None]  # residual norm grows with depth
+    out: dict[str, TaskScores] = {}
+    tmeta: dict[str, Any] = {}
+    for t in tasks:
+        task_base = base * rng.lognormal(0.0, task_noise, hidden_size)  # (D,)
+        layer_noise = rng.lognormal(0.0, 0.2, (num_layers, hidden_size))
+        per_sample = task_base[None, :] * rng.lognormal(0.0, 0.3, (n_samples, hidden_size))  # (N, D)
+        layer = (depth * layer_noise * per_sample.mean(0)[None, :]).astype(np.float32)  # (L, D)
+        # make the documented invariant hold exactly: layer.mean(0) == sample.mean(0)
+        sample = (per_sample * (layer.mean(0) / per_sample.mean(0))[None, :]).astype(np.float32)
+        ids = sorted(rng.choice(10 * n_samples, size=n_samples, replace=False).tolist())
+        counts = rng.integers(20, 200, n_samples).tolist()
+        layers_by_site = {"residual": layer, "normed": (layer / depth).astype(np.float32)}
+        samples_by_site = {"residual": sample, "normed": (sample / depth.mean()).astype(np.float32)}
+        out[t] = TaskScores(layers_by_site, samples_by_site, ids, counts, "task")
+        tmeta[t] = {"kind": "task", "n_samples": n_samples, "sample_ids": ids, "token_counts": counts}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": CACHE_KIND,
+        "model": {
+            "name": f"synthetic-{hidden_size}x{num_layers}",
+            "id": "synthetic",
+            "model_type": "synthetic",
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "revision": None,
+            "weights_sha256": None,
+        },
+        "sites": list(SITES),
+        "prompt_format_version": 1,
+        "config": {"seed": seed, "samples": n_samples, "synthetic": True},
+        "environment": {"device": "none", "dtype": "float32"},
+        "package_version": __version__,
+        "created": _now(),
+        "tasks": tmeta,
+        "baselines": None,
+    }
+    weight_mag = (base * rng.lognormal(0, 0.5, hidden_size)).astype(np.float32)
+    return ScoreCache(manifest, out, {"weight_magnitude": weight_mag}, None)

@@ -1,0 +1,45 @@
+"""``diet-explore`` command line. Each subcommand lives in ``diet_explore/commands/<name>.py`` and
+exposes ``register(subparsers)``; the parsed arguments are turned into typed values there and the
+library is called with those (never with the argparse namespace)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from diet_explore import __version__
+from diet_explore.errors import DietError
+
+# Adding a command = one module with register(subparsers) + one name here.
+COMMAND_MODULES = ["models", "tasks", "profile", "mask", "agreement", "stability", "prune", "eval", "compare"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diet-explore", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"diet-explore {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"diet_explore.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"diet_explore.commands.{name}":
+                raise
+            continue  # command not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DietError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished work was saved and a re-run resumes from it", file=sys.stderr)
+        return 130

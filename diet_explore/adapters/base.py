@@ -1,0 +1,98 @@
+"""The adapter contract: every algorithm (profiling hooks, slicing) is written once against it.
+
+One subclass per model family, chosen by ``config.model_type``; adding a family is one new file in
+this folder (plus its import in ``__init__``). Accessors are one-liners that return modules.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from torch import nn
+
+
+class LayerAdapter(ABC):
+    """Accessors for one decoder block."""
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+
+    @abstractmethod
+    def attention_input_norm(self) -> nn.Module:
+        """Norm whose output feeds q/k/v (the 'normed' profiling site, attention half)."""
+
+    @abstractmethod
+    def mlp_input_norm(self) -> nn.Module:
+        """Norm whose output feeds the MLP (the 'normed' profiling site, MLP half)."""
+
+    @abstractmethod
+    def hidden_norms(self) -> list[nn.Module]:
+        """Every norm in the block whose weight lives on the hidden dimension."""
+
+    @abstractmethod
+    def attention_inputs(self) -> list[nn.Linear]:
+        """q, k, v projections: their input columns are hidden dimensions."""
+
+    @abstractmethod
+    def attention_output(self) -> nn.Linear:
+        """o projection: its output rows are hidden dimensions."""
+
+    @abstractmethod
+    def mlp_inputs(self) -> list[nn.Linear]:
+        """gate/up projections: input columns are hidden dimensions."""
+
+    @abstractmethod
+    def mlp_output(self) -> nn.Linear:
+        """down projection: output rows are hidden dimensions."""
+
+
+class ModelAdapter(ABC):
+    """Accessors for a whole causal LM of one family."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    #: RMSNorm output is ``x_hat * (norm_offset + weight)``: 0 for Llama-style, 1 for Gemma.
+    norm_offset: ClassVar[float] = 0.0
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @abstractmethod
+    def base_model(self) -> nn.Module:
+        """The decoder stack without the vocabulary projection (profiling runs only this)."""
+
+    @abstractmethod
+    def layers(self) -> Sequence[nn.Module]:
+        """The decoder blocks, in order."""
+
+    @abstractmethod
+    def layer_adapter(self, layer: nn.Module) -> LayerAdapter:
+        """Adapter over one decoder block."""
+
+    @abstractmethod
+    def embedding(self) -> nn.Embedding:
+        """Token embedding (columns are hidden dimensions)."""
+
+    @abstractmethod
+    def final_norm(self) -> nn.Module:
+        """Norm applied after the last block."""
+
+    @abstractmethod
+    def lm_head(self) -> nn.Linear:
+        """Vocabulary projection (input columns are hidden dimensions)."""
+
+    def embedding_scale(self) -> float:
+        """Factor the model multiplies embeddings by at run time (Gemma: sqrt(hidden_size))."""
+        return 1.0
+
+    def layer_adapters(self) -> list[LayerAdapter]:
+        return [self.layer_adapter(layer) for layer in self.layers()]
+
+    def ties_embeddings(self) -> bool:
+        return self.lm_head().weight is self.embedding().weight

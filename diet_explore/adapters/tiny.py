@@ -1,0 +1,37 @@
+"""Tiny random models of every supported family, built locally from a config (nothing downloaded).
+
+Used by tests and examples: hidden 64, 2 layers, 4 heads of 16, vocab 128.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, CONFIG_MAPPING
+
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
+
+
+def tiny_config(model_type: str, hidden_size: int = 64, tie: bool = True):
+    kwargs = dict(
+        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=128,
+        max_position_embeddings=256, tie_word_embeddings=tie, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    if model_type in ("gemma2", "gemma3_text"):
+        kwargs.update(sliding_window=64, query_pre_attn_scalar=16)
+    if model_type == "gemma2":
+        kwargs.update(final_logit_softcapping=30.0, attn_logit_softcapping=50.0)
+    if model_type == "gemma3_text":
+        kwargs.update(layer_types=["sliding_attention", "full_attention"])
+    return CONFIG_MAPPING[model_type](**kwargs)
+
+
+def tiny_model(model_type: str, seed: int = 0, tie: bool = True, hidden_size: int = 64):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, hidden_size, tie), dtype=torch.float32)
+    # Random norm weights, so tests notice a norm that is sliced wrongly (defaults are all 1 or 0).
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.randn_like(p) * 0.2 + (0.0 if model_type.startswith("gemma") else 1.0))
+    return model.eval()

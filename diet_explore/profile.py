@@ -87,14 +87,15 @@ def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 @torch.inference_mode()
 def profile_sequences(adapter: ModelAdapter, seqs: list[list[int]], sites: list[str], max_batch_tokens: int,
-                      pad_id: int, on_batch: Callable[[int], None] | None = None) -> tuple[TaskScores, dict[str, int]]:
+                      pad_id: int, on_batch: Callable[[int], None] | None = None,
+                      min_fill: float = 0.92) -> tuple[TaskScores, dict[str, int]]:
     """Scores of token sequences: per-site (L, D) layer means and (N, D) per-sample block means."""
     device = next(adapter.model.parameters()).device
     base = adapter.base_model()
     per_sample = {s: np.zeros((len(seqs), adapter.hidden_size), dtype=np.float32) for s in sites}
     padded = 0
     with record_activations(adapter, sites) as stats:
-        for batch in length_batches([len(s) for s in seqs], max_batch_tokens):
+        for batch in length_batches([len(s) for s in seqs], max_batch_tokens, min_fill):
             ids, mask = pad_batch([seqs[i] for i in batch], pad_id)
             padded += ids.numel()
             stats.begin_batch(mask.to(device))

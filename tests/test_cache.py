@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pytest
+
+from diet_explore.cache import MANIFEST, load_cache, save_cache, synthetic_cache
+from diet_explore.errors import DietError
+
+
+def test_round_trip_keeps_every_array_and_the_invariant(tmp_path):
+    original = synthetic_cache(hidden_size=32, num_layers=3, tasks=("a", "b"), n_samples=5, seed=1)
+    loaded = load_cache(save_cache(original, tmp_path / "c"))
+    assert loaded.task_names == ["a", "b"] and loaded.hidden_size == 32 and loaded.num_layers == 3
+    for t in ("a", "b"):
+        for site in ("residual", "normed"):
+            np.testing.assert_array_equal(loaded.layer_scores(t, site), original.layer_scores(t, site))
+            np.testing.assert_array_equal(loaded.sample_scores(t, site), original.sample_scores(t, site))
+        assert loaded.tasks[t].sample_ids == original.tasks[t].sample_ids
+    np.testing.assert_allclose(loaded.layer_scores("a").mean(0), loaded.sample_scores("a").mean(0), rtol=1e-5)
+    np.testing.assert_array_equal(loaded.baselines["weight_magnitude"], original.baselines["weight_magnitude"])
+    assert not loaded.layer_scores("a").flags.writeable  # shared arrays cannot be mutated by accident
+
+
+@pytest.fixture
+def small_cache_dir(tmp_path):
+    return save_cache(synthetic_cache(hidden_size=16, num_layers=2, tasks=("a", "b"), n_samples=4), tmp_path / "c")
+
+
+def test_corrupt_task_file_is_named(small_cache_dir):
+    path = small_cache_dir / "tasks" / "b.safetensors"
+    blob = bytearray(path.read_bytes())
+    blob[-3] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(DietError, match=r"b\.safetensors.*sha256"):
+        load_cache(small_cache_dir)
+
+
+def test_truncated_task_file_is_named(small_cache_dir):
+    path = small_cache_dir / "tasks" / "a.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DietError, match=r"a\.safetensors"):
+        load_cache(small_cache_dir)
+
+
+def test_truncated_manifest_is_named(small_cache_dir):
+    path = small_cache_dir / MANIFEST
+    path.write_text(path.read_text()[:50])
+    with pytest.raises(DietError, match="not valid JSON"):
+        load_cache(small_cache_dir)
+
+
+def test_wrong_schema_version_says_which(small_cache_dir):
+    path = small_cache_dir / MANIFEST
+    data = json.loads(path.read_text())
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(DietError, match="schema_version 99"):
+        load_cache(small_cache_dir)
+
+
+def test_manifest_that_disagrees_with_arrays_is_refused(small_cache_dir):
+    path = small_cache_dir / MANIFEST
+    data = json.loads(path.read_text())
+    data["model"]["hidden_size"] = 17
+    path.write_text(json.dumps(data))
+    with pytest.raises(DietError, match=r"expected \(2, 17\)"):
+        load_cache(small_cache_dir)
+
+
+def test_not_a_cache_and_missing_folder(tmp_path):
+    with pytest.raises(DietError, match="does not exist"):
+        load_cache(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DietError, match="manifest.json is missing"):
+        load_cache(tmp_path / "empty")
+
+
+def test_unknown_task_or_site_lists_the_valid_ones(small_cache_dir):
+    cache = load_cache(small_cache_dir)
+    with pytest.raises(DietError, match="'zzz'") as err:
+        cache.layer_scores("zzz")
+    assert "a, b" in err.value.hint
+    with pytest.raises(DietError, match="site 'attn'"):
+        cache.layer_scores("a", "attn")

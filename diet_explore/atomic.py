@@ -53,6 +53,7 @@ def staged_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise DietError(f"output folder {final} already exists", "pass --overwrite or choose another --out")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; the final folder should read like any other
     try:
         yield tmp
         if final.exists():

@@ -1,0 +1,138 @@
+"""Mask files: the JSON a mask is shipped in (kept indices + everything needed to rebuild it).
+
+A mask file is plain JSON (written atomically), optionally with a ``.npy`` bool array next to it
+for tools that want the raw mask. ``load_mask`` validates the schema and the indices, and checks
+the hidden size / model against what the caller is about to prune.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diet_explore import __version__, atomic
+from diet_explore.errors import DietError
+
+MASK_SCHEMA_VERSION = 1
+MASK_KIND = "diet-explore-mask"
+
+
+@dataclass
+class MaskFile:
+    model_name: str
+    model_id: str | None
+    hidden_size: int
+    method: str
+    sparsity: float  # target
+    actual_sparsity: float
+    threshold: float
+    weights: dict[str, float]  # effective weight of every voting task
+    tasks: list[str]
+    site: str
+    layer_agg: str
+    cache_manifest_hash: str | None
+    package_version: str
+    created: str
+    kept_indices: list[int]
+    config: dict[str, Any] = field(default_factory=dict)  # MaskConfig.to_dict()
+    schema_version: int = MASK_SCHEMA_VERSION
+    kind: str = MASK_KIND
+
+    @property
+    def keep(self) -> np.ndarray:
+        """(hidden_size,) bool, True = kept."""
+        keep = np.zeros(self.hidden_size, dtype=bool)
+        keep[np.asarray(self.kept_indices, dtype=np.int64)] = True
+        return keep
+
+    @property
+    def n_keep(self) -> int:
+        return len(self.kept_indices)
+
+
+def mask_file_from_result(result, cache) -> MaskFile:
+    """A ``MaskFile`` for a ``MaskResult`` built from ``cache`` (a ScoreCache or ScorePrecompute)."""
+    cache = getattr(cache, "cache", cache)
+    cfg = result.config
+    return MaskFile(
+        model_name=cache.model_name,
+        model_id=cache.manifest["model"].get("id"),
+        hidden_size=int(result.keep.shape[0]),
+        method=cfg.method,
+        sparsity=float(cfg.sparsity),
+        actual_sparsity=float(result.sparsity),
+        threshold=float(cfg.threshold),
+        weights={t: float(w) for t, w in zip(result.tasks, result.weights)},
+        tasks=list(result.tasks),
+        site=cfg.site,
+        layer_agg=cfg.layer_agg,
+        cache_manifest_hash=cache.manifest_hash,
+        package_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        kept_indices=[int(i) for i in result.kept_indices],
+        config=cfg.to_dict(),
+    )
+
+
+def save_mask(mask_file: MaskFile, path: str | Path, npy: bool = False) -> Path:
+    """Write the mask JSON atomically; with ``npy`` also ``<path without .json>.npy`` (bool (D,))."""
+    path = Path(path)
+    atomic.write_json(path, dataclasses.asdict(mask_file))
+    if npy:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, mask_file.keep, allow_pickle=False)
+        atomic.write_bytes(path.with_suffix(".npy"), buf.getvalue())
+    return path
+
+
+def load_mask(path: str | Path, expected_hidden_size: int | None = None, expected_model: str | None = None) -> MaskFile:
+    """Read and validate a mask file; every problem is a ``DietError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DietError(f"mask file {path} does not exist", "build one with `diet-explore mask ... --out <file>`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DietError(f"{path} is not valid JSON ({exc})", "the file is corrupt; rebuild the mask") from None
+    if not isinstance(data, dict) or data.get("kind") != MASK_KIND:
+        raise DietError(f"{path} is not a diet-explore mask file", "build one with `diet-explore mask`")
+    if data.get("schema_version") != MASK_SCHEMA_VERSION:
+        raise DietError(f"{path} has mask schema_version {data.get('schema_version')!r}; this diet-explore reads "
+                        f"{MASK_SCHEMA_VERSION}", "rebuild the mask with this version")
+    names = {f.name for f in dataclasses.fields(MaskFile)}
+    missing = sorted(n for n in names if n not in data and n not in ("config",))
+    if missing:
+        raise DietError(f"{path} lacks field(s) {', '.join(missing)}", "rebuild the mask")
+    mask = MaskFile(**{k: v for k, v in data.items() if k in names})
+    _check_indices(path, mask)
+    if expected_hidden_size is not None and mask.hidden_size != int(expected_hidden_size):
+        raise DietError(f"{path} is for hidden size {mask.hidden_size} ({mask.model_name}), but the model has "
+                        f"hidden size {expected_hidden_size}", "use a mask built from this model's score cache")
+    if expected_model is not None and mask.model_name != expected_model:
+        raise DietError(f"{path} was built for model {mask.model_name!r}, not {expected_model!r}",
+                        f"build a mask from a {expected_model} score cache")
+    return mask
+
+
+def _check_indices(path: Path, mask: MaskFile) -> None:
+    idx = mask.kept_indices
+    if not isinstance(mask.hidden_size, int) or mask.hidden_size < 1:
+        raise DietError(f"{path}: hidden_size {mask.hidden_size!r} is not a positive integer", "rebuild the mask")
+    if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+        raise DietError(f"{path}: kept_indices must be a list of integers", "rebuild the mask")
+    if not idx:
+        raise DietError(f"{path}: kept_indices is empty (nothing would be kept)", "rebuild the mask at a lower sparsity")
+    arr = np.asarray(idx, dtype=np.int64)
+    if np.any(np.diff(arr) <= 0):
+        raise DietError(f"{path}: kept_indices are not sorted and unique", "rebuild the mask")
+    if arr[0] < 0 or arr[-1] >= mask.hidden_size:
+        raise DietError(f"{path}: kept index {int(arr[0] if arr[0] < 0 else arr[-1])} is outside [0, {mask.hidden_size})",
+                        "the mask does not belong to this hidden size; rebuild it")

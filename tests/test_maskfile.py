@@ -1,0 +1,78 @@
+import json
+
+import numpy as np
+import pytest
+
+from diet_explore.cache import synthetic_cache
+from diet_explore.errors import DietError
+from diet_explore.maskfile import MASK_SCHEMA_VERSION, load_mask, mask_file_from_result, save_mask
+from diet_explore.masks import MaskConfig, build_mask
+
+
+@pytest.fixture(scope="module")
+def built():
+    cache = synthetic_cache(hidden_size=64, num_layers=3, tasks=("a", "b", "c"), n_samples=5, seed=9)
+    result = build_mask(cache, MaskConfig(sparsity=0.25, weights={"b": 2.0}, exact=True, multiple_of=8))
+    return cache, result, mask_file_from_result(result, cache)
+
+
+def test_round_trip_with_npy(tmp_path, built):
+    cache, result, mf = built
+    path = save_mask(mf, tmp_path / "m.json", npy=True)
+    back = load_mask(path, expected_hidden_size=64, expected_model="synthetic-64x3")
+    assert back == mf
+    np.testing.assert_array_equal(back.keep, result.keep)
+    assert back.n_keep == 48 and back.actual_sparsity == 0.25 and back.weights == {"a": 1.0, "b": 2.0, "c": 1.0}
+    assert MaskConfig.from_dict(back.config) == result.config
+    assert back.cache_manifest_hash == cache.manifest_hash and back.model_id == "synthetic"
+    npy = np.load(tmp_path / "m.npy", allow_pickle=False)
+    assert npy.dtype == bool and npy.sum() == 48
+    np.testing.assert_array_equal(npy, result.keep)
+    assert json.loads(path.read_text())["schema_version"] == MASK_SCHEMA_VERSION
+
+
+def _write(tmp_path, mf, **changes):
+    data = json.loads(save_mask(mf, tmp_path / "m.json").read_text())
+    data.update(changes)
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    return tmp_path / "m.json"
+
+
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [
+        ({"kept_indices": [3, 1, 2]}, "not sorted and unique"),
+        ({"kept_indices": [1, 1, 2]}, "not sorted and unique"),
+        ({"kept_indices": [0, 64]}, "kept index 64 is outside"),
+        ({"kept_indices": [-1, 3]}, "kept index -1 is outside"),
+        ({"kept_indices": []}, "empty"),
+        ({"kept_indices": [1.5]}, "list of integers"),
+        ({"schema_version": 7}, "schema_version 7"),
+        ({"kind": "other"}, "not a diet-explore mask"),
+    ],
+)
+def test_invalid_files_are_rejected_naming_the_problem(tmp_path, built, changes, pattern):
+    with pytest.raises(DietError, match=pattern):
+        load_mask(_write(tmp_path, built[2], **changes))
+
+
+def test_expected_model_and_hidden_size(tmp_path, built):
+    path = save_mask(built[2], tmp_path / "m.json")
+    with pytest.raises(DietError, match="hidden size 64 .*hidden size 576"):
+        load_mask(path, expected_hidden_size=576)
+    with pytest.raises(DietError, match="'synthetic-64x3', not 'smollm2-135m'"):
+        load_mask(path, expected_model="smollm2-135m")
+
+
+def test_missing_and_corrupt_files(tmp_path, built):
+    with pytest.raises(DietError, match="does not exist"):
+        load_mask(tmp_path / "nope.json")
+    path = save_mask(built[2], tmp_path / "m.json")
+    path.write_text(path.read_text()[:40])
+    with pytest.raises(DietError, match="not valid JSON"):
+        load_mask(path)
+    data = json.loads(save_mask(built[2], path).read_text())
+    del data["hidden_size"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DietError, match="lacks field.*hidden_size"):
+        load_mask(path)

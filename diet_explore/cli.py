@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         if exc.hint:
             print(f"  hint: {exc.hint}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `diet-explore agreement --format csv | head`: the reader left early
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted; finished work was saved and a re-run resumes from it", file=sys.stderr)
         return 130

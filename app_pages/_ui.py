@@ -1,0 +1,311 @@
+"""App-side helpers shared by the pages: cached loaders, the sidebar cache picker, the shared
+mask-setting widgets, and error display.
+
+Streamlit lives here and in the page scripts, never in ``diet_explore/``: every number shown comes
+from a library call, and the pure state/URL rules are in ``diet_explore.app_state``.
+
+Caching: the cache is loaded with ``st.cache_data`` keyed on (path, sha256 of manifest.json); the
+manifest lists every data file's sha256, so a re-profiled cache gets a new key. The
+``ScorePrecompute`` wrapping it (memoised layer aggregation, read-only arrays) is a
+``st.cache_resource`` on the same key, so a slider move does not unpickle the arrays again.
+Derived results (masks, agreement, bootstrap) are ``st.cache_data`` on that key plus the settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from diet_explore import app_state as S
+from diet_explore.agreement import AgreementReport, agreement_report, spearman_matrix
+from diet_explore.cache import MANIFEST, ScoreCache, load_cache
+from diet_explore.errors import DietError
+from diet_explore.masks import MaskConfig, MaskResult, build_mask, mask_overlap
+from diet_explore.scores import ScorePrecompute, keep_count
+from diet_explore.stability import StabilityResult, bootstrap_masks
+
+APP_DIR = Path(__file__).resolve().parents[1]
+OTHER = "Other folder…"
+K_CACHE_CHOICE, K_CACHE_PATH = "cache_choice", "cache_path"
+K_BOOTED, K_LINK_CONFIG, K_LINK_WARNINGS, K_LINK_CACHE = "_booted", "_link_config", "_link_warnings", "_link_cache"
+K_SINGLE_TASK, K_HELD_OUT = "single_task", "held_out_task"
+# Widget values survive page switches because keep_settings() re-assigns every app key on each run
+# (a value written through st.session_state is kept even while its widget is not rendered).
+# Streamlit 1.67's persist_state="session" was tried first: on the first run after a page switch the
+# key is not yet in st.session_state, so code reading settings before the widget renders saw defaults.
+PERSIST = None
+PAGE_SETTING_KEYS = ("rank_task", "rank_top_n", "rank_dims", "stab_on", "stab_n", "export_name")
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+# ------------------------------------------------------------------------------------------------
+def show_error(exc: DietError) -> None:
+    st.error(f"**{exc.message}**" + (f"\n\nHint: {exc.hint}" if exc.hint else ""))
+
+
+@contextmanager
+def shown_errors() -> Iterator[None]:
+    """Run a page body; a ``DietError`` becomes an error box and the app keeps going."""
+    try:
+        yield
+    except DietError as exc:
+        show_error(exc)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cached loading and computations
+# ------------------------------------------------------------------------------------------------
+def manifest_sha(path: str) -> str:
+    p = Path(path) / MANIFEST
+    try:
+        return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "missing"  # load_cache then raises the DietError that explains it
+
+
+@st.cache_data(show_spinner="Loading score cache…", max_entries=6)
+def load_cache_cached(path: str, sha: str) -> ScoreCache:
+    return load_cache(path)
+
+
+@st.cache_resource(show_spinner=False, max_entries=6)
+def precompute(path: str, sha: str) -> ScorePrecompute:
+    return ScorePrecompute(load_cache_cached(path, sha))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    path: str
+    sha: str
+
+    @property
+    def pre(self) -> ScorePrecompute:
+        return precompute(self.path, self.sha)
+
+    @property
+    def cache(self) -> ScoreCache:
+        return self.pre.cache
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def mask_for(path: str, sha: str, config_json: str) -> MaskResult:
+    return build_mask(precompute(path, sha), MaskConfig.from_json(config_json))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def agreement_for(path: str, sha: str, sparsity: float, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int) -> AgreementReport:
+    return agreement_report(precompute(path, sha), sparsity, list(tasks), site, layer_agg, last_k)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def spearman_for(path: str, sha: str, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int) -> np.ndarray:
+    return spearman_matrix(precompute(path, sha).matrix(list(tasks), site, layer_agg, last_k))
+
+
+@st.cache_data(show_spinner="Bootstrapping calibration samples…", max_entries=64)
+def bootstrap_for(path: str, sha: str, config_json: str, n_resamples: int) -> StabilityResult:
+    config = MaskConfig.from_json(config_json)
+    return bootstrap_masks(precompute(path, sha), config, n_resamples=n_resamples, seed=config.seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def baseline_overlaps(path: str, sha: str, config_json: str) -> pd.DataFrame:
+    """Overlap of the mask with each available baseline built at the same kept count."""
+    pre = precompute(path, sha)
+    config = MaskConfig.from_json(config_json)
+    result = build_mask(pre, config)
+    d = result.hidden_size
+    same_count = 1.0 - result.n_keep / d  # keep_count(d, same_count) == result.n_keep
+    rows = []
+    candidates = {"paper default (τ=0.5, equal weights)": MaskConfig(sparsity=config.sparsity)}
+    candidates |= {b: MaskConfig(method=b, sparsity=same_count, seed=config.seed) for b in ("random", "magnitude", "wiki")}
+    for name, cfg in candidates.items():
+        try:
+            other = build_mask(pre, cfg)
+        except DietError as exc:
+            rows.append({"compared with": name, "kept": None, "jaccard_kept": None, "jaccard_pruned": None, "n_diff": None, "note": exc.message})
+            continue
+        ov = mask_overlap(result.keep, other.keep)
+        rows.append({"compared with": name, "kept": other.n_keep, "jaccard_kept": round(ov["jaccard_kept"], 4),
+                     "jaccard_pruned": round(ov["jaccard_pruned"], 4), "n_diff": ov["n_diff"], "note": ""})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# Session: link decoding, cache picker, shared settings
+# ------------------------------------------------------------------------------------------------
+def display_path(p: Path | str) -> str:
+    p = Path(p)
+    try:
+        return str(p.resolve().relative_to(APP_DIR))
+    except ValueError:
+        return str(p)
+
+
+def boot() -> None:
+    """First run of a session: read the shared link (query string) once."""
+    if st.session_state.get(K_BOOTED):
+        return
+    config, cache, warnings = S.decode_query(st.query_params.to_dict())
+    st.session_state[K_LINK_CONFIG] = config
+    st.session_state[K_LINK_CACHE] = cache
+    st.session_state[K_LINK_WARNINGS] = warnings
+    st.session_state[K_BOOTED] = True
+
+
+def _default_cache_path(caches: list[Path]) -> Path | None:
+    return S.default_cache(caches)
+
+
+def cache_picker() -> Loaded | None:
+    """Sidebar: pick a discovered cache or type a folder; returns the loaded cache or None (error shown)."""
+    root = S.cache_root(APP_DIR)
+    caches = S.discover_caches(root)
+    options = [display_path(p) for p in caches] + [OTHER]
+    if K_CACHE_CHOICE not in st.session_state:
+        link = st.session_state.get(K_LINK_CACHE)
+        default = _default_cache_path(caches)
+        if link and link in options:
+            st.session_state[K_CACHE_CHOICE] = link
+        elif link:
+            st.session_state[K_CACHE_CHOICE] = OTHER
+            st.session_state[K_CACHE_PATH] = link
+        else:
+            st.session_state[K_CACHE_CHOICE] = display_path(default) if default else OTHER
+    if st.session_state[K_CACHE_CHOICE] not in options:  # a cache folder disappeared
+        st.session_state[K_CACHE_CHOICE] = OTHER
+    st.session_state.setdefault(K_CACHE_PATH, "")
+    with st.sidebar:
+        st.selectbox("Score cache", options, key=K_CACHE_CHOICE, persist_state=PERSIST,
+                     help=f"folders with a manifest.json under {display_path(root)}")
+        if st.session_state[K_CACHE_CHOICE] == OTHER:
+            st.text_input("Cache folder", key=K_CACHE_PATH, persist_state=PERSIST, placeholder="path/to/cache-folder")
+    choice = st.session_state[K_CACHE_CHOICE]
+    typed = st.session_state.get(K_CACHE_PATH, "").strip()
+    if choice == OTHER and not typed:
+        st.info(f"No score cache selected (none found under `{display_path(root)}`). Type a cache folder in the "
+                "sidebar, or make one with `diet-explore profile --model smollm2-135m --out cache/smollm2-135m`.")
+        return None
+    path = typed if choice == OTHER else str(APP_DIR / choice) if not Path(choice).is_absolute() else choice
+    loaded = Loaded(str(Path(path).expanduser()), manifest_sha(str(Path(path).expanduser())))
+    try:
+        loaded.pre  # noqa: B018  (load now, so a bad cache is reported here)
+    except DietError as exc:
+        show_error(exc)
+        return None
+    return loaded
+
+
+def cache_link_value(loaded: Loaded) -> str | None:
+    """The ``cache=`` query value: None for the default cache (keeps links short)."""
+    default = _default_cache_path(S.discover_caches(S.cache_root(APP_DIR)))
+    if default is not None and Path(loaded.path).resolve() == default.resolve():
+        return None
+    return display_path(loaded.path)
+
+
+def keep_settings() -> None:
+    """Re-assign every app setting key so its value outlives its widget (page switches)."""
+    fixed = set(S.SETTING_KEYS) | set(PAGE_SETTING_KEYS) | {K_CACHE_CHOICE, K_CACHE_PATH, K_SINGLE_TASK, K_HELD_OUT}
+    for key in list(st.session_state.keys()):
+        if key in fixed or key.startswith(S.WEIGHT_PREFIX):
+            st.session_state[key] = st.session_state[key]
+
+
+def ensure_settings(cache: ScoreCache) -> None:
+    """Give every setting key a value (from the link on first use); never overwrite a user's value."""
+    link: MaskConfig = st.session_state.get(K_LINK_CONFIG) or MaskConfig()
+    link, warnings = S.reconcile_config(link, cache.task_names)
+    if warnings and not st.session_state.get("_reconcile_warned"):
+        st.session_state[K_LINK_WARNINGS] = st.session_state.get(K_LINK_WARNINGS, []) + warnings
+        st.session_state["_reconcile_warned"] = True
+    for key, value in S.state_from_config(link, cache.task_names).items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+    if st.session_state[S.KEY_SITE] not in cache.sites:
+        st.session_state[S.KEY_SITE] = cache.sites[0]
+    st.session_state.setdefault(K_SINGLE_TASK, link.single_task if link.single_task in cache.task_names else cache.task_names[0])
+    st.session_state.setdefault(K_HELD_OUT, link.held_out_task if link.held_out_task in cache.task_names else cache.task_names[0])
+    if st.session_state[K_SINGLE_TASK] not in cache.task_names:
+        st.session_state[K_SINGLE_TASK] = cache.task_names[0]
+    if st.session_state[K_HELD_OUT] not in cache.task_names:
+        st.session_state[K_HELD_OUT] = cache.task_names[0]
+
+
+def show_link_warnings() -> None:
+    for w in st.session_state.pop(K_LINK_WARNINGS, []) or []:
+        st.warning(w)
+
+
+def current_config(cache: ScoreCache) -> MaskConfig:
+    """The mask settings as a ``MaskConfig`` (raises ``DietError`` e.g. when every weight is 0)."""
+    config = S.config_from_state(st.session_state, cache.task_names)
+    if config.method == "single":
+        config = MaskConfig.from_dict({**config.to_dict(), "single_task": st.session_state[K_SINGLE_TASK]})
+    if config.method == "leave_one_out":
+        config = MaskConfig.from_dict({**config.to_dict(), "held_out_task": st.session_state[K_HELD_OUT]})
+    return config
+
+
+def voting_tasks(cache: ScoreCache) -> list[str]:
+    """Tasks whose weight slider is above 0 (what Agreement and the vote use)."""
+    return [t for t in cache.task_names if float(st.session_state.get(S.weight_key(t), 1.0)) > 0]
+
+
+def sync_query_params(config: MaskConfig | None, loaded: Loaded | None) -> None:
+    """Write the current settings into the URL (only when they changed)."""
+    if config is None or loaded is None:
+        return
+    params = S.encode_query(config, cache_link_value(loaded))
+    if st.query_params.to_dict() != params:
+        st.query_params.from_dict(params)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared widgets (same key on every page, so a value set on one page shows on the others)
+# ------------------------------------------------------------------------------------------------
+def sparsity_slider() -> float:
+    return st.slider("Sparsity (fraction of hidden dims pruned)", 0.0, 0.9, step=0.01, key=S.KEY_SPARSITY,
+                     persist_state=PERSIST)
+
+
+def score_controls(cache: ScoreCache) -> tuple[str, str, int]:
+    """Site, layer aggregation (and last k): how a task's (L, D) scores become (D,)."""
+    c1, c2, c3 = st.columns(3)
+    site = c1.selectbox("Site", cache.sites, key=S.KEY_SITE, persist_state=PERSIST)
+    agg = c2.selectbox("Layer aggregation", list(S.LAYER_AGGS), key=S.KEY_LAYER_AGG, persist_state=PERSIST,
+                       help="mean over layers is the paper's score")
+    last_k = st.session_state[S.KEY_LAST_K]
+    if agg == "last_k":
+        last_k = c3.number_input("Last k layers", 1, cache.num_layers, step=1, key=S.KEY_LAST_K, persist_state=PERSIST)
+    return site, agg, int(last_k)
+
+
+def keep_count_for(cache: ScoreCache, sparsity: float) -> int:
+    return keep_count(cache.hidden_size, sparsity)
+
+
+def env_dir(name: str, default: str) -> Path:
+    return S.env_dir(os.environ, name, APP_DIR / default)
+
+
+def loaded() -> Loaded | None:
+    """The cache app.py loaded for this run (None: the error or hint is already shown)."""
+    return st.session_state.get("_loaded")
+
+
+def require_cache() -> Loaded:
+    """The loaded cache, or stop this page (app.py already said why)."""
+    current = loaded()
+    if current is None:
+        st.stop()
+    return current

@@ -1,0 +1,61 @@
+"""Export: download the current mask, save it (and a pruned model) to disk, and copy the commands
+that reproduce it."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import io
+import json
+
+import numpy as np
+import streamlit as st
+
+from diet_explore import app_state as S
+from diet_explore.errors import DietError
+from diet_explore.maskfile import mask_file_from_result, save_mask
+from app_pages import _ui as ui
+
+K_NAME, K_SAVE, K_SAVE_MODEL = "export_name", "export_save", "export_save_model"
+
+st.title("Export")
+with ui.shown_errors():
+    loaded = ui.require_cache()
+    cache = loaded.cache
+    config = ui.current_config(cache)
+    result = ui.mask_for(loaded.path, loaded.sha, config.to_json())
+    mask_file = mask_file_from_result(result, cache)
+    export_dir = ui.env_dir(S.EXPORT_DIR_ENV, "artifacts")
+
+    st.markdown(f"Current mask: **{config.method}**, target sparsity {config.sparsity:.2f}, kept "
+                f"**{result.n_keep}** of {result.hidden_size} dims (actual sparsity {result.sparsity:.4f}).")
+    st.session_state.setdefault(K_NAME, f"{cache.model_name}-{config.method}-s{config.sparsity:g}")
+    raw_name = st.text_input("Export name (a plain name: no folders)", key=K_NAME, persist_state=ui.PERSIST)
+    name = S.check_export_name(raw_name.removesuffix(".json"))  # raises DietError -> error box
+
+    blob = json.dumps(dataclasses.asdict(mask_file), indent=2, sort_keys=True)
+    buf = io.BytesIO()
+    np.save(buf, mask_file.keep, allow_pickle=False)
+    d1, d2 = st.columns(2)
+    d1.download_button("Download mask JSON", blob, file_name=f"{name}.json", mime="application/json", key="export_dl_json",
+                       on_click="ignore")
+    d2.download_button("Download mask .npy (bool keep vector)", buf.getvalue(), file_name=f"{name}.npy",
+                       mime="application/octet-stream", key="export_dl_npy", on_click="ignore")
+
+    if st.button(f"Save mask to {ui.display_path(export_dir)}/{name}.json (+ .npy)", key=K_SAVE):
+        path = save_mask(mask_file, export_dir / f"{name}.json", npy=True)
+        st.success(f"Saved {ui.display_path(path)} and {ui.display_path(path.with_suffix('.npy'))}")
+
+    st.markdown("**Save a pruned model folder**")
+    if importlib.util.find_spec("diet_explore.prune") is None:
+        st.info("Pruning needs `diet_explore.prune` (not in this build yet).")
+    elif st.button(f"Prune and save model to {ui.display_path(export_dir)}/{name}/", key=K_SAVE_MODEL):
+        with st.status("Pruning…", expanded=True) as status:
+            folder = ui.save_pruned_model(cache, result, export_dir / name, status)
+            status.update(label=f"Saved {ui.display_path(folder)}", state="complete")
+
+    st.markdown("**Reproduce**")
+    st.markdown("Rebuild this mask from the same cache:")
+    st.code(S.mask_command(ui.display_path(loaded.path), config, f"{name}.json"), language="bash")
+    st.markdown("Evaluate the saved pruned model with lm-evaluation-harness:")
+    st.code(S.lm_eval_command(ui.display_path(export_dir / name), cache.task_names), language="bash")

@@ -1,0 +1,81 @@
+"""Mask builder: tune the merge and see the mask, its size, baselines and stability update live."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from diet_explore import app_state as S
+from diet_explore import plots
+from diet_explore.masks import BASELINE_METHODS, MERGE_METHODS
+from app_pages import _ui as ui
+
+METHODS = [m for m in MERGE_METHODS + BASELINE_METHODS]
+K_STAB_ON, K_STAB_N = "stab_on", "stab_n"
+
+st.title("Mask builder")
+with ui.shown_errors():
+    loaded = ui.require_cache()
+    cache = loaded.cache
+    st.session_state.setdefault(K_STAB_ON, True)
+    st.session_state.setdefault(K_STAB_N, 100)
+
+    controls, results = st.columns([1, 2], gap="large")
+    with controls:
+        ui.sparsity_slider()
+        st.slider("Vote threshold τ (share of task weight that must keep a dim)", 0.0, 1.0, step=0.05,
+                  key=S.KEY_THRESHOLD, persist_state=ui.PERSIST)
+        st.markdown("**Task weights** (0 removes the task)")
+        for t in cache.task_names:
+            st.slider(t, 0.0, S.WEIGHT_MAX, step=0.1, key=S.weight_key(t), persist_state=ui.PERSIST)
+        method = st.selectbox("Merge rule", METHODS, key=S.KEY_METHOD, persist_state=ui.PERSIST,
+                              help="diet: weighted vote (paper); random/magnitude/wiki are baselines")
+        if method == "single":
+            st.selectbox("Task", cache.task_names, key=ui.K_SINGLE_TASK, persist_state=ui.PERSIST)
+        if method == "leave_one_out":
+            st.selectbox("Held-out task", cache.task_names, key=ui.K_HELD_OUT, persist_state=ui.PERSIST)
+        ui.score_controls(cache)
+        st.selectbox("Normalisation (mean_score merge, exact tie-breaks)", list(S.NORMALIZATIONS), key=S.KEY_NORMALIZE,
+                     persist_state=ui.PERSIST)
+        st.toggle("Exact sparsity (keep exactly the target count)", key=S.KEY_EXACT, persist_state=ui.PERSIST)
+        st.toggle("Kept count a multiple of 8", key=S.KEY_MULT8, persist_state=ui.PERSIST)
+
+    with results, ui.shown_errors():
+        config = ui.current_config(cache)
+        result = ui.mask_for(loaded.path, loaded.sha, config.to_json())
+        d = result.hidden_size
+        params = S.pruned_param_count(cache.manifest, result.n_keep)
+        dense = cache.manifest["model"].get("num_parameters")
+        c = st.columns(4)
+        c[0].metric("Kept dims", f"{result.n_keep} / {d}")
+        c[1].metric("Resulting sparsity", f"{result.sparsity:.4f}", delta=f"{result.sparsity - config.sparsity:+.4f} vs target",
+                    delta_color="off")
+        c[2].metric("Pruned model parameters", f"{params / 1e6:,.2f} M" if params is not None else "n/a",
+                    delta=f"{params / dense - 1:+.1%}" if params is not None and dense else None, delta_color="off")
+        c[3].metric("Voting tasks", len(result.tasks))
+
+        overlaps = ui.baseline_overlaps(loaded.path, loaded.sha, config.to_json())
+        paper = overlaps.iloc[0]
+        st.markdown(f"**Difference from the paper default** (equal weights, τ=0.5, sparsity {config.sparsity:.2f}): "
+                    f"{int(paper['n_diff'])} dims differ, Jaccard of kept sets {paper['jaccard_kept']:.4f}.")
+        st.markdown("**Overlap with baselines** (baselines built at the same kept count)")
+        st.dataframe(overlaps, hide_index=True, key="mb_overlaps")
+
+        st.markdown("**Bootstrap stability** (resample each task's calibration samples, rebuild the mask)")
+        s1, s2 = st.columns(2)
+        stab_on = s1.toggle("Compute stability", key=K_STAB_ON, persist_state=ui.PERSIST)
+        n_res = int(s2.number_input("Resamples", 10, 1000, step=10, key=K_STAB_N, persist_state=ui.PERSIST))
+        if not stab_on:
+            st.caption("Stability is off.")
+        elif config.method in ("random", "magnitude"):
+            st.caption(f"Method {config.method!r} uses no calibration samples, so it has no sampling variability.")
+        else:
+            stab = ui.bootstrap_for(loaded.path, loaded.sha, config.to_json(), n_res)
+            f = stab.keep_frequency
+            b = st.columns(3)
+            b[0].metric("Mean Jaccard to full-sample mask", f"{stab.mean_jaccard:.4f}", delta=f"± {stab.std_jaccard:.4f}",
+                        delta_color="off")
+            b[1].metric("Always kept or always pruned", int(((f == 0) | (f == 1)).sum()))
+            b[2].metric("Unstable dims (kept in 5–95% of resamples)", int(((f > 0.05) & (f < 0.95)).sum()))
+            for note in stab.notes:
+                st.caption(note)
+            st.plotly_chart(plots.stability_histogram(f), key="mb_stability")

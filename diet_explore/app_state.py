@@ -163,7 +163,7 @@ def _parse_bool(s: str) -> bool:
 def _parse_weights(s: str) -> dict[str, float]:
     weights: dict[str, float] = {}
     for item in filter(None, s.split(",")):
-        task, sep, w = item.partition(":")
+        task, sep, w = item.partition("=" if "=" in item else ":")  # the CLI's task=w is accepted too
         if not sep or not task:
             raise ValueError(item)
         value = float(w)

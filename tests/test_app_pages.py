@@ -1,0 +1,344 @@
+"""AppTest of every page: the numbers shown are the library's numbers, and they follow the widgets."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import numpy as np
+import pytest
+from conftest_app import (  # noqa: F401  (fixtures)
+    ALPHA_PARAMS,
+    ALPHA_PER_DIM,
+    alpha,
+    app,
+    app_cache_root,
+    app_env,
+    arr,
+    chart_by_key,
+    clear_st_caches,
+    metrics,
+    run_page,
+)
+
+from diet_explore.agreement import jaccard_matrix, prune_matrix, vote_counts
+from diet_explore.masks import MaskConfig, build_mask, mask_overlap
+from diet_explore.scores import aggregate_scores, keep_count, rank_dims
+from diet_explore.stability import bootstrap_masks
+
+
+# AppTest does not expose dataframe keys; tables are found by their position on the page.
+_FRAMES = {"overview_tasks": 0, "overview_provenance": 1, "rank_top_table": 0, "rank_bottom_table": 1, "mb_overlaps": 0}
+
+
+def frame(at, key: str):
+    return at.dataframe[_FRAMES[key]].value
+
+
+# --------------------------------------------------------------------------------------------
+# Overview, cache picking and errors
+# --------------------------------------------------------------------------------------------
+def test_overview_opens_on_first_cache_without_errors(app, alpha):
+    at = app.run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="cache_choice").value.endswith("alpha")
+    m = metrics(at)
+    assert m["Model"] == "alpha-576"
+    assert m["Hidden size"] == "576" and m["Layers"] == "30" and m["Tasks"] == "7"
+    assert m["Parameters"] == f"{ALPHA_PARAMS / 1e6:,.1f} M"
+    tasks = frame(at, "overview_tasks")
+    assert list(tasks["task"]) == list(alpha.tasks)
+    assert tasks.set_index("task").loc["wikitext", "kind"] == "generic"
+    assert tasks["samples"].tolist() == [40] * 8
+    prov = dict(frame(at, "overview_provenance").values)
+    assert prov["device"] == "cpu" and prov["dtype"] == "float32" and prov["profile wall time (s)"] == "12.0"
+
+
+def test_bad_cache_shows_error_and_app_keeps_running(app):
+    at = app.run()
+    at.selectbox(key="cache_choice").select(next(o for o in at.selectbox(key="cache_choice").options if o.endswith("zz-broken"))).run()
+    assert not at.exception
+    assert at.error and "not valid JSON" in at.error[0].value
+    assert "Hint:" in at.error[0].value
+    run_page(at, "mask_builder")  # no cache: the page stops quietly, the error box stays
+    assert at.error
+    at.selectbox(key="cache_choice").select(next(o for o in at.selectbox(key="cache_choice").options if o.endswith("alpha"))).run()
+    assert not at.error and metrics(at)["Kept dims"].endswith("/ 576")
+
+
+def test_typed_cache_path(app, app_cache_root, tmp_path):
+    at = app.run()
+    at.selectbox(key="cache_choice").select("Other folder…").run()
+    at.text_input(key="cache_path").input(str(tmp_path / "nowhere")).run()
+    assert at.error and "does not exist" in at.error[0].value and not at.exception
+    at.text_input(key="cache_path").input(str(app_cache_root / "beta")).run()
+    assert not at.error and metrics(at)["Hidden size"] == "64"
+
+
+def test_no_caches_found_shows_a_hint(app, monkeypatch, tmp_path):
+    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(tmp_path / "empty"))
+    at = app.run()
+    assert not at.exception and not at.error
+    assert at.info and "diet-explore profile" in at.info[0].value
+
+
+# --------------------------------------------------------------------------------------------
+# Rankings
+# --------------------------------------------------------------------------------------------
+def test_rankings_tables_and_charts_match_library(app, alpha):
+    at = run_page(app.run(), "rankings")
+    scores = aggregate_scores(alpha, "boolq")
+    order = rank_dims(scores)
+    top = frame(at, "rank_top_table")
+    assert top["dim"].tolist() == order[:10].tolist()
+    assert np.allclose(top["score"], np.round(scores[order[:10]], 5))
+    bottom = frame(at, "rank_bottom_table")
+    assert bottom["dim"].tolist() == order[-10:].tolist() and bottom["rank"].iloc[-1] == 576
+    curves = chart_by_key(at, "rank_curves")
+    assert [tr["name"] for tr in curves["data"]] == list(alpha.tasks)
+    assert arr(curves["data"][0]["y"])[0] == pytest.approx(scores.max())
+    heat = chart_by_key(at, "rank_layer_heatmap")
+    assert heat["data"][0]["x"] == [f"d{d}" for d in order[:10]]
+
+    at.selectbox(key="rank_task").select("rte").run()
+    assert frame(at, "rank_top_table")["dim"].tolist() == rank_dims(aggregate_scores(alpha, "rte"))[:10].tolist()
+    at.number_input(key="rank_top_n").set_value(3).run()
+    assert len(frame(at, "rank_top_table")) == 3
+    at.text_input(key="rank_dims").input("5, 17,5").run()
+    heat = chart_by_key(at, "rank_layer_heatmap")
+    assert heat["data"][0]["x"] == ["d5", "d17"]
+    assert np.allclose(arr(heat["data"][0]["z"]), alpha.layer_scores("rte")[:, [5, 17]])
+
+
+def test_rankings_bad_dims_and_layer_agg(app, alpha):
+    at = run_page(app.run(), "rankings")
+    at.text_input(key="rank_dims").input("3, 9999").run()
+    assert at.error and "9999" in at.error[0].value and not at.exception
+    at.text_input(key="rank_dims").input("").run()
+    at.selectbox(key="layer_agg").select("max").run()
+    expected = rank_dims(aggregate_scores(alpha, "boolq", layer_agg="max"))[:10]
+    assert frame(at, "rank_top_table")["dim"].tolist() == expected.tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# Agreement
+# --------------------------------------------------------------------------------------------
+def test_agreement_follows_the_sparsity_slider(app, alpha):
+    at = run_page(app.run(), "agreement")
+    tasks = alpha.task_names
+    for s in (0.2, 0.45):
+        if s != 0.2:
+            at.slider(key="sparsity").set_value(s).run()
+        prune = prune_matrix(alpha, s)
+        jac = jaccard_matrix(prune)
+        heat = chart_by_key(at, "agree_jaccard")
+        assert heat["data"][0]["x"] == tasks
+        assert np.allclose(arr(heat["data"][0]["z"]), jac)
+        m = metrics(at)
+        assert m["Pruned per task"] == str(576 - keep_count(576, s))
+        assert m["Mean pairwise Jaccard"] == f"{jac[~np.eye(7, dtype=bool)].mean():.3f}"
+        votes = vote_counts(prune)
+        assert m["Pruned by every task"] == str(int((votes == 7).sum()))
+        hist = chart_by_key(at, "agree_vote_hist")
+        assert arr(hist["data"][0]["y"]).tolist() == np.bincount(votes, minlength=8).tolist()
+        upset = chart_by_key(at, "agree_upset")
+        assert arr(upset["data"][0]["y"]).sum() <= int((votes > 0).sum())
+    assert at.query_params.get("sparsity") in (["0.45"], "0.45")
+
+
+def test_agreement_weight_zero_removes_task(app, alpha):
+    at = run_page(app.run(), "mask_builder")
+    at.slider(key="w_rte").set_value(0.0).run()
+    run_page(at, "agreement")
+    tasks = [t for t in alpha.task_names if t != "rte"]
+    heat = chart_by_key(at, "agree_jaccard")
+    assert heat["data"][0]["x"] == tasks
+    assert np.allclose(arr(heat["data"][0]["z"]), jaccard_matrix(prune_matrix(alpha, 0.2, tasks)))
+
+
+# --------------------------------------------------------------------------------------------
+# Mask builder
+# --------------------------------------------------------------------------------------------
+def _kept(at) -> int:
+    return int(metrics(at)["Kept dims"].split("/")[0])
+
+
+def test_mask_builder_numbers_follow_sliders(app, alpha):
+    at = run_page(app.run(), "mask_builder")
+    res = build_mask(alpha, MaskConfig())
+    m = metrics(at)
+    assert _kept(at) == res.n_keep and m["Resulting sparsity"] == f"{res.sparsity:.4f}"
+    assert m["Pruned model parameters"] == f"{(ALPHA_PARAMS - ALPHA_PER_DIM * (576 - res.n_keep)) / 1e6:,.2f} M"
+    assert m["Voting tasks"] == "7"
+
+    at.slider(key="sparsity").set_value(0.4).run()
+    at.slider(key="threshold").set_value(0.7).run()
+    res = build_mask(alpha, MaskConfig(sparsity=0.4, threshold=0.7))
+    assert _kept(at) == res.n_keep and metrics(at)["Resulting sparsity"] == f"{res.sparsity:.4f}"
+
+    at.slider(key="w_boolq").set_value(0.0).run()
+    at.slider(key="w_rte").set_value(2.0).run()
+    others = [t for t in alpha.task_names if t != "boolq"]
+    res = build_mask(alpha, MaskConfig(sparsity=0.4, threshold=0.7, tasks=others, weights={t: (2.0 if t == "rte" else 1.0) for t in others}))
+    assert metrics(at)["Voting tasks"] == "6" and _kept(at) == res.n_keep
+
+    at.toggle(key="exact").set_value(True).run()
+    assert _kept(at) == keep_count(576, 0.4)
+    at.toggle(key="exact").set_value(False).run()
+    at.toggle(key="mult8").set_value(True).run()
+    assert _kept(at) % 8 == 0
+    assert at.query_params["multiple_of"] in ("8", ["8"])
+
+
+def test_mask_builder_paper_default_and_baselines(app, alpha):
+    at = run_page(app.run(), "mask_builder")
+    table = frame(at, "mb_overlaps").set_index("compared with")
+    assert table.iloc[0]["n_diff"] == 0 and table.iloc[0]["jaccard_kept"] == 1.0
+    res = build_mask(alpha, MaskConfig())
+    same = 1 - res.n_keep / 576
+    for method in ("random", "magnitude", "wiki"):
+        other = build_mask(alpha, MaskConfig(method=method, sparsity=same))
+        assert other.n_keep == res.n_keep
+        assert table.loc[method, "n_diff"] == mask_overlap(res.keep, other.keep)["n_diff"]
+    at.slider(key="threshold").set_value(0.3).run()
+    res2 = build_mask(alpha, MaskConfig(threshold=0.3))
+    table = frame(at, "mb_overlaps")
+    assert table.iloc[0]["n_diff"] == mask_overlap(res2.keep, res.keep)["n_diff"] > 0
+
+
+def test_mask_builder_bootstrap_matches_library(app, alpha):
+    at = run_page(app.run(), "mask_builder")
+    at.number_input(key="stab_n").set_value(30).run()
+    stab = bootstrap_masks(alpha, MaskConfig(), n_resamples=30, seed=0)
+    assert metrics(at)["Mean Jaccard to full-sample mask"] == f"{stab.mean_jaccard:.4f}"
+    hist = chart_by_key(at, "mb_stability")
+    assert np.allclose(arr(hist["data"][0]["x"]), stab.keep_frequency)
+    at.toggle(key="stab_on").set_value(False).run()
+    assert "Mean Jaccard to full-sample mask" not in metrics(at)
+
+
+def test_every_weight_zero_is_an_error_box(app, alpha):
+    at = run_page(app.run(), "mask_builder")
+    for t in alpha.task_names:
+        at.slider(key=f"w_{t}").set_value(0.0)
+    at.run()
+    assert not at.exception and at.error and "weight" in at.error[0].value
+    at.slider(key="w_hellaswag").set_value(1.0).run()
+    assert not at.error and metrics(at)["Voting tasks"] == "1"
+
+
+def test_merge_rule_single_and_baselines(app, alpha):
+    at = run_page(app.run(), "mask_builder")
+    at.selectbox(key="method").select("single").run()
+    at.selectbox(key="single_task").select("rte").run()
+    assert _kept(at) == build_mask(alpha, MaskConfig(method="single", single_task="rte")).n_keep
+    assert at.query_params["single_task"] in ("rte", ["rte"])
+    at.selectbox(key="method").select("magnitude").run()
+    assert not at.exception and not at.error
+    assert _kept(at) == keep_count(576, 0.2)
+
+
+# --------------------------------------------------------------------------------------------
+# Settings across pages and in the URL
+# --------------------------------------------------------------------------------------------
+def test_settings_survive_page_switches(app):
+    at = run_page(app.run(), "mask_builder")
+    at.slider(key="sparsity").set_value(0.33).run()
+    at.slider(key="w_piqa" if "w_piqa" in at.session_state else "w_arc_easy").set_value(0.5).run()
+    at.toggle(key="exact").set_value(True).run()
+    kept = _kept(at)
+    for page in ("overview", "rankings", "agreement", "export", "mask_builder"):
+        run_page(at, page)
+    assert at.slider(key="sparsity").value == 0.33 and at.toggle(key="exact").value is True
+    assert at.slider(key="w_arc_easy").value == 0.5 and _kept(at) == kept
+
+
+def test_a_pasted_link_reproduces_the_view(app, app_env, alpha):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest_app import APP, TIMEOUT
+
+    at = run_page(app.run(), "mask_builder")
+    at.slider(key="sparsity").set_value(0.37).run()
+    at.slider(key="threshold").set_value(0.65).run()
+    at.slider(key="w_rte").set_value(1.5).run()
+    at.slider(key="w_boolq").set_value(0.0).run()
+    at.selectbox(key="cache_choice").select(next(o for o in at.selectbox(key="cache_choice").options if o.endswith("beta"))).run()
+    at.selectbox(key="cache_choice").select(next(o for o in at.selectbox(key="cache_choice").options if o.endswith("alpha"))).run()
+    link = dict(at.query_params)
+    shown = metrics(at)
+    fresh = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    fresh.query_params.update(link)
+    fresh.run()
+    run_page(fresh, "mask_builder")
+    assert fresh.slider(key="sparsity").value == 0.37 and fresh.slider(key="w_boolq").value == 0.0
+    assert fresh.slider(key="w_rte").value == 1.5
+    assert metrics(fresh)["Kept dims"] == shown["Kept dims"]
+
+
+def test_link_to_another_cache_and_bad_values(app, app_cache_root):
+    app.query_params.update({"cache": str(app_cache_root / "beta"), "sparsity": "7", "weights": "piqa:0,mmlu:2"})
+    at = app.run()
+    assert not at.exception
+    assert metrics(at)["Hidden size"] == "64"
+    warnings = " ".join(w.value for w in at.warning)
+    assert "sparsity='7'" in warnings and "mmlu" in warnings
+    run_page(at, "mask_builder")
+    assert at.slider(key="w_piqa").value == 0.0 and at.slider(key="sparsity").value == 0.2
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+def test_export_writes_a_valid_mask_file(app, app_env, alpha):
+    from diet_explore.maskfile import load_mask
+
+    at = run_page(app.run(), "mask_builder")
+    at.slider(key="sparsity").set_value(0.3).run()
+    at.slider(key="w_rte").set_value(0.0).run()
+    run_page(at, "export")
+    at.text_input(key="export_name").input("my-mask").run()
+    at.button(key="export_save").click().run()
+    assert not at.exception and at.success
+    path = app_env["export"] / "my-mask.json"
+    mask = load_mask(path, expected_hidden_size=576, expected_model="alpha-576")
+    cfg = MaskConfig(sparsity=0.3, tasks=[t for t in alpha.task_names if t != "rte"])
+    res = build_mask(alpha, cfg)
+    assert np.array_equal(mask.keep, res.keep) and mask.config == cfg.to_dict()
+    assert np.array_equal(np.load(path.with_suffix(".npy")), res.keep)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Download mask JSON", "Download mask .npy (bool keep vector)"]
+
+
+def test_export_command_reproduces_the_mask(app, app_env, alpha, tmp_path):
+    from diet_explore.cli import main
+    from diet_explore.maskfile import load_mask
+
+    at = run_page(app.run(), "mask_builder")
+    at.slider(key="sparsity").set_value(0.25).run()
+    at.slider(key="w_hellaswag").set_value(1.7).run()
+    at.toggle(key="mult8").set_value(True).run()
+    run_page(at, "export")
+    cmd = at.code[0].value
+    argv = shlex.split(cmd)
+    argv[argv.index("--out") + 1] = str(tmp_path / "cli.json")
+    argv[argv.index("--cache") + 1] = str(app_env["cache"] / "alpha")
+    assert main(argv[1:]) == 0
+    cfg = MaskConfig(sparsity=0.25, weights={t: (1.7 if t == "hellaswag" else 1.0) for t in alpha.task_names}, multiple_of=8)
+    assert np.array_equal(load_mask(tmp_path / "cli.json").keep, build_mask(alpha, cfg).keep)
+    assert at.code[1].value.startswith("lm_eval --model hf")
+
+
+@pytest.mark.parametrize("bad", ["../escape", "sub/dir", "a\\b"])
+def test_export_refuses_names_with_separators(app, app_env, bad):
+    at = run_page(app.run(), "export")
+    at.text_input(key="export_name").input(bad).run()
+    assert not at.exception and at.error and "separator" in at.error[0].value
+    assert not at.get("download_button")
+    assert not app_env["export"].exists()
+
+
+def test_prune_eval_page_runs(app):
+    at = run_page(app.run(), "prune_eval")
+    assert not at.exception
+    assert json.dumps([e.value for e in at.error]) == "[]"

@@ -1,0 +1,150 @@
+"""Pure app helpers: query string <-> MaskConfig, widget state <-> MaskConfig, names, commands."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diet_explore import app_state as S
+from diet_explore.errors import DietError
+from diet_explore.masks import MaskConfig
+
+TASKS = ["boolq", "rte", "hellaswag", "arc_easy"]
+
+
+def test_default_config_encodes_to_empty_query():
+    assert S.encode_query(MaskConfig()) == {}
+    config, cache, warnings = S.decode_query({})
+    assert config == MaskConfig() and cache is None and warnings == []
+
+
+def test_encode_writes_only_changed_fields_under_field_names():
+    cfg = MaskConfig(sparsity=0.35, weights={"boolq": 2.0, "rte": 0.5}, exact=True, multiple_of=8, layer_agg="max")
+    q = S.encode_query(cfg, cache="cache/gemma3-270m")
+    assert q == {"cache": "cache/gemma3-270m", "sparsity": "0.35", "weights": "boolq:2,rte:0.5", "layer_agg": "max",
+                 "exact": "1", "multiple_of": "8"}
+
+
+def test_decode_round_trips_a_full_config():
+    cfg = MaskConfig(sparsity=0.42, threshold=0.75, weights={"boolq": 1.5}, tasks=["boolq", "rte"], method="borda",
+                     site="normed", layer_agg="last_k", last_k=6, normalize="zscore", exact=True, multiple_of=8, seed=7)
+    back, cache, warnings = S.decode_query(S.encode_query(cfg, "x/y"))
+    assert back == cfg and cache == "x/y" and warnings == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sparsity=st.floats(0, 0.95).map(lambda v: round(v, 4)),
+    threshold=st.floats(0, 1).map(lambda v: round(v, 3)),
+    weights=st.dictionaries(st.sampled_from(TASKS), st.floats(0, 2).map(lambda v: round(v, 3)), max_size=4),
+    exact=st.booleans(),
+    mult=st.sampled_from([1, 8]),
+    method=st.sampled_from(["diet", "mean_score", "borda", "union", "intersection", "random", "magnitude"]),
+)
+def test_query_round_trip_property(sparsity, threshold, weights, exact, mult, method):
+    cfg = MaskConfig(sparsity=sparsity, threshold=threshold, weights=weights, exact=exact, multiple_of=mult, method=method)
+    query = S.encode_query(cfg)
+    assert all(isinstance(v, str) for v in query.values())
+    back, _, warnings = S.decode_query(query)
+    assert back == cfg and not warnings
+
+
+def test_decode_drops_bad_values_with_warnings_and_ignores_unknown_keys():
+    config, _, warnings = S.decode_query({"sparsity": "1.5", "threshold": "abc", "method": "nope", "exact": "maybe",
+                                          "weights": "boolq:-1", "utm_source": "x", "multiple_of": "8"})
+    assert config == MaskConfig(multiple_of=8)
+    assert len(warnings) == 5 and all("ignored link setting" in w for w in warnings)
+
+
+def test_decode_accepts_cli_weight_syntax():
+    config, _, warnings = S.decode_query({"weights": "boolq=2,rte:0.5"})
+    assert config.weights == {"boolq": 2.0, "rte": 0.5} and not warnings
+
+
+def test_decode_takes_last_value_of_a_repeated_param():
+    config, _, _ = S.decode_query({"sparsity": ["0.1", "0.3"]})
+    assert config.sparsity == 0.3
+
+
+def test_reconcile_drops_tasks_the_cache_lacks():
+    cfg = MaskConfig(weights={"boolq": 2.0, "mmlu": 1.0}, tasks=["boolq", "mmlu"])
+    out, warnings = S.reconcile_config(cfg, TASKS)
+    assert out.weights == {"boolq": 2.0} and out.tasks == ["boolq"]
+    assert warnings and "mmlu" in warnings[0]
+    out, _ = S.reconcile_config(MaskConfig(tasks=["mmlu"]), TASKS)
+    assert out.tasks is None  # nothing left: every task votes
+
+
+def test_state_round_trip_and_weight_zero_removes_the_task():
+    state = S.state_from_config(MaskConfig(), TASKS)
+    assert {state[S.weight_key(t)] for t in TASKS} == {1.0}
+    assert S.config_from_state(state, TASKS) == MaskConfig()
+    state[S.weight_key("rte")] = 0.0
+    cfg = S.config_from_state(state, TASKS)
+    assert cfg.tasks == ["boolq", "hellaswag", "arc_easy"] and cfg.weights == {}
+    state[S.weight_key("boolq")] = 2.0
+    cfg = S.config_from_state(state, TASKS)
+    assert cfg.weights == {"boolq": 2.0, "hellaswag": 1.0, "arc_easy": 1.0}
+    assert S.state_from_config(cfg, TASKS)[S.weight_key("rte")] == 0.0
+    state[S.KEY_MULT8] = True
+    state[S.KEY_EXACT] = True
+    cfg = S.config_from_state(state, TASKS)
+    assert cfg.multiple_of == 8 and cfg.exact
+
+
+def test_all_weights_zero_is_a_diet_error():
+    state = {S.weight_key(t): 0.0 for t in TASKS}
+    with pytest.raises(DietError, match="weight 0"):
+        S.config_from_state(state, TASKS)
+
+
+def test_default_cache_prefers_smollm2(tmp_path):
+    a, s = tmp_path / "aaa", tmp_path / "smollm2-135m"
+    assert S.default_cache([a, s]) == s
+    assert S.default_cache([a]) == a
+    assert S.default_cache([]) is None
+
+
+def test_cache_root_env_override(tmp_path):
+    assert S.cache_root(tmp_path, {}) == tmp_path / "cache"
+    assert S.cache_root(tmp_path, {S.CACHE_DIR_ENV: "/elsewhere"}).as_posix() == "/elsewhere"
+
+
+def test_pruned_param_count():
+    manifest = {"model": {"hidden_size": 100, "num_parameters": 10_000, "params_per_hidden_dim": 50}}
+    assert S.pruned_param_count(manifest, 100) == 10_000
+    assert S.pruned_param_count(manifest, 80) == 9_000
+    assert S.pruned_param_count({"model": {"hidden_size": 100}}, 80) is None
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "a\\b", "/abs", "..", ".hidden", "", "a" * 200, "x..y"])
+def test_export_names_with_paths_are_refused(bad):
+    with pytest.raises(DietError):
+        S.check_export_name(bad)
+
+
+def test_export_name_ok():
+    assert S.check_export_name(" smollm2-diet_0.2 ") == "smollm2-diet_0.2"
+
+
+def test_mask_command_parses_back_to_the_same_config():
+    from diet_explore.cli import build_parser
+    from diet_explore.commands.mask import config_from_args
+
+    cfg = MaskConfig(sparsity=0.3, threshold=0.6, weights={"boolq": 2.0}, tasks=["boolq", "rte"], exact=True, multiple_of=8,
+                     layer_agg="last_k", last_k=3)
+    cmd = S.mask_command("cache/my cache", cfg, "out.json")
+    argv = shlex.split(cmd)
+    assert argv[:2] == ["diet-explore", "mask"]
+    args = build_parser().parse_args(argv[1:])
+    assert args.cache == "cache/my cache" and args.out == "out.json"
+    assert config_from_args(args) == cfg
+
+
+def test_lm_eval_command():
+    cmd = S.lm_eval_command("artifacts/m", ["boolq", "rte"])
+    assert shlex.split(cmd)[:3] == ["lm_eval", "--model", "hf"]
+    assert "pretrained=artifacts/m,dtype=float32" in cmd and "boolq,rte" in cmd

@@ -1,0 +1,111 @@
+"""Plot builders return plotly figures whose data are exactly the arrays passed in."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from diet_explore import plots
+from diet_explore.agreement import jaccard_matrix, upset_overlaps, vote_counts
+
+TASKS = ["a", "b", "c"]
+
+
+def _prune(seed=0, t=3, d=50, k=20):
+    rng = np.random.default_rng(seed)
+    prune = np.zeros((t, d), bool)
+    for i in range(t):
+        prune[i, rng.choice(d, k, replace=False)] = True
+    return prune
+
+
+def test_sorted_score_curves_descending_with_cutoff():
+    rng = np.random.default_rng(0)
+    scores = {t: rng.lognormal(size=300) for t in TASKS}
+    fig = plots.sorted_score_curves(scores, cutoff_rank=240)
+    assert isinstance(fig, go.Figure) and [tr.name for tr in fig.data] == TASKS
+    for tr, t in zip(fig.data, TASKS):
+        y = np.asarray(tr.y)
+        assert np.all(np.diff(y) <= 0) and y[0] == scores[t].max() and y[-1] == scores[t].min()
+    assert fig.layout.shapes[0].x0 == 240
+    assert fig.layout.yaxis.type == "log"
+
+
+def test_long_curves_are_thinned_but_keep_head_and_tail():
+    s = np.arange(5000, dtype=float)
+    fig = plots.sorted_score_curves({"a": s}, log_y=False)
+    x, y = np.asarray(fig.data[0].x), np.asarray(fig.data[0].y)
+    assert x.size <= plots.MAX_CURVE_POINTS and x[0] == 0 and x[-1] == 4999
+    assert np.array_equal(y, 4999 - x)  # each drawn point sits at its true rank
+    assert np.array_equal(x[:300], np.arange(300))
+
+
+def test_layer_dim_heatmap_selects_columns():
+    layer = np.arange(4 * 10, dtype=float).reshape(4, 10)
+    fig = plots.layer_dim_heatmap(layer, [7, 2], "boolq")
+    assert np.array_equal(np.asarray(fig.data[0].z), layer[:, [7, 2]])
+    assert list(fig.data[0].x) == ["d7", "d2"] and "boolq" in fig.layout.title.text
+
+
+def test_score_distributions_log():
+    fig = plots.score_distributions({"a": np.array([1.0, 10.0, 100.0])})
+    assert np.allclose(fig.data[0].x, [0, 1, 2])
+
+
+def test_task_heatmaps():
+    prune = _prune()
+    jac = jaccard_matrix(prune)
+    fig = plots.jaccard_heatmap(jac, TASKS, 0.4)
+    assert np.allclose(np.asarray(fig.data[0].z), jac) and "0.40" in fig.layout.title.text
+    assert list(fig.data[0].x) == TASKS
+    corr = plots.correlation_heatmap(np.eye(3), TASKS)
+    assert corr.data[0].zmin == -1 and corr.data[0].zmax == 1
+
+
+def test_vote_matrix_sorted_by_votes():
+    prune = _prune()
+    fig = plots.vote_matrix(prune, TASKS)
+    z = np.asarray(fig.data[0].z)
+    assert z.shape == (50, 3)
+    assert np.all(np.diff(z.sum(1)) <= 0)  # most votes first
+    assert z.sum() == prune.sum()
+
+
+def test_vote_matrix_thins_rows():
+    prune = _prune(d=5000, k=1000)
+    fig = plots.vote_matrix(prune, TASKS, max_rows=500)
+    assert np.asarray(fig.data[0].z).shape == (500, 3)
+
+
+def test_vote_histogram_counts():
+    prune = _prune()
+    votes = vote_counts(prune)
+    fig = plots.vote_histogram(votes, 3)
+    y = np.asarray(fig.data[0].y)
+    assert y.sum() == 50 and np.array_equal(y, np.bincount(votes, minlength=4))
+
+
+def test_upset_bars_match_overlaps():
+    prune = _prune()
+    df = upset_overlaps(prune, TASKS)
+    fig = plots.upset_bars(df, TASKS, top=5)
+    bars = fig.data[0]
+    assert list(bars.y) == df["size"].head(5).tolist()
+    dots = fig.data[1 + TASKS.index("b")]
+    member = df["b"].head(5).to_numpy()
+    assert [c == "#34495e" for c in dots.marker.color] == member.tolist()
+
+
+def test_stability_histogram():
+    fig = plots.stability_histogram(np.array([0.0, 0.5, 1.0, 1.0]))
+    assert len(fig.data[0].x) == 4 and fig.layout.yaxis.type == "log"
+
+
+def test_run_history():
+    assert plots.run_history(pd.DataFrame()).layout.title.text == "No runs yet"
+    runs = pd.DataFrame({"run_id": ["r1", "r2", "r3"], "model": ["m", "m", "n"], "sparsity": [0.1, 0.2, 0.1],
+                         "mean_delta": [-0.01, -0.05, 0.0]})
+    fig = plots.run_history(runs)
+    assert [tr.name for tr in fig.data] == ["m", "n"]
+    assert list(fig.data[0].y) == [-0.01, -0.05]

@@ -22,18 +22,18 @@ import streamlit as st  # noqa: E402
 from diet_explore.errors import DietError  # noqa: E402
 from app_pages import _ui as ui  # noqa: E402
 
-st.set_page_config(page_title="diet-explore", page_icon="✂️", layout="wide")
+st.set_page_config(page_title="diet-explore", page_icon=":material/content_cut:", layout="wide")
 
 # Pages live in app_pages/, not pages/: a folder named pages/ beside the entry script makes
 # Streamlit's AppTest (1.67) run each page file directly as a legacy v1 multipage app on every rerun
 # after the first, skipping this script (cache picker, settings, URL sync).
 PAGES = [
-    st.Page("app_pages/overview.py", title="Overview", icon="🗂️", url_path="overview", default=True),
-    st.Page("app_pages/rankings.py", title="Rankings", icon="📈", url_path="rankings"),
-    st.Page("app_pages/agreement.py", title="Agreement", icon="🤝", url_path="agreement"),
-    st.Page("app_pages/mask_builder.py", title="Mask builder", icon="🎛️", url_path="mask_builder"),
-    st.Page("app_pages/prune_eval.py", title="Prune & evaluate", icon="⚖️", url_path="prune_eval"),
-    st.Page("app_pages/export.py", title="Export", icon="📦", url_path="export"),
+    st.Page("app_pages/overview.py", title="Overview", icon=":material/home:", url_path="overview", default=True),
+    st.Page("app_pages/rankings.py", title="Rankings", icon=":material/leaderboard:", url_path="rankings"),
+    st.Page("app_pages/agreement.py", title="Agreement", icon=":material/handshake:", url_path="agreement"),
+    st.Page("app_pages/mask_builder.py", title="Mask builder", icon=":material/tune:", url_path="mask_builder"),
+    st.Page("app_pages/prune_eval.py", title="Prune & evaluate", icon=":material/science:", url_path="prune_eval"),
+    st.Page("app_pages/export.py", title="Export", icon=":material/download:", url_path="export"),
 ]
 
 ui.boot()

@@ -48,9 +48,10 @@ with ui.shown_errors():
         c = st.columns(4)
         c[0].metric("Kept dims", f"{result.n_keep} / {d}")
         c[1].metric("Resulting sparsity", f"{result.sparsity:.4f}", delta=f"{result.sparsity - config.sparsity:+.4f} vs target",
-                    delta_color="off")
-        c[2].metric("Pruned model parameters", f"{params / 1e6:,.2f} M" if params is not None else "n/a",
-                    delta=f"{params / dense - 1:+.1%}" if params is not None and dense else None, delta_color="off")
+                    delta_color="off", delta_arrow="off")
+        c[2].metric("Params after pruning", f"{params / 1e6:,.2f} M" if params is not None else "n/a",
+                    delta=f"{params / dense - 1:+.1%} vs dense" if params is not None and dense else None, delta_color="off",
+                    delta_arrow="off")
         c[3].metric("Voting tasks", len(result.tasks))
 
         overlaps = ui.baseline_overlaps(loaded.path, loaded.sha, config.to_json())
@@ -72,10 +73,12 @@ with ui.shown_errors():
             stab = ui.bootstrap_for(loaded.path, loaded.sha, config.to_json(), n_res)
             f = stab.keep_frequency
             b = st.columns(3)
-            b[0].metric("Mean Jaccard to full-sample mask", f"{stab.mean_jaccard:.4f}", delta=f"± {stab.std_jaccard:.4f}",
-                        delta_color="off")
-            b[1].metric("Always kept or always pruned", int(((f == 0) | (f == 1)).sum()))
-            b[2].metric("Unstable dims (kept in 5–95% of resamples)", int(((f > 0.05) & (f < 0.95)).sum()))
+            b[0].metric("Jaccard vs full mask", f"{stab.mean_jaccard:.4f}", delta=f"± {stab.std_jaccard:.4f} (std)",
+                        delta_color="off", delta_arrow="off")
+            b[1].metric("Stable dims", int(((f == 0) | (f == 1)).sum()))
+            b[2].metric("Unstable dims", int(((f > 0.05) & (f < 0.95)).sum()))
+            st.caption(f"Jaccard of pruned sets, {stab.n_resamples} resamples vs the full-sample mask. Stable: kept in 0% or "
+                       "100% of resamples; unstable: kept in 5–95%.")
             for note in stab.notes:
                 st.caption(note)
             st.plotly_chart(plots.stability_histogram(f), key="mb_stability")

@@ -168,7 +168,7 @@ def test_mask_builder_numbers_follow_sliders(app, alpha):
     res = build_mask(alpha, MaskConfig())
     m = metrics(at)
     assert _kept(at) == res.n_keep and m["Resulting sparsity"] == f"{res.sparsity:.4f}"
-    assert m["Pruned model parameters"] == f"{(ALPHA_PARAMS - ALPHA_PER_DIM * (576 - res.n_keep)) / 1e6:,.2f} M"
+    assert m["Params after pruning"] == f"{(ALPHA_PARAMS - ALPHA_PER_DIM * (576 - res.n_keep)) / 1e6:,.2f} M"
     assert m["Voting tasks"] == "7"
 
     at.slider(key="sparsity").set_value(0.4).run()
@@ -210,11 +210,11 @@ def test_mask_builder_bootstrap_matches_library(app, alpha):
     at = run_page(app.run(), "mask_builder")
     at.number_input(key="stab_n").set_value(30).run()
     stab = bootstrap_masks(alpha, MaskConfig(), n_resamples=30, seed=0)
-    assert metrics(at)["Mean Jaccard to full-sample mask"] == f"{stab.mean_jaccard:.4f}"
+    assert metrics(at)["Jaccard vs full mask"] == f"{stab.mean_jaccard:.4f}"
     hist = chart_by_key(at, "mb_stability")
     assert np.allclose(arr(hist["data"][0]["x"]), stab.keep_frequency)
     at.toggle(key="stab_on").set_value(False).run()
-    assert "Mean Jaccard to full-sample mask" not in metrics(at)
+    assert "Jaccard vs full mask" not in metrics(at)
 
 
 def test_every_weight_zero_is_an_error_box(app, alpha):

@@ -1,0 +1,250 @@
+"""End to end in a real headless Chromium: ``streamlit run app.py`` on a free port, driven by Playwright.
+
+Visits every page through the sidebar (so session state must carry the settings), moves the
+sparsity slider with the keyboard and checks that the Jaccard heatmap and the numbers change to the
+library's values, checks the URL reproduces the view in a fresh browser context, downloads the mask
+and validates it with ``load_mask``, and writes a screenshot of every page to docs/screenshots/.
+
+Uses the repository's caches when cache/ has one (so the screenshots show real data), else the
+synthetic test caches. Missing Chromium/Playwright skips locally but fails when CI=true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest_app import APP, arr, build_cache_root
+
+pytestmark = pytest.mark.browser
+
+ROOT = APP.parent
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run"]
+PAGES = [("overview", "Overview"), ("rankings", "Rankings"), ("agreement", "Agreement"), ("mask_builder", "Mask builder"),
+         ("prune_eval", "Prune & evaluate"), ("export", "Export")]
+WAIT_MS = 60_000
+
+
+def _require_browser():
+    why = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        why = "playwright (python) is not installed"
+    if why is None and not Path(CHROMIUM).exists():
+        why = f"{CHROMIUM} is missing (apt-get install chromium)"
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"browser test cannot run in CI: {why}")
+        pytest.skip(why)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200 and r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"streamlit did not become healthy at {url}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _require_browser()
+    from diet_explore import app_state as S
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    real_root = ROOT / "cache"
+    cache_root = real_root if S.discover_caches(real_root) else build_cache_root(tmp / "caches")
+    port = _free_port()
+    env = {**os.environ, "DIET_EXPLORE_CACHE_DIR": str(cache_root), "DIET_EXPLORE_EXPORT_DIR": str(tmp / "export"),
+           "DIET_EXPLORE_RUNS_DIR": str(tmp / "runs"), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    log = open(tmp / "streamlit.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_health(url, proc)
+        yield {"url": url, "cache_root": cache_root, "tmp": tmp}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+# --------------------------------------------------------------------------------------------
+def _idle(page) -> None:
+    """Wait until the script run finished (the 'Running…' status widget is gone) and charts drew."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        timeout=WAIT_MS,
+    )
+    page.wait_for_timeout(300)
+
+
+def _goto_page(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
+    page.get_by_role("heading", name=title if title != "Overview" else "diet-explore").first.wait_for(timeout=WAIT_MS)
+    _idle(page)
+
+
+def _metric(page, label: str) -> str:
+    m = page.locator('[data-testid="stMetric"]').filter(has=page.get_by_text(label, exact=True)).first
+    return m.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+def _wait_metric(page, label: str, expected: str) -> None:
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while time.monotonic() < deadline:
+        try:
+            if _metric(page, label) == expected:
+                return
+        except Exception:  # noqa: BLE001 (element re-rendering)
+            pass
+        page.wait_for_timeout(200)
+    raise AssertionError(f"metric {label!r} is {_metric(page, label)!r}, expected {expected!r}")
+
+
+def _plot_data(page, title_part: str):
+    """``data`` of the plotly chart whose title contains ``title_part`` (read from the live graph div);
+    waits until it is drawn (charts are drawn after the script run ends)."""
+    handle = page.wait_for_function(
+        """(part) => {
+            for (const el of document.querySelectorAll('.js-plotly-plot')) {
+                const t = (el.layout && el.layout.title && (el.layout.title.text || el.layout.title)) || '';
+                const conv = v => v == null ? null : ArrayBuffer.isView(v) ? Array.from(v) : Array.isArray(v) ? v.map(conv) : v;
+                if (String(t).includes(part)) return el.data.map(d => ({x: conv(d.x), y: conv(d.y), z: conv(d.z)}));
+            }
+            return null;
+        }""",
+        arg=title_part,
+        timeout=WAIT_MS,
+    )
+    return handle.json_value()
+
+
+def _shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def _load_default_cache(server):
+    from diet_explore import app_state as S
+    from diet_explore.cache import load_cache
+
+    return load_cache(S.default_cache(S.discover_caches(Path(server["cache_root"]))))
+
+
+# --------------------------------------------------------------------------------------------
+def test_every_page_slider_and_download(server, browser, tmp_path):
+    from diet_explore.agreement import jaccard_matrix, prune_matrix
+    from diet_explore.maskfile import load_mask
+    from diet_explore.masks import MaskConfig, build_mask
+    from diet_explore.scores import keep_count
+
+    cache = _load_default_cache(server)
+    d = cache.hidden_size
+    context = browser.new_context(viewport={"width": 1440, "height": 1600}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server["url"], wait_until="domcontentloaded")
+    page.get_by_role("heading", name="diet-explore").first.wait_for(timeout=WAIT_MS)
+    _idle(page)
+    assert _metric(page, "Hidden size") == str(d)
+    _shot(page, "overview")
+
+    _goto_page(page, "Rankings")
+    assert _plot_data(page, "Sorted dimension scores") is not None
+    _shot(page, "rankings")
+
+    # Agreement: move the sparsity slider with the keyboard; the heatmap must follow.
+    _goto_page(page, "Agreement")
+    _wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.2)))
+    before = _plot_data(page, "Jaccard overlap")
+    assert np.allclose(arr(before[0]["z"]).astype(float), jaccard_matrix(prune_matrix(cache, 0.2)))
+    handle = page.locator('[data-testid="stSlider"] input[type="range"]').first
+    handle.focus()
+    for _ in range(5):
+        handle.press("ArrowRight")
+    _wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.25)))
+    _idle(page)
+    after = _plot_data(page, "Jaccard overlap")
+    z_after = arr(after[0]["z"]).astype(float)
+    assert not np.allclose(arr(before[0]["z"]).astype(float), z_after)
+    assert np.allclose(z_after, jaccard_matrix(prune_matrix(cache, 0.25)))
+    assert "sparsity=0.25" in page.url
+    _shot(page, "agreement")
+
+    # Mask builder: the slider value came along through session state.
+    _goto_page(page, "Mask builder")
+    res = build_mask(cache, MaskConfig(sparsity=0.25))
+    _wait_metric(page, "Kept dims", f"{res.n_keep} / {d}")
+    _shot(page, "mask_builder")
+
+    _goto_page(page, "Prune & evaluate")
+    _shot(page, "prune_eval")
+
+    _goto_page(page, "Export")
+    with page.expect_download(timeout=WAIT_MS) as dl:
+        page.get_by_role("button", name="Download mask JSON").click()
+    path = tmp_path / dl.value.suggested_filename
+    dl.value.save_as(path)
+    mask = load_mask(path, expected_hidden_size=d)
+    assert np.array_equal(mask.keep, res.keep)
+    assert json.loads(path.read_text())["config"]["sparsity"] == 0.25
+    _shot(page, "export")
+    link = page.url
+    context.close()
+    assert not errors, errors
+
+    # A pasted link reproduces the view in a fresh browser context (a new session).
+    fresh = browser.new_context(viewport={"width": 1440, "height": 1000})
+    p2 = fresh.new_page()
+    p2.goto(link.replace("/export", "/mask_builder"), wait_until="domcontentloaded")
+    p2.get_by_role("heading", name="Mask builder").first.wait_for(timeout=WAIT_MS)
+    _idle(p2)
+    _wait_metric(p2, "Kept dims", f"{res.n_keep} / {d}")
+    fresh.close()

@@ -42,7 +42,8 @@ K_SINGLE_TASK, K_HELD_OUT = "single_task", "held_out_task"
 # Streamlit 1.67's persist_state="session" was tried first: on the first run after a page switch the
 # key is not yet in st.session_state, so code reading settings before the widget renders saw defaults.
 PERSIST = None
-PAGE_SETTING_KEYS = ("rank_task", "rank_top_n", "rank_dims", "stab_on", "stab_n", "export_name")
+PAGE_SETTING_KEYS = ("rank_task", "rank_top_n", "rank_dims", "stab_on", "stab_n", "export_name", "pe_model", "pe_tasks",
+                     "pe_limit", "pe_ppl", "pe_ppl_windows")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -309,3 +310,56 @@ def require_cache() -> Loaded:
     if current is None:
         st.stop()
     return current
+
+
+# ------------------------------------------------------------------------------------------------
+# Models and runs (Prune & evaluate, Export)
+# ------------------------------------------------------------------------------------------------
+K_MODEL = "pe_model"
+
+
+@st.cache_resource(show_spinner="Loading the dense model…", max_entries=1)
+def dense_model(name: str, device: str):
+    """(model, tokenizer, info), shared by every session: never mutate it (prune_model copies)."""
+    from diet_explore.models import load_model
+
+    return load_model(name, device=device)
+
+
+def model_name_for(cache: ScoreCache) -> str:
+    """The model to prune: the Prune & evaluate page's model field, else the cache's model."""
+    typed = str(st.session_state.get(K_MODEL, "") or "").strip()
+    return typed or cache.model_name
+
+
+def check_model_installed(name: str) -> None:
+    from diet_explore.models import install_command, is_installed
+
+    if not is_installed(name):
+        raise DietError(f"the weights of {name!r} are not installed here", f"install them with `{install_command(name)}`")
+
+
+def model_nbytes(model) -> int:
+    return int(sum(p.numel() * p.element_size() for p in model.parameters()))
+
+
+def run_store():
+    """The project's run store under DIET_EXPLORE_RUNS_DIR (default: <repo>/runs)."""
+    from diet_explore.runs import RunStore
+
+    return RunStore(env_dir(S.RUNS_DIR_ENV, "runs"))
+
+
+def save_pruned_model(cache: ScoreCache, result: MaskResult, out: Path, status) -> Path:
+    """Prune the cached dense model with ``result`` (into a copy) and save a Hugging Face folder."""
+    from diet_explore.maskfile import mask_file_from_result
+    from diet_explore.prune import prune_model, save_pruned
+
+    name = model_name_for(cache)
+    check_model_installed(name)
+    status.write(f"Loading {name}…")
+    model, tokenizer, _ = dense_model(name, "auto")
+    status.write(f"Pruning to {result.n_keep} of {result.hidden_size} hidden dims…")
+    pruned = prune_model(model, result.keep)
+    status.write(f"Saving to {display_path(out)}…")
+    return save_pruned(pruned, tokenizer, out, mask_file=mask_file_from_result(result, cache), overwrite=True, source_model=name)

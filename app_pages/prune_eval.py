@@ -1,17 +1,99 @@
-"""Prune & evaluate: prune the model with the current mask and compare it with the dense model."""
+"""Prune & evaluate: prune the model with the current mask and compare it with the dense model on
+held-out examples. Every run goes to the run store; the history is shown below."""
 
 from __future__ import annotations
 
-import importlib.util
-
+import pandas as pd
 import streamlit as st
 
+from diet_explore import app_state as S
+from diet_explore import plots
+from diet_explore.errors import DietError
+from diet_explore.evaluate import EvalConfig, evaluate_pair
+from diet_explore.prune import count_parameters, prune_model
 from app_pages import _ui as ui
+
+K_TASKS, K_LIMIT, K_PPL, K_PPL_WINDOWS, K_RUN = "pe_tasks", "pe_limit", "pe_ppl", "pe_ppl_windows", "pe_run"
+K_LAST = "_pe_last_run"
+SHOW_COLUMNS = ["n", "metric", "dense_acc", "pruned_acc", "dense_acc_norm", "pruned_acc_norm", "delta_main",
+                "delta_main_ci_low", "delta_main_ci_high"]
 
 st.title("Prune & evaluate")
 with ui.shown_errors():
     loaded = ui.require_cache()
-    missing = [m for m in ("prune", "evaluate", "runs") if importlib.util.find_spec(f"diet_explore.{m}") is None]
-    if missing:
-        st.info("This page needs " + ", ".join(f"`diet_explore.{m}`" for m in missing) + " (not in this build yet).")
-        st.stop()
+    cache = loaded.cache
+    config = ui.current_config(cache)
+    result = ui.mask_for(loaded.path, loaded.sha, config.to_json())
+    st.markdown(f"Current mask: **{config.method}**, kept **{result.n_keep}** of {result.hidden_size} hidden dims "
+                f"(sparsity {result.sparsity:.4f}). Change it on the Mask builder page.")
+
+    st.session_state.setdefault(ui.K_MODEL, cache.model_name)
+    st.session_state.setdefault(K_TASKS, list(cache.task_names))
+    st.session_state.setdefault(K_LIMIT, 20)
+    st.session_state.setdefault(K_PPL, True)
+    st.session_state.setdefault(K_PPL_WINDOWS, 16)
+    c1, c2 = st.columns([2, 1])
+    c1.text_input("Model (built-in name, local folder or hub id)", key=ui.K_MODEL,
+                  help="defaults to the model the score cache was profiled from")
+    c2.number_input("Held-out examples per task", 1, 2000, step=5, key=K_LIMIT)
+    st.multiselect("Tasks", list(cache.task_names), key=K_TASKS)
+    p1, p2 = st.columns(2)
+    p1.toggle("Wiki perplexity", key=K_PPL)
+    p2.number_input("Perplexity windows (128 tokens)", 1, 512, step=4, key=K_PPL_WINDOWS, disabled=not st.session_state[K_PPL])
+
+    name = ui.model_name_for(cache)
+    ui.check_model_installed(name)  # DietError with the install command when the weights are missing
+    store = ui.run_store()
+
+    if st.button("Prune and evaluate", key=K_RUN, type="primary"):
+        if not st.session_state[K_TASKS]:
+            raise DietError("no task selected", "pick at least one task to evaluate")
+        eval_config = EvalConfig(tasks=list(st.session_state[K_TASKS]), limit=int(st.session_state[K_LIMIT]),
+                                 perplexity=bool(st.session_state[K_PPL]), ppl_windows=int(st.session_state[K_PPL_WINDOWS]),
+                                 exclude_cache=loaded.path)
+        with st.status("Pruning and evaluating…", expanded=True) as status:
+            status.write(f"Loading {name}…")
+            dense, tokenizer, _ = ui.dense_model(name, "auto")
+            status.write(f"Pruning to {result.n_keep} hidden dims (a copy; the loaded model is untouched)…")
+            pruned = prune_model(dense, result.keep, saveable=False)
+            bar = st.progress(0.0, text="evaluating")
+            pair = evaluate_pair(dense, pruned, tokenizer, eval_config,
+                                 progress=lambda f, m: bar.progress(min(max(float(f), 0.0), 1.0), text=m))
+            record = S.run_record(
+                pair, model=name, cache_path=ui.display_path(loaded.path), manifest_hash=cache.manifest_hash,
+                mask_config=config, n_keep=result.n_keep, hidden_size=result.hidden_size,
+                params=(count_parameters(dense), count_parameters(pruned)), nbytes=(ui.model_nbytes(dense), ui.model_nbytes(pruned)),
+            )
+            record = store.load(store.save(record))
+            del pruned
+            status.update(label=f"Done: run {record['run_id']}", state="complete", expanded=False)
+        st.session_state[K_LAST] = record
+
+    last = st.session_state.get(K_LAST)
+    if last:
+        st.subheader(f"Run {last['run_id']}: {last['model']}, sparsity {last['sparsity']:.4f}")
+        lo, hi = last["delta_avg_ci"]
+        params, nbytes, spe = last["parameters"], last["bytes"], last["seconds_per_example"]
+        m = st.columns(5)
+        m[0].metric("Mean Δ main metric", f"{last['delta_avg']:+.4f}", delta=f"95% CI [{lo:+.3f}, {hi:+.3f}]",
+                    delta_color="off", delta_arrow="off")
+        m[1].metric("Perplexity (dense → pruned)",
+                    f"{last['dense_ppl']:.2f} → {last['pruned_ppl']:.2f}" if last.get("dense_ppl") else "off")
+        m[2].metric("Parameters", f"{params['pruned'] / 1e6:,.2f} M", delta=f"{params['pruned'] / params['dense'] - 1:+.1%}",
+                    delta_color="off", delta_arrow="off")
+        m[3].metric("Size in memory", f"{nbytes['pruned'] / 2**20:,.1f} MiB", delta=f"dense {nbytes['dense'] / 2**20:,.1f} MiB",
+                    delta_color="off", delta_arrow="off")
+        m[4].metric("Eval time per example", f"{spe['pruned'] * 1000:,.0f} ms", delta=f"dense {spe['dense'] * 1000:,.0f} ms",
+                    delta_color="off", delta_arrow="off")
+        table = pd.DataFrame(last["task_results"]).set_index("task")
+        st.dataframe(table[[c for c in SHOW_COLUMNS if c in table]], key="pe_results")
+        st.caption("acc: argmax log-likelihood; acc_norm: per-character; main = acc_norm for HellaSwag/ARC/OpenBookQA, "
+                   "acc elsewhere. Δ = pruned − dense on the same examples, with a paired 95% CI.")
+
+    st.subheader("Run history")
+    history = S.runs_frame(store.records())
+    if history.empty:
+        st.caption("No runs yet.")
+    else:
+        st.dataframe(history, hide_index=True, key="pe_history")
+        st.plotly_chart(plots.run_history(history, x="sparsity", y="delta_avg"), key="pe_history_plot")

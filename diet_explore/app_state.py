@@ -274,6 +274,12 @@ def check_export_name(name: str) -> str:
     return name
 
 
+def default_export_name(model_name: str, config: MaskConfig) -> str:
+    """A plain export name such as ``smollm2-135m-diet-s0.2`` (a model given as a path uses its folder name)."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name.rstrip("/\\")).name).strip("-.") or "model"
+    return check_export_name(f"{base}-{config.method}-s{config.sparsity:g}"[:128])
+
+
 def mask_command(cache_path: str | Path, config: MaskConfig, out: str | Path) -> str:
     """The ``diet-explore mask`` command line that rebuilds this mask from the same cache."""
     default = MaskConfig().to_dict()
@@ -302,3 +308,71 @@ def lm_eval_command(model_dir: str | Path, tasks: Sequence[str], batch_size: int
             "--tasks", ",".join(tasks), "--batch_size", str(batch_size), "--device", device,
         ]
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Prune & evaluate runs
+# ------------------------------------------------------------------------------------------------
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    return value
+
+
+def run_record(pair, *, model: str, cache_path: str, manifest_hash: str, mask_config: MaskConfig, n_keep: int,
+               hidden_size: int, params: tuple[int, int], nbytes: tuple[int, int]) -> dict[str, Any]:
+    """One prune+evaluate run as a JSON-safe dict for ``runs.RunStore.save`` (``pair``: an
+    ``evaluate.PairResult``). The flat fields are the run store's listing columns; the rest is detail."""
+    frame = pair.to_frame().reset_index()
+    delta, lo, hi = pair.average_delta()
+    n_examples = int(sum(r.n for r in pair.dense.tasks.values()))
+    return _clean({
+        "source": "app",
+        "model": model,
+        "method": mask_config.method,
+        "sparsity": 1.0 - n_keep / hidden_size,
+        "n_keep": n_keep,
+        "hidden_size": hidden_size,
+        "tasks": list(pair.dense.tasks),
+        "limit": pair.dense.config.limit,
+        "dense_avg": pair.dense.average(),
+        "pruned_avg": pair.pruned.average(),
+        "delta_avg": delta,
+        "delta_avg_ci": [lo, hi],
+        "dense_ppl": pair.dense.perplexity,
+        "pruned_ppl": pair.pruned.perplexity,
+        "wall_time_s": pair.dense.wall_time_s + pair.pruned.wall_time_s,
+        "cache": cache_path,
+        "cache_manifest_hash": manifest_hash,
+        "mask_config": mask_config.to_dict(),
+        "eval_config": pair.dense.config.to_dict(),
+        "task_results": frame.to_dict(orient="records"),
+        "parameters": {"dense": params[0], "pruned": params[1]},
+        "bytes": {"dense": nbytes[0], "pruned": nbytes[1]},
+        "seconds_per_example": {"dense": pair.dense.wall_time_s / max(n_examples, 1),
+                                "pruned": pair.pruned.wall_time_s / max(n_examples, 1)},
+        "n_examples": n_examples,
+    })
+
+
+HISTORY_COLUMNS = ("run_id", "created", "model", "method", "sparsity", "n_keep", "delta_avg", "ci_low", "ci_high",
+                   "dense_avg", "pruned_avg", "dense_ppl", "pruned_ppl", "limit", "wall_time_s")
+
+
+def runs_frame(records: Sequence[Mapping[str, Any]]):
+    """One row per stored run (app or CLI) for the history table and plot, newest first."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        ci = r.get("delta_avg_ci") or [None, None]
+        rows.append({c: r.get(c) for c in HISTORY_COLUMNS} | {"ci_low": ci[0], "ci_high": ci[1]})
+    df = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+    return df.sort_values("created", ascending=False, kind="stable").reset_index(drop=True)

@@ -168,16 +168,18 @@ def stability_histogram(keep_frequency: np.ndarray, bins: int = 40) -> go.Figure
     return fig
 
 
-def run_history(runs: pd.DataFrame, x: str = "sparsity", y: str = "mean_delta", color: str | None = "model") -> go.Figure:
+def run_history(runs: pd.DataFrame, x: str = "sparsity", y: str = "delta_avg", color: str | None = "model") -> go.Figure:
     """Scatter of stored runs (e.g. sparsity vs. mean accuracy delta), hover shows the run id."""
     fig = go.Figure()
+    runs = runs.dropna(subset=[c for c in (x, y) if c in runs]) if not runs.empty else runs
     if runs.empty or x not in runs or y not in runs:
         fig.update_layout(title="No runs yet", **_LAYOUT)
         return fig
     groups = runs.groupby(color, sort=True) if color and color in runs else [("runs", runs)]
     for name, g in groups:
+        g = g.sort_values(x)
         hover = g["run_id"].astype(str) if "run_id" in g else None
-        fig.add_trace(go.Scatter(x=g[x], y=g[y], mode="markers+lines", name=str(name), text=hover, hovertemplate="%{text}: %{x}, %{y:.4f}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=g[x], y=g[y], mode="markers", name=str(name), text=hover, hovertemplate="%{text}: %{x}, %{y:.4f}<extra></extra>"))
     fig.add_hline(y=0, line_color="grey", line_dash="dot")
     fig.update_layout(title=f"Run history: {y} vs {x}", xaxis_title=x, yaxis_title=y, **_LAYOUT)
     return fig

@@ -132,3 +132,26 @@ def arr(value):
             out = out.reshape([int(s) for s in str(shape).split(",")])
         return out
     return np.asarray(value)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache_root(tmp_path_factory) -> Path:
+    """A real (profiled) score cache of a tiny random llama saved as a local model folder, whose
+    manifest names that folder, so the Prune & evaluate page can load, prune and evaluate it."""
+    from transformers import AutoTokenizer
+
+    from diet_explore.adapters.tiny import tiny_model
+    from diet_explore.models import ModelInfo, store_path
+    from diet_explore.profile import ProfileConfig, profile
+
+    root = tmp_path_factory.mktemp("tiny")
+    folder = root / "models" / "tiny-llama"
+    tok = AutoTokenizer.from_pretrained(store_path("smollm2-135m"))
+    model = tiny_model("llama", hidden_size=64)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    info = ModelInfo(str(folder), "tiny-llama", None, None, None, "llama", 64, 2, sum(p.numel() for p in model.parameters()))
+    config = ProfileConfig(model=str(folder), tasks="rte,arc_easy", samples=6, generic=True, device="cpu")
+    profile(config, root / "caches" / "tiny", progress=lambda *a: None, loaded=(model, tok, info))
+    return root / "caches"

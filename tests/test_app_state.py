@@ -130,6 +130,13 @@ def test_export_name_ok():
     assert S.check_export_name(" smollm2-diet_0.2 ") == "smollm2-diet_0.2"
 
 
+def test_default_export_name_is_always_valid():
+    assert S.default_export_name("smollm2-135m", MaskConfig(sparsity=0.25)) == "smollm2-135m-diet-s0.25"
+    assert S.default_export_name("/tmp/x/tiny llama/", MaskConfig()) == "tiny-llama-diet-s0.2"
+    assert S.default_export_name("Org/Model", MaskConfig(method="borda")) == "Model-borda-s0.2"
+    assert S.default_export_name("..", MaskConfig()) == "model-diet-s0.2"
+
+
 def test_mask_command_parses_back_to_the_same_config():
     from diet_explore.cli import build_parser
     from diet_explore.commands.mask import config_from_args

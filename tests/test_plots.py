@@ -105,7 +105,7 @@ def test_stability_histogram():
 def test_run_history():
     assert plots.run_history(pd.DataFrame()).layout.title.text == "No runs yet"
     runs = pd.DataFrame({"run_id": ["r1", "r2", "r3"], "model": ["m", "m", "n"], "sparsity": [0.1, 0.2, 0.1],
-                         "mean_delta": [-0.01, -0.05, 0.0]})
+                         "delta_avg": [-0.01, -0.05, 0.0]})
     fig = plots.run_history(runs)
     assert [tr.name for tr in fig.data] == ["m", "n"]
     assert list(fig.data[0].y) == [-0.01, -0.05]

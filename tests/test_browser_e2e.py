@@ -2,8 +2,9 @@
 
 Visits every page through the sidebar (so session state must carry the settings), moves the
 sparsity slider with the keyboard and checks that the Jaccard heatmap and the numbers change to the
-library's values, checks the URL reproduces the view in a fresh browser context, downloads the mask
-and validates it with ``load_mask``, and writes a screenshot of every page to docs/screenshots/.
+library's values, runs a tiny prune + evaluate (2 examples per task) into the run store, downloads
+the mask and validates it with ``load_mask``, checks the URL reproduces the view in a fresh browser
+context, and writes a screenshot of every page to docs/screenshots/.
 
 Uses the repository's caches when cache/ has one (so the screenshots show real data), else the
 synthetic test caches. Missing Chromium/Playwright skips locally but fails when CI=true.
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,8 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     from diet_explore.agreement import jaccard_matrix, prune_matrix
     from diet_explore.maskfile import load_mask
     from diet_explore.masks import MaskConfig, build_mask
+    from diet_explore.models import install_command, is_installed
+    from diet_explore.runs import RunStore
     from diet_explore.scores import keep_count
 
     cache = _load_default_cache(server)
@@ -224,7 +227,28 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     _wait_metric(page, "Kept dims", f"{res.n_keep} / {d}")
     _shot(page, "mask_builder")
 
+    # Prune & evaluate: a tiny run (2 held-out examples per task, no perplexity) into the run store.
     _goto_page(page, "Prune & evaluate")
+    model_name = cache.model_name
+    if is_installed(model_name):
+        limit = page.get_by_label("Held-out examples per task")
+        limit.fill("2")
+        limit.press("Enter")
+        _idle(page)
+        page.get_by_text("Wiki perplexity", exact=True).click()
+        _idle(page)
+        page.get_by_role("button", name="Prune and evaluate").click()
+        page.get_by_text("Mean Δ main metric", exact=True).wait_for(timeout=600_000)
+        _idle(page)
+        runs = RunStore(server["tmp"] / "runs").records()
+        assert len(runs) == 1
+        assert runs[0]["n_keep"] == res.n_keep and runs[0]["limit"] == 2 and runs[0]["dense_ppl"] is None
+        assert runs[0]["tasks"] == cache.task_names
+        assert _metric(page, "Mean Δ main metric") == f"{runs[0]['delta_avg']:+.4f}"
+        assert _plot_data(page, "Run history") is not None
+    else:  # no weights here: the page must say how to install them
+        page.get_by_text(install_command(model_name), exact=False).first.wait_for(timeout=WAIT_MS)
+        warnings.warn(f"{model_name} is not installed: prune+evaluate checked only the install hint", stacklevel=1)
     _shot(page, "prune_eval")
 
     _goto_page(page, "Export")

@@ -4,7 +4,6 @@ that reproduce it."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import json
 
@@ -12,7 +11,7 @@ import numpy as np
 import streamlit as st
 
 from diet_explore import app_state as S
-from diet_explore.errors import DietError
+from diet_explore.evaluate import lm_eval_command
 from diet_explore.maskfile import mask_file_from_result, save_mask
 from app_pages import _ui as ui
 
@@ -47,9 +46,9 @@ with ui.shown_errors():
         st.success(f"Saved {ui.display_path(path)} and {ui.display_path(path.with_suffix('.npy'))}")
 
     st.markdown("**Save a pruned model folder**")
-    if importlib.util.find_spec("diet_explore.prune") is None:
-        st.info("Pruning needs `diet_explore.prune` (not in this build yet).")
-    elif st.button(f"Prune and save model to {ui.display_path(export_dir)}/{name}/", key=K_SAVE_MODEL):
+    st.caption("Llama/Gemma configs accept only a hidden size that is a multiple of the head count; if saving "
+               "fails, build the mask with that multiple (the error says which).")
+    if st.button(f"Prune and save model to {ui.display_path(export_dir)}/{name}/", key=K_SAVE_MODEL):
         with st.status("Pruning…", expanded=True) as status:
             folder = ui.save_pruned_model(cache, result, export_dir / name, status)
             status.update(label=f"Saved {ui.display_path(folder)}", state="complete")
@@ -58,4 +57,4 @@ with ui.shown_errors():
     st.markdown("Rebuild this mask from the same cache:")
     st.code(S.mask_command(ui.display_path(loaded.path), config, f"{name}.json"), language="bash")
     st.markdown("Evaluate the saved pruned model with lm-evaluation-harness:")
-    st.code(S.lm_eval_command(ui.display_path(export_dir / name), cache.task_names), language="bash")
+    st.code(lm_eval_command(ui.display_path(export_dir / name), list(cache.task_names)), language="bash")

@@ -300,16 +300,6 @@ def mask_command(cache_path: str | Path, config: MaskConfig, out: str | Path) ->
     return shlex.join(args)
 
 
-def lm_eval_command(model_dir: str | Path, tasks: Sequence[str], batch_size: int = 8, device: str = "cpu") -> str:
-    """The lm-evaluation-harness command that evaluates a saved pruned model folder."""
-    return shlex.join(
-        [
-            "lm_eval", "--model", "hf", "--model_args", f"pretrained={model_dir},dtype=float32",
-            "--tasks", ",".join(tasks), "--batch_size", str(batch_size), "--device", device,
-        ]
-    )
-
-
 # ------------------------------------------------------------------------------------------------
 # Prune & evaluate runs
 # ------------------------------------------------------------------------------------------------

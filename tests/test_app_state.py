@@ -149,9 +149,3 @@ def test_mask_command_parses_back_to_the_same_config():
     args = build_parser().parse_args(argv[1:])
     assert args.cache == "cache/my cache" and args.out == "out.json"
     assert config_from_args(args) == cfg
-
-
-def test_lm_eval_command():
-    cmd = S.lm_eval_command("artifacts/m", ["boolq", "rte"])
-    assert shlex.split(cmd)[:3] == ["lm_eval", "--model", "hf"]
-    assert "pretrained=artifacts/m,dtype=float32" in cmd and "boolq,rte" in cmd

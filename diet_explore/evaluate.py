@@ -1,0 +1,307 @@
+"""Quick evaluation: zero-shot accuracy on held-out examples and wiki perplexity, dense vs pruned.
+
+Examples come from ``data.evaluation_ids``: never among the calibration draw (the default
+profile's first ``n_calibration`` of the seeded permutation, plus a cache's recorded sample ids
+when one is given), so a mask is never scored on the examples it was built from. Scores use the
+shared task formatting and ``scoring.LoglikelihoodScorer`` (lm-eval's tokenization and metrics):
+
+* acc = argmax of the summed log-likelihood; acc_norm = argmax of log-likelihood per character of
+  the choice text (lm-eval's ``completion_len``); acc_norm is undefined for partial-scoring tasks
+  (WinoGrande), as in lm-eval;
+* stderr = sample standard deviation / sqrt(n), as lm-eval's ``mean_stderr``;
+* a pruned-vs-dense delta is paired (same examples): its CI is mean(d) ± 1.96·sd(d)/sqrt(n) over
+  per-example differences d ∈ {-1, 0, 1};
+* the "main" metric is acc_norm where lm-eval reports it (HellaSwag, ARC, OpenBookQA) and acc
+  elsewhere, the convention of pruning papers (SliceGPT, DIET).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diet_explore import data
+from diet_explore.config import JsonConfig
+from diet_explore.errors import DietError
+from diet_explore.scoring import ChoiceScores, LoglikelihoodScorer, PairEncoder, perplexity
+from diet_explore.tasks.registry import Request, TaskSpec, resolve_tasks
+
+Progress = Callable[[float, str], None]
+Z95 = 1.959963984540054
+NORM_TASKS = ("hellaswag", "arc_easy", "arc_challenge", "openbookqa")  # lm-eval reports acc_norm for these
+PPL_WINDOW = 128
+
+
+@dataclass
+class EvalConfig(JsonConfig):
+    tasks: str | list[str] = "all"  # "all" or names from the task registry
+    limit: int = 50  # held-out examples per task
+    seed: int = data.DEFAULT_SEED  # the seeded permutation shared with calibration (disjointness)
+    batch_size: int = 8  # perplexity windows per forward; also the --batch_size of the lm_eval command
+    batch_tokens: int = 4096  # padded-token budget of one scoring batch (prefix and suffix passes)
+    device: str = "auto"
+    dtype: str | None = None  # None: fp32 on CPU, bf16 on GPU (models.pick_dtype)
+    perplexity: bool = True
+    ppl_windows: int = 32  # held-out wiki windows of 128 tokens
+    exclude_cache: str | None = None  # a score cache whose recorded calibration ids are excluded too
+    n_calibration: int = 100  # size of the default profile's calibration draw (excluded)
+
+    def __post_init__(self) -> None:
+        self.limit, self.ppl_windows = int(self.limit), int(self.ppl_windows)
+        if self.limit < 1:
+            raise DietError(f"limit must be at least 1, got {self.limit}", "e.g. --limit 50")
+        if self.ppl_windows < 1 and self.perplexity:
+            raise DietError(f"ppl_windows must be at least 1, got {self.ppl_windows}", "e.g. 32, or perplexity off")
+        if self.batch_tokens < 64:
+            raise DietError(f"batch_tokens {self.batch_tokens} is too small", "use at least 64 (default 4096)")
+
+
+# --------------------------------------------------------------------------------------------
+# Examples
+# --------------------------------------------------------------------------------------------
+def _cache_exclusions(path: str | None) -> tuple[dict[str, set[int]], int | None]:
+    if not path:
+        return {}, None
+    import json
+
+    manifest_path = Path(path) / "manifest.json"
+    if not manifest_path.exists():
+        raise DietError(f"{manifest_path} does not exist", "give a score cache folder (from `diet-explore profile`)")
+    manifest = json.loads(manifest_path.read_text())
+    ids = {t: set(int(i) for i in meta.get("sample_ids", [])) for t, meta in manifest.get("tasks", {}).items()}
+    return ids, manifest.get("config", {}).get("samples")
+
+
+def eval_requests(config: EvalConfig) -> dict[str, list[Request]]:
+    """The held-out requests of every configured task (deterministic in the config)."""
+    specs = resolve_tasks(config.tasks)
+    excluded, n_cal = _cache_exclusions(config.exclude_cache)
+    n_cal = max(config.n_calibration, int(n_cal or 0))
+    out = {}
+    for spec in specs:
+        ids = data.evaluation_ids(spec, config.limit, config.seed, frozenset(excluded.get(spec.name, ())), n_cal)
+        out[spec.name] = data.requests_for(spec, ids)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+def mean_stderr(x: np.ndarray) -> float:
+    """lm-eval's stderr: sample std (ddof=1) / sqrt(n); 0 for a single example."""
+    x = np.asarray(x, dtype=float)
+    return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def paired_delta(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """(mean(b - a), CI low, CI high) for per-example correctness of the same examples."""
+    d = np.asarray(b, float) - np.asarray(a, float)
+    se = mean_stderr(d)
+    m = float(d.mean())
+    return m, m - Z95 * se, m + Z95 * se
+
+
+def main_metric(task: str) -> str:
+    return "acc_norm" if task in NORM_TASKS else "acc"
+
+
+@dataclass
+class TaskResult:
+    task: str
+    correct: np.ndarray  # (n,) 0/1
+    correct_norm: np.ndarray | None  # (n,) 0/1, None where acc_norm is undefined
+
+    @property
+    def n(self) -> int:
+        return len(self.correct)
+
+    def metrics(self) -> dict[str, float]:
+        out = {"n": self.n, "acc": float(self.correct.mean()), "acc_stderr": mean_stderr(self.correct),
+               "acc_norm": float("nan"), "acc_norm_stderr": float("nan")}
+        if self.correct_norm is not None:
+            out.update(acc_norm=float(self.correct_norm.mean()), acc_norm_stderr=mean_stderr(self.correct_norm))
+        key = main_metric(self.task) if self.correct_norm is not None else "acc"
+        out.update(main_metric=key, main=out[key], main_stderr=out[f"{key}_stderr"])
+        return out
+
+    def main_correct(self) -> np.ndarray:
+        return self.correct_norm if main_metric(self.task) == "acc_norm" and self.correct_norm is not None else self.correct
+
+
+def _task_result(task: str, spec: TaskSpec, scores: list[ChoiceScores]) -> TaskResult:
+    correct = np.array([float(s.pred == s.gold) for s in scores])
+    norm = None if spec.format == "partial" else np.array([float(s.pred_norm == s.gold) for s in scores])
+    return TaskResult(task, correct, norm)
+
+
+@dataclass
+class EvalResult:
+    model_name: str
+    config: EvalConfig
+    tasks: dict[str, TaskResult]
+    perplexity: float | None
+    predictions: list[dict[str, Any]]
+    wall_time_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def task_metrics(self) -> dict[str, dict[str, float]]:
+        return {t: r.metrics() for t, r in self.tasks.items()}
+
+    def average(self) -> float:
+        """Unweighted mean of the per-task main metric (the paper-style 'Avg' column)."""
+        return float(np.mean([r.metrics()["main"] for r in self.tasks.values()]))
+
+    def to_frame(self):
+        import pandas as pd
+
+        rows = [{"task": t, **m} for t, m in self.task_metrics().items()]
+        rows.append({"task": "average", "n": sum(r.n for r in self.tasks.values()), "main": self.average(),
+                     "main_stderr": math.sqrt(sum(r.metrics()["main_stderr"] ** 2 for r in self.tasks.values())) / len(self.tasks)})
+        return pd.DataFrame(rows).set_index("task")
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"model": self.model_name, "config": self.config.to_dict(), "tasks": self.task_metrics(),
+                "average": self.average(), "perplexity": self.perplexity, "wall_time_s": self.wall_time_s,
+                **self.extra}
+
+
+def evaluate_model(model, tokenizer, config: EvalConfig, progress: Progress | None = None, model_name: str | None = None,
+                   requests: dict[str, list[Request]] | None = None) -> EvalResult:
+    """Score the held-out examples of every task (and wiki perplexity) with one model."""
+    start = time.perf_counter()
+    report = progress or (lambda f, m: None)
+    requests = requests if requests is not None else eval_requests(config)
+    specs = {s.name: s for s in resolve_tasks(list(requests))}
+    flat = [r for reqs in requests.values() for r in reqs]
+    share = 0.85 if config.perplexity else 1.0
+    scorer = LoglikelihoodScorer(model, tokenizer, batch_tokens=config.batch_tokens)
+    scores = scorer.score(flat, progress=lambda f, m: report(share * f, m))
+    by_task: dict[str, list[ChoiceScores]] = {}
+    for s in scores:
+        by_task.setdefault(s.task, []).append(s)
+    tasks = {t: _task_result(t, specs[t], by_task.get(t, [])) for t in requests}
+    predictions = [_prediction_record(s) for s in scores]
+    ppl = None
+    if config.perplexity:
+        report(share, "wiki perplexity")
+        ppl = wiki_perplexity(model, tokenizer, config.ppl_windows, config.batch_size)
+    report(1.0, "done")
+    name = model_name or str(getattr(model.config, "_name_or_path", "") or "model")
+    return EvalResult(name, config, tasks, ppl, predictions, time.perf_counter() - start)
+
+
+def _prediction_record(s: ChoiceScores) -> dict[str, Any]:
+    return {"task": s.task, "doc_id": s.doc_id, "lls": [round(x, 6) for x in s.lls], "is_greedy": s.is_greedy,
+            "gold": s.gold, "pred": s.pred, "pred_norm": s.pred_norm, "correct": int(s.pred == s.gold)}
+
+
+def wiki_perplexity(model, tokenizer, n_windows: int = 32, batch_size: int = 8) -> float:
+    """Perplexity on held-out wiki windows (the second half of the windows; calibration uses the first).
+    Gemma-style tokenizers that add BOS get it prepended, as their models expect."""
+    key = f"{getattr(tokenizer, 'name_or_path', '')}:{type(tokenizer).__name__}:{len(tokenizer)}"
+    windows = data.wiki_token_windows(key, tokenizer, PPL_WINDOW)
+    ids = data.wiki_heldout_ids(len(windows), n_windows)
+    enc = PairEncoder(tokenizer)
+    adds_bos = enc.prefix_token_id is not None and enc.encode_many(["a"])[0][:1] == [tokenizer.bos_token_id]
+    return perplexity(model, windows[ids], tokenizer.bos_token_id if adds_bos else None, batch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Dense vs pruned
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PairResult:
+    dense: EvalResult
+    pruned: EvalResult
+
+    def task_deltas(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for t, d in self.dense.tasks.items():
+            p = self.pruned.tasks[t]
+            row = {}
+            for key, a, b in (("acc", d.correct, p.correct), ("acc_norm", d.correct_norm, p.correct_norm),
+                              ("main", d.main_correct(), p.main_correct())):
+                if a is None or b is None:
+                    row.update({f"delta_{key}": float("nan"), f"delta_{key}_ci_low": float("nan"), f"delta_{key}_ci_high": float("nan")})
+                    continue
+                m, lo, hi = paired_delta(a, b)
+                row.update({f"delta_{key}": m, f"delta_{key}_ci_low": lo, f"delta_{key}_ci_high": hi})
+            out[t] = row
+        return out
+
+    def average_delta(self) -> tuple[float, float, float]:
+        """Mean over tasks of the paired main-metric delta; tasks are independent, so the
+        standard error is sqrt(Σ se_t²) / T."""
+        ds, ses = [], []
+        for t, d in self.dense.tasks.items():
+            diff = self.pruned.tasks[t].main_correct() - d.main_correct()
+            ds.append(diff.mean())
+            ses.append(mean_stderr(diff))
+        m = float(np.mean(ds))
+        se = math.sqrt(sum(s * s for s in ses)) / len(ses)
+        return m, m - Z95 * se, m + Z95 * se
+
+    def to_frame(self):
+        import pandas as pd
+
+        rows = []
+        dm, pm, deltas = self.dense.task_metrics(), self.pruned.task_metrics(), self.task_deltas()
+        for t in dm:
+            row = {"task": t, "n": dm[t]["n"], "metric": dm[t]["main_metric"]}
+            for key in ("acc", "acc_norm", "main"):
+                row[f"dense_{key}"], row[f"dense_{key}_stderr"] = dm[t][key], dm[t][f"{key}_stderr"]
+                row[f"pruned_{key}"], row[f"pruned_{key}_stderr"] = pm[t][key], pm[t][f"{key}_stderr"]
+            row.update(deltas[t])
+            rows.append(row)
+        m, lo, hi = self.average_delta()
+        rows.append({"task": "average", "n": sum(r["n"] for r in rows), "metric": "main",
+                     "dense_main": self.dense.average(), "pruned_main": self.pruned.average(),
+                     "delta_main": m, "delta_main_ci_low": lo, "delta_main_ci_high": hi})
+        return pd.DataFrame(rows).set_index("task")
+
+    def predictions(self) -> list[dict[str, Any]]:
+        """Per example: the dense and pruned records side by side."""
+        out = []
+        for d, p in zip(self.dense.predictions, self.pruned.predictions):
+            out.append({"task": d["task"], "doc_id": d["doc_id"], "gold": d["gold"],
+                        "dense_lls": d["lls"], "dense_pred": d["pred"], "dense_pred_norm": d["pred_norm"],
+                        "pruned_lls": p["lls"], "pruned_pred": p["pred"], "pruned_pred_norm": p["pred_norm"]})
+        return out
+
+    def to_json_dict(self) -> dict[str, Any]:
+        m, lo, hi = self.average_delta()
+        return {"dense": self.dense.to_json_dict(), "pruned": self.pruned.to_json_dict(),
+                "deltas": self.task_deltas(), "average_delta": {"delta": m, "ci_low": lo, "ci_high": hi}}
+
+
+def evaluate_pair(dense, pruned, tokenizer, config: EvalConfig, progress: Progress | None = None,
+                  names: tuple[str, str] = ("dense", "pruned"), dense_result: EvalResult | None = None) -> PairResult:
+    """Both models on the same held-out examples. ``dense_result`` reuses an earlier dense run
+    (same config), which is how comparison sweeps evaluate the dense model once."""
+    report = progress or (lambda f, m: None)
+    requests = eval_requests(config)
+    if dense_result is None:
+        dense_result = evaluate_model(dense, tokenizer, config, lambda f, m: report(0.5 * f, f"dense: {m}"), names[0], requests)
+        lo = 0.5
+    else:
+        lo = 0.0
+    pruned_result = evaluate_model(pruned, tokenizer, config, lambda f, m: report(lo + (1 - lo) * f, f"pruned: {m}"),
+                                   names[1], requests)
+    return PairResult(dense_result, pruned_result)
+
+
+# --------------------------------------------------------------------------------------------
+def lm_eval_command(model_folder: str, tasks: str | list[str] = "all", limit: int | None = None,
+                    batch_size: int = 8, dtype: str = "float32") -> str:
+    """The lm-evaluation-harness command that evaluates the same tasks (with lm-eval's own example
+    selection: ``--limit`` takes the first N documents, not our held-out ids)."""
+    specs = resolve_tasks(tasks)
+    names = ",".join(s.lm_eval_task or s.name for s in specs)
+    cmd = f"lm_eval --model hf --model_args pretrained={model_folder},dtype={dtype} --tasks {names} --batch_size {batch_size}"
+    return cmd + (f" --limit {limit}" if limit else "")

@@ -22,7 +22,8 @@ from diet_explore.errors import DietError
 RUN_KIND = "diet-explore-run"
 RUN_SCHEMA_VERSION = 1
 # Flat columns the listing shows (when a record has them), in this order.
-LIST_COLUMNS = ("run_id", "created", "kind", "model", "method", "sparsity", "n_keep", "tasks", "limit",
+RESERVED = ("kind", "schema_version", "run_id", "created")  # set by the store; a record's own values are dropped
+LIST_COLUMNS = ("run_id", "created", "source", "model", "method", "sparsity", "n_keep", "tasks", "limit",
                 "dense_avg", "pruned_avg", "delta_avg", "dense_ppl", "pruned_ppl", "wall_time_s")
 
 
@@ -46,7 +47,8 @@ class RunStore:
         digest = hashlib.sha256((now.isoformat() + body).encode()).hexdigest()[:8]
         run_id = f"{now.strftime('%Y%m%dT%H%M%S')}-{digest}"
         full = {"kind": RUN_KIND, "schema_version": RUN_SCHEMA_VERSION, "run_id": run_id,
-                "created": now.isoformat(timespec="seconds"), **json.loads(body)}
+                "created": now.isoformat(timespec="seconds"),
+                **{k: v for k, v in json.loads(body).items() if k not in RESERVED}}
         atomic.write_text(self.root / f"{run_id}.json", json.dumps(full, indent=2, default=_jsonable) + "\n")
         return run_id
 

@@ -1,0 +1,49 @@
+"""The run store: atomic JSON per run, a table listing, corrupt files skipped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from diet_explore.errors import DietError
+from diet_explore.runs import RunStore
+
+
+def test_save_load_and_list(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    assert store.list().empty and store.records() == []
+    a = store.save({"model": "m", "method": "diet", "sparsity": np.float64(0.2), "tasks": ["rte", "boolq"],
+                    "delta_avg": -0.01, "per_task": {"rte": {"acc": 0.5}}})
+    b = store.save({"model": "m", "method": "random", "sparsity": 0.2, "n_keep": np.int64(459), "kind": "mine",
+                    "source": "cli"})
+    assert a != b and (tmp_path / "runs" / f"{a}.json").is_file()
+    rec = store.load(a)
+    assert rec["run_id"] == a and rec["sparsity"] == 0.2 and rec["per_task"] == {"rte": {"acc": 0.5}}
+    frame = store.list()
+    assert list(frame["run_id"]) == sorted([a, b]) and set(frame["method"]) == {"diet", "random"}
+    assert frame.set_index("run_id").loc[a, "tasks"] == "rte,boolq"
+    assert frame.set_index("run_id").loc[b, "n_keep"] == 459
+    assert store.load(b)["kind"] == "diet-explore-run" and store.load(b)["source"] == "cli"  # the store's keys win
+    assert not list((tmp_path / "runs").glob(".*"))  # no temporary files left behind
+
+
+def test_corrupt_and_foreign_files_are_skipped_with_a_warning(tmp_path):
+    store = RunStore(tmp_path)
+    good = store.save({"model": "m"})
+    (tmp_path / "20990101T000000-deadbeef.json").write_text('{"kind": "diet-explore-run", "run_')  # cut short
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    with pytest.warns(UserWarning, match="skipping unreadable run file"):
+        frame = store.list()
+    assert list(frame["run_id"]) == [good]
+    with pytest.raises(DietError, match="corrupt"):
+        store.load("20990101T000000-deadbeef")
+    with pytest.raises(DietError, match="is not in"):
+        store.load("nope")
+
+
+def test_unserialisable_records_are_refused(tmp_path):
+    with pytest.raises(DietError, match="not JSON-serialisable"):
+        RunStore(tmp_path).save({"model": object()})
+    assert list(tmp_path.iterdir()) == []

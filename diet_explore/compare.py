@@ -1,0 +1,336 @@
+"""Comparison sweeps: masking methods × sparsities, each pruned and evaluated on the same held-out
+examples, summarised as a paper-style table (CSV + markdown), a sweep plot and run-store records.
+
+Methods (CLI names → ``MaskConfig.method``): ``diet`` (the weighted vote), ``random``,
+``magnitude``, ``wiki`` (top-k on generic text) build one mask per sparsity and evaluate it on
+every task. Two methods build one mask *per evaluated task*:
+
+* ``single-task``: task t is evaluated with the mask built from t's scores alone: task-specialist
+  pruning, the ceiling a one-task mask reaches on its own task (not "the best single task": that
+  choice would be made on the evaluation data);
+* ``leave-one-out``: task t is evaluated with the DIET vote of the other tasks: how a merged mask
+  transfers to a task it never saw.
+
+For these two, wiki perplexity is not defined (one model per task) and is left empty.
+
+By default every mask keeps exactly the same number of dims at a given sparsity (``exact``),
+rounded to the multiple the model's config needs to save and reload (``prune.required_multiple``,
+the head count for Llama/Gemma in transformers 5), so methods differ only in *which* dims they keep
+and every compared model is one ``diet-explore prune`` could ship.
+
+Resumable: ``<out>/results.jsonl`` gets one line per finished (method, sparsity) and one for the
+dense model; a re-run with the same settings skips what is there (other settings are refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diet_explore import atomic, data
+from diet_explore.config import JsonConfig
+from diet_explore.errors import DietError
+from diet_explore.evaluate import (Z95, EvalConfig, EvalResult, TaskResult, eval_requests, evaluate_model, main_metric,
+                                   mean_stderr, paired_delta)
+
+Progress = Callable[[float, str], None]
+METHODS = {"diet": "diet", "random": "random", "magnitude": "magnitude", "wiki": "wiki",
+           "single-task": "single", "leave-one-out": "leave_one_out"}
+PER_TASK_METHODS = ("single-task", "leave-one-out")
+RESULTS = "results.jsonl"
+
+
+@dataclass
+class CompareConfig(JsonConfig):
+    model: str = "smollm2-135m"
+    cache: str = "cache/smollm2-135m"
+    sparsities: list[float] = field(default_factory=lambda: [0.1, 0.2])
+    methods: list[str] = field(default_factory=lambda: ["diet", "random", "magnitude", "wiki"])
+    tasks: str | list[str] = "all"
+    limit: int = 50
+    seed: int = data.DEFAULT_SEED  # evaluation draw (shared permutation with calibration)
+    mask_seed: int = 0  # random baseline
+    exact: bool = True  # every method keeps the same count; False: the vote's own count for diet/LOO
+    multiple_of: int | None = None  # None: what the model needs to save/reload (prune.required_multiple)
+    threshold: float = 0.5
+    perplexity: bool = True
+    ppl_windows: int = 32
+    batch_tokens: int = 4096
+    device: str = "auto"
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise DietError(f"unknown method(s): {', '.join(unknown)}", f"choose from {', '.join(METHODS)}")
+        if not self.methods or not self.sparsities:
+            raise DietError("no methods or no sparsities given", "e.g. --methods diet,random --sparsity 0.1,0.2")
+        self.sparsities = [float(s) for s in self.sparsities]
+        for s in self.sparsities:
+            if not 0.0 < s < 1.0:
+                raise DietError(f"sparsity {s} is outside (0, 1)", "e.g. --sparsity 0.1,0.2")
+
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(tasks=self.tasks, limit=self.limit, seed=self.seed, batch_tokens=self.batch_tokens,
+                          device=self.device, dtype=self.dtype, perplexity=self.perplexity,
+                          ppl_windows=self.ppl_windows, exclude_cache=self.cache)
+
+    def fingerprint(self, cache_hash: str) -> str:
+        """What the results depend on (not which methods/sparsities: those are the resumable grid)."""
+        keys = {k: v for k, v in self.to_dict().items() if k not in ("methods", "sparsities", "device", "batch_tokens")}
+        return hashlib.sha256(json.dumps({**keys, "cache_hash": cache_hash}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def combo_key(method: str, sparsity: float) -> str:
+    return f"{method}@{sparsity:g}"
+
+
+# --------------------------------------------------------------------------------------------
+# Results file
+# --------------------------------------------------------------------------------------------
+def read_results(out: Path) -> list[dict[str, Any]]:
+    path = out / RESULTS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by an interruption: that combination simply runs again
+    return rows
+
+
+def _append_result(out: Path, row: dict[str, Any]) -> None:
+    rows = read_results(out) + [row]
+    atomic.write_text(out / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _task_row(res: TaskResult) -> dict[str, Any]:
+    main = res.main_correct()
+    return {"metric": main_metric(res.task) if res.correct_norm is not None else "acc", "n": res.n,
+            "main": float(main.mean()), "stderr": mean_stderr(main), "correct": [int(x) for x in main]}
+
+
+def _deltas(row: dict[str, Any], dense: dict[str, Any]) -> None:
+    """Add paired deltas vs dense per task and for the average (in place)."""
+    ses, ds = [], []
+    for t, r in row["tasks"].items():
+        m, lo, hi = paired_delta(np.array(dense["tasks"][t]["correct"]), np.array(r["correct"]))
+        r.update(delta=m, ci_low=lo, ci_high=hi)
+        ds.append(m)
+        ses.append(mean_stderr(np.array(r["correct"]) - np.array(dense["tasks"][t]["correct"])))
+    m = float(np.mean(ds))
+    se = math.sqrt(sum(s * s for s in ses)) / len(ses)
+    row.update(delta_avg=m, delta_ci_low=m - Z95 * se, delta_ci_high=m + Z95 * se)
+
+
+def _average(row: dict[str, Any]) -> None:
+    vals = [r["main"] for r in row["tasks"].values()]
+    ses = [r["stderr"] for r in row["tasks"].values()]
+    row.update(avg=float(np.mean(vals)), avg_stderr=math.sqrt(sum(s * s for s in ses)) / len(ses))
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------------
+def _mask(pre, method: str, sparsity: float, config: CompareConfig, multiple: int, **extra):
+    from diet_explore.masks import MaskConfig, build_mask
+
+    mc = MaskConfig(sparsity=sparsity, method=METHODS[method], threshold=config.threshold, exact=config.exact,
+                    multiple_of=multiple, seed=config.mask_seed, **extra)
+    return build_mask(pre, mc)
+
+
+def run_compare(config: CompareConfig, out: str | Path, model=None, tokenizer=None, store=None,
+                progress: Progress | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run (or resume) the sweep into ``out``; returns every result row (dense first)."""
+    from diet_explore.cache import load_cache
+    from diet_explore.prune import prune_model, required_multiple
+    from diet_explore.runs import RunStore
+    from diet_explore.scores import as_precompute
+
+    report = progress or (lambda f, m: None)
+    out = Path(out)
+    cache = load_cache(config.cache)
+    if model is None:
+        from diet_explore.models import load_model
+
+        model, tokenizer, _ = load_model(config.model, config.device, config.dtype)
+    if cache.hidden_size != int(model.config.hidden_size):
+        raise DietError(f"cache {config.cache} is for hidden size {cache.hidden_size}, the model has {model.config.hidden_size}",
+                        "use the score cache of this model")
+    store = store if store is not None else RunStore()
+    fingerprint = config.fingerprint(cache.manifest_hash)
+    done = read_results(out)
+    if done and any(r.get("fingerprint") != fingerprint for r in done):
+        raise DietError(f"{out / RESULTS} holds results made with other settings (model, cache, tasks, limit, seed, ...)",
+                        "use another --out, or delete the folder to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / "config.json", config.to_json() + "\n")
+    multiple = config.multiple_of or required_multiple(model)
+    ecfg = config.eval_config()
+    requests = eval_requests(ecfg)
+    pre = as_precompute(cache)
+    grid = [(m, s) for s in config.sparsities for m in config.methods]
+    have = {r["key"] for r in done}
+    todo = (["dense"] if "dense" not in have else []) + [combo_key(m, s) for m, s in grid if combo_key(m, s) not in have]
+    log(f"{len(grid) + 1 - len(todo)} of {len(grid) + 1} runs already in {out}; {len(todo)} to go")
+
+    def step(i: int) -> Progress:
+        return lambda f, msg: report((i + f) / max(len(todo), 1), msg)
+
+    k = 0
+    if "dense" not in have:
+        start = time.perf_counter()
+        res = evaluate_model(model, tokenizer, ecfg, step(k), "dense", requests)
+        row = {"key": "dense", "method": "dense", "sparsity": 0.0, "n_keep": int(model.config.hidden_size),
+               "tasks": {t: _task_row(r) for t, r in res.tasks.items()}, "ppl": res.perplexity,
+               "wall_time_s": time.perf_counter() - start, "fingerprint": fingerprint}
+        _average(row)
+        _append_result(out, row)
+        done.append(row)
+        log(f"dense: avg {row['avg']:.4f}, ppl {row['ppl']}")
+        k += 1
+    dense = next(r for r in done if r["key"] == "dense")
+    for method, sparsity in grid:
+        key = combo_key(method, sparsity)
+        if key in have:
+            continue
+        start = time.perf_counter()
+        row = _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, step(k), prune_model)
+        row.update(key=key, fingerprint=fingerprint, wall_time_s=time.perf_counter() - start)
+        _average(row)
+        _deltas(row, dense)
+        row["run_id"] = store.save(_run_record(row, dense, config))
+        _append_result(out, row)
+        done.append(row)
+        log(f"{key}: kept {row['n_keep']}, avg {row['avg']:.4f} (Δ {row['delta_avg']:+.4f} "
+            f"[{row['delta_ci_low']:+.4f}, {row['delta_ci_high']:+.4f}]), ppl {row['ppl']}, {row['wall_time_s']:.0f} s")
+        k += 1
+    report(1.0, "done")
+    rows = read_results(out)
+    write_reports(rows, out, config)
+    return rows
+
+
+def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, progress, prune_model):
+    if method not in PER_TASK_METHODS:
+        mask = _mask(pre, method, sparsity, config, multiple)
+        pruned = prune_model(model, mask.keep)
+        res = evaluate_model(pruned, tokenizer, ecfg, progress, combo_key(method, sparsity), requests)
+        del pruned
+        return {"method": method, "sparsity": sparsity, "n_keep": mask.n_keep, "actual_sparsity": mask.sparsity,
+                "tasks": {t: _task_row(r) for t, r in res.tasks.items()}, "ppl": res.perplexity}
+    tasks, n_keep = {}, {}
+    cache_tasks = set(pre.cache.task_names)
+    no_ppl = EvalConfig.from_dict({**ecfg.to_dict(), "perplexity": False})
+    for i, (t, reqs) in enumerate(requests.items()):
+        if t not in cache_tasks:
+            raise DietError(f"task {t!r} is not in the cache, so {method} has no mask for it", "evaluate the cache's tasks")
+        extra = {"single_task": t, "tasks": [t]} if method == "single-task" else {"held_out_task": t}
+        mask = _mask(pre, method, sparsity, config, multiple, **extra)
+        pruned = prune_model(model, mask.keep)
+        sub = lambda f, msg, i=i: progress((i + f) / len(requests), f"{t}: {msg}")  # noqa: E731
+        res: EvalResult = evaluate_model(pruned, tokenizer, no_ppl, sub, f"{combo_key(method, sparsity)}:{t}", {t: reqs})
+        del pruned
+        tasks[t], n_keep[t] = _task_row(res.tasks[t]), mask.n_keep
+    return {"method": method, "sparsity": sparsity, "n_keep": int(np.median(list(n_keep.values()))),
+            "n_keep_per_task": n_keep, "tasks": tasks, "ppl": None}
+
+
+def _run_record(row: dict[str, Any], dense: dict[str, Any], config: CompareConfig) -> dict[str, Any]:
+    return {"source": "compare", "model": config.model, "cache": config.cache,
+            "method": row["method"], "sparsity": row["sparsity"], "n_keep": row["n_keep"], "tasks": list(row["tasks"]),
+            "limit": config.limit, "dense_avg": dense["avg"], "pruned_avg": row["avg"], "delta_avg": row["delta_avg"],
+            "dense_ppl": dense["ppl"], "pruned_ppl": row["ppl"], "wall_time_s": row["wall_time_s"],
+            "per_task": {t: {k: v for k, v in r.items() if k != "correct"} for t, r in row["tasks"].items()},
+            "config": config.to_dict()}
+
+
+# --------------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------------
+def results_frame(rows: list[dict[str, Any]]):
+    """Long table: one row per (method, sparsity, task) plus an 'average' task row."""
+    import pandas as pd
+
+    recs = []
+    for r in rows:
+        for t, v in r["tasks"].items():
+            recs.append({"method": r["method"], "sparsity": r["sparsity"], "n_keep": r["n_keep"], "task": t,
+                         "metric": v["metric"], "n": v["n"], "value": v["main"], "stderr": v["stderr"],
+                         "delta": v.get("delta", 0.0), "ci_low": v.get("ci_low", 0.0), "ci_high": v.get("ci_high", 0.0)})
+        recs.append({"method": r["method"], "sparsity": r["sparsity"], "n_keep": r["n_keep"], "task": "average",
+                     "metric": "main", "n": sum(v["n"] for v in r["tasks"].values()), "value": r["avg"],
+                     "stderr": r["avg_stderr"], "delta": r.get("delta_avg", 0.0), "ci_low": r.get("delta_ci_low", 0.0),
+                     "ci_high": r.get("delta_ci_high", 0.0), "ppl": r.get("ppl")})
+    return pd.DataFrame(recs)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Paper style: one line per (sparsity, method), tasks as columns (main metric ± stderr, in %),
+    the average with its paired delta vs dense and 95% CI, and wiki perplexity."""
+    if not rows:
+        return ""
+    tasks = list(rows[0]["tasks"])
+    metric = {t: rows[0]["tasks"][t]["metric"] for t in tasks}
+    head = ["sparsity", "method", "kept"] + [f"{t} ({metric[t]})" for t in tasks] + ["avg", "Δ avg [95% CI]", "wiki ppl"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = sorted(rows, key=lambda r: (r["sparsity"], list(METHODS).index(r["method"]) if r["method"] in METHODS else -1))
+    for r in order:
+        cells = [f"{r['sparsity']:g}", r["method"], str(r["n_keep"])]
+        cells += [f"{100 * r['tasks'][t]['main']:.1f} ± {100 * r['tasks'][t]['stderr']:.1f}" for t in tasks]
+        cells.append(f"{100 * r['avg']:.1f} ± {100 * r['avg_stderr']:.1f}")
+        cells.append("—" if r["method"] == "dense" else
+                     f"{100 * r['delta_avg']:+.1f} [{100 * r['delta_ci_low']:+.1f}, {100 * r['delta_ci_high']:+.1f}]")
+        cells.append(f"{r['ppl']:.2f}" if r.get("ppl") else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_figure(rows: list[dict[str, Any]]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    dense = next((r for r in rows if r["method"] == "dense"), None)
+    for method in [m for m in METHODS if any(r["method"] == m for r in rows)]:
+        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["sparsity"])
+        if dense is not None:
+            pts = [dense] + pts
+        fig.add_trace(go.Scatter(
+            x=[r["sparsity"] for r in pts], y=[100 * r["avg"] for r in pts], mode="lines+markers", name=method,
+            error_y={"type": "data", "array": [100 * Z95 * r["avg_stderr"] for r in pts], "visible": True}))
+    fig.update_layout(title="Average zero-shot accuracy vs hidden-dimension sparsity (95% CI)",
+                      xaxis_title="sparsity (fraction of hidden dims pruned)", yaxis_title="average accuracy (%)",
+                      template="plotly_white")
+    return fig
+
+
+def write_reports(rows: list[dict[str, Any]], out: Path, config: CompareConfig | None = None) -> dict[str, Path]:
+    paths = {"csv": out / "table.csv", "markdown": out / "table.md", "html": out / "sweep.html"}
+    atomic.write_text(paths["csv"], results_frame(rows).to_csv(index=False))
+    note = ""
+    if config is not None:
+        note = (f"\nModel `{config.model}`, cache `{config.cache}`, {config.limit} held-out examples per task "
+                f"(seed {config.seed}), exact kept counts: {config.exact}. Cells: main metric in % ± stderr; "
+                "Δ avg: paired difference vs dense with a 95% CI.\n")
+    atomic.write_text(paths["markdown"], markdown_table(rows) + note)
+    fig = sweep_figure(rows)
+    atomic.write_text(paths["html"], fig.to_html(include_plotlyjs=True, full_html=True))
+    try:  # a static image too when kaleido is installed
+        import kaleido  # noqa: F401
+
+        atomic.write_bytes(out / "sweep.png", fig.to_image(format="png"))
+        paths["png"] = out / "sweep.png"
+    except Exception:  # noqa: BLE001 - kaleido missing or without a browser: HTML only
+        pass
+    return paths

@@ -1,0 +1,96 @@
+"""Comparison sweeps on a tiny model and a matching synthetic cache: rows, deltas, reports, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diet_explore.adapters.tiny import tiny_model
+from diet_explore.cache import save_cache, synthetic_cache
+from diet_explore.compare import CompareConfig, markdown_table, read_results, run_compare
+from diet_explore.errors import DietError
+from diet_explore.evaluate import evaluate_model
+from diet_explore.masks import MaskConfig, build_mask
+from diet_explore.prune import prune_model
+from diet_explore.runs import RunStore
+from test_scoring import WordTokenizer
+
+METHODS = ["diet", "random", "magnitude", "single-task", "leave-one-out"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    cache = save_cache(synthetic_cache(hidden_size=64, num_layers=2, tasks=("rte", "winogrande"), n_samples=8, seed=1),
+                       root / "cache")
+    config = CompareConfig(model="tiny-llama", cache=str(cache), sparsities=[0.25], methods=METHODS,
+                           tasks="rte,winogrande", limit=3, perplexity=False)
+    model, tok, store = tiny_model("llama"), WordTokenizer(), RunStore(root / "runs")
+    logs: list[str] = []
+    rows = run_compare(config, root / "out", model, tok, store, log=logs.append)
+    return root, config, model, tok, store, rows, logs
+
+
+def test_every_method_keeps_the_same_count_and_gets_paired_deltas(setup):
+    root, config, model, tok, store, rows, logs = setup
+    by = {r["key"]: r for r in rows}
+    assert list(by) == ["dense"] + [f"{m}@0.25" for m in METHODS]
+    assert {r["n_keep"] for r in rows if r["key"] != "dense"} == {48}  # 64 * 0.75, a multiple of 4 heads
+    dense = by["dense"]
+    for r in rows[1:]:
+        for t, v in r["tasks"].items():
+            assert v["n"] == 3
+            d = np.array(v["correct"]) - np.array(dense["tasks"][t]["correct"])
+            assert v["delta"] == pytest.approx(d.mean()) and v["ci_low"] <= v["delta"] <= v["ci_high"]
+        assert r["avg"] == pytest.approx(np.mean([v["main"] for v in r["tasks"].values()]))
+        assert r["delta_avg"] == pytest.approx(r["avg"] - dense["avg"])
+    assert set(by["single-task@0.25"]["n_keep_per_task"]) == {"rte", "winogrande"}
+
+
+def test_a_row_equals_pruning_and_evaluating_that_mask_directly(setup):
+    root, config, model, tok, store, rows, logs = setup
+    from diet_explore.cache import load_cache
+
+    mask = build_mask(load_cache(config.cache), MaskConfig(sparsity=0.25, method="random", exact=True, multiple_of=4))
+    res = evaluate_model(prune_model(model, mask.keep), tok, config.eval_config())
+    row = next(r for r in rows if r["key"] == "random@0.25")
+    for t in ("rte", "winogrande"):
+        assert row["tasks"][t]["correct"] == [int(x) for x in res.tasks[t].correct]
+
+
+def test_reports_and_run_store(setup):
+    root, config, model, tok, store, rows, logs = setup
+    out = root / "out"
+    for name in ("table.csv", "table.md", "sweep.html", "results.jsonl", "config.json"):
+        assert (out / name).is_file(), name
+    md = (out / "table.md").read_text()
+    assert md.startswith("| sparsity | method | kept | rte (acc) | winogrande (acc) | avg |")
+    assert md.count("\n| 0.25 |") == len(METHODS) and "| 0 | dense | 64 |" in md
+    assert "plotly" in (out / "sweep.html").read_text()[:5000].lower()
+    runs = store.list()
+    assert sorted(runs["method"]) == sorted(METHODS) and set(runs["sparsity"]) == {0.25}
+    assert {r["run_id"] for r in rows[1:]} == set(runs["run_id"])
+    csv = (out / "table.csv").read_text().splitlines()
+    assert len(csv) == 1 + (1 + len(METHODS)) * 3  # header + (tasks + average) per row
+
+
+def test_resume_skips_finished_runs_and_refuses_other_settings(setup):
+    root, config, model, tok, store, rows, logs = setup
+    logs2: list[str] = []
+    again = run_compare(config, root / "out", model, tok, store, log=logs2.append)
+    assert logs2 == [f"{len(METHODS) + 1} of {len(METHODS) + 1} runs already in {root / 'out'}; 0 to go"]
+    assert again == rows and len(store.records()) == len(METHODS)
+    more = CompareConfig.from_dict({**config.to_dict(), "sparsities": [0.25, 0.5], "methods": ["random"]})
+    logs3: list[str] = []
+    run_compare(more, root / "out", model, tok, store, log=logs3.append)
+    assert logs3[0].endswith("1 to go") and len(read_results(root / "out")) == len(METHODS) + 2
+    with pytest.raises(DietError, match="other settings"):
+        run_compare(CompareConfig.from_dict({**config.to_dict(), "limit": 4}), root / "out", model, tok, store)
+
+
+def test_bad_methods_and_sparsities_are_refused():
+    with pytest.raises(DietError, match="unknown method"):
+        CompareConfig(methods=["diet", "bogus"])
+    with pytest.raises(DietError, match="outside"):
+        CompareConfig(sparsities=[0.0])
+    assert markdown_table([]) == ""

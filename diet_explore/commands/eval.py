@@ -1,0 +1,104 @@
+"""``diet-explore eval``: quick zero-shot evaluation of a model, optionally against a reference."""
+
+from __future__ import annotations
+
+from diet_explore.commands._common import add_device_args, csv_list
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="quick lm-eval-compatible evaluation on held-out examples (+ wiki perplexity)")
+    p.add_argument("--model", required=True, help="model to evaluate: built-in name, folder (e.g. a pruned one) or hub id")
+    p.add_argument("--compare-to", default=None, help="reference model (e.g. the dense source) on the same examples")
+    p.add_argument("--tasks", default="all", help="'all' or a comma list (see `diet-explore tasks`)")
+    p.add_argument("--limit", type=int, default=50, help="held-out examples per task")
+    p.add_argument("--seed", type=int, default=1234, help="the seeded draw shared with calibration (keeps them disjoint)")
+    p.add_argument("--cache", default=None, help="score cache whose calibration ids are excluded as well")
+    p.add_argument("--no-perplexity", action="store_true", help="skip the held-out wiki perplexity")
+    p.add_argument("--ppl-windows", type=int, default=32, help="held-out wiki windows of 128 tokens")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per scoring batch")
+    p.add_argument("--predictions", default=None, help="write per-example predictions to this JSONL file")
+    p.add_argument("--json", default=None, help="write the full result as JSON")
+    add_device_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from diet_explore import atomic
+    from diet_explore.evaluate import EvalConfig, PairResult, eval_requests, evaluate_model, lm_eval_command
+    from diet_explore.models import BUILTIN_MODELS, load_model, store_path
+
+    config = EvalConfig(tasks=csv_list(args.tasks) if args.tasks != "all" else "all", limit=args.limit, seed=args.seed,
+                        batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype,
+                        perplexity=not args.no_perplexity, ppl_windows=args.ppl_windows, exclude_cache=args.cache)
+    requests = eval_requests(config)  # bad task names / limits fail before any model loads
+    results = []
+    for name in [args.compare_to, args.model] if args.compare_to else [args.model]:
+        model, tokenizer, info = load_model(name, args.device, args.dtype)
+        print(f"evaluating {info.name} ({info.num_parameters / 1e6:.2f} M parameters, hidden {info.hidden_size}) ...")
+        results.append(evaluate_model(model, tokenizer, config, _printer(info.name), info.name, requests))
+        del model
+    if args.compare_to:
+        pair = PairResult(results[0], results[1])
+        print(format_pair(pair))
+        records, full = pair.predictions(), pair.to_json_dict()
+    else:
+        print(format_single(results[0]))
+        records, full = results[0].predictions, results[0].to_json_dict()
+    folder = str(store_path(args.model)) if args.model in BUILTIN_MODELS else args.model
+    print(f"\nequivalent lm-evaluation-harness run (lm-eval picks its own first {args.limit} examples):\n  "
+          + lm_eval_command(folder, config.tasks, args.limit))
+    if args.predictions:
+        atomic.write_text(args.predictions, "".join(json.dumps(r) + "\n" for r in records))
+        print(f"wrote {len(records)} predictions to {args.predictions}")
+    if args.json:
+        atomic.write_json(args.json, full)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _printer(name: str):
+    import sys
+
+    state = {"last": -1}
+
+    def progress(fraction: float, message: str) -> None:
+        pct = int(fraction * 10)
+        if pct != state["last"]:
+            state["last"] = pct
+            print(f"  {name}: {fraction:4.0%} {message}", file=sys.stderr)
+
+    return progress
+
+
+def format_single(result) -> str:
+    lines = [f"\n{'task':14s} {'n':>4s} {'acc':>15s} {'acc_norm':>15s}"]
+    for t, m in result.task_metrics().items():
+        norm = f"{m['acc_norm']:.4f} ± {m['acc_norm_stderr']:.4f}" if m["acc_norm"] == m["acc_norm"] else "-"
+        lines.append(f"{t:14s} {m['n']:4d} {m['acc']:.4f} ± {m['acc_stderr']:.4f} {norm:>15s}")
+    lines.append(f"{'average (main)':14s} {'':4s} {result.average():.4f}   (acc_norm for hellaswag/arc/openbookqa, acc elsewhere)")
+    if result.perplexity is not None:
+        lines.append(f"wiki perplexity (held-out): {result.perplexity:.3f}")
+    lines.append(f"wall time {result.wall_time_s:.1f} s")
+    return "\n".join(lines)
+
+
+def format_pair(pair) -> str:
+    d, p = pair.dense, pair.pruned
+    lines = [f"\n{'task':14s} {'metric':8s} {d.model_name[:18]:>18s} {p.model_name[:18]:>18s} {'delta [95% CI]':>26s}"]
+    frame = pair.to_frame()
+    for t in d.tasks:
+        row = frame.loc[t]
+        for key in ("acc", "acc_norm"):
+            if row[f"dense_{key}"] != row[f"dense_{key}"]:  # NaN: undefined (WinoGrande acc_norm)
+                continue
+            lines.append(f"{t:14s} {key:8s} {row[f'dense_{key}']:.4f} ± {row[f'dense_{key}_stderr']:.4f} "
+                         f"{row[f'pruned_{key}']:.4f} ± {row[f'pruned_{key}_stderr']:.4f} "
+                         f"{row[f'delta_{key}']:+.4f} [{row[f'delta_{key}_ci_low']:+.4f}, {row[f'delta_{key}_ci_high']:+.4f}]")
+    m, lo, hi = pair.average_delta()
+    lines.append(f"{'average':14s} {'main':8s} {d.average():18.4f} {p.average():18.4f} {m:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    if d.perplexity is not None:
+        lines.append(f"wiki perplexity (held-out): {d.perplexity:.3f} -> {p.perplexity:.3f}")
+    lines.append(f"wall time {d.wall_time_s:.1f} s + {p.wall_time_s:.1f} s")
+    return "\n".join(lines)

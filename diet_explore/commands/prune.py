@@ -1,0 +1,44 @@
+"""``diet-explore prune``: apply a mask file to a model and save the smaller model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diet_explore.commands._common import add_device_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="prune hidden dimensions with a mask and save a plain Hugging Face model folder")
+    p.add_argument("--model", default="smollm2-135m", help="built-in name, local folder or hub id")
+    p.add_argument("--mask", required=True, help="mask JSON (from `diet-explore mask`)")
+    p.add_argument("--out", required=True, help="output model folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_device_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    from diet_explore.errors import DietError
+    from diet_explore.maskfile import load_mask
+    from diet_explore.models import load_model
+    from diet_explore.prune import count_parameters, prune_model, save_pruned, size_on_disk
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:  # before minutes of loading
+        raise DietError(f"output folder {out} already exists", "pass --overwrite or choose another --out")
+    load_mask(args.mask)  # a bad file fails before the model loads
+    model, tokenizer, info = load_model(args.model, args.device, args.dtype)
+    mask = load_mask(args.mask, expected_hidden_size=model.config.hidden_size)
+    if mask.model_name not in (info.name, info.id):
+        print(f"warning: {args.mask} was built for {mask.model_name!r}, pruning {info.name!r} (same hidden size)", file=sys.stderr)
+    pruned = prune_model(model, mask.keep)
+    folder = save_pruned(pruned, tokenizer, out, mask_file=mask, overwrite=args.overwrite, source_model=info.id)
+    before, after = count_parameters(model), count_parameters(pruned)
+    print(f"{info.name}: hidden size {model.config.hidden_size} -> {pruned.config.hidden_size} "
+          f"({mask.method} mask, sparsity {1 - pruned.config.hidden_size / model.config.hidden_size:.4f})")
+    print(f"parameters {before / 1e6:.2f} M -> {after / 1e6:.2f} M ({after / before:.1%})")
+    print(f"wrote {folder} ({size_on_disk(folder) / 2**20:.1f} MiB on disk); "
+          f"load it with AutoModelForCausalLM.from_pretrained({str(folder)!r})")
+    return 0

@@ -37,7 +37,6 @@ PAGES = [
 ]
 
 ui.boot()
-ui.keep_settings()
 page = st.navigation(PAGES)
 loaded = ui.cache_picker()
 st.session_state["_loaded"] = loaded

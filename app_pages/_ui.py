@@ -37,13 +37,16 @@ OTHER = "Other folder…"
 K_CACHE_CHOICE, K_CACHE_PATH = "cache_choice", "cache_path"
 K_BOOTED, K_LINK_CONFIG, K_LINK_WARNINGS, K_LINK_CACHE = "_booted", "_link_config", "_link_warnings", "_link_cache"
 K_SINGLE_TASK, K_HELD_OUT = "single_task", "held_out_task"
-# Widget values survive page switches because keep_settings() re-assigns every app key on each run
-# (a value written through st.session_state is kept even while its widget is not rendered).
-# Streamlit 1.67's persist_state="session" was tried first: on the first run after a page switch the
-# key is not yet in st.session_state, so code reading settings before the widget renders saw defaults.
-PERSIST = None
-PAGE_SETTING_KEYS = ("rank_task", "rank_top_n", "rank_dims", "stab_on", "stab_n", "export_name", "pe_model", "pe_tasks",
-                     "pe_limit", "pe_ppl", "pe_ppl_windows")
+# Settings live in plain session keys "_keep_<key>" (get/put/settings), never in the widget keys:
+# Streamlit forgets a widget's value when the widget is not rendered (another page) and may then
+# report a stale value for its key. Each settings widget is created with kw(key): its initial value
+# is the stored setting, and its on_change callback stores every change (callbacks run before the
+# script, so get() is current on every run). The widget key is never written through the API, so
+# nothing is echoed to the browser while a slider is being dragged (the `ss[k] = ss[k]` idiom does
+# that on every run). Streamlit 1.67's persist_state="session" was tried first: on the first run
+# after a page switch the key was not yet in st.session_state, so settings read before the widget
+# rendered came back as defaults.
+SHADOW = "_keep_"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,26 +175,26 @@ def cache_picker() -> Loaded | None:
     root = S.cache_root(APP_DIR)
     caches = S.discover_caches(root)
     options = [display_path(p) for p in caches] + [OTHER]
-    if K_CACHE_CHOICE not in st.session_state:
+    if SHADOW + K_CACHE_CHOICE not in st.session_state:
         link = st.session_state.get(K_LINK_CACHE)
-        default = _default_cache_path(caches)
+        default_path = _default_cache_path(caches)
         if link and link in options:
-            st.session_state[K_CACHE_CHOICE] = link
+            put(K_CACHE_CHOICE, link)
         elif link:
-            st.session_state[K_CACHE_CHOICE] = OTHER
-            st.session_state[K_CACHE_PATH] = link
+            put(K_CACHE_CHOICE, OTHER)
+            put(K_CACHE_PATH, link)
         else:
-            st.session_state[K_CACHE_CHOICE] = display_path(default) if default else OTHER
-    if st.session_state[K_CACHE_CHOICE] not in options:  # a cache folder disappeared
-        st.session_state[K_CACHE_CHOICE] = OTHER
-    st.session_state.setdefault(K_CACHE_PATH, "")
+            put(K_CACHE_CHOICE, display_path(default_path) if default_path else OTHER)
+    if get(K_CACHE_CHOICE) not in options:  # a cache folder disappeared
+        put(K_CACHE_CHOICE, OTHER)
+    default(K_CACHE_PATH, "")
     with st.sidebar:
-        st.selectbox("Score cache", options, key=K_CACHE_CHOICE, persist_state=PERSIST,
+        st.selectbox("Score cache", options, **sel_kw(K_CACHE_CHOICE, options),
                      help=f"folders with a manifest.json under {display_path(root)}")
-        if st.session_state[K_CACHE_CHOICE] == OTHER:
-            st.text_input("Cache folder", key=K_CACHE_PATH, persist_state=PERSIST, placeholder="path/to/cache-folder")
-    choice = st.session_state[K_CACHE_CHOICE]
-    typed = st.session_state.get(K_CACHE_PATH, "").strip()
+        if get(K_CACHE_CHOICE) == OTHER:
+            st.text_input("Cache folder", **kw(K_CACHE_PATH), placeholder="path/to/cache-folder")
+    choice = get(K_CACHE_CHOICE)
+    typed = str(get(K_CACHE_PATH, "")).strip()
     if choice == OTHER and not typed:
         st.info(f"No score cache selected (none found under `{display_path(root)}`). Type a cache folder in the "
                 "sidebar, or make one with `diet-explore profile --model smollm2-135m --out cache/smollm2-135m`.")
@@ -214,12 +217,47 @@ def cache_link_value(loaded: Loaded) -> str | None:
     return display_path(loaded.path)
 
 
-def keep_settings() -> None:
-    """Re-assign every app setting key so its value outlives its widget (page switches)."""
-    fixed = set(S.SETTING_KEYS) | set(PAGE_SETTING_KEYS) | {K_CACHE_CHOICE, K_CACHE_PATH, K_SINGLE_TASK, K_HELD_OUT}
-    for key in list(st.session_state.keys()):
-        if key in fixed or key.startswith(S.WEIGHT_PREFIX):
-            st.session_state[key] = st.session_state[key]
+SHADOW = "_keep_"
+
+
+def _sync(key: str) -> None:
+    st.session_state[SHADOW + key] = st.session_state[key]
+
+
+def get(key: str, fallback=None):
+    """A setting's current value (valid on every page, whether or not its widget is shown)."""
+    return st.session_state.get(SHADOW + key, fallback)
+
+
+def settings() -> dict:
+    """Every setting, by widget key."""
+    return {k[len(SHADOW):]: v for k, v in st.session_state.items() if k.startswith(SHADOW)}
+
+
+def put(key: str, value) -> None:
+    """Set a setting from code (link, defaults, fixes). Takes effect when its widget next mounts."""
+    st.session_state[SHADOW + key] = value
+
+
+def default(key: str, value) -> None:
+    """Give a setting its first value; never overwrites one the user chose."""
+    if SHADOW + key not in st.session_state:
+        put(key, value)
+
+
+def kw(key: str) -> dict:
+    """Widget kwargs for a setting: key, the stored value, and the callback that stores changes."""
+    return {"key": key, "value": get(key), "on_change": _sync, "args": (key,)}
+
+
+def sel_kw(key: str, options) -> dict:
+    options = list(options)
+    value = get(key)
+    return {"key": key, "index": options.index(value) if value in options else 0, "on_change": _sync, "args": (key,)}
+
+
+def multi_kw(key: str) -> dict:
+    return {"key": key, "default": get(key), "on_change": _sync, "args": (key,)}
 
 
 def ensure_settings(cache: ScoreCache) -> None:
@@ -230,16 +268,15 @@ def ensure_settings(cache: ScoreCache) -> None:
         st.session_state[K_LINK_WARNINGS] = st.session_state.get(K_LINK_WARNINGS, []) + warnings
         st.session_state["_reconcile_warned"] = True
     for key, value in S.state_from_config(link, cache.task_names).items():
-        if key not in st.session_state:
-            st.session_state[key] = value
-    if st.session_state[S.KEY_SITE] not in cache.sites:
-        st.session_state[S.KEY_SITE] = cache.sites[0]
-    st.session_state.setdefault(K_SINGLE_TASK, link.single_task if link.single_task in cache.task_names else cache.task_names[0])
-    st.session_state.setdefault(K_HELD_OUT, link.held_out_task if link.held_out_task in cache.task_names else cache.task_names[0])
-    if st.session_state[K_SINGLE_TASK] not in cache.task_names:
-        st.session_state[K_SINGLE_TASK] = cache.task_names[0]
-    if st.session_state[K_HELD_OUT] not in cache.task_names:
-        st.session_state[K_HELD_OUT] = cache.task_names[0]
+        default(key, value)
+    if get(S.KEY_SITE) not in cache.sites:
+        put(S.KEY_SITE, cache.sites[0])
+    default(K_SINGLE_TASK, link.single_task if link.single_task in cache.task_names else cache.task_names[0])
+    default(K_HELD_OUT, link.held_out_task if link.held_out_task in cache.task_names else cache.task_names[0])
+    if get(K_SINGLE_TASK) not in cache.task_names:
+        put(K_SINGLE_TASK, cache.task_names[0])
+    if get(K_HELD_OUT) not in cache.task_names:
+        put(K_HELD_OUT, cache.task_names[0])
 
 
 def show_link_warnings() -> None:
@@ -249,17 +286,17 @@ def show_link_warnings() -> None:
 
 def current_config(cache: ScoreCache) -> MaskConfig:
     """The mask settings as a ``MaskConfig`` (raises ``DietError`` e.g. when every weight is 0)."""
-    config = S.config_from_state(st.session_state, cache.task_names)
+    config = S.config_from_state(settings(), cache.task_names)
     if config.method == "single":
-        config = MaskConfig.from_dict({**config.to_dict(), "single_task": st.session_state[K_SINGLE_TASK]})
+        config = MaskConfig.from_dict({**config.to_dict(), "single_task": get(K_SINGLE_TASK)})
     if config.method == "leave_one_out":
-        config = MaskConfig.from_dict({**config.to_dict(), "held_out_task": st.session_state[K_HELD_OUT]})
+        config = MaskConfig.from_dict({**config.to_dict(), "held_out_task": get(K_HELD_OUT)})
     return config
 
 
 def voting_tasks(cache: ScoreCache) -> list[str]:
     """Tasks whose weight slider is above 0 (what Agreement and the vote use)."""
-    return [t for t in cache.task_names if float(st.session_state.get(S.weight_key(t), 1.0)) > 0]
+    return [t for t in cache.task_names if float(get(S.weight_key(t), 1.0)) > 0]
 
 
 def sync_query_params(config: MaskConfig | None, loaded: Loaded | None) -> None:
@@ -275,19 +312,18 @@ def sync_query_params(config: MaskConfig | None, loaded: Loaded | None) -> None:
 # Shared widgets (same key on every page, so a value set on one page shows on the others)
 # ------------------------------------------------------------------------------------------------
 def sparsity_slider() -> float:
-    return st.slider("Sparsity (fraction of hidden dims pruned)", 0.0, 0.9, step=0.01, key=S.KEY_SPARSITY,
-                     persist_state=PERSIST)
+    return st.slider("Sparsity (fraction of hidden dims pruned)", 0.0, 0.9, step=0.01, **kw(S.KEY_SPARSITY))
 
 
 def score_controls(cache: ScoreCache) -> tuple[str, str, int]:
     """Site, layer aggregation (and last k): how a task's (L, D) scores become (D,)."""
     c1, c2, c3 = st.columns(3)
-    site = c1.selectbox("Site", cache.sites, key=S.KEY_SITE, persist_state=PERSIST)
-    agg = c2.selectbox("Layer aggregation", list(S.LAYER_AGGS), key=S.KEY_LAYER_AGG, persist_state=PERSIST,
+    site = c1.selectbox("Site", cache.sites, **sel_kw(S.KEY_SITE, cache.sites))
+    agg = c2.selectbox("Layer aggregation", list(S.LAYER_AGGS), **sel_kw(S.KEY_LAYER_AGG, list(S.LAYER_AGGS)),
                        help="mean over layers is the paper's score")
-    last_k = st.session_state[S.KEY_LAST_K]
+    last_k = get(S.KEY_LAST_K)
     if agg == "last_k":
-        last_k = c3.number_input("Last k layers", 1, cache.num_layers, step=1, key=S.KEY_LAST_K, persist_state=PERSIST)
+        last_k = c3.number_input("Last k layers", 1, cache.num_layers, step=1, **kw(S.KEY_LAST_K))
     return site, agg, int(last_k)
 
 
@@ -328,7 +364,7 @@ def dense_model(name: str, device: str):
 
 def model_name_for(cache: ScoreCache) -> str:
     """The model to prune: the Prune & evaluate page's model field, else the cache's model."""
-    typed = str(st.session_state.get(K_MODEL, "") or "").strip()
+    typed = str(get(K_MODEL, "") or "").strip()
     return typed or cache.model_name
 
 

@@ -28,8 +28,8 @@ with ui.shown_errors():
 
     st.markdown(f"Current mask: **{config.method}**, target sparsity {config.sparsity:.2f}, kept "
                 f"**{result.n_keep}** of {result.hidden_size} dims (actual sparsity {result.sparsity:.4f}).")
-    st.session_state.setdefault(K_NAME, S.default_export_name(cache.model_name, config))
-    raw_name = st.text_input("Export name (a plain name: no folders)", key=K_NAME, persist_state=ui.PERSIST)
+    ui.default(K_NAME, S.default_export_name(cache.model_name, config))
+    raw_name = st.text_input("Export name (a plain name: no folders)", **ui.kw(K_NAME))
     name = S.check_export_name(raw_name.removesuffix(".json"))  # raises DietError -> error box
 
     blob = json.dumps(dataclasses.asdict(mask_file), indent=2, sort_keys=True)

@@ -16,28 +16,27 @@ st.title("Mask builder")
 with ui.shown_errors():
     loaded = ui.require_cache()
     cache = loaded.cache
-    st.session_state.setdefault(K_STAB_ON, True)
-    st.session_state.setdefault(K_STAB_N, 100)
+    ui.default(K_STAB_ON, True)
+    ui.default(K_STAB_N, 100)
 
     controls, results = st.columns([1, 2], gap="large")
     with controls:
         ui.sparsity_slider()
         st.slider("Vote threshold τ (share of task weight that must keep a dim)", 0.0, 1.0, step=0.05,
-                  key=S.KEY_THRESHOLD, persist_state=ui.PERSIST)
+                  **ui.kw(S.KEY_THRESHOLD))
         st.markdown("**Task weights** (0 removes the task)")
         for t in cache.task_names:
-            st.slider(t, 0.0, S.WEIGHT_MAX, step=0.1, key=S.weight_key(t), persist_state=ui.PERSIST)
-        method = st.selectbox("Merge rule", METHODS, key=S.KEY_METHOD, persist_state=ui.PERSIST,
+            st.slider(t, 0.0, S.WEIGHT_MAX, step=0.1, **ui.kw(S.weight_key(t)))
+        method = st.selectbox("Merge rule", METHODS, **ui.sel_kw(S.KEY_METHOD, METHODS),
                               help="diet: weighted vote (paper); random/magnitude/wiki are baselines")
         if method == "single":
-            st.selectbox("Task", cache.task_names, key=ui.K_SINGLE_TASK, persist_state=ui.PERSIST)
+            st.selectbox("Task", cache.task_names, **ui.sel_kw(ui.K_SINGLE_TASK, cache.task_names))
         if method == "leave_one_out":
-            st.selectbox("Held-out task", cache.task_names, key=ui.K_HELD_OUT, persist_state=ui.PERSIST)
+            st.selectbox("Held-out task", cache.task_names, **ui.sel_kw(ui.K_HELD_OUT, cache.task_names))
         ui.score_controls(cache)
-        st.selectbox("Normalisation (mean_score merge, exact tie-breaks)", list(S.NORMALIZATIONS), key=S.KEY_NORMALIZE,
-                     persist_state=ui.PERSIST)
-        st.toggle("Exact sparsity (keep exactly the target count)", key=S.KEY_EXACT, persist_state=ui.PERSIST)
-        st.toggle("Kept count a multiple of 8", key=S.KEY_MULT8, persist_state=ui.PERSIST)
+        st.selectbox("Normalisation (mean_score merge, exact tie-breaks)", list(S.NORMALIZATIONS), **ui.sel_kw(S.KEY_NORMALIZE, S.NORMALIZATIONS))
+        st.toggle("Exact sparsity (keep exactly the target count)", **ui.kw(S.KEY_EXACT))
+        st.toggle("Kept count a multiple of 8", **ui.kw(S.KEY_MULT8))
 
     with results, ui.shown_errors():
         config = ui.current_config(cache)
@@ -63,8 +62,8 @@ with ui.shown_errors():
 
         st.markdown("**Bootstrap stability** (resample each task's calibration samples, rebuild the mask)")
         s1, s2 = st.columns(2)
-        stab_on = s1.toggle("Compute stability", key=K_STAB_ON, persist_state=ui.PERSIST)
-        n_res = int(s2.number_input("Resamples", 10, 1000, step=10, key=K_STAB_N, persist_state=ui.PERSIST))
+        stab_on = s1.toggle("Compute stability", **ui.kw(K_STAB_ON))
+        n_res = int(s2.number_input("Resamples", 10, 1000, step=10, **ui.kw(K_STAB_N)))
         if not stab_on:
             st.caption("Stability is off.")
         elif config.method in ("random", "magnitude"):

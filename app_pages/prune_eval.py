@@ -27,29 +27,29 @@ with ui.shown_errors():
     st.markdown(f"Current mask: **{config.method}**, kept **{result.n_keep}** of {result.hidden_size} hidden dims "
                 f"(sparsity {result.sparsity:.4f}). Change it on the Mask builder page.")
 
-    st.session_state.setdefault(ui.K_MODEL, cache.model_name)
-    st.session_state.setdefault(K_TASKS, list(cache.task_names))
-    st.session_state.setdefault(K_LIMIT, 20)
-    st.session_state.setdefault(K_PPL, True)
-    st.session_state.setdefault(K_PPL_WINDOWS, 16)
+    ui.default(ui.K_MODEL, cache.model_name)
+    ui.default(K_TASKS, list(cache.task_names))
+    ui.default(K_LIMIT, 20)
+    ui.default(K_PPL, True)
+    ui.default(K_PPL_WINDOWS, 16)
     c1, c2 = st.columns([2, 1])
-    c1.text_input("Model (built-in name, local folder or hub id)", key=ui.K_MODEL,
+    c1.text_input("Model (built-in name, local folder or hub id)", **ui.kw(ui.K_MODEL),
                   help="defaults to the model the score cache was profiled from")
-    c2.number_input("Held-out examples per task", 1, 2000, step=5, key=K_LIMIT)
-    st.multiselect("Tasks", list(cache.task_names), key=K_TASKS)
+    c2.number_input("Held-out examples per task", 1, 2000, step=5, **ui.kw(K_LIMIT))
+    st.multiselect("Tasks", list(cache.task_names), **ui.multi_kw(K_TASKS))
     p1, p2 = st.columns(2)
-    p1.toggle("Wiki perplexity", key=K_PPL)
-    p2.number_input("Perplexity windows (128 tokens)", 1, 512, step=4, key=K_PPL_WINDOWS, disabled=not st.session_state[K_PPL])
+    p1.toggle("Wiki perplexity", **ui.kw(K_PPL))
+    p2.number_input("Perplexity windows (128 tokens)", 1, 512, step=4, **ui.kw(K_PPL_WINDOWS), disabled=not ui.get(K_PPL))
 
     name = ui.model_name_for(cache)
     ui.check_model_installed(name)  # DietError with the install command when the weights are missing
     store = ui.run_store()
 
     if st.button("Prune and evaluate", key=K_RUN, type="primary"):
-        if not st.session_state[K_TASKS]:
+        if not ui.get(K_TASKS):
             raise DietError("no task selected", "pick at least one task to evaluate")
-        eval_config = EvalConfig(tasks=list(st.session_state[K_TASKS]), limit=int(st.session_state[K_LIMIT]),
-                                 perplexity=bool(st.session_state[K_PPL]), ppl_windows=int(st.session_state[K_PPL_WINDOWS]),
+        eval_config = EvalConfig(tasks=list(ui.get(K_TASKS)), limit=int(ui.get(K_LIMIT)),
+                                 perplexity=bool(ui.get(K_PPL)), ppl_windows=int(ui.get(K_PPL_WINDOWS)),
                                  exclude_cache=loaded.path)
         with st.status("Pruning and evaluating…", expanded=True) as status:
             status.write(f"Loading {name}…")

@@ -33,17 +33,17 @@ with ui.shown_errors():
     tasks = list(cache.tasks)  # evaluation tasks and generic text
     site, agg, last_k = ui.score_controls(cache)
     scores = {t: aggregate_scores(pre, t, site, agg, last_k) for t in tasks}  # (D,) each
-    n_keep = ui.keep_count_for(cache, float(st.session_state["sparsity"]))
+    n_keep = ui.keep_count_for(cache, float(ui.get("sparsity")))
 
     st.plotly_chart(plots.sorted_score_curves(scores, cutoff_rank=n_keep), key="rank_curves")
-    st.caption(f"Dashed line: the {n_keep} dims each task keeps at sparsity {st.session_state['sparsity']:.2f}.")
+    st.caption(f"Dashed line: the {n_keep} dims each task keeps at sparsity {ui.get('sparsity'):.2f}.")
 
-    st.session_state.setdefault(K_TASK, cache.task_names[0])
-    st.session_state.setdefault(K_TOP_N, 10)
-    st.session_state.setdefault(K_DIMS, "")
+    ui.default(K_TASK, cache.task_names[0])
+    ui.default(K_TOP_N, 10)
+    ui.default(K_DIMS, "")
     c1, c2 = st.columns(2)
-    task = c1.selectbox("Task", tasks, key=K_TASK, persist_state=ui.PERSIST)
-    top_n = int(c2.number_input("Dims in the tables", 1, 200, step=1, key=K_TOP_N, persist_state=ui.PERSIST))
+    task = c1.selectbox("Task", tasks, **ui.sel_kw(K_TASK, tasks))
+    top_n = int(c2.number_input("Dims in the tables", 1, 200, step=1, **ui.kw(K_TOP_N)))
     s = scores[task]
     order = rank_dims(s)
     in_top = top_k_mask(pre.matrix(cache.task_names, site, agg, last_k), n_keep)  # (T, D) kept per task
@@ -62,9 +62,9 @@ with ui.shown_errors():
     t2.markdown(f"**Bottom {top_n}** ({task})")
     t2.dataframe(table(order[-top_n:], cache.hidden_size - top_n + 1), hide_index=True, key="rank_bottom_table")
 
-    st.text_input("Dimensions for the layer heatmap (empty: this task's top dims)", key=K_DIMS, persist_state=ui.PERSIST,
+    st.text_input("Dimensions for the layer heatmap (empty: this task's top dims)", **ui.kw(K_DIMS),
                   placeholder="e.g. 12, 407, 530")
-    dims = parse_dims(st.session_state[K_DIMS], cache.hidden_size) or order[: min(top_n, 40)].tolist()
+    dims = parse_dims(ui.get(K_DIMS), cache.hidden_size) or order[: min(top_n, 40)].tolist()
     if task in cache.tasks:
         st.plotly_chart(plots.layer_dim_heatmap(cache.layer_scores(task, site), dims, task), key="rank_layer_heatmap")
 

@@ -246,8 +246,11 @@ def test_settings_survive_page_switches(app):
     at.slider(key="w_piqa" if "w_piqa" in at.session_state else "w_arc_easy").set_value(0.5).run()
     at.toggle(key="exact").set_value(True).run()
     kept = _kept(at)
-    for page in ("overview", "rankings", "agreement", "export", "mask_builder"):
-        run_page(at, page)
+    for page in ("overview", "rankings", "agreement", "export", "export", "agreement", "agreement", "mask_builder"):
+        run_page(at, page)  # same page twice too: a widget's stale value must never come back
+        if page == "agreement":
+            assert at.slider(key="sparsity").value == 0.33
+        at.run()
     assert at.slider(key="sparsity").value == 0.33 and at.toggle(key="exact").value is True
     assert at.slider(key="w_arc_easy").value == 0.5 and _kept(at) == kept
 

@@ -206,7 +206,7 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     # Agreement: move the sparsity slider with the keyboard; the heatmap must follow.
     _goto_page(page, "Agreement")
     _wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.2)))
-    before = _plot_data(page, "Jaccard overlap")
+    before = _plot_data(page, "Jaccard overlap of pruned sets at sparsity 0.20")
     assert np.allclose(arr(before[0]["z"]).astype(float), jaccard_matrix(prune_matrix(cache, 0.2)))
     handle = page.locator('[data-testid="stSlider"] input[type="range"]').first
     handle.focus()
@@ -214,11 +214,11 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
         handle.press("ArrowRight")
     _wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.25)))
     _idle(page)
-    after = _plot_data(page, "Jaccard overlap")
+    after = _plot_data(page, "Jaccard overlap of pruned sets at sparsity 0.25")  # waits for the redrawn chart
     z_after = arr(after[0]["z"]).astype(float)
     assert not np.allclose(arr(before[0]["z"]).astype(float), z_after)
     assert np.allclose(z_after, jaccard_matrix(prune_matrix(cache, 0.25)))
-    assert "sparsity=0.25" in page.url
+    page.wait_for_function("() => location.search.includes('sparsity=0.25')", timeout=WAIT_MS)
     _shot(page, "agreement")
 
     # Mask builder: the slider value came along through session state.

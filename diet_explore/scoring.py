@@ -208,22 +208,16 @@ class LoglikelihoodScorer:
 
     # -- batching ------------------------------------------------------------------------
     def _batches(self, plans: list[_Plan]) -> list[list[_Plan]]:
-        """Longest first; a batch grows while its padded prefix and suffix token counts fit the budget."""
+        """Longest prefix first, cut into runs of similar length (bounded padding) within the budget."""
         order = sorted(plans, key=lambda p: (-len(p.prefix), -max(len(s) for s in p.suffixes)))
-        batches: list[list[_Plan]] = []
-        cur: list[_Plan] = []
-        pmax = smax = rows = 0
-        for p in order:
-            np_, ns, nr = max(pmax, len(p.prefix)), max(smax, max(len(s) for s in p.suffixes)), rows + len(p.suffixes)
-            mixed = cur and (len(p.prefix) == 0) != (len(cur[0].prefix) == 0)  # prefix-less plans run apart
-            if cur and (mixed or (len(cur) + 1) * np_ > self.batch_tokens or nr * (np_ + ns) > 2 * self.batch_tokens):
-                batches.append(cur)
-                cur, np_, ns, nr = [], len(p.prefix), max(len(s) for s in p.suffixes), len(p.suffixes)
-            cur.append(p)
-            pmax, smax, rows = np_, ns, nr
-        if cur:
-            batches.append(cur)
-        return batches
+
+        def fits(cur: list[_Plan], p: _Plan) -> bool:
+            if (len(p.prefix) == 0) != (len(cur[0].prefix) == 0):
+                return False  # prefix-less plans (degenerate requests) run apart
+            rows = sum(len(q.suffixes) for q in cur) + len(p.suffixes)
+            return rows <= self.batch_tokens // 8  # bounds the suffix rows (and their KV copies) per batch
+
+        return _pack(order, lambda p: len(p.prefix), self.batch_tokens, fits)
 
     def _run_batch(self, batch: list[_Plan]) -> list[tuple[list[float], list[bool]]]:
         dev = self.device
@@ -301,23 +295,12 @@ class LoglikelihoodScorer:
         return results
 
     def _suffix_chunks(self, batch: list[_Plan], rows: list[tuple[int, int]], pmax: int) -> list[list[tuple[int, int]]]:
-        """Rows sorted by suffix length, cut so that padded suffix tokens and the copied KV length
-        (rows x (P + S)) stay within the budget."""
+        """Rows sorted by suffix length, cut into runs of similar length within the budget; the copied
+        KV length (rows x (P + S)) is bounded too."""
         order = sorted(rows, key=lambda bc: -len(batch[bc[0]].suffixes[bc[1]]))
-        chunks: list[list[tuple[int, int]]] = []
-        cur: list[tuple[int, int]] = []
-        smax = 0
-        for bc in order:
-            s = max(smax, len(batch[bc[0]].suffixes[bc[1]]))
-            n = len(cur) + 1
-            if cur and (n * s > self.batch_tokens or n * (pmax + s) > 2 * self.batch_tokens):
-                chunks.append(cur)
-                cur, s = [], len(batch[bc[0]].suffixes[bc[1]])
-            cur.append(bc)
-            smax = s
-        if cur:
-            chunks.append(cur)
-        return chunks
+        length = lambda bc: len(batch[bc[0]].suffixes[bc[1]])  # noqa: E731
+        return _pack(order, length, self.batch_tokens,
+                     lambda cur, bc: (len(cur) + 1) * (pmax + length(cur[0])) <= 2 * self.batch_tokens)
 
     def _token_scores(self, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) final hidden states and (N,) target ids -> log p(target) (N,) and argmax == target (N,)."""
@@ -331,6 +314,27 @@ class LoglikelihoodScorer:
             lls.append((logits.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)).double().cpu())
             greedy.append((logits.argmax(-1) == tgt).cpu())
         return torch.cat(lls).numpy(), torch.cat(greedy).numpy()
+
+
+def _pack(items: list, length: Callable, budget: int, fits: Callable, waste: float = 0.25, slack: int = 32) -> list[list]:
+    """Cut length-sorted (descending) items into consecutive groups that are padded to their first
+    item's length: a group grows while its padded size stays within ``budget`` and within
+    ``(1 + waste)`` of its real tokens (+ ``slack``, so very short items still group), and ``fits``."""
+    groups: list[list] = []
+    cur: list = []
+    real = 0
+    for item in items:
+        n = length(item)
+        if cur:
+            padded = (len(cur) + 1) * length(cur[0])
+            if padded > budget or padded > (1 + waste) * (real + n) + slack or not fits(cur, item):
+                groups.append(cur)
+                cur, real = [], 0
+        cur.append(item)
+        real += n
+    if cur:
+        groups.append(cur)
+    return groups
 
 
 def _select_rows(cache, index: torch.Tensor):

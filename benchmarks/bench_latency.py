@@ -1,0 +1,108 @@
+"""Pruned vs dense forward latency, and the wall time of the default quick evaluation.
+
+1. Forward latency of the full model (logits included) at 20% hidden sparsity vs dense, measured
+   interleaved (dense, pruned, dense, ...) so machine load hits both alike; median of the repeats.
+   Target: pruned/dense <= 0.85. Two kept counts are timed: the smallest rounding the config
+   accepts (SmolLM2: multiples of its 9 heads, 459 = 20.3% pruned) and one also a multiple of 4
+   (lcm 36: 468 = 18.75% pruned): an odd width costs the CPU GEMM kernels several percent.
+2. The default quick evaluation: 7 tasks x 50 held-out examples + wiki perplexity, dense and
+   pruned (``evaluate_pair``). Target: <= 120 s on 2 CPU cores.
+
+    python benchmarks/bench_latency.py --model smollm2-135m
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from diet_explore.evaluate import EvalConfig, evaluate_pair  # noqa: E402
+from diet_explore.models import load_model  # noqa: E402
+from diet_explore.prune import count_parameters, prune_model, required_multiple  # noqa: E402
+from diet_explore.scores import keep_count  # noqa: E402
+
+
+def build_keep(model, sparsity: float, cache: str | None, multiple: int) -> tuple[np.ndarray, str]:
+    d = int(model.config.hidden_size)
+    n = keep_count(d, sparsity, multiple)
+    if cache and Path(cache, "manifest.json").exists():
+        from diet_explore.cache import load_cache
+        from diet_explore.masks import MaskConfig, build_mask
+
+        mask = build_mask(load_cache(cache), MaskConfig(sparsity=sparsity, exact=True, multiple_of=multiple))
+        return mask.keep.copy(), f"DIET mask from {cache}"
+    keep = np.zeros(d, dtype=bool)
+    keep[np.random.default_rng(0).permutation(d)[:n]] = True
+    return keep, "random mask (no cache)"
+
+
+@torch.inference_mode()
+def latency(models: dict, shape: tuple[int, int], repeats: int) -> dict[str, float]:
+    ids = torch.randint(100, 10000, shape)
+    for m in models.values():  # warm-up
+        m(input_ids=ids)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(repeats):
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            m(input_ids=ids)
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--cache", default="cache/smollm2-135m")
+    ap.add_argument("--sparsity", type=float, default=0.2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--align", type=int, default=4, help="also time the kept count rounded to lcm(heads rule, align)")
+    ap.add_argument("--skip-eval", action="store_true", help="latency only")
+    args = ap.parse_args(argv)
+
+    dense, tok, info = load_model(args.model, device="cpu")
+    need = required_multiple(dense)
+    variants = {}
+    for multiple in dict.fromkeys([need, math.lcm(need, args.align)]):
+        keep, how = build_keep(dense, args.sparsity, args.cache, multiple)
+        variants[f"kept {int(keep.sum())} (multiple of {multiple})"] = (prune_model(dense, keep), how)
+    d = dense.config.hidden_size
+    print(f"{info.name}: hidden {d}, {count_parameters(dense) / 1e6:.2f} M parameters; {torch.get_num_threads()} threads; "
+          f"target sparsity {args.sparsity} ({next(iter(variants.values()))[1]})")
+    for name, (model, _) in variants.items():
+        dp = model.config.hidden_size
+        print(f"  {name}: {1 - dp / d:.2%} pruned, {count_parameters(model) / 1e6:.2f} M parameters")
+    for shape in ((1, 256), (8, 128)):
+        t = latency({"dense": dense, **{k: v[0] for k, v in variants.items()}}, shape, args.repeats)
+        print(f"forward latency batch {shape[0]} x {shape[1]} tokens: dense {1000 * t['dense']:.1f} ms")
+        for name in variants:
+            print(f"  {name}: {1000 * t[name]:.1f} ms -> ratio {t[name] / t['dense']:.3f} (target <= 0.85)")
+    pruned = next(iter(variants.values()))[0]
+    if args.skip_eval:
+        return 0
+    start = time.perf_counter()
+    pair = evaluate_pair(dense, pruned, tok, EvalConfig(exclude_cache=args.cache if Path(args.cache).exists() else None))
+    wall = time.perf_counter() - start
+    m, lo, hi = pair.average_delta()
+    print(f"default quick evaluation (7 tasks x 50 + wiki perplexity, dense + pruned): {wall:.1f} s "
+          f"(dense {pair.dense.wall_time_s:.1f} s, pruned {pair.pruned.wall_time_s:.1f} s; target <= 120 s)")
+    print(f"  average main metric {pair.dense.average():.4f} -> {pair.pruned.average():.4f} (delta {m:+.4f} [{lo:+.4f}, {hi:+.4f}]); "
+          f"wiki ppl {pair.dense.perplexity:.2f} -> {pair.pruned.perplexity:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     for t in tasks:
         recs = [p for p in ours.predictions if p["task"] == t]
         a = an = nn = 0
+        worst_t = 0.0
         for i, p in enumerate(recs):
             theirs = lm_samples[(t, i)]
             a += int(np.argmax(theirs) == p["pred"])
@@ -122,8 +123,8 @@ def main(argv=None) -> int:
                 lengths = np.array([float(len(c)) for c in choice_texts])
                 an += int(np.argmax(np.asarray(theirs) / lengths) == p["pred_norm"])
                 nn += 1
-            worst = max(worst, float(np.max(np.abs(np.asarray(theirs) - np.asarray(p["lls"])))))
-            worst_t = max(0.0, float(np.max(np.abs(np.asarray(theirs) - np.asarray(p["lls"])))))
+            worst_t = max(worst_t, float(np.max(np.abs(np.asarray(theirs) - np.asarray(p["lls"])))))
+        worst = max(worst, worst_t)
         lm_acc = lm_results[f"diet_{t}"].get("acc,none", float("nan"))
         total, agree, total_n, agree_n = total + len(recs), agree + a, total_n + nn, agree_n + an
         print(f"{t:14s} {len(recs):4d} {ours.tasks[t].correct.mean():9.3f} {lm_acc:11.3f} {a:5d}/{len(recs):<4d} "

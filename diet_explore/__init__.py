@@ -1,6 +1,6 @@
 """diet-explore: explore, tune and ship DIET structured-pruning masks.
 
-The library never imports streamlit; the app in ``app.py``/``pages/`` is a thin layer over it.
+The library never imports streamlit; the app in ``app.py``/``app_pages/`` is a thin layer over it.
 """
 
 __version__ = "0.1.0"

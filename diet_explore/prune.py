@@ -103,10 +103,16 @@ def config_accepts(config, hidden_size: int, head_dim: int) -> bool:
 
 def required_multiple(model: nn.Module) -> int:
     """Kept counts must be a multiple of this for the pruned model to save and reload (1 = any)."""
-    cfg = model.config
+    return required_multiple_for_config(model.config, _head_dim(model, get_adapter(model)))
+
+
+def required_multiple_for_config(cfg, head_dim: int | None = None) -> int:
+    """``required_multiple`` from the config alone, so a command can refuse before loading weights."""
     heads = int(cfg.num_attention_heads)
     probe = heads + 1 if heads > 1 else 1
-    return 1 if config_accepts(cfg, probe, _head_dim(model, get_adapter(model))) else heads
+    if head_dim is None:
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    return 1 if config_accepts(cfg, probe, head_dim) else heads
 
 
 def _head_dim(model: nn.Module, adapter) -> int:

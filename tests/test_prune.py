@@ -223,3 +223,25 @@ def test_real_smollm2_prunes_20_percent_saves_reloads_and_evaluates(smollm2, tmp
     for t in ("arc_easy", "rte"):
         assert 0.0 <= frame.loc[t, "pruned_acc"] <= 1.0 and frame.loc[t, "n"] == 4
         assert frame.loc[t, "delta_acc"] == pytest.approx(frame.loc[t, "pruned_acc"] - frame.loc[t, "dense_acc"])
+
+
+def test_prune_command_refuses_a_kept_count_the_config_rejects_before_loading_weights(tmp_path, monkeypatch, capsys):
+    from diet_explore import cli, models
+    from diet_explore.maskfile import MaskFile, save_mask
+
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)  # 4 heads: kept counts must be multiples of 4
+    mask = MaskFile(model_name="tiny", model_id="tiny", hidden_size=64, method="diet", sparsity=0.3, actual_sparsity=0.3,
+                    threshold=0.5, weights={"boolq": 1.0}, tasks=["boolq"], site="residual", layer_agg="mean",
+                    cache_manifest_hash="x", package_version="0", created="now",
+                    kept_indices=[int(i) for i in np.flatnonzero(keep_mask(n=45))])
+    save_mask(mask, tmp_path / "mask.json")
+
+    def no_load(*a, **k):
+        raise AssertionError("weights were loaded before the kept count was checked")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    rc = cli.main(["prune", "--model", str(folder), "--mask", str(tmp_path / "mask.json"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "keeps 45 dims" in err and "--multiple-of 4" in err
+    assert not (tmp_path / "out").exists()

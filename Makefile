@@ -5,6 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 REQS   := requirements.txt requirements-dev.txt requirements-assets.txt pyproject.toml
 STAMP  := $(VENV)/.installed-$(shell cat $(REQS) 2>/dev/null | sha256sum | cut -c1-12)
+BSTAMP := $(VENV)/.bench-$(shell cat requirements-bench.txt 2>/dev/null | sha256sum | cut -c1-12)
 PORT   ?= 8501
 
 .PHONY: setup run test test-fast models gemma browser bench clean-store
@@ -19,6 +20,13 @@ $(STAMP): $(REQS)
 	touch $@
 
 setup: $(STAMP) models
+
+# lm-evaluation-harness: the reference the quick evaluation is tested and benchmarked against
+# (tests and benchmarks only; the app and CLI never import it).
+$(BSTAMP): $(STAMP) requirements-bench.txt
+	$(PY) -m pip install -r requirements-bench.txt
+	rm -f $(VENV)/.bench-*
+	touch $@
 
 # Dequantize the default model's GGUF into the git-ignored store (.store/models/).
 models: $(STAMP)
@@ -38,14 +46,14 @@ browser:
 run: setup
 	$(PY) -m streamlit run app.py --server.port $(PORT)
 
-test: setup browser
+test: setup browser $(BSTAMP)
 	$(PY) -m pytest
 
 # Quick loop while developing: skips the real-model and browser tests.
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not browser"
 
-bench: setup
+bench: setup $(BSTAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean-store:

@@ -368,6 +368,28 @@ def model_name_for(cache: ScoreCache) -> str:
     return typed or cache.model_name
 
 
+@st.cache_data(show_spinner=False)
+def saveable_multiple(name: str) -> int | None:
+    """The kept-count multiple ``name``'s config needs to save a pruned folder (None: unknown without
+    loading or downloading anything)."""
+    from diet_explore.prune import required_multiple_for_model
+
+    try:
+        return required_multiple_for_model(name)
+    except DietError:
+        return None
+
+
+def saveable_hint(cache: ScoreCache, n_keep: int) -> str | None:
+    """A warning when ``n_keep`` could not be saved as a pruned model folder, naming the fix."""
+    name = model_name_for(cache)
+    need = saveable_multiple(name)
+    if not need or n_keep % need == 0:
+        return None
+    return (f"{n_keep} kept dims can be evaluated in memory, but a pruned {name} folder needs a multiple of {need} "
+            f"(its attention head count): set *Kept count a multiple of* to {need}.")
+
+
 def check_model_installed(name: str) -> None:
     from diet_explore.models import install_command, is_installed
 

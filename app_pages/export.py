@@ -46,8 +46,8 @@ with ui.shown_errors():
         st.success(f"Saved {ui.display_path(path)} and {ui.display_path(path.with_suffix('.npy'))}")
 
     st.markdown("**Save a pruned model folder**")
-    st.caption("Llama/Gemma configs accept only a hidden size that is a multiple of the head count; if saving "
-               "fails, build the mask with that multiple (the error says which).")
+    if hint := ui.saveable_hint(cache, result.n_keep):
+        st.warning(hint)
     if st.button(f"Prune and save model to {ui.display_path(export_dir)}/{name}/", key=K_SAVE_MODEL):
         with st.status("Pruning…", expanded=True) as status:
             folder = ui.save_pruned_model(cache, result, export_dir / name, status)

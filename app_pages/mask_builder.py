@@ -36,7 +36,9 @@ with ui.shown_errors():
         ui.score_controls(cache)
         st.selectbox("Normalisation (mean_score merge, exact tie-breaks)", list(S.NORMALIZATIONS), **ui.sel_kw(S.KEY_NORMALIZE, S.NORMALIZATIONS))
         st.toggle("Exact sparsity (keep exactly the target count)", **ui.kw(S.KEY_EXACT))
-        st.toggle("Kept count a multiple of 8", **ui.kw(S.KEY_MULT8))
+        st.number_input("Kept count a multiple of", 1, 4096, step=1, **ui.kw(S.KEY_MULTIPLE),
+                        help="8 suits GPU kernels; Llama/Gemma configs need a multiple of the attention head count "
+                             "to save the pruned model (1 = any count)")
 
     with results, ui.shown_errors():
         config = ui.current_config(cache)
@@ -52,6 +54,8 @@ with ui.shown_errors():
                     delta=f"{params / dense - 1:+.1%} vs dense" if params is not None and dense else None, delta_color="off",
                     delta_arrow="off")
         c[3].metric("Voting tasks", len(result.tasks))
+        if hint := ui.saveable_hint(cache, result.n_keep):
+            st.warning(hint)
 
         overlaps = ui.baseline_overlaps(loaded.path, loaded.sha, config.to_json())
         paper = overlaps.iloc[0]

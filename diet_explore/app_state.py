@@ -33,9 +33,9 @@ CACHE_PARAM = "cache"
 # Widget keys (st.session_state) of the mask settings; weights live under WEIGHT_PREFIX + task.
 KEY_SPARSITY, KEY_THRESHOLD, KEY_METHOD, KEY_SITE = "sparsity", "threshold", "method", "site"
 KEY_LAYER_AGG, KEY_LAST_K, KEY_NORMALIZE = "layer_agg", "last_k", "normalize"
-KEY_EXACT, KEY_MULT8, KEY_SEED = "exact", "mult8", "seed"
+KEY_EXACT, KEY_MULTIPLE, KEY_SEED = "exact", "multiple", "seed"
 WEIGHT_PREFIX = "w_"
-SETTING_KEYS = (KEY_SPARSITY, KEY_THRESHOLD, KEY_METHOD, KEY_SITE, KEY_LAYER_AGG, KEY_LAST_K, KEY_NORMALIZE, KEY_EXACT, KEY_MULT8, KEY_SEED)
+SETTING_KEYS = (KEY_SPARSITY, KEY_THRESHOLD, KEY_METHOD, KEY_SITE, KEY_LAYER_AGG, KEY_LAST_K, KEY_NORMALIZE, KEY_EXACT, KEY_MULTIPLE, KEY_SEED)
 WEIGHT_MAX = 2.0
 
 
@@ -83,7 +83,7 @@ def state_from_config(config: MaskConfig, task_names: Sequence[str]) -> dict[str
         KEY_LAST_K: int(config.last_k),
         KEY_NORMALIZE: config.normalize,
         KEY_EXACT: bool(config.exact),
-        KEY_MULT8: int(config.multiple_of) == 8,
+        KEY_MULTIPLE: int(config.multiple_of),
         KEY_SEED: int(config.seed),
     }
     for t in task_names:
@@ -112,7 +112,7 @@ def config_from_state(state: Mapping[str, Any], task_names: Sequence[str]) -> Ma
         last_k=int(state.get(KEY_LAST_K, defaults.last_k)),
         normalize=str(state.get(KEY_NORMALIZE, defaults.normalize)),
         exact=bool(state.get(KEY_EXACT, defaults.exact)),
-        multiple_of=8 if state.get(KEY_MULT8, defaults.multiple_of == 8) else 1,
+        multiple_of=int(state.get(KEY_MULTIPLE, defaults.multiple_of)),
         seed=int(state.get(KEY_SEED, defaults.seed)),
     )
 

@@ -108,6 +108,7 @@ def required_multiple(model: nn.Module) -> int:
 
 def required_multiple_for_config(cfg, head_dim: int | None = None) -> int:
     """``required_multiple`` from the config alone, so a command can refuse before loading weights."""
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     heads = int(cfg.num_attention_heads)
     probe = heads + 1 if heads > 1 else 1
     if head_dim is None:
@@ -121,6 +122,17 @@ def _head_dim(model: nn.Module, adapter) -> int:
         return int(attn.head_dim)
     cfg = model.config
     return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+
+def required_multiple_for_model(name_or_path: str) -> int | None:
+    """``required_multiple`` for a built-in name or local folder, read from its config only; None when
+    that would mean converting a built-in or asking the hub (the app must not block on either)."""
+    from diet_explore.models import is_installed, load_config, resolve_source
+
+    kind, loc = resolve_source(name_or_path)
+    if kind == "hub" or (kind == "builtin" and not is_installed(loc)):
+        return None
+    return required_multiple_for_config(load_config(name_or_path))
 
 
 # --------------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def test_mask_builder_numbers_follow_sliders(app, alpha):
     at.toggle(key="exact").set_value(True).run()
     assert _kept(at) == keep_count(576, 0.4)
     at.toggle(key="exact").set_value(False).run()
-    at.toggle(key="mult8").set_value(True).run()
+    at.number_input(key="multiple").set_value(8).run()
     assert _kept(at) % 8 == 0
     assert at.query_params["multiple_of"] in ("8", ["8"])
 
@@ -319,7 +319,7 @@ def test_export_command_reproduces_the_mask(app, app_env, alpha, tmp_path):
     at = run_page(app.run(), "mask_builder")
     at.slider(key="sparsity").set_value(0.25).run()
     at.slider(key="w_hellaswag").set_value(1.7).run()
-    at.toggle(key="mult8").set_value(True).run()
+    at.number_input(key="multiple").set_value(8).run()
     run_page(at, "export")
     cmd = at.code[0].value
     argv = shlex.split(cmd)

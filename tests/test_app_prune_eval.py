@@ -99,9 +99,10 @@ def test_export_saves_a_loadable_pruned_model(tiny_app, tiny):
 
     at, dirs = tiny_app
     at = run_page(at.run(), "mask_builder")
-    at.toggle(key="mult8").set_value(True).run()
+    at.number_input(key="multiple").set_value(8).run()
     n_keep = int(metrics(at)["Kept dims"].split("/")[0])
     assert n_keep % 8 == 0
+    assert not at.warning  # a multiple of 8 is a multiple of the 4 heads: no save warning
     run_page(at, "export")
     at.text_input(key="export_name").input("tiny-pruned").run()
     at.button(key="export_save_model").click().run(timeout=300)
@@ -119,7 +120,9 @@ def test_export_of_an_unsaveable_kept_count_is_an_error_box(tiny_app):
     at = run_page(at.run(), "mask_builder")
     n_keep = int(metrics(at)["Kept dims"].split("/")[0])
     assert n_keep % 4 != 0  # the tiny llama has 4 heads: this count cannot be saved
+    assert any("needs a multiple of 4" in w.value for w in at.warning)  # said before anyone tries
     run_page(at, "export")
+    assert any("needs a multiple of 4" in w.value for w in at.warning)
     at.button(key="export_save_model").click().run(timeout=300)
     assert not at.exception
     assert at.error and "multiple" in at.error[0].value

@@ -89,7 +89,7 @@ def test_state_round_trip_and_weight_zero_removes_the_task():
     cfg = S.config_from_state(state, TASKS)
     assert cfg.weights == {"boolq": 2.0, "hellaswag": 1.0, "arc_easy": 1.0}
     assert S.state_from_config(cfg, TASKS)[S.weight_key("rte")] == 0.0
-    state[S.KEY_MULT8] = True
+    state[S.KEY_MULTIPLE] = 8
     state[S.KEY_EXACT] = True
     cfg = S.config_from_state(state, TASKS)
     assert cfg.multiple_of == 8 and cfg.exact

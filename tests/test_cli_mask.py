@@ -106,7 +106,7 @@ def test_stability_table_prints_mean_jaccard_and_curve(synthetic_cache_dir, caps
 
 def test_app_mask_command_is_accepted_by_the_cli(synthetic_cache_dir, cache, tmp_path):
     """The app shows `diet-explore mask ...` lines (app_state.mask_command); they must run as-is."""
-    app_state = pytest.importorskip("diet_explore.app_state")
+    from diet_explore import app_state
     cfg = MaskConfig(sparsity=0.35, threshold=0.6, weights={"boolq": 1.5, "rte": 0.25}, tasks=["boolq", "rte", "winogrande"],
                      layer_agg="last_k", last_k=3, normalize="sum", exact=True, multiple_of=8)
     argv = shlex.split(app_state.mask_command(synthetic_cache_dir, cfg, tmp_path / "m.json"))

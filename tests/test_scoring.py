@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 
 import numpy as np
@@ -168,8 +169,12 @@ def test_max_length_resolution_matches_lm_eval():
 @pytest.mark.slow
 def test_real_tokenizer_pairs_equal_lm_eval_hflm(smollm2):
     """The SmolLM2 tokenizer on real task requests: our encoder == lm-eval 0.4.13's HFLM._encode_pair."""
-    pytest.importorskip("lm_eval")
-    from lm_eval.models.huggingface import HFLM
+    try:
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:  # `make test` installs it (requirements-bench.txt); CI must not skip silently
+        if os.environ.get("CI") == "true":
+            pytest.fail("lm-eval is not installed: `pip install -r requirements-bench.txt` (make test does)")
+        pytest.skip("lm-eval not installed (pip install -r requirements-bench.txt)")
 
     from diet_explore.evaluate import EvalConfig, eval_requests
 

@@ -30,8 +30,8 @@ def run(args) -> int:
         raise DietError(f"output folder {out} already exists", "pass --overwrite or choose another --out")
     early = load_mask(args.mask)  # a bad file or a kept count the config rejects fails before the model loads
     config = load_config(args.model)
-    multiple = required_multiple_for_config(getattr(config, "text_config", None) or config)
-    if early.hidden_size == config.hidden_size and early.n_keep % multiple:
+    multiple = required_multiple_for_config(config)
+    if early.hidden_size == config.get_text_config().hidden_size and early.n_keep % multiple:
         raise DietError(
             f"{args.mask} keeps {early.n_keep} dims, not a multiple of num_attention_heads ({multiple}); "
             "the pruned model could not be saved or reloaded",

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat $(REQS) 2>/dev/null | sha256sum | cut -
 BSTAMP := $(VENV)/.bench-$(shell cat requirements-bench.txt 2>/dev/null | sha256sum | cut -c1-12)
 PORT   ?= 8501
 
-.PHONY: setup run test test-fast models gemma browser bench clean-store
+.PHONY: setup run test test-fast models gemma browser screenshots bench clean-store
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ test: setup browser $(BSTAMP)
 # Quick loop while developing: skips the real-model and browser tests.
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not browser"
+
+# Refresh the README's page screenshots (the browser test takes them from the committed caches).
+screenshots: setup browser
+	DIET_EXPLORE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_browser_e2e.py
 
 bench: setup $(BSTAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

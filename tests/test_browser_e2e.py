@@ -4,7 +4,8 @@ Visits every page through the sidebar (so session state must carry the settings)
 sparsity slider with the keyboard and checks that the Jaccard heatmap and the numbers change to the
 library's values, runs a tiny prune + evaluate (2 examples per task) into the run store, downloads
 the mask and validates it with ``load_mask``, checks the URL reproduces the view in a fresh browser
-context, and writes a screenshot of every page to docs/screenshots/.
+context, and screenshots every page (into docs/screenshots/ when DIET_EXPLORE_SCREENSHOTS=docs/screenshots,
+as `make screenshots` does; else a temp folder).
 
 Uses the repository's caches when cache/ has one (so the screenshots show real data), else the
 synthetic test caches. Missing Chromium/Playwright skips locally but fails when CI=true.
@@ -30,7 +31,10 @@ pytestmark = pytest.mark.browser
 
 ROOT = APP.parent
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The README's screenshots are refreshed only on request (DIET_EXPLORE_SCREENSHOTS=docs/screenshots), so a
+# test run does not rewrite tracked files; otherwise they go to a throwaway folder (still taken: a page that
+# cannot render fails here).
+SCREENSHOTS = Path(os.environ["DIET_EXPLORE_SCREENSHOTS"]) if os.environ.get("DIET_EXPLORE_SCREENSHOTS") else None
 CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--no-first-run"]
 PAGES = [("overview", "Overview"), ("rankings", "Rankings"), ("agreement", "Agreement"), ("mask_builder", "Mask builder"),
@@ -166,9 +170,11 @@ def _plot_data(page, title_part: str):
     return handle.json_value()
 
 
-def _shot(page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+def _shot(page, name: str, folder: Path) -> None:
+    folder = SCREENSHOTS or folder
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+    assert (folder / f"{name}.png").stat().st_size > 10_000, f"screenshot of {name} is (nearly) empty"
 
 
 def _load_default_cache(server):
@@ -197,11 +203,11 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     page.get_by_role("heading", name="diet-explore").first.wait_for(timeout=WAIT_MS)
     _idle(page)
     assert _metric(page, "Hidden size") == str(d)
-    _shot(page, "overview")
+    _shot(page, "overview", tmp_path / "screenshots")
 
     _goto_page(page, "Rankings")
     assert _plot_data(page, "Sorted dimension scores") is not None
-    _shot(page, "rankings")
+    _shot(page, "rankings", tmp_path / "screenshots")
 
     # Agreement: move the sparsity slider with the keyboard; the heatmap must follow.
     _goto_page(page, "Agreement")
@@ -219,13 +225,13 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     assert not np.allclose(arr(before[0]["z"]).astype(float), z_after)
     assert np.allclose(z_after, jaccard_matrix(prune_matrix(cache, 0.25)))
     page.wait_for_function("() => location.search.includes('sparsity=0.25')", timeout=WAIT_MS)
-    _shot(page, "agreement")
+    _shot(page, "agreement", tmp_path / "screenshots")
 
     # Mask builder: the slider value came along through session state.
     _goto_page(page, "Mask builder")
     res = build_mask(cache, MaskConfig(sparsity=0.25))
     _wait_metric(page, "Kept dims", f"{res.n_keep} / {d}")
-    _shot(page, "mask_builder")
+    _shot(page, "mask_builder", tmp_path / "screenshots")
 
     # Prune & evaluate: a tiny run (2 held-out examples per task, no perplexity) into the run store.
     _goto_page(page, "Prune & evaluate")
@@ -249,7 +255,7 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     else:  # no weights here: the page must say how to install them
         page.get_by_text(install_command(model_name), exact=False).first.wait_for(timeout=WAIT_MS)
         warnings.warn(f"{model_name} is not installed: prune+evaluate checked only the install hint", stacklevel=1)
-    _shot(page, "prune_eval")
+    _shot(page, "prune_eval", tmp_path / "screenshots")
 
     _goto_page(page, "Export")
     with page.expect_download(timeout=WAIT_MS) as dl:
@@ -259,7 +265,7 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     mask = load_mask(path, expected_hidden_size=d)
     assert np.array_equal(mask.keep, res.keep)
     assert json.loads(path.read_text())["config"]["sparsity"] == 0.25
-    _shot(page, "export")
+    _shot(page, "export", tmp_path / "screenshots")
     link = page.url
     context.close()
     assert not errors, errors

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diet_explore.commands._common import add_device_args, csv_list
+from diet_explore.commands._common import add_device_args, csv_list, progress_printer
 
 
 def register(sub) -> None:
@@ -44,7 +44,8 @@ def run(args) -> int:
                            tasks=csv_list(args.tasks) if args.tasks != "all" else "all", limit=args.limit, seed=args.seed,
                            mask_seed=args.mask_seed, exact=args.exact, multiple_of=args.multiple_of,
                            perplexity=not args.no_perplexity, ppl_windows=args.ppl_windows, device=args.device, dtype=args.dtype)
-    run_compare(config, args.out, store=RunStore(args.runs) if args.runs else None)
+    run_compare(config, args.out, store=RunStore(args.runs) if args.runs else None,
+                progress=progress_printer("compare", steps=100))
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {args.out}/table.csv, table.md, sweep.html; runs in the run store")
     return 0

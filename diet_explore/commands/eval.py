@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diet_explore.commands._common import add_device_args, csv_list
+from diet_explore.commands._common import add_device_args, csv_list, progress_printer
 
 
 def register(sub) -> None:
@@ -37,7 +37,7 @@ def run(args) -> int:
     for name in [args.compare_to, args.model] if args.compare_to else [args.model]:
         model, tokenizer, info = load_model(name, args.device, args.dtype)
         print(f"evaluating {info.name} ({info.num_parameters / 1e6:.2f} M parameters, hidden {info.hidden_size}) ...")
-        results.append(evaluate_model(model, tokenizer, config, _printer(info.name), info.name, requests))
+        results.append(evaluate_model(model, tokenizer, config, progress_printer(info.name), info.name, requests))
         del model
     if args.compare_to:
         pair = PairResult(results[0], results[1])
@@ -56,20 +56,6 @@ def run(args) -> int:
         atomic.write_json(args.json, full)
         print(f"wrote {args.json}")
     return 0
-
-
-def _printer(name: str):
-    import sys
-
-    state = {"last": -1}
-
-    def progress(fraction: float, message: str) -> None:
-        pct = int(fraction * 10)
-        if pct != state["last"]:
-            state["last"] = pct
-            print(f"  {name}: {fraction:4.0%} {message}", file=sys.stderr)
-
-    return progress
 
 
 def format_single(result) -> str:

@@ -348,6 +348,12 @@ def require_cache() -> Loaded:
     return current
 
 
+def current_mask(loaded: Loaded) -> tuple[MaskConfig, MaskResult]:
+    """The settings and the mask they build (memoised), for pages that act on the current mask."""
+    config = current_config(loaded.cache)
+    return config, mask_for(loaded.path, loaded.sha, config.to_json())
+
+
 # ------------------------------------------------------------------------------------------------
 # Models and runs (Prune & evaluate, Export)
 # ------------------------------------------------------------------------------------------------

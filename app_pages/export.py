@@ -21,8 +21,7 @@ st.title("Export")
 with ui.shown_errors():
     loaded = ui.require_cache()
     cache = loaded.cache
-    config = ui.current_config(cache)
-    result = ui.mask_for(loaded.path, loaded.sha, config.to_json())
+    config, result = ui.current_mask(loaded)
     mask_file = mask_file_from_result(result, cache)
     export_dir = ui.env_dir(S.EXPORT_DIR_ENV, "artifacts")
 

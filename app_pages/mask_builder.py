@@ -41,8 +41,7 @@ with ui.shown_errors():
                              "to save the pruned model (1 = any count)")
 
     with results, ui.shown_errors():
-        config = ui.current_config(cache)
-        result = ui.mask_for(loaded.path, loaded.sha, config.to_json())
+        config, result = ui.current_mask(loaded)
         d = result.hidden_size
         params = S.pruned_param_count(cache.manifest, result.n_keep)
         dense = cache.manifest["model"].get("num_parameters")

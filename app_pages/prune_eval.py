@@ -22,8 +22,7 @@ st.title("Prune & evaluate")
 with ui.shown_errors():
     loaded = ui.require_cache()
     cache = loaded.cache
-    config = ui.current_config(cache)
-    result = ui.mask_for(loaded.path, loaded.sha, config.to_json())
+    config, result = ui.current_mask(loaded)
     st.markdown(f"Current mask: **{config.method}**, kept **{result.n_keep}** of {result.hidden_size} hidden dims "
                 f"(sparsity {result.sparsity:.4f}). Change it on the Mask builder page.")
 

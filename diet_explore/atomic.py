@@ -21,6 +21,7 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a cache, mask or result file should read like any other
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -51,22 +51,34 @@ with ui.shown_errors():
                                  perplexity=bool(ui.get(K_PPL)), ppl_windows=int(ui.get(K_PPL_WINDOWS)),
                                  exclude_cache=loaded.path)
         with st.status("Pruning and evaluating…", expanded=True) as status:
-            status.write(f"Loading {name}…")
-            dense, tokenizer, _ = ui.dense_model(name, "auto")
-            status.write(f"Pruning to {result.n_keep} hidden dims (a copy; the loaded model is untouched)…")
-            pruned = prune_model(dense, result.keep, saveable=False)
-            bar = st.progress(0.0, text="evaluating")
-            pair = evaluate_pair(dense, pruned, tokenizer, eval_config,
-                                 progress=lambda f, m: bar.progress(min(max(float(f), 0.0), 1.0), text=m))
-            record = S.run_record(
-                pair, model=name, cache_path=ui.display_path(loaded.path), manifest_hash=cache.manifest_hash,
-                mask_config=config, n_keep=result.n_keep, hidden_size=result.hidden_size,
-                params=(count_parameters(dense), count_parameters(pruned)), nbytes=(ui.model_nbytes(dense), ui.model_nbytes(pruned)),
-            )
-            record = store.load(store.save(record))
-            del pruned
-            status.update(label=f"Done: run {record['run_id']}", state="complete", expanded=False)
-        st.session_state[K_LAST] = record
+            try:
+                status.write(f"Loading {name}…")
+                dense, tokenizer, _ = ui.dense_model(name, "auto")
+                status.write(f"Pruning to {result.n_keep} hidden dims (a copy; the loaded model is untouched)…")
+                pruned = prune_model(dense, result.keep, saveable=False)
+                bar = st.progress(0.0, text="evaluating")
+                pair = evaluate_pair(dense, pruned, tokenizer, eval_config,
+                                     progress=lambda f, m: bar.progress(min(max(float(f), 0.0), 1.0), text=m))
+                record = S.run_record(
+                    pair, model=name, cache_path=ui.display_path(loaded.path), manifest_hash=cache.manifest_hash,
+                    mask_config=config, n_keep=result.n_keep, hidden_size=result.hidden_size,
+                    params=(count_parameters(dense), count_parameters(pruned)),
+                    nbytes=(ui.model_nbytes(dense), ui.model_nbytes(pruned)),
+                )
+                record = store.load(store.save(record))  # the only write: a failure before it stores nothing
+                del pruned
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory midway: say so, keep the page and the history
+                status.update(label="Failed", state="error", expanded=True)
+                failure = exc if isinstance(exc, DietError) else DietError(
+                    f"pruning/evaluation failed midway: {type(exc).__name__}: {exc}",
+                    "nothing was stored; the run history is unchanged (try fewer examples or tasks)")
+                record = None
+            else:
+                status.update(label=f"Done: run {record['run_id']}", state="complete", expanded=False)
+        if record is None:
+            ui.show_error(failure)
+        else:
+            st.session_state[K_LAST] = record
 
     last = st.session_state.get(K_LAST)
     if last:

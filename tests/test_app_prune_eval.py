@@ -127,3 +127,26 @@ def test_export_of_an_unsaveable_kept_count_is_an_error_box(tiny_app):
     assert not at.exception
     assert at.error and "multiple" in at.error[0].value
     assert not (dirs["export"] / at.text_input(key="export_name").value).exists()
+
+
+def test_a_failure_midway_is_an_error_box_and_the_history_is_intact(tiny_app, monkeypatch):
+    import diet_explore.evaluate as evaluate
+    from diet_explore.runs import RunStore
+
+    at, dirs = tiny_app
+    store = RunStore(dirs["runs"])
+    earlier = store.save({"source": "earlier", "model": "tiny", "method": "diet", "sparsity": 0.2, "delta_avg": -0.01})
+    before = sorted((p.name, p.read_bytes()) for p in dirs["runs"].iterdir())
+
+    def dies_midway(dense, pruned, tokenizer, config, progress=None):
+        progress(0.4, "rte")
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(evaluate, "evaluate_pair", dies_midway)
+    at = run_page(at.run(), "prune_eval")
+    at.multiselect(key="pe_tasks").set_value(["rte"]).run()
+    at.button(key="pe_run").click().run(timeout=300)
+    assert not at.exception
+    assert at.error and "failed midway: RuntimeError: CUDA out of memory (simulated)" in at.error[0].value
+    assert sorted((p.name, p.read_bytes()) for p in dirs["runs"].iterdir()) == before
+    assert at.dataframe[-1].value["run_id"].tolist() == [earlier]  # history still lists the earlier run

@@ -120,17 +120,25 @@ def _task_row(res: TaskResult) -> dict[str, Any]:
             "main": float(main.mean()), "stderr": mean_stderr(main), "correct": [int(x) for x in main]}
 
 
+def paired_avg_delta(row: dict[str, Any], ref: dict[str, Any]) -> tuple[dict[str, tuple[float, float, float]], tuple[float, float, float]]:
+    """Paired deltas ``row - ref`` on the same examples: per task (mean, CI low, CI high) and for the
+    average over tasks (tasks are independent samples, so their variances add)."""
+    per_task, ses = {}, []
+    for t, r in row["tasks"].items():
+        a, b = np.array(ref["tasks"][t]["correct"]), np.array(r["correct"])
+        per_task[t] = paired_delta(a, b)
+        ses.append(mean_stderr(b - a))
+    m = float(np.mean([d[0] for d in per_task.values()]))
+    se = math.sqrt(sum(s * s for s in ses)) / len(ses)
+    return per_task, (m, m - Z95 * se, m + Z95 * se)
+
+
 def _deltas(row: dict[str, Any], dense: dict[str, Any]) -> None:
     """Add paired deltas vs dense per task and for the average (in place)."""
-    ses, ds = [], []
-    for t, r in row["tasks"].items():
-        m, lo, hi = paired_delta(np.array(dense["tasks"][t]["correct"]), np.array(r["correct"]))
-        r.update(delta=m, ci_low=lo, ci_high=hi)
-        ds.append(m)
-        ses.append(mean_stderr(np.array(r["correct"]) - np.array(dense["tasks"][t]["correct"])))
-    m = float(np.mean(ds))
-    se = math.sqrt(sum(s * s for s in ses)) / len(ses)
-    row.update(delta_avg=m, delta_ci_low=m - Z95 * se, delta_ci_high=m + Z95 * se)
+    per_task, (m, lo, hi) = paired_avg_delta(row, dense)
+    for t, (d, t_lo, t_hi) in per_task.items():
+        row["tasks"][t].update(delta=d, ci_low=t_lo, ci_high=t_hi)
+    row.update(delta_avg=m, delta_ci_low=lo, delta_ci_high=hi)
 
 
 def _average(row: dict[str, Any]) -> None:
@@ -297,6 +305,25 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def versus_table(rows: list[dict[str, Any]], reference: str = "diet") -> str:
+    """``reference`` minus every other method at each sparsity, paired on the same examples (in points):
+    the comparison a claim like "DIET beats X by N points" needs, with its 95% CI."""
+    refs = {r["sparsity"]: r for r in rows if r["method"] == reference}
+    others = [r for r in rows if r["method"] not in (reference, "dense") and r["sparsity"] in refs]
+    if not others:
+        return ""
+    tasks = list(refs[others[0]["sparsity"]]["tasks"])
+    head = ["sparsity", "comparison", "kept"] + tasks + ["avg [95% CI]"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(others, key=lambda r: (r["sparsity"], list(METHODS).index(r["method"]) if r["method"] in METHODS else -1)):
+        per_task, (m, lo, hi) = paired_avg_delta(refs[r["sparsity"]], r)
+        cells = [f"{r['sparsity']:g}", f"{reference} − {r['method']}", str(r["n_keep"])]
+        cells += [f"{100 * per_task[t][0]:+.1f}" for t in tasks]
+        cells.append(f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def sweep_figure(rows: list[dict[str, Any]]):
     import plotly.graph_objects as go
 
@@ -323,7 +350,11 @@ def write_reports(rows: list[dict[str, Any]], out: Path, config: CompareConfig |
         note = (f"\nModel `{config.model}`, cache `{config.cache}`, {config.limit} held-out examples per task "
                 f"(seed {config.seed}), exact kept counts: {config.exact}. Cells: main metric in % ± stderr; "
                 "Δ avg: paired difference vs dense with a 95% CI.\n")
-    atomic.write_text(paths["markdown"], markdown_table(rows) + note)
+    versus = versus_table(rows)
+    if versus:
+        versus = ("\nDIET minus each other method at the same kept count, paired on the same examples "
+                  "(points; positive = DIET better):\n\n" + versus)
+    atomic.write_text(paths["markdown"], markdown_table(rows) + note + versus)
     fig = sweep_figure(rows)
     atomic.write_text(paths["html"], fig.to_html(include_plotlyjs=True, full_html=True))
     try:  # a static image too when kaleido is installed

@@ -9,7 +9,7 @@ from diet_explore.adapters.tiny import tiny_model
 from diet_explore.cache import save_cache, synthetic_cache
 from diet_explore.compare import CompareConfig, markdown_table, read_results, run_compare
 from diet_explore.errors import DietError
-from diet_explore.evaluate import evaluate_model
+from diet_explore.evaluate import Z95, evaluate_model
 from diet_explore.masks import MaskConfig, build_mask
 from diet_explore.prune import prune_model
 from diet_explore.runs import RunStore
@@ -65,8 +65,16 @@ def test_reports_and_run_store(setup):
         assert (out / name).is_file(), name
     md = (out / "table.md").read_text()
     assert md.startswith("| sparsity | method | kept | rte (acc) | winogrande (acc) | avg |")
-    assert md.count("\n| 0.25 |") == len(METHODS) and "| 0 | dense | 64 |" in md
+    main_table, versus = md.split("\nDIET minus each other method")
+    assert main_table.count("\n| 0.25 |") == len(METHODS) and "| 0 | dense | 64 |" in main_table
     assert "plotly" in (out / "sweep.html").read_text()[:5000].lower()
+    diet, rnd = (next(r for r in rows if r["method"] == m) for m in ("diet", "random"))
+    d = {t: np.array(diet["tasks"][t]["correct"], float) - np.array(rnd["tasks"][t]["correct"], float) for t in diet["tasks"]}
+    m = np.mean([v.mean() for v in d.values()])
+    se = np.sqrt(sum(v.std(ddof=1) ** 2 / len(v) for v in d.values())) / len(d)
+    line = next(ln for ln in versus.splitlines() if "| diet − random |" in ln)
+    assert line.endswith(f"{100 * m:+.1f} [{100 * (m - Z95 * se):+.1f}, {100 * (m + Z95 * se):+.1f}] |")
+    assert versus.count(" | diet − ") == len(METHODS) - 1
     runs = store.list()
     assert sorted(runs["method"]) == sorted(METHODS) and set(runs["sparsity"]) == {0.25}
     assert {r["run_id"] for r in rows[1:]} == set(runs["run_id"])

@@ -57,6 +57,9 @@ def staged_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     tmp.chmod(0o755)  # mkdtemp makes 0700; the final folder should read like any other
     try:
         yield tmp
+        for f in tmp.rglob("*"):  # writers that stage through mkstemp (e.g. safetensors shards) leave 0600
+            if f.is_file() and not f.is_symlink():
+                f.chmod(0o644)
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)

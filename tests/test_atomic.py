@@ -33,9 +33,11 @@ def test_staged_dir_replaces_the_folder_only_on_success(tmp_path):
     final = tmp_path / "model"
     with atomic.staged_dir(final) as tmp:
         (tmp / "w").write_text("1")
+        (tmp / "w").chmod(0o600)
     with pytest.raises(RuntimeError), atomic.staged_dir(final, overwrite=True) as tmp:
         (tmp / "w").write_text("2")
         raise RuntimeError("interrupted")
     assert (final / "w").read_text() == "1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert stat.S_IMODE(final.stat().st_mode) == 0o755
+    assert stat.S_IMODE((final / "w").stat().st_mode) == 0o644

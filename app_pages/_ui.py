@@ -368,6 +368,32 @@ def dense_model(name: str, device: str):
     return load_model(name, device=device)
 
 
+DENSE_RESULTS_KEPT = 8
+
+
+@st.cache_resource(show_spinner=False)
+def _dense_results() -> dict:
+    """(model name, EvalConfig JSON) -> the dense model's EvalResult, shared by every session."""
+    return {}
+
+
+def dense_eval(name: str, config, model, tokenizer, progress) -> tuple[object, bool]:
+    """The dense model's quick evaluation for ``config`` and whether it was reused. The same examples
+    give the same numbers, so a second prune-and-evaluate run only evaluates the pruned copy (half
+    the time). Kept here rather than in a cached function because its progress updates a bar made
+    outside it (Streamlit refuses that inside st.cache_*). Results are never mutated."""
+    from diet_explore.evaluate import eval_requests, evaluate_model
+
+    store, key = _dense_results(), (name, config.to_json())
+    if key in store:
+        return store[key], True
+    result = evaluate_model(model, tokenizer, config, progress, "dense", eval_requests(config))
+    while len(store) >= DENSE_RESULTS_KEPT:
+        store.pop(next(iter(store)))  # oldest first (dicts keep insertion order)
+    store[key] = result
+    return result, False
+
+
 def model_name_for(cache: ScoreCache) -> str:
     """The model to prune: the Prune & evaluate page's model field, else the cache's model."""
     typed = str(get(K_MODEL, "") or "").strip()

@@ -57,8 +57,14 @@ with ui.shown_errors():
                 status.write(f"Pruning to {result.n_keep} hidden dims (a copy; the loaded model is untouched)…")
                 pruned = prune_model(dense, result.keep, saveable=False)
                 bar = st.progress(0.0, text="evaluating")
-                pair = evaluate_pair(dense, pruned, tokenizer, eval_config,
-                                     progress=lambda f, m: bar.progress(min(max(float(f), 0.0), 1.0), text=m))
+                show = lambda f, m: bar.progress(min(max(float(f), 0.0), 1.0), text=m)  # noqa: E731
+                dense_result, reused = ui.dense_eval(name, eval_config, dense, tokenizer,
+                                                     progress=lambda f, m: show(0.5 * f, f"dense: {m}"))
+                if reused:
+                    status.write("Dense results reused: same model and held-out examples as an earlier run.")
+                lo = 0.0 if reused else 0.5
+                pair = evaluate_pair(dense, pruned, tokenizer, eval_config, dense_result=dense_result,
+                                     progress=lambda f, m: show(lo + (1 - lo) * f, m))
                 record = S.run_record(
                     pair, model=name, cache_path=ui.display_path(loaded.path), manifest_hash=cache.manifest_hash,
                     mask_config=config, n_keep=result.n_keep, hidden_size=result.hidden_size,

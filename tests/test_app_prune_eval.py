@@ -138,7 +138,7 @@ def test_a_failure_midway_is_an_error_box_and_the_history_is_intact(tiny_app, mo
     earlier = store.save({"source": "earlier", "model": "tiny", "method": "diet", "sparsity": 0.2, "delta_avg": -0.01})
     before = sorted((p.name, p.read_bytes()) for p in dirs["runs"].iterdir())
 
-    def dies_midway(dense, pruned, tokenizer, config, progress=None):
+    def dies_midway(dense, pruned, tokenizer, config, progress=None, dense_result=None):
         progress(0.4, "rte")
         raise RuntimeError("CUDA out of memory (simulated)")
 
@@ -150,3 +150,36 @@ def test_a_failure_midway_is_an_error_box_and_the_history_is_intact(tiny_app, mo
     assert at.error and "failed midway: RuntimeError: CUDA out of memory (simulated)" in at.error[0].value
     assert sorted((p.name, p.read_bytes()) for p in dirs["runs"].iterdir()) == before
     assert at.dataframe[-1].value["run_id"].tolist() == [earlier]  # history still lists the earlier run
+
+
+def test_a_second_run_on_the_same_examples_reuses_the_dense_results(tiny_app, monkeypatch):
+    import diet_explore.evaluate as evaluate
+    from diet_explore.runs import RunStore
+
+    calls = []
+    real = evaluate.evaluate_model
+
+    def counting(model, *a, **k):
+        calls.append(model.config.hidden_size)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(evaluate, "evaluate_model", counting)
+    at, dirs = tiny_app
+    at = run_page(at.run(), "mask_builder")
+    at.slider(key="sparsity").set_value(0.25).run()
+    run_page(at, "prune_eval")
+    at.number_input(key="pe_limit").set_value(3).run()
+    at.multiselect(key="pe_tasks").set_value(["rte"]).run()
+    at.toggle(key="pe_ppl").set_value(False).run()
+    at.button(key="pe_run").click().run(timeout=300)
+    assert len(calls) == 2 and calls[0] == 64 and calls[1] < 64  # dense, then the pruned copy
+    run_page(at, "mask_builder")
+    at.slider(key="sparsity").set_value(0.5).run()
+    run_page(at, "prune_eval")
+    at.button(key="pe_run").click().run(timeout=300)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(calls) == 3 and calls[2] < calls[1]  # only the new, smaller pruned copy
+    assert any("Dense results reused" in str(m.value) for m in at.markdown)
+    first, second = sorted(RunStore(dirs["runs"]).records(), key=lambda r: r["n_keep"], reverse=True)
+    assert (first["n_keep"], second["n_keep"]) == (calls[1], calls[2])
+    assert first["dense_avg"] == second["dense_avg"]

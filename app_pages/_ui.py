@@ -379,8 +379,7 @@ def _dense_results() -> dict:
 
 def dense_eval(name: str, config, model, tokenizer, progress) -> tuple[object, bool]:
     """The dense model's quick evaluation for ``config`` and whether it was reused. The same examples
-    give the same numbers, so a second prune-and-evaluate run only evaluates the pruned copy (half
-    the time). Kept here rather than in a cached function because its progress updates a bar made
+    give the same numbers, so a second prune-and-evaluate run only evaluates the pruned copy. Kept here rather than in a cached function because its progress updates a bar made
     outside it (Streamlit refuses that inside st.cache_*). Results are never mutated."""
     from diet_explore.evaluate import eval_requests, evaluate_model
 

@@ -35,6 +35,18 @@ def tiny(tiny_cache_root):
     return load_cache(tiny_cache_root / "tiny")
 
 
+def run_tiny_eval(at, sparsity: float, limit: int):
+    """Set the sparsity on the Mask builder, then prune and evaluate on RTE (no perplexity)."""
+    at = run_page(at.run(), "mask_builder")
+    at.slider(key="sparsity").set_value(sparsity).run()
+    run_page(at, "prune_eval")
+    at.number_input(key="pe_limit").set_value(limit).run()
+    at.multiselect(key="pe_tasks").set_value(["rte"]).run()
+    at.toggle(key="pe_ppl").set_value(False).run()
+    at.button(key="pe_run").click().run(timeout=300)
+    return at
+
+
 def test_prune_and_evaluate_matches_the_library_and_is_stored(tiny_app, tiny):
     from diet_explore.evaluate import EvalConfig, evaluate_pair
     from diet_explore.models import load_model
@@ -42,13 +54,7 @@ def test_prune_and_evaluate_matches_the_library_and_is_stored(tiny_app, tiny):
     from diet_explore.runs import RunStore
 
     at, dirs = tiny_app
-    at = run_page(at.run(), "mask_builder")
-    at.slider(key="sparsity").set_value(0.25).run()
-    run_page(at, "prune_eval")
-    at.number_input(key="pe_limit").set_value(4).run()
-    at.multiselect(key="pe_tasks").set_value(["rte"]).run()
-    at.toggle(key="pe_ppl").set_value(False).run()
-    at.button(key="pe_run").click().run(timeout=300)
+    at = run_tiny_eval(at, sparsity=0.25, limit=4)
     assert not at.exception and not at.error, [e.value for e in at.error]
 
     result = build_mask(tiny, MaskConfig(sparsity=0.25))
@@ -165,13 +171,7 @@ def test_a_second_run_on_the_same_examples_reuses_the_dense_results(tiny_app, mo
 
     monkeypatch.setattr(evaluate, "evaluate_model", counting)
     at, dirs = tiny_app
-    at = run_page(at.run(), "mask_builder")
-    at.slider(key="sparsity").set_value(0.25).run()
-    run_page(at, "prune_eval")
-    at.number_input(key="pe_limit").set_value(3).run()
-    at.multiselect(key="pe_tasks").set_value(["rte"]).run()
-    at.toggle(key="pe_ppl").set_value(False).run()
-    at.button(key="pe_run").click().run(timeout=300)
+    at = run_tiny_eval(at, sparsity=0.25, limit=3)
     assert len(calls) == 2 and calls[0] == 64 and calls[1] < 64  # dense, then the pruned copy
     run_page(at, "mask_builder")
     at.slider(key="sparsity").set_value(0.5).run()

@@ -108,20 +108,36 @@ def required_multiple(model: nn.Module) -> int:
 
 def required_multiple_for_config(cfg, head_dim: int | None = None) -> int:
     """``required_multiple`` from the config alone, so a command can refuse before loading weights."""
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    cfg = _text_config(cfg)
     heads = int(cfg.num_attention_heads)
     probe = heads + 1 if heads > 1 else 1
-    if head_dim is None:
-        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    return 1 if config_accepts(cfg, probe, head_dim) else heads
+    return 1 if config_accepts(cfg, probe, head_dim or _config_head_dim(cfg)) else heads
+
+
+def check_saveable(cfg, n_keep: int, head_dim: int | None = None) -> None:
+    """Refuse a kept count this config class would reject on save/reload, naming the multiple it needs."""
+    cfg = _text_config(cfg)
+    if not config_accepts(cfg, n_keep, head_dim or _config_head_dim(cfg)):
+        m = required_multiple_for_config(cfg, head_dim)
+        raise DietError(
+            f"the mask keeps {n_keep} dims, but a {cfg.model_type} config only accepts a hidden size that is a "
+            f"multiple of num_attention_heads ({m}), so the pruned model could not be saved or reloaded",
+            f"build the mask with --multiple-of {m} (e.g. `diet-explore mask ... --multiple-of {m}`)")
+
+
+def _text_config(cfg):
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def _config_head_dim(cfg) -> int:
+    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
 
 
 def _head_dim(model: nn.Module, adapter) -> int:
     attn = adapter.layers()[0].self_attn
     if getattr(attn, "head_dim", None):
         return int(attn.head_dim)
-    cfg = model.config
-    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    return _config_head_dim(model.config)
 
 
 def required_multiple_for_model(name_or_path: str) -> int | None:
@@ -147,12 +163,8 @@ def prune_model(model: nn.Module, keep: np.ndarray, saveable: bool = True) -> nn
     keep = check_keep(keep, d)
     head_dim = _head_dim(model, adapter)
     n_keep = int(keep.sum())
-    if saveable and not config_accepts(model.config, n_keep, head_dim):
-        m = int(model.config.num_attention_heads)
-        raise DietError(
-            f"the mask keeps {n_keep} dims, but a {model.config.model_type} config only accepts a hidden size that is a "
-            f"multiple of num_attention_heads ({m}), so the pruned model could not be saved or reloaded",
-            f"build the mask with --multiple-of {m} (e.g. `diet-explore mask ... --multiple-of {m}`)")
+    if saveable:
+        check_saveable(model.config, n_keep, head_dim)
     params_before = count_parameters(model)
 
     new = copy.deepcopy(model)

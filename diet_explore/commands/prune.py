@@ -23,19 +23,15 @@ def run(args) -> int:
     from diet_explore.errors import DietError
     from diet_explore.maskfile import load_mask
     from diet_explore.models import load_config, load_model
-    from diet_explore.prune import count_parameters, prune_model, required_multiple_for_config, save_pruned, size_on_disk
+    from diet_explore.prune import check_saveable, count_parameters, prune_model, save_pruned, size_on_disk
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:  # before minutes of loading
         raise DietError(f"output folder {out} already exists", "pass --overwrite or choose another --out")
     early = load_mask(args.mask)  # a bad file or a kept count the config rejects fails before the model loads
     config = load_config(args.model)
-    multiple = required_multiple_for_config(config)
-    if early.hidden_size == config.get_text_config().hidden_size and early.n_keep % multiple:
-        raise DietError(
-            f"{args.mask} keeps {early.n_keep} dims, not a multiple of num_attention_heads ({multiple}); "
-            "the pruned model could not be saved or reloaded",
-            f"build the mask with --multiple-of {multiple} (e.g. `diet-explore mask ... --multiple-of {multiple}`)")
+    if early.hidden_size == config.get_text_config().hidden_size:  # another size fails below, with its own message
+        check_saveable(config, early.n_keep)
     model, tokenizer, info = load_model(args.model, args.device, args.dtype)
     mask = load_mask(args.mask, expected_hidden_size=model.config.hidden_size)
     if mask.model_name not in (info.name, info.id):

@@ -14,13 +14,15 @@ What matches lm-eval 0.4.13's HF backend (``HFLM``) exactly:
 What is faster, without approximation:
 
 * the token prefix shared by all choices of a request (the whole context for ordinary multiple
-  choice; the sentence start for WinoGrande) runs once, and each choice runs only its own
-  suffix on a copy of the prefix's KV cache;
+  choice; the sentence start for WinoGrande) runs once: a request is one sequence, the prefix
+  followed by every choice's own suffix, with per-token positions (each suffix restarts where the
+  prefix ends) and a tree-shaped attention mask (a suffix sees the prefix and itself), so each
+  choice gets exactly the attention it would get alone;
 * the decoder stack runs without the vocabulary projection (``adapter.base_model()``); the lm_head
   (and Gemma-2 logit soft-capping) is applied only at the positions that predict continuation
   tokens;
-* requests are sorted by length and batched under a token budget (prefixes left-padded so the
-  cache holds contiguous real tokens, which keeps sliding-window layers exact).
+* requests are sorted by length and batched under a token budget with little padding, one forward
+  pass per batch.
 
 log-softmax runs in fp32 whatever the model dtype (lm-eval uses the model dtype by default; the
 two agree exactly in fp32).
@@ -28,7 +30,6 @@ two agree exactly in fp32).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from diet_explore.adapters import get_adapter
+from diet_explore.errors import DietError
 from diet_explore.tasks.registry import Request
 
 TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no limit" model_max_length
@@ -165,6 +167,67 @@ def plan_request(index: int, pairs_enc: list[tuple[list[int], list[int]]], max_l
     return _Plan(index, inputs[0][:p], [s[p:] for s in inputs], targets, starts)
 
 
+PAD_BRANCH = -2  # branch id of padding; the prefix is branch -1, choice c's suffix is branch c
+
+
+@dataclass
+class _TreeRow:
+    """One request as one sequence: the prefix, then every choice's suffix one after another.
+
+    Each token carries its position in its own choice's input (a suffix restarts at P) and its
+    branch; the attention mask lets a token see the prefix and the earlier tokens of its own
+    branch only, so every choice is computed exactly as if it ran alone after the prefix."""
+
+    plan: _Plan
+    ids: list[int]
+    positions: list[int]
+    branches: list[int]
+    score_at: list[list[int]]  # per choice: the row indices whose outputs predict its targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def tree_row(plan: _Plan) -> _TreeRow:
+    n_prefix = len(plan.prefix)
+    ids, positions, branches = list(plan.prefix), list(range(n_prefix)), [-1] * n_prefix
+    score_at = []
+    for c, suffix in enumerate(plan.suffixes):
+        offset = len(ids)
+        ids += suffix
+        positions += range(n_prefix, n_prefix + len(suffix))
+        branches += [c] * len(suffix)
+        at = (plan.starts[c] + j for j in range(len(plan.targets[c])))
+        score_at.append([p if p < n_prefix else offset + p - n_prefix for p in at])
+    return _TreeRow(plan, ids, positions, branches, score_at)
+
+
+def tree_attention_allowed(positions: torch.Tensor, branches: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """(B, L) positions and branch ids -> (B, 1, L, L) bool, True where query i may attend to key j:
+    j is in the prefix or in i's own branch, not after i, and (with a sliding ``window``, as
+    transformers' ``sliding_window_overlay``) fewer than ``window`` positions back. Padding attends
+    only to itself, so no softmax row is empty."""
+    qp, kp = positions[:, :, None], positions[:, None, :]
+    qb, kb = branches[:, :, None], branches[:, None, :]
+    allowed = (kp <= qp) & ((kb == -1) | (kb == qb)) & (kb != PAD_BRANCH) & (qb != PAD_BRANCH)
+    if window is not None:
+        allowed &= kp > qp - window
+    allowed |= torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device)
+    return allowed[:, None]
+
+
+def attention_mask_for(allowed: torch.Tensor, attn_implementation: str | None, dtype: torch.dtype) -> torch.Tensor:
+    """A prepared 4D mask in the form the attention implementation reads: boolean for SDPA,
+    additive (0 / dtype min) for eager."""
+    if attn_implementation in (None, "sdpa"):
+        return allowed
+    if attn_implementation == "eager":
+        zero = torch.zeros((), dtype=dtype, device=allowed.device)
+        return torch.where(allowed, zero, torch.finfo(dtype).min)
+    raise DietError(f"scoring needs per-token attention masks, which attn_implementation={attn_implementation!r} "
+                    "does not take", "load the model with attn_implementation='sdpa' (the default) or 'eager'")
+
+
 # --------------------------------------------------------------------------------------------
 class LoglikelihoodScorer:
     """Scores ``Request`` lists with a causal LM (any family with an adapter)."""
@@ -179,6 +242,9 @@ class LoglikelihoodScorer:
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.encoder.prefix_token_id or 0))
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.attn_implementation = getattr(model.config, "_attn_implementation", None)
+        attention_mask_for(torch.ones(1, 1, 1, 1, dtype=torch.bool), self.attn_implementation, self.dtype)  # refuse early
 
     # -- public --------------------------------------------------------------------------
     def plan(self, requests: Sequence[Request]) -> list[_Plan]:
@@ -190,117 +256,69 @@ class LoglikelihoodScorer:
             at += r.n_choices
         return plans
 
+    def batches(self, requests: Sequence[Request]) -> list[list[_TreeRow]]:
+        """The forward passes ``score`` runs: rows sorted by length (longest first), cut into
+        batches of similar length within the token budget."""
+        rows = sorted((tree_row(p) for p in self.plan(requests)), key=len, reverse=True)
+        return _pack(rows, len, self.batch_tokens)
+
     @torch.inference_mode()
     def score(self, requests: Sequence[Request], progress: Progress | None = None) -> list[ChoiceScores]:
-        plans = self.plan(requests)
         results: list[ChoiceScores | None] = [None] * len(requests)
-        batches = self._batches(plans)
+        batches = self.batches(requests)
         done = 0
         for batch in batches:
-            for plan, (lls, greedy) in zip(batch, self._run_batch(batch)):
-                r = requests[plan.index]
+            for row, (lls, greedy) in zip(batch, self._run_batch(batch)):
+                plan, r = row.plan, requests[row.plan.index]
                 results[plan.index] = ChoiceScores(r.task, r.doc_id, lls, greedy, [len(t) for t in plan.targets],
                                                    r.gold, r.choice_texts)
             done += len(batch)
             if progress is not None:
-                progress(done / len(plans), f"scored {done}/{len(plans)} examples")
+                progress(done / len(requests), f"scored {done}/{len(requests)} examples")
         return results  # type: ignore[return-value]
 
-    # -- batching ------------------------------------------------------------------------
-    def _batches(self, plans: list[_Plan]) -> list[list[_Plan]]:
-        """Longest prefix first, cut into runs of similar length (bounded padding) within the budget."""
-        order = sorted(plans, key=lambda p: (-len(p.prefix), -max(len(s) for s in p.suffixes)))
+    # -- one forward pass ----------------------------------------------------------------
+    def _run_batch(self, batch: list[_TreeRow]) -> list[tuple[list[float], list[bool]]]:
+        length = len(batch[0])
+        ids = torch.full((len(batch), length), self.pad_id, dtype=torch.long)
+        positions = torch.zeros((len(batch), length), dtype=torch.long)
+        branches = torch.full((len(batch), length), PAD_BRANCH, dtype=torch.long)
+        for b, row in enumerate(batch):  # right padding: real tokens first
+            ids[b, : len(row)] = torch.tensor(row.ids)
+            positions[b, : len(row)] = torch.tensor(row.positions)
+            branches[b, : len(row)] = torch.tensor(row.branches)
+        positions, branches = positions.to(self.device), branches.to(self.device)
 
-        def fits(cur: list[_Plan], p: _Plan) -> bool:
-            if (len(p.prefix) == 0) != (len(cur[0].prefix) == 0):
-                return False  # prefix-less plans (degenerate requests) run apart
-            rows = sum(len(q.suffixes) for q in cur) + len(p.suffixes)
-            return rows <= self.batch_tokens // 8  # bounds the suffix rows (and their KV copies) per batch
+        def make(window: int | None) -> torch.Tensor:
+            allowed = tree_attention_allowed(positions, branches, window)
+            return attention_mask_for(allowed, self.attn_implementation, self.dtype)
 
-        return _pack(order, lambda p: len(p.prefix), self.batch_tokens, fits)
+        hidden = self.adapter.base_model()(
+            input_ids=ids.to(self.device), attention_mask=self.adapter.prepared_attention_mask(make),
+            position_ids=positions, use_cache=False,
+        ).last_hidden_state  # (B, L, D)
 
-    def _run_batch(self, batch: list[_Plan]) -> list[tuple[list[float], list[bool]]]:
-        dev = self.device
-        base = self.adapter.base_model()
-        # 1. Prefixes, left-padded so each row's real tokens sit contiguously at the end: (B, P)
-        pmax = max(len(p.prefix) for p in batch)
-        pre_ids = torch.full((len(batch), pmax), self.pad_id, dtype=torch.long)
-        pre_mask = torch.zeros((len(batch), pmax), dtype=torch.long)
-        for b, p in enumerate(batch):
-            n = len(p.prefix)
-            if n:
-                pre_ids[b, pmax - n:] = torch.tensor(p.prefix)
-                pre_mask[b, pmax - n:] = 1
-        pre_mask = pre_mask.to(dev)
-        pre_hidden = cache = None
-        if pmax > 0:
-            pre_pos = (pre_mask.cumsum(-1) - 1).clamp(min=0)
-            out = base(input_ids=pre_ids.to(dev), attention_mask=pre_mask, position_ids=pre_pos, use_cache=True)
-            pre_hidden, cache = out.last_hidden_state, out.past_key_values  # (B, P, D)
-
-        # 2. Hidden states that predict a continuation token inside the prefix (rare: a choice
-        #    whose first tokens are shared by every choice)
-        picked: list[torch.Tensor] = []
-        targets: list[int] = []
-        owner: list[int] = []  # flat choice row per picked token
-        rows = [(b, c) for b, p in enumerate(batch) for c in range(len(p.suffixes))]
-        row_of = {rc: r for r, rc in enumerate(rows)}
-        for r, (b, c) in enumerate(rows):
-            p = batch[b]
-            for j, t in enumerate(p.targets[c]):
-                pos = p.starts[c] + j
-                if pos < len(p.prefix):
-                    picked.append(pre_hidden[b, pmax - len(p.prefix) + pos][None])
-                    targets.append(t)
-                    owner.append(r)
-
-        # 3. Suffixes: one row per choice, in chunks of similar length, each on a copy of its
-        #    request's prefix KV cache: (R_chunk, S_chunk)
-        for chunk in self._suffix_chunks(batch, rows, pmax):
-            smax = max(len(batch[b].suffixes[c]) for b, c in chunk)
-            ids = torch.full((len(chunk), smax), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), smax), dtype=torch.long)
-            for i, (b, c) in enumerate(chunk):
-                suf = batch[b].suffixes[c]
-                ids[i, : len(suf)] = torch.tensor(suf)
-                mask[i, : len(suf)] = 1
-            req = torch.tensor([b for b, _ in chunk], device=dev)
-            pos = torch.tensor([len(batch[b].prefix) for b, _ in chunk])[:, None] + torch.arange(smax)[None, :]
-            full_mask = torch.cat([pre_mask[req], mask.to(dev)], dim=1)  # (R, P + S)
-            kv = _select_rows(cache, req) if cache is not None else None
-            hidden = base(input_ids=ids.to(dev), attention_mask=full_mask, position_ids=pos.to(dev),
-                          past_key_values=kv, use_cache=kv is not None).last_hidden_state  # (R, S, D)
-            sel_i, sel_j = [], []
-            for i, (b, c) in enumerate(chunk):
-                p = batch[b]
-                for j, t in enumerate(p.targets[c]):
-                    at = p.starts[c] + j - len(p.prefix)
-                    if at >= 0:
-                        sel_i.append(i)
-                        sel_j.append(at)
-                        targets.append(t)
-                        owner.append(row_of[(b, c)])
-            picked.append(hidden[torch.tensor(sel_i, device=dev), torch.tensor(sel_j, device=dev)])  # (n, D)
-            del kv, hidden
-
-        # 4. Vocabulary projection only where a continuation token is predicted
-        token_ll, token_greedy = self._token_scores(torch.cat(picked), torch.tensor(targets, device=dev))
+        # Vocabulary projection only at the positions that predict a continuation token
+        sel_b, sel_i, targets, owner = [], [], [], []
+        n_choices = 0
+        for b, row in enumerate(batch):
+            for c, at in enumerate(row.score_at):
+                sel_b += [b] * len(at)
+                sel_i += at
+                targets += row.plan.targets[c]
+                owner += [n_choices] * len(at)
+                n_choices += 1
+        picked = hidden[torch.tensor(sel_b, device=self.device), torch.tensor(sel_i, device=self.device)]  # (N, D)
+        token_ll, token_greedy = self._token_scores(picked, torch.tensor(targets, device=self.device))
         own = np.asarray(owner)
-        per_row_ll = np.bincount(own, weights=token_ll, minlength=len(rows))
-        per_row_greedy = np.bincount(own, weights=~token_greedy, minlength=len(rows)) == 0
-        results: list[tuple[list[float], list[bool]]] = [([], []) for _ in batch]
-        for r, (b, _) in enumerate(rows):
-            results[b][0].append(float(per_row_ll[r]))
-            results[b][1].append(bool(per_row_greedy[r]))
+        per_choice_ll = np.bincount(own, weights=token_ll, minlength=n_choices)
+        per_choice_greedy = np.bincount(own, weights=~token_greedy, minlength=n_choices) == 0
+        results, at = [], 0
+        for row in batch:
+            k = len(row.score_at)
+            results.append(([float(x) for x in per_choice_ll[at: at + k]], [bool(x) for x in per_choice_greedy[at: at + k]]))
+            at += k
         return results
-
-    def _suffix_chunks(self, batch: list[_Plan], rows: list[tuple[int, int]], pmax: int) -> list[list[tuple[int, int]]]:
-        """Rows sorted by suffix length, cut into runs of similar length within the budget; the copied
-        KV length (rows x (P + S)) is bounded too."""
-        order = sorted(rows, key=lambda bc: -len(batch[bc[0]].suffixes[bc[1]]))
-        length = lambda bc: len(batch[bc[0]].suffixes[bc[1]])  # noqa: E731
-        return _pack(order, length, self.batch_tokens,
-                     lambda cur, bc: (len(cur) + 1) * (pmax + length(cur[0])) <= 2 * self.batch_tokens)
 
     def _token_scores(self, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) final hidden states and (N,) target ids -> log p(target) (N,) and argmax == target (N,)."""
@@ -316,10 +334,12 @@ class LoglikelihoodScorer:
         return torch.cat(lls).numpy(), torch.cat(greedy).numpy()
 
 
-def _pack(items: list, length: Callable, budget: int, fits: Callable, waste: float = 0.25, slack: int = 32) -> list[list]:
+def _pack(items: list, length: Callable, budget: int, waste: float = 0.1, slack: int = 16) -> list[list]:
     """Cut length-sorted (descending) items into consecutive groups that are padded to their first
     item's length: a group grows while its padded size stays within ``budget`` and within
-    ``(1 + waste)`` of its real tokens (+ ``slack``, so very short items still group), and ``fits``."""
+    ``(1 + waste)`` of its real tokens (+ ``slack``, so very short items still group). Every forward
+    pass costs a fixed ~0.1 s on CPU (the weights stream through memory once), about 50 tokens of
+    compute for a 135M model, so a little padding beats more passes."""
     groups: list[list] = []
     cur: list = []
     real = 0
@@ -327,7 +347,7 @@ def _pack(items: list, length: Callable, budget: int, fits: Callable, waste: flo
         n = length(item)
         if cur:
             padded = (len(cur) + 1) * length(cur[0])
-            if padded > budget or padded > (1 + waste) * (real + n) + slack or not fits(cur, item):
+            if padded > budget or padded > (1 + waste) * (real + n) + slack:
                 groups.append(cur)
                 cur, real = [], 0
         cur.append(item)
@@ -335,18 +355,6 @@ def _pack(items: list, length: Callable, budget: int, fits: Callable, waste: flo
     if cur:
         groups.append(cur)
     return groups
-
-
-def _select_rows(cache, index: torch.Tensor):
-    """A new cache whose rows are ``cache``'s rows at ``index`` (repeats allowed); ``cache`` is untouched."""
-    new = copy.copy(cache)
-    new.layers = []
-    for layer in cache.layers:
-        lay = copy.copy(layer)
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            lay.keys, lay.values = layer.keys[index], layer.values[index]
-        new.layers.append(lay)
-    return new
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from diet_explore.adapters.tiny import TINY_FAMILIES, tiny_config, tiny_model
-from diet_explore.scoring import ChoiceScores, LoglikelihoodScorer, PairEncoder, perplexity, resolve_max_length
+from diet_explore.errors import DietError
+from diet_explore.scoring import (PAD_BRANCH, ChoiceScores, LoglikelihoodScorer, PairEncoder, _Plan, perplexity,
+                                   resolve_max_length, tree_attention_allowed, tree_row)
 from diet_explore.tasks.registry import Request
 
 
@@ -125,6 +127,19 @@ def _reference(model, enc, req, max_length):
     return lls, greedy
 
 
+def _assert_scores_equal_naive(model, tok, reqs):
+    for batch_tokens, max_length in ((4096, None), (96, 24)):  # one batch; many batches and left truncation
+        scorer = LoglikelihoodScorer(model, tok, batch_tokens=batch_tokens, max_length=max_length)
+        got = scorer.score(reqs)
+        if batch_tokens == 96:
+            assert len(scorer.batches(reqs)) > 3  # the small budget really splits the requests
+        for req, out in zip(reqs, got):
+            lls, greedy = _reference(model, scorer.encoder, req, scorer.max_length)
+            np.testing.assert_allclose(out.lls, lls, atol=1e-4, rtol=0)
+            assert out.is_greedy == greedy
+            assert (out.task, out.doc_id, out.gold) == (req.task, req.doc_id, req.gold)
+
+
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_shared_prefix_scoring_equals_a_naive_forward_per_choice(family):
     cfg = tiny_config(family)
@@ -132,16 +147,57 @@ def test_shared_prefix_scoring_equals_a_naive_forward_per_choice(family):
         cfg.sliding_window = 8  # contexts up to ~45 tokens: sliding-window layers are exercised
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    tok = WordTokenizer(add_bos=family.startswith("gemma"))
-    reqs = _requests(np.random.default_rng(1))
-    for batch_tokens, max_length in ((4096, None), (96, 24)):  # one batch; many batches, chunks and left truncation
-        scorer = LoglikelihoodScorer(model, tok, batch_tokens=batch_tokens, max_length=max_length)
-        got = scorer.score(reqs)
-        for req, out in zip(reqs, got):
-            lls, greedy = _reference(model, scorer.encoder, req, scorer.max_length)
-            np.testing.assert_allclose(out.lls, lls, atol=1e-4, rtol=0)
-            assert out.is_greedy == greedy
-            assert (out.task, out.doc_id, out.gold) == (req.task, req.doc_id, req.gold)
+    _assert_scores_equal_naive(model, WordTokenizer(add_bos=family.startswith("gemma")), _requests(np.random.default_rng(1)))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text"])
+def test_scoring_is_exact_under_eager_attention_too(family):
+    """Eager attention reads an additive float mask, SDPA a boolean one; both must give lm-eval's scores."""
+    cfg = tiny_config(family)
+    if family.startswith("gemma"):
+        cfg.sliding_window = 8
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager").eval()
+    assert model.config._attn_implementation == "eager"
+    _assert_scores_equal_naive(model, WordTokenizer(add_bos=family.startswith("gemma")), _requests(np.random.default_rng(2)))
+
+
+def test_qwen2_sliding_window_layers_are_exact():
+    cfg = tiny_config("qwen2")
+    cfg.use_sliding_window, cfg.sliding_window, cfg.max_window_layers = True, 8, 1
+    cfg.layer_types = ["full_attention", "sliding_attention"]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    assert "sliding_attention" in model.config.layer_types and model.config.sliding_window == 8
+    _assert_scores_equal_naive(model, WordTokenizer(), _requests(np.random.default_rng(3)))
+
+
+def test_tree_layout_and_mask_on_a_hand_built_request():
+    """Prefix [a b], choices with suffixes [c] and [d e]: one row a b c d e, positions 0 1 2 2 3."""
+    plan = _Plan(0, prefix=[10, 11], suffixes=[[12], [13, 14]], targets=[[20], [21, 22]], starts=[2, 2])
+    row = tree_row(plan)
+    assert row.ids == [10, 11, 12, 13, 14] and row.positions == [0, 1, 2, 2, 3]
+    assert row.branches == [-1, -1, 0, 1, 1]
+    assert row.score_at == [[2], [3, 4]]  # the outputs at c, and at d and e
+    pos = torch.tensor([row.positions + [0]])  # one padding token
+    br = torch.tensor([row.branches + [PAD_BRANCH]])
+    got = tree_attention_allowed(pos, br)[0, 0].int().tolist()
+    assert got == [[1, 0, 0, 0, 0, 0],   # a: itself
+                   [1, 1, 0, 0, 0, 0],   # b: a b
+                   [1, 1, 1, 0, 0, 0],   # c: prefix and itself, not the other choice
+                   [1, 1, 0, 1, 0, 0],   # d: prefix and itself, not c
+                   [1, 1, 0, 1, 1, 0],   # e: prefix, d, itself
+                   [0, 0, 0, 0, 0, 1]]   # padding: only itself (no empty softmax row)
+    windowed = tree_attention_allowed(pos, br, window=2)[0, 0].int().tolist()
+    assert windowed[4] == [0, 0, 0, 1, 1, 0]  # e (position 3) sees the last 2 positions of its branch: d, e
+    assert windowed[3] == [0, 1, 0, 1, 0, 0]  # d (position 2): b and itself
+
+
+def test_an_attention_implementation_without_custom_masks_is_refused():
+    model = tiny_model("llama")
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(DietError, match="attn_implementation='sdpa'"):
+        LoglikelihoodScorer(model, WordTokenizer())
 
 
 def test_gemma2_soft_capping_is_applied_to_the_scored_logits():

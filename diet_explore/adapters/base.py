@@ -7,9 +7,10 @@ this folder (plus its import in ``__init__``). Accessors are one-liners that ret
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 
@@ -90,6 +91,19 @@ class ModelAdapter(ABC):
     def embedding_scale(self) -> float:
         """Factor the model multiplies embeddings by at run time (Gemma: sqrt(hidden_size))."""
         return 1.0
+
+    def prepared_attention_mask(self, make: Callable[[int | None], torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The decoder stack's ``attention_mask`` argument for masks built by the caller.
+
+        ``make(window)`` builds one 4D mask (``window`` None: full attention; else a sliding window
+        of that many positions). Families whose config lists ``layer_types`` (Qwen2/3, Gemma-2/3)
+        take one mask per layer type as a dict; the others take one 4D tensor, which transformers
+        uses as-is (Mistral's is its global sliding window's)."""
+        window = getattr(self.config, "sliding_window", None)
+        types = getattr(self.config, "layer_types", None)
+        if types:
+            return {t: make(window if t == "sliding_attention" else None) for t in set(types)}
+        return make(window)
 
     def layer_adapters(self) -> list[LayerAdapter]:
         return [self.layer_adapter(layer) for layer in self.layers()]

@@ -216,16 +216,23 @@ def tree_attention_allowed(positions: torch.Tensor, branches: torch.Tensor, wind
     return allowed[:, None]
 
 
+MASKED_ATTENTION = ("sdpa", "eager")  # implementations that take a prepared per-token mask
+
+
+def check_attention_implementation(attn_implementation: str | None) -> None:
+    if attn_implementation not in (None, *MASKED_ATTENTION):
+        raise DietError(f"scoring needs per-token attention masks, which attn_implementation={attn_implementation!r} "
+                        "does not take", "load the model with attn_implementation='sdpa' (the default) or 'eager'")
+
+
 def attention_mask_for(allowed: torch.Tensor, attn_implementation: str | None, dtype: torch.dtype) -> torch.Tensor:
     """A prepared 4D mask in the form the attention implementation reads: boolean for SDPA,
     additive (0 / dtype min) for eager."""
-    if attn_implementation in (None, "sdpa"):
-        return allowed
+    check_attention_implementation(attn_implementation)
     if attn_implementation == "eager":
         zero = torch.zeros((), dtype=dtype, device=allowed.device)
         return torch.where(allowed, zero, torch.finfo(dtype).min)
-    raise DietError(f"scoring needs per-token attention masks, which attn_implementation={attn_implementation!r} "
-                    "does not take", "load the model with attn_implementation='sdpa' (the default) or 'eager'")
+    return allowed
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +251,7 @@ class LoglikelihoodScorer:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.attn_implementation = getattr(model.config, "_attn_implementation", None)
-        attention_mask_for(torch.ones(1, 1, 1, 1, dtype=torch.bool), self.attn_implementation, self.dtype)  # refuse early
+        check_attention_implementation(self.attn_implementation)  # before any work, not at the first batch
 
     # -- public --------------------------------------------------------------------------
     def plan(self, requests: Sequence[Request]) -> list[_Plan]:

@@ -8,10 +8,12 @@ that folder (about a second). Any other name is a local folder or a hub id, load
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,9 +167,32 @@ def resolve_source(name_or_path: str) -> tuple[str, str]:
         return "builtin", name_or_path
     if Path(name_or_path).expanduser().is_dir():
         return "local", str(Path(name_or_path).expanduser())
-    if os.sep in name_or_path and (name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix):
+    first = Path(name_or_path).expanduser().parts[0] if name_or_path else ""
+    # a hub id is "owner/name"; a path whose first part is a folder here ("artifacts/x") or that
+    # starts like a path is a local folder that is missing, not something to ask the hub for
+    if os.sep in name_or_path and (name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix
+                                   or name_or_path.count("/") > 1 or Path(first).is_dir()):
         raise DietError(f"model folder {name_or_path} does not exist", "give a built-in name (`diet-explore models`), a folder, or a hub id")
     return "hub", name_or_path
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all; checked once, so an offline machine fails in
+    milliseconds instead of sitting through huggingface_hub's retries with back-off."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_kwargs(kind: str) -> dict[str, Any]:
+    """Hub ids read the local Hugging Face cache only when the hub cannot be reached."""
+    return {"local_files_only": True} if kind == "hub" and not hub_reachable() else {}
 
 
 def load_config(name_or_path: str):
@@ -177,8 +202,14 @@ def load_config(name_or_path: str):
     if kind == "builtin":
         loc = str(convert_builtin(loc))
     try:
-        return AutoConfig.from_pretrained(loc, trust_remote_code=False)
+        return AutoConfig.from_pretrained(loc, trust_remote_code=False, **_hub_kwargs(kind))
     except OSError as exc:
+        if kind == "hub" and not hub_reachable():
+            raise DietError(
+                f"{name_or_path!r} is not a built-in model, not a folder here, and the Hugging Face hub cannot be reached "
+                "to look it up (nor is it in the local hub cache)",
+                "check the name or path; built-in models: " + ", ".join(BUILTIN_MODELS) + "; hub ids need network access",
+            ) from None
         raise DietError(
             f"could not load a model config for {name_or_path!r} ({str(exc).splitlines()[0]})",
             "check the name; built-in models: " + ", ".join(BUILTIN_MODELS) + "; hub ids need network access",
@@ -263,11 +294,12 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str | None = None
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
     if device == "cuda" and n_params * 2 > _gpu_free_bytes():
         kwargs["device_map"] = "auto"  # larger than one GPU: let accelerate spread it
+    kwargs.update(_hub_kwargs(kind))
     model = AutoModelForCausalLM.from_pretrained(loc, **kwargs)
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(loc, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(loc, trust_remote_code=False, **_hub_kwargs(kind))
     info = ModelInfo(
         name=name_or_path if kind != "local" else Path(loc).name,
         id=BUILTIN_MODELS[name_or_path].hf_id if kind == "builtin" else str(getattr(config, "_name_or_path", "") or loc),

@@ -39,3 +39,43 @@ def test_missing_local_folder_and_bad_device():
         load_model("./nope/model", device="cpu")
     with pytest.raises(DietError, match="unknown device 'tpu'"):
         load_model("smollm2-135m", device="tpu")
+
+
+def test_a_missing_path_under_an_existing_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    (tmp_path / "artifacts").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DietError, match="model folder artifacts/smollm2-diet20 does not exist"):
+        load_model("artifacts/smollm2-diet20", device="cpu")
+
+
+def test_an_unknown_name_fails_at_once_when_the_hub_is_unreachable(monkeypatch):
+    import time
+
+    from diet_explore import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models.hub_reachable.cache_clear()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(DietError, match=r"'pruned' is not a built-in model, not a folder here, and the Hugging Face hub cannot be reached") as err:
+            models.load_config("pruned")
+    finally:
+        models.hub_reachable.cache_clear()
+    assert "smollm2-135m" in err.value.hint
+    assert time.perf_counter() - start < 5  # no retries with back-off
+
+
+def test_eval_checks_every_model_before_evaluating_any(tmp_path, monkeypatch, capsys):
+    from diet_explore import models
+    from diet_explore.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models.hub_reachable.cache_clear()
+    monkeypatch.setattr("diet_explore.evaluate.evaluate_model", lambda *a, **k: pytest.fail("evaluated before the check"))
+    try:
+        rc = main(["eval", "--model", "pruned", "--compare-to", "smollm2-135m", "--tasks", "rte", "--limit", "2"])
+    finally:
+        models.hub_reachable.cache_clear()
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "'pruned' is not a built-in model" in err and "evaluating" not in err

@@ -26,15 +26,19 @@ def run(args) -> int:
     import json
 
     from diet_explore import atomic
+    from diet_explore.adapters import check_supported
     from diet_explore.evaluate import EvalConfig, PairResult, eval_requests, evaluate_model, lm_eval_command
-    from diet_explore.models import BUILTIN_MODELS, load_model, store_path
+    from diet_explore.models import BUILTIN_MODELS, load_config, load_model, store_path
 
     config = EvalConfig(tasks=csv_list(args.tasks) if args.tasks != "all" else "all", limit=args.limit, seed=args.seed,
                         batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype,
                         perplexity=not args.no_perplexity, ppl_windows=args.ppl_windows, exclude_cache=args.cache)
     requests = eval_requests(config)  # bad task names / limits fail before any model loads
+    names = [args.compare_to, args.model] if args.compare_to else [args.model]
+    for name in names:  # a missing or unsupported model fails before the other one is evaluated
+        check_supported(load_config(name).model_type)
     results = []
-    for name in [args.compare_to, args.model] if args.compare_to else [args.model]:
+    for name in names:
         model, tokenizer, info = load_model(name, args.device, args.dtype)
         print(f"evaluating {info.name} ({info.num_parameters / 1e6:.2f} M parameters, hidden {info.hidden_size}) ...")
         results.append(evaluate_model(model, tokenizer, config, progress_printer(info.name), info.name, requests))

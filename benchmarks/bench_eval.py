@@ -18,6 +18,7 @@ import shutil
 import string
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np  # noqa: E402
 from diet_explore import data  # noqa: E402
 from diet_explore.evaluate import EvalConfig, eval_requests, evaluate_model  # noqa: E402
 from diet_explore.models import load_model  # noqa: E402
+from diet_explore.parallel import default_workers  # noqa: E402
 from diet_explore.tasks.registry import resolve_tasks  # noqa: E402
 
 TEMPLATES = Path(__file__).resolve().parent / "lm_eval_tasks"
@@ -67,16 +69,19 @@ class WorkCounter:
 
         adapter = get_adapter(model)
         self.body_tokens = self.head_rows = 0
+        self._lock = threading.Lock()  # our scorer calls the model from two worker threads
         # multiply-accumulates per token: every linear of the blocks (attention scores ignored), and the lm_head
         self.body_macs = sum(m.weight.numel() for layer in adapter.layers() for m in layer.modules() if isinstance(m, nn.Linear))
         self.head_macs = adapter.lm_head().weight.numel()
         self._hooks = [adapter.base_model().register_forward_hook(self._body), adapter.lm_head().register_forward_hook(self._head)]
 
     def _body(self, module, args, output) -> None:
-        self.body_tokens += output.last_hidden_state.shape[:-1].numel()
+        with self._lock:
+            self.body_tokens += output.last_hidden_state.shape[:-1].numel()
 
     def _head(self, module, args, output) -> None:
-        self.head_rows += output.shape[:-1].numel()
+        with self._lock:
+            self.head_rows += output.shape[:-1].numel()
 
     def macs(self) -> float:
         return float(self.body_tokens) * self.body_macs + float(self.head_rows) * self.head_macs
@@ -113,6 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="lm-eval's --batch_size")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None)
+    ap.add_argument("--workers", type=int, default=None, help="our scorer's workers (default: 2 on a multi-core CPU)")
     ap.add_argument("--cache", default="cache/smollm2-135m", help="score cache whose calibration ids are excluded")
     args = ap.parse_args(argv)
 
@@ -120,11 +126,13 @@ def main(argv=None) -> int:
 
     model, tokenizer, info = load_model(args.model, device=args.device, dtype=args.dtype)
     cache = args.cache if args.cache and Path(args.cache, "manifest.json").exists() else None
-    config = EvalConfig(tasks=args.tasks, limit=args.limit, perplexity=False, exclude_cache=cache, device=args.device)
+    config = EvalConfig(tasks=args.tasks, limit=args.limit, perplexity=False, exclude_cache=cache, device=args.device,
+                        workers=args.workers)
     requests = eval_requests(config)
     tasks = list(requests)
     print(f"model {info.name} ({next(model.parameters()).dtype}, {args.device}, {torch.get_num_threads()} threads); "
-          f"{len(tasks)} tasks x {args.limit} held-out examples; lm-eval batch size {args.batch_size}")
+          f"{len(tasks)} tasks x {args.limit} held-out examples; lm-eval batch size {args.batch_size}; "
+          f"our scorer: {args.workers or default_workers(args.device)} worker(s)")
     with torch.inference_mode():  # warm both paths' kernels the same way
         model(input_ids=torch.tensor([[1, 2, 3, 4]], device=model.device))
 

@@ -51,6 +51,7 @@ class EvalConfig(JsonConfig):
     ppl_windows: int = 32  # held-out wiki windows of 128 tokens
     exclude_cache: str | None = None  # a score cache whose recorded calibration ids are excluded too
     n_calibration: int = 100  # size of the default profile's calibration draw (excluded)
+    workers: int | None = None  # forward passes side by side; None: 2 on a multi-core CPU, 1 on GPU (parallel.py)
 
     def __post_init__(self) -> None:
         self.limit, self.ppl_windows = int(self.limit), int(self.ppl_windows)
@@ -58,6 +59,8 @@ class EvalConfig(JsonConfig):
             raise DietError(f"limit must be at least 1, got {self.limit}", "e.g. --limit 50")
         if self.ppl_windows < 1 and self.perplexity:
             raise DietError(f"ppl_windows must be at least 1, got {self.ppl_windows}", "e.g. 32, or perplexity off")
+        if self.workers is not None and int(self.workers) < 1:
+            raise DietError(f"workers must be at least 1, got {self.workers}", "e.g. --workers 2, or leave it out for the default")
         if self.batch_tokens < 64:
             raise DietError(f"batch_tokens {self.batch_tokens} is too small", "use at least 64 (default 4096)")
 
@@ -180,7 +183,7 @@ def evaluate_model(model, tokenizer, config: EvalConfig, progress: Progress | No
     specs = {s.name: s for s in resolve_tasks(list(requests))}
     flat = [r for reqs in requests.values() for r in reqs]
     share = 0.85 if config.perplexity else 1.0
-    scorer = LoglikelihoodScorer(model, tokenizer, batch_tokens=config.batch_tokens)
+    scorer = LoglikelihoodScorer(model, tokenizer, batch_tokens=config.batch_tokens, workers=config.workers)
     scores = scorer.score(flat, progress=lambda f, m: report(share * f, m))
     by_task: dict[str, list[ChoiceScores]] = {}
     for s in scores:
@@ -190,7 +193,7 @@ def evaluate_model(model, tokenizer, config: EvalConfig, progress: Progress | No
     ppl = None
     if config.perplexity:
         report(share, "wiki perplexity")
-        ppl = wiki_perplexity(model, tokenizer, config.ppl_windows, config.batch_size)
+        ppl = wiki_perplexity(model, tokenizer, config.ppl_windows, config.batch_size, config.workers)
     report(1.0, "done")
     name = model_name or str(getattr(model.config, "_name_or_path", "") or "model")
     return EvalResult(name, config, tasks, ppl, predictions, time.perf_counter() - start)
@@ -201,7 +204,7 @@ def _prediction_record(s: ChoiceScores) -> dict[str, Any]:
             "gold": s.gold, "pred": s.pred, "pred_norm": s.pred_norm, "correct": int(s.pred == s.gold)}
 
 
-def wiki_perplexity(model, tokenizer, n_windows: int = 32, batch_size: int = 8) -> float:
+def wiki_perplexity(model, tokenizer, n_windows: int = 32, batch_size: int = 8, workers: int | None = None) -> float:
     """Perplexity on held-out wiki windows (the second half of the windows; calibration uses the first).
     Gemma-style tokenizers that add BOS get it prepended, as their models expect."""
     key = f"{getattr(tokenizer, 'name_or_path', '')}:{type(tokenizer).__name__}:{len(tokenizer)}"
@@ -209,7 +212,7 @@ def wiki_perplexity(model, tokenizer, n_windows: int = 32, batch_size: int = 8) 
     ids = data.wiki_heldout_ids(len(windows), n_windows)
     enc = PairEncoder(tokenizer)
     adds_bos = enc.prefix_token_id is not None and enc.encode_many(["a"])[0][:1] == [tokenizer.bos_token_id]
-    return perplexity(model, windows[ids], tokenizer.bos_token_id if adds_bos else None, batch_size)
+    return perplexity(model, windows[ids], tokenizer.bos_token_id if adds_bos else None, batch_size, workers)
 
 
 # --------------------------------------------------------------------------------------------

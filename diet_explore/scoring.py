@@ -22,7 +22,7 @@ What is faster, without approximation:
   (and Gemma-2 logit soft-capping) is applied only at the positions that predict continuation
   tokens;
 * requests are sorted by length and batched under a token budget with little padding, one forward
-  pass per batch.
+  pass per batch; on a CPU the batches run on two workers side by side (``parallel.run_batches``).
 
 log-softmax runs in fp32 whatever the model dtype (lm-eval uses the model dtype by default; the
 two agree exactly in fp32).
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from diet_explore.adapters import get_adapter
 from diet_explore.errors import DietError
+from diet_explore.parallel import default_workers, run_batches
 from diet_explore.tasks.registry import Request
 
 TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no limit" model_max_length
@@ -240,7 +241,7 @@ class LoglikelihoodScorer:
     """Scores ``Request`` lists with a causal LM (any family with an adapter)."""
 
     def __init__(self, model, tokenizer, batch_tokens: int = 4096, add_bos_token: bool | None = None,
-                 max_length: int | None = None):
+                 max_length: int | None = None, workers: int | None = None):
         self.model = model
         self.adapter = get_adapter(model)
         self.encoder = PairEncoder(tokenizer, add_bos_token)
@@ -250,6 +251,7 @@ class LoglikelihoodScorer:
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        self.workers = default_workers(self.device) if workers is None else max(1, int(workers))
         self.attn_implementation = getattr(model.config, "_attn_implementation", None)
         check_attention_implementation(self.attn_implementation)  # before any work, not at the first batch
 
@@ -269,19 +271,22 @@ class LoglikelihoodScorer:
         rows = sorted((tree_row(p) for p in self.plan(requests)), key=len, reverse=True)
         return _pack(rows, len, self.batch_tokens)
 
-    @torch.inference_mode()
     def score(self, requests: Sequence[Request], progress: Progress | None = None) -> list[ChoiceScores]:
         results: list[ChoiceScores | None] = [None] * len(requests)
         batches = self.batches(requests)
         done = 0
-        for batch in batches:
-            for row, (lls, greedy) in zip(batch, self._run_batch(batch)):
+
+        def collect(i: int, batch_scores: list[tuple[list[float], list[bool]]]) -> None:
+            nonlocal done
+            for row, (lls, greedy) in zip(batches[i], batch_scores):
                 plan, r = row.plan, requests[row.plan.index]
                 results[plan.index] = ChoiceScores(r.task, r.doc_id, lls, greedy, [len(t) for t in plan.targets],
                                                    r.gold, r.choice_texts)
-            done += len(batch)
+            done += len(batches[i])
             if progress is not None:
                 progress(done / len(requests), f"scored {done}/{len(requests)} examples")
+
+        run_batches(self._run_batch, batches, self.workers, collect)
         return results  # type: ignore[return-value]
 
     # -- one forward pass ----------------------------------------------------------------
@@ -366,29 +371,32 @@ def _pack(items: list, length: Callable, budget: int, waste: float = 0.1, slack:
 
 # --------------------------------------------------------------------------------------------
 def score_requests(model, tokenizer, requests: Sequence[Request], batch_tokens: int = 4096,
-                   progress: Progress | None = None) -> list[ChoiceScores]:
-    return LoglikelihoodScorer(model, tokenizer, batch_tokens).score(requests, progress)
+                   progress: Progress | None = None, workers: int | None = None) -> list[ChoiceScores]:
+    return LoglikelihoodScorer(model, tokenizer, batch_tokens, workers=workers).score(requests, progress)
 
 
-@torch.inference_mode()
-def perplexity(model, windows: np.ndarray, prefix_token_id: int | None = None, batch_size: int = 8) -> float:
+def perplexity(model, windows: np.ndarray, prefix_token_id: int | None = None, batch_size: int = 8,
+               workers: int | None = None) -> float:
     """exp(mean next-token NLL) over token windows (W, T); with ``prefix_token_id`` (e.g. Gemma's
     BOS) every window is preceded by it and all T tokens are predicted, else the first is context."""
     adapter = get_adapter(model)
     dev = next(model.parameters()).device
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    total, count = 0.0, 0
-    for start in range(0, len(windows), batch_size):
+
+    def batch_nll(start: int) -> tuple[float, int]:
         ids = torch.as_tensor(windows[start: start + batch_size], dtype=torch.long)
         if prefix_token_id is not None:
             ids = torch.cat([torch.full((len(ids), 1), prefix_token_id, dtype=torch.long), ids], dim=1)
         ids = ids.to(dev)
         hidden = adapter.base_model()(input_ids=ids).last_hidden_state[:, :-1]  # (B, T-1, D)
+        total = 0.0
         for b in range(len(ids)):  # one row at a time keeps the (T, V) logits small
             logits = adapter.lm_head()(hidden[b]).float()
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
-            nll = F.cross_entropy(logits, ids[b, 1:], reduction="sum")
-            total += float(nll)
-            count += ids.shape[1] - 1
-    return float(np.exp(total / count))
+            total += float(F.cross_entropy(logits, ids[b, 1:], reduction="sum"))
+        return total, len(ids) * (ids.shape[1] - 1)
+
+    workers = default_workers(dev) if workers is None else workers
+    parts = run_batches(batch_nll, range(0, len(windows), batch_size), workers)
+    return float(np.exp(sum(t for t, _ in parts) / sum(n for _, n in parts)))

@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from diet_explore.adapters.tiny import TINY_FAMILIES, tiny_config, tiny_model
@@ -128,8 +129,9 @@ def _reference(model, enc, req, max_length):
 
 
 def _assert_scores_equal_naive(model, tok, reqs):
-    for batch_tokens, max_length in ((4096, None), (96, 24)):  # one batch; many batches and left truncation
-        scorer = LoglikelihoodScorer(model, tok, batch_tokens=batch_tokens, max_length=max_length)
+    # one batch; many batches and left truncation, in turn on one worker and on two side by side
+    for batch_tokens, max_length, workers in ((4096, None, 1), (96, 24, 1), (96, 24, 2)):
+        scorer = LoglikelihoodScorer(model, tok, batch_tokens=batch_tokens, max_length=max_length, workers=workers)
         got = scorer.score(reqs)
         if batch_tokens == 96:
             assert len(scorer.batches(reqs)) > 3  # the small budget really splits the requests
@@ -241,3 +243,20 @@ def test_real_tokenizer_pairs_equal_lm_eval_hflm(smollm2):
     pairs = [(c, k) for r in reqs for c, k in zip(r.contexts, r.continuations)]
     assert len(pairs) > 40
     assert ours.encode_pairs(pairs) == [tuple(lm._encode_pair(c, k)) for c, k in pairs]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_perplexity_equals_a_full_forward(family, workers):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32).eval()
+    windows = np.random.default_rng(2).integers(3, model.config.vocab_size, size=(7, 12))
+    for prefix in (None, 2):  # the first token as context, or a BOS before every window
+        ids = torch.as_tensor(windows)
+        if prefix is not None:
+            ids = torch.cat([torch.full((len(ids), 1), prefix), ids], dim=1)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[:, :-1].float()  # soft-capped by the model itself (gemma2)
+        want = float(torch.exp(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))))
+        got = perplexity(model, windows, prefix, batch_size=3, workers=workers)  # 3 batches, the last one short
+        assert got == pytest.approx(want, rel=1e-5)

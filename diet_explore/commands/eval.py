@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--no-perplexity", action="store_true", help="skip the held-out wiki perplexity")
     p.add_argument("--ppl-windows", type=int, default=32, help="held-out wiki windows of 128 tokens")
     p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per scoring batch")
+    p.add_argument("--workers", type=int, default=None, help="forward passes side by side (default: 2 on a multi-core CPU, 1 on GPU)")
     p.add_argument("--predictions", default=None, help="write per-example predictions to this JSONL file")
     p.add_argument("--json", default=None, help="write the full result as JSON")
     add_device_args(p)
@@ -32,7 +33,8 @@ def run(args) -> int:
 
     config = EvalConfig(tasks=csv_list(args.tasks) if args.tasks != "all" else "all", limit=args.limit, seed=args.seed,
                         batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype,
-                        perplexity=not args.no_perplexity, ppl_windows=args.ppl_windows, exclude_cache=args.cache)
+                        perplexity=not args.no_perplexity, ppl_windows=args.ppl_windows, exclude_cache=args.cache,
+                        workers=args.workers)
     requests = eval_requests(config)  # bad task names / limits fail before any model loads
     names = [args.compare_to, args.model] if args.compare_to else [args.model]
     for name in names:  # a missing or unsupported model fails before the other one is evaluated

@@ -1,12 +1,11 @@
-"""Pruned vs dense forward latency, and the wall time of the default quick evaluation.
+"""Pruned vs dense forward latency at 20% hidden sparsity.
 
-1. Forward latency of the full model (logits included) at 20% hidden sparsity vs dense, measured
-   interleaved (dense, pruned, dense, ...) so machine load hits both alike; median of the repeats.
-   Target: pruned/dense <= 0.85. Two kept counts are timed: the smallest rounding the config
-   accepts (SmolLM2: multiples of its 9 heads, 459 = 20.3% pruned) and one also a multiple of 4
-   (lcm 36: 468 = 18.75% pruned): an odd width costs the CPU GEMM kernels several percent.
-2. The default quick evaluation: 7 tasks x 50 held-out examples + wiki perplexity, dense and
-   pruned (``evaluate_pair``). Target: <= 120 s on 2 CPU cores.
+Forward latency of the full model (logits included) at 20% hidden sparsity vs dense, measured
+interleaved (dense, pruned, dense, ...) so machine load hits both alike; median of the repeats.
+Target: pruned/dense <= 0.85. Two kept counts are timed: the smallest rounding the config
+accepts (SmolLM2: multiples of its 9 heads, 459 = 20.3% pruned) and one also a multiple of 4
+(lcm 36: 468 = 18.75% pruned): an odd width can cost the CPU GEMM kernels several percent.
+The default quick evaluation's wall time is ``bench_quick_eval.py``.
 
     python benchmarks/bench_latency.py --model smollm2-135m
 """
@@ -29,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from diet_explore.evaluate import EvalConfig, evaluate_pair  # noqa: E402
 from diet_explore.models import load_model  # noqa: E402
 from diet_explore.prune import count_parameters, prune_model, required_multiple  # noqa: E402
 from diet_explore.scores import keep_count  # noqa: E402
@@ -78,7 +76,6 @@ def main(argv=None) -> int:
     ap.add_argument("--sparsity", type=float, default=0.2)
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--align", type=int, default=4, help="also time the kept count rounded to lcm(heads rule, align)")
-    ap.add_argument("--skip-eval", action="store_true", help="latency only")
     args = ap.parse_args(argv)
 
     dense, tok, info = load_model(args.model, device="cpu")
@@ -103,17 +100,6 @@ def main(argv=None) -> int:
         for name in variants:
             print(f"  {name}: median {1000 * med[name]:.1f} ms -> ratio {med[name] / med['dense']:.3f}; "
                   f"min {1000 * best[name]:.1f} ms -> ratio {best[name] / best['dense']:.3f} (target <= 0.85)")
-    pruned = next(iter(variants.values()))[0]
-    if args.skip_eval:
-        return 0
-    start = time.perf_counter()
-    pair = evaluate_pair(dense, pruned, tok, EvalConfig(exclude_cache=args.cache if Path(args.cache).exists() else None))
-    wall = time.perf_counter() - start
-    m, lo, hi = pair.average_delta()
-    print(f"default quick evaluation (7 tasks x 50 + wiki perplexity, dense + pruned): {wall:.1f} s "
-          f"(dense {pair.dense.wall_time_s:.1f} s, pruned {pair.pruned.wall_time_s:.1f} s; target <= 120 s)")
-    print(f"  average main metric {pair.dense.average():.4f} -> {pair.pruned.average():.4f} (delta {m:+.4f} [{lo:+.4f}, {hi:+.4f}]); "
-          f"wiki ppl {pair.dense.perplexity:.2f} -> {pair.pruned.perplexity:.2f}")
     return 0
 
 

@@ -40,6 +40,7 @@ from diet_explore.config import JsonConfig
 from diet_explore.errors import DietError
 from diet_explore.evaluate import (Z95, EvalConfig, EvalResult, TaskResult, eval_requests, evaluate_model, main_metric,
                                    mean_stderr, paired_delta)
+from diet_explore.scoring import DEFAULT_BATCH_TOKENS
 
 Progress = Callable[[float, str], None]
 METHODS = {"diet": "diet", "random": "random", "magnitude": "magnitude", "wiki": "wiki",
@@ -63,7 +64,7 @@ class CompareConfig(JsonConfig):
     threshold: float = 0.5
     perplexity: bool = True
     ppl_windows: int = 32
-    batch_tokens: int = 4096
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
     device: str = "auto"
     dtype: str | None = None
 

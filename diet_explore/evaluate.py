@@ -29,7 +29,7 @@ import numpy as np
 from diet_explore import data
 from diet_explore.config import JsonConfig
 from diet_explore.errors import DietError
-from diet_explore.scoring import ChoiceScores, LoglikelihoodScorer, PairEncoder, perplexity
+from diet_explore.scoring import DEFAULT_BATCH_TOKENS, ChoiceScores, LoglikelihoodScorer, PairEncoder, perplexity
 from diet_explore.tasks.registry import Request, TaskSpec, resolve_tasks
 
 Progress = Callable[[float, str], None]
@@ -44,7 +44,7 @@ class EvalConfig(JsonConfig):
     limit: int = 50  # held-out examples per task
     seed: int = data.DEFAULT_SEED  # the seeded permutation shared with calibration (disjointness)
     batch_size: int = 8  # perplexity windows per forward; also the --batch_size of the lm_eval command
-    batch_tokens: int = 4096  # padded-token budget of one scoring batch (prefix and suffix passes)
+    batch_tokens: int = DEFAULT_BATCH_TOKENS  # padded-token budget of one scoring pass (scoring.py)
     device: str = "auto"
     dtype: str | None = None  # None: fp32 on CPU, bf16 on GPU (models.pick_dtype)
     perplexity: bool = True
@@ -62,7 +62,7 @@ class EvalConfig(JsonConfig):
         if self.workers is not None and int(self.workers) < 1:
             raise DietError(f"workers must be at least 1, got {self.workers}", "e.g. --workers 2, or leave it out for the default")
         if self.batch_tokens < 64:
-            raise DietError(f"batch_tokens {self.batch_tokens} is too small", "use at least 64 (default 4096)")
+            raise DietError(f"batch_tokens {self.batch_tokens} is too small", f"use at least 64 (default {DEFAULT_BATCH_TOKENS})")
 
 
 # --------------------------------------------------------------------------------------------

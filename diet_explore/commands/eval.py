@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--cache", default=None, help="score cache whose calibration ids are excluded as well")
     p.add_argument("--no-perplexity", action="store_true", help="skip the held-out wiki perplexity")
     p.add_argument("--ppl-windows", type=int, default=32, help="held-out wiki windows of 128 tokens")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per scoring batch")
+    p.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per scoring pass (default 1024)")
     p.add_argument("--workers", type=int, default=None, help="forward passes side by side (default: 2 on a multi-core CPU, 1 on GPU)")
     p.add_argument("--predictions", default=None, help="write per-example predictions to this JSONL file")
     p.add_argument("--json", default=None, help="write the full result as JSON")
@@ -31,10 +31,11 @@ def run(args) -> int:
     from diet_explore.evaluate import EvalConfig, PairResult, eval_requests, evaluate_model, lm_eval_command
     from diet_explore.models import BUILTIN_MODELS, load_config, load_model, store_path
 
+    optional = {"batch_tokens": args.batch_tokens} if args.batch_tokens is not None else {}  # else the config's default
     config = EvalConfig(tasks=csv_list(args.tasks) if args.tasks != "all" else "all", limit=args.limit, seed=args.seed,
-                        batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype,
+                        device=args.device, dtype=args.dtype,
                         perplexity=not args.no_perplexity, ppl_windows=args.ppl_windows, exclude_cache=args.cache,
-                        workers=args.workers)
+                        workers=args.workers, **optional)
     requests = eval_requests(config)  # bad task names / limits fail before any model loads
     names = [args.compare_to, args.model] if args.compare_to else [args.model]
     for name in names:  # a missing or unsupported model fails before the other one is evaluated

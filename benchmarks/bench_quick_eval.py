@@ -3,16 +3,19 @@ held-out examples + wiki perplexity, one `diet-explore eval` process, wall time 
 
 The pruned model is the README's: the SmolLM2 cache's DIET mask at 20% (exact, a multiple of 9),
 pruned to a folder beforehand (not timed). Each repeat runs the default (two CPU workers side by
-side) and a baseline worker count, in alternating order, and prints both times and their ratio.
+side, 1024-token passes) and a baseline (by default the previous defaults: one worker, 4096-token
+passes), in alternating order, and prints both times and their ratio.
 
-    python benchmarks/bench_quick_eval.py            # default vs --workers 1, one repeat each
-    python benchmarks/bench_quick_eval.py --repeats 2 --baseline-workers 0   # default only
+    python benchmarks/bench_quick_eval.py                      # default vs the previous defaults
+    python benchmarks/bench_quick_eval.py --baseline "--workers 1"
+    python benchmarks/bench_quick_eval.py --repeats 2 --baseline ""   # default only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -28,18 +31,16 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "diet_explore", *args]
 
 
-def timed_eval(folder: Path, workers: int | None, out: Path) -> float:
+def timed_eval(folder: Path, extra: list[str], out: Path) -> float:
     cmd = cli("eval", "--model", str(folder), "--compare-to", "smollm2-135m", "--limit", "50",
-              "--predictions", str(out))
-    if workers:
-        cmd += ["--workers", str(workers)]
+              "--predictions", str(out), *extra)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"eval failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("wall time")), "")
-    print(f"  workers {workers or 'default'}: {wall:.1f} s end to end ({line.strip()})", flush=True)
+    print(f"  {' '.join(extra) or 'defaults'}: {wall:.1f} s end to end ({line.strip()})", flush=True)
     return wall
 
 
@@ -57,7 +58,8 @@ def _predictions(path: Path) -> tuple[list, list]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--baseline-workers", type=int, default=1, help="worker count to compare against (0: none)")
+    ap.add_argument("--baseline", default="--workers 1 --batch-tokens 4096",
+                    help="eval options to compare the defaults against ('': none)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,17 +73,17 @@ def main(argv=None) -> int:
         for r in range(args.repeats):
             order = ["default", "baseline"] if r % 2 == 0 else ["baseline", "default"]
             for kind in order:
-                if kind == "baseline" and not args.baseline_workers:
+                if kind == "baseline" and not args.baseline.strip():
                     continue
-                workers = None if kind == "default" else args.baseline_workers
-                times[kind].append(timed_eval(folder, workers, Path(tmp, f"{kind}{r}.jsonl")))
+                extra = [] if kind == "default" else shlex.split(args.baseline)
+                times[kind].append(timed_eval(folder, extra, Path(tmp, f"{kind}{r}.jsonl")))
         runs = [_predictions(Path(tmp, f"{k}{r}.jsonl")) for r in range(args.repeats) for k in times if times[k]]
         default = statistics.median(times["default"])
         print(f"\ndefault: median {default:.1f} s over {len(times['default'])} run(s) "
               f"(target <= {TARGET_S:.0f} s: {'met' if default <= TARGET_S else f'missed by {default - TARGET_S:.1f} s'})")
         if times["baseline"]:
             base = statistics.median(times["baseline"])
-            print(f"--workers {args.baseline_workers}: median {base:.1f} s -> default takes {default / base:.3f}x the time")
+            print(f"baseline ({args.baseline}): median {base:.1f} s -> the defaults take {default / base:.3f}x the time")
         worst = max((abs(a - b) for run in runs[1:] for x, y in zip(runs[0][1], run[1]) for a, b in zip(x, y)), default=0.0)
         print(f"predictions identical across runs: {all(run[0] == runs[0][0] for run in runs)}; "
               f"max |log-likelihood difference| {worst:.1e}")

@@ -45,8 +45,8 @@ from diet_explore.tasks.registry import Request
 TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no limit" model_max_length
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback
 # Padded tokens per forward pass. On 2 CPU cores 1024 scored the default eval in 0.88x the time of
-# 4096 (three interleaved runs; 512 gave 0.92x): a batch's activations then stay in cache, and two
-# workers have batches to share out to the end. A 9B model on a GPU is compute-bound at 1024 too.
+# 4096 (three interleaved runs; 512 gave 0.92x), probably because a batch's activations then stay in
+# cache and two workers have batches to share out to the end. A 9B model on a GPU is compute-bound at 1024 too.
 DEFAULT_BATCH_TOKENS = 1024
 Progress = Callable[[float, str], None]
 

@@ -379,18 +379,29 @@ def _dense_results() -> dict:
 
 def dense_eval(name: str, config, model, tokenizer, progress) -> tuple[object, bool]:
     """The dense model's quick evaluation for ``config`` and whether it was reused. The same examples
-    give the same numbers, so a second prune-and-evaluate run only evaluates the pruned copy. Kept here rather than in a cached function because its progress updates a bar made
-    outside it (Streamlit refuses that inside st.cache_*). Results are never mutated."""
-    from diet_explore.evaluate import eval_requests, evaluate_model
+    give the same numbers, so a second prune-and-evaluate run only evaluates the pruned copy: from
+    this process's memory, else from the disk cache the CLI shares (``evalcache.py``). Kept here
+    rather than in a cached function because its progress updates a bar made outside it (Streamlit
+    refuses that inside st.cache_*). Results are never mutated."""
+    from diet_explore.evalcache import EvalCache
+    from diet_explore.evaluate import eval_requests, evaluate_cached, evaluate_model
 
     store, key = _dense_results(), (name, config.to_json())
     if key in store:
         return store[key], True
-    result = evaluate_model(model, tokenizer, config, progress, "dense", eval_requests(config))
+    requests = eval_requests(config)
+    param = next(model.parameters())
+
+    def compute():
+        info = dense_model(name, "auto")[2].to_dict()
+        return evaluate_model(model, tokenizer, config, progress, "dense", requests), info
+
+    result = evaluate_cached(name, config, requests, EvalCache(), param.device.type, param.dtype, compute,
+                             label="dense")
     while len(store) >= DENSE_RESULTS_KEPT:
         store.pop(next(iter(store)))  # oldest first (dicts keep insertion order)
     store[key] = result
-    return result, False
+    return result, "cached" in result.extra
 
 
 def model_name_for(cache: ScoreCache) -> str:

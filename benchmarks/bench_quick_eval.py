@@ -9,6 +9,7 @@ passes), in alternating order, and prints both times and their ratio.
     python benchmarks/bench_quick_eval.py                      # default vs the previous defaults
     python benchmarks/bench_quick_eval.py --baseline "--workers 1"
     python benchmarks/bench_quick_eval.py --repeats 2 --baseline ""   # default only
+    python benchmarks/bench_quick_eval.py --baseline "" --warm        # cold default and warm (dense cached)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "diet_explore", *args]
 
 
-def timed_eval(folder: Path, extra: list[str], out: Path) -> float:
+def timed_eval(folder: Path, extra: list[str], out: Path, label: str = "") -> float:
     cmd = cli("eval", "--model", str(folder), "--compare-to", "smollm2-135m", "--limit", "50",
               "--predictions", str(out), *extra)
     start = time.perf_counter()
@@ -40,7 +41,7 @@ def timed_eval(folder: Path, extra: list[str], out: Path) -> float:
     if proc.returncode != 0:
         sys.exit(f"eval failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("wall time")), "")
-    print(f"  {' '.join(extra) or 'defaults'}: {wall:.1f} s end to end ({line.strip()})", flush=True)
+    print(f"  {label or ' '.join(extra) or 'defaults'}: {wall:.1f} s end to end ({line.strip()})", flush=True)
     return wall
 
 
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--baseline", default="--workers 1 --batch-tokens 4096",
                     help="eval options to compare the defaults against ('': none)")
+    ap.add_argument("--warm", action="store_true", help="also time a run whose dense results are cached")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,8 +77,9 @@ def main(argv=None) -> int:
             for kind in order:
                 if kind == "baseline" and not args.baseline.strip():
                     continue
-                extra = [] if kind == "default" else shlex.split(args.baseline)
-                times[kind].append(timed_eval(folder, extra, Path(tmp, f"{kind}{r}.jsonl")))
+                extra = ["--no-eval-cache"] + ([] if kind == "default" else shlex.split(args.baseline))
+                times[kind].append(timed_eval(folder, extra, Path(tmp, f"{kind}{r}.jsonl"),
+                                              "defaults" if kind == "default" else args.baseline))
         runs = [_predictions(Path(tmp, f"{k}{r}.jsonl")) for r in range(args.repeats) for k in times if times[k]]
         default = statistics.median(times["default"])
         print(f"\ndefault: median {default:.1f} s over {len(times['default'])} run(s) "
@@ -84,6 +87,13 @@ def main(argv=None) -> int:
         if times["baseline"]:
             base = statistics.median(times["baseline"])
             print(f"baseline ({args.baseline}): median {base:.1f} s -> the defaults take {default / base:.3f}x the time")
+        if args.warm:  # fill a fresh cache with the dense model only, then time the pruned-vs-dense run
+            cache = ["--eval-cache", str(Path(tmp, "eval-cache"))]
+            subprocess.run(cli("eval", "--model", "smollm2-135m", "--limit", "50", *cache), cwd=ROOT, check=True,
+                           capture_output=True)
+            warm = timed_eval(folder, cache, Path(tmp, "warm.jsonl"), "warm (dense results cached)")
+            runs.append(_predictions(Path(tmp, "warm.jsonl")))
+            print(f"warm: {warm:.1f} s, {warm / default:.3f}x the cold default")
         worst = max((abs(a - b) for run in runs[1:] for x, y in zip(runs[0][1], run[1]) for a, b in zip(x, y)), default=0.0)
         print(f"predictions identical across runs: {all(run[0] == runs[0][0] for run in runs)}; "
               f"max |log-likelihood difference| {worst:.1e}")

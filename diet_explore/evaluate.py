@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ import numpy as np
 from diet_explore import data
 from diet_explore.config import JsonConfig
 from diet_explore.errors import DietError
+from diet_explore.evalcache import CachedEval, EvalCache
+from diet_explore.parallel import default_workers
 from diet_explore.scoring import DEFAULT_BATCH_TOKENS, ChoiceScores, LoglikelihoodScorer, PairEncoder, perplexity
 from diet_explore.tasks.registry import Request, TaskSpec, resolve_tasks
 
@@ -152,6 +155,7 @@ class EvalResult:
     predictions: list[dict[str, Any]]
     wall_time_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    scores: list[ChoiceScores] = field(default_factory=list, repr=False)  # per request, as scored (evalcache.py)
 
     def task_metrics(self) -> dict[str, dict[str, float]]:
         return {t: r.metrics() for t, r in self.tasks.items()}
@@ -180,23 +184,65 @@ def evaluate_model(model, tokenizer, config: EvalConfig, progress: Progress | No
     start = time.perf_counter()
     report = progress or (lambda f, m: None)
     requests = requests if requests is not None else eval_requests(config)
-    specs = {s.name: s for s in resolve_tasks(list(requests))}
     flat = [r for reqs in requests.values() for r in reqs]
     share = 0.85 if config.perplexity else 1.0
     scorer = LoglikelihoodScorer(model, tokenizer, batch_tokens=config.batch_tokens, workers=config.workers)
     scores = scorer.score(flat, progress=lambda f, m: report(share * f, m))
-    by_task: dict[str, list[ChoiceScores]] = {}
-    for s in scores:
-        by_task.setdefault(s.task, []).append(s)
-    tasks = {t: _task_result(t, specs[t], by_task.get(t, [])) for t in requests}
-    predictions = [_prediction_record(s) for s in scores]
     ppl = None
     if config.perplexity:
         report(share, "wiki perplexity")
         ppl = wiki_perplexity(model, tokenizer, config.ppl_windows, config.batch_size, config.workers)
     report(1.0, "done")
     name = model_name or str(getattr(model.config, "_name_or_path", "") or "model")
-    return EvalResult(name, config, tasks, ppl, predictions, time.perf_counter() - start)
+    return result_from_scores(name, config, requests, scores, ppl, time.perf_counter() - start)
+
+
+def result_from_scores(name: str, config: EvalConfig, requests: dict[str, list[Request]], scores: list[ChoiceScores],
+                       ppl: float | None, wall_time_s: float) -> EvalResult:
+    """Metrics and prediction records of per-request scores (in request order)."""
+    specs = {s.name: s for s in resolve_tasks(list(requests))}
+    by_task: dict[str, list[ChoiceScores]] = {}
+    for s in scores:
+        by_task.setdefault(s.task, []).append(s)
+    tasks = {t: _task_result(t, specs[t], by_task.get(t, [])) for t in requests}
+    predictions = [_prediction_record(s) for s in scores]
+    return EvalResult(name, config, tasks, ppl, predictions, wall_time_s, scores=list(scores))
+
+
+def evaluate_cached(name: str, config: EvalConfig, requests: dict[str, list[Request]], cache: EvalCache | None,
+                    device: str, dtype, compute: Callable[[], tuple[EvalResult, dict[str, Any]]],
+                    label: str | None = None) -> EvalResult:
+    """``name``'s evaluation from ``cache`` when it holds one for these requests, settings, device
+    and dtype (then ``extra["cached"]`` says where from); else ``compute()`` (the result and the
+    model's ``ModelInfo.to_dict()``), stored for next time. ``cache=None`` always computes.
+    ``label`` names a reused result as ``compute`` would have."""
+    key = cache.key_for(name, requests, config, device, dtype) if cache is not None else None
+    entry = cache.load(key, requests) if key else None
+    if entry is not None:
+        result = result_from_cache(entry, config, requests, str(cache.path(key)))
+        result.model_name = label or result.model_name
+        return result
+    result, info = compute()
+    if key:
+        made_with = {"batch_tokens": config.batch_tokens, "workers": config.workers or default_workers(device),
+                     "batch_size": config.batch_size}
+        try:
+            cache.save(key, result, info, made_with)
+        except OSError as exc:  # a read-only or full disk costs the next run time, never this run's result
+            warnings.warn(f"could not store the evaluation in {cache.root} ({exc}); it will be recomputed next time",
+                          stacklevel=2)
+    return result
+
+
+def result_from_cache(entry: CachedEval, config: EvalConfig, requests: dict[str, list[Request]], path: str = "") -> EvalResult:
+    """The result a cached evaluation stands for (``EvalCache.load`` checked that its examples are
+    ``requests``); ``extra["cached"]`` says where it came from."""
+    flat = [r for reqs in requests.values() for r in reqs]
+    scores = [ChoiceScores(r.task, r.doc_id, [float(x) for x in s["lls"]], [bool(x) for x in s["is_greedy"]],
+                           [int(x) for x in s["n_tokens"]], r.gold, r.choice_texts) for r, s in zip(flat, entry.scores)]
+    result = result_from_scores(entry.model_name, config, requests, scores, entry.perplexity, entry.wall_time_s)
+    result.extra["cached"] = {"path": path, "created": entry.created, "made_with": entry.made_with}
+    return result
 
 
 def _prediction_record(s: ChoiceScores) -> dict[str, Any]:

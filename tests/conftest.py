@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Evaluation results are never read from or written to the user's cache (subprocesses inherit this)
+os.environ.setdefault("DIET_EXPLORE_EVAL_CACHE", tempfile.mkdtemp(prefix="diet-explore-eval-cache-"))
+
+
+@pytest.fixture(autouse=True)
+def _own_eval_cache(tmp_path, monkeypatch):
+    """Each test starts with an empty evaluation cache, so no test sees another's results."""
+    monkeypatch.setenv("DIET_EXPLORE_EVAL_CACHE", str(tmp_path / "eval-cache"))
 
 
 @pytest.fixture(scope="session")

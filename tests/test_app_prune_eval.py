@@ -183,3 +183,30 @@ def test_a_second_run_on_the_same_examples_reuses_the_dense_results(tiny_app, mo
     first, second = sorted(RunStore(dirs["runs"]).records(), key=lambda r: r["n_keep"], reverse=True)
     assert (first["n_keep"], second["n_keep"]) == (calls[1], calls[2])
     assert first["dense_avg"] == second["dense_avg"]
+
+
+def test_after_a_restart_the_dense_results_come_from_the_disk_cache(tiny_app, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    import diet_explore.evaluate as evaluate
+    from conftest_app import APP, TIMEOUT
+
+    calls = []
+    real = evaluate.evaluate_model
+
+    def counting(model, *a, **k):
+        calls.append(model.config.hidden_size)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(evaluate, "evaluate_model", counting)
+    at, _ = tiny_app
+    first = run_tiny_eval(at, sparsity=0.25, limit=3)
+    assert not first.exception and not first.error and calls == [64, calls[1]]
+    st.cache_data.clear()
+    st.cache_resource.clear()  # a fresh app process: nothing in memory
+    again = run_tiny_eval(AppTest.from_file(str(APP), default_timeout=TIMEOUT), sparsity=0.25, limit=3)
+    assert not again.exception and not again.error, [e.value for e in again.error]
+    assert calls[2:] == [calls[1]]  # only the pruned copy was evaluated
+    assert any("Dense results reused" in str(m.value) for m in again.markdown)
+    assert first.dataframe[-1].value.iloc[0]["dense_avg"] == again.dataframe[-1].value.iloc[0]["dense_avg"]

@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="forward passes side by side (default: 2 on a multi-core CPU, 1 on GPU)")
     p.add_argument("--predictions", default=None, help="write per-example predictions to this JSONL file")
     p.add_argument("--json", default=None, help="write the full result as JSON")
+    p.add_argument("--eval-cache", default=None, help="folder of cached per-model results (default: <data home>/eval-cache)")
+    p.add_argument("--no-eval-cache", action="store_true", help="recompute every model and store nothing (e.g. to time a cold run)")
     add_device_args(p)
     p.set_defaults(func=run)
 
@@ -28,8 +30,9 @@ def run(args) -> int:
 
     from diet_explore import atomic
     from diet_explore.adapters import check_supported
-    from diet_explore.evaluate import EvalConfig, PairResult, eval_requests, evaluate_model, lm_eval_command
-    from diet_explore.models import BUILTIN_MODELS, load_config, load_model, store_path
+    from diet_explore.evalcache import EvalCache
+    from diet_explore.evaluate import EvalConfig, PairResult, eval_requests, evaluate_cached, evaluate_model, lm_eval_command
+    from diet_explore.models import BUILTIN_MODELS, load_config, load_model, pick_device, pick_dtype, store_path
 
     optional = {"batch_tokens": args.batch_tokens} if args.batch_tokens is not None else {}  # else the config's default
     config = EvalConfig(tasks=csv_list(args.tasks) if args.tasks != "all" else "all", limit=args.limit, seed=args.seed,
@@ -40,12 +43,20 @@ def run(args) -> int:
     names = [args.compare_to, args.model] if args.compare_to else [args.model]
     for name in names:  # a missing or unsupported model fails before the other one is evaluated
         check_supported(load_config(name).model_type)
+    cache = None if args.no_eval_cache else EvalCache(args.eval_cache)
+    device = pick_device(args.device)
     results = []
     for name in names:
-        model, tokenizer, info = load_model(name, args.device, args.dtype)
-        print(f"evaluating {info.name} ({info.num_parameters / 1e6:.2f} M parameters, hidden {info.hidden_size}) ...")
-        results.append(evaluate_model(model, tokenizer, config, progress_printer(info.name), info.name, requests))
-        del model
+        def compute(name=name):
+            model, tokenizer, info = load_model(name, device, args.dtype)
+            print(f"evaluating {info.name} ({info.num_parameters / 1e6:.2f} M parameters, hidden {info.hidden_size}) ...")
+            return evaluate_model(model, tokenizer, config, progress_printer(info.name), info.name, requests), info.to_dict()
+
+        result = evaluate_cached(name, config, requests, cache, device, pick_dtype(args.dtype, device), compute)
+        if "cached" in result.extra:
+            print(f"{result.model_name}: reusing its results of {result.extra['cached']['created']} "
+                  f"({result.extra['cached']['path']}); --no-eval-cache recomputes")
+        results.append(result)
     if args.compare_to:
         pair = PairResult(results[0], results[1])
         print(format_pair(pair))
@@ -73,7 +84,7 @@ def format_single(result) -> str:
     lines.append(f"{'average (main)':14s} {'':4s} {result.average():.4f}   (acc_norm for hellaswag/arc/openbookqa, acc elsewhere)")
     if result.perplexity is not None:
         lines.append(f"wiki perplexity (held-out): {result.perplexity:.3f}")
-    lines.append(f"wall time {result.wall_time_s:.1f} s")
+    lines.append(f"wall time {_wall(result)}")
     return "\n".join(lines)
 
 
@@ -93,5 +104,9 @@ def format_pair(pair) -> str:
     lines.append(f"{'average':14s} {'main':8s} {d.average():18.4f} {p.average():18.4f} {m:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     if d.perplexity is not None:
         lines.append(f"wiki perplexity (held-out): {d.perplexity:.3f} -> {p.perplexity:.3f}")
-    lines.append(f"wall time {d.wall_time_s:.1f} s + {p.wall_time_s:.1f} s")
+    lines.append(f"wall time {_wall(d)} + {_wall(p)}")
     return "\n".join(lines)
+
+
+def _wall(result) -> str:
+    return f"{result.wall_time_s:.1f} s" + (" (cached)" if "cached" in result.extra else "")

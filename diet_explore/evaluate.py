@@ -253,8 +253,7 @@ def _prediction_record(s: ChoiceScores) -> dict[str, Any]:
 def wiki_perplexity(model, tokenizer, n_windows: int = 32, batch_size: int = 8, workers: int | None = None) -> float:
     """Perplexity on held-out wiki windows (the second half of the windows; calibration uses the first).
     Gemma-style tokenizers that add BOS get it prepended, as their models expect."""
-    key = f"{getattr(tokenizer, 'name_or_path', '')}:{type(tokenizer).__name__}:{len(tokenizer)}"
-    windows = data.wiki_token_windows(key, tokenizer, PPL_WINDOW)
+    windows = data.wiki_token_windows(tokenizer, PPL_WINDOW)
     ids = data.wiki_heldout_ids(len(windows), n_windows)
     enc = PairEncoder(tokenizer)
     adds_bos = enc.prefix_token_id is not None and enc.encode_many(["a"])[0][:1] == [tokenizer.bos_token_id]

@@ -179,7 +179,7 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
         seqs = [s[-config.max_length:] for s in tokenizer(texts)["input_ids"]]
         jobs.append((spec.name, "task", ids, seqs))
     if config.generic and WIKI_TASK not in done:
-        windows = wiki_token_windows(tokenizer.name_or_path, tokenizer, config.generic_window)
+        windows = wiki_token_windows(tokenizer, config.generic_window)
         ids = wiki_calibration_ids(len(windows), config.samples, config.seed)
         bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
         jobs.append((WIKI_TASK, "generic", ids, [bos + windows[i].tolist() for i in ids]))

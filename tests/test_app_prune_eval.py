@@ -158,11 +158,12 @@ def test_a_failure_midway_is_an_error_box_and_the_history_is_intact(tiny_app, mo
     assert at.dataframe[-1].value["run_id"].tolist() == [earlier]  # history still lists the earlier run
 
 
-def test_a_second_run_on_the_same_examples_reuses_the_dense_results(tiny_app, monkeypatch):
+@pytest.fixture
+def evaluated(monkeypatch) -> list[int]:
+    """The hidden size of every model evaluate_model runs on, in order."""
     import diet_explore.evaluate as evaluate
-    from diet_explore.runs import RunStore
 
-    calls = []
+    calls: list[int] = []
     real = evaluate.evaluate_model
 
     def counting(model, *a, **k):
@@ -170,6 +171,13 @@ def test_a_second_run_on_the_same_examples_reuses_the_dense_results(tiny_app, mo
         return real(model, *a, **k)
 
     monkeypatch.setattr(evaluate, "evaluate_model", counting)
+    return calls
+
+
+def test_a_second_run_on_the_same_examples_reuses_the_dense_results(tiny_app, evaluated):
+    from diet_explore.runs import RunStore
+
+    calls = evaluated
     at, dirs = tiny_app
     at = run_tiny_eval(at, sparsity=0.25, limit=3)
     assert len(calls) == 2 and calls[0] == 64 and calls[1] < 64  # dense, then the pruned copy
@@ -185,21 +193,11 @@ def test_a_second_run_on_the_same_examples_reuses_the_dense_results(tiny_app, mo
     assert first["dense_avg"] == second["dense_avg"]
 
 
-def test_after_a_restart_the_dense_results_come_from_the_disk_cache(tiny_app, monkeypatch):
+def test_after_a_restart_the_dense_results_come_from_the_disk_cache(tiny_app, evaluated):
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    import diet_explore.evaluate as evaluate
-    from conftest_app import APP, TIMEOUT
-
-    calls = []
-    real = evaluate.evaluate_model
-
-    def counting(model, *a, **k):
-        calls.append(model.config.hidden_size)
-        return real(model, *a, **k)
-
-    monkeypatch.setattr(evaluate, "evaluate_model", counting)
+    calls = evaluated
     at, _ = tiny_app
     first = run_tiny_eval(at, sparsity=0.25, limit=3)
     assert not first.exception and not first.error and calls == [64, calls[1]]

@@ -61,7 +61,9 @@ with ui.shown_errors():
                 dense_result, reused = ui.dense_eval(name, eval_config, dense, tokenizer,
                                                      progress=lambda f, m: show(0.5 * f, f"dense: {m}"))
                 if reused:
-                    status.write("Dense results reused: same model and held-out examples as an earlier run.")
+                    cached = dense_result.extra.get("cached")
+                    since = f" (evaluation cache, computed {cached['created']})" if cached else ""
+                    status.write(f"Dense results reused: same model and held-out examples as an earlier run{since}.")
                 lo = 0.0 if reused else 0.5
                 pair = evaluate_pair(dense, pruned, tokenizer, eval_config, dense_result=dense_result,
                                      progress=lambda f, m: show(lo + (1 - lo) * f, m))

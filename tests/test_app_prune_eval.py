@@ -206,5 +206,6 @@ def test_after_a_restart_the_dense_results_come_from_the_disk_cache(tiny_app, ev
     again = run_tiny_eval(AppTest.from_file(str(APP), default_timeout=TIMEOUT), sparsity=0.25, limit=3)
     assert not again.exception and not again.error, [e.value for e in again.error]
     assert calls[2:] == [calls[1]]  # only the pruned copy was evaluated
-    assert any("Dense results reused" in str(m.value) for m in again.markdown)
+    assert any("Dense results reused" in str(m.value) and "(evaluation cache, computed 20" in str(m.value)
+               for m in again.markdown)
     assert first.dataframe[-1].value.iloc[0]["dense_avg"] == again.dataframe[-1].value.iloc[0]["dense_avg"]

@@ -168,3 +168,15 @@ def test_a_cache_that_cannot_be_written_warns_and_keeps_the_result(folder, tmp_p
     with pytest.warns(UserWarning, match="could not store the evaluation"):
         result = cached(path, compute, EvalCache(blocker / "cache"))
     assert compute.calls == 1 and len(result.predictions) == 6
+
+
+def test_cli_reports_an_unwritable_cache_as_one_warning_line(smollm2, tmp_path, capsys):
+    from diet_explore.cli import main
+
+    (tmp_path / "file").write_text("")
+    rc = main(["eval", "--model", "smollm2-135m", "--tasks", "rte", "--limit", "2", "--no-perplexity",
+               "--eval-cache", str(tmp_path / "file" / "cache")])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert f"warning: could not store the evaluation in {tmp_path / 'file' / 'cache'}" in err
+    assert "UserWarning" not in err and ".py:" not in err  # no source path, no code line

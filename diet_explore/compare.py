@@ -38,7 +38,8 @@ import numpy as np
 from diet_explore import atomic, data
 from diet_explore.config import JsonConfig
 from diet_explore.errors import DietError
-from diet_explore.evaluate import (Z95, EvalConfig, EvalResult, TaskResult, eval_requests, evaluate_model, main_metric,
+from diet_explore.evalcache import EvalCache
+from diet_explore.evaluate import (Z95, EvalConfig, EvalResult, TaskResult, eval_requests, evaluate_cached, evaluate_model, main_metric,
                                    mean_stderr, paired_delta)
 from diet_explore.scoring import DEFAULT_BATCH_TOKENS
 
@@ -160,8 +161,11 @@ def _mask(pre, method: str, sparsity: float, config: CompareConfig, multiple: in
 
 
 def run_compare(config: CompareConfig, out: str | Path, model=None, tokenizer=None, store=None,
-                progress: Progress | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run (or resume) the sweep into ``out``; returns every result row (dense first)."""
+                progress: Progress | None = None, log: Callable[[str], None] = print,
+                eval_cache: EvalCache | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) the sweep into ``out``; returns every result row (dense first). With
+    ``eval_cache`` (and the model loaded here from ``config.model``) the dense row reuses an
+    earlier evaluation of the same model on the same examples, e.g. from ``diet-explore eval``."""
     from diet_explore.cache import load_cache
     from diet_explore.prune import prune_model, required_multiple
     from diet_explore.runs import RunStore
@@ -170,10 +174,11 @@ def run_compare(config: CompareConfig, out: str | Path, model=None, tokenizer=No
     report = progress or (lambda f, m: None)
     out = Path(out)
     cache = load_cache(config.cache)
+    info = None  # the loaded model's ModelInfo: only then does config.model name the model evaluated
     if model is None:
         from diet_explore.models import load_model
 
-        model, tokenizer, _ = load_model(config.model, config.device, config.dtype)
+        model, tokenizer, info = load_model(config.model, config.device, config.dtype)
     if cache.hidden_size != int(model.config.hidden_size):
         raise DietError(f"cache {config.cache} is for hidden size {cache.hidden_size}, the model has {model.config.hidden_size}",
                         "use the score cache of this model")
@@ -200,10 +205,16 @@ def run_compare(config: CompareConfig, out: str | Path, model=None, tokenizer=No
     k = 0
     if "dense" not in have:
         start = time.perf_counter()
-        res = evaluate_model(model, tokenizer, ecfg, step(k), "dense", requests)
+        param = next(model.parameters())
+        res = evaluate_cached(config.model, ecfg, requests, eval_cache if info is not None else None, param.device.type,
+                              param.dtype, lambda: (evaluate_model(model, tokenizer, ecfg, step(k), "dense", requests),
+                                                    info.to_dict() if info is not None else {}), label="dense")
         row = {"key": "dense", "method": "dense", "sparsity": 0.0, "n_keep": int(model.config.hidden_size),
                "tasks": {t: _task_row(r) for t, r in res.tasks.items()}, "ppl": res.perplexity,
                "wall_time_s": time.perf_counter() - start, "fingerprint": fingerprint}
+        if "cached" in res.extra:
+            row["reused"] = res.extra["cached"]["path"]
+            log(f"dense: reusing its results of {res.extra['cached']['created']} ({row['reused']})")
         _average(row)
         _append_result(out, row)
         done.append(row)

@@ -102,3 +102,24 @@ def test_bad_methods_and_sparsities_are_refused():
     with pytest.raises(DietError, match="outside"):
         CompareConfig(sparsities=[0.0])
     assert markdown_table([]) == ""
+
+
+def test_a_sweep_reuses_cached_dense_results_and_only_evaluates_the_pruned_models(synthetic_cache_dir, tmp_path, monkeypatch):
+    import diet_explore.compare as compare
+    from diet_explore.evalcache import EvalCache
+
+    config = CompareConfig(model="smollm2-135m", cache=str(synthetic_cache_dir), sparsities=[0.25], methods=["random"],
+                           tasks="rte", limit=2, perplexity=False)
+    cache, store = EvalCache(tmp_path / "eval-cache"), RunStore(tmp_path / "runs")
+    first = run_compare(config, tmp_path / "a", store=store, eval_cache=cache, log=lambda m: None)
+    evaluated: list[int] = []
+    real = compare.evaluate_model
+    monkeypatch.setattr(compare, "evaluate_model",
+                        lambda model, *a, **k: evaluated.append(model.config.hidden_size) or real(model, *a, **k))
+    logs: list[str] = []
+    second = run_compare(config, tmp_path / "b", store=store, eval_cache=cache, log=logs.append)
+    assert evaluated == [second[1]["n_keep"]] and second[1]["n_keep"] < 576  # the pruned model only
+    assert second[0]["tasks"] == first[0]["tasks"] and second[0]["reused"].startswith(str(tmp_path / "eval-cache"))
+    assert any(m.startswith("dense: reusing its results of") for m in logs)
+    run_compare(config, tmp_path / "c", store=store, eval_cache=None, log=lambda m: None)
+    assert evaluated[1] == 576  # without the cache the dense model is evaluated again

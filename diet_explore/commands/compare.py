@@ -26,6 +26,8 @@ def register(sub) -> None:
     p.add_argument("--no-perplexity", action="store_true")
     p.add_argument("--ppl-windows", type=int, default=32)
     p.add_argument("--runs", default=None, help="run store folder (default: <repo>/runs)")
+    p.add_argument("--eval-cache", default=None, help="cached per-model results, shared with eval (default: <data home>/eval-cache)")
+    p.add_argument("--no-eval-cache", action="store_true", help="evaluate the dense model even if its results are cached")
     p.add_argument("--out", required=True, help="output folder (re-running resumes)")
     add_device_args(p)
     p.set_defaults(func=run)
@@ -33,6 +35,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from diet_explore.compare import CompareConfig, run_compare
+    from diet_explore.evalcache import EvalCache
     from diet_explore.errors import DietError
     from diet_explore.runs import RunStore
 
@@ -45,7 +48,8 @@ def run(args) -> int:
                            mask_seed=args.mask_seed, exact=args.exact, multiple_of=args.multiple_of,
                            perplexity=not args.no_perplexity, ppl_windows=args.ppl_windows, device=args.device, dtype=args.dtype)
     run_compare(config, args.out, store=RunStore(args.runs) if args.runs else None,
-                progress=progress_printer("compare", steps=100))
+                progress=progress_printer("compare", steps=100),
+                eval_cache=None if args.no_eval_cache else EvalCache(args.eval_cache))
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {args.out}/table.csv, table.md, sweep.html; runs in the run store")
     return 0

@@ -206,9 +206,13 @@ def run_compare(config: CompareConfig, out: str | Path, model=None, tokenizer=No
     if "dense" not in have:
         start = time.perf_counter()
         param = next(model.parameters())
-        res = evaluate_cached(config.model, ecfg, requests, eval_cache if info is not None else None, param.device.type,
-                              param.dtype, lambda: (evaluate_model(model, tokenizer, ecfg, step(k), "dense", requests),
-                                                    info.to_dict() if info is not None else {}), label="dense")
+
+        def evaluate_dense():
+            return evaluate_model(model, tokenizer, ecfg, step(k), "dense", requests), info.to_dict() if info else {}
+
+        # a model passed in may not be config.model's weights, so only a model loaded here is looked up
+        res = evaluate_cached(config.model, ecfg, requests, eval_cache if info else None, param.device.type, param.dtype,
+                              evaluate_dense, label="dense")
         row = {"key": "dense", "method": "dense", "sparsity": 0.0, "n_keep": int(model.config.hidden_size),
                "tasks": {t: _task_row(r) for t, r in res.tasks.items()}, "ppl": res.perplexity,
                "wall_time_s": time.perf_counter() - start, "fingerprint": fingerprint}

@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     ours = walls[0][3]
     for _, _, _, part, _, _ in walls[1:]:
         ours.tasks.update(part.tasks)
-        ours.predictions += part.predictions
+        ours.scores += part.scores
     our_wall, lm_wall = sum(w[1] for w in walls), sum(w[2] for w in walls)
 
     print(f"\n{'task':14s} {'n':>4s} {'acc ours':>9s} {'acc lm-eval':>11s} {'agree acc':>10s} {'agree norm':>11s} {'max |dll|':>10s}")

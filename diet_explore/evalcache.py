@@ -141,7 +141,7 @@ class EvalCache:
         return entry
 
     def save(self, key: str, result, info: dict[str, Any], made_with: dict[str, Any]) -> Path:
-        """Store an ``EvalResult`` (its ``scores`` must be set) under ``key``; returns the path."""
+        """Store an ``EvalResult``'s scores and perplexity under ``key``; returns the path."""
         entry = {"kind": KIND, "format": FORMAT_VERSION, "key": key,
                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "model_name": result.model_name, "info": info,

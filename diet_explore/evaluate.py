@@ -152,10 +152,14 @@ class EvalResult:
     config: EvalConfig
     tasks: dict[str, TaskResult]
     perplexity: float | None
-    predictions: list[dict[str, Any]]
+    scores: list[ChoiceScores] = field(repr=False)  # per request, as scored; what the eval cache stores
     wall_time_s: float
     extra: dict[str, Any] = field(default_factory=dict)
-    scores: list[ChoiceScores] = field(default_factory=list, repr=False)  # per request, as scored (evalcache.py)
+
+    @property
+    def predictions(self) -> list[dict[str, Any]]:
+        """Per-example records (task, doc id, log-likelihoods, gold, predictions) for the JSONL audit file."""
+        return [_prediction_record(s) for s in self.scores]
 
     def task_metrics(self) -> dict[str, dict[str, float]]:
         return {t: r.metrics() for t, r in self.tasks.items()}
@@ -199,14 +203,13 @@ def evaluate_model(model, tokenizer, config: EvalConfig, progress: Progress | No
 
 def result_from_scores(name: str, config: EvalConfig, requests: dict[str, list[Request]], scores: list[ChoiceScores],
                        ppl: float | None, wall_time_s: float) -> EvalResult:
-    """Metrics and prediction records of per-request scores (in request order)."""
+    """The result of per-request scores (in request order): per-task metrics; predictions derive from the scores."""
     specs = {s.name: s for s in resolve_tasks(list(requests))}
     by_task: dict[str, list[ChoiceScores]] = {}
     for s in scores:
         by_task.setdefault(s.task, []).append(s)
     tasks = {t: _task_result(t, specs[t], by_task.get(t, [])) for t in requests}
-    predictions = [_prediction_record(s) for s in scores]
-    return EvalResult(name, config, tasks, ppl, predictions, wall_time_s, scores=list(scores))
+    return EvalResult(name, config, tasks, ppl, list(scores), wall_time_s)
 
 
 def evaluate_cached(name: str, config: EvalConfig, requests: dict[str, list[Request]], cache: EvalCache | None,

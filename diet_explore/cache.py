@@ -146,7 +146,7 @@ class CacheWriter:
         }
         existing = self.root / MANIFEST
         if existing.exists():
-            old = _read_manifest(self.root)
+            old = read_manifest(self.root)
             for key in self.RESUME_KEYS:
                 if old.get(key) != self.manifest.get(key):
                     raise DietError(
@@ -213,7 +213,9 @@ _TASK_META_KEYS = {"kind", "file", "sha256", "n_samples", "sample_ids", "token_c
 # --------------------------------------------------------------------------------------------
 # Loading and validation
 # --------------------------------------------------------------------------------------------
-def _read_manifest(root: Path) -> dict[str, Any]:
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """A score cache's validated manifest (without reading its arrays); every problem is a ``DietError``."""
+    root = Path(root)
     path = root / MANIFEST
     if not root.is_dir():
         raise DietError(f"cache folder {root} does not exist", "run `diet-explore profile ... --out <folder>` first")
@@ -255,7 +257,7 @@ def _load_safetensors(path: Path, expected_sha: str) -> dict[str, np.ndarray]:
 def load_cache(root: str | Path) -> ScoreCache:
     """Load and validate a cache folder. Every problem is a ``DietError`` naming the file."""
     root = Path(root)
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     hidden, layers = int(manifest["model"]["hidden_size"]), int(manifest["model"]["num_layers"])
     sites = list(manifest["sites"])
     if not manifest["tasks"]:

@@ -10,7 +10,7 @@ determines them:
   invalidates it; a hub model by its resolved commit hash (hub snapshots are content-addressed);
 * the requests themselves (task, document id, every context and continuation, gold), which covers
   the task data, the seed, the limit and the excluded calibration ids;
-* perplexity settings; device type and dtype; the versions of diet-explore, torch and transformers;
+* perplexity settings and the wiki text file (name, size, mtime); device type and dtype; the versions of diet-explore, torch and transformers;
   ``FORMAT_VERSION``, bumped whenever scoring changes what it computes.
 
 Batch size, token budget and worker count are not in the key: they change float rounding only
@@ -48,9 +48,12 @@ def default_root() -> Path:
 def folder_fingerprint(folder: str | Path) -> str:
     """Digest of every file's name, size and mtime in a model folder (symlinks resolved, so a hub
     snapshot's content-addressed blob names count too)."""
-    folder = Path(folder)
+    return files_fingerprint(p for p in Path(folder).iterdir() if p.is_file())
+
+
+def files_fingerprint(files) -> str:
     h = hashlib.sha256()
-    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+    for f in sorted(files):
         st = f.stat()
         h.update(json.dumps([f.name, f.resolve().name, st.st_size, st.st_mtime_ns]).encode())
     return h.hexdigest()
@@ -86,8 +89,12 @@ def cache_key(model_fp: str, requests: dict[str, list], config, device: str, dty
 
     from diet_explore import __version__
 
+    from diet_explore.assets import wiki_text_path
+
+    ppl = bool(config.perplexity)
     parts = {"format": FORMAT_VERSION, "model": model_fp, "requests": requests_fingerprint(requests),
-             "perplexity": bool(config.perplexity), "ppl_windows": int(config.ppl_windows) if config.perplexity else None,
+             "perplexity": ppl, "ppl_windows": int(config.ppl_windows) if ppl else None,
+             "wiki": files_fingerprint([wiki_text_path()]) if ppl else None,
              "device": device.split(":")[0], "dtype": str(dtype).replace("torch.", ""), "diet_explore": __version__,
              "torch": torch.__version__, "transformers": transformers.__version__}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

@@ -22,7 +22,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +52,7 @@ class EvalConfig(JsonConfig):
     perplexity: bool = True
     ppl_windows: int = 32  # held-out wiki windows of 128 tokens
     exclude_cache: str | None = None  # a score cache whose recorded calibration ids are excluded too
+    exclude_masks: list[str] = field(default_factory=list)  # mask files whose recorded calibration ids are excluded too
     n_calibration: int = 100  # size of the default profile's calibration draw (excluded)
     workers: int | None = None  # forward passes side by side; None: 2 on a multi-core CPU, 1 on GPU (parallel.py)
 
@@ -64,6 +64,7 @@ class EvalConfig(JsonConfig):
             raise DietError(f"ppl_windows must be at least 1, got {self.ppl_windows}", "e.g. 32, or perplexity off")
         if self.workers is not None and int(self.workers) < 1:
             raise DietError(f"workers must be at least 1, got {self.workers}", "e.g. --workers 2, or leave it out for the default")
+        self.exclude_masks = [str(p) for p in self.exclude_masks]
         if self.batch_tokens < 64:
             raise DietError(f"batch_tokens {self.batch_tokens} is too small", f"use at least 64 (default {DEFAULT_BATCH_TOKENS})")
 
@@ -71,24 +72,32 @@ class EvalConfig(JsonConfig):
 # --------------------------------------------------------------------------------------------
 # Examples
 # --------------------------------------------------------------------------------------------
-def _cache_exclusions(path: str | None) -> tuple[dict[str, set[int]], int | None]:
-    if not path:
-        return {}, None
-    import json
+def calibration_exclusions(config: EvalConfig) -> tuple[dict[str, set[int]], int]:
+    """Per task, the example ids a held-out draw must avoid besides the default draw: the samples
+    recorded in ``exclude_cache``'s manifest and in every ``exclude_masks`` file; and how much of
+    the seeded permutation's head to avoid (the default draw, or a cache's larger one)."""
+    from diet_explore.cache import read_manifest
+    from diet_explore.maskfile import calibration_ids_of, load_mask
 
-    manifest_path = Path(path) / "manifest.json"
-    if not manifest_path.exists():
-        raise DietError(f"{manifest_path} does not exist", "give a score cache folder (from `diet-explore profile`)")
-    manifest = json.loads(manifest_path.read_text())
-    ids = {t: set(int(i) for i in meta.get("sample_ids", [])) for t, meta in manifest.get("tasks", {}).items()}
-    return ids, manifest.get("config", {}).get("samples")
+    found: list[dict[str, list[int]]] = []
+    n_cal = config.n_calibration
+    if config.exclude_cache:
+        manifest = read_manifest(config.exclude_cache)
+        found.append(calibration_ids_of(manifest))
+        n_cal = max(n_cal, int(manifest.get("config", {}).get("samples") or 0))
+    for path in config.exclude_masks:
+        found.append(load_mask(path).calibration_ids or {})
+    excluded: dict[str, set[int]] = {}
+    for ids in found:
+        for task, values in ids.items():
+            excluded.setdefault(task, set()).update(int(i) for i in values)
+    return excluded, n_cal
 
 
 def eval_requests(config: EvalConfig) -> dict[str, list[Request]]:
-    """The held-out requests of every configured task (deterministic in the config)."""
+    """The held-out requests of every configured task (deterministic in the config and the files it names)."""
     specs = resolve_tasks(config.tasks)
-    excluded, n_cal = _cache_exclusions(config.exclude_cache)
-    n_cal = max(config.n_calibration, int(n_cal or 0))
+    excluded, n_cal = calibration_exclusions(config)
     out = {}
     for spec in specs:
         ids = data.evaluation_ids(spec, config.limit, config.seed, frozenset(excluded.get(spec.name, ())), n_cal)
@@ -190,12 +199,14 @@ def evaluate_model(model, tokenizer, config: EvalConfig, progress: Progress | No
     requests = requests if requests is not None else eval_requests(config)
     flat = [r for reqs in requests.values() for r in reqs]
     share = 0.85 if config.perplexity else 1.0
+    # the wiki windows first: too many asked for is an error before minutes of scoring, not after
+    windows = heldout_wiki_windows(tokenizer, config.ppl_windows) if config.perplexity else None
     scorer = LoglikelihoodScorer(model, tokenizer, batch_tokens=config.batch_tokens, workers=config.workers)
     scores = scorer.score(flat, progress=lambda f, m: report(share * f, m))
     ppl = None
-    if config.perplexity:
+    if windows is not None:
         report(share, "wiki perplexity")
-        ppl = wiki_perplexity(model, tokenizer, config.ppl_windows, config.batch_size, config.workers)
+        ppl = perplexity(model, windows, bos_prefix(tokenizer), config.batch_size, config.workers)
     report(1.0, "done")
     name = model_name or str(getattr(model.config, "_name_or_path", "") or "model")
     return result_from_scores(name, config, requests, scores, ppl, time.perf_counter() - start)
@@ -223,7 +234,9 @@ def evaluate_cached(name: str, config: EvalConfig, requests: dict[str, list[Requ
     entry = cache.load(key, requests) if key else None
     if entry is not None:
         result = result_from_cache(entry, config, requests, str(cache.path(key)))
-        result.model_name = label or result.model_name
+        # the entry's label is its first caller's ("dense" for compare and the app); the model's
+        # own name is what another caller would have printed
+        result.model_name = label or entry.info.get("name") or result.model_name
         return result
     result, info = compute()
     if key:
@@ -253,14 +266,18 @@ def _prediction_record(s: ChoiceScores) -> dict[str, Any]:
             "gold": s.gold, "pred": s.pred, "pred_norm": s.pred_norm, "correct": int(s.pred == s.gold)}
 
 
-def wiki_perplexity(model, tokenizer, n_windows: int = 32, batch_size: int = 8, workers: int | None = None) -> float:
-    """Perplexity on held-out wiki windows (the second half of the windows; calibration uses the first).
-    Gemma-style tokenizers that add BOS get it prepended, as their models expect."""
+def heldout_wiki_windows(tokenizer, n_windows: int = 32) -> np.ndarray:
+    """(n_windows, PPL_WINDOW) held-out wiki token windows (the second half of the windows;
+    calibration uses the first); a ``DietError`` when the text has fewer."""
     windows = data.wiki_token_windows(tokenizer, PPL_WINDOW)
-    ids = data.wiki_heldout_ids(len(windows), n_windows)
+    return windows[data.wiki_heldout_ids(len(windows), n_windows)]
+
+
+def bos_prefix(tokenizer) -> int | None:
+    """BOS for tokenizers that add it (Gemma), whose models expect it before every text; else None."""
     enc = PairEncoder(tokenizer)
     adds_bos = enc.prefix_token_id is not None and enc.encode_many(["a"])[0][:1] == [tokenizer.bos_token_id]
-    return perplexity(model, windows[ids], tokenizer.bos_token_id if adds_bos else None, batch_size, workers)
+    return tokenizer.bos_token_id if adds_bos else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,6 +354,8 @@ def evaluate_pair(dense, pruned, tokenizer, config: EvalConfig, progress: Progre
     (same config), which is how comparison sweeps evaluate the dense model once."""
     report = progress or (lambda f, m: None)
     requests = eval_requests(config)
+    if dense_result is not None:
+        check_same_examples(dense_result, requests)
     if dense_result is None:
         dense_result = evaluate_model(dense, tokenizer, config, lambda f, m: report(0.5 * f, f"dense: {m}"), names[0], requests)
         lo = 0.5
@@ -347,12 +366,23 @@ def evaluate_pair(dense, pruned, tokenizer, config: EvalConfig, progress: Progre
     return PairResult(dense_result, pruned_result)
 
 
+def check_same_examples(result: EvalResult, requests: dict[str, list[Request]]) -> None:
+    """A paired delta means something only on the same examples: refuse a reused result made on others."""
+    expected = [(t, r.doc_id) for t, reqs in requests.items() for r in reqs]
+    got = [(s.task, s.doc_id) for s in result.scores]
+    if got != expected:
+        differ = (f"{len(got)} examples, not {len(expected)}" if len(got) != len(expected)
+                  else f"{sum(a != b for a, b in zip(got, expected))} of {len(expected)} examples differ")
+        raise DietError(f"the earlier result of {result.model_name} was computed on other examples ({differ})",
+                        "evaluate both models with the same tasks, limit, seed and calibration exclusions")
+
+
 # --------------------------------------------------------------------------------------------
 def lm_eval_command(model_folder: str, tasks: str | list[str] = "all", limit: int | None = None,
-                    batch_size: int = 8, dtype: str = "float32") -> str:
-    """The lm-evaluation-harness command that evaluates the same tasks (with lm-eval's own example
-    selection: ``--limit`` takes the first N documents, not our held-out ids)."""
+                    batch_size: int = 8, dtype: str = "float32", device: str | None = None) -> str:
+    """The lm-evaluation-harness command that evaluates the same tasks: on every document without
+    ``limit`` (a full evaluation), else lm-eval's own first ``limit`` documents (not our held-out ids)."""
     specs = resolve_tasks(tasks)
     names = ",".join(s.lm_eval_task or s.name for s in specs)
     cmd = f"lm_eval --model hf --model_args pretrained={model_folder},dtype={dtype} --tasks {names} --batch_size {batch_size}"
-    return cmd + (f" --limit {limit}" if limit else "")
+    return cmd + (f" --device {device}" if device else "") + (f" --limit {limit}" if limit else "")

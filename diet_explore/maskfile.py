@@ -21,6 +21,7 @@ from diet_explore.errors import DietError
 
 MASK_SCHEMA_VERSION = 1
 MASK_KIND = "diet-explore-mask"
+OPTIONAL_FIELDS = ("config", "calibration_ids")  # absent from older files of the same schema
 
 
 @dataclass
@@ -41,6 +42,9 @@ class MaskFile:
     created: str
     kept_indices: list[int]
     config: dict[str, Any] = field(default_factory=dict)  # MaskConfig.to_dict()
+    # Per task, the examples the scores were profiled on: ``eval`` of a pruned folder leaves them
+    # out, whatever seed and sample count the profile used. None in files written before it existed.
+    calibration_ids: dict[str, list[int]] | None = None
     schema_version: int = MASK_SCHEMA_VERSION
     kind: str = MASK_KIND
 
@@ -77,7 +81,14 @@ def mask_file_from_result(result, cache) -> MaskFile:
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         kept_indices=[int(i) for i in result.kept_indices],
         config=cfg.to_dict(),
+        calibration_ids=calibration_ids_of(cache.manifest),
     )
+
+
+def calibration_ids_of(manifest: dict[str, Any]) -> dict[str, list[int]]:
+    """A score cache manifest's per-task calibration sample ids (tasks, not generic text)."""
+    return {t: [int(i) for i in meta.get("sample_ids", [])] for t, meta in manifest.get("tasks", {}).items()
+            if meta.get("kind", "task") == "task"}
 
 
 def save_mask(mask_file: MaskFile, path: str | Path, npy: bool = False) -> Path:
@@ -108,11 +119,12 @@ def load_mask(path: str | Path, expected_hidden_size: int | None = None, expecte
         raise DietError(f"{path} has mask schema_version {data.get('schema_version')!r}; this diet-explore reads "
                         f"{MASK_SCHEMA_VERSION}", "rebuild the mask with this version")
     names = {f.name for f in dataclasses.fields(MaskFile)}
-    missing = sorted(n for n in names if n not in data and n not in ("config",))
+    missing = sorted(n for n in names if n not in data and n not in OPTIONAL_FIELDS)
     if missing:
         raise DietError(f"{path} lacks field(s) {', '.join(missing)}", "rebuild the mask")
     mask = MaskFile(**{k: v for k, v in data.items() if k in names})
     _check_indices(path, mask)
+    _check_calibration_ids(path, mask)
     if expected_hidden_size is not None and mask.hidden_size != int(expected_hidden_size):
         raise DietError(f"{path} is for hidden size {mask.hidden_size} ({mask.model_name}), but the model has "
                         f"hidden size {expected_hidden_size}", "use a mask built from this model's score cache")
@@ -120,6 +132,16 @@ def load_mask(path: str | Path, expected_hidden_size: int | None = None, expecte
         raise DietError(f"{path} was built for model {mask.model_name!r}, not {expected_model!r}",
                         f"build a mask from a {expected_model} score cache")
     return mask
+
+
+def _check_calibration_ids(path: Path, mask: MaskFile) -> None:
+    ids = mask.calibration_ids
+    if ids is None:
+        return
+    if not isinstance(ids, dict) or not all(
+            isinstance(t, str) and isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+            for t, v in ids.items()):
+        raise DietError(f"{path}: calibration_ids must map task names to lists of example ids", "rebuild the mask")
 
 
 def _check_indices(path: Path, mask: MaskFile) -> None:

@@ -95,6 +95,33 @@ def test_anything_that_changes_the_result_misses_the_cache(folder, tmp_path, cha
     assert compute.calls == 2
 
 
+def test_the_wiki_text_file_is_in_the_key_when_perplexity_is_on(tmp_path, monkeypatch):
+    requests = eval_requests(CONFIG)
+    text = tmp_path / "wiki.utf8"
+    text.write_text("some text")
+    monkeypatch.setattr("diet_explore.assets.wiki_text_path", lambda: text)
+    no_ppl = EvalConfig(tasks="rte,winogrande", limit=3, perplexity=False)
+    before = cache_key("folder:x", requests, CONFIG, "cpu", "float32"), cache_key("folder:x", requests, no_ppl, "cpu", "float32")
+    text.write_text("other text, another size")
+    after = cache_key("folder:x", requests, CONFIG, "cpu", "float32"), cache_key("folder:x", requests, no_ppl, "cpu", "float32")
+    assert before[0] != after[0] and before[1] == after[1]
+
+
+def test_a_reused_result_is_named_by_the_caller_or_by_its_model(folder, tmp_path):
+    """The app and compare store the dense model as "dense"; `eval` reusing it prints the model's name."""
+    path, model = folder
+    cache = EvalCache(tmp_path / "cache")
+    requests = eval_requests(CONFIG)
+
+    def as_dense():
+        return evaluate_model(model, WordTokenizer(), CONFIG, model_name="dense"), {"name": "tiny-llama"}
+
+    assert evaluate_cached(str(path), CONFIG, requests, cache, "cpu", torch.float32, as_dense, label="dense").model_name == "dense"
+    reused = evaluate_cached(str(path), CONFIG, requests, cache, "cpu", torch.float32, as_dense)
+    assert "cached" in reused.extra and reused.model_name == "tiny-llama"
+    assert evaluate_cached(str(path), CONFIG, requests, cache, "cpu", torch.float32, as_dense, label="dense").model_name == "dense"
+
+
 def test_batch_settings_do_not_change_the_key():
     requests = eval_requests(CONFIG)
     other = EvalConfig(tasks="rte,winogrande", limit=3, ppl_windows=2, batch_tokens=4096, workers=1, batch_size=2)

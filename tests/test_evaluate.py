@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +17,22 @@ from diet_explore.prune import prune_model
 from diet_explore.tasks.registry import resolve_tasks
 from test_scoring import WordTokenizer
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cache_recording(tmp_path, sample_ids: dict[str, list[int]]):
+    """A score cache folder (the committed SmolLM2 manifest) whose tasks record ``sample_ids``."""
+    manifest = json.loads((REPO / "cache" / "smollm2-135m" / "manifest.json").read_text())
+    for t, ids in sample_ids.items():
+        manifest["tasks"][t]["sample_ids"] = ids
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
 
 def test_evaluation_examples_avoid_the_calibration_draw_and_a_caches_recorded_ids(tmp_path):
     first = eval_requests(EvalConfig(limit=20))
     excluded = {t: [r.doc_id for r in reqs[:5]] for t, reqs in first.items()}
-    (tmp_path / "manifest.json").write_text(json.dumps(
-        {"config": {"samples": 100}, "tasks": {t: {"sample_ids": ids} for t, ids in excluded.items()}}))
-    again = eval_requests(EvalConfig(limit=20, exclude_cache=str(tmp_path)))
+    again = eval_requests(EvalConfig(limit=20, exclude_cache=str(_cache_recording(tmp_path, excluded))))
     assert list(again) == [s.name for s in resolve_tasks("all")] and len(again) == 7
     for spec in resolve_tasks("all"):
         ids = [r.doc_id for r in again[spec.name]]
@@ -84,7 +94,53 @@ def test_lm_eval_command_uses_lm_evals_task_names():
     cmd = lm_eval_command("out/pruned", "all", limit=50)
     assert cmd == ("lm_eval --model hf --model_args pretrained=out/pruned,dtype=float32 --tasks boolq,rte,hellaswag,"
                    "winogrande,arc_easy,arc_challenge,openbookqa --batch_size 8 --limit 50")
-    assert lm_eval_command("m", ["rte"]).endswith("--tasks rte --batch_size 8")
+    assert lm_eval_command("m", ["rte"]).endswith("--tasks rte --batch_size 8")  # a full evaluation: no --limit
+    assert lm_eval_command("m", ["rte"], dtype="bfloat16", device="cuda").endswith(
+        "pretrained=m,dtype=bfloat16 --tasks rte --batch_size 8 --device cuda")
+
+
+def test_a_masks_recorded_calibration_examples_are_left_out(tmp_path):
+    """A profile with another seed or more samples than the default draw: the mask file in a
+    pruned folder says which examples it saw, and the held-out draw skips them."""
+    from diet_explore.cache import synthetic_cache
+    from diet_explore.maskfile import mask_file_from_result, save_mask
+    from diet_explore.masks import MaskConfig, build_mask
+
+    first = eval_requests(EvalConfig(tasks="rte,boolq", limit=20))
+    seen = {t: [r.doc_id for r in reqs[::2]] for t, reqs in first.items()}
+    cache = synthetic_cache(hidden_size=64, num_layers=2, tasks=("rte", "boolq"), n_samples=3, seed=1)
+    mask_file = mask_file_from_result(build_mask(cache, MaskConfig(sparsity=0.25)), cache)
+    assert set(mask_file.calibration_ids) == {"rte", "boolq"}
+    mask_file.calibration_ids = seen
+    path = save_mask(mask_file, tmp_path / "diet_mask.json")
+    again = eval_requests(EvalConfig(tasks="rte,boolq", limit=20, exclude_masks=[str(path)]))
+    for t in ("rte", "boolq"):
+        ids = [r.doc_id for r in again[t]]
+        assert len(ids) == 20 and not set(ids) & set(seen[t])
+        assert ids[:10] == [r.doc_id for r in first[t][1::2]]  # the same walk, the recorded ids skipped
+
+
+def test_a_corrupt_cache_manifest_is_a_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(DietError, match="manifest.json is not valid JSON"):
+        eval_requests(EvalConfig(tasks="rte", limit=2, exclude_cache=str(tmp_path)))
+
+
+def test_a_reused_dense_result_from_other_examples_is_refused():
+    model = tiny_model("llama")
+    dense = evaluate_model(model, WordTokenizer(), EvalConfig(tasks="rte", limit=4, perplexity=False, seed=1))
+    with pytest.raises(DietError, match="computed on other examples"):
+        evaluate_pair(model, model, WordTokenizer(), EvalConfig(tasks="rte", limit=4, perplexity=False, seed=2),
+                      dense_result=dense)
+
+
+def test_too_many_perplexity_windows_fail_before_any_scoring(monkeypatch):
+    def no_scoring(*a, **k):
+        raise AssertionError("scored before checking the perplexity windows")
+
+    monkeypatch.setattr("diet_explore.evaluate.LoglikelihoodScorer.score", no_scoring)
+    with pytest.raises(DietError, match="held-out windows; 1000000 asked for"):
+        evaluate_model(tiny_model("llama"), WordTokenizer(), EvalConfig(tasks="rte", limit=2, ppl_windows=10**6))
 
 
 def test_eval_config_round_trips_and_refuses_bad_values():
@@ -94,3 +150,45 @@ def test_eval_config_round_trips_and_refuses_bad_values():
         EvalConfig(limit=0)
     with pytest.raises(DietError, match="unknown EvalConfig field"):
         EvalConfig.from_dict({"limt": 3})
+
+
+def test_cli_eval_refuses_outputs_it_could_not_write_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    from diet_explore.cli import main
+
+    def no_load(*a, **k):
+        raise AssertionError("loaded a model before checking the output paths")
+
+    monkeypatch.setattr("diet_explore.models.load_model", no_load)
+    monkeypatch.setattr("diet_explore.models.load_config", no_load)
+    (tmp_path / "file").write_text("")
+    for flag, value, message in [("--predictions", tmp_path, f"--predictions {tmp_path} is a folder"),
+                                 ("--json", tmp_path / "file" / "x.json", f"{tmp_path / 'file'} is a file, not a folder")]:
+        rc = main(["eval", "--model", "smollm2-135m", "--tasks", "rte", "--limit", "2", flag, str(value)])
+        assert rc == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_cli_eval_of_a_pruned_folder_leaves_out_its_masks_calibration_examples(tmp_path, monkeypatch, capsys, recorded):
+    from diet_explore.cache import synthetic_cache
+    from diet_explore.cli import main
+    from diet_explore.maskfile import mask_file_from_result, save_mask
+    from diet_explore.masks import MaskConfig, build_mask
+    from diet_explore.prune import MASK_FILE
+
+    cache = synthetic_cache(hidden_size=64, num_layers=2, tasks=("rte",), n_samples=3, seed=1)
+    mask_file = mask_file_from_result(build_mask(cache, MaskConfig(sparsity=0.25)), cache)
+    if not recorded:
+        mask_file.calibration_ids = None  # a mask written by an older diet-explore
+    folder = tmp_path / "pruned"
+    save_mask(mask_file, folder / MASK_FILE)
+    seen = {}
+
+    def stop(config):
+        seen["config"] = config
+        raise DietError("stopped after the examples were chosen")
+
+    monkeypatch.setattr("diet_explore.evaluate.eval_requests", stop)
+    assert main(["eval", "--model", str(folder), "--compare-to", "smollm2-135m", "--tasks", "rte", "--limit", "2"]) == 2
+    assert seen["config"].exclude_masks == [str(folder / MASK_FILE)]
+    err = capsys.readouterr().err
+    assert ("does not record its calibration examples" in err) is not recorded

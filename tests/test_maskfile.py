@@ -76,3 +76,14 @@ def test_missing_and_corrupt_files(tmp_path, built):
     path.write_text(json.dumps(data))
     with pytest.raises(DietError, match="lacks field.*hidden_size"):
         load_mask(path)
+
+
+def test_calibration_ids_come_from_the_cache_and_older_files_load_without_them(tmp_path, built):
+    cache, _, mf = built
+    assert mf.calibration_ids == {t: list(cache.tasks[t].sample_ids) for t in ("a", "b", "c")}
+    data = json.loads(save_mask(mf, tmp_path / "m.json").read_text())
+    del data["calibration_ids"]  # a file written before the field existed
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert load_mask(tmp_path / "old.json").calibration_ids is None
+    with pytest.raises(DietError, match="calibration_ids must map task names to lists of example ids"):
+        load_mask(_write(tmp_path, mf, calibration_ids={"a": ["x"]}))

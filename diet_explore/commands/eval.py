@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from diet_explore.commands._common import add_device_args, csv_list, progress_printer
+from pathlib import Path
+
+from diet_explore.commands._common import add_device_args, check_output_file, csv_list, progress_printer
 
 
 def register(sub) -> None:
@@ -34,13 +36,15 @@ def run(args) -> int:
     from diet_explore.evaluate import EvalConfig, PairResult, eval_requests, evaluate_cached, evaluate_model, lm_eval_command
     from diet_explore.models import BUILTIN_MODELS, load_config, load_model, pick_device, pick_dtype, store_path
 
+    check_output_file(args.predictions, "--predictions")
+    check_output_file(args.json, "--json")
+    names = [args.compare_to, args.model] if args.compare_to else [args.model]
     optional = {"batch_tokens": args.batch_tokens} if args.batch_tokens is not None else {}  # else the config's default
     config = EvalConfig(tasks=csv_list(args.tasks) if args.tasks != "all" else "all", limit=args.limit, seed=args.seed,
                         device=args.device, dtype=args.dtype,
                         perplexity=not args.no_perplexity, ppl_windows=args.ppl_windows, exclude_cache=args.cache,
-                        workers=args.workers, **optional)
+                        exclude_masks=pruned_folder_masks(names, args.cache), workers=args.workers, **optional)
     requests = eval_requests(config)  # bad task names / limits fail before any model loads
-    names = [args.compare_to, args.model] if args.compare_to else [args.model]
     for name in names:  # a missing or unsupported model fails before the other one is evaluated
         check_supported(load_config(name).model_type)
     cache = None if args.no_eval_cache else EvalCache(args.eval_cache)
@@ -65,8 +69,9 @@ def run(args) -> int:
         print(format_single(results[0]))
         records, full = results[0].predictions, results[0].to_json_dict()
     folder = str(store_path(args.model)) if args.model in BUILTIN_MODELS else args.model
-    print(f"\nequivalent lm-evaluation-harness run (lm-eval picks its own first {args.limit} examples):\n  "
-          + lm_eval_command(folder, config.tasks, args.limit))
+    dtype = str(pick_dtype(args.dtype, device)).replace("torch.", "")
+    print(f"\nfull lm-evaluation-harness evaluation of {args.model} (every document; add --limit N for lm-eval's first N):"
+          f"\n  {lm_eval_command(folder, config.tasks, dtype=dtype, device=device)}")
     if args.predictions:
         atomic.write_text(args.predictions, "".join(json.dumps(r) + "\n" for r in records))
         print(f"wrote {len(records)} predictions to {args.predictions}")
@@ -74,6 +79,23 @@ def run(args) -> int:
         atomic.write_json(args.json, full)
         print(f"wrote {args.json}")
     return 0
+
+
+def pruned_folder_masks(names: list[str], cache: str | None) -> list[str]:
+    """The mask files of the pruned folders among ``names``: their recorded calibration examples
+    are left out of the evaluation, whatever seed and sample count the profile used."""
+    import warnings
+
+    from diet_explore.maskfile import load_mask
+    from diet_explore.prune import MASK_FILE
+
+    masks = [Path(n, MASK_FILE) for n in names if Path(n, MASK_FILE).is_file()]
+    for path in masks:
+        if load_mask(path).calibration_ids is None and not cache:
+            warnings.warn(f"{path} does not record its calibration examples (a mask from an older diet-explore), so "
+                          "only the default draw is left out; pass --cache <the score cache it was built from> to "
+                          "leave out exactly the profiled examples", stacklevel=2)
+    return [str(p) for p in masks]
 
 
 def format_single(result) -> str:

@@ -383,13 +383,15 @@ def dense_eval(name: str, config, model, tokenizer, progress) -> tuple[object, b
     this process's memory, else from the disk cache the CLI shares (``evalcache.py``). Kept here
     rather than in a cached function because its progress updates a bar made outside it (Streamlit
     refuses that inside st.cache_*). Results are never mutated."""
-    from diet_explore.evalcache import EvalCache
+    from diet_explore.evalcache import EvalCache, requests_fingerprint
     from diet_explore.evaluate import eval_requests, evaluate_cached, evaluate_model
 
-    store, key = _dense_results(), (name, config.to_json())
+    # The examples themselves are in the key: the config names a cache folder whose calibration
+    # ids (and so the held-out draw) change when it is profiled again
+    requests = eval_requests(config)
+    store, key = _dense_results(), (name, config.to_json(), requests_fingerprint(requests))
     if key in store:
         return store[key], True
-    requests = eval_requests(config)
     param = next(model.parameters())
 
     def compute():
@@ -433,9 +435,13 @@ def saveable_hint(cache: ScoreCache, n_keep: int) -> str | None:
 
 
 def check_model_installed(name: str) -> None:
-    from diet_explore.models import install_command, is_installed
+    """A built-in model must be installed (the hint says how); a folder must exist (``resolve_source``
+    says so); a hub id is left to the loader, which needs network or the hub cache."""
+    from diet_explore.models import BUILTIN_MODELS, install_command, is_installed, resolve_source
 
-    if not is_installed(name):
+    if name not in BUILTIN_MODELS:
+        resolve_source(name)
+    elif not is_installed(name):
         raise DietError(f"the weights of {name!r} are not installed here", f"install them with `{install_command(name)}`")
 
 

@@ -98,6 +98,15 @@ def test_missing_weights_name_the_install_command(tiny_app, monkeypatch):
     assert not at.button  # nothing to run
 
 
+def test_a_missing_model_folder_is_named_not_sent_to_an_install_command(tiny_app, tmp_path):
+    at, _ = tiny_app
+    at = run_page(at.run(), "prune_eval")
+    at.text_input(key="pe_model").input(str(tmp_path / "no-such-model")).run()
+    assert not at.exception
+    assert at.error and f"model folder {tmp_path / 'no-such-model'} does not exist" in at.error[0].value
+    assert "models --install" not in at.error[0].value
+
+
 def test_export_saves_a_loadable_pruned_model(tiny_app, tiny):
     from transformers import AutoModelForCausalLM
 
@@ -119,6 +128,7 @@ def test_export_saves_a_loadable_pruned_model(tiny_app, tiny):
     mask = load_mask(folder / "diet_mask.json", expected_hidden_size=64)
     expected = build_mask(tiny, MaskConfig(multiple_of=8))
     assert np.array_equal(mask.keep, expected.keep)
+    assert mask.calibration_ids == {t: list(tiny.tasks[t].sample_ids) for t in tiny.task_names}  # eval leaves them out
 
 
 def test_export_of_an_unsaveable_kept_count_is_an_error_box(tiny_app):
@@ -209,3 +219,32 @@ def test_after_a_restart_the_dense_results_come_from_the_disk_cache(tiny_app, ev
     assert any("Dense results reused" in str(m.value) and "(evaluation cache, computed 20" in str(m.value)
                for m in again.markdown)
     assert first.dataframe[-1].value.iloc[0]["dense_avg"] == again.dataframe[-1].value.iloc[0]["dense_avg"]
+
+
+def test_a_reprofiled_cache_changes_the_examples_so_the_dense_model_is_evaluated_again(tiny_app, evaluated,
+                                                                                       tiny_cache_root, tmp_path,
+                                                                                       monkeypatch):
+    """The page's config names the cache folder, not its contents: profiling it again with other
+    samples moves the held-out draw, and a dense result from the old draw must not be paired."""
+    import json
+    import shutil
+
+    from diet_explore.evaluate import EvalConfig, eval_requests
+
+    calls = evaluated
+    root = tmp_path / "caches"
+    shutil.copytree(tiny_cache_root, root)
+    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(root))
+    at, _ = tiny_app
+    at = run_tiny_eval(at, sparsity=0.25, limit=3)
+    assert not at.exception and not at.error and len(calls) == 2
+    manifest_path = root / "tiny" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    held_out = eval_requests(EvalConfig(tasks=["rte"], limit=3, exclude_cache=str(root / "tiny")))["rte"]
+    ids = manifest["tasks"]["rte"]["sample_ids"]
+    manifest["tasks"]["rte"]["sample_ids"] = sorted([*ids[1:], held_out[0].doc_id])  # another calibration draw
+    manifest_path.write_text(json.dumps(manifest))
+    at.button(key="pe_run").click().run(timeout=300)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert calls[2:] == [64, calls[1]]  # the dense model again, on the new held-out examples
+    assert not any("Dense results reused" in str(m.value) for m in at.markdown)

@@ -20,6 +20,8 @@ and every compared model is one ``diet-explore prune`` could ship.
 
 Resumable: ``<out>/results.jsonl`` gets one line per finished (method, sparsity) and one for the
 dense model; a re-run with the same settings skips what is there (other settings are refused).
+A finished line (with its run id) is written before its run-store record, and a record the store
+does not have (an interruption, an unwritable ``--runs``) is written by the next re-run under that id.
 """
 
 from __future__ import annotations
@@ -79,20 +81,60 @@ class CompareConfig(JsonConfig):
         for s in self.sparsities:
             if not 0.0 < s < 1.0:
                 raise DietError(f"sparsity {s} is outside (0, 1)", "e.g. --sparsity 0.1,0.2")
+        # a repeated value (0.1,0.10 or random,random) would run and report the same combination twice
+        self.methods = list(dict.fromkeys(self.methods))
+        unique: dict[str, float] = {}
+        for s in self.sparsities:
+            unique.setdefault(sparsity_label(s), s)
+        self.sparsities = list(unique.values())
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(tasks=self.tasks, limit=self.limit, seed=self.seed, batch_tokens=self.batch_tokens,
                           device=self.device, dtype=self.dtype, perplexity=self.perplexity,
                           ppl_windows=self.ppl_windows, exclude_cache=self.cache)
 
-    def fingerprint(self, cache_hash: str) -> str:
-        """What the results depend on (not which methods/sparsities: those are the resumable grid)."""
+    def resolved_dtype(self) -> str:
+        """The dtype a model loaded for this config gets (``models.pick_dtype``), e.g. ``float32``.
+
+        With ``dtype`` None it depends on the device: fp32 on CPU, bf16 on a GPU. A named device is
+        not checked for being present here (``load_model`` does that); an unknown one is refused."""
+        from diet_explore.models import pick_device, pick_dtype
+
+        device = pick_device("auto") if self.device == "auto" else self.device
+        return _dtype_name(pick_dtype(self.dtype, device))
+
+    def fingerprint(self, cache_hash: str, dtype: str | None = None) -> str:
+        """What the results depend on (not which methods/sparsities: those are the resumable grid).
+
+        ``dtype``: the precision the model is evaluated in (default ``resolved_dtype()``). The device
+        is left out (results agree across devices at one precision) but the resolved dtype is not:
+        with ``dtype`` None a sweep started on CPU (fp32) and resumed on a GPU (bf16) would mix them."""
         keys = {k: v for k, v in self.to_dict().items() if k not in ("methods", "sparsities", "device", "batch_tokens")}
-        return hashlib.sha256(json.dumps({**keys, "cache_hash": cache_hash}, sort_keys=True).encode()).hexdigest()[:16]
+        keys.update(dtype=dtype or self.resolved_dtype(), cache_hash=cache_hash)
+        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _dtype_name(dtype: Any) -> str:
+    """``torch.bfloat16`` -> ``bfloat16``: the names ``--dtype`` takes, so an explicit
+    ``--dtype float32`` sweep keeps the fingerprint it had before dtypes were resolved."""
+    return str(dtype).removeprefix("torch.")
+
+
+def sparsity_label(sparsity: float) -> str:
+    return f"{sparsity:g}"
 
 
 def combo_key(method: str, sparsity: float) -> str:
-    return f"{method}@{sparsity:g}"
+    return f"{method}@{sparsity_label(sparsity)}"
+
+
+def sweep_grid(config: CompareConfig) -> list[tuple[str, float]]:
+    """Every (method, sparsity) to run, once each by ``combo_key`` (the resume key), in the order given."""
+    grid: dict[str, tuple[str, float]] = {}
+    for s in config.sparsities:
+        for m in config.methods:
+            grid.setdefault(combo_key(m, s), (m, s))
+    return list(grid.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,6 +156,13 @@ def read_results(out: Path) -> list[dict[str, Any]]:
 def _append_result(out: Path, row: dict[str, Any]) -> None:
     rows = read_results(out) + [row]
     atomic.write_text(out / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _check_resumable(done: list[dict[str, Any]], out: Path, fingerprint: str) -> None:
+    """Refuse to add to results made with other settings (mixed rows would not be comparable)."""
+    if any(r.get("fingerprint") != fingerprint for r in done):
+        raise DietError(f"{out / RESULTS} holds results made with other settings (model, cache, tasks, limit, seed, "
+                        "dtype, ...) or by an older diet-explore", "use another --out, or delete the folder to start over")
 
 
 def _task_row(res: TaskResult) -> dict[str, Any]:
@@ -168,33 +217,36 @@ def run_compare(config: CompareConfig, out: str | Path, model=None, tokenizer=No
     earlier evaluation of the same model on the same examples, e.g. from ``diet-explore eval``."""
     from diet_explore.cache import load_cache
     from diet_explore.prune import prune_model, required_multiple
-    from diet_explore.runs import RunStore
+    from diet_explore.runs import RunStore, check_folder, new_run_id
     from diet_explore.scores import as_precompute
 
     report = progress or (lambda f, m: None)
     out = Path(out)
+    # Everything that can be checked without the model is, before it loads (minutes) and before
+    # --out is created: a bad folder, limit, task or resume must not cost a load or leave files.
+    check_folder(out, "--out")
+    store = store if store is not None else RunStore()
+    store.check("--runs")
     cache = load_cache(config.cache)
+    ecfg = config.eval_config()
+    requests = eval_requests(ecfg)
+    dtype = _dtype_name(next(model.parameters()).dtype) if model is not None else config.resolved_dtype()
+    fingerprint = config.fingerprint(cache.manifest_hash, dtype)
+    done = read_results(out)
+    _check_resumable(done, out, fingerprint)
     info = None  # the loaded model's ModelInfo: only then does config.model name the model evaluated
     if model is None:
         from diet_explore.models import load_model
 
-        model, tokenizer, info = load_model(config.model, config.device, config.dtype)
+        model, tokenizer, info = load_model(config.model, config.device, config.dtype)  # in resolved_dtype()
     if cache.hidden_size != int(model.config.hidden_size):
         raise DietError(f"cache {config.cache} is for hidden size {cache.hidden_size}, the model has {model.config.hidden_size}",
                         "use the score cache of this model")
-    store = store if store is not None else RunStore()
-    fingerprint = config.fingerprint(cache.manifest_hash)
-    done = read_results(out)
-    if done and any(r.get("fingerprint") != fingerprint for r in done):
-        raise DietError(f"{out / RESULTS} holds results made with other settings (model, cache, tasks, limit, seed, ...)",
-                        "use another --out, or delete the folder to start over")
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "config.json", config.to_json() + "\n")
     multiple = config.multiple_of or required_multiple(model)
-    ecfg = config.eval_config()
-    requests = eval_requests(ecfg)
     pre = as_precompute(cache)
-    grid = [(m, s) for s in config.sparsities for m in config.methods]
+    grid = sweep_grid(config)
     have = {r["key"] for r in done}
     todo = (["dense"] if "dense" not in have else []) + [combo_key(m, s) for m, s in grid if combo_key(m, s) not in have]
     log(f"{len(grid) + 1 - len(todo)} of {len(grid) + 1} runs already in {out}; {len(todo)} to go")
@@ -225,6 +277,7 @@ def run_compare(config: CompareConfig, out: str | Path, model=None, tokenizer=No
         log(f"dense: avg {row['avg']:.4f}, ppl {row['ppl']}")
         k += 1
     dense = next(r for r in done if r["key"] == "dense")
+    _store_missing_runs(store, done, dense, config, out, log)
     for method, sparsity in grid:
         key = combo_key(method, sparsity)
         if key in have:
@@ -234,9 +287,13 @@ def run_compare(config: CompareConfig, out: str | Path, model=None, tokenizer=No
         row.update(key=key, fingerprint=fingerprint, wall_time_s=time.perf_counter() - start)
         _average(row)
         _deltas(row, dense)
-        row["run_id"] = store.save(_run_record(row, dense, config))
+        # results.jsonl first, with the run id: it is what a resume trusts, so an interruption or a
+        # failing run store from here on costs at most the store record, which the next run writes
+        row["run_id"] = new_run_id(key + fingerprint)
         _append_result(out, row)
         done.append(row)
+        have.add(key)
+        _store_run(store, row, dense, config, out)
         log(f"{key}: kept {row['n_keep']}, avg {row['avg']:.4f} (Δ {row['delta_avg']:+.4f} "
             f"[{row['delta_ci_low']:+.4f}, {row['delta_ci_high']:+.4f}]), ppl {row['ppl']}, {row['wall_time_s']:.0f} s")
         k += 1
@@ -269,6 +326,27 @@ def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, re
         tasks[t], n_keep[t] = _task_row(res.tasks[t]), mask.n_keep
     return {"method": method, "sparsity": sparsity, "n_keep": int(np.median(list(n_keep.values()))),
             "n_keep_per_task": n_keep, "tasks": tasks, "ppl": None}
+
+
+def _store_run(store, row: dict[str, Any], dense: dict[str, Any], config: CompareConfig, out: Path) -> None:
+    """Save ``row``'s run-store record under its run id (chosen before: a retry replaces the record)."""
+    try:
+        store.save(_run_record(row, dense, config), run_id=row["run_id"])
+    except DietError as exc:
+        raise DietError(f"{row['key']} is saved in {out / RESULTS} but not in the run store: {exc.message}",
+                        f"{exc.hint or 'fix the run store'}; then re-run the same command: finished runs are kept "
+                        "and the missing record is written") from None
+
+
+def _store_missing_runs(store, done: list[dict[str, Any]], dense: dict[str, Any], config: CompareConfig, out: Path,
+                        log: Callable[[str], None]) -> None:
+    """Write the store records of finished runs the store does not have (an earlier run was
+    interrupted between the two writes, or could not write --runs)."""
+    missing = [r for r in done if r.get("run_id") and not store.has(r["run_id"])]
+    for row in missing:
+        _store_run(store, row, dense, config, out)
+    if missing:
+        log(f"wrote {len(missing)} run-store record(s) an earlier run could not: {', '.join(r['key'] for r in missing)}")
 
 
 def _run_record(row: dict[str, Any], dense: dict[str, Any], config: CompareConfig) -> dict[str, Any]:

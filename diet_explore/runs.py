@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ RUN_KIND = "diet-explore-run"
 RUN_SCHEMA_VERSION = 1
 # Flat columns the listing shows (when a record has them), in this order.
 RESERVED = ("kind", "schema_version", "run_id", "created")  # set by the store; a record's own values are dropped
+_RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")  # what new_run_id makes; anything else could escape the root
 LIST_COLUMNS = ("run_id", "created", "source", "model", "method", "sparsity", "n_keep", "tasks", "limit",
                 "dense_avg", "pruned_avg", "delta_avg", "dense_ppl", "pruned_ppl", "wall_time_s")
 
@@ -33,24 +36,67 @@ def default_root() -> Path:
     return data_home() / "runs"
 
 
+def new_run_id(text: str, now: _dt.datetime | None = None) -> str:
+    """A fresh run id: UTC time + a short hash of the time and ``text`` (what the run is).
+
+    Made before the run is stored, so a caller can record the id first and store the run under it
+    later (idempotently: the same id always names the same file)."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    digest = hashlib.sha256((now.isoformat() + text).encode()).hexdigest()[:8]
+    return f"{now.strftime('%Y%m%dT%H%M%S')}-{digest}"
+
+
+def check_folder(path: str | Path, what: str) -> None:
+    """Refuse, before any work is done, a folder that could not be created or written later.
+
+    Walks up to the first path that exists: it must be a writable folder (``path`` itself, or the
+    ancestor ``path`` would be created in). ``what`` names the setting, e.g. ``--out``."""
+    path = Path(path)
+    probe = path
+    while not (probe.exists() or probe.is_symlink()) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = f"{path} is not a folder" if probe == path else f"{path} cannot be created: {probe} is not a folder"
+        raise DietError(f"{what} {where}", f"choose another {what} folder (a new or existing folder, not a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DietError(f"{what} {path} is not writable ({probe} is read-only for this user)",
+                        f"choose another {what} folder, or make {probe} writable")
+
+
 class RunStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
 
-    def save(self, record: dict[str, Any]) -> str:
-        """Store a JSON-serialisable record; returns its run id."""
+    def save(self, record: dict[str, Any], run_id: str | None = None) -> str:
+        """Store a JSON-serialisable record; returns its run id (``run_id`` when given, from
+        ``new_run_id``: saving again under it replaces that run instead of adding a second one)."""
         now = _dt.datetime.now(_dt.timezone.utc)
         try:
             body = json.dumps(record, sort_keys=True, default=_jsonable)
         except (TypeError, ValueError) as exc:
             raise DietError(f"run record is not JSON-serialisable ({exc})", "store plain numbers, strings, lists and dicts") from None
-        digest = hashlib.sha256((now.isoformat() + body).encode()).hexdigest()[:8]
-        run_id = f"{now.strftime('%Y%m%dT%H%M%S')}-{digest}"
+        if run_id is None:
+            run_id = new_run_id(body, now)
+        elif not _RUN_ID.fullmatch(run_id):
+            raise DietError(f"run id {run_id!r} is not a run id", "use diet_explore.runs.new_run_id() to make one")
         full = {"kind": RUN_KIND, "schema_version": RUN_SCHEMA_VERSION, "run_id": run_id,
                 "created": now.isoformat(timespec="seconds"),
                 **{k: v for k, v in json.loads(body).items() if k not in RESERVED}}
-        atomic.write_text(self.root / f"{run_id}.json", json.dumps(full, indent=2, default=_jsonable) + "\n")
+        path = self.root / f"{run_id}.json"
+        try:
+            atomic.write_text(path, json.dumps(full, indent=2, default=_jsonable) + "\n")
+        except OSError as exc:  # a file in the way, a read-only or full disk: the user's to fix, not a bug
+            raise DietError(f"cannot write run record {path} ({exc.strerror or exc})",
+                            f"make the run store folder {self.root} writable, or use another one") from None
         return run_id
+
+    def has(self, run_id: str) -> bool:
+        """Whether run ``run_id`` is stored here (readable or not)."""
+        return bool(_RUN_ID.fullmatch(run_id)) and (self.root / f"{run_id}.json").is_file()
+
+    def check(self, what: str = "run store") -> None:
+        """Refuse now a root that ``save`` could not write later (see ``check_folder``)."""
+        check_folder(self.root, what)
 
     def load(self, run_id: str) -> dict[str, Any]:
         path = self.root / f"{run_id}.json"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from diet_explore.adapters.tiny import tiny_model
 from diet_explore.cache import save_cache, synthetic_cache
-from diet_explore.compare import CompareConfig, markdown_table, read_results, run_compare
+from diet_explore.compare import CompareConfig, markdown_table, read_results, run_compare, sweep_grid
 from diet_explore.errors import DietError
 from diet_explore.evaluate import Z95, evaluate_model
 from diet_explore.masks import MaskConfig, build_mask
@@ -123,3 +125,100 @@ def test_a_sweep_reuses_cached_dense_results_and_only_evaluates_the_pruned_model
     assert any(m.startswith("dense: reusing its results of") for m in logs)
     run_compare(config, tmp_path / "c", store=store, eval_cache=None, log=lambda m: None)
     assert evaluated[1] == 576  # without the cache the dense model is evaluated again
+
+
+# --------------------------------------------------------------------------------------------
+# Repeats, write order, output folders, early validation, the dtype in the fingerprint
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if run_compare gets as far as loading a model."""
+    import diet_explore.models as models
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+def test_repeated_sparsities_and_methods_run_once(setup, tmp_path):
+    root, config, model, tok, store, rows, logs = setup
+    again = CompareConfig.from_dict({**config.to_dict(), "sparsities": [0.25, 0.25, 0.250, 0.5], "methods": ["random", "random"]})
+    assert again.sparsities == [0.25, 0.5] and again.methods == ["random"]
+    again.sparsities = [0.25, 0.25]  # set after validation: the grid itself still runs each key once
+    assert sweep_grid(again) == [("random", 0.25)]
+    runs = RunStore(tmp_path / "runs")
+    got = run_compare(again, tmp_path / "out", model, tok, runs, log=lambda m: None)
+    assert [r["key"] for r in got] == ["dense", "random@0.25"] and len(runs.records()) == 1
+
+
+class _UncheckedStore(RunStore):
+    def check(self, what: str = "run store") -> None:  # lets the sweep start, so saving fails mid-run
+        pass
+
+
+def test_a_failing_run_store_keeps_the_result_and_the_next_run_stores_it(setup, tmp_path):
+    root, config, model, tok, store, rows, logs = setup
+    one = CompareConfig.from_dict({**config.to_dict(), "methods": ["random"]})
+    (tmp_path / "afile").write_text("")
+    broken = _UncheckedStore(tmp_path / "afile" / "runs")  # under a regular file: every save fails
+    with pytest.raises(DietError, match=r"random@0.25 is saved in .*results.jsonl but not in the run store") as err:
+        run_compare(one, tmp_path / "out", model, tok, broken, log=lambda m: None)
+    assert "re-run" in err.value.hint
+    kept = read_results(tmp_path / "out")
+    assert [r["key"] for r in kept] == ["dense", "random@0.25"] and kept[1]["run_id"]
+    fixed, logs2 = RunStore(tmp_path / "runs"), []
+    got = run_compare(one, tmp_path / "out", model, tok, fixed, log=logs2.append)
+    assert logs2[0].endswith("0 to go") and logs2[1].startswith("wrote 1 run-store record(s)")
+    assert [r["run_id"] for r in fixed.records()] == [kept[1]["run_id"]]
+    assert got[1]["tasks"] == kept[1]["tasks"]  # stored, not evaluated again
+    run_compare(one, tmp_path / "out", model, tok, fixed, log=lambda m: None)
+    assert len(fixed.records()) == 1  # the id was fixed before: a retry never adds a second record
+
+
+def test_bad_out_and_runs_folders_are_refused_before_anything_runs(setup, tmp_path, no_model_load):
+    root, config, model, tok, store, rows, logs = setup
+    (tmp_path / "afile").write_text("keep me")
+    with pytest.raises(DietError, match=r"--out .*afile is not a folder") as err:
+        run_compare(config, tmp_path / "afile", store=RunStore(tmp_path / "runs"))
+    assert "--out" in err.value.hint and (tmp_path / "afile").read_text() == "keep me"
+    with pytest.raises(DietError, match=r"--out .*afile/out cannot be created: .*afile is not a folder"):
+        run_compare(config, tmp_path / "afile" / "out", store=RunStore(tmp_path / "runs"))
+    with pytest.raises(DietError, match=r"--runs .*afile/runs cannot be created"):
+        run_compare(config, tmp_path / "out", store=RunStore(tmp_path / "afile" / "runs"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_cli_reports_a_bad_out_as_one_line(setup, tmp_path, capsys, no_model_load):
+    from diet_explore.cli import main
+
+    root, config, *_ = setup
+    (tmp_path / "afile").write_text("")
+    code = main(["compare", "--cache", config.cache, "--out", str(tmp_path / "afile"), "--runs", str(tmp_path / "runs"),
+                 "--sparsity", "0.1,0.10", "--methods", "random,random"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --out ") and "hint:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("change, match", [({"limit": 0}, "limit must be at least 1"), ({"tasks": "bogus"}, "unknown task")])
+def test_bad_settings_fail_before_the_model_loads_and_leave_no_files(setup, tmp_path, no_model_load, change, match):
+    root, config, *_ = setup
+    bad = CompareConfig.from_dict({**config.to_dict(), **change})
+    with pytest.raises(DietError, match=match):
+        run_compare(bad, tmp_path / "out", store=RunStore(tmp_path / "runs"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_fingerprint_holds_the_resolved_dtype():
+    cpu, cuda = CompareConfig(device="cpu"), CompareConfig(device="cuda")  # no GPU needed: nothing is loaded
+    assert (cpu.resolved_dtype(), cuda.resolved_dtype()) == ("float32", "bfloat16")
+    assert cpu.fingerprint("h") != cuda.fingerprint("h")  # fp32 and bf16 results never share a results file
+    assert CompareConfig(device="cpu", dtype="bfloat16").fingerprint("h") == cuda.fingerprint("h")
+
+
+def test_results_of_other_settings_are_refused_before_the_model_loads(setup, tmp_path, no_model_load):
+    root, config, *_ = setup
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.jsonl").write_text(json.dumps({"key": "dense", "fingerprint": "older"}) + "\n")
+    with pytest.raises(DietError, match="holds results made with other settings"):
+        run_compare(config, tmp_path / "out", store=RunStore(tmp_path / "runs"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diet_explore.errors import DietError
-from diet_explore.runs import RunStore
+from diet_explore.runs import RunStore, check_folder, new_run_id
 
 
 def test_save_load_and_list(tmp_path):
@@ -47,3 +47,29 @@ def test_unserialisable_records_are_refused(tmp_path):
     with pytest.raises(DietError, match="not JSON-serialisable"):
         RunStore(tmp_path).save({"model": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_under_a_chosen_id_replaces_that_run(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = new_run_id("random@0.25")
+    assert not store.has(run_id)
+    assert store.save({"model": "m", "delta_avg": -0.1}, run_id=run_id) == run_id
+    store.save({"model": "m", "delta_avg": -0.2}, run_id=run_id)  # a retry: the same run, not a second one
+    assert store.has(run_id) and [r["delta_avg"] for r in store.records()] == [-0.2]
+    with pytest.raises(DietError, match="is not a run id"):
+        store.save({"model": "m"}, run_id="../escape")
+    assert not store.has("../escape") and sorted(p.name for p in tmp_path.iterdir()) == [f"{run_id}.json"]
+
+
+def test_an_unwritable_store_is_a_diet_error_naming_the_folder(tmp_path):
+    (tmp_path / "afile").write_text("")
+    store = RunStore(tmp_path / "afile" / "runs")
+    with pytest.raises(DietError, match=r"cannot write run record .*afile/runs/") as err:
+        store.save({"model": "m"})
+    assert str(tmp_path / "afile" / "runs") in err.value.hint
+    with pytest.raises(DietError, match=r"--runs .*afile/runs cannot be created: .*afile is not a folder"):
+        store.check("--runs")
+    with pytest.raises(DietError, match=r"--out .*afile is not a folder"):
+        check_folder(tmp_path / "afile", "--out")
+    check_folder(tmp_path / "new" / "deeper", "--out")  # not there yet, but creatable: fine
+    assert not (tmp_path / "new").exists()  # and checking creates nothing

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -67,7 +68,7 @@ def store_path(name: str) -> Path:
 def is_installed(name: str) -> bool:
     """True when a built-in model can load without network: converted, or its package is present."""
     if name not in BUILTIN_MODELS:
-        return Path(name).is_dir()
+        return bool(name.strip()) and Path(name).expanduser().is_dir()  # Path("") is the current folder
     if (store_path(name) / "config.json").exists():
         return True
     try:
@@ -161,19 +162,32 @@ class ModelInfo:
         return dict(self.__dict__)
 
 
+# "owner/name" (or a legacy bare "name"): what the hub accepts. Neither part may start with "." so
+# "./x", "../x" and "x/.." stay paths; "Qwen/Qwen2.5-0.5B" (a dot inside) is still a hub id.
+_HUB_ID = re.compile(r"^(?:[\w-][\w.-]*/)?[\w-][\w.-]*$")
+_SOURCE_HINT = "give a built-in name (`diet-explore models`), an existing model folder, or a hub id (owner/name)"
+
+
 def resolve_source(name_or_path: str) -> tuple[str, str]:
-    """(kind, location): kind is "builtin", "local" or "hub"."""
+    """(kind, location): kind is "builtin", "local" or "hub".
+
+    An existing folder is local; otherwise a string shaped like a hub id is a hub id, unless its
+    first part is a folder here ("artifacts/x": a local folder that is missing, not a hub repo).
+    Anything else is a path that does not exist.
+    """
+    if not name_or_path.strip():
+        raise DietError("the model name is empty", _SOURCE_HINT)  # Path("") would mean the current folder
     if name_or_path in BUILTIN_MODELS:
         return "builtin", name_or_path
-    if Path(name_or_path).expanduser().is_dir():
-        return "local", str(Path(name_or_path).expanduser())
-    first = Path(name_or_path).expanduser().parts[0] if name_or_path else ""
-    # a hub id is "owner/name"; a path whose first part is a folder here ("artifacts/x") or that
-    # starts like a path is a local folder that is missing, not something to ask the hub for
-    if os.sep in name_or_path and (name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix
-                                   or name_or_path.count("/") > 1 or Path(first).is_dir()):
-        raise DietError(f"model folder {name_or_path} does not exist", "give a built-in name (`diet-explore models`), a folder, or a hub id")
-    return "hub", name_or_path
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return "local", str(path)
+    if path.exists():
+        raise DietError(f"model path {name_or_path} is a file, not a model folder", _SOURCE_HINT)
+    first = name_or_path.split("/", 1)[0]
+    if _HUB_ID.match(name_or_path) and not ("/" in name_or_path and Path(first).is_dir()):
+        return "hub", name_or_path
+    raise DietError(f"model folder {name_or_path} does not exist", _SOURCE_HINT)
 
 
 @functools.lru_cache(maxsize=1)
@@ -272,13 +286,67 @@ def pick_dtype(dtype: str | None, device: str):
     return table[dtype]
 
 
+def dtype_name(dtype) -> str:
+    """``torch.bfloat16`` (or the text "bfloat16") -> "bfloat16": the names --dtype and lm_eval take."""
+    return str(dtype).removeprefix("torch.")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+_REBUILD_HINT = "pick the right folder, or re-create it (e.g. `diet-explore prune ... --overwrite`)"
+_HUB_FILES_HINT = "check the hub id; without network access its files must already be in the Hugging Face cache"
+
+
+def _files_hint(kind: str) -> str:
+    return _HUB_FILES_HINT if kind == "hub" else _REBUILD_HINT
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse a local model folder that lacks weights or tokenizer files, before anything loads
+    (from_pretrained would raise an OSError traceback, or quietly build a 1-token tokenizer)."""
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+        raise DietError(f"model folder {folder} has no weights (no *.safetensors or pytorch_model*.bin file)", _REBUILD_HINT)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise DietError(f"model folder {folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)} is missing)", _REBUILD_HINT)
+
+
+def _load_tokenizer(loc: str, kind: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(loc, trust_remote_code=False, **_hub_kwargs(kind))
+    except (OSError, ValueError) as exc:  # missing or unreadable tokenizer files
+        raise DietError(f"could not load the tokenizer of {loc} ({_first_line(exc)})", _files_hint(kind)) from None
+    # Some classes (Qwen2Tokenizer) build a vocabulary of just their special tokens instead of failing
+    # when the vocabulary files are missing; a base vocabulary under 2 tokens cannot encode text.
+    base = int(getattr(tokenizer, "vocab_size", None) or len(tokenizer))
+    if base < 2:
+        raise DietError(f"the tokenizer of {loc} has a vocabulary of {base} token(s); its vocabulary files are missing",
+                        _files_hint(kind))
+    return tokenizer
+
+
+def _load_weights(loc: str, kind: str, kwargs: dict[str, Any]):
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(loc, **kwargs)
+    except (OSError, SafetensorError) as exc:  # missing, truncated or corrupt weight files
+        raise DietError(f"could not load the weights of {loc} ({_first_line(exc)})", _files_hint(kind)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_model(name_or_path: str, device: str = "auto", dtype: str | None = None):
     """Load (model, tokenizer, ModelInfo) for a built-in name, a local folder or a hub id.
 
-    The model family is checked against the adapters before any weights are read.
+    The model family and (for folders) the weight and tokenizer files are checked before any
+    weights are read; the tokenizer loads first because it is the cheap half.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from diet_explore.adapters import check_supported
 
@@ -289,17 +357,19 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str | None = None
     check_supported(config.model_type)
     if kind == "builtin":
         loc = str(store_path(loc))
+    if kind != "hub":
+        check_model_folder(Path(loc))
     n_params = estimate_parameters(config)
     check_fits_in_memory(n_params, torch.finfo(torch_dtype).bits // 8, device, name_or_path)
+    tokenizer = _load_tokenizer(loc, kind)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
     if device == "cuda" and n_params * 2 > _gpu_free_bytes():
         kwargs["device_map"] = "auto"  # larger than one GPU: let accelerate spread it
     kwargs.update(_hub_kwargs(kind))
-    model = AutoModelForCausalLM.from_pretrained(loc, **kwargs)
+    model = _load_weights(loc, kind, kwargs)
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(loc, trust_remote_code=False, **_hub_kwargs(kind))
     info = ModelInfo(
         name=name_or_path if kind != "local" else Path(loc).name,
         id=BUILTIN_MODELS[name_or_path].hf_id if kind == "builtin" else str(getattr(config, "_name_or_path", "") or loc),

@@ -17,7 +17,6 @@ norm's scale ``(offset + w)`` is divided by r (exact: the lm_head is linear).
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +158,7 @@ def prune_model(model: nn.Module, keep: np.ndarray, saveable: bool = True) -> nn
     (e.g. not a multiple of the head count for Llama/Gemma in transformers 5): in-memory only.
     """
     adapter = get_adapter(model)
+    check_single_device(model)
     d = adapter.hidden_size
     keep = check_keep(keep, d)
     head_dim = _head_dim(model, adapter)
@@ -204,6 +204,17 @@ def prune_model(model: nn.Module, keep: np.ndarray, saveable: bool = True) -> nn
         "kept_indices": [int(i) for i in np.flatnonzero(keep)],
     }
     return new
+
+
+def check_single_device(model: nn.Module) -> None:
+    """Refuse a model that accelerate spread over several devices (``device_map="auto"``): the
+    slicing indexes every tensor with one index tensor, which fails on a device mismatch halfway."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    # accelerate names GPUs by bare index (0) or "cuda:0"; count those as one device
+    devices = sorted({f"cuda:{d}" if isinstance(d, int) else str(d) for d in device_map.values()})
+    if len(devices) > 1:
+        raise DietError(f"the model is spread over {len(devices)} devices ({', '.join(devices)}); pruning needs it on one",
+                        "load it on one device, e.g. --device cpu (needs enough RAM for the weights)")
 
 
 def count_parameters(model: nn.Module) -> int:

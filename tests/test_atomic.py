@@ -7,6 +7,7 @@ import stat
 import pytest
 
 from diet_explore import atomic
+from diet_explore.errors import DietError
 
 
 def test_written_file_reads_like_any_other_and_leaves_no_temp(tmp_path):
@@ -41,3 +42,43 @@ def test_staged_dir_replaces_the_folder_only_on_success(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert stat.S_IMODE(final.stat().st_mode) == 0o755
     assert stat.S_IMODE((final / "w").stat().st_mode) == 0o644
+
+
+def test_staged_dir_refuses_an_empty_name_the_root_and_the_current_folder(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    # "." used to fail late with a ValueError (empty name) after the model had loaded
+    for bad in ("", "  ", ".", "..", str(tmp_path), "/"):
+        with pytest.raises(DietError, match="empty|root, the current folder") as err, atomic.staged_dir(bad, overwrite=True):
+            pytest.fail(f"staged {bad!r}")
+        assert "--out" in err.value.hint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"] and not any((tmp_path / "here").iterdir())
+
+
+def test_staged_dir_refuses_to_replace_a_file_and_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "model"
+    target.write_text("not a folder")
+    with pytest.raises(DietError, match=r"model exists and is not a folder"), atomic.staged_dir(target, overwrite=True):
+        pytest.fail("staged over a file")
+    assert target.read_text() == "not a folder"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no stray .model.old
+
+
+def test_check_output_dir_runs_before_any_work_and_resolves_the_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DietError, match="output folder out already exists"):
+        atomic.check_output_dir("out")
+    assert atomic.check_output_dir("out", overwrite=True) == tmp_path / "out"
+    assert atomic.check_output_dir("new/../fresh") == tmp_path / "fresh"
+
+
+def test_overwrite_is_not_blocked_by_a_leftover_old_file(tmp_path):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "w").write_text("1")
+    (tmp_path / ".model.old").write_text("left by something else")  # the old fixed name broke the swap
+    with atomic.staged_dir(final, overwrite=True) as tmp:
+        (tmp / "w").write_text("2")
+    assert (final / "w").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.old", "model"]

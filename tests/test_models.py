@@ -79,3 +79,103 @@ def test_eval_checks_every_model_before_evaluating_any(tmp_path, monkeypatch, ca
     assert rc == 2
     err = capsys.readouterr().err
     assert "'pruned' is not a built-in model" in err and "evaluating" not in err
+
+
+# ------------------------------------------------------------------------------------------------
+def save_tiny_folder(folder, family: str = "llama", tokenizer_vocab: int = 128):
+    """A tiny random model + a word-level tokenizer saved as a plain folder (nothing downloaded)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from diet_explore.adapters.tiny import tiny_model
+
+    vocab = {f"w{i}": i for i in range(tokenizer_vocab - 1)} | {"[UNK]": tokenizer_vocab - 1}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tiny_model(family).save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("hub_id", ["Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "google/gemma-2-2b", "gpt2"])
+def test_hub_ids_with_dots_resolve_to_the_hub(hub_id, tmp_path, monkeypatch):
+    from diet_explore.models import resolve_source
+
+    monkeypatch.chdir(tmp_path)  # nothing here shadows the owner
+    assert resolve_source(hub_id) == ("hub", hub_id)  # resolving only: nothing is downloaded
+
+
+@pytest.mark.parametrize("path", ["./nope/model", "../nope", "a/b/c", "/nope/model", "~/nope-diet-explore", "a/..",
+                                  ".hidden/x", "my model"])
+def test_paths_that_do_not_exist_are_not_sent_to_the_hub(path, tmp_path, monkeypatch):
+    from diet_explore.models import resolve_source
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DietError, match="does not exist") as err:
+        resolve_source(path)
+    assert "hub id (owner/name)" in err.value.hint
+
+
+def test_an_existing_folder_wins_over_the_hub_id_shape(tmp_path, monkeypatch):
+    from diet_explore.models import resolve_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Qwen" / "Qwen2.5-0.5B").mkdir(parents=True)
+    assert resolve_source("Qwen/Qwen2.5-0.5B") == ("local", "Qwen/Qwen2.5-0.5B")
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_an_empty_model_name_is_refused_not_read_as_the_current_folder(name, tmp_path, monkeypatch):
+    from diet_explore.models import resolve_source
+
+    save_tiny_folder(tmp_path)  # the current folder even holds a loadable model: still refused
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DietError, match="the model name is empty"):
+        resolve_source(name)
+    with pytest.raises(DietError, match="the model name is empty"):
+        load_model(name, device="cpu")
+    assert not is_installed(name)
+
+
+def test_a_tiny_local_folder_loads(tmp_path):
+    model, tokenizer, info = load_model(str(save_tiny_folder(tmp_path / "tiny")), device="cpu")
+    assert model.config.hidden_size == 64 and len(tokenizer) == 128
+    assert info.name == "tiny" and info.weights_sha256
+
+
+def test_a_folder_without_weights_is_refused_naming_what_is_missing(tmp_path):
+    folder = save_tiny_folder(tmp_path / "cfgonly")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(DietError, match=r"model folder .*cfgonly has no weights") as err:
+        load_model(str(folder), device="cpu")
+    assert "--overwrite" in err.value.hint
+
+
+@pytest.mark.parametrize("keep_bytes", [0, 5, "half"])
+def test_a_truncated_safetensors_file_is_a_clear_error(keep_bytes, tmp_path):
+    folder = save_tiny_folder(tmp_path / "trunc")
+    weights = folder / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as fh:
+        fh.truncate(size // 2 if keep_bytes == "half" else keep_bytes)
+    with pytest.raises(DietError, match=r"could not load the weights of .*trunc \(.*header") as err:
+        load_model(str(folder), device="cpu")
+    assert "--overwrite" in err.value.hint
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # llama raised ValueError; qwen2 built a 1-token tokenizer
+def test_a_folder_without_tokenizer_files_is_refused_before_loading(family, tmp_path, monkeypatch):
+    from diet_explore import models
+
+    folder = save_tiny_folder(tmp_path / "notok", family)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    monkeypatch.setattr(models, "_load_weights", lambda *a, **k: pytest.fail("weights loaded before the check"))
+    with pytest.raises(DietError, match=r"model folder .*notok has no tokenizer \(tokenizer.json or tokenizer_config.json"):
+        load_model(str(folder), device="cpu")
+
+
+def test_a_tokenizer_with_an_empty_vocabulary_is_refused(tmp_path):
+    folder = save_tiny_folder(tmp_path / "onetoken", "qwen2", tokenizer_vocab=1)
+    with pytest.raises(DietError, match=r"tokenizer of .*onetoken has a vocabulary of 1 token\(s\)"):
+        load_model(str(folder), device="cpu")

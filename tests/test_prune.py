@@ -245,3 +245,138 @@ def test_prune_command_refuses_a_kept_count_the_config_rejects_before_loading_we
     err = capsys.readouterr().err
     assert rc == 2 and "keeps 45 dims" in err and "--multiple-of 4" in err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text"])
+def test_keeping_every_dim_saves_and_reloads_as_the_dense_model(family, tie, tmp_path):
+    """Identity through the disk too: the Gemma scale bookkeeping and config rewrite survive a reload."""
+    model = tiny_model(family, tie=tie)
+    back = reload(save_pruned(prune_model(model, np.ones(64, dtype=bool)), None, tmp_path / "full"))
+    assert back.config.hidden_size == 64 and get_adapter(back).ties_embeddings() is tie
+    torch.testing.assert_close(logits(back), logits(model), rtol=0, atol=1e-5)
+
+
+def test_a_model_spread_over_several_devices_is_refused_before_slicing():
+    from diet_explore.prune import check_single_device
+
+    model = tiny_model("llama")
+    model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu", "lm_head": "cpu"}
+    with pytest.raises(DietError, match=r"spread over 2 devices \(cpu, cuda:0\)") as err:
+        prune_model(model, keep_mask())
+    assert "--device cpu" in err.value.hint
+    model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": "cuda:0", "lm_head": 0}  # one GPU, two spellings
+    check_single_device(model)
+    model.hf_device_map = {"": "cpu"}
+    assert prune_model(model, keep_mask()).config.hidden_size == 48
+
+
+# --------------------------------------------------------------------------------------------
+# `diet-explore prune` end to end on tiny folders
+def write_mask(path, hidden_size: int = 64, n_keep: int = 48) -> str:
+    from diet_explore.maskfile import MaskFile, save_mask
+
+    mask = MaskFile(model_name="tiny", model_id="tiny", hidden_size=hidden_size, method="diet", sparsity=0.25,
+                    actual_sparsity=1 - n_keep / hidden_size, threshold=0.5, weights={"rte": 1.0}, tasks=["rte"],
+                    site="residual", layer_agg="mean", cache_manifest_hash=None, package_version="0", created="now",
+                    kept_indices=[int(i) for i in np.flatnonzero(keep_mask(hidden_size, n_keep))])
+    save_mask(mask, path)
+    return str(path)
+
+
+def save_tiny_folder(folder, family: str = "llama"):
+    """A tiny random model + a word-level tokenizer (load_model refuses a folder without one)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(127)} | {"[UNK]": 127}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tiny_model(family).save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(folder)
+    return folder
+
+
+def no_weights(*a, **k):
+    raise AssertionError("weights were loaded before the arguments were checked")
+
+
+@pytest.mark.parametrize("model_type, n_keep", [("mamba", 48), ("gpt_neox", 45)])
+def test_prune_command_refuses_an_unsupported_architecture_before_any_mask_advice(model_type, n_keep, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """Mamba has no attention heads (the saveability check crashed with AttributeError); gpt_neox was
+    told to rebuild its mask with --multiple-of before being told it cannot be pruned at all."""
+    from transformers import CONFIG_MAPPING
+
+    from diet_explore import cli, models
+
+    folder = tmp_path / model_type
+    CONFIG_MAPPING[model_type](hidden_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=128).save_pretrained(folder)
+    monkeypatch.setattr(models, "load_model", no_weights)
+    rc = cli.main(["prune", "--model", str(folder), "--mask", write_mask(tmp_path / "m.json", 64, n_keep),
+                   "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"model family '{model_type}' is not supported" in err
+    assert "multiple-of" not in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_prune_command_refuses_a_mask_of_another_hidden_size_without_loading_weights(tmp_path, monkeypatch, capsys):
+    from diet_explore import cli, models
+
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    monkeypatch.setattr(models, "load_model", no_weights)
+    rc = cli.main(["prune", "--model", str(folder), "--mask", write_mask(tmp_path / "m.json", 32, 24),
+                   "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is for hidden size 32" in err and "64" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out, overwrite, message", [
+    ("taken", False, "output folder taken already exists"),
+    ("a-file", True, "output a-file exists and is not a folder"),
+    (".", True, "is the filesystem root, the current folder or one above it"),
+    ("", False, "the output folder name is empty"),
+])
+def test_prune_command_refuses_a_bad_output_before_loading_anything(out, overwrite, message, tmp_path, monkeypatch,
+                                                                    capsys):
+    from diet_explore import cli, models
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "marker").write_text("x")
+    (tmp_path / "a-file").write_text("keep me")
+    write_mask(tmp_path / "m.json")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(models, "load_config", no_weights)  # refused before even the config is read
+    monkeypatch.setattr(models, "load_model", no_weights)
+    rc = cli.main(["prune", "--model", "smollm2-135m", "--mask", "m.json", "--out", out]
+                  + (["--overwrite"] if overwrite else []))
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no stray .NAME.old or .partial
+    assert (tmp_path / "a-file").read_text() == "keep me" and (tmp_path / "taken" / "marker").exists()
+
+
+def test_prune_command_writes_a_folder_that_reloads_with_plain_transformers(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from diet_explore import cli
+    from diet_explore.maskfile import load_mask
+
+    source = save_tiny_folder(tmp_path / "tiny-llama")
+    mask_path = write_mask(tmp_path / "m.json")
+    rc = cli.main(["prune", "--model", str(source), "--mask", mask_path, "--out", str(tmp_path / "out"), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    dense = reload(source)
+    expected = prune_model(dense, load_mask(mask_path).keep)
+    assert "tiny-llama: hidden size 64 -> 48 (diet mask, sparsity 0.2500)" in out
+    assert f"parameters {count_parameters(dense) / 1e6:.2f} M -> {count_parameters(expected) / 1e6:.2f} M" in out
+    assert f"wrote {tmp_path / 'out'} (" in out and "MiB on disk" in out
+    back = reload(tmp_path / "out")
+    assert back.config.hidden_size == 48
+    torch.testing.assert_close(logits(back), logits(expected), rtol=0, atol=1e-5)
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "out")) == 128
+    assert load_mask(tmp_path / "out" / MASK_FILE, expected_hidden_size=64).n_keep == 48

@@ -20,20 +20,22 @@ def register(sub) -> None:
 def run(args) -> int:
     import sys
 
-    from diet_explore.errors import DietError
+    from diet_explore.adapters import check_supported
+    from diet_explore.atomic import check_output_dir
     from diet_explore.maskfile import load_mask
     from diet_explore.models import load_config, load_model
     from diet_explore.prune import check_saveable, count_parameters, prune_model, save_pruned, size_on_disk
 
+    # Everything that can be refused from the arguments, the mask and the config is refused here,
+    # before minutes of loading weights.
+    check_output_dir(args.out, overwrite=args.overwrite)  # the raw text: Path("") would read as "."
     out = Path(args.out)
-    if out.exists() and not args.overwrite:  # before minutes of loading
-        raise DietError(f"output folder {out} already exists", "pass --overwrite or choose another --out")
-    early = load_mask(args.mask)  # a bad file or a kept count the config rejects fails before the model loads
+    load_mask(args.mask)  # a bad mask file fails before a built-in model is converted
     config = load_config(args.model)
-    if early.hidden_size == config.get_text_config().hidden_size:  # another size fails below, with its own message
-        check_saveable(config, early.n_keep)
+    check_supported(config.model_type)  # before anything reads attention fields a Mamba config lacks
+    mask = load_mask(args.mask, expected_hidden_size=config.get_text_config().hidden_size)
+    check_saveable(config, mask.n_keep)
     model, tokenizer, info = load_model(args.model, args.device, args.dtype)
-    mask = load_mask(args.mask, expected_hidden_size=model.config.hidden_size)
     if mask.model_name not in (info.name, info.id):
         print(f"warning: {args.mask} was built for {mask.model_name!r}, pruning {info.name!r} (same hidden size)", file=sys.stderr)
     pruned = prune_model(model, mask.keep)

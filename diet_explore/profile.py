@@ -146,7 +146,7 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
 
     ``loaded`` = (model, tokenizer, ModelInfo) skips loading (tests, the app's cached model).
     """
-    from diet_explore.models import load_model
+    from diet_explore.models import dtype_name, load_model
 
     specs = resolve_tasks(config.tasks)
     bad_sites = [s for s in config.sites if s not in SITES]
@@ -163,7 +163,7 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
         "sites": list(config.sites),
         "prompt_format_version": PROMPT_FORMAT_VERSION,
         "config": config.science(),
-        "environment": {"device": str(device), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "environment": {"device": str(device), "dtype": dtype_name(next(model.parameters()).dtype),
                         "torch": torch.__version__, "python": platform.python_version(),
                         "transformers": __import__("transformers").__version__, "threads": torch.get_num_threads()},
     }

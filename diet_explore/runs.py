@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -46,23 +45,6 @@ def new_run_id(text: str, now: _dt.datetime | None = None) -> str:
     return f"{now.strftime('%Y%m%dT%H%M%S')}-{digest}"
 
 
-def check_folder(path: str | Path, what: str) -> None:
-    """Refuse, before any work is done, a folder that could not be created or written later.
-
-    Walks up to the first path that exists: it must be a writable folder (``path`` itself, or the
-    ancestor ``path`` would be created in). ``what`` names the setting, e.g. ``--out``."""
-    path = Path(path)
-    probe = path
-    while not (probe.exists() or probe.is_symlink()) and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        where = f"{path} is not a folder" if probe == path else f"{path} cannot be created: {probe} is not a folder"
-        raise DietError(f"{what} {where}", f"choose another {what} folder (a new or existing folder, not a file)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise DietError(f"{what} {path} is not writable ({probe} is read-only for this user)",
-                        f"choose another {what} folder, or make {probe} writable")
-
-
 class RunStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
@@ -95,8 +77,8 @@ class RunStore:
         return bool(_RUN_ID.fullmatch(run_id)) and (self.root / f"{run_id}.json").is_file()
 
     def check(self, what: str = "run store") -> None:
-        """Refuse now a root that ``save`` could not write later (see ``check_folder``)."""
-        check_folder(self.root, what)
+        """Refuse now a root that ``save`` could not write later (``atomic.check_writable``)."""
+        atomic.check_writable(self.root, what, folder=True)
 
     def load(self, run_id: str) -> dict[str, Any]:
         path = self.root / f"{run_id}.json"

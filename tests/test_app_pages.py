@@ -340,9 +340,8 @@ def test_export_refuses_names_with_separators(app, app_env, bad):
     assert not app_env["export"].exists()
 
 
-def test_prune_eval_page_without_weights_names_the_install_command(app):
-    from diet_explore.models import install_command
-
-    at = run_page(app.run(), "prune_eval")  # the synthetic cache's model has no weights anywhere
-    assert at.error and "alpha-576" in at.error[0].value and install_command("alpha-576") in at.error[0].value
+def test_prune_eval_page_names_a_model_that_is_nowhere(app):
+    at = run_page(app.run(), "prune_eval")  # the synthetic cache's model: not built in, no folder, no hub (offline)
+    assert at.error and "'alpha-576' is not a built-in model, not a folder here" in at.error[0].value
+    assert "models --install" not in at.error[0].value  # an install command that would fail is no fix
     assert at.metric == [] or "Mean Δ main metric" not in metrics(at)

@@ -162,7 +162,7 @@ def test_cli_eval_refuses_outputs_it_could_not_write_before_any_model_loads(tmp_
     monkeypatch.setattr("diet_explore.models.load_config", no_load)
     (tmp_path / "file").write_text("")
     for flag, value, message in [("--predictions", tmp_path, f"--predictions {tmp_path} is a folder"),
-                                 ("--json", tmp_path / "file" / "x.json", f"{tmp_path / 'file'} is a file, not a folder")]:
+                                 ("--json", tmp_path / "file" / "x.json", f"cannot be created: {tmp_path / 'file'} is not a folder")]:
         rc = main(["eval", "--model", "smollm2-135m", "--tasks", "rte", "--limit", "2", flag, str(value)])
         assert rc == 2 and message in capsys.readouterr().err
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from diet_explore.errors import DietError
-from diet_explore.runs import RunStore, check_folder, new_run_id
+from diet_explore.atomic import check_writable
+from diet_explore.runs import RunStore, new_run_id
 
 
 def test_save_load_and_list(tmp_path):
@@ -70,6 +71,6 @@ def test_an_unwritable_store_is_a_diet_error_naming_the_folder(tmp_path):
     with pytest.raises(DietError, match=r"--runs .*afile/runs cannot be created: .*afile is not a folder"):
         store.check("--runs")
     with pytest.raises(DietError, match=r"--out .*afile is not a folder"):
-        check_folder(tmp_path / "afile", "--out")
-    check_folder(tmp_path / "new" / "deeper", "--out")  # not there yet, but creatable: fine
+        check_writable(tmp_path / "afile", "--out", folder=True)
+    check_writable(tmp_path / "new" / "deeper", "--out", folder=True)  # not there yet, but creatable: fine
     assert not (tmp_path / "new").exists()  # and checking creates nothing

@@ -29,24 +29,3 @@ def progress_printer(name: str, steps: int = 10):
 
     return progress
 
-
-def check_output_file(path: str | None, flag: str) -> None:
-    """Refuse an output file that cannot be written before any work starts: failing after minutes
-    of evaluation would lose them. Missing parent folders are fine (atomic writes create them)."""
-    import os
-    from pathlib import Path
-
-    from diet_explore.errors import DietError
-
-    if path is None:
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise DietError(f"{flag} {path} is a folder", f"give a file path, e.g. {flag} {target / 'out.json'}")
-    parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise DietError(f"{flag} {path}: {parent} is a file, not a folder", "choose a path under a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DietError(f"{flag} {path}: {parent} is not writable", "choose a path in a folder you can write to")

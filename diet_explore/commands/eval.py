@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diet_explore.commands._common import add_device_args, check_output_file, csv_list, progress_printer
+from diet_explore.commands._common import add_device_args, csv_list, progress_printer
 
 
 def register(sub) -> None:
@@ -34,10 +34,11 @@ def run(args) -> int:
     from diet_explore.adapters import check_supported
     from diet_explore.evalcache import EvalCache
     from diet_explore.evaluate import EvalConfig, PairResult, eval_requests, evaluate_cached, evaluate_model, lm_eval_command
-    from diet_explore.models import BUILTIN_MODELS, load_config, load_model, pick_device, pick_dtype, store_path
+    from diet_explore.models import BUILTIN_MODELS, dtype_name, load_config, load_model, pick_device, pick_dtype, store_path
 
-    check_output_file(args.predictions, "--predictions")
-    check_output_file(args.json, "--json")
+    for path, flag in ((args.predictions, "--predictions"), (args.json, "--json")):
+        if path:  # refused now, not after minutes of evaluation
+            atomic.check_writable(path, flag, folder=False)
     names = [args.compare_to, args.model] if args.compare_to else [args.model]
     optional = {"batch_tokens": args.batch_tokens} if args.batch_tokens is not None else {}  # else the config's default
     config = EvalConfig(tasks=csv_list(args.tasks) if args.tasks != "all" else "all", limit=args.limit, seed=args.seed,
@@ -69,7 +70,7 @@ def run(args) -> int:
         print(format_single(results[0]))
         records, full = results[0].predictions, results[0].to_json_dict()
     folder = str(store_path(args.model)) if args.model in BUILTIN_MODELS else args.model
-    dtype = str(pick_dtype(args.dtype, device)).replace("torch.", "")
+    dtype = dtype_name(pick_dtype(args.dtype, device))
     print(f"\nfull lm-evaluation-harness evaluation of {args.model} (every document; add --limit N for lm-eval's first N):"
           f"\n  {lm_eval_command(folder, config.tasks, dtype=dtype, device=device)}")
     if args.predictions:

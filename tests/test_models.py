@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from diet_explore.adapters.tiny import save_tiny_folder
 from diet_explore.errors import DietError
 from diet_explore.models import BUILTIN_MODELS, check_fits_in_memory, install_command, is_installed, load_model
 
@@ -82,21 +83,6 @@ def test_eval_checks_every_model_before_evaluating_any(tmp_path, monkeypatch, ca
 
 
 # ------------------------------------------------------------------------------------------------
-def save_tiny_folder(folder, family: str = "llama", tokenizer_vocab: int = 128):
-    """A tiny random model + a word-level tokenizer saved as a plain folder (nothing downloaded)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from diet_explore.adapters.tiny import tiny_model
-
-    vocab = {f"w{i}": i for i in range(tokenizer_vocab - 1)} | {"[UNK]": tokenizer_vocab - 1}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tiny_model(family).save_pretrained(folder)
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("hub_id", ["Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "google/gemma-2-2b", "gpt2"])
 def test_hub_ids_with_dots_resolve_to_the_hub(hub_id, tmp_path, monkeypatch):
     from diet_explore.models import resolve_source
@@ -176,6 +162,6 @@ def test_a_folder_without_tokenizer_files_is_refused_before_loading(family, tmp_
 
 
 def test_a_tokenizer_with_an_empty_vocabulary_is_refused(tmp_path):
-    folder = save_tiny_folder(tmp_path / "onetoken", "qwen2", tokenizer_vocab=1)
+    folder = save_tiny_folder(tmp_path / "onetoken", "qwen2", vocab_size=1)
     with pytest.raises(DietError, match=r"tokenizer of .*onetoken has a vocabulary of 1 token\(s\)"):
         load_model(str(folder), device="cpu")

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from diet_explore.adapters import get_adapter
-from diet_explore.adapters.tiny import TINY_FAMILIES, tiny_model
+from diet_explore.adapters.tiny import TINY_FAMILIES, save_tiny_folder, tiny_model
 from diet_explore.errors import DietError
 from diet_explore.prune import (MASK_FILE, PRUNE_INFO_FILE, count_parameters, prune_model, required_multiple, save_pruned,
                                 size_on_disk)
@@ -283,18 +283,6 @@ def write_mask(path, hidden_size: int = 64, n_keep: int = 48) -> str:
                     kept_indices=[int(i) for i in np.flatnonzero(keep_mask(hidden_size, n_keep))])
     save_mask(mask, path)
     return str(path)
-
-
-def save_tiny_folder(folder, family: str = "llama"):
-    """A tiny random model + a word-level tokenizer (load_model refuses a folder without one)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(127)} | {"[UNK]": 127}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tiny_model(family).save_pretrained(folder)
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(folder)
-    return folder
 
 
 def no_weights(*a, **k):

@@ -35,3 +35,17 @@ def tiny_model(model_type: str, seed: int = 0, tie: bool = True, hidden_size: in
             if "norm" in name:
                 p.copy_(torch.randn_like(p) * 0.2 + (0.0 if model_type.startswith("gemma") else 1.0))
     return model.eval()
+
+
+def save_tiny_folder(folder, model_type: str = "llama", vocab_size: int = 128):
+    """A tiny random model and a word-level tokenizer ("w0" ... "w126", "[UNK]") saved as a plain
+    model folder, loadable by ``load_model`` with nothing downloaded; returns ``folder``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(vocab_size - 1)} | {"[UNK]": vocab_size - 1}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tiny_model(model_type).save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(folder)
+    return folder

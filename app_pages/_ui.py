@@ -130,7 +130,9 @@ def baseline_overlaps(path: str, sha: str, config_json: str) -> pd.DataFrame:
     d = result.hidden_size
     same_count = 1.0 - result.n_keep / d  # keep_count(d, same_count) == result.n_keep
     rows = []
-    candidates = {"paper default (τ=0.5, equal weights)": MaskConfig(sparsity=config.sparsity)}
+    # the paper scores the residual stream; a cache profiled without it is compared at its own site
+    site = "residual" if "residual" in pre.cache.sites else config.site
+    candidates = {"paper default (τ=0.5, equal weights)": MaskConfig(sparsity=config.sparsity, site=site)}
     candidates |= {b: MaskConfig(method=b, sparsity=same_count, seed=config.seed) for b in ("random", "magnitude", "wiki")}
     for name, cfg in candidates.items():
         try:
@@ -199,14 +201,21 @@ def cache_picker() -> Loaded | None:
         st.info(f"No score cache selected (none found under `{display_path(root)}`). Type a cache folder in the "
                 "sidebar, or make one with `diet-explore profile --model smollm2-135m --out cache/smollm2-135m`.")
         return None
-    path = typed if choice == OTHER else str(APP_DIR / choice) if not Path(choice).is_absolute() else choice
-    loaded = Loaded(str(Path(path).expanduser()), manifest_sha(str(Path(path).expanduser())))
+    path = str(_typed_path(typed) if choice == OTHER else APP_DIR / choice if not Path(choice).is_absolute() else choice)
+    loaded = Loaded(path, manifest_sha(path))
     try:
         loaded.pre  # noqa: B018  (load now, so a bad cache is reported here)
     except DietError as exc:
         show_error(exc)
         return None
     return loaded
+
+
+def _typed_path(typed: str) -> Path:
+    """A typed or linked cache folder. Links hold paths relative to the app folder (``display_path``),
+    so a relative path is looked up there first, then in the server's working folder."""
+    path = Path(typed).expanduser()
+    return APP_DIR / path if not path.is_absolute() and (APP_DIR / path).exists() else path
 
 
 def cache_link_value(loaded: Loaded) -> str | None:
@@ -237,6 +246,23 @@ def settings() -> dict:
 def put(key: str, value) -> None:
     """Set a setting from code (link, defaults, fixes). Takes effect when its widget next mounts."""
     st.session_state[SHADOW + key] = value
+
+
+def reset(key: str, value) -> None:
+    """Set a setting from code even while its widget is on the page: the widget's own state is
+    dropped, so it mounts again showing ``value`` (``put`` alone shows at the next mount)."""
+    put(key, value)
+    st.session_state.pop(key, None)
+
+
+def follow(key: str, value) -> None:
+    """A default that follows its source (the cache's model, a name made from the mask): updated
+    whenever ``value`` changes, until the user types something of their own."""
+    auto, current = "_auto_" + key, get(key)
+    if SHADOW + key not in st.session_state or (current == st.session_state.get(auto) and current != value):
+        reset(key, value)
+    if get(key) == value:
+        st.session_state[auto] = value
 
 
 def default(key: str, value) -> None:
@@ -271,6 +297,10 @@ def ensure_settings(cache: ScoreCache) -> None:
         default(key, value)
     if get(S.KEY_SITE) not in cache.sites:
         put(S.KEY_SITE, cache.sites[0])
+    if get(S.KEY_LAYER_AGG) == "last_k" and int(get(S.KEY_LAST_K, 1)) > cache.num_layers:  # a link, or a deeper cache
+        st.session_state[K_LINK_WARNINGS] = st.session_state.get(K_LINK_WARNINGS, []) + [
+            f"last k = {get(S.KEY_LAST_K)} layers, but this cache has {cache.num_layers}: using {cache.num_layers}"]
+        reset(S.KEY_LAST_K, cache.num_layers)
     default(K_SINGLE_TASK, link.single_task if link.single_task in cache.task_names else cache.task_names[0])
     default(K_HELD_OUT, link.held_out_task if link.held_out_task in cache.task_names else cache.task_names[0])
     if get(K_SINGLE_TASK) not in cache.task_names:
@@ -323,6 +353,8 @@ def score_controls(cache: ScoreCache) -> tuple[str, str, int]:
                        help="mean over layers is the paper's score")
     last_k = get(S.KEY_LAST_K)
     if agg == "last_k":
+        if int(last_k) > cache.num_layers:  # chosen on a deeper cache while another aggregation was on
+            reset(S.KEY_LAST_K, cache.num_layers)
         last_k = c3.number_input("Last k layers", 1, cache.num_layers, step=1, **kw(S.KEY_LAST_K))
     return site, agg, int(last_k)
 
@@ -407,7 +439,9 @@ def dense_eval(name: str, config, model, tokenizer, progress) -> tuple[object, b
 
 
 def model_name_for(cache: ScoreCache) -> str:
-    """The model to prune: the Prune & evaluate page's model field, else the cache's model."""
+    """The model to prune: the Prune & evaluate page's model field (which follows the cache's model
+    until the user types another), else the cache's model."""
+    follow(K_MODEL, cache.model_name)
     typed = str(get(K_MODEL, "") or "").strip()
     return typed or cache.model_name
 

@@ -11,6 +11,7 @@ import numpy as np
 import streamlit as st
 
 from diet_explore import app_state as S
+from diet_explore import atomic
 from diet_explore.evaluate import lm_eval_command
 from diet_explore.maskfile import mask_file_from_result, save_mask
 from app_pages import _ui as ui
@@ -27,7 +28,7 @@ with ui.shown_errors():
 
     st.markdown(f"Current mask: **{config.method}**, target sparsity {config.sparsity:.2f}, kept "
                 f"**{result.n_keep}** of {result.hidden_size} dims (actual sparsity {result.sparsity:.4f}).")
-    ui.default(K_NAME, S.default_export_name(cache.model_name, config))
+    ui.follow(K_NAME, S.default_export_name(cache.model_name, config))  # until the user types a name of their own
     raw_name = st.text_input("Export name (a plain name: no folders)", **ui.kw(K_NAME))
     name = S.check_export_name(raw_name.removesuffix(".json"))  # raises DietError -> error box
 
@@ -41,6 +42,7 @@ with ui.shown_errors():
                        mime="application/octet-stream", key="export_dl_npy", on_click="ignore")
 
     if st.button(f"Save mask to {ui.display_path(export_dir)}/{name}.json (+ .npy)", key=K_SAVE):
+        atomic.check_writable(export_dir, f"export folder ({S.EXPORT_DIR_ENV})", folder=True)
         path = save_mask(mask_file, export_dir / f"{name}.json", npy=True)
         st.success(f"Saved {ui.display_path(path)} and {ui.display_path(path.with_suffix('.npy'))}")
 
@@ -48,6 +50,7 @@ with ui.shown_errors():
     if hint := ui.saveable_hint(cache, result.n_keep):
         st.warning(hint)
     if st.button(f"Prune and save model to {ui.display_path(export_dir)}/{name}/", key=K_SAVE_MODEL):
+        atomic.check_writable(export_dir, f"export folder ({S.EXPORT_DIR_ENV})", folder=True)  # before the model loads
         with st.status("Pruning…", expanded=True) as status:
             folder = ui.save_pruned_model(cache, result, export_dir / name, status)
             status.update(label=f"Saved {ui.display_path(folder)}", state="complete")

@@ -58,8 +58,11 @@ with ui.shown_errors():
 
         overlaps = ui.baseline_overlaps(loaded.path, loaded.sha, config.to_json())
         paper = overlaps.iloc[0]
-        st.markdown(f"**Difference from the paper default** (equal weights, τ=0.5, sparsity {config.sparsity:.2f}): "
-                    f"{int(paper['n_diff'])} dims differ, Jaccard of kept sets {paper['jaccard_kept']:.4f}.")
+        if paper["note"]:  # e.g. a vote the paper's settings cannot build at this sparsity
+            st.markdown(f"**Difference from the paper default**: not available ({paper['note']}).")
+        else:
+            st.markdown(f"**Difference from the paper default** (equal weights, τ=0.5, sparsity {config.sparsity:.2f}): "
+                        f"{int(paper['n_diff'])} dims differ, Jaccard of kept sets {paper['jaccard_kept']:.4f}.")
         st.markdown("**Overlap with baselines** (baselines built at the same kept count)")
         st.dataframe(overlaps, hide_index=True, key="mb_overlaps")
 

@@ -18,6 +18,12 @@ K_LAST = "_pe_last_run"
 SHOW_COLUMNS = ["n", "metric", "dense_acc", "pruned_acc", "dense_acc_norm", "pruned_acc_norm", "delta_main",
                 "delta_main_ci_low", "delta_main_ci_high"]
 
+
+
+def _ppl(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "not finite"  # the run store keeps inf/NaN as null
+
+
 st.title("Prune & evaluate")
 with ui.shown_errors():
     loaded = ui.require_cache()
@@ -26,8 +32,10 @@ with ui.shown_errors():
     st.markdown(f"Current mask: **{config.method}**, kept **{result.n_keep}** of {result.hidden_size} hidden dims "
                 f"(sparsity {result.sparsity:.4f}). Change it on the Mask builder page.")
 
-    ui.default(ui.K_MODEL, cache.model_name)
-    ui.default(K_TASKS, list(cache.task_names))
+    ui.model_name_for(cache)  # the model field follows the cache's model until the user types another
+    ui.follow(K_TASKS, list(cache.task_names))  # every task of the cache, until the user picks some
+    if not set(ui.get(K_TASKS)) <= set(cache.task_names):  # picked on a cache with other tasks
+        ui.reset(K_TASKS, [t for t in ui.get(K_TASKS) if t in cache.task_names] or list(cache.task_names))
     ui.default(K_LIMIT, 20)
     ui.default(K_PPL, True)
     ui.default(K_PPL_WINDOWS, 16)
@@ -96,8 +104,8 @@ with ui.shown_errors():
         m = st.columns(5)
         m[0].metric("Mean Δ main metric", f"{last['delta_avg']:+.4f}", delta=f"95% CI [{lo:+.3f}, {hi:+.3f}]",
                     delta_color="off", delta_arrow="off")
-        m[1].metric("Perplexity (dense → pruned)",
-                    f"{last['dense_ppl']:.2f} → {last['pruned_ppl']:.2f}" if last.get("dense_ppl") else "off")
+        m[1].metric("Perplexity (dense → pruned)", f"{_ppl(last['dense_ppl'])} → {_ppl(last['pruned_ppl'])}"
+                    if "dense_ppl" in last and (last["dense_ppl"], last["pruned_ppl"]) != (None, None) else "off")
         m[2].metric("Parameters", f"{params['pruned'] / 1e6:,.2f} M", delta=f"{params['pruned'] / params['dense'] - 1:+.1%}",
                     delta_color="off", delta_arrow="off")
         m[3].metric("Size in memory", f"{nbytes['pruned'] / 2**20:,.1f} MiB", delta=f"dense {nbytes['dense'] / 2**20:,.1f} MiB",

@@ -60,7 +60,7 @@ with ui.shown_errors():
     t1.markdown(f"**Top {top_n}** ({task})")
     t1.dataframe(table(order[:top_n], 1), hide_index=True, key="rank_top_table")
     t2.markdown(f"**Bottom {top_n}** ({task})")
-    t2.dataframe(table(order[-top_n:], cache.hidden_size - top_n + 1), hide_index=True, key="rank_bottom_table")
+    t2.dataframe(table(order[-top_n:], cache.hidden_size - order[-top_n:].size + 1), hide_index=True, key="rank_bottom_table")
 
     st.text_input("Dimensions for the layer heatmap (empty: this task's top dims)", **ui.kw(K_DIMS),
                   placeholder="e.g. 12, 407, 530")

@@ -236,10 +236,44 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     for key in ("model", "sites", "tasks"):
         if key not in manifest:
             raise DietError(f"{path} lacks the {key!r} field", "the manifest is incomplete; re-run the profile")
-    for key in ("hidden_size", "num_layers", "name"):
-        if key not in manifest["model"]:
-            raise DietError(f"{path}: model lacks {key!r}", "the manifest is incomplete; re-run the profile")
+    _check_manifest_types(path, manifest)
     return manifest
+
+
+def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
+    """The fields ``load_cache`` reads have the types it reads them as (a hand-edited or foreign
+    manifest is a clear error, not a KeyError from deep inside the loader)."""
+    def bad(what: str) -> DietError:
+        return DietError(f"{path}: {what}", "the manifest is damaged or hand-edited; re-run the profile")
+
+    def is_count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    model = manifest["model"]
+    if not isinstance(model, dict):
+        raise bad("'model' is not an object")
+    for key in ("hidden_size", "num_layers", "name"):
+        if key not in model:
+            raise bad(f"model lacks {key!r}")
+    if not (is_count(model["hidden_size"]) and is_count(model["num_layers"]) and model["hidden_size"] and model["num_layers"]):
+        raise bad(f"model hidden_size {model['hidden_size']!r} / num_layers {model['num_layers']!r} are not positive integers")
+    if not isinstance(manifest["sites"], list) or not all(isinstance(x, str) for x in manifest["sites"]):
+        raise bad("'sites' is not a list of names")
+    if not isinstance(manifest["tasks"], dict):
+        raise bad("'tasks' is not an object of task entries")
+    for name, meta in manifest["tasks"].items():
+        if not isinstance(meta, dict):
+            raise bad(f"task {name!r} is not an object")
+        missing = [k for k in ("file", "sha256", "n_samples", "sample_ids", "token_counts") if k not in meta]
+        if missing:
+            raise bad(f"task {name!r} lacks {', '.join(missing)}")
+        if not (isinstance(meta["file"], str) and isinstance(meta["sha256"], str) and is_count(meta["n_samples"])
+                and isinstance(meta["sample_ids"], list) and all(is_count(i) for i in meta["sample_ids"])
+                and isinstance(meta["token_counts"], list)):
+            raise bad(f"task {name!r} has a field of the wrong type (file, sha256, n_samples, sample_ids, token_counts)")
+    base = manifest.get("baselines")
+    if base and not (isinstance(base, dict) and isinstance(base.get("file"), str) and isinstance(base.get("sha256"), str)):
+        raise bad("'baselines' lacks its file or sha256")
 
 
 def _load_safetensors(path: Path, expected_sha: str) -> dict[str, np.ndarray]:

@@ -345,3 +345,106 @@ def test_prune_eval_page_names_a_model_that_is_nowhere(app):
     assert at.error and "'alpha-576' is not a built-in model, not a folder here" in at.error[0].value
     assert "models --install" not in at.error[0].value  # an install command that would fail is no fix
     assert at.metric == [] or "Mean Δ main metric" not in metrics(at)
+
+
+# --------------------------------------------------------------------------------------------
+# Switching caches and stale settings
+# --------------------------------------------------------------------------------------------
+def _switch(at, name: str):
+    at.selectbox(key="cache_choice").select(next(o for o in at.selectbox(key="cache_choice").options if o.endswith(name)))
+    return at.run()
+
+
+@pytest.mark.parametrize("page", ["mask_builder", "agreement", "rankings"])
+def test_last_k_beyond_the_caches_layers_is_clamped_with_a_notice(app, page):
+    app.query_params.update({"layer_agg": "last_k", "last_k": "50"})
+    at = run_page(app.run(), page)
+    assert not at.exception, at.exception
+    assert at.number_input(key="last_k").value == 30
+    at = run_page(at, "mask_builder")
+    _switch(at, "beta")  # 4 layers: the 30 chosen on alpha cannot stand
+    assert not at.exception and at.number_input(key="last_k").value == 4
+    assert any("this cache has 4" in w.value for w in at.warning)
+
+
+def test_prune_eval_follows_the_cache_tasks_and_model(app):
+    at = run_page(app.run(), "prune_eval")
+    assert at.text_input(key="pe_model").value == "alpha-576"
+    _switch(at, "beta")
+    assert not at.exception, at.exception
+    assert at.multiselect(key="pe_tasks").value == ["boolq", "rte", "piqa"]  # alpha's hellaswag etc. are gone
+    assert at.text_input(key="pe_model").value == "synthetic-64x4"  # not alpha's model
+    at.text_input(key="pe_model").input("my-model").run()
+    _switch(at, "alpha")
+    assert at.text_input(key="pe_model").value == "my-model"  # a typed model stays
+
+
+def test_export_name_follows_the_mask_until_the_user_types_one(app):
+    at = run_page(app.run(), "export")
+    first = at.text_input(key="export_name").value
+    assert first.startswith("alpha-576-")
+    run_page(at, "mask_builder")
+    at.slider(key="sparsity").set_value(0.5).run()
+    run_page(at, "export")
+    assert at.text_input(key="export_name").value != first and "0.5" in at.text_input(key="export_name").value
+    at.text_input(key="export_name").input("mine").run()
+    _switch(at, "beta")
+    assert at.text_input(key="export_name").value == "mine"
+
+
+def test_saving_into_an_export_folder_that_is_a_file_is_an_error_box(app, app_env, monkeypatch, tmp_path):
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("DIET_EXPLORE_EXPORT_DIR", str(tmp_path / "afile"))
+    at = run_page(app.run(), "export")
+    at.button(key="export_save").click().run()
+    assert not at.exception, at.exception
+    assert at.error and "is not a folder" in at.error[0].value
+
+
+def test_bottom_table_ranks_when_more_rows_than_dims(app):
+    at = _switch(run_page(app.run(), "rankings"), "beta")
+    at.number_input(key="rank_top_n").set_value(100).run()
+    ranks = frame(at, "rank_bottom_table")["rank"]
+    assert not at.exception and ranks.min() == 1 and ranks.max() == 64
+
+
+def test_mask_builder_on_a_cache_without_the_residual_site(app, monkeypatch, tmp_path):
+    import json
+    from dataclasses import replace
+
+    from diet_explore.cache import save_cache, synthetic_cache
+
+    both = synthetic_cache(hidden_size=64, num_layers=3, tasks=("boolq", "rte"), n_samples=6, seed=2)
+    tasks = {t: replace(s, layer={"normed": s.layer["normed"]}, sample={"normed": s.sample["normed"]}) for t, s in both.tasks.items()}
+    manifest = json.loads(json.dumps(both.manifest)) | {"sites": ["normed"]}  # `profile --sites normed`
+    save_cache(replace(both, tasks=tasks, manifest=manifest), tmp_path / "caches" / "normed-only")
+    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(tmp_path / "caches"))
+    at = run_page(app.run(), "mask_builder")
+    assert not at.exception, at.exception
+    assert any("Difference from the paper default" in str(m.value) for m in at.markdown)
+
+
+def test_a_manifest_with_fields_of_the_wrong_type_is_an_error_box(app, monkeypatch, tmp_path, app_cache_root):
+    import json
+    import shutil
+
+    shutil.copytree(app_cache_root / "beta", tmp_path / "caches" / "beta")
+    path = tmp_path / "caches" / "beta" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["tasks"]["rte"]["sha256"]
+    path.write_text(json.dumps(manifest))
+    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(tmp_path / "caches"))
+    at = app.run()
+    assert not at.exception, at.exception
+    assert at.error and "task 'rte' lacks sha256" in at.error[0].value
+
+
+def test_a_link_to_a_cache_opens_from_another_working_folder(app, app_env, monkeypatch, tmp_path):
+    from app_pages._ui import APP_DIR
+
+    monkeypatch.chdir(tmp_path)
+    app.query_params.update({"cache": "cache/smollm2-135m"})  # links hold paths relative to the app folder
+    at = app.run()
+    assert (APP_DIR / "cache" / "smollm2-135m").is_dir()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert metrics(at)["Hidden size"] == "576"

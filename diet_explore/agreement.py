@@ -21,6 +21,8 @@ def prune_matrix(cache, sparsity: float, tasks=None, site: str = "residual", lay
     """(T, D) bool: True where task t prunes dim k at ``sparsity`` (its own top-k kept)."""
     pre = as_precompute(cache)
     tasks = list(pre.cache.task_names if tasks is None else tasks)
+    if not tasks or len(set(tasks)) != len(tasks):  # a repeated task would be reported as agreeing with itself
+        raise DietError(f"agreement needs distinct tasks, got {tasks}", "e.g. --tasks boolq,rte,hellaswag, or leave --tasks out for all")
     scores = pre.matrix(tasks, site, layer_agg, last_k)  # (T, D)
     return ~top_k_mask(scores, keep_count(scores.shape[-1], sparsity))
 
@@ -124,6 +126,8 @@ def agreement_report(cache, sparsity: float, tasks=None, site: str = "residual",
                      last_k: int = 4) -> AgreementReport:
     pre = as_precompute(cache)
     tasks = list(pre.cache.task_names if tasks is None else tasks)
+    if not tasks or len(set(tasks)) != len(tasks):  # a repeated task would be reported as agreeing with itself
+        raise DietError(f"agreement needs distinct tasks, got {tasks}", "e.g. --tasks boolq,rte,hellaswag, or leave --tasks out for all")
     scores = pre.matrix(tasks, site, layer_agg, last_k)  # (T, D), memoised: prune_matrix reuses it
     prune = prune_matrix(pre, sparsity, tasks, site, layer_agg, last_k)
     label = lambda m: pd.DataFrame(m, index=tasks, columns=tasks)  # noqa: E731

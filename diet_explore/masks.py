@@ -269,6 +269,9 @@ def build_mask(cache, config: MaskConfig) -> MaskResult:
         return MaskResult(keep, config, [], np.zeros(0), keep.astype(np.float64), np.zeros((0, d), dtype=bool))
     scores = pre.matrix(tasks, config.site, config.layer_agg, config.last_k)  # (T, D)
     keep, votes, per_task = merge(scores, weights, config)
+    if not keep.any():  # e.g. an intersection of disjoint keep sets: no model can have zero hidden dims
+        raise DietError(f"the {config.method} mask keeps no dimension (sparsity {config.sparsity:g}, τ {config.threshold:g})",
+                        "lower the sparsity or τ, or use --exact to keep the target count")
     return MaskResult(keep, config, list(tasks), weights, votes, per_task)
 
 

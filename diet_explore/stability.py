@@ -48,6 +48,12 @@ def _check_method(config: MaskConfig) -> None:
                         "bootstrap a score-based method such as diet")
 
 
+def _resamples(n_resamples: int) -> int:
+    if int(n_resamples) < 1:
+        raise DietError(f"the number of resamples must be at least 1, got {n_resamples}", "e.g. 200 (--resamples, --curve-resamples)")
+    return int(n_resamples)
+
+
 def _resampled_keep(pre, config: MaskConfig, weight_fn: WeightFn, seed: int) -> np.ndarray:
     """(R, D) keep masks, one per row of the per-task sample-weight matrices."""
     c = pre.cache
@@ -86,9 +92,7 @@ def bootstrap_masks(cache, config: MaskConfig, n_resamples: int = 200, seed: int
     pre = as_precompute(cache)
     config.validate(pre.cache)
     _check_method(config)
-    r = int(n_resamples)
-    if r < 1:
-        raise DietError(f"n_resamples must be at least 1, got {n_resamples}", "e.g. 200")
+    r = _resamples(n_resamples)
     if n_samples is not None and int(n_samples) < 1:
         raise DietError(f"n_samples must be at least 1, got {n_samples}", "leave it unset to use every sample")
 
@@ -116,8 +120,8 @@ def sample_count_curve(cache, config: MaskConfig, counts=(10, 25, 50, 100), n_re
     _check_method(config)
     tasks, _ = config.voting_tasks(pre.cache)
     available = _sample_sizes(pre.cache, tasks)
+    r = _resamples(n_resamples)
     full = build_mask(pre, config).keep
-    r = int(n_resamples)
     rows, notes = [], []
     for n in sorted({int(k) for k in counts}):
         if n < 1 or n > available:

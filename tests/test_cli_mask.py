@@ -114,3 +114,28 @@ def test_app_mask_command_is_accepted_by_the_cli(synthetic_cache_dir, cache, tmp
     mf = load_mask(tmp_path / "m.json")
     assert MaskConfig.from_dict(mf.config) == cfg
     np.testing.assert_array_equal(mf.keep, build_mask(cache, cfg).keep)
+
+
+@pytest.mark.parametrize("out, extra, message", [
+    ("a-folder", [], "is a folder"),
+    ("a-file/m.json", [], "cannot be created"),
+    ("m.npy", ["--npy"], "ends in .npy"),
+])
+def test_mask_out_that_cannot_hold_the_mask_exits_2(synthetic_cache_dir, tmp_path, capsys, out, extra, message):
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("keep me")
+    assert main(["mask", "--cache", str(synthetic_cache_dir), "--out", str(tmp_path / out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert (tmp_path / "a-file").read_text() == "keep me" and not (tmp_path / "m.npy").exists()
+
+
+@pytest.mark.parametrize("tasks", ["boolq,boolq", ","])
+def test_agreement_refuses_repeated_or_no_tasks(synthetic_cache_dir, capsys, tasks):
+    assert main(["agreement", "--cache", str(synthetic_cache_dir), "--tasks", tasks, "--format", "csv"]) == 2
+    assert "agreement needs distinct tasks" in capsys.readouterr().err
+
+
+def test_stability_refuses_zero_curve_resamples(synthetic_cache_dir, capsys):
+    assert main(["stability", "--cache", str(synthetic_cache_dir), "--curve-resamples", "0"]) == 2
+    assert "resamples must be at least 1, got 0" in capsys.readouterr().err

@@ -282,3 +282,10 @@ def test_mask_engine_imports_neither_torch_nor_streamlit():
             "print(sorted(m for m in ('torch', 'streamlit') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_vote_that_keeps_nothing_is_refused():
+    disjoint = hand_cache({"a": [4, 3, 1, 1], "b": [1, 1, 4, 3]})  # a keeps {0, 1}, b keeps {2, 3} at s=0.5
+    with pytest.raises(DietError, match="the intersection mask keeps no dimension"):
+        build_mask(disjoint, MaskConfig(method="intersection", sparsity=0.5))
+    assert build_mask(disjoint, MaskConfig(method="intersection", sparsity=0.5, exact=True)).n_keep == 2

@@ -73,7 +73,14 @@ def run(args) -> int:
     from diet_explore.maskfile import mask_file_from_result, save_mask
     from diet_explore.masks import build_mask
 
+    from pathlib import Path
+
+    from diet_explore.atomic import check_writable
+
     config = config_from_args(args)
+    check_writable(args.out, "--out", folder=False)
+    if args.npy and Path(args.out).suffix == ".npy":  # the .npy would overwrite the JSON just written
+        raise DietError(f"--out {args.out} ends in .npy, which --npy writes next to the JSON", "e.g. --out mask.json --npy")
     cache = load_cache(args.cache)
     result = build_mask(cache, config)
     path = save_mask(mask_file_from_result(result, cache), args.out, npy=args.npy)

@@ -26,6 +26,26 @@ from diet_explore.tasks.registry import Request, TaskSpec, build_request
 DEFAULT_SEED = 1234
 
 
+def _from_disk(folder: Path, split: str):
+    """A ``save_to_disk`` folder: a Dataset as is, or ``split`` of a DatasetDict (whose len() would
+    count splits, not examples)."""
+    import datasets
+    import pyarrow
+
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except (OSError, ValueError, KeyError, TypeError, pyarrow.ArrowException) as exc:
+        # FileNotFoundError for a folder that is not a saved dataset; JSON / arrow errors for a damaged one.
+        raise DietError(f"dataset folder {folder} is not a readable saved dataset ({str(exc).splitlines()[0][:200]})",
+                        "point dataset.path at a folder written by Dataset.save_to_disk or DatasetDict.save_to_disk") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DietError(f"dataset folder {folder} has no split {split!r}",
+                            f"set dataset.split to one of: {', '.join(loaded) or '(none: the folder holds no splits)'}")
+        return loaded[split]
+    return loaded
+
+
 @functools.lru_cache(maxsize=32)
 def _load_split(local: str | None, path: str | None, hub: str | None, hub_name: str | None, split: str):
     import datasets
@@ -35,14 +55,14 @@ def _load_split(local: str | None, path: str | None, hub: str | None, hub_name: 
         folder = Path(path).expanduser()
         if not folder.exists():
             raise DietError(f"dataset folder {folder} does not exist", "fix dataset.path in the task entry")
-        return datasets.load_from_disk(str(folder))
+        return _from_disk(folder, split)
     if local:
         try:
             folder = olmo_datasets_root() / local
         except DietError:
             folder = None
         if folder is not None and folder.exists():
-            return datasets.load_from_disk(str(folder))
+            return _from_disk(folder, split)
     if hub:
         try:
             return datasets.load_dataset(hub, hub_name, split=split)
@@ -53,8 +73,12 @@ def _load_split(local: str | None, path: str | None, hub: str | None, hub_name: 
 
 
 def load_task_data(spec: TaskSpec):
+    """The task's split (a ``datasets.Dataset``); a DietError, naming the task, when it cannot be loaded."""
     d = spec.dataset
-    return _load_split(d.get("local"), d.get("path"), d.get("hub"), d.get("hub_name"), d.get("split", "validation"))
+    try:
+        return _load_split(d.get("local"), d.get("path"), d.get("hub"), d.get("hub_name"), d.get("split") or "validation")
+    except DietError as exc:  # the loaders know the folder; the user also needs to know which task asked
+        raise DietError(f"task {spec.name!r}: {exc.message}", exc.hint) from None
 
 
 def _permutation(task: str, size: int, seed: int) -> np.ndarray:

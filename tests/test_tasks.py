@@ -1,10 +1,11 @@
 import json
+import re
 
 import pytest
 
-from diet_explore.data import calibration_ids, evaluation_ids, requests_for
+from diet_explore.data import calibration_ids, evaluation_ids, load_task_data, requests_for
 from diet_explore.errors import DietError
-from diet_explore.tasks.registry import build_request, load_registry, resolve_tasks
+from diet_explore.tasks.registry import build_request, check_task_data, load_registry, resolve_tasks
 
 TASKS = ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
 
@@ -98,3 +99,174 @@ def test_a_malformed_task_entry_is_named(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"oops": {"dataset": {}, "format": "essay", "gold": {"field": "y"}}}))
     with pytest.raises(DietError, match="task 'oops'.*format 'essay'"):
         load_registry([tmp_path / "bad.json"])
+
+
+# ------------------------------------------------------------------------------------------------
+# User task files that do not fit their data, or have the wrong shape: DietErrors, never tracebacks
+# ------------------------------------------------------------------------------------------------
+ROWS = {"s1": ["A.", "B.", "C."], "s2": ["x", "y", "z"], "label": [0, 1, 1]}
+
+
+def _task_file(tmp_path, content, name="tasks.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(content))
+    return path
+
+
+@pytest.fixture()
+def tiny_data(tmp_path):
+    import datasets
+
+    folder = tmp_path / "tiny"
+    datasets.Dataset.from_dict(ROWS).save_to_disk(str(folder))
+    return folder
+
+
+def _entry(folder, **changes):
+    entry = {"dataset": {"path": str(folder)}, "text": "{s1} / {s2}", "choices": ["no", "yes"], "gold": {"field": "label"}}
+    return {**entry, **changes}
+
+
+def _user_spec(tmp_path, **changes):
+    return load_registry([_task_file(tmp_path, {"mine": _entry(tmp_path / "tiny", **changes)})])["mine"]
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"text": "{question}"}, r"task 'mine', doc 0: text '\{question\}' names field \{question\}"),
+    ({"gold": {"field": "answer"}}, r"task 'mine', doc 0: gold.field 'answer' is not in the document"),
+    ({"choices": None, "choices_field": "opts"}, r"task 'mine', doc 0: choices_field 'opts' is not in the document"),
+    ({"choices": None, "choices_field": "s1"}, r"task 'mine', doc 0: choices_field 's1' is str 'A\.', not a non-empty list"),
+    ({"choices": ["only"]}, r"task 'mine', doc 1: gold index 1 \(from 'label'\) is outside the 1 choice"),
+    ({"gold": {"field": "s2", "type": "int"}}, r"task 'mine', doc 0: gold.field 's2' is 'x', not an integer"),
+    ({"gold": {"field": "label", "type": "index_of", "in": "s2"}}, r"task 'mine', doc 0: choices_field|gold.in 's2' is str"),
+    ({"preprocess": "winogrande", "format": "partial", "text": None, "choices": None,
+      "contexts_field": "contexts", "continuation_field": "continuation"}, r"task 'mine', doc 0: preprocess 'winogrande' needs field 'sentence'"),
+])
+def test_a_task_entry_that_does_not_fit_its_data_names_task_field_and_doc(tmp_path, tiny_data, changes, match):
+    spec = _user_spec(tmp_path, **changes)
+    with pytest.raises(DietError, match=match) as err:
+        requests_for(spec, [0, 1, 2])
+    assert err.value.hint
+    with pytest.raises(DietError, match=match):  # the pre-load check finds it (first documents, or given ids)
+        check_task_data(spec, [0, 1, 2])
+
+
+def test_the_pre_load_check_builds_the_first_documents_and_returns_the_split_size(tmp_path, tiny_data):
+    assert check_task_data(_user_spec(tmp_path)) == 3
+    with pytest.raises(DietError, match="doc 0: text"):
+        check_task_data(_user_spec(tmp_path, text="{nope}"))
+    with pytest.raises(DietError, match="doc 7 is outside its 3 examples"):
+        check_task_data(_user_spec(tmp_path), [7])
+
+
+def test_gold_is_range_checked_on_every_document_not_only_when_read(tmp_path, tiny_data):
+    # label -1 (an unlabelled split) would index the last choice silently; 2 would be an IndexError
+    spec = _user_spec(tmp_path, gold={"field": "label", "offset": -1})
+    with pytest.raises(DietError, match=r"doc 0: gold index -1 .* outside the 2 choice"):
+        requests_for(spec, [0])
+    assert requests_for(spec, [1])[0].gold == 0
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"text": "{s1"}, r"text '\{s1' is not a valid template"),
+    ({"text": "{s1} }"}, r"text '\{s1\} \}' is not a valid template"),
+    ({"text": "{} and {0}"}, r"text '\{\} and \{0\}' has a positional field \{\}"),
+    ({"choices": "ab"}, r"choices is string 'ab', not a non-empty list of strings"),
+    ({"choices": []}, r"choices is list \[\], not a non-empty"),
+    ({"choices": [0, 1]}, r"choices is list \[0, 1\]"),
+    ({"dataset": "glue"}, r"dataset is string 'glue', not an object"),
+    ({"dataset": {"path": 3}}, r"dataset.path is int 3, not a string"),
+    ({"dataset": {"paht": "x"}}, r"dataset has unknown field\(s\) 'paht'"),
+    ({"dataset": {"split": "validation"}}, r"dataset names no data"),
+    ({"gold": 3}, r"gold is int 3, not an object"),
+    ({"gold": {}}, r"gold needs a 'field'"),
+    ({"gold": {"field": "label", "type": "float"}}, r"gold.type 'float' is unknown"),
+    ({"gold": {"field": "label", "offset": "1"}}, r"gold.offset is string '1', not an integer"),
+    ({"gold": {"field": "label", "type": "index_of"}}, r"gold.type index_of needs gold.in"),
+    ({"text": ["{s1}"]}, r"text is list \['\{s1\}'\], not a string"),
+    ({"format": None}, r"format is null, not a string"),
+    ({"target_delimiter": 1}, r"target_delimiter is int 1, not a string"),
+    ({"name": "other"}, r"unknown field\(s\) 'name'"),
+])
+def test_a_task_file_of_the_wrong_shape_fails_when_read_naming_file_task_and_field(tmp_path, changes, match):
+    path = _task_file(tmp_path, {"mine": _entry(tmp_path, **changes)})
+    with pytest.raises(DietError, match=rf"task 'mine' in {re.escape(str(path))}: {match}") as err:
+        load_registry([path])
+    assert err.value.hint
+
+
+@pytest.mark.parametrize("content, match", [
+    (["mine"], "top level is list, not an object"),
+    ({"mine": "x"}, "task 'mine' in .*: entry is string 'x', not an object"),
+    ({"mine": {"text": "{s1}", "choices": ["a"], "gold": {"field": "label"}}}, "task 'mine' in .*: needs a 'dataset'"),
+])
+def test_a_task_file_whose_top_level_or_entry_is_not_an_object_is_named(tmp_path, content, match):
+    path = _task_file(tmp_path, content)
+    with pytest.raises(DietError, match=match):
+        load_registry([path])
+
+
+def test_a_dataset_path_that_is_not_a_saved_dataset_is_a_clear_error(tmp_path):
+    (tmp_path / "notdata").mkdir()
+    (tmp_path / "notdata" / "readme.txt").write_text("hi")
+    spec = load_registry([_task_file(tmp_path, {"mine": _entry(tmp_path / "notdata")})])["mine"]
+    with pytest.raises(DietError, match=f"task 'mine': dataset folder {tmp_path / 'notdata'} is not a readable saved dataset") as err:
+        load_task_data(spec)
+    assert "save_to_disk" in err.value.hint
+
+
+def _save_dict(folder):
+    import datasets
+
+    half = {k: v[:2] for k, v in ROWS.items()}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(ROWS), "validation": datasets.Dataset.from_dict(half)}).save_to_disk(str(folder))
+
+
+def test_a_dataset_dict_folder_uses_the_entry_split(tmp_path):
+    _save_dict(tmp_path / "dd")
+    entry = _entry(tmp_path / "dd")
+    path = _task_file(tmp_path, {"dev": {**entry, "dataset": {"path": str(tmp_path / "dd"), "split": "validation"}},
+                                 "train": {**entry, "dataset": {"path": str(tmp_path / "dd"), "split": "train"}}})
+    registry = load_registry([path])
+    assert len(load_task_data(registry["dev"])) == 2 and len(load_task_data(registry["train"])) == 3
+    (r,) = requests_for(registry["train"], [2])
+    assert r.contexts[0] == "C. / z" and r.gold == 1
+    assert calibration_ids(registry["dev"], 2) == [0, 1]
+
+
+def test_a_missing_split_of_a_dataset_dict_lists_the_splits(tmp_path):
+    _save_dict(tmp_path / "dd")
+    entry = {**_entry(tmp_path / "dd"), "dataset": {"path": str(tmp_path / "dd"), "split": "test"}}
+    spec = load_registry([_task_file(tmp_path, {"mine": entry})])["mine"]
+    with pytest.raises(DietError, match=f"task 'mine': dataset folder {tmp_path / 'dd'} has no split 'test'") as err:
+        load_task_data(spec)
+    assert "train, validation" in err.value.hint
+
+
+def _cli_tasks(capsys, *argv):
+    from diet_explore.cli import main
+
+    rc = main(["tasks", *argv])
+    return rc, capsys.readouterr()
+
+
+def test_the_tasks_command_lists_the_builtins_and_explains_a_user_task_that_does_not_fit(tmp_path, tiny_data, capsys):
+    _save_dict(tmp_path / "dd")
+    path = _task_file(tmp_path, {
+        "good": _entry(tiny_data),
+        "splits": {**_entry(tmp_path / "dd"), "dataset": {"path": str(tmp_path / "dd"), "split": "validation"}},
+        "badtext": _entry(tiny_data, text="{question}"),
+        "notdata": _entry(tmp_path),
+    })
+    rc, out = _cli_tasks(capsys, "--task-file", str(path))
+    rows = {line.split()[0]: line.split()[2] for line in out.out.splitlines()[1:12] if line.strip()}
+    assert rc == 0 and all(t in rows for t in TASKS)
+    assert rows["good"] == "3" and rows["splits"] == "2" and rows["badtext"] == "n/a" and rows["notdata"] == "n/a"
+    assert "badtext: task 'badtext', doc 0: text '{question}' names field {question}" in out.out
+    assert f"notdata: task 'notdata': dataset folder {tmp_path} is not a readable saved dataset" in out.out
+
+
+@pytest.mark.parametrize("content", [["mine"], {"mine": _entry("x", dataset="glue")}, {"mine": _entry("x", gold=3)}])
+def test_the_tasks_command_reports_a_malformed_task_file_without_a_traceback(tmp_path, capsys, content):
+    rc, out = _cli_tasks(capsys, "--task-file", str(_task_file(tmp_path, content)))
+    assert rc == 2 and out.err.startswith("error: ") and "Traceback" not in out.err and "hint: " in out.err

@@ -1,4 +1,8 @@
-"""``diet-explore tasks``: the task registry, with split sizes when the data is installed."""
+"""``diet-explore tasks``: the task registry, with split sizes when the data is installed.
+
+Each task's first documents are also turned into requests, so ``diet-explore tasks --task-file F``
+is the quick way to check a new task entry against its data before a model is loaded.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,19 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from diet_explore.data import load_task_data
     from diet_explore.errors import DietError
-    from diet_explore.tasks.registry import load_registry
+    from diet_explore.tasks.registry import check_task_data, load_registry
 
+    problems: list[tuple[str, DietError]] = []
     print(f"{'task':<15} {'format':<16} {'examples':>8}  lm-eval task")
     for name, spec in load_registry(args.task_file).items():
         try:
-            size = str(len(load_task_data(spec)))
-        except DietError:
+            size = str(check_task_data(spec))
+        except DietError as exc:
             size = "n/a"
+            problems.append((name, exc))
         print(f"{name:<15} {spec.format:<16} {size:>8}  {spec.lm_eval_task or '-'}")
+    # After the table, so it stays one row per task; these say why a task shows n/a.
+    for name, exc in problems:
+        print(f"\n{name}: {exc.message}" + (f"\n  hint: {exc.hint}" if exc.hint else ""))
     return 0

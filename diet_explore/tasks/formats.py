@@ -29,7 +29,9 @@ def hellaswag(doc: Doc) -> Doc:
 def winogrande(doc: Doc) -> Doc:
     # Partial scoring: the blank is filled with each option to make the contexts; the model scores
     # the (shared) rest of the sentence after it.
-    idx = doc["sentence"].index("_")
+    idx = doc["sentence"].find("_")
+    if idx < 0:  # ValueError: the registry reports it with the task and document named
+        raise ValueError(f"sentence {doc['sentence'][:60]!r} has no '_' blank to fill")
     contexts = [doc["sentence"][:idx] + opt for opt in (doc["option1"], doc["option2"])]
     return {**doc, "contexts": contexts, "continuation": doc["sentence"][idx + 1:].strip()}
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,10 @@ from diet_explore.tasks.formats import PREPROCESSORS
 PROMPT_FORMAT_VERSION = 1
 TARGET_DELIMITER = " "
 FORMATS = ("multiple_choice", "partial")
+GOLD_TYPES = ("bool", "int", "index_of")
+DATASET_KEYS = ("local", "path", "hub", "hub_name", "split")
+GOLD_KEYS = ("field", "type", "offset", "in")
+SCHEMA_HINT = "see the fields documented in diet_explore/tasks/builtin.json (_doc)"
 
 
 @dataclass(frozen=True)
@@ -63,72 +69,249 @@ class Request:
         return self.contexts[self.gold] + self.continuations[self.gold]
 
 
-def _get(doc: dict[str, Any], dotted: str) -> Any:
+# ------------------------------------------------------------------------------------------------
+# Documents -> requests. Every way a task entry can disagree with its data ends here as a DietError
+# naming the task, the entry field and the document, never as a KeyError deep in a profile run.
+# ------------------------------------------------------------------------------------------------
+def _where(spec: TaskSpec, doc_id: int) -> str:
+    return f"task {spec.name!r}, doc {doc_id}"
+
+
+def _fields_hint(doc: Any, entry_field: str) -> str:
+    if not isinstance(doc, Mapping):
+        return f"fix {entry_field} in the task entry"
+    names = sorted(str(k) for k in doc)
+    shown = ", ".join(names[:15]) + (", ..." if len(names) > 15 else "")
+    return f"fix {entry_field} in the task entry; the document's fields are: {shown}"
+
+
+def _get(spec: TaskSpec, doc: dict[str, Any], dotted: str, entry_field: str, doc_id: int) -> Any:
+    """``doc["a"]["b"]`` for ``"a.b"``; ``entry_field`` names the task-entry field that asked for it."""
     value: Any = doc
     for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise DietError(f"{_where(spec, doc_id)}: {entry_field} {dotted!r} is not in the document",
+                            _fields_hint(value, entry_field))
         value = value[part]
     return value
 
 
-def _gold(spec: TaskSpec, doc: dict[str, Any]) -> int:
+def _get_list(spec: TaskSpec, doc: dict[str, Any], dotted: str, entry_field: str, doc_id: int) -> list[Any]:
+    value = _get(spec, doc, dotted, entry_field, doc_id)
+    # A string is iterable too, but its characters are never the intended choices.
+    if not isinstance(value, (list, tuple)) or not value:
+        raise DietError(f"{_where(spec, doc_id)}: {entry_field} {dotted!r} is {type(value).__name__} {str(value)[:60]!r}, "
+                        "not a non-empty list", f"point {entry_field} at a list field of the document")
+    return list(value)
+
+
+def _gold(spec: TaskSpec, doc: dict[str, Any], doc_id: int) -> int:
     g = spec.gold
-    raw = _get(doc, g["field"])
+    raw = _get(spec, doc, g["field"], "gold.field", doc_id)
     kind = g.get("type", "int")
     if kind == "bool":
         return int(bool(raw))
     if kind == "int":
-        return int(raw) + int(g.get("offset", 0))
+        try:
+            return int(raw) + int(g.get("offset", 0))
+        except (TypeError, ValueError):
+            raise DietError(f"{_where(spec, doc_id)}: gold.field {g['field']!r} is {raw!r}, not an integer",
+                            "use gold.type index_of (with gold.in) or bool for non-integer answers") from None
     if kind == "index_of":
-        return list(_get(doc, g["in"])).index(str(raw).strip())
-    raise DietError(f"task {spec.name}: unknown gold type {kind!r}", "use bool, int or index_of")
+        labels = [str(x).strip() for x in _get_list(spec, doc, g["in"], "gold.in", doc_id)]
+        answer = str(raw).strip()
+        if answer not in labels:
+            raise DietError(f"{_where(spec, doc_id)}: gold {answer!r} (from {g['field']!r}) is not among {g['in']!r} {labels}",
+                            "fix gold.field / gold.in so the answer is one of the labels")
+        return labels.index(answer)
+    raise DietError(f"task {spec.name!r}: unknown gold type {kind!r}", f"use one of {', '.join(GOLD_TYPES)}")
+
+
+def _format_text(spec: TaskSpec, doc: dict[str, Any], doc_id: int) -> str:
+    assert spec.text is not None  # guaranteed for multiple_choice by _validate
+    try:
+        return spec.text.format_map(doc)
+    except KeyError as exc:
+        raise DietError(f"{_where(spec, doc_id)}: text {spec.text!r} names field {{{exc.args[0]}}}, which the document lacks",
+                        _fields_hint(doc, "text")) from None
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:  # "{a.b}", "{a[9]}", "{a:d}" on the wrong value
+        raise DietError(f"{_where(spec, doc_id)}: text {spec.text!r} cannot be filled from the document ({exc})",
+                        _fields_hint(doc, "text")) from None
+
+
+def _preprocess(spec: TaskSpec, doc: dict[str, Any], doc_id: int) -> dict[str, Any]:
+    assert spec.preprocess is not None
+    try:
+        return PREPROCESSORS[spec.preprocess](doc)
+    except KeyError as exc:
+        raise DietError(f"{_where(spec, doc_id)}: preprocess {spec.preprocess!r} needs field {exc.args[0]!r}, which the document lacks",
+                        _fields_hint(doc, "preprocess")) from None
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:
+        raise DietError(f"{_where(spec, doc_id)}: preprocess {spec.preprocess!r} failed on the document ({exc})",
+                        "use a preprocessor written for this dataset, or none") from None
 
 
 def build_request(spec: TaskSpec, doc: dict[str, Any], doc_id: int) -> Request:
     if spec.preprocess:
-        doc = PREPROCESSORS[spec.preprocess](doc)
+        doc = _preprocess(spec, doc, doc_id)
     delim = spec.target_delimiter
     if spec.format == "partial":
-        contexts = list(_get(doc, spec.contexts_field))
-        cont = delim + str(_get(doc, spec.continuation_field))
+        assert spec.contexts_field is not None and spec.continuation_field is not None
+        contexts = [str(c) for c in _get_list(spec, doc, spec.contexts_field, "contexts_field", doc_id)]
+        cont = delim + str(_get(spec, doc, spec.continuation_field, "continuation_field", doc_id))
         continuations = [cont] * len(contexts)
     else:
-        choices = spec.choices if spec.choices is not None else list(_get(doc, spec.choices_field))
-        context = spec.text.format_map(doc)
+        if spec.choices is not None:
+            choices = spec.choices
+        else:
+            assert spec.choices_field is not None
+            choices = _get_list(spec, doc, spec.choices_field, "choices_field", doc_id)
+        context = _format_text(spec, doc, doc_id)
         contexts = [context] * len(choices)
         continuations = [delim + str(c) for c in choices]
-    return Request(spec.name, doc_id, contexts, continuations, _gold(spec, doc))
+    gold = _gold(spec, doc, doc_id)
+    # Checked here, not when the gold text is read: an out-of-range label (e.g. -1 in an unlabelled
+    # split, or a 1-based label without offset -1) must not surface as an IndexError mid-run.
+    if not 0 <= gold < len(continuations):
+        raise DietError(f"{_where(spec, doc_id)}: gold index {gold} (from {spec.gold['field']!r}) is outside "
+                        f"the {len(continuations)} choice(s)",
+                        "fix choices / gold.offset (1-based labels need offset -1), or use a labelled split")
+    return Request(spec.name, doc_id, contexts, continuations, gold)
 
 
-def _validate(name: str, entry: dict[str, Any], source: str) -> TaskSpec:
+def check_task_data(spec: TaskSpec, ids: list[int] | None = None) -> int:
+    """Load the task's split and build the requests of ``ids`` (default: its first 3 documents), so
+    a template that does not fit the data fails in a second, before a model loads; returns the
+    split's size. Raises DietError (unreadable data, empty split, or a request that cannot be built)."""
+    from diet_explore.data import load_task_data  # data imports this module
+
+    data = load_task_data(spec)
+    size = len(data)
+    if size == 0:
+        raise DietError(f"task {spec.name!r}: its dataset split is empty", "fix dataset.path / dataset.split in the task entry")
+    for i in (range(min(3, size)) if ids is None else ids):
+        if not 0 <= int(i) < size:
+            raise DietError(f"task {spec.name!r}: doc {i} is outside its {size} examples", f"use ids below {size}")
+        build_request(spec, dict(data[int(i)]), int(i))
+    return size
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry files -> TaskSpecs. A file of the wrong shape fails here, naming file, task and field.
+# ------------------------------------------------------------------------------------------------
+_STR_FIELDS = ("format", "text", "choices_field", "contexts_field", "continuation_field", "preprocess",
+               "lm_eval_task", "target_delimiter")
+_NULLABLE = ("text", "choices_field", "contexts_field", "continuation_field", "preprocess", "lm_eval_task")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else {dict: "object", list: "list", str: "string", bool: "boolean"}.get(type(value), type(value).__name__)
+
+
+def _describe(value: Any) -> str:
+    """``string 'ab'``, ``int 3``, ``null``: a bad value as the JSON author wrote it, kept short."""
+    if value is None:
+        return "null"
+    shown = repr(value)
+    return f"{_type_name(value)} {shown if len(shown) <= 80 else shown[:77] + '...'}"
+
+
+def _check_template(text: str, where: str) -> None:
+    # Parsed now so a bad template fails when the file is read, not at the first document.
     try:
-        spec = TaskSpec(name=name, **entry)
-    except TypeError as exc:
-        raise DietError(f"task {name!r} in {source}: {exc}", "see the fields documented in diet_explore/tasks/builtin.json") from None
+        names = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+    except ValueError as exc:
+        raise DietError(f"{where}: text {text!r} is not a valid template ({exc})",
+                        "write fields as {name}; double a literal brace as {{ or }}") from None
+    for name in names:
+        if name == "" or name[0].isdigit():  # format_map has no positional arguments to fill these
+            raise DietError(f"{where}: text {text!r} has a positional field {{{name}}}",
+                            "name a document field, e.g. {question}; double a literal brace as {{ or }}")
+
+
+def _check_dataset(d: Any, where: str) -> None:
+    if not isinstance(d, dict):
+        raise DietError(f"{where}: dataset is {_describe(d)}, not an object",
+                        'e.g. "dataset": {"path": "/data/my_task", "split": "validation"}')
+    unknown = [k for k in d if k not in DATASET_KEYS]
+    if unknown:
+        raise DietError(f"{where}: dataset has unknown field(s) {', '.join(map(repr, unknown))}", f"use {', '.join(DATASET_KEYS)}")
+    for key, value in d.items():
+        if value is not None and not isinstance(value, str):
+            raise DietError(f"{where}: dataset.{key} is {_describe(value)}, not a string", SCHEMA_HINT)
+
+
+def _check_gold(g: Any, where: str) -> None:
+    example = 'e.g. "gold": {"field": "label", "type": "int"}'
+    if not isinstance(g, dict):
+        raise DietError(f"{where}: gold is {_describe(g)}, not an object", example)
+    unknown = [k for k in g if k not in GOLD_KEYS]
+    if unknown:
+        raise DietError(f"{where}: gold has unknown field(s) {', '.join(map(repr, unknown))}", f"use {', '.join(GOLD_KEYS)}")
+    if not isinstance(g.get("field"), str) or not g["field"]:
+        raise DietError(f"{where}: gold needs a 'field' naming the answer's document field", example)
+    kind = g.get("type", "int")
+    if kind not in GOLD_TYPES:
+        raise DietError(f"{where}: gold.type {kind!r} is unknown", f"use one of {', '.join(GOLD_TYPES)}")
+    offset = g.get("offset", 0)
+    if not isinstance(offset, int) or isinstance(offset, bool):
+        raise DietError(f"{where}: gold.offset is {_describe(offset)}, not an integer", "e.g. -1 for 1-based labels")
+    if kind == "index_of" and (not isinstance(g.get("in"), str) or not g["in"]):
+        raise DietError(f"{where}: gold.type index_of needs gold.in, the field listing the choice labels",
+                        'e.g. "gold": {"field": "answerKey", "type": "index_of", "in": "choices.label"}')
+
+
+def _validate(name: str, entry: Any, source: str) -> TaskSpec:
+    where = f"task {name!r} in {source}"
+    if not isinstance(entry, dict):
+        raise DietError(f"{where}: entry is {_describe(entry)}, not an object", SCHEMA_HINT)
+    known = [f.name for f in fields(TaskSpec) if f.name != "name"]
+    unknown = [k for k in entry if k not in known]
+    if unknown:
+        raise DietError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}", f"use {', '.join(known)}")
+    if "dataset" not in entry:
+        raise DietError(f"{where}: needs a 'dataset'", 'e.g. "dataset": {"path": "/data/my_task"}')
+    _check_dataset(entry["dataset"], where)
+    for key in _STR_FIELDS:
+        value = entry.get(key)
+        if key in entry and not isinstance(value, str) and not (value is None and key in _NULLABLE):
+            raise DietError(f"{where}: {key} is {_describe(value)}, not a string", SCHEMA_HINT)
+    choices = entry.get("choices")
+    if choices is not None and (not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices)):
+        raise DietError(f"{where}: choices is {_describe(choices)}, not a non-empty list of strings",
+                        'e.g. "choices": ["no", "yes"]')
+    spec = TaskSpec(name=name, **entry)
     if spec.format not in FORMATS:
-        raise DietError(f"task {name!r} in {source}: format {spec.format!r} is unknown", f"use one of {', '.join(FORMATS)}")
+        raise DietError(f"{where}: format {spec.format!r} is unknown", f"use one of {', '.join(FORMATS)}")
     if spec.preprocess and spec.preprocess not in PREPROCESSORS:
-        raise DietError(f"task {name!r} in {source}: preprocess {spec.preprocess!r} is unknown", f"use one of {', '.join(PREPROCESSORS)}")
+        raise DietError(f"{where}: preprocess {spec.preprocess!r} is unknown", f"use one of {', '.join(PREPROCESSORS)}")
     if spec.format == "multiple_choice" and (spec.text is None or (spec.choices is None) == (spec.choices_field is None)):
-        raise DietError(f"task {name!r} in {source}: needs 'text' and exactly one of 'choices' / 'choices_field'", "see builtin.json")
+        raise DietError(f"{where}: needs 'text' and exactly one of 'choices' / 'choices_field'", "see builtin.json")
     if spec.format == "partial" and not (spec.contexts_field and spec.continuation_field):
-        raise DietError(f"task {name!r} in {source}: partial format needs contexts_field and continuation_field", "see winogrande in builtin.json")
-    if "field" not in spec.gold:
-        raise DietError(f"task {name!r} in {source}: gold needs a 'field'", "e.g. {\"field\": \"label\", \"type\": \"int\"}")
+        raise DietError(f"{where}: partial format needs contexts_field and continuation_field", "see winogrande in builtin.json")
+    if spec.text is not None:
+        _check_template(spec.text, where)
+    _check_gold(spec.gold, where)
+    if not any(spec.dataset.get(k) for k in ("local", "path", "hub")):
+        raise DietError(f"{where}: dataset names no data", "give dataset.path (a save_to_disk folder), dataset.local or dataset.hub")
     return spec
 
 
 def load_registry(extra_files: list[str | Path] | None = None) -> dict[str, TaskSpec]:
     """Built-in tasks plus user JSON files (``DIET_EXPLORE_TASKS`` = ``os.pathsep``-separated list)."""
-    sources: list[tuple[str, dict[str, Any]]] = [("builtin.json", json.loads(files("diet_explore.tasks").joinpath("builtin.json").read_text()))]
+    sources: list[tuple[str, Any]] = [("builtin.json", json.loads(files("diet_explore.tasks").joinpath("builtin.json").read_text()))]
     env = os.environ.get("DIET_EXPLORE_TASKS")
     paths = list(extra_files or []) + ([p for p in env.split(os.pathsep) if p] if env else [])
     for p in paths:
         try:
-            sources.append((str(p), json.loads(Path(p).read_text())))
-        except (OSError, json.JSONDecodeError) as exc:
+            sources.append((str(p), json.loads(Path(p).read_text(encoding="utf-8"))))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DietError(f"task file {p} could not be read ({exc})", "fix the path or the JSON") from None
     registry: dict[str, TaskSpec] = {}
     for source, entries in sources:
+        if not isinstance(entries, dict):
+            raise DietError(f"task file {source}: the top level is {_type_name(entries)}, not an object of tasks",
+                            'write {"my_task": {"dataset": ..., "text": ..., "choices": ..., "gold": ...}}')
         for name, entry in entries.items():
             if not name.startswith("_"):
                 registry[name] = _validate(name, entry, source)

@@ -124,14 +124,67 @@ def _now() -> str:
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
+#: What a resume must match; a cache holds one profile, so any difference here would mix two.
+#: ``dtype`` and ``device`` (its type: cpu / cuda / mps, not the index) are included because the
+#: kernels and the precision the model ran in change the numbers, and the manifest's one
+#: ``environment`` would otherwise describe only the last run's tasks.
+RESUME_KEYS = ("model", "sites", "prompt_format_version", "config", "dtype", "device")
+_RESUME_HINTS = {
+    "dtype": "resume with --dtype {old}, or use another --out folder",
+    "device": "resume with --device {old}, or use another --out folder",
+}
+
+
+def resume_value(manifest: dict[str, Any], key: str) -> Any:
+    """The part of ``manifest`` that ``key`` of a resume check compares (``model_name``: the model's
+    name alone, which is known before the model loads)."""
+    env = manifest.get("environment")
+    env = env if isinstance(env, dict) else {}
+    if key == "sites":
+        sites = manifest.get("sites")
+        return sorted(set(sites)) if isinstance(sites, list) else sites  # the order of --sites changes nothing
+    if key == "dtype":
+        return env.get("dtype")
+    if key == "device":
+        device = env.get("device")
+        return str(device).split(":")[0] if device is not None else None
+    if key == "model_name":
+        model = manifest.get("model")
+        return model.get("name") if isinstance(model, dict) else None
+    return manifest.get(key)
+
+
+def _difference(old: Any, new: Any) -> str:
+    """``old`` vs ``new`` for the message; of two dicts only the differing fields."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+        old, new = {k: old.get(k) for k in keys}, {k: new.get(k) for k in keys}
+    return f"{old!r}; this run: {new!r}"
+
+
+def check_resume(root: str | Path, header: dict[str, Any], keys: tuple[str, ...] = RESUME_KEYS) -> dict[str, Any] | None:
+    """The manifest of the cache at ``root`` (None if there is none yet), after checking that a run
+    with ``header`` may resume it: every ``keys`` value must match, else a ``DietError``. Cheap, so
+    the profile calls it before the model loads too (with the keys known by then)."""
+    existing = Path(root) / MANIFEST
+    if not (existing.exists() or existing.is_symlink()):
+        return None
+    old = read_manifest(root)
+    for key in keys:
+        was, now = resume_value(old, key), resume_value(header, key)
+        if was != now:
+            hint = _RESUME_HINTS.get(key, "use another --out folder, or delete the old cache to start again")
+            raise DietError(f"{existing} was made with a different {key!r} ({_difference(was, now)}); "
+                            "refusing to mix two profiles", hint.format(old=was))
+    return old
+
+
 class CacheWriter:
     """Writes a cache folder task by task; every write is atomic and the manifest is rewritten last.
 
     ``header`` holds the model/config/provenance fields; it must match an existing manifest's
-    (same model and config) for a resume, otherwise the caller is told to use a new folder.
+    ``RESUME_KEYS`` for a resume, otherwise the caller is told to use a new folder.
     """
-
-    RESUME_KEYS = ("model", "sites", "prompt_format_version", "config")
 
     def __init__(self, root: str | Path, header: dict[str, Any]):
         self.root = Path(root)
@@ -144,22 +197,18 @@ class CacheWriter:
             "tasks": {},
             "baselines": None,
         }
-        existing = self.root / MANIFEST
-        if existing.exists():
-            old = read_manifest(self.root)
-            for key in self.RESUME_KEYS:
-                if old.get(key) != self.manifest.get(key):
-                    raise DietError(
-                        f"{existing} was made with a different {key!r}; refusing to mix two profiles",
-                        "use another --out folder, or delete the old cache to start again",
-                    )
+        old = check_resume(self.root, self.manifest)
+        if old is not None:
             self.manifest["created"] = old.get("created", self.manifest["created"])
+            self.manifest["sites"] = list(old["sites"])  # same set (checked); keep the order the files were listed in
             self.manifest["tasks"] = {t: m for t, m in old["tasks"].items() if self._file_ok(m)}
-            self.manifest["baselines"] = old.get("baselines")
+            base = old.get("baselines")
+            # a missing or corrupt baselines file is dropped here, so the profile recomputes it
+            self.manifest["baselines"] = base if base and self._file_ok(base) else None
 
     def _file_ok(self, meta: dict[str, Any]) -> bool:
         p = self.root / meta["file"]
-        return p.exists() and sha256_bytes(p.read_bytes()) == meta["sha256"]
+        return p.is_file() and sha256_bytes(p.read_bytes()) == meta["sha256"]
 
     def finished_tasks(self) -> list[str]:
         return list(self.manifest["tasks"])
@@ -221,10 +270,14 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
         raise DietError(f"cache folder {root} does not exist", "run `diet-explore profile ... --out <folder>` first")
     if not path.exists():
         raise DietError(f"{path} is missing: {root} is not a score cache", "point --cache at a folder made by `diet-explore profile`")
+    if not path.is_file():
+        raise DietError(f"{path} is not a file: {root} is not a score cache", "point --cache at a folder made by `diet-explore profile`")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DietError(f"{path} is not valid JSON ({exc})", "the file is corrupt or truncated; re-run the profile") from None
+    except OSError as exc:  # unreadable (permissions, I/O error)
+        raise DietError(f"{path} could not be read ({exc.strerror or exc})", "check the file's permissions") from None
     if not isinstance(manifest, dict) or manifest.get("kind") != CACHE_KIND:
         raise DietError(f"{path} is not a diet-explore score cache manifest", "point --cache at a folder made by `diet-explore profile`")
     version = manifest.get("schema_version")
@@ -269,8 +322,12 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
             raise bad(f"task {name!r} lacks {', '.join(missing)}")
         if not (isinstance(meta["file"], str) and isinstance(meta["sha256"], str) and is_count(meta["n_samples"])
                 and isinstance(meta["sample_ids"], list) and all(is_count(i) for i in meta["sample_ids"])
-                and isinstance(meta["token_counts"], list)):
+                and isinstance(meta["token_counts"], list) and all(is_count(c) for c in meta["token_counts"])):
             raise bad(f"task {name!r} has a field of the wrong type (file, sha256, n_samples, sample_ids, token_counts)")
+        # the arrays have n_samples rows; ids and counts that disagree would skew every per-sample statistic
+        if not len(meta["sample_ids"]) == len(meta["token_counts"]) == meta["n_samples"]:
+            raise bad(f"task {name!r} lists {len(meta['sample_ids'])} sample_ids and {len(meta['token_counts'])} "
+                      f"token_counts for n_samples {meta['n_samples']}")
     base = manifest.get("baselines")
     if base and not (isinstance(base, dict) and isinstance(base.get("file"), str) and isinstance(base.get("sha256"), str)):
         raise bad("'baselines' lacks its file or sha256")
@@ -279,7 +336,12 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
 def _load_safetensors(path: Path, expected_sha: str) -> dict[str, np.ndarray]:
     if not path.exists():
         raise DietError(f"{path} is listed in the manifest but missing", "re-run the profile to rebuild it")
-    blob = path.read_bytes()
+    if not path.is_file():
+        raise DietError(f"{path} is listed in the manifest but is not a file", "remove it and re-run the profile to rebuild it")
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:  # unreadable (permissions, I/O error)
+        raise DietError(f"{path} could not be read ({exc.strerror or exc})", "check the file's permissions") from None
     if sha256_bytes(blob) != expected_sha:
         raise DietError(f"{path} does not match its sha256 in the manifest (corrupt or truncated)", "re-run the profile for this task")
     try:

@@ -19,16 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from diet_explore import __version__
+from diet_explore import __version__, atomic
 from diet_explore.adapters import get_adapter
 from diet_explore.adapters.base import ModelAdapter
-from diet_explore.cache import SITES, CacheWriter, ScoreCache, TaskScores, load_cache
+from diet_explore.cache import SITES, CacheWriter, ScoreCache, TaskScores, check_resume, load_cache
 from diet_explore.config import JsonConfig
 from diet_explore.data import (DEFAULT_SEED, WIKI_TASK, calibration_ids, requests_for, wiki_calibration_ids,
                                wiki_token_windows)
 from diet_explore.errors import DietError
 from diet_explore.hooks import record_activations
-from diet_explore.tasks.registry import PROMPT_FORMAT_VERSION, resolve_tasks
+from diet_explore.tasks.registry import PROMPT_FORMAT_VERSION, check_task_data, load_registry, resolve_tasks
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 
@@ -46,11 +46,24 @@ class ProfileConfig(JsonConfig):
     generic_window: int = 128
     device: str = "auto"
     dtype: str | None = None
+    task_files: list[str] = field(default_factory=list)  # extra task registry JSON files (--task-file)
+
+    def __post_init__(self) -> None:
+        # a slice s[-0:] keeps the whole sequence and s[--5:] drops its first tokens: refuse both here
+        _check_positive(self.max_length, "--max-length", "e.g. --max-length 1024 (longer samples keep their last tokens)")
+        _check_positive(self.max_batch_tokens, "--max-batch-tokens", "e.g. --max-batch-tokens 4096")
+        _check_positive(self.generic_window, "generic_window", "e.g. generic_window=128")
+        self.sites = list(dict.fromkeys(self.sites))  # "residual,residual" is one site, recorded once
 
     def science(self) -> dict[str, Any]:
         """The fields that change the numbers: a resume must match these exactly."""
         return {"samples": self.samples, "seed": self.seed, "max_length": self.max_length,
                 "generic_window": self.generic_window}
+
+
+def _check_positive(value: Any, name: str, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DietError(f"{name} must be a whole number of tokens, at least 1; got {value!r}", hint)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,12 +161,18 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
     """
     from diet_explore.models import dtype_name, load_model
 
-    specs = resolve_tasks(config.tasks)
+    atomic.check_writable(out, "--out", folder=True)  # an unusable --out fails now, not after the first task
+    specs = resolve_tasks(config.tasks, load_registry(config.task_files))
     bad_sites = [s for s in config.sites if s not in SITES]
     if bad_sites or not config.sites:
         raise DietError(f"unknown site(s) {bad_sites or config.sites}", f"use some of {', '.join(SITES)}")
-    for spec in specs:  # fail before the model load if a split is too small
-        calibration_ids(spec, config.samples, config.seed)
+    for spec in specs:  # fail before the model load if a split is too small or a template does not fit
+        # every calibration request is built once here (about 50 ms for all tasks), so a task-file
+        # entry that does not fit its data fails now, not after the model load and earlier tasks
+        check_task_data(spec, calibration_ids(spec, config.samples, config.seed))
+    # a resume into a cache made with other settings is refused before minutes of model loading;
+    # CacheWriter checks again below with everything the loaded model tells (its full ModelInfo)
+    check_resume(out, _planned_header(config, loaded), PRELOAD_RESUME_KEYS)
     model, tokenizer, info = loaded or load_model(config.model, config.device, config.dtype)
     adapter = get_adapter(model)
     device = next(model.parameters()).device
@@ -196,6 +215,27 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
                                    "package_version": __version__}
     writer.flush()
     return load_cache(out)
+
+
+#: The resume keys known before the model loads (of the model, only its name).
+PRELOAD_RESUME_KEYS = ("model_name", "sites", "prompt_format_version", "config", "dtype", "device")
+
+
+def _planned_header(config: ProfileConfig, loaded=None) -> dict[str, Any]:
+    """The manifest fields in ``PRELOAD_RESUME_KEYS`` that this run will write, without loading the
+    model: ``load_model`` picks the device and dtype and names the model by the same rules."""
+    from diet_explore.models import dtype_name, pick_device, pick_dtype, resolve_source
+
+    if loaded is not None:
+        param = next(loaded[0].parameters())
+        name, device, dtype = loaded[2].name, str(param.device), dtype_name(param.dtype)
+    else:
+        device = pick_device(config.device)
+        dtype = dtype_name(pick_dtype(config.dtype, device))
+        kind, loc = resolve_source(config.model)
+        name = config.model if kind != "local" else Path(loc).name
+    return {"model": {"name": name}, "sites": list(config.sites), "prompt_format_version": PROMPT_FORMAT_VERSION,
+            "config": config.science(), "environment": {"device": device, "dtype": dtype}}
 
 
 class _Counter:

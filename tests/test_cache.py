@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from diet_explore.cache import MANIFEST, load_cache, save_cache, synthetic_cache
+from diet_explore.cache import MANIFEST, check_resume, load_cache, read_manifest, save_cache, synthetic_cache
 from diet_explore.errors import DietError
 
 
@@ -82,3 +82,41 @@ def test_unknown_task_or_site_lists_the_valid_ones(small_cache_dir):
     assert "a, b" in err.value.hint
     with pytest.raises(DietError, match="site 'attn'"):
         cache.layer_scores("a", "attn")
+
+
+def test_a_folder_where_the_manifest_or_a_task_file_should_be_is_named(small_cache_dir, tmp_path):
+    (tmp_path / "m" / MANIFEST).mkdir(parents=True)
+    with pytest.raises(DietError, match=r"manifest\.json is not a file"):
+        load_cache(tmp_path / "m")
+    task = small_cache_dir / "tasks" / "b.safetensors"
+    task.unlink()
+    task.mkdir()
+    with pytest.raises(DietError, match=r"b\.safetensors is listed in the manifest but is not a file"):
+        load_cache(small_cache_dir)
+
+
+@pytest.mark.parametrize("field, value", [("sample_ids", [0, 1, 2]), ("token_counts", [5, 5, 5, 5, 5]), ("n_samples", 3)])
+def test_sample_ids_token_counts_and_n_samples_must_agree(small_cache_dir, field, value):
+    path = small_cache_dir / MANIFEST
+    data = json.loads(path.read_text())
+    data["tasks"]["a"][field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(DietError, match=r"task 'a' lists \d+ sample_ids and \d+ token_counts for n_samples \d+"):
+        read_manifest(small_cache_dir)
+
+
+def test_resume_check_compares_sites_as_a_set_and_the_device_by_type(small_cache_dir):
+    path = small_cache_dir / MANIFEST
+    cuda = dict(read_manifest(small_cache_dir), environment={"device": "cuda:0", "dtype": "bfloat16"})
+    path.write_text(json.dumps(cuda))
+    # cuda:1 runs the same kernels as cuda:0; the order of the sites changes nothing
+    header = {**cuda, "sites": list(reversed(cuda["sites"])), "environment": {"device": "cuda:1", "dtype": "bfloat16"}}
+    assert check_resume(small_cache_dir, header)["sites"] == cuda["sites"]
+    with pytest.raises(DietError, match=r"different 'device' \('cuda'; this run: 'cpu'\)") as err:
+        check_resume(small_cache_dir, {**header, "environment": {"device": "cpu", "dtype": "bfloat16"}})
+    assert "--device cuda" in err.value.hint
+    with pytest.raises(DietError, match="different 'dtype'") as err:
+        check_resume(small_cache_dir, {**header, "environment": {"device": "cuda", "dtype": "float32"}})
+    assert "--dtype bfloat16" in err.value.hint
+    with pytest.raises(DietError, match="different 'sites'"):
+        check_resume(small_cache_dir, {**header, "sites": ["residual"]})

@@ -24,7 +24,7 @@ def _cache_recording(tmp_path, sample_ids: dict[str, list[int]]):
     """A score cache folder (the committed SmolLM2 manifest) whose tasks record ``sample_ids``."""
     manifest = json.loads((REPO / "cache" / "smollm2-135m" / "manifest.json").read_text())
     for t, ids in sample_ids.items():
-        manifest["tasks"][t]["sample_ids"] = ids
+        manifest["tasks"][t].update(sample_ids=ids, n_samples=len(ids), token_counts=[1] * len(ids))
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     return tmp_path
 

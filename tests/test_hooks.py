@@ -67,12 +67,30 @@ def test_padding_does_not_change_a_samples_scores():
 
 
 def test_statistics_accumulate_in_fp32_for_a_bf16_model():
+    """The bf16 block outputs, averaged in fp64 here, must match the recorded statistics to fp32
+    precision: 8 x 256 tokens of similar magnitude per dimension, where a bf16 sum (or even only a
+    bf16 result, 8 significant bits) is off by ~1e-3 relative, far over the 1e-5 allowed."""
     model = tiny_model("llama").to(torch.bfloat16)
-    with record_activations(get_adapter(model), ["residual"]) as stats:
-        stats.begin_batch(torch.ones(1, 3, dtype=torch.long))
-        model.model(torch.tensor([[1, 2, 3]]))
-        out = stats.end_batch()
+    adapter = get_adapter(model)
+    ids = torch.randint(3, 128, (8, 256), generator=torch.Generator().manual_seed(0))
+    seen = []  # each block's raw bf16 output, from a hook of our own on the same forward
+    handles = [layer.register_forward_hook(lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach()))
+               for layer in adapter.layers()]
+    try:
+        with record_activations(adapter, ["residual"]) as stats:
+            stats.begin_batch(torch.ones_like(ids))
+            with torch.no_grad():
+                model.model(ids)
+            out = stats.end_batch()
+            layer = stats.layer_means()["residual"]
+    finally:
+        for h in handles:
+            h.remove()
+    assert all(h.dtype == torch.bfloat16 for h in seen) and len(seen) == 2
+    ref = torch.stack([h.double().abs().mean(1) for h in seen])  # (L, B, D) token means in fp64
     assert stats.layer_sum["residual"].dtype == torch.float32 and out["residual"].dtype == torch.float32
+    np.testing.assert_allclose(layer.double().numpy(), ref.mean(1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out["residual"].double().numpy(), ref.mean(0).numpy(), rtol=1e-5)
 
 
 def test_hooks_are_removed_even_when_the_forward_fails():

@@ -1,6 +1,9 @@
 """Profiling end to end: resume after an interruption, bad input, and the real SmolLM2."""
 
+import copy
+import dataclasses
 import json
+from importlib.resources import files
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from transformers import AutoTokenizer
 from diet_explore.adapters.tiny import tiny_model
 from diet_explore.cache import load_cache
 from diet_explore.cli import main
+from diet_explore.errors import DietError
 from diet_explore.models import ModelInfo, store_path
 from diet_explore.profile import ProfileConfig, profile
 
@@ -61,6 +65,130 @@ def test_resume_into_a_cache_made_with_other_settings_is_refused(tmp_path, tiny_
         profile(ProfileConfig(**{**CONFIG, "tasks": "rte", "samples": 7}), tmp_path / "c", progress=lambda *a: None, loaded=tiny_loaded)
 
 
+def _no_model_load(monkeypatch):
+    """Make any model load fail the test: the checks under test must come before it."""
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr("diet_explore.models.load_model", fail)
+
+
+@pytest.fixture
+def named_cache(tmp_path, tiny_loaded):
+    """A float32 CPU cache of rte whose model is recorded as the built-in smollm2-135m, so a run
+    that names that model is checked against it before any load."""
+    model, tok, info = tiny_loaded
+    named = (model, tok, dataclasses.replace(info, name="smollm2-135m"))
+    config = ProfileConfig(**{**CONFIG, "model": "smollm2-135m", "tasks": "rte", "generic": False})
+    profile(config, tmp_path / "c", progress=lambda *a: None, loaded=named)
+    return tmp_path / "c", config, named
+
+
+@pytest.mark.parametrize("change, key, hint", [
+    ({"dtype": "bfloat16"}, "dtype", "--dtype float32"),
+    ({"samples": 7}, "config", "another --out"),
+    ({"sites": ["residual"]}, "sites", "another --out"),
+    ({"model": "gemma3-270m"}, "model_name", "another --out"),
+])
+def test_resume_mismatch_is_refused_before_the_model_loads(named_cache, monkeypatch, change, key, hint):
+    out, config, _ = named_cache
+    before = (out / "manifest.json").read_text()
+    _no_model_load(monkeypatch)
+    with pytest.raises(DietError, match=f"different {key!r}") as err:
+        profile(dataclasses.replace(config, tasks="rte,boolq", **change), out, progress=lambda *a: None)
+    assert hint in err.value.hint
+    assert (out / "manifest.json").read_text() == before  # nothing was profiled or rewritten
+
+
+def test_resume_with_a_model_loaded_in_another_dtype_is_refused(named_cache):
+    """The loaded model's own dtype counts (the app passes a model it already holds): an fp32 cache
+    does not get a bf16 task, and its manifest keeps saying float32."""
+    out, config, (model, tok, info) = named_cache
+    bf16 = (copy.deepcopy(model).to(torch.bfloat16), tok, info)
+    with pytest.raises(DietError, match=r"different 'dtype' \('float32'; this run: 'bfloat16'\)"):
+        profile(dataclasses.replace(config, tasks="rte,boolq", dtype="bfloat16"), out, progress=lambda *a: None, loaded=bf16)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["tasks"]) == ["rte"] and manifest["environment"]["dtype"] == "float32"
+    assert not (out / "tasks" / "boolq.safetensors").exists()
+
+
+def test_resume_accepts_the_sites_in_another_order(tmp_path, tiny_loaded):
+    out = tmp_path / "c"
+    profile(ProfileConfig(**{**CONFIG, "tasks": "rte", "generic": False, "sites": ["residual", "normed"]}), out,
+            progress=lambda *a: None, loaded=tiny_loaded)
+    cache = profile(ProfileConfig(**{**CONFIG, "tasks": "rte,arc_easy", "generic": False, "sites": ["normed", "residual"]}),
+                    out, progress=lambda *a: None, loaded=tiny_loaded)
+    assert cache.task_names == ["rte", "arc_easy"] and cache.sites == ["residual", "normed"]
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt", "folder"])
+def test_a_missing_or_corrupt_baselines_file_is_rebuilt_by_a_rerun(tmp_path, tiny_loaded, damage):
+    out = tmp_path / "c"
+    config = ProfileConfig(**{**CONFIG, "tasks": "rte", "generic": False})
+    original = profile(config, out, progress=lambda *a: None, loaded=tiny_loaded).baselines["weight_magnitude"].copy()
+    path = out / "baselines.safetensors"
+    if damage == "corrupt":
+        path.write_bytes(path.read_bytes()[:-8])
+    else:
+        path.unlink()
+    with pytest.raises(DietError, match="baselines.safetensors"):
+        load_cache(out)
+    if damage == "folder":  # a folder in its place is named, not an IsADirectoryError
+        path.mkdir()
+        with pytest.raises(DietError, match="baselines.safetensors is listed in the manifest but is not a file"):
+            load_cache(out)
+        path.rmdir()
+    repaired = profile(config, out, progress=lambda *a: None, loaded=tiny_loaded)  # what the error's hint says to do
+    np.testing.assert_array_equal(repaired.baselines["weight_magnitude"], original)
+    assert load_cache(out).baselines["weight_magnitude"].shape == original.shape
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(capsys, tmp_path, monkeypatch):
+    _no_model_load(monkeypatch)
+    afile = tmp_path / "afile"
+    afile.write_text("not a cache")
+    assert main(["profile", "--tasks", "rte", "--samples", "2", "--out", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {afile} is not a folder" in err and "Traceback" not in err
+    assert afile.read_text() == "not a cache"
+
+
+@pytest.mark.parametrize("flag, value", [("--max-length", "0"), ("--max-length", "-5"), ("--max-batch-tokens", "0")])
+def test_token_limits_below_one_are_refused(capsys, tmp_path, monkeypatch, flag, value):
+    _no_model_load(monkeypatch)
+    assert main(["profile", "--tasks", "rte", "--samples", "2", flag, value, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} must be a whole number of tokens, at least 1; got {value}" in err and "Traceback" not in err
+    with pytest.raises(DietError, match="max_length|--max-length"):
+        ProfileConfig(max_length=-5)
+
+
+def _task_file(tmp_path, name: str, **change) -> str:
+    """A registry file holding a copy of the built-in rte entry under ``name``."""
+    entry = {**json.loads(files("diet_explore.tasks").joinpath("builtin.json").read_text())["rte"], **change}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({name: entry}))
+    return str(path)
+
+
+def test_profile_reads_a_task_file(tmp_path, tiny_loaded):
+    config = ProfileConfig(**{**CONFIG, "tasks": "my_rte", "generic": False, "task_files": [_task_file(tmp_path, "my_rte")]})
+    cache = profile(config, tmp_path / "c", progress=lambda *a: None, loaded=tiny_loaded)
+    assert cache.task_names == ["my_rte"] and cache.tasks["my_rte"].n_samples == 6
+    assert cache.layer_scores("my_rte").shape == (2, 32)
+
+
+def test_cli_task_file_whose_template_does_not_fit_fails_before_the_model_loads(capsys, tmp_path, monkeypatch):
+    _no_model_load(monkeypatch)
+    bad = _task_file(tmp_path, "bad_rte", text="{premise} True or False?")  # rte has no 'premise' field
+    assert main(["profile", "--tasks", "bad_rte", "--samples", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown task(s): bad_rte" in capsys.readouterr().err  # without --task-file it is not registered
+    assert main(["profile", "--task-file", bad, "--tasks", "bad_rte", "--samples", "2", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "bad_rte" in err and "premise" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_bad_input_is_one_clear_line_not_a_traceback(capsys, tmp_path):
     assert main(["profile", "--tasks", "boolq,nope", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
@@ -84,7 +212,12 @@ def test_real_smollm2_two_tasks_four_samples(tmp_path, smollm2):
     scores = cache.layer_scores("boolq").mean(0)
     assert scores.max() > 10 * np.median(scores)
     assert cache.manifest["model"]["params_per_hidden_dim"] > 0 and cache.baselines["weight_magnitude"].shape == (576,)
-    # matches the committed cache for the same samples (same seed draws the same first ids)
+    # the committed cache (100 samples, same seed) drew these same samples first: the seeded draws are
+    # nested, and each shared sample's scores match whatever it was batched with
     committed = load_cache("cache/smollm2-135m")
-    ids = committed.tasks["boolq"].sample_ids
-    assert set(cache.tasks["boolq"].sample_ids) <= set(range(3270)) and len(ids) == 100
+    assert committed.manifest["config"]["seed"] == cache.manifest["config"]["seed"]
+    for task in cache.task_names:
+        small, full = cache.tasks[task].sample_ids, committed.tasks[task].sample_ids
+        assert len(small) == 4 and len(full) == 100 and set(small) <= set(full)
+        rows = [full.index(i) for i in small]
+        np.testing.assert_allclose(cache.sample_scores(task), committed.sample_scores(task)[rows], rtol=1e-3, atol=1e-5)

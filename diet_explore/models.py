@@ -363,8 +363,8 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str | None = None
     check_fits_in_memory(n_params, torch.finfo(torch_dtype).bits // 8, device, name_or_path)
     tokenizer = _load_tokenizer(loc, kind)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
-    if device == "cuda" and n_params * 2 > _gpu_free_bytes():
-        kwargs["device_map"] = "auto"  # larger than one GPU: let accelerate spread it
+    if device.startswith("cuda") and n_params * torch.finfo(torch_dtype).bits // 8 > 0.9 * _gpu_free_bytes(device):
+        kwargs["device_map"] = "auto"  # larger than one GPU (with room for activations): let accelerate spread it
     kwargs.update(_hub_kwargs(kind))
     model = _load_weights(loc, kind, kwargs)
     if "device_map" not in kwargs:
@@ -384,10 +384,10 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str | None = None
     return model, tokenizer, info
 
 
-def _gpu_free_bytes() -> int:
+def _gpu_free_bytes(device: str = "cuda") -> int:
     import torch
 
-    free, _ = torch.cuda.mem_get_info()
+    free, _ = torch.cuda.mem_get_info(torch.device(device))  # the chosen GPU, not the current one
     return int(free)
 
 

@@ -136,10 +136,21 @@ def weight_magnitude(adapter: ModelAdapter) -> np.ndarray:
     sq = torch.zeros(adapter.hidden_size, dtype=torch.float32)
     for la in adapter.layer_adapters():
         for lin in la.attention_inputs() + la.mlp_inputs():
-            sq += lin.weight.detach().float().pow(2).sum(0).cpu()  # (D,) input columns
+            sq += _weight(lin).pow(2).sum(0)  # (D,) input columns
         for lin in (la.attention_output(), la.mlp_output()):
-            sq += lin.weight.detach().float().pow(2).sum(1).cpu()  # (D,) output rows
+            sq += _weight(lin).pow(2).sum(1)  # (D,) output rows
     return sq.sqrt().numpy()
+
+
+def _weight(lin: torch.nn.Module) -> torch.Tensor:
+    """A linear's weight as fp32 on the CPU; offloaded weights (device_map="auto" beyond GPU memory)
+    sit on the meta device until accelerate brings them in."""
+    if lin.weight.device.type == "meta":
+        from accelerate.utils import align_module_device
+
+        with align_module_device(lin, torch.device("cpu")):
+            return lin.weight.detach().float().cpu()
+    return lin.weight.detach().float().cpu()
 
 
 def params_per_hidden_dim(adapter: ModelAdapter) -> int:

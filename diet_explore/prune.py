@@ -192,8 +192,8 @@ def prune_model(model: nn.Module, keep: np.ndarray, saveable: bool = True) -> nn
         if tied:
             head.weight = emb.weight  # one Parameter again, as the dense model had
             if ratio != 1.0:  # the tied head now carries r too: undo it in the final norm's scale
-                off = ad.norm_offset
-                final.weight.data = (off + final.weight.data) / ratio - off
+                off = ad.norm_offset  # in fp32: in bf16 the fold itself would add rounding
+                final.weight.data = ((off + final.weight.data.float()) / ratio - off).to(final.weight.dtype)
         else:
             slice_linear_inputs(head, idx)
     new.eval()
@@ -239,7 +239,8 @@ def save_pruned(model: nn.Module, tokenizer, out: str | Path, mask_file=None, ov
         method = method or getattr(mask_file, "method", None)
         source_model = source_model or getattr(mask_file, "model_id", None) or getattr(mask_file, "model_name", None)
     source_model = source_model or str(getattr(model.config, "_name_or_path", "") or "unknown")
-    info.update(source_model=source_model, method=method or "unknown")
+    info.update(source_model=source_model, method=method or "unknown",
+                dtype=str(next(model.parameters()).dtype).removeprefix("torch."))  # what the weights are saved in
     hd = int(model.config.head_dim)
     if not config_accepts(model.config, int(model.config.hidden_size), hd):
         raise DietError(f"hidden size {model.config.hidden_size} is not accepted by the {model.config.model_type} config "
@@ -277,6 +278,7 @@ def model_card(info: dict[str, Any], folder_name: str, has_mask: bool) -> str:
         f"| hidden size | {info.get('hidden_size_before', '?')} → {info.get('hidden_size_after', '?')} "
         f"(sparsity {info.get('sparsity', float('nan')):.3f}) |",
         f"| parameters | {fmt(before)} → {fmt(after)} |",
+        f"| weights saved in | {info.get('dtype', '?')} |",
         "",
         "Heads, head size and MLP width are unchanged; only the residual-stream width is smaller.",
     ]
@@ -289,7 +291,7 @@ def model_card(info: dict[str, Any], folder_name: str, has_mask: bool) -> str:
         f'model = AutoModelForCausalLM.from_pretrained("{folder_name}")  # no trust_remote_code needed',
         f'tokenizer = AutoTokenizer.from_pretrained("{folder_name}")', "```", "",
         "Evaluate: `diet-explore eval --model <this folder> --compare-to <source>` or "
-        f"`lm_eval --model hf --model_args pretrained={folder_name},dtype=float32 --tasks boolq,rte,hellaswag,winogrande,"
+        f"`lm_eval --model hf --model_args pretrained={folder_name},dtype={info.get('dtype', 'float32')} --tasks boolq,rte,hellaswag,winogrande,"
         "arc_easy,arc_challenge,openbookqa`.",
     ]
     if has_mask:

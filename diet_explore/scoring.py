@@ -324,8 +324,10 @@ class LoglikelihoodScorer:
                 targets += row.plan.targets[c]
                 owner += [n_choices] * len(at)
                 n_choices += 1
-        picked = hidden[torch.tensor(sel_b, device=self.device), torch.tensor(sel_i, device=self.device)]  # (N, D)
-        token_ll, token_greedy = self._token_scores(picked, torch.tensor(targets, device=self.device))
+        # on hidden's device: with device_map="auto" the last block's GPU, not the embedding's
+        dev = hidden.device
+        picked = hidden[torch.tensor(sel_b, device=dev), torch.tensor(sel_i, device=dev)]  # (N, D)
+        token_ll, token_greedy = self._token_scores(picked, torch.tensor(targets, device=dev))
         own = np.asarray(owner)
         per_choice_ll = np.bincount(own, weights=token_ll, minlength=n_choices)
         per_choice_greedy = np.bincount(own, weights=~token_greedy, minlength=n_choices) == 0
@@ -344,8 +346,9 @@ class LoglikelihoodScorer:
             logits = head(hidden[i: i + chunk]).float()  # (n, V)
             if self.softcap:
                 logits = torch.tanh(logits / self.softcap) * self.softcap
-            tgt = targets[i: i + chunk]
-            lls.append((logits.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)).double().cpu())
+            tgt = targets[i: i + chunk].to(logits.device)  # the lm_head may sit on another GPU
+            # to the CPU before float64: MPS has no float64
+            lls.append((logits.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)).cpu().double())
             greedy.append((logits.argmax(-1) == tgt).cpu())
         return torch.cat(lls).numpy(), torch.cat(greedy).numpy()
 
@@ -398,7 +401,7 @@ def perplexity(model, windows: np.ndarray, prefix_token_id: int | None = None, b
             logits = adapter.lm_head()(hidden[b]).float()
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
-            total += float(F.cross_entropy(logits, ids[b, 1:], reduction="sum"))
+            total += float(F.cross_entropy(logits, ids[b, 1:].to(logits.device), reduction="sum"))
         return total, len(ids) * (ids.shape[1] - 1)
 
     workers = default_workers(dev) if workers is None else workers

@@ -221,3 +221,20 @@ def test_real_smollm2_two_tasks_four_samples(tmp_path, smollm2):
         assert len(small) == 4 and len(full) == 100 and set(small) <= set(full)
         rows = [full.index(i) for i in small]
         np.testing.assert_allclose(cache.sample_scores(task), committed.sample_scores(task)[rows], rtol=1e-3, atol=1e-5)
+
+
+def test_weight_magnitude_reads_offloaded_weights(tmp_path):
+    """device_map="auto" beyond GPU memory leaves offloaded weights on the meta device."""
+    from accelerate import dispatch_model
+
+    from diet_explore.adapters import get_adapter
+    from diet_explore.adapters.tiny import tiny_model
+    from diet_explore.profile import weight_magnitude
+
+    expected = weight_magnitude(get_adapter(tiny_model("llama", tie=False)))
+    model = tiny_model("llama", tie=False)
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+                  "model.rotary_emb": "cpu", "lm_head": "disk"}
+    dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path))
+    assert any(p.device.type == "meta" for p in model.parameters())
+    np.testing.assert_allclose(weight_magnitude(get_adapter(model)), expected, rtol=1e-6)

@@ -368,3 +368,24 @@ def test_prune_command_writes_a_folder_that_reloads_with_plain_transformers(tmp_
     torch.testing.assert_close(logits(back), logits(expected), rtol=0, atol=1e-5)
     assert len(AutoTokenizer.from_pretrained(tmp_path / "out")) == 128
     assert load_mask(tmp_path / "out" / MASK_FILE, expected_hidden_size=64).n_keep == 48
+
+
+def test_prune_command_keeps_the_checkpoints_dtype(tmp_path, capsys):
+    """A bf16 checkpoint is pruned and saved in bf16 (not inflated to fp32), and the card says so;
+    an fp32 one stays fp32 whatever device a GPU machine would default to."""
+    from transformers import AutoModelForCausalLM
+
+    from diet_explore import cli
+
+    source = save_tiny_folder(tmp_path / "tiny-bf16")
+    AutoModelForCausalLM.from_pretrained(source).to(torch.bfloat16).save_pretrained(source)
+    mask_path = write_mask(tmp_path / "m.json")
+    assert cli.main(["prune", "--model", str(source), "--mask", mask_path, "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert back.config.dtype == torch.bfloat16 and next(back.parameters()).dtype == torch.bfloat16
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "dtype=bfloat16" in card and "| weights saved in | bfloat16 |" in card
+    assert cli.main(["prune", "--model", str(save_tiny_folder(tmp_path / "tiny-fp32")), "--mask", mask_path,
+                     "--out", str(tmp_path / "out32")]) == 0
+    assert "dtype=float32" in (tmp_path / "out32" / "README.md").read_text()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diet_explore.commands._common import add_device_args
 
 
 def register(sub) -> None:
@@ -13,7 +12,10 @@ def register(sub) -> None:
     p.add_argument("--mask", required=True, help="mask JSON (from `diet-explore mask`)")
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    add_device_args(p)
+    p.add_argument("--device", default="cpu", help="where to slice (default cpu: slicing is a copy, and on a GPU "
+                   "the copy would need memory for a second model)")
+    p.add_argument("--dtype", default=None, help="default: the checkpoint's own dtype (config dtype), else float32; "
+                   "the folder is saved in it")
     p.set_defaults(func=run)
 
 
@@ -35,7 +37,7 @@ def run(args) -> int:
     check_supported(config.model_type)  # before anything reads attention fields a Mamba config lacks
     mask = load_mask(args.mask, expected_hidden_size=config.get_text_config().hidden_size)
     check_saveable(config, mask.n_keep)
-    model, tokenizer, info = load_model(args.model, args.device, args.dtype)
+    model, tokenizer, info = load_model(args.model, args.device, args.dtype or checkpoint_dtype(config))
     if mask.model_name not in (info.name, info.id):
         print(f"warning: {args.mask} was built for {mask.model_name!r}, pruning {info.name!r} (same hidden size)", file=sys.stderr)
     pruned = prune_model(model, mask.keep)
@@ -47,3 +49,13 @@ def run(args) -> int:
     print(f"wrote {folder} ({size_on_disk(folder) / 2**20:.1f} MiB on disk); "
           f"load it with AutoModelForCausalLM.from_pretrained({str(folder)!r})")
     return 0
+
+
+def checkpoint_dtype(config) -> str:
+    """The dtype the checkpoint was saved in (so pruning neither rounds an fp32 model to bf16 nor
+    inflates a bf16 one), else float32."""
+    from diet_explore.models import dtype_name
+
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = dtype_name(saved) if saved is not None else "float32"
+    return name if name in ("float32", "bfloat16", "float16") else "float32"

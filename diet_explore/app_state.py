@@ -22,6 +22,7 @@ from typing import Any
 from diet_explore.cache import SITES, list_caches
 from diet_explore.errors import DietError
 from diet_explore.masks import BASELINE_METHODS, MERGE_METHODS, MaskConfig
+from diet_explore.runs import json_safe
 from diet_explore.scores import LAYER_AGGS, NORMALIZATIONS
 
 CACHE_DIR_ENV = "DIET_EXPLORE_CACHE_DIR"  # folder holding cache folders (default: <repo>/cache)
@@ -303,19 +304,6 @@ def mask_command(cache_path: str | Path, config: MaskConfig, out: str | Path) ->
 # ------------------------------------------------------------------------------------------------
 # Prune & evaluate runs
 # ------------------------------------------------------------------------------------------------
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    return value
-
-
 def run_record(pair, *, model: str, cache_path: str, manifest_hash: str, mask_config: MaskConfig, n_keep: int,
                hidden_size: int, params: tuple[int, int], nbytes: tuple[int, int]) -> dict[str, Any]:
     """One prune+evaluate run as a JSON-safe dict for ``runs.RunStore.save`` (``pair``: an
@@ -323,7 +311,7 @@ def run_record(pair, *, model: str, cache_path: str, manifest_hash: str, mask_co
     frame = pair.to_frame().reset_index()
     delta, lo, hi = pair.average_delta()
     n_examples = int(sum(r.n for r in pair.dense.tasks.values()))
-    return _clean({
+    return json_safe({
         "source": "app",
         "model": model,
         "method": mask_config.method,

@@ -42,7 +42,7 @@ def run_batches(fn: Callable[[T], R], items: Sequence[T], workers: int = 1,
                     on_done(i, results[i])
         return results
 
-    restore = torch.get_num_threads()
+    restore = _borrow_threads()
     per_worker = max(1, restore // workers)
     todo = iter(enumerate(items))
     take = threading.Lock()
@@ -80,9 +80,33 @@ def run_batches(fn: Callable[[T], R], items: Sequence[T], workers: int = 1,
         stop.set()
         for t in threads:
             t.join()
-        # a worker's set_num_threads also sets the default that new threads start from
-        torch.set_num_threads(restore)
+        _return_threads()
     return results
+
+
+# A worker's set_num_threads also sets the default that new threads start from, so the count is
+# restored when the last of overlapping calls (two app sessions scoring at once) ends, to what it
+# was before the first began: each call restoring its own reading would keep a lowered value.
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_before = 0
+
+
+def _borrow_threads() -> int:
+    global _threads_users, _threads_before
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_before = torch.get_num_threads()
+        _threads_users += 1
+        return _threads_before
+
+
+def _return_threads() -> None:
+    global _threads_users
+    with _threads_lock:
+        _threads_users -= 1
+        if _threads_users == 0:
+            torch.set_num_threads(_threads_before)
 
 
 def _get(done: queue.Queue, threads: list[threading.Thread]):

@@ -175,7 +175,10 @@ def run_history(runs: pd.DataFrame, x: str = "sparsity", y: str = "delta_avg", c
     if runs.empty or x not in runs or y not in runs:
         fig.update_layout(title="No runs yet", **_LAYOUT)
         return fig
-    groups = runs.groupby(color, sort=True) if color and color in runs else [("runs", runs)]
+    if color and color in runs:  # a run without the field is still plotted, under "?"
+        groups = runs.assign(**{color: runs[color].fillna("?").astype(str)}).groupby(color, sort=True)
+    else:
+        groups = [("runs", runs)]
     for name, g in groups:
         g = g.sort_values(x)
         hover = g["run_id"].astype(str) if "run_id" in g else None

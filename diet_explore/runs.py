@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import re
 import warnings
 from pathlib import Path
@@ -54,7 +55,7 @@ class RunStore:
         ``new_run_id``: saving again under it replaces that run instead of adding a second one)."""
         now = _dt.datetime.now(_dt.timezone.utc)
         try:
-            body = json.dumps(record, sort_keys=True, default=_jsonable)
+            body = json.dumps(json_safe(record), sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise DietError(f"run record is not JSON-serialisable ({exc})", "store plain numbers, strings, lists and dicts") from None
         if run_id is None:
@@ -66,7 +67,7 @@ class RunStore:
                 **{k: v for k, v in json.loads(body).items() if k not in RESERVED}}
         path = self.root / f"{run_id}.json"
         try:
-            atomic.write_text(path, json.dumps(full, indent=2, default=_jsonable) + "\n")
+            atomic.write_text(path, json.dumps(full, indent=2, allow_nan=False) + "\n")
         except OSError as exc:  # a file in the way, a read-only or full disk: the user's to fix, not a bug
             raise DietError(f"cannot write run record {path} ({exc.strerror or exc})",
                             f"make the run store folder {self.root} writable, or use another one") from None
@@ -127,13 +128,17 @@ def _cell(value):
     return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
-def _jsonable(obj):
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+def json_safe(value: Any) -> Any:
+    """A strict-JSON copy: NaN/inf -> None (JSON has neither; other readers reject Python's NaN),
+    numpy scalars and arrays -> Python, paths -> str. Anything else unknown is left for json to refuse."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalars and arrays
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -64,3 +64,38 @@ def test_default_workers():
     assert default_workers("cpu", threads=2) == 2
     assert default_workers("cpu", threads=1) == 1
     assert default_workers("cuda", threads=16) == 1
+
+
+def test_overlapping_calls_restore_the_thread_count_from_before_the_first():
+    """Two app sessions scoring at once: the second must not take the first's lowered count for
+    the original, or every later thread starts with fewer intra-op threads."""
+    restore = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        first_running, release = threading.Event(), threading.Event()
+
+        def slow(_):
+            first_running.set()
+            release.wait(10)
+            return torch.get_num_threads()
+
+        def fast(_):
+            return torch.get_num_threads()
+
+        out = {}
+        first = threading.Thread(target=lambda: out.setdefault("first", run_batches(slow, range(2), workers=2)))
+        first.start()
+        first_running.wait(10)
+        second = threading.Thread(target=lambda: out.setdefault("second", run_batches(fast, range(4), workers=2)))
+        second.start()
+        second.join(10)
+        release.set()
+        first.join(10)
+        assert out["first"] == [2, 2] and out["second"] == [2, 2, 2, 2]  # each worker gets its share of 4
+        fresh = []
+        t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert fresh == [4] and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(restore)

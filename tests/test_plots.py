@@ -109,3 +109,9 @@ def test_run_history():
     fig = plots.run_history(runs)
     assert [tr.name for tr in fig.data] == ["m", "n"]
     assert list(fig.data[0].y) == [-0.01, -0.05]
+
+
+def test_run_history_keeps_runs_without_a_model():
+    runs = pd.DataFrame({"run_id": ["r1", "r2"], "model": ["m", None], "sparsity": [0.1, 0.2], "delta_avg": [-0.01, -0.05]})
+    fig = plots.run_history(runs)
+    assert sorted(tr.name for tr in fig.data) == ["?", "m"] and sum(len(tr.x) for tr in fig.data) == 2

@@ -74,3 +74,16 @@ def test_an_unwritable_store_is_a_diet_error_naming_the_folder(tmp_path):
         check_writable(tmp_path / "afile", "--out", folder=True)
     check_writable(tmp_path / "new" / "deeper", "--out", folder=True)  # not there yet, but creatable: fine
     assert not (tmp_path / "new").exists()  # and checking creates nothing
+
+
+def test_nan_and_inf_are_stored_as_null_strict_json(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.save({"model": "m", "pruned_ppl": float("inf"), "per_task": {"boolq": {"stderr": float("nan")}},
+                         "kept": np.array([1, 2]), "delta": np.float32(-0.5)})
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    record = json.loads((tmp_path / f"{run_id}.json").read_text(), parse_constant=refuse)  # strict: as JSON.parse
+    assert record["pruned_ppl"] is None and record["per_task"]["boolq"]["stderr"] is None
+    assert record["kept"] == [1, 2] and record["delta"] == -0.5

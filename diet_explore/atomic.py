@@ -62,6 +62,7 @@ def check_output_dir(final: str | Path, overwrite: bool = False) -> Path:
         if not path.is_dir():
             raise DietError(f"output {final} exists and is not a folder, so it will not be replaced",
                             "remove it or choose another --out")
+    check_writable(path, "output folder", folder=True)  # a parent that is a file, or read-only
     return path
 
 

@@ -82,3 +82,11 @@ def test_overwrite_is_not_blocked_by_a_leftover_old_file(tmp_path):
         (tmp / "w").write_text("2")
     assert (final / "w").read_text() == "2"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".model.old", "model"]
+
+
+def test_check_output_dir_refuses_a_folder_that_cannot_be_created(tmp_path):
+    from diet_explore.atomic import check_output_dir
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DietError, match=r"cannot be created: .*afile is not a folder"):
+        check_output_dir(tmp_path / "afile" / "pruned")

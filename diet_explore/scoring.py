@@ -377,11 +377,6 @@ def _pack(items: list, length: Callable, budget: int, waste: float = 0.1, slack:
 
 
 # --------------------------------------------------------------------------------------------
-def score_requests(model, tokenizer, requests: Sequence[Request], batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                   progress: Progress | None = None, workers: int | None = None) -> list[ChoiceScores]:
-    return LoglikelihoodScorer(model, tokenizer, batch_tokens, workers=workers).score(requests, progress)
-
-
 def perplexity(model, windows: np.ndarray, prefix_token_id: int | None = None, batch_size: int = 8,
                workers: int | None = None) -> float:
     """exp(mean next-token NLL) over token windows (W, T); with ``prefix_token_id`` (e.g. Gemma's

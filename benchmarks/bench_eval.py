@@ -27,13 +27,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from diet_explore import data  # noqa: E402
-from diet_explore.evaluate import EvalConfig, eval_requests, evaluate_model  # noqa: E402
-from diet_explore.models import load_model  # noqa: E402
-from diet_explore.parallel import default_workers  # noqa: E402
-from diet_explore.tasks.registry import resolve_tasks  # noqa: E402
+from diet_explore.evaluation.evaluate import EvalConfig, eval_requests, evaluate_model
+from diet_explore.evaluation.parallel import default_workers
+from diet_explore.models.loading import load_model
+from diet_explore.tasks import data
+from diet_explore.tasks.registry import resolve_tasks
 
 TEMPLATES = Path(__file__).resolve().parent / "lm_eval_tasks"
 
@@ -65,7 +65,7 @@ class WorkCounter:
     def __init__(self, model):
         from torch import nn
 
-        from diet_explore.adapters import get_adapter
+        from diet_explore.models.adapters import get_adapter
 
         adapter = get_adapter(model)
         self.body_tokens = self.head_rows = 0
@@ -73,7 +73,10 @@ class WorkCounter:
         # multiply-accumulates per token: every linear of the blocks (attention scores ignored), and the lm_head
         self.body_macs = sum(m.weight.numel() for layer in adapter.layers() for m in layer.modules() if isinstance(m, nn.Linear))
         self.head_macs = adapter.lm_head().weight.numel()
-        self._hooks = [adapter.base_model().register_forward_hook(self._body), adapter.lm_head().register_forward_hook(self._head)]
+        self._hooks = [
+            adapter.base_model().register_forward_hook(self._body),
+            adapter.lm_head().register_forward_hook(self._head),
+        ]
 
     def _body(self, module, args, output) -> None:
         with self._lock:
@@ -99,8 +102,9 @@ def run_lm_eval(model, tokenizer, tasks, include_dir: Path, batch_size: int):
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     tm = TaskManager(include_path=str(include_dir), include_defaults=False)
     start = time.perf_counter()
-    out = lm_eval.simple_evaluate(model=lm, tasks=[f"diet_{t}" for t in tasks], task_manager=tm, log_samples=True,
-                                  num_fewshot=0, bootstrap_iters=0)
+    out = lm_eval.simple_evaluate(
+        model=lm, tasks=[f"diet_{t}" for t in tasks], task_manager=tm, log_samples=True, num_fewshot=0, bootstrap_iters=0
+    )
     wall = time.perf_counter() - start
     samples = {}
     for t in tasks:
@@ -126,13 +130,16 @@ def main(argv=None) -> int:
 
     model, tokenizer, info = load_model(args.model, device=args.device, dtype=args.dtype)
     cache = args.cache if args.cache and Path(args.cache, "manifest.json").exists() else None
-    config = EvalConfig(tasks=args.tasks, limit=args.limit, perplexity=False, exclude_cache=cache, device=args.device,
-                        workers=args.workers)
+    config = EvalConfig(
+        tasks=args.tasks, limit=args.limit, perplexity=False, exclude_cache=cache, device=args.device, workers=args.workers
+    )
     requests = eval_requests(config)
     tasks = list(requests)
-    print(f"model {info.name} ({next(model.parameters()).dtype}, {args.device}, {torch.get_num_threads()} threads); "
-          f"{len(tasks)} tasks x {args.limit} held-out examples; lm-eval batch size {args.batch_size}; "
-          f"our scorer: {args.workers or default_workers(args.device)} worker(s)")
+    print(
+        f"model {info.name} ({next(model.parameters()).dtype}, {args.device}, {torch.get_num_threads()} threads); "
+        f"{len(tasks)} tasks x {args.limit} held-out examples; lm-eval batch size {args.batch_size}; "
+        f"our scorer: {args.workers or default_workers(args.device)} worker(s)"
+    )
     with torch.inference_mode():  # warm both paths' kernels the same way
         model(input_ids=torch.tensor([[1, 2, 3, 4]], device=model.device))
 
@@ -164,7 +171,9 @@ def main(argv=None) -> int:
         ours.scores += part.scores
     our_wall, lm_wall = sum(w[1] for w in walls), sum(w[2] for w in walls)
 
-    print(f"\n{'task':14s} {'n':>4s} {'acc ours':>9s} {'acc lm-eval':>11s} {'agree acc':>10s} {'agree norm':>11s} {'max |dll|':>10s}")
+    print(
+        f"\n{'task':14s} {'n':>4s} {'acc ours':>9s} {'acc lm-eval':>11s} {'agree acc':>10s} {'agree norm':>11s} {'max |dll|':>10s}"
+    )
     total = agree = agree_n = total_n = 0
     worst = 0.0
     for t in tasks:
@@ -183,20 +192,30 @@ def main(argv=None) -> int:
         worst = max(worst, worst_t)
         lm_acc = lm_results[f"diet_{t}"].get("acc,none", float("nan"))
         total, agree, total_n, agree_n = total + len(recs), agree + a, total_n + nn, agree_n + an
-        print(f"{t:14s} {len(recs):4d} {ours.tasks[t].correct.mean():9.3f} {lm_acc:11.3f} {a:5d}/{len(recs):<4d} "
-              f"{(f'{an:5d}/{nn:<5d}' if nn else '        -  '):>11s} {worst_t:10.2e}")
-    print(f"\nprediction agreement: acc {agree}/{total} ({agree / total:.1%}), acc_norm {agree_n}/{total_n} "
-          f"({agree_n / max(total_n, 1):.1%}); max |log-likelihood difference| {worst:.2e}")
-    print("\nwork = matmul multiply-accumulates of the linears (decoder tokens incl. padding, lm_head rows), "
-          "counted by hooks during the timed runs; the work ratio is what doing less work gives an exact "
-          "method; a speedup beyond it comes from doing the same work faster per token")
+        print(
+            f"{t:14s} {len(recs):4d} {ours.tasks[t].correct.mean():9.3f} {lm_acc:11.3f} {a:5d}/{len(recs):<4d} "
+            f"{(f'{an:5d}/{nn:<5d}' if nn else '        -  '):>11s} {worst_t:10.2e}"
+        )
+    print(
+        f"\nprediction agreement: acc {agree}/{total} ({agree / total:.1%}), acc_norm {agree_n}/{total_n} "
+        f"({agree_n / max(total_n, 1):.1%}); max |log-likelihood difference| {worst:.2e}"
+    )
+    print(
+        "\nwork = matmul multiply-accumulates of the linears (decoder tokens incl. padding, lm_head rows), "
+        "counted by hooks during the timed runs; the work ratio is what doing less work gives an exact "
+        "method; a speedup beyond it comes from doing the same work faster per token"
+    )
     for group, ours_s, theirs_s, _, ow, tw in walls:
-        print(f"{','.join(group)}: decoder tokens lm-eval {tw.body_tokens} / ours {ow.body_tokens}, lm_head rows "
-              f"{tw.head_rows} / {ow.head_rows}; work ratio {tw.macs() / ow.macs():.2f}x")
+        print(
+            f"{','.join(group)}: decoder tokens lm-eval {tw.body_tokens} / ours {ow.body_tokens}, lm_head rows "
+            f"{tw.head_rows} / {ow.head_rows}; work ratio {tw.macs() / ow.macs():.2f}x"
+        )
         print(f"  wall time: diet-explore {ours_s:.1f} s, lm-eval {theirs_s:.1f} s -> speedup {theirs_s / ours_s:.2f}x")
     ours_macs, theirs_macs = sum(w[4].macs() for w in walls), sum(w[5].macs() for w in walls)
-    print(f"all {len(tasks)} tasks: work ratio {theirs_macs / ours_macs:.2f}x; wall time diet-explore {our_wall:.1f} s, "
-          f"lm-eval {lm_wall:.1f} s -> speedup {lm_wall / our_wall:.2f}x (target >= 3x)")
+    print(
+        f"all {len(tasks)} tasks: work ratio {theirs_macs / ours_macs:.2f}x; wall time diet-explore {our_wall:.1f} s, "
+        f"lm-eval {lm_wall:.1f} s -> speedup {lm_wall / our_wall:.2f}x (target >= 3x)"
+    )
     return 0
 
 

@@ -25,20 +25,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from diet_explore.models import load_model  # noqa: E402
-from diet_explore.prune import count_parameters, prune_model, required_multiple  # noqa: E402
-from diet_explore.scores import keep_count  # noqa: E402
+from diet_explore.masking.selection import keep_count
+from diet_explore.models.loading import load_model
+from diet_explore.pruning.saving import required_multiple
+from diet_explore.pruning.slicing import count_parameters, prune_model
 
 
 def build_keep(model, sparsity: float, cache: str | None, multiple: int) -> tuple[np.ndarray, str]:
     d = int(model.config.hidden_size)
     n = keep_count(d, sparsity, multiple)
     if cache and Path(cache, "manifest.json").exists():
-        from diet_explore.cache import load_cache
-        from diet_explore.masks import MaskConfig, build_mask
+        from diet_explore.masking.build import MaskConfig, build_mask
+        from diet_explore.profiling.cache import load_cache
 
         mask = build_mask(load_cache(cache), MaskConfig(sparsity=sparsity, exact=True, multiple_of=multiple))
         return mask.keep.copy(), f"DIET mask from {cache}"
@@ -57,7 +58,7 @@ def latency(models: dict, shape: tuple[int, int], repeats: int) -> dict[str, lis
     times: dict[str, list[float]] = {k: [] for k in models}
     order = list(models.items())
     for r in range(repeats):
-        for name, m in (order if r % 2 == 0 else order[::-1]):
+        for name, m in order if r % 2 == 0 else order[::-1]:
             t0 = time.perf_counter()
             m(input_ids=ids)
             times[name].append(time.perf_counter() - t0)
@@ -85,8 +86,10 @@ def main(argv=None) -> int:
         keep, how = build_keep(dense, args.sparsity, args.cache, multiple)
         variants[f"kept {int(keep.sum())} (multiple of {multiple})"] = (prune_model(dense, keep), how)
     d = dense.config.hidden_size
-    print(f"{info.name}: hidden {d}, {count_parameters(dense) / 1e6:.2f} M parameters; {torch.get_num_threads()} threads; "
-          f"target sparsity {args.sparsity} ({next(iter(variants.values()))[1]})")
+    print(
+        f"{info.name}: hidden {d}, {count_parameters(dense) / 1e6:.2f} M parameters; {torch.get_num_threads()} threads; "
+        f"target sparsity {args.sparsity} ({next(iter(variants.values()))[1]})"
+    )
     for name, (model, _) in variants.items():
         dp = model.config.hidden_size
         print(f"  {name}: {1 - dp / d:.2%} pruned, {count_parameters(model) / 1e6:.2f} M parameters")
@@ -94,12 +97,16 @@ def main(argv=None) -> int:
         t = latency({"dense": dense, **{k: v[0] for k, v in variants.items()}}, shape, args.repeats)
         med, best = {k: statistics.median(v) for k, v in t.items()}, {k: min(v) for k, v in t.items()}
         gflops = 2 * linear_macs_per_token(dense) * shape[0] * shape[1] / med["dense"] / 1e9
-        print(f"forward latency batch {shape[0]} x {shape[1]} tokens, {args.repeats} interleaved repeats: dense median "
-              f"{1000 * med['dense']:.1f} ms, min {1000 * best['dense']:.1f} ms (machine speed now: {gflops:.0f} GFLOP/s "
-              "of linear layers)")
+        print(
+            f"forward latency batch {shape[0]} x {shape[1]} tokens, {args.repeats} interleaved repeats: dense median "
+            f"{1000 * med['dense']:.1f} ms, min {1000 * best['dense']:.1f} ms (machine speed now: {gflops:.0f} GFLOP/s "
+            "of linear layers)"
+        )
         for name in variants:
-            print(f"  {name}: median {1000 * med[name]:.1f} ms -> ratio {med[name] / med['dense']:.3f}; "
-                  f"min {1000 * best[name]:.1f} ms -> ratio {best[name] / best['dense']:.3f} (target <= 0.85)")
+            print(
+                f"  {name}: median {1000 * med[name]:.1f} ms -> ratio {med[name] / med['dense']:.3f}; "
+                f"min {1000 * best[name]:.1f} ms -> ratio {best[name] / best['dense']:.3f} (target <= 0.85)"
+            )
     return 0
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diet_explore.agreement import agreement_report  # noqa: E402
-from diet_explore.cache import synthetic_cache  # noqa: E402
-from diet_explore.masks import MaskConfig, build_mask, mask_overlap  # noqa: E402
-from diet_explore.scores import ScorePrecompute  # noqa: E402
-from diet_explore.stability import bootstrap_masks  # noqa: E402
+from diet_explore.masking.agreement import agreement_report
+from diet_explore.masking.build import MaskConfig, build_mask, mask_overlap
+from diet_explore.masking.importance import ScorePrecompute
+from diet_explore.masking.stability import bootstrap_masks
+from diet_explore.profiling.synthetic import synthetic_cache
 
 
 def median_time(fn, repeats: int) -> float:
@@ -69,8 +69,10 @@ def main() -> int:
             print(f"{name:<48} {t * 1000:9.1f} ms   (reference, no target)")
         else:
             ok &= t <= target
-            print(f"{name:<48} {t * 1000:9.1f} ms   target {target * 1000:.0f} ms   ratio {t / target:.2f}"
-                  f"   {'PASS' if t <= target else 'FAIL'}")
+            print(
+                f"{name:<48} {t * 1000:9.1f} ms   target {target * 1000:.0f} ms   ratio {t / target:.2f}"
+                f"   {'PASS' if t <= target else 'FAIL'}"
+            )
     return 0 if ok else 1
 
 

@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diet_explore.adapters import get_adapter  # noqa: E402
-from diet_explore.data import calibration_ids, requests_for  # noqa: E402
-from diet_explore.models import load_model  # noqa: E402
-from diet_explore.profile import ProfileConfig, length_batches, pad_batch, profile, profile_sequences  # noqa: E402
-from diet_explore.tasks.registry import resolve_tasks  # noqa: E402
+from diet_explore.models.adapters import get_adapter
+from diet_explore.models.loading import load_model
+from diet_explore.profiling.runner import ProfileConfig, pad_batch, profile, profile_batches, profile_sequences
+from diet_explore.tasks.data import calibration_ids, requests_for
+from diet_explore.tasks.registry import resolve_tasks
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
         texts = [r.gold_text() for r in requests_for(spec, calibration_ids(spec, args.samples_per_task))]
         seqs += [s[-1024:] for s in tok(texts)["input_ids"]]
     pad = tok.pad_token_id or 0
-    batches = [pad_batch([seqs[i] for i in b], pad) for b in length_batches([len(s) for s in seqs], 4096)]
+    batches = [pad_batch([seqs[i] for i in b], pad) for b in profile_batches([len(s) for s in seqs], 4096)]
     real = sum(len(s) for s in seqs)
     processed = sum(ids.numel() for ids, _ in batches)
 
@@ -75,13 +75,19 @@ def main() -> None:
     speedup = med["full model, output_hidden_states"] / med["hooked profile (2 sites)"]
     print(f"hooked throughput / bare forward      = {ratio:.3f}x   (target >= 0.95x: {'PASS' if ratio >= 0.95 else 'MISS'})")
     print(f"hooked speedup over output_hidden_states = {speedup:.2f}x (target > 1: {'PASS' if speedup > 1 else 'MISS'})")
-    print(f"real tokens / processed tokens        = {real / processed:.3f}   (target >= 0.90: {'PASS' if real / processed >= 0.9 else 'MISS'})")
+    print(
+        f"real tokens / processed tokens        = {real / processed:.3f}   (target >= 0.90: {'PASS' if real / processed >= 0.9 else 'MISS'})"
+    )
 
     if not args.skip_full:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            profile(ProfileConfig(model=args.model, tasks="all", samples=100, device="cpu"), Path(tmp) / "c",
-                    progress=lambda *a: None, loaded=(model, tok, info))
+            profile(
+                ProfileConfig(model=args.model, tasks="all", samples=100, device="cpu"),
+                Path(tmp) / "c",
+                progress=lambda *a: None,
+                loaded=(model, tok, info),
+            )
             print(f"full default profile (7 tasks + wikitext x 100 samples, 2 sites): {time.perf_counter() - t:.1f} s wall")
 
 

@@ -33,8 +33,7 @@ def cli(*args: str) -> list[str]:
 
 
 def timed_eval(folder: Path, extra: list[str], out: Path, label: str = "") -> float:
-    cmd = cli("eval", "--model", str(folder), "--compare-to", "smollm2-135m", "--limit", "50",
-              "--predictions", str(out), *extra)
+    cmd = cli("eval", "--model", str(folder), "--compare-to", "smollm2-135m", "--limit", "50", "--predictions", str(out), *extra)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -59,16 +58,20 @@ def _predictions(path: Path) -> tuple[list, list]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--baseline", default="--workers 1 --batch-tokens 4096",
-                    help="eval options to compare the defaults against ('': none)")
+    ap.add_argument(
+        "--baseline", default="--workers 1 --batch-tokens 4096", help="eval options to compare the defaults against ('': none)"
+    )
     ap.add_argument("--warm", action="store_true", help="also time a run whose dense results are cached")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         mask, folder = Path(tmp, "mask.json"), Path(tmp, "smollm2-diet20")
-        for cmd in (cli("mask", "--cache", "cache/smollm2-135m", "--sparsity", "0.2", "--exact", "--multiple-of", "9",
-                        "--out", str(mask)),
-                    cli("prune", "--model", "smollm2-135m", "--mask", str(mask), "--out", str(folder))):
+        for cmd in (
+            cli(
+                "mask", "--cache", "cache/smollm2-135m", "--sparsity", "0.2", "--exact", "--multiple-of", "9", "--out", str(mask)
+            ),
+            cli("prune", "--model", "smollm2-135m", "--mask", str(mask), "--out", str(folder)),
+        ):
             subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
         print("default quick eval: dense + pruned SmolLM2 (20%, 459 dims), 7 tasks x 50 + wiki perplexity")
         times: dict[str, list[float]] = {"default": [], "baseline": []}
@@ -78,25 +81,31 @@ def main(argv=None) -> int:
                 if kind == "baseline" and not args.baseline.strip():
                     continue
                 extra = ["--no-eval-cache"] + ([] if kind == "default" else shlex.split(args.baseline))
-                times[kind].append(timed_eval(folder, extra, Path(tmp, f"{kind}{r}.jsonl"),
-                                              "defaults" if kind == "default" else args.baseline))
+                times[kind].append(
+                    timed_eval(folder, extra, Path(tmp, f"{kind}{r}.jsonl"), "defaults" if kind == "default" else args.baseline)
+                )
         runs = [_predictions(Path(tmp, f"{k}{r}.jsonl")) for r in range(args.repeats) for k in times if times[k]]
         default = statistics.median(times["default"])
-        print(f"\ndefault: median {default:.1f} s over {len(times['default'])} run(s) "
-              f"(target <= {TARGET_S:.0f} s: {'met' if default <= TARGET_S else f'missed by {default - TARGET_S:.1f} s'})")
+        print(
+            f"\ndefault: median {default:.1f} s over {len(times['default'])} run(s) "
+            f"(target <= {TARGET_S:.0f} s: {'met' if default <= TARGET_S else f'missed by {default - TARGET_S:.1f} s'})"
+        )
         if times["baseline"]:
             base = statistics.median(times["baseline"])
             print(f"baseline ({args.baseline}): median {base:.1f} s -> the defaults take {default / base:.3f}x the time")
         if args.warm:  # fill a fresh cache with the dense model only, then time the pruned-vs-dense run
             cache = ["--eval-cache", str(Path(tmp, "eval-cache"))]
-            subprocess.run(cli("eval", "--model", "smollm2-135m", "--limit", "50", *cache), cwd=ROOT, check=True,
-                           capture_output=True)
+            subprocess.run(
+                cli("eval", "--model", "smollm2-135m", "--limit", "50", *cache), cwd=ROOT, check=True, capture_output=True
+            )
             warm = timed_eval(folder, cache, Path(tmp, "warm.jsonl"), "warm (dense results cached)")
             runs.append(_predictions(Path(tmp, "warm.jsonl")))
             print(f"warm: {warm:.1f} s, {warm / default:.3f}x the cold default")
         worst = max((abs(a - b) for run in runs[1:] for x, y in zip(runs[0][1], run[1]) for a, b in zip(x, y)), default=0.0)
-        print(f"predictions identical across runs: {all(run[0] == runs[0][0] for run in runs)}; "
-              f"max |log-likelihood difference| {worst:.1e}")
+        print(
+            f"predictions identical across runs: {all(run[0] == runs[0][0] for run in runs)}; "
+            f"max |log-likelihood difference| {worst:.1e}"
+        )
     return 0
 
 

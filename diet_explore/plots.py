@@ -37,7 +37,9 @@ def sorted_score_curves(scores: Mapping[str, np.ndarray], log_y: bool = True, cu
         fig.add_trace(go.Scatter(x=idx, y=s[idx], mode="lines", name=task))
     if cutoff_rank is not None:
         fig.add_vline(x=cutoff_rank, line_dash="dash", line_color="grey", annotation_text=f"keep {cutoff_rank}")
-    fig.update_layout(title="Sorted dimension scores per task", xaxis_title="rank", yaxis_title="score (mean |activation|)", **_LAYOUT)
+    fig.update_layout(
+        title="Sorted dimension scores per task", xaxis_title="rank", yaxis_title="score (mean |activation|)", **_LAYOUT
+    )
     if log_y:
         fig.update_yaxes(type="log")
     return fig
@@ -49,7 +51,9 @@ def layer_dim_heatmap(layer_scores: np.ndarray, dims: Sequence[int], task: str =
     dims = [int(d) for d in dims]
     z = layer_scores[:, dims] if dims else np.zeros((layer_scores.shape[0], 0))  # (L, len(dims))
     fig = go.Figure(
-        go.Heatmap(z=z, x=[f"d{d}" for d in dims], y=list(range(layer_scores.shape[0])), colorscale="Viridis", colorbar_title="score")
+        go.Heatmap(
+            z=z, x=[f"d{d}" for d in dims], y=list(range(layer_scores.shape[0])), colorscale="Viridis", colorbar_title="score"
+        )
     )
     title = "Score by layer for the picked dimensions" + (f" ({task})" if task else "")
     fig.update_layout(title=title, xaxis_title="hidden dimension", yaxis_title="layer", **_LAYOUT)
@@ -74,14 +78,23 @@ def score_distributions(scores: Mapping[str, np.ndarray], log_x: bool = True, bi
     return fig
 
 
-def task_heatmap(matrix: np.ndarray, tasks: Sequence[str], title: str, zmin: float = 0.0, zmax: float = 1.0, colorscale: str = "Blues") -> go.Figure:
+def task_heatmap(
+    matrix: np.ndarray, tasks: Sequence[str], title: str, zmin: float = 0.0, zmax: float = 1.0, colorscale: str = "Blues"
+) -> go.Figure:
     """A labelled, annotated task × task heatmap (symmetric matrices: Jaccard, Spearman)."""
     matrix = np.asarray(matrix, dtype=np.float64)
     text = np.vectorize(lambda v: f"{v:.2f}")(matrix) if matrix.size else matrix
     fig = go.Figure(
         go.Heatmap(
-            z=matrix, x=list(tasks), y=list(tasks), zmin=zmin, zmax=zmax, colorscale=colorscale,
-            text=text, texttemplate="%{text}", hovertemplate="%{y} / %{x}: %{z:.3f}<extra></extra>",
+            z=matrix,
+            x=list(tasks),
+            y=list(tasks),
+            zmin=zmin,
+            zmax=zmax,
+            colorscale=colorscale,
+            text=text,
+            texttemplate="%{text}",
+            hovertemplate="%{y} / %{x}: %{z:.3f}<extra></extra>",
         )
     )
     fig.update_layout(title=title, **_LAYOUT)
@@ -113,12 +126,22 @@ def vote_matrix(prune: np.ndarray, tasks: Sequence[str], order: Sequence[int] | 
     z = prune[:, order].T.astype(np.int8)  # (rows, T)
     fig = go.Figure(
         go.Heatmap(
-            z=z, x=list(tasks), y=[f"d{d}" for d in order], zmin=0, zmax=1,
-            colorscale=[[0, "#e8eef7"], [1, "#c0392b"]], showscale=False,
+            z=z,
+            x=list(tasks),
+            y=[f"d{d}" for d in order],
+            zmin=0,
+            zmax=1,
+            colorscale=[[0, "#e8eef7"], [1, "#c0392b"]],
+            showscale=False,
             hovertemplate="%{y} %{x}: %{z}<extra></extra>",
         )
     )
-    fig.update_layout(title="Prune votes: dimensions × tasks (red = pruned)", xaxis_title="task", yaxis_title="dimension (sorted by votes)", **_LAYOUT)
+    fig.update_layout(
+        title="Prune votes: dimensions × tasks (red = pruned)",
+        xaxis_title="task",
+        yaxis_title="dimension (sorted by votes)",
+        **_LAYOUT,
+    )
     fig.update_yaxes(showticklabels=False, autorange="reversed", type="category")
     return fig
 
@@ -142,15 +165,24 @@ def upset_bars(overlaps: pd.DataFrame, tasks: Sequence[str], top: int = 20) -> g
     tasks = list(tasks)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.03)
     xs = list(range(len(df)))
-    fig.add_trace(go.Bar(x=xs, y=df["size"], text=df["size"], textposition="outside", marker_color="#34495e", showlegend=False), row=1, col=1)
+    fig.add_trace(
+        go.Bar(x=xs, y=df["size"], text=df["size"], textposition="outside", marker_color="#34495e", showlegend=False),
+        row=1,
+        col=1,
+    )
     for j, t in enumerate(tasks):
         member = df[t].astype(bool).to_numpy() if t in df else np.zeros(len(df), bool)
         fig.add_trace(
             go.Scatter(
-                x=xs, y=[j] * len(df), mode="markers", showlegend=False, hoverinfo="skip",
+                x=xs,
+                y=[j] * len(df),
+                mode="markers",
+                showlegend=False,
+                hoverinfo="skip",
                 marker=dict(size=11, color=np.where(member, "#34495e", "#dde3ea")),
             ),
-            row=2, col=1,
+            row=2,
+            col=1,
         )
     fig.update_yaxes(title_text="dimensions", row=1, col=1)
     fig.update_yaxes(tickvals=list(range(len(tasks))), ticktext=tasks, autorange="reversed", row=2, col=1)
@@ -163,7 +195,12 @@ def stability_histogram(keep_frequency: np.ndarray, bins: int = 40) -> go.Figure
     """Per-dimension frequency of being kept across bootstrap resamples (0 or 1 = stable)."""
     f = np.asarray(keep_frequency, dtype=np.float64)
     fig = go.Figure(go.Histogram(x=f, xbins=dict(start=0.0, end=1.0 + 1e-9, size=1.0 / bins)))
-    fig.update_layout(title="Bootstrap keep frequency per dimension", xaxis_title="fraction of resamples keeping the dim", yaxis_title="dimensions", **_LAYOUT)
+    fig.update_layout(
+        title="Bootstrap keep frequency per dimension",
+        xaxis_title="fraction of resamples keeping the dim",
+        yaxis_title="dimensions",
+        **_LAYOUT,
+    )
     fig.update_yaxes(type="log")
     return fig
 
@@ -182,7 +219,11 @@ def run_history(runs: pd.DataFrame, x: str = "sparsity", y: str = "delta_avg", c
     for name, g in groups:
         g = g.sort_values(x)
         hover = g["run_id"].astype(str) if "run_id" in g else None
-        fig.add_trace(go.Scatter(x=g[x], y=g[y], mode="markers", name=str(name), text=hover, hovertemplate="%{text}: %{x}, %{y:.4f}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=g[x], y=g[y], mode="markers", name=str(name), text=hover, hovertemplate="%{text}: %{x}, %{y:.4f}<extra></extra>"
+            )
+        )
     fig.add_hline(y=0, line_color="grey", line_dash="dot")
     fig.update_layout(title=f"Run history: {y} vs {x}", xaxis_title=x, yaxis_title=y, **_LAYOUT)
     return fig

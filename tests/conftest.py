@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
+from app_helpers import APP, TIMEOUT, build_cache_root
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -23,7 +25,8 @@ def _own_eval_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def synthetic_cache_dir(tmp_path_factory):
     """A realistic synthetic cache (7 tasks, 576 dims, 30 layers, 40 samples) saved to disk."""
-    from diet_explore.cache import save_cache, synthetic_cache
+    from diet_explore.profiling.cache import save_cache
+    from diet_explore.profiling.synthetic import synthetic_cache
 
     return save_cache(synthetic_cache(n_samples=40, seed=3), tmp_path_factory.mktemp("cache") / "synthetic")
 
@@ -31,6 +34,71 @@ def synthetic_cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2():
     """(model, tokenizer, info) of the real SmolLM2-135M from the local store; never mutate it."""
-    from diet_explore.models import load_model
+    from diet_explore.models.loading import load_model
 
     return load_model("smollm2-135m", device="cpu")
+
+
+# ---------------------------------------------------------------- the Streamlit app (tests/test_app_*.py, browser)
+@pytest.fixture(scope="session")
+def app_cache_root(tmp_path_factory) -> Path:
+    return build_cache_root(tmp_path_factory.mktemp("app_caches"))
+
+
+@pytest.fixture(scope="session")
+def alpha(app_cache_root):
+    from diet_explore.profiling.cache import load_cache
+
+    return load_cache(app_cache_root / "alpha")
+
+
+@pytest.fixture
+def clear_st_caches():
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def app_env(monkeypatch, tmp_path, app_cache_root, clear_st_caches) -> dict[str, Path]:
+    dirs = {"cache": app_cache_root, "export": tmp_path / "export", "runs": tmp_path / "runs"}
+    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(dirs["cache"]))
+    monkeypatch.setenv("DIET_EXPLORE_EXPORT_DIR", str(dirs["export"]))
+    monkeypatch.setenv("DIET_EXPLORE_RUNS_DIR", str(dirs["runs"]))
+    return dirs
+
+
+@pytest.fixture
+def app(app_env):
+    """A fresh AppTest of app.py (not yet run)."""
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache_root(tmp_path_factory) -> Path:
+    """A real (profiled) score cache of a tiny random llama saved as a local model folder, whose
+    manifest names that folder, so the Prune & evaluate page can load, prune and evaluate it."""
+    from transformers import AutoTokenizer
+
+    from diet_explore.models.adapters.tiny import tiny_model
+    from diet_explore.models.builtin import store_path
+    from diet_explore.models.loading import ModelInfo
+    from diet_explore.profiling.runner import ProfileConfig, profile
+
+    root = tmp_path_factory.mktemp("tiny")
+    folder = root / "models" / "tiny-llama"
+    tok = AutoTokenizer.from_pretrained(store_path("smollm2-135m"))
+    model = tiny_model("llama", hidden_size=64)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    info = ModelInfo(str(folder), "tiny-llama", None, None, None, "llama", 64, 2, sum(p.numel() for p in model.parameters()))
+    config = ProfileConfig(model=str(folder), tasks="rte,arc_easy", samples=6, generic=True, device="cpu")
+    profile(config, root / "caches" / "tiny", progress=lambda *a: None, loaded=(model, tok, info))
+    return root / "caches"

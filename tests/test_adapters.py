@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from diet_explore.adapters import SUPPORTED_MODEL_TYPES, get_adapter
-from diet_explore.adapters.gemma import GemmaAdapter
-from diet_explore.adapters.llama import LlamaAdapter
-from diet_explore.adapters.tiny import TINY_FAMILIES, tiny_model
-from diet_explore.errors import DietError
+from diet_explore.core.errors import DietError
+from diet_explore.models.adapters import SUPPORTED_MODEL_TYPES, get_adapter
+from diet_explore.models.adapters.gemma import GemmaAdapter
+from diet_explore.models.adapters.llama import LlamaAdapter
+from diet_explore.models.adapters.tiny import TINY_FAMILIES, tiny_model
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

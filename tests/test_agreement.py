@@ -7,18 +7,23 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.stats import spearmanr
 
-from diet_explore.agreement import (
+from diet_explore.core.errors import DietError
+from diet_explore.masking.agreement import (
     agreement_report,
-    jaccard_matrix,
     prune_matrix,
     spearman_matrix,
     upset_overlaps,
     vote_counts,
     vote_matrix_sorted,
 )
-from diet_explore.cache import synthetic_cache
-from diet_explore.errors import DietError
-from diet_explore.scores import aggregate_scores, keep_count, top_k_mask
+from diet_explore.masking.importance import aggregate_scores
+from diet_explore.masking.selection import jaccard, keep_count, top_k_mask
+from diet_explore.profiling.synthetic import synthetic_cache
+
+
+def pairwise_jaccard(sets):
+    return jaccard(sets[:, None, :], sets[None, :, :])
+
 
 PRUNE = np.array(
     [
@@ -31,7 +36,7 @@ PRUNE = np.array(
 
 
 def test_jaccard_on_hand_sets():
-    j = jaccard_matrix(np.vstack([PRUNE, np.zeros((1, 6), bool)]))
+    j = pairwise_jaccard(np.vstack([PRUNE, np.zeros((1, 6), bool)]))
     assert j[0, 1] == pytest.approx(2 / 4) and j[0, 2] == pytest.approx(1 / 4) and j[1, 2] == pytest.approx(1 / 4)
     assert j[0, 3] == 0.0 and j[3, 3] == 1.0  # two empty sets count as identical
     np.testing.assert_array_equal(j, j.T)
@@ -97,7 +102,7 @@ def test_prune_matrix_is_the_complement_of_each_task_top_k(cache):
 def test_agreement_report_bundles_labelled_tables(cache):
     rep = agreement_report(cache, 0.25)
     assert list(rep.jaccard.index) == ["a", "b", "c", "d"] == list(rep.spearman.columns)
-    np.testing.assert_allclose(rep.jaccard.values, jaccard_matrix(rep.prune))
+    np.testing.assert_allclose(rep.jaccard.values, pairwise_jaccard(rep.prune))
     assert rep.vote_counts.sum() == 4 * (120 - keep_count(120, 0.25))
     assert rep.upset["size"].sum() == int((rep.vote_counts > 0).sum())
     data = json.loads(json.dumps(rep.to_json_dict()))

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_app import (  # noqa: F401  (fixtures)
-    ALPHA_PARAMS,
-    ALPHA_PER_DIM,
-    alpha,
-    app,
-    app_cache_root,
-    app_env,
-    arr,
-    chart_by_key,
-    clear_st_caches,
-    metrics,
-    run_page,
-)
+from app_helpers import ALPHA_PARAMS, ALPHA_PER_DIM, arr, chart_by_key, metrics, run_page
 
-from diet_explore.agreement import jaccard_matrix, prune_matrix, vote_counts
-from diet_explore.masks import MaskConfig, build_mask, mask_overlap
-from diet_explore.scores import aggregate_scores, keep_count, rank_dims
-from diet_explore.stability import bootstrap_masks
-
+from diet_explore.masking.agreement import prune_matrix, vote_counts
+from diet_explore.masking.build import MaskConfig, build_mask, mask_overlap
+from diet_explore.masking.importance import aggregate_scores
+from diet_explore.masking.selection import jaccard, keep_count, rank_dims
+from diet_explore.masking.stability import bootstrap_masks
 
 # AppTest does not expose dataframe keys; tables are found by their position on the page.
 _FRAMES = {"overview_tasks": 0, "overview_provenance": 1, "rank_top_table": 0, "rank_bottom_table": 1, "mb_overlaps": 0}
@@ -55,13 +44,17 @@ def test_overview_opens_on_first_cache_without_errors(app, alpha):
 
 def test_bad_cache_shows_error_and_app_keeps_running(app):
     at = app.run()
-    at.selectbox(key="cache_choice").select(next(o for o in at.selectbox(key="cache_choice").options if o.endswith("zz-broken"))).run()
+    at.selectbox(key="cache_choice").select(
+        next(o for o in at.selectbox(key="cache_choice").options if o.endswith("zz-broken"))
+    ).run()
     assert not at.exception
     assert at.error and "not valid JSON" in at.error[0].value
     assert "Hint:" in at.error[0].value
     run_page(at, "mask_builder")  # no cache: the page stops quietly, the error box stays
     assert at.error
-    at.selectbox(key="cache_choice").select(next(o for o in at.selectbox(key="cache_choice").options if o.endswith("alpha"))).run()
+    at.selectbox(key="cache_choice").select(
+        next(o for o in at.selectbox(key="cache_choice").options if o.endswith("alpha"))
+    ).run()
     assert not at.error and metrics(at)["Kept dims"].endswith("/ 576")
 
 
@@ -129,7 +122,7 @@ def test_agreement_follows_the_sparsity_slider(app, alpha):
         if s != 0.2:
             at.slider(key="sparsity").set_value(s).run()
         prune = prune_matrix(alpha, s)
-        jac = jaccard_matrix(prune)
+        jac = jaccard(prune[:, None], prune[None])
         heat = chart_by_key(at, "agree_jaccard")
         assert heat["data"][0]["x"] == tasks
         assert np.allclose(arr(heat["data"][0]["z"]), jac)
@@ -152,7 +145,9 @@ def test_agreement_weight_zero_removes_task(app, alpha):
     tasks = [t for t in alpha.task_names if t != "rte"]
     heat = chart_by_key(at, "agree_jaccard")
     assert heat["data"][0]["x"] == tasks
-    assert np.allclose(arr(heat["data"][0]["z"]), jaccard_matrix(prune_matrix(alpha, 0.2, tasks)))
+    assert np.allclose(
+        arr(heat["data"][0]["z"]), jaccard(prune_matrix(alpha, 0.2, tasks)[:, None], prune_matrix(alpha, 0.2, tasks)[None])
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,7 +173,9 @@ def test_mask_builder_numbers_follow_sliders(app, alpha):
     at.slider(key="w_boolq").set_value(0.0).run()
     at.slider(key="w_rte").set_value(2.0).run()
     others = [t for t in alpha.task_names if t != "boolq"]
-    res = build_mask(alpha, MaskConfig(sparsity=0.4, threshold=0.7, tasks=others, weights={t: (2.0 if t == "rte" else 1.0) for t in others}))
+    res = build_mask(
+        alpha, MaskConfig(sparsity=0.4, threshold=0.7, tasks=others, weights={t: (2.0 if t == "rte" else 1.0) for t in others})
+    )
     assert metrics(at)["Voting tasks"] == "6" and _kept(at) == res.n_keep
 
     at.toggle(key="exact").set_value(True).run()
@@ -256,9 +253,8 @@ def test_settings_survive_page_switches(app):
 
 
 def test_a_pasted_link_reproduces_the_view(app, app_env, alpha):
+    from app_helpers import APP, TIMEOUT
     from streamlit.testing.v1 import AppTest
-
-    from conftest_app import APP, TIMEOUT
 
     at = run_page(app.run(), "mask_builder")
     at.slider(key="sparsity").set_value(0.37).run()
@@ -266,7 +262,9 @@ def test_a_pasted_link_reproduces_the_view(app, app_env, alpha):
     at.slider(key="w_rte").set_value(1.5).run()
     at.slider(key="w_boolq").set_value(0.0).run()
     at.selectbox(key="cache_choice").select(next(o for o in at.selectbox(key="cache_choice").options if o.endswith("beta"))).run()
-    at.selectbox(key="cache_choice").select(next(o for o in at.selectbox(key="cache_choice").options if o.endswith("alpha"))).run()
+    at.selectbox(key="cache_choice").select(
+        next(o for o in at.selectbox(key="cache_choice").options if o.endswith("alpha"))
+    ).run()
     link = dict(at.query_params)
     shown = metrics(at)
     fresh = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
@@ -293,7 +291,7 @@ def test_link_to_another_cache_and_bad_values(app, app_cache_root):
 # Export
 # --------------------------------------------------------------------------------------------
 def test_export_writes_a_valid_mask_file(app, app_env, alpha):
-    from diet_explore.maskfile import load_mask
+    from diet_explore.masking.maskfile import load_mask
 
     at = run_page(app.run(), "mask_builder")
     at.slider(key="sparsity").set_value(0.3).run()
@@ -314,7 +312,7 @@ def test_export_writes_a_valid_mask_file(app, app_env, alpha):
 
 def test_export_command_reproduces_the_mask(app, app_env, alpha, tmp_path):
     from diet_explore.cli import main
-    from diet_explore.maskfile import load_mask
+    from diet_explore.masking.maskfile import load_mask
 
     at = run_page(app.run(), "mask_builder")
     at.slider(key="sparsity").set_value(0.25).run()
@@ -412,10 +410,13 @@ def test_mask_builder_on_a_cache_without_the_residual_site(app, monkeypatch, tmp
     import json
     from dataclasses import replace
 
-    from diet_explore.cache import save_cache, synthetic_cache
+    from diet_explore.profiling.cache import save_cache
+    from diet_explore.profiling.synthetic import synthetic_cache
 
     both = synthetic_cache(hidden_size=64, num_layers=3, tasks=("boolq", "rte"), n_samples=6, seed=2)
-    tasks = {t: replace(s, layer={"normed": s.layer["normed"]}, sample={"normed": s.sample["normed"]}) for t, s in both.tasks.items()}
+    tasks = {
+        t: replace(s, layer={"normed": s.layer["normed"]}, sample={"normed": s.sample["normed"]}) for t, s in both.tasks.items()
+    }
     manifest = json.loads(json.dumps(both.manifest)) | {"sites": ["normed"]}  # `profile --sites normed`
     save_cache(replace(both, tasks=tasks, manifest=manifest), tmp_path / "caches" / "normed-only")
     monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(tmp_path / "caches"))
@@ -440,11 +441,11 @@ def test_a_manifest_with_fields_of_the_wrong_type_is_an_error_box(app, monkeypat
 
 
 def test_a_link_to_a_cache_opens_from_another_working_folder(app, app_env, monkeypatch, tmp_path):
-    from app_pages._ui import APP_DIR
-
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("DIET_EXPLORE_APP_DIR", str(repo))  # what `diet-explore app` sets: the folder it was started in
     monkeypatch.chdir(tmp_path)
     app.query_params.update({"cache": "cache/smollm2-135m"})  # links hold paths relative to the app folder
     at = app.run()
-    assert (APP_DIR / "cache" / "smollm2-135m").is_dir()
+    assert (repo / "cache" / "smollm2-135m").is_dir()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert metrics(at)["Hidden size"] == "576"

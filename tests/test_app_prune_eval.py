@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest_app import (  # noqa: F401  (fixtures)
-    APP,
-    TIMEOUT,
-    app_cache_root,
-    clear_st_caches,
-    metrics,
-    run_page,
-    tiny_cache_root,
-)
+from app_helpers import APP, TIMEOUT, metrics, run_page
 
-from diet_explore.cache import load_cache
-from diet_explore.masks import MaskConfig, build_mask
+from diet_explore.masking.build import MaskConfig, build_mask
+from diet_explore.profiling.cache import load_cache
 
 
 @pytest.fixture
@@ -48,10 +40,10 @@ def run_tiny_eval(at, sparsity: float, limit: int):
 
 
 def test_prune_and_evaluate_matches_the_library_and_is_stored(tiny_app, tiny):
-    from diet_explore.evaluate import EvalConfig, evaluate_pair
-    from diet_explore.models import load_model
-    from diet_explore.prune import count_parameters, prune_model
-    from diet_explore.runs import RunStore
+    from diet_explore.evaluation.evaluate import EvalConfig, evaluate_pair
+    from diet_explore.experiments.runs import RunStore
+    from diet_explore.models.loading import load_model
+    from diet_explore.pruning.slicing import count_parameters, prune_model
 
     at, dirs = tiny_app
     at = run_tiny_eval(at, sparsity=0.25, limit=4)
@@ -86,7 +78,7 @@ def test_prune_and_evaluate_matches_the_library_and_is_stored(tiny_app, tiny):
 
 
 def test_missing_weights_name_the_install_command(tiny_app, monkeypatch):
-    import diet_explore.models as models
+    import diet_explore.models.builtin as models
 
     at, _ = tiny_app
     monkeypatch.setattr(models, "is_installed", lambda name: False)
@@ -110,7 +102,7 @@ def test_a_missing_model_folder_is_named_not_sent_to_an_install_command(tiny_app
 def test_export_saves_a_loadable_pruned_model(tiny_app, tiny):
     from transformers import AutoModelForCausalLM
 
-    from diet_explore.maskfile import load_mask
+    from diet_explore.masking.maskfile import load_mask
 
     at, dirs = tiny_app
     at = run_page(at.run(), "mask_builder")
@@ -146,8 +138,8 @@ def test_export_of_an_unsaveable_kept_count_is_an_error_box(tiny_app):
 
 
 def test_a_failure_midway_is_an_error_box_and_the_history_is_intact(tiny_app, monkeypatch):
-    import diet_explore.evaluate as evaluate
-    from diet_explore.runs import RunStore
+    import diet_explore.experiments.tuning as tuning
+    from diet_explore.experiments.runs import RunStore
 
     at, dirs = tiny_app
     store = RunStore(dirs["runs"])
@@ -158,7 +150,7 @@ def test_a_failure_midway_is_an_error_box_and_the_history_is_intact(tiny_app, mo
         progress(0.4, "rte")
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(evaluate, "evaluate_pair", dies_midway)
+    monkeypatch.setattr(tuning, "evaluate_pair", dies_midway)
     at = run_page(at.run(), "prune_eval")
     at.multiselect(key="pe_tasks").set_value(["rte"]).run()
     at.button(key="pe_run").click().run(timeout=300)
@@ -171,7 +163,8 @@ def test_a_failure_midway_is_an_error_box_and_the_history_is_intact(tiny_app, mo
 @pytest.fixture
 def evaluated(monkeypatch) -> list[int]:
     """The hidden size of every model evaluate_model runs on, in order."""
-    import diet_explore.evaluate as evaluate
+    import diet_explore.evaluation.evaluate as evaluate
+    import diet_explore.experiments.tuning as tuning
 
     calls: list[int] = []
     real = evaluate.evaluate_model
@@ -180,12 +173,13 @@ def evaluated(monkeypatch) -> list[int]:
         calls.append(model.config.hidden_size)
         return real(model, *a, **k)
 
-    monkeypatch.setattr(evaluate, "evaluate_model", counting)
+    monkeypatch.setattr(evaluate, "evaluate_model", counting)  # the pruned model (evaluate_pair)
+    monkeypatch.setattr(tuning, "evaluate_model", counting)  # the dense model (tuning.evaluate_dense)
     return calls
 
 
 def test_a_second_run_on_the_same_examples_reuses_the_dense_results(tiny_app, evaluated):
-    from diet_explore.runs import RunStore
+    from diet_explore.experiments.runs import RunStore
 
     calls = evaluated
     at, dirs = tiny_app
@@ -216,20 +210,21 @@ def test_after_a_restart_the_dense_results_come_from_the_disk_cache(tiny_app, ev
     again = run_tiny_eval(AppTest.from_file(str(APP), default_timeout=TIMEOUT), sparsity=0.25, limit=3)
     assert not again.exception and not again.error, [e.value for e in again.error]
     assert calls[2:] == [calls[1]]  # only the pruned copy was evaluated
-    assert any("Dense results reused" in str(m.value) and "(evaluation cache, computed 20" in str(m.value)
-               for m in again.markdown)
+    assert any(
+        "Dense results reused" in str(m.value) and "(evaluation cache, computed 20" in str(m.value) for m in again.markdown
+    )
     assert first.dataframe[-1].value.iloc[0]["dense_avg"] == again.dataframe[-1].value.iloc[0]["dense_avg"]
 
 
-def test_a_reprofiled_cache_changes_the_examples_so_the_dense_model_is_evaluated_again(tiny_app, evaluated,
-                                                                                       tiny_cache_root, tmp_path,
-                                                                                       monkeypatch):
+def test_a_reprofiled_cache_changes_the_examples_so_the_dense_model_is_evaluated_again(
+    tiny_app, evaluated, tiny_cache_root, tmp_path, monkeypatch
+):
     """The page's config names the cache folder, not its contents: profiling it again with other
     samples moves the held-out draw, and a dense result from the old draw must not be paired."""
     import json
     import shutil
 
-    from diet_explore.evaluate import EvalConfig, eval_requests
+    from diet_explore.evaluation.evaluate import EvalConfig, eval_requests
 
     calls = evaluated
     root = tmp_path / "caches"

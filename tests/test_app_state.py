@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diet_explore import app_state as S
-from diet_explore.errors import DietError
-from diet_explore.masks import MaskConfig
+from diet_explore.core.errors import DietError
+from diet_explore.masking.build import MaskConfig
+from diet_explore.masking.maskfile import mask_command
+from diet_explore_app import settings as S
 
 TASKS = ["boolq", "rte", "hellaswag", "arc_easy"]
 
@@ -24,13 +25,31 @@ def test_default_config_encodes_to_empty_query():
 def test_encode_writes_only_changed_fields_under_field_names():
     cfg = MaskConfig(sparsity=0.35, weights={"boolq": 2.0, "rte": 0.5}, exact=True, multiple_of=8, layer_agg="max")
     q = S.encode_query(cfg, cache="cache/gemma3-270m")
-    assert q == {"cache": "cache/gemma3-270m", "sparsity": "0.35", "weights": "boolq:2,rte:0.5", "layer_agg": "max",
-                 "exact": "1", "multiple_of": "8"}
+    assert q == {
+        "cache": "cache/gemma3-270m",
+        "sparsity": "0.35",
+        "weights": "boolq:2,rte:0.5",
+        "layer_agg": "max",
+        "exact": "1",
+        "multiple_of": "8",
+    }
 
 
 def test_decode_round_trips_a_full_config():
-    cfg = MaskConfig(sparsity=0.42, threshold=0.75, weights={"boolq": 1.5}, tasks=["boolq", "rte"], method="borda",
-                     site="normed", layer_agg="last_k", last_k=6, normalize="zscore", exact=True, multiple_of=8, seed=7)
+    cfg = MaskConfig(
+        sparsity=0.42,
+        threshold=0.75,
+        weights={"boolq": 1.5},
+        tasks=["boolq", "rte"],
+        method="borda",
+        site="normed",
+        layer_agg="last_k",
+        last_k=6,
+        normalize="zscore",
+        exact=True,
+        multiple_of=8,
+        seed=7,
+    )
     back, cache, warnings = S.decode_query(S.encode_query(cfg, "x/y"))
     assert back == cfg and cache == "x/y" and warnings == []
 
@@ -53,8 +72,17 @@ def test_query_round_trip_property(sparsity, threshold, weights, exact, mult, me
 
 
 def test_decode_drops_bad_values_with_warnings_and_ignores_unknown_keys():
-    config, _, warnings = S.decode_query({"sparsity": "1.5", "threshold": "abc", "method": "nope", "exact": "maybe",
-                                          "weights": "boolq:-1", "utm_source": "x", "multiple_of": "8"})
+    config, _, warnings = S.decode_query(
+        {
+            "sparsity": "1.5",
+            "threshold": "abc",
+            "method": "nope",
+            "exact": "maybe",
+            "weights": "boolq:-1",
+            "utm_source": "x",
+            "multiple_of": "8",
+        }
+    )
     assert config == MaskConfig(multiple_of=8)
     assert len(warnings) == 5 and all("ignored link setting" in w for w in warnings)
 
@@ -108,16 +136,27 @@ def test_default_cache_prefers_smollm2(tmp_path):
     assert S.default_cache([]) is None
 
 
-def test_cache_root_env_override(tmp_path):
-    assert S.cache_root(tmp_path, {}) == tmp_path / "cache"
+def test_cache_root_env_override_then_the_local_folder_then_the_packaged_caches(tmp_path):
+    from diet_explore.profiling.cache import save_cache
+    from diet_explore.profiling.synthetic import synthetic_cache
+
     assert S.cache_root(tmp_path, {S.CACHE_DIR_ENV: "/elsewhere"}).as_posix() == "/elsewhere"
+    packaged = S.packaged_cache_root()
+    assert packaged is not None and (packaged / "smollm2-135m" / "manifest.json").is_file()
+    assert S.cache_root(tmp_path, {}) == packaged  # nothing under ./cache: the caches shipped with the package
+    save_cache(synthetic_cache(hidden_size=16, num_layers=2, n_samples=3), tmp_path / "cache" / "mine")
+    assert S.cache_root(tmp_path, {}) == tmp_path / "cache"
 
 
-def test_pruned_param_count():
-    manifest = {"model": {"hidden_size": 100, "num_parameters": 10_000, "params_per_hidden_dim": 50}}
-    assert S.pruned_param_count(manifest, 100) == 10_000
-    assert S.pruned_param_count(manifest, 80) == 9_000
-    assert S.pruned_param_count({"model": {"hidden_size": 100}}, 80) is None
+def test_parameters_after_pruning():
+    from diet_explore.profiling.cache import ScoreCache
+
+    def cache(model):
+        return ScoreCache({"model": model}, {})
+
+    assert cache({"hidden_size": 100, "num_parameters": 10_000, "params_per_hidden_dim": 50}).parameters_after(100) == 10_000
+    assert cache({"hidden_size": 100, "num_parameters": 10_000, "params_per_hidden_dim": 50}).parameters_after(80) == 9_000
+    assert cache({"hidden_size": 100}).parameters_after(80) is None
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "a\\b", "/abs", "..", ".hidden", "", "a" * 200, "x..y"])
@@ -139,11 +178,19 @@ def test_default_export_name_is_always_valid():
 
 def test_mask_command_parses_back_to_the_same_config():
     from diet_explore.cli import build_parser
-    from diet_explore.commands.mask import config_from_args
+    from diet_explore.cli.mask import config_from_args
 
-    cfg = MaskConfig(sparsity=0.3, threshold=0.6, weights={"boolq": 2.0}, tasks=["boolq", "rte"], exact=True, multiple_of=8,
-                     layer_agg="last_k", last_k=3)
-    cmd = S.mask_command("cache/my cache", cfg, "out.json")
+    cfg = MaskConfig(
+        sparsity=0.3,
+        threshold=0.6,
+        weights={"boolq": 2.0},
+        tasks=["boolq", "rte"],
+        exact=True,
+        multiple_of=8,
+        layer_agg="last_k",
+        last_k=3,
+    )
+    cmd = mask_command("cache/my cache", cfg, "out.json")
     argv = shlex.split(cmd)
     assert argv[:2] == ["diet-explore", "mask"]
     args = build_parser().parse_args(argv[1:])

@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from diet_explore import atomic
-from diet_explore.errors import DietError
+from diet_explore.core import atomic
+from diet_explore.core.errors import DietError
 
 
 def test_written_file_reads_like_any_other_and_leaves_no_temp(tmp_path):
@@ -85,7 +85,7 @@ def test_overwrite_is_not_blocked_by_a_leftover_old_file(tmp_path):
 
 
 def test_check_output_dir_refuses_a_folder_that_cannot_be_created(tmp_path):
-    from diet_explore.atomic import check_output_dir
+    from diet_explore.core.atomic import check_output_dir
 
     (tmp_path / "afile").write_text("")
     with pytest.raises(DietError, match=r"cannot be created: .*afile is not a folder"):

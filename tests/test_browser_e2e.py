@@ -25,20 +25,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_app import APP, arr, build_cache_root
+from app_helpers import APP, arr, build_cache_root
 
 pytestmark = pytest.mark.browser
 
-ROOT = APP.parent
+ROOT = APP.parents[1]  # the repository: cache/ and the app folder
 CHROMIUM = "/usr/bin/chromium"
 # The README's screenshots are refreshed only on request (DIET_EXPLORE_SCREENSHOTS=docs/screenshots), so a
 # test run does not rewrite tracked files; otherwise they go to a throwaway folder (still taken: a page that
 # cannot render fails here).
 SCREENSHOTS = Path(os.environ["DIET_EXPLORE_SCREENSHOTS"]) if os.environ.get("DIET_EXPLORE_SCREENSHOTS") else None
-CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run"]
-PAGES = [("overview", "Overview"), ("rankings", "Rankings"), ("agreement", "Agreement"), ("mask_builder", "Mask builder"),
-         ("prune_eval", "Prune & evaluate"), ("export", "Export")]
+CHROME_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PAGES = [
+    ("overview", "Overview"),
+    ("rankings", "Rankings"),
+    ("agreement", "Agreement"),
+    ("mask_builder", "Mask builder"),
+    ("prune_eval", "Prune & evaluate"),
+    ("export", "Export"),
+]
 WAIT_MS = 60_000
 
 
@@ -80,29 +92,33 @@ def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> Non
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     _require_browser()
-    from diet_explore import app_state as S
+    from diet_explore_app import settings as S
 
     tmp = tmp_path_factory.mktemp("e2e")
     real_root = ROOT / "cache"
     cache_root = real_root if S.discover_caches(real_root) else build_cache_root(tmp / "caches")
     port = _free_port()
-    env = {**os.environ, "DIET_EXPLORE_CACHE_DIR": str(cache_root), "DIET_EXPLORE_EXPORT_DIR": str(tmp / "export"),
-           "DIET_EXPLORE_RUNS_DIR": str(tmp / "runs"), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    log = open(tmp / "streamlit.log", "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_health(url, proc)
-        yield {"url": url, "cache_root": cache_root, "tmp": tmp}
-    finally:
-        proc.terminate()
+    env = {
+        **os.environ,
+        "DIET_EXPLORE_CACHE_DIR": str(cache_root),
+        "DIET_EXPLORE_EXPORT_DIR": str(tmp / "export"),
+        "DIET_EXPLORE_RUNS_DIR": str(tmp / "runs"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    # started as a user would: the console command (`diet-explore app`), which runs streamlit on the packaged app
+    cmd = [sys.executable, "-m", "diet_explore", "app", "--port", str(port), "--host", "127.0.0.1"]
+    with open(tmp / "streamlit.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            _wait_health(url, proc)
+            yield {"url": url, "cache_root": cache_root, "tmp": tmp}
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +162,7 @@ def _wait_metric(page, label: str, expected: str) -> None:
         try:
             if _metric(page, label) == expected:
                 return
-        except Exception:  # noqa: BLE001 (element re-rendering)
+        except Exception:
             pass
         page.wait_for_timeout(200)
     raise AssertionError(f"metric {label!r} is {_metric(page, label)!r}, expected {expected!r}")
@@ -179,21 +195,26 @@ def _shot(page, name: str, folder: Path) -> None:
 
 
 def _load_default_cache(server):
-    from diet_explore import app_state as S
-    from diet_explore.cache import load_cache
+    from diet_explore.profiling.cache import load_cache
+    from diet_explore_app import settings as S
 
     return load_cache(S.default_cache(S.discover_caches(Path(server["cache_root"]))))
 
 
 # --------------------------------------------------------------------------------------------
 def test_every_page_slider_and_download(server, browser, tmp_path):
-    from diet_explore.agreement import jaccard_matrix, prune_matrix
-    from diet_explore.maskfile import load_mask
-    from diet_explore.masks import MaskConfig, build_mask
-    from diet_explore.models import install_command, is_installed
-    from diet_explore.prune import required_multiple_for_model
-    from diet_explore.runs import RunStore
-    from diet_explore.scores import keep_count
+    from diet_explore.masking.agreement import prune_matrix
+    from diet_explore.masking.selection import jaccard
+
+    def jaccard_matrix(p):
+        return jaccard(p[:, None], p[None])
+
+    from diet_explore.experiments.runs import RunStore
+    from diet_explore.masking.build import MaskConfig, build_mask
+    from diet_explore.masking.maskfile import load_mask
+    from diet_explore.masking.selection import keep_count
+    from diet_explore.models.builtin import install_command, is_installed
+    from diet_explore.pruning.saving import required_multiple_for_model
 
     cache = _load_default_cache(server)
     d = cache.hidden_size

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from diet_explore.cache import MANIFEST, check_resume, load_cache, read_manifest, save_cache, synthetic_cache
-from diet_explore.errors import DietError
+from diet_explore.core.errors import DietError
+from diet_explore.profiling.cache import MANIFEST, check_resume, load_cache, read_manifest, save_cache
+from diet_explore.profiling.synthetic import synthetic_cache
 
 
 def test_round_trip_keeps_every_array_and_the_invariant(tmp_path):

@@ -4,13 +4,13 @@ import shlex
 import numpy as np
 import pytest
 
-from diet_explore.agreement import agreement_report
-from diet_explore.cache import load_cache
 from diet_explore.cli import main
-from diet_explore.maskfile import load_mask
-from diet_explore.masks import MaskConfig, build_mask
-from diet_explore.scores import keep_count
-from diet_explore.stability import bootstrap_masks
+from diet_explore.masking.agreement import agreement_report
+from diet_explore.masking.build import MaskConfig, build_mask
+from diet_explore.masking.maskfile import load_mask
+from diet_explore.masking.selection import keep_count
+from diet_explore.masking.stability import bootstrap_masks
+from diet_explore.profiling.cache import load_cache
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,22 @@ def cache(synthetic_cache_dir):
 
 def test_mask_writes_a_valid_file_matching_the_library(synthetic_cache_dir, cache, tmp_path, capsys):
     out = tmp_path / "mask.json"
-    rc = main(["mask", "--cache", str(synthetic_cache_dir), "--sparsity", "0.2", "--threshold", "0.5",
-               "--weights", "boolq=2,rte=0.5", "--npy", "--out", str(out)])
+    rc = main(
+        [
+            "mask",
+            "--cache",
+            str(synthetic_cache_dir),
+            "--sparsity",
+            "0.2",
+            "--threshold",
+            "0.5",
+            "--weights",
+            "boolq=2,rte=0.5",
+            "--npy",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     want = build_mask(cache, MaskConfig(sparsity=0.2, weights={"boolq": 2.0, "rte": 0.5}))
     mf = load_mask(out, expected_hidden_size=576, expected_model=cache.model_name)
@@ -33,8 +47,22 @@ def test_mask_writes_a_valid_file_matching_the_library(synthetic_cache_dir, cach
 
 def test_mask_exact_multiple_and_colon_weights(synthetic_cache_dir, tmp_path):
     out = tmp_path / "m.json"
-    argv = ["mask", "--cache", str(synthetic_cache_dir), "--sparsity", "0.3", "--exact", "--multiple-of", "8",
-            "--weights", "boolq:2", "--tasks", "boolq,rte,hellaswag", "--out", str(out)]
+    argv = [
+        "mask",
+        "--cache",
+        str(synthetic_cache_dir),
+        "--sparsity",
+        "0.3",
+        "--exact",
+        "--multiple-of",
+        "8",
+        "--weights",
+        "boolq:2",
+        "--tasks",
+        "boolq,rte,hellaswag",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     mf = load_mask(out)
     assert mf.n_keep == keep_count(576, 0.3, 8) == 408 and mf.tasks == ["boolq", "rte", "hellaswag"]
@@ -85,8 +113,21 @@ def test_agreement_table_and_bad_task(synthetic_cache_dir, capsys):
 
 
 def test_stability_json_matches_the_library(synthetic_cache_dir, cache, capsys):
-    argv = ["stability", "--cache", str(synthetic_cache_dir), "--sparsity", "0.2", "--resamples", "30",
-            "--counts", "10,40,80", "--curve-resamples", "5", "--format", "json"]
+    argv = [
+        "stability",
+        "--cache",
+        str(synthetic_cache_dir),
+        "--sparsity",
+        "0.2",
+        "--resamples",
+        "30",
+        "--counts",
+        "10,40,80",
+        "--curve-resamples",
+        "5",
+        "--format",
+        "json",
+    ]
     assert main(argv) == 0
     data = json.loads(capsys.readouterr().out)
     want = bootstrap_masks(cache, MaskConfig(sparsity=0.2), n_resamples=30, seed=0)
@@ -105,22 +146,35 @@ def test_stability_table_prints_mean_jaccard_and_curve(synthetic_cache_dir, caps
 
 
 def test_app_mask_command_is_accepted_by_the_cli(synthetic_cache_dir, cache, tmp_path):
-    """The app shows `diet-explore mask ...` lines (app_state.mask_command); they must run as-is."""
-    from diet_explore import app_state
-    cfg = MaskConfig(sparsity=0.35, threshold=0.6, weights={"boolq": 1.5, "rte": 0.25}, tasks=["boolq", "rte", "winogrande"],
-                     layer_agg="last_k", last_k=3, normalize="sum", exact=True, multiple_of=8)
-    argv = shlex.split(app_state.mask_command(synthetic_cache_dir, cfg, tmp_path / "m.json"))
+    """The app shows `diet-explore mask ...` lines (maskfile.mask_command); they must run as-is."""
+    from diet_explore.masking.maskfile import mask_command
+
+    cfg = MaskConfig(
+        sparsity=0.35,
+        threshold=0.6,
+        weights={"boolq": 1.5, "rte": 0.25},
+        tasks=["boolq", "rte", "winogrande"],
+        layer_agg="last_k",
+        last_k=3,
+        normalize="sum",
+        exact=True,
+        multiple_of=8,
+    )
+    argv = shlex.split(mask_command(synthetic_cache_dir, cfg, tmp_path / "m.json"))
     assert main(argv[1:]) == 0
     mf = load_mask(tmp_path / "m.json")
     assert MaskConfig.from_dict(mf.config) == cfg
     np.testing.assert_array_equal(mf.keep, build_mask(cache, cfg).keep)
 
 
-@pytest.mark.parametrize("out, extra, message", [
-    ("a-folder", [], "is a folder"),
-    ("a-file/m.json", [], "cannot be created"),
-    ("m.npy", ["--npy"], "ends in .npy"),
-])
+@pytest.mark.parametrize(
+    "out, extra, message",
+    [
+        ("a-folder", [], "is a folder"),
+        ("a-file/m.json", [], "cannot be created"),
+        ("m.npy", ["--npy"], "ends in .npy"),
+    ],
+)
 def test_mask_out_that_cannot_hold_the_mask_exits_2(synthetic_cache_dir, tmp_path, capsys, out, extra, message):
     (tmp_path / "a-folder").mkdir()
     (tmp_path / "a-file").write_text("keep me")

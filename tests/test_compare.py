@@ -6,16 +6,20 @@ import json
 
 import numpy as np
 import pytest
-
-from diet_explore.adapters.tiny import tiny_model
-from diet_explore.cache import save_cache, synthetic_cache
-from diet_explore.compare import CompareConfig, markdown_table, read_results, run_compare, sweep_grid
-from diet_explore.errors import DietError
-from diet_explore.evaluate import Z95, evaluate_model
-from diet_explore.masks import MaskConfig, build_mask
-from diet_explore.prune import prune_model
-from diet_explore.runs import RunStore
 from test_scoring import WordTokenizer
+
+from diet_explore.core.errors import DietError
+from diet_explore.evaluation.evaluate import evaluate_model
+from diet_explore.evaluation.metrics import Z95
+from diet_explore.experiments.reports import markdown_table
+from diet_explore.experiments.results import read_results
+from diet_explore.experiments.runs import RunStore
+from diet_explore.experiments.sweep import CompareConfig, run_compare, sweep_grid
+from diet_explore.masking.build import MaskConfig, build_mask
+from diet_explore.models.adapters.tiny import tiny_model
+from diet_explore.profiling.cache import save_cache
+from diet_explore.profiling.synthetic import synthetic_cache
+from diet_explore.pruning.slicing import prune_model
 
 METHODS = ["diet", "random", "magnitude", "single-task", "leave-one-out"]
 
@@ -23,10 +27,18 @@ METHODS = ["diet", "random", "magnitude", "single-task", "leave-one-out"]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
-    cache = save_cache(synthetic_cache(hidden_size=64, num_layers=2, tasks=("rte", "winogrande"), n_samples=8, seed=1),
-                       root / "cache")
-    config = CompareConfig(model="tiny-llama", cache=str(cache), sparsities=[0.25], methods=METHODS,
-                           tasks="rte,winogrande", limit=3, perplexity=False)
+    cache = save_cache(
+        synthetic_cache(hidden_size=64, num_layers=2, tasks=("rte", "winogrande"), n_samples=8, seed=1), root / "cache"
+    )
+    config = CompareConfig(
+        model="tiny-llama",
+        cache=str(cache),
+        sparsities=[0.25],
+        methods=METHODS,
+        tasks="rte,winogrande",
+        limit=3,
+        perplexity=False,
+    )
     model, tok, store = tiny_model("llama"), WordTokenizer(), RunStore(root / "runs")
     logs: list[str] = []
     rows = run_compare(config, root / "out", model, tok, store, log=logs.append)
@@ -51,7 +63,7 @@ def test_every_method_keeps_the_same_count_and_gets_paired_deltas(setup):
 
 def test_a_row_equals_pruning_and_evaluating_that_mask_directly(setup):
     root, config, model, tok, store, rows, logs = setup
-    from diet_explore.cache import load_cache
+    from diet_explore.profiling.cache import load_cache
 
     mask = build_mask(load_cache(config.cache), MaskConfig(sparsity=0.25, method="random", exact=True, multiple_of=4))
     res = evaluate_model(prune_model(model, mask.keep), tok, config.eval_config())
@@ -107,17 +119,25 @@ def test_bad_methods_and_sparsities_are_refused():
 
 
 def test_a_sweep_reuses_cached_dense_results_and_only_evaluates_the_pruned_models(synthetic_cache_dir, tmp_path, monkeypatch):
-    import diet_explore.compare as compare
-    from diet_explore.evalcache import EvalCache
+    import diet_explore.experiments.sweep as compare
+    from diet_explore.evaluation.evalcache import EvalCache
 
-    config = CompareConfig(model="smollm2-135m", cache=str(synthetic_cache_dir), sparsities=[0.25], methods=["random"],
-                           tasks="rte", limit=2, perplexity=False)
+    config = CompareConfig(
+        model="smollm2-135m",
+        cache=str(synthetic_cache_dir),
+        sparsities=[0.25],
+        methods=["random"],
+        tasks="rte",
+        limit=2,
+        perplexity=False,
+    )
     cache, store = EvalCache(tmp_path / "eval-cache"), RunStore(tmp_path / "runs")
     first = run_compare(config, tmp_path / "a", store=store, eval_cache=cache, log=lambda m: None)
     evaluated: list[int] = []
     real = compare.evaluate_model
-    monkeypatch.setattr(compare, "evaluate_model",
-                        lambda model, *a, **k: evaluated.append(model.config.hidden_size) or real(model, *a, **k))
+    monkeypatch.setattr(
+        compare, "evaluate_model", lambda model, *a, **k: evaluated.append(model.config.hidden_size) or real(model, *a, **k)
+    )
     logs: list[str] = []
     second = run_compare(config, tmp_path / "b", store=store, eval_cache=cache, log=logs.append)
     assert evaluated == [second[1]["n_keep"]] and second[1]["n_keep"] < 576  # the pruned model only
@@ -133,7 +153,7 @@ def test_a_sweep_reuses_cached_dense_results_and_only_evaluates_the_pruned_model
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if run_compare gets as far as loading a model."""
-    import diet_explore.models as models
+    import diet_explore.models.loading as models
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the settings were checked")
@@ -194,8 +214,21 @@ def test_the_cli_reports_a_bad_out_as_one_line(setup, tmp_path, capsys, no_model
 
     root, config, *_ = setup
     (tmp_path / "afile").write_text("")
-    code = main(["compare", "--cache", config.cache, "--out", str(tmp_path / "afile"), "--runs", str(tmp_path / "runs"),
-                 "--sparsity", "0.1,0.10", "--methods", "random,random"])
+    code = main(
+        [
+            "compare",
+            "--cache",
+            config.cache,
+            "--out",
+            str(tmp_path / "afile"),
+            "--runs",
+            str(tmp_path / "runs"),
+            "--sparsity",
+            "0.1,0.10",
+            "--methods",
+            "random,random",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --out ") and "hint:" in err and "Traceback" not in err
 

@@ -9,11 +9,11 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from diet_explore.adapters.tiny import tiny_model
-from diet_explore.evalcache import EvalCache, cache_key, folder_fingerprint, requests_fingerprint
-from diet_explore.evaluate import EvalConfig, eval_requests, evaluate_cached, evaluate_model
 from test_scoring import WordTokenizer
+
+from diet_explore.evaluation.evalcache import EvalCache, cache_key, folder_fingerprint, requests_fingerprint
+from diet_explore.evaluation.evaluate import EvalConfig, eval_requests, evaluate_cached, evaluate_model
+from diet_explore.models.adapters.tiny import tiny_model
 
 CONFIG = EvalConfig(tasks="rte,winogrande", limit=3, ppl_windows=2)
 
@@ -99,7 +99,7 @@ def test_the_wiki_text_file_is_in_the_key_when_perplexity_is_on(tmp_path, monkey
     requests = eval_requests(CONFIG)
     text = tmp_path / "wiki.utf8"
     text.write_text("some text")
-    monkeypatch.setattr("diet_explore.assets.wiki_text_path", lambda: text)
+    monkeypatch.setattr("diet_explore.core.assets.wiki_text_path", lambda: text)
     no_ppl = EvalConfig(tasks="rte,winogrande", limit=3, perplexity=False)
     before = cache_key("folder:x", requests, CONFIG, "cpu", "float32"), cache_key("folder:x", requests, no_ppl, "cpu", "float32")
     text.write_text("other text, another size")
@@ -116,16 +116,22 @@ def test_a_reused_result_is_named_by_the_caller_or_by_its_model(folder, tmp_path
     def as_dense():
         return evaluate_model(model, WordTokenizer(), CONFIG, model_name="dense"), {"name": "tiny-llama"}
 
-    assert evaluate_cached(str(path), CONFIG, requests, cache, "cpu", torch.float32, as_dense, label="dense").model_name == "dense"
+    assert (
+        evaluate_cached(str(path), CONFIG, requests, cache, "cpu", torch.float32, as_dense, label="dense").model_name == "dense"
+    )
     reused = evaluate_cached(str(path), CONFIG, requests, cache, "cpu", torch.float32, as_dense)
     assert "cached" in reused.extra and reused.model_name == "tiny-llama"
-    assert evaluate_cached(str(path), CONFIG, requests, cache, "cpu", torch.float32, as_dense, label="dense").model_name == "dense"
+    assert (
+        evaluate_cached(str(path), CONFIG, requests, cache, "cpu", torch.float32, as_dense, label="dense").model_name == "dense"
+    )
 
 
 def test_batch_settings_do_not_change_the_key():
     requests = eval_requests(CONFIG)
     other = EvalConfig(tasks="rte,winogrande", limit=3, ppl_windows=2, batch_tokens=4096, workers=1, batch_size=2)
-    assert cache_key("folder:x", requests, CONFIG, "cpu", torch.float32) == cache_key("folder:x", requests, other, "cpu", "float32")
+    assert cache_key("folder:x", requests, CONFIG, "cpu", torch.float32) == cache_key(
+        "folder:x", requests, other, "cpu", "float32"
+    )
 
 
 @pytest.mark.parametrize("damage", ["truncated", "other examples", "other format"])
@@ -157,7 +163,9 @@ def test_no_cache_and_unfingerprintable_models_always_compute(folder, tmp_path, 
     cached(path, compute, None)
     cached(path, compute, None)
     assert compute.calls == 2
-    monkeypatch.setattr("diet_explore.evalcache.model_fingerprint", lambda name: None)  # e.g. a hub model without a revision
+    monkeypatch.setattr(
+        "diet_explore.evaluation.evalcache.model_fingerprint", lambda name: None
+    )  # e.g. a hub model without a revision
     cache = EvalCache(tmp_path / "cache")
     cached(path, compute, cache)
     cached(path, compute, cache)
@@ -167,15 +175,25 @@ def test_no_cache_and_unfingerprintable_models_always_compute(folder, tmp_path, 
 def test_cli_eval_reuses_the_dense_model_and_recomputes_with_no_eval_cache(smollm2, tmp_path, monkeypatch, capsys):
     from diet_explore.cli import main
 
-    argv = ["eval", "--model", "smollm2-135m", "--tasks", "rte,winogrande", "--limit", "2", "--no-perplexity",
-            "--eval-cache", str(tmp_path / "cache")]
+    argv = [
+        "eval",
+        "--model",
+        "smollm2-135m",
+        "--tasks",
+        "rte,winogrande",
+        "--limit",
+        "2",
+        "--no-perplexity",
+        "--eval-cache",
+        str(tmp_path / "cache"),
+    ]
     assert main([*argv, "--json", str(tmp_path / "first.json")]) == 0
     assert "evaluating smollm2-135m" in capsys.readouterr().out
 
     def no_load(*a, **k):
         raise AssertionError("loaded the model although its results are cached")
 
-    monkeypatch.setattr("diet_explore.models.load_model", no_load)
+    monkeypatch.setattr("diet_explore.models.loading.load_model", no_load)
     assert main([*argv, "--json", str(tmp_path / "second.json")]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m: reusing its results of" in out and "(cached)" in out and "evaluating" not in out
@@ -201,8 +219,20 @@ def test_cli_reports_an_unwritable_cache_as_one_warning_line(smollm2, tmp_path, 
     from diet_explore.cli import main
 
     (tmp_path / "file").write_text("")
-    rc = main(["eval", "--model", "smollm2-135m", "--tasks", "rte", "--limit", "2", "--no-perplexity",
-               "--eval-cache", str(tmp_path / "file" / "cache")])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            "smollm2-135m",
+            "--tasks",
+            "rte",
+            "--limit",
+            "2",
+            "--no-perplexity",
+            "--eval-cache",
+            str(tmp_path / "file" / "cache"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0
     assert f"warning: could not store the evaluation in {tmp_path / 'file' / 'cache'}" in err

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from diet_explore import data
-from diet_explore.adapters.tiny import tiny_model
-from diet_explore.errors import DietError
-from diet_explore.evaluate import EvalConfig, eval_requests, evaluate_model, evaluate_pair, lm_eval_command, mean_stderr, paired_delta
-from diet_explore.prune import prune_model
-from diet_explore.tasks.registry import resolve_tasks
 from test_scoring import WordTokenizer
+
+from diet_explore.core.errors import DietError
+from diet_explore.evaluation.evaluate import EvalConfig, eval_requests, evaluate_model, evaluate_pair
+from diet_explore.evaluation.metrics import mean_stderr, paired_delta
+from diet_explore.models.adapters.tiny import tiny_model
+from diet_explore.pruning.slicing import prune_model
+from diet_explore.tasks import data
+from diet_explore.tasks.registry import lm_eval_command, resolve_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,8 @@ def test_dense_vs_pruned_on_the_same_examples():
     assert math.isnan(frame.loc["winogrande", "dense_acc_norm"])  # undefined for partial scoring, as lm-eval
     assert frame.loc["arc_easy", "metric"] == "acc_norm" and frame.loc["rte", "metric"] == "acc"
     assert frame.loc["average", "delta_main"] == pytest.approx(
-        np.mean([frame.loc[t, "delta_main"] for t in ("rte", "winogrande", "arc_easy")]))
+        np.mean([frame.loc[t, "delta_main"] for t in ("rte", "winogrande", "arc_easy")])
+    )
     preds = pair.dense.predictions
     assert len(preds) == 9 and {p["task"] for p in preds} == {"rte", "winogrande", "arc_easy"}
     for p in preds:
@@ -92,19 +94,22 @@ def test_a_model_against_itself_has_zero_delta_and_a_zero_width_interval():
 
 def test_lm_eval_command_uses_lm_evals_task_names():
     cmd = lm_eval_command("out/pruned", "all", limit=50)
-    assert cmd == ("lm_eval --model hf --model_args pretrained=out/pruned,dtype=float32 --tasks boolq,rte,hellaswag,"
-                   "winogrande,arc_easy,arc_challenge,openbookqa --batch_size 8 --limit 50")
+    assert cmd == (
+        "lm_eval --model hf --model_args pretrained=out/pruned,dtype=float32 --tasks boolq,rte,hellaswag,"
+        "winogrande,arc_easy,arc_challenge,openbookqa --batch_size 8 --limit 50"
+    )
     assert lm_eval_command("m", ["rte"]).endswith("--tasks rte --batch_size 8")  # a full evaluation: no --limit
     assert lm_eval_command("m", ["rte"], dtype="bfloat16", device="cuda").endswith(
-        "pretrained=m,dtype=bfloat16 --tasks rte --batch_size 8 --device cuda")
+        "pretrained=m,dtype=bfloat16 --tasks rte --batch_size 8 --device cuda"
+    )
 
 
 def test_a_masks_recorded_calibration_examples_are_left_out(tmp_path):
     """A profile with another seed or more samples than the default draw: the mask file in a
     pruned folder says which examples it saw, and the held-out draw skips them."""
-    from diet_explore.cache import synthetic_cache
-    from diet_explore.maskfile import mask_file_from_result, save_mask
-    from diet_explore.masks import MaskConfig, build_mask
+    from diet_explore.masking.build import MaskConfig, build_mask
+    from diet_explore.masking.maskfile import mask_file_from_result, save_mask
+    from diet_explore.profiling.synthetic import synthetic_cache
 
     first = eval_requests(EvalConfig(tasks="rte,boolq", limit=20))
     seen = {t: [r.doc_id for r in reqs[::2]] for t, reqs in first.items()}
@@ -130,15 +135,16 @@ def test_a_reused_dense_result_from_other_examples_is_refused():
     model = tiny_model("llama")
     dense = evaluate_model(model, WordTokenizer(), EvalConfig(tasks="rte", limit=4, perplexity=False, seed=1))
     with pytest.raises(DietError, match="computed on other examples"):
-        evaluate_pair(model, model, WordTokenizer(), EvalConfig(tasks="rte", limit=4, perplexity=False, seed=2),
-                      dense_result=dense)
+        evaluate_pair(
+            model, model, WordTokenizer(), EvalConfig(tasks="rte", limit=4, perplexity=False, seed=2), dense_result=dense
+        )
 
 
 def test_too_many_perplexity_windows_fail_before_any_scoring(monkeypatch):
     def no_scoring(*a, **k):
         raise AssertionError("scored before checking the perplexity windows")
 
-    monkeypatch.setattr("diet_explore.evaluate.LoglikelihoodScorer.score", no_scoring)
+    monkeypatch.setattr("diet_explore.evaluation.evaluate.LoglikelihoodScorer.score", no_scoring)
     with pytest.raises(DietError, match="held-out windows; 1000000 asked for"):
         evaluate_model(tiny_model("llama"), WordTokenizer(), EvalConfig(tasks="rte", limit=2, ppl_windows=10**6))
 
@@ -158,22 +164,24 @@ def test_cli_eval_refuses_outputs_it_could_not_write_before_any_model_loads(tmp_
     def no_load(*a, **k):
         raise AssertionError("loaded a model before checking the output paths")
 
-    monkeypatch.setattr("diet_explore.models.load_model", no_load)
-    monkeypatch.setattr("diet_explore.models.load_config", no_load)
+    monkeypatch.setattr("diet_explore.models.loading.load_model", no_load)
+    monkeypatch.setattr("diet_explore.models.loading.load_config", no_load)
     (tmp_path / "file").write_text("")
-    for flag, value, message in [("--predictions", tmp_path, f"--predictions {tmp_path} is a folder"),
-                                 ("--json", tmp_path / "file" / "x.json", f"cannot be created: {tmp_path / 'file'} is not a folder")]:
+    for flag, value, message in [
+        ("--predictions", tmp_path, f"--predictions {tmp_path} is a folder"),
+        ("--json", tmp_path / "file" / "x.json", f"cannot be created: {tmp_path / 'file'} is not a folder"),
+    ]:
         rc = main(["eval", "--model", "smollm2-135m", "--tasks", "rte", "--limit", "2", flag, str(value)])
         assert rc == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("recorded", [True, False])
 def test_cli_eval_of_a_pruned_folder_leaves_out_its_masks_calibration_examples(tmp_path, monkeypatch, capsys, recorded):
-    from diet_explore.cache import synthetic_cache
     from diet_explore.cli import main
-    from diet_explore.maskfile import mask_file_from_result, save_mask
-    from diet_explore.masks import MaskConfig, build_mask
-    from diet_explore.prune import MASK_FILE
+    from diet_explore.masking.build import MaskConfig, build_mask
+    from diet_explore.masking.maskfile import mask_file_from_result, save_mask
+    from diet_explore.profiling.synthetic import synthetic_cache
+    from diet_explore.pruning.saving import MASK_FILE
 
     cache = synthetic_cache(hidden_size=64, num_layers=2, tasks=("rte",), n_samples=3, seed=1)
     mask_file = mask_file_from_result(build_mask(cache, MaskConfig(sparsity=0.25)), cache)
@@ -187,7 +195,7 @@ def test_cli_eval_of_a_pruned_folder_leaves_out_its_masks_calibration_examples(t
         seen["config"] = config
         raise DietError("stopped after the examples were chosen")
 
-    monkeypatch.setattr("diet_explore.evaluate.eval_requests", stop)
+    monkeypatch.setattr("diet_explore.evaluation.evaluate.eval_requests", stop)
     assert main(["eval", "--model", str(folder), "--compare-to", "smollm2-135m", "--tasks", "rte", "--limit", "2"]) == 2
     assert seen["config"].exclude_masks == [str(folder / MASK_FILE)]
     err = capsys.readouterr().err

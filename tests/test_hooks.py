@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from diet_explore.adapters import get_adapter
-from diet_explore.adapters.tiny import TINY_FAMILIES, tiny_model
-from diet_explore.hooks import record_activations
-from diet_explore.profile import length_batches, profile_sequences
+from diet_explore.models.adapters import get_adapter
+from diet_explore.models.adapters.tiny import TINY_FAMILIES, tiny_model
+from diet_explore.profiling.hooks import record_activations
+from diet_explore.profiling.runner import profile_batches, profile_sequences
 
 SEQS = [[1, 5, 6, 7, 8, 9], [1, 9, 10], [1, 3, 4, 5, 6, 7, 8, 9, 11, 12], [1, 20]]
 
@@ -47,7 +47,10 @@ def test_normed_site_averages_attention_and_mlp_inputs():
         return lambda m, a, o: seen.setdefault(name, []).append(o[0].abs().mean(0))
 
     la = adapter.layer_adapter(adapter.layers()[1])
-    handles = [la.attention_input_norm().register_forward_hook(keep("attn")), la.mlp_input_norm().register_forward_hook(keep("mlp"))]
+    handles = [
+        la.attention_input_norm().register_forward_hook(keep("attn")),
+        la.mlp_input_norm().register_forward_hook(keep("mlp")),
+    ]
     with torch.no_grad():
         model.model(torch.tensor([SEQS[0]]))
     for h in handles:
@@ -74,8 +77,10 @@ def test_statistics_accumulate_in_fp32_for_a_bf16_model():
     adapter = get_adapter(model)
     ids = torch.randint(3, 128, (8, 256), generator=torch.Generator().manual_seed(0))
     seen = []  # each block's raw bf16 output, from a hook of our own on the same forward
-    handles = [layer.register_forward_hook(lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach()))
-               for layer in adapter.layers()]
+    handles = [
+        layer.register_forward_hook(lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach()))
+        for layer in adapter.layers()
+    ]
     try:
         with record_activations(adapter, ["residual"]) as stats:
             stats.begin_batch(torch.ones_like(ids))
@@ -97,16 +102,15 @@ def test_hooks_are_removed_even_when_the_forward_fails():
     model = tiny_model("mistral")
     adapter = get_adapter(model)
     modules = list(model.modules())
-    with pytest.raises(RuntimeError, match="boom"):
-        with record_activations(adapter, ["residual", "normed"]):
-            assert sum(len(m._forward_hooks) for m in modules) == 2 + 4
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), record_activations(adapter, ["residual", "normed"]):
+        assert sum(len(m._forward_hooks) for m in modules) == 2 + 4
+        raise RuntimeError("boom")
     assert sum(len(m._forward_hooks) for m in modules) == 0
 
 
-def test_length_batches_cover_every_index_once_within_budget():
+def test_profile_batches_cover_every_index_once_within_budget():
     lengths = [5, 100, 7, 99, 3, 50, 51, 52, 1, 200]
-    batches = length_batches(lengths, max_batch_tokens=210)
+    batches = profile_batches(lengths, max_batch_tokens=210)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         assert max(lengths[i] for i in b) * len(b) <= 210 or len(b) == 1

@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from diet_explore.cache import synthetic_cache
-from diet_explore.errors import DietError
-from diet_explore.maskfile import MASK_SCHEMA_VERSION, load_mask, mask_file_from_result, save_mask
-from diet_explore.masks import MaskConfig, build_mask
+from diet_explore.core.errors import DietError
+from diet_explore.masking.build import MaskConfig, build_mask
+from diet_explore.masking.maskfile import MASK_SCHEMA_VERSION, load_mask, mask_file_from_result, save_mask
+from diet_explore.profiling.synthetic import synthetic_cache
 
 
 @pytest.fixture(scope="module")

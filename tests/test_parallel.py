@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from diet_explore.parallel import default_workers, run_batches
+from diet_explore.evaluation.parallel import default_workers, run_batches
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
@@ -29,8 +29,9 @@ def test_work_runs_in_inference_mode_with_its_share_of_the_threads():
     restore = torch.get_num_threads()
     try:
         torch.set_num_threads(4)
-        got = run_batches(lambda _: (torch.is_inference_mode_enabled(), torch.get_num_threads(), threading.get_ident()),
-                          range(8), workers=2)
+        got = run_batches(
+            lambda _: (torch.is_inference_mode_enabled(), torch.get_num_threads(), threading.get_ident()), range(8), workers=2
+        )
         assert all(mode for mode, _, _ in got)
         assert {n for _, n, _ in got} == {2}
         assert threading.get_ident() not in {t for _, _, t in got}

@@ -7,7 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from diet_explore import plots
-from diet_explore.agreement import jaccard_matrix, upset_overlaps, vote_counts
+from diet_explore.masking.agreement import upset_overlaps, vote_counts
+from diet_explore.masking.selection import jaccard
 
 TASKS = ["a", "b", "c"]
 
@@ -55,7 +56,7 @@ def test_score_distributions_log():
 
 def test_task_heatmaps():
     prune = _prune()
-    jac = jaccard_matrix(prune)
+    jac = jaccard(prune[:, None], prune[None])
     fig = plots.jaccard_heatmap(jac, TASKS, 0.4)
     assert np.allclose(np.asarray(fig.data[0].z), jac) and "0.40" in fig.layout.title.text
     assert list(fig.data[0].x) == TASKS
@@ -104,8 +105,9 @@ def test_stability_histogram():
 
 def test_run_history():
     assert plots.run_history(pd.DataFrame()).layout.title.text == "No runs yet"
-    runs = pd.DataFrame({"run_id": ["r1", "r2", "r3"], "model": ["m", "m", "n"], "sparsity": [0.1, 0.2, 0.1],
-                         "delta_avg": [-0.01, -0.05, 0.0]})
+    runs = pd.DataFrame(
+        {"run_id": ["r1", "r2", "r3"], "model": ["m", "m", "n"], "sparsity": [0.1, 0.2, 0.1], "delta_avg": [-0.01, -0.05, 0.0]}
+    )
     fig = plots.run_history(runs)
     assert [tr.name for tr in fig.data] == ["m", "n"]
     assert list(fig.data[0].y) == [-0.01, -0.05]

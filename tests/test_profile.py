@@ -10,12 +10,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from diet_explore.adapters.tiny import tiny_model
-from diet_explore.cache import load_cache
 from diet_explore.cli import main
-from diet_explore.errors import DietError
-from diet_explore.models import ModelInfo, store_path
-from diet_explore.profile import ProfileConfig, profile
+from diet_explore.core.errors import DietError
+from diet_explore.models.adapters.tiny import tiny_model
+from diet_explore.models.builtin import store_path
+from diet_explore.models.loading import ModelInfo
+from diet_explore.profiling.cache import load_cache
+from diet_explore.profiling.runner import ProfileConfig, profile
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +59,30 @@ def test_resume_after_interruption_reuses_finished_tasks(tmp_path, tiny_loaded):
 
 
 def test_resume_into_a_cache_made_with_other_settings_is_refused(tmp_path, tiny_loaded):
-    from diet_explore.errors import DietError
+    from diet_explore.core.errors import DietError
 
-    profile(ProfileConfig(**{**CONFIG, "tasks": "rte", "generic": False}), tmp_path / "c", progress=lambda *a: None, loaded=tiny_loaded)
+    profile(
+        ProfileConfig(**{**CONFIG, "tasks": "rte", "generic": False}),
+        tmp_path / "c",
+        progress=lambda *a: None,
+        loaded=tiny_loaded,
+    )
     with pytest.raises(DietError, match="different 'config'"):
-        profile(ProfileConfig(**{**CONFIG, "tasks": "rte", "samples": 7}), tmp_path / "c", progress=lambda *a: None, loaded=tiny_loaded)
+        profile(
+            ProfileConfig(**{**CONFIG, "tasks": "rte", "samples": 7}),
+            tmp_path / "c",
+            progress=lambda *a: None,
+            loaded=tiny_loaded,
+        )
 
 
 def _no_model_load(monkeypatch):
     """Make any model load fail the test: the checks under test must come before it."""
+
     def fail(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was refused")
 
-    monkeypatch.setattr("diet_explore.models.load_model", fail)
+    monkeypatch.setattr("diet_explore.models.loading.load_model", fail)
 
 
 @pytest.fixture
@@ -84,12 +96,15 @@ def named_cache(tmp_path, tiny_loaded):
     return tmp_path / "c", config, named
 
 
-@pytest.mark.parametrize("change, key, hint", [
-    ({"dtype": "bfloat16"}, "dtype", "--dtype float32"),
-    ({"samples": 7}, "config", "another --out"),
-    ({"sites": ["residual"]}, "sites", "another --out"),
-    ({"model": "gemma3-270m"}, "model_name", "another --out"),
-])
+@pytest.mark.parametrize(
+    "change, key, hint",
+    [
+        ({"dtype": "bfloat16"}, "dtype", "--dtype float32"),
+        ({"samples": 7}, "config", "another --out"),
+        ({"sites": ["residual"]}, "sites", "another --out"),
+        ({"model": "gemma3-270m"}, "model_name", "another --out"),
+    ],
+)
 def test_resume_mismatch_is_refused_before_the_model_loads(named_cache, monkeypatch, change, key, hint):
     out, config, _ = named_cache
     before = (out / "manifest.json").read_text()
@@ -114,10 +129,18 @@ def test_resume_with_a_model_loaded_in_another_dtype_is_refused(named_cache):
 
 def test_resume_accepts_the_sites_in_another_order(tmp_path, tiny_loaded):
     out = tmp_path / "c"
-    profile(ProfileConfig(**{**CONFIG, "tasks": "rte", "generic": False, "sites": ["residual", "normed"]}), out,
-            progress=lambda *a: None, loaded=tiny_loaded)
-    cache = profile(ProfileConfig(**{**CONFIG, "tasks": "rte,arc_easy", "generic": False, "sites": ["normed", "residual"]}),
-                    out, progress=lambda *a: None, loaded=tiny_loaded)
+    profile(
+        ProfileConfig(**{**CONFIG, "tasks": "rte", "generic": False, "sites": ["residual", "normed"]}),
+        out,
+        progress=lambda *a: None,
+        loaded=tiny_loaded,
+    )
+    cache = profile(
+        ProfileConfig(**{**CONFIG, "tasks": "rte,arc_easy", "generic": False, "sites": ["normed", "residual"]}),
+        out,
+        progress=lambda *a: None,
+        loaded=tiny_loaded,
+    )
     assert cache.task_names == ["rte", "arc_easy"] and cache.sites == ["residual", "normed"]
 
 
@@ -201,8 +224,12 @@ def test_cli_bad_input_is_one_clear_line_not_a_traceback(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_real_smollm2_two_tasks_four_samples(tmp_path, smollm2):
-    cache = profile(ProfileConfig(tasks="boolq,hellaswag", samples=4, generic=False, device="cpu"), tmp_path / "c",
-                    progress=lambda *a: None, loaded=smollm2)
+    cache = profile(
+        ProfileConfig(tasks="boolq,hellaswag", samples=4, generic=False, device="cpu"),
+        tmp_path / "c",
+        progress=lambda *a: None,
+        loaded=smollm2,
+    )
     assert cache.task_names == ["boolq", "hellaswag"] and cache.hidden_size == 576 and cache.num_layers == 30
     for task in cache.task_names:
         layer, sample = cache.layer_scores(task), cache.sample_scores(task)
@@ -227,14 +254,20 @@ def test_weight_magnitude_reads_offloaded_weights(tmp_path):
     """device_map="auto" beyond GPU memory leaves offloaded weights on the meta device."""
     from accelerate import dispatch_model
 
-    from diet_explore.adapters import get_adapter
-    from diet_explore.adapters.tiny import tiny_model
-    from diet_explore.profile import weight_magnitude
+    from diet_explore.models.adapters import get_adapter
+    from diet_explore.models.adapters.tiny import tiny_model
+    from diet_explore.profiling.runner import weight_magnitude
 
     expected = weight_magnitude(get_adapter(tiny_model("llama", tie=False)))
     model = tiny_model("llama", tie=False)
-    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
-                  "model.rotary_emb": "cpu", "lm_head": "disk"}
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "disk",
+    }
     dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path))
     assert any(p.device.type == "meta" for p in model.parameters())
     np.testing.assert_allclose(weight_magnitude(get_adapter(model)), expected, rtol=1e-6)

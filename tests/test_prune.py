@@ -10,11 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from diet_explore.adapters import get_adapter
-from diet_explore.adapters.tiny import TINY_FAMILIES, save_tiny_folder, tiny_model
-from diet_explore.errors import DietError
-from diet_explore.prune import (MASK_FILE, PRUNE_INFO_FILE, count_parameters, prune_model, required_multiple, save_pruned,
-                                size_on_disk)
+from diet_explore.core.errors import DietError
+from diet_explore.models.adapters import get_adapter
+from diet_explore.models.adapters.tiny import TINY_FAMILIES, save_tiny_folder, tiny_model
+from diet_explore.pruning.saving import MASK_FILE, PRUNE_INFO_FILE, required_multiple, save_pruned, size_on_disk
+from diet_explore.pruning.slicing import count_parameters, prune_model
 
 IDS = torch.tensor([[1, 5, 9, 33, 70, 100, 3, 4, 17, 88], [1, 6, 6, 2, 90, 11, 12, 13, 14, 15]])
 
@@ -182,14 +182,27 @@ def test_interrupted_save_leaves_no_half_written_folder(tmp_path):
 
 
 def test_folder_holds_card_mask_and_summary(tmp_path):
-    from diet_explore.maskfile import MaskFile, load_mask
+    from diet_explore.masking.maskfile import MaskFile, load_mask
 
     model = tiny_model("llama")
     keep = keep_mask()
-    mask = MaskFile(model_name="tiny", model_id="tiny/llama", hidden_size=64, method="diet", sparsity=0.25,
-                    actual_sparsity=0.25, threshold=0.5, weights={"rte": 1.0}, tasks=["rte"], site="residual",
-                    layer_agg="mean", cache_manifest_hash=None, package_version="0", created="now",
-                    kept_indices=[int(i) for i in np.flatnonzero(keep)])
+    mask = MaskFile(
+        model_name="tiny",
+        model_id="tiny/llama",
+        hidden_size=64,
+        method="diet",
+        sparsity=0.25,
+        actual_sparsity=0.25,
+        threshold=0.5,
+        weights={"rte": 1.0},
+        tasks=["rte"],
+        site="residual",
+        layer_agg="mean",
+        cache_manifest_hash=None,
+        package_version="0",
+        created="now",
+        kept_indices=[int(i) for i in np.flatnonzero(keep)],
+    )
     folder = save_pruned(prune_model(model, keep), None, tmp_path / "p", mask_file=mask)
     info = json.loads((folder / PRUNE_INFO_FILE).read_text())
     assert info["hidden_size_before"] == 64 and info["hidden_size_after"] == 48 and info["n_kept"] == 48
@@ -203,7 +216,7 @@ def test_folder_holds_card_mask_and_summary(tmp_path):
 
 @pytest.mark.slow
 def test_real_smollm2_prunes_20_percent_saves_reloads_and_evaluates(smollm2, tmp_path):
-    from diet_explore.evaluate import EvalConfig, evaluate_pair
+    from diet_explore.evaluation.evaluate import EvalConfig, evaluate_pair
 
     model, tok, info = smollm2
     d = model.config.hidden_size
@@ -226,15 +239,29 @@ def test_real_smollm2_prunes_20_percent_saves_reloads_and_evaluates(smollm2, tmp
 
 
 def test_prune_command_refuses_a_kept_count_the_config_rejects_before_loading_weights(tmp_path, monkeypatch, capsys):
-    from diet_explore import cli, models
-    from diet_explore.maskfile import MaskFile, save_mask
+    from diet_explore import cli
+    from diet_explore.masking.maskfile import MaskFile, save_mask
+    from diet_explore.models import loading as models
 
     folder = tmp_path / "tiny-llama"
     tiny_model("llama").save_pretrained(folder)  # 4 heads: kept counts must be multiples of 4
-    mask = MaskFile(model_name="tiny", model_id="tiny", hidden_size=64, method="diet", sparsity=0.3, actual_sparsity=0.3,
-                    threshold=0.5, weights={"boolq": 1.0}, tasks=["boolq"], site="residual", layer_agg="mean",
-                    cache_manifest_hash="x", package_version="0", created="now",
-                    kept_indices=[int(i) for i in np.flatnonzero(keep_mask(n=45))])
+    mask = MaskFile(
+        model_name="tiny",
+        model_id="tiny",
+        hidden_size=64,
+        method="diet",
+        sparsity=0.3,
+        actual_sparsity=0.3,
+        threshold=0.5,
+        weights={"boolq": 1.0},
+        tasks=["boolq"],
+        site="residual",
+        layer_agg="mean",
+        cache_manifest_hash="x",
+        package_version="0",
+        created="now",
+        kept_indices=[int(i) for i in np.flatnonzero(keep_mask(n=45))],
+    )
     save_mask(mask, tmp_path / "mask.json")
 
     def no_load(*a, **k):
@@ -259,7 +286,7 @@ def test_keeping_every_dim_saves_and_reloads_as_the_dense_model(family, tie, tmp
 
 
 def test_a_model_spread_over_several_devices_is_refused_before_slicing():
-    from diet_explore.prune import check_single_device
+    from diet_explore.pruning.slicing import check_single_device
 
     model = tiny_model("llama")
     model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu", "lm_head": "cpu"}
@@ -275,12 +302,25 @@ def test_a_model_spread_over_several_devices_is_refused_before_slicing():
 # --------------------------------------------------------------------------------------------
 # `diet-explore prune` end to end on tiny folders
 def write_mask(path, hidden_size: int = 64, n_keep: int = 48) -> str:
-    from diet_explore.maskfile import MaskFile, save_mask
+    from diet_explore.masking.maskfile import MaskFile, save_mask
 
-    mask = MaskFile(model_name="tiny", model_id="tiny", hidden_size=hidden_size, method="diet", sparsity=0.25,
-                    actual_sparsity=1 - n_keep / hidden_size, threshold=0.5, weights={"rte": 1.0}, tasks=["rte"],
-                    site="residual", layer_agg="mean", cache_manifest_hash=None, package_version="0", created="now",
-                    kept_indices=[int(i) for i in np.flatnonzero(keep_mask(hidden_size, n_keep))])
+    mask = MaskFile(
+        model_name="tiny",
+        model_id="tiny",
+        hidden_size=hidden_size,
+        method="diet",
+        sparsity=0.25,
+        actual_sparsity=1 - n_keep / hidden_size,
+        threshold=0.5,
+        weights={"rte": 1.0},
+        tasks=["rte"],
+        site="residual",
+        layer_agg="mean",
+        cache_manifest_hash=None,
+        package_version="0",
+        created="now",
+        kept_indices=[int(i) for i in np.flatnonzero(keep_mask(hidden_size, n_keep))],
+    )
     save_mask(mask, path)
     return str(path)
 
@@ -290,46 +330,74 @@ def no_weights(*a, **k):
 
 
 @pytest.mark.parametrize("model_type, n_keep", [("mamba", 48), ("gpt_neox", 45)])
-def test_prune_command_refuses_an_unsupported_architecture_before_any_mask_advice(model_type, n_keep, tmp_path,
-                                                                                 monkeypatch, capsys):
+def test_prune_command_refuses_an_unsupported_architecture_before_any_mask_advice(
+    model_type, n_keep, tmp_path, monkeypatch, capsys
+):
     """Mamba has no attention heads (the saveability check crashed with AttributeError); gpt_neox was
     told to rebuild its mask with --multiple-of before being told it cannot be pruned at all."""
     from transformers import CONFIG_MAPPING
 
-    from diet_explore import cli, models
+    from diet_explore import cli
+    from diet_explore.models import loading as models
 
     folder = tmp_path / model_type
     CONFIG_MAPPING[model_type](hidden_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=128).save_pretrained(folder)
     monkeypatch.setattr(models, "load_model", no_weights)
-    rc = cli.main(["prune", "--model", str(folder), "--mask", write_mask(tmp_path / "m.json", 64, n_keep),
-                   "--out", str(tmp_path / "out"), "--device", "cpu"])
+    rc = cli.main(
+        [
+            "prune",
+            "--model",
+            str(folder),
+            "--mask",
+            write_mask(tmp_path / "m.json", 64, n_keep),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and f"model family '{model_type}' is not supported" in err
     assert "multiple-of" not in err and "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_prune_command_refuses_a_mask_of_another_hidden_size_without_loading_weights(tmp_path, monkeypatch, capsys):
-    from diet_explore import cli, models
+    from diet_explore import cli
+    from diet_explore.models import loading as models
 
     folder = tmp_path / "tiny-llama"
     tiny_model("llama").save_pretrained(folder)
     monkeypatch.setattr(models, "load_model", no_weights)
-    rc = cli.main(["prune", "--model", str(folder), "--mask", write_mask(tmp_path / "m.json", 32, 24),
-                   "--out", str(tmp_path / "out"), "--device", "cpu"])
+    rc = cli.main(
+        [
+            "prune",
+            "--model",
+            str(folder),
+            "--mask",
+            write_mask(tmp_path / "m.json", 32, 24),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "is for hidden size 32" in err and "64" in err
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("out, overwrite, message", [
-    ("taken", False, "output folder taken already exists"),
-    ("a-file", True, "output a-file exists and is not a folder"),
-    (".", True, "is the filesystem root, the current folder or one above it"),
-    ("", False, "the output folder name is empty"),
-])
-def test_prune_command_refuses_a_bad_output_before_loading_anything(out, overwrite, message, tmp_path, monkeypatch,
-                                                                    capsys):
-    from diet_explore import cli, models
+@pytest.mark.parametrize(
+    "out, overwrite, message",
+    [
+        ("taken", False, "output folder taken already exists"),
+        ("a-file", True, "output a-file exists and is not a folder"),
+        (".", True, "is the filesystem root, the current folder or one above it"),
+        ("", False, "the output folder name is empty"),
+    ],
+)
+def test_prune_command_refuses_a_bad_output_before_loading_anything(out, overwrite, message, tmp_path, monkeypatch, capsys):
+    from diet_explore import cli
+    from diet_explore.models import loading as models
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "taken").mkdir()
@@ -339,8 +407,7 @@ def test_prune_command_refuses_a_bad_output_before_loading_anything(out, overwri
     before = sorted(p.name for p in tmp_path.iterdir())
     monkeypatch.setattr(models, "load_config", no_weights)  # refused before even the config is read
     monkeypatch.setattr(models, "load_model", no_weights)
-    rc = cli.main(["prune", "--model", "smollm2-135m", "--mask", "m.json", "--out", out]
-                  + (["--overwrite"] if overwrite else []))
+    rc = cli.main(["prune", "--model", "smollm2-135m", "--mask", "m.json", "--out", out] + (["--overwrite"] if overwrite else []))
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no stray .NAME.old or .partial
@@ -351,7 +418,7 @@ def test_prune_command_writes_a_folder_that_reloads_with_plain_transformers(tmp_
     from transformers import AutoTokenizer
 
     from diet_explore import cli
-    from diet_explore.maskfile import load_mask
+    from diet_explore.masking.maskfile import load_mask
 
     source = save_tiny_folder(tmp_path / "tiny-llama")
     mask_path = write_mask(tmp_path / "m.json")
@@ -386,6 +453,18 @@ def test_prune_command_keeps_the_checkpoints_dtype(tmp_path, capsys):
     assert back.config.dtype == torch.bfloat16 and next(back.parameters()).dtype == torch.bfloat16
     card = (tmp_path / "out" / "README.md").read_text()
     assert "dtype=bfloat16" in card and "| weights saved in | bfloat16 |" in card
-    assert cli.main(["prune", "--model", str(save_tiny_folder(tmp_path / "tiny-fp32")), "--mask", mask_path,
-                     "--out", str(tmp_path / "out32")]) == 0
+    assert (
+        cli.main(
+            [
+                "prune",
+                "--model",
+                str(save_tiny_folder(tmp_path / "tiny-fp32")),
+                "--mask",
+                mask_path,
+                "--out",
+                str(tmp_path / "out32"),
+            ]
+        )
+        == 0
+    )
     assert "dtype=float32" in (tmp_path / "out32" / "README.md").read_text()

@@ -7,18 +7,25 @@ import json
 import numpy as np
 import pytest
 
-from diet_explore.errors import DietError
-from diet_explore.atomic import check_writable
-from diet_explore.runs import RunStore, new_run_id
+from diet_explore.core.atomic import check_writable
+from diet_explore.core.errors import DietError
+from diet_explore.experiments.runs import RunStore, new_run_id
 
 
 def test_save_load_and_list(tmp_path):
     store = RunStore(tmp_path / "runs")
     assert store.list().empty and store.records() == []
-    a = store.save({"model": "m", "method": "diet", "sparsity": np.float64(0.2), "tasks": ["rte", "boolq"],
-                    "delta_avg": -0.01, "per_task": {"rte": {"acc": 0.5}}})
-    b = store.save({"model": "m", "method": "random", "sparsity": 0.2, "n_keep": np.int64(459), "kind": "mine",
-                    "source": "cli"})
+    a = store.save(
+        {
+            "model": "m",
+            "method": "diet",
+            "sparsity": np.float64(0.2),
+            "tasks": ["rte", "boolq"],
+            "delta_avg": -0.01,
+            "per_task": {"rte": {"acc": 0.5}},
+        }
+    )
+    b = store.save({"model": "m", "method": "random", "sparsity": 0.2, "n_keep": np.int64(459), "kind": "mine", "source": "cli"})
     assert a != b and (tmp_path / "runs" / f"{a}.json").is_file()
     rec = store.load(a)
     assert rec["run_id"] == a and rec["sparsity"] == 0.2 and rec["per_task"] == {"rte": {"acc": 0.5}}
@@ -78,8 +85,15 @@ def test_an_unwritable_store_is_a_diet_error_naming_the_folder(tmp_path):
 
 def test_nan_and_inf_are_stored_as_null_strict_json(tmp_path):
     store = RunStore(tmp_path)
-    run_id = store.save({"model": "m", "pruned_ppl": float("inf"), "per_task": {"boolq": {"stderr": float("nan")}},
-                         "kept": np.array([1, 2]), "delta": np.float32(-0.5)})
+    run_id = store.save(
+        {
+            "model": "m",
+            "pruned_ppl": float("inf"),
+            "per_task": {"boolq": {"stderr": float("nan")}},
+            "kept": np.array([1, 2]),
+            "delta": np.float32(-0.5),
+        }
+    )
 
     def refuse(constant):
         raise ValueError(f"non-standard JSON constant {constant}")

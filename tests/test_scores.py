@@ -4,17 +4,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from diet_explore.cache import synthetic_cache
-from diet_explore.errors import DietError
-from diet_explore.scores import (
-    ScorePrecompute,
-    aggregate_scores,
-    keep_count,
-    normalize_scores,
-    rank_dims,
-    score_matrix,
-    top_k_mask,
-)
+from diet_explore.core.errors import DietError
+from diet_explore.masking.importance import ScorePrecompute, aggregate_scores, normalize_scores, score_matrix
+from diet_explore.masking.selection import keep_count, rank_dims, top_k_mask
+from diet_explore.profiling.synthetic import synthetic_cache
 
 
 @pytest.mark.parametrize(
@@ -26,6 +19,7 @@ from diet_explore.scores import (
         (10, 0.29, 1, 8),  # 2.9: never prune more than asked
         (20, 0.55, 1, 9),  # 11.000000000000002
         (3, 0.5, 1, 2),  # 1.5 -> prune 1
+        (100, 0.57, 1, 43),  # 0.57 * 100 = 56.99999999999999: the epsilon prunes the 57 asked for
         (10, 0.0, 1, 10),
         (10, 0.99, 1, 1),
         (1, 0.5, 1, 1),  # at least one dim kept

@@ -14,10 +14,19 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from diet_explore.adapters.tiny import TINY_FAMILIES, tiny_config, tiny_model
-from diet_explore.errors import DietError
-from diet_explore.scoring import (PAD_BRANCH, ChoiceScores, LoglikelihoodScorer, PairEncoder, _Plan, perplexity,
-                                   resolve_max_length, tree_attention_allowed, tree_row)
+from diet_explore.core.errors import DietError
+from diet_explore.evaluation.scoring import (
+    PAD_BRANCH,
+    ChoiceScores,
+    LoglikelihoodScorer,
+    PairEncoder,
+    _Plan,
+    perplexity,
+    resolve_max_length,
+    tree_attention_allowed,
+    tree_row,
+)
+from diet_explore.models.adapters.tiny import TINY_FAMILIES, tiny_config, tiny_model
 from diet_explore.tasks.registry import Request
 
 
@@ -68,13 +77,13 @@ def test_encode_pair_moves_trailing_whitespace_into_the_continuation():
 
 def test_bos_follows_the_tokenizer_default_as_lm_eval_hflm_does():
     with_bos = PairEncoder(WordTokenizer(add_bos=True))  # Gemma-style tokenizer
-    (ctx, cont), = with_bos.encode_pairs([("Hello there", " friend")])
+    ((ctx, cont),) = with_bos.encode_pairs([("Hello there", " friend")])
     assert ctx == [1] + ids("Hello", " there") and cont == ids(" friend")
-    (ctx, cont), = with_bos.encode_pairs([("<s>Hello", " x")])  # already starts with BOS: no second one
+    ((ctx, cont),) = with_bos.encode_pairs([("<s>Hello", " x")])  # already starts with BOS: no second one
     assert ctx == [1] + ids("Hello") and cont == ids(" x")
-    (ctx, cont), = PairEncoder(WordTokenizer()).encode_pairs([("Hello", " x")])
+    ((ctx, cont),) = PairEncoder(WordTokenizer()).encode_pairs([("Hello", " x")])
     assert ctx == ids("Hello")  # SmolLM2-style: no BOS
-    (ctx, cont), = with_bos.encode_pairs([("", "alone here")])  # empty context: the prefix token
+    ((ctx, cont),) = with_bos.encode_pairs([("", "alone here")])  # empty context: the prefix token
     assert ctx == [1] and cont == ids("alone", " here")
 
 
@@ -84,7 +93,7 @@ def test_zero_head_gives_the_hand_computed_log_likelihood():
     with torch.no_grad():
         model.lm_head.weight.zero_()
     req = Request("t", 0, ["Question: a b c\nAnswer:"] * 3, [" yes", " no way", " x y z"], 1)
-    out, = LoglikelihoodScorer(model, WordTokenizer()).score([req])
+    (out,) = LoglikelihoodScorer(model, WordTokenizer()).score([req])
     assert out.n_tokens == [1, 2, 3]
     np.testing.assert_allclose(out.lls, [-math.log(128) * n for n in (1, 2, 3)], rtol=1e-6)
     assert out.is_greedy == [False, False, False]  # argmax of equal logits is token 0, never a word
@@ -98,7 +107,26 @@ def test_pred_and_pred_norm_follow_lm_eval():
 
 
 def _requests(rng) -> list[Request]:
-    words = "the cat sat on a mat while dogs ran far away from home and never came back again".split()
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "a",
+        "mat",
+        "while",
+        "dogs",
+        "ran",
+        "far",
+        "away",
+        "from",
+        "home",
+        "and",
+        "never",
+        "came",
+        "back",
+        "again",
+    ]
 
     def sent(n):
         return " ".join(rng.choice(words, n))
@@ -119,9 +147,9 @@ def _reference(model, enc, req, max_length):
     """Naive lm-eval: one full forward per choice over (context + continuation)[-(L+1):][:-1]."""
     lls, greedy = [], []
     for ctx, cont in enc.encode_pairs(list(zip(req.contexts, req.continuations))):
-        inp = (ctx + cont)[-(max_length + 1):][:-1]
+        inp = (ctx + cont)[-(max_length + 1) :][:-1]
         with torch.no_grad():
-            logp = model(input_ids=torch.tensor([inp])).logits[0].float().log_softmax(-1)[-len(cont):]
+            logp = model(input_ids=torch.tensor([inp])).logits[0].float().log_softmax(-1)[-len(cont) :]
         tgt = torch.tensor(cont)
         lls.append(float(logp.gather(1, tgt[:, None]).sum()))
         greedy.append(bool((logp.argmax(-1) == tgt).all()))
@@ -184,12 +212,14 @@ def test_tree_layout_and_mask_on_a_hand_built_request():
     pos = torch.tensor([row.positions + [0]])  # one padding token
     br = torch.tensor([row.branches + [PAD_BRANCH]])
     got = tree_attention_allowed(pos, br)[0, 0].int().tolist()
-    assert got == [[1, 0, 0, 0, 0, 0],   # a: itself
-                   [1, 1, 0, 0, 0, 0],   # b: a b
-                   [1, 1, 1, 0, 0, 0],   # c: prefix and itself, not the other choice
-                   [1, 1, 0, 1, 0, 0],   # d: prefix and itself, not c
-                   [1, 1, 0, 1, 1, 0],   # e: prefix, d, itself
-                   [0, 0, 0, 0, 0, 1]]   # padding: only itself (no empty softmax row)
+    assert got == [
+        [1, 0, 0, 0, 0, 0],  # a: itself
+        [1, 1, 0, 0, 0, 0],  # b: a b
+        [1, 1, 1, 0, 0, 0],  # c: prefix and itself, not the other choice
+        [1, 1, 0, 1, 0, 0],  # d: prefix and itself, not c
+        [1, 1, 0, 1, 1, 0],  # e: prefix, d, itself
+        [0, 0, 0, 0, 0, 1],
+    ]  # padding: only itself (no empty softmax row)
     windowed = tree_attention_allowed(pos, br, window=2)[0, 0].int().tolist()
     assert windowed[4] == [0, 0, 0, 1, 1, 0]  # e (position 3) sees the last 2 positions of its branch: d, e
     assert windowed[3] == [0, 1, 0, 1, 0, 0]  # d (position 2): b and itself
@@ -205,7 +235,7 @@ def test_an_attention_implementation_without_custom_masks_is_refused():
 def test_gemma2_soft_capping_is_applied_to_the_scored_logits():
     model = tiny_model("gemma2")
     model.config.final_logit_softcapping = 0.1  # logits in (-0.1, 0.1): every log-prob is near -ln(128)
-    out, = LoglikelihoodScorer(model, WordTokenizer(add_bos=True)).score([Request("t", 0, ["a b c"], [" d e"], 0)])
+    (out,) = LoglikelihoodScorer(model, WordTokenizer(add_bos=True)).score([Request("t", 0, ["a b c"], [" d e"], 0)])
     assert out.lls[0] == pytest.approx(-2 * math.log(128), abs=2 * 0.2)
     enc = PairEncoder(WordTokenizer(add_bos=True))
     assert out.lls[0] == pytest.approx(_reference(model, enc, Request("t", 0, ["a b c"], [" d e"], 0), 256)[0][0], abs=1e-5)
@@ -234,7 +264,7 @@ def test_real_tokenizer_pairs_equal_lm_eval_hflm(smollm2):
             pytest.fail("lm-eval is not installed: `pip install -r requirements-bench.txt` (make test does)")
         pytest.skip("lm-eval not installed (pip install -r requirements-bench.txt)")
 
-    from diet_explore.evaluate import EvalConfig, eval_requests
+    from diet_explore.evaluation.evaluate import EvalConfig, eval_requests
 
     model, tok, _ = smollm2
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=1)

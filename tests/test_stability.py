@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 from test_masks import hand_cache
 
-from diet_explore.cache import synthetic_cache
-from diet_explore.errors import DietError
-from diet_explore.masks import MaskConfig, build_mask
-from diet_explore.scores import ScorePrecompute, keep_count
-from diet_explore.stability import _resampled_keep, bootstrap_masks, sample_count_curve
+from diet_explore.core.errors import DietError
+from diet_explore.masking.build import MaskConfig, build_mask
+from diet_explore.masking.importance import ScorePrecompute
+from diet_explore.masking.selection import keep_count
+from diet_explore.masking.stability import _resampled_keep, bootstrap_masks, sample_count_curve
+from diet_explore.profiling.synthetic import synthetic_cache
 
 TASKS = ("a", "b", "c", "d", "e")
 
@@ -43,8 +44,10 @@ def test_identical_samples_give_perfect_stability():
     np.testing.assert_array_equal(res.keep_frequency, build_mask(c, MaskConfig(sparsity=0.4)).keep.astype(float))
 
 
-@pytest.mark.parametrize("cfg", [MaskConfig(sparsity=0.3), MaskConfig(sparsity=0.3, method="borda"),
-                                 MaskConfig(sparsity=0.3, exact=True, multiple_of=8)])
+@pytest.mark.parametrize(
+    "cfg",
+    [MaskConfig(sparsity=0.3), MaskConfig(sparsity=0.3, method="borda"), MaskConfig(sparsity=0.3, exact=True, multiple_of=8)],
+)
 def test_vectorised_resamples_equal_masks_built_one_by_one(cache, cfg):
     """Resample r = 'only sample r' must give the mask of a cache whose scores are sample r."""
     n = 6

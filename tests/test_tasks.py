@@ -1,11 +1,12 @@
 import json
 import re
+from pathlib import Path
 
 import pytest
 
-from diet_explore.data import calibration_ids, evaluation_ids, load_task_data, requests_for
-from diet_explore.errors import DietError
-from diet_explore.tasks.registry import build_request, check_task_data, load_registry, resolve_tasks
+from diet_explore.core.errors import DietError
+from diet_explore.tasks.data import calibration_ids, check_task_data, evaluation_ids, load_task_data, requests_for
+from diet_explore.tasks.registry import build_request, load_registry, resolve_tasks
 
 TASKS = ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
 
@@ -18,6 +19,36 @@ def test_the_seven_paper_tasks_are_registered():
     assert list(load_registry())[:7] == TASKS
 
 
+def test_each_task_reports_the_paper_convention_as_its_main_metric():
+    """acc_norm for HellaSwag, ARC and OpenBookQA, acc elsewhere (SliceGPT's and DIET's tables);
+    WinoGrande's partial scoring has no acc_norm at all, as in lm-eval."""
+    registry = load_registry()
+    assert {t: registry[t].main_metric for t in TASKS} == {
+        "boolq": "acc",
+        "rte": "acc",
+        "hellaswag": "acc_norm",
+        "winogrande": "acc",
+        "arc_easy": "acc_norm",
+        "arc_challenge": "acc_norm",
+        "openbookqa": "acc_norm",
+    }
+    assert registry["winogrande"].metrics == ("acc",) and registry["openbookqa"].metrics == ("acc", "acc_norm")
+
+
+def test_a_main_metric_a_task_cannot_report_is_refused(tmp_path):
+    import json
+
+    bad = {
+        "wg2": {
+            **json.loads((Path(load_registry.__code__.co_filename).parent / "builtin.json").read_text())["winogrande"],
+            "main_metric": "acc_norm",
+        }
+    }
+    (tmp_path / "t.json").write_text(json.dumps(bad))
+    with pytest.raises(DietError, match="main_metric 'acc_norm' is not among its metrics"):
+        load_registry([tmp_path / "t.json"])
+
+
 def test_boolq_and_rte_templates_match_lm_eval():
     r = build_request(spec("boolq"), {"passage": "P.", "question": "is it", "answer": True}, 0)
     assert r.contexts[0] == "P.\nQuestion: is it?\nAnswer:" and r.continuations == [" no", " yes"] and r.gold == 1
@@ -26,8 +57,13 @@ def test_boolq_and_rte_templates_match_lm_eval():
 
 
 def test_hellaswag_preprocessing_matches_lm_eval():
-    doc = {"activity_label": "Roof shingle removal", "ctx_a": "A man is on a roof.", "ctx_b": "he",
-           "endings": ["is using [title] wrap.", "rips  tiles."], "label": "1"}
+    doc = {
+        "activity_label": "Roof shingle removal",
+        "ctx_a": "A man is on a roof.",
+        "ctx_b": "he",
+        "endings": ["is using [title] wrap.", "rips  tiles."],
+        "label": "1",
+    }
     r = build_request(spec("hellaswag"), doc, 0)
     assert r.contexts[0] == "Roof shingle removal: A man is on a roof. He"
     assert r.continuations == [" is using. wrap.", " rips tiles."] and r.gold == 1
@@ -84,8 +120,7 @@ def test_a_user_adds_a_task_with_a_json_entry_and_no_code(tmp_path, monkeypatch)
 
     folder = tmp_path / "mydata"
     datasets.Dataset.from_list([{"q": "2+2", "a": "4", "b": "5", "y": 0}] * 3).save_to_disk(str(folder))
-    entry = {"mymath": {"dataset": {"path": str(folder)}, "text": "Q: {q}\nA:", "choices_field": "opts",
-                        "gold": {"field": "y"}}}
+    entry = {"mymath": {"dataset": {"path": str(folder)}, "text": "Q: {q}\nA:", "choices_field": "opts", "gold": {"field": "y"}}}
     entry["mymath"].pop("choices_field")
     entry["mymath"]["choices"] = ["4", "5"]
     (tmp_path / "tasks.json").write_text(json.dumps(entry))
@@ -131,17 +166,29 @@ def _user_spec(tmp_path, **changes):
     return load_registry([_task_file(tmp_path, {"mine": _entry(tmp_path / "tiny", **changes)})])["mine"]
 
 
-@pytest.mark.parametrize("changes, match", [
-    ({"text": "{question}"}, r"task 'mine', doc 0: text '\{question\}' names field \{question\}"),
-    ({"gold": {"field": "answer"}}, r"task 'mine', doc 0: gold.field 'answer' is not in the document"),
-    ({"choices": None, "choices_field": "opts"}, r"task 'mine', doc 0: choices_field 'opts' is not in the document"),
-    ({"choices": None, "choices_field": "s1"}, r"task 'mine', doc 0: choices_field 's1' is str 'A\.', not a non-empty list"),
-    ({"choices": ["only"]}, r"task 'mine', doc 1: gold index 1 \(from 'label'\) is outside the 1 choice"),
-    ({"gold": {"field": "s2", "type": "int"}}, r"task 'mine', doc 0: gold.field 's2' is 'x', not an integer"),
-    ({"gold": {"field": "label", "type": "index_of", "in": "s2"}}, r"task 'mine', doc 0: choices_field|gold.in 's2' is str"),
-    ({"preprocess": "winogrande", "format": "partial", "text": None, "choices": None,
-      "contexts_field": "contexts", "continuation_field": "continuation"}, r"task 'mine', doc 0: preprocess 'winogrande' needs field 'sentence'"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"text": "{question}"}, r"task 'mine', doc 0: text '\{question\}' names field \{question\}"),
+        ({"gold": {"field": "answer"}}, r"task 'mine', doc 0: gold.field 'answer' is not in the document"),
+        ({"choices": None, "choices_field": "opts"}, r"task 'mine', doc 0: choices_field 'opts' is not in the document"),
+        ({"choices": None, "choices_field": "s1"}, r"task 'mine', doc 0: choices_field 's1' is str 'A\.', not a non-empty list"),
+        ({"choices": ["only"]}, r"task 'mine', doc 1: gold index 1 \(from 'label'\) is outside the 1 choice"),
+        ({"gold": {"field": "s2", "type": "int"}}, r"task 'mine', doc 0: gold.field 's2' is 'x', not an integer"),
+        ({"gold": {"field": "label", "type": "index_of", "in": "s2"}}, r"task 'mine', doc 0: choices_field|gold.in 's2' is str"),
+        (
+            {
+                "preprocess": "winogrande",
+                "format": "partial",
+                "text": None,
+                "choices": None,
+                "contexts_field": "contexts",
+                "continuation_field": "continuation",
+            },
+            r"task 'mine', doc 0: preprocess 'winogrande' needs field 'sentence'",
+        ),
+    ],
+)
 def test_a_task_entry_that_does_not_fit_its_data_names_task_field_and_doc(tmp_path, tiny_data, changes, match):
     spec = _user_spec(tmp_path, **changes)
     with pytest.raises(DietError, match=match) as err:
@@ -167,27 +214,30 @@ def test_gold_is_range_checked_on_every_document_not_only_when_read(tmp_path, ti
     assert requests_for(spec, [1])[0].gold == 0
 
 
-@pytest.mark.parametrize("changes, match", [
-    ({"text": "{s1"}, r"text '\{s1' is not a valid template"),
-    ({"text": "{s1} }"}, r"text '\{s1\} \}' is not a valid template"),
-    ({"text": "{} and {0}"}, r"text '\{\} and \{0\}' has a positional field \{\}"),
-    ({"choices": "ab"}, r"choices is string 'ab', not a non-empty list of strings"),
-    ({"choices": []}, r"choices is list \[\], not a non-empty"),
-    ({"choices": [0, 1]}, r"choices is list \[0, 1\]"),
-    ({"dataset": "glue"}, r"dataset is string 'glue', not an object"),
-    ({"dataset": {"path": 3}}, r"dataset.path is int 3, not a string"),
-    ({"dataset": {"paht": "x"}}, r"dataset has unknown field\(s\) 'paht'"),
-    ({"dataset": {"split": "validation"}}, r"dataset names no data"),
-    ({"gold": 3}, r"gold is int 3, not an object"),
-    ({"gold": {}}, r"gold needs a 'field'"),
-    ({"gold": {"field": "label", "type": "float"}}, r"gold.type 'float' is unknown"),
-    ({"gold": {"field": "label", "offset": "1"}}, r"gold.offset is string '1', not an integer"),
-    ({"gold": {"field": "label", "type": "index_of"}}, r"gold.type index_of needs gold.in"),
-    ({"text": ["{s1}"]}, r"text is list \['\{s1\}'\], not a string"),
-    ({"format": None}, r"format is null, not a string"),
-    ({"target_delimiter": 1}, r"target_delimiter is int 1, not a string"),
-    ({"name": "other"}, r"unknown field\(s\) 'name'"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"text": "{s1"}, r"text '\{s1' is not a valid template"),
+        ({"text": "{s1} }"}, r"text '\{s1\} \}' is not a valid template"),
+        ({"text": "{} and {0}"}, r"text '\{\} and \{0\}' has a positional field \{\}"),
+        ({"choices": "ab"}, r"choices is string 'ab', not a non-empty list of strings"),
+        ({"choices": []}, r"choices is list \[\], not a non-empty"),
+        ({"choices": [0, 1]}, r"choices is list \[0, 1\]"),
+        ({"dataset": "glue"}, r"dataset is string 'glue', not an object"),
+        ({"dataset": {"path": 3}}, r"dataset.path is int 3, not a string"),
+        ({"dataset": {"paht": "x"}}, r"dataset has unknown field\(s\) 'paht'"),
+        ({"dataset": {"split": "validation"}}, r"dataset names no data"),
+        ({"gold": 3}, r"gold is int 3, not an object"),
+        ({"gold": {}}, r"gold needs a 'field'"),
+        ({"gold": {"field": "label", "type": "float"}}, r"gold.type 'float' is unknown"),
+        ({"gold": {"field": "label", "offset": "1"}}, r"gold.offset is string '1', not an integer"),
+        ({"gold": {"field": "label", "type": "index_of"}}, r"gold.type index_of needs gold.in"),
+        ({"text": ["{s1}"]}, r"text is list \['\{s1\}'\], not a string"),
+        ({"format": None}, r"format is null, not a string"),
+        ({"target_delimiter": 1}, r"target_delimiter is int 1, not a string"),
+        ({"name": "other"}, r"unknown field\(s\) 'name'"),
+    ],
+)
 def test_a_task_file_of_the_wrong_shape_fails_when_read_naming_file_task_and_field(tmp_path, changes, match):
     path = _task_file(tmp_path, {"mine": _entry(tmp_path, **changes)})
     with pytest.raises(DietError, match=rf"task 'mine' in {re.escape(str(path))}: {match}") as err:
@@ -195,11 +245,14 @@ def test_a_task_file_of_the_wrong_shape_fails_when_read_naming_file_task_and_fie
     assert err.value.hint
 
 
-@pytest.mark.parametrize("content, match", [
-    (["mine"], "top level is list, not an object"),
-    ({"mine": "x"}, "task 'mine' in .*: entry is string 'x', not an object"),
-    ({"mine": {"text": "{s1}", "choices": ["a"], "gold": {"field": "label"}}}, "task 'mine' in .*: needs a 'dataset'"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (["mine"], "top level is list, not an object"),
+        ({"mine": "x"}, "task 'mine' in .*: entry is string 'x', not an object"),
+        ({"mine": {"text": "{s1}", "choices": ["a"], "gold": {"field": "label"}}}, "task 'mine' in .*: needs a 'dataset'"),
+    ],
+)
 def test_a_task_file_whose_top_level_or_entry_is_not_an_object_is_named(tmp_path, content, match):
     path = _task_file(tmp_path, content)
     with pytest.raises(DietError, match=match):
@@ -210,7 +263,9 @@ def test_a_dataset_path_that_is_not_a_saved_dataset_is_a_clear_error(tmp_path):
     (tmp_path / "notdata").mkdir()
     (tmp_path / "notdata" / "readme.txt").write_text("hi")
     spec = load_registry([_task_file(tmp_path, {"mine": _entry(tmp_path / "notdata")})])["mine"]
-    with pytest.raises(DietError, match=f"task 'mine': dataset folder {tmp_path / 'notdata'} is not a readable saved dataset") as err:
+    with pytest.raises(
+        DietError, match=f"task 'mine': dataset folder {tmp_path / 'notdata'} is not a readable saved dataset"
+    ) as err:
         load_task_data(spec)
     assert "save_to_disk" in err.value.hint
 
@@ -219,14 +274,21 @@ def _save_dict(folder):
     import datasets
 
     half = {k: v[:2] for k, v in ROWS.items()}
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(ROWS), "validation": datasets.Dataset.from_dict(half)}).save_to_disk(str(folder))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(ROWS), "validation": datasets.Dataset.from_dict(half)}
+    ).save_to_disk(str(folder))
 
 
 def test_a_dataset_dict_folder_uses_the_entry_split(tmp_path):
     _save_dict(tmp_path / "dd")
     entry = _entry(tmp_path / "dd")
-    path = _task_file(tmp_path, {"dev": {**entry, "dataset": {"path": str(tmp_path / "dd"), "split": "validation"}},
-                                 "train": {**entry, "dataset": {"path": str(tmp_path / "dd"), "split": "train"}}})
+    path = _task_file(
+        tmp_path,
+        {
+            "dev": {**entry, "dataset": {"path": str(tmp_path / "dd"), "split": "validation"}},
+            "train": {**entry, "dataset": {"path": str(tmp_path / "dd"), "split": "train"}},
+        },
+    )
     registry = load_registry([path])
     assert len(load_task_data(registry["dev"])) == 2 and len(load_task_data(registry["train"])) == 3
     (r,) = requests_for(registry["train"], [2])
@@ -252,12 +314,15 @@ def _cli_tasks(capsys, *argv):
 
 def test_the_tasks_command_lists_the_builtins_and_explains_a_user_task_that_does_not_fit(tmp_path, tiny_data, capsys):
     _save_dict(tmp_path / "dd")
-    path = _task_file(tmp_path, {
-        "good": _entry(tiny_data),
-        "splits": {**_entry(tmp_path / "dd"), "dataset": {"path": str(tmp_path / "dd"), "split": "validation"}},
-        "badtext": _entry(tiny_data, text="{question}"),
-        "notdata": _entry(tmp_path),
-    })
+    path = _task_file(
+        tmp_path,
+        {
+            "good": _entry(tiny_data),
+            "splits": {**_entry(tmp_path / "dd"), "dataset": {"path": str(tmp_path / "dd"), "split": "validation"}},
+            "badtext": _entry(tiny_data, text="{question}"),
+            "notdata": _entry(tmp_path),
+        },
+    )
     rc, out = _cli_tasks(capsys, "--task-file", str(path))
     rows = {line.split()[0]: line.split()[2] for line in out.out.splitlines()[1:12] if line.strip()}
     assert rc == 0 and all(t in rows for t in TASKS)

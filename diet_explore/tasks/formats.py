@@ -22,8 +22,11 @@ def _hellaswag_clean(text: str) -> str:
 
 def hellaswag(doc: Doc) -> Doc:
     ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
-    return {**doc, "query": _hellaswag_clean(doc["activity_label"] + ": " + ctx),
-            "choices": [_hellaswag_clean(e) for e in doc["endings"]]}
+    return {
+        **doc,
+        "query": _hellaswag_clean(doc["activity_label"] + ": " + ctx),
+        "choices": [_hellaswag_clean(e) for e in doc["endings"]],
+    }
 
 
 def winogrande(doc: Doc) -> Doc:
@@ -33,7 +36,7 @@ def winogrande(doc: Doc) -> Doc:
     if idx < 0:  # ValueError: the registry reports it with the task and document named
         raise ValueError(f"sentence {doc['sentence'][:60]!r} has no '_' blank to fill")
     contexts = [doc["sentence"][:idx] + opt for opt in (doc["option1"], doc["option2"])]
-    return {**doc, "contexts": contexts, "continuation": doc["sentence"][idx + 1:].strip()}
+    return {**doc, "contexts": contexts, "continuation": doc["sentence"][idx + 1 :].strip()}
 
 
 PREPROCESSORS: dict[str, Callable[[Doc], Doc]] = {"hellaswag": hellaswag, "winogrande": winogrande}

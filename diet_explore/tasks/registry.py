@@ -16,13 +16,15 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from diet_explore.errors import DietError
+from diet_explore.core.errors import DietError
 from diet_explore.tasks.formats import PREPROCESSORS
 
 #: Bump when a template or preprocessor changes: caches record it, so stale ones are visible.
 PROMPT_FORMAT_VERSION = 1
 TARGET_DELIMITER = " "
 FORMATS = ("multiple_choice", "partial")
+METRICS = ("acc", "acc_norm")
+FORMAT_METRICS = {"multiple_choice": ("acc", "acc_norm"), "partial": ("acc",)}  # what each format can report
 GOLD_TYPES = ("bool", "int", "index_of")
 DATASET_KEYS = ("local", "path", "hub", "hub_name", "split")
 GOLD_KEYS = ("field", "type", "offset", "in")
@@ -43,6 +45,17 @@ class TaskSpec:
     preprocess: str | None = None
     lm_eval_task: str | None = None
     target_delimiter: str = TARGET_DELIMITER
+    # What evaluation reports for this task, and which of it is the task's headline number (the
+    # paper-style average averages that one). acc_norm needs one context per request, so partial
+    # scoring (WinoGrande) reports acc only, as lm-eval does. None: the format's default.
+    metrics: tuple[str, ...] | None = None
+    main_metric: str = "acc"
+
+    def __post_init__(self) -> None:
+        if self.metrics is None:
+            object.__setattr__(self, "metrics", FORMAT_METRICS.get(self.format, ("acc",)))
+        else:
+            object.__setattr__(self, "metrics", tuple(self.metrics))
 
 
 @dataclass(frozen=True)
@@ -90,8 +103,9 @@ def _get(spec: TaskSpec, doc: dict[str, Any], dotted: str, entry_field: str, doc
     value: Any = doc
     for part in dotted.split("."):
         if not isinstance(value, Mapping) or part not in value:
-            raise DietError(f"{_where(spec, doc_id)}: {entry_field} {dotted!r} is not in the document",
-                            _fields_hint(value, entry_field))
+            raise DietError(
+                f"{_where(spec, doc_id)}: {entry_field} {dotted!r} is not in the document", _fields_hint(value, entry_field)
+            )
         value = value[part]
     return value
 
@@ -100,8 +114,11 @@ def _get_list(spec: TaskSpec, doc: dict[str, Any], dotted: str, entry_field: str
     value = _get(spec, doc, dotted, entry_field, doc_id)
     # A string is iterable too, but its characters are never the intended choices.
     if not isinstance(value, (list, tuple)) or not value:
-        raise DietError(f"{_where(spec, doc_id)}: {entry_field} {dotted!r} is {type(value).__name__} {str(value)[:60]!r}, "
-                        "not a non-empty list", f"point {entry_field} at a list field of the document")
+        raise DietError(
+            f"{_where(spec, doc_id)}: {entry_field} {dotted!r} is {type(value).__name__} {str(value)[:60]!r}, "
+            "not a non-empty list",
+            f"point {entry_field} at a list field of the document",
+        )
     return list(value)
 
 
@@ -115,14 +132,18 @@ def _gold(spec: TaskSpec, doc: dict[str, Any], doc_id: int) -> int:
         try:
             return int(raw) + int(g.get("offset", 0))
         except (TypeError, ValueError):
-            raise DietError(f"{_where(spec, doc_id)}: gold.field {g['field']!r} is {raw!r}, not an integer",
-                            "use gold.type index_of (with gold.in) or bool for non-integer answers") from None
+            raise DietError(
+                f"{_where(spec, doc_id)}: gold.field {g['field']!r} is {raw!r}, not an integer",
+                "use gold.type index_of (with gold.in) or bool for non-integer answers",
+            ) from None
     if kind == "index_of":
         labels = [str(x).strip() for x in _get_list(spec, doc, g["in"], "gold.in", doc_id)]
         answer = str(raw).strip()
         if answer not in labels:
-            raise DietError(f"{_where(spec, doc_id)}: gold {answer!r} (from {g['field']!r}) is not among {g['in']!r} {labels}",
-                            "fix gold.field / gold.in so the answer is one of the labels")
+            raise DietError(
+                f"{_where(spec, doc_id)}: gold {answer!r} (from {g['field']!r}) is not among {g['in']!r} {labels}",
+                "fix gold.field / gold.in so the answer is one of the labels",
+            )
         return labels.index(answer)
     raise DietError(f"task {spec.name!r}: unknown gold type {kind!r}", f"use one of {', '.join(GOLD_TYPES)}")
 
@@ -132,11 +153,14 @@ def _format_text(spec: TaskSpec, doc: dict[str, Any], doc_id: int) -> str:
     try:
         return spec.text.format_map(doc)
     except KeyError as exc:
-        raise DietError(f"{_where(spec, doc_id)}: text {spec.text!r} names field {{{exc.args[0]}}}, which the document lacks",
-                        _fields_hint(doc, "text")) from None
+        raise DietError(
+            f"{_where(spec, doc_id)}: text {spec.text!r} names field {{{exc.args[0]}}}, which the document lacks",
+            _fields_hint(doc, "text"),
+        ) from None
     except (AttributeError, IndexError, TypeError, ValueError) as exc:  # "{a.b}", "{a[9]}", "{a:d}" on the wrong value
-        raise DietError(f"{_where(spec, doc_id)}: text {spec.text!r} cannot be filled from the document ({exc})",
-                        _fields_hint(doc, "text")) from None
+        raise DietError(
+            f"{_where(spec, doc_id)}: text {spec.text!r} cannot be filled from the document ({exc})", _fields_hint(doc, "text")
+        ) from None
 
 
 def _preprocess(spec: TaskSpec, doc: dict[str, Any], doc_id: int) -> dict[str, Any]:
@@ -144,11 +168,15 @@ def _preprocess(spec: TaskSpec, doc: dict[str, Any], doc_id: int) -> dict[str, A
     try:
         return PREPROCESSORS[spec.preprocess](doc)
     except KeyError as exc:
-        raise DietError(f"{_where(spec, doc_id)}: preprocess {spec.preprocess!r} needs field {exc.args[0]!r}, which the document lacks",
-                        _fields_hint(doc, "preprocess")) from None
+        raise DietError(
+            f"{_where(spec, doc_id)}: preprocess {spec.preprocess!r} needs field {exc.args[0]!r}, which the document lacks",
+            _fields_hint(doc, "preprocess"),
+        ) from None
     except (AttributeError, IndexError, TypeError, ValueError) as exc:
-        raise DietError(f"{_where(spec, doc_id)}: preprocess {spec.preprocess!r} failed on the document ({exc})",
-                        "use a preprocessor written for this dataset, or none") from None
+        raise DietError(
+            f"{_where(spec, doc_id)}: preprocess {spec.preprocess!r} failed on the document ({exc})",
+            "use a preprocessor written for this dataset, or none",
+        ) from None
 
 
 def build_request(spec: TaskSpec, doc: dict[str, Any], doc_id: int) -> Request:
@@ -173,39 +201,37 @@ def build_request(spec: TaskSpec, doc: dict[str, Any], doc_id: int) -> Request:
     # Checked here, not when the gold text is read: an out-of-range label (e.g. -1 in an unlabelled
     # split, or a 1-based label without offset -1) must not surface as an IndexError mid-run.
     if not 0 <= gold < len(continuations):
-        raise DietError(f"{_where(spec, doc_id)}: gold index {gold} (from {spec.gold['field']!r}) is outside "
-                        f"the {len(continuations)} choice(s)",
-                        "fix choices / gold.offset (1-based labels need offset -1), or use a labelled split")
+        raise DietError(
+            f"{_where(spec, doc_id)}: gold index {gold} (from {spec.gold['field']!r}) is outside "
+            f"the {len(continuations)} choice(s)",
+            "fix choices / gold.offset (1-based labels need offset -1), or use a labelled split",
+        )
     return Request(spec.name, doc_id, contexts, continuations, gold)
-
-
-def check_task_data(spec: TaskSpec, ids: list[int] | None = None) -> int:
-    """Load the task's split and build the requests of ``ids`` (default: its first 3 documents), so
-    a template that does not fit the data fails in a second, before a model loads; returns the
-    split's size. Raises DietError (unreadable data, empty split, or a request that cannot be built)."""
-    from diet_explore.data import load_task_data  # data imports this module
-
-    data = load_task_data(spec)
-    size = len(data)
-    if size == 0:
-        raise DietError(f"task {spec.name!r}: its dataset split is empty", "fix dataset.path / dataset.split in the task entry")
-    for i in (range(min(3, size)) if ids is None else ids):
-        if not 0 <= int(i) < size:
-            raise DietError(f"task {spec.name!r}: doc {i} is outside its {size} examples", f"use ids below {size}")
-        build_request(spec, dict(data[int(i)]), int(i))
-    return size
 
 
 # ------------------------------------------------------------------------------------------------
 # Registry files -> TaskSpecs. A file of the wrong shape fails here, naming file, task and field.
 # ------------------------------------------------------------------------------------------------
-_STR_FIELDS = ("format", "text", "choices_field", "contexts_field", "continuation_field", "preprocess",
-               "lm_eval_task", "target_delimiter")
+_STR_FIELDS = (
+    "format",
+    "text",
+    "choices_field",
+    "contexts_field",
+    "continuation_field",
+    "preprocess",
+    "lm_eval_task",
+    "target_delimiter",
+    "main_metric",
+)
 _NULLABLE = ("text", "choices_field", "contexts_field", "continuation_field", "preprocess", "lm_eval_task")
 
 
 def _type_name(value: Any) -> str:
-    return "null" if value is None else {dict: "object", list: "list", str: "string", bool: "boolean"}.get(type(value), type(value).__name__)
+    return (
+        "null"
+        if value is None
+        else {dict: "object", list: "list", str: "string", bool: "boolean"}.get(type(value), type(value).__name__)
+    )
 
 
 def _describe(value: Any) -> str:
@@ -221,21 +247,29 @@ def _check_template(text: str, where: str) -> None:
     try:
         names = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
     except ValueError as exc:
-        raise DietError(f"{where}: text {text!r} is not a valid template ({exc})",
-                        "write fields as {name}; double a literal brace as {{ or }}") from None
+        raise DietError(
+            f"{where}: text {text!r} is not a valid template ({exc})",
+            "write fields as {name}; double a literal brace as {{ or }}",
+        ) from None
     for name in names:
         if name == "" or name[0].isdigit():  # format_map has no positional arguments to fill these
-            raise DietError(f"{where}: text {text!r} has a positional field {{{name}}}",
-                            "name a document field, e.g. {question}; double a literal brace as {{ or }}")
+            raise DietError(
+                f"{where}: text {text!r} has a positional field {{{name}}}",
+                "name a document field, e.g. {question}; double a literal brace as {{ or }}",
+            )
 
 
 def _check_dataset(d: Any, where: str) -> None:
     if not isinstance(d, dict):
-        raise DietError(f"{where}: dataset is {_describe(d)}, not an object",
-                        'e.g. "dataset": {"path": "/data/my_task", "split": "validation"}')
+        raise DietError(
+            f"{where}: dataset is {_describe(d)}, not an object",
+            'e.g. "dataset": {"path": "/data/my_task", "split": "validation"}',
+        )
     unknown = [k for k in d if k not in DATASET_KEYS]
     if unknown:
-        raise DietError(f"{where}: dataset has unknown field(s) {', '.join(map(repr, unknown))}", f"use {', '.join(DATASET_KEYS)}")
+        raise DietError(
+            f"{where}: dataset has unknown field(s) {', '.join(map(repr, unknown))}", f"use {', '.join(DATASET_KEYS)}"
+        )
     for key, value in d.items():
         if value is not None and not isinstance(value, str):
             raise DietError(f"{where}: dataset.{key} is {_describe(value)}, not a string", SCHEMA_HINT)
@@ -257,8 +291,25 @@ def _check_gold(g: Any, where: str) -> None:
     if not isinstance(offset, int) or isinstance(offset, bool):
         raise DietError(f"{where}: gold.offset is {_describe(offset)}, not an integer", "e.g. -1 for 1-based labels")
     if kind == "index_of" and (not isinstance(g.get("in"), str) or not g["in"]):
-        raise DietError(f"{where}: gold.type index_of needs gold.in, the field listing the choice labels",
-                        'e.g. "gold": {"field": "answerKey", "type": "index_of", "in": "choices.label"}')
+        raise DietError(
+            f"{where}: gold.type index_of needs gold.in, the field listing the choice labels",
+            'e.g. "gold": {"field": "answerKey", "type": "index_of", "in": "choices.label"}',
+        )
+
+
+def _check_metrics(spec: TaskSpec, where: str) -> None:
+    allowed = FORMAT_METRICS[spec.format]
+    bad = [m for m in spec.metrics if m not in allowed]
+    if bad or not spec.metrics:
+        raise DietError(
+            f"{where}: metrics {list(spec.metrics)} are not all reportable for format {spec.format!r}",
+            f"use some of {', '.join(allowed)}",
+        )
+    if spec.main_metric not in spec.metrics:
+        raise DietError(
+            f"{where}: main_metric {spec.main_metric!r} is not among its metrics {list(spec.metrics)}",
+            f"use one of {', '.join(spec.metrics)}",
+        )
 
 
 def _validate(name: str, entry: Any, source: str) -> TaskSpec:
@@ -276,10 +327,16 @@ def _validate(name: str, entry: Any, source: str) -> TaskSpec:
         value = entry.get(key)
         if key in entry and not isinstance(value, str) and not (value is None and key in _NULLABLE):
             raise DietError(f"{where}: {key} is {_describe(value)}, not a string", SCHEMA_HINT)
+    metrics = entry.get("metrics")
+    if metrics is not None and (not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics)):
+        raise DietError(f"{where}: metrics is {_describe(metrics)}, not a list of metric names", f"e.g. {list(METRICS)}")
+    if "main_metric" in entry and entry["main_metric"] not in METRICS:
+        raise DietError(f"{where}: main_metric is {_describe(entry['main_metric'])}", f"use one of {', '.join(METRICS)}")
     choices = entry.get("choices")
     if choices is not None and (not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices)):
-        raise DietError(f"{where}: choices is {_describe(choices)}, not a non-empty list of strings",
-                        'e.g. "choices": ["no", "yes"]')
+        raise DietError(
+            f"{where}: choices is {_describe(choices)}, not a non-empty list of strings", 'e.g. "choices": ["no", "yes"]'
+        )
     spec = TaskSpec(name=name, **entry)
     if spec.format not in FORMATS:
         raise DietError(f"{where}: format {spec.format!r} is unknown", f"use one of {', '.join(FORMATS)}")
@@ -291,15 +348,27 @@ def _validate(name: str, entry: Any, source: str) -> TaskSpec:
         raise DietError(f"{where}: partial format needs contexts_field and continuation_field", "see winogrande in builtin.json")
     if spec.text is not None:
         _check_template(spec.text, where)
+    _check_metrics(spec, where)
     _check_gold(spec.gold, where)
     if not any(spec.dataset.get(k) for k in ("local", "path", "hub")):
-        raise DietError(f"{where}: dataset names no data", "give dataset.path (a save_to_disk folder), dataset.local or dataset.hub")
+        raise DietError(
+            f"{where}: dataset names no data", "give dataset.path (a save_to_disk folder), dataset.local or dataset.hub"
+        )
     return spec
+
+
+def _builtin_entries() -> dict[str, Any]:
+    return json.loads(files("diet_explore.tasks").joinpath("builtin.json").read_text())
+
+
+def builtin_task_names() -> list[str]:
+    """The built-in tasks (the paper's seven zero-shot tasks), in registry order."""
+    return [name for name in _builtin_entries() if not name.startswith("_")]
 
 
 def load_registry(extra_files: list[str | Path] | None = None) -> dict[str, TaskSpec]:
     """Built-in tasks plus user JSON files (``DIET_EXPLORE_TASKS`` = ``os.pathsep``-separated list)."""
-    sources: list[tuple[str, Any]] = [("builtin.json", json.loads(files("diet_explore.tasks").joinpath("builtin.json").read_text()))]
+    sources: list[tuple[str, Any]] = [("builtin.json", _builtin_entries())]
     env = os.environ.get("DIET_EXPLORE_TASKS")
     paths = list(extra_files or []) + ([p for p in env.split(os.pathsep) if p] if env else [])
     for p in paths:
@@ -310,8 +379,10 @@ def load_registry(extra_files: list[str | Path] | None = None) -> dict[str, Task
     registry: dict[str, TaskSpec] = {}
     for source, entries in sources:
         if not isinstance(entries, dict):
-            raise DietError(f"task file {source}: the top level is {_type_name(entries)}, not an object of tasks",
-                            'write {"my_task": {"dataset": ..., "text": ..., "choices": ..., "gold": ...}}')
+            raise DietError(
+                f"task file {source}: the top level is {_type_name(entries)}, not an object of tasks",
+                'write {"my_task": {"dataset": ..., "text": ..., "choices": ..., "gold": ...}}',
+            )
         for name, entry in entries.items():
             if not name.startswith("_"):
                 registry[name] = _validate(name, entry, source)
@@ -329,3 +400,21 @@ def resolve_tasks(names: str | list[str], registry: dict[str, TaskSpec] | None =
     if not names:
         raise DietError("no task given", f"use --tasks all or some of: {', '.join(registry)}")
     return [registry[n] for n in names]
+
+
+def lm_eval_command(
+    model_folder: str,
+    tasks: str | list[str] = "all",
+    limit: int | None = None,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    device: str | None = None,
+    registry: dict[str, TaskSpec] | None = None,
+) -> str:
+    """The lm-evaluation-harness command that evaluates the same tasks (each under its registry
+    ``lm_eval_task`` name, once): on every document without ``limit`` (a full evaluation), else
+    lm-eval's own first ``limit`` documents (not our held-out ids)."""
+    specs = resolve_tasks(tasks, registry)
+    names = ",".join(dict.fromkeys(s.lm_eval_task or s.name for s in specs))
+    cmd = f"lm_eval --model hf --model_args pretrained={model_folder},dtype={dtype} --tasks {names} --batch_size {batch_size}"
+    return cmd + (f" --device {device}" if device else "") + (f" --limit {limit}" if limit else "")

@@ -1,0 +1,59 @@
+"""diet-explore: profile LLM hidden dimensions per task, build DIET masks, prune and evaluate.
+
+Each subcommand lives in ``diet_explore/cli/<name>.py`` and
+exposes ``register(subparsers)``; the parsed arguments are turned into typed values there and the
+library is called with those (never with the argparse namespace)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+from diet_explore import __version__
+from diet_explore.core.errors import DietError
+
+# Adding a command = one module with register(subparsers) + one name here.
+COMMAND_MODULES = ["models", "tasks", "profile", "mask", "agreement", "stability", "prune", "eval", "compare", "app"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diet-explore", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"diet-explore {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"diet_explore.cli.{name}").register(sub)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line that says what happened (no source path and code line, which read
+    like a traceback to a CLI user)."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args) -> int:
+    try:
+        return int(args.func(args) or 0)
+    except DietError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `diet-explore agreement --format csv | head`: the reader left early
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted; finished work was saved and a re-run resumes from it", file=sys.stderr)
+        return 130

@@ -1,0 +1,30 @@
+"""Small argument helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (GPU default), float16")
+
+
+def csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def progress_printer(name: str, steps: int = 10):
+    """A ``progress(fraction, message)`` callback printing to stderr each time ``fraction`` crosses
+    one of ``steps`` equal steps (stdout stays the result, for pipes)."""
+    import sys
+
+    state = {"last": -1}
+
+    def progress(fraction: float, message: str) -> None:
+        step = int(fraction * steps)
+        if step != state["last"]:
+            state["last"] = step
+            print(f"  {name}: {fraction:4.0%} {message}", file=sys.stderr, flush=True)
+
+    return progress

@@ -1,0 +1,90 @@
+"""``diet-explore app``: start the Streamlit explorer (shipped in the package as ``diet_explore_app``).
+
+The library never imports streamlit: this command finds the app's entry script without importing
+it and runs ``python -m streamlit run`` on it (replacing this process), the way ``streamlit hello`` or
+``mlflow ui`` start theirs. The app opens on ``--cache`` (a cache folder, or a folder of caches),
+else on ``cache/`` in the current folder, else on the caches shipped with the package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from diet_explore.core.errors import DietError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("app", help="start the Streamlit explorer (http://localhost:8501)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="a score cache folder to open, or a folder of cache folders "
+        "(default: ./cache, else the caches shipped with the package)",
+    )
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    p.add_argument("--host", default="localhost", help="address to listen on (default localhost: this machine only)")
+    p.add_argument("--open", action="store_true", help="open a browser tab (default: just serve, and print the address)")
+    p.set_defaults(func=run)
+
+
+def app_script() -> Path:
+    spec = importlib.util.find_spec("diet_explore_app")
+    if spec is None or not spec.submodule_search_locations:
+        raise DietError("the app package diet_explore_app is not installed", "reinstall diet-explore (pip install .)")
+    return Path(list(spec.submodule_search_locations)[0]) / "app.py"
+
+
+def app_environment(cache: str | None, base: Path, env: dict[str, str]) -> dict[str, str]:
+    """The environment the app runs in: its folder, and the caches ``--cache`` names."""
+    out = {**env, "DIET_EXPLORE_APP_DIR": str(base)}
+    if cache is None:
+        return out
+    path = Path(cache).expanduser().resolve()
+    if (path / "manifest.json").is_file():  # one cache: open it, and list the caches beside it
+        out.update(DIET_EXPLORE_CACHE_DIR=str(path.parent), DIET_EXPLORE_DEFAULT_CACHE=path.name)
+    elif path.is_dir():
+        out["DIET_EXPLORE_CACHE_DIR"] = str(path)
+    else:
+        raise DietError(
+            f"--cache {cache} is not a folder",
+            "give a score cache folder (from `diet-explore profile`) or a folder of them, e.g. --cache cache/smollm2-135m",
+        )
+    return out
+
+
+def run(args) -> int:
+    if not 0 < args.port < 65536:
+        raise DietError(f"--port {args.port} is not a port number", "use 1-65535, e.g. --port 8501")
+    if importlib.util.find_spec("streamlit") is None:
+        raise DietError("streamlit is not installed", "pip install 'diet-explore' installs it; or pip install streamlit")
+    env = app_environment(args.cache, Path.cwd(), dict(os.environ))
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_script()),
+        "--server.port",
+        str(args.port),
+        "--server.address",
+        args.host,
+        "--server.headless",
+        "false" if args.open else "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--client.toolbarMode",
+        "viewer",
+    ]
+    print(f"diet-explore app on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    if os.name == "posix":  # become the server: signals (Ctrl-C, a supervisor's SIGTERM) reach streamlit itself
+        os.execve(sys.executable, cmd, env)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0

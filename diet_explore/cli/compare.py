@@ -1,0 +1,77 @@
+"""``diet-explore compare``: methods × sparsities, pruned and evaluated on the same held-out examples."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from diet_explore.cli._common import add_device_args, csv_list, progress_printer
+
+
+def register(sub) -> None:
+    from diet_explore.experiments.results import METHODS
+
+    p = sub.add_parser("compare", help="sweep masking methods and sparsities: paper-style table, plot, run store (resumable)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--cache", required=True, help="the model's score cache")
+    p.add_argument("--sparsity", default="0.1,0.2", help="comma list of target sparsities")
+    p.add_argument("--methods", default="diet,random,magnitude,wiki", help=f"comma list of: {', '.join(METHODS)}")
+    p.add_argument("--tasks", default="all")
+    p.add_argument("--limit", type=int, default=50, help="held-out examples per task")
+    p.add_argument("--seed", type=int, default=1234, help="evaluation draw")
+    p.add_argument("--mask-seed", type=int, default=0, help="random baseline seed")
+    p.add_argument(
+        "--exact",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every method keeps the same count (default); --no-exact: the vote's own count",
+    )
+    p.add_argument("--multiple-of", type=int, default=None, help="kept-count multiple (default: what the model needs to reload)")
+    p.add_argument("--no-perplexity", action="store_true")
+    p.add_argument("--ppl-windows", type=int, default=32)
+    p.add_argument("--runs", default=None, help="run store folder (default: <repo>/runs)")
+    p.add_argument(
+        "--eval-cache", default=None, help="cached per-model results, shared with eval (default: <data home>/eval-cache)"
+    )
+    p.add_argument("--no-eval-cache", action="store_true", help="evaluate the dense model even if its results are cached")
+    p.add_argument("--out", required=True, help="output folder (re-running resumes)")
+    add_device_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from diet_explore.core.errors import DietError
+    from diet_explore.evaluation.evalcache import EvalCache
+    from diet_explore.experiments.runs import RunStore
+    from diet_explore.experiments.sweep import CompareConfig, run_compare
+
+    try:
+        sparsities = [float(s) for s in csv_list(args.sparsity)]
+    except ValueError:
+        raise DietError(f"bad --sparsity {args.sparsity!r}", "e.g. --sparsity 0.1,0.2") from None
+    config = CompareConfig(
+        model=args.model,
+        cache=args.cache,
+        sparsities=sparsities,
+        methods=csv_list(args.methods),
+        tasks=csv_list(args.tasks) if args.tasks != "all" else "all",
+        limit=args.limit,
+        seed=args.seed,
+        mask_seed=args.mask_seed,
+        exact=args.exact,
+        multiple_of=args.multiple_of,
+        perplexity=not args.no_perplexity,
+        ppl_windows=args.ppl_windows,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    run_compare(
+        config,
+        args.out,
+        store=RunStore(args.runs) if args.runs else None,
+        progress=progress_printer("compare", steps=100),
+        eval_cache=None if args.no_eval_cache else EvalCache(args.eval_cache),
+    )
+    print((Path(args.out) / "table.md").read_text())
+    print(f"wrote {args.out}/table.csv, table.md, sweep.html; runs in the run store")
+    return 0

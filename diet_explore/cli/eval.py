@@ -1,0 +1,162 @@
+"""``diet-explore eval``: quick zero-shot evaluation of a model, optionally against a reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diet_explore.cli._common import add_device_args, csv_list, progress_printer
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="quick lm-eval-compatible evaluation on held-out examples (+ wiki perplexity)")
+    p.add_argument("--model", required=True, help="model to evaluate: built-in name, folder (e.g. a pruned one) or hub id")
+    p.add_argument("--compare-to", default=None, help="reference model (e.g. the dense source) on the same examples")
+    p.add_argument("--tasks", default="all", help="'all' or a comma list (see `diet-explore tasks`)")
+    p.add_argument("--limit", type=int, default=50, help="held-out examples per task")
+    p.add_argument("--seed", type=int, default=1234, help="the seeded draw shared with calibration (keeps them disjoint)")
+    p.add_argument("--cache", default=None, help="score cache whose calibration ids are excluded as well")
+    p.add_argument("--no-perplexity", action="store_true", help="skip the held-out wiki perplexity")
+    p.add_argument("--ppl-windows", type=int, default=32, help="held-out wiki windows of 128 tokens")
+    p.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per scoring pass (default 1024)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="forward passes side by side (default: 2 on a multi-core CPU, 1 on GPU)"
+    )
+    p.add_argument("--predictions", default=None, help="write per-example predictions to this JSONL file")
+    p.add_argument("--json", default=None, help="write the full result as JSON")
+    p.add_argument("--eval-cache", default=None, help="folder of cached per-model results (default: <data home>/eval-cache)")
+    p.add_argument(
+        "--no-eval-cache", action="store_true", help="recompute every model and store nothing (e.g. to time a cold run)"
+    )
+    add_device_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from diet_explore.core import atomic
+    from diet_explore.evaluation.evalcache import EvalCache
+    from diet_explore.evaluation.evaluate import EvalConfig, PairResult, eval_requests, evaluate_cached, evaluate_model
+    from diet_explore.models.adapters import check_supported
+    from diet_explore.models.builtin import BUILTIN_MODELS, store_path
+    from diet_explore.models.loading import dtype_name, load_config, load_model, pick_device, pick_dtype
+    from diet_explore.tasks.registry import lm_eval_command
+
+    for path, flag in ((args.predictions, "--predictions"), (args.json, "--json")):
+        if path:  # refused now, not after minutes of evaluation
+            atomic.check_writable(path, flag, folder=False)
+    names = [args.compare_to, args.model] if args.compare_to else [args.model]
+    optional = {"batch_tokens": args.batch_tokens} if args.batch_tokens is not None else {}  # else the config's default
+    config = EvalConfig(
+        tasks=csv_list(args.tasks) if args.tasks != "all" else "all",
+        limit=args.limit,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        perplexity=not args.no_perplexity,
+        ppl_windows=args.ppl_windows,
+        exclude_cache=args.cache,
+        exclude_masks=pruned_folder_masks(names, args.cache),
+        workers=args.workers,
+        **optional,
+    )
+    requests = eval_requests(config)  # bad task names / limits fail before any model loads
+    for name in names:  # a missing or unsupported model fails before the other one is evaluated
+        check_supported(load_config(name).model_type)
+    cache = None if args.no_eval_cache else EvalCache(args.eval_cache)
+    device = pick_device(args.device)
+    results = []
+    for name in names:
+
+        def compute(name=name):
+            model, tokenizer, info = load_model(name, device, args.dtype)
+            print(f"evaluating {info.name} ({info.num_parameters / 1e6:.2f} M parameters, hidden {info.hidden_size}) ...")
+            return evaluate_model(model, tokenizer, config, progress_printer(info.name), info.name, requests), info.to_dict()
+
+        result = evaluate_cached(name, config, requests, cache, device, pick_dtype(args.dtype, device), compute)
+        if "cached" in result.extra:
+            print(
+                f"{result.model_name}: reusing its results of {result.extra['cached']['created']} "
+                f"({result.extra['cached']['path']}); --no-eval-cache recomputes"
+            )
+        results.append(result)
+    if args.compare_to:
+        pair = PairResult(results[0], results[1])
+        print(format_pair(pair))
+        records, full = pair.predictions(), pair.to_json_dict()
+    else:
+        print(format_single(results[0]))
+        records, full = results[0].predictions, results[0].to_json_dict()
+    folder = str(store_path(args.model)) if args.model in BUILTIN_MODELS else args.model
+    dtype = dtype_name(pick_dtype(args.dtype, device))
+    print(
+        f"\nfull lm-evaluation-harness evaluation of {args.model} (every document; add --limit N for lm-eval's first N):"
+        f"\n  {lm_eval_command(folder, config.tasks, dtype=dtype, device=device)}"
+    )
+    if args.predictions:
+        atomic.write_text(args.predictions, "".join(json.dumps(r) + "\n" for r in records))
+        print(f"wrote {len(records)} predictions to {args.predictions}")
+    if args.json:
+        atomic.write_json(args.json, full)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def pruned_folder_masks(names: list[str], cache: str | None) -> list[str]:
+    """The mask files of the pruned folders among ``names``: their recorded calibration examples
+    are left out of the evaluation, whatever seed and sample count the profile used."""
+    import warnings
+
+    from diet_explore.masking.maskfile import load_mask
+    from diet_explore.pruning.saving import MASK_FILE
+
+    masks = [Path(n, MASK_FILE) for n in names if Path(n, MASK_FILE).is_file()]
+    for path in masks:
+        if load_mask(path).calibration_ids is None and not cache:
+            warnings.warn(
+                f"{path} does not record its calibration examples (a mask from an older diet-explore), so "
+                "only the default draw is left out; pass --cache <the score cache it was built from> to "
+                "leave out exactly the profiled examples",
+                stacklevel=2,
+            )
+    return [str(p) for p in masks]
+
+
+def format_single(result) -> str:
+    lines = [f"\n{'task':14s} {'n':>4s} {'acc':>15s} {'acc_norm':>15s}"]
+    for t, m in result.task_metrics().items():
+        norm = f"{m['acc_norm']:.4f} ± {m['acc_norm_stderr']:.4f}" if m["acc_norm"] == m["acc_norm"] else "-"
+        lines.append(f"{t:14s} {m['n']:4d} {m['acc']:.4f} ± {m['acc_stderr']:.4f} {norm:>15s}")
+    lines.append(
+        f"{'average (main)':14s} {'':4s} {result.average():.4f}   (acc_norm for hellaswag/arc/openbookqa, acc elsewhere)"
+    )
+    if result.perplexity is not None:
+        lines.append(f"wiki perplexity (held-out): {result.perplexity:.3f}")
+    lines.append(f"wall time {_wall(result)}")
+    return "\n".join(lines)
+
+
+def format_pair(pair) -> str:
+    d, p = pair.dense, pair.pruned
+    lines = [f"\n{'task':14s} {'metric':8s} {d.model_name[:18]:>18s} {p.model_name[:18]:>18s} {'delta [95% CI]':>26s}"]
+    frame = pair.to_frame()
+    for t in d.tasks:
+        row = frame.loc[t]
+        for key in ("acc", "acc_norm"):
+            if row[f"dense_{key}"] != row[f"dense_{key}"]:  # NaN: undefined (WinoGrande acc_norm)
+                continue
+            lines.append(
+                f"{t:14s} {key:8s} {row[f'dense_{key}']:.4f} ± {row[f'dense_{key}_stderr']:.4f} "
+                f"{row[f'pruned_{key}']:.4f} ± {row[f'pruned_{key}_stderr']:.4f} "
+                f"{row[f'delta_{key}']:+.4f} [{row[f'delta_{key}_ci_low']:+.4f}, {row[f'delta_{key}_ci_high']:+.4f}]"
+            )
+    m, lo, hi = pair.average_delta()
+    lines.append(f"{'average':14s} {'main':8s} {d.average():18.4f} {p.average():18.4f} {m:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    if d.perplexity is not None:
+        lines.append(f"wiki perplexity (held-out): {d.perplexity:.3f} -> {p.perplexity:.3f}")
+    lines.append(f"wall time {_wall(d)} + {_wall(p)}")
+    return "\n".join(lines)
+
+
+def _wall(result) -> str:
+    return f"{result.wall_time_s:.1f} s" + (" (cached)" if "cached" in result.extra else "")

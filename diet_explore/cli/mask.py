@@ -1,0 +1,87 @@
+"""``diet-explore mask``: build a DIET (or baseline) mask from a score cache and save it as JSON."""
+
+from __future__ import annotations
+
+import argparse
+
+from diet_explore.cli._common import csv_list
+from diet_explore.core.errors import DietError
+
+
+def add_mask_config_args(p: argparse.ArgumentParser) -> None:
+    """The ``MaskConfig`` flags, shared by ``mask`` and ``stability`` (names = field names)."""
+    from diet_explore.masking.baselines import BASELINE_METHODS
+    from diet_explore.masking.vote import MERGE_METHODS
+
+    p.add_argument("--cache", required=True, help="score cache folder (from `diet-explore profile`)")
+    p.add_argument("--sparsity", type=float, default=0.2, help="fraction of hidden dims to prune, in [0, 1)")
+    p.add_argument("--threshold", type=float, default=0.5, help="τ: keep a dim when ≥ τ of the task weight keeps it")
+    p.add_argument("--weights", default="", help="task weights, e.g. boolq=2,rte=0.5 (or boolq:2); missing = 1")
+    p.add_argument("--tasks", default=None, help="comma list of voting tasks (default: every task in the cache)")
+    p.add_argument("--method", default="diet", choices=MERGE_METHODS + BASELINE_METHODS)
+    p.add_argument("--site", default="residual")
+    p.add_argument("--layer-agg", default="mean", help="mean (paper), max, last_k")
+    p.add_argument("--last-k", type=int, default=4, help="layers averaged by --layer-agg last_k")
+    p.add_argument("--normalize", default="none", help="none, zscore, rank, sum (mean_score merge, exact tie-breaks)")
+    p.add_argument(
+        "--exact",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep exactly the target count (vote order, then normalised score)",
+    )
+    p.add_argument("--multiple-of", type=int, default=1, help="round the kept count to a multiple (e.g. 8)")
+    p.add_argument("--seed", type=int, default=0, help="random baseline / resampling seed")
+    p.add_argument("--single-task", default=None, help="task for --method single")
+    p.add_argument("--held-out-task", default=None, help="task left out by --method leave_one_out")
+
+
+def config_from_args(args):
+    from diet_explore.masking.build import MaskConfig, parse_weights
+
+    return MaskConfig(
+        sparsity=args.sparsity,
+        threshold=args.threshold,
+        weights=parse_weights(args.weights),
+        tasks=csv_list(args.tasks) if args.tasks else None,
+        method=args.method,
+        site=args.site,
+        layer_agg=args.layer_agg,
+        last_k=args.last_k,
+        normalize=args.normalize,
+        exact=args.exact,
+        multiple_of=args.multiple_of,
+        seed=args.seed,
+        single_task=args.single_task,
+        held_out_task=args.held_out_task,
+    )
+
+
+def register(sub) -> None:
+    p = sub.add_parser("mask", help="build a pruning mask from a score cache")
+    add_mask_config_args(p)
+    p.add_argument("--npy", action="store_true", help="also write the bool mask as <out>.npy")
+    p.add_argument("--out", required=True, help="mask JSON file to write")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from diet_explore.core.atomic import check_writable
+    from diet_explore.masking.build import build_mask
+    from diet_explore.masking.maskfile import mask_file_from_result, save_mask
+    from diet_explore.profiling.cache import load_cache
+
+    config = config_from_args(args)
+    check_writable(args.out, "--out", folder=False)
+    if args.npy and Path(args.out).suffix == ".npy":  # the .npy would overwrite the JSON just written
+        raise DietError(f"--out {args.out} ends in .npy, which --npy writes next to the JSON", "e.g. --out mask.json --npy")
+    cache = load_cache(args.cache)
+    result = build_mask(cache, config)
+    path = save_mask(mask_file_from_result(result, cache), args.out, npy=args.npy)
+    print(
+        f"{config.method} mask for {cache.model_name}: kept {result.n_keep} of {result.hidden_size} dims, "
+        f"actual sparsity {result.sparsity:.4f} (target {config.sparsity:g})"
+    )
+    print(f"wrote {path}" + (f" and {path.with_suffix('.npy')}" if args.npy else ""))
+    return 0

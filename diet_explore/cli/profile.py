@@ -1,0 +1,51 @@
+"""``diet-explore profile``: score every hidden dimension per task into a cache folder."""
+
+from __future__ import annotations
+
+from diet_explore.cli._common import add_device_args, csv_list
+
+
+def register(sub) -> None:
+    p = sub.add_parser("profile", help="profile per-task activations into a score cache (resumable)")
+    p.add_argument("--model", default="smollm2-135m", help="built-in name, local folder or hub id")
+    p.add_argument("--tasks", default="all", help="'all' or a comma list (see `diet-explore tasks`)")
+    p.add_argument(
+        "--task-file",
+        action="append",
+        default=[],
+        help="extra task registry JSON file(s), as for `diet-explore tasks` (or DIET_EXPLORE_TASKS)",
+    )
+    p.add_argument("--samples", type=int, default=100, help="calibration examples per task (seeded draw)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--sites", default="residual,normed", help="residual and/or normed")
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--max-batch-tokens", type=int, default=4096)
+    p.add_argument("--no-generic", action="store_true", help="skip the wiki-text calibration (wiki baseline)")
+    p.add_argument("--out", required=True, help="cache folder; an existing one is resumed")
+    add_device_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from diet_explore.profiling.runner import ProfileConfig, profile
+
+    config = ProfileConfig(
+        model=args.model,
+        tasks=args.tasks,
+        samples=args.samples,
+        seed=args.seed,
+        sites=csv_list(args.sites),
+        max_length=args.max_length,
+        max_batch_tokens=args.max_batch_tokens,
+        generic=not args.no_generic,
+        device=args.device,
+        dtype=args.dtype,
+        task_files=list(args.task_file),
+    )
+    cache = profile(config, args.out)
+    total = sum(cache.manifest["tasks"][t].get("wall_time_s", 0.0) for t in cache.tasks)
+    print(
+        f"cache {args.out}: {cache.model_name}, hidden {cache.hidden_size}, {cache.num_layers} layers, "
+        f"tasks {', '.join(cache.tasks)}; profiling time {total:.1f} s"
+    )
+    return 0

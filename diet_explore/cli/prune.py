@@ -1,0 +1,73 @@
+"""``diet-explore prune``: apply a mask file to a model and save the smaller model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="prune hidden dimensions with a mask and save a plain Hugging Face model folder")
+    p.add_argument("--model", default="smollm2-135m", help="built-in name, local folder or hub id")
+    p.add_argument("--mask", required=True, help="mask JSON (from `diet-explore mask`)")
+    p.add_argument("--out", required=True, help="output model folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where to slice (default cpu: slicing is a copy, and on a GPU the copy would need memory for a second model)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="default: the checkpoint's own dtype (config dtype), else float32; the folder is saved in it",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    from diet_explore.core.atomic import check_output_dir
+    from diet_explore.masking.maskfile import load_mask
+    from diet_explore.models.adapters import check_supported
+    from diet_explore.models.loading import load_config, load_model
+    from diet_explore.pruning.saving import check_saveable, save_pruned, size_on_disk
+    from diet_explore.pruning.slicing import count_parameters, prune_model
+
+    # Everything that can be refused from the arguments, the mask and the config is refused here,
+    # before minutes of loading weights.
+    check_output_dir(args.out, overwrite=args.overwrite)  # the raw text: Path("") would read as "."
+    out = Path(args.out)
+    load_mask(args.mask)  # a bad mask file fails before a built-in model is converted
+    config = load_config(args.model)
+    check_supported(config.model_type)  # before anything reads attention fields a Mamba config lacks
+    mask = load_mask(args.mask, expected_hidden_size=config.get_text_config().hidden_size)
+    check_saveable(config, mask.n_keep)
+    model, tokenizer, info = load_model(args.model, args.device, args.dtype or checkpoint_dtype(config))
+    if mask.model_name not in (info.name, info.id):
+        print(
+            f"warning: {args.mask} was built for {mask.model_name!r}, pruning {info.name!r} (same hidden size)", file=sys.stderr
+        )
+    pruned = prune_model(model, mask.keep)
+    folder = save_pruned(pruned, tokenizer, out, mask_file=mask, overwrite=args.overwrite, source_model=info.id)
+    before, after = count_parameters(model), count_parameters(pruned)
+    print(
+        f"{info.name}: hidden size {model.config.hidden_size} -> {pruned.config.hidden_size} "
+        f"({mask.method} mask, sparsity {1 - pruned.config.hidden_size / model.config.hidden_size:.4f})"
+    )
+    print(f"parameters {before / 1e6:.2f} M -> {after / 1e6:.2f} M ({after / before:.1%})")
+    print(
+        f"wrote {folder} ({size_on_disk(folder) / 2**20:.1f} MiB on disk); "
+        f"load it with AutoModelForCausalLM.from_pretrained({str(folder)!r})"
+    )
+    return 0
+
+
+def checkpoint_dtype(config) -> str:
+    """The dtype the checkpoint was saved in (so pruning neither rounds an fp32 model to bf16 nor
+    inflates a bf16 one), else float32."""
+    from diet_explore.models.loading import dtype_name
+
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = dtype_name(saved) if saved is not None else "float32"
+    return name if name in ("float32", "bfloat16", "float16") else "float32"

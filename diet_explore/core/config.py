@@ -1,0 +1,43 @@
+"""Configuration dataclasses share one JSON round-trip, used by the CLI, the app and cache manifests."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from diet_explore.core.errors import DietError
+
+T = TypeVar("T", bound="JsonConfig")
+
+
+class JsonConfig:
+    """Mixin for ``@dataclass`` configs: ``to_dict``/``from_dict``/``to_json``/``from_json``.
+
+    ``from_dict`` rejects unknown keys by name, so a typo in a saved config is an error, not a default.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise DietError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}", f"valid fields: {', '.join(sorted(names))}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[T], text: str | Path) -> T:
+        if isinstance(text, Path):
+            text = text.read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DietError(f"{cls.__name__} JSON is invalid ({exc})", "check the file") from None
+        return cls.from_dict(data)

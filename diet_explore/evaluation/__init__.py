@@ -1,0 +1,1 @@
+"""Evaluation: lm-eval-compatible log-likelihood scoring, the metrics and CIs, and the evaluation cache."""

@@ -1,0 +1,383 @@
+"""Comparison sweeps: masking methods × sparsities, each pruned and evaluated on the same held-out
+examples, summarised as a paper-style table (CSV + markdown), a sweep plot and run-store records.
+
+Methods (CLI names → ``MaskConfig.method``): ``diet`` (the weighted vote), ``random``,
+``magnitude``, ``wiki`` (top-k on generic text) build one mask per sparsity and evaluate it on
+every task. Two methods build one mask *per evaluated task*:
+
+* ``single-task``: task t is evaluated with the mask built from t's scores alone: task-specialist
+  pruning, the ceiling a one-task mask reaches on its own task (not "the best single task": that
+  choice would be made on the evaluation data);
+* ``leave-one-out``: task t is evaluated with the DIET vote of the other tasks: how a merged mask
+  transfers to a task it never saw.
+
+For these two, wiki perplexity is not defined (one model per task) and is left empty.
+
+By default every mask keeps exactly the same number of dims at a given sparsity (``exact``),
+rounded to the multiple the model's config needs to save and reload (``prune.required_multiple``,
+the head count for Llama/Gemma in transformers 5), so methods differ only in *which* dims they keep
+and every compared model is one ``diet-explore prune`` could ship.
+
+Resumable: ``<out>/results.jsonl`` gets one line per finished (method, sparsity) and one for the
+dense model; a re-run with the same settings skips what is there (other settings are refused).
+A finished line (with its run id) is written before its run-store record, and a record the store
+does not have (an interruption, an unwritable ``--runs``) is written by the next re-run under that id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diet_explore.core import atomic
+from diet_explore.core.config import JsonConfig
+from diet_explore.core.errors import DietError
+from diet_explore.evaluation.evalcache import EvalCache
+from diet_explore.evaluation.evaluate import EvalConfig, EvalResult, eval_requests, evaluate_cached, evaluate_model
+from diet_explore.evaluation.scoring import DEFAULT_BATCH_TOKENS
+from diet_explore.experiments.reports import write_reports
+from diet_explore.experiments.results import (
+    METHODS,
+    PER_TASK_METHODS,
+    RESULTS,
+    add_average,
+    add_deltas,
+    append_result,
+    check_resumable,
+    read_results,
+    task_row,
+)
+from diet_explore.experiments.runs import run_record
+from diet_explore.tasks import data
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class CompareConfig(JsonConfig):
+    model: str = "smollm2-135m"
+    cache: str = "cache/smollm2-135m"
+    sparsities: list[float] = field(default_factory=lambda: [0.1, 0.2])
+    methods: list[str] = field(default_factory=lambda: ["diet", "random", "magnitude", "wiki"])
+    tasks: str | list[str] = "all"
+    limit: int = 50
+    seed: int = data.DEFAULT_SEED  # evaluation draw (shared permutation with calibration)
+    mask_seed: int = 0  # random baseline
+    exact: bool = True  # every method keeps the same count; False: the vote's own count for diet/LOO
+    multiple_of: int | None = None  # None: what the model needs to save/reload (prune.required_multiple)
+    threshold: float = 0.5
+    perplexity: bool = True
+    ppl_windows: int = 32
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    device: str = "auto"
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise DietError(f"unknown method(s): {', '.join(unknown)}", f"choose from {', '.join(METHODS)}")
+        if not self.methods or not self.sparsities:
+            raise DietError("no methods or no sparsities given", "e.g. --methods diet,random --sparsity 0.1,0.2")
+        self.sparsities = [float(s) for s in self.sparsities]
+        for s in self.sparsities:
+            if not 0.0 < s < 1.0:
+                raise DietError(f"sparsity {s} is outside (0, 1)", "e.g. --sparsity 0.1,0.2")
+        # a repeated value (0.1,0.10 or random,random) would run and report the same combination twice
+        self.methods = list(dict.fromkeys(self.methods))
+        unique: dict[str, float] = {}
+        for s in self.sparsities:
+            unique.setdefault(sparsity_label(s), s)
+        self.sparsities = list(unique.values())
+
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(
+            tasks=self.tasks,
+            limit=self.limit,
+            seed=self.seed,
+            batch_tokens=self.batch_tokens,
+            device=self.device,
+            dtype=self.dtype,
+            perplexity=self.perplexity,
+            ppl_windows=self.ppl_windows,
+            exclude_cache=self.cache,
+        )
+
+    def resolved_dtype(self) -> str:
+        """The dtype a model loaded for this config gets (``models.pick_dtype``), e.g. ``float32``.
+
+        With ``dtype`` None it depends on the device: fp32 on CPU, bf16 on a GPU. A named device is
+        not checked for being present here (``load_model`` does that); an unknown one is refused."""
+        from diet_explore.models.loading import dtype_name, pick_device, pick_dtype
+
+        device = pick_device("auto") if self.device == "auto" else self.device
+        return dtype_name(pick_dtype(self.dtype, device))
+
+    def fingerprint(self, cache_hash: str, dtype: str | None = None) -> str:
+        """What the results depend on (not which methods/sparsities: those are the resumable grid).
+
+        ``dtype``: the precision the model is evaluated in (default ``resolved_dtype()``). The device
+        is left out (results agree across devices at one precision) but the resolved dtype is not:
+        with ``dtype`` None a sweep started on CPU (fp32) and resumed on a GPU (bf16) would mix them."""
+        keys = {k: v for k, v in self.to_dict().items() if k not in ("methods", "sparsities", "device", "batch_tokens")}
+        keys.update(dtype=dtype or self.resolved_dtype(), cache_hash=cache_hash)
+        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sparsity_label(sparsity: float) -> str:
+    return f"{sparsity:g}"
+
+
+def combo_key(method: str, sparsity: float) -> str:
+    return f"{method}@{sparsity_label(sparsity)}"
+
+
+def sweep_grid(config: CompareConfig) -> list[tuple[str, float]]:
+    """Every (method, sparsity) to run, once each by ``combo_key`` (the resume key), in the order given."""
+    grid: dict[str, tuple[str, float]] = {}
+    for s in config.sparsities:
+        for m in config.methods:
+            grid.setdefault(combo_key(m, s), (m, s))
+    return list(grid.values())
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------------
+def _mask(pre, method: str, sparsity: float, config: CompareConfig, multiple: int, **extra):
+    from diet_explore.masking.build import MaskConfig, build_mask
+
+    mc = MaskConfig(
+        sparsity=sparsity,
+        method=METHODS[method],
+        threshold=config.threshold,
+        exact=config.exact,
+        multiple_of=multiple,
+        seed=config.mask_seed,
+        **extra,
+    )
+    return build_mask(pre, mc)
+
+
+def run_compare(
+    config: CompareConfig,
+    out: str | Path,
+    model=None,
+    tokenizer=None,
+    store=None,
+    progress: Progress | None = None,
+    log: Callable[[str], None] = print,
+    eval_cache: EvalCache | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or resume) the sweep into ``out``; returns every result row (dense first). With
+    ``eval_cache`` (and the model loaded here from ``config.model``) the dense row reuses an
+    earlier evaluation of the same model on the same examples, e.g. from ``diet-explore eval``."""
+    from diet_explore.experiments.runs import RunStore, new_run_id
+    from diet_explore.masking.importance import as_precompute
+    from diet_explore.models.loading import dtype_name
+    from diet_explore.profiling.cache import load_cache
+    from diet_explore.pruning.saving import required_multiple
+    from diet_explore.pruning.slicing import prune_model
+
+    report = progress or (lambda f, m: None)
+    out = Path(out)
+    # Everything that can be checked without the model is, before it loads (minutes) and before
+    # --out is created: a bad folder, limit, task or resume must not cost a load or leave files.
+    atomic.check_writable(out, "--out", folder=True)
+    store = store if store is not None else RunStore()
+    store.check("--runs")
+    cache = load_cache(config.cache)
+    ecfg = config.eval_config()
+    requests = eval_requests(ecfg)
+    dtype = dtype_name(next(model.parameters()).dtype) if model is not None else config.resolved_dtype()
+    fingerprint = config.fingerprint(cache.manifest_hash, dtype)
+    done = read_results(out)
+    check_resumable(done, out, fingerprint)
+    info = None  # the loaded model's ModelInfo: only then does config.model name the model evaluated
+    if model is None:
+        from diet_explore.models.loading import load_model
+
+        model, tokenizer, info = load_model(config.model, config.device, config.dtype)  # in resolved_dtype()
+    if cache.hidden_size != int(model.config.hidden_size):
+        raise DietError(
+            f"cache {config.cache} is for hidden size {cache.hidden_size}, the model has {model.config.hidden_size}",
+            "use the score cache of this model",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / "config.json", config.to_json() + "\n")
+    multiple = config.multiple_of or required_multiple(model)
+    pre = as_precompute(cache)
+    grid = sweep_grid(config)
+    have = {r["key"] for r in done}
+    todo = (["dense"] if "dense" not in have else []) + [combo_key(m, s) for m, s in grid if combo_key(m, s) not in have]
+    log(f"{len(grid) + 1 - len(todo)} of {len(grid) + 1} runs already in {out}; {len(todo)} to go")
+
+    def step(i: int) -> Progress:
+        return lambda f, msg: report((i + f) / max(len(todo), 1), msg)
+
+    k = 0
+    if "dense" not in have:
+        start = time.perf_counter()
+        param = next(model.parameters())
+
+        def evaluate_dense():
+            return evaluate_model(model, tokenizer, ecfg, step(k), "dense", requests), info.to_dict() if info else {}
+
+        # a model passed in may not be config.model's weights, so only a model loaded here is looked up
+        res = evaluate_cached(
+            config.model,
+            ecfg,
+            requests,
+            eval_cache if info else None,
+            param.device.type,
+            param.dtype,
+            evaluate_dense,
+            label="dense",
+        )
+        row = {
+            "key": "dense",
+            "method": "dense",
+            "sparsity": 0.0,
+            "n_keep": int(model.config.hidden_size),
+            "tasks": {t: task_row(r) for t, r in res.tasks.items()},
+            "ppl": res.perplexity,
+            "wall_time_s": time.perf_counter() - start,
+            "fingerprint": fingerprint,
+        }
+        if "cached" in res.extra:
+            row["reused"] = res.extra["cached"]["path"]
+            log(f"dense: reusing its results of {res.extra['cached']['created']} ({row['reused']})")
+        add_average(row)
+        append_result(out, row)
+        done.append(row)
+        log(f"dense: avg {row['avg']:.4f}, ppl {row['ppl']}")
+        k += 1
+    dense = next(r for r in done if r["key"] == "dense")
+    _store_missing_runs(store, done, dense, config, out, log)
+    for method, sparsity in grid:
+        key = combo_key(method, sparsity)
+        if key in have:
+            continue
+        start = time.perf_counter()
+        row = _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, step(k), prune_model)
+        row.update(key=key, fingerprint=fingerprint, wall_time_s=time.perf_counter() - start)
+        add_average(row)
+        add_deltas(row, dense)
+        # results.jsonl first, with the run id: it is what a resume trusts, so an interruption or a
+        # failing run store from here on costs at most the store record, which the next run writes
+        row["run_id"] = new_run_id(key + fingerprint)
+        append_result(out, row)
+        done.append(row)
+        have.add(key)
+        _store_run(store, row, dense, config, out)
+        log(
+            f"{key}: kept {row['n_keep']}, avg {row['avg']:.4f} (Δ {row['delta_avg']:+.4f} "
+            f"[{row['delta_ci_low']:+.4f}, {row['delta_ci_high']:+.4f}]), ppl {row['ppl']}, {row['wall_time_s']:.0f} s"
+        )
+        k += 1
+    report(1.0, "done")
+    rows = read_results(out)
+    write_reports(rows, out, config)
+    return rows
+
+
+def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, progress, prune_model):
+    if method not in PER_TASK_METHODS:
+        mask = _mask(pre, method, sparsity, config, multiple)
+        pruned = prune_model(model, mask.keep)
+        res = evaluate_model(pruned, tokenizer, ecfg, progress, combo_key(method, sparsity), requests)
+        del pruned
+        return {
+            "method": method,
+            "sparsity": sparsity,
+            "n_keep": mask.n_keep,
+            "actual_sparsity": mask.sparsity,
+            "tasks": {t: task_row(r) for t, r in res.tasks.items()},
+            "ppl": res.perplexity,
+        }
+    tasks, n_keep = {}, {}
+    cache_tasks = set(pre.cache.task_names)
+    no_ppl = EvalConfig.from_dict({**ecfg.to_dict(), "perplexity": False})
+    for i, (t, reqs) in enumerate(requests.items()):
+        if t not in cache_tasks:
+            raise DietError(f"task {t!r} is not in the cache, so {method} has no mask for it", "evaluate the cache's tasks")
+        extra = {"single_task": t, "tasks": [t]} if method == "single-task" else {"held_out_task": t}
+        mask = _mask(pre, method, sparsity, config, multiple, **extra)
+        pruned = prune_model(model, mask.keep)
+        sub = lambda f, msg, i=i, t=t: progress((i + f) / len(requests), f"{t}: {msg}")
+        res: EvalResult = evaluate_model(pruned, tokenizer, no_ppl, sub, f"{combo_key(method, sparsity)}:{t}", {t: reqs})
+        del pruned
+        tasks[t], n_keep[t] = task_row(res.tasks[t]), mask.n_keep
+    return {
+        "method": method,
+        "sparsity": sparsity,
+        "n_keep": int(np.median(list(n_keep.values()))),
+        "n_keep_per_task": n_keep,
+        "tasks": tasks,
+        "ppl": None,
+    }
+
+
+def _store_run(store, row: dict[str, Any], dense: dict[str, Any], config: CompareConfig, out: Path) -> None:
+    """Save ``row``'s run-store record under its run id (chosen before: a retry replaces the record)."""
+    try:
+        store.save(_run_record(row, dense, config), run_id=row["run_id"])
+    except DietError as exc:
+        raise DietError(
+            f"{row['key']} is saved in {out / RESULTS} but not in the run store: {exc.message}",
+            f"{exc.hint or 'fix the run store'}; then re-run the same command: finished runs are kept "
+            "and the missing record is written",
+        ) from None
+
+
+def _store_missing_runs(
+    store, done: list[dict[str, Any]], dense: dict[str, Any], config: CompareConfig, out: Path, log: Callable[[str], None]
+) -> None:
+    """Write the store records of finished runs the store does not have (an earlier run was
+    interrupted between the two writes, or could not write --runs)."""
+    missing = [r for r in done if r.get("run_id") and not store.has(r["run_id"])]
+    for row in missing:
+        _store_run(store, row, dense, config, out)
+    if missing:
+        log(f"wrote {len(missing)} run-store record(s) an earlier run could not: {', '.join(r['key'] for r in missing)}")
+
+
+def _run_record(row: dict[str, Any], dense: dict[str, Any], config: CompareConfig) -> dict[str, Any]:
+    task_results = [
+        {
+            "task": t,
+            "n": r["n"],
+            "metric": r["metric"],
+            "dense_main": dense["tasks"][t]["main"],
+            "pruned_main": r["main"],
+            "delta_main": r["delta"],
+            "delta_main_ci_low": r["ci_low"],
+            "delta_main_ci_high": r["ci_high"],
+        }
+        for t, r in row["tasks"].items()
+    ]
+    return run_record(
+        source="compare",
+        model=config.model,
+        method=row["method"],
+        sparsity=row["sparsity"],
+        n_keep=row["n_keep"],
+        tasks=list(row["tasks"]),
+        limit=config.limit,
+        dense_avg=dense["avg"],
+        pruned_avg=row["avg"],
+        delta_avg=row["delta_avg"],
+        delta_avg_ci=(row["delta_ci_low"], row["delta_ci_high"]),
+        dense_ppl=dense["ppl"],
+        pruned_ppl=row["ppl"],
+        wall_time_s=row["wall_time_s"],
+        task_results=task_results,
+        cache=config.cache,
+        config=config.to_dict(),
+    )

@@ -1,0 +1,296 @@
+"""Loading models: a built-in name (``builtin.py``), a local folder or a Hugging Face hub id.
+
+Any name that is not built in is a local folder or a hub id, loaded with plain ``from_pretrained``
+and ``trust_remote_code=False``. Everything that can be checked without reading weights (family,
+files, free memory) is checked before they load.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diet_explore.core.errors import DietError
+from diet_explore.models.builtin import BUILTIN_MODELS, convert_builtin, store_path
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a score cache or run records about the model it used."""
+
+    name: str
+    id: str
+    path: str | None
+    revision: str | None
+    weights_sha256: str | None
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_parameters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# "owner/name" (or a legacy bare "name"): what the hub accepts. Neither part may start with "." so
+# "./x", "../x" and "x/.." stay paths; "Qwen/Qwen2.5-0.5B" (a dot inside) is still a hub id.
+_HUB_ID = re.compile(r"^(?:[\w-][\w.-]*/)?[\w-][\w.-]*$")
+_SOURCE_HINT = "give a built-in name (`diet-explore models`), an existing model folder, or a hub id (owner/name)"
+
+
+def resolve_source(name_or_path: str) -> tuple[str, str]:
+    """(kind, location): kind is "builtin", "local" or "hub".
+
+    An existing folder is local; otherwise a string shaped like a hub id is a hub id, unless its
+    first part is a folder here ("artifacts/x": a local folder that is missing, not a hub repo).
+    Anything else is a path that does not exist.
+    """
+    if not name_or_path.strip():
+        raise DietError("the model name is empty", _SOURCE_HINT)  # Path("") would mean the current folder
+    if name_or_path in BUILTIN_MODELS:
+        return "builtin", name_or_path
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return "local", str(path)
+    if path.exists():
+        raise DietError(f"model path {name_or_path} is a file, not a model folder", _SOURCE_HINT)
+    first = name_or_path.split("/", 1)[0]
+    if _HUB_ID.match(name_or_path) and not ("/" in name_or_path and Path(first).is_dir()):
+        return "hub", name_or_path
+    raise DietError(f"model folder {name_or_path} does not exist", _SOURCE_HINT)
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all; checked once, so an offline machine fails in
+    milliseconds instead of sitting through huggingface_hub's retries with back-off."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_kwargs(kind: str) -> dict[str, Any]:
+    """Hub ids read the local Hugging Face cache only when the hub cannot be reached."""
+    return {"local_files_only": True} if kind == "hub" and not hub_reachable() else {}
+
+
+def load_config(name_or_path: str):
+    from transformers import AutoConfig
+
+    kind, loc = resolve_source(name_or_path)
+    if kind == "builtin":
+        loc = str(convert_builtin(loc))
+    try:
+        return AutoConfig.from_pretrained(loc, trust_remote_code=False, **_hub_kwargs(kind))
+    except OSError as exc:
+        if kind == "hub" and not hub_reachable():
+            raise DietError(
+                f"{name_or_path!r} is not a built-in model, not a folder here, and the Hugging Face hub cannot be reached "
+                "to look it up (nor is it in the local hub cache)",
+                "check the name or path; built-in models: " + ", ".join(BUILTIN_MODELS) + "; hub ids need network access",
+            ) from None
+        raise DietError(
+            f"could not load a model config for {name_or_path!r} ({str(exc).splitlines()[0]})",
+            "check the name; built-in models: " + ", ".join(BUILTIN_MODELS) + "; hub ids need network access",
+        ) from None
+    except ValueError as exc:
+        raise DietError(
+            f"{name_or_path!r}: {str(exc).splitlines()[0]}",
+            "only architectures built into transformers are supported (trust_remote_code stays off)",
+        ) from None
+
+
+def estimate_parameters(config) -> int:
+    """Exact parameter count from a config, without allocating weights (meta device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_fits_in_memory(n_params: int, dtype_bytes: int, device: str, name: str) -> None:
+    """Refuse before loading when the weights alone would not fit in free RAM (CPU loads)."""
+    import psutil
+
+    if device != "cpu":
+        return  # GPU loads use device_map="auto", which spills across devices/CPU as needed
+    need = n_params * dtype_bytes
+    free = psutil.virtual_memory().available
+    if need > 0.85 * free:
+        raise DietError(
+            f"{name} needs about {need / 2**30:.1f} GiB for its weights, but only {free / 2**30:.1f} GiB of RAM is free",
+            "use a smaller model, --dtype bfloat16, or a GPU (--device cuda)",
+        )
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DietError(f"--device {device} asked for, but torch sees no CUDA device", "use --device cpu or auto")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise DietError(f"unknown device {device!r}", "use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def pick_dtype(dtype: str | None, device: str):
+    """Default: fp32 on CPU (fp16/bf16 matmuls are slow there), bf16 on GPUs."""
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype not in table:
+        raise DietError(f"unknown dtype {dtype!r}", "use float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def dtype_name(dtype) -> str:
+    """``torch.bfloat16`` (or the text "bfloat16") -> "bfloat16": the names --dtype and lm_eval take."""
+    return str(dtype).removeprefix("torch.")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+_REBUILD_HINT = "pick the right folder, or re-create it (e.g. `diet-explore prune ... --overwrite`)"
+_HUB_FILES_HINT = "check the hub id; without network access its files must already be in the Hugging Face cache"
+
+
+def _files_hint(kind: str) -> str:
+    return _HUB_FILES_HINT if kind == "hub" else _REBUILD_HINT
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse a local model folder that lacks weights or tokenizer files, before anything loads
+    (from_pretrained would raise an OSError traceback, or quietly build a 1-token tokenizer)."""
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+        raise DietError(f"model folder {folder} has no weights (no *.safetensors or pytorch_model*.bin file)", _REBUILD_HINT)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise DietError(f"model folder {folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)} is missing)", _REBUILD_HINT)
+
+
+def _load_tokenizer(loc: str, kind: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(loc, trust_remote_code=False, **_hub_kwargs(kind))
+    except (OSError, ValueError) as exc:  # missing or unreadable tokenizer files
+        raise DietError(f"could not load the tokenizer of {loc} ({_first_line(exc)})", _files_hint(kind)) from None
+    # Some classes (Qwen2Tokenizer) build a vocabulary of just their special tokens instead of failing
+    # when the vocabulary files are missing; a base vocabulary under 2 tokens cannot encode text.
+    base = int(getattr(tokenizer, "vocab_size", None) or len(tokenizer))
+    if base < 2:
+        raise DietError(
+            f"the tokenizer of {loc} has a vocabulary of {base} token(s); its vocabulary files are missing", _files_hint(kind)
+        )
+    return tokenizer
+
+
+def _load_weights(loc: str, kind: str, kwargs: dict[str, Any]):
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(loc, **kwargs)
+    except (OSError, SafetensorError) as exc:  # missing, truncated or corrupt weight files
+        raise DietError(f"could not load the weights of {loc} ({_first_line(exc)})", _files_hint(kind)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def load_model(name_or_path: str, device: str = "auto", dtype: str | None = None):
+    """Load (model, tokenizer, ModelInfo) for a built-in name, a local folder or a hub id.
+
+    The model family and (for folders) the weight and tokenizer files are checked before any
+    weights are read; the tokenizer loads first because it is the cheap half.
+    """
+    import torch
+
+    from diet_explore.models.adapters import check_supported
+
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    kind, loc = resolve_source(name_or_path)
+    config = load_config(name_or_path)
+    check_supported(config.model_type)
+    if kind == "builtin":
+        loc = str(store_path(loc))
+    if kind != "hub":
+        check_model_folder(Path(loc))
+    n_params = estimate_parameters(config)
+    check_fits_in_memory(n_params, torch.finfo(torch_dtype).bits // 8, device, name_or_path)
+    tokenizer = _load_tokenizer(loc, kind)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
+    if device.startswith("cuda") and n_params * torch.finfo(torch_dtype).bits // 8 > 0.9 * _gpu_free_bytes(device):
+        kwargs["device_map"] = "auto"  # larger than one GPU (with room for activations): let accelerate spread it
+    kwargs.update(_hub_kwargs(kind))
+    model = _load_weights(loc, kind, kwargs)
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    info = ModelInfo(
+        name=name_or_path if kind != "local" else Path(loc).name,
+        id=BUILTIN_MODELS[name_or_path].hf_id if kind == "builtin" else str(getattr(config, "_name_or_path", "") or loc),
+        path=loc if kind != "hub" else None,
+        revision=getattr(config, "_commit_hash", None),
+        weights_sha256=_source_digest(Path(loc)) if kind != "hub" else None,
+        model_type=config.model_type,
+        hidden_size=int(config.hidden_size),
+        num_layers=int(config.num_hidden_layers),
+        num_parameters=int(n_params),
+    )
+    return model, tokenizer, info
+
+
+def _gpu_free_bytes(device: str = "cuda") -> int:
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))  # the chosen GPU, not the current one
+    return int(free)
+
+
+def _source_digest(folder: Path) -> str | None:
+    """The GGUF digest for converted built-ins; else a digest of the safetensors index/headers."""
+    meta = folder / "diet_explore_source.json"
+    if meta.exists():
+        return json.loads(meta.read_text()).get("gguf_sha256")
+    h = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    for f in files:  # name + size + first MiB: cheap, and changes whenever the weights do in practice
+        h.update(f.name.encode())
+        h.update(str(f.stat().st_size).encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()

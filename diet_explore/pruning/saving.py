@@ -1,0 +1,188 @@
+"""Saving a pruned model as a plain Hugging Face folder, and whether a kept count can be saved at all.
+
+transformers 5's Llama and Gemma configs demand ``hidden_size % num_attention_heads == 0`` on save
+and load, so a pruned model folder needs a kept count that its config class accepts
+(``required_multiple``); ``check_saveable`` refuses other counts before any weight is read. The
+folder holds the weights, the tokenizer, the mask (``diet_mask.json``), a summary
+(``diet_explore_pruned.json``) and a model card that says how to load and evaluate it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from diet_explore.core import atomic
+from diet_explore.core.errors import DietError
+from diet_explore.models.adapters import get_adapter
+from diet_explore.tasks.registry import builtin_task_names, lm_eval_command, load_registry
+
+PRUNE_INFO_FILE = "diet_explore_pruned.json"
+MASK_FILE = "diet_mask.json"
+
+
+def size_on_disk(folder: str | Path) -> int:
+    """Bytes of every file under ``folder``."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+# --------------------------------------------------------------------------------------------
+def save_pruned(
+    model: nn.Module,
+    tokenizer,
+    out: str | Path,
+    mask_file=None,
+    overwrite: bool = False,
+    source_model: str | None = None,
+    method: str | None = None,
+) -> Path:
+    """Save a pruned model as a plain Hugging Face folder (+ tokenizer, mask JSON, model card).
+
+    Written into a staged folder renamed into place at the end: an interrupted save leaves nothing.
+    """
+    info = dict(getattr(model, "diet_prune_info", None) or {})
+    if mask_file is not None:
+        method = method or getattr(mask_file, "method", None)
+        source_model = source_model or getattr(mask_file, "model_id", None) or getattr(mask_file, "model_name", None)
+    source_model = source_model or str(getattr(model.config, "_name_or_path", "") or "unknown")
+    info.update(
+        source_model=source_model, method=method or "unknown", dtype=str(next(model.parameters()).dtype).removeprefix("torch.")
+    )  # what the weights are saved in
+    hd = int(model.config.head_dim)
+    if not config_accepts(model.config, int(model.config.hidden_size), hd):
+        raise DietError(
+            f"hidden size {model.config.hidden_size} is not accepted by the {model.config.model_type} config "
+            "class, so the saved folder would not load",
+            f"prune with a kept count that is a multiple of "
+            f"{model.config.num_attention_heads} (mask --multiple-of {model.config.num_attention_heads})",
+        )
+    out = Path(out)
+    with atomic.staged_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if mask_file is not None:
+            from diet_explore.masking.maskfile import save_mask
+
+            save_mask(mask_file, tmp / MASK_FILE)
+        summary = {k: v for k, v in info.items() if k != "kept_indices"}
+        summary["n_kept"] = len(info.get("kept_indices", [])) or int(model.config.hidden_size)
+        atomic.write_json(tmp / PRUNE_INFO_FILE, summary)
+        tasks = list(getattr(mask_file, "tasks", None) or [])
+        atomic.write_text(tmp / "README.md", model_card(summary, out.name, mask_file is not None, tasks))
+    return out
+
+
+def model_card(info: dict[str, Any], folder_name: str, has_mask: bool, tasks: list[str] | None = None) -> str:
+    """The folder's README.md; its lm_eval command evaluates ``tasks`` (those the mask voted with,
+    as the registry names them for lm-eval), or every built-in task."""
+    registry = load_registry()
+    tasks = [t for t in (tasks or []) if t in registry] or builtin_task_names()
+
+    def fmt(n):
+        return f"{n / 1e6:.2f} M" if isinstance(n, (int, float)) else "?"
+
+    before, after = info.get("parameters_before"), info.get("parameters_after")
+    lines = [
+        f"# {folder_name}",
+        "",
+        f"Hidden-dimension structured pruning of `{info.get('source_model')}` made with diet-explore.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| source model | `{info.get('source_model')}` |",
+        f"| method | {info.get('method')} |",
+        f"| hidden size | {info.get('hidden_size_before', '?')} → {info.get('hidden_size_after', '?')} "
+        f"(sparsity {info.get('sparsity', float('nan')):.3f}) |",
+        f"| parameters | {fmt(before)} → {fmt(after)} |",
+        f"| weights saved in | {info.get('dtype', '?')} |",
+        "",
+        "Heads, head size and MLP width are unchanged; only the residual-stream width is smaller.",
+    ]
+    if info.get("embedding_scale_folded"):
+        lines += [
+            "",
+            f"Gemma embedding scale: the factor sqrt(D)/sqrt(D') = {info['embedding_scale_folded']:.6f} is folded "
+            "into the embedding weights (and its inverse into the final norm when the head is tied), so the "
+            "model loads and runs with stock transformers.",
+        ]
+    lines += [
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'model = AutoModelForCausalLM.from_pretrained("{folder_name}")  # no trust_remote_code needed',
+        f'tokenizer = AutoTokenizer.from_pretrained("{folder_name}")',
+        "```",
+        "",
+        "Evaluate: `diet-explore eval --model <this folder> --compare-to <source>` or "
+        f"`{lm_eval_command(folder_name, tasks, dtype=info.get('dtype', 'float32'), registry=registry)}`.",
+    ]
+    if has_mask:
+        lines += ["", f"The mask is in `{MASK_FILE}` (kept hidden indices and how the mask was built)."]
+    return "\n".join(lines) + "\n"
+
+
+def config_accepts(config, hidden_size: int, head_dim: int) -> bool:
+    """Whether this transformers version's config class validates with the new hidden size (Llama and
+    Gemma configs demand ``hidden_size % num_attention_heads == 0`` on save and load)."""
+    cfg = copy.deepcopy(config)
+    cfg.hidden_size, cfg.head_dim = hidden_size, head_dim
+    validate = getattr(cfg, "validate", None)
+    if validate is None:
+        return True
+    try:
+        validate()
+    except Exception:
+        return False
+    return True
+
+
+def required_multiple(model: nn.Module) -> int:
+    """Kept counts must be a multiple of this for the pruned model to save and reload (1 = any)."""
+    return required_multiple_for_config(model.config, get_adapter(model).head_dim())
+
+
+def required_multiple_for_config(cfg, head_dim: int | None = None) -> int:
+    """``required_multiple`` from the config alone, so a command can refuse before loading weights."""
+    cfg = _text_config(cfg)
+    heads = int(cfg.num_attention_heads)
+    probe = heads + 1 if heads > 1 else 1
+    return 1 if config_accepts(cfg, probe, head_dim or _config_head_dim(cfg)) else heads
+
+
+def check_saveable(cfg, n_keep: int, head_dim: int | None = None) -> None:
+    """Refuse a kept count this config class would reject on save/reload, naming the multiple it needs."""
+    cfg = _text_config(cfg)
+    if not config_accepts(cfg, n_keep, head_dim or _config_head_dim(cfg)):
+        m = required_multiple_for_config(cfg, head_dim)
+        raise DietError(
+            f"the mask keeps {n_keep} dims, but a {cfg.model_type} config only accepts a hidden size that is a "
+            f"multiple of num_attention_heads ({m}), so the pruned model could not be saved or reloaded",
+            f"build the mask with --multiple-of {m} (e.g. `diet-explore mask ... --multiple-of {m}`)",
+        )
+
+
+def _text_config(cfg):
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def _config_head_dim(cfg) -> int:
+    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+
+def required_multiple_for_model(name_or_path: str) -> int | None:
+    """``required_multiple`` for a built-in name or local folder, read from its config only; None when
+    that would mean converting a built-in or asking the hub (the app must not block on either)."""
+    from diet_explore.models.builtin import is_installed
+    from diet_explore.models.loading import load_config, resolve_source
+
+    kind, loc = resolve_source(name_or_path)
+    if kind == "hub" or (kind == "builtin" and not is_installed(loc)):
+        return None
+    return required_multiple_for_config(load_config(name_or_path))

@@ -1,0 +1,52 @@
+"""diet-explore: explore DIET score caches, tune a pruning mask, prune, evaluate and export it.
+
+    diet-explore app [--cache DIR] [--port N]      (or: streamlit run diet_explore_app/app.py)
+
+Opens on cache/smollm2-135m when present (else the first cache under cache/, the folder named by
+DIET_EXPLORE_CACHE_DIR, or the caches shipped with the package). Exploring reads only the score cache; no model is loaded until the
+Prune & evaluate page is used. Settings live in st.session_state and in the URL, so a copied link
+reopens the same view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run diet_explore_app/app.py` from a checkout, from any folder
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st
+
+from diet_explore.core.errors import DietError
+from diet_explore_app import state
+from diet_explore_app import widgets as ui
+
+st.set_page_config(page_title="diet-explore", page_icon=":material/content_cut:", layout="wide")
+
+# Pages live in views/, not pages/: a folder named pages/ beside the entry script makes
+# Streamlit's AppTest (1.67) run each page file directly as a legacy v1 multipage app on every rerun
+# after the first, skipping this script (cache picker, settings, URL sync).
+PAGES = [
+    st.Page("views/overview.py", title="Overview", icon=":material/home:", url_path="overview", default=True),
+    st.Page("views/rankings.py", title="Rankings", icon=":material/leaderboard:", url_path="rankings"),
+    st.Page("views/agreement.py", title="Agreement", icon=":material/handshake:", url_path="agreement"),
+    st.Page("views/mask_builder.py", title="Mask builder", icon=":material/tune:", url_path="mask_builder"),
+    st.Page("views/prune_eval.py", title="Prune & evaluate", icon=":material/science:", url_path="prune_eval"),
+    st.Page("views/export.py", title="Export", icon=":material/download:", url_path="export"),
+]
+
+state.boot()
+page = st.navigation(PAGES)
+loaded = ui.cache_picker()
+st.session_state["_loaded"] = loaded
+if loaded is not None:
+    state.ensure_settings(loaded.cache)
+state.show_link_warnings()
+page.run()
+if loaded is not None:
+    # e.g. every weight 0: the page shows the error next to the widgets; the URL keeps the last valid view
+    with contextlib.suppress(DietError):
+        state.sync_query_params(state.current_config(loaded.cache), ui.cache_link_value(loaded))

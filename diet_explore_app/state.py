@@ -1,0 +1,153 @@
+"""Session state: the mask settings every page shares, the shared link, and the URL.
+
+Settings live in plain session keys "_keep_<key>" (get/put/settings), never in the widget keys:
+Streamlit forgets a widget's value when the widget is not rendered (another page) and may then
+report a stale value for its key. Each settings widget is created with kw(key): its initial value
+is the stored setting, and its on_change callback stores every change (callbacks run before the
+script, so get() is current on every run). The widget key is never written through the API, so
+nothing is echoed to the browser while a slider is being dragged (the `ss[k] = ss[k]` idiom does
+that on every run). Streamlit 1.67's persist_state="session" was tried first: on the first run
+after a page switch the key was not yet in st.session_state, so settings read before the widget
+rendered came back as defaults.
+
+The rules (widget state <-> MaskConfig, query string) are pure functions in ``settings.py``.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from diet_explore.masking.build import MaskConfig
+from diet_explore.profiling.cache import ScoreCache
+from diet_explore_app import settings as S
+
+K_BOOTED, K_LINK_CONFIG, K_LINK_WARNINGS, K_LINK_CACHE = "_booted", "_link_config", "_link_warnings", "_link_cache"
+K_SINGLE_TASK, K_HELD_OUT = "single_task", "held_out_task"
+SHADOW = "_keep_"
+
+
+def _sync(key: str) -> None:
+    st.session_state[SHADOW + key] = st.session_state[key]
+
+
+def has(key: str) -> bool:
+    """Whether a setting has a value yet (from the user, the link or a default)."""
+    return SHADOW + key in st.session_state
+
+
+def get(key: str, fallback=None):
+    """A setting's current value (valid on every page, whether or not its widget is shown)."""
+    return st.session_state.get(SHADOW + key, fallback)
+
+
+def settings() -> dict:
+    """Every setting, by widget key."""
+    return {k[len(SHADOW) :]: v for k, v in st.session_state.items() if k.startswith(SHADOW)}
+
+
+def put(key: str, value) -> None:
+    """Set a setting from code (link, defaults, fixes). Takes effect when its widget next mounts."""
+    st.session_state[SHADOW + key] = value
+
+
+def reset(key: str, value) -> None:
+    """Set a setting from code even while its widget is on the page: the widget's own state is
+    dropped, so it mounts again showing ``value`` (``put`` alone shows at the next mount)."""
+    put(key, value)
+    st.session_state.pop(key, None)
+
+
+def follow(key: str, value) -> None:
+    """A default that follows its source (the cache's model, a name made from the mask): updated
+    whenever ``value`` changes, until the user types something of their own."""
+    auto, current = "_auto_" + key, get(key)
+    if SHADOW + key not in st.session_state or (current == st.session_state.get(auto) and current != value):
+        reset(key, value)
+    if get(key) == value:
+        st.session_state[auto] = value
+
+
+def default(key: str, value) -> None:
+    """Give a setting its first value; never overwrites one the user chose."""
+    if SHADOW + key not in st.session_state:
+        put(key, value)
+
+
+def kw(key: str) -> dict:
+    """Widget kwargs for a setting: key, the stored value, and the callback that stores changes."""
+    return {"key": key, "value": get(key), "on_change": _sync, "args": (key,)}
+
+
+def sel_kw(key: str, options) -> dict:
+    options = list(options)
+    value = get(key)
+    return {"key": key, "index": options.index(value) if value in options else 0, "on_change": _sync, "args": (key,)}
+
+
+def multi_kw(key: str) -> dict:
+    return {"key": key, "default": get(key), "on_change": _sync, "args": (key,)}
+
+
+def boot() -> None:
+    """First run of a session: read the shared link (query string) once."""
+    if st.session_state.get(K_BOOTED):
+        return
+    config, cache, warnings = S.decode_query(st.query_params.to_dict())
+    st.session_state[K_LINK_CONFIG] = config
+    st.session_state[K_LINK_CACHE] = cache
+    st.session_state[K_LINK_WARNINGS] = warnings
+    st.session_state[K_BOOTED] = True
+
+
+def ensure_settings(cache: ScoreCache) -> None:
+    """Give every setting key a value (from the link on first use); never overwrite a user's value."""
+    link: MaskConfig = st.session_state.get(K_LINK_CONFIG) or MaskConfig()
+    link, warnings = S.reconcile_config(link, cache.task_names)
+    if warnings and not st.session_state.get("_reconcile_warned"):
+        st.session_state[K_LINK_WARNINGS] = st.session_state.get(K_LINK_WARNINGS, []) + warnings
+        st.session_state["_reconcile_warned"] = True
+    for key, value in S.state_from_config(link, cache.task_names).items():
+        default(key, value)
+    if get(S.KEY_SITE) not in cache.sites:
+        put(S.KEY_SITE, cache.sites[0])
+    if get(S.KEY_LAYER_AGG) == "last_k" and int(get(S.KEY_LAST_K, 1)) > cache.num_layers:  # a link, or a deeper cache
+        st.session_state[K_LINK_WARNINGS] = st.session_state.get(K_LINK_WARNINGS, []) + [
+            f"last k = {get(S.KEY_LAST_K)} layers, but this cache has {cache.num_layers}: using {cache.num_layers}"
+        ]
+        reset(S.KEY_LAST_K, cache.num_layers)
+    default(K_SINGLE_TASK, link.single_task if link.single_task in cache.task_names else cache.task_names[0])
+    default(K_HELD_OUT, link.held_out_task if link.held_out_task in cache.task_names else cache.task_names[0])
+    if get(K_SINGLE_TASK) not in cache.task_names:
+        put(K_SINGLE_TASK, cache.task_names[0])
+    if get(K_HELD_OUT) not in cache.task_names:
+        put(K_HELD_OUT, cache.task_names[0])
+
+
+def show_link_warnings() -> None:
+    for w in st.session_state.pop(K_LINK_WARNINGS, []) or []:
+        st.warning(w)
+
+
+def current_config(cache: ScoreCache) -> MaskConfig:
+    """The mask settings as a ``MaskConfig`` (raises ``DietError`` e.g. when every weight is 0)."""
+    config = S.config_from_state(settings(), cache.task_names)
+    if config.method == "single":
+        config = MaskConfig.from_dict({**config.to_dict(), "single_task": get(K_SINGLE_TASK)})
+    if config.method == "leave_one_out":
+        config = MaskConfig.from_dict({**config.to_dict(), "held_out_task": get(K_HELD_OUT)})
+    return config
+
+
+def voting_tasks(cache: ScoreCache) -> list[str]:
+    """Tasks whose weight slider is above 0 (what Agreement and the vote use)."""
+    return [t for t in cache.task_names if float(get(S.weight_key(t), 1.0)) > 0]
+
+
+def sync_query_params(config: MaskConfig | None, cache_value: str | None) -> None:
+    """Write the current settings (and the ``cache=`` value, None for the default cache) into the URL,
+    only when they changed."""
+    if config is None:
+        return
+    params = S.encode_query(config, cache_value)
+    if st.query_params.to_dict() != params:
+        st.query_params.from_dict(params)

@@ -1,0 +1,91 @@
+"""Overview: what the selected score cache holds, where it came from, and how to use the app."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from diet_explore.profiling.cache import SITE_DOC
+from diet_explore_app import settings as S
+from diet_explore_app import widgets as ui
+
+st.title("diet-explore")
+st.markdown(
+    "Explore **DIET** pruning of an LLM's hidden dimensions from a score cache: each task scores every "
+    "hidden dim by its mean |activation|; each task keeps its top dims; a weighted majority vote merges "
+    "them into one global mask. Exploring needs no model load."
+)
+with st.expander("How to use", expanded=False):
+    st.markdown(
+        "1. Pick a score cache in the sidebar (any folder under `cache/`, or type a path).\n"
+        "2. **Rankings**: how each task ranks the dims, and which layers a dim is active in.\n"
+        "3. **Agreement**: how much tasks agree on what to prune, following the sparsity slider.\n"
+        "4. **Mask builder**: sparsity, vote threshold, per-task weights (0 removes a task) and merge rule; "
+        "kept count, parameters, baselines and bootstrap stability update live.\n"
+        "5. **Prune & evaluate**: prune the model with the current mask and compare it with the dense one.\n"
+        "6. **Export**: download the mask, save a pruned model, copy the commands that reproduce it.\n\n"
+        "Settings survive page switches and are in the URL: copy the address bar to share the view."
+    )
+
+with ui.shown_errors():
+    loaded = ui.require_cache()
+    cache = loaded.cache
+    m = cache.manifest
+    model = m["model"]
+    st.subheader(f"Cache `{ui.display_path(loaded.path)}`")
+    c = st.columns(5)
+    c[0].metric("Model", cache.model_name)
+    c[1].metric("Hidden size", cache.hidden_size)
+    c[2].metric("Layers", cache.num_layers)
+    c[3].metric("Tasks", len(cache.task_names))
+    c[4].metric("Parameters", f"{model['num_parameters'] / 1e6:,.1f} M" if model.get("num_parameters") else "n/a")
+
+    rows = []
+    for name, meta in m["tasks"].items():
+        counts = meta.get("token_counts") or []
+        rows.append(
+            {
+                "task": name,
+                "kind": meta.get("kind", "task"),
+                "samples": meta.get("n_samples"),
+                "tokens": int(sum(counts)) if counts else None,
+                "wall time (s)": meta.get("wall_time_s"),
+                "finished": meta.get("finished"),
+            }
+        )
+    st.markdown("**Tasks** (kind `generic` = task-agnostic text, used by the wiki baseline)")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="overview_tasks")
+
+    st.markdown("**Sites** profiled: " + "; ".join(f"`{s}`: {SITE_DOC.get(s, '')}" for s in cache.sites))
+
+    env = m.get("environment", {})
+    wall = [meta.get("wall_time_s") for meta in m["tasks"].values() if meta.get("wall_time_s") is not None]
+    prov = {
+        "model id": model.get("id"),
+        "model type": model.get("model_type"),
+        "revision": model.get("revision"),
+        "weights sha256": (model.get("weights_sha256") or "")[:16] or None,
+        "params per hidden dim": model.get("params_per_hidden_dim"),
+        "device": env.get("device"),
+        "dtype": env.get("dtype"),
+        "torch": env.get("torch"),
+        "created": m.get("created"),
+        "updated": m.get("updated"),
+        "profile wall time (s)": round(sum(wall), 1) if wall else None,
+        "package version": m.get("package_version"),
+        "config": ", ".join(f"{k}={v}" for k, v in (m.get("config") or {}).items() if not isinstance(v, (list, dict))),
+        "manifest hash": cache.manifest_hash,
+    }
+    st.markdown("**Provenance**")
+    st.dataframe(
+        pd.DataFrame({"field": list(prov), "value": [("n/a" if v is None else str(v)) for v in prov.values()]}),
+        hide_index=True,
+        key="overview_provenance",
+    )
+
+    found = S.discover_caches(S.cache_root(S.base_dir()))
+    st.caption(
+        "Caches found: "
+        + (", ".join(f"`{ui.display_path(p)}`" for p in found) or "none")
+        + f" (under `{ui.display_path(S.cache_root(S.base_dir()))}`; set {S.CACHE_DIR_ENV} to look elsewhere)"
+    )

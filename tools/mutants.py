@@ -1,0 +1,200 @@
+"""Mutation check over the rules that decide numbers: each mutant must make a test fail.
+
+For every mutant below, the library is copied to a temporary folder, one rule is changed there (an
+exact text substitution in the production module, the code that the CLI, the app and the sweeps
+run), and the tests that guard that rule run against the copy. A mutant that no test kills means
+the rule is unguarded: the script exits 1 and names it. Run by `make test` (`make mutants` alone).
+
+    python tools/mutants.py [--list] [NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("diet_explore", "diet_explore_app")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to the repository
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files that must catch it
+
+
+MUTANTS = [
+    Mutant(
+        "vote: an exact half no longer counts (>= becomes >)",
+        "diet_explore/masking/vote.py",
+        "return votes >= float(threshold) - _TOL",
+        "return votes > float(threshold) + _TOL",
+        ("tests/test_masks.py",),
+    ),
+    Mutant(
+        "vote: weights ignored (every task counts 1)",
+        "diet_explore/masking/vote.py",
+        "out += w[t] * keep[..., t, :]",
+        "out += keep[..., t, :]",
+        ("tests/test_masks.py",),
+    ),
+    Mutant(
+        "keep_count: pruned count rounded up instead of down",
+        "diet_explore/masking/selection.py",
+        "d - math.floor(s * d + 1e-9)",
+        "d - math.ceil(s * d - 1e-9)",
+        ("tests/test_scores.py",),
+    ),
+    Mutant(
+        "keep_count: no float epsilon (0.57 * 100 prunes 56)",
+        "diet_explore/masking/selection.py",
+        "d - math.floor(s * d + 1e-9)",
+        "d - math.floor(s * d)",
+        ("tests/test_scores.py",),
+    ),
+    Mutant(
+        "keep_count: multiple_of ties round down",
+        "diet_explore/masking/selection.py",
+        "((np.asarray(n_keep) + m // 2) // m) * m",
+        "((np.asarray(n_keep) + (m - 1) // 2) // m) * m",
+        ("tests/test_scores.py",),
+    ),
+    Mutant(
+        "main metric: the registry's choice ignored (always acc)",
+        "diet_explore/evaluation/metrics.py",
+        "return TaskResult(spec.name, correct, norm, spec.main_metric)",
+        'return TaskResult(spec.name, correct, norm, "acc")',
+        ("tests/test_evaluate.py", "tests/test_tasks.py", "tests/test_compare.py"),
+    ),
+    Mutant(
+        "main metric: OpenBookQA loses acc_norm in the registry",
+        "diet_explore/tasks/builtin.json",
+        '"lm_eval_task": "openbookqa",\n    "main_metric": "acc_norm"',
+        '"lm_eval_task": "openbookqa"',
+        ("tests/test_tasks.py", "tests/test_evaluate.py"),
+    ),
+    Mutant(
+        "acc_norm: log-likelihood not divided by the choice's length",
+        "diet_explore/evaluation/scoring.py",
+        "return int(np.argmax(np.asarray(self.lls) / lengths))",
+        "return int(np.argmax(np.asarray(self.lls)))",
+        ("tests/test_scoring.py",),
+    ),
+    Mutant(
+        "acc_norm: length in tokens instead of characters",
+        "diet_explore/evaluation/scoring.py",
+        "lengths = np.array([float(len(c)) for c in self.choice_texts])",
+        "lengths = np.array([float(n) for n in self.n_tokens])",
+        ("tests/test_scoring.py",),
+    ),
+    Mutant(
+        "paired CI: standard error instead of 1.96 standard errors",
+        "diet_explore/evaluation/metrics.py",
+        "return m, m - Z95 * se, m + Z95 * se\n\n\ndef average_stderr",
+        "return m, m - se, m + se\n\n\ndef average_stderr",
+        ("tests/test_evaluate.py",),
+    ),
+    Mutant(
+        "average CI: task variances summed without dividing by T",
+        "diet_explore/evaluation/metrics.py",
+        "return math.sqrt(sum(s * s for s in stderrs)) / len(stderrs)",
+        "return math.sqrt(sum(s * s for s in stderrs))",
+        ("tests/test_evaluate.py", "tests/test_compare.py"),
+    ),
+]
+
+
+def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, float, str]:
+    env = {**os.environ, "PYTHONPATH": str(copy) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:randomly",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(ROOT),
+        "-c",
+        str(ROOT / "pyproject.toml"),
+        "-m",
+        "not browser",
+        "--timeout",
+        "600",
+        *(str(ROOT / t) for t in tests),
+    ]
+    start = time.perf_counter()
+    # run from the copy: `python -m` puts the working folder first on sys.path, so the copy is what imports
+    proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True)
+    return proc.returncode, time.perf_counter() - start, (proc.stdout + proc.stderr)[-2000:]
+
+
+def fresh_copy(tmp: Path) -> Path:
+    copy = tmp / "src"
+    shutil.rmtree(copy, ignore_errors=True)
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, copy / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", help="run only mutants whose name contains one of these")
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.names or any(n in m.name for n in args.names)]
+    if args.list:
+        print("\n".join(m.name for m in chosen))
+        return 0
+    survivors = []
+    with tempfile.TemporaryDirectory(prefix="diet-mutants-") as tmp:
+        copy = fresh_copy(Path(tmp))
+        every = tuple(sorted({t for m in chosen for t in m.tests}))
+        rc, secs, out = run_tests(copy, every)
+        probe = subprocess.run(
+            [sys.executable, "-c", "import diet_explore; print(diet_explore.__file__)"], cwd=copy, capture_output=True, text=True
+        ).stdout.strip()
+        if not probe.startswith(str(copy)):
+            print(f"the tests would import {probe}, not the mutated copy in {copy}")
+            return 2
+        if rc != 0:
+            print(f"the unmutated copy fails its tests (exit {rc}); fix that first:\n{out}")
+            return 2
+        print(f"unmutated: {len(every)} test files pass ({secs:.0f} s)")
+        for m in chosen:
+            copy = fresh_copy(Path(tmp))
+            path = copy / m.file
+            text = path.read_text()
+            if text.count(m.old) != 1:
+                print(f"STALE   {m.name}: the rule's text occurs {text.count(m.old)} times in {m.file}; update tools/mutants.py")
+                survivors.append(m.name)
+                continue
+            path.write_text(text.replace(m.old, m.new))
+            rc, secs, out = run_tests(copy, m.tests)
+            if rc == 1:  # tests ran and failed: killed (2+ would be a collection or usage error)
+                print(f"killed  {m.name} ({secs:.0f} s)")
+            else:
+                print(f"SURVIVED {m.name} (pytest exit {rc}, {secs:.0f} s)\n{out}")
+                survivors.append(m.name)
+    if survivors:
+        print(f"{len(survivors)} of {len(chosen)} mutants survived: {'; '.join(survivors)}")
+        return 1
+    print(f"all {len(chosen)} mutants killed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

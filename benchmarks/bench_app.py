@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from diet_explore.profiling.cache import list_caches
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -82,7 +84,7 @@ def main() -> int:
     if args.cache:
         default = Path(args.cache)
     else:
-        default = S.default_cache(S.discover_caches(S.cache_root(ROOT)))
+        default = S.default_cache(list_caches(S.cache_root(ROOT)))
     with tempfile.TemporaryDirectory() as tmp:
         if default is None:
             print("no cache under cache/: using a 576-dim synthetic cache as the default cache")

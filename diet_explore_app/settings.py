@@ -85,11 +85,6 @@ def display_path(p: Path | str, base: Path) -> str:
         return str(p)
 
 
-def discover_caches(root: Path) -> list[Path]:
-    """Every cache folder under ``root`` (not validated; loading does that)."""
-    return list_caches(root)
-
-
 def default_cache(caches: Sequence[Path], env: Mapping[str, str] | None = None) -> Path | None:
     """The cache a new session opens: ``DIET_EXPLORE_DEFAULT_CACHE`` (a folder name) when found,
     else the default model's (smollm2-135m), else the first found, else None."""

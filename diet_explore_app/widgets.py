@@ -18,8 +18,7 @@ import streamlit as st
 
 from diet_explore.core.errors import DietError
 from diet_explore.masking.build import MaskConfig, MaskResult
-from diet_explore.masking.selection import keep_count
-from diet_explore.profiling.cache import ScoreCache
+from diet_explore.profiling.cache import ScoreCache, list_caches
 from diet_explore_app import loaders, state
 from diet_explore_app import settings as S
 from diet_explore_app.loaders import Loaded
@@ -50,7 +49,7 @@ def display_path(p: Path | str) -> str:
 def cache_picker() -> Loaded | None:
     """Sidebar: pick a discovered cache or type a folder; returns the loaded cache or None (error shown)."""
     root = S.cache_root(S.base_dir())
-    caches = S.discover_caches(root)
+    caches = list_caches(root)
     options = [display_path(p) for p in caches] + [OTHER]
     if not state.has(K_CACHE_CHOICE):
         link = st.session_state.get(state.K_LINK_CACHE)
@@ -100,7 +99,7 @@ def _typed_path(typed: str) -> Path:
 
 def cache_link_value(loaded: Loaded) -> str | None:
     """The ``cache=`` query value: None for the default cache (keeps links short)."""
-    default = S.default_cache(S.discover_caches(S.cache_root(S.base_dir())))
+    default = S.default_cache(list_caches(S.cache_root(S.base_dir())))
     if default is not None and Path(loaded.path).resolve() == default.resolve():
         return None
     return display_path(loaded.path)
@@ -126,10 +125,6 @@ def score_controls(cache: ScoreCache) -> tuple[str, str, int]:
             reset(S.KEY_LAST_K, cache.num_layers)
         last_k = c3.number_input("Last k layers", 1, cache.num_layers, step=1, **kw(S.KEY_LAST_K))
     return site, agg, int(last_k)
-
-
-def keep_count_for(cache: ScoreCache, sparsity: float) -> int:
-    return keep_count(cache.hidden_size, sparsity)
 
 
 def export_dir() -> Path:

@@ -27,6 +27,8 @@ import numpy as np
 import pytest
 from app_helpers import APP, arr, build_cache_root
 
+from diet_explore.profiling.cache import list_caches
+
 pytestmark = pytest.mark.browser
 
 ROOT = APP.parents[1]  # the repository: cache/ and the app folder
@@ -92,11 +94,10 @@ def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> Non
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     _require_browser()
-    from diet_explore_app import settings as S
 
     tmp = tmp_path_factory.mktemp("e2e")
     real_root = ROOT / "cache"
-    cache_root = real_root if S.discover_caches(real_root) else build_cache_root(tmp / "caches")
+    cache_root = real_root if list_caches(real_root) else build_cache_root(tmp / "caches")
     port = _free_port()
     env = {
         **os.environ,
@@ -198,7 +199,7 @@ def _load_default_cache(server):
     from diet_explore.profiling.cache import load_cache
     from diet_explore_app import settings as S
 
-    return load_cache(S.default_cache(S.discover_caches(Path(server["cache_root"]))))
+    return load_cache(S.default_cache(list_caches(Path(server["cache_root"]))))
 
 
 # --------------------------------------------------------------------------------------------

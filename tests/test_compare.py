@@ -59,6 +59,33 @@ def test_every_method_keeps_the_same_count_and_gets_paired_deltas(setup):
         assert r["avg"] == pytest.approx(np.mean([v["main"] for v in r["tasks"].values()]))
         assert r["delta_avg"] == pytest.approx(r["avg"] - dense["avg"])
     assert set(by["single-task@0.25"]["n_keep_per_task"]) == {"rte", "winogrande"}
+    for r in rows:  # every example's choice log-likelihoods are kept, on the dense row's examples
+        for t, v in r["tasks"].items():
+            ex = v["examples"]
+            assert ex["doc_id"] == dense["tasks"][t]["examples"]["doc_id"] and len(ex["lls"]) == v["n"] == 3
+            preds = [
+                int(np.argmax(np.array(ll) / (np.array(ch) if v["metric"] == "acc_norm" else 1)))
+                for ll, ch in zip(ex["lls"], ex["chars"])
+            ]
+            assert [int(p == g) for p, g in zip(preds, ex["gold"])] == v["correct"]
+
+
+def test_the_normed_site_vote_is_the_diet_vote_on_the_normed_scores():
+    import dataclasses
+
+    from diet_explore.experiments.sweep import _mask
+    from diet_explore.masking.importance import ScorePrecompute
+
+    cache = synthetic_cache(hidden_size=64, num_layers=2, n_samples=8, seed=2)
+    flip = {
+        t: dataclasses.replace(ts, layer={**ts.layer, "normed": ts.layer["normed"][:, ::-1].copy()})
+        for t, ts in cache.tasks.items()
+    }  # the normed site ranks the dims the other way round
+    pre = ScorePrecompute(dataclasses.replace(cache, tasks=flip))
+    cfg = CompareConfig(methods=["diet-normed", "diet"])
+    normed, residual = (_mask(pre, m, 0.25, cfg, 4).keep for m in ("diet-normed", "diet"))
+    expected = build_mask(pre, MaskConfig(sparsity=0.25, site="normed", exact=True, multiple_of=4)).keep
+    assert np.array_equal(normed, expected) and not np.array_equal(normed, residual)
 
 
 def test_a_row_equals_pruning_and_evaluating_that_mask_directly(setup):
@@ -96,18 +123,25 @@ def test_reports_and_run_store(setup):
     assert len(csv) == 1 + (1 + len(METHODS)) * 3  # header + (tasks + average) per row
 
 
-def test_resume_skips_finished_runs_and_refuses_other_settings(setup):
-    root, config, model, tok, store, rows, logs = setup
+def test_resume_skips_finished_runs_and_refuses_other_settings(setup, tmp_path):
+    import shutil
+
+    root, config, model, tok, _, rows, logs = setup
+    out = tmp_path / "out"  # a copy: the shared sweep stays as the other tests expect it, in any order
+    shutil.copytree(root / "out", out)
+    shutil.copytree(root / "runs", tmp_path / "runs")
+    store = RunStore(tmp_path / "runs")
     logs2: list[str] = []
-    again = run_compare(config, root / "out", model, tok, store, log=logs2.append)
-    assert logs2 == [f"{len(METHODS) + 1} of {len(METHODS) + 1} runs already in {root / 'out'}; 0 to go"]
+    again = run_compare(config, out, model, tok, store, log=logs2.append)
+    assert logs2 == [f"{len(METHODS) + 1} of {len(METHODS) + 1} runs already in {out}; 0 to go"]
     assert again == rows and len(store.records()) == len(METHODS)
     more = CompareConfig.from_dict({**config.to_dict(), "sparsities": [0.25, 0.5], "methods": ["random"]})
     logs3: list[str] = []
-    run_compare(more, root / "out", model, tok, store, log=logs3.append)
-    assert logs3[0].endswith("1 to go") and len(read_results(root / "out")) == len(METHODS) + 2
+    run_compare(more, out, model, tok, store, log=logs3.append)
+    assert logs3[0].endswith("1 to go") and len(read_results(out)) == len(METHODS) + 2
     with pytest.raises(DietError, match="other settings"):
-        run_compare(CompareConfig.from_dict({**config.to_dict(), "limit": 4}), root / "out", model, tok, store)
+        run_compare(CompareConfig.from_dict({**config.to_dict(), "limit": 4}), out, model, tok, store)
+    assert len(read_results(root / "out")) == len(METHODS) + 1  # the shared sweep is untouched
 
 
 def test_bad_methods_and_sparsities_are_refused():

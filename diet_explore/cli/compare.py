@@ -6,19 +6,26 @@ import argparse
 from pathlib import Path
 
 from diet_explore.cli._common import add_device_args, csv_list, progress_printer
+from diet_explore.models.builtin import DEFAULT_MODEL
+from diet_explore.tasks.data import DEFAULT_SEED
 
 
 def register(sub) -> None:
     from diet_explore.experiments.results import METHODS
 
     p = sub.add_parser("compare", help="sweep masking methods and sparsities: paper-style table, plot, run store (resumable)")
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--cache", required=True, help="the model's score cache")
     p.add_argument("--sparsity", default="0.1,0.2", help="comma list of target sparsities")
     p.add_argument("--methods", default="diet,random,magnitude,wiki", help=f"comma list of: {', '.join(METHODS)}")
     p.add_argument("--tasks", default="all")
     p.add_argument("--limit", type=int, default=50, help="held-out examples per task")
-    p.add_argument("--seed", type=int, default=1234, help="evaluation draw")
+    p.add_argument(
+        "--clip-limit",
+        action="store_true",
+        help="--limit is an upper bound: a task with fewer held-out examples (RTE, ARC-Challenge) uses all it has",
+    )
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="evaluation draw")
     p.add_argument("--mask-seed", type=int, default=0, help="random baseline seed")
     p.add_argument(
         "--exact",
@@ -56,6 +63,7 @@ def run(args) -> int:
         methods=csv_list(args.methods),
         tasks=csv_list(args.tasks) if args.tasks != "all" else "all",
         limit=args.limit,
+        clip_limit=args.clip_limit,
         seed=args.seed,
         mask_seed=args.mask_seed,
         exact=args.exact,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diet_explore.cli._common import add_device_args, csv_list, progress_printer
+from diet_explore.tasks.data import DEFAULT_SEED
 
 
 def register(sub) -> None:
@@ -13,7 +14,12 @@ def register(sub) -> None:
     p.add_argument("--compare-to", default=None, help="reference model (e.g. the dense source) on the same examples")
     p.add_argument("--tasks", default="all", help="'all' or a comma list (see `diet-explore tasks`)")
     p.add_argument("--limit", type=int, default=50, help="held-out examples per task")
-    p.add_argument("--seed", type=int, default=1234, help="the seeded draw shared with calibration (keeps them disjoint)")
+    p.add_argument(
+        "--clip-limit",
+        action="store_true",
+        help="--limit is an upper bound: a task with fewer held-out examples (RTE, ARC-Challenge) uses all it has",
+    )
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the seeded draw shared with calibration (keeps them disjoint)")
     p.add_argument("--cache", default=None, help="score cache whose calibration ids are excluded as well")
     p.add_argument("--no-perplexity", action="store_true", help="skip the held-out wiki perplexity")
     p.add_argument("--ppl-windows", type=int, default=32, help="held-out wiki windows of 128 tokens")
@@ -50,6 +56,7 @@ def run(args) -> int:
     config = EvalConfig(
         tasks=csv_list(args.tasks) if args.tasks != "all" else "all",
         limit=args.limit,
+        clip_limit=args.clip_limit,
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,

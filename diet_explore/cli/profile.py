@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from diet_explore.cli._common import add_device_args, csv_list
+from diet_explore.models.builtin import DEFAULT_MODEL
+from diet_explore.tasks.data import DEFAULT_SEED
 
 
 def register(sub) -> None:
     p = sub.add_parser("profile", help="profile per-task activations into a score cache (resumable)")
-    p.add_argument("--model", default="smollm2-135m", help="built-in name, local folder or hub id")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, local folder or hub id")
     p.add_argument("--tasks", default="all", help="'all' or a comma list (see `diet-explore tasks`)")
     p.add_argument(
         "--task-file",
@@ -16,7 +18,7 @@ def register(sub) -> None:
         help="extra task registry JSON file(s), as for `diet-explore tasks` (or DIET_EXPLORE_TASKS)",
     )
     p.add_argument("--samples", type=int, default=100, help="calibration examples per task (seeded draw)")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--sites", default="residual,normed", help="residual and/or normed")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--max-batch-tokens", type=int, default=4096)

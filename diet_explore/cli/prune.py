@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diet_explore.models.builtin import DEFAULT_MODEL
+
 
 def register(sub) -> None:
     p = sub.add_parser("prune", help="prune hidden dimensions with a mask and save a plain Hugging Face model folder")
-    p.add_argument("--model", default="smollm2-135m", help="built-in name, local folder or hub id")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, local folder or hub id")
     p.add_argument("--mask", required=True, help="mask JSON (from `diet-explore mask`)")
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

@@ -36,6 +36,7 @@ PPL_WINDOW = 128
 class EvalConfig(JsonConfig):
     tasks: str | list[str] = "all"  # "all" or names from the task registry
     limit: int = 50  # held-out examples per task
+    clip_limit: bool = False  # True: a task with fewer held-out examples than `limit` uses all it has
     seed: int = data.DEFAULT_SEED  # the seeded permutation shared with calibration (disjointness)
     batch_size: int = 8  # perplexity windows per forward; also the --batch_size of the lm_eval command
     batch_tokens: int = DEFAULT_BATCH_TOKENS  # padded-token budget of one scoring pass (scoring.py)
@@ -94,7 +95,9 @@ def eval_requests(config: EvalConfig) -> dict[str, list[Request]]:
     excluded, n_cal = calibration_exclusions(config)
     out = {}
     for spec in specs:
-        ids = data.evaluation_ids(spec, config.limit, config.seed, frozenset(excluded.get(spec.name, ())), n_cal)
+        ids = data.evaluation_ids(
+            spec, config.limit, config.seed, frozenset(excluded.get(spec.name, ())), n_cal, clip=config.clip_limit
+        )
         out[spec.name] = data.requests_for(spec, ids)
     return out
 
@@ -113,6 +116,10 @@ class EvalResult:
     def predictions(self) -> list[dict[str, Any]]:
         """Per-example records (task, doc id, log-likelihoods, gold, predictions) for the JSONL audit file."""
         return [_prediction_record(s) for s in self.scores]
+
+    def task_scores(self, task: str) -> list[ChoiceScores]:
+        """``task``'s scored requests, in request order."""
+        return [s for s in self.scores if s.task == task]
 
     def task_metrics(self) -> dict[str, dict[str, float]]:
         return {t: r.metrics() for t, r in self.tasks.items()}

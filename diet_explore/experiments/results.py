@@ -51,15 +51,27 @@ def check_resumable(done: list[dict[str, Any]], out: Path, fingerprint: str) -> 
         )
 
 
-def task_row(res: TaskResult) -> dict[str, Any]:
+def task_row(res: TaskResult, scores: list | None = None) -> dict[str, Any]:
+    """One task's part of a row: the main metric, its stderr and per-example correctness, and (with
+    ``scores``, that task's ``ChoiceScores`` in request order) every example's per-choice
+    log-likelihoods, choice lengths in characters and gold answer, from which any paired metric
+    (agreement, gold log-likelihood, choice KL) is recomputed later."""
     main = res.main_correct()
-    return {
+    row = {
         "metric": res.main_metric,
         "n": res.n,
         "main": float(main.mean()),
         "stderr": mean_stderr(main),
         "correct": [int(x) for x in main],
     }
+    if scores is not None:
+        row["examples"] = {
+            "doc_id": [int(s.doc_id) for s in scores],
+            "gold": [int(s.gold) for s in scores],
+            "lls": [[round(float(x), 6) for x in s.lls] for s in scores],
+            "chars": [[len(c) for c in s.choice_texts] for s in scores],
+        }
+    return row
 
 
 def paired_avg_delta(
@@ -86,13 +98,14 @@ def add_average(row: dict[str, Any]) -> None:
     row.update(avg=float(np.mean(vals)), avg_stderr=average_stderr(ses))
 
 
-METHODS = {
-    "diet": "diet",
-    "random": "random",
-    "magnitude": "magnitude",
-    "wiki": "wiki",
-    "single-task": "single",
-    "leave-one-out": "leave_one_out",
+METHODS: dict[str, dict[str, Any]] = {  # sweep name -> the MaskConfig fields that make that method
+    "diet": {"method": "diet"},
+    "diet-normed": {"method": "diet", "site": "normed"},  # the vote on the normed inputs (Minitron's site)
+    "random": {"method": "random"},
+    "magnitude": {"method": "magnitude"},
+    "wiki": {"method": "wiki"},
+    "single-task": {"method": "single"},
+    "leave-one-out": {"method": "leave_one_out"},
 }
 PER_TASK_METHODS = ("single-task", "leave-one-out")
 RESULTS = "results.jsonl"

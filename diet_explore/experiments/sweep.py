@@ -55,19 +55,41 @@ from diet_explore.experiments.results import (
     task_row,
 )
 from diet_explore.experiments.runs import run_record
+from diet_explore.models.builtin import DEFAULT_MODEL
 from diet_explore.tasks import data
 
 Progress = Callable[[float, str], None]
 
 
+#: The settings a sweep's results depend on (a resume must match them). Listed, not derived from the
+#: dataclass, so a new setting never silently invalidates a sweep in progress: it joins
+#: OPTIONAL_FINGERPRINT_FIELDS, counted only when it differs from its default.
+FINGERPRINT_FIELDS = (
+    "model",
+    "cache",
+    "tasks",
+    "limit",
+    "seed",
+    "mask_seed",
+    "exact",
+    "multiple_of",
+    "threshold",
+    "perplexity",
+    "ppl_windows",
+    "dtype",
+)
+OPTIONAL_FINGERPRINT_FIELDS = {"clip_limit": False}
+
+
 @dataclass
 class CompareConfig(JsonConfig):
-    model: str = "smollm2-135m"
-    cache: str = "cache/smollm2-135m"
+    model: str = DEFAULT_MODEL
+    cache: str = f"cache/{DEFAULT_MODEL}"
     sparsities: list[float] = field(default_factory=lambda: [0.1, 0.2])
     methods: list[str] = field(default_factory=lambda: ["diet", "random", "magnitude", "wiki"])
     tasks: str | list[str] = "all"
     limit: int = 50
+    clip_limit: bool = False  # True: at most `limit` per task, all of a smaller held-out pool (RTE, ARC-C)
     seed: int = data.DEFAULT_SEED  # evaluation draw (shared permutation with calibration)
     mask_seed: int = 0  # random baseline
     exact: bool = True  # every method keeps the same count; False: the vote's own count for diet/LOO
@@ -100,6 +122,7 @@ class CompareConfig(JsonConfig):
         return EvalConfig(
             tasks=self.tasks,
             limit=self.limit,
+            clip_limit=self.clip_limit,
             seed=self.seed,
             batch_tokens=self.batch_tokens,
             device=self.device,
@@ -125,7 +148,9 @@ class CompareConfig(JsonConfig):
         ``dtype``: the precision the model is evaluated in (default ``resolved_dtype()``). The device
         is left out (results agree across devices at one precision) but the resolved dtype is not:
         with ``dtype`` None a sweep started on CPU (fp32) and resumed on a GPU (bf16) would mix them."""
-        keys = {k: v for k, v in self.to_dict().items() if k not in ("methods", "sparsities", "device", "batch_tokens")}
+        fields = self.to_dict()
+        keys = {k: fields[k] for k in FINGERPRINT_FIELDS}
+        keys |= {k: fields[k] for k, default in OPTIONAL_FINGERPRINT_FIELDS.items() if fields[k] != default}
         keys.update(dtype=dtype or self.resolved_dtype(), cache_hash=cache_hash)
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -155,7 +180,7 @@ def _mask(pre, method: str, sparsity: float, config: CompareConfig, multiple: in
 
     mc = MaskConfig(
         sparsity=sparsity,
-        method=METHODS[method],
+        **METHODS[method],
         threshold=config.threshold,
         exact=config.exact,
         multiple_of=multiple,
@@ -245,7 +270,7 @@ def run_compare(
             "method": "dense",
             "sparsity": 0.0,
             "n_keep": int(model.config.hidden_size),
-            "tasks": {t: task_row(r) for t, r in res.tasks.items()},
+            "tasks": {t: task_row(r, res.task_scores(t)) for t, r in res.tasks.items()},
             "ppl": res.perplexity,
             "wall_time_s": time.perf_counter() - start,
             "fingerprint": fingerprint,
@@ -298,7 +323,7 @@ def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, re
             "sparsity": sparsity,
             "n_keep": mask.n_keep,
             "actual_sparsity": mask.sparsity,
-            "tasks": {t: task_row(r) for t, r in res.tasks.items()},
+            "tasks": {t: task_row(r, res.task_scores(t)) for t, r in res.tasks.items()},
             "ppl": res.perplexity,
         }
     tasks, n_keep = {}, {}
@@ -313,7 +338,7 @@ def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, re
         sub = lambda f, msg, i=i, t=t: progress((i + f) / len(requests), f"{t}: {msg}")
         res: EvalResult = evaluate_model(pruned, tokenizer, no_ppl, sub, f"{combo_key(method, sparsity)}:{t}", {t: reqs})
         del pruned
-        tasks[t], n_keep[t] = task_row(res.tasks[t]), mask.n_keep
+        tasks[t], n_keep[t] = task_row(res.tasks[t], res.task_scores(t)), mask.n_keep
     return {
         "method": method,
         "sparsity": sparsity,

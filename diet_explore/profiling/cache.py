@@ -41,7 +41,6 @@ SITE_DOC = {
     "residual": "residual stream after each decoder block (the paper's site)",
     "normed": "normed inputs of attention and MLP (Minitron-style), averaged over the two per block",
 }
-TASK_KINDS = ("task", "generic")  # "generic": task-agnostic calibration text (wiki baseline)
 
 
 @dataclass(frozen=True)

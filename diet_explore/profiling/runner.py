@@ -26,6 +26,7 @@ from diet_explore.core.config import JsonConfig
 from diet_explore.core.errors import DietError
 from diet_explore.models.adapters import get_adapter
 from diet_explore.models.adapters.base import ModelAdapter
+from diet_explore.models.builtin import DEFAULT_MODEL
 from diet_explore.models.tokens import bos_prefix
 from diet_explore.profiling.cache import SITES, CacheWriter, ScoreCache, TaskScores, check_resume, load_cache
 from diet_explore.profiling.hooks import record_activations
@@ -38,7 +39,7 @@ Progress = Callable[[str, int, int], None]  # (task, done, total)
 
 @dataclass
 class ProfileConfig(JsonConfig):
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     tasks: str | list[str] = "all"
     samples: int = 100
     seed: int = DEFAULT_SEED

@@ -105,13 +105,17 @@ def evaluation_ids(
     exclude: set[int] | frozenset[int] = frozenset(),
     n_calibration: int = 100,
     size: int | None = None,
+    clip: bool = False,
 ) -> list[int]:
     """Held-out ids: from the far end of the permutation, never among the first ``n_calibration``
-    (the default profile's draw) nor in ``exclude`` (e.g. a cache's recorded sample ids)."""
+    (the default profile's draw) nor in ``exclude`` (e.g. a cache's recorded sample ids). With
+    ``clip``, a pool smaller than ``limit`` is taken whole instead of refused."""
     size = len(load_task_data(spec)) if size is None else size
     perm = _permutation(spec.name, size, seed)
     banned = set(int(i) for i in perm[: min(n_calibration, size)]) | set(exclude)
     pool = [int(i) for i in perm[::-1] if int(i) not in banned]
+    if clip:
+        return pool[:limit]
     if limit > len(pool):
         raise DietError(
             f"task {spec.name}: only {len(pool)} held-out examples remain after calibration; --limit {limit} asked for",

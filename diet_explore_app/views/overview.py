@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from diet_explore.profiling.cache import SITE_DOC
+from diet_explore.profiling.cache import SITE_DOC, list_caches
 from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
@@ -83,7 +83,7 @@ with ui.shown_errors():
         key="overview_provenance",
     )
 
-    found = S.discover_caches(S.cache_root(S.base_dir()))
+    found = list_caches(S.cache_root(S.base_dir()))
     st.caption(
         "Caches found: "
         + (", ".join(f"`{ui.display_path(p)}`" for p in found) or "none")

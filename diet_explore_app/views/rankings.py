@@ -9,7 +9,7 @@ import streamlit as st
 from diet_explore import plots
 from diet_explore.core.errors import DietError
 from diet_explore.masking.importance import aggregate_scores
-from diet_explore.masking.selection import rank_dims, top_k_mask
+from diet_explore.masking.selection import keep_count, rank_dims, top_k_mask
 from diet_explore_app import loaders, state
 from diet_explore_app import widgets as ui
 
@@ -37,7 +37,7 @@ with ui.shown_errors():
     tasks = list(cache.tasks)  # evaluation tasks and generic text
     site, agg, last_k = ui.score_controls(cache)
     scores = {t: aggregate_scores(pre, t, site, agg, last_k) for t in tasks}  # (D,) each
-    n_keep = ui.keep_count_for(cache, float(state.get("sparsity")))
+    n_keep = keep_count(cache.hidden_size, float(state.get("sparsity")))
 
     st.plotly_chart(plots.sorted_score_curves(scores, cutoff_rank=n_keep), key="rank_curves")
     st.caption(f"Dashed line: the {n_keep} dims each task keeps at sparsity {state.get('sparsity'):.2f}.")

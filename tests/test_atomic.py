@@ -90,3 +90,36 @@ def test_check_output_dir_refuses_a_folder_that_cannot_be_created(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(DietError, match=r"cannot be created: .*afile is not a folder"):
         check_output_dir(tmp_path / "afile" / "pruned")
+
+
+def _hold_lock(path, ready, seconds):
+    import time
+
+    from diet_explore.core.atomic import locked
+
+    with locked(path):
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_locked_is_reentrant_waits_for_another_process_and_times_out_clearly(tmp_path):
+    import multiprocessing as mp
+    import time
+
+    from diet_explore.core.atomic import locked
+
+    target = tmp_path / "results.jsonl"
+    with locked(target), locked(target):  # nested in one process: re-entered, not deadlocked
+        pass
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    other = ctx.Process(target=_hold_lock, args=(target, ready, 2.0))
+    other.start()
+    assert ready.wait(60)
+    with pytest.raises(DietError, match="locked by another process"), locked(target, timeout=0.2):
+        pass
+    start = time.perf_counter()
+    with locked(target, timeout=60):
+        waited = time.perf_counter() - start
+    other.join()
+    assert waited > 0.5  # it waited for the other process to let go

@@ -2,6 +2,8 @@
 
 Everything is written to a temporary sibling and moved into place with ``os.replace`` (atomic on
 POSIX within one filesystem), so an interrupted run never leaves a truncated cache, mask or model.
+A file that several processes read, change and write back (a sweep's results, the run store, the
+evaluation cache, the job store) is changed under ``locked(path)`` as well, so no update is lost.
 """
 
 from __future__ import annotations
@@ -11,11 +13,44 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from diet_explore.core.errors import DietError
+
+LOCK_TIMEOUT_S = 600.0  # a writer holds a lock for milliseconds; minutes means a stuck process
+
+
+_LOCKS: dict[tuple[int, str], Any] = {}  # one FileLock per (process, lock file): a nested locked() re-enters it
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def locked(path: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold an exclusive inter-process lock for ``path`` (``.<name>.lock`` beside it, via ``filelock``):
+    read-modify-write sequences on a shared file go inside. Re-entrant within one process."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = str(path.parent / f".{path.name}.lock")
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get((os.getpid(), key))  # a forked child gets its own: an inherited lock is not its to hold
+        if lock is None:
+            lock = _LOCKS[(os.getpid(), key)] = FileLock(key, thread_local=False)
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise DietError(
+            f"{path} is locked by another process for over {timeout:.0f} s",
+            f"wait for the other run to finish, or remove {key} if no run is using it",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -8,9 +8,18 @@ exports and runs going to a temp folder; both Streamlit caches are cleared aroun
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 APP = Path(__file__).resolve().parents[1] / "diet_explore_app" / "app.py"
 TIMEOUT = 60  # seconds per AppTest run (the default 3 s is too short on 2 shared cores)
@@ -91,3 +100,98 @@ def arr(value):
             out = out.reshape([int(s) for s in str(shape).split(",")])
         return out
     return np.asarray(value)
+
+
+# ---------------------------------------------------------------- real-browser tests (Playwright + Debian's chromium)
+CHROMIUM = "/usr/bin/chromium"
+
+
+CHROME_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+WAIT_MS = 60_000
+
+
+def require_browser():
+    why = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        why = "playwright (python) is not installed"
+    if why is None and not Path(CHROMIUM).exists():
+        why = f"{CHROMIUM} is missing (apt-get install chromium)"
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"browser test cannot run in CI: {why}")
+        pytest.skip(why)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_health(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200 and r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"streamlit did not become healthy at {url}")
+
+
+def idle(page) -> None:
+    """Wait until the script run finished (the 'Running…' status widget is gone) and charts drew."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        timeout=WAIT_MS,
+    )
+    page.wait_for_timeout(300)
+
+
+def goto_page(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
+    page.get_by_role("heading", name=title if title != "Overview" else "diet-explore").first.wait_for(timeout=WAIT_MS)
+    idle(page)
+
+
+def metric(page, label: str) -> str:
+    m = page.locator('[data-testid="stMetric"]').filter(has=page.get_by_text(label, exact=True)).first
+    return m.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+@contextlib.contextmanager
+def start_app_server(tmp: Path, env_extra: dict[str, str]):
+    """``diet-explore app`` (as a user starts it) on a free port, from the repository folder, with
+    ``env_extra`` (cache, export and run folders); yields the base URL and stops the server after."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
+    cmd = [sys.executable, "-m", "diet_explore", "app", "--port", str(port), "--host", "127.0.0.1"]
+    with open(tmp / "streamlit.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=APP.parents[1], env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_health(url, proc)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()

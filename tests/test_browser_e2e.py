@@ -15,36 +15,35 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from app_helpers import APP, arr, build_cache_root
+from app_helpers import (
+    APP,
+    CHROME_ARGS,
+    CHROMIUM,
+    WAIT_MS,
+    arr,
+    build_cache_root,
+    goto_page,
+    idle,
+    metric,
+    require_browser,
+    start_app_server,
+)
 
 from diet_explore.profiling.cache import list_caches
 
 pytestmark = pytest.mark.browser
 
 ROOT = APP.parents[1]  # the repository: cache/ and the app folder
-CHROMIUM = "/usr/bin/chromium"
 # The README's screenshots are refreshed only on request (DIET_EXPLORE_SCREENSHOTS=docs/screenshots), so a
 # test run does not rewrite tracked files; otherwise they go to a throwaway folder (still taken: a page that
 # cannot render fails here).
 SCREENSHOTS = Path(os.environ["DIET_EXPLORE_SCREENSHOTS"]) if os.environ.get("DIET_EXPLORE_SCREENSHOTS") else None
-CHROME_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PAGES = [
     ("overview", "Overview"),
     ("rankings", "Rankings"),
@@ -53,73 +52,22 @@ PAGES = [
     ("prune_eval", "Prune & evaluate"),
     ("export", "Export"),
 ]
-WAIT_MS = 60_000
-
-
-def _require_browser():
-    why = None
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        why = "playwright (python) is not installed"
-    if why is None and not Path(CHROMIUM).exists():
-        why = f"{CHROMIUM} is missing (apt-get install chromium)"
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"browser test cannot run in CI: {why}")
-        pytest.skip(why)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200 and r.read().strip() == b"ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"streamlit did not become healthy at {url}")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    _require_browser()
+    require_browser()
 
     tmp = tmp_path_factory.mktemp("e2e")
     real_root = ROOT / "cache"
     cache_root = real_root if list_caches(real_root) else build_cache_root(tmp / "caches")
-    port = _free_port()
-    env = {
-        **os.environ,
+    extra = {
         "DIET_EXPLORE_CACHE_DIR": str(cache_root),
         "DIET_EXPLORE_EXPORT_DIR": str(tmp / "export"),
         "DIET_EXPLORE_RUNS_DIR": str(tmp / "runs"),
-        "PYTHONUNBUFFERED": "1",
     }
-    # started as a user would: the console command (`diet-explore app`), which runs streamlit on the packaged app
-    cmd = [sys.executable, "-m", "diet_explore", "app", "--port", str(port), "--host", "127.0.0.1"]
-    with open(tmp / "streamlit.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_health(url, proc)
-            yield {"url": url, "cache_root": cache_root, "tmp": tmp}
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with start_app_server(tmp, extra) as url:
+        yield {"url": url, "cache_root": cache_root, "tmp": tmp}
 
 
 @pytest.fixture(scope="module")
@@ -135,38 +83,18 @@ def browser(server):
 
 
 # --------------------------------------------------------------------------------------------
-def _idle(page) -> None:
-    """Wait until the script run finished (the 'Running…' status widget is gone) and charts drew."""
-    page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=WAIT_MS,
-    )
-    page.wait_for_timeout(300)
-
-
-def _goto_page(page, title: str) -> None:
-    page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
-    page.get_by_role("heading", name=title if title != "Overview" else "diet-explore").first.wait_for(timeout=WAIT_MS)
-    _idle(page)
-
-
-def _metric(page, label: str) -> str:
-    m = page.locator('[data-testid="stMetric"]').filter(has=page.get_by_text(label, exact=True)).first
-    return m.locator('[data-testid="stMetricValue"]').inner_text().strip()
 
 
 def _wait_metric(page, label: str, expected: str) -> None:
     deadline = time.monotonic() + WAIT_MS / 1000
     while time.monotonic() < deadline:
         try:
-            if _metric(page, label) == expected:
+            if metric(page, label) == expected:
                 return
         except Exception:
             pass
         page.wait_for_timeout(200)
-    raise AssertionError(f"metric {label!r} is {_metric(page, label)!r}, expected {expected!r}")
+    raise AssertionError(f"metric {label!r} is {metric(page, label)!r}, expected {expected!r}")
 
 
 def _plot_data(page, title_part: str):
@@ -188,7 +116,7 @@ def _plot_data(page, title_part: str):
 
 
 def _shot(page, name: str, folder: Path) -> None:
-    _idle(page)  # the whole page, not the half rendered before the last element arrives
+    idle(page)  # the whole page, not the half rendered before the last element arrives
     folder = SCREENSHOTS or folder
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
@@ -225,16 +153,16 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(server["url"], wait_until="domcontentloaded")
     page.get_by_role("heading", name="diet-explore").first.wait_for(timeout=WAIT_MS)
-    _idle(page)
-    assert _metric(page, "Hidden size") == str(d)
+    idle(page)
+    assert metric(page, "Hidden size") == str(d)
     _shot(page, "overview", tmp_path / "screenshots")
 
-    _goto_page(page, "Rankings")
+    goto_page(page, "Rankings")
     assert _plot_data(page, "Sorted dimension scores") is not None
     _shot(page, "rankings", tmp_path / "screenshots")
 
     # Agreement: move the sparsity slider with the keyboard; the heatmap must follow.
-    _goto_page(page, "Agreement")
+    goto_page(page, "Agreement")
     _wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.2)))
     before = _plot_data(page, "Jaccard overlap of pruned sets at sparsity 0.20")
     assert np.allclose(arr(before[0]["z"]).astype(float), jaccard_matrix(prune_matrix(cache, 0.2)))
@@ -243,7 +171,7 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     for _ in range(5):
         handle.press("ArrowRight")
     _wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.25)))
-    _idle(page)
+    idle(page)
     after = _plot_data(page, "Jaccard overlap of pruned sets at sparsity 0.25")  # waits for the redrawn chart
     z_after = arr(after[0]["z"]).astype(float)
     assert not np.allclose(arr(before[0]["z"]).astype(float), z_after)
@@ -252,7 +180,7 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     _shot(page, "agreement", tmp_path / "screenshots")
 
     # Mask builder: the slider value came along through session state.
-    _goto_page(page, "Mask builder")
+    goto_page(page, "Mask builder")
     res = build_mask(cache, MaskConfig(sparsity=0.25))
     _wait_metric(page, "Kept dims", f"{res.n_keep} / {d}")
     need = required_multiple_for_model(cache.model_name)
@@ -261,30 +189,30 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     _shot(page, "mask_builder", tmp_path / "screenshots")
 
     # Prune & evaluate: a tiny run (2 held-out examples per task, no perplexity) into the run store.
-    _goto_page(page, "Prune & evaluate")
+    goto_page(page, "Prune & evaluate")
     model_name = cache.model_name
     if is_installed(model_name):
         limit = page.get_by_label("Held-out examples per task")
         limit.fill("2")
         limit.press("Enter")
-        _idle(page)
+        idle(page)
         page.get_by_text("Wiki perplexity", exact=True).click()
-        _idle(page)
+        idle(page)
         page.get_by_role("button", name="Prune and evaluate").click()
         page.get_by_text("Mean Δ main metric", exact=True).wait_for(timeout=600_000)
-        _idle(page)
+        idle(page)
         runs = RunStore(server["tmp"] / "runs").records()
         assert len(runs) == 1
         assert runs[0]["n_keep"] == res.n_keep and runs[0]["limit"] == 2 and runs[0]["dense_ppl"] is None
         assert runs[0]["tasks"] == cache.task_names
-        assert _metric(page, "Mean Δ main metric") == f"{runs[0]['delta_avg']:+.4f}"
+        assert metric(page, "Mean Δ main metric") == f"{runs[0]['delta_avg']:+.4f}"
         assert _plot_data(page, "Run history") is not None
     else:  # no weights here: the page must say how to install them
         page.get_by_text(install_command(model_name), exact=False).first.wait_for(timeout=WAIT_MS)
         warnings.warn(f"{model_name} is not installed: prune+evaluate checked only the install hint", stacklevel=1)
     _shot(page, "prune_eval", tmp_path / "screenshots")
 
-    _goto_page(page, "Export")
+    goto_page(page, "Export")
     with page.expect_download(timeout=WAIT_MS) as dl:
         page.get_by_role("button", name="Download mask JSON").click()
     path = tmp_path / dl.value.suggested_filename
@@ -302,6 +230,6 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     p2 = fresh.new_page()
     p2.goto(link.replace("/export", "/mask_builder"), wait_until="domcontentloaded")
     p2.get_by_role("heading", name="Mask builder").first.wait_for(timeout=WAIT_MS)
-    _idle(p2)
+    idle(p2)
     _wait_metric(p2, "Kept dims", f"{res.n_keep} / {d}")
     fresh.close()

@@ -36,6 +36,7 @@ PAGES = [
     st.Page("views/mask_builder.py", title="Mask builder", icon=":material/tune:", url_path="mask_builder"),
     st.Page("views/prune_eval.py", title="Prune & evaluate", icon=":material/science:", url_path="prune_eval"),
     st.Page("views/export.py", title="Export", icon=":material/download:", url_path="export"),
+    st.Page("views/results.py", title="Results", icon=":material/insights:", url_path="results"),
 ]
 
 state.boot()

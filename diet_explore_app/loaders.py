@@ -18,10 +18,13 @@ import pandas as pd
 import streamlit as st
 
 from diet_explore.core.errors import DietError
+from diet_explore.experiments.proxy import ProxyValidation, sweep_sources, validate_proxies
+from diet_explore.experiments.reports import Sweep, load_sweep
 from diet_explore.experiments.runs import RunStore
 from diet_explore.masking.agreement import AgreementReport, agreement_report, spearman_matrix
 from diet_explore.masking.build import MaskConfig, MaskResult, baseline_overlaps, build_mask
 from diet_explore.masking.importance import ScorePrecompute
+from diet_explore.masking.proxy import mask_proxies
 from diet_explore.masking.stability import StabilityResult, bootstrap_masks
 from diet_explore.profiling.cache import MANIFEST, ScoreCache, load_cache
 
@@ -85,6 +88,43 @@ def bootstrap_for(path: str, sha: str, config_json: str, n_resamples: int) -> St
 def overlaps_for(path: str, sha: str, config_json: str) -> pd.DataFrame:
     """Overlap of the mask with the paper default and each baseline (``masking.build.baseline_overlaps``)."""
     return pd.DataFrame(baseline_overlaps(precompute(path, sha), MaskConfig.from_json(config_json)))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def proxies_for(path: str, sha: str, config_json: str) -> pd.DataFrame:
+    """The live proxy of the mask ``config_json`` builds: per task, the share of its activation mass kept (``masking.proxy``)."""
+    return pd.DataFrame(mask_proxies(precompute(path, sha), mask_for(path, sha, config_json).keep))
+
+
+@st.cache_data(show_spinner="Checking the proxy against the committed sweeps…", max_entries=4)
+def _proxy_validation(sources: tuple[tuple[str, float], ...]) -> ProxyValidation:
+    return validate_proxies([p for p, _ in sources])
+
+
+def proxy_validation() -> ProxyValidation:
+    """``experiments.proxy.validate_proxies`` over docs/results (and DIET_EXPLORE_SWEEP_DIRS), recomputed when a results file changes."""
+    return _proxy_validation(tuple((str(p), _mtime(p)) for p in sweep_sources()))
+
+
+def _mtime(path: Path) -> float:
+    target = path / "results.jsonl" if path.is_dir() else path
+    try:
+        return target.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_data(show_spinner="Reading the sweep…", max_entries=16)
+def _sweep(path: str, mtime: float) -> Sweep:
+    sweep = load_sweep(path)
+    sweep.vs_dense(), sweep.versus("diet")  # the paired results, computed once per file version
+    return sweep
+
+
+def sweep_for(path: str | Path) -> Sweep:
+    """``experiments.reports.load_sweep`` with its paired results, recomputed when the results file changes
+    (a running sweep's folder shows each run as it finishes)."""
+    return _sweep(str(path), _mtime(Path(path)))
 
 
 @st.cache_resource(show_spinner="Loading the dense model…", max_entries=1)

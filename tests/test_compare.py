@@ -73,7 +73,7 @@ def test_every_method_keeps_the_same_count_and_gets_paired_deltas(setup):
 def test_the_normed_site_vote_is_the_diet_vote_on_the_normed_scores():
     import dataclasses
 
-    from diet_explore.experiments.sweep import _mask
+    from diet_explore.experiments.results import mask_for as _mask
     from diet_explore.masking.importance import ScorePrecompute
 
     cache = synthetic_cache(hidden_size=64, num_layers=2, n_samples=8, seed=2)

@@ -155,3 +155,36 @@ METHODS: dict[str, dict[str, Any]] = {  # sweep name -> the MaskConfig fields th
 }
 PER_TASK_METHODS = ("single-task", "leave-one-out")
 RESULTS = "results.jsonl"
+
+
+def mask_for(pre, method: str, sparsity: float, config, multiple: int, **extra):
+    """The mask ``method`` builds at ``sparsity`` with a sweep's settings (``config``: a ``CompareConfig``)."""
+    from diet_explore.masking.build import MaskConfig, build_mask
+
+    mc = MaskConfig(
+        sparsity=sparsity,
+        **METHODS[method],
+        threshold=config.threshold,
+        exact=config.exact,
+        multiple_of=multiple,
+        seed=config.mask_seed,
+        **extra,
+    )
+    return build_mask(pre, mc)
+
+
+def run_masks(pre, method: str, sparsity: float, config, multiple: int, tasks: list[str]) -> dict[str, Any]:
+    """The mask (``MaskResult``) each evaluated task is scored with in the run ``method@sparsity``:
+    the same mask for every task, or (``PER_TASK_METHODS``) one per task. The one place that decides
+    it, for the sweep and for whoever rebuilds a finished sweep's masks (``experiments/proxy.py``)."""
+    if method not in PER_TASK_METHODS:
+        mask = mask_for(pre, method, sparsity, config, multiple)
+        return {t: mask for t in tasks}
+    cache_tasks = set(pre.cache.task_names)
+    out = {}
+    for t in tasks:
+        if t not in cache_tasks:
+            raise DietError(f"task {t!r} is not in the cache, so {method} has no mask for it", "evaluate the cache's tasks")
+        extra = {"single_task": t, "tasks": [t]} if method == "single-task" else {"held_out_task": t}
+        out[t] = mask_for(pre, method, sparsity, config, multiple, **extra)
+    return out

@@ -52,6 +52,7 @@ from diet_explore.experiments.results import (
     append_result,
     check_resumable,
     read_results,
+    run_masks,
     task_row,
 )
 from diet_explore.experiments.runs import run_record
@@ -175,21 +176,6 @@ def sweep_grid(config: CompareConfig) -> list[tuple[str, float]]:
 # --------------------------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------------------------
-def _mask(pre, method: str, sparsity: float, config: CompareConfig, multiple: int, **extra):
-    from diet_explore.masking.build import MaskConfig, build_mask
-
-    mc = MaskConfig(
-        sparsity=sparsity,
-        **METHODS[method],
-        threshold=config.threshold,
-        exact=config.exact,
-        multiple_of=multiple,
-        seed=config.mask_seed,
-        **extra,
-    )
-    return build_mask(pre, mc)
-
-
 def run_compare(
     config: CompareConfig,
     out: str | Path,
@@ -313,8 +299,9 @@ def run_compare(
 
 
 def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, progress, prune_model):
+    masks = run_masks(pre, method, sparsity, config, multiple, list(requests))
     if method not in PER_TASK_METHODS:
-        mask = _mask(pre, method, sparsity, config, multiple)
+        mask = next(iter(masks.values()))
         pruned = prune_model(model, mask.keep)
         res = evaluate_model(pruned, tokenizer, ecfg, progress, combo_key(method, sparsity), requests)
         del pruned
@@ -327,13 +314,9 @@ def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, re
             "ppl": res.perplexity,
         }
     tasks, n_keep = {}, {}
-    cache_tasks = set(pre.cache.task_names)
     no_ppl = EvalConfig.from_dict({**ecfg.to_dict(), "perplexity": False})
     for i, (t, reqs) in enumerate(requests.items()):
-        if t not in cache_tasks:
-            raise DietError(f"task {t!r} is not in the cache, so {method} has no mask for it", "evaluate the cache's tasks")
-        extra = {"single_task": t, "tasks": [t]} if method == "single-task" else {"held_out_task": t}
-        mask = _mask(pre, method, sparsity, config, multiple, **extra)
+        mask = masks[t]
         pruned = prune_model(model, mask.keep)
         sub = lambda f, msg, i=i, t=t: progress((i + f) / len(requests), f"{t}: {msg}")
         res: EvalResult = evaluate_model(pruned, tokenizer, no_ppl, sub, f"{combo_key(method, sparsity)}:{t}", {t: reqs})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from diet_explore import plots
+from diet_explore.experiments.proxy import describe
 from diet_explore.masking.baselines import BASELINE_METHODS
 from diet_explore.masking.vote import MERGE_METHODS
 from diet_explore_app import loaders, state
@@ -93,6 +94,21 @@ with ui.shown_errors():
             )
         st.markdown("**Overlap with baselines** (baselines built at the same kept count)")
         st.dataframe(overlaps, hide_index=True, key="mb_overlaps")
+
+        # the live proxy: what the mask keeps of each task's activations, from the cache alone
+        st.markdown(
+            "**Live proxy** (from the cache, no model): the share of each task's activation mass the mask keeps "
+            "(`kept_mass`), and of its squared activations (`kept_energy`, dominated by the few massive dims)"
+        )
+        st.dataframe(loaders.proxies_for(loaded.path, loaded.sha, config.to_json()).round(4), hide_index=True, key="mb_proxy")
+        validation = loaders.proxy_validation()
+        checks = {p: describe(validation, f"{p}@residual", cache.model_name) for p in ("kept_energy", "kept_mass")}
+        if not any(v for v, _ in checks.values()):
+            st.warning(
+                "Neither proxy passes the validation below (it does not predict the measured paired Δ): read it "
+                "as a sanity check of what the mask throws away, not as a forecast of accuracy."
+            )
+        st.caption(" ".join(f"**{p}** {text}" for p, (_, text) in checks.items()) + " (`tools/proxy_validation.py`)")
 
         st.markdown("**Bootstrap stability** (resample each task's calibration samples, rebuild the mask)")
         s1, s2 = st.columns(2)

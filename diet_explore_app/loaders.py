@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from diet_explore.core.errors import DietError
-from diet_explore.experiments.proxy import ProxyValidation, sweep_sources, validate_proxies
+from diet_explore.experiments.proxy import ProxyValidation, describe, sweep_sources, validate_proxies
 from diet_explore.experiments.reports import Sweep, load_sweep
 from diet_explore.experiments.runs import RunStore
 from diet_explore.masking.agreement import AgreementReport, agreement_report, spearman_matrix
@@ -98,12 +98,23 @@ def proxies_for(path: str, sha: str, config_json: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner="Checking the proxy against the committed sweeps…", max_entries=4)
 def _proxy_validation(sources: tuple[tuple[str, float], ...]) -> ProxyValidation:
+    """``experiments.proxy.validate_proxies`` over docs/results (and DIET_EXPLORE_SWEEP_DIRS), again when a results file changes."""
     return validate_proxies([p for p, _ in sources])
 
 
-def proxy_validation() -> ProxyValidation:
-    """``experiments.proxy.validate_proxies`` over docs/results (and DIET_EXPLORE_SWEEP_DIRS), recomputed when a results file changes."""
-    return _proxy_validation(tuple((str(p), _mtime(p)) for p in sweep_sources()))
+@st.cache_data(show_spinner=False, max_entries=16)
+def _proxy_checks(sources: tuple[tuple[str, float], ...], model: str | None) -> dict[str, tuple[bool | None, str]]:
+    validation = _proxy_validation(sources)
+    return {p: describe(validation, f"{p}@residual", model) for p in ("kept_energy", "kept_mass")}
+
+
+def proxy_checks(model: str | None) -> dict[str, tuple[bool | None, str]]:
+    """Per proxy shown on the Mask builder, ``experiments.proxy.describe``'s (verdict, text) for ``model``."""
+    return _proxy_checks(_sources_key(), model)
+
+
+def _sources_key() -> tuple[tuple[str, float], ...]:
+    return tuple((str(p), _mtime(p)) for p in sweep_sources())
 
 
 def _mtime(path: Path) -> float:

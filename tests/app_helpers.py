@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 APP = Path(__file__).resolve().parents[1] / "diet_explore_app" / "app.py"
+DOCS_RESULTS = APP.parents[1] / "docs" / "results"  # the committed sweeps, wherever the library is imported from
 TIMEOUT = 60  # seconds per AppTest run (the default 3 s is too short on 2 shared cores)
 ALPHA_PARAMS, ALPHA_PER_DIM = 2_000_000, 1_500
 

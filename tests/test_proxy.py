@@ -8,15 +8,28 @@ import shutil
 
 import numpy as np
 import pytest
-from app_helpers import run_page
+from app_helpers import DOCS_RESULTS, run_page
 from scipy import stats
 
-from diet_explore.experiments.proxy import MIN_RUNS, describe, run_proxies, validate_proxies
-from diet_explore.experiments.reports import DOCS_RESULTS, load_sweep
+from diet_explore.experiments.proxy import MIN_RUNS, describe, predicts, run_proxies, validate_proxies
+from diet_explore.experiments.reports import RESULTS_DIR_ENV, load_sweep
 from diet_explore.masking.build import MaskConfig, build_mask
 from diet_explore.masking.proxy import mask_proxies
 
 SMOLLM2 = DOCS_RESULTS / "compare-smollm2-135m.results.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _committed_sweeps(monkeypatch):
+    """The committed sweeps of this checkout, also when the library runs from a copy (tools/mutants.py)."""
+    monkeypatch.setenv(RESULTS_DIR_ENV, str(DOCS_RESULTS))
+
+
+def _copy_config(name: str, folder) -> None:
+    """A committed sweep's config into ``folder``, its cache path made absolute (the copy is elsewhere)."""
+    config = json.loads((DOCS_RESULTS / f"{name}.config.json").read_text())
+    config["cache"] = str(DOCS_RESULTS.parents[1] / config["cache"])
+    (folder / "config.json").write_text(json.dumps(config))
 
 
 def test_the_proxy_equals_a_recomputation_from_the_cache_arrays(alpha):
@@ -56,6 +69,11 @@ def test_the_validation_rebuilds_each_runs_mask_and_recomputes_its_rank_correlat
     got = c[(c["proxy"] == "kept_energy@residual") & (c["level"] == "average") & (c["target"] == "delta_main")].iloc[0]
     assert (got["rho"], got["p"], got["n"]) == pytest.approx((rho, p, len(runs)))
     assert got["predicts"] == (rho > 0 and p < 0.05 and len(runs) >= MIN_RUNS)
+    within = c[(c["proxy"] == "kept_energy@residual") & (c["level"] == "within sparsity") & (c["target"] == "delta_main")].iloc[0]
+    sp = [next(r["sparsity"] for r in v) for v in runs.values()]
+    cx = np.array(x) - [np.mean([a for a, b in zip(x, sp) if b == s]) for s in sp]  # centred on each sparsity's mean
+    cy = np.array(y) - [np.mean([a for a, b in zip(y, sp) if b == s]) for s in sp]
+    assert within["rho"] == pytest.approx(stats.spearmanr(np.round(cx, 12), np.round(cy, 12))[0])
     verdict, text = describe(val, "kept_energy@residual", "smollm2-135m")
     assert verdict == bool(got["predicts"]) and f"ρ = {rho:+.2f}" in text and "12 runs" in text
 
@@ -67,7 +85,7 @@ def test_runs_that_cannot_be_rebuilt_are_skipped_and_named(tmp_path):
     rows[1] = {**rows[1], "method": "slicegpt", "key": "slicegpt@0.1"}  # a method without a dim mask
     rows[2] = {**rows[2], "n_keep": rows[2]["n_keep"] - 9}  # a count the rebuilt mask does not keep
     (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    shutil.copy(DOCS_RESULTS / "compare-smollm2-135m.config.json", folder / "config.json")
+    _copy_config("compare-smollm2-135m", folder)
     records, notes = run_proxies(load_sweep(folder))
     assert {r["key"] for r in records} == {r["key"] for r in rows[3:]}
     assert any("slicegpt@0.1 skipped" in n for n in notes) and any(f"{rows[2]['key']} skipped" in n for n in notes)
@@ -96,9 +114,15 @@ def test_the_page_says_so_when_the_proxy_does_not_predict(app, monkeypatch, tmp_
     folder = tmp_path / "gemma"
     folder.mkdir()
     shutil.copy(DOCS_RESULTS / "compare-gemma3-270m.results.jsonl", folder / "results.jsonl")
-    shutil.copy(DOCS_RESULTS / "compare-gemma3-270m.config.json", folder / "config.json")
-    monkeypatch.setattr(proxy, "DOCS_RESULTS", tmp_path / "none")  # only the Gemma sweep, where it does not predict
+    _copy_config("compare-gemma3-270m", folder)
+    monkeypatch.setenv(RESULTS_DIR_ENV, str(tmp_path / "none"))  # only the Gemma sweep, where it does not predict
     monkeypatch.setenv(proxy.SWEEP_DIRS_ENV, str(folder))
     at = run_page(app.run(), "mask_builder")
     assert any("Neither proxy passes the validation" in w.value for w in at.warning)
     assert "does not predict" in " ".join(c.value for c in at.caption)
+
+
+def test_the_predicts_rule_wants_a_positive_significant_correlation_over_enough_runs():
+    assert predicts(0.8, 0.001, MIN_RUNS)
+    assert not predicts(-0.8, 0.001, 12)  # more kept activation going with worse accuracy is no forecast
+    assert not predicts(0.5, 0.09, 12) and not predicts(0.99, 0.001, MIN_RUNS - 1)

@@ -8,13 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
-from app_helpers import chart_by_key, metrics, run_page
+from app_helpers import DOCS_RESULTS, chart_by_key, metrics, run_page
 
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.metrics import PAIRED_METRICS, paired_examples, paired_proportion_delta, task_paired
 from diet_explore.evaluation.scoring import ChoiceScores
 from diet_explore.experiments.reports import (
-    DOCS_RESULTS,
+    RESULTS_DIR_ENV,
     curve_frame,
     list_sweeps,
     load_sweep,
@@ -28,6 +28,12 @@ from diet_explore.tasks.registry import resolve_tasks
 
 COMMITTED = list_sweeps(DOCS_RESULTS)
 SPECS = {s.name: s for s in resolve_tasks("rte,hellaswag,winogrande")}
+
+
+@pytest.fixture(autouse=True)
+def _committed_sweeps(monkeypatch):
+    """The committed sweeps of this checkout, also when the library runs from a copy (tools/mutants.py)."""
+    monkeypatch.setenv(RESULTS_DIR_ENV, str(DOCS_RESULTS))
 
 
 def _row(key: str, method: str, sparsity: float, scores: dict[str, list[ChoiceScores]], ppl: float | None = 30.0):

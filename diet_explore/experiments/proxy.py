@@ -15,7 +15,7 @@ The check is a Spearman rank correlation, on three levels:
   of the same size apart;
 * ``per task``: over runs, task t's proxy vs task t's Δ (n = runs), one ρ per task.
 
-``PREDICTS`` is the rule the README and the Mask builder apply: ρ > 0 with a two-sided p < 0.05 at
+``predicts`` is the rule the README and the Mask builder apply: ρ > 0 with a two-sided p < 0.05 at
 the average level, on a sweep with at least ``MIN_RUNS`` runs. A sweep whose model has no cache
 here, a row of a method that has no hidden-dimension mask (e.g. a rotation method), or a row whose
 rebuilt mask keeps another count is skipped and named in ``notes``.
@@ -38,7 +38,7 @@ from scipy import stats
 from diet_explore.core.assets import PROJECT_ROOT
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.metrics import MAIN
-from diet_explore.experiments.reports import DOCS_RESULTS, Sweep, list_sweeps, load_sweep
+from diet_explore.experiments.reports import Sweep, list_sweeps, load_sweep
 from diet_explore.experiments.results import METHODS, run_masks
 
 TARGETS = {"delta_main": MAIN, "delta_gold_ll_per_char": "gold_ll_per_char"}  # measured Δ -> paired metric
@@ -49,10 +49,10 @@ SWEEP_DIRS_ENV = "DIET_EXPLORE_SWEEP_DIRS"  # extra sweep folders (os.pathsep-se
 
 
 def sweep_sources(extra: Sequence[str | Path] = ()) -> list[Path]:
-    """The committed sweeps (``docs/results``), the folders named in ``DIET_EXPLORE_SWEEP_DIRS`` and
-    ``extra`` (each a sweep, or a folder of sweeps), once each."""
+    """The committed sweeps (``reports.results_dir()``: docs/results), the folders named in
+    ``DIET_EXPLORE_SWEEP_DIRS`` and ``extra`` (each a sweep, or a folder of sweeps), once each."""
     env = [p for p in os.environ.get(SWEEP_DIRS_ENV, "").split(os.pathsep) if p.strip()]
-    out: list[Path] = list(list_sweeps(DOCS_RESULTS))
+    out: list[Path] = list(list_sweeps())
     for p in [*env, *extra]:
         path = Path(p).expanduser()
         if path.is_file() or (path / "results.jsonl").is_file():
@@ -68,8 +68,12 @@ def sweep_sources(extra: Sequence[str | Path] = ()) -> list[Path]:
     return unique
 
 
-def _resolve_cache(path: str) -> Path | None:
-    for p in (Path(path).expanduser(), Path.cwd() / path, PROJECT_ROOT / path):
+def _resolve_cache(path: str, source: str = "") -> Path | None:
+    """A sweep's score cache: its config names it relative to the folder ``compare`` ran in, so it is
+    looked for as given, in the working folder, the project root and every folder above the sweep."""
+    above = list(Path(source).resolve().parents) if source else []
+    for base in (Path(), Path.cwd(), PROJECT_ROOT, *above):
+        p = (base / path).expanduser()
         if (p / "manifest.json").is_file():
             return p
     return None
@@ -106,7 +110,7 @@ def run_proxies(sweep: Sweep) -> tuple[list[dict[str, Any]], list[str]]:
     if lacking:
         return [], [f"{sweep.name}: its config.json lacks {', '.join(lacking)}, so its masks cannot be rebuilt"]
     config = SimpleNamespace(**{k: sweep.config[k] for k in MASK_SETTINGS})
-    where = _resolve_cache(config.cache)
+    where = _resolve_cache(config.cache, sweep.source)
     if where is None:
         return [], [f"{sweep.name}: its score cache {config.cache} is not here"]
     cache = load_cache(where)
@@ -140,6 +144,12 @@ def run_proxies(sweep: Sweep) -> tuple[list[dict[str, Any]], list[str]]:
     return records, notes
 
 
+def predicts(rho: float, p: float, n: int) -> bool:
+    """Whether a proxy predicts: more kept activation goes with a better measured Δ (ρ > 0), significantly
+    (two-sided p < ``P_MAX``), over at least ``MIN_RUNS`` runs."""
+    return bool(rho > 0 and p < P_MAX and n >= MIN_RUNS)
+
+
 def _spearman(x, y) -> tuple[float, float]:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -170,7 +180,7 @@ class ProxyValidation:
         return pd.concat([head, med[head.columns]], ignore_index=True)
 
     def verdict(self, proxy: str) -> str:
-        """One sentence per sweep and target: does ``proxy`` predict it (``PREDICTS`` rule)?"""
+        """One sentence per sweep and target: does ``proxy`` predict it (the ``predicts`` rule)?"""
         c = self.correlations
         lines = []
         for (sweep, target), g in c[(c["proxy"] == proxy) & (c["level"] == "average")].groupby(["sweep", "target"], sort=False):
@@ -192,7 +202,7 @@ class ProxyValidation:
 
 
 def describe(validation: ProxyValidation, proxy: str, model: str | None = None) -> tuple[bool | None, str]:
-    """(verdict, text) for the Mask builder: does ``proxy`` predict the average Δ (``PREDICTS`` rule)?
+    """(verdict, text) for the Mask builder: does ``proxy`` predict the average Δ (the ``predicts`` rule)?
     The verdict is True when it does on a sweep of ``model``; for a model without a sweep here,
     when it does on every tested sweep; None when no sweep has ``MIN_RUNS`` runs. The text gives
     every tested sweep's ρ, those of ``model`` first, with the within-sparsity ρ."""
@@ -259,5 +269,7 @@ def validate_proxies(sources: Sequence[str | Path | Sweep] | None = None) -> Pro
                             dict(sweep=sweep, target=target, proxy=proxy, level="per task", task=task, rho=rho, p=p, n=len(gt))
                         )
     corr = pd.DataFrame(out, columns=["sweep", "target", "proxy", "level", "task", "rho", "p", "n"])
-    corr["predicts"] = (corr["level"] == "average") & (corr["rho"] > 0) & (corr["p"] < P_MAX) & (corr["n"] >= MIN_RUNS)
+    corr["predicts"] = (corr["level"] == "average") & np.array(
+        [predicts(r, p, n) for r, p, n in zip(corr["rho"], corr["p"], corr["n"])], dtype=bool
+    )
     return ProxyValidation(frame, corr, notes)

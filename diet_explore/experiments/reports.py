@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,14 @@ if TYPE_CHECKING:
     from diet_explore.experiments.sweep import CompareConfig
 
 Progress = Callable[[float, str], None]
-DOCS_RESULTS = PROJECT_ROOT / "docs" / "results"
+RESULTS_DIR_ENV = "DIET_EXPLORE_RESULTS_DIR"  # where the committed sweeps are (default <repo>/docs/results)
 RESULTS_SUFFIX = ".results.jsonl"
+
+
+def results_dir() -> Path:
+    """The committed sweeps' folder: ``DIET_EXPLORE_RESULTS_DIR``, else ``<repo>/docs/results``."""
+    env = os.environ.get(RESULTS_DIR_ENV, "").strip()
+    return Path(env).expanduser() if env else PROJECT_ROOT / "docs" / "results"
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,10 +101,10 @@ def as_sweep(rows: list[dict[str, Any]] | Sweep) -> Sweep:
     return rows if isinstance(rows, Sweep) else Sweep(list(rows))
 
 
-def list_sweeps(folder: str | Path = DOCS_RESULTS) -> list[Path]:
-    """The sweeps in ``folder``: its ``<name>.results.jsonl`` files and its sub-folders that hold a
+def list_sweeps(folder: str | Path | None = None) -> list[Path]:
+    """The sweeps in ``folder`` (default ``results_dir()``): its ``<name>.results.jsonl`` files and its sub-folders that hold a
     ``results.jsonl``, by name."""
-    folder = Path(folder)
+    folder = Path(folder) if folder is not None else results_dir()
     if not folder.is_dir():
         return []
     files = sorted(folder.glob(f"*{RESULTS_SUFFIX}"))
@@ -327,8 +334,13 @@ def write_reports(rows: list[dict[str, Any]], out: Path, config: CompareConfig |
     atomic.write_text(paths["csv"], results_frame(sweep).to_csv(index=False))
     note = ""
     if config is not None:
+        per_task = (
+            f"at most {config.limit} held-out examples per task (all of a smaller split)"
+            if config.clip_limit
+            else f"{config.limit} held-out examples per task"
+        )
         note = (
-            f"\nModel `{config.model}`, cache `{config.cache}`, {config.limit} held-out examples per task "
+            f"\nModel `{config.model}`, cache `{config.cache}`, {per_task} "
             f"(seed {config.seed}), exact kept counts: {config.exact}. Cells: main metric in % ± stderr; "
             "Δ avg: paired difference vs dense with a 95% CI (Newcombe per task, combined over tasks by MOVER).\n"
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from diet_explore import plots
-from diet_explore.experiments.proxy import describe
 from diet_explore.masking.baselines import BASELINE_METHODS
 from diet_explore.masking.vote import MERGE_METHODS
 from diet_explore_app import loaders, state
@@ -101,8 +100,7 @@ with ui.shown_errors():
             "(`kept_mass`), and of its squared activations (`kept_energy`, dominated by the few massive dims)"
         )
         st.dataframe(loaders.proxies_for(loaded.path, loaded.sha, config.to_json()).round(4), hide_index=True, key="mb_proxy")
-        validation = loaders.proxy_validation()
-        checks = {p: describe(validation, f"{p}@residual", cache.model_name) for p in ("kept_energy", "kept_mass")}
+        checks = loaders.proxy_checks(cache.model_name)
         if not any(v for v, _ in checks.values()):
             st.warning(
                 "Neither proxy passes the validation below (it does not predict the measured paired Δ): read it "

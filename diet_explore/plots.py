@@ -287,5 +287,5 @@ def sweep_curves(frame: pd.DataFrame, title: str, y_title: str, log_y: bool = Fa
         )
     fig.update_layout(title=title, xaxis_title="sparsity (fraction of hidden dims pruned)", yaxis_title=y_title, **_LAYOUT)
     if log_y:
-        fig.update_yaxes(type="log")
+        fig.update_yaxes(type="log", dtick=1)  # one tick per decade: perplexities span 10^1 to 10^12
     return fig

@@ -19,8 +19,10 @@ from diet_explore.experiments.reports import (
     list_sweeps,
     load_sweep,
     markdown_table,
+    paper_cells,
     results_frame,
     sweep_name,
+    versus_cells,
     versus_table,
 )
 from diet_explore.experiments.results import NOT_RECORDED, row_paired, task_row
@@ -161,8 +163,11 @@ def test_the_results_page_renders_the_committed_sweeps(app, path):
     at.selectbox(key="rs_sweep").select(sweep_name(path)).run()
     assert not at.exception and not at.error
     sweep = load_sweep(path)
-    shown = [m.value.strip() for m in at.markdown]
-    assert markdown_table(sweep).strip() in shown and versus_table(sweep).strip() in shown
+    paper, versus = at.dataframe[0].value, at.dataframe[1].value
+    head, cells = paper_cells(sweep)
+    assert list(paper.columns) == head and paper.values.tolist() == cells  # the library's cells, as they are
+    head, cells = versus_cells(sweep)
+    assert list(versus.columns) == head and versus.values.tolist() == cells
     m = metrics(at)
     assert m["Model"] == sweep.config["model"] and m["Runs"].startswith(str(len(sweep.pruned)))
     main = chart_by_key(at, "rs_curve_main")

@@ -7,13 +7,27 @@ from pathlib import Path
 import streamlit as st
 
 from diet_explore.experiments.proxy import sweep_sources
-from diet_explore.experiments.reports import CURVES, curve_figure, markdown_table, results_frame, sweep_name, versus_table
+from diet_explore.experiments.reports import (
+    CURVES,
+    curve_figure,
+    paper_cells,
+    results_frame,
+    sweep_name,
+    table_frame,
+    versus_cells,
+)
 from diet_explore_app import loaders, state
 from diet_explore_app import widgets as ui
 
 K_SWEEP, K_SWEEP_PATH, K_MAIN_CURVE = "rs_sweep", "rs_sweep_path", "rs_main_curve"
 OTHER = "Other folder…"
 MAIN_CURVES = {"Δ vs dense (paired CI)": "delta_main", "the model's own (unpaired CI)": "main"}
+
+
+def _rows_height(n: int) -> int:
+    """Pixels that show every row of a table (Streamlit's rows are 35 px, plus the header)."""
+    return 35 * (n + 1) + 3
+
 
 st.title("Results")
 st.caption(
@@ -56,7 +70,8 @@ with ui.shown_errors():
         st.markdown(sweep.verdict)
 
     st.subheader("Paper-style table")
-    st.markdown(markdown_table(sweep))
+    paper = table_frame(*paper_cells(sweep))
+    st.dataframe(paper, hide_index=True, key="rs_paper", height=_rows_height(len(paper)))
     st.caption(
         "Cells: the task's main metric in % ± stderr. Δ avg: paired difference vs dense with its 95% CI"
         + (
@@ -66,10 +81,10 @@ with ui.shown_errors():
             else ". This file predates per-example log-likelihoods, so it has the main metric only."
         )
     )
-    versus = versus_table(sweep)
+    head, versus = versus_cells(sweep)
     if versus:
         st.subheader("DIET minus each method")
-        st.markdown(versus)
+        st.dataframe(table_frame(head, versus), hide_index=True, key="rs_versus", height=_rows_height(len(versus)))
         st.caption("Paired on the same examples at the same kept count; points (positive = DIET better), 95% CI.")
 
     st.subheader("Curves")

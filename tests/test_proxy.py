@@ -76,6 +76,8 @@ def test_the_validation_rebuilds_each_runs_mask_and_recomputes_its_rank_correlat
     assert within["rho"] == pytest.approx(stats.spearmanr(np.round(cx, 12), np.round(cy, 12))[0])
     verdict, text = describe(val, "kept_energy@residual", "smollm2-135m")
     assert verdict == bool(got["predicts"]) and f"ρ = {rho:+.2f}" in text and "12 runs" in text
+    verdict, text = describe(val, "kept_energy@residual", "another-model")
+    assert verdict is None and "not validated for it" in text  # other models' results are no verdict for this one
 
 
 def test_runs_that_cannot_be_rebuilt_are_skipped_and_named(tmp_path):
@@ -108,13 +110,18 @@ def test_the_mask_builder_shows_the_proxy_and_its_validation(app, alpha):
     assert moved["kept_mass@residual"].iloc[-1] < table["kept_mass@residual"].iloc[-1]  # follows the slider
 
 
-def test_the_page_says_so_when_the_proxy_does_not_predict(app, monkeypatch, tmp_path):
+def test_the_page_says_so_when_the_proxy_does_not_predict(app, alpha, monkeypatch, tmp_path):
     import diet_explore.experiments.proxy as proxy
 
+    at = run_page(app.run(), "mask_builder")  # no sweep of this cache's model: not validated for it, no warning
+    assert not any("Neither proxy" in w.value for w in at.warning)
+    assert "not validated for it" in " ".join(c.value for c in at.caption)
     folder = tmp_path / "gemma"
     folder.mkdir()
     shutil.copy(DOCS_RESULTS / "compare-gemma3-270m.results.jsonl", folder / "results.jsonl")
     _copy_config("compare-gemma3-270m", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"model": alpha.model_name}))  # as if of this model
     monkeypatch.setenv(RESULTS_DIR_ENV, str(tmp_path / "none"))  # only the Gemma sweep, where it does not predict
     monkeypatch.setenv(proxy.SWEEP_DIRS_ENV, str(folder))
     at = run_page(app.run(), "mask_builder")

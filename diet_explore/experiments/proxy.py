@@ -39,7 +39,7 @@ from diet_explore.core.assets import PROJECT_ROOT
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.metrics import MAIN
 from diet_explore.experiments.reports import Sweep, list_sweeps, load_sweep
-from diet_explore.experiments.results import METHODS, run_masks
+from diet_explore.experiments.results import builds_mask, run_masks
 
 TARGETS = {"delta_main": MAIN, "delta_gold_ll_per_char": "gold_ll_per_char"}  # measured Δ -> paired metric
 LEVELS = ("average", "within sparsity", "per task")
@@ -119,7 +119,7 @@ def run_proxies(sweep: Sweep) -> tuple[list[dict[str, Any]], list[str]]:
     vs_dense = sweep.vs_dense()
     records = []
     for row in sweep.pruned:
-        if row["method"] not in METHODS:
+        if not builds_mask(row["method"]):
             notes.append(f"{sweep.name}: {row['key']} skipped ({row['method']} has no hidden-dimension mask to rebuild)")
             continue
         tasks = list(row["tasks"])
@@ -203,9 +203,10 @@ class ProxyValidation:
 
 def describe(validation: ProxyValidation, proxy: str, model: str | None = None) -> tuple[bool | None, str]:
     """(verdict, text) for the Mask builder: does ``proxy`` predict the average Δ (the ``predicts`` rule)?
-    The verdict is True when it does on a sweep of ``model``; for a model without a sweep here,
-    when it does on every tested sweep; None when no sweep has ``MIN_RUNS`` runs. The text gives
-    every tested sweep's ρ, those of ``model`` first, with the within-sparsity ρ."""
+    The verdict is True when it does on a tested sweep of ``model``, False when it does on none of
+    them, and None when ``model`` has no tested sweep here (no sweep of it, or fewer than
+    ``MIN_RUNS`` runs). The text gives every tested sweep's ρ, those of ``model`` first, with the
+    within-sparsity ρ."""
     import pandas as pd
 
     c = validation.correlations
@@ -221,8 +222,8 @@ def describe(validation: ProxyValidation, proxy: str, model: str | None = None) 
         w = within.get((r["sweep"], r["target"]), math.nan)
         w = f", within a sparsity ρ = {w:+.2f}" if np.isfinite(w) else ""
         parts.append(f"{says} {r['target']} on {r['sweep']} (ρ = {r['rho']:+.2f}, p = {r['p']:.3f}, {int(r['n'])} runs{w})")
-    verdict = bool(avg[mine]["predicts"].any()) if mine.any() else bool(avg["predicts"].all())
-    where = f"of {model}" if mine.any() else f"(none of {model}: other models)"
+    verdict = bool(avg[mine]["predicts"].any()) if mine.any() else None
+    where = f"of {model}" if mine.any() else f"of other models (none of {model} here, so not validated for it)"
     return verdict, f"Spearman ρ with the measured paired Δ over the runs of the sweeps {where}: " + "; ".join(parts) + "."
 
 

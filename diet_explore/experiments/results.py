@@ -157,6 +157,13 @@ PER_TASK_METHODS = ("single-task", "leave-one-out")
 RESULTS = "results.jsonl"
 
 
+def builds_mask(method: str) -> bool:
+    """Whether the sweep method ``method`` is a hidden-dimension mask (``MaskConfig`` fields in
+    ``METHODS``), which ``run_masks`` can rebuild; a method that transforms the weights otherwise
+    (a rotation) has none."""
+    return "method" in METHODS.get(method, {})
+
+
 def mask_for(pre, method: str, sparsity: float, config, multiple: int, **extra):
     """The mask ``method`` builds at ``sparsity`` with a sweep's settings (``config``: a ``CompareConfig``)."""
     from diet_explore.masking.build import MaskConfig, build_mask

@@ -101,7 +101,7 @@ with ui.shown_errors():
         )
         st.dataframe(loaders.proxies_for(loaded.path, loaded.sha, config.to_json()).round(4), hide_index=True, key="mb_proxy")
         checks = loaders.proxy_checks(cache.model_name)
-        if not any(v for v, _ in checks.values()):
+        if any(v is False for v, _ in checks.values()) and not any(v for v, _ in checks.values()):
             st.warning(
                 "Neither proxy passes the validation below (it does not predict the measured paired Δ): read it "
                 "as a sanity check of what the mask throws away, not as a forecast of accuracy."

@@ -57,6 +57,8 @@ def test_every_method_keeps_the_same_count_and_gets_paired_deltas(setup):
             d = np.array(v["correct"]) - np.array(dense["tasks"][t]["correct"])
             assert v["delta"] == pytest.approx(d.mean()) and v["ci_low"] <= v["delta"] <= v["ci_high"]
         assert r["avg"] == pytest.approx(np.mean([v["main"] for v in r["tasks"].values()]))
+        se = [np.std(v["correct"], ddof=1) / np.sqrt(len(v["correct"])) for v in r["tasks"].values()]
+        assert r["avg_stderr"] == pytest.approx(np.sqrt(np.sum(np.square(se))) / len(se))  # independent tasks: variances add
         assert r["delta_avg"] == pytest.approx(r["avg"] - dense["avg"])
     assert set(by["single-task@0.25"]["n_keep_per_task"]) == {"rte", "winogrande"}
     for r in rows:  # every example's choice log-likelihoods are kept, on the dense row's examples

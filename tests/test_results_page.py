@@ -122,6 +122,11 @@ def test_rows_with_examples_give_every_paired_metric_recomputed_from_them(grown_
     assert list(curve["method"]) == ["diet", "diet", "random", "random"] and list(curve["sparsity"]) == [0.0, 0.25, 0.0, 0.25]
     assert curve["value"].iloc[0] == 0.0 and math.isnan(curve["ci_low"].iloc[0])  # the dense point has no interval
     assert curve["value"].iloc[1] == pytest.approx(got["average"]["gold_ll_per_char"]["delta"])
+    own = curve_frame(sweep, "main")  # the model's own average, ± 1.96 stderr of a mean over independent tasks
+    se = [np.std(v["correct"], ddof=1) / np.sqrt(len(v["correct"])) for v in rows[1]["tasks"].values()]
+    half = 1.959964 * np.sqrt(np.sum(np.square(se))) / len(se)
+    diet = own[(own["method"] == "diet") & (own["sparsity"] == 0.25)].iloc[0]
+    assert (diet["ci_low"], diet["ci_high"]) == pytest.approx((100 * (rows[1]["avg"] - half), 100 * (rows[1]["avg"] + half)))
     ppl = curve_frame(sweep, "ppl")
     assert list(ppl["value"]) == [20.0, 40.0, 20.0, 900.0]
 

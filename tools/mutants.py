@@ -102,7 +102,7 @@ MUTANTS = [
         "diet_explore/evaluation/metrics.py",
         "return math.sqrt(sum(s * s for s in stderrs)) / len(stderrs)",
         "return math.sqrt(sum(s * s for s in stderrs))",
-        ("tests/test_evaluate.py", "tests/test_compare.py"),
+        ("tests/test_evaluate.py", "tests/test_compare.py", "tests/test_results_page.py"),
     ),
     # ---- paired metrics and their intervals (evaluation/metrics.py)
     Mutant(

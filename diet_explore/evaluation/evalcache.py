@@ -174,5 +174,6 @@ class EvalCache:
             "made_with": made_with,
         }
         path = self.path(key)
-        atomic.write_text(path, json.dumps(entry) + "\n")
+        with atomic.locked(path):  # two evaluations of one model at once: one writes after the other
+            atomic.write_text(path, json.dumps(entry) + "\n")
         return path

@@ -23,22 +23,61 @@ Progress = Callable[[float, str], None]
 # --------------------------------------------------------------------------------------------
 # Results file
 # --------------------------------------------------------------------------------------------
-def read_results(out: Path) -> list[dict[str, Any]]:
+def _lines(out: Path) -> list[str]:
     path = out / RESULTS
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _parse(lines: list[str]) -> list[dict[str, Any]]:
+    """One row per key, in file order; of a key written twice the first row counts (two runs into
+    one --out, or an older diet-explore, could write a key twice). A line cut by an interruption
+    (possible only before writes were atomic) is skipped: that combination simply runs again."""
+    rows, seen = [], set()
+    for line in lines:
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut by an interruption: that combination simply runs again
+            continue
+        if not isinstance(row, dict) or row.get("key") in seen:
+            continue
+        seen.add(row.get("key"))
+        rows.append(row)
     return rows
 
 
-def append_result(out: Path, row: dict[str, Any]) -> None:
-    rows = read_results(out) + [row]
+def read_results(out: Path) -> list[dict[str, Any]]:
+    """The rows of ``<out>/results.jsonl``, one per (method, sparsity) key and one for dense."""
+    return _parse(_lines(out))
+
+
+def _write(out: Path, rows: list[dict[str, Any]]) -> None:
     atomic.write_text(out / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_result(out: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Add ``row`` to the results file, unless a row with its key is there already (another run of
+    the same sweep into this --out finished it first); returns the row the file holds for that key.
+    The read, the check and the rewrite happen under the file's lock, so two runs at once neither
+    lose a row nor write one twice."""
+    with atomic.locked(out / RESULTS):
+        rows = read_results(out)
+        for existing in rows:
+            if existing.get("key") == row.get("key"):
+                return existing
+        _write(out, [*rows, row])
+    return row
+
+
+def repair_results(out: Path) -> int:
+    """Rewrite the results file with one row per key (dropping repeated keys and unreadable lines);
+    returns how many lines were dropped (0: the file was already clean and is not rewritten)."""
+    with atomic.locked(out / RESULTS):
+        lines = _lines(out)
+        rows = _parse(lines)
+        if len(rows) == len(lines):
+            return 0
+        _write(out, rows)
+    return len(lines) - len(rows)
 
 
 def check_resumable(done: list[dict[str, Any]], out: Path, fingerprint: str) -> None:

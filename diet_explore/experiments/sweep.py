@@ -52,6 +52,7 @@ from diet_explore.experiments.results import (
     append_result,
     check_resumable,
     read_results,
+    repair_results,
     task_row,
 )
 from diet_explore.experiments.runs import run_record
@@ -224,6 +225,9 @@ def run_compare(
     fingerprint = config.fingerprint(cache.manifest_hash, dtype)
     done = read_results(out)
     check_resumable(done, out, fingerprint)
+    dropped = repair_results(out) if done else 0
+    if dropped:
+        log(f"removed {dropped} repeated or unreadable line(s) from {out / RESULTS}: one row per run is kept")
     info = None  # the loaded model's ModelInfo: only then does config.model name the model evaluated
     if model is None:
         from diet_explore.models.loading import load_model
@@ -279,7 +283,7 @@ def run_compare(
             row["reused"] = res.extra["cached"]["path"]
             log(f"dense: reusing its results of {res.extra['cached']['created']} ({row['reused']})")
         add_average(row)
-        append_result(out, row)
+        row = append_result(out, row)  # another run into this --out may have finished it first
         done.append(row)
         log(f"dense: avg {row['avg']:.4f}, ppl {row['ppl']}")
         k += 1
@@ -289,6 +293,13 @@ def run_compare(
         key = combo_key(method, sparsity)
         if key in have:
             continue
+        finished = {r.get("key"): r for r in read_results(out)}
+        if key in finished:  # another run into this --out did it meanwhile
+            done.append(finished[key])
+            have.add(key)
+            log(f"{key}: already finished by another run into {out}; keeping that result")
+            k += 1
+            continue
         start = time.perf_counter()
         row = _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, step(k), prune_model)
         row.update(key=key, fingerprint=fingerprint, wall_time_s=time.perf_counter() - start)
@@ -297,9 +308,13 @@ def run_compare(
         # results.jsonl first, with the run id: it is what a resume trusts, so an interruption or a
         # failing run store from here on costs at most the store record, which the next run writes
         row["run_id"] = new_run_id(key + fingerprint)
-        append_result(out, row)
-        done.append(row)
+        kept = append_result(out, row)
+        done.append(kept)
         have.add(key)
+        if kept is not row:  # another run into this --out finished it first: its row and its record count
+            log(f"{key}: already finished by another run into {out}; keeping that result")
+            k += 1
+            continue
         _store_run(store, row, dense, config, out)
         log(
             f"{key}: kept {row['n_keep']}, avg {row['avg']:.4f} (Δ {row['delta_avg']:+.4f} "

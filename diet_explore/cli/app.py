@@ -43,7 +43,9 @@ def app_environment(cache: str | None, base: Path, env: dict[str, str]) -> dict[
     out = {**env, "DIET_EXPLORE_APP_DIR": str(base)}
     if cache is None:
         return out
-    path = Path(cache).expanduser().resolve()
+    from diet_explore.core.atomic import check_path
+
+    path = check_path(cache, "--cache").expanduser().resolve()
     if (path / "manifest.json").is_file():  # one cache: open it, and list the caches beside it
         out.update(DIET_EXPLORE_CACHE_DIR=str(path.parent), DIET_EXPLORE_DEFAULT_CACHE=path.name)
     elif path.is_dir():

@@ -83,8 +83,8 @@ def check_path(path: str | Path, what: str = "path") -> Path:
     for part in Path(text).parts:
         if len(os.fsencode(part)) > NAME_MAX:
             raise DietError(
-                f"{what} {_short(text)} has a name of {len(os.fsencode(part))} bytes ({_short(part, 24)}); "
-                f"file and folder names are at most {NAME_MAX} bytes",
+                f"{what} {_short(text)}: the name {part[:12]}…{part[-12:]} is {len(os.fsencode(part))} bytes long; "
+                f"a file or folder name is at most {NAME_MAX} bytes",
                 f"shorten that name to at most {NAME_MAX} bytes",
             )
     if len(os.fsencode(text)) >= PATH_MAX:
@@ -110,8 +110,8 @@ def file_target(path: str | Path, what: str = "output") -> Path:
     real = Path(os.path.realpath(path))  # every symlink followed; a dangling one gives where it points
     try:
         mode = os.stat(real).st_mode
-    except FileNotFoundError:
-        return real
+    except (FileNotFoundError, NotADirectoryError):
+        return real  # not there yet (check_writable says whether it can be created)
     except OSError as exc:
         raise DietError(f"{what} {path} cannot be used ({exc.strerror or exc})", f"choose another {what}") from None
     if stat.S_ISDIR(mode):

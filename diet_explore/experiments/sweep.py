@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from diet_explore.core import atomic
-from diet_explore.core.config import JsonConfig
+from diet_explore.core.config import JsonConfig, check_seed
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.evalcache import EvalCache
 from diet_explore.evaluation.evaluate import EvalConfig, EvalResult, eval_requests, evaluate_cached, evaluate_model
@@ -103,6 +103,8 @@ class CompareConfig(JsonConfig):
     dtype: str | None = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "--seed")  # before config.json and results.jsonl are written
+        check_seed(self.mask_seed, "--mask-seed")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise DietError(f"unknown method(s): {', '.join(unknown)}", f"choose from {', '.join(METHODS)}")
@@ -218,6 +220,8 @@ def run_compare(
     atomic.check_writable(out, "--out", folder=True)
     store = store if store is not None else RunStore()
     store.check("--runs")
+    if eval_cache is not None:
+        eval_cache.check()
     cache = load_cache(config.cache)
     ecfg = config.eval_config()
     requests = eval_requests(ecfg)

@@ -39,6 +39,7 @@ PAGES = [
 ]
 
 state.boot()
+ui.updating_sign()  # stale numbers fade at once, with an "Updating…" badge, while a rerun is on its way
 page = st.navigation(PAGES)
 loaded = ui.cache_picker()
 st.session_state["_loaded"] = loaded

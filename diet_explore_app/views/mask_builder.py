@@ -23,13 +23,11 @@ with ui.shown_errors():
 
     controls, results = st.columns([1, 2], gap="large")
     with controls:
+        ui.reset_button(cache)
         ui.sparsity_slider()
-        st.slider(
-            "Vote threshold τ (share of task weight that must keep a dim)", 0.0, 1.0, step=0.05, **state.kw(S.KEY_THRESHOLD)
-        )
+        ui.threshold_slider()
         st.markdown("**Task weights** (0 removes the task)")
-        for t in cache.task_names:
-            st.slider(t, 0.0, S.WEIGHT_MAX, step=0.1, **state.kw(S.weight_key(t)))
+        ui.weight_sliders(cache)
         method = st.selectbox(
             "Merge rule",
             METHODS,
@@ -40,22 +38,14 @@ with ui.shown_errors():
             st.selectbox("Task", cache.task_names, **state.sel_kw(state.K_SINGLE_TASK, cache.task_names))
         if method == "leave_one_out":
             st.selectbox("Held-out task", cache.task_names, **state.sel_kw(state.K_HELD_OUT, cache.task_names))
-        ui.score_controls(cache)
+        ui.score_controls(cache, stacked=True)
         st.selectbox(
             "Normalisation (mean_score merge, exact tie-breaks)",
             list(S.NORMALIZATIONS),
             **state.sel_kw(S.KEY_NORMALIZE, S.NORMALIZATIONS),
         )
-        st.toggle("Exact sparsity (keep exactly the target count)", **state.kw(S.KEY_EXACT))
-        st.number_input(
-            "Kept count a multiple of",
-            1,
-            4096,
-            step=1,
-            **state.kw(S.KEY_MULTIPLE),
-            help="8 suits GPU kernels; Llama/Gemma configs need a multiple of the attention head count "
-            "to save the pruned model (1 = any count)",
-        )
+        st.toggle("Exact count", help=ui.HELP["exact"], **state.kw(S.KEY_EXACT))
+        st.number_input("Kept count a multiple of", 1, 4096, step=1, **state.kw(S.KEY_MULTIPLE), help=ui.HELP["multiple"])
 
     with results, ui.shown_errors():
         config, result = ui.current_mask(loaded)
@@ -112,9 +102,10 @@ with ui.shown_errors():
                 delta=f"± {stab.std_jaccard:.4f} (std)",
                 delta_color="off",
                 delta_arrow="off",
+                help=ui.HELP["jaccard"],
             )
-            b[1].metric("Stable dims", stab.n_stable)
-            b[2].metric("Unstable dims", int(stab.unstable.sum()))
+            b[1].metric("Stable dims", stab.n_stable, help=ui.HELP["stable"])
+            b[2].metric("Unstable dims", int(stab.unstable.sum()), help=ui.HELP["stable"])
             st.caption(
                 f"Jaccard of pruned sets, {stab.n_resamples} resamples vs the full-sample mask. Stable: kept in 0% or "
                 "100% of resamples; unstable: kept in 5–95%."

@@ -10,10 +10,12 @@ from diet_explore import plots
 from diet_explore.core.errors import DietError
 from diet_explore.masking.importance import aggregate_scores
 from diet_explore.masking.selection import keep_count, rank_dims, top_k_mask
+from diet_explore.masking.vote import passes_vote, vote_share
 from diet_explore_app import loaders, state
+from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
-K_TASK, K_TOP_N, K_DIMS = "rank_task", "rank_top_n", "rank_dims"
+K_TASK, K_TOP_N, K_DIMS, K_FIT = "rank_task", "rank_top_n", "rank_dims", "rank_fit_colours"
 
 
 def parse_dims(text: str, hidden_size: int) -> list[int]:
@@ -35,12 +37,14 @@ with ui.shown_errors():
     loaded = ui.require_cache()
     cache, pre = loaded.cache, loaded.pre
     tasks = list(cache.tasks)  # evaluation tasks and generic text
+    ui.vote_settings(cache)
     site, agg, last_k = ui.score_controls(cache)
+    sparsity, tau = float(state.get(S.KEY_SPARSITY)), float(state.get(S.KEY_THRESHOLD))
     scores = {t: aggregate_scores(pre, t, site, agg, last_k) for t in tasks}  # (D,) each
-    n_keep = keep_count(cache.hidden_size, float(state.get("sparsity")))
+    n_keep = keep_count(cache.hidden_size, sparsity)
 
     st.plotly_chart(plots.sorted_score_curves(scores, cutoff_rank=n_keep), key="rank_curves")
-    st.caption(f"Dashed line: the {n_keep} dims each task keeps at sparsity {state.get('sparsity'):.2f}.")
+    st.caption(f"Dashed line: the {n_keep} dims each task keeps at sparsity {sparsity:.2f}.")
 
     state.default(K_TASK, cache.task_names[0])
     state.default(K_TOP_N, 10)
@@ -51,6 +55,9 @@ with ui.shown_errors():
     s = scores[task]
     order = rank_dims(s)
     in_top = top_k_mask(pre.matrix(cache.task_names, site, agg, last_k), n_keep)  # (T, D) kept per task
+    weights = np.array([float(state.get(S.weight_key(t), 1.0)) for t in cache.task_names])  # (T,)
+    share = vote_share(in_top, weights)  # (D,) the vote's weighted share of tasks keeping each dim
+    kept = passes_vote(share, tau)
 
     def table(idx: np.ndarray, start_rank: int) -> pd.DataFrame:
         return pd.DataFrame(
@@ -58,10 +65,15 @@ with ui.shown_errors():
                 "rank": np.arange(start_rank, start_rank + idx.size),
                 "dim": idx,
                 "score": np.round(s[idx], 5),
-                "tasks keeping it": in_top[:, idx].sum(0),
+                "task weight keeping it": np.round(share[idx], 3),
+                f"kept by the vote (τ = {tau:g})": kept[idx],
             }
         )
 
+    st.caption(
+        "*task weight keeping it*: the share of the total task weight whose tasks keep the dim at this sparsity "
+        "(a weight-0 task counts for nothing); the vote keeps a dim when that share reaches τ."
+    )
     t1, t2 = st.columns(2)
     t1.markdown(f"**Top {top_n}** ({task})")
     t1.dataframe(table(order[:top_n], 1), hide_index=True, key="rank_top_table")
@@ -76,5 +88,6 @@ with ui.shown_errors():
         st.plotly_chart(plots.layer_dim_heatmap(cache.layer_scores(task, site), dims, task), key="rank_layer_heatmap")
 
     st.plotly_chart(plots.score_distributions(scores), key="rank_distributions")
+    fit = ui.colour_range_toggle(K_FIT)
     corr = loaders.spearman_for(loaded.path, loaded.sha, tuple(tasks), site, agg, last_k)
-    st.plotly_chart(plots.correlation_heatmap(corr, tasks), key="rank_correlation")
+    st.plotly_chart(plots.correlation_heatmap(corr, tasks, auto_range=fit), key="rank_correlation")

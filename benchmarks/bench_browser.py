@@ -205,6 +205,9 @@ def find_input(p: Page, name: str, tasks: list[str]):
             .filter(has=p.page.get_by_text(label, exact=True))
             .first.locator('input[type="range"]')
         )
+        if loc.count() and not loc.is_visible():  # the weights sit in a folded "Task weights" expander
+            p.page.locator('[data-testid="stExpander"] summary').filter(has_text="Task weights").first.click()
+            p.idle()
     else:
         loc = p.slider(label)
     return loc if loc.count() else None
@@ -237,8 +240,11 @@ def time_input(p: Page, page_key: str, name: str, tasks: list[str], repeats: int
     return out
 
 
-SIGN_JS = """(el) => {   // is an update visibly under way? Streamlit's running icon, or the element faded as stale
+SIGN_JS = """(el) => {   // is an update visibly under way? Streamlit's running icon, the app's "Updating…" badge,
+                         // or the element faded as stale
     if (document.querySelector('[data-testid="stStatusWidgetRunningIcon"]')) return true;
+    const app = document.querySelector('.stApp');
+    if (app && getComputedStyle(app, '::after').content.includes('Updating')) return true;
     let o = 1; for (let e = el; e && e.nodeType === 1; e = e.parentElement) o *= parseFloat(getComputedStyle(e).opacity);
     return o < 0.95;
 }"""

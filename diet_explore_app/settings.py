@@ -12,6 +12,7 @@ a bad value is dropped with a warning, so a mangled link still opens the app.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import os
@@ -53,7 +54,15 @@ def env_dir(env: Mapping[str, str], name: str, default: Path) -> Path:
 def base_dir(env: Mapping[str, str] | None = None) -> Path:
     """The app's folder: ``DIET_EXPLORE_APP_DIR``, else the working folder the server started in
     (the repository root for ``make run``). Relative paths, ``cache/`` and ``artifacts/`` are in it."""
-    return env_dir(os.environ if env is None else env, BASE_DIR_ENV, Path.cwd()).resolve()
+    env = os.environ if env is None else env
+    return _resolved(env.get(BASE_DIR_ENV, "").strip(), os.getcwd())
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(value: str, cwd: str) -> Path:
+    """``base_dir``'s path, resolved once per (setting, working folder): resolving walks every
+    component with a system call, and a page asks for it dozens of times per rerun."""
+    return (Path(value).expanduser() if value else Path(cwd)).resolve()
 
 
 def packaged_cache_root() -> Path | None:

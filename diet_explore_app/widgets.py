@@ -324,11 +324,16 @@ def saved_size(path: Path) -> str:
 
 UPDATING_CSS = """
 <style>
-/* An update is under way the moment a widget changes: Streamlit marks every element stale at once,
-   but shows it only after 0.5 s and then fades it over 1 s, so the old numbers stood as if current.
-   Fade them at once, and say so. */
-[data-testid="stElementContainer"][data-stale="true"] { opacity: 0.4 !important; transition: opacity 60ms ease-in !important; }
-.stApp:has([data-testid="stElementContainer"][data-stale="true"])::after {
+/* An update is under way the moment a widget changes. Streamlit marks the old elements stale, but
+   shows it only after 0.5 s (then fades them over 1 s), and under load it marks them a frame or a few
+   hundred milliseconds after the slider has moved: old numbers stood beside a new slider value as if
+   current. Stale or about to be (html.diet-updating, set by UPDATING_JS in the key press itself):
+   faded at once, with an "Updating…" badge. */
+[data-testid="stElementContainer"][data-stale="true"],
+html.diet-updating [data-testid="stMain"] [data-testid="stElementContainer"]:not(:focus-within) {
+  opacity: 0.4 !important; transition: opacity 60ms ease-in !important;
+}
+.stApp:has([data-testid="stElementContainer"][data-stale="true"])::after, html.diet-updating .stApp::after {
   content: "Updating…"; position: fixed; top: 0.55rem; left: 50%; transform: translateX(-50%); z-index: 1000100;
   padding: 0.15rem 0.8rem; border-radius: 1rem; font-size: 0.85rem; pointer-events: none;
   background: #ffbd45; color: #262730; box-shadow: 0 1px 4px rgba(0, 0, 0, 0.2);
@@ -336,7 +341,52 @@ UPDATING_CSS = """
 </style>
 """
 
+# Runs in the page (st.html): a key press or release on a slider, number input or toggle sets
+# html.diet-updating in that same event, before Streamlit's own handlers; it is cleared once the
+# rerun it started has finished: Streamlit's stale marks came and have been gone for QUIET ms (a
+# rerun asked for while another runs starts only after that one has finished, and in between the
+# page looked idle with the old numbers for 50-200 ms), or at once when the value did not change
+# (a key at the end of a slider).
+UPDATING_JS = """
+<script>
+(() => {
+  if (window.__dietUpdating) return;
+  window.__dietUpdating = true;
+  const root = document.documentElement;
+  const WIDGETS = '[data-testid="stSlider"], [data-testid="stNumberInput"], [data-testid="stCheckbox"], [data-testid="stToggle"]';
+  const KEYS = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp", "PageDown", "Enter"]);
+  const busy = () => document.querySelector('[data-testid="stElementContainer"][data-stale="true"]')
+    || document.querySelector('[data-testid="stStatusWidgetRunningIcon"]');
+  const QUIET = 250;
+  let since = 0, seen = false, idleFrom = null, widget = null, before = null;
+  const value = (w) => w ? w.innerText : null;
+  const tick = () => {
+    if (!root.classList.contains("diet-updating")) return;
+    const now = performance.now();
+    if (busy()) { seen = true; idleFrom = null; }
+    else if (idleFrom === null) idleFrom = now;
+    const done = seen ? now - idleFrom >= QUIET : now - since > 1500 || (now - since > 150 && value(widget) === before);
+    if (done) { root.classList.remove("diet-updating"); return; }
+    requestAnimationFrame(tick);
+  };
+  const start = (ev) => {
+    if (ev.type === "keydown" && !KEYS.has(ev.key)) return;
+    const w = ev.target instanceof Element ? ev.target.closest(WIDGETS) : null;
+    if (!w) return;
+    widget = w; before = value(w); since = performance.now(); seen = false; idleFrom = null;
+    root.classList.add("diet-updating");
+    requestAnimationFrame(tick);
+  };
+  document.addEventListener("keydown", start, true);
+  document.addEventListener("pointerup", start, true);
+})();
+</script>
+"""
+
 
 def updating_sign() -> None:
-    """Stale numbers never stand without a sign (UPDATING_CSS); app.py adds it on every run."""
+    """Stale numbers never stand without a sign (UPDATING_CSS, UPDATING_JS); app.py adds both on every
+    run (the script, in the sidebar, runs once per page load)."""
     st.markdown(UPDATING_CSS, unsafe_allow_html=True)
+    with st.sidebar:
+        st.html(UPDATING_JS, unsafe_allow_javascript=True)

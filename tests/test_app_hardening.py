@@ -256,3 +256,12 @@ def test_the_default_export_name_carries_the_settings(tiny_at):
     run_page(at, "export")
     second = at.text_input(key="export_name").value
     assert first != second and first.rsplit("-", 1)[0] == second.rsplit("-", 1)[0]  # same sparsity, other hash
+
+
+def test_the_app_server_runs_numpy_products_on_one_thread(tmp_path):
+    """Two OpenBLAS threads on two busy cores made the Mask builder's bootstrap products 35-55x slower."""
+    from diet_explore.cli.app import app_environment
+
+    env = app_environment(None, tmp_path, {"PATH": "/bin"})
+    assert env["OPENBLAS_NUM_THREADS"] == "1" and env["DIET_EXPLORE_APP_DIR"] == str(tmp_path)
+    assert app_environment(None, tmp_path, {"OPENBLAS_NUM_THREADS": "4"})["OPENBLAS_NUM_THREADS"] == "4"  # the user's wins

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from diet_explore import plots
 from diet_explore.core.errors import DietError
 from diet_explore_app import loaders, state
 from diet_explore_app import settings as S
@@ -44,12 +43,14 @@ with ui.shown_errors():
     )
 
     fit = ui.colour_range_toggle(K_FIT)
-    st.plotly_chart(plots.jaccard_heatmap(jac, tasks, report.sparsity, auto_range=fit), key="agree_jaccard")
+    key = (loaded.path, loaded.sha, sparsity, tuple(tasks), site, agg, last_k)
+    figs = loaders.agreement_figures(*key, fit)
+    st.plotly_chart(figs["jaccard"], key="agree_jaccard")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(plots.vote_histogram(votes, t, threshold=tau), key="agree_vote_hist")
+        st.plotly_chart(loaders.vote_histogram_figure(*key, tau), key="agree_vote_hist")
     with right:
-        st.plotly_chart(plots.vote_matrix(report.prune, tasks), key="agree_vote_matrix")
-    if not report.upset.empty:
-        st.plotly_chart(plots.upset_bars(report.upset, tasks), key="agree_upset")
+        st.plotly_chart(figs["matrix"], key="agree_vote_matrix")
+    if figs["upset"] is not None:
+        st.plotly_chart(figs["upset"], key="agree_upset")
         st.caption(ui.HELP["upset"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from diet_explore import plots
 from diet_explore.masking.baselines import BASELINE_METHODS
 from diet_explore.masking.vote import MERGE_METHODS
 from diet_explore_app import loaders, state
@@ -13,6 +12,41 @@ from diet_explore_app import widgets as ui
 
 METHODS = list(MERGE_METHODS + BASELINE_METHODS)
 K_STAB_ON, K_STAB_N = "stab_on", "stab_n"
+
+
+@st.fragment
+def stability_section(loaded, config) -> None:
+    """Bootstrap stability: its own widgets (on/off, resamples) rerun only this part of the page."""
+    with ui.shown_errors():
+        st.markdown("**Bootstrap stability** (resample each task's calibration samples, rebuild the mask)")
+        s1, s2 = st.columns(2)
+        stab_on = s1.toggle("Compute stability", **state.kw(K_STAB_ON))
+        n_res = int(s2.number_input("Resamples", 10, 1000, step=10, **state.kw(K_STAB_N)))
+        if not stab_on:
+            st.caption("Stability is off.")
+        elif config.method in ("random", "magnitude"):
+            st.caption(f"Method {config.method!r} uses no calibration samples, so it has no sampling variability.")
+        else:
+            stab = loaders.bootstrap_for(loaded.path, loaded.sha, config.to_json(), n_res)
+            b = st.columns(3)
+            b[0].metric(
+                "Jaccard vs full mask",
+                f"{stab.mean_jaccard:.4f}",
+                delta=f"± {stab.std_jaccard:.4f} (std)",
+                delta_color="off",
+                delta_arrow="off",
+                help=ui.HELP["jaccard"],
+            )
+            b[1].metric("Stable dims", stab.n_stable, help=ui.HELP["stable"])
+            b[2].metric("Unstable dims", int(stab.unstable.sum()), help=ui.HELP["stable"])
+            st.caption(
+                f"Jaccard of pruned sets, {stab.n_resamples} resamples vs the full-sample mask. Stable: kept in 0% or "
+                "100% of resamples; unstable: kept in 5–95%."
+            )
+            for note in stab.notes:
+                st.caption(note)
+            st.plotly_chart(loaders.stability_figure(loaded.path, loaded.sha, config.to_json(), n_res), key="mb_stability")
+
 
 st.title("Mask builder")
 with ui.shown_errors():
@@ -84,32 +118,4 @@ with ui.shown_errors():
         st.markdown("**Overlap with baselines** (baselines built at the same kept count)")
         st.dataframe(overlaps, hide_index=True, key="mb_overlaps")
 
-        st.markdown("**Bootstrap stability** (resample each task's calibration samples, rebuild the mask)")
-        s1, s2 = st.columns(2)
-        stab_on = s1.toggle("Compute stability", **state.kw(K_STAB_ON))
-        n_res = int(s2.number_input("Resamples", 10, 1000, step=10, **state.kw(K_STAB_N)))
-        if not stab_on:
-            st.caption("Stability is off.")
-        elif config.method in ("random", "magnitude"):
-            st.caption(f"Method {config.method!r} uses no calibration samples, so it has no sampling variability.")
-        else:
-            stab = loaders.bootstrap_for(loaded.path, loaded.sha, config.to_json(), n_res)
-            f = stab.keep_frequency
-            b = st.columns(3)
-            b[0].metric(
-                "Jaccard vs full mask",
-                f"{stab.mean_jaccard:.4f}",
-                delta=f"± {stab.std_jaccard:.4f} (std)",
-                delta_color="off",
-                delta_arrow="off",
-                help=ui.HELP["jaccard"],
-            )
-            b[1].metric("Stable dims", stab.n_stable, help=ui.HELP["stable"])
-            b[2].metric("Unstable dims", int(stab.unstable.sum()), help=ui.HELP["stable"])
-            st.caption(
-                f"Jaccard of pruned sets, {stab.n_resamples} resamples vs the full-sample mask. Stable: kept in 0% or "
-                "100% of resamples; unstable: kept in 5–95%."
-            )
-            for note in stab.notes:
-                st.caption(note)
-            st.plotly_chart(plots.stability_histogram(f), key="mb_stability")
+        stability_section(loaded, config)

@@ -146,21 +146,34 @@ def cache_link_value(loaded: Loaded) -> str | None:
     return display_path(loaded.path)
 
 
+SPARSITY_LABEL = "Sparsity (fraction of hidden dims pruned)"
+THRESHOLD_LABEL = "Vote threshold τ (share of task weight that must keep a dim)"
+
+
 def sparsity_slider() -> float:
-    return st.slider(
-        "Sparsity (fraction of hidden dims pruned)", 0.0, 0.9, step=0.01, help=HELP["sparsity"], **kw(S.KEY_SPARSITY)
-    )
+    return st.slider(SPARSITY_LABEL, 0.0, 0.9, step=0.01, help=HELP["sparsity"], **kw(S.KEY_SPARSITY))
 
 
 def threshold_slider() -> float:
-    return st.slider(
-        "Vote threshold τ (share of task weight that must keep a dim)",
-        0.0,
-        1.0,
-        step=0.05,
-        help=HELP["tau"],
-        **kw(S.KEY_THRESHOLD),
-    )
+    return st.slider(THRESHOLD_LABEL, 0.0, 1.0, step=0.05, help=HELP["tau"], **kw(S.KEY_THRESHOLD))
+
+
+def slider_settings(cache: ScoreCache) -> dict[str, float]:
+    """The shared settings sliders by their label (what the page shows them as), with the values the
+    page was computed with."""
+    values = {SPARSITY_LABEL: float(get(S.KEY_SPARSITY, 0.2)), THRESHOLD_LABEL: float(get(S.KEY_THRESHOLD, 0.5))}
+    return values | {t: float(get(S.weight_key(t), 1.0)) for t in cache.task_names}
+
+
+def rendered_marker(cache: ScoreCache) -> None:
+    """At the end of a run: the slider values this page's numbers were computed with, for
+    UPDATING_JS to compare with the sliders shown (hidden, in the sidebar)."""
+    import html
+    import json
+
+    values = html.escape(json.dumps(slider_settings(cache)), quote=True)
+    with st.sidebar:
+        st.html(f'<span class="diet-rendered" data-values="{values}" hidden></span>')
 
 
 def weight_sliders(cache: ScoreCache) -> None:
@@ -341,41 +354,54 @@ html.diet-updating [data-testid="stMain"] [data-testid="stElementContainer"]:not
 </style>
 """
 
-# Runs in the page (st.html): a key press or release on a slider, number input or toggle sets
-# html.diet-updating in that same event, before Streamlit's own handlers; it is cleared once the
-# rerun it started has finished: Streamlit's stale marks came and have been gone for QUIET ms (a
-# rerun asked for while another runs starts only after that one has finished, and in between the
-# page looked idle with the old numbers for 50-200 ms), or at once when the value did not change
-# (a key at the end of a slider).
+# Runs in the page (st.html), every animation frame: the page is updating while a settings slider
+# shows another value than the one the page was computed with (``rendered_marker``, written at the
+# end of each run), from the frame the slider moves until the run with that value is on screen.
+# Other widgets (number inputs, toggles) set it from the key press or release itself, until
+# Streamlit's stale marks came and have been gone for QUIET ms, or at once when the value did not
+# change. Streamlit's own sign came late: it marks elements stale a frame to a few hundred ms after
+# the slider moved, shows it after 0.5 s, and looks idle between a run and the rerun queued behind it.
 UPDATING_JS = """
 <script>
 (() => {
   if (window.__dietUpdating) return;
   window.__dietUpdating = true;
   const root = document.documentElement;
-  const WIDGETS = '[data-testid="stSlider"], [data-testid="stNumberInput"], [data-testid="stCheckbox"], [data-testid="stToggle"]';
+  const WIDGETS = '[data-testid="stNumberInput"], [data-testid="stCheckbox"], [data-testid="stToggle"]';
   const KEYS = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp", "PageDown", "Enter"]);
+  const QUIET = 250;
   const busy = () => document.querySelector('[data-testid="stElementContainer"][data-stale="true"]')
     || document.querySelector('[data-testid="stStatusWidgetRunningIcon"]');
-  const QUIET = 250;
-  let since = 0, seen = false, idleFrom = null, widget = null, before = null;
-  const value = (w) => w ? w.innerText : null;
-  const tick = () => {
-    if (!root.classList.contains("diet-updating")) return;
-    const now = performance.now();
-    if (busy()) { seen = true; idleFrom = null; }
-    else if (idleFrom === null) idleFrom = now;
-    const done = seen ? now - idleFrom >= QUIET : now - since > 1500 || (now - since > 150 && value(widget) === before);
-    if (done) { root.classList.remove("diet-updating"); return; }
-    requestAnimationFrame(tick);
+  const mismatch = () => {
+    const m = document.querySelector(".diet-rendered");
+    if (!m) return false;
+    let rendered;
+    try { rendered = JSON.parse(m.dataset.values); } catch (e) { return false; }
+    for (const input of document.querySelectorAll('[data-testid="stSlider"] input[type="range"]')) {
+      const label = input.getAttribute("aria-label");
+      if (label in rendered && Math.abs(Number(input.value) - rendered[label]) > 1e-9) return true;
+    }
+    return false;
   };
+  let hook = false, since = 0, seen = false, idleFrom = null, widget = null, before = null;
+  const hookDone = (now) => {
+    if (busy()) { seen = true; idleFrom = null; return false; }
+    if (idleFrom === null) idleFrom = now;
+    return seen ? now - idleFrom >= QUIET : now - since > 1500 || (now - since > 150 && widget.innerText === before);
+  };
+  const frame = () => {
+    const now = performance.now();
+    if (hook && hookDone(now)) hook = false;
+    root.classList.toggle("diet-updating", hook || mismatch());
+    requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
   const start = (ev) => {
     if (ev.type === "keydown" && !KEYS.has(ev.key)) return;
     const w = ev.target instanceof Element ? ev.target.closest(WIDGETS) : null;
     if (!w) return;
-    widget = w; before = value(w); since = performance.now(); seen = false; idleFrom = null;
+    widget = w; before = w.innerText; since = performance.now(); seen = false; idleFrom = null; hook = true;
     root.classList.add("diet-updating");
-    requestAnimationFrame(tick);
   };
   document.addEventListener("keydown", start, true);
   document.addEventListener("pointerup", start, true);

@@ -124,8 +124,13 @@ HISTORY_COLUMNS = {  # run-store listing column -> header
     "delta_avg": "Δ",
     "ci": "95% CI",
     "ppl": "Perplexity",
-    "run_id": "Run",
+    "run_id": "Run",  # the run id's hash part: its time is in the first column
 }
+
+
+def short_run_id(run_id: Any) -> str:
+    """'20261128T213845-9339a21d' -> '9339a21d' (what the history shows; the store file is named by the whole id)."""
+    return "" if _missing(run_id) else str(run_id).rsplit("-", 1)[-1]
 
 
 def format_history_table(runs: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
@@ -149,6 +154,8 @@ def format_history_table(runs: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             out[header] = [number(v, digits, signed=True) for v in runs[col]]
         elif col == "sparsity":
             out[header] = [number(v, 4) for v in runs[col]]
+        elif col == "run_id":
+            out[header] = [short_run_id(v) for v in runs[col]]
         else:
             out[header] = ["" if _missing(v) else str(v) for v in runs[col]]
     return out.reset_index(drop=True)

@@ -115,6 +115,7 @@ def test_history_table_fits_with_short_headers():
     assert list(out.columns) == list(tables.HISTORY_COLUMNS.values()) and len(out.columns) == 12  # was 17 columns
     row = out.iloc[0]
     assert row["When (UTC)"] == "2026-11-28 21:38" and row["95% CI"] == "[−0.385, +0.242]" and row["Perplexity"] == ""
+    assert row["Run"] == "9339a21d"
 
 
 def test_tasks_keeping_a_dim_respect_the_task_weights(app, alpha):

@@ -78,7 +78,7 @@ def test_prune_and_evaluate_matches_the_library_and_is_stored(tiny_app, tiny):
     assert run["mask_config"] == MaskConfig(sparsity=0.25).to_dict()
     assert run["cache_manifest_hash"] == tiny.manifest_hash
     history = at.dataframe[1].value
-    assert history["Run"].tolist() == [run["run_id"]]
+    assert history["Run"].tolist() == [run["run_id"].rsplit("-", 1)[1]]
     assert history["Δ"].iloc[0] == number(pair.average_delta()[0], signed=True)
 
 
@@ -166,7 +166,7 @@ def test_a_failure_midway_is_an_error_box_and_the_history_is_intact(tiny_app, mo
     assert not at.exception
     assert at.error and "failed midway: RuntimeError: CUDA out of memory (simulated)" in at.error[0].value
     assert sorted((p.name, p.read_bytes()) for p in dirs["runs"].iterdir()) == before
-    assert at.dataframe[-1].value["Run"].tolist() == [earlier]  # history still lists the earlier run
+    assert at.dataframe[-1].value["Run"].tolist() == [earlier.rsplit("-", 1)[1]]  # history still lists the earlier run
 
 
 @pytest.fixture

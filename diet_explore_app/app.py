@@ -40,6 +40,7 @@ PAGES = [
 ]
 
 state.boot()
+ui.updating_sign()  # stale numbers fade at once, with an "Updating…" badge, while a rerun is on its way
 page = st.navigation(PAGES)
 loaded = ui.cache_picker()
 st.session_state["_loaded"] = loaded
@@ -48,6 +49,7 @@ if loaded is not None:
 state.show_link_warnings()
 page.run()
 if loaded is not None:
+    ui.rendered_marker(loaded.cache)  # the slider values this run's numbers belong to (see widgets.UPDATING_JS)
     # e.g. every weight 0: the page shows the error next to the widgets; the URL keeps the last valid view
     with contextlib.suppress(DietError):
         state.sync_query_params(state.current_config(loaded.cache), ui.cache_link_value(loaded))

@@ -5,6 +5,10 @@ lists every data file's sha256, so a re-profiled cache gets a new key. The ``Sco
 wrapping it (memoised layer aggregation, read-only arrays) is a ``st.cache_resource`` on the same
 key, so a slider move does not unpickle the arrays again. Derived results (masks, agreement,
 bootstrap) are ``st.cache_data`` on that key plus the settings. Every function body is one library call.
+
+Figures are ``st.cache_resource`` on the same keys (shared, never mutated: ``st.plotly_chart`` only
+reads them): building a plotly figure costs a few milliseconds of validation each, and every
+rerun of a page used to build all of them again, whatever changed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from diet_explore import plots
 from diet_explore.core.errors import DietError
 from diet_explore.experiments.proxy import ProxyValidation, describe, sweep_sources, validate_proxies
 from diet_explore.experiments.reports import Sweep, load_sweep
@@ -180,3 +185,54 @@ def model_config_problem(name: str) -> tuple[str, str] | None:
 def run_store() -> RunStore:
     """The run store (``DIET_EXPLORE_RUNS_DIR``, else the library's default)."""
     return RunStore()
+
+
+# ---------------------------------------------------------------------------------------------- figures
+@st.cache_resource(show_spinner=False, max_entries=64)
+def agreement_figures(
+    path: str, sha: str, sparsity: float, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int, fit: bool
+) -> dict:
+    """The Agreement page's figures that depend on the sparsity (not on τ): Jaccard heatmap, vote
+    matrix, UpSet (None when no dim is pruned)."""
+    rep = agreement_for(path, sha, sparsity, tasks, site, layer_agg, last_k)
+    return {
+        "jaccard": plots.jaccard_heatmap(rep.jaccard.to_numpy(), list(tasks), rep.sparsity, auto_range=fit),
+        "matrix": plots.vote_matrix(rep.prune, list(tasks)),
+        "upset": None if rep.upset.empty else plots.upset_bars(rep.upset, list(tasks)),
+    }
+
+
+@st.cache_resource(show_spinner=False, max_entries=128)
+def vote_histogram_figure(
+    path: str, sha: str, sparsity: float, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int, tau: float
+):
+    rep = agreement_for(path, sha, sparsity, tasks, site, layer_agg, last_k)
+    return plots.vote_histogram(rep.vote_counts, len(tasks), threshold=tau)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def score_curves_figure(path: str, sha: str, site: str, layer_agg: str, last_k: int, n_keep: int):
+    return plots.sorted_score_curves(task_scores(path, sha, site, layer_agg, last_k), cutoff_rank=n_keep)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def score_distributions_figure(path: str, sha: str, site: str, layer_agg: str, last_k: int):
+    return plots.score_distributions(task_scores(path, sha, site, layer_agg, last_k))
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def correlation_figure(path: str, sha: str, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int, fit: bool):
+    return plots.correlation_heatmap(spearman_for(path, sha, tasks, site, layer_agg, last_k), list(tasks), auto_range=fit)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def stability_figure(path: str, sha: str, config_json: str, n_resamples: int):
+    return plots.stability_histogram(bootstrap_for(path, sha, config_json, n_resamples).keep_frequency)
+
+
+def task_scores(path: str, sha: str, site: str, layer_agg: str, last_k: int) -> dict[str, np.ndarray]:
+    """(D,) aggregated scores of every task and generic set (memoised by ``ScorePrecompute``)."""
+    from diet_explore.masking.importance import aggregate_scores
+
+    pre = precompute(path, sha)
+    return {t: aggregate_scores(pre, t, site, layer_agg, last_k) for t in pre.cache.tasks}

@@ -156,11 +156,13 @@ def wait_health(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None
 
 
 def idle(page) -> None:
-    """Wait until the script run finished (the 'Running…' status widget is gone) and charts drew."""
+    """Wait until the script run finished (the status widget's running icon is gone; Streamlit 1.67
+    shows an icon and "Stop", not the word "Running", so the text alone never waited) and charts drew."""
     page.wait_for_timeout(300)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        "() => !document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]')"
+        " && !(document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " && document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running'))",
         timeout=WAIT_MS,
     )
     page.wait_for_timeout(300)

@@ -123,7 +123,12 @@ with ui.shown_errors():
             "**Live proxy** (from the cache, no model): the share of each task's activation mass the mask keeps "
             "(`kept_mass`), and of its squared activations (`kept_energy`, dominated by the few massive dims)"
         )
-        st.dataframe(loaders.proxies_for(loaded.path, loaded.sha, config.to_json()).round(4), hide_index=True, key="mb_proxy")
+        proxies = loaders.proxies_for(loaded.path, loaded.sha, config.to_json())
+        site = config.site if f"kept_mass@{config.site}" in proxies else "residual"
+        shown = proxies[["task", f"kept_mass@{site}", f"kept_energy@{site}"]]  # the mask's own site: a table that fits
+        shown.columns = ["task", "kept_mass", "kept_energy"]
+        st.dataframe(shown.round(4), hide_index=True, key="mb_proxy")
+        st.caption(f"At the {site} site, the one the mask's scores come from.")
         checks = loaders.proxy_checks(cache.model_name)
         if any(v is False for v, _ in checks.values()) and not any(v for v, _ in checks.values()):
             st.warning(

@@ -245,3 +245,80 @@ def test_contexts_pointing_past_the_task_are_refused(tiny_cache_root):
     arrays["tokens.string"][0] = 10**6
     with pytest.raises(DietError, match="past the string table"):
         TaskContexts.from_tensors(arrays, cache.sites, cache.hidden_size, cache.tasks["rte"].token_counts, 8, Path("x"))
+
+
+# -------------------------------------------------------------------------------- adding contexts to an old cache
+def _strip_to_schema_1(folder: Path) -> dict:
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["schema_version"] = 1
+    for meta in manifest["tasks"].values():
+        (folder / meta.pop("contexts")["file"]).unlink()
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return manifest
+
+
+def _tiny_profile_config(tiny_cache_root: Path, **extra):
+    from diet_explore.profiling.runner import ProfileConfig
+
+    folder = tiny_cache_root.parent / "models" / "tiny-llama"
+    return ProfileConfig(model=str(folder), tasks="rte,arc_easy", samples=6, generic=True, device="cpu", **extra)
+
+
+def _tiny_loaded(tiny_cache_root: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from diet_explore.models.loading import ModelInfo
+
+    folder = tiny_cache_root.parent / "models" / "tiny-llama"
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    info = ModelInfo(str(folder), "tiny-llama", None, None, None, "llama", 64, 2, sum(p.numel() for p in model.parameters()))
+    return model, tok, info
+
+
+def test_add_contexts_fills_an_old_cache_and_keeps_its_scores(tmp_path, tiny_cache_root):
+    from diet_explore.profiling.runner import profile
+
+    folder = tmp_path / "old"
+    shutil.copytree(tiny_cache_root / "tiny", folder)
+    old = _strip_to_schema_1(folder)
+    loaded = _tiny_loaded(tiny_cache_root)
+    plain = profile(_tiny_profile_config(tiny_cache_root), folder, progress=lambda *a: None, loaded=loaded)
+    assert all(s.contexts is None for s in plain.tasks.values())  # a plain resume has nothing to do
+    ran = []
+    cache = profile(
+        _tiny_profile_config(tiny_cache_root, add_contexts=True), folder, progress=lambda t, d, n: ran.append(t), loaded=loaded
+    )
+    assert set(ran) == {"rte", "arc_easy", "wikitext"}
+    reference = load_cache(tiny_cache_root / "tiny")
+    for name, meta in cache.manifest["tasks"].items():
+        assert meta["sha256"] == old["tasks"][name]["sha256"]  # the score file is untouched
+        assert meta["contexts"]["scores_max_rel_diff"] == 0.0 and meta["contexts"]["added"]
+        a, b = cache.tasks[name].contexts, reference.tasks[name].contexts
+        assert a.strings == b.strings and (a.top["normed"].row == b.top["normed"].row).all()
+    assert cache.manifest["schema_version"] == 2 and cache.manifest["created"] == old["created"]
+
+
+def test_add_contexts_refuses_a_cache_whose_scores_are_another_profile(tmp_path, tiny_cache_root):
+    from safetensors.numpy import load, save
+
+    from diet_explore.profiling.cache import sha256_bytes
+    from diet_explore.profiling.runner import profile
+
+    folder = tmp_path / "other"
+    shutil.copytree(tiny_cache_root / "tiny", folder)
+    manifest = _strip_to_schema_1(folder)
+    meta = manifest["tasks"]["rte"]
+    arrays = load((folder / meta["file"]).read_bytes())
+    arrays["residual.layer"] = arrays["residual.layer"] * np.float32(1.01)
+    blob = save(arrays)
+    (folder / meta["file"]).write_bytes(blob)
+    meta["sha256"] = sha256_bytes(blob)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DietError, match=r"re-run of 'rte' differs .* not the same profile"):
+        profile(
+            _tiny_profile_config(tiny_cache_root, add_contexts=True),
+            folder,
+            progress=lambda *a: None,
+            loaded=_tiny_loaded(tiny_cache_root),
+        )

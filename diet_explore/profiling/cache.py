@@ -41,6 +41,7 @@ from diet_explore.core.errors import DietError
 from diet_explore.profiling.contexts import TaskContexts
 
 SCHEMA_VERSION = 2  # what this version writes
+CONTEXTS_TOLERANCE = 1e-4  # adding contexts to a cache: the re-run's scores vs the stored ones (fp32 rounding)
 READABLE_SCHEMA_VERSIONS = (1, 2)  # 1: no top-activating contexts
 CACHE_KIND = "diet-explore-score-cache"
 MANIFEST = "manifest.json"
@@ -262,6 +263,55 @@ class CacheWriter:
             **(extra or {}),
         }
         self.flush()
+
+    def missing_contexts(self) -> list[str]:
+        """Finished tasks without top-activating contexts (e.g. from a schema-1 profile)."""
+        return [t for t, m in self.manifest["tasks"].items() if not m.get("contexts")]
+
+    def add_contexts(
+        self, name: str, scores: TaskScores, extra: dict[str, Any] | None = None, tolerance: float = CONTEXTS_TOLERANCE
+    ) -> float:
+        """Add the contexts of a re-run of the finished task ``name`` and keep its stored scores, so
+        every number computed from the cache stays the same. The re-run must be the same profile:
+        the same samples and token counts, and score arrays within ``tolerance`` of the stored ones
+        (largest |difference| relative to the array's largest value); else a ``DietError``. Returns
+        that largest relative difference, which the manifest records with the contexts."""
+        meta = self.manifest["tasks"][name]
+        if scores.contexts is None:
+            raise ValueError("add_contexts() needs scores with contexts")
+        if list(scores.sample_ids) != list(meta["sample_ids"]) or list(scores.token_counts) != list(meta["token_counts"]):
+            raise DietError(
+                f"the re-run of {name!r} drew other samples or tokens than {self.root} holds",
+                "add contexts with the settings the cache was profiled with, or re-profile into a new folder",
+            )
+        stored = _load_safetensors(self.root / meta["file"], meta["sha256"])
+        worst = 0.0
+        for site in self.manifest["sites"]:
+            for kind, new in (("layer", scores.layer[site]), ("sample", scores.sample[site])):
+                old = stored[f"{site}.{kind}"]
+                scale = float(np.abs(old).max()) or 1.0
+                worst = max(worst, float(np.abs(np.asarray(new, dtype=np.float64) - old).max()) / scale)
+        if not worst <= tolerance:
+            raise DietError(
+                f"the re-run of {name!r} differs from the scores in {self.root} by {worst:.2e} (relative), more than "
+                f"{tolerance:g}: it is not the same profile (another model conversion, dtype or code?)",
+                "re-profile into a new folder to get scores and contexts that belong together",
+            )
+        blob = _st_save(scores.contexts.to_tensors())
+        rel = f"tasks/{name}.contexts.safetensors"
+        atomic.write_bytes(self.root / rel, blob)
+        meta["contexts"] = {
+            "file": rel,
+            "sha256": sha256_bytes(blob),
+            "k": scores.contexts.k,
+            "radius": scores.contexts.radius,
+            "added": utc_timestamp(),
+            "package_version": __version__,
+            "scores_max_rel_diff": worst,  # the re-run's score arrays vs the stored ones (which were kept)
+            **(extra or {}),
+        }
+        self.flush()
+        return worst
 
     def write_baselines(self, arrays: dict[str, np.ndarray]) -> None:
         blob = _st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()})

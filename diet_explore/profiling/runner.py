@@ -54,6 +54,7 @@ class ProfileConfig(JsonConfig):
     device: str = "auto"
     dtype: str | None = None
     task_files: list[str] = field(default_factory=list)  # extra task registry JSON files (--task-file)
+    add_contexts: bool = False  # re-run finished tasks that lack contexts (a schema-1 cache), keep their scores
 
     def __post_init__(self) -> None:
         # a slice s[-0:] keeps the whole sequence and s[--5:] drops its first tokens: refuse both here
@@ -199,7 +200,9 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     decode = lambda token_id: tokenizer.decode([token_id])  # one token's text, for the contexts
     jobs: list[tuple[str, str, list[int], list[list[int]]]] = []
-    done = set(writer.finished_tasks())
+    # with add_contexts, a finished task without contexts runs again; its stored scores are kept
+    redo = set(writer.missing_contexts()) if config.add_contexts else set()
+    done = set(writer.finished_tasks()) - redo
     for spec in specs:
         if spec.name in done:
             continue
@@ -220,7 +223,11 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
         )
         counter.close()
         scores = TaskScores(scores.layer, scores.sample, ids, scores.token_counts, kind, scores.contexts)
-        writer.write_task(name, scores, {"wall_time_s": round(time.perf_counter() - start, 3), **tokens})
+        wall = {"wall_time_s": round(time.perf_counter() - start, 3)}
+        if name in redo:
+            writer.add_contexts(name, scores, wall)
+        else:
+            writer.write_task(name, scores, {**wall, **tokens})
     if writer.manifest.get("baselines") is None:
         writer.write_baselines({"weight_magnitude": weight_magnitude(adapter)})
     writer.manifest["last_run"] = {"date": utc_timestamp(), "package_version": __version__}

@@ -44,3 +44,13 @@ with ui.shown_errors():
         st.plotly_chart(plots.vote_matrix(report.prune, tasks), key="agree_vote_matrix")
     if not report.upset.empty:
         st.plotly_chart(plots.upset_bars(report.upset, tasks), key="agree_upset")
+
+    st.subheader("Where tasks disagree")
+    config = state.current_config(cache)
+    split = loaders.split_votes_for(loaded.path, loaded.sha, config.to_json(), 20)
+    st.caption(
+        "The dims kept by about half of the voting weight (closest to one half first, then the widest spread of "
+        "per-task ranks), with each task's score. Pick a row to read why on the Dimension page."
+    )
+    ui.dim_table(split, key="agree_split")
+    ui.dim_jump(cache, key="agree_jump")

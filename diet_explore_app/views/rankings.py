@@ -9,6 +9,7 @@ import streamlit as st
 from diet_explore import plots
 from diet_explore.core.errors import DietError
 from diet_explore.masking.importance import aggregate_scores
+from diet_explore.masking.massive import MASSIVE_FACTOR
 from diet_explore.masking.selection import keep_count, rank_dims, top_k_mask
 from diet_explore_app import loaders, state
 from diet_explore_app import widgets as ui
@@ -51,6 +52,7 @@ with ui.shown_errors():
     s = scores[task]
     order = rank_dims(s)
     in_top = top_k_mask(pre.matrix(cache.task_names, site, agg, last_k), n_keep)  # (T, D) kept per task
+    massive = loaders.massive_for(loaded.path, loaded.sha, site, agg, last_k)
 
     def table(idx: np.ndarray, start_rank: int) -> pd.DataFrame:
         return pd.DataFrame(
@@ -59,14 +61,24 @@ with ui.shown_errors():
                 "dim": idx,
                 "score": np.round(s[idx], 5),
                 "tasks keeping it": in_top[:, idx].sum(0),
+                "× median": np.round(massive.ratio[idx], 2),
+                "massive": massive.flagged[idx],
             }
         )
 
+    flagged = ", ".join(map(str, massive.dims)) or "none"
+    st.markdown(
+        f"**Massive-activation dims**: {flagged} (score ≥ {MASSIVE_FACTOR:g}× the median dim's, in the median task; "
+        "“× median” below). Pick a table row to open that dim on the Dimension page."
+    )
     t1, t2 = st.columns(2)
-    t1.markdown(f"**Top {top_n}** ({task})")
-    t1.dataframe(table(order[:top_n], 1), hide_index=True, key="rank_top_table")
-    t2.markdown(f"**Bottom {top_n}** ({task})")
-    t2.dataframe(table(order[-top_n:], cache.hidden_size - order[-top_n:].size + 1), hide_index=True, key="rank_bottom_table")
+    with t1:
+        st.markdown(f"**Top {top_n}** ({task})")
+        ui.dim_table(table(order[:top_n], 1), key="rank_top_table")
+    with t2:
+        st.markdown(f"**Bottom {top_n}** ({task})")
+        ui.dim_table(table(order[-top_n:], cache.hidden_size - order[-top_n:].size + 1), key="rank_bottom_table")
+    ui.dim_jump(cache, key="rank_jump")
 
     st.text_input(
         "Dimensions for the layer heatmap (empty: this task's top dims)", **state.kw(K_DIMS), placeholder="e.g. 12, 407, 530"

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.browser
 
 ROOT = APP.parents[1]
 SCREENSHOTS = Path(os.environ["DIET_EXPLORE_SCREENSHOTS"]) if os.environ.get("DIET_EXPLORE_SCREENSHOTS") else None
-SHOWN_DIM = 230  # a SmolLM2 dim that every task keeps, with readable contexts (the README's screenshot)
+SHOWN_DIM = 83  # SmolLM2: the dim the tasks disagree on most at 0.2 (3 of 7 keep it), with readable contexts
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_a_dim_link_opens_the_page_with_its_card_and_contexts(server, browser, t
         from diet_explore.masking.dims import display_token
 
         assert marks.first.inner_text().strip() == display_token(first.tokens[first.marked]).strip()
-        assert marks.count() == 8  # the first tab's 8 contexts, one highlighted token each
+        assert page.locator("mark:visible").count() == 8  # the first tab's 8 contexts, one highlighted token each
     else:
         page.get_by_text("re-profile to see contexts", exact=False).first.wait_for(timeout=WAIT_MS)
     assert f"dim={dim}" in page.url

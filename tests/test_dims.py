@@ -204,3 +204,18 @@ def test_cli_bad_input_is_one_clear_line(alpha_dir, capsys, argv, message):
 def test_cli_on_a_missing_cache(tmp_path, capsys):
     assert main(["dim", "--cache", str(tmp_path / "none"), "--dim", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_add_contexts_command_repeats_the_caches_profile(alpha_dir):
+    import shlex
+
+    from diet_explore.cli import build_parser
+    from diet_explore.masking.dims import contexts_command
+
+    cache = load_cache(alpha_dir)
+    card = dim_card(cache, MaskConfig(), 1)
+    assert card.contexts_command == contexts_command(cache)
+    args = build_parser().parse_args(shlex.split(card.contexts_command)[1:])
+    assert args.command == "profile" and args.add_contexts and args.out == str(alpha_dir)
+    assert args.tasks.split(",") == cache.task_names and args.samples == cache.manifest["config"]["samples"]
+    assert args.sites.split(",") == cache.sites and args.dtype == "float32" and args.device == "cpu"

@@ -31,6 +31,28 @@ NO_CONTEXTS = "this cache was profiled without top-activating contexts: re-profi
 _CONTROL = {"\n": "↵", "\t": "⇥", "\r": "␍"}
 
 
+def contexts_command(cache) -> str:
+    """The ``diet-explore profile --add-contexts`` command that adds contexts to ``cache`` (a
+    ``ScoreCache``) and keeps its scores: the settings its manifest records."""
+    m = cache.manifest
+    cfg = m.get("config", {})
+    parts = [f"diet-explore profile --model {cache.model_name} --tasks {','.join(cache.task_names) or 'all'}"]
+    for flag, key in (("--samples", "samples"), ("--seed", "seed"), ("--max-length", "max_length")):
+        if key in cfg:
+            parts.append(f"{flag} {cfg[key]}")
+    parts.append(f"--sites {','.join(cache.sites)}")
+    if not cache.generic_names:
+        parts.append("--no-generic")
+    dtype = (m.get("environment") or {}).get("dtype")
+    device = str((m.get("environment") or {}).get("device", "")).split(":")[0]
+    if device:
+        parts.append(f"--device {device}")
+    if dtype:
+        parts.append(f"--dtype {dtype}")
+    parts.append(f"--out {cache.path or '<this cache folder>'} --add-contexts")
+    return " ".join(parts)
+
+
 def check_dim(dim: Any, hidden_size: int) -> int:
     """``dim`` as an index into the hidden dims, or a ``DietError`` that names the valid range."""
     if isinstance(dim, bool):
@@ -113,6 +135,7 @@ class DimCard:
     weight_magnitude_rank: int | None
     wiki_rank: int | None
     wiki_task: str | None
+    contexts_command: str | None = None  # the profile command that adds contexts (when some are missing)
     keep_frequency: float | None = None  # bootstrap keep frequency (None: not computed)
     n_resamples: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -165,18 +188,20 @@ class DimCard:
         lines.append("")
         lines.append(f"each task keeps its top {self.n_keep_per_task}:")
         width = max(len(t.task) for t in self.tasks)
-        lines.append(f"  {'task':<{width}}  weight    score   rank   keeps >=  x median  vote    score by layer")
+        lines.append(f"  {'task':<{width}}  weight      score   rank   keeps >=  x median  vote    score by layer")
         for t in self.tasks:
             w = "-" if t.weight is None else f"{t.weight:g}"
             ratio = "-" if t.ratio is None else f"{t.ratio:.2f}"
             vote = ("keep" if t.kept else "prune") if t.weight is not None else ("(keep)" if t.kept else "(prune)")
             lines.append(
-                f"  {t.task:<{width}}  {w:>6}  {t.score:7.3f}  {t.rank:5d}  {t.threshold:9.3f}  {ratio:>8}  {vote:<6}  "
+                f"  {t.task:<{width}}  {w:>6}  {t.score:9.3f}  {t.rank:5d}  {t.threshold:9.3f}  {ratio:>8}  {vote:<6}  "
                 f"{sparkline(t.layers)}"
             )
         lines.append("")
         if not self.has_contexts:
             lines.append(f"top-activating contexts: {NO_CONTEXTS}")
+            if self.contexts_command:
+                lines.append(f"  add them to this cache, keeping its scores: {self.contexts_command}")
         else:
             lines.append("top-activating contexts (layer-averaged |activation| at the token in [[ ]]):")
             for t in self.tasks:
@@ -269,6 +294,7 @@ def dim_card(cache, config: MaskConfig, dim: int, stability=None, mask: MaskResu
         weight_magnitude_rank=int(ranks(wm)[dim]) if wm is not None else None,
         wiki_rank=int(ranks(pre.task_scores(wiki, site, agg, last_k))[dim]) if wiki else None,
         wiki_task=wiki or None,
+        contexts_command=None if all(c.tasks[t].contexts is not None for t in names) else contexts_command(c),
         keep_frequency=float(stability.keep_frequency[dim]) if stability is not None else None,
         n_resamples=int(stability.n_resamples) if stability is not None else None,
         notes=notes,

@@ -94,7 +94,7 @@ def test_a_dim_link_opens_the_page_with_its_card_and_contexts(server, browser, t
     _wait_metric(page, "Current mask", "kept" if card.mask_kept else "pruned")
     assert metric(page, "Vote share (keep)") == f"{card.vote_share:.2f}"
     assert metric(page, "Weight-magnitude rank") == f"{card.weight_magnitude_rank} / {cache.hidden_size}"
-    assert page.locator(".js-plotly-plot").count() == 2
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length == 2", timeout=WAIT_MS)
     if card.has_contexts:
         marks = page.locator("mark")
         marks.first.wait_for(timeout=WAIT_MS)

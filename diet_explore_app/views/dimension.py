@@ -18,8 +18,8 @@ K_CONTEXTS_N = "dim_contexts_n"
 def contexts_block(card: DimCard, n: int) -> None:
     if not card.has_contexts:
         st.info(
-            f"**Top-activating contexts:** {NO_CONTEXTS}. For example: `diet-explore profile --model {card.model} "
-            "--tasks all --samples 100 --out <new folder>`."
+            f"**Top-activating contexts:** {NO_CONTEXTS}. This command adds them to this cache and keeps its "
+            f"scores (it runs the model over the calibration samples again):\n\n`{card.contexts_command}`"
         )
         return
     st.markdown(

@@ -1,5 +1,8 @@
 """A sweep's results file (``<out>/results.jsonl``): one row per finished (method, sparsity) and one
-for the dense model, with per-example correctness, so every delta and CI is recomputed from it.
+for the dense model, with per-example correctness and (since per-example log-likelihoods are kept)
+every example's choice log-likelihoods, so every delta and CI is recomputed from it (``row_paired``).
+Rows written before that have the main metric's correctness only: their paired results hold the
+main metric (acc or acc_norm, whichever the task's is) and say that the rest was not recorded.
 
 ``METHODS`` maps the sweep's method names (CLI) to ``MaskConfig.method``; ``single-task`` and
 ``leave-one-out`` build one mask per evaluated task."""
@@ -15,7 +18,20 @@ import numpy as np
 
 from diet_explore.core import atomic
 from diet_explore.core.errors import DietError
-from diet_explore.evaluation.metrics import TaskResult, average_paired_delta, average_stderr, mean_stderr, paired_delta
+from diet_explore.evaluation.metrics import (
+    MAIN,
+    PAIRED_METRICS,
+    TaskResult,
+    average_paired,
+    average_stderr,
+    entry,
+    examples_of,
+    mean_stderr,
+    missing,
+    paired_proportion_delta,
+    task_paired,
+)
+from diet_explore.tasks.registry import TaskSpec, load_registry
 
 Progress = Callable[[float, str], None]
 
@@ -23,22 +39,66 @@ Progress = Callable[[float, str], None]
 # --------------------------------------------------------------------------------------------
 # Results file
 # --------------------------------------------------------------------------------------------
-def read_results(out: Path) -> list[dict[str, Any]]:
-    path = out / RESULTS
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _parse(lines: list[str]) -> list[dict[str, Any]]:
+    """One row per key, in file order; of a key written twice the first row counts (two runs into
+    one --out, or an older diet-explore, could write a key twice). A line cut by an interruption
+    (possible only before writes were atomic) is skipped: that combination simply runs again."""
+    rows, seen = [], set()
+    for line in lines:
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut by an interruption: that combination simply runs again
+            continue
+        if not isinstance(row, dict) or row.get("key") in seen:
+            continue
+        seen.add(row.get("key"))
+        rows.append(row)
     return rows
 
 
-def append_result(out: Path, row: dict[str, Any]) -> None:
-    rows = read_results(out) + [row]
+def read_results(out: Path) -> list[dict[str, Any]]:
+    """The rows of ``<out>/results.jsonl``, one per (method, sparsity) key and one for dense."""
+    return read_results_file(Path(out) / RESULTS)
+
+
+def read_results_file(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results file, e.g. a committed ``docs/results/<name>.results.jsonl``
+    (``[]`` when there is none)."""
+    return _parse(_lines(Path(path)))
+
+
+def _write(out: Path, rows: list[dict[str, Any]]) -> None:
     atomic.write_text(out / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_result(out: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Add ``row`` to the results file, unless a row with its key is there already (another run of
+    the same sweep into this --out finished it first); returns the row the file holds for that key.
+    The read, the check and the rewrite happen under the file's lock, so two runs at once neither
+    lose a row nor write one twice."""
+    with atomic.locked(out / RESULTS):
+        rows = read_results(out)
+        for existing in rows:
+            if existing.get("key") == row.get("key"):
+                return existing
+        _write(out, [*rows, row])
+    return row
+
+
+def repair_results(out: Path) -> int:
+    """Rewrite the results file with one row per key (dropping repeated keys and unreadable lines);
+    returns how many lines were dropped (0: the file was already clean and is not rewritten)."""
+    with atomic.locked(out / RESULTS):
+        lines = _lines(out / RESULTS)
+        rows = _parse(lines)
+        if len(rows) == len(lines):
+            return 0
+        _write(out, rows)
+    return len(lines) - len(rows)
 
 
 def check_resumable(done: list[dict[str, Any]], out: Path, fingerprint: str) -> None:
@@ -65,31 +125,54 @@ def task_row(res: TaskResult, scores: list | None = None) -> dict[str, Any]:
         "correct": [int(x) for x in main],
     }
     if scores is not None:
-        row["examples"] = {
-            "doc_id": [int(s.doc_id) for s in scores],
-            "gold": [int(s.gold) for s in scores],
-            "lls": [[round(float(x), 6) for x in s.lls] for s in scores],
-            "chars": [[len(c) for c in s.choice_texts] for s in scores],
-        }
+        examples = examples_of(scores)
+        examples["lls"] = [[round(x, 6) for x in lls] for lls in examples["lls"]]
+        row["examples"] = examples
     return row
 
 
-def paired_avg_delta(
-    row: dict[str, Any], ref: dict[str, Any]
-) -> tuple[dict[str, tuple[float, float, float]], tuple[float, float, float]]:
-    """Paired deltas ``row - ref`` on the same examples: per task (mean, CI low, CI high) and for the
-    average over tasks (tasks are independent samples, so their variances add)."""
-    pairs = {t: (np.array(ref["tasks"][t]["correct"]), np.array(r["correct"])) for t, r in row["tasks"].items()}
-    per_task = {t: paired_delta(a, b) for t, (a, b) in pairs.items()}
-    return per_task, average_paired_delta([b - a for a, b in pairs.values()])
+NOT_RECORDED = "not recorded: these results were made before per-example log-likelihoods were kept"
+
+
+def _spec(task: str, part: dict[str, Any], registry: dict[str, TaskSpec]) -> TaskSpec:
+    """The task's registry entry; for a task the registry no longer has, what the row says (its main metric)."""
+    if task in registry:
+        return registry[task]
+    metric = part.get("metric", "acc")
+    return TaskSpec(task, {}, metrics=("acc", "acc_norm") if metric == "acc_norm" else ("acc",), main_metric=metric)
+
+
+def row_paired(row: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """Paired results of ``row`` against ``ref`` on the same examples, in ``metrics.paired_metrics``'
+    shape (``row - ref``: ``ref`` is the dense row, or another method's for DIET-minus-method).
+    Every metric where both rows keep per-example log-likelihoods; the main metric alone (from the
+    per-example correctness, in the same order) where either does not."""
+    registry = load_registry()
+    per_task = {}
+    for t, part in row["tasks"].items():
+        other = ref["tasks"][t]
+        spec = _spec(t, part, registry)
+        if "examples" in part and "examples" in other:
+            per_task[t] = task_paired(other["examples"], part["examples"], spec)
+            continue
+        a, b = np.array(other["correct"]), np.array(part["correct"])
+        entries = {m: missing(0, NOT_RECORDED) for m in PAIRED_METRICS}
+        entries[spec.main_metric] = entry(*paired_proportion_delta(a, b), len(b))
+        entries[MAIN] = dict(entries[spec.main_metric]) | {"metric": spec.main_metric}
+        per_task[t] = entries
+    return {"tasks": per_task, "average": average_paired(per_task)}
 
 
 def add_deltas(row: dict[str, Any], dense: dict[str, Any]) -> None:
-    """Add paired deltas vs dense per task and for the average (in place)."""
-    per_task, (m, lo, hi) = paired_avg_delta(row, dense)
-    for t, (d, t_lo, t_hi) in per_task.items():
-        row["tasks"][t].update(delta=d, ci_low=t_lo, ci_high=t_hi)
-    row.update(delta_avg=m, delta_ci_low=lo, delta_ci_high=hi)
+    """Add paired results vs dense (in place): ``row["paired"]`` (``row_paired``), and the main
+    metric's per task (``delta``, ``ci_low``, ``ci_high``) and averaged (``delta_avg``, ``delta_ci_low``,
+    ``delta_ci_high``)."""
+    paired = row_paired(row, dense)
+    for t, entries in paired["tasks"].items():
+        main = entries[MAIN]
+        row["tasks"][t].update(delta=main["delta"], ci_low=main["ci_low"], ci_high=main["ci_high"])
+    avg = paired["average"][MAIN]
+    row.update(delta_avg=avg["delta"], delta_ci_low=avg["ci_low"], delta_ci_high=avg["ci_high"], paired=paired)
 
 
 def add_average(row: dict[str, Any]) -> None:
@@ -109,3 +192,43 @@ METHODS: dict[str, dict[str, Any]] = {  # sweep name -> the MaskConfig fields th
 }
 PER_TASK_METHODS = ("single-task", "leave-one-out")
 RESULTS = "results.jsonl"
+
+
+def builds_mask(method: str) -> bool:
+    """Whether the sweep method ``method`` is a hidden-dimension mask (``MaskConfig`` fields in
+    ``METHODS``), which ``run_masks`` can rebuild; a method that transforms the weights otherwise
+    (a rotation) has none."""
+    return "method" in METHODS.get(method, {})
+
+
+def mask_for(pre, method: str, sparsity: float, config, multiple: int, **extra):
+    """The mask ``method`` builds at ``sparsity`` with a sweep's settings (``config``: a ``CompareConfig``)."""
+    from diet_explore.masking.build import MaskConfig, build_mask
+
+    mc = MaskConfig(
+        sparsity=sparsity,
+        **METHODS[method],
+        threshold=config.threshold,
+        exact=config.exact,
+        multiple_of=multiple,
+        seed=config.mask_seed,
+        **extra,
+    )
+    return build_mask(pre, mc)
+
+
+def run_masks(pre, method: str, sparsity: float, config, multiple: int, tasks: list[str]) -> dict[str, Any]:
+    """The mask (``MaskResult``) each evaluated task is scored with in the run ``method@sparsity``:
+    the same mask for every task, or (``PER_TASK_METHODS``) one per task. The one place that decides
+    it, for the sweep and for whoever rebuilds a finished sweep's masks (``experiments/proxy.py``)."""
+    if method not in PER_TASK_METHODS:
+        mask = mask_for(pre, method, sparsity, config, multiple)
+        return {t: mask for t in tasks}
+    cache_tasks = set(pre.cache.task_names)
+    out = {}
+    for t in tasks:
+        if t not in cache_tasks:
+            raise DietError(f"task {t!r} is not in the cache, so {method} has no mask for it", "evaluate the cache's tasks")
+        extra = {"single_task": t, "tasks": [t]} if method == "single-task" else {"held_out_task": t}
+        out[t] = mask_for(pre, method, sparsity, config, multiple, **extra)
+    return out

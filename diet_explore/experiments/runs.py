@@ -50,6 +50,7 @@ LIST_COLUMNS = (
 
 
 RUNS_DIR_ENV = "DIET_EXPLORE_RUNS_DIR"
+STORE_LOCK = "store"  # locked() keeps its lock file as <root>/.store.lock
 
 
 def default_root() -> Path:
@@ -99,7 +100,8 @@ class RunStore:
         }
         path = self.root / f"{run_id}.json"
         try:
-            atomic.write_text(path, json.dumps(full, indent=2, allow_nan=False) + "\n")
+            with atomic.locked(self.root / STORE_LOCK):  # two writers of one run id (a resume, a retry) take turns
+                atomic.write_text(path, json.dumps(full, indent=2, allow_nan=False) + "\n")
         except OSError as exc:  # a file in the way, a read-only or full disk: the user's to fix, not a bug
             raise DietError(
                 f"cannot write run record {path} ({exc.strerror or exc})",
@@ -194,7 +196,10 @@ def run_record(
     The flat fields are the listing's columns; ``task_results`` holds one dict per task with at
     least ``task``, ``n``, ``metric``, ``dense_main``, ``pruned_main``, ``delta_main``,
     ``delta_main_ci_low`` and ``delta_main_ci_high``; ``detail`` is whatever else the maker knows
-    (configs, parameter counts, timings). Returns a strict-JSON dict for ``RunStore.save``."""
+    (configs, parameter counts, timings). The app and ``compare`` add ``paired``: every paired
+    metric per task and averaged, ``{"tasks": {task: {metric: entry}}, "average": {metric: entry}}``
+    (``evaluation.metrics.paired_metrics``; None for a sweep row made before it was kept).
+    Returns a strict-JSON dict for ``RunStore.save``."""
     required = ("task", "n", "metric", "dense_main", "pruned_main", "delta_main", "delta_main_ci_low", "delta_main_ci_high")
     for row in task_results:
         missing = [k for k in required if k not in row]

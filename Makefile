@@ -70,7 +70,7 @@ test-fast: setup
 
 # Refresh the README's page screenshots (the browser test takes them from the committed caches).
 screenshots: setup browser
-	DIET_EXPLORE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_browser_e2e.py
+	DIET_EXPLORE_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_browser_e2e.py tests/test_browser_dimension.py
 
 bench: setup $(BSTAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,8 +1,10 @@
 """Profiling cost, measured side by side on the same batches in one run (not a timed test).
 
 Prints: hooked-profile throughput relative to a bare base-model forward (target ≥ 0.95x), the
-speedup over ``output_hidden_states=True`` on the full causal LM, the share of real tokens among
-those processed (target ≥ 90%), and the wall time of the full default profile (7 tasks x 100).
+overhead of the top-activating-context bookkeeping (top-k positions and their decoded
+neighbourhood) over the same hooked profile without it (target ≤ 5%), the speedup over
+``output_hidden_states=True`` on the full causal LM, the share of real tokens among those processed
+(target ≥ 90%), and the wall time of the full default profile (7 tasks x 100).
 
     python benchmarks/bench_profile.py [--samples-per-task 30] [--rounds 3] [--skip-full]
 """
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diet_explore.models.adapters import get_adapter
 from diet_explore.models.loading import load_model
+from diet_explore.profiling.contexts import TOP_K
 from diet_explore.profiling.runner import ProfileConfig, pad_batch, profile, profile_batches, profile_sequences
 from diet_explore.tasks.data import calibration_ids, requests_for
 from diet_explore.tasks.registry import resolve_tasks
@@ -54,12 +57,20 @@ def main() -> None:
     def hooked():
         profile_sequences(adapter, seqs, ["residual", "normed"], 4096, pad)
 
+    def hooked_contexts():  # what `profile` runs: the same statistics plus the top-k contexts
+        profile_sequences(adapter, seqs, ["residual", "normed"], 4096, pad, top_k=TOP_K, decode=lambda i: tok.decode([i]))
+
     @torch.inference_mode()
     def hidden_states():
         for ids, mask in batches:
             model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
 
-    modes = {"bare base forward": bare, "hooked profile (2 sites)": hooked, "full model, output_hidden_states": hidden_states}
+    modes = {
+        "bare base forward": bare,
+        "hooked profile (2 sites)": hooked,
+        f"hooked + top-{TOP_K} contexts (2 sites)": hooked_contexts,
+        "full model, output_hidden_states": hidden_states,
+    }
     times: dict[str, list[float]] = {k: [] for k in modes}
     bare()  # warm-up
     for _ in range(args.rounds):  # interleaved, so machine noise hits every mode alike
@@ -74,6 +85,15 @@ def main() -> None:
     ratio = med["bare base forward"] / med["hooked profile (2 sites)"]
     speedup = med["full model, output_hidden_states"] / med["hooked profile (2 sites)"]
     print(f"hooked throughput / bare forward      = {ratio:.3f}x   (target >= 0.95x: {'PASS' if ratio >= 0.95 else 'MISS'})")
+    # paired per round (the two modes run back to back), so a slow stretch of the machine hits both
+    paired = [
+        c / h for c, h in zip(times[f"hooked + top-{TOP_K} contexts (2 sites)"], times["hooked profile (2 sites)"], strict=True)
+    ]
+    overhead = statistics.median(paired) - 1.0
+    print(
+        f"top-k context bookkeeping overhead      = {overhead:+.1%} (median of {len(paired)} paired rounds: "
+        f"{', '.join(f'{r - 1:+.1%}' for r in paired)}; target <= 5%: {'PASS' if overhead <= 0.05 else 'MISS'})"
+    )
     print(f"hooked speedup over output_hidden_states = {speedup:.2f}x (target > 1: {'PASS' if speedup > 1 else 'MISS'})")
     print(
         f"real tokens / processed tokens        = {real / processed:.3f}   (target >= 0.90: {'PASS' if real / processed >= 0.9 else 'MISS'})"

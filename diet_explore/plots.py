@@ -404,4 +404,69 @@ def sweep_curves(frame: pd.DataFrame, title: str, y_title: str, log_y: bool = Fa
     fig.update_layout(title=title, xaxis_title="sparsity (fraction of hidden dims pruned)", yaxis_title=y_title, **_LAYOUT)
     if log_y:
         fig.update_yaxes(type="log", dtick=1)  # one tick per decade: perplexities span 10^1 to 10^12
+
+
+KEEP_COLOR, PRUNE_COLOR, IDLE_COLOR = "#2a9d8f", "#c0392b", "#9aa5b1"
+
+
+def dim_task_scores(
+    dim: int,
+    tasks: Sequence[str],
+    scores: Sequence[float],
+    thresholds: Sequence[float],
+    kept: Sequence[bool],
+    voting: Sequence[bool],
+) -> go.Figure:
+    """One bar per task: the dim's score, coloured by the task's vote (keep / prune; grey: not
+    voting), with a mark at the lowest score that task keeps at the sparsity."""
+    scores, thresholds = np.asarray(scores, dtype=np.float64), np.asarray(thresholds, dtype=np.float64)
+    colors = [(KEEP_COLOR if k else PRUNE_COLOR) if v else IDLE_COLOR for k, v in zip(kept, voting, strict=True)]
+    votes = [
+        ("keeps" if k else "prunes") if v else ("would keep" if k else "would prune") for k, v in zip(kept, voting, strict=True)
+    ]
+    fig = go.Figure(
+        go.Bar(
+            x=list(tasks),
+            y=scores,
+            marker_color=colors,
+            name="score",
+            customdata=np.stack([thresholds, np.asarray(votes, dtype=object)], axis=1) if len(tasks) else None,
+            hovertemplate="%{x}: score %{y:.4g}, keeps ≥ %{customdata[0]:.4g} (%{customdata[1]})<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=list(tasks),
+            y=thresholds,
+            mode="markers",
+            name="keep threshold",
+            marker=dict(symbol="line-ew", size=34, line=dict(width=3, color="#222")),
+            hovertemplate="%{x}: keeps dims scoring ≥ %{y:.4g}<extra></extra>",
+        )
+    )
+    positive = np.concatenate([scores, thresholds])
+    positive = positive[positive > 0]
+    log = positive.size > 0 and positive.max() / positive.min() > 20
+    fig.update_layout(
+        title=f"Dim {dim}: score per task and each task's keep threshold",
+        xaxis_title="task",
+        yaxis_title="score (mean |activation|)",
+        showlegend=False,
+        **_LAYOUT,
+    )
+    fig.update_xaxes(type="category")
+    if log:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def dim_layer_profile(dim: int, profiles: Mapping[str, Sequence[float]], log_y: bool = False) -> go.Figure:
+    """The dim's score at each layer, one line per task."""
+    fig = go.Figure()
+    for task, values in profiles.items():
+        v = np.asarray(values, dtype=np.float64)
+        fig.add_trace(go.Scatter(x=np.arange(v.size), y=v, mode="lines+markers", marker=dict(size=4), name=task))
+    fig.update_layout(title=f"Dim {dim}: score by layer", xaxis_title="layer", yaxis_title="mean |activation|", **_LAYOUT)
+    if log_y:
+        fig.update_yaxes(type="log")
     return fig

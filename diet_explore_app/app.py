@@ -34,6 +34,7 @@ PAGES = [
     st.Page("views/rankings.py", title="Rankings", icon=":material/leaderboard:", url_path="rankings"),
     st.Page("views/agreement.py", title="Agreement", icon=":material/handshake:", url_path="agreement"),
     st.Page("views/mask_builder.py", title="Mask builder", icon=":material/tune:", url_path="mask_builder"),
+    st.Page("views/dimension.py", title="Dimension", icon=":material/search:", url_path="dimension"),
     st.Page("views/prune_eval.py", title="Prune & evaluate", icon=":material/science:", url_path="prune_eval"),
     st.Page("views/export.py", title="Export", icon=":material/download:", url_path="export"),
     st.Page("views/results.py", title="Results", icon=":material/insights:", url_path="results"),
@@ -52,4 +53,5 @@ if loaded is not None:
     ui.rendered_marker(loaded.cache)  # the slider values this run's numbers belong to (see widgets.UPDATING_JS)
     # e.g. every weight 0: the page shows the error next to the widgets; the URL keeps the last valid view
     with contextlib.suppress(DietError):
-        state.sync_query_params(state.current_config(loaded.cache), ui.cache_link_value(loaded))
+        extra = ui.page_query_params(page)
+        state.sync_query_params(state.current_config(loaded.cache), ui.cache_link_value(loaded), extra)

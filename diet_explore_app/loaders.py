@@ -28,7 +28,9 @@ from diet_explore.experiments.reports import Sweep, load_sweep
 from diet_explore.experiments.runs import RunStore
 from diet_explore.masking.agreement import AgreementReport, agreement_report, spearman_matrix
 from diet_explore.masking.build import MaskConfig, MaskResult, baseline_overlaps, build_mask
+from diet_explore.masking.dims import DimCard, dim_card, split_votes
 from diet_explore.masking.importance import ScorePrecompute
+from diet_explore.masking.massive import MassiveDims, massive_dims
 from diet_explore.masking.proxy import mask_proxies
 from diet_explore.masking.stability import StabilityResult, bootstrap_masks
 from diet_explore.profiling.cache import MANIFEST, ScoreCache, load_cache
@@ -141,6 +143,26 @@ def sweep_for(path: str | Path) -> Sweep:
     """``experiments.reports.load_sweep`` with its paired results, recomputed when the results file changes
     (a running sweep's folder shows each run as it finishes)."""
     return _sweep(str(path), _mtime(Path(path)))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def massive_for(path: str, sha: str, site: str, layer_agg: str, last_k: int) -> MassiveDims:
+    return massive_dims(precompute(path, sha), site, layer_agg, last_k)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def split_votes_for(path: str, sha: str, config_json: str, n: int) -> pd.DataFrame:
+    return split_votes(precompute(path, sha), MaskConfig.from_json(config_json), n)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def dim_card_for(path: str, sha: str, config_json: str, dim: int, n_resamples: int) -> DimCard:
+    """The dim's card; ``n_resamples`` 0 leaves the bootstrap keep frequency out."""
+    config = MaskConfig.from_json(config_json)
+    stability = None
+    if n_resamples and config.method not in ("random", "magnitude"):
+        stability = bootstrap_for(path, sha, config_json, n_resamples)
+    return dim_card(precompute(path, sha), config, dim, stability, mask_for(path, sha, config_json))
 
 
 @st.cache_resource(show_spinner="Loading the dense model…", max_entries=1)

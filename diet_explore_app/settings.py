@@ -34,6 +34,7 @@ CACHE_DIR_ENV = "DIET_EXPLORE_CACHE_DIR"  # folder holding cache folders (defaul
 DEFAULT_CACHE_ENV = "DIET_EXPLORE_DEFAULT_CACHE"  # the cache a new session opens (diet-explore app --cache)
 EXPORT_DIR_ENV = "DIET_EXPLORE_EXPORT_DIR"  # where exports are written (default: <app folder>/artifacts)
 CACHE_PARAM = "cache"
+DIM_PARAM = "dim"  # the Dimension page's hidden dim, e.g. ?dim=507
 
 # Widget keys (st.session_state) of the mask settings; weights live under WEIGHT_PREFIX + task.
 KEY_SPARSITY, KEY_THRESHOLD, KEY_METHOD, KEY_SITE = "sparsity", "threshold", "method", "site"
@@ -265,6 +266,17 @@ def decode_query(params: Mapping[str, str | Sequence[str]]) -> tuple[MaskConfig,
         values[name] = value
     cache = _first(params[CACHE_PARAM]) if CACHE_PARAM in params else None
     return MaskConfig(**values), (cache or None), warnings
+
+
+def decode_dim(params: Mapping[str, str | Sequence[str]]) -> tuple[int | None, list[str]]:
+    """``(dim or None, warnings)`` from a link's ``dim=``: a whole number, else dropped with a warning.
+    Whether it exists in the cache is checked where the cache is known (the Dimension page)."""
+    if DIM_PARAM not in params:
+        return None, []
+    text = _first(params[DIM_PARAM]).strip()
+    if re.fullmatch(r"\d{1,9}", text):
+        return int(text), []
+    return None, [f"ignored link setting {DIM_PARAM}={text!r}: a dimension is a whole number, e.g. {DIM_PARAM}=507"]
 
 
 def reconcile_config(config: MaskConfig, task_names: Sequence[str]) -> tuple[MaskConfig, list[str]]:

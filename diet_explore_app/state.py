@@ -23,6 +23,8 @@ from diet_explore_app import settings as S
 
 K_BOOTED, K_LINK_CONFIG, K_LINK_WARNINGS, K_LINK_CACHE = "_booted", "_link_config", "_link_warnings", "_link_cache"
 K_SINGLE_TASK, K_HELD_OUT = "single_task", "held_out_task"
+K_DIM, K_LINK_DIM = "inspect_dim", "_link_dim"  # the Dimension page's dim, and the one a link named
+K_STAB_ON, K_STAB_N = "stab_on", "stab_n"  # bootstrap on/off and resamples (Mask builder, Dimension)
 SHADOW = "_keep_"
 
 
@@ -92,10 +94,13 @@ def boot() -> None:
     """First run of a session: read the shared link (query string) once."""
     if st.session_state.get(K_BOOTED):
         return
-    config, cache, warnings = S.decode_query(st.query_params.to_dict())
+    params = st.query_params.to_dict()
+    config, cache, warnings = S.decode_query(params)
+    dim, dim_warnings = S.decode_dim(params)
     st.session_state[K_LINK_CONFIG] = config
     st.session_state[K_LINK_CACHE] = cache
-    st.session_state[K_LINK_WARNINGS] = warnings
+    st.session_state[K_LINK_DIM] = dim
+    st.session_state[K_LINK_WARNINGS] = warnings + dim_warnings
     st.session_state[K_BOOTED] = True
 
 
@@ -143,11 +148,11 @@ def voting_tasks(cache: ScoreCache) -> list[str]:
     return [t for t in cache.task_names if float(get(S.weight_key(t), 1.0)) > 0]
 
 
-def sync_query_params(config: MaskConfig | None, cache_value: str | None) -> None:
-    """Write the current settings (and the ``cache=`` value, None for the default cache) into the URL,
-    only when they changed."""
+def sync_query_params(config: MaskConfig | None, cache_value: str | None, extra: dict[str, str] | None = None) -> None:
+    """Write the current settings (and the ``cache=`` value, None for the default cache; ``extra``: a
+    page's own parameters, e.g. ``dim``) into the URL, only when they changed."""
     if config is None:
         return
-    params = S.encode_query(config, cache_value)
+    params = S.encode_query(config, cache_value) | (extra or {})
     if st.query_params.to_dict() != params:
         st.query_params.from_dict(params)

@@ -19,6 +19,7 @@ import streamlit as st
 from diet_explore.core.atomic import check_path
 from diet_explore.core.errors import DietError
 from diet_explore.masking.build import MaskConfig, MaskResult
+from diet_explore.masking.dims import check_dim, display_token
 from diet_explore.profiling.cache import ScoreCache, list_caches
 from diet_explore_app import loaders, state
 from diet_explore_app import settings as S
@@ -416,3 +417,60 @@ def updating_sign() -> None:
     st.markdown(UPDATING_CSS, unsafe_allow_html=True)
     with st.sidebar:
         st.html(UPDATING_JS, unsafe_allow_javascript=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The Dimension page: opening it from a table row or a typed index, and its ``dim=`` link parameter
+# ------------------------------------------------------------------------------------------------
+DIM_PAGE = "views/dimension.py"
+DIM_URL_PATH = "dimension"
+
+
+def page_query_params(page) -> dict[str, str] | None:
+    """The page's own URL parameters: the Dimension page's ``dim``."""
+    if getattr(page, "url_path", None) == DIM_URL_PATH and state.has(state.K_DIM):
+        return {S.DIM_PARAM: str(int(get(state.K_DIM)))}
+    return None
+
+
+def open_dim(dim: int) -> None:
+    """Show ``dim`` on the Dimension page (switches page: nothing after this runs)."""
+    reset(state.K_DIM, int(dim))
+    st.switch_page(DIM_PAGE)
+
+
+def dim_table(df, key: str, dim_column: str = "dim", **kwargs) -> None:
+    """A table of dims; picking a row opens that dim on the Dimension page."""
+    event = st.dataframe(df, key=key, on_select="rerun", selection_mode="single-row", hide_index=True, **kwargs)
+    rows = list(getattr(getattr(event, "selection", None), "rows", None) or [])
+    if rows and 0 <= rows[0] < len(df):
+        open_dim(int(df.iloc[rows[0]][dim_column]))
+
+
+def dim_jump(cache: ScoreCache, key: str, label: str = "Inspect a dimension") -> None:
+    """Type a dim's index and open it on the Dimension page."""
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    typed = c1.text_input(label, key=key, placeholder=f"0 to {cache.hidden_size - 1}, e.g. {min(507, cache.hidden_size - 1)}")
+    if c2.button("Open in Dimension", key=f"{key}_go") and typed.strip():
+        try:
+            dim = check_dim(typed, cache.hidden_size)
+        except DietError as exc:
+            show_error(exc)
+            return
+        open_dim(dim)
+
+
+# Characters that Streamlit's markdown would read as HTML, formatting or maths inside a context line
+_MD_SPECIAL = {c: f"&#{ord(c)};" for c in "\\`*_{}[]()#+-.!|$~<>&\"'"}
+
+
+def context_html(tokens: list[str], marked: int) -> str:
+    """A decoded context as inline HTML for ``st.markdown(unsafe_allow_html=True)``: every character
+    that markdown or HTML could read escaped, the activating token (``marked``) highlighted."""
+    parts = []
+    for i, t in enumerate(tokens):
+        shown = "".join(_MD_SPECIAL.get(ch, ch) for ch in display_token(t))
+        if i == marked:
+            shown = f'<mark style="background:#ffd166;padding:0 2px;border-radius:3px"><b>{shown}</b></mark>'
+        parts.append(shown)
+    return "".join(parts)

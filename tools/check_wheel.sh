@@ -24,12 +24,13 @@ mkdir -p "$DIET_EXPLORE_HOME/models"
 cache="$("$bin/python" -c 'import importlib.util as u; print(list(u.find_spec("diet_explore_caches").submodule_search_locations)[0])')/smollm2-135m"
 case "$cache" in "$root"*) echo "the packaged cache resolves into the checkout ($cache)"; exit 1;; esac
 "$bin/diet-explore" --version
-for c in models tasks profile mask agreement stability prune eval compare app; do "$bin/diet-explore" $c --help >/dev/null; done
+for c in models tasks profile mask agreement stability dim prune eval compare app; do "$bin/diet-explore" $c --help >/dev/null; done
 "$bin/diet-explore" models | head -3
 "$bin/diet-explore" tasks | head -3
 "$bin/diet-explore" mask --cache "$cache" --sparsity 0.2 --exact --multiple-of 9 --out mask.json
 "$bin/diet-explore" agreement --cache "$cache" --sparsity 0.2 --format json >/dev/null
 "$bin/diet-explore" stability --cache "$cache" --sparsity 0.2 --resamples 10 --counts 10 --curve-resamples 2 >/dev/null
+"$bin/diet-explore" dim --cache "$cache" --dim 507 --resamples 10 | head -3
 "$bin/diet-explore" prune --model smollm2-135m --mask mask.json --out pruned | tail -1
 "$bin/diet-explore" eval --model pruned --compare-to smollm2-135m --tasks rte --limit 2 --no-perplexity --workers 1 | tail -3
 "$bin/diet-explore" profile --model smollm2-135m --tasks rte --samples 2 --no-generic --sites residual --out profiled >/dev/null 2>&1

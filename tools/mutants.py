@@ -219,6 +219,27 @@ MUTANTS = [
         "return bool(rho != 0 and p < P_MAX and n >= MIN_RUNS)",
         ("tests/test_proxy.py",),
     ),
+    Mutant(
+        "massive dims: the mean over tasks instead of the median",
+        "diet_explore/masking/massive.py",
+        "return np.median(s[ok] / med[ok, None], axis=0)",
+        "return np.mean(s[ok] / med[ok, None], axis=0)",
+        ("tests/test_dims.py",),
+    ),
+    Mutant(
+        "massive dims: a ratio of exactly the factor no longer counts",
+        "diet_explore/masking/massive.py",
+        "out = np.asarray(ratio) >= MASSIVE_FACTOR",
+        "out = np.asarray(ratio) > MASSIVE_FACTOR",
+        ("tests/test_dims.py",),
+    ),
+    Mutant(
+        "top-activating contexts: ties go to the higher row",
+        "diet_explore/profiling/contexts.py",
+        "order = np.lexsort((pos, row, -val.astype(np.float64)), axis=1)[:, :k]",
+        "order = np.lexsort((pos, -row, -val.astype(np.float64)), axis=1)[:, :k]",
+        ("tests/test_contexts.py",),
+    ),
 ]
 
 

@@ -24,6 +24,12 @@ def register(sub) -> None:
     p.add_argument("--max-batch-tokens", type=int, default=4096)
     p.add_argument("--no-generic", action="store_true", help="skip the wiki-text calibration (wiki baseline)")
     p.add_argument("--out", required=True, help="cache folder; an existing one is resumed")
+    p.add_argument(
+        "--add-contexts",
+        action="store_true",
+        help="also re-run finished tasks that have no top-activating contexts (a cache from before schema 2) and "
+        "add them, keeping the cached scores (refused if the re-run's scores differ beyond fp32 rounding)",
+    )
     add_device_args(p)
     p.set_defaults(func=run)
 
@@ -43,6 +49,7 @@ def run(args) -> int:
         device=args.device,
         dtype=args.dtype,
         task_files=list(args.task_file),
+        add_contexts=args.add_contexts,
     )
     cache = profile(config, args.out)
     total = sum(cache.manifest["tasks"][t].get("wall_time_s", 0.0) for t in cache.tasks)

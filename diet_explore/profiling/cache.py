@@ -2,9 +2,10 @@
 
 Layout of a cache folder (no pickle anywhere: JSON + safetensors)::
 
-    manifest.json              schema version, model, sites, tasks (+ sample ids, token counts), provenance
-    tasks/<task>.safetensors   per site: "<site>.layer" (L, D) and "<site>.sample" (N, D), float32
-    baselines.safetensors      task-agnostic arrays, e.g. "weight_magnitude" (D,)
+    manifest.json                       schema version, model, sites, tasks (+ sample ids, token counts), provenance
+    tasks/<task>.safetensors            per site: "<site>.layer" (L, D) and "<site>.sample" (N, D), float32
+    tasks/<task>.contexts.safetensors   top-activating contexts (schema 2; see ``contexts.py``)
+    baselines.safetensors               task-agnostic arrays, e.g. "weight_magnitude" (D,)
 
 ``<site>.layer[l, k]`` is the mean |activation| of hidden dimension k at block l, averaged over the
 non-padding tokens of each sample and then over samples. ``<site>.sample[i, k]`` is the same for
@@ -13,6 +14,12 @@ which the mask engine relies on when it bootstraps over samples.
 
 Each task file is written atomically and listed in the manifest with its sha256 only once complete,
 so an interrupted profile resumes from the finished tasks and a corrupt file is detected on load.
+
+Schema 2 adds, per task, ``contexts`` = {file, sha256, k, radius}: per site and dim the k token
+positions with the largest layer-averaged |activation| ("<site>.top.row|position|value", (D, k)),
+and the decoded tokens around them ("tokens.row|position|string" and the task's de-duplicated
+strings as "strings.utf8" + "strings.offsets"). The score arrays are unchanged from schema 1, and a
+schema-1 cache still loads: its tasks simply have no contexts (``TaskScores.contexts`` is None).
 """
 
 from __future__ import annotations
@@ -31,8 +38,11 @@ from diet_explore import __version__
 from diet_explore.core import atomic
 from diet_explore.core.clock import utc_timestamp
 from diet_explore.core.errors import DietError
+from diet_explore.profiling.contexts import TaskContexts
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # what this version writes
+CONTEXTS_TOLERANCE = 1e-4  # adding contexts to a cache: the re-run's scores vs the stored ones (fp32 rounding)
+READABLE_SCHEMA_VERSIONS = (1, 2)  # 1: no top-activating contexts
 CACHE_KIND = "diet-explore-score-cache"
 MANIFEST = "manifest.json"
 BASELINES_FILE = "baselines.safetensors"
@@ -52,6 +62,7 @@ class TaskScores:
     sample_ids: list[int]
     token_counts: list[int]
     kind: str = "task"
+    contexts: TaskContexts | None = None  # top-activating contexts (None: a schema-1 cache, or not recorded)
 
     @property
     def n_samples(self) -> int:
@@ -215,7 +226,8 @@ class CacheWriter:
 
     def _file_ok(self, meta: dict[str, Any]) -> bool:
         p = self.root / meta["file"]
-        return p.is_file() and sha256_bytes(p.read_bytes()) == meta["sha256"]
+        ok = p.is_file() and sha256_bytes(p.read_bytes()) == meta["sha256"]
+        return ok and (not isinstance(meta.get("contexts"), dict) or self._file_ok(meta["contexts"]))
 
     def finished_tasks(self) -> list[str]:
         return list(self.manifest["tasks"])
@@ -227,6 +239,17 @@ class CacheWriter:
             tensors[f"{site}.sample"] = np.ascontiguousarray(scores.sample[site], dtype=np.float32)
         blob = _st_save(tensors)
         rel = f"tasks/{name}.safetensors"
+        contexts = None
+        if scores.contexts is not None:  # written first: the manifest lists the task only once both exist
+            ctx_blob = _st_save(scores.contexts.to_tensors())
+            ctx_rel = f"tasks/{name}.contexts.safetensors"
+            atomic.write_bytes(self.root / ctx_rel, ctx_blob)
+            contexts = {
+                "file": ctx_rel,
+                "sha256": sha256_bytes(ctx_blob),
+                "k": scores.contexts.k,
+                "radius": scores.contexts.radius,
+            }
         atomic.write_bytes(self.root / rel, blob)
         self.manifest["tasks"][name] = {
             "kind": scores.kind,
@@ -236,9 +259,59 @@ class CacheWriter:
             "sample_ids": [int(i) for i in scores.sample_ids],
             "token_counts": [int(c) for c in scores.token_counts],
             "finished": utc_timestamp(),
+            **({"contexts": contexts} if contexts else {}),
             **(extra or {}),
         }
         self.flush()
+
+    def missing_contexts(self) -> list[str]:
+        """Finished tasks without top-activating contexts (e.g. from a schema-1 profile)."""
+        return [t for t, m in self.manifest["tasks"].items() if not m.get("contexts")]
+
+    def add_contexts(
+        self, name: str, scores: TaskScores, extra: dict[str, Any] | None = None, tolerance: float = CONTEXTS_TOLERANCE
+    ) -> float:
+        """Add the contexts of a re-run of the finished task ``name`` and keep its stored scores, so
+        every number computed from the cache stays the same. The re-run must be the same profile:
+        the same samples and token counts, and score arrays within ``tolerance`` of the stored ones
+        (largest |difference| relative to the array's largest value); else a ``DietError``. Returns
+        that largest relative difference, which the manifest records with the contexts."""
+        meta = self.manifest["tasks"][name]
+        if scores.contexts is None:
+            raise ValueError("add_contexts() needs scores with contexts")
+        if list(scores.sample_ids) != list(meta["sample_ids"]) or list(scores.token_counts) != list(meta["token_counts"]):
+            raise DietError(
+                f"the re-run of {name!r} drew other samples or tokens than {self.root} holds",
+                "add contexts with the settings the cache was profiled with, or re-profile into a new folder",
+            )
+        stored = _load_safetensors(self.root / meta["file"], meta["sha256"])
+        worst = 0.0
+        for site in self.manifest["sites"]:
+            for kind, new in (("layer", scores.layer[site]), ("sample", scores.sample[site])):
+                old = stored[f"{site}.{kind}"]
+                scale = float(np.abs(old).max()) or 1.0
+                worst = max(worst, float(np.abs(np.asarray(new, dtype=np.float64) - old).max()) / scale)
+        if not worst <= tolerance:
+            raise DietError(
+                f"the re-run of {name!r} differs from the scores in {self.root} by {worst:.2e} (relative), more than "
+                f"{tolerance:g}: it is not the same profile (another model conversion, dtype or code?)",
+                "re-profile into a new folder to get scores and contexts that belong together",
+            )
+        blob = _st_save(scores.contexts.to_tensors())
+        rel = f"tasks/{name}.contexts.safetensors"
+        atomic.write_bytes(self.root / rel, blob)
+        meta["contexts"] = {
+            "file": rel,
+            "sha256": sha256_bytes(blob),
+            "k": scores.contexts.k,
+            "radius": scores.contexts.radius,
+            "added": utc_timestamp(),
+            "package_version": __version__,
+            "scores_max_rel_diff": worst,  # the re-run's score arrays vs the stored ones (which were kept)
+            **(extra or {}),
+        }
+        self.flush()
+        return worst
 
     def write_baselines(self, arrays: dict[str, np.ndarray]) -> None:
         blob = _st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()})
@@ -263,7 +336,7 @@ def save_cache(cache: ScoreCache, root: str | Path) -> Path:
     return Path(root)
 
 
-_TASK_META_KEYS = {"kind", "file", "sha256", "n_samples", "sample_ids", "token_counts", "finished"}
+_TASK_META_KEYS = {"kind", "file", "sha256", "n_samples", "sample_ids", "token_counts", "finished", "contexts"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,9 +367,10 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
             f"{path} is not a diet-explore score cache manifest", "point --cache at a folder made by `diet-explore profile`"
         )
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if isinstance(version, bool) or version not in READABLE_SCHEMA_VERSIONS:
+        readable = ", ".join(map(str, READABLE_SCHEMA_VERSIONS))
         raise DietError(
-            f"{path} has schema_version {version!r}; this diet-explore reads version {SCHEMA_VERSION}",
+            f"{path} has schema_version {version!r}; this diet-explore reads versions {readable}",
             "re-run `diet-explore profile` with this version",
         )
     for key in ("model", "sites", "tasks"):
@@ -350,6 +424,14 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
                 f"task {name!r} lists {len(meta['sample_ids'])} sample_ids and {len(meta['token_counts'])} "
                 f"token_counts for n_samples {meta['n_samples']}"
             )
+        ctx = meta.get("contexts")
+        if ctx is not None and not (
+            isinstance(ctx, dict)
+            and isinstance(ctx.get("file"), str)
+            and isinstance(ctx.get("sha256"), str)
+            and is_count(ctx.get("radius"))
+        ):
+            raise bad(f"task {name!r}: 'contexts' lacks its file, sha256 or radius")
     base = manifest.get("baselines")
     if base and not (isinstance(base, dict) and isinstance(base.get("file"), str) and isinstance(base.get("sha256"), str)):
         raise bad("'baselines' lacks its file or sha256")
@@ -405,7 +487,15 @@ def load_cache(root: str | Path) -> ScoreCache:
                     )
                 arr.setflags(write=False)
                 out[site] = arr
-        tasks[name] = TaskScores(layer, sample, list(meta["sample_ids"]), list(meta["token_counts"]), meta.get("kind", "task"))
+        contexts = None
+        if meta.get("contexts"):
+            ctx = meta["contexts"]
+            ctx_path = root / ctx["file"]
+            arrays = _load_safetensors(ctx_path, ctx["sha256"])
+            contexts = TaskContexts.from_tensors(arrays, sites, hidden, meta["token_counts"], ctx["radius"], ctx_path)
+        tasks[name] = TaskScores(
+            layer, sample, list(meta["sample_ids"]), list(meta["token_counts"]), meta.get("kind", "task"), contexts
+        )
     baselines: dict[str, np.ndarray] = {}
     if manifest.get("baselines"):
         meta = manifest["baselines"]

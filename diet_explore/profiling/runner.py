@@ -4,6 +4,8 @@ Per task: a seeded draw of N examples; each is run as the text the model sees wh
 correct answer (context + delimiter + gold continuation, tokenized as the model's tokenizer does by
 default, which adds BOS for Gemma). Only the decoder stack runs (no vocabulary projection), under
 ``torch.inference_mode``, in length-sorted batches under a token budget so padding stays small.
+The same forward passes record each dim's top-activating token positions and their decoded
+neighbourhood (``profiling.contexts``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from diet_explore.models.adapters.base import ModelAdapter
 from diet_explore.models.builtin import DEFAULT_MODEL
 from diet_explore.models.tokens import bos_prefix
 from diet_explore.profiling.cache import SITES, CacheWriter, ScoreCache, TaskScores, check_resume, load_cache
+from diet_explore.profiling.contexts import CONTEXT_RADIUS, TOP_K, build_contexts
 from diet_explore.profiling.hooks import record_activations
 from diet_explore.tasks.data import DEFAULT_SEED, calibration_ids, check_task_data, requests_for
 from diet_explore.tasks.registry import PROMPT_FORMAT_VERSION, load_registry, resolve_tasks
@@ -51,6 +54,7 @@ class ProfileConfig(JsonConfig):
     device: str = "auto"
     dtype: str | None = None
     task_files: list[str] = field(default_factory=list)  # extra task registry JSON files (--task-file)
+    add_contexts: bool = False  # re-run finished tasks that lack contexts (a schema-1 cache), keep their scores
 
     def __post_init__(self) -> None:
         # a slice s[-0:] keeps the whole sequence and s[--5:] drops its first tokens: refuse both here
@@ -97,25 +101,34 @@ def profile_sequences(
     pad_id: int,
     on_batch: Callable[[int], None] | None = None,
     min_fill: float = 0.92,
+    top_k: int = 0,
+    decode: Callable[[int], str] | None = None,
 ) -> tuple[TaskScores, dict[str, int]]:
-    """Scores of token sequences: per-site (L, D) layer means and (N, D) per-sample block means."""
+    """Scores of token sequences: per-site (L, D) layer means and (N, D) per-sample block means.
+
+    With ``top_k > 0`` and ``decode`` (token id -> text) the scores also carry each dim's
+    ``top_k`` top-activating positions and their decoded neighbourhood (``TaskScores.contexts``).
+    """
     device = next(adapter.model.parameters()).device
     base = adapter.base_model()
     per_sample = {s: np.zeros((len(seqs), adapter.hidden_size), dtype=np.float32) for s in sites}
     padded = 0
-    with record_activations(adapter, sites) as stats:
+    with record_activations(adapter, sites, top_k) as stats:
         for batch in profile_batches([len(s) for s in seqs], max_batch_tokens, min_fill):
             ids, mask = pad_batch([seqs[i] for i in batch], pad_id)
             padded += ids.numel()
-            stats.begin_batch(mask.to(device))
+            stats.begin_batch(mask.to(device), rows=batch)
             base(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
             for site, values in stats.end_batch().items():
                 per_sample[site][batch] = values.cpu().numpy()
             if on_batch:
                 on_batch(len(batch))
         layer = {s: v.cpu().numpy().astype(np.float32) for s, v in stats.layer_means().items()}
+        top = stats.top_tokens()
     real = sum(len(s) for s in seqs)
-    return TaskScores(layer, per_sample, [], [len(s) for s in seqs]), {"real_tokens": real, "padded_tokens": padded}
+    contexts = build_contexts(top, seqs, decode, CONTEXT_RADIUS) if top and decode is not None else None
+    scores = TaskScores(layer, per_sample, [], [len(s) for s in seqs], contexts=contexts)
+    return scores, {"real_tokens": real, "padded_tokens": padded}
 
 
 def weight_magnitude(adapter: ModelAdapter) -> np.ndarray:
@@ -186,8 +199,11 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
     }
     writer = CacheWriter(out, header)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    decode = lambda token_id: tokenizer.decode([token_id])  # one token's text, for the contexts
     jobs: list[tuple[str, str, list[int], list[list[int]]]] = []
-    done = set(writer.finished_tasks())
+    # with add_contexts, a finished task without contexts runs again; its stored scores are kept
+    redo = set(writer.missing_contexts()) if config.add_contexts else set()
+    done = set(writer.finished_tasks()) - redo
     for spec in specs:
         if spec.name in done:
             continue
@@ -203,10 +219,16 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
     for name, kind, ids, seqs in jobs:
         start = time.perf_counter()
         counter = _Counter(name, len(seqs), progress)
-        scores, tokens = profile_sequences(adapter, seqs, list(config.sites), config.max_batch_tokens, pad_id, counter)
+        scores, tokens = profile_sequences(
+            adapter, seqs, list(config.sites), config.max_batch_tokens, pad_id, counter, top_k=TOP_K, decode=decode
+        )
         counter.close()
-        scores = TaskScores(scores.layer, scores.sample, ids, scores.token_counts, kind)
-        writer.write_task(name, scores, {"wall_time_s": round(time.perf_counter() - start, 3), **tokens})
+        scores = TaskScores(scores.layer, scores.sample, ids, scores.token_counts, kind, scores.contexts)
+        wall = {"wall_time_s": round(time.perf_counter() - start, 3)}
+        if name in redo:
+            writer.add_contexts(name, scores, wall)
+        else:
+            writer.write_task(name, scores, {**wall, **tokens})
     if writer.manifest.get("baselines") is None:
         writer.write_baselines({"weight_magnitude": weight_magnitude(adapter)})
     writer.manifest["last_run"] = {"date": utc_timestamp(), "package_version": __version__}

@@ -54,3 +54,13 @@ with ui.shown_errors():
     if figs["upset"] is not None:
         st.plotly_chart(figs["upset"], key="agree_upset")
         st.caption(ui.HELP["upset"])
+
+    st.subheader("Where tasks disagree")
+    config = state.current_config(cache)
+    split = loaders.split_votes_for(loaded.path, loaded.sha, config.to_json(), 20)
+    st.caption(
+        "The dims kept by about half of the voting weight (closest to one half first, then the widest spread of "
+        "per-task ranks), with each task's score. Pick a row to read why on the Dimension page."
+    )
+    ui.dim_table(split, key="agree_split")
+    ui.dim_jump(cache, key="agree_jump")

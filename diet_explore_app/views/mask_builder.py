@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from diet_explore.masking.baselines import BASELINE_METHODS
@@ -11,7 +12,7 @@ from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
 METHODS = list(MERGE_METHODS + BASELINE_METHODS)
-K_STAB_ON, K_STAB_N = "stab_on", "stab_n"
+K_STAB_ON, K_STAB_N = state.K_STAB_ON, state.K_STAB_N
 
 
 @st.fragment
@@ -105,6 +106,16 @@ with ui.shown_errors():
         c[3].metric("Voting tasks", len(result.tasks))
         if hint := ui.saveable_hint(cache, result.n_keep):
             st.warning(hint)
+        massive = loaders.massive_for(loaded.path, loaded.sha, config.site, config.layer_agg, config.last_k)
+        if massive.dims:
+            pruned = [d for d in massive.dims if not result.keep[d]]
+            st.markdown(
+                f"**Massive-activation dims** ({', '.join(map(str, massive.dims))}): this mask keeps "
+                f"{len(massive.dims) - len(pruned)} of {len(massive.dims)}"
+                + (f"; it prunes {', '.join(map(str, pruned))}." if pruned else ".")
+            )
+        else:
+            st.markdown("**Massive-activation dims**: none in this cache at this site.")
 
         overlaps = loaders.overlaps_for(loaded.path, loaded.sha, config.to_json())
         paper = overlaps.iloc[0]
@@ -138,3 +149,17 @@ with ui.shown_errors():
         st.caption(" ".join(f"**{p}** {text}" for p, (_, text) in checks.items()) + " (`tools/proxy_validation.py`)")
 
         stability_section(loaded, config)
+
+        st.markdown("**Massive-activation dims in this mask** (pick a row to open it on the Dimension page)")
+        ui.dim_table(
+            pd.DataFrame(
+                {
+                    "dim": massive.dims,
+                    "× median": [round(float(massive.ratio[d]), 2) for d in massive.dims],
+                    "mask": ["kept" if result.keep[d] else "pruned" for d in massive.dims],
+                    "keep share": [round(float(result.votes[d]), 4) for d in massive.dims],
+                }
+            ),
+            key="mb_massive",
+        )
+        ui.dim_jump(cache, key="mb_jump")

@@ -8,6 +8,7 @@ import streamlit as st
 
 from diet_explore import plots
 from diet_explore.core.errors import DietError
+from diet_explore.masking.massive import MASSIVE_FACTOR
 from diet_explore.masking.selection import keep_count, rank_dims, top_k_mask
 from diet_explore.masking.vote import passes_vote, vote_share
 from diet_explore_app import loaders, state
@@ -49,6 +50,7 @@ def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last
         weights = np.array([float(state.get(S.weight_key(t), 1.0)) for t in cache.task_names])  # (T,)
         share = vote_share(in_top, weights)  # (D,) the vote's weighted share of tasks keeping each dim
         kept = passes_vote(share, tau)
+        massive = loaders.massive_for(loaded.path, loaded.sha, site, agg, last_k)
 
         def table(idx: np.ndarray, start_rank: int) -> pd.DataFrame:
             return pd.DataFrame(
@@ -58,6 +60,8 @@ def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last
                     "score": np.round(s[idx], 5),
                     "task weight keeping it": np.round(share[idx], 3),
                     f"kept by the vote (τ = {tau:g})": kept[idx],
+                    "× median": np.round(massive.ratio[idx], 2),
+                    "massive": massive.flagged[idx],
                 }
             )
 
@@ -65,11 +69,19 @@ def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last
             "*task weight keeping it*: the share of the total task weight whose tasks keep the dim at this sparsity "
             "(a weight-0 task counts for nothing); the vote keeps a dim when that share reaches τ."
         )
+        flagged = ", ".join(map(str, massive.dims)) or "none"
+        st.markdown(
+            f"**Massive-activation dims**: {flagged} (score ≥ {MASSIVE_FACTOR:g}× the median dim's, in the median task; "
+            "“× median” below). Pick a table row to open that dim on the Dimension page."
+        )
         t1, t2 = st.columns(2)
-        t1.markdown(f"**Top {top_n}** ({task})")
-        t1.dataframe(table(order[:top_n], 1), hide_index=True, key="rank_top_table")
-        t2.markdown(f"**Bottom {top_n}** ({task})")
-        t2.dataframe(table(order[-top_n:], cache.hidden_size - order[-top_n:].size + 1), hide_index=True, key="rank_bottom_table")
+        with t1:
+            st.markdown(f"**Top {top_n}** ({task})")
+            ui.dim_table(table(order[:top_n], 1), key="rank_top_table")
+        with t2:
+            st.markdown(f"**Bottom {top_n}** ({task})")
+            ui.dim_table(table(order[-top_n:], cache.hidden_size - order[-top_n:].size + 1), key="rank_bottom_table")
+        ui.dim_jump(cache, key="rank_jump")
 
         st.text_input(
             "Dimensions for the layer heatmap (empty: this task's top dims)", **state.kw(K_DIMS), placeholder="e.g. 12, 407, 530"

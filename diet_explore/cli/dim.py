@@ -1,0 +1,41 @@
+"""``diet-explore dim``: one hidden dimension's card, as the app's Dimension page shows it."""
+
+from __future__ import annotations
+
+import json
+
+from diet_explore.cli.mask import add_mask_config_args, config_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("dim", help="why one hidden dim is kept or pruned, with its top-activating contexts")
+    add_mask_config_args(p)
+    p.add_argument("--dim", required=True, help="the hidden dimension's index, e.g. 507")
+    p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the keep frequency (0: skip)")
+    p.add_argument("--contexts", type=int, default=5, help="top-activating contexts printed per task (--json has all)")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from diet_explore.core.errors import DietError
+    from diet_explore.masking.dims import check_dim, dim_card
+    from diet_explore.masking.importance import ScorePrecompute
+    from diet_explore.masking.stability import bootstrap_masks
+    from diet_explore.profiling.cache import load_cache
+
+    config = config_from_args(args)
+    if args.resamples < 0 or args.contexts < 0:
+        raise DietError("--resamples and --contexts must be 0 or more", "e.g. --resamples 200 --contexts 5")
+    pre = ScorePrecompute(load_cache(args.cache))
+    dim = check_dim(args.dim, pre.cache.hidden_size)
+    config.validate(pre.cache)
+    stability = None
+    if args.resamples and config.method not in ("random", "magnitude"):
+        stability = bootstrap_masks(pre, config, n_resamples=args.resamples, seed=args.seed)
+    card = dim_card(pre, config, dim, stability)
+    if args.json:
+        print(json.dumps(card.to_json_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(card.to_text(args.contexts))
+    return 0

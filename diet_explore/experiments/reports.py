@@ -105,6 +105,32 @@ def versus_table(rows: list[dict[str, Any]], reference: str = "diet") -> str:
     return "\n".join(lines) + "\n"
 
 
+def rotation_table(rows: list[dict[str, Any]]) -> str:
+    """The rotated (SliceGPT) rows' parameter counts, shortcut matrices and untied head included,
+    beside a coordinate mask's at the same kept count, and the kept count a rotation could afford
+    at the mask's parameter count (where the comparison at equal size would be)."""
+    rotated = [r for r in rows if r.get("rotation")]
+    if not rotated:
+        return ""
+    head = [
+        "sparsity",
+        "method",
+        "kept",
+        "parameters",
+        "of which shortcuts",
+        "mask at the same kept",
+        "kept at the mask's parameters",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(rotated, key=lambda r: (r["sparsity"], r["method"])):
+        rot = r["rotation"]
+        cells = [f"{r['sparsity']:g}", r["method"], str(r["n_keep"])]
+        cells += [f"{rot[k] / 1e6:.2f} M" for k in ("parameters", "shortcut_parameters", "parameters_mask_same_keep")]
+        cells.append(str(rot["keep_at_mask_parameters"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def sweep_figure(rows: list[dict[str, Any]]):
     import plotly.graph_objects as go
 
@@ -148,7 +174,13 @@ def write_reports(rows: list[dict[str, Any]], out: Path, config: CompareConfig |
             "\nDIET minus each other method at the same kept count, paired on the same examples "
             "(points; positive = DIET better):\n\n" + versus
         )
-    atomic.write_text(paths["markdown"], markdown_table(rows) + note + versus)
+    rotation = rotation_table(rows)
+    if rotation:
+        rotation = (
+            "\nSliceGPT parameters (shortcut matrices and the untied head included) beside a coordinate "
+            "mask's at the same kept count:\n\n" + rotation
+        )
+    atomic.write_text(paths["markdown"], markdown_table(rows) + note + versus + rotation)
     fig = sweep_figure(rows)
     atomic.write_text(paths["html"], fig.to_html(include_plotlyjs=True, full_html=True))
     try:  # a static image too when kaleido is installed

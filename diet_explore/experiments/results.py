@@ -2,7 +2,8 @@
 for the dense model, with per-example correctness, so every delta and CI is recomputed from it.
 
 ``METHODS`` maps the sweep's method names (CLI) to ``MaskConfig.method``; ``single-task`` and
-``leave-one-out`` build one mask per evaluated task."""
+``leave-one-out`` build one mask per evaluated task; ``slicegpt`` and ``slicegpt-wiki`` build no
+mask (``ROTATION_METHODS``: rotate-and-slice, calibrated on the cache's task samples or wiki windows)."""
 
 from __future__ import annotations
 
@@ -108,4 +109,8 @@ METHODS: dict[str, dict[str, Any]] = {  # sweep name -> the MaskConfig fields th
     "leave-one-out": {"method": "leave_one_out"},
 }
 PER_TASK_METHODS = ("single-task", "leave-one-out")
+#: Rotate-and-slice (SliceGPT, ``pruning/rotate.py``): no mask, so not MaskConfig fields; sweep name
+#: -> the calibration text (``pruning.pca.SOURCES``): the cache's task samples, or its wiki windows.
+ROTATION_METHODS: dict[str, str] = {"slicegpt": "tasks", "slicegpt-wiki": "wiki"}
+METHODS.update({name: {"calibration": source} for name, source in ROTATION_METHODS.items()})
 RESULTS = "results.jsonl"

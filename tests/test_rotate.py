@@ -4,6 +4,7 @@ the projected activations at k < D, the parameter counts, refusals, and the real
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -188,6 +189,34 @@ def test_the_norms_are_scale_free_and_normalise_over_the_dense_width():
 
 
 # --------------------------------------------------------------------------------------------
+# Export: this package's own format
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_saved_rotated_model_reloads_with_its_logits_and_only_through_this_package(scheme, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from diet_explore.pruning.rotated_io import META_FILE, load_rotated, save_rotated
+    from diet_explore.pruning.saving import save_pruned
+
+    _, sliced = rotated(tiny_model("qwen2"), 40, scheme)
+    folder = save_rotated(sliced, tmp_path / "sliced")
+    back = load_rotated(folder)
+    torch.testing.assert_close(logits(back), logits(sliced), rtol=0, atol=0)
+    assert count_parameters(back) == count_parameters(sliced) and rotation_summary(back)["scheme"] == scheme
+    assert not (folder / "config.json").exists() and "from_pretrained` alone" in (folder / "README.md").read_text()
+    with pytest.raises((OSError, ValueError)):
+        AutoModelForCausalLM.from_pretrained(folder)
+    with pytest.raises(DietError, match="no plain Hugging Face architecture"):
+        save_pruned(sliced, None, tmp_path / "hf")
+    meta = json.loads((folder / META_FILE).read_text())
+    (folder / META_FILE).write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(DietError, match="version 99"):
+        load_rotated(folder)
+    with pytest.raises(DietError, match="not a saved rotated model"):
+        load_rotated(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
 # Through the scorer, the sweep and the CLI
 # --------------------------------------------------------------------------------------------
 def test_a_full_rotation_scores_and_perplexes_like_the_dense_model():
@@ -319,6 +348,14 @@ def test_mask_and_the_mask_config_refuse_slicegpt_with_the_reason(sweep, tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: 'slicegpt-wiki' is not a masking method") and "compare --methods" in err
     assert "Traceback" not in err and not (tmp_path / "m.json").exists()
+
+
+def test_the_mask_builder_offers_no_slicegpt_and_says_why(app):
+    from app_helpers import run_page
+
+    at = run_page(app.run(), "mask_builder")
+    assert not at.exception and not any("slicegpt" in o for o in at.selectbox(key="method").options)
+    assert any("No SliceGPT here" in c.value and "keeps directions, not hidden coordinates" in c.value for c in at.caption)
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ parameter count includes that second V × k matrix and every shortcut.
 
 Written against the adapter; a family declares itself fit with ``rotation_refusal() is None``
 (Gemma-2/3's sandwich norms are refused). The result is an in-memory model: no longer a stock
-Hugging Face architecture (``rotated_io.py`` saves and reloads it in this package's own format).
+Hugging Face architecture: ``rotated_io.py`` saves it in this package's own small format and
+reloads it; ``from_pretrained`` alone does not.
 """
 
 from __future__ import annotations
@@ -193,6 +194,7 @@ def rotate_and_slice(model: nn.Module, rotations: Rotations, copy_model: bool = 
         raise DietError(f"rotations for hidden size {rotations.hidden_size}, the model has {d}", "compute them on this model")
     sites = rotations.sites(len(adapter.layers()))
     params_before = count_parameters(model)
+    dense_config = model.config.to_dict()  # what a saved rotated model is rebuilt from (rotated_io.py)
     new = copy.deepcopy(model) if copy_model else model
     ad = get_adapter(new)
     eps = ad.rms_norm_eps()
@@ -250,6 +252,7 @@ def rotate_and_slice(model: nn.Module, rotations: Rotations, copy_model: bool = 
             "kept_variance": list(rotations.kept_variance),
             "calibration": dict(rotations.info),
             "rotate_s": round(time.perf_counter() - start, 3),
+            "dense_config": dense_config,
         },
     )
     return new

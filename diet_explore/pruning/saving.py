@@ -43,6 +43,14 @@ def save_pruned(
 
     Written into a staged folder renamed into place at the end: an interrupted save leaves nothing.
     """
+    from diet_explore.pruning.rotate import rotation_summary
+
+    if rotation_summary(model) is not None:
+        raise DietError(
+            "a rotated and sliced (SliceGPT) model is no plain Hugging Face architecture (shortcut matrices), "
+            "so from_pretrained could not load the folder",
+            "save it with diet_explore.pruning.rotated_io.save_rotated, which this package reloads",
+        )
     info = dict(getattr(model, "diet_prune_info", None) or {})
     if mask_file is not None:
         method = method or getattr(mask_file, "method", None)

@@ -13,7 +13,7 @@ import torch
 from diet_explore.core.errors import DietError
 from diet_explore.models.adapters import get_adapter
 from diet_explore.models.adapters.tiny import tiny_model
-from diet_explore.pruning.pca import pca_rotations
+from diet_explore.pruning.pca import pca_rotations, slicegpt_model
 from diet_explore.pruning.rotate import (
     SCHEMES,
     ScaleFreeRMSNorm,
@@ -24,7 +24,6 @@ from diet_explore.pruning.rotate import (
     rotate_and_slice,
     rotated_parameters,
     rotation_summary,
-    slicegpt_model,
 )
 
 ROTATABLE = ("llama", "mistral", "qwen2", "qwen3")

@@ -365,8 +365,8 @@ def _run_rotation(model, tokenizer, cache, method, sparsity, multiple, ecfg, req
     (with the shortcut matrices and the untied head) beside a mask's at the same kept count."""
     from diet_explore.masking.selection import keep_count
     from diet_explore.models.adapters import get_adapter
-    from diet_explore.pruning.pca import calibration_from_cache
-    from diet_explore.pruning.rotate import count_parameters, keep_for_parameters, rotation_summary, slicegpt_model
+    from diet_explore.pruning.pca import calibration_from_cache, slicegpt_model
+    from diet_explore.pruning.rotate import count_parameters, keep_for_parameters, rotation_summary
 
     d = int(model.config.hidden_size)
     n_keep = keep_count(d, sparsity, multiple)

@@ -17,12 +17,14 @@ do in DIET's scores (per-sample token means, equal task weights in the vote).
 The sequences are batched and padded as profiling batches them (``profiling.runner``). To run the
 blocks one half at a time, each block's call arguments (attention masks, rotary embeddings) are
 recorded in one pass of the decoder stack with the blocks replaced by a recorder; that replaces
-methods on the model, so ``pca_rotations`` runs on a private copy (``rotate.slicegpt_model``).
+methods on the model, so ``pca_rotations`` runs on a private copy (``slicegpt_model``).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,7 +33,16 @@ import torch
 from torch import nn
 
 from diet_explore.core.errors import DietError
-from diet_explore.pruning.rotate import SCHEMES, Rotations, Sites, attention_half, check_rotatable, math_device, mlp_half
+from diet_explore.pruning.rotate import (
+    SCHEMES,
+    Rotations,
+    Sites,
+    attention_half,
+    check_rotatable,
+    math_device,
+    mlp_half,
+    rotate_and_slice,
+)
 
 Progress = Callable[[float, str], None]
 SOURCES = ("tasks", "wiki")  # calibration text: the cache's task samples, or its generic wiki windows
@@ -101,7 +112,7 @@ def pca_rotations(
     """The k = ``keep`` principal directions of every residual site of ``model``, fitted
     sequentially on ``sequences`` (token ids; ``weights[i]`` is sequence i's share, spread over its
     tokens). ``model`` must be one nobody else uses while this runs: its blocks' ``forward`` is
-    replaced for one recording pass (``rotate.slicegpt_model`` passes its private copy)."""
+    replaced for one recording pass (``slicegpt_model`` passes its private copy)."""
     from diet_explore.profiling.runner import pad_batch, profile_batches
 
     adapter = check_rotatable(model)
@@ -175,6 +186,26 @@ def pca_rotations(
     )
 
 
+def slicegpt_model(
+    model: nn.Module,
+    sequences: Sequence[Sequence[int]],
+    weights: Sequence[float],
+    keep: int,
+    scheme: str = "half",
+    max_batch_tokens: int = 4096,
+    pad_id: int = 0,
+    progress: Callable[[float, str], None] | None = None,
+    info: dict[str, Any] | None = None,
+) -> nn.Module:
+    """``model`` rotated and sliced to ``keep`` dims with bases calibrated on ``sequences`` (token
+    ids, each with a weight: see ``pca.pca_rotations``); ``model`` itself is never touched. The
+    calibration runs on the private copy that becomes the result, so nothing is hooked on ``model``."""
+    check_rotatable(model)
+    new = copy.deepcopy(model)
+    rotations = pca_rotations(new, sequences, weights, keep, scheme, max_batch_tokens, pad_id, progress, info)
+    return rotate_and_slice(new, rotations, copy_model=False)
+
+
 def _check_weights(sequences: Sequence[Sequence[int]], weights: Sequence[float]) -> None:
     if not sequences:
         raise DietError("no calibration sequences", "calibrate on at least one sequence")
@@ -234,9 +265,35 @@ def _second_moment(streams: list[torch.Tensor], token_weights: list[torch.Tensor
 def _principal_directions(second_moment: torch.Tensor, keep: int) -> tuple[torch.Tensor, float]:
     """The ``keep`` eigenvectors of largest eigenvalue, (D, k) fp64 in decreasing order, and the
     share of the trace they hold."""
-    values, vectors = torch.linalg.eigh(second_moment)  # ascending
+    values, vectors = _eigh(second_moment)  # ascending
     order = torch.argsort(values, descending=True)
     values, vectors = values[order], vectors[:, order]
     trace = float(values.clamp_min(0).sum())
     share = float(values[:keep].clamp_min(0).sum()) / trace if trace > 0 else 1.0
     return vectors[:, :keep].contiguous(), share
+
+
+def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh``; on the CPU in a thread of its own with one intra-op thread. On 2 busy
+    cores the two-threaded LAPACK call took 2.2-3.7 s for a 576 x 576 fp64 matrix, one thread
+    0.2-0.3 s (the threads wait on each other). The caller's thread count is left as it was."""
+    if matrix.device.type != "cpu":
+        return torch.linalg.eigh(matrix)
+    before = torch.get_num_threads()
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        torch.set_num_threads(1)
+        try:
+            out["result"] = torch.linalg.eigh(matrix)
+        except BaseException as exc:  # re-raised in the caller's thread
+            out["error"] = exc
+        finally:
+            torch.set_num_threads(before)  # also the default new threads start with
+
+    worker = threading.Thread(target=run, name="diet-eigh", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +46,9 @@ from torch import nn
 from diet_explore.core.errors import DietError
 from diet_explore.models.adapters import get_adapter
 from diet_explore.models.adapters.base import LayerAdapter, ModelAdapter
+from diet_explore.pruning.saving import ROTATION_INFO  # the attribute a rotated model carries
 
 SCHEMES = ("half", "block")
-ROTATION_INFO = "diet_rotation_info"  # attribute of a rotated model: what was done, parameter counts
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +172,10 @@ def _shortcut(x: torch.Tensor, matrix: nn.Parameter | None) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 def check_rotatable(model: nn.Module) -> ModelAdapter:
     """The model's adapter, or a DietError saying why this family cannot be rotated exactly."""
+    from diet_explore.pruning.slicing import check_single_device
+
     adapter = get_adapter(model)
+    check_single_device(model)
     reason = adapter.rotation_refusal()
     if reason:
         raise DietError(f"SliceGPT is not available for this model: {reason}", "use a coordinate mask (diet, wiki, ...)")
@@ -306,48 +308,28 @@ def rotated_parameters(model: nn.Module, keep: int, scheme: str = "half") -> int
     """Parameters of ``model`` rotated and sliced to ``keep`` dims, without building it: every
     tensor on the hidden dimension shrinks to ``keep`` (``params_per_hidden_dim``), the norms lose
     their weights (folded), a tied head becomes its own V × k matrix and each shortcut adds k × k."""
-    adapter = get_adapter(model)
-    d = adapter.hidden_size
-    per_dim = adapter.params_per_hidden_dim()
-    norms = 1 + sum(len(la.hidden_norms()) for la in adapter.layer_adapters())
-    fixed = count_parameters(model) - d * per_dim
-    untie = adapter.embedding().weight.shape[0] if adapter.ties_embeddings() else 0
-    return fixed + keep * (per_dim - norms + untie) + Sites(len(adapter.layers()), scheme).shortcuts() * keep * keep
+    fixed, linear, square = _parameter_formula(model, scheme)
+    return fixed + linear * keep + square * keep * keep
 
 
 def keep_for_parameters(model: nn.Module, parameters: int, scheme: str = "half", multiple_of: int = 1) -> int:
     """The largest kept count (a multiple of ``multiple_of``) whose rotated model has at most
     ``parameters`` parameters; 0 when even ``multiple_of`` dims have more."""
+    fixed, linear, square = _parameter_formula(model, scheme)
     d = get_adapter(model).hidden_size
-    best = 0
-    for keep in range(multiple_of, d + 1, multiple_of):  # monotone in keep; D / m evaluations of a formula
-        if rotated_parameters(model, keep, scheme) > parameters:
-            break
-        best = keep
-    return best
+    fits = [k for k in range(multiple_of, d + 1, multiple_of) if fixed + linear * k + square * k * k <= parameters]
+    return max(fits, default=0)
 
 
-# --------------------------------------------------------------------------------------------
-def slicegpt_model(
-    model: nn.Module,
-    sequences: Sequence[Sequence[int]],
-    weights: Sequence[float],
-    keep: int,
-    scheme: str = "half",
-    max_batch_tokens: int = 4096,
-    pad_id: int = 0,
-    progress: Callable[[float, str], None] | None = None,
-    info: dict[str, Any] | None = None,
-) -> nn.Module:
-    """``model`` rotated and sliced to ``keep`` dims with bases calibrated on ``sequences`` (token
-    ids, each with a weight: see ``pca.pca_rotations``); ``model`` itself is never touched. The
-    calibration runs on the private copy that becomes the result, so nothing is hooked on ``model``."""
-    from diet_explore.pruning.pca import pca_rotations
-
-    check_rotatable(model)
-    new = copy.deepcopy(model)
-    rotations = pca_rotations(new, sequences, weights, keep, scheme, max_batch_tokens, pad_id, progress, info)
-    return rotate_and_slice(new, rotations, copy_model=False)
+def _parameter_formula(model: nn.Module, scheme: str) -> tuple[int, int, int]:
+    """(fixed, per kept dim, per kept dim squared): the rotated model's parameter count is
+    ``fixed + a·k + b·k²``."""
+    adapter = get_adapter(model)
+    per_dim = adapter.params_per_hidden_dim()
+    norms = 1 + sum(len(la.hidden_norms()) for la in adapter.layer_adapters())
+    untie = adapter.embedding().weight.shape[0] if adapter.ties_embeddings() else 0
+    fixed = count_parameters(model) - adapter.hidden_size * per_dim
+    return fixed, per_dim - norms + untie, Sites(len(adapter.layers()), scheme).shortcuts()
 
 
 def rotation_summary(model: nn.Module) -> dict[str, Any] | None:

@@ -21,6 +21,8 @@ from diet_explore.models.adapters import get_adapter
 from diet_explore.tasks.registry import builtin_task_names, lm_eval_command, load_registry
 
 PRUNE_INFO_FILE = "diet_explore_pruned.json"
+#: The attribute a rotated-and-sliced model carries (``rotate.py``); such a model is no HF architecture.
+ROTATION_INFO = "diet_rotation_info"
 MASK_FILE = "diet_mask.json"
 
 
@@ -43,9 +45,7 @@ def save_pruned(
 
     Written into a staged folder renamed into place at the end: an interrupted save leaves nothing.
     """
-    from diet_explore.pruning.rotate import rotation_summary
-
-    if rotation_summary(model) is not None:
+    if getattr(model, ROTATION_INFO, None) is not None:
         raise DietError(
             "a rotated and sliced (SliceGPT) model is no plain Hugging Face architecture (shortcut matrices), "
             "so from_pretrained could not load the folder",

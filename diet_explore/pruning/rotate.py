@@ -28,8 +28,8 @@ in Q_final with the final norm's scale folded in), so it is untied, as SliceGPT 
 parameter count includes that second V × k matrix and every shortcut.
 
 Written against the adapter; a family declares itself fit with ``rotation_refusal() is None``
-(Gemma-2/3's sandwich norms are refused). The result is an in-memory model: no longer a stock
-Hugging Face architecture: ``rotated_io.py`` saves it in this package's own small format and
+(Gemma-2/3's sandwich norms are refused). The result is an in-memory model that is no longer a
+stock Hugging Face architecture: ``rotated_io.py`` saves it in this package's own small format and
 reloads it; ``from_pretrained`` alone does not.
 """
 
@@ -195,6 +195,8 @@ def rotate_and_slice(model: nn.Module, rotations: Rotations, copy_model: bool = 
     if rotations.hidden_size != d:
         raise DietError(f"rotations for hidden size {rotations.hidden_size}, the model has {d}", "compute them on this model")
     sites = rotations.sites(len(adapter.layers()))
+    if not 1 <= k <= d or any(tuple(q.shape) != (d, k) for q in rotations.bases):
+        raise DietError(f"the rotations are not {d} x {k} bases for keeping {k} of {d} dims", "compute them on this model")
     params_before = count_parameters(model)
     dense_config = model.config.to_dict()  # what a saved rotated model is rebuilt from (rotated_io.py)
     new = copy.deepcopy(model) if copy_model else model
@@ -212,7 +214,8 @@ def rotate_and_slice(model: nn.Module, rotations: Rotations, copy_model: bool = 
         # the head first: its weight may be the embedding's, which is rotated below
         head = ad.lm_head()
         final = ad.final_norm()
-        head.weight = _param(_math(head.weight) * (off + _math(final.weight))[None, :] @ bases[sites.head], head.weight)
+        head_in = _math(head.weight) * (off + _math(final.weight))[None, :]  # the final norm's scale, folded
+        head.weight = _param(head_in @ bases[sites.head], head.weight)
         head.in_features = k
         emb.weight = _param(_math(emb.weight) @ bases[0], emb.weight)
         emb.embedding_dim = k

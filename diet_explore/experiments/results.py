@@ -5,7 +5,8 @@ Rows written before that have the main metric's correctness only: their paired r
 main metric (acc or acc_norm, whichever the task's is) and say that the rest was not recorded.
 
 ``METHODS`` maps the sweep's method names (CLI) to ``MaskConfig.method``; ``single-task`` and
-``leave-one-out`` build one mask per evaluated task."""
+``leave-one-out`` build one mask per evaluated task; ``slicegpt`` and ``slicegpt-wiki`` build no
+mask (``ROTATION_METHODS``: rotate-and-slice, calibrated on the cache's task samples or wiki windows)."""
 
 from __future__ import annotations
 
@@ -191,6 +192,10 @@ METHODS: dict[str, dict[str, Any]] = {  # sweep name -> the MaskConfig fields th
     "leave-one-out": {"method": "leave_one_out"},
 }
 PER_TASK_METHODS = ("single-task", "leave-one-out")
+#: Rotate-and-slice (SliceGPT, ``pruning/rotate.py``): no mask, so not MaskConfig fields; sweep name
+#: -> the calibration text (``pruning.pca.SOURCES``): the cache's task samples, or its wiki windows.
+ROTATION_METHODS: dict[str, str] = {"slicegpt": "tasks", "slicegpt-wiki": "wiki"}
+METHODS.update({name: {"calibration": source} for name, source in ROTATION_METHODS.items()})
 RESULTS = "results.jsonl"
 
 

@@ -13,6 +13,13 @@ every task. Two methods build one mask *per evaluated task*:
 
 For these two, wiki perplexity is not defined (one model per task) and is left empty.
 
+Two methods build no mask: ``slicegpt`` and ``slicegpt-wiki`` rotate the residual stream into its
+principal directions and slice the least-variance ones (SliceGPT, ``pruning/rotate.py``), keeping
+the same count as DIET's exact mask at that sparsity, calibrated on the same data as DIET (the
+cache's recorded samples of its tasks), or on its generic wiki windows (SliceGPT's own choice).
+Their rows also carry the parameter counts (``rotation``): the shortcut matrices and the untied
+head make a rotated model larger than a mask's at the same kept count.
+
 By default every mask keeps exactly the same number of dims at a given sparsity (``exact``),
 rounded to the multiple the model's config needs to save and reload (``prune.required_multiple``,
 the head count for Llama/Gemma in transformers 5), so methods differ only in *which* dims they keep
@@ -47,6 +54,7 @@ from diet_explore.experiments.results import (
     METHODS,
     PER_TASK_METHODS,
     RESULTS,
+    ROTATION_METHODS,
     add_average,
     add_deltas,
     append_result,
@@ -318,6 +326,8 @@ def run_compare(
 
 
 def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, progress, prune_model):
+    if method in ROTATION_METHODS:
+        return _run_rotation(model, tokenizer, pre.cache, method, sparsity, multiple, ecfg, requests, progress)
     masks = run_masks(pre, method, sparsity, config, multiple, list(requests))
     if method not in PER_TASK_METHODS:
         mask = next(iter(masks.values()))
@@ -348,6 +358,51 @@ def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, re
         "n_keep_per_task": n_keep,
         "tasks": tasks,
         "ppl": None,
+    }
+
+
+def _run_rotation(model, tokenizer, cache, method, sparsity, multiple, ecfg, requests, progress):
+    """SliceGPT at ``sparsity``: DIET's exact kept count (``keep_count``), bases calibrated on the
+    cache's own calibration data, evaluated in memory; the row also carries the parameter counts
+    (with the shortcut matrices and the untied head) beside a mask's at the same kept count."""
+    from diet_explore.masking.selection import keep_count
+    from diet_explore.models.adapters import get_adapter
+    from diet_explore.pruning.pca import calibration_from_cache, slicegpt_model
+    from diet_explore.pruning.rotate import count_parameters, keep_for_parameters, rotation_summary
+
+    d = int(model.config.hidden_size)
+    n_keep = keep_count(d, sparsity, multiple)
+    sequences, weights, info = calibration_from_cache(cache, tokenizer, ROTATION_METHODS[method])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pca_share = 0.25  # of the run's progress bar
+    rotated = slicegpt_model(
+        model, sequences, weights, n_keep, pad_id=pad_id, progress=lambda f, m: progress(pca_share * f, m), info=info
+    )
+    summary = rotation_summary(rotated)
+    res = evaluate_model(
+        rotated, tokenizer, ecfg, lambda f, m: progress(pca_share + (1 - pca_share) * f, m), combo_key(method, sparsity), requests
+    )
+    del rotated
+    mask_params = count_parameters(model) - get_adapter(model).params_per_hidden_dim() * (d - n_keep)
+    return {
+        "method": method,
+        "sparsity": sparsity,
+        "n_keep": n_keep,
+        "actual_sparsity": 1.0 - n_keep / d,
+        "tasks": {t: task_row(r, res.task_scores(t)) for t, r in res.tasks.items()},
+        "ppl": res.perplexity,
+        "rotation": {
+            "scheme": summary["scheme"],
+            "parameters": summary["parameters_after"],
+            "shortcut_parameters": summary["shortcut_parameters"],
+            "untied_head": summary["untied_head"],
+            "parameters_dense": summary["parameters_before"],
+            "parameters_mask_same_keep": mask_params,
+            "keep_at_mask_parameters": keep_for_parameters(model, mask_params, summary["scheme"], multiple),
+            "kept_variance_mean": sum(summary["kept_variance"]) / len(summary["kept_variance"]),
+            "calibration": summary["calibration"],
+            "rotate_s": summary["rotate_s"],
+        },
     }
 
 

@@ -20,6 +20,21 @@ from diet_explore.masking.selection import check_sparsity, jaccard, keep_count
 from diet_explore.masking.vote import MERGE_METHODS, merge
 from diet_explore.profiling.cache import SITES
 
+#: Methods of ``compare`` that are no coordinate mask, each with the reason a mask request is refused.
+NOT_MASKS = {
+    name: "SliceGPT rotates the residual stream into its principal directions before slicing, so it keeps "
+    "directions, not hidden coordinates: there is no mask to build or save"
+    for name in ("slicegpt", "slicegpt-wiki")
+}
+NOT_A_MASK_HINT = "evaluate it in memory with `diet-explore compare --methods slicegpt,slicegpt-wiki`"
+
+
+def check_mask_method(method: str) -> None:
+    """Refuse a method that builds no mask (with the reason), or an unknown one."""
+    if method in NOT_MASKS:
+        raise DietError(f"{method!r} is not a masking method: {NOT_MASKS[method]}", NOT_A_MASK_HINT)
+    check_choice("method", method, MERGE_METHODS + BASELINE_METHODS)
+
 
 @dataclass
 class MaskConfig(JsonConfig):
@@ -46,7 +61,7 @@ class MaskConfig(JsonConfig):
         self.threshold = float(self.threshold)
         if not 0.0 <= self.threshold <= 1.0:
             raise DietError(f"threshold must be in [0, 1], got {self.threshold}", "0.5 is the paper's majority vote")
-        check_choice("method", self.method, MERGE_METHODS + BASELINE_METHODS)
+        check_mask_method(self.method)
         check_choice("site", self.site, SITES)
         check_choice("layer aggregation", self.layer_agg, LAYER_AGGS)
         check_choice("normalization", self.normalize, NORMALIZATIONS)

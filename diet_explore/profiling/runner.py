@@ -158,6 +158,23 @@ def _weight(lin: torch.nn.Module) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------
+def task_sequences(spec, ids: list[int], tokenizer, max_length: int) -> list[list[int]]:
+    """The token sequences a task's calibration samples ``ids`` run as: each example's context,
+    delimiter and gold continuation, tokenized as the tokenizer does by default, keeping the last
+    ``max_length`` tokens (the answer end). Rotate-and-slice calibrates on exactly these."""
+    texts = [r.gold_text() for r in requests_for(spec, ids)]
+    return [s[-max_length:] for s in tokenizer(texts)["input_ids"]]
+
+
+def wiki_sequences(tokenizer, ids: list[int], window: int) -> list[list[int]]:
+    """The generic-text calibration windows ``ids`` (of ``window`` tokens), after a BOS token for
+    tokenizers that prepend one (Gemma)."""
+    windows = wiki_token_windows(tokenizer, window)
+    bos = [] if bos_prefix(tokenizer) is None else [tokenizer.bos_token_id]
+    return [bos + windows[i].tolist() for i in ids]
+
+
+# ------------------------------------------------------------------------------------------------
 def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = None, loaded=None) -> ScoreCache:
     """Profile ``config.tasks`` into the cache folder ``out``; finished tasks there are reused.
 
@@ -208,14 +225,11 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
         if spec.name in done:
             continue
         ids = calibration_ids(spec, config.samples, config.seed)
-        texts = [r.gold_text() for r in requests_for(spec, ids)]
-        seqs = [s[-config.max_length :] for s in tokenizer(texts)["input_ids"]]
-        jobs.append((spec.name, "task", ids, seqs))
+        jobs.append((spec.name, "task", ids, task_sequences(spec, ids, tokenizer, config.max_length)))
     if config.generic and WIKI_TASK not in done:
         windows = wiki_token_windows(tokenizer, config.generic_window)
         ids = wiki_calibration_ids(len(windows), config.samples, config.seed)
-        bos = [] if bos_prefix(tokenizer) is None else [tokenizer.bos_token_id]
-        jobs.append((WIKI_TASK, "generic", ids, [bos + windows[i].tolist() for i in ids]))
+        jobs.append((WIKI_TASK, "generic", ids, wiki_sequences(tokenizer, ids, config.generic_window)))
     for name, kind, ids, seqs in jobs:
         start = time.perf_counter()
         counter = _Counter(name, len(seqs), progress)

@@ -21,6 +21,8 @@ from diet_explore.models.adapters import get_adapter
 from diet_explore.tasks.registry import builtin_task_names, lm_eval_command, load_registry
 
 PRUNE_INFO_FILE = "diet_explore_pruned.json"
+#: The attribute a rotated-and-sliced model carries (``rotate.py``); such a model is no HF architecture.
+ROTATION_INFO = "diet_rotation_info"
 MASK_FILE = "diet_mask.json"
 
 
@@ -45,6 +47,12 @@ def save_pruned(
     With ``overwrite`` an existing folder is replaced only when it is a pruned folder this tool
     wrote (it holds ``PRUNE_INFO_FILE``) or empty; anything else is refused (``atomic.staged_dir``).
     """
+    if getattr(model, ROTATION_INFO, None) is not None:
+        raise DietError(
+            "a rotated and sliced (SliceGPT) model is no plain Hugging Face architecture (shortcut matrices), "
+            "so from_pretrained could not load the folder",
+            "save it with diet_explore.pruning.rotated_io.save_rotated, which this package reloads",
+        )
     info = dict(getattr(model, "diet_prune_info", None) or {})
     if mask_file is not None:
         method = method or getattr(mask_file, "method", None)

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from diet_explore.masking.baselines import BASELINE_METHODS
+from diet_explore.masking.build import NOT_A_MASK_HINT, NOT_MASKS
 from diet_explore.masking.vote import MERGE_METHODS
 from diet_explore_app import loaders, state
 from diet_explore_app import settings as S
@@ -69,6 +70,7 @@ with ui.shown_errors():
             **state.sel_kw(S.KEY_METHOD, METHODS),
             help="diet: weighted vote (paper); random/magnitude/wiki are baselines",
         )
+        st.caption(f"No SliceGPT here: {NOT_MASKS['slicegpt']}; {NOT_A_MASK_HINT}.")
         if method == "single":
             st.selectbox("Task", cache.task_names, **state.sel_kw(state.K_SINGLE_TASK, cache.task_names))
         if method == "leave_one_out":

@@ -55,6 +55,14 @@ class LayerAdapter(ABC):
     def head_dim(self) -> int:
         """Size of one attention head (unchanged by pruning the hidden dimension)."""
 
+    @abstractmethod
+    def attention(self) -> nn.Module:
+        """The attention module: called as the block calls it, ``attention(hidden_states=..., **kw)[0]``."""
+
+    @abstractmethod
+    def mlp(self) -> nn.Module:
+        """The MLP module: ``mlp(x)``."""
+
 
 class ModelAdapter(ABC):
     """Accessors for a whole causal LM of one family."""
@@ -101,6 +109,16 @@ class ModelAdapter(ABC):
     def embedding_scale(self) -> float:
         """Factor the model multiplies embeddings by at run time (Gemma: sqrt(hidden_size))."""
         return 1.0
+
+    def rms_norm_eps(self) -> float:
+        """The epsilon every hidden-dimension RMSNorm of this family adds to the mean square."""
+        return float(self.config.rms_norm_eps)
+
+    def rotation_refusal(self) -> str | None:
+        """Why rotate-and-slice (``pruning/rotate.py``) is not exact for this family, or None when it is:
+        pre-norm blocks ``x + attn(norm(x))`` then ``x + mlp(norm(x))`` whose RMSNorm scale folds
+        into the linears it feeds. A family says None only after its exactness test passes."""
+        return f"rotate-and-slice has not been shown exact for {self.config.model_type} models"
 
     def final_logit_softcap(self) -> float | None:
         """Soft-capping of the output logits, ``cap * tanh(logits / cap)`` (Gemma-2), else None."""

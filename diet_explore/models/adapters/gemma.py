@@ -54,5 +54,12 @@ class GemmaAdapter(LlamaAdapter):
     def embedding_scale(self) -> float:
         return math.sqrt(self.config.hidden_size)
 
+    def rotation_refusal(self) -> str | None:
+        return (
+            f"{self.config.model_type} normalises the attention and MLP outputs again before the residual add "
+            "(sandwich norms), and that per-dimension (1 + w) scale on the residual stream does not commute "
+            "with a rotation, so rotate-and-slice would not be exact"
+        )
+
     def final_logit_softcap(self) -> float | None:
         return getattr(self.config, "final_logit_softcapping", None)

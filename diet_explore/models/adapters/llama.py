@@ -34,6 +34,12 @@ class LlamaLayerAdapter(LayerAdapter):
     def head_dim(self) -> int:
         return int(self.layer.self_attn.head_dim)
 
+    def attention(self) -> nn.Module:
+        return self.layer.self_attn
+
+    def mlp(self) -> nn.Module:
+        return self.layer.mlp
+
 
 class LlamaAdapter(ModelAdapter):
     model_types = ("llama", "mistral", "qwen2", "qwen3")
@@ -56,3 +62,6 @@ class LlamaAdapter(ModelAdapter):
 
     def lm_head(self) -> nn.Linear:
         return self.model.lm_head
+
+    def rotation_refusal(self) -> str | None:
+        return None  # pre-norm blocks, RMSNorm(x) * w: exact (tests/test_rotate.py)

@@ -65,13 +65,19 @@ def task_row(res: TaskResult, scores: list | None = None) -> dict[str, Any]:
         "correct": [int(x) for x in main],
     }
     if scores is not None:
-        row["examples"] = {
-            "doc_id": [int(s.doc_id) for s in scores],
-            "gold": [int(s.gold) for s in scores],
-            "lls": [[round(float(x), 6) for x in s.lls] for s in scores],
-            "chars": [[len(c) for c in s.choice_texts] for s in scores],
-        }
+        row["examples"] = examples_of(scores)
     return row
+
+
+def examples_of(scores: list) -> dict[str, list]:
+    """Per example of one task's ``ChoiceScores`` (in request order): doc id, gold answer, every
+    choice's log-likelihood and length in characters: enough to recompute any paired metric."""
+    return {
+        "doc_id": [int(s.doc_id) for s in scores],
+        "gold": [int(s.gold) for s in scores],
+        "lls": [[round(float(x), 6) for x in s.lls] for s in scores],
+        "chars": [[len(c) for c in s.choice_texts] for s in scores],
+    }
 
 
 def paired_avg_delta(

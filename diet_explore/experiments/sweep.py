@@ -39,6 +39,7 @@ import numpy as np
 from diet_explore.core import atomic
 from diet_explore.core.config import JsonConfig
 from diet_explore.core.errors import DietError
+from diet_explore.evaluation.blocks import ScoreLog, StopCheck
 from diet_explore.evaluation.evalcache import EvalCache
 from diet_explore.evaluation.evaluate import EvalConfig, EvalResult, eval_requests, evaluate_cached, evaluate_model
 from diet_explore.evaluation.scoring import DEFAULT_BATCH_TOKENS
@@ -199,10 +200,16 @@ def run_compare(
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
     eval_cache: EvalCache | None = None,
+    info=None,
+    blocks: ScoreLog | None = None,
+    should_stop: StopCheck | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) the sweep into ``out``; returns every result row (dense first). With
-    ``eval_cache`` (and the model loaded here from ``config.model``) the dense row reuses an
-    earlier evaluation of the same model on the same examples, e.g. from ``diet-explore eval``."""
+    ``eval_cache`` (and the model loaded here from ``config.model``, or passed in with the
+    ``info`` ``load_model`` gave for it) the dense row reuses an earlier evaluation of the same
+    model on the same examples, e.g. from ``diet-explore eval``. ``blocks`` keeps every finished
+    block of examples (a resume reuses them within a run, not only whole runs); ``should_stop``
+    can stop between forward passes (``blocks.Stopped``: finished runs and blocks are kept)."""
     from diet_explore.experiments.runs import RunStore, new_run_id
     from diet_explore.masking.importance import as_precompute
     from diet_explore.models.loading import dtype_name
@@ -224,7 +231,6 @@ def run_compare(
     fingerprint = config.fingerprint(cache.manifest_hash, dtype)
     done = read_results(out)
     check_resumable(done, out, fingerprint)
-    info = None  # the loaded model's ModelInfo: only then does config.model name the model evaluated
     if model is None:
         from diet_explore.models.loading import load_model
 
@@ -252,7 +258,8 @@ def run_compare(
         param = next(model.parameters())
 
         def evaluate_dense():
-            return evaluate_model(model, tokenizer, ecfg, step(k), "dense", requests), info.to_dict() if info else {}
+            res = evaluate_model(model, tokenizer, ecfg, step(k), "dense", requests, log=blocks, should_stop=should_stop)
+            return res, info.to_dict() if info else {}
 
         # a model passed in may not be config.model's weights, so only a model loaded here is looked up
         res = evaluate_cached(
@@ -290,7 +297,9 @@ def run_compare(
         if key in have:
             continue
         start = time.perf_counter()
-        row = _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, step(k), prune_model)
+        row = _run_one(
+            model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, step(k), prune_model, blocks, should_stop
+        )
         row.update(key=key, fingerprint=fingerprint, wall_time_s=time.perf_counter() - start)
         add_average(row)
         add_deltas(row, dense)
@@ -312,11 +321,14 @@ def run_compare(
     return rows
 
 
-def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, progress, prune_model):
+def _run_one(
+    model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, progress, prune_model, blocks, should_stop
+):
     if method not in PER_TASK_METHODS:
         mask = _mask(pre, method, sparsity, config, multiple)
         pruned = prune_model(model, mask.keep)
-        res = evaluate_model(pruned, tokenizer, ecfg, progress, combo_key(method, sparsity), requests)
+        key = combo_key(method, sparsity)
+        res = evaluate_model(pruned, tokenizer, ecfg, progress, key, requests, log=blocks, should_stop=should_stop)
         del pruned
         return {
             "method": method,
@@ -336,7 +348,8 @@ def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, re
         mask = _mask(pre, method, sparsity, config, multiple, **extra)
         pruned = prune_model(model, mask.keep)
         sub = lambda f, msg, i=i, t=t: progress((i + f) / len(requests), f"{t}: {msg}")
-        res: EvalResult = evaluate_model(pruned, tokenizer, no_ppl, sub, f"{combo_key(method, sparsity)}:{t}", {t: reqs})
+        label = f"{combo_key(method, sparsity)}:{t}"
+        res: EvalResult = evaluate_model(pruned, tokenizer, no_ppl, sub, label, {t: reqs}, log=blocks, should_stop=should_stop)
         del pruned
         tasks[t], n_keep[t] = task_row(res.tasks[t], res.task_scores(t)), mask.n_keep
     return {
@@ -406,3 +419,29 @@ def _run_record(row: dict[str, Any], dense: dict[str, Any], config: CompareConfi
         cache=config.cache,
         config=config.to_dict(),
     )
+
+
+def run_sweep_job(config: dict[str, Any], ctx) -> dict[str, Any]:
+    """The job behind the app's Sweep page (``ctx``: ``jobs.JobContext``): ``run_compare`` into the
+    job's folder, with the worker's model, the evaluation cache (dense results reused) and the
+    job's block log (a stopped or interrupted sweep resumes within the run it was in)."""
+    from diet_explore.experiments.runs import RunStore
+
+    cfg = CompareConfig.from_dict(config)
+    out = ctx.folder / "sweep"
+    ctx.log(f"Loading {cfg.model}…")
+    model, tokenizer, info = ctx.load_model(cfg.model, cfg.device, cfg.dtype)
+    rows = run_compare(
+        cfg,
+        out,
+        model=model,
+        tokenizer=tokenizer,
+        info=info,
+        store=RunStore(ctx.runs.root),
+        progress=ctx.progress,
+        log=ctx.log,
+        eval_cache=EvalCache(),
+        blocks=ScoreLog(ctx.folder / "blocks"),
+        should_stop=ctx.should_stop,
+    )
+    return {"out": str(out), "runs": len(rows) - 1}

@@ -1,71 +1,41 @@
-"""One step of the tuning loop: prune a copy of the dense model with a mask, evaluate both on the
-same held-out examples, and record the run.
+"""One step of the tuning loop, as a background job: prune a copy of the dense model with a mask,
+evaluate both on the same held-out examples, and record the run.
 
-The dense model's results are the same for every mask, so they come from ``dense_memo`` (results
-this process already has, e.g. the app's shared memo), else from the evaluation cache on disk
-that the CLI shares (``evaluation/evalcache.py``), and are computed only when neither has them.
+``run_prune_eval_job`` is what the app's Prune & evaluate page queues (``experiments/jobs.py`` runs
+it in the worker process). The dense model's results are the same for every mask, so they come
+from the evaluation cache on disk that the CLI shares (``evaluation/evalcache.py``) when it has
+them; else dense and pruned are scored together, block by block. Examples are scored in blocks
+interleaved across tasks (``evaluation/blocks.py``), and after every block the paired deltas on
+the examples scored so far are written to the job record (``paired_so_far``), so the page shows
+running numbers for every task from the first seconds. Finished blocks are kept in the job's
+folder: an interrupted or stopped job resumes where it was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
-from diet_explore.evaluation.evalcache import EvalCache, requests_fingerprint
+import numpy as np
+
+from diet_explore.core.config import JsonConfig
+from diet_explore.core.errors import DietError
+from diet_explore.evaluation.blocks import ScoreLog
+from diet_explore.evaluation.evalcache import EvalCache
 from diet_explore.evaluation.evaluate import (
     EvalConfig,
-    EvalResult,
     PairResult,
     eval_requests,
     evaluate_cached,
-    evaluate_model,
-    evaluate_pair,
+    evaluate_models,
+    result_from_cache,
 )
-from diet_explore.experiments.runs import RunStore, run_record
+from diet_explore.evaluation.metrics import average_paired_delta, paired_delta
+from diet_explore.evaluation.scoring import ChoiceScores
+from diet_explore.experiments.results import examples_of
+from diet_explore.experiments.runs import run_record
 from diet_explore.pruning.slicing import count_parameters, prune_model
-
-Progress = Callable[[float, str], None]
-Log = Callable[[str], None]
-DENSE_RESULTS_KEPT = 8  # dense results a memo holds (oldest dropped first)
-
-
-def evaluate_dense(
-    name: str,
-    config: EvalConfig,
-    model,
-    tokenizer,
-    progress: Progress | None = None,
-    memo: MutableMapping | None = None,
-    info: dict[str, Any] | None = None,
-    eval_cache: EvalCache | None = None,
-) -> tuple[EvalResult, bool]:
-    """``name``'s evaluation for ``config`` and whether it was reused (from ``memo`` or the disk
-    cache). The examples themselves are in the memo key: a cache folder profiled again changes the
-    held-out draw without changing the config's text. Results are never mutated."""
-    requests = eval_requests(config)
-    key = (name, config.to_json(), requests_fingerprint(requests))
-    if memo is not None and key in memo:
-        return memo[key], True
-    param = next(model.parameters())
-
-    def compute():
-        return evaluate_model(model, tokenizer, config, progress, "dense", requests), dict(info or {})
-
-    result = evaluate_cached(
-        name,
-        config,
-        requests,
-        eval_cache if eval_cache is not None else EvalCache(),
-        param.device.type,
-        param.dtype,
-        compute,
-        label="dense",
-    )
-    if memo is not None:
-        while len(memo) >= DENSE_RESULTS_KEPT:
-            memo.pop(next(iter(memo)))  # oldest first (dicts keep insertion order)
-        memo[key] = result
-    return result, "cached" in result.extra
+from diet_explore.tasks.registry import TaskSpec, resolve_tasks
 
 
 def model_nbytes(model) -> int:
@@ -92,6 +62,9 @@ def pair_record(
     delta, lo, hi = pair.average_delta()
     n_examples = int(sum(r.n for r in pair.dense.tasks.values()))
     task_rows = [r for r in frame.to_dict(orient="records") if r["task"] != "average"]
+    for row in task_rows:  # every example of both models: runs that share examples can be paired later
+        t = row["task"]
+        row["examples"] = {"dense": examples_of(pair.dense.task_scores(t)), "pruned": examples_of(pair.pruned.task_scores(t))}
     return run_record(
         source=source,
         model=model,
@@ -123,47 +96,145 @@ def pair_record(
     )
 
 
-def prune_and_evaluate(
-    model_name: str,
-    mask,
-    eval_config: EvalConfig,
-    model,
-    tokenizer,
-    store: RunStore,
-    *,
-    cache_path: str,
-    manifest_hash: str,
-    info: dict[str, Any] | None = None,
-    memo: MutableMapping | None = None,
-    progress: Progress | None = None,
-    log: Log | None = None,
-) -> dict[str, Any]:
-    """Prune a copy of ``model`` with ``mask`` (a ``MaskResult``; the loaded model is untouched),
-    evaluate dense and pruned on the same examples, store the run and return its record (as stored)."""
-    say = log or (lambda m: None)
-    show = progress or (lambda f, m: None)
-    say(f"Pruning to {mask.n_keep} hidden dims (a copy; the loaded model is untouched)…")
+@dataclass
+class PruneEvalJob(JsonConfig):
+    """A Prune & evaluate job's config: everything the worker needs to rebuild the mask and the examples."""
+
+    model: str  # built-in name, local folder or hub id
+    cache: str  # the score cache the mask is built from
+    cache_display: str  # the cache as the app names it (recorded in the run)
+    manifest_hash: str  # the cache's when queued: a cache profiled again since is refused, not silently used
+    mask: dict  # MaskConfig.to_dict()
+    n_keep: int  # kept dims the page showed
+    eval: dict  # EvalConfig.to_dict()
+    source: str = "app"
+
+
+def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
+    """The job behind Prune & evaluate (``ctx``: ``jobs.JobContext``): build the mask, prune a
+    copy, evaluate (dense from the evaluation cache when it has it), store the run under the job's
+    run id. Returns ``{"run_id", "dense_reused"}``."""
+    from diet_explore.masking.build import MaskConfig, build_mask
+    from diet_explore.profiling.cache import load_cache
+
+    spec = PruneEvalJob.from_dict(config)
+    ecfg = EvalConfig.from_dict(spec.eval)
+    requests = eval_requests(ecfg)  # bad tasks or limits fail before the model loads
+    cache = load_cache(spec.cache)
+    if cache.manifest_hash != spec.manifest_hash:
+        raise DietError(
+            f"the score cache {spec.cache_display} changed since this job was queued (profiled again?)",
+            "queue the run again from the Prune & evaluate page",
+        )
+    mask = build_mask(cache, MaskConfig.from_dict(spec.mask))
+    if mask.n_keep != spec.n_keep:
+        raise DietError(
+            f"the mask now keeps {mask.n_keep} dims, not the {spec.n_keep} shown when the job was queued",
+            "queue the run again from the Prune & evaluate page",
+        )
+    ctx.log(f"Loading {spec.model}…")
+    model, tokenizer, info = ctx.load_model(spec.model, ecfg.device, ecfg.dtype)
+    if int(model.config.hidden_size) != mask.hidden_size:
+        raise DietError(
+            f"{spec.model} has hidden size {model.config.hidden_size}, the mask is for {mask.hidden_size}",
+            "use the model the score cache was profiled from",
+        )
+    ctx.log(f"Pruning to {mask.n_keep} hidden dims (a copy; the loaded model is untouched)…")
     pruned = prune_model(model, mask.keep, saveable=False)
-    dense_result, reused = evaluate_dense(
-        model_name, eval_config, model, tokenizer, lambda f, m: show(0.5 * f, f"dense: {m}"), memo, info
+    param = next(model.parameters())
+    eval_cache = EvalCache()
+    key = eval_cache.key_for(spec.model, requests, ecfg, param.device.type, param.dtype)
+    entry = eval_cache.load(key, requests) if key else None
+    dense = result_from_cache(entry, ecfg, requests, str(eval_cache.path(key))) if entry is not None else None
+    if dense is not None:
+        dense.model_name = "dense"
+        ctx.log(
+            f"Dense results reused: same model and held-out examples as an earlier run (evaluation cache, computed {entry.created})."
+        )
+    specs = {s.name: s for s in resolve_tasks(list(requests))}
+    scored: dict[str, dict[tuple[str, int], ChoiceScores]] = {"dense": {}, "pruned": {}}
+    if dense is not None:
+        scored["dense"] = {(s.task, s.doc_id): s for s in dense.scores}
+
+    def on_block(unit, scores: list[ChoiceScores]) -> None:
+        scored[unit.label].update(((s.task, s.doc_id), s) for s in scores)
+        ctx.partial(paired_so_far(scored["dense"], scored["pruned"], specs, requests))
+
+    models = ({} if dense is not None else {"dense": model}) | {"pruned": pruned}
+    results = evaluate_models(
+        models,
+        tokenizer,
+        ecfg,
+        ctx.progress,
+        requests,
+        log=ScoreLog(ctx.folder / "blocks"),
+        on_block=on_block,
+        should_stop=ctx.should_stop,
     )
-    if reused:
-        cached = dense_result.extra.get("cached")
-        since = f" (evaluation cache, computed {cached['created']})" if cached else ""
-        say(f"Dense results reused: same model and held-out examples as an earlier run{since}.")
-    lo = 0.0 if reused else 0.5
-    pair = evaluate_pair(
-        model, pruned, tokenizer, eval_config, dense_result=dense_result, progress=lambda f, m: show(lo + (1 - lo) * f, m)
-    )
+    reused = dense is not None
+    if dense is None:  # stored for the next mask, as `eval` and `compare` would
+        dense = evaluate_cached(
+            spec.model,
+            ecfg,
+            requests,
+            eval_cache,
+            param.device.type,
+            param.dtype,
+            lambda: (results["dense"], info.to_dict()),
+            label="dense",
+        )
+    pair = PairResult(dense, results["pruned"])
     record = pair_record(
         pair,
-        model=model_name,
-        cache_path=cache_path,
-        manifest_hash=manifest_hash,
+        model=spec.model,
+        cache_path=spec.cache_display,
+        manifest_hash=spec.manifest_hash,
         mask_config=mask.config,
         n_keep=mask.n_keep,
         hidden_size=mask.hidden_size,
         params=(count_parameters(model), count_parameters(pruned)),
         nbytes=(model_nbytes(model), model_nbytes(pruned)),
+        source=spec.source,
     )
-    return store.load(store.save(record))  # the only write: a failure before it stores nothing
+    run_id = ctx.runs.save(record, run_id=ctx.job["run_id"])  # under the job's id: a re-run replaces, never adds
+    ctx.log(f"Done: run {run_id}")
+    return {"run_id": run_id, "dense_reused": reused}
+
+
+def paired_so_far(
+    dense: dict[tuple[str, int], ChoiceScores],
+    pruned: dict[tuple[str, int], ChoiceScores],
+    specs: dict[str, TaskSpec],
+    requests: dict[str, list],
+) -> dict[str, Any]:
+    """Paired deltas (pruned − dense) on the examples both models have scored so far, per task
+    and averaged over the tasks that have any: what the page shows while a job runs. Each entry
+    is ``{"delta", "ci_low", "ci_high", "n"}``; ``scored``/``total`` count examples."""
+    tasks: dict[str, dict[str, Any]] = {}
+    diffs = []
+    for t, reqs in requests.items():
+        pairs = [(dense[k], pruned[k]) for k in ((r.task, r.doc_id) for r in reqs) if k in dense and k in pruned]
+        row: dict[str, Any] = {"n": len(pairs), "total": len(reqs), "main_metric": specs[t].main_metric}
+        if pairs:
+            for metric in ("acc", "acc_norm"):
+                if metric == "acc_norm" and "acc_norm" not in specs[t].metrics:
+                    continue
+                pick = (lambda s: s.pred) if metric == "acc" else (lambda s: s.pred_norm)
+                a = np.array([float(pick(d) == d.gold) for d, _ in pairs])
+                b = np.array([float(pick(p) == p.gold) for _, p in pairs])
+                m, lo, hi = paired_delta(a, b)
+                row[metric] = {"delta": m, "ci_low": lo, "ci_high": hi, "n": len(pairs)}
+                if metric == specs[t].main_metric:
+                    row["main"] = row[metric]
+                    diffs.append(b - a)
+        tasks[t] = row
+    average = {}
+    if diffs:
+        m, lo, hi = average_paired_delta(diffs)
+        average["main"] = {"delta": m, "ci_low": lo, "ci_high": hi, "n": int(sum(len(d) for d in diffs)), "tasks": len(diffs)}
+    return {
+        "scored": {"dense": len(dense), "pruned": len(pruned)},
+        "total": sum(len(r) for r in requests.values()),
+        "tasks": tasks,
+        "average": average,
+    }

@@ -1,7 +1,12 @@
-"""Prune & evaluate: prune the model with the current mask and compare it with the dense model on
-held-out examples. Every run goes to the run store; the history is shown below."""
+"""Prune & evaluate: queue a background job that prunes the model with the current mask and compares
+it with the dense model on held-out examples; watch its running paired deltas; see the stored run.
+
+The page only submits, polls and renders the job (``jobs_ui``); the work runs in the library's
+worker process, so switching pages, reloading or a second tab never stops it."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -10,12 +15,12 @@ from diet_explore import plots
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.evaluate import EvalConfig
 from diet_explore.experiments.runs import runs_frame
-from diet_explore.experiments.tuning import prune_and_evaluate
-from diet_explore_app import loaders, state
+from diet_explore.experiments.tuning import PruneEvalJob
+from diet_explore_app import jobs_ui, loaders, state
 from diet_explore_app import widgets as ui
 
 K_TASKS, K_LIMIT, K_PPL, K_PPL_WINDOWS, K_RUN = "pe_tasks", "pe_limit", "pe_ppl", "pe_ppl_windows", "pe_run"
-K_LAST = "_pe_last_run"
+K_WATCH = "_pe_job"
 SHOW_COLUMNS = [
     "n",
     "metric",
@@ -31,6 +36,124 @@ SHOW_COLUMNS = [
 
 def _ppl(value: float | None) -> str:
     return f"{value:.2f}" if value is not None else "not finite"  # the run store keeps inf/NaN as null
+
+
+def _ci(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "—"
+    return f"{entry['delta']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
+
+
+def show_partial(partial: dict[str, Any], final: bool = False) -> None:
+    """Running paired deltas (pruned − dense) on the examples scored so far, per task and averaged."""
+    if not partial or not partial.get("tasks"):
+        st.caption("No examples scored yet: the first numbers come after the first block.")
+        return
+    scored, total = int((partial.get("scored") or {}).get("pruned") or 0), int(partial.get("total") or 0)
+    avg = (partial.get("average") or {}).get("main")
+    m = st.columns(3)
+    m[0].metric(
+        "Mean Δ main metric so far" if not final else "Mean Δ main metric (partial)",
+        f"{avg['delta']:+.4f}" if avg else "—",
+        delta=f"95% CI [{avg['ci_low']:+.3f}, {avg['ci_high']:+.3f}]" if avg else None,
+        delta_color="off",
+        delta_arrow="off",
+    )
+    m[1].metric("Examples scored (pruned)", f"{scored} / {total}")
+    m[2].metric("Tasks covered", f"{sum(1 for r in partial['tasks'].values() if r.get('n'))} / {len(partial['tasks'])}")
+    rows = [
+        {
+            "task": t,
+            "scored": f"{r.get('n', 0)} / {r.get('total', 0)}",
+            "metric": r.get("main_metric"),
+            "Δ main [95% CI]": _ci(r.get("main")),
+            "Δ acc": _ci(r.get("acc")),
+            "Δ acc_norm": _ci(r.get("acc_norm")),
+        }
+        for t, r in partial["tasks"].items()
+    ]
+    rows.append(
+        {"task": "average", "scored": f"{scored} / {total}", "metric": "main", "Δ main [95% CI]": _ci(avg), "Δ acc": "", "Δ acc_norm": ""}
+    )
+    st.dataframe(pd.DataFrame(rows).set_index("task"), key="pe_partial")
+    st.caption("Paired on the examples both models have scored; blocks of every task are scored in turn.")
+
+
+def show_run(last: dict[str, Any]) -> None:
+    """A stored run: the headline numbers and the per-task table."""
+    st.subheader(f"Run {last['run_id']}: {last['model']}, sparsity {last['sparsity']:.4f}")
+    lo, hi = last["delta_avg_ci"]
+    params, nbytes, spe = last["parameters"], last["bytes"], last["seconds_per_example"]
+    m = st.columns(5)
+    m[0].metric(
+        "Mean Δ main metric",
+        f"{last['delta_avg']:+.4f}",
+        delta=f"95% CI [{lo:+.3f}, {hi:+.3f}]",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    m[1].metric(
+        "Perplexity (dense → pruned)",
+        f"{_ppl(last['dense_ppl'])} → {_ppl(last['pruned_ppl'])}"
+        if "dense_ppl" in last and (last["dense_ppl"], last["pruned_ppl"]) != (None, None)
+        else "off",
+    )
+    m[2].metric(
+        "Parameters",
+        f"{params['pruned'] / 1e6:,.2f} M",
+        delta=f"{params['pruned'] / params['dense'] - 1:+.1%}",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    m[3].metric(
+        "Size in memory",
+        f"{nbytes['pruned'] / 2**20:,.1f} MiB",
+        delta=f"dense {nbytes['dense'] / 2**20:,.1f} MiB",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    m[4].metric(
+        "Eval time per example",
+        f"{spe['pruned'] * 1000:,.0f} ms",
+        delta=f"dense {spe['dense'] * 1000:,.0f} ms",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    table = pd.DataFrame(
+        [{k: v for k, v in r.items() if k != "examples"} for r in last["task_results"]]
+        + [
+            {
+                "task": "average",
+                "metric": "main",
+                "dense_main": last["dense_avg"],
+                "pruned_main": last["pruned_avg"],
+                "delta_main": last["delta_avg"],
+                "delta_main_ci_low": lo,
+                "delta_main_ci_high": hi,
+            }
+        ]
+    ).set_index("task")
+    st.dataframe(table[[c for c in SHOW_COLUMNS if c in table]], key="pe_results")
+    st.caption(
+        "acc: argmax log-likelihood; acc_norm: per-character; main = acc_norm for HellaSwag/ARC/OpenBookQA, "
+        "acc elsewhere. Δ = pruned − dense on the same examples, with a paired 95% CI."
+    )
+
+
+def render_job(job: dict[str, Any]) -> None:
+    status, result = job["status"], job.get("result") or {}
+    if status == "done" and result.get("run_id"):
+        if result.get("dense_reused"):
+            st.markdown("Dense results reused: same model and held-out examples as an earlier run (evaluation cache).")
+        try:
+            record = loaders.run_store().load(result["run_id"])
+        except DietError as exc:
+            raise DietError(f"job {job['job_id']} finished, but its run cannot be read: {exc.message}", exc.hint) from None
+        show_run(record)
+    elif status in ("running", "stopped", "interrupted") or job.get("partial"):
+        if status in ("stopped", "interrupted"):
+            st.caption("Partial results: the job did not finish (Resume continues it).")
+        show_partial(job.get("partial") or {}, final=status != "running")
 
 
 st.title("Prune & evaluate")
@@ -64,9 +187,10 @@ with ui.shown_errors():
 
     name = ui.model_name_for(cache)
     ui.check_model_installed(name)  # DietError with the install command when the weights are missing
-    store = loaders.run_store()
+    jobs_store = jobs_ui.store()
+    jobs_ui.warm_worker(jobs_store)
 
-    if st.button("Prune and evaluate", key=K_RUN, type="primary"):
+    if st.button("Prune and evaluate", key=K_RUN, type="primary", help="runs in the background: you can switch pages"):
         if not state.get(K_TASKS):
             raise DietError("no task selected", "pick at least one task to evaluate")
         eval_config = EvalConfig(
@@ -76,108 +200,25 @@ with ui.shown_errors():
             ppl_windows=int(state.get(K_PPL_WINDOWS)),
             exclude_cache=loaded.path,
         )
-        with st.status("Pruning and evaluating…", expanded=True) as status:
-            try:
-                status.write(f"Loading {name}…")
-                dense, tokenizer, info = loaders.dense_model(name, "auto")
-                bar = st.progress(0.0, text="evaluating")
-                show = lambda f, m: bar.progress(min(max(float(f), 0.0), 1.0), text=m)
-                record = prune_and_evaluate(
-                    name,
-                    result,
-                    eval_config,
-                    dense,
-                    tokenizer,
-                    store,
-                    cache_path=ui.display_path(loaded.path),
-                    manifest_hash=cache.manifest_hash,
-                    info=info.to_dict(),
-                    memo=loaders.dense_memo(),
-                    progress=show,
-                    log=status.write,
-                )
-            except Exception as exc:
-                status.update(label="Failed", state="error", expanded=True)
-                failure = (
-                    exc
-                    if isinstance(exc, DietError)
-                    else DietError(
-                        f"pruning/evaluation failed midway: {type(exc).__name__}: {exc}",
-                        "nothing was stored; the run history is unchanged (try fewer examples or tasks)",
-                    )
-                )
-                record = None
-            else:
-                status.update(label=f"Done: run {record['run_id']}", state="complete", expanded=False)
-        if record is None:
-            ui.show_error(failure)
-        else:
-            st.session_state[K_LAST] = record
+        spec = PruneEvalJob(
+            model=name,
+            cache=loaded.path,
+            cache_display=ui.display_path(loaded.path),
+            manifest_hash=cache.manifest_hash,
+            mask=config.to_dict(),
+            n_keep=result.n_keep,
+            eval=eval_config.to_dict(),
+        )
+        label = f"{config.method} @ {config.sparsity:g}, kept {result.n_keep}, {len(eval_config.tasks)} tasks × {eval_config.limit}"
+        jobs_ui.submit(jobs_store, "prune_eval", spec.to_dict(), label, K_WATCH)
 
-    last = st.session_state.get(K_LAST)
-    if last:
-        st.subheader(f"Run {last['run_id']}: {last['model']}, sparsity {last['sparsity']:.4f}")
-        lo, hi = last["delta_avg_ci"]
-        params, nbytes, spe = last["parameters"], last["bytes"], last["seconds_per_example"]
-        m = st.columns(5)
-        m[0].metric(
-            "Mean Δ main metric",
-            f"{last['delta_avg']:+.4f}",
-            delta=f"95% CI [{lo:+.3f}, {hi:+.3f}]",
-            delta_color="off",
-            delta_arrow="off",
-        )
-        m[1].metric(
-            "Perplexity (dense → pruned)",
-            f"{_ppl(last['dense_ppl'])} → {_ppl(last['pruned_ppl'])}"
-            if "dense_ppl" in last and (last["dense_ppl"], last["pruned_ppl"]) != (None, None)
-            else "off",
-        )
-        m[2].metric(
-            "Parameters",
-            f"{params['pruned'] / 1e6:,.2f} M",
-            delta=f"{params['pruned'] / params['dense'] - 1:+.1%}",
-            delta_color="off",
-            delta_arrow="off",
-        )
-        m[3].metric(
-            "Size in memory",
-            f"{nbytes['pruned'] / 2**20:,.1f} MiB",
-            delta=f"dense {nbytes['dense'] / 2**20:,.1f} MiB",
-            delta_color="off",
-            delta_arrow="off",
-        )
-        m[4].metric(
-            "Eval time per example",
-            f"{spe['pruned'] * 1000:,.0f} ms",
-            delta=f"dense {spe['dense'] * 1000:,.0f} ms",
-            delta_color="off",
-            delta_arrow="off",
-        )
-        table = pd.DataFrame(
-            last["task_results"]
-            + [
-                {
-                    "task": "average",
-                    "metric": "main",
-                    "dense_main": last["dense_avg"],
-                    "pruned_main": last["pruned_avg"],
-                    "delta_main": last["delta_avg"],
-                    "delta_main_ci_low": lo,
-                    "delta_main_ci_high": hi,
-                }
-            ]
-        ).set_index("task")
-        st.dataframe(table[[c for c in SHOW_COLUMNS if c in table]], key="pe_results")
-        st.caption(
-            "acc: argmax log-likelihood; acc_norm: per-character; main = acc_norm for HellaSwag/ARC/OpenBookQA, "
-            "acc elsewhere. Δ = pruned − dense on the same examples, with a paired 95% CI."
-        )
+    jobs_ui.job_panel(jobs_store, "prune_eval", K_WATCH, render_job)
+    jobs_ui.all_jobs(jobs_store)
 
     st.subheader("Run history")
-    history = runs_frame(store.records())
+    history = runs_frame(loaders.run_store().records())
     if history.empty:
         st.caption("No runs yet.")
     else:
-        st.dataframe(history, hide_index=True, key="pe_history")
         st.plotly_chart(plots.run_history(history, x="sparsity", y="delta_avg"), key="pe_history_plot")
+        st.page_link("views/history.py", label="Compare runs on the History page", icon=":material/history:")

@@ -227,3 +227,65 @@ def run_history(runs: pd.DataFrame, x: str = "sparsity", y: str = "delta_avg", c
     fig.add_hline(y=0, line_color="grey", line_dash="dot")
     fig.update_layout(title=f"Run history: {y} vs {x}", xaxis_title=x, yaxis_title=y, **_LAYOUT)
     return fig
+
+
+def _rgba(color: str, alpha: float) -> str:
+    """A plotly hex colour (``#rrggbb``) as ``rgba(r, g, b, alpha)``."""
+    c = color.lstrip("#")
+    r, g, b = (int(c[i : i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r}, {g}, {b}, {alpha})"
+
+
+def sweep_curves(frame: pd.DataFrame, title: str, y_title: str, log_y: bool = False) -> go.Figure:
+    """One line per method over sparsity with a shaded 95% CI band (``frame``: ``method``,
+    ``sparsity``, ``value``, ``ci_low``, ``ci_high``, as ``experiments.reports.curve_frame`` returns;
+    the band covers the points that have an interval, NaN elsewhere)."""
+    import plotly.colors
+
+    palette = plotly.colors.qualitative.Plotly
+    fig = go.Figure()
+    if frame.empty:
+        fig.update_layout(title=f"{title}: no points", **_LAYOUT)
+        return fig
+    for i, (method, g) in enumerate(frame.groupby("method", sort=False)):
+        g = g.sort_values("sparsity")
+        color = palette[i % len(palette)]
+        band = g.dropna(subset=["ci_low", "ci_high"])
+        if len(band):
+            fig.add_trace(
+                go.Scatter(
+                    x=list(band["sparsity"]) + list(band["sparsity"])[::-1],
+                    y=list(band["ci_high"]) + list(band["ci_low"])[::-1],
+                    fill="toself",
+                    fillcolor=_rgba(color, 0.15),
+                    line=dict(width=0),
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup=str(method),
+                    name=f"{method} 95% CI",
+                )
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=g["sparsity"],
+                y=g["value"],
+                mode="lines+markers",
+                name=str(method),
+                legendgroup=str(method),
+                line=dict(color=color),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=(g["ci_high"] - g["value"]).fillna(0),
+                    arrayminus=(g["value"] - g["ci_low"]).fillna(0),
+                    visible=bool(g["ci_low"].notna().any()),
+                    thickness=1,
+                    width=3,
+                ),
+                hovertemplate=f"{method}: sparsity %{{x}}, %{{y:.4g}}<extra></extra>",
+            )
+        )
+    fig.update_layout(title=title, xaxis_title="sparsity (fraction of hidden dims pruned)", yaxis_title=y_title, **_LAYOUT)
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig

@@ -9,6 +9,7 @@ started (``watch``), to keep showing that one rather than a newer job of another
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -56,10 +57,8 @@ def submit(jobs_store: J.JobStore, job_type: str, config: dict[str, Any], label:
 
 def warm_worker(jobs_store: J.JobStore) -> None:
     """Start the worker while the user sets up a run, so the first numbers come seconds after the click."""
-    try:
+    with contextlib.suppress(OSError):  # an unwritable run store: submit() says so, with the fix
         J.EXECUTOR.ensure_worker(jobs_store)
-    except OSError:
-        pass  # an unwritable run store: submit() says so with the fix
 
 
 def pick(found: list[dict[str, Any]], job_type: str, watched: str | None) -> dict[str, Any] | None:
@@ -123,7 +122,9 @@ def _job_header(jobs_store: J.JobStore, job: dict[str, Any], found: list[dict[st
     if status == "interrupted":
         st.warning("This job was interrupted (its worker stopped, e.g. the app was restarted). Resume continues it.")
     c1, c2, _ = st.columns([1, 1, 4])
-    if status in J.ACTIVE and c1.button("Stop", key="job_stop", help="stop after the current forward pass; partial results are kept"):
+    if status in J.ACTIVE and c1.button(
+        "Stop", key="job_stop", help="stop after the current forward pass; partial results are kept"
+    ):
         with ui.shown_errors():
             jobs_store.stop(job["job_id"])
             st.rerun(scope="fragment")

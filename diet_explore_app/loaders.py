@@ -114,7 +114,7 @@ def saveable_multiple(name: str) -> int | None:
 
 
 @st.cache_data(show_spinner=False, ttl=600)
-def _model_config_problem(name: str) -> tuple[str, str] | None:
+def model_config_problem(name: str) -> tuple[str, str] | None:
     """(message, hint) when ``name``'s config cannot be read, else None. Cached: a hub lookup can
     take seconds, and every rerun of the page asks."""
     from diet_explore.models.loading import load_config

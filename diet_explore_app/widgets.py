@@ -177,7 +177,7 @@ def check_model_installed(name: str) -> None:
     from diet_explore.models.builtin import BUILTIN_MODELS, install_command, is_installed
 
     if name not in BUILTIN_MODELS:
-        problem = loaders._model_config_problem(name)
+        problem = loaders.model_config_problem(name)
         if problem:
             raise DietError(*problem)
     elif not is_installed(name):

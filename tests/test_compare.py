@@ -10,7 +10,7 @@ from test_scoring import WordTokenizer
 
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.evaluate import evaluate_model
-from diet_explore.evaluation.metrics import Z95
+from diet_explore.evaluation.metrics import average_interval, paired_proportion_delta
 from diet_explore.experiments.reports import markdown_table
 from diet_explore.experiments.results import read_results
 from diet_explore.experiments.runs import RunStore
@@ -110,11 +110,13 @@ def test_reports_and_run_store(setup):
     assert main_table.count("\n| 0.25 |") == len(METHODS) and "| 0 | dense | 64 |" in main_table
     assert "plotly" in (out / "sweep.html").read_text()[:5000].lower()
     diet, rnd = (next(r for r in rows if r["method"] == m) for m in ("diet", "random"))
-    d = {t: np.array(diet["tasks"][t]["correct"], float) - np.array(rnd["tasks"][t]["correct"], float) for t in diet["tasks"]}
-    m = np.mean([v.mean() for v in d.values()])
-    se = np.sqrt(sum(v.std(ddof=1) ** 2 / len(v) for v in d.values())) / len(d)
+    per_task = [paired_proportion_delta(rnd["tasks"][t]["correct"], diet["tasks"][t]["correct"]) for t in diet["tasks"]]
+    m, lo, hi = average_interval(per_task)
+    assert m == pytest.approx(
+        np.mean([np.mean(diet["tasks"][t]["correct"]) - np.mean(rnd["tasks"][t]["correct"]) for t in diet["tasks"]])
+    )
     line = next(ln for ln in versus.splitlines() if "| diet − random |" in ln)
-    assert line.endswith(f"{100 * m:+.1f} [{100 * (m - Z95 * se):+.1f}, {100 * (m + Z95 * se):+.1f}] |")
+    assert f"| {100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |" in line
     assert versus.count(" | diet − ") == len(METHODS) - 1
     runs = store.list()
     assert sorted(runs["method"]) == sorted(METHODS) and set(runs["sparsity"]) == {0.25}

@@ -12,7 +12,7 @@ from test_scoring import WordTokenizer
 
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.evaluate import EvalConfig, eval_requests, evaluate_model, evaluate_pair
-from diet_explore.evaluation.metrics import mean_stderr, paired_delta
+from diet_explore.evaluation.metrics import mean_stderr, paired_proportion_delta
 from diet_explore.models.adapters.tiny import tiny_model
 from diet_explore.pruning.slicing import prune_model
 from diet_explore.tasks import data
@@ -45,10 +45,8 @@ def test_evaluation_examples_avoid_the_calibration_draw_and_a_caches_recorded_id
 
 def test_metrics_are_lm_evals():
     assert mean_stderr(np.array([1, 0, 1, 1])) == pytest.approx(0.25)  # std(ddof=1) = 0.5, / sqrt(4)
-    m, lo, hi = paired_delta(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 1]))  # d = [0, -1, 1, 1]
-    se = math.sqrt(2.75 / 3) / 2
-    assert m == pytest.approx(0.25) and lo == pytest.approx(0.25 - 1.959964 * se, abs=1e-6)
-    assert hi == pytest.approx(0.25 + 1.959964 * se, abs=1e-6)
+    m, lo, hi = paired_proportion_delta(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 1]))  # d = [0, -1, 1, 1]
+    assert m == pytest.approx(0.25) and -1 <= lo < m < hi <= 1  # Newcombe's interval (tests/test_paired_metrics.py)
 
 
 def test_dense_vs_pruned_on_the_same_examples():
@@ -82,14 +80,18 @@ def test_dense_vs_pruned_on_the_same_examples():
     json.dumps(pair.to_json_dict())  # serialisable as is
 
 
-def test_a_model_against_itself_has_zero_delta_and_a_zero_width_interval():
+def test_a_model_against_itself_has_zero_delta_and_an_interval_that_admits_4_examples_are_few():
     model = tiny_model("llama")
     config = EvalConfig(tasks="rte", limit=4, perplexity=False)
     dense = evaluate_model(model, WordTokenizer(), config)
     pair = evaluate_pair(model, model, WordTokenizer(), config, dense_result=dense)
     assert pair.dense is dense
-    assert pair.average_delta() == (0.0, 0.0, 0.0)
+    m, lo, hi = pair.average_delta()
+    assert m == 0.0 and -1 <= lo < 0 < hi <= 1  # never [0, 0] from 4 examples
     assert pair.to_frame().loc["rte", "pruned_acc"] == dense.tasks["rte"].correct.mean()
+    deltas = pair.to_json_dict()["deltas"]
+    assert deltas["rte"]["agreement"]["delta"] == 1.0 and deltas["rte"]["choice_kl"]["delta"] == 0.0
+    assert deltas["rte"]["gold_ll_per_char"]["ci_low"] is None and "too few examples" in deltas["rte"]["gold_ll_per_char"]["note"]
 
 
 def test_lm_eval_command_uses_lm_evals_task_names():

@@ -159,10 +159,27 @@ def format_pair(pair) -> str:
             )
     m, lo, hi = pair.average_delta()
     lines.append(f"{'average':14s} {'main':8s} {d.average():18.4f} {p.average():18.4f} {m:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    lines.append(f"\n{'task':14s} {'agreement [95% CI]':>26s} {'Δ gold LL/char [95% CI]':>29s} {'choice KL [95% CI]':>26s}")
+    paired = pair.paired()
+    for t, entries in [*paired["tasks"].items(), ("average", paired["average"])]:
+        cells = [
+            _cell(entries[k], "+.4f" if k == "gold_ll_per_char" else ".4f")
+            for k in ("agreement", "gold_ll_per_char", "choice_kl")
+        ]
+        lines.append(f"{t:14s} {cells[0]:>26s} {cells[1]:>29s} {cells[2]:>26s}")
     if d.perplexity is not None:
         lines.append(f"wiki perplexity (held-out): {d.perplexity:.3f} -> {p.perplexity:.3f}")
     lines.append(f"wall time {_wall(d)} + {_wall(p)}")
     return "\n".join(lines)
+
+
+def _cell(e: dict, fmt: str) -> str:
+    """One paired metric as ``value [low, high]``; ``value [too few examples]`` without an interval."""
+    if e["delta"] is None:
+        return "-"
+    if e["ci_low"] is None:
+        return f"{e['delta']:{fmt}} [too few examples]"
+    return f"{e['delta']:{fmt}} [{e['ci_low']:{fmt}}, {e['ci_high']:{fmt}}]"
 
 
 def _wall(result) -> str:

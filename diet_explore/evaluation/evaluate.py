@@ -22,7 +22,7 @@ from diet_explore.core.config import JsonConfig
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.blocks import ScoreLog, StopCheck, Stopped, Unit, score_blocks
 from diet_explore.evaluation.evalcache import CachedEval, EvalCache
-from diet_explore.evaluation.metrics import TaskResult, average_paired_delta, average_stderr, paired_delta, task_result
+from diet_explore.evaluation.metrics import MAIN, PAIRED_METRICS, TaskResult, average_stderr, paired_metrics, task_result
 from diet_explore.evaluation.parallel import default_workers
 from diet_explore.evaluation.scoring import DEFAULT_BATCH_TOKENS, ChoiceScores, LoglikelihoodScorer, perplexity
 from diet_explore.models.tokens import bos_prefix
@@ -330,30 +330,26 @@ def heldout_wiki_windows(tokenizer, n_windows: int = 32) -> np.ndarray:
 class PairResult:
     dense: EvalResult
     pruned: EvalResult
+    _paired: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def paired(self) -> dict[str, Any]:
+        """Every paired metric per task and averaged (``metrics.paired_metrics``), computed once."""
+        if self._paired is None:
+            specs = {s.name: s for s in resolve_tasks(list(self.dense.tasks))}
+            dense = {t: self.dense.task_scores(t) for t in self.dense.tasks}
+            pruned = {t: self.pruned.task_scores(t) for t in self.dense.tasks}
+            self._paired = paired_metrics(dense, pruned, specs)
+        return self._paired
 
     def task_deltas(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for t, d in self.dense.tasks.items():
-            p = self.pruned.tasks[t]
-            row = {}
-            for key, a, b in (
-                ("acc", d.correct, p.correct),
-                ("acc_norm", d.correct_norm, p.correct_norm),
-                ("main", d.main_correct(), p.main_correct()),
-            ):
-                if a is None or b is None:
-                    row.update(
-                        {f"delta_{key}": float("nan"), f"delta_{key}_ci_low": float("nan"), f"delta_{key}_ci_high": float("nan")}
-                    )
-                    continue
-                m, lo, hi = paired_delta(a, b)
-                row.update({f"delta_{key}": m, f"delta_{key}_ci_low": lo, f"delta_{key}_ci_high": hi})
-            out[t] = row
-        return out
+        """Per task, flat ``delta_<metric>``, ``delta_<metric>_ci_low`` and ``_ci_high`` columns for
+        ``PAIRED_METRICS`` and ``main`` (NaN where ``paired()`` has None)."""
+        return {t: _flat(entries) for t, entries in self.paired()["tasks"].items()}
 
     def average_delta(self) -> tuple[float, float, float]:
-        """Mean over tasks of the paired main-metric delta, with its 95% CI (``metrics.average_paired_delta``)."""
-        return average_paired_delta([self.pruned.tasks[t].main_correct() - d.main_correct() for t, d in self.dense.tasks.items()])
+        """Mean over tasks of the paired main-metric delta, with its 95% CI (``metrics.average_paired``)."""
+        e = self.paired()["average"][MAIN]
+        return _num(e["delta"]), _num(e["ci_low"]), _num(e["ci_high"])
 
     def to_frame(self):
         import pandas as pd
@@ -367,7 +363,6 @@ class PairResult:
                 row[f"pruned_{key}"], row[f"pruned_{key}_stderr"] = pm[t][key], pm[t][f"{key}_stderr"]
             row.update(deltas[t])
             rows.append(row)
-        m, lo, hi = self.average_delta()
         rows.append(
             {
                 "task": "average",
@@ -375,9 +370,7 @@ class PairResult:
                 "metric": "main",
                 "dense_main": self.dense.average(),
                 "pruned_main": self.pruned.average(),
-                "delta_main": m,
-                "delta_main_ci_low": lo,
-                "delta_main_ci_high": hi,
+                **_flat(self.paired()["average"]),
             }
         )
         return pd.DataFrame(rows).set_index("task")
@@ -402,13 +395,31 @@ class PairResult:
         return out
 
     def to_json_dict(self) -> dict[str, Any]:
-        m, lo, hi = self.average_delta()
+        """Both results, and ``deltas[task][metric]`` / ``deltas["average"][metric]`` =
+        ``{"delta", "ci_low", "ci_high", "n", "note"?}`` for ``PAIRED_METRICS`` and ``main``;
+        ``average_delta`` repeats the paper-style average (main metric)."""
+        paired = self.paired()
+        main = paired["average"][MAIN]
         return {
             "dense": self.dense.to_json_dict(),
             "pruned": self.pruned.to_json_dict(),
-            "deltas": self.task_deltas(),
-            "average_delta": {"delta": m, "ci_low": lo, "ci_high": hi},
+            "deltas": {**paired["tasks"], "average": paired["average"]},
+            "average_delta": {k: main[k] for k in ("delta", "ci_low", "ci_high", "n")},
         }
+
+
+def _num(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _flat(entries: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``{metric: entry}`` -> ``delta_<metric>``, ``delta_<metric>_ci_low``, ``delta_<metric>_ci_high``."""
+    out = {}
+    for metric in (*PAIRED_METRICS, MAIN):
+        e = entries[metric]
+        out |= {f"delta_{metric}": _num(e["delta"]), f"delta_{metric}_ci_low": _num(e["ci_low"])}
+        out[f"delta_{metric}_ci_high"] = _num(e["ci_high"])
+    return out
 
 
 def evaluate_pair(

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from diet_explore.core.batching import pack_by_length
 from diet_explore.core.errors import DietError
+from diet_explore.evaluation.metrics import choice_pred, choice_pred_norm
 from diet_explore.evaluation.parallel import default_workers, run_batches
 from diet_explore.models.adapters import get_adapter
 from diet_explore.tasks.registry import Request
@@ -67,13 +68,17 @@ class ChoiceScores:
 
     @property
     def pred(self) -> int:
-        return int(np.argmax(self.lls))  # first maximum on ties, as lm-eval (np.argmax)
+        return int(choice_pred(self.lls))
+
+    @property
+    def choice_chars(self) -> list[int]:
+        """Per choice, the length of its text in characters (acc_norm's and the gold log-likelihood's unit)."""
+        return [len(c) for c in self.choice_texts]
 
     @property
     def pred_norm(self) -> int:
         """acc_norm's choice: log-likelihood per character of the choice text (lm-eval's completion_len)."""
-        lengths = np.array([float(len(c)) for c in self.choice_texts])
-        return int(np.argmax(np.asarray(self.lls) / lengths))
+        return int(choice_pred_norm(self.lls, self.choice_chars))
 
 
 # --------------------------------------------------------------------------------------------

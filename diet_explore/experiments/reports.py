@@ -1,160 +1,353 @@
-"""Sweep reports: the paper-style table (CSV + markdown), the DIET-minus-method paired table and the sweep plot.
+"""Sweep reports: the paper-style table (CSV + markdown), the DIET-minus-method paired table and the
+curves (main metric, Δ gold log-likelihood, perplexity vs sparsity), from result rows.
 
-Everything here reads result rows (``results.py``) and writes files; nothing evaluates a model."""
+Everything here reads result rows (``results.py``) and writes files or returns tables; nothing
+evaluates a model. Every delta and CI is recomputed from the rows' per-example data
+(``results.row_paired``, the rules in ``evaluation/metrics.py``), not read from what a row stored
+when it was written, so older results files are reported with today's intervals. A ``Sweep`` holds
+the rows and computes their paired results once; the functions take a ``Sweep`` or plain rows.
+
+Committed sweeps live in ``docs/results`` as ``<name>.results.jsonl`` (+ ``<name>.config.json``,
+``<name>.md``, ``<name>.csv`` and, when written, ``<name>.verdict.md``); a sweep folder made by
+``compare --out DIR`` holds ``results.jsonl``, ``config.json`` and optionally ``verdict.md``.
+``load_sweep`` opens either.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from diet_explore import plots
 from diet_explore.core import atomic
-from diet_explore.evaluation.metrics import Z95
-from diet_explore.experiments.results import METHODS, paired_avg_delta
+from diet_explore.core.assets import PROJECT_ROOT
+from diet_explore.core.errors import DietError
+from diet_explore.evaluation.metrics import MAIN, PAIRED_METRICS, Z95
+from diet_explore.experiments.results import METHODS, RESULTS, read_results_file, row_paired
 
 if TYPE_CHECKING:
     from diet_explore.experiments.sweep import CompareConfig
 
 Progress = Callable[[float, str], None]
+DOCS_RESULTS = PROJECT_ROOT / "docs" / "results"
+RESULTS_SUFFIX = ".results.jsonl"
 
 
 # --------------------------------------------------------------------------------------------
-# Reports
+# A sweep and its paired results
 # --------------------------------------------------------------------------------------------
-def results_frame(rows: list[dict[str, Any]]):
-    """Long table: one row per (method, sparsity, task) plus an 'average' task row."""
+@dataclass
+class Sweep:
+    """A sweep's rows (dense first when present) with their paired results, computed once."""
+
+    rows: list[dict[str, Any]]
+    name: str = "sweep"
+    config: dict[str, Any] | None = None
+    verdict: str | None = None
+    source: str = ""
+    _vs_dense: dict[str, dict[str, Any]] | None = field(default=None, init=False, repr=False)
+    _versus: dict[str, list[tuple[dict, dict, dict]]] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def dense(self) -> dict[str, Any] | None:
+        return next((r for r in self.rows if r["method"] == "dense"), None)
+
+    @property
+    def pruned(self) -> list[dict[str, Any]]:
+        """The non-dense rows, by sparsity and then method (``METHODS`` order, other methods after)."""
+        return sorted((r for r in self.rows if r["method"] != "dense"), key=lambda r: (r["sparsity"], self.method_rank(r)))
+
+    def method_rank(self, row: dict[str, Any]) -> int:
+        return self.methods().index(row["method"]) if row["method"] in self.methods() else len(METHODS)
+
+    def methods(self) -> list[str]:
+        """Methods present besides dense: ``METHODS`` order first, then any other (e.g. a new baseline) as they appear."""
+        present = list(dict.fromkeys(r["method"] for r in self.rows if r["method"] != "dense"))
+        return [m for m in METHODS if m in present] + [m for m in present if m not in METHODS]
+
+    def vs_dense(self) -> dict[str, dict[str, Any]]:
+        """Row key -> ``row_paired(row, dense)`` for every non-dense row (empty without a dense row)."""
+        if self._vs_dense is None:
+            dense = self.dense
+            self._vs_dense = {} if dense is None else {r["key"]: row_paired(r, dense) for r in self.pruned}
+        return self._vs_dense
+
+    def versus(self, reference: str = "diet") -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
+        """(reference row, other row, ``row_paired(reference, other)``) for every other method at a
+        sparsity the reference has: "reference minus other", paired on the same examples."""
+        if reference not in self._versus:
+            refs = {r["sparsity"]: r for r in self.rows if r["method"] == reference}
+            others = [r for r in self.pruned if r["method"] != reference and r["sparsity"] in refs]
+            self._versus[reference] = [(refs[r["sparsity"]], r, row_paired(refs[r["sparsity"]], r)) for r in others]
+        return self._versus[reference]
+
+    def has_examples(self) -> bool:
+        """Whether the paired results hold more than the main metric (rows with per-example log-likelihoods)."""
+        return any(p["average"]["gold_ll_per_char"]["delta"] is not None for p in self.vs_dense().values())
+
+
+def as_sweep(rows: list[dict[str, Any]] | Sweep) -> Sweep:
+    return rows if isinstance(rows, Sweep) else Sweep(list(rows))
+
+
+def list_sweeps(folder: str | Path = DOCS_RESULTS) -> list[Path]:
+    """The sweeps in ``folder``: its ``<name>.results.jsonl`` files and its sub-folders that hold a
+    ``results.jsonl``, by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    files = sorted(folder.glob(f"*{RESULTS_SUFFIX}"))
+    subs = sorted(p for p in folder.iterdir() if p.is_dir() and (p / RESULTS).is_file())
+    return files + subs
+
+
+def sweep_name(path: str | Path) -> str:
+    path = Path(path)
+    return path.name[: -len(RESULTS_SUFFIX)] if path.name.endswith(RESULTS_SUFFIX) else path.name
+
+
+def _sidecars(path: Path) -> tuple[Path, Path, Path]:
+    """(results file, config file, verdict file) of a sweep file or folder."""
+    if path.is_dir():
+        return path / RESULTS, path / "config.json", path / "verdict.md"
+    stem = path.parent / sweep_name(path)
+    return path, Path(f"{stem}.config.json"), Path(f"{stem}.verdict.md")
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """The sweep in ``path``: a ``compare --out`` folder or a committed ``<name>.results.jsonl``,
+    with its config and verdict text when they exist. A ``DietError`` when there is no result in it."""
+    path = Path(path).expanduser()
+    results, config_path, verdict_path = _sidecars(path)
+    if not results.is_file():
+        raise DietError(
+            f"{path} is not a sweep: there is no {results.name} there",
+            "give a folder made by `diet-explore compare --out DIR`, or a docs/results/<name>.results.jsonl file",
+        )
+    rows = [r for r in read_results_file(results) if isinstance(r, dict) and {"method", "tasks", "key"} <= set(r)]
+    if not rows:
+        raise DietError(f"{results} holds no finished result", "wait for the sweep's first row, or re-run compare")
+    config = None
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            config = None
+    verdict = verdict_path.read_text() if verdict_path.is_file() else None
+    dense_first = sorted(rows, key=lambda r: r["method"] != "dense")
+    return Sweep(dense_first, name=sweep_name(path), config=config, verdict=verdict, source=str(results))
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+def _num(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def results_frame(rows: list[dict[str, Any]] | Sweep):
+    """Long table: one row per (method, sparsity, task) plus an 'average' task row. ``value``/``stderr``:
+    the main metric; ``delta``/``ci_low``/``ci_high``: its paired difference vs dense (95% CI);
+    ``delta_<metric>`` (+ ``_ci_low``, ``_ci_high``) for every paired metric (NaN where not recorded)."""
     import pandas as pd
 
+    sweep = as_sweep(rows)
+    paired = sweep.vs_dense()
     recs = []
-    for r in rows:
-        for t, v in r["tasks"].items():
-            recs.append(
-                {
-                    "method": r["method"],
-                    "sparsity": r["sparsity"],
-                    "n_keep": r["n_keep"],
-                    "task": t,
-                    "metric": v["metric"],
-                    "n": v["n"],
-                    "value": v["main"],
-                    "stderr": v["stderr"],
-                    "delta": v.get("delta", 0.0),
-                    "ci_low": v.get("ci_low", 0.0),
-                    "ci_high": v.get("ci_high", 0.0),
-                }
-            )
-        recs.append(
-            {
-                "method": r["method"],
-                "sparsity": r["sparsity"],
-                "n_keep": r["n_keep"],
-                "task": "average",
-                "metric": "main",
-                "n": sum(v["n"] for v in r["tasks"].values()),
-                "value": r["avg"],
-                "stderr": r["avg_stderr"],
-                "delta": r.get("delta_avg", 0.0),
-                "ci_low": r.get("delta_ci_low", 0.0),
-                "ci_high": r.get("delta_ci_high", 0.0),
-                "ppl": r.get("ppl"),
-            }
-        )
+    for r in sweep.rows:
+        p = paired.get(r["key"])
+        parts = [(t, v, p["tasks"][t] if p else None) for t, v in r["tasks"].items()]
+        parts.append(("average", None, p["average"] if p else None))
+        for t, v, entries in parts:
+            rec = {"method": r["method"], "sparsity": r["sparsity"], "n_keep": r["n_keep"], "task": t}
+            if v is not None:
+                rec |= {"metric": v["metric"], "n": v["n"], "value": v["main"], "stderr": v["stderr"]}
+            else:
+                n = sum(v["n"] for v in r["tasks"].values())
+                rec |= {"metric": "main", "n": n, "value": r["avg"], "stderr": r["avg_stderr"]}
+            main = entries[MAIN] if entries else None
+            if r["method"] == "dense":
+                rec |= {"delta": 0.0, "ci_low": float("nan"), "ci_high": float("nan")}
+            else:
+                rec |= {"delta": _num(main and main["delta"]), "ci_low": _num(main and main["ci_low"])}
+                rec["ci_high"] = _num(main and main["ci_high"])
+            for m in PAIRED_METRICS:
+                e = entries[m] if entries else None
+                rec |= {f"delta_{m}": _num(e and e["delta"]), f"delta_{m}_ci_low": _num(e and e["ci_low"])}
+                rec[f"delta_{m}_ci_high"] = _num(e and e["ci_high"])
+            if t == "average":
+                rec["ppl"] = r.get("ppl")
+            recs.append(rec)
     return pd.DataFrame(recs)
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def _interval(e: dict[str, Any] | None, scale: float = 100.0, fmt: str = "+.1f") -> str:
+    """``value [low, high]`` of a paired entry (× ``scale``); ``—`` when it has no value."""
+    if e is None or e["delta"] is None:
+        return "—"
+    if e["ci_low"] is None:
+        return f"{scale * e['delta']:{fmt}} [too few examples]"
+    return f"{scale * e['delta']:{fmt}} [{scale * e['ci_low']:{fmt}}, {scale * e['ci_high']:{fmt}}]"
+
+
+def markdown_table(rows: list[dict[str, Any]] | Sweep) -> str:
     """Paper style: one line per (sparsity, method), tasks as columns (main metric ± stderr, in %),
-    the average with its paired delta vs dense and 95% CI, and wiki perplexity."""
-    if not rows:
+    the average with its paired delta vs dense and 95% CI, and wiki perplexity; where the rows keep
+    per-example log-likelihoods, also the average agreement with the dense model's choices (%) and
+    the average Δ gold log-likelihood per character (nats), each with its 95% CI."""
+    sweep = as_sweep(rows)
+    if not sweep.rows:
         return ""
-    tasks = list(rows[0]["tasks"])
-    metric = {t: rows[0]["tasks"][t]["metric"] for t in tasks}
-    head = ["sparsity", "method", "kept"] + [f"{t} ({metric[t]})" for t in tasks] + ["avg", "Δ avg [95% CI]", "wiki ppl"]
+    first = sweep.rows[0]
+    tasks = list(first["tasks"])
+    metric = {t: first["tasks"][t]["metric"] for t in tasks}
+    extra = sweep.has_examples()
+    head = ["sparsity", "method", "kept"] + [f"{t} ({metric[t]})" for t in tasks] + ["avg", "Δ avg [95% CI]"]
+    head += ["agreement [95% CI]", "Δ gold LL/char [95% CI]"] if extra else []
+    head.append("wiki ppl")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = sorted(rows, key=lambda r: (r["sparsity"], list(METHODS).index(r["method"]) if r["method"] in METHODS else -1))
-    for r in order:
+    paired = sweep.vs_dense()
+    for r in ([sweep.dense] if sweep.dense else []) + sweep.pruned:
+        p = paired.get(r["key"])
         cells = [f"{r['sparsity']:g}", r["method"], str(r["n_keep"])]
         cells += [f"{100 * r['tasks'][t]['main']:.1f} ± {100 * r['tasks'][t]['stderr']:.1f}" for t in tasks]
         cells.append(f"{100 * r['avg']:.1f} ± {100 * r['avg_stderr']:.1f}")
-        cells.append(
-            "—"
-            if r["method"] == "dense"
-            else f"{100 * r['delta_avg']:+.1f} [{100 * r['delta_ci_low']:+.1f}, {100 * r['delta_ci_high']:+.1f}]"
-        )
+        cells.append(_interval(p["average"][MAIN] if p else None))
+        if extra:
+            cells.append(_interval(p["average"]["agreement"], fmt=".1f") if p else "—")
+            cells.append(_interval(p["average"]["gold_ll_per_char"], scale=1.0, fmt="+.3f") if p else "—")
         cells.append(f"{r['ppl']:.2f}" if r.get("ppl") else "—")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def versus_table(rows: list[dict[str, Any]], reference: str = "diet") -> str:
+def versus_table(rows: list[dict[str, Any]] | Sweep, reference: str = "diet") -> str:
     """``reference`` minus every other method at each sparsity, paired on the same examples (in points):
-    the comparison a claim like "DIET beats X by N points" needs, with its 95% CI."""
-    refs = {r["sparsity"]: r for r in rows if r["method"] == reference}
-    others = [r for r in rows if r["method"] not in (reference, "dense") and r["sparsity"] in refs]
-    if not others:
+    the comparison a claim like "DIET beats X by N points" needs, with its 95% CI; and, where the rows
+    keep per-example log-likelihoods, the same for the gold log-likelihood per character (nats)."""
+    sweep = as_sweep(rows)
+    pairs = sweep.versus(reference)
+    if not pairs:
         return ""
-    tasks = list(refs[others[0]["sparsity"]]["tasks"])
-    head = ["sparsity", "comparison", "kept"] + tasks + ["avg [95% CI]"]
+    tasks = list(pairs[0][0]["tasks"])
+    extra = any(p["average"]["gold_ll_per_char"]["delta"] is not None for _, _, p in pairs)
+    head = ["sparsity", "comparison", "kept"] + tasks + ["avg [95% CI]"] + (["Δ gold LL/char [95% CI]"] if extra else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in sorted(others, key=lambda r: (r["sparsity"], list(METHODS).index(r["method"]) if r["method"] in METHODS else -1)):
-        per_task, (m, lo, hi) = paired_avg_delta(refs[r["sparsity"]], r)
+    for _ref, r, p in pairs:
         cells = [f"{r['sparsity']:g}", f"{reference} − {r['method']}", str(r["n_keep"])]
-        cells += [f"{100 * per_task[t][0]:+.1f}" for t in tasks]
-        cells.append(f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+        cells += [f"{100 * _num(p['tasks'][t][MAIN]['delta']):+.1f}" for t in tasks]
+        cells.append(_interval(p["average"][MAIN]))
+        if extra:
+            cells.append(_interval(p["average"]["gold_ll_per_char"], scale=1.0, fmt="+.3f"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def sweep_figure(rows: list[dict[str, Any]]):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    dense = next((r for r in rows if r["method"] == "dense"), None)
-    for method in [m for m in METHODS if any(r["method"] == m for r in rows)]:
-        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["sparsity"])
-        if dense is not None:
-            pts = [dense] + pts
-        fig.add_trace(
-            go.Scatter(
-                x=[r["sparsity"] for r in pts],
-                y=[100 * r["avg"] for r in pts],
-                mode="lines+markers",
-                name=method,
-                error_y={"type": "data", "array": [100 * Z95 * r["avg_stderr"] for r in pts], "visible": True},
-            )
-        )
-    fig.update_layout(
-        title="Average zero-shot accuracy vs hidden-dimension sparsity (95% CI)",
-        xaxis_title="sparsity (fraction of hidden dims pruned)",
-        yaxis_title="average accuracy (%)",
-        template="plotly_white",
-    )
-    return fig
+# --------------------------------------------------------------------------------------------
+# Curves
+# --------------------------------------------------------------------------------------------
+#: curve name -> (title, y-axis title, scale of the stored value). "main" is the model's own average
+#: main metric (CI ± 1.96 stderr, unpaired); the others are paired differences vs dense.
+CURVES: dict[str, tuple[str, str, float]] = {
+    "main": ("Average main metric vs sparsity (95% CI)", "average main metric (%)", 100.0),
+    "delta_main": ("Δ average main metric vs dense (paired 95% CI)", "Δ average main metric (points)", 100.0),
+    "gold_ll_per_char": (
+        "Δ gold log-likelihood per character vs dense (paired 95% CI)",
+        "Δ gold log-likelihood per character (nats)",
+        1.0,
+    ),
+    "agreement": ("Agreement with the dense model's choices (95% CI)", "agreement (%)", 100.0),
+    "choice_kl": ("KL(dense ‖ pruned) of the choice distribution (95% CI)", "choice KL (nats)", 1.0),
+    "ppl": ("Held-out wiki perplexity vs sparsity", "perplexity (log scale)", 1.0),
+}
+_DENSE_VALUE = {"agreement": 1.0}  # what the dense model scores against itself (0 for a difference)
 
 
+def curve_frame(rows: list[dict[str, Any]] | Sweep, curve: str = "delta_main"):
+    """One row per (method, sparsity) of a ``CURVES`` curve, the dense model at sparsity 0 starting
+    every method's line: ``method``, ``sparsity``, ``n_keep``, ``value``, ``ci_low``, ``ci_high``
+    (NaN where there is no interval: the dense point, perplexity, too few examples), in display units."""
+    import pandas as pd
+
+    if curve not in CURVES:
+        raise DietError(f"unknown curve {curve!r}", f"choose one of {', '.join(CURVES)}")
+    sweep = as_sweep(rows)
+    scale = CURVES[curve][2]
+    dense, paired = sweep.dense, sweep.vs_dense()
+    recs = []
+
+    def point(r: dict[str, Any]) -> tuple[float, float, float] | None:
+        if curve == "main":
+            return 100 * r["avg"], 100 * (r["avg"] - Z95 * r["avg_stderr"]), 100 * (r["avg"] + Z95 * r["avg_stderr"])
+        if curve == "ppl":
+            return (r["ppl"], math.nan, math.nan) if r.get("ppl") else None
+        if r["method"] == "dense":
+            return scale * _DENSE_VALUE.get(curve, 0.0), math.nan, math.nan
+        e = paired[r["key"]]["average"][MAIN if curve == "delta_main" else curve]
+        if e["delta"] is None:
+            return None
+        return scale * e["delta"], scale * _num(e["ci_low"]), scale * _num(e["ci_high"])
+
+    for method in sweep.methods():
+        own = sorted((r for r in sweep.rows if r["method"] == method), key=lambda r: r["sparsity"])
+        if dense is None and curve not in ("main", "ppl"):
+            continue  # a paired difference needs the dense row
+        line = [(r, got) for r in own if (got := point(r)) is not None]
+        if not line:
+            continue  # e.g. no perplexity (per-task methods), or an older results file without log-likelihoods
+        if dense is not None and (got := point(dense)) is not None:
+            line.insert(0, (dense, got))
+        for r, (value, lo, hi) in line:
+            recs.append({"method": method, "sparsity": r["sparsity"], "n_keep": r["n_keep"], "value": value})
+            recs[-1] |= {"ci_low": lo, "ci_high": hi}
+    return pd.DataFrame(recs, columns=["method", "sparsity", "n_keep", "value", "ci_low", "ci_high"])
+
+
+def curve_figure(rows: list[dict[str, Any]] | Sweep, curve: str = "delta_main"):
+    """The plotly figure of a ``CURVES`` curve (``plots.sweep_curves``)."""
+    title, y_title, _ = CURVES[curve]
+    return plots.sweep_curves(curve_frame(rows, curve), title, y_title, log_y=curve == "ppl")
+
+
+def sweep_figure(rows: list[dict[str, Any]] | Sweep):
+    """The sweep's headline plot: average main metric vs sparsity, one line per method."""
+    return curve_figure(rows, "main")
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
 def write_reports(rows: list[dict[str, Any]], out: Path, config: CompareConfig | None = None) -> dict[str, Path]:
+    sweep = as_sweep(rows)
     paths = {"csv": out / "table.csv", "markdown": out / "table.md", "html": out / "sweep.html"}
-    atomic.write_text(paths["csv"], results_frame(rows).to_csv(index=False))
+    atomic.write_text(paths["csv"], results_frame(sweep).to_csv(index=False))
     note = ""
     if config is not None:
         note = (
             f"\nModel `{config.model}`, cache `{config.cache}`, {config.limit} held-out examples per task "
             f"(seed {config.seed}), exact kept counts: {config.exact}. Cells: main metric in % ± stderr; "
-            "Δ avg: paired difference vs dense with a 95% CI.\n"
+            "Δ avg: paired difference vs dense with a 95% CI (Newcombe per task, combined over tasks by MOVER).\n"
         )
-    versus = versus_table(rows)
+    versus = versus_table(sweep)
     if versus:
         versus = (
             "\nDIET minus each other method at the same kept count, paired on the same examples "
             "(points; positive = DIET better):\n\n" + versus
         )
-    atomic.write_text(paths["markdown"], markdown_table(rows) + note + versus)
-    fig = sweep_figure(rows)
-    atomic.write_text(paths["html"], fig.to_html(include_plotlyjs=True, full_html=True))
+    atomic.write_text(paths["markdown"], markdown_table(sweep) + note + versus)
+    figures = [curve_figure(sweep, c) for c in ("main", "delta_main", "gold_ll_per_char", "ppl")]
+    if not sweep.has_examples():
+        figures = [f for f, c in zip(figures, ("main", "delta_main", "gold_ll_per_char", "ppl")) if c != "gold_ll_per_char"]
+    body = "\n".join(f.to_html(include_plotlyjs=i == 0, full_html=False) for i, f in enumerate(figures))
+    atomic.write_text(paths["html"], f"<html><head><meta charset='utf-8'></head><body>{body}</body></html>\n")
     try:  # a static image too when kaleido is installed
         import kaleido  # noqa: F401
 
-        atomic.write_bytes(out / "sweep.png", fig.to_image(format="png"))
+        atomic.write_bytes(out / "sweep.png", figures[0].to_image(format="png"))
         paths["png"] = out / "sweep.png"
     except Exception:
         pass

@@ -1,5 +1,8 @@
 """A sweep's results file (``<out>/results.jsonl``): one row per finished (method, sparsity) and one
-for the dense model, with per-example correctness, so every delta and CI is recomputed from it.
+for the dense model, with per-example correctness and (since per-example log-likelihoods are kept)
+every example's choice log-likelihoods, so every delta and CI is recomputed from it (``row_paired``).
+Rows written before that have the main metric's correctness only: their paired results hold the
+main metric (acc or acc_norm, whichever the task's is) and say that the rest was not recorded.
 
 ``METHODS`` maps the sweep's method names (CLI) to ``MaskConfig.method``; ``single-task`` and
 ``leave-one-out`` build one mask per evaluated task."""
@@ -15,7 +18,20 @@ import numpy as np
 
 from diet_explore.core import atomic
 from diet_explore.core.errors import DietError
-from diet_explore.evaluation.metrics import TaskResult, average_paired_delta, average_stderr, mean_stderr, paired_delta
+from diet_explore.evaluation.metrics import (
+    MAIN,
+    PAIRED_METRICS,
+    TaskResult,
+    average_paired,
+    average_stderr,
+    entry,
+    examples_of,
+    mean_stderr,
+    missing,
+    paired_proportion_delta,
+    task_paired,
+)
+from diet_explore.tasks.registry import TaskSpec, load_registry
 
 Progress = Callable[[float, str], None]
 
@@ -24,7 +40,14 @@ Progress = Callable[[float, str], None]
 # Results file
 # --------------------------------------------------------------------------------------------
 def read_results(out: Path) -> list[dict[str, Any]]:
-    path = out / RESULTS
+    """The rows of ``<out>/results.jsonl`` (``[]`` when there is none)."""
+    return read_results_file(Path(out) / RESULTS)
+
+
+def read_results_file(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results file, e.g. a committed ``docs/results/<name>.results.jsonl``; a line
+    that is not JSON (cut by an interruption) is skipped."""
+    path = Path(path)
     if not path.exists():
         return []
     rows = []
@@ -65,37 +88,54 @@ def task_row(res: TaskResult, scores: list | None = None) -> dict[str, Any]:
         "correct": [int(x) for x in main],
     }
     if scores is not None:
-        row["examples"] = examples_of(scores)
+        examples = examples_of(scores)
+        examples["lls"] = [[round(x, 6) for x in lls] for lls in examples["lls"]]
+        row["examples"] = examples
     return row
 
 
-def examples_of(scores: list) -> dict[str, list]:
-    """Per example of one task's ``ChoiceScores`` (in request order): doc id, gold answer, every
-    choice's log-likelihood and length in characters: enough to recompute any paired metric."""
-    return {
-        "doc_id": [int(s.doc_id) for s in scores],
-        "gold": [int(s.gold) for s in scores],
-        "lls": [[round(float(x), 6) for x in s.lls] for s in scores],
-        "chars": [[len(c) for c in s.choice_texts] for s in scores],
-    }
+NOT_RECORDED = "not recorded: these results were made before per-example log-likelihoods were kept"
 
 
-def paired_avg_delta(
-    row: dict[str, Any], ref: dict[str, Any]
-) -> tuple[dict[str, tuple[float, float, float]], tuple[float, float, float]]:
-    """Paired deltas ``row - ref`` on the same examples: per task (mean, CI low, CI high) and for the
-    average over tasks (tasks are independent samples, so their variances add)."""
-    pairs = {t: (np.array(ref["tasks"][t]["correct"]), np.array(r["correct"])) for t, r in row["tasks"].items()}
-    per_task = {t: paired_delta(a, b) for t, (a, b) in pairs.items()}
-    return per_task, average_paired_delta([b - a for a, b in pairs.values()])
+def _spec(task: str, part: dict[str, Any], registry: dict[str, TaskSpec]) -> TaskSpec:
+    """The task's registry entry; for a task the registry no longer has, what the row says (its main metric)."""
+    if task in registry:
+        return registry[task]
+    metric = part.get("metric", "acc")
+    return TaskSpec(task, {}, metrics=("acc", "acc_norm") if metric == "acc_norm" else ("acc",), main_metric=metric)
+
+
+def row_paired(row: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """Paired results of ``row`` against ``ref`` on the same examples, in ``metrics.paired_metrics``'
+    shape (``row - ref``: ``ref`` is the dense row, or another method's for DIET-minus-method).
+    Every metric where both rows keep per-example log-likelihoods; the main metric alone (from the
+    per-example correctness, in the same order) where either does not."""
+    registry = load_registry()
+    per_task = {}
+    for t, part in row["tasks"].items():
+        other = ref["tasks"][t]
+        spec = _spec(t, part, registry)
+        if "examples" in part and "examples" in other:
+            per_task[t] = task_paired(other["examples"], part["examples"], spec)
+            continue
+        a, b = np.array(other["correct"]), np.array(part["correct"])
+        entries = {m: missing(0, NOT_RECORDED) for m in PAIRED_METRICS}
+        entries[spec.main_metric] = entry(*paired_proportion_delta(a, b), len(b))
+        entries[MAIN] = dict(entries[spec.main_metric]) | {"metric": spec.main_metric}
+        per_task[t] = entries
+    return {"tasks": per_task, "average": average_paired(per_task)}
 
 
 def add_deltas(row: dict[str, Any], dense: dict[str, Any]) -> None:
-    """Add paired deltas vs dense per task and for the average (in place)."""
-    per_task, (m, lo, hi) = paired_avg_delta(row, dense)
-    for t, (d, t_lo, t_hi) in per_task.items():
-        row["tasks"][t].update(delta=d, ci_low=t_lo, ci_high=t_hi)
-    row.update(delta_avg=m, delta_ci_low=lo, delta_ci_high=hi)
+    """Add paired results vs dense (in place): ``row["paired"]`` (``row_paired``), and the main
+    metric's per task (``delta``, ``ci_low``, ``ci_high``) and averaged (``delta_avg``, ``delta_ci_low``,
+    ``delta_ci_high``)."""
+    paired = row_paired(row, dense)
+    for t, entries in paired["tasks"].items():
+        main = entries[MAIN]
+        row["tasks"][t].update(delta=main["delta"], ci_low=main["ci_low"], ci_high=main["ci_high"])
+    avg = paired["average"][MAIN]
+    row.update(delta_avg=avg["delta"], delta_ci_low=avg["ci_low"], delta_ci_high=avg["ci_high"], paired=paired)
 
 
 def add_average(row: dict[str, Any]) -> None:

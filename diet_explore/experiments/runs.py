@@ -194,7 +194,10 @@ def run_record(
     The flat fields are the listing's columns; ``task_results`` holds one dict per task with at
     least ``task``, ``n``, ``metric``, ``dense_main``, ``pruned_main``, ``delta_main``,
     ``delta_main_ci_low`` and ``delta_main_ci_high``; ``detail`` is whatever else the maker knows
-    (configs, parameter counts, timings). Returns a strict-JSON dict for ``RunStore.save``."""
+    (configs, parameter counts, timings). The app and ``compare`` add ``paired``: every paired
+    metric per task and averaged, ``{"tasks": {task: {metric: entry}}, "average": {metric: entry}}``
+    (``evaluation.metrics.paired_metrics``; None for a sweep row made before it was kept).
+    Returns a strict-JSON dict for ``RunStore.save``."""
     required = ("task", "n", "metric", "dense_main", "pruned_main", "delta_main", "delta_main_ci_low", "delta_main_ci_high")
     for row in task_results:
         missing = [k for k in required if k not in row]

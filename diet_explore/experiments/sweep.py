@@ -416,6 +416,7 @@ def _run_record(row: dict[str, Any], dense: dict[str, Any], config: CompareConfi
         pruned_ppl=row["ppl"],
         wall_time_s=row["wall_time_s"],
         task_results=task_results,
+        paired=row.get("paired"),
         cache=config.cache,
         config=config.to_dict(),
     )

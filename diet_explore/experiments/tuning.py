@@ -16,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from diet_explore.core.config import JsonConfig
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.blocks import ScoreLog
@@ -30,9 +28,8 @@ from diet_explore.evaluation.evaluate import (
     evaluate_models,
     result_from_cache,
 )
-from diet_explore.evaluation.metrics import average_paired_delta, paired_delta
+from diet_explore.evaluation.metrics import examples_of, paired_metrics
 from diet_explore.evaluation.scoring import ChoiceScores
-from diet_explore.experiments.results import examples_of
 from diet_explore.experiments.runs import run_record
 from diet_explore.pruning.slicing import count_parameters, prune_model
 from diet_explore.tasks.registry import TaskSpec, resolve_tasks
@@ -81,6 +78,7 @@ def pair_record(
         pruned_ppl=pair.pruned.perplexity,
         wall_time_s=pair.dense.wall_time_s + pair.pruned.wall_time_s,
         task_results=task_rows,
+        paired=pair.paired(),
         hidden_size=hidden_size,
         cache=cache_path,
         cache_manifest_hash=manifest_hash,
@@ -207,34 +205,15 @@ def paired_so_far(
     specs: dict[str, TaskSpec],
     requests: dict[str, list],
 ) -> dict[str, Any]:
-    """Paired deltas (pruned − dense) on the examples both models have scored so far, per task
-    and averaged over the tasks that have any: what the page shows while a job runs. Each entry
-    is ``{"delta", "ci_low", "ci_high", "n"}``; ``scored``/``total`` count examples."""
-    tasks: dict[str, dict[str, Any]] = {}
-    diffs = []
-    for t, reqs in requests.items():
-        pairs = [(dense[k], pruned[k]) for k in ((r.task, r.doc_id) for r in reqs) if k in dense and k in pruned]
-        row: dict[str, Any] = {"n": len(pairs), "total": len(reqs), "main_metric": specs[t].main_metric}
-        if pairs:
-            for metric in ("acc", "acc_norm"):
-                if metric == "acc_norm" and "acc_norm" not in specs[t].metrics:
-                    continue
-                pick = (lambda s: s.pred) if metric == "acc" else (lambda s: s.pred_norm)
-                a = np.array([float(pick(d) == d.gold) for d, _ in pairs])
-                b = np.array([float(pick(p) == p.gold) for _, p in pairs])
-                m, lo, hi = paired_delta(a, b)
-                row[metric] = {"delta": m, "ci_low": lo, "ci_high": hi, "n": len(pairs)}
-                if metric == specs[t].main_metric:
-                    row["main"] = row[metric]
-                    diffs.append(b - a)
-        tasks[t] = row
-    average = {}
-    if diffs:
-        m, lo, hi = average_paired_delta(diffs)
-        average["main"] = {"delta": m, "ci_low": lo, "ci_high": hi, "n": int(sum(len(d) for d in diffs)), "tasks": len(diffs)}
-    return {
-        "scored": {"dense": len(dense), "pruned": len(pruned)},
-        "total": sum(len(r) for r in requests.values()),
-        "tasks": tasks,
-        "average": average,
+    """``metrics.paired_metrics`` (pruned − dense) on the examples both models have scored so far:
+    what the page shows while a job runs; plus ``scored`` (examples per model), ``total`` and
+    ``task_totals`` (examples per task when the job is done)."""
+    by_task = {
+        label: {t: [m[k] for k in ((r.task, r.doc_id) for r in reqs) if k in m] for t, reqs in requests.items()}
+        for label, m in (("dense", dense), ("pruned", pruned))
     }
+    out = paired_metrics(by_task["dense"], by_task["pruned"], {t: specs[t] for t in requests})
+    out["scored"] = {"dense": len(dense), "pruned": len(pruned)}
+    out["total"] = sum(len(r) for r in requests.values())
+    out["task_totals"] = {t: len(r) for t, r in requests.items()}
+    return out

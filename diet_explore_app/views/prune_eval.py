@@ -73,7 +73,14 @@ def show_partial(partial: dict[str, Any], final: bool = False) -> None:
         for t, r in partial["tasks"].items()
     ]
     rows.append(
-        {"task": "average", "scored": f"{scored} / {total}", "metric": "main", "Δ main [95% CI]": _ci(avg), "Δ acc": "", "Δ acc_norm": ""}
+        {
+            "task": "average",
+            "scored": f"{scored} / {total}",
+            "metric": "main",
+            "Δ main [95% CI]": _ci(avg),
+            "Δ acc": "",
+            "Δ acc_norm": "",
+        }
     )
     st.dataframe(pd.DataFrame(rows).set_index("task"), key="pe_partial")
     st.caption("Paired on the examples both models have scored; blocks of every task are scored in turn.")
@@ -209,7 +216,9 @@ with ui.shown_errors():
             n_keep=result.n_keep,
             eval=eval_config.to_dict(),
         )
-        label = f"{config.method} @ {config.sparsity:g}, kept {result.n_keep}, {len(eval_config.tasks)} tasks × {eval_config.limit}"
+        label = (
+            f"{config.method} @ {config.sparsity:g}, kept {result.n_keep}, {len(eval_config.tasks)} tasks × {eval_config.limit}"
+        )
         jobs_ui.submit(jobs_store, "prune_eval", spec.to_dict(), label, K_WATCH)
 
     jobs_ui.job_panel(jobs_store, "prune_eval", K_WATCH, render_job)

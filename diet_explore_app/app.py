@@ -35,6 +35,8 @@ PAGES = [
     st.Page("views/agreement.py", title="Agreement", icon=":material/handshake:", url_path="agreement"),
     st.Page("views/mask_builder.py", title="Mask builder", icon=":material/tune:", url_path="mask_builder"),
     st.Page("views/prune_eval.py", title="Prune & evaluate", icon=":material/science:", url_path="prune_eval"),
+    st.Page("views/sweep.py", title="Sweep", icon=":material/stacked_line_chart:", url_path="sweep"),
+    st.Page("views/history.py", title="History", icon=":material/history:", url_path="history"),
     st.Page("views/export.py", title="Export", icon=":material/download:", url_path="export"),
 ]
 

@@ -274,6 +274,7 @@ class JobStore:
                         worker={"pid": os.getpid(), "token": token},
                         attempts=int(r.get("attempts", 0)) + 1,
                         stop_requested=False,
+                        progress=_msg(r, "started"),
                     )
         return None
 
@@ -331,8 +332,10 @@ class JobContext:
         self.store.update(self.job_id, progress={"fraction": max(0.0, min(1.0, float(fraction))), "message": message})
 
     def log(self, message: str) -> None:
+        """A line in the job's log; it is also the progress message until the next progress."""
         self._log = [*self._log, f"{utc_timestamp()} {message}"][-LOG_KEPT:]
-        self.store.update(self.job_id, log=self._log)
+        progress = (self.store.get(self.job_id).get("progress") or {}) | {"message": message}
+        self.store.update(self.job_id, log=self._log, progress=progress)
 
     def partial(self, data: dict[str, Any]) -> None:
         """The partial result so far (shown live; kept, marked partial, when the job stops)."""

@@ -397,6 +397,12 @@ def _run_record(row: dict[str, Any], dense: dict[str, Any], config: CompareConfi
             "delta_main": r["delta"],
             "delta_main_ci_low": r["ci_low"],
             "delta_main_ci_high": r["ci_high"],
+            # every example of both models, when the rows kept them: runs that share examples can be paired later
+            **(
+                {"examples": {"dense": dense["tasks"][t]["examples"], "pruned": r["examples"]}}
+                if "examples" in r and "examples" in dense["tasks"][t]
+                else {}
+            ),
         }
         for t, r in row["tasks"].items()
     ]

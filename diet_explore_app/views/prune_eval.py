@@ -38,52 +38,63 @@ def _ppl(value: float | None) -> str:
     return f"{value:.2f}" if value is not None else "not finite"  # the run store keeps inf/NaN as null
 
 
-def _ci(entry: dict[str, Any] | None) -> str:
-    if not entry:
-        return "—"
-    return f"{entry['delta']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
+def _ci(entry: dict[str, Any] | None, scale: float = 1.0, fmt: str = "+.3f") -> str:
+    """An entry of ``metrics.paired_metrics`` as "Δ [low, high]" (its note when it has no interval)."""
+    if not entry or entry.get("delta") is None:
+        return (entry or {}).get("note", "—")
+    text = f"{scale * entry['delta']:{fmt}}"
+    if entry.get("ci_low") is None:
+        return f"{text} ({entry.get('note', 'no interval')})"
+    return f"{text} [{scale * entry['ci_low']:{fmt}}, {scale * entry['ci_high']:{fmt}}]"
+
+
+PARTIAL_COLUMNS = {  # column -> paired metric (evaluation/metrics.py), as the running table shows it
+    "Δ main [95% CI]": "main",
+    "agreement": "agreement",
+    "Δ gold LL/char": "gold_ll_per_char",
+    "choice KL": "choice_kl",
+}
 
 
 def show_partial(partial: dict[str, Any], final: bool = False) -> None:
-    """Running paired deltas (pruned − dense) on the examples scored so far, per task and averaged."""
+    """Running paired metrics (pruned vs dense) on the examples scored so far, per task and averaged."""
     if not partial or not partial.get("tasks"):
         st.caption("No examples scored yet: the first numbers come after the first block.")
         return
     scored, total = int((partial.get("scored") or {}).get("pruned") or 0), int(partial.get("total") or 0)
-    avg = (partial.get("average") or {}).get("main")
+    avg = partial.get("average") or {}
+    main, gold = avg.get("main") or {}, avg.get("gold_ll_per_char") or {}
+    suffix = " so far" if not final else " (partial)"
     m = st.columns(3)
     m[0].metric(
-        "Mean Δ main metric so far" if not final else "Mean Δ main metric (partial)",
-        f"{avg['delta']:+.4f}" if avg else "—",
-        delta=f"95% CI [{avg['ci_low']:+.3f}, {avg['ci_high']:+.3f}]" if avg else None,
+        "Mean Δ main metric" + suffix,
+        f"{main['delta']:+.4f}" if main.get("delta") is not None else "—",
+        delta=f"95% CI [{main['ci_low']:+.3f}, {main['ci_high']:+.3f}]" if main.get("ci_low") is not None else None,
         delta_color="off",
         delta_arrow="off",
     )
-    m[1].metric("Examples scored (pruned)", f"{scored} / {total}")
-    m[2].metric("Tasks covered", f"{sum(1 for r in partial['tasks'].values() if r.get('n'))} / {len(partial['tasks'])}")
-    rows = [
-        {
-            "task": t,
-            "scored": f"{r.get('n', 0)} / {r.get('total', 0)}",
-            "metric": r.get("main_metric"),
-            "Δ main [95% CI]": _ci(r.get("main")),
-            "Δ acc": _ci(r.get("acc")),
-            "Δ acc_norm": _ci(r.get("acc_norm")),
-        }
-        for t, r in partial["tasks"].items()
-    ]
-    rows.append(
-        {
-            "task": "average",
-            "scored": f"{scored} / {total}",
-            "metric": "main",
-            "Δ main [95% CI]": _ci(avg),
-            "Δ acc": "",
-            "Δ acc_norm": "",
-        }
+    m[1].metric(
+        "Mean Δ gold LL/char" + suffix,
+        f"{gold['delta']:+.4f}" if gold.get("delta") is not None else "—",
+        delta=f"95% CI [{gold['ci_low']:+.3f}, {gold['ci_high']:+.3f}]" if gold.get("ci_low") is not None else None,
+        delta_color="off",
+        delta_arrow="off",
     )
+    m[2].metric("Examples scored (pruned)", f"{scored} / {total}")
+    totals = partial.get("task_totals") or {}
+    rows = []
+    for t, entries in [*partial["tasks"].items(), ("average", avg)]:
+        n = (entries.get("main") or {}).get("n", 0)
+        row = {"task": t, "scored": f"{n} / {totals.get(t, total if t == 'average' else '?')}"}
+        row["metric"] = (entries.get("main") or {}).get("metric", "main")
+        row |= {col: _ci(entries.get(metric)) for col, metric in PARTIAL_COLUMNS.items()}
+        rows.append(row)
     st.dataframe(pd.DataFrame(rows).set_index("task"), key="pe_partial")
-    st.caption("Paired on the examples both models have scored; blocks of every task are scored in turn.")
+    st.caption(
+        "Paired on the examples both models have scored, blocks of every task in turn. Δ = pruned − dense; "
+        "agreement: share of examples where the pruned model picks the dense model's choice; gold LL/char: "
+        "log-likelihood of the correct answer per character; choice KL: KL(dense ‖ pruned) over the choices."
+    )
 
 
 def show_run(last: dict[str, Any]) -> None:

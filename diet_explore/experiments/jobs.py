@@ -36,6 +36,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -82,7 +83,9 @@ class JobStore:
     # -- files ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with atomic.locked(self.root / "jobs"):
+        # atomic.locked excludes other processes; the thread lock excludes the other sessions of
+        # one app server (threads of one process, which a per-process re-entrant file lock lets in)
+        with _thread_lock(self.root), atomic.locked(self.root / "jobs"):
             yield
 
     def folder(self, job_id: str) -> Path:
@@ -290,6 +293,16 @@ class JobStore:
         return done
 
 
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock(root: Path) -> threading.RLock:
+    key = str(Path(root).resolve())
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(key, threading.RLock())
+
+
 def _next_seq(records: list[dict[str, Any]]) -> int:
     return max((int(r.get("queue_seq", 0)) for r in records), default=0) + 1
 
@@ -428,6 +441,7 @@ def run_worker(
     token = new_run_id(f"worker-{os.getpid()}")
     ran = 0
     signalled: list[str] = []
+    restore: list[Callable[[], object]] = []
     try:
         atomic.write_json(
             store.root / "worker.json", {"pid": os.getpid(), "token": token, "owner": owner, "started": utc_timestamp()}
@@ -439,8 +453,9 @@ def run_worker(
                 return "interrupted"
             return None
 
-        if threading_main():
-            signal.signal(signal.SIGTERM, lambda *a: signalled.append("SIGTERM"))
+        if threading_main():  # a supervisor's SIGTERM: stop the job as interrupted, resumable
+            previous = signal.signal(signal.SIGTERM, lambda *a: signalled.append("SIGTERM"))
+            restore.append(lambda: signal.signal(signal.SIGTERM, previous))
         _warm_up()
         models: dict = {}
         idle_since = time.monotonic()
@@ -457,13 +472,13 @@ def run_worker(
             ran += 1
             idle_since = time.monotonic()
     finally:
+        for undo in restore:
+            undo()
         lock.release()
     return ran
 
 
 def threading_main() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
@@ -486,6 +501,8 @@ class LocalProcessExecutor:
     def ensure_worker(self, store: JobStore) -> bool:
         """Start a worker for ``store`` unless one is alive or starting; True when one was started."""
         self._started[:] = [p for p in self._started if p.poll() is None]
+        if store.live_worker():  # the common case, without the store's lock
+            return False
         store.root.mkdir(parents=True, exist_ok=True)
         with store._locked():
             if store.live_worker():

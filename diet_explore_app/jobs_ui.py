@@ -127,7 +127,7 @@ def _job_header(jobs_store: J.JobStore, job: dict[str, Any], found: list[dict[st
     ):
         with ui.shown_errors():
             jobs_store.stop(job["job_id"])
-            st.rerun(scope="fragment")
+            st.rerun()
     if status in J.RESUMABLE and c2.button("Resume", key="job_resume", help="queue it again; what it scored is reused"):
         with ui.shown_errors():
             jobs_store.resume(job["job_id"])

@@ -53,6 +53,11 @@ def scored(job: dict) -> int:
     return int(((job.get("partial") or {}).get("scored") or {}).get("pruned") or 0)
 
 
+def paired(job: dict) -> int:
+    """Examples both models have scored so far (what the running numbers are computed on)."""
+    return int((((job.get("partial") or {}).get("average") or {}).get("main") or {}).get("n") or 0)
+
+
 def worker_pid(store) -> int | None:
     try:
         return int(json.loads((store.root / "worker.json").read_text())["pid"])

@@ -55,10 +55,11 @@ def submit(jobs_store: J.JobStore, job_type: str, config: dict[str, Any], label:
         st.info(f"The same job is already queued or running ({job_id}): showing it.")
 
 
-def warm_worker(jobs_store: J.JobStore) -> None:
-    """Start the worker while the user sets up a run, so the first numbers come seconds after the click."""
+def warm_worker(jobs_store: J.JobStore, model: str | None = None) -> None:
+    """Start the worker (loading ``model``) while the user sets up a run, so the first numbers come
+    seconds after the click."""
     with contextlib.suppress(OSError):  # an unwritable run store: submit() says so, with the fix
-        J.EXECUTOR.ensure_worker(jobs_store)
+        J.EXECUTOR.ensure_worker(jobs_store, preload=model)
 
 
 def pick(found: list[dict[str, Any]], job_type: str, watched: str | None) -> dict[str, Any] | None:

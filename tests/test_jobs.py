@@ -71,6 +71,43 @@ def test_a_job_stores_the_run_the_library_computes_under_its_run_id(store, tiny_
     assert partial["average"]["gold_ll_per_char"]["delta"] == pytest.approx(run["paired"]["average"]["gold_ll_per_char"]["delta"])
 
 
+def test_comparison_masks_are_scored_in_the_same_job_and_paired_with_the_mask(store, tiny_cache_root):
+    from diet_explore.experiments.tuning import other_run_id
+    from diet_explore.masking.build import MaskConfig, build_mask
+    from diet_explore.profiling.cache import load_cache
+
+    config = prune_eval_config(tiny_cache_root, limit=6, tasks=("rte", "arc_easy"))
+    cache = load_cache(tiny_cache_root / "tiny")
+    other = MaskConfig(method="random", sparsity=1 - config["n_keep"] / 64)
+    assert build_mask(cache, other).n_keep == config["n_keep"]  # the same kept count
+    config["others"] = {"random": {"mask": other.to_dict(), "n_keep": config["n_keep"]}}
+    job_id, _ = store.submit("prune_eval", config, "diet vs random")
+    assert run_worker(store, until_empty=True) == 1
+    job = store.get(job_id)
+    assert job["status"] == "done", job.get("error")
+    ids = job["result"]["others"]
+    assert ids == {"random": other_run_id(job["run_id"], "random")}
+    main, rand = store.runs.load(job["run_id"]), store.runs.load(ids["random"])
+    assert rand["method"] == "random" and rand["n_keep"] == main["n_keep"] and len(store.runs.records()) == 2
+    versus = job["partial"]["others"]["random"]["versus"]
+    for task in ("rte", "arc_easy"):  # recomputed by hand from the two runs' stored examples: mask − random
+        em = next(r for r in main["task_results"] if r["task"] == task)["examples"]["pruned"]
+        er = next(r for r in rand["task_results"] if r["task"] == task)["examples"]["pruned"]
+        norm = task == "arc_easy"
+
+        def correct(ex, norm=norm):
+            lls = np.array(ex["lls"]) / (np.array(ex["chars"]) if norm else 1.0)
+            return (lls.argmax(axis=1) == np.array(ex["gold"])).astype(float)
+
+        assert versus["tasks"][task]["main"]["delta"] == pytest.approx(float(np.mean(correct(em) - correct(er))))
+        gold = np.array(em["gold"])
+        rows = np.arange(len(gold))
+        chars = np.array(em["chars"], dtype=float)[rows, gold]
+        per_char = (np.array(em["lls"])[rows, gold] - np.array(er["lls"])[rows, gold]) / chars
+        assert versus["tasks"][task]["gold_ll_per_char"]["delta"] == pytest.approx(float(per_char.mean()))
+    assert job["partial"]["others"]["random"]["vs_dense"]["average"]["main"]["delta"] == pytest.approx(rand["delta_avg"])
+
+
 def test_the_same_job_while_active_is_one_job_and_jobs_run_one_at_a_time_in_order(store, tiny_cache_root):
     first = prune_eval_config(tiny_cache_root, sparsity=0.25)
     second = prune_eval_config(tiny_cache_root, sparsity=0.5)

@@ -109,6 +109,8 @@ class JobStore:
             and record.get("type") in HANDLERS
             and record.get("status") in ACTIVE + FINISHED
             and isinstance(record.get("config"), dict)
+            and isinstance(record.get("created"), str)
+            and isinstance(record.get("queue_seq", 0), int)
         )
         return record if ok else None
 
@@ -425,11 +427,13 @@ def run_worker(
     idle_exit_s: float = IDLE_EXIT_S,
     until_empty: bool = False,
     on_job: Callable[[dict[str, Any]], None] | None = None,
+    preload: str | None = None,
 ) -> int:
     """Run queued jobs one at a time, oldest first, until the queue has been empty for
     ``idle_exit_s`` (``until_empty``: at once), or ``owner`` (a pid) is no longer this process's
-    parent: then a running job stops as interrupted, resumable. Returns the number of jobs run;
-    -1 when another worker already serves this store."""
+    parent: then a running job stops as interrupted, resumable. ``preload``: a model to load while
+    the queue is empty (the one the page that started the worker will ask for). Returns the number
+    of jobs run; -1 when another worker already serves this store."""
     from filelock import Timeout
 
     store.root.mkdir(parents=True, exist_ok=True)
@@ -443,9 +447,8 @@ def run_worker(
     signalled: list[str] = []
     restore: list[Callable[[], object]] = []
     try:
-        atomic.write_json(
-            store.root / "worker.json", {"pid": os.getpid(), "token": token, "owner": owner, "started": utc_timestamp()}
-        )
+        info = {"pid": os.getpid(), "token": token, "owner": owner, "started": utc_timestamp()}
+        atomic.write_json(store.root / "worker.json", info)
         store.mark_interrupted(token)  # we hold the worker lock: no running record has a live worker
 
         def outside_stop() -> str | None:
@@ -458,6 +461,9 @@ def run_worker(
             restore.append(lambda: signal.signal(signal.SIGTERM, previous))
         _warm_up()
         models: dict = {}
+        if preload:
+            _preload(models, preload)
+        atomic.write_json(store.root / "worker.json", info | {"ready": utc_timestamp(), "preloaded": preload})
         idle_since = time.monotonic()
         while not outside_stop():
             job = store.claim_next(token)
@@ -482,6 +488,16 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _preload(models: dict, name: str) -> None:
+    """Load ``name`` as a job with the default device and dtype will ask for it (``JobContext.load_model``)."""
+    from diet_explore.models.loading import load_model
+
+    try:
+        models[(name, "auto", None)] = load_model(name, device="auto", dtype=None)
+    except Exception as exc:  # the job that needs it reports why, with the fix
+        print(f"{utc_timestamp()} worker {os.getpid()}: could not preload {name}: {exc}", flush=True)
+
+
 def _warm_up() -> None:
     """Import what every job needs while the queue is empty, so a job starts in milliseconds."""
     for module in {h.split(":")[0] for h in HANDLERS.values()}:
@@ -498,8 +514,9 @@ class LocalProcessExecutor:
 
     _started: list[subprocess.Popen] = []  # reaped as they exit (no zombies in a long-lived server)
 
-    def ensure_worker(self, store: JobStore) -> bool:
-        """Start a worker for ``store`` unless one is alive or starting; True when one was started."""
+    def ensure_worker(self, store: JobStore, preload: str | None = None) -> bool:
+        """Start a worker for ``store`` unless one is alive or starting; True when one was started.
+        ``preload``: a model it loads while waiting for the first job."""
         self._started[:] = [p for p in self._started if p.poll() is None]
         if store.live_worker():  # the common case, without the store's lock
             return False
@@ -524,6 +541,7 @@ class LocalProcessExecutor:
                 str(store.runs.root),
                 "--owner",
                 str(os.getpid()),
+                *(["--preload", preload] if preload else []),
             ]
             with open(store.root / "worker.log", "ab") as log:
                 proc = subprocess.Popen(
@@ -559,10 +577,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="diet-explore job worker (started by the app or `diet-explore jobs`)")
     ap.add_argument("--root", required=True, help="the run store folder whose jobs/ to serve")
     ap.add_argument("--owner", type=int, default=None, help="stop when this process is no longer the parent")
+    ap.add_argument("--preload", default=None, help="a model to load while waiting for the first job")
     args = ap.parse_args(argv)
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
-    ran = run_worker(JobStore(args.root), owner=args.owner)
+    ran = run_worker(JobStore(args.root), owner=args.owner, preload=args.preload)
     print(f"{utc_timestamp()} worker {os.getpid()}: {'another worker serves this store' if ran < 0 else f'{ran} job(s) run'}")
     return 0
 

@@ -13,7 +13,8 @@ folder: an interrupted or stopped job resumes where it was.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Any
 
 from diet_explore.core.config import JsonConfig
@@ -94,9 +95,12 @@ def pair_record(
     )
 
 
+MAX_OTHERS = 3  # comparison masks one job scores beside the mask (each is a pruned copy in memory)
+
+
 @dataclass
 class PruneEvalJob(JsonConfig):
-    """A Prune & evaluate job's config: everything the worker needs to rebuild the mask and the examples."""
+    """A Prune & evaluate job's config: everything the worker needs to rebuild the masks and the examples."""
 
     model: str  # built-in name, local folder or hub id
     cache: str  # the score cache the mask is built from
@@ -106,12 +110,30 @@ class PruneEvalJob(JsonConfig):
     n_keep: int  # kept dims the page showed
     eval: dict  # EvalConfig.to_dict()
     source: str = "app"
+    # label -> {"mask": MaskConfig dict, "n_keep"}: other masks (e.g. baselines at the same kept
+    # count) scored in the same job, block by block with the mask, so the paired difference
+    # between them is known from the first blocks instead of after a whole run each
+    others: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.others) > MAX_OTHERS:
+            raise DietError(f"{len(self.others)} comparison masks in one job", f"compare with at most {MAX_OTHERS}")
+        reserved = {"dense", "pruned"} & set(self.others)
+        if reserved:
+            raise DietError(f"comparison mask label {sorted(reserved)[0]!r} is reserved", "name it after its method")
+
+
+def other_run_id(run_id: str, label: str) -> str:
+    """The run id a job's comparison mask ``label`` is stored under: fixed by the job's run id, so
+    a resumed job replaces that run rather than adding a second one."""
+    return f"{run_id.split('-')[0]}-{hashlib.sha256(f'{run_id}:{label}'.encode()).hexdigest()[:8]}"
 
 
 def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
-    """The job behind Prune & evaluate (``ctx``: ``jobs.JobContext``): build the mask, prune a
-    copy, evaluate (dense from the evaluation cache when it has it), store the run under the job's
-    run id. Returns ``{"run_id", "dense_reused"}``."""
+    """The job behind Prune & evaluate (``ctx``: ``jobs.JobContext``): build the mask (and the
+    comparison masks), prune copies, evaluate them block by block (dense from the evaluation
+    cache when it has it), store each run. Returns ``{"run_id", "dense_reused", "others"}``
+    (``others``: label -> run id)."""
     from diet_explore.masking.build import MaskConfig, build_mask
     from diet_explore.profiling.cache import load_cache
 
@@ -124,12 +146,17 @@ def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
             f"the score cache {spec.cache_display} changed since this job was queued (profiled again?)",
             "queue the run again from the Prune & evaluate page",
         )
-    mask = build_mask(cache, MaskConfig.from_dict(spec.mask))
-    if mask.n_keep != spec.n_keep:
-        raise DietError(
-            f"the mask now keeps {mask.n_keep} dims, not the {spec.n_keep} shown when the job was queued",
-            "queue the run again from the Prune & evaluate page",
-        )
+    wanted = {"pruned": (spec.mask, spec.n_keep)} | {k: (v["mask"], int(v["n_keep"])) for k, v in spec.others.items()}
+    masks = {}
+    for label, (mask_config, n_keep) in wanted.items():
+        masks[label] = build_mask(cache, MaskConfig.from_dict(mask_config))
+        if masks[label].n_keep != n_keep:
+            raise DietError(
+                f"the {'mask' if label == 'pruned' else label + ' mask'} now keeps {masks[label].n_keep} dims, not the "
+                f"{n_keep} shown when the job was queued",
+                "queue the run again from the Prune & evaluate page",
+            )
+    mask = masks["pruned"]
     ctx.log(f"Loading {spec.model}…")
     model, tokenizer, info = ctx.load_model(spec.model, ecfg.device, ecfg.dtype)
     if int(model.config.hidden_size) != mask.hidden_size:
@@ -138,7 +165,7 @@ def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
             "use the model the score cache was profiled from",
         )
     ctx.log(f"Pruning to {mask.n_keep} hidden dims (a copy; the loaded model is untouched)…")
-    pruned = prune_model(model, mask.keep, saveable=False)
+    pruned = {label: prune_model(model, m.keep, saveable=False) for label, m in masks.items()}
     param = next(model.parameters())
     eval_cache = EvalCache()
     key = eval_cache.key_for(spec.model, requests, ecfg, param.device.type, param.dtype)
@@ -150,15 +177,15 @@ def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
             f"Dense results reused: same model and held-out examples as an earlier run (evaluation cache, computed {entry.created})."
         )
     specs = {s.name: s for s in resolve_tasks(list(requests))}
-    scored: dict[str, dict[tuple[str, int], ChoiceScores]] = {"dense": {}, "pruned": {}}
+    scored: dict[str, dict[tuple[str, int], ChoiceScores]] = {"dense": {}} | {label: {} for label in masks}
     if dense is not None:
         scored["dense"] = {(s.task, s.doc_id): s for s in dense.scores}
 
     def on_block(unit, scores: list[ChoiceScores]) -> None:
         scored[unit.label].update(((s.task, s.doc_id), s) for s in scores)
-        ctx.partial(paired_so_far(scored["dense"], scored["pruned"], specs, requests))
+        ctx.partial(paired_so_far(scored, specs, requests))
 
-    models = ({} if dense is not None else {"dense": model}) | {"pruned": pruned}
+    models = ({} if dense is not None else {"dense": model}) | pruned
     results = evaluate_models(
         models,
         tokenizer,
@@ -181,39 +208,54 @@ def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
             lambda: (results["dense"], info.to_dict()),
             label="dense",
         )
-    pair = PairResult(dense, results["pruned"])
-    record = pair_record(
-        pair,
-        model=spec.model,
-        cache_path=spec.cache_display,
-        manifest_hash=spec.manifest_hash,
-        mask_config=mask.config,
-        n_keep=mask.n_keep,
-        hidden_size=mask.hidden_size,
-        params=(count_parameters(model), count_parameters(pruned)),
-        nbytes=(model_nbytes(model), model_nbytes(pruned)),
-        source=spec.source,
-    )
-    run_id = ctx.runs.save(record, run_id=ctx.job["run_id"])  # under the job's id: a re-run replaces, never adds
-    ctx.log(f"Done: run {run_id}")
-    return {"run_id": run_id, "dense_reused": reused}
+    run_ids = {label: ctx.job["run_id"] if label == "pruned" else other_run_id(ctx.job["run_id"], label) for label in masks}
+    for label, m in masks.items():
+        record = pair_record(
+            PairResult(dense, results[label]),
+            model=spec.model,
+            cache_path=spec.cache_display,
+            manifest_hash=spec.manifest_hash,
+            mask_config=m.config,
+            n_keep=m.n_keep,
+            hidden_size=m.hidden_size,
+            params=(count_parameters(model), count_parameters(pruned[label])),
+            nbytes=(model_nbytes(model), model_nbytes(pruned[label])),
+            source=spec.source,
+        )
+        ctx.runs.save(record, run_id=run_ids[label])  # under ids fixed by the job: a re-run replaces, never adds
+    ctx.log(f"Done: run {run_ids['pruned']}" + "".join(f", {label} {run_ids[label]}" for label in spec.others))
+    return {"run_id": run_ids["pruned"], "dense_reused": reused, "others": {k: run_ids[k] for k in spec.others}}
+
+
+def _paired_on_shared(
+    a: dict[tuple[str, int], ChoiceScores], b: dict[tuple[str, int], ChoiceScores], specs: dict[str, TaskSpec], requests
+) -> dict[str, Any]:
+    """``metrics.paired_metrics`` of ``b`` against ``a`` (``b − a``) on the examples both have scored."""
+    by_task = [{t: [m[k] for k in ((r.task, r.doc_id) for r in reqs) if k in m] for t, reqs in requests.items()} for m in (a, b)]
+    return paired_metrics(by_task[0], by_task[1], {t: specs[t] for t in requests})
 
 
 def paired_so_far(
-    dense: dict[tuple[str, int], ChoiceScores],
-    pruned: dict[tuple[str, int], ChoiceScores],
+    scored: dict[str, dict[tuple[str, int], ChoiceScores]],
     specs: dict[str, TaskSpec],
     requests: dict[str, list],
 ) -> dict[str, Any]:
-    """``metrics.paired_metrics`` (pruned − dense) on the examples both models have scored so far:
-    what the page shows while a job runs; plus ``scored`` (examples per model), ``total`` and
-    ``task_totals`` (examples per task when the job is done)."""
-    by_task = {
-        label: {t: [m[k] for k in ((r.task, r.doc_id) for r in reqs) if k in m] for t, reqs in requests.items()}
-        for label, m in (("dense", dense), ("pruned", pruned))
-    }
-    out = paired_metrics(by_task["dense"], by_task["pruned"], {t: specs[t] for t in requests})
-    out["scored"] = {"dense": len(dense), "pruned": len(pruned)}
+    """What the page shows while a job runs, from the examples scored so far (``scored``: model
+    label -> (task, doc id) -> scores, with ``"dense"`` and ``"pruned"``): ``metrics.paired_metrics``
+    of pruned vs dense on the examples both have; ``scored`` / ``total`` / ``task_totals`` count
+    examples; and for every other mask, ``others[label]`` = ``{"vs_dense": ..., "versus": pruned −
+    label}``, the paired difference between the two masks."""
+    out = _paired_on_shared(scored["dense"], scored["pruned"], specs, requests)
+    out["scored"] = {label: len(m) for label, m in scored.items()}
     out["total"] = sum(len(r) for r in requests.values())
     out["task_totals"] = {t: len(r) for t, r in requests.items()}
+    others = [label for label in scored if label not in ("dense", "pruned")]
+    if others:
+        out["others"] = {
+            label: {
+                "vs_dense": _paired_on_shared(scored["dense"], scored[label], specs, requests),
+                "versus": _paired_on_shared(scored[label], scored["pruned"], specs, requests),
+            }
+            for label in others
+        }
     return out

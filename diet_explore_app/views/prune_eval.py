@@ -16,11 +16,14 @@ from diet_explore.core.errors import DietError
 from diet_explore.evaluation.evaluate import EvalConfig
 from diet_explore.experiments.runs import runs_frame
 from diet_explore.experiments.tuning import PruneEvalJob
+from diet_explore.masking.build import MaskConfig
 from diet_explore_app import jobs_ui, loaders, state
 from diet_explore_app import widgets as ui
 
 K_TASKS, K_LIMIT, K_PPL, K_PPL_WINDOWS, K_RUN = "pe_tasks", "pe_limit", "pe_ppl", "pe_ppl_windows", "pe_run"
 K_WATCH = "_pe_job"
+K_VS = "pe_vs"
+BASELINES = ("random", "magnitude", "wiki")
 SHOW_COLUMNS = [
     "n",
     "metric",
@@ -97,6 +100,39 @@ def show_partial(partial: dict[str, Any], final: bool = False) -> None:
     )
 
 
+def show_versus(partial: dict[str, Any], final: bool) -> None:
+    """The mask against each comparison mask scored in the same job (mask − other), paired on the
+    examples both have scored."""
+    for label, parts in (partial.get("others") or {}).items():
+        versus = parts["versus"]
+        avg = versus.get("average") or {}
+        st.markdown(
+            f"**Current mask − {label}** (same kept count), paired on the examples both have scored"
+            + ("" if final else " so far")
+        )
+        m = st.columns(3)
+        for col, (title, metric) in zip(m, (("main metric", "main"), ("gold LL/char", "gold_ll_per_char"))):
+            e = avg.get(metric) or {}
+            col.metric(
+                f"Δ {title} vs {label}" + ("" if final else " so far"),
+                f"{e['delta']:+.4f}" if e.get("delta") is not None else "—",
+                delta=f"95% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]" if e.get("ci_low") is not None else None,
+                delta_color="off",
+                delta_arrow="off",
+            )
+        decided = [t for t, mt in (("main metric", "main"), ("gold LL/char", "gold_ll_per_char")) if _excludes_zero(avg.get(mt))]
+        m[2].metric(f"CI excludes 0 ({label})", ", ".join(decided) or "not yet")
+        rows = [
+            {"task": t, "Δ main [95% CI]": _ci(e.get("main")), "Δ gold LL/char": _ci(e.get("gold_ll_per_char"))}
+            for t, e in [*versus["tasks"].items(), ("average", avg)]
+        ]
+        st.dataframe(pd.DataFrame(rows).set_index("task"), key=f"pe_versus_{label}")
+
+
+def _excludes_zero(e: dict[str, Any] | None) -> bool:
+    return bool(e) and e.get("ci_low") is not None and (e["ci_low"] > 0 or e["ci_high"] < 0)
+
+
 def show_run(last: dict[str, Any]) -> None:
     """A stored run: the headline numbers and the per-task table."""
     st.subheader(f"Run {last['run_id']}: {last['model']}, sparsity {last['sparsity']:.4f}")
@@ -168,10 +204,14 @@ def render_job(job: dict[str, Any]) -> None:
         except DietError as exc:
             raise DietError(f"job {job['job_id']} finished, but its run cannot be read: {exc.message}", exc.hint) from None
         show_run(record)
+        if result.get("others"):
+            show_versus(job.get("partial") or {}, final=True)
+            st.caption("Comparison runs: " + ", ".join(f"{k} {v}" for k, v in result["others"].items()) + " (History page).")
     elif status in ("running", "stopped", "interrupted") or job.get("partial"):
         if status in ("stopped", "interrupted"):
             st.caption("Partial results: the job did not finish (Resume continues it).")
         show_partial(job.get("partial") or {}, final=status != "running")
+        show_versus(job.get("partial") or {}, final=False)
 
 
 st.title("Prune & evaluate")
@@ -199,6 +239,14 @@ with ui.shown_errors():
     )
     c2.number_input("Held-out examples per task", 1, 2000, step=5, **state.kw(K_LIMIT))
     st.multiselect("Tasks", list(cache.task_names), **state.multi_kw(K_TASKS))
+    state.default(K_VS, [])
+    st.multiselect(
+        "Compare with, in the same job (same kept count)",
+        list(BASELINES),
+        **state.multi_kw(K_VS),
+        help="each baseline mask is scored block by block with the current one, so their paired difference "
+        "is known from the first blocks (costs one more pruned copy each)",
+    )
     p1, p2 = st.columns(2)
     p1.toggle("Wiki perplexity", **state.kw(K_PPL))
     p2.number_input("Perplexity windows (128 tokens)", 1, 512, step=4, **state.kw(K_PPL_WINDOWS), disabled=not state.get(K_PPL))
@@ -206,7 +254,7 @@ with ui.shown_errors():
     name = ui.model_name_for(cache)
     ui.check_model_installed(name)  # DietError with the install command when the weights are missing
     jobs_store = jobs_ui.store()
-    jobs_ui.warm_worker(jobs_store)
+    jobs_ui.warm_worker(jobs_store, name)
 
     if st.button("Prune and evaluate", key=K_RUN, type="primary", help="runs in the background: you can switch pages"):
         if not state.get(K_TASKS):
@@ -227,9 +275,16 @@ with ui.shown_errors():
             n_keep=result.n_keep,
             eval=eval_config.to_dict(),
         )
+        for b in state.get(K_VS) or []:
+            other = MaskConfig(method=b, sparsity=1.0 - result.n_keep / result.hidden_size, seed=config.seed)
+            spec.others[b] = {
+                "mask": other.to_dict(),
+                "n_keep": loaders.mask_for(loaded.path, loaded.sha, other.to_json()).n_keep,
+            }
         label = (
             f"{config.method} @ {config.sparsity:g}, kept {result.n_keep}, {len(eval_config.tasks)} tasks × {eval_config.limit}"
         )
+        label += "".join(f" vs {b}" for b in spec.others)
         jobs_ui.submit(jobs_store, "prune_eval", spec.to_dict(), label, K_WATCH)
 
     jobs_ui.job_panel(jobs_store, "prune_eval", K_WATCH, render_job)

@@ -70,7 +70,7 @@ with ui.shown_errors():
     st.caption(f"Model: `{name}` (the Prune & evaluate page's model field).")
     ui.check_model_installed(name)
     jobs_store = jobs_ui.store()
-    jobs_ui.warm_worker(jobs_store)
+    jobs_ui.warm_worker(jobs_store, name)
 
     if st.button("Run sweep", key=K_RUN, type="primary", help="runs in the background: you can switch pages"):
         if not state.get(K_METHODS) or not state.get(K_SPARSITIES) or not state.get(K_TASKS):

@@ -123,7 +123,7 @@ def _cache_dense(limit: int, ppl: bool) -> None:
         lambda: (evaluate_model(model, tok, ecfg, None, "dense", requests), info.to_dict()),
         label="dense",
     )
-    print(f"  dense results cached ({time.perf_counter() - t0:.0f} s, not timed)", flush=True)
+    print(f"  dense results in the evaluation cache ({time.perf_counter() - t0:.0f} s, not timed)", flush=True)
 
 
 def _pruned_examples(store, job_id: str, requests) -> dict[str, dict[str, list]]:
@@ -145,7 +145,7 @@ def _excludes(e) -> bool:
     return e is not None and e.get("ci_low") is not None and (e["ci_low"] > 0 or e["ci_high"] < 0)
 
 
-def bench_decision(limit: int, ppl: bool, timeout: float, mode: str) -> bool:
+def bench_decision(limit: int, ppl: bool, timeout: float, mode: str, eval_cache: Path) -> bool:
     """``mode`` "queue": two jobs, DIET then random, one after the other (the queue runs one job at
     a time); "together": one job that scores the random mask beside DIET's, block by block (the
     page's "Compare with"). The decision is read from the examples both masks have scored."""
@@ -155,7 +155,7 @@ def bench_decision(limit: int, ppl: bool, timeout: float, mode: str) -> bool:
     from diet_explore.tasks.registry import resolve_tasks
 
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["DIET_EXPLORE_EVAL_CACHE"] = str(Path(tmp) / "eval-cache")
+        os.environ["DIET_EXPLORE_EVAL_CACHE"] = str(eval_cache)
         _cache_dense(limit, ppl)
         store = J.JobStore(Path(tmp) / "runs")
         J.EXECUTOR.ensure_worker(store, preload=MODEL)  # what opening the Prune & evaluate page does
@@ -300,6 +300,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=8, help="slider moves per measurement (ui)")
     ap.add_argument("--perplexity", action="store_true", help="decision: the jobs also compute wiki perplexity")
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument(
+        "--eval-cache",
+        default=str(Path(tempfile.gettempdir()) / "diet-explore-bench-eval-cache"),
+        help="decision: where the dense results are cached (kept between runs; the first run fills it)",
+    )
     ap.add_argument("--mode", choices=("together", "queue"), action="append", help="decision: one job or two (default both)")
     args = ap.parse_args()
     todo = args.only or ["interleave", "decision", "ui"]
@@ -309,7 +314,7 @@ def main() -> int:
         ok &= bench_interleave(args.limit, args.rounds)
     if "decision" in todo:
         for mode in args.mode or ["together", "queue"]:
-            ok &= bench_decision(args.limit, args.perplexity, args.timeout, mode)
+            ok &= bench_decision(args.limit, args.perplexity, args.timeout, mode, Path(args.eval_cache))
     if "ui" in todo:
         ok &= bench_ui(args.repeats, args.rounds)
     print("PASS" if ok else "FAIL: a target is missed (see above)")

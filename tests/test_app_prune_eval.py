@@ -122,6 +122,22 @@ def test_prune_and_evaluate_runs_as_a_job_and_shows_the_run_the_library_computes
     assert list(arr(chart_by_key(at, "pe_history_plot")["data"][0]["y"])) == [pytest.approx(pair.average_delta()[0])]
 
 
+def test_compare_with_a_baseline_scores_it_in_the_same_job_and_shows_the_paired_difference(tiny_app):
+    at, dirs = tiny_app
+    at = run_page(at.run(), "prune_eval")
+    at.multiselect(key="pe_vs").set_value(["random"]).run()
+    at = start_tiny_eval(at, sparsity=0.25, limit=4, tasks=("rte", "arc_easy"))
+    at = finish(at, dirs)
+    job = only_job(dirs)
+    assert job["status"] == "done" and "vs random" in job["label"], job.get("error")
+    versus = job["partial"]["others"]["random"]["versus"]["average"]
+    shown = metrics(at)
+    assert shown["Δ main metric vs random"] == f"{versus['main']['delta']:+.4f}"
+    assert shown["Δ gold LL/char vs random"] == f"{versus['gold_ll_per_char']['delta']:+.4f}"
+    runs = JobStore(dirs["runs"]).runs.records()
+    assert sorted(r["method"] for r in runs) == ["diet", "random"] and len({r["n_keep"] for r in runs}) == 1
+
+
 def test_a_running_job_survives_a_page_switch_a_reload_and_a_second_tab_and_then_shows_its_result(tiny_app):
     at, dirs = tiny_app
     at = start_tiny_eval(at, sparsity=0.25, limit=300, tasks=("arc_easy",))

@@ -72,8 +72,7 @@ def test_two_models_are_scored_block_by_block_in_turn(requests, model):
     )
     n_blocks = len(interleaved_blocks(requests))
     assert sorted(seen) == sorted((label, k) for k in range(n_blocks) for label in ("dense", "pruned"))
-    # blocks finish roughly in order (two workers): never a block more than one step ahead of the queue
-    assert [k for _, k in seen] == sorted(k for _, k in seen) or max(abs(a - b) for (_, a), (_, b) in zip(seen, seen[1:])) <= 1
+    assert sorted(seen[:2]) == [("dense", 0), ("pruned", 0)]  # the first block of each model comes first, on its own
     alone = {
         label: evaluate_model(m, WordTokenizer(), CONFIG, requests=requests)
         for label, m in (("dense", model), ("pruned", pruned))

@@ -122,7 +122,10 @@ def test_a_job_survives_page_switches_reloads_stop_and_a_server_restart(env, tmp
                 page.get_by_role("button", name="Prune and evaluate").click()
                 page.get_by_text("Mean Δ main metric so far", exact=True).wait_for(timeout=RUN_MS)
                 third = _newest(store)
+                pid = worker_pid(store)
+                os.kill(pid, signal.SIGSTOP)  # held mid-run while the server goes away
                 assert errors == [], errors
+            os.kill(pid, signal.SIGCONT)  # its parent is gone: it records the job interrupted and exits
             wait_job(store, third["job_id"], ("interrupted", "done"))
             assert store.get(third["job_id"])["status"] == "interrupted", "the job ended before the server stopped"
             with start_app_server(tmp_path / "s2", env) as url:

@@ -34,7 +34,7 @@ from diet_explore.evaluation.parallel import run_batches
 from diet_explore.evaluation.scoring import ChoiceScores, LoglikelihoodScorer
 from diet_explore.tasks.registry import Request
 
-BLOCK_FIRST = 2  # examples per task in the first block: the first numbers within seconds
+BLOCK_FIRST = 1  # examples per task in the first block: the first numbers within seconds
 BLOCK_MAX = 16  # and at most this many later (bench_jobs.py measures the cost against one call)
 
 Progress = Callable[[float, str], None]
@@ -162,50 +162,67 @@ def score_blocks(
     if should_stop is not None and (why := should_stop()):
         raise Stopped(why)
 
-    items: list[tuple[int, list]] = []  # (unit number in todo, one batch of rows)
-    for i, unit in enumerate(todo):
-        items += [(i, batch) for batch in scorers[unit.label].batches(unit.requests)]
-    pending = [0] * len(todo)
-    for i, _ in items:
-        pending[i] += 1
-    rows_done: list[list[ChoiceScores | None]] = [[None] * len(u.requests) for u in todo]
-
     timing = threading.Lock()
+    plans: dict[tuple, list] = {}
 
-    def run(item: tuple[int, list]):
-        i, batch = item
-        label = todo[i].label
-        t0 = time.perf_counter()
-        out = scorers[label]._run_batch(batch)
-        if busy is not None:
-            with timing:
-                busy[label] = busy.get(label, 0.0) + time.perf_counter() - t0
-        return out
+    def batches(unit: Unit) -> list:
+        """The unit's forward passes; planned once per block for every model with the same tokenizer
+        and limits (the pruned copies of one model), since planning is tokenization."""
+        sc = scorers[unit.label]
+        key = (id(sc.encoder.tokenizer), sc.max_length, sc.batch_tokens, unit.index)
+        if key not in plans:
+            plans[key] = sc.batches(unit.requests)
+        return plans[key]
 
-    def collect(n: int, batch_scores) -> None:
+    def run_wave(wave: list[Unit]) -> None:
         nonlocal scored
-        i, batch = items[n]
-        unit = todo[i]
-        for row, (lls, greedy) in zip(batch, batch_scores):
-            r = unit.requests[row.plan.index]
-            rows_done[i][row.plan.index] = ChoiceScores(
-                r.task, r.doc_id, lls, greedy, [len(t) for t in row.plan.targets], r.gold, r.choice_texts
-            )
-        pending[i] -= 1
-        if pending[i] == 0:
-            scores = list(rows_done[i])  # type: ignore[arg-type]
-            finished[unit] = scores
-            scored += len(scores)
-            if log is not None:
-                log.save(unit, scores)
-            if on_block is not None:
-                on_block(unit, scores)
-            report(scored / max(total, 1), f"scored {scored}/{total} examples")
-        if should_stop is not None and (why := should_stop()):
-            raise Stopped(why)
+        items: list[tuple[int, list]] = [(i, batch) for i, unit in enumerate(wave) for batch in batches(unit)]
+        pending = [0] * len(wave)
+        for i, _ in items:
+            pending[i] += 1
+        rows_done: list[list[ChoiceScores | None]] = [[None] * len(u.requests) for u in wave]
+
+        def run(item: tuple[int, list]):
+            i, batch = item
+            label = wave[i].label
+            t0 = time.perf_counter()
+            out = scorers[label]._run_batch(batch)
+            if busy is not None:
+                with timing:
+                    busy[label] = busy.get(label, 0.0) + time.perf_counter() - t0
+            return out
+
+        def collect(n: int, batch_scores) -> None:
+            nonlocal scored
+            i, batch = items[n]
+            unit = wave[i]
+            for row, (lls, greedy) in zip(batch, batch_scores):
+                r = unit.requests[row.plan.index]
+                rows_done[i][row.plan.index] = ChoiceScores(
+                    r.task, r.doc_id, lls, greedy, [len(t) for t in row.plan.targets], r.gold, r.choice_texts
+                )
+            pending[i] -= 1
+            if pending[i] == 0:
+                scores = list(rows_done[i])  # type: ignore[arg-type]
+                finished[unit] = scores
+                scored += len(scores)
+                if log is not None:
+                    log.save(unit, scores)
+                if on_block is not None:
+                    on_block(unit, scores)
+                report(scored / max(total, 1), f"scored {scored}/{total} examples")
+            if should_stop is not None and (why := should_stop()):
+                raise Stopped(why)
+
+        run_batches(run, items, workers, collect)
 
     workers = max((s.workers for s in scorers.values()), default=1)
-    run_batches(run, items, workers, collect)
+    # The first block to be scored runs on its own, so its numbers do not wait for every later
+    # block to be planned (tokenized); the rest run as one stream, with no wait between blocks.
+    first = [u for u in todo if u.index == todo[0].index] if todo else []
+    for wave in (first, [u for u in todo if u not in first]):
+        if wave:
+            run_wave(wave)
     position = {id(r): i for i, r in enumerate(r for reqs in requests.values() for r in reqs)}
     out: dict[str, list[ChoiceScores]] = {}
     for label in scorers:

@@ -107,12 +107,19 @@ def test_a_job_survives_page_switches_reloads_stop_and_a_server_restart(env, tmp
                 assert done["status"] == "done"
                 assert one_go == f"{store.runs.load(done['run_id'])['delta_avg']:+.4f}"
 
-                # 2. Stop keeps the partial numbers; Resume finishes with the same numbers
-                page.get_by_role("button", name="Prune and evaluate").click()
+                # 2. Stop keeps the partial numbers; Resume finishes with the same numbers (the reload
+                # started a new session: its settings are the defaults again)
+                _start(page, limit=150)
                 page.get_by_text("Mean Δ main metric so far", exact=True).wait_for(timeout=RUN_MS)
                 second = _newest(store)
                 assert second["job_id"] != first["job_id"]
-                page.get_by_role("button", name="Stop").click()
+                pid = worker_pid(store)
+                os.kill(pid, signal.SIGSTOP)  # so that the job is still running when Stop arrives
+                try:
+                    page.get_by_role("button", name="Stop").click()
+                    page.wait_for_timeout(1500)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
                 page.get_by_text("Mean Δ main metric (partial)", exact=True).wait_for(timeout=RUN_MS)
                 assert store.get(second["job_id"])["status"] == "stopped"
                 page.get_by_role("button", name="Resume").click()

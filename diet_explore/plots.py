@@ -3,6 +3,12 @@
 The app renders these with ``st.plotly_chart``; the CLI and notebooks can call them too. Nothing
 here imports streamlit or computes a mask: callers pass what the library computed, so a plot never
 disagrees with the number shown beside it.
+
+Figures are drawn again on every slider move, so they are kept light: no template (the app's theme
+styles them; a named template cost ~12 ms to build and ~3 KB per figure, and the browser time to
+apply it), curves thinned to what a chart can show, histograms binned here (so a bar's height is
+the count the caller can check), one trace where one will do. A hidden dimension is named by its
+index alone, as every table shows it ("507"); hover text says "dim 507".
 """
 
 from __future__ import annotations
@@ -14,9 +20,16 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-# Curves longer than this are thinned for drawing (every point's rank is kept exactly).
-MAX_CURVE_POINTS = 1200
-_LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))
+# Curves longer than this are thinned for drawing (every point's rank is kept exactly): a chart about
+# 1000 px wide shows no more, and every point is SVG the browser redraws on each slider move.
+MAX_CURVE_POINTS = 240
+_LAYOUT = dict(margin=dict(l=60, r=20, t=50, b=50))
+_LOG_AXIS = dict(type="log", dtick=1)  # one labelled tick per power of ten (not "1000, 5, 2, 100, 5, 2")
+
+
+def dim_label(dim: int) -> str:
+    """How a hidden dimension is named in hover text (tables and axes show the index alone)."""
+    return f"dim {int(dim)}"
 
 
 def _thin(n: int, max_points: int = MAX_CURVE_POINTS) -> np.ndarray:
@@ -38,10 +51,11 @@ def sorted_score_curves(scores: Mapping[str, np.ndarray], log_y: bool = True, cu
     if cutoff_rank is not None:
         fig.add_vline(x=cutoff_rank, line_dash="dash", line_color="grey", annotation_text=f"keep {cutoff_rank}")
     fig.update_layout(
-        title="Sorted dimension scores per task", xaxis_title="rank", yaxis_title="score (mean |activation|)", **_LAYOUT
+        title="Sorted dimension scores per task",
+        xaxis_title="rank",
+        yaxis=dict(title="score (mean |activation|)", **(_LOG_AXIS if log_y else {})),
+        **_LAYOUT,
     )
-    if log_y:
-        fig.update_yaxes(type="log")
     return fig
 
 
@@ -52,37 +66,77 @@ def layer_dim_heatmap(layer_scores: np.ndarray, dims: Sequence[int], task: str =
     z = layer_scores[:, dims] if dims else np.zeros((layer_scores.shape[0], 0))  # (L, len(dims))
     fig = go.Figure(
         go.Heatmap(
-            z=z, x=[f"d{d}" for d in dims], y=list(range(layer_scores.shape[0])), colorscale="Viridis", colorbar_title="score"
+            z=z,
+            x=[str(d) for d in dims],
+            y=list(range(layer_scores.shape[0])),
+            colorscale="Viridis",
+            colorbar_title="score",
+            hovertemplate="dim %{x}, layer %{y}: %{z:.4g}<extra></extra>",
         )
     )
     title = "Score by layer for the picked dimensions" + (f" ({task})" if task else "")
-    fig.update_layout(title=title, xaxis_title="hidden dimension", yaxis_title="layer", **_LAYOUT)
-    fig.update_xaxes(type="category")
+    fig.update_layout(title=title, xaxis=dict(title="hidden dimension", type="category"), yaxis_title="layer", **_LAYOUT)
     return fig
 
 
 def score_distributions(scores: Mapping[str, np.ndarray], log_x: bool = True, bins: int = 60) -> go.Figure:
-    """Overlaid histograms of per-dimension scores, one per task (log10 scale by default)."""
+    """Per-dimension score distributions, one step outline per task over shared bins (log10 scale
+    by default): one path per task instead of a bar per bin, binned here."""
+    xs = {t: np.asarray(s, dtype=np.float64) for t, s in scores.items()}
+    xs = {t: (np.log10(np.maximum(s, 1e-12)) if log_x else s) for t, s in xs.items()}
+    finite = np.concatenate([x for x in xs.values()]) if xs else np.zeros(0)
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
     fig = go.Figure()
-    for task, s in scores.items():
-        s = np.asarray(s, dtype=np.float64)
-        x = np.log10(np.maximum(s, 1e-12)) if log_x else s
-        fig.add_trace(go.Histogram(x=x, name=task, opacity=0.55, nbinsx=bins))
+    for task, x in xs.items():
+        counts, _ = np.histogram(x, bins=edges)
+        fig.add_trace(
+            go.Scatter(
+                x=edges,
+                y=np.append(counts, counts[-1]),  # the last edge closes the last step
+                mode="lines",
+                line_shape="hv",
+                name=task,
+                hovertemplate=f"{task}: %{{y}} dims from %{{x:.3g}}<extra></extra>",
+            )
+        )
     fig.update_layout(
         title="Distribution of dimension scores",
-        barmode="overlay",
         xaxis_title="log10 score" if log_x else "score",
-        yaxis_title="dimensions",
+        yaxis_title="dimensions per bin",
         **_LAYOUT,
     )
     return fig
 
 
-def task_heatmap(
-    matrix: np.ndarray, tasks: Sequence[str], title: str, zmin: float = 0.0, zmax: float = 1.0, colorscale: str = "Blues"
-) -> go.Figure:
-    """A labelled, annotated task × task heatmap (symmetric matrices: Jaccard, Spearman)."""
+def data_range(matrix: np.ndarray) -> tuple[float, float]:
+    """The colour range that spreads a task × task matrix's off-diagonal values over the whole
+    scale (the diagonal is 1 by definition and would otherwise take the top colour alone)."""
     matrix = np.asarray(matrix, dtype=np.float64)
+    off = matrix[~np.eye(matrix.shape[0], dtype=bool)] if matrix.ndim == 2 and matrix.shape[0] > 1 else matrix.ravel()
+    off = off[np.isfinite(off)]
+    if not off.size:
+        return 0.0, 1.0
+    lo, hi = float(off.min()), float(off.max())
+    return (lo, hi) if hi > lo else (lo - 0.01, hi + 0.01)
+
+
+def task_heatmap(
+    matrix: np.ndarray,
+    tasks: Sequence[str],
+    title: str,
+    zmin: float = 0.0,
+    zmax: float = 1.0,
+    colorscale: str = "Blues",
+    auto_range: bool = False,
+) -> go.Figure:
+    """A labelled, annotated task × task heatmap (symmetric matrices: Jaccard, Spearman).
+    ``auto_range``: colours span the off-diagonal data (``data_range``) instead of [zmin, zmax],
+    so nearby values (Gemma's 0.87–0.98) are told apart; the title says which range is shown."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if auto_range:
+        zmin, zmax = data_range(matrix)
+        title = f"{title} (colours: {zmin:.2f} to {zmax:.2f})"
     text = np.vectorize(lambda v: f"{v:.2f}")(matrix) if matrix.size else matrix
     fig = go.Figure(
         go.Heatmap(
@@ -102,12 +156,16 @@ def task_heatmap(
     return fig
 
 
-def correlation_heatmap(matrix: np.ndarray, tasks: Sequence[str], method: str = "Spearman") -> go.Figure:
-    return task_heatmap(matrix, tasks, f"{method} correlation of task scores", zmin=-1.0, zmax=1.0, colorscale="RdBu")
+def correlation_heatmap(
+    matrix: np.ndarray, tasks: Sequence[str], method: str = "Spearman", auto_range: bool = False
+) -> go.Figure:
+    return task_heatmap(
+        matrix, tasks, f"{method} correlation of task scores", zmin=-1.0, zmax=1.0, colorscale="RdBu", auto_range=auto_range
+    )
 
 
-def jaccard_heatmap(matrix: np.ndarray, tasks: Sequence[str], sparsity: float) -> go.Figure:
-    return task_heatmap(matrix, tasks, f"Jaccard overlap of pruned sets at sparsity {sparsity:.2f}")
+def jaccard_heatmap(matrix: np.ndarray, tasks: Sequence[str], sparsity: float, auto_range: bool = False) -> go.Figure:
+    return task_heatmap(matrix, tasks, f"Jaccard overlap of pruned sets at sparsity {sparsity:.2f}", auto_range=auto_range)
 
 
 def vote_matrix(prune: np.ndarray, tasks: Sequence[str], order: Sequence[int] | None = None, max_rows: int = 2000) -> go.Figure:
@@ -124,35 +182,56 @@ def vote_matrix(prune: np.ndarray, tasks: Sequence[str], order: Sequence[int] | 
     if order.size > max_rows:
         order = order[np.linspace(0, order.size - 1, max_rows).round().astype(int)]
     z = prune[:, order].T.astype(np.int8)  # (rows, T)
+    # rows on a numeric axis (a category axis of thousands of labels is slow to lay out in the
+    # browser); each row's dimension index rides along as hover data
     fig = go.Figure(
         go.Heatmap(
             z=z,
             x=list(tasks),
-            y=[f"d{d}" for d in order],
+            y=np.arange(order.size),
+            customdata=np.repeat(order[:, None], z.shape[1], axis=1).astype(np.int32),
             zmin=0,
             zmax=1,
             colorscale=[[0, "#e8eef7"], [1, "#c0392b"]],
             showscale=False,
-            hovertemplate="%{y} %{x}: %{z}<extra></extra>",
+            hovertemplate="dim %{customdata}, %{x}: %{z}<extra></extra>",
         )
     )
     fig.update_layout(
         title="Prune votes: dimensions × tasks (red = pruned)",
         xaxis_title="task",
-        yaxis_title="dimension (sorted by votes)",
+        yaxis=dict(title="dimension (sorted by votes)", showticklabels=False, autorange="reversed"),
         **_LAYOUT,
     )
-    fig.update_yaxes(showticklabels=False, autorange="reversed", type="category")
     return fig
 
 
-def vote_histogram(votes: np.ndarray, n_tasks: int) -> go.Figure:
-    """How many dimensions got k prune votes, k = 0..n_tasks."""
+def vote_histogram(votes: np.ndarray, n_tasks: int, threshold: float | None = None) -> go.Figure:
+    """How many dimensions got k prune votes, k = 0..n_tasks. With ``threshold`` (τ) a dashed line
+    marks where τ falls: with equal weights the vote keeps a dim when at least τ of the tasks keep
+    it, i.e. when it has at most (1 − τ)·T prune votes, so the bars right of the line are pruned."""
     votes = np.asarray(votes).astype(int)
     counts = np.bincount(votes, minlength=n_tasks + 1)[: n_tasks + 1]
-    fig = go.Figure(go.Bar(x=list(range(n_tasks + 1)), y=counts, text=counts, textposition="outside"))
-    fig.update_layout(title="Prune votes per dimension", xaxis_title="tasks voting to prune", yaxis_title="dimensions", **_LAYOUT)
-    fig.update_xaxes(dtick=1)
+    colors = None
+    if threshold is not None:
+        limit = (1.0 - float(threshold)) * n_tasks  # most prune votes a kept dim can have
+        colors = ["#c0392b" if k > limit + 1e-9 else "#7f8c9d" for k in range(n_tasks + 1)]
+    fig = go.Figure(go.Bar(x=list(range(n_tasks + 1)), y=counts, text=counts, textposition="outside", marker_color=colors))
+    fig.update_layout(
+        title="Prune votes per dimension",
+        xaxis=dict(title="tasks voting to prune", dtick=1),
+        yaxis_title="dimensions",
+        showlegend=False,
+        **_LAYOUT,
+    )
+    if threshold is not None:
+        fig.add_vline(
+            x=limit + 0.5 if float(limit).is_integer() else limit,
+            line_dash="dash",
+            line_color="#34495e",
+            annotation_text=f"τ = {float(threshold):g}: pruned →",
+            annotation_position="top right",
+        )
     return fig
 
 
@@ -170,20 +249,20 @@ def upset_bars(overlaps: pd.DataFrame, tasks: Sequence[str], top: int = 20) -> g
         row=1,
         col=1,
     )
-    for j, t in enumerate(tasks):
-        member = df[t].astype(bool).to_numpy() if t in df else np.zeros(len(df), bool)
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=[j] * len(df),
-                mode="markers",
-                showlegend=False,
-                hoverinfo="skip",
-                marker=dict(size=11, color=np.where(member, "#34495e", "#dde3ea")),
-            ),
-            row=2,
-            col=1,
-        )
+    # the dot matrix as one trace (row j = task j): one trace instead of one per task
+    member = np.array([df[t].astype(bool).to_numpy() if t in df else np.zeros(len(df), bool) for t in tasks])  # (T, n)
+    fig.add_trace(
+        go.Scatter(
+            x=np.tile(xs, len(tasks)),
+            y=np.repeat(np.arange(len(tasks)), len(df)),
+            mode="markers",
+            showlegend=False,
+            hoverinfo="skip",
+            marker=dict(size=11, color=np.where(member.ravel(), "#34495e", "#dde3ea")),
+        ),
+        row=2,
+        col=1,
+    )
     fig.update_yaxes(title_text="dimensions", row=1, col=1)
     fig.update_yaxes(tickvals=list(range(len(tasks))), ticktext=tasks, autorange="reversed", row=2, col=1)
     fig.update_xaxes(showticklabels=False, row=2, col=1)
@@ -191,17 +270,54 @@ def upset_bars(overlaps: pd.DataFrame, tasks: Sequence[str], top: int = 20) -> g
     return fig
 
 
-def stability_histogram(keep_frequency: np.ndarray, bins: int = 40) -> go.Figure:
-    """Per-dimension frequency of being kept across bootstrap resamples (0 or 1 = stable)."""
+def stability_bins(keep_frequency: np.ndarray, bins: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(left edges, right edges, counts) of the keep-frequency histogram: a bar for exactly 0 (never
+    kept), ``bins`` bars over (0, 1), and a bar for exactly 1 (kept in every resample), so the
+    stable dims, usually most of them, each get the bar they belong to. Counts sum to D."""
     f = np.asarray(keep_frequency, dtype=np.float64)
-    fig = go.Figure(go.Histogram(x=f, xbins=dict(start=0.0, end=1.0 + 1e-9, size=1.0 / bins)))
+    inner = np.linspace(0.0, 1.0, bins + 1)
+    between = f[(f > 0) & (f < 1)]
+    counts_in, _ = np.histogram(between, bins=inner)
+    left = np.concatenate([[0.0], inner[:-1], [1.0]])
+    right = np.concatenate([[0.0], inner[1:], [1.0]])
+    counts = np.concatenate([[int((f <= 0).sum())], counts_in, [int((f >= 1).sum())]])
+    return left, right, counts
+
+
+def stability_histogram(keep_frequency: np.ndarray, bins: int = 40) -> go.Figure:
+    """Per-dimension frequency of being kept across bootstrap resamples (0 or 1 = stable), binned
+    by ``stability_bins``: its first and last bars are the dims kept in no resample and in all."""
+    left, right, counts = stability_bins(keep_frequency, bins)
+    width = 1.0 / bins
+    # the exact-0 and exact-1 bars stand one bar width outside [0, 1], beside the bins they are not part of
+    centers = np.where(left == right, np.where(left == 0, -width, 1 + width), (left + right) / 2)
+    labels = [
+        "kept in no resample" if lo == hi == 0 else "kept in every resample" if lo == hi == 1 else f"kept in {lo:.1%}–{hi:.1%}"
+        for lo, hi in zip(left, right)
+    ]
+    colors = ["#2e86c1" if lo == hi else "#e67e22" for lo, hi in zip(left, right)]
+    fig = go.Figure(
+        go.Bar(
+            x=centers,
+            y=counts,
+            width=width * 0.9,
+            marker_color=colors,
+            customdata=labels,
+            hovertemplate="%{customdata}: %{y} dims<extra></extra>",
+        )
+    )
+    ticks = [-width, 0.2, 0.4, 0.6, 0.8, 1 + width]
     fig.update_layout(
-        title="Bootstrap keep frequency per dimension",
-        xaxis_title="fraction of resamples keeping the dim",
-        yaxis_title="dimensions",
+        title="Bootstrap keep frequency per dimension (blue: stable, kept in none or all)",
+        xaxis=dict(
+            title="fraction of resamples keeping the dim",
+            range=[-2 * width, 1 + 2 * width],
+            tickvals=ticks,
+            ticktext=["never", "0.2", "0.4", "0.6", "0.8", "always"],
+        ),
+        yaxis=dict(title="dimensions", **_LOG_AXIS),
         **_LAYOUT,
     )
-    fig.update_yaxes(type="log")
     return fig
 
 
@@ -318,5 +434,5 @@ def sweep_curves(frame: pd.DataFrame, title: str, y_title: str, log_y: bool = Fa
         )
     fig.update_layout(title=title, xaxis_title="sparsity (fraction of hidden dims pruned)", yaxis_title=y_title, **_LAYOUT)
     if log_y:
-        fig.update_yaxes(type="log")
+        fig.update_yaxes(type="log", dtick=1)  # one tick per decade: perplexities span 10^1 to 10^12
     return fig

@@ -38,9 +38,11 @@ PAGES = [
     st.Page("views/sweep.py", title="Sweep", icon=":material/stacked_line_chart:", url_path="sweep"),
     st.Page("views/history.py", title="History", icon=":material/history:", url_path="history"),
     st.Page("views/export.py", title="Export", icon=":material/download:", url_path="export"),
+    st.Page("views/results.py", title="Results", icon=":material/insights:", url_path="results"),
 ]
 
 state.boot()
+ui.updating_sign()  # stale numbers fade at once, with an "Updating…" badge, while a rerun is on its way
 page = st.navigation(PAGES)
 loaded = ui.cache_picker()
 st.session_state["_loaded"] = loaded
@@ -49,6 +51,7 @@ if loaded is not None:
 state.show_link_warnings()
 page.run()
 if loaded is not None:
+    ui.rendered_marker(loaded.cache)  # the slider values this run's numbers belong to (see widgets.UPDATING_JS)
     # e.g. every weight 0: the page shows the error next to the widgets; the URL keeps the last valid view
     with contextlib.suppress(DietError):
         state.sync_query_params(state.current_config(loaded.cache), ui.cache_link_value(loaded))

@@ -5,6 +5,10 @@ lists every data file's sha256, so a re-profiled cache gets a new key. The ``Sco
 wrapping it (memoised layer aggregation, read-only arrays) is a ``st.cache_resource`` on the same
 key, so a slider move does not unpickle the arrays again. Derived results (masks, agreement,
 bootstrap) are ``st.cache_data`` on that key plus the settings. Every function body is one library call.
+
+Figures are ``st.cache_resource`` on the same keys (shared, never mutated: ``st.plotly_chart`` only
+reads them): building a plotly figure costs a few milliseconds of validation each, and every
+rerun of a page used to build all of them again, whatever changed.
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from diet_explore import plots
 from diet_explore.core.errors import DietError
+from diet_explore.experiments.proxy import ProxyValidation, describe, sweep_sources, validate_proxies
+from diet_explore.experiments.reports import Sweep, load_sweep
 from diet_explore.experiments.runs import RunStore
 from diet_explore.masking.agreement import AgreementReport, agreement_report, spearman_matrix
 from diet_explore.masking.build import MaskConfig, MaskResult, baseline_overlaps, build_mask
 from diet_explore.masking.importance import ScorePrecompute
+from diet_explore.masking.proxy import mask_proxies
 from diet_explore.masking.stability import StabilityResult, bootstrap_masks
 from diet_explore.profiling.cache import MANIFEST, ScoreCache, load_cache
 
@@ -87,6 +95,54 @@ def overlaps_for(path: str, sha: str, config_json: str) -> pd.DataFrame:
     return pd.DataFrame(baseline_overlaps(precompute(path, sha), MaskConfig.from_json(config_json)))
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def proxies_for(path: str, sha: str, config_json: str) -> pd.DataFrame:
+    """The live proxy of the mask ``config_json`` builds: per task, the share of its activation mass kept (``masking.proxy``)."""
+    return pd.DataFrame(mask_proxies(precompute(path, sha), mask_for(path, sha, config_json).keep))
+
+
+@st.cache_data(show_spinner="Checking the proxy against the committed sweeps…", max_entries=4)
+def _proxy_validation(sources: tuple[tuple[str, float], ...]) -> ProxyValidation:
+    """``experiments.proxy.validate_proxies`` over docs/results (and DIET_EXPLORE_SWEEP_DIRS), again when a results file changes."""
+    return validate_proxies([p for p, _ in sources])
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _proxy_checks(sources: tuple[tuple[str, float], ...], model: str | None) -> dict[str, tuple[bool | None, str]]:
+    validation = _proxy_validation(sources)
+    return {p: describe(validation, f"{p}@residual", model) for p in ("kept_energy", "kept_mass")}
+
+
+def proxy_checks(model: str | None) -> dict[str, tuple[bool | None, str]]:
+    """Per proxy shown on the Mask builder, ``experiments.proxy.describe``'s (verdict, text) for ``model``."""
+    return _proxy_checks(_sources_key(), model)
+
+
+def _sources_key() -> tuple[tuple[str, float], ...]:
+    return tuple((str(p), _mtime(p)) for p in sweep_sources())
+
+
+def _mtime(path: Path) -> float:
+    target = path / "results.jsonl" if path.is_dir() else path
+    try:
+        return target.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_data(show_spinner="Reading the sweep…", max_entries=16)
+def _sweep(path: str, mtime: float) -> Sweep:
+    sweep = load_sweep(path)
+    sweep.vs_dense(), sweep.versus("diet")  # the paired results, computed once per file version
+    return sweep
+
+
+def sweep_for(path: str | Path) -> Sweep:
+    """``experiments.reports.load_sweep`` with its paired results, recomputed when the results file changes
+    (a running sweep's folder shows each run as it finishes)."""
+    return _sweep(str(path), _mtime(Path(path)))
+
+
 @st.cache_resource(show_spinner="Loading the dense model…", max_entries=1)
 def dense_model(name: str, device: str):
     """(model, tokenizer, info), shared by every session: never mutate it (prune_model copies)."""
@@ -123,3 +179,54 @@ def model_config_problem(name: str) -> tuple[str, str] | None:
 def run_store() -> RunStore:
     """The run store (``DIET_EXPLORE_RUNS_DIR``, else the library's default)."""
     return RunStore()
+
+
+# ---------------------------------------------------------------------------------------------- figures
+@st.cache_resource(show_spinner=False, max_entries=64)
+def agreement_figures(
+    path: str, sha: str, sparsity: float, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int, fit: bool
+) -> dict:
+    """The Agreement page's figures that depend on the sparsity (not on τ): Jaccard heatmap, vote
+    matrix, UpSet (None when no dim is pruned)."""
+    rep = agreement_for(path, sha, sparsity, tasks, site, layer_agg, last_k)
+    return {
+        "jaccard": plots.jaccard_heatmap(rep.jaccard.to_numpy(), list(tasks), rep.sparsity, auto_range=fit),
+        "matrix": plots.vote_matrix(rep.prune, list(tasks)),
+        "upset": None if rep.upset.empty else plots.upset_bars(rep.upset, list(tasks)),
+    }
+
+
+@st.cache_resource(show_spinner=False, max_entries=128)
+def vote_histogram_figure(
+    path: str, sha: str, sparsity: float, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int, tau: float
+):
+    rep = agreement_for(path, sha, sparsity, tasks, site, layer_agg, last_k)
+    return plots.vote_histogram(rep.vote_counts, len(tasks), threshold=tau)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def score_curves_figure(path: str, sha: str, site: str, layer_agg: str, last_k: int, n_keep: int):
+    return plots.sorted_score_curves(task_scores(path, sha, site, layer_agg, last_k), cutoff_rank=n_keep)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def score_distributions_figure(path: str, sha: str, site: str, layer_agg: str, last_k: int):
+    return plots.score_distributions(task_scores(path, sha, site, layer_agg, last_k))
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def correlation_figure(path: str, sha: str, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int, fit: bool):
+    return plots.correlation_heatmap(spearman_for(path, sha, tasks, site, layer_agg, last_k), list(tasks), auto_range=fit)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def stability_figure(path: str, sha: str, config_json: str, n_resamples: int):
+    return plots.stability_histogram(bootstrap_for(path, sha, config_json, n_resamples).keep_frequency)
+
+
+def task_scores(path: str, sha: str, site: str, layer_agg: str, last_k: int) -> dict[str, np.ndarray]:
+    """(D,) aggregated scores of every task and generic set (memoised by ``ScorePrecompute``)."""
+    from diet_explore.masking.importance import aggregate_scores
+
+    pre = precompute(path, sha)
+    return {t: aggregate_scores(pre, t, site, layer_agg, last_k) for t in pre.cache.tasks}

@@ -12,6 +12,8 @@ a bad value is dropped with a warning, so a mangled link still opens the app.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import importlib.util
 import os
 import re
@@ -52,7 +54,15 @@ def env_dir(env: Mapping[str, str], name: str, default: Path) -> Path:
 def base_dir(env: Mapping[str, str] | None = None) -> Path:
     """The app's folder: ``DIET_EXPLORE_APP_DIR``, else the working folder the server started in
     (the repository root for ``make run``). Relative paths, ``cache/`` and ``artifacts/`` are in it."""
-    return env_dir(os.environ if env is None else env, BASE_DIR_ENV, Path.cwd()).resolve()
+    env = os.environ if env is None else env
+    return _resolved(env.get(BASE_DIR_ENV, "").strip(), os.getcwd())
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(value: str, cwd: str) -> Path:
+    """``base_dir``'s path, resolved once per (setting, working folder): resolving walks every
+    component with a system call, and a page asks for it dozens of times per rerun."""
+    return (Path(value).expanduser() if value else Path(cwd)).resolve()
 
 
 def packaged_cache_root() -> Path | None:
@@ -292,7 +302,33 @@ def check_export_name(name: str) -> str:
     return name
 
 
-def default_export_name(model_name: str, config: MaskConfig) -> str:
-    """A plain export name such as ``smollm2-135m-diet-s0.2`` (a model given as a path uses its folder name)."""
+def settings_hash(config: MaskConfig, cache_hash: str = "") -> str:
+    """Six hex digits of the settings (and the cache they apply to): two masks from different
+    settings never share a default export name."""
+    return hashlib.sha256((config.to_json() + cache_hash).encode()).hexdigest()[:6]
+
+
+def default_export_name(model_name: str, config: MaskConfig, cache_hash: str = "") -> str:
+    """A plain export name such as ``smollm2-135m-diet-s0.2-3fa9c1`` (a model given as a path uses its
+    folder name; the suffix is ``settings_hash``)."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name.rstrip("/\\")).name).strip("-.") or "model"
-    return check_export_name(f"{base}-{config.method}-s{config.sparsity:g}"[:128])
+    tail = f"-{config.method}-s{config.sparsity:g}-{settings_hash(config, cache_hash)}"
+    return check_export_name(base[: 128 - len(tail)] + tail)
+
+
+def check_explorable(cache) -> None:
+    """The pages need a profiled site and at least one evaluation task; a cache without them (only
+    the generic wikitext set, or ``"sites": []``) is refused with a DietError instead of failing on
+    every page."""
+    where = cache.path or cache.model_name
+    if not cache.sites:
+        raise DietError(
+            f"the cache {where} lists no profiled site",
+            "re-run `diet-explore profile` into a new folder (--sites residual,normed)",
+        )
+    if not cache.task_names:
+        generic = ", ".join(cache.generic_names) or "nothing"
+        raise DietError(
+            f"the cache {where} holds no evaluation task (only generic text: {generic}), so there is nothing to vote on",
+            f"profile tasks into it: `diet-explore profile --tasks all --out {where}`",
+        )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from diet_explore.core.atomic import check_path
 from diet_explore.core.errors import DietError
 from diet_explore.masking.build import MaskConfig, MaskResult
 from diet_explore.profiling.cache import ScoreCache, list_caches
@@ -27,6 +28,44 @@ from diet_explore_app.state import default, follow, get, kw, put, reset, sel_kw
 OTHER = "Other folder…"
 K_CACHE_CHOICE, K_CACHE_PATH = "cache_choice", "cache_path"
 K_MODEL = "pe_model"
+K_RESET = "reset_paper_default"
+
+# One glossary: the tooltips of the widgets and metrics, and the Overview page's glossary.
+HELP = {
+    "sparsity": "Fraction of the hidden dimensions to prune. Each task prunes its own lowest-scoring dims at this "
+    "sparsity; the vote merges them into one mask.",
+    "tau": "τ, the vote threshold: a dimension is kept when the tasks that keep it hold at least τ of the total task "
+    "weight. 0.5 is the paper's majority vote; a higher τ prunes more.",
+    "weights": "How much a task's vote counts. 0 leaves the task out of the vote (and out of the agreement plots).",
+    "jaccard": "Jaccard index of two sets: |A ∩ B| / |A ∪ B|. 1 = the same dims, 0 = no dim in common. Here the sets "
+    "are the dims each task (or each mask) prunes.",
+    "upset": "UpSet plot: each bar counts the dims pruned by exactly the tasks marked below it and by no other task; "
+    "the largest combinations come first.",
+    "stable": "Stable dims are kept in every bootstrap resample or in none; unstable dims are kept in more than 5% and "
+    "fewer than 95% of them, so another draw of calibration samples could flip them.",
+    "site": "Where the activations were measured: residual = the residual stream after each decoder block (the "
+    "paper's site); normed = the normalised inputs of attention and MLP.",
+    "layer_agg": "How a dimension's per-layer scores become one score: mean over layers (the paper's), max over "
+    "layers, or the mean of the last k layers.",
+    "acc": "acc: the answer choice with the highest log-likelihood is right. acc_norm: the same with each "
+    "log-likelihood divided by the choice's length in characters (lm-eval's rule). The main metric is acc_norm for "
+    "HellaSwag, ARC and OpenBookQA and acc elsewhere, as papers report them.",
+    "exact": "Keep exactly the target count: the vote's order decides, ties broken by the normalised score. Off, "
+    "the vote keeps what passes τ, which is often fewer pruned dims than the target.",
+    "multiple": "Round the kept count to a multiple of this. Llama and Gemma configs need a multiple of the attention "
+    "head count to save the pruned model; 8 suits GPU kernels; 1 = any count.",
+}
+GLOSSARY = [  # (term, HELP key) in the order the Overview lists them
+    ("Sparsity", "sparsity"),
+    ("τ (vote threshold)", "tau"),
+    ("Task weight", "weights"),
+    ("Jaccard", "jaccard"),
+    ("UpSet", "upset"),
+    ("Stable / unstable dims", "stable"),
+    ("Site", "site"),
+    ("Layer aggregation", "layer_agg"),
+    ("acc vs acc_norm", "acc"),
+]
 
 
 def show_error(exc: DietError) -> None:
@@ -81,10 +120,12 @@ def cache_picker() -> Loaded | None:
             "sidebar, or make one with `diet-explore profile --model smollm2-135m --out cache/smollm2-135m`."
         )
         return None
-    path = str(_typed_path(typed) if choice == OTHER else S.base_dir() / choice if not Path(choice).is_absolute() else choice)
-    loaded = Loaded(path, loaders.manifest_sha(path))
     try:
+        check_path(typed or choice, "cache folder")  # a 5,000-character link value: a message, not an OSError
+        path = str(_typed_path(typed) if choice == OTHER else S.base_dir() / choice if not Path(choice).is_absolute() else choice)
+        loaded = Loaded(path, loaders.manifest_sha(path))
         loaded.pre  # noqa: B018  (load now, so a bad cache is reported here)
+        S.check_explorable(loaded.cache)  # no evaluation task, or no site: every page would fail
     except DietError as exc:
         show_error(exc)
         return None
@@ -105,19 +146,89 @@ def cache_link_value(loaded: Loaded) -> str | None:
     return display_path(loaded.path)
 
 
+SPARSITY_LABEL = "Sparsity (fraction of hidden dims pruned)"
+THRESHOLD_LABEL = "Vote threshold τ (share of task weight that must keep a dim)"
+
+
 def sparsity_slider() -> float:
-    return st.slider("Sparsity (fraction of hidden dims pruned)", 0.0, 0.9, step=0.01, **kw(S.KEY_SPARSITY))
+    return st.slider(SPARSITY_LABEL, 0.0, 0.9, step=0.01, help=HELP["sparsity"], **kw(S.KEY_SPARSITY))
 
 
-def score_controls(cache: ScoreCache) -> tuple[str, str, int]:
-    """Site, layer aggregation (and last k): how a task's (L, D) scores become (D,)."""
-    c1, c2, c3 = st.columns(3)
-    site = c1.selectbox("Site", cache.sites, **sel_kw(S.KEY_SITE, cache.sites))
+def threshold_slider() -> float:
+    return st.slider(THRESHOLD_LABEL, 0.0, 1.0, step=0.05, help=HELP["tau"], **kw(S.KEY_THRESHOLD))
+
+
+def slider_settings(cache: ScoreCache) -> dict[str, float]:
+    """The shared settings sliders by their label (what the page shows them as), with the values the
+    page was computed with."""
+    values = {SPARSITY_LABEL: float(get(S.KEY_SPARSITY, 0.2)), THRESHOLD_LABEL: float(get(S.KEY_THRESHOLD, 0.5))}
+    return values | {t: float(get(S.weight_key(t), 1.0)) for t in cache.task_names}
+
+
+def rendered_marker(cache: ScoreCache) -> None:
+    """At the end of a run: the slider values this page's numbers were computed with, for
+    UPDATING_JS to compare with the sliders shown (hidden, in the sidebar)."""
+    import html
+    import json
+
+    values = html.escape(json.dumps(slider_settings(cache)), quote=True)
+    with st.sidebar:
+        st.html(f'<span class="diet-rendered" data-values="{values}" hidden></span>')
+
+
+def weight_sliders(cache: ScoreCache) -> None:
+    """One weight slider per evaluation task (the same keys on every page)."""
+    for t in cache.task_names:
+        st.slider(t, 0.0, S.WEIGHT_MAX, step=0.1, help=HELP["weights"], **kw(S.weight_key(t)))
+
+
+def vote_settings(cache: ScoreCache) -> None:
+    """Sparsity and τ side by side, and the task weights in an expander: the settings the Agreement
+    and Rankings pages follow (the Mask builder shows the same widgets, same keys, in full)."""
+    c1, c2 = st.columns(2)
+    with c1:
+        sparsity_slider()
+    with c2:
+        threshold_slider()
+    with st.expander("Task weights (0 leaves a task out)", expanded=False):  # a fixed label: a new one would fold it
+        cols = st.columns(4)
+        for i, t in enumerate(cache.task_names):
+            with cols[i % 4]:
+                st.slider(t, 0.0, S.WEIGHT_MAX, step=0.1, help=HELP["weights"], **kw(S.weight_key(t)))
+
+
+def reset_button(cache: ScoreCache) -> None:
+    """'Reset to paper default': equal weights, τ = 0.5, the diet vote on the residual stream, mean over
+    layers, no exact count or rounding; the sparsity stays (the paper's mask is defined at any sparsity)."""
+    st.button(
+        "Reset to paper default",
+        key=K_RESET,
+        on_click=reset_to_paper_default,
+        args=(tuple(cache.task_names), tuple(cache.sites)),
+        help="Equal task weights, τ = 0.5, the diet vote on the residual stream, mean over layers, "
+        "no exact count, no rounding. The sparsity stays.",
+    )
+
+
+def reset_to_paper_default(task_names: tuple[str, ...], sites: tuple[str, ...]) -> None:
+    """The button's callback (runs before the script, so every widget then mounts with the new value)."""
+    paper = S.state_from_config(MaskConfig(sparsity=float(get(S.KEY_SPARSITY, 0.2))), list(task_names))
+    if paper[S.KEY_SITE] not in sites:
+        paper[S.KEY_SITE] = sites[0]
+    for key, value in paper.items():
+        reset(key, value)
+
+
+def score_controls(cache: ScoreCache, stacked: bool = False) -> tuple[str, str, int]:
+    """Site, layer aggregation (and last k): how a task's (L, D) scores become (D,). ``stacked``: one
+    under the other (a narrow column, where three side by side cut their values off)."""
+    c1, c2, c3 = (st.container(), st.container(), st.container()) if stacked else st.columns(3)
+    site = c1.selectbox("Site", cache.sites, help=HELP["site"], **sel_kw(S.KEY_SITE, cache.sites))
     agg = c2.selectbox(
         "Layer aggregation",
         list(S.LAYER_AGGS),
         **sel_kw(S.KEY_LAYER_AGG, list(S.LAYER_AGGS)),
-        help="mean over layers is the paper's score",
+        help=HELP["layer_agg"],
     )
     last_k = get(S.KEY_LAST_K)
     if agg == "last_k":
@@ -125,6 +236,17 @@ def score_controls(cache: ScoreCache) -> tuple[str, str, int]:
             reset(S.KEY_LAST_K, cache.num_layers)
         last_k = c3.number_input("Last k layers", 1, cache.num_layers, step=1, **kw(S.KEY_LAST_K))
     return site, agg, int(last_k)
+
+
+def colour_range_toggle(key: str) -> bool:
+    """A heatmap's colour scale: the full range of the measure, or fitted to the values shown."""
+    default(key, False)
+    return st.toggle(
+        "Fit the colours to the values shown",
+        help="Off: colours span the measure's whole range. On: they span the off-diagonal values, so close "
+        "values (e.g. 0.87 to 0.98) are told apart.",
+        **kw(key),
+    )
 
 
 def export_dir() -> Path:
@@ -171,14 +293,126 @@ def saveable_hint(cache: ScoreCache, n_keep: int) -> str | None:
     )
 
 
-def check_model_installed(name: str) -> None:
-    """A ``DietError`` saying how to get ``name`` when it cannot load here: a built-in model's install
-    command, a missing folder, a hub id neither reachable nor in the hub cache."""
+class NotInstalled(DietError):
+    """A built-in model whose weights are not installed yet: its hint is the install command."""
+
+
+def model_problem(name: str) -> DietError | None:
+    """Why ``name`` cannot load here, as a ``DietError`` (None: it can): a built-in model's install
+    command (``NotInstalled``), a missing folder, a hub id neither reachable nor in the hub cache."""
     from diet_explore.models.builtin import BUILTIN_MODELS, install_command, is_installed
 
     if name not in BUILTIN_MODELS:
         problem = loaders.model_config_problem(name)
-        if problem:
-            raise DietError(*problem)
-    elif not is_installed(name):
-        raise DietError(f"the weights of {name!r} are not installed here", f"install them with `{install_command(name)}`")
+        return DietError(*problem) if problem else None
+    if not is_installed(name):
+        return NotInstalled(f"the weights of {name!r} are not installed here", f"install them with `{install_command(name)}`")
+    return None
+
+
+def check_model_installed(name: str) -> None:
+    """``model_problem`` as an exception (for code paths that must not go on)."""
+    problem = model_problem(name)
+    if problem is not None:
+        raise problem
+
+
+def show_model_problem(problem: DietError) -> str:
+    """An info box with the install command for a model that is only not installed yet (an error box
+    for a model that is nowhere); returns the reason the button that needs it is disabled."""
+    if isinstance(problem, NotInstalled):
+        st.info(f"**{problem.message[0].upper()}{problem.message[1:]}.** {problem.hint[0].upper()}{problem.hint[1:]}.")
+    else:
+        show_error(problem)
+    return f"Disabled: {problem.message}"
+
+
+def saved_size(path: Path) -> str:
+    """A saved file's or folder's size as people read it (KiB below 1 MiB)."""
+    from diet_explore.pruning.saving import size_on_disk
+
+    n = path.stat().st_size if path.is_file() else size_on_disk(path)
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
+
+
+UPDATING_CSS = """
+<style>
+/* An update is under way the moment a widget changes. Streamlit marks the old elements stale, but
+   shows it only after 0.5 s (then fades them over 1 s), and under load it marks them a frame or a few
+   hundred milliseconds after the slider has moved: old numbers stood beside a new slider value as if
+   current. Stale or about to be (html.diet-updating, set by UPDATING_JS in the key press itself):
+   faded at once, with an "Updating…" badge. */
+[data-testid="stElementContainer"][data-stale="true"],
+html.diet-updating [data-testid="stMain"] [data-testid="stElementContainer"]:not(:focus-within) {
+  opacity: 0.4 !important; transition: opacity 60ms ease-in !important;
+}
+.stApp:has([data-testid="stElementContainer"][data-stale="true"])::after, html.diet-updating .stApp::after {
+  content: "Updating…"; position: fixed; top: 0.55rem; left: 50%; transform: translateX(-50%); z-index: 1000100;
+  padding: 0.15rem 0.8rem; border-radius: 1rem; font-size: 0.85rem; pointer-events: none;
+  background: #ffbd45; color: #262730; box-shadow: 0 1px 4px rgba(0, 0, 0, 0.2);
+}
+</style>
+"""
+
+# Runs in the page (st.html), every animation frame: the page is updating while a settings slider
+# shows another value than the one the page was computed with (``rendered_marker``, written at the
+# end of each run), from the frame the slider moves until the run with that value is on screen.
+# Other widgets (number inputs, toggles) set it from the key press or release itself, until
+# Streamlit's stale marks came and have been gone for QUIET ms, or at once when the value did not
+# change. Streamlit's own sign came late: it marks elements stale a frame to a few hundred ms after
+# the slider moved, shows it after 0.5 s, and looks idle between a run and the rerun queued behind it.
+UPDATING_JS = """
+<script>
+(() => {
+  if (window.__dietUpdating) return;
+  window.__dietUpdating = true;
+  const root = document.documentElement;
+  const WIDGETS = '[data-testid="stNumberInput"], [data-testid="stCheckbox"], [data-testid="stToggle"]';
+  const KEYS = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp", "PageDown", "Enter"]);
+  const QUIET = 250;
+  const busy = () => document.querySelector('[data-testid="stElementContainer"][data-stale="true"]')
+    || document.querySelector('[data-testid="stStatusWidgetRunningIcon"]');
+  const mismatch = () => {
+    const m = document.querySelector(".diet-rendered");
+    if (!m) return false;
+    let rendered;
+    try { rendered = JSON.parse(m.dataset.values); } catch (e) { return false; }
+    for (const input of document.querySelectorAll('[data-testid="stSlider"] input[type="range"]')) {
+      const label = input.getAttribute("aria-label");
+      if (label in rendered && Math.abs(Number(input.value) - rendered[label]) > 1e-9) return true;
+    }
+    return false;
+  };
+  let hook = false, since = 0, seen = false, idleFrom = null, widget = null, before = null;
+  const hookDone = (now) => {
+    if (busy()) { seen = true; idleFrom = null; return false; }
+    if (idleFrom === null) idleFrom = now;
+    return seen ? now - idleFrom >= QUIET : now - since > 1500 || (now - since > 150 && widget.innerText === before);
+  };
+  const frame = () => {
+    const now = performance.now();
+    if (hook && hookDone(now)) hook = false;
+    root.classList.toggle("diet-updating", hook || mismatch());
+    requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
+  const start = (ev) => {
+    if (ev.type === "keydown" && !KEYS.has(ev.key)) return;
+    const w = ev.target instanceof Element ? ev.target.closest(WIDGETS) : null;
+    if (!w) return;
+    widget = w; before = w.innerText; since = performance.now(); seen = false; idleFrom = null; hook = true;
+    root.classList.add("diet-updating");
+  };
+  document.addEventListener("keydown", start, true);
+  document.addEventListener("pointerup", start, true);
+})();
+</script>
+"""
+
+
+def updating_sign() -> None:
+    """Stale numbers never stand without a sign (UPDATING_CSS, UPDATING_JS); app.py adds both on every
+    run (the script, in the sidebar, runs once per page load)."""
+    st.markdown(UPDATING_CSS, unsafe_allow_html=True)
+    with st.sidebar:
+        st.html(UPDATING_JS, unsafe_allow_javascript=True)

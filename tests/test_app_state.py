@@ -170,10 +170,29 @@ def test_export_name_ok():
 
 
 def test_default_export_name_is_always_valid():
-    assert S.default_export_name("smollm2-135m", MaskConfig(sparsity=0.25)) == "smollm2-135m-diet-s0.25"
-    assert S.default_export_name("/tmp/x/tiny llama/", MaskConfig()) == "tiny-llama-diet-s0.2"
-    assert S.default_export_name("Org/Model", MaskConfig(method="borda")) == "Model-borda-s0.2"
-    assert S.default_export_name("..", MaskConfig()) == "model-diet-s0.2"
+    h = S.settings_hash
+    assert (
+        S.default_export_name("smollm2-135m", MaskConfig(sparsity=0.25))
+        == f"smollm2-135m-diet-s0.25-{h(MaskConfig(sparsity=0.25))}"
+    )
+    assert S.default_export_name("/tmp/x/tiny llama/", MaskConfig()) == f"tiny-llama-diet-s0.2-{h(MaskConfig())}"
+    assert S.default_export_name("Org/Model", MaskConfig(method="borda")).startswith("Model-borda-s0.2-")
+    assert S.default_export_name("..", MaskConfig()).startswith("model-diet-s0.2-")
+    assert len(S.default_export_name("x" * 300, MaskConfig())) <= 128
+
+
+def test_different_masks_never_share_a_default_export_name():
+    """Two masks at one sparsity (other weights, τ, cache) used to get the same name and overwrite each other."""
+    base = MaskConfig(sparsity=0.2)
+    names = {
+        S.default_export_name("m", base),
+        S.default_export_name("m", MaskConfig(sparsity=0.2, threshold=0.6)),
+        S.default_export_name("m", MaskConfig(sparsity=0.2, weights={"boolq": 2.0})),
+        S.default_export_name("m", MaskConfig(sparsity=0.2, exact=True)),
+        S.default_export_name("m", base, cache_hash="another-cache"),
+    }
+    assert len(names) == 5
+    assert S.default_export_name("m", base) == S.default_export_name("m", MaskConfig(sparsity=0.2))  # same settings, same name
 
 
 def test_mask_command_parses_back_to_the_same_config():

@@ -35,7 +35,7 @@ def test_staged_dir_replaces_the_folder_only_on_success(tmp_path):
     with atomic.staged_dir(final) as tmp:
         (tmp / "w").write_text("1")
         (tmp / "w").chmod(0o600)
-    with pytest.raises(RuntimeError), atomic.staged_dir(final, overwrite=True) as tmp:
+    with pytest.raises(RuntimeError), atomic.staged_dir(final, overwrite=True, marker="w") as tmp:
         (tmp / "w").write_text("2")
         raise RuntimeError("interrupted")
     assert (final / "w").read_text() == "1"
@@ -78,7 +78,7 @@ def test_overwrite_is_not_blocked_by_a_leftover_old_file(tmp_path):
     final.mkdir()
     (final / "w").write_text("1")
     (tmp_path / ".model.old").write_text("left by something else")  # the old fixed name broke the swap
-    with atomic.staged_dir(final, overwrite=True) as tmp:
+    with atomic.staged_dir(final, overwrite=True, marker="w") as tmp:
         (tmp / "w").write_text("2")
     assert (final / "w").read_text() == "2"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".model.old", "model"]

@@ -57,6 +57,8 @@ def test_every_method_keeps_the_same_count_and_gets_paired_deltas(setup):
             d = np.array(v["correct"]) - np.array(dense["tasks"][t]["correct"])
             assert v["delta"] == pytest.approx(d.mean()) and v["ci_low"] <= v["delta"] <= v["ci_high"]
         assert r["avg"] == pytest.approx(np.mean([v["main"] for v in r["tasks"].values()]))
+        se = [np.std(v["correct"], ddof=1) / np.sqrt(len(v["correct"])) for v in r["tasks"].values()]
+        assert r["avg_stderr"] == pytest.approx(np.sqrt(np.sum(np.square(se))) / len(se))  # independent tasks: variances add
         assert r["delta_avg"] == pytest.approx(r["avg"] - dense["avg"])
     assert set(by["single-task@0.25"]["n_keep_per_task"]) == {"rte", "winogrande"}
     for r in rows:  # every example's choice log-likelihoods are kept, on the dense row's examples
@@ -73,7 +75,7 @@ def test_every_method_keeps_the_same_count_and_gets_paired_deltas(setup):
 def test_the_normed_site_vote_is_the_diet_vote_on_the_normed_scores():
     import dataclasses
 
-    from diet_explore.experiments.sweep import _mask
+    from diet_explore.experiments.results import mask_for as _mask
     from diet_explore.masking.importance import ScorePrecompute
 
     cache = synthetic_cache(hidden_size=64, num_layers=2, n_samples=8, seed=2)

@@ -139,7 +139,7 @@ def test_a_bad_entry_is_reported_recomputed_and_replaced(folder, tmp_path, damag
     path, model = folder
     compute, cache = Counting(model), EvalCache(tmp_path / "cache")
     first = cached(path, compute, cache)
-    (entry,) = (tmp_path / "cache").iterdir()
+    (entry,) = (tmp_path / "cache").glob("*.json")
     text = entry.read_text()
     if damage == "truncated":
         entry.write_text(text[: len(text) // 2])
@@ -215,7 +215,9 @@ def test_a_cache_that_cannot_be_written_warns_and_keeps_the_result(folder, tmp_p
     assert compute.calls == 1 and len(result.predictions) == 6
 
 
-def test_cli_reports_an_unwritable_cache_as_one_warning_line(smollm2, tmp_path, capsys):
+def test_cli_refuses_an_unwritable_cache_before_evaluating(tmp_path, capsys):
+    """A cache folder under a file is refused in one line before any model loads (it used to be a
+    warning after the whole evaluation); a disk that fails later is still only a warning (above)."""
     from diet_explore.cli import main
 
     (tmp_path / "file").write_text("")
@@ -233,7 +235,7 @@ def test_cli_reports_an_unwritable_cache_as_one_warning_line(smollm2, tmp_path, 
             str(tmp_path / "file" / "cache"),
         ]
     )
-    err = capsys.readouterr().err
-    assert rc == 0
-    assert f"warning: could not store the evaluation in {tmp_path / 'file' / 'cache'}" in err
-    assert "UserWarning" not in err and ".py:" not in err  # no source path, no code line
+    out, err = capsys.readouterr()
+    assert rc == 2 and "evaluating" not in out
+    assert f"error: --eval-cache {tmp_path / 'file' / 'cache'} cannot be created" in err
+    assert "Traceback" not in err

@@ -271,3 +271,47 @@ def test_examples_that_differ_between_the_two_results_are_refused():
         paired_metrics(dense, pruned, SPECS)
     with pytest.raises(DietError, match="no task entry"):
         paired_metrics(dense, pruned, {})
+
+
+# ------------------------------------------------------------------- eval --compare-to --json
+def test_eval_compare_to_json_records_every_paired_metric(tiny_cache_root, tmp_path, capsys):
+    """The CLI end to end on a tiny llama and a pruned copy of it: deltas[task][metric] and
+    deltas["average"][metric] for every paired metric, equal to paired_metrics of the predictions."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from diet_explore.cli import main
+    from diet_explore.pruning.saving import save_pruned
+    from diet_explore.pruning.slicing import prune_model
+
+    dense = tiny_cache_root.parent / "models" / "tiny-llama"
+    model, tok = AutoModelForCausalLM.from_pretrained(dense), AutoTokenizer.from_pretrained(dense)
+    keep = np.ones(model.config.hidden_size, dtype=bool)
+    keep[: model.config.num_attention_heads * 2] = False  # a kept count the config class accepts
+    pruned = save_pruned(prune_model(model, keep), tok, tmp_path / "pruned", source_model=str(dense))
+    out, preds = tmp_path / "eval.json", tmp_path / "preds.jsonl"
+    argv = ["eval", "--model", str(pruned), "--compare-to", str(dense), "--tasks", "rte,winogrande,arc_easy", "--limit", "4"]
+    argv += ["--no-perplexity", "--no-eval-cache", "--device", "cpu", "--json", str(out), "--predictions", str(preds)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "agreement [95% CI]" in printed and "Δ gold LL/char" in printed
+    deltas = json.loads(out.read_text())["deltas"]
+    assert list(deltas) == ["rte", "winogrande", "arc_easy", "average"]
+    for part in deltas.values():
+        assert set(PAIRED_METRICS) <= set(part)
+        for metric in PAIRED_METRICS:
+            assert {"delta", "ci_low", "ci_high", "n"} <= set(part[metric])
+            _in_range(part[metric], metric)
+    records = [json.loads(line) for line in preds.read_text().splitlines()]
+    for t in ("rte", "winogrande", "arc_easy"):
+        mine = [r for r in records if r["task"] == t]
+        acc = np.mean([int(r["pruned_pred"] == r["gold"]) - int(r["dense_pred"] == r["gold"]) for r in mine])
+        assert deltas[t]["acc"]["delta"] == pytest.approx(acc) and deltas[t]["acc"]["n"] == 4
+        norm = SPECS[t].main_metric == "acc_norm"
+        key = "pred_norm" if norm else "pred"
+        agree = np.mean([int(r[f"pruned_{key}"] == r[f"dense_{key}"]) for r in mine])
+        assert deltas[t]["agreement"]["delta"] == pytest.approx(agree)
+        kl = np.mean([_kl(r["dense_lls"], r["pruned_lls"]) for r in mine])
+        assert deltas[t]["choice_kl"]["delta"] == pytest.approx(kl, abs=1e-5)  # the file rounds lls to 1e-6
+    assert deltas["winogrande"]["acc_norm"]["delta"] is None

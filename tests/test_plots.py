@@ -31,7 +31,7 @@ def test_sorted_score_curves_descending_with_cutoff():
         y = np.asarray(tr.y)
         assert np.all(np.diff(y) <= 0) and y[0] == scores[t].max() and y[-1] == scores[t].min()
     assert fig.layout.shapes[0].x0 == 240
-    assert fig.layout.yaxis.type == "log"
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1  # one label per power of ten
 
 
 def test_long_curves_are_thinned_but_keep_head_and_tail():
@@ -40,19 +40,24 @@ def test_long_curves_are_thinned_but_keep_head_and_tail():
     x, y = np.asarray(fig.data[0].x), np.asarray(fig.data[0].y)
     assert x.size <= plots.MAX_CURVE_POINTS and x[0] == 0 and x[-1] == 4999
     assert np.array_equal(y, 4999 - x)  # each drawn point sits at its true rank
-    assert np.array_equal(x[:300], np.arange(300))
+    head = plots.MAX_CURVE_POINTS // 4
+    assert np.array_equal(x[:head], np.arange(head))
+    assert plots.sorted_score_curves({"a": np.arange(576.0)}).data[0].x.size <= plots.MAX_CURVE_POINTS  # not 576
 
 
 def test_layer_dim_heatmap_selects_columns():
     layer = np.arange(4 * 10, dtype=float).reshape(4, 10)
     fig = plots.layer_dim_heatmap(layer, [7, 2], "boolq")
     assert np.array_equal(np.asarray(fig.data[0].z), layer[:, [7, 2]])
-    assert list(fig.data[0].x) == ["d7", "d2"] and "boolq" in fig.layout.title.text
+    assert list(fig.data[0].x) == ["7", "2"] and "boolq" in fig.layout.title.text  # a dim is its index, as in tables
+    assert "dim %{x}" in fig.data[0].hovertemplate
 
 
 def test_score_distributions_log():
-    fig = plots.score_distributions({"a": np.array([1.0, 10.0, 100.0])})
-    assert np.allclose(fig.data[0].x, [0, 1, 2])
+    fig = plots.score_distributions({"a": np.array([1.0, 10.0, 100.0]), "b": np.array([10.0, 10.0])}, bins=4)
+    edges = np.asarray(fig.data[0].x)
+    assert np.allclose(edges, [0, 0.5, 1, 1.5, 2])  # log10 of the scores, shared bins
+    assert list(fig.data[0].y[:-1]) == [1, 0, 1, 1] and list(fig.data[1].y[:-1]) == [0, 0, 2, 0]
 
 
 def test_task_heatmaps():
@@ -65,6 +70,18 @@ def test_task_heatmaps():
     assert corr.data[0].zmin == -1 and corr.data[0].zmax == 1
 
 
+def test_heatmaps_offer_a_colour_range_fitted_to_the_data():
+    """Gemma's Jaccards all lie in 0.87-0.98: on [0, 1] every cell is the same dark blue."""
+    m = np.array([[1.0, 0.87, 0.95], [0.87, 1.0, 0.98], [0.95, 0.98, 1.0]])
+    fixed = plots.jaccard_heatmap(m, TASKS, 0.2)
+    assert (fixed.data[0].zmin, fixed.data[0].zmax) == (0, 1)
+    fitted = plots.jaccard_heatmap(m, TASKS, 0.2, auto_range=True)
+    assert (fitted.data[0].zmin, fitted.data[0].zmax) == (0.87, 0.98)  # the off-diagonal range, not the 1s
+    assert "0.87 to 0.98" in fitted.layout.title.text
+    corr = plots.correlation_heatmap(m, TASKS, auto_range=True)
+    assert (corr.data[0].zmin, corr.data[0].zmax) == (0.87, 0.98)
+
+
 def test_vote_matrix_sorted_by_votes():
     prune = _prune()
     fig = plots.vote_matrix(prune, TASKS)
@@ -72,6 +89,8 @@ def test_vote_matrix_sorted_by_votes():
     assert z.shape == (50, 3)
     assert np.all(np.diff(z.sum(1)) <= 0)  # most votes first
     assert z.sum() == prune.sum()
+    dims = np.asarray(fig.data[0].customdata)[:, 0]  # each row's dimension, for the hover text
+    assert np.array_equal(z, prune[:, dims].T)
 
 
 def test_vote_matrix_thins_rows():
@@ -88,20 +107,46 @@ def test_vote_histogram_counts():
     assert y.sum() == 50 and np.array_equal(y, np.bincount(votes, minlength=4))
 
 
+def test_vote_histogram_marks_where_tau_falls():
+    votes = np.array([0, 1, 2, 3, 4, 5, 6, 7, 7])
+    fig = plots.vote_histogram(votes, 7, threshold=0.5)
+    (line,) = fig.layout.shapes
+    assert line.x0 == 3.5  # keep share (7 - k)/7 >= 0.5 <=> k <= 3.5: bars 4..7 are pruned by the vote
+    pruned = [c == "#c0392b" for c in fig.data[0].marker.color]
+    assert pruned == [k > 3.5 for k in range(8)]
+    assert "τ = 0.5" in fig.layout.annotations[0].text
+    fig = plots.vote_histogram(np.array([0, 1, 2, 3, 4]), 4, threshold=0.75)
+    assert fig.layout.shapes[0].x0 == 1.5  # k <= 1 kept: the line sits between bars 1 and 2
+
+
 def test_upset_bars_match_overlaps():
     prune = _prune()
     df = upset_overlaps(prune, TASKS)
     fig = plots.upset_bars(df, TASKS, top=5)
     bars = fig.data[0]
     assert list(bars.y) == df["size"].head(5).tolist()
-    dots = fig.data[1 + TASKS.index("b")]
+    (dots,) = fig.data[1:]  # one trace for the whole dot matrix; row j is task j
+    j = TASKS.index("b")
+    rows = np.asarray(dots.y) == j
     member = df["b"].head(5).to_numpy()
-    assert [c == "#34495e" for c in dots.marker.color] == member.tolist()
+    assert [c == "#34495e" for c in np.asarray(dots.marker.color)[rows]] == member.tolist()
 
 
-def test_stability_histogram():
-    fig = plots.stability_histogram(np.array([0.0, 0.5, 1.0, 1.0]))
-    assert len(fig.data[0].x) == 4 and fig.layout.yaxis.type == "log"
+def test_stability_histogram_bars_count_the_data():
+    """The bar at 1.0 held ~5 where hundreds belonged: the last bin ended at 1.0 and dropped the
+    dims kept in every resample. Each bar must hold exactly the dims in its range."""
+    rng = np.random.default_rng(0)
+    f = np.concatenate([np.zeros(100), np.ones(400), rng.uniform(0, 1, 70), [0.5, 0.025, 0.975]])
+    fig = plots.stability_histogram(f, bins=40)
+    bar = fig.data[0]
+    y = np.asarray(bar.y)
+    assert y.sum() == f.size and y[0] == 100 and y[-1] == 400  # never kept, always kept
+    left, right, counts = plots.stability_bins(f, bins=40)
+    assert np.array_equal(y, counts)
+    for lo, hi, n in zip(left[1:-1], right[1:-1], counts[1:-1]):
+        inside = (f > 0) & (f < 1) & (f >= lo) & ((f < hi) if hi < 1 else (f <= hi))
+        assert n == inside.sum(), (lo, hi)
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1
 
 
 def test_run_history():

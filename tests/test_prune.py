@@ -164,9 +164,14 @@ def test_existing_output_folder_is_refused_unless_overwrite(tmp_path):
     (out / "marker").write_text("x")
     with pytest.raises(DietError, match="already exists"):
         save_pruned(pruned, None, out)
-    assert (out / "marker").exists()
-    save_pruned(pruned, None, out, overwrite=True)
-    assert not (out / "marker").exists() and (out / "config.json").exists()
+    with pytest.raises(DietError, match="did not write"):  # not a folder a prune wrote: never replaced
+        save_pruned(pruned, None, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["marker"]
+    (out / "marker").unlink()
+    save_pruned(pruned, None, out, overwrite=True)  # empty: nothing to lose
+    (out / "extra").write_text("x")
+    save_pruned(pruned, None, out, overwrite=True)  # its own folder: replaced whole
+    assert not (out / "extra").exists() and (out / "config.json").exists()
 
 
 def test_interrupted_save_leaves_no_half_written_folder(tmp_path):

@@ -71,6 +71,8 @@ def run(args) -> int:
     for name in names:  # a missing or unsupported model fails before the other one is evaluated
         check_supported(load_config(name).model_type)
     cache = None if args.no_eval_cache else EvalCache(args.eval_cache)
+    if cache is not None:
+        cache.check()  # a file or read-only folder is refused now, not after the evaluation
     device = pick_device(args.device)
     results = []
     for name in names:
@@ -114,10 +116,11 @@ def pruned_folder_masks(names: list[str], cache: str | None) -> list[str]:
     are left out of the evaluation, whatever seed and sample count the profile used."""
     import warnings
 
+    from diet_explore.core.atomic import check_path
     from diet_explore.masking.maskfile import load_mask
     from diet_explore.pruning.saving import MASK_FILE
 
-    masks = [Path(n, MASK_FILE) for n in names if Path(n, MASK_FILE).is_file()]
+    masks = [Path(n, MASK_FILE) for n in names if (check_path(n, "--model") / MASK_FILE).is_file()]
     for path in masks:
         if load_mask(path).calibration_ids is None and not cache:
             warnings.warn(

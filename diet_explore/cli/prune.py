@@ -12,7 +12,11 @@ def register(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, local folder or hub id")
     p.add_argument("--mask", required=True, help="mask JSON (from `diet-explore mask`)")
     p.add_argument("--out", required=True, help="output model folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output folder, if it is a pruned folder diet-explore wrote (or empty)",
+    )
     p.add_argument(
         "--device",
         default="cpu",
@@ -33,12 +37,13 @@ def run(args) -> int:
     from diet_explore.masking.maskfile import load_mask
     from diet_explore.models.adapters import check_supported
     from diet_explore.models.loading import load_config, load_model
-    from diet_explore.pruning.saving import check_saveable, save_pruned, size_on_disk
+    from diet_explore.pruning.saving import PRUNE_INFO_FILE, check_saveable, save_pruned, size_on_disk
     from diet_explore.pruning.slicing import count_parameters, prune_model
 
     # Everything that can be refused from the arguments, the mask and the config is refused here,
     # before minutes of loading weights.
-    check_output_dir(args.out, overwrite=args.overwrite)  # the raw text: Path("") would read as "."
+    # the raw text: Path("") would read as "."; only a folder a prune wrote may be replaced
+    check_output_dir(args.out, overwrite=args.overwrite, marker=PRUNE_INFO_FILE)
     out = Path(args.out)
     load_mask(args.mask)  # a bad mask file fails before a built-in model is converted
     config = load_config(args.model)

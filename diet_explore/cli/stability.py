@@ -29,6 +29,8 @@ def run(args) -> int:
         counts = [int(c) for c in csv_list(args.counts)]
     except ValueError:
         raise DietError(f"bad --counts {args.counts!r}: expected integers", "e.g. --counts 10,25,50,100") from None
+    if not counts:
+        raise DietError(f"--counts {args.counts!r} names no sample count", "e.g. --counts 10,25,50,100")
     pre = ScorePrecompute(load_cache(args.cache))
     boot = bootstrap_masks(pre, config, n_resamples=args.resamples, seed=args.seed)
     curve = sample_count_curve(pre, config, counts, n_resamples=args.curve_resamples, seed=args.seed)
@@ -56,7 +58,10 @@ def run(args) -> int:
     )
     print(f"dims kept in between 5% and 95% of resamples: {unstable}")
     print("\nsample-count curve (subsets without replacement):")
-    print(curve.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if curve.empty:
+        print("  no point: every --counts value was skipped (see the notes)")
+    else:
+        print(curve.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     for note in notes:
         print(f"note: {note}")
     return 0

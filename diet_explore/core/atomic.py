@@ -4,16 +4,28 @@ Everything is written to a temporary sibling and moved into place with ``os.repl
 POSIX within one filesystem), so an interrupted run never leaves a truncated cache, mask or model.
 A file that several processes read, change and write back (a sweep's results, the run store, the
 evaluation cache, the job store) is changed under ``locked(path)`` as well, so no update is lost.
+
+What is never replaced: a special file (a device such as /dev/null, a FIFO, a socket) is refused,
+since swapping it for a regular file would destroy it; a symlink is written *through*: its target
+is replaced atomically and the link stays. A folder is replaced only when diet-explore wrote it,
+recognised by a marker file its writer names (``staged_dir(..., marker=...)``); anything else is
+refused. The temporary siblings carry the writing process's id (``.<name>.<pid>-<random>.tmp``,
+``.partial``, ``.old``), so a later write of the same name removes what a killed writer left
+(and puts back a folder a kill left only as ``.old``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +33,10 @@ from typing import Any
 from diet_explore.core.errors import DietError
 
 LOCK_TIMEOUT_S = 600.0  # a writer holds a lock for milliseconds; minutes means a stuck process
+NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS)
+PATH_MAX = 4096  # bytes in a whole path (Linux)
+LEGACY_DEBRIS_AGE_S = 3600.0  # temp siblings named before they carried a pid: stale after an hour
+_DEBRIS_KINDS = ("tmp", "partial", "old")
 
 
 _LOCKS: dict[tuple[int, str], Any] = {}  # one FileLock per (process, lock file): a nested locked() re-enters it
@@ -53,17 +69,142 @@ def locked(path: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         lock.release()
 
 
+# --------------------------------------------------------------------------------------------
+# Paths the OS can take
+# --------------------------------------------------------------------------------------------
+def _short(text: str, n: int = 48) -> str:
+    return text if len(text) <= n else f"{text[: n // 2]}…{text[-(n // 2) :]} ({len(text)} characters)"
+
+
+def check_path(path: str | Path, what: str = "path") -> Path:
+    """Refuse a path the OS cannot even look up (one name over ``NAME_MAX`` bytes, the whole over
+    ``PATH_MAX``), with the DietError every command prints, instead of the OSError it would raise."""
+    text = os.fspath(path)
+    for part in Path(text).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise DietError(
+                f"{what} {_short(text)}: the name {part[:12]}…{part[-12:]} is {len(os.fsencode(part))} bytes long; "
+                f"a file or folder name is at most {NAME_MAX} bytes",
+                f"shorten that name to at most {NAME_MAX} bytes",
+            )
+    if len(os.fsencode(text)) >= PATH_MAX:
+        raise DietError(
+            f"{what} {_short(text)} is {len(os.fsencode(text))} bytes long; paths are at most {PATH_MAX - 1} bytes",
+            "use a shorter path",
+        )
+    return Path(text)
+
+
+_FILE_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def file_target(path: str | Path, what: str = "output") -> Path:
+    """The file a write of ``path`` replaces: a symlink is followed to its target (written through:
+    the target is replaced, the link stays); a folder or a special file is a DietError."""
+    path = check_path(path, what)
+    real = Path(os.path.realpath(path))  # every symlink followed; a dangling one gives where it points
+    try:
+        mode = os.stat(real).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return real  # not there yet (check_writable says whether it can be created)
+    except OSError as exc:
+        raise DietError(f"{what} {path} cannot be used ({exc.strerror or exc})", f"choose another {what}") from None
+    if stat.S_ISDIR(mode):
+        raise DietError(f"{what} {path} is a folder", f"give a file path, e.g. {what} {path / 'out.json'}")
+    for test, kind in _FILE_KINDS:
+        if test(mode):
+            raise DietError(
+                f"{what} {path} is {kind}, not a regular file; diet-explore writes files by atomic "
+                "replacement and will not replace it",
+                f"give a regular file path, e.g. {what} out.json",
+            )
+    return real
+
+
+# --------------------------------------------------------------------------------------------
+# Temporary siblings and what a killed writer leaves of them
+# --------------------------------------------------------------------------------------------
+def _stem(name: str) -> str:
+    """``name`` as it appears in its temporary siblings' names (shortened by a hash when the
+    sibling's name would not fit in ``NAME_MAX``)."""
+    if len(os.fsencode(name)) <= NAME_MAX - 40:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+    return name.encode("utf-8", "surrogateescape")[:160].decode("utf-8", "ignore") + "~" + digest
+
+
+def _sibling_prefix(name: str) -> str:
+    return f".{_stem(name)}.{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing it now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def remove_debris(final: str | Path) -> list[Path]:
+    """Remove what killed writers of ``final`` left beside it (temporary files, ``.partial``
+    folders, ``.old`` folders); a ``.old`` folder is put back instead when ``final`` itself is gone
+    (a kill between the two renames of ``staged_dir``). Siblings of a writer that is still running
+    (same machine) are left alone. Returns what was removed or restored."""
+    final = Path(final)
+    folder = final.parent
+    pattern = re.compile(
+        rf"^\.{re.escape(_stem(final.name))}\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+\.(?P<kind>{'|'.join(_DEBRIS_KINDS)})$"
+    )
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    found = []
+    for entry in sorted(entries):
+        m = pattern.match(entry.name)
+        if m is None:
+            continue
+        try:
+            if m["pid"] is not None:
+                if _alive(int(m["pid"])):
+                    continue
+            elif time.time() - entry.lstat().st_mtime < LEGACY_DEBRIS_AGE_S:
+                continue  # named before siblings carried a pid: only an old one is surely stale
+            if m["kind"] == "old" and entry.is_dir() and not (final.exists() or final.is_symlink()):
+                os.replace(entry, final)  # the previous folder was renamed away and its successor never arrived
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue  # gone already, or not ours to remove: never fail a write over debris
+        found.append(entry)
+    return found
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to ``path`` atomically (through a symlink to its target; a special file or a
+    folder is refused with a DietError)."""
+    target = file_target(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_debris(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_sibling_prefix(target.name), suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; a cache, mask or result file should read like any other
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -78,15 +219,19 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def check_output_dir(final: str | Path, overwrite: bool = False) -> Path:
+def check_output_dir(final: str | Path, overwrite: bool = False, marker: str | None = None) -> Path:
     """The resolved folder ``staged_dir`` would write, or a DietError saying why it must not.
 
     Cheap, so commands call it before minutes of model loading. Replacing the current folder (or
     one above it, or the root) would move the ground from under the process; replacing a file
-    with a folder is almost certainly a typo in --out.
+    with a folder is almost certainly a typo in --out. An existing folder is replaced only with
+    ``overwrite`` and only when it is empty or holds ``marker`` (the file diet-explore writes into
+    every folder of this kind): a folder of anything else (a score cache, someone's files) is never
+    replaced.
     """
     if not str(final).strip():
         raise DietError("the output folder name is empty", "give a folder, e.g. --out artifacts/pruned")
+    check_path(final, "output folder")
     path = Path(final).expanduser().resolve()
     if path == path.parent or Path.cwd().resolve().is_relative_to(path):
         raise DietError(
@@ -94,22 +239,41 @@ def check_output_dir(final: str | Path, overwrite: bool = False) -> Path:
             "give a new folder, e.g. --out artifacts/pruned",
         )
     if path.exists():
-        if not overwrite:
-            raise DietError(f"output folder {final} already exists", "pass --overwrite or choose another --out")
         if not path.is_dir():
             raise DietError(
                 f"output {final} exists and is not a folder, so it will not be replaced", "remove it or choose another --out"
+            )
+        if not overwrite:
+            raise DietError(f"output folder {final} already exists", "pass --overwrite or choose another --out")
+        if not replaceable(path, marker):
+            raise DietError(
+                f"output folder {final} holds files diet-explore did not write there"
+                + (f" (it has no {marker})" if marker else "")
+                + ", so --overwrite will not replace it",
+                "choose another --out, or empty or remove that folder yourself",
             )
     check_writable(path, "output folder", folder=True)  # a parent that is a file, or read-only
     return path
 
 
+def replaceable(folder: Path, marker: str | None) -> bool:
+    """Whether an existing folder may be replaced: it is empty, or it holds ``marker`` as a file."""
+    try:
+        empty = not any(folder.iterdir())
+    except OSError:
+        return False
+    return empty or (marker is not None and (folder / marker).is_file() and not (folder / marker).is_symlink())
+
+
 def check_writable(path: str | Path, what: str, folder: bool) -> None:
     """Refuse, before any work is done, a path an atomic write could not create later: a folder to
-    write into (``folder``; it may exist) or a file (it must not be a folder). Walks up to the
-    first part of ``path`` that exists, which must be a writable folder; creates nothing. ``what``
-    names the setting in the message, e.g. ``--out``."""
-    path = Path(path)
+    write into (``folder``; it may exist) or a file (it must not be a folder or a special file; a
+    symlink is checked where it points). Walks up to the first part of ``path`` that exists, which
+    must be a writable folder; creates nothing. ``what`` names the setting in the message, e.g.
+    ``--out``."""
+    path = check_path(path, what)
+    if not folder:
+        path = file_target(path, what)  # a symlink is written through: check where it points
     probe = path
     while not (probe.exists() or probe.is_symlink()) and probe.parent != probe:
         probe = probe.parent
@@ -118,8 +282,6 @@ def check_writable(path: str | Path, what: str, folder: bool) -> None:
             raise DietError(
                 f"{what} {path} is not a folder", f"choose another {what} folder (a new or existing folder, not a file)"
             )
-        if not folder and path.is_dir():
-            raise DietError(f"{what} {path} is a folder", f"give a file path, e.g. {what} {path / 'out.json'}")
         probe = path if folder else path.parent  # a file is replaced through a temporary sibling
     elif not probe.is_dir():
         raise DietError(f"{what} {path} cannot be created: {probe} is not a folder", f"choose another {what} under a folder")
@@ -131,14 +293,18 @@ def check_writable(path: str | Path, what: str, folder: bool) -> None:
 
 
 @contextlib.contextmanager
-def staged_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def staged_dir(final: str | Path, overwrite: bool = False, marker: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder next to ``final``; on success it replaces ``final`` in one rename.
 
-    On any exception the temporary folder is removed and ``final`` is left untouched.
+    On any exception the temporary folder is removed and ``final`` is left untouched. An existing
+    ``final`` is replaced only as ``check_output_dir`` allows (``overwrite``, and empty or holding
+    ``marker``): the caller writes ``marker`` into the staged folder, so what it writes it may
+    replace later.
     """
-    final = check_output_dir(final, overwrite)
+    final = check_output_dir(final, overwrite, marker)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    remove_debris(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_sibling_prefix(final.name), suffix=".partial"))
     tmp.chmod(0o755)  # mkdtemp makes 0700; the final folder should read like any other
     try:
         yield tmp
@@ -146,8 +312,9 @@ def staged_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
             if f.is_file() and not f.is_symlink():
                 f.chmod(0o644)
         if final.exists():
+            check_output_dir(final, overwrite, marker)  # what is there now (another process may have written it)
             # a fresh empty folder to rename the old one onto: never collides with anything left behind
-            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=_sibling_prefix(final.name), suffix=".old"))
             os.replace(final, old)
             try:
                 os.replace(tmp, final)

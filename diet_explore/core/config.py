@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from pathlib import Path
 from typing import Any, TypeVar
 
 from diet_explore.core.errors import DietError
 
 T = TypeVar("T", bound="JsonConfig")
+
+
+def check_seed(value: Any, flag: str) -> int:
+    """A seed as numpy takes it: a whole number ≥ 0 (a negative one made ``default_rng`` raise a
+    ValueError after work, and files, had been done). ``flag`` names it in the message."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise DietError(f"{flag} must be a whole number ≥ 0, got {value!r}", f"e.g. {flag} 0")
+    return int(value)
 
 
 class JsonConfig:

@@ -37,6 +37,7 @@ from diet_explore.core.clock import utc_timestamp
 
 FORMAT_VERSION = 1
 KIND = "diet-explore-eval-cache"
+STORE_LOCK = "store"  # locked() keeps its lock file as <root>/.store.lock
 
 
 def default_root() -> Path:
@@ -136,6 +137,10 @@ class EvalCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.json"
 
+    def check(self, what: str = "--eval-cache") -> None:
+        """Refuse now a folder ``save`` could not write after minutes of evaluation (a file, read-only)."""
+        atomic.check_writable(self.root, what, folder=True)
+
     def load(self, key: str, requests: dict[str, list]) -> CachedEval | None:
         """The entry for ``key``, or None (missing, unreadable or not matching ``requests``; the
         last two with a warning, and the entry is then overwritten by the fresh result)."""
@@ -174,5 +179,6 @@ class EvalCache:
             "made_with": made_with,
         }
         path = self.path(key)
-        atomic.write_text(path, json.dumps(entry) + "\n")
+        with atomic.locked(self.root / STORE_LOCK):  # two evaluations of one model at once: one writes after the other
+            atomic.write_text(path, json.dumps(entry) + "\n")
         return path

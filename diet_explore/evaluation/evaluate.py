@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from diet_explore.core.config import JsonConfig
+from diet_explore.core.config import JsonConfig, check_seed
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.blocks import ScoreLog, StopCheck, Stopped, Unit, score_blocks
 from diet_explore.evaluation.evalcache import CachedEval, EvalCache
@@ -52,6 +52,9 @@ class EvalConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         self.limit, self.ppl_windows = int(self.limit), int(self.ppl_windows)
+        check_seed(self.seed, "--seed")
+        if isinstance(self.tasks, list):  # --tasks rte,rte: one task, evaluated and named once
+            self.tasks = list(dict.fromkeys(self.tasks))
         if self.limit < 1:
             raise DietError(f"limit must be at least 1, got {self.limit}", "e.g. --limit 50")
         if self.ppl_windows < 1 and self.perplexity:

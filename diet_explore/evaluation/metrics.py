@@ -56,7 +56,8 @@ no paired example yet, a metric the task does not report, too few examples for a
 ``n`` is the number of paired examples used (0 when none); ``note`` says why a value is missing
 or what an average leaves out. It works on any subset of examples (running, partial results use
 the examples present in both), is deterministic for a given input (the bootstrap is seeded by task
-name) and takes about 25 ms for 7 tasks × 100 examples (``benchmarks/bench_metrics.py``).
+name) and takes 0.05–0.08 s for 7 tasks × 100 examples, 0.3 s for 7 × 400 on 2 shared CPU cores
+(``benchmarks/bench_metrics.py``).
 """
 
 from __future__ import annotations

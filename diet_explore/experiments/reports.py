@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,14 @@ if TYPE_CHECKING:
     from diet_explore.experiments.sweep import CompareConfig
 
 Progress = Callable[[float, str], None]
-DOCS_RESULTS = PROJECT_ROOT / "docs" / "results"
+RESULTS_DIR_ENV = "DIET_EXPLORE_RESULTS_DIR"  # where the committed sweeps are (default <repo>/docs/results)
 RESULTS_SUFFIX = ".results.jsonl"
+
+
+def results_dir() -> Path:
+    """The committed sweeps' folder: ``DIET_EXPLORE_RESULTS_DIR``, else ``<repo>/docs/results``."""
+    env = os.environ.get(RESULTS_DIR_ENV, "").strip()
+    return Path(env).expanduser() if env else PROJECT_ROOT / "docs" / "results"
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,10 +101,10 @@ def as_sweep(rows: list[dict[str, Any]] | Sweep) -> Sweep:
     return rows if isinstance(rows, Sweep) else Sweep(list(rows))
 
 
-def list_sweeps(folder: str | Path = DOCS_RESULTS) -> list[Path]:
-    """The sweeps in ``folder``: its ``<name>.results.jsonl`` files and its sub-folders that hold a
+def list_sweeps(folder: str | Path | None = None) -> list[Path]:
+    """The sweeps in ``folder`` (default ``results_dir()``): its ``<name>.results.jsonl`` files and its sub-folders that hold a
     ``results.jsonl``, by name."""
-    folder = Path(folder)
+    folder = Path(folder) if folder is not None else results_dir()
     if not folder.is_dir():
         return []
     files = sorted(folder.glob(f"*{RESULTS_SUFFIX}"))
@@ -194,14 +201,20 @@ def _interval(e: dict[str, Any] | None, scale: float = 100.0, fmt: str = "+.1f")
     return f"{scale * e['delta']:{fmt}} [{scale * e['ci_low']:{fmt}}, {scale * e['ci_high']:{fmt}}]"
 
 
-def markdown_table(rows: list[dict[str, Any]] | Sweep) -> str:
-    """Paper style: one line per (sparsity, method), tasks as columns (main metric ± stderr, in %),
-    the average with its paired delta vs dense and 95% CI, and wiki perplexity; where the rows keep
-    per-example log-likelihoods, also the average agreement with the dense model's choices (%) and
-    the average Δ gold log-likelihood per character (nats), each with its 95% CI."""
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows]) + "\n"
+
+
+def paper_cells(rows: list[dict[str, Any]] | Sweep) -> tuple[list[str], list[list[str]]]:
+    """(header, one list of cells per line) of the paper-style table: one line per (sparsity, method),
+    tasks as columns (main metric ± stderr, in %), the average with its paired delta vs dense and
+    95% CI, and wiki perplexity; where the rows keep per-example log-likelihoods, also the average
+    agreement with the dense model's choices (%) and the average Δ gold log-likelihood per character
+    (nats), each with its 95% CI."""
     sweep = as_sweep(rows)
     if not sweep.rows:
-        return ""
+        return [], []
     first = sweep.rows[0]
     tasks = list(first["tasks"])
     metric = {t: first["tasks"][t]["metric"] for t in tasks}
@@ -209,8 +222,8 @@ def markdown_table(rows: list[dict[str, Any]] | Sweep) -> str:
     head = ["sparsity", "method", "kept"] + [f"{t} ({metric[t]})" for t in tasks] + ["avg", "Δ avg [95% CI]"]
     head += ["agreement [95% CI]", "Δ gold LL/char [95% CI]"] if extra else []
     head.append("wiki ppl")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     paired = sweep.vs_dense()
+    out = []
     for r in ([sweep.dense] if sweep.dense else []) + sweep.pruned:
         p = paired.get(r["key"])
         cells = [f"{r['sparsity']:g}", r["method"], str(r["n_keep"])]
@@ -221,30 +234,50 @@ def markdown_table(rows: list[dict[str, Any]] | Sweep) -> str:
             cells.append(_interval(p["average"]["agreement"], fmt=".1f") if p else "—")
             cells.append(_interval(p["average"]["gold_ll_per_char"], scale=1.0, fmt="+.3f") if p else "—")
         cells.append(f"{r['ppl']:.2f}" if r.get("ppl") else "—")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        out.append(cells)
+    return head, out
 
 
-def versus_table(rows: list[dict[str, Any]] | Sweep, reference: str = "diet") -> str:
-    """``reference`` minus every other method at each sparsity, paired on the same examples (in points):
-    the comparison a claim like "DIET beats X by N points" needs, with its 95% CI; and, where the rows
-    keep per-example log-likelihoods, the same for the gold log-likelihood per character (nats)."""
+def markdown_table(rows: list[dict[str, Any]] | Sweep) -> str:
+    """The paper-style table (``paper_cells``) in markdown."""
+    head, cells = paper_cells(rows)
+    return _markdown(head, cells) if head else ""
+
+
+def versus_cells(rows: list[dict[str, Any]] | Sweep, reference: str = "diet") -> tuple[list[str], list[list[str]]]:
+    """(header, cells) of ``reference`` minus every other method at each sparsity, paired on the same
+    examples (in points): the comparison a claim like "DIET beats X by N points" needs, with its 95%
+    CI; and, where the rows keep per-example log-likelihoods, the same for the gold log-likelihood
+    per character (nats)."""
     sweep = as_sweep(rows)
     pairs = sweep.versus(reference)
     if not pairs:
-        return ""
+        return [], []
     tasks = list(pairs[0][0]["tasks"])
     extra = any(p["average"]["gold_ll_per_char"]["delta"] is not None for _, _, p in pairs)
     head = ["sparsity", "comparison", "kept"] + tasks + ["avg [95% CI]"] + (["Δ gold LL/char [95% CI]"] if extra else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out = []
     for _ref, r, p in pairs:
         cells = [f"{r['sparsity']:g}", f"{reference} − {r['method']}", str(r["n_keep"])]
         cells += [f"{100 * _num(p['tasks'][t][MAIN]['delta']):+.1f}" for t in tasks]
         cells.append(_interval(p["average"][MAIN]))
         if extra:
             cells.append(_interval(p["average"]["gold_ll_per_char"], scale=1.0, fmt="+.3f"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        out.append(cells)
+    return head, out
+
+
+def versus_table(rows: list[dict[str, Any]] | Sweep, reference: str = "diet") -> str:
+    """The DIET-minus-method table (``versus_cells``) in markdown."""
+    head, cells = versus_cells(rows, reference)
+    return _markdown(head, cells) if head else ""
+
+
+def table_frame(head: list[str], cells: list[list[str]]):
+    """A table's cells as a DataFrame of strings (what the Results page shows)."""
+    import pandas as pd
+
+    return pd.DataFrame(cells, columns=head)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,8 +360,13 @@ def write_reports(rows: list[dict[str, Any]], out: Path, config: CompareConfig |
     atomic.write_text(paths["csv"], results_frame(sweep).to_csv(index=False))
     note = ""
     if config is not None:
+        per_task = (
+            f"at most {config.limit} held-out examples per task (all of a smaller split)"
+            if config.clip_limit
+            else f"{config.limit} held-out examples per task"
+        )
         note = (
-            f"\nModel `{config.model}`, cache `{config.cache}`, {config.limit} held-out examples per task "
+            f"\nModel `{config.model}`, cache `{config.cache}`, {per_task} "
             f"(seed {config.seed}), exact kept counts: {config.exact}. Cells: main metric in % ± stderr; "
             "Δ avg: paired difference vs dense with a 95% CI (Newcombe per task, combined over tasks by MOVER).\n"
         )

@@ -39,29 +39,66 @@ Progress = Callable[[float, str], None]
 # --------------------------------------------------------------------------------------------
 # Results file
 # --------------------------------------------------------------------------------------------
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _parse(lines: list[str]) -> list[dict[str, Any]]:
+    """One row per key, in file order; of a key written twice the first row counts (two runs into
+    one --out, or an older diet-explore, could write a key twice). A line cut by an interruption
+    (possible only before writes were atomic) is skipped: that combination simply runs again."""
+    rows, seen = [], set()
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(row, dict) or row.get("key") in seen:
+            continue
+        seen.add(row.get("key"))
+        rows.append(row)
+    return rows
+
+
 def read_results(out: Path) -> list[dict[str, Any]]:
-    """The rows of ``<out>/results.jsonl`` (``[]`` when there is none)."""
+    """The rows of ``<out>/results.jsonl``, one per (method, sparsity) key and one for dense."""
     return read_results_file(Path(out) / RESULTS)
 
 
 def read_results_file(path: Path) -> list[dict[str, Any]]:
-    """The rows of a results file, e.g. a committed ``docs/results/<name>.results.jsonl``; a line
-    that is not JSON (cut by an interruption) is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by an interruption: that combination simply runs again
-    return rows
+    """The rows of a results file, e.g. a committed ``docs/results/<name>.results.jsonl``
+    (``[]`` when there is none)."""
+    return _parse(_lines(Path(path)))
 
 
-def append_result(out: Path, row: dict[str, Any]) -> None:
-    rows = read_results(out) + [row]
+def _write(out: Path, rows: list[dict[str, Any]]) -> None:
     atomic.write_text(out / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_result(out: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Add ``row`` to the results file, unless a row with its key is there already (another run of
+    the same sweep into this --out finished it first); returns the row the file holds for that key.
+    The read, the check and the rewrite happen under the file's lock, so two runs at once neither
+    lose a row nor write one twice."""
+    with atomic.locked(out / RESULTS):
+        rows = read_results(out)
+        for existing in rows:
+            if existing.get("key") == row.get("key"):
+                return existing
+        _write(out, [*rows, row])
+    return row
+
+
+def repair_results(out: Path) -> int:
+    """Rewrite the results file with one row per key (dropping repeated keys and unreadable lines);
+    returns how many lines were dropped (0: the file was already clean and is not rewritten)."""
+    with atomic.locked(out / RESULTS):
+        lines = _lines(out / RESULTS)
+        rows = _parse(lines)
+        if len(rows) == len(lines):
+            return 0
+        _write(out, rows)
+    return len(lines) - len(rows)
 
 
 def check_resumable(done: list[dict[str, Any]], out: Path, fingerprint: str) -> None:
@@ -155,3 +192,43 @@ METHODS: dict[str, dict[str, Any]] = {  # sweep name -> the MaskConfig fields th
 }
 PER_TASK_METHODS = ("single-task", "leave-one-out")
 RESULTS = "results.jsonl"
+
+
+def builds_mask(method: str) -> bool:
+    """Whether the sweep method ``method`` is a hidden-dimension mask (``MaskConfig`` fields in
+    ``METHODS``), which ``run_masks`` can rebuild; a method that transforms the weights otherwise
+    (a rotation) has none."""
+    return "method" in METHODS.get(method, {})
+
+
+def mask_for(pre, method: str, sparsity: float, config, multiple: int, **extra):
+    """The mask ``method`` builds at ``sparsity`` with a sweep's settings (``config``: a ``CompareConfig``)."""
+    from diet_explore.masking.build import MaskConfig, build_mask
+
+    mc = MaskConfig(
+        sparsity=sparsity,
+        **METHODS[method],
+        threshold=config.threshold,
+        exact=config.exact,
+        multiple_of=multiple,
+        seed=config.mask_seed,
+        **extra,
+    )
+    return build_mask(pre, mc)
+
+
+def run_masks(pre, method: str, sparsity: float, config, multiple: int, tasks: list[str]) -> dict[str, Any]:
+    """The mask (``MaskResult``) each evaluated task is scored with in the run ``method@sparsity``:
+    the same mask for every task, or (``PER_TASK_METHODS``) one per task. The one place that decides
+    it, for the sweep and for whoever rebuilds a finished sweep's masks (``experiments/proxy.py``)."""
+    if method not in PER_TASK_METHODS:
+        mask = mask_for(pre, method, sparsity, config, multiple)
+        return {t: mask for t in tasks}
+    cache_tasks = set(pre.cache.task_names)
+    out = {}
+    for t in tasks:
+        if t not in cache_tasks:
+            raise DietError(f"task {t!r} is not in the cache, so {method} has no mask for it", "evaluate the cache's tasks")
+        extra = {"single_task": t, "tasks": [t]} if method == "single-task" else {"held_out_task": t}
+        out[t] = mask_for(pre, method, sparsity, config, multiple, **extra)
+    return out

@@ -50,6 +50,7 @@ LIST_COLUMNS = (
 
 
 RUNS_DIR_ENV = "DIET_EXPLORE_RUNS_DIR"
+STORE_LOCK = "store"  # locked() keeps its lock file as <root>/.store.lock
 
 
 def default_root() -> Path:
@@ -99,7 +100,8 @@ class RunStore:
         }
         path = self.root / f"{run_id}.json"
         try:
-            atomic.write_text(path, json.dumps(full, indent=2, allow_nan=False) + "\n")
+            with atomic.locked(self.root / STORE_LOCK):  # two writers of one run id (a resume, a retry) take turns
+                atomic.write_text(path, json.dumps(full, indent=2, allow_nan=False) + "\n")
         except OSError as exc:  # a file in the way, a read-only or full disk: the user's to fix, not a bug
             raise DietError(
                 f"cannot write run record {path} ({exc.strerror or exc})",

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from diet_explore.core import atomic
-from diet_explore.core.config import JsonConfig
+from diet_explore.core.config import JsonConfig, check_seed
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.blocks import ScoreLog, StopCheck
 from diet_explore.evaluation.evalcache import EvalCache
@@ -53,6 +53,8 @@ from diet_explore.experiments.results import (
     append_result,
     check_resumable,
     read_results,
+    repair_results,
+    run_masks,
     task_row,
 )
 from diet_explore.experiments.runs import run_record
@@ -103,6 +105,8 @@ class CompareConfig(JsonConfig):
     dtype: str | None = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "--seed")  # before config.json and results.jsonl are written
+        check_seed(self.mask_seed, "--mask-seed")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise DietError(f"unknown method(s): {', '.join(unknown)}", f"choose from {', '.join(METHODS)}")
@@ -176,21 +180,6 @@ def sweep_grid(config: CompareConfig) -> list[tuple[str, float]]:
 # --------------------------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------------------------
-def _mask(pre, method: str, sparsity: float, config: CompareConfig, multiple: int, **extra):
-    from diet_explore.masking.build import MaskConfig, build_mask
-
-    mc = MaskConfig(
-        sparsity=sparsity,
-        **METHODS[method],
-        threshold=config.threshold,
-        exact=config.exact,
-        multiple_of=multiple,
-        seed=config.mask_seed,
-        **extra,
-    )
-    return build_mask(pre, mc)
-
-
 def run_compare(
     config: CompareConfig,
     out: str | Path,
@@ -224,6 +213,8 @@ def run_compare(
     atomic.check_writable(out, "--out", folder=True)
     store = store if store is not None else RunStore()
     store.check("--runs")
+    if eval_cache is not None:
+        eval_cache.check()
     cache = load_cache(config.cache)
     ecfg = config.eval_config()
     requests = eval_requests(ecfg)
@@ -231,6 +222,9 @@ def run_compare(
     fingerprint = config.fingerprint(cache.manifest_hash, dtype)
     done = read_results(out)
     check_resumable(done, out, fingerprint)
+    dropped = repair_results(out) if done else 0
+    if dropped:
+        log(f"removed {dropped} repeated or unreadable line(s) from {out / RESULTS}: one row per run is kept")
     if model is None:
         from diet_explore.models.loading import load_model
 
@@ -286,7 +280,7 @@ def run_compare(
             row["reused"] = res.extra["cached"]["path"]
             log(f"dense: reusing its results of {res.extra['cached']['created']} ({row['reused']})")
         add_average(row)
-        append_result(out, row)
+        row = append_result(out, row)  # another run into this --out may have finished it first
         done.append(row)
         log(f"dense: avg {row['avg']:.4f}, ppl {row['ppl']}")
         k += 1
@@ -295,6 +289,13 @@ def run_compare(
     for method, sparsity in grid:
         key = combo_key(method, sparsity)
         if key in have:
+            continue
+        finished = {r.get("key"): r for r in read_results(out)}
+        if key in finished:  # another run into this --out did it meanwhile
+            done.append(finished[key])
+            have.add(key)
+            log(f"{key}: already finished by another run into {out}; keeping that result")
+            k += 1
             continue
         start = time.perf_counter()
         row = _run_one(
@@ -306,9 +307,13 @@ def run_compare(
         # results.jsonl first, with the run id: it is what a resume trusts, so an interruption or a
         # failing run store from here on costs at most the store record, which the next run writes
         row["run_id"] = new_run_id(key + fingerprint)
-        append_result(out, row)
-        done.append(row)
+        kept = append_result(out, row)
+        done.append(kept)
         have.add(key)
+        if kept is not row:  # another run into this --out finished it first: its row and its record count
+            log(f"{key}: already finished by another run into {out}; keeping that result")
+            k += 1
+            continue
         _store_run(store, row, dense, config, out)
         log(
             f"{key}: kept {row['n_keep']}, avg {row['avg']:.4f} (Δ {row['delta_avg']:+.4f} "
@@ -324,8 +329,9 @@ def run_compare(
 def _run_one(
     model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, progress, prune_model, blocks, should_stop
 ):
+    masks = run_masks(pre, method, sparsity, config, multiple, list(requests))
     if method not in PER_TASK_METHODS:
-        mask = _mask(pre, method, sparsity, config, multiple)
+        mask = next(iter(masks.values()))
         pruned = prune_model(model, mask.keep)
         key = combo_key(method, sparsity)
         res = evaluate_model(pruned, tokenizer, ecfg, progress, key, requests, log=blocks, should_stop=should_stop)
@@ -339,13 +345,9 @@ def _run_one(
             "ppl": res.perplexity,
         }
     tasks, n_keep = {}, {}
-    cache_tasks = set(pre.cache.task_names)
     no_ppl = EvalConfig.from_dict({**ecfg.to_dict(), "perplexity": False})
     for i, (t, reqs) in enumerate(requests.items()):
-        if t not in cache_tasks:
-            raise DietError(f"task {t!r} is not in the cache, so {method} has no mask for it", "evaluate the cache's tasks")
-        extra = {"single_task": t, "tasks": [t]} if method == "single-task" else {"held_out_task": t}
-        mask = _mask(pre, method, sparsity, config, multiple, **extra)
+        mask = masks[t]
         pruned = prune_model(model, mask.keep)
         sub = lambda f, msg, i=i, t=t: progress((i + f) / len(requests), f"{t}: {msg}")
         label = f"{combo_key(method, sparsity)}:{t}"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from diet_explore.core.config import JsonConfig
+from diet_explore.core.config import JsonConfig, check_seed
 from diet_explore.core.errors import DietError
 from diet_explore.masking import baselines
 from diet_explore.masking.baselines import BASELINE_METHODS
@@ -50,7 +50,8 @@ class MaskConfig(JsonConfig):
         check_choice("site", self.site, SITES)
         check_choice("layer aggregation", self.layer_agg, LAYER_AGGS)
         check_choice("normalization", self.normalize, NORMALIZATIONS)
-        self.last_k, self.multiple_of, self.seed = int(self.last_k), int(self.multiple_of), int(self.seed)
+        self.last_k, self.multiple_of = int(self.last_k), int(self.multiple_of)
+        self.seed = check_seed(self.seed, "--seed")
         if self.last_k < 1:
             raise DietError(f"last_k must be at least 1, got {self.last_k}", "e.g. last_k=4")
         if self.multiple_of < 1:
@@ -75,9 +76,17 @@ class MaskConfig(JsonConfig):
         for t in self.tasks or []:
             if t not in cache.tasks:
                 raise DietError(f"task {t!r} is not in this cache", hint)
-        for t in self.weights:
+        candidates = list(self.tasks) if self.tasks is not None else list(cache.task_names)
+        for t in self.weights:  # a weight nothing reads would be accepted and silently ignored
             if t not in cache.tasks:
                 raise DietError(f"weight given for unknown task {t!r}", hint)
+            if t not in candidates:
+                why = (
+                    "generic text, which does not vote (the wiki baseline scores with it)"
+                    if t in cache.generic_names
+                    else f"not among the voting tasks ({', '.join(candidates)})"
+                )
+                raise DietError(f"weight given for {t!r}, {why}", f"weights apply to the voting tasks: {', '.join(candidates)}")
         if self.site not in cache.sites:
             raise DietError(f"site {self.site!r} was not profiled in this cache", f"choose one of {', '.join(cache.sites)}")
         if self.multiple_of > cache.hidden_size:

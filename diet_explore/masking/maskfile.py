@@ -25,6 +25,7 @@ from diet_explore.masking.build import MaskConfig
 MASK_SCHEMA_VERSION = 1
 MASK_KIND = "diet-explore-mask"
 OPTIONAL_FIELDS = ("config", "calibration_ids")  # absent from older files of the same schema
+MAX_HIDDEN = 1 << 20  # far above any model's hidden size; a mask claiming more is damaged (its keep vector would not fit)
 
 
 @dataclass
@@ -112,7 +113,7 @@ def save_mask(mask_file: MaskFile, path: str | Path, npy: bool = False) -> Path:
 
 def load_mask(path: str | Path, expected_hidden_size: int | None = None, expected_model: str | None = None) -> MaskFile:
     """Read and validate a mask file; every problem is a ``DietError`` naming the file."""
-    path = Path(path)
+    path = atomic.check_path(path, "mask file")
     if not path.is_file():
         raise DietError(f"mask file {path} does not exist", "build one with `diet-explore mask ... --out <file>`")
     try:
@@ -160,20 +161,23 @@ def _check_calibration_ids(path: Path, mask: MaskFile) -> None:
 
 def _check_indices(path: Path, mask: MaskFile) -> None:
     idx = mask.kept_indices
-    if not isinstance(mask.hidden_size, int) or mask.hidden_size < 1:
-        raise DietError(f"{path}: hidden_size {mask.hidden_size!r} is not a positive integer", "rebuild the mask")
+    if not isinstance(mask.hidden_size, int) or isinstance(mask.hidden_size, bool) or not 1 <= mask.hidden_size <= MAX_HIDDEN:
+        raise DietError(
+            f"{path}: hidden_size {mask.hidden_size!r} is not a whole number in [1, {MAX_HIDDEN}]", "rebuild the mask"
+        )
     if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
         raise DietError(f"{path}: kept_indices must be a list of integers", "rebuild the mask")
     if not idx:
         raise DietError(f"{path}: kept_indices is empty (nothing would be kept)", "rebuild the mask at a lower sparsity")
+    outside = next((i for i in idx if not 0 <= i < mask.hidden_size), None)  # Python ints: 10**30 fits no int64
+    if outside is not None:
+        raise DietError(
+            f"{path}: kept index {outside} is outside [0, {mask.hidden_size})",
+            "the mask does not belong to this hidden size; rebuild it",
+        )
     arr = np.asarray(idx, dtype=np.int64)
     if np.any(np.diff(arr) <= 0):
         raise DietError(f"{path}: kept_indices are not sorted and unique", "rebuild the mask")
-    if arr[0] < 0 or arr[-1] >= mask.hidden_size:
-        raise DietError(
-            f"{path}: kept index {int(arr[0] if arr[0] < 0 else arr[-1])} is outside [0, {mask.hidden_size})",
-            "the mask does not belong to this hidden size; rebuild it",
-        )
 
 
 def _flag_value(value: Any) -> str:

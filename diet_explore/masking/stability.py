@@ -63,12 +63,40 @@ def _check_method(config: MaskConfig) -> None:
         )
 
 
-def _resamples(n_resamples: int) -> int:
-    if int(n_resamples) < 1:
+def _resamples(n_resamples: int, cache, tasks: list[str]) -> int:
+    """``n_resamples`` as an int, refused when below 1 or when the resampled arrays would not fit in
+    the free memory (refused before anything is allocated, not by numpy's MemoryError half-way)."""
+    r = int(n_resamples)
+    if r < 1:
         raise DietError(
             f"the number of resamples must be at least 1, got {n_resamples}", "e.g. 200 (--resamples, --curve-resamples)"
         )
-    return int(n_resamples)
+    need_one = resample_bytes(cache, tasks)
+    free = _free_memory()
+    if r * need_one > free * MEMORY_SHARE:
+        fits = max(int(free * MEMORY_SHARE // need_one), 0)
+        raise DietError(
+            f"{r:,} resamples of {len(tasks)} task(s) × {cache.hidden_size} dims need about "
+            f"{r * need_one / 2**30:,.1f} GiB of memory, but {free / 2**30:.1f} GiB is free",
+            f"use at most {fits:,} resamples (--resamples, --curve-resamples); 200 is plenty for a mean Jaccard",
+        )
+    return r
+
+
+MEMORY_SHARE = 0.5  # the resampled arrays may take at most this share of the free memory
+
+
+def resample_bytes(cache, tasks: list[str]) -> int:
+    """Bytes one resample needs at the peak of ``_resampled_keep``: per task the sample weights and
+    their index draw (N), then the (T, D) scores, the top-k partition of them and a normalised copy."""
+    n = max(cache.tasks[t].n_samples for t in tasks) if tasks else 1
+    return 8 * (3 * n * max(len(tasks), 1) + 4 * max(len(tasks), 1) * cache.hidden_size + cache.hidden_size)
+
+
+def _free_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def _resampled_keep(pre, config: MaskConfig, weight_fn: WeightFn, seed: int) -> np.ndarray:
@@ -103,7 +131,7 @@ def bootstrap_masks(
     pre = as_precompute(cache)
     config.validate(pre.cache)
     _check_method(config)
-    r = _resamples(n_resamples)
+    r = _resamples(n_resamples, pre.cache, config.voting_tasks(pre.cache)[0])
     if n_samples is not None and int(n_samples) < 1:
         raise DietError(f"n_samples must be at least 1, got {n_samples}", "leave it unset to use every sample")
 
@@ -132,7 +160,7 @@ def sample_count_curve(cache, config: MaskConfig, counts=(10, 25, 50, 100), n_re
     _check_method(config)
     tasks, _ = config.voting_tasks(pre.cache)
     available = _sample_sizes(pre.cache, tasks)
-    r = _resamples(n_resamples)
+    r = _resamples(n_resamples, pre.cache, tasks)
     full = build_mask(pre, config).keep
     rows, notes = [], []
     for n in sorted({int(k) for k in counts}):

@@ -55,6 +55,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
+SOURCE_FILE = "diet_explore_source.json"  # written into every converted store folder (its marker)
 
 
 def installed_spec(distribution: str) -> str | None:
@@ -152,7 +153,7 @@ def _warn_if_stale(name: str, folder: Path) -> None:
     takes a minute), but said."""
     import warnings
 
-    meta = folder / "diet_explore_source.json"
+    meta = folder / SOURCE_FILE
     try:
         package = json.loads(meta.read_text()).get("package")
     except (OSError, ValueError):
@@ -187,11 +188,11 @@ def _convert(name: str, spec: BuiltinModel, sources: list[Path], final: Path) ->
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.name_or_path = spec.hf_id
-        with atomic.staged_dir(final, overwrite=True) as tmp:
+        with atomic.staged_dir(final, overwrite=True, marker=SOURCE_FILE) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             atomic.write_json(
-                tmp / "diet_explore_source.json",
+                tmp / SOURCE_FILE,
                 {
                     "name": name,
                     "hf_id": spec.hf_id,

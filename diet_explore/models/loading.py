@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diet_explore.core.atomic import check_path
 from diet_explore.core.errors import DietError
 from diet_explore.models.builtin import BUILTIN_MODELS, convert_builtin, store_path
 
@@ -57,7 +58,7 @@ def resolve_source(name_or_path: str) -> tuple[str, str]:
         raise DietError("the model name is empty", _SOURCE_HINT)  # Path("") would mean the current folder
     if name_or_path in BUILTIN_MODELS:
         return "builtin", name_or_path
-    path = Path(name_or_path).expanduser()
+    path = check_path(Path(name_or_path).expanduser(), "model")
     if path.is_dir():
         return "local", str(path)
     if path.exists():

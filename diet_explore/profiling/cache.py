@@ -271,7 +271,7 @@ _TASK_META_KEYS = {"kind", "file", "sha256", "n_samples", "sample_ids", "token_c
 # --------------------------------------------------------------------------------------------
 def read_manifest(root: str | Path) -> dict[str, Any]:
     """A score cache's validated manifest (without reading its arrays); every problem is a ``DietError``."""
-    root = Path(root)
+    root = atomic.check_path(root, "cache folder")  # a name over 255 bytes: a DietError, not an OSError
     path = root / MANIFEST
     if not root.is_dir():
         raise DietError(f"cache folder {root} does not exist", "run `diet-explore profile ... --out <folder>` first")
@@ -411,8 +411,13 @@ def load_cache(root: str | Path) -> ScoreCache:
         meta = manifest["baselines"]
         baselines = _load_safetensors(root / meta["file"], meta["sha256"])
         for key, arr in baselines.items():
-            if arr.shape != (hidden,):
-                raise DietError(f"{root / meta['file']}: {key} has shape {arr.shape}, expected ({hidden},)", "re-run the profile")
+            if arr.shape != (hidden,) or arr.dtype != np.float32:  # the profile writes float32 (D,) arrays
+                raise DietError(
+                    f"{root / meta['file']}: {key} has shape {arr.shape} {arr.dtype}, expected ({hidden},) float32",
+                    "re-run the profile",
+                )
+            if not np.isfinite(arr).all():  # a NaN sorts as the largest value, so magnitude would keep it
+                raise DietError(f"{root / meta['file']}: {key} contains NaN or inf", "re-run the profile")
             arr.setflags(write=False)
     return ScoreCache(manifest, tasks, baselines, root)
 

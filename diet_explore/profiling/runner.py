@@ -22,7 +22,7 @@ from diet_explore import __version__
 from diet_explore.core import atomic
 from diet_explore.core.batching import pack_by_length
 from diet_explore.core.clock import utc_timestamp
-from diet_explore.core.config import JsonConfig
+from diet_explore.core.config import JsonConfig, check_seed
 from diet_explore.core.errors import DietError
 from diet_explore.models.adapters import get_adapter
 from diet_explore.models.adapters.base import ModelAdapter
@@ -57,6 +57,7 @@ class ProfileConfig(JsonConfig):
         _check_positive(self.max_length, "--max-length", "e.g. --max-length 1024 (longer samples keep their last tokens)")
         _check_positive(self.max_batch_tokens, "--max-batch-tokens", "e.g. --max-batch-tokens 4096")
         _check_positive(self.generic_window, "generic_window", "e.g. generic_window=128")
+        check_seed(self.seed, "--seed")
         self.sites = list(dict.fromkeys(self.sites))  # "residual,residual" is one site, recorded once
 
     def science(self) -> dict[str, Any]:

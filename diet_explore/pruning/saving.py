@@ -42,6 +42,8 @@ def save_pruned(
     """Save a pruned model as a plain Hugging Face folder (+ tokenizer, mask JSON, model card).
 
     Written into a staged folder renamed into place at the end: an interrupted save leaves nothing.
+    With ``overwrite`` an existing folder is replaced only when it is a pruned folder this tool
+    wrote (it holds ``PRUNE_INFO_FILE``) or empty; anything else is refused (``atomic.staged_dir``).
     """
     info = dict(getattr(model, "diet_prune_info", None) or {})
     if mask_file is not None:
@@ -60,7 +62,7 @@ def save_pruned(
             f"{model.config.num_attention_heads} (mask --multiple-of {model.config.num_attention_heads})",
         )
     out = Path(out)
-    with atomic.staged_dir(out, overwrite=overwrite) as tmp:
+    with atomic.staged_dir(out, overwrite=overwrite, marker=PRUNE_INFO_FILE) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

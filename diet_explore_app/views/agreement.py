@@ -5,42 +5,52 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from diet_explore import plots
 from diet_explore.core.errors import DietError
 from diet_explore_app import loaders, state
+from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
+
+K_FIT = "agree_fit_colours"
 
 st.title("Agreement")
 with ui.shown_errors():
     loaded = ui.require_cache()
     cache = loaded.cache
-    sparsity = ui.sparsity_slider()
+    ui.vote_settings(cache)
+    sparsity, tau = float(state.get(S.KEY_SPARSITY)), float(state.get(S.KEY_THRESHOLD))
     site, agg, last_k = ui.score_controls(cache)
     tasks = state.voting_tasks(cache)
     if not tasks:
-        raise DietError(
-            "every task has weight 0, so there is nothing to compare", "raise a task's weight on the Mask builder page"
-        )
-    report = loaders.agreement_for(loaded.path, loaded.sha, float(sparsity), tuple(tasks), site, agg, last_k)
+        raise DietError("every task has weight 0, so there is nothing to compare", "raise a task's weight above 0")
+    report = loaders.agreement_for(loaded.path, loaded.sha, sparsity, tuple(tasks), site, agg, last_k)
     t = len(tasks)
     jac = report.jaccard.to_numpy()
     off = jac[~np.eye(t, dtype=bool)]
     votes = report.vote_counts
+    limit = (1.0 - tau) * t  # with equal weights the vote keeps a dim with at most this many prune votes
     c = st.columns(4)
-    c[0].metric("Pruned per task", int(report.prune[0].sum()))
-    c[1].metric("Mean pairwise Jaccard", f"{off.mean():.3f}" if off.size else "n/a")
+    c[0].metric("Pruned per task", int(report.prune[0].sum()), help=ui.HELP["sparsity"])
+    c[1].metric("Mean pairwise Jaccard", f"{off.mean():.3f}" if off.size else "n/a", help=ui.HELP["jaccard"])
     c[2].metric("Pruned by every task", int((votes == t).sum()))
-    c[3].metric("Pruned by at least half", int((votes >= t / 2).sum()))
+    c[3].metric(
+        f"Pruned by the vote at τ = {tau:g}",
+        int((votes > limit + 1e-9).sum()),
+        help="Dims with more than (1 − τ) × tasks prune votes: what the vote prunes with equal weights. " + ui.HELP["tau"],
+    )
     st.caption(
         f"Tasks compared (weight > 0): {', '.join(tasks)}. Each prunes its own lowest-scoring "
         f"{int(report.prune[0].sum())} of {cache.hidden_size} dims."
     )
 
-    st.plotly_chart(plots.jaccard_heatmap(jac, tasks, report.sparsity), key="agree_jaccard")
+    fit = ui.colour_range_toggle(K_FIT)
+    key = (loaded.path, loaded.sha, sparsity, tuple(tasks), site, agg, last_k)
+    figs = loaders.agreement_figures(*key, fit)
+    st.plotly_chart(figs["jaccard"], key="agree_jaccard")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(plots.vote_histogram(votes, t), key="agree_vote_hist")
+        st.plotly_chart(loaders.vote_histogram_figure(*key, tau), key="agree_vote_hist")
     with right:
-        st.plotly_chart(plots.vote_matrix(report.prune, tasks), key="agree_vote_matrix")
-    if not report.upset.empty:
-        st.plotly_chart(plots.upset_bars(report.upset, tasks), key="agree_upset")
+        st.plotly_chart(figs["matrix"], key="agree_vote_matrix")
+    if figs["upset"] is not None:
+        st.plotly_chart(figs["upset"], key="agree_upset")
+        st.caption(ui.HELP["upset"])

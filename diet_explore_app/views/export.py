@@ -1,5 +1,6 @@
 """Export: download the current mask, save it (and a pruned model) to disk, and copy the commands
-that reproduce it."""
+that reproduce it. Nothing on disk is replaced without a confirmation, and a pruned folder only
+when it is one diet-explore wrote (``save_pruned``'s marker rule)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ import streamlit as st
 
 from diet_explore.core import atomic
 from diet_explore.masking.maskfile import mask_command, mask_file_from_result, save_mask
-from diet_explore.pruning.saving import save_pruned
+from diet_explore.pruning.saving import PRUNE_INFO_FILE, save_pruned
 from diet_explore.pruning.slicing import prune_model
-from diet_explore.tasks.registry import lm_eval_command
+from diet_explore.tasks.registry import lm_eval_command, load_registry
 from diet_explore_app import loaders, state
 from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
 K_NAME, K_SAVE, K_SAVE_MODEL = "export_name", "export_save", "export_save_model"
+K_REPLACE_MASK, K_REPLACE_MODEL = "export_replace_mask", "export_replace_model"
 
 st.title("Export")
 with ui.shown_errors():
@@ -33,7 +35,8 @@ with ui.shown_errors():
         f"Current mask: **{config.method}**, target sparsity {config.sparsity:.2f}, kept "
         f"**{result.n_keep}** of {result.hidden_size} dims (actual sparsity {result.sparsity:.4f})."
     )
-    state.follow(K_NAME, S.default_export_name(cache.model_name, config))  # until the user types a name of their own
+    # the default name carries a hash of the settings (until the user types a name of their own)
+    state.follow(K_NAME, S.default_export_name(cache.model_name, config, cache.manifest_hash))
     raw_name = st.text_input("Export name (a plain name: no folders)", **state.kw(K_NAME))
     name = S.check_export_name(raw_name.removesuffix(".json"))  # raises DietError -> error box
 
@@ -53,31 +56,68 @@ with ui.shown_errors():
         on_click="ignore",
     )
 
-    if st.button(f"Save mask to {ui.display_path(export_dir)}/{name}.json (+ .npy)", key=K_SAVE):
+    mask_path = export_dir / f"{name}.json"
+    existing = [p for p in (mask_path, mask_path.with_suffix(".npy")) if p.exists()]
+    replace_mask = True
+    if existing:
+        st.warning(f"{', '.join(ui.display_path(p) for p in existing)} already exist(s); saving replaces them.")
+        replace_mask = st.checkbox(f"Replace {ui.display_path(mask_path)} (+ .npy)", key=K_REPLACE_MASK, value=False)
+    if st.button(
+        f"Save mask to {ui.display_path(export_dir)}/{name}.json (+ .npy)",
+        key=K_SAVE,
+        disabled=not replace_mask,
+        help=None if replace_mask else "Disabled: tick the box above to replace the saved mask",
+    ):
         atomic.check_writable(export_dir, f"export folder ({S.EXPORT_DIR_ENV})", folder=True)
-        path = save_mask(mask_file, export_dir / f"{name}.json", npy=True)
-        st.success(f"Saved {ui.display_path(path)} and {ui.display_path(path.with_suffix('.npy'))}")
+        path = save_mask(mask_file, mask_path, npy=True)
+        npy = path.with_suffix(".npy")
+        st.success(f"Saved {ui.display_path(path)} ({ui.saved_size(path)}) and {ui.display_path(npy)} ({ui.saved_size(npy)})")
 
     st.markdown("**Save a pruned model folder**")
     if hint := ui.saveable_hint(cache, result.n_keep):
         st.warning(hint)
-    if st.button(f"Prune and save model to {ui.display_path(export_dir)}/{name}/", key=K_SAVE_MODEL):
+    name_or_path = ui.model_name_for(cache)
+    problem = ui.model_problem(name_or_path)
+    reason = ui.show_model_problem(problem) if problem else None
+    folder = export_dir / name
+    replace = False
+    if folder.exists():
+        if (folder / PRUNE_INFO_FILE).is_file():
+            st.warning(f"{ui.display_path(folder)}/ already holds a pruned model; saving replaces the whole folder.")
+            replace = st.checkbox(f"Replace {ui.display_path(folder)}/", key=K_REPLACE_MODEL, value=False)
+            if not replace:
+                reason = reason or "Disabled: tick the box above to replace the saved model"
+        else:
+            reason = reason or (
+                f"Disabled: {ui.display_path(folder)} exists and is not a pruned folder diet-explore wrote; choose another name"
+            )
+            st.warning(reason.removeprefix("Disabled: ") + ".")
+    if st.button(
+        f"Prune and save model to {ui.display_path(folder)}/", key=K_SAVE_MODEL, disabled=reason is not None, help=reason
+    ):
         atomic.check_writable(export_dir, f"export folder ({S.EXPORT_DIR_ENV})", folder=True)  # before the model loads
         with st.status("Pruning…", expanded=True) as status:
-            name_or_path = ui.model_name_for(cache)
             ui.check_model_installed(name_or_path)
             status.write(f"Loading {name_or_path}…")
             model, tokenizer, _ = loaders.dense_model(name_or_path, "auto")
             status.write(f"Pruning to {result.n_keep} of {result.hidden_size} hidden dims…")
             pruned = prune_model(model, result.keep)  # a copy: the shared model is untouched
-            status.write(f"Saving to {ui.display_path(export_dir / name)}…")
-            folder = save_pruned(
-                pruned, tokenizer, export_dir / name, mask_file=mask_file, overwrite=True, source_model=name_or_path
-            )
-            status.update(label=f"Saved {ui.display_path(folder)}", state="complete")
+            status.write(f"Saving to {ui.display_path(folder)}…")
+            saved = save_pruned(pruned, tokenizer, folder, mask_file=mask_file, overwrite=replace, source_model=name_or_path)
+            status.update(label=f"Saved {ui.display_path(saved)}/ ({ui.saved_size(saved)})", state="complete")
+        st.success(f"Saved {ui.display_path(saved)}/ ({ui.saved_size(saved)} on disk)")
 
     st.markdown("**Reproduce**")
     st.markdown("Rebuild this mask from the same cache:")
-    st.code(mask_command(ui.display_path(loaded.path), config, f"{name}.json"), language="bash")
-    st.markdown("Evaluate the saved pruned model with lm-evaluation-harness:")
-    st.code(lm_eval_command(ui.display_path(export_dir / name), list(cache.task_names)), language="bash")
+    st.code(mask_command(ui.display_path(loaded.path), config, f"{name}.json"), language="bash", wrap_lines=True)
+    registry = load_registry()
+    known = [t for t in cache.task_names if t in registry]
+    unknown = [t for t in cache.task_names if t not in registry]
+    if known:
+        st.markdown("Evaluate the saved pruned model with lm-evaluation-harness:")
+        st.code(lm_eval_command(ui.display_path(folder), known, registry=registry), language="bash", wrap_lines=True)
+    if unknown:  # tasks from a --task-file: lm-eval knows them only from a task config of its own
+        st.caption(
+            f"Not in this task registry: {', '.join(unknown)} (profiled from a --task-file). Start the app with "
+            "DIET_EXPLORE_TASKS=<that file> to include them, and give lm-eval a task config for each."
+        )

@@ -26,6 +26,8 @@ with st.expander("How to use", expanded=False):
         "6. **Export**: download the mask, save a pruned model, copy the commands that reproduce it.\n\n"
         "Settings survive page switches and are in the URL: copy the address bar to share the view."
     )
+with st.expander("Glossary", expanded=False):
+    st.markdown("\n".join(f"- **{term}**: {ui.HELP[key]}" for term, key in ui.GLOSSARY))
 
 with ui.shown_errors():
     loaded = ui.require_cache()
@@ -33,7 +35,8 @@ with ui.shown_errors():
     m = cache.manifest
     model = m["model"]
     st.subheader(f"Cache `{ui.display_path(loaded.path)}`")
-    c = st.columns(5)
+    # the model's name gets the width it needs (in a fifth of the page "smollm2-135m" was cut to "smollm2-…")
+    c = st.columns([3, 1, 1, 1, 1.4])
     c[0].metric("Model", cache.model_name)
     c[1].metric("Hidden size", cache.hidden_size)
     c[2].metric("Layers", cache.num_layers)

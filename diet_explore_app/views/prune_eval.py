@@ -17,28 +17,17 @@ from diet_explore.evaluation.evaluate import EvalConfig
 from diet_explore.experiments.runs import runs_frame
 from diet_explore.experiments.tuning import PruneEvalJob
 from diet_explore.masking.build import MaskConfig
-from diet_explore_app import jobs_ui, loaders, state
+from diet_explore_app import jobs_ui, loaders, state, tables
 from diet_explore_app import widgets as ui
 
 K_TASKS, K_LIMIT, K_PPL, K_PPL_WINDOWS, K_RUN = "pe_tasks", "pe_limit", "pe_ppl", "pe_ppl_windows", "pe_run"
 K_WATCH = "_pe_job"
 K_VS = "pe_vs"
 BASELINES = ("random", "magnitude", "wiki")
-SHOW_COLUMNS = [
-    "n",
-    "metric",
-    "dense_acc",
-    "pruned_acc",
-    "dense_acc_norm",
-    "pruned_acc_norm",
-    "delta_main",
-    "delta_main_ci_low",
-    "delta_main_ci_high",
-]
 
 
 def _ppl(value: float | None) -> str:
-    return f"{value:.2f}" if value is not None else "not finite"  # the run store keeps inf/NaN as null
+    return f"{value:,.2f}" if value is not None else "not finite"  # the run store keeps inf/NaN as null
 
 
 def _ci(entry: dict[str, Any] | None, scale: float = 1.0, fmt: str = "+.3f") -> str:
@@ -146,11 +135,14 @@ def show_run(last: dict[str, Any]) -> None:
         delta_color="off",
         delta_arrow="off",
     )
-    m[1].metric(
-        "Perplexity (dense → pruned)",
-        f"{_ppl(last['dense_ppl'])} → {_ppl(last['pruned_ppl'])}"
-        if "dense_ppl" in last and (last["dense_ppl"], last["pruned_ppl"]) != (None, None)
-        else "off",
+    ppl_on = "dense_ppl" in last and (last["dense_ppl"], last["pruned_ppl"]) != (None, None)
+    m[1].metric(  # the pruned value, the dense one beside it: "29.36 → 62.12" was cut off in a fifth of the page
+        "Perplexity (pruned)",
+        _ppl(last["pruned_ppl"]) if ppl_on else "off",
+        delta=f"dense {_ppl(last['dense_ppl'])}" if ppl_on else None,
+        delta_color="off",
+        delta_arrow="off",
+        help="Held-out wiki perplexity, 128-token windows",
     )
     m[2].metric(
         "Parameters",
@@ -173,24 +165,20 @@ def show_run(last: dict[str, Any]) -> None:
         delta_color="off",
         delta_arrow="off",
     )
-    table = pd.DataFrame(
-        [{k: v for k, v in r.items() if k != "examples"} for r in last["task_results"]]
-        + [
-            {
-                "task": "average",
-                "metric": "main",
-                "dense_main": last["dense_avg"],
-                "pruned_main": last["pruned_avg"],
-                "delta_main": last["delta_avg"],
-                "delta_main_ci_low": lo,
-                "delta_main_ci_high": hi,
-            }
-        ]
-    ).set_index("task")
-    st.dataframe(table[[c for c in SHOW_COLUMNS if c in table]], key="pe_results")
+    average = {
+        "n": sum(int(r["n"]) for r in last["task_results"]),
+        "dense": last["dense_avg"],
+        "pruned": last["pruned_avg"],
+        "delta": last["delta_avg"],
+        "ci_low": lo,
+        "ci_high": hi,
+    }
+    table = tables.format_results_table(last["task_results"], average)
+    st.dataframe(tables.results_styler(table), hide_index=True, key="pe_results")
     st.caption(
-        "acc: argmax log-likelihood; acc_norm: per-character; main = acc_norm for HellaSwag/ARC/OpenBookQA, "
-        "acc elsewhere. Δ = pruned − dense on the same examples, with a paired 95% CI."
+        "Dense, Pruned, Δ and the 95% CI are each task's main metric (highlighted). "
+        + ui.HELP["acc"]
+        + " Δ = pruned − dense on the same examples, with a paired 95% CI."
     )
 
 
@@ -252,11 +240,19 @@ with ui.shown_errors():
     p2.number_input("Perplexity windows (128 tokens)", 1, 512, step=4, **state.kw(K_PPL_WINDOWS), disabled=not state.get(K_PPL))
 
     name = ui.model_name_for(cache)
-    ui.check_model_installed(name)  # DietError with the install command when the weights are missing
+    problem = ui.model_problem(name)  # e.g. weights not installed: an info box with the install command
+    reason = ui.show_model_problem(problem) if problem else None
     jobs_store = jobs_ui.store()
-    jobs_ui.warm_worker(jobs_store, name)
+    if reason is None:
+        jobs_ui.warm_worker(jobs_store, name)
 
-    if st.button("Prune and evaluate", key=K_RUN, type="primary", help="runs in the background: you can switch pages"):
+    if st.button(
+        "Prune and evaluate",
+        key=K_RUN,
+        type="primary",
+        disabled=reason is not None,
+        help=reason or "runs in the background: you can switch pages",
+    ):
         if not state.get(K_TASKS):
             raise DietError("no task selected", "pick at least one task to evaluate")
         eval_config = EvalConfig(
@@ -295,5 +291,6 @@ with ui.shown_errors():
     if history.empty:
         st.caption("No runs yet.")
     else:
+        st.dataframe(tables.format_history_table(history), hide_index=True, key="pe_history")
         st.plotly_chart(plots.run_history(history, x="sparsity", y="delta_avg"), key="pe_history_plot")
         st.page_link("views/history.py", label="Compare runs on the History page", icon=":material/history:")

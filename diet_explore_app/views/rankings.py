@@ -8,12 +8,13 @@ import streamlit as st
 
 from diet_explore import plots
 from diet_explore.core.errors import DietError
-from diet_explore.masking.importance import aggregate_scores
 from diet_explore.masking.selection import keep_count, rank_dims, top_k_mask
+from diet_explore.masking.vote import passes_vote, vote_share
 from diet_explore_app import loaders, state
+from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
-K_TASK, K_TOP_N, K_DIMS = "rank_task", "rank_top_n", "rank_dims"
+K_TASK, K_TOP_N, K_DIMS, K_FIT = "rank_task", "rank_top_n", "rank_dims", "rank_fit_colours"
 
 
 def parse_dims(text: str, hidden_size: int) -> list[int]:
@@ -30,51 +31,71 @@ def parse_dims(text: str, hidden_size: int) -> list[int]:
     return list(dict.fromkeys(dims))
 
 
+@st.fragment
+def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last_k: int, n_keep: int, tau: float) -> None:
+    """Top and bottom dims of one task and the layer heatmap: their own widgets (task, table size,
+    dims) rerun only this part of the page, not the curves, distributions and correlations."""
+    cache, pre = loaded.cache, loaded.pre
+    with ui.shown_errors():
+        state.default(K_TASK, cache.task_names[0])
+        state.default(K_TOP_N, 10)
+        state.default(K_DIMS, "")
+        c1, c2 = st.columns(2)
+        task = c1.selectbox("Task", tasks, **state.sel_kw(K_TASK, tasks))
+        top_n = int(c2.number_input("Dims in the tables", 1, 200, step=1, **state.kw(K_TOP_N)))
+        s = scores[task]
+        order = rank_dims(s)
+        in_top = top_k_mask(pre.matrix(cache.task_names, site, agg, last_k), n_keep)  # (T, D) kept per task
+        weights = np.array([float(state.get(S.weight_key(t), 1.0)) for t in cache.task_names])  # (T,)
+        share = vote_share(in_top, weights)  # (D,) the vote's weighted share of tasks keeping each dim
+        kept = passes_vote(share, tau)
+
+        def table(idx: np.ndarray, start_rank: int) -> pd.DataFrame:
+            return pd.DataFrame(
+                {
+                    "rank": np.arange(start_rank, start_rank + idx.size),
+                    "dim": idx,
+                    "score": np.round(s[idx], 5),
+                    "task weight keeping it": np.round(share[idx], 3),
+                    f"kept by the vote (τ = {tau:g})": kept[idx],
+                }
+            )
+
+        st.caption(
+            "*task weight keeping it*: the share of the total task weight whose tasks keep the dim at this sparsity "
+            "(a weight-0 task counts for nothing); the vote keeps a dim when that share reaches τ."
+        )
+        t1, t2 = st.columns(2)
+        t1.markdown(f"**Top {top_n}** ({task})")
+        t1.dataframe(table(order[:top_n], 1), hide_index=True, key="rank_top_table")
+        t2.markdown(f"**Bottom {top_n}** ({task})")
+        t2.dataframe(table(order[-top_n:], cache.hidden_size - order[-top_n:].size + 1), hide_index=True, key="rank_bottom_table")
+
+        st.text_input(
+            "Dimensions for the layer heatmap (empty: this task's top dims)", **state.kw(K_DIMS), placeholder="e.g. 12, 407, 530"
+        )
+        dims = parse_dims(state.get(K_DIMS), cache.hidden_size) or order[: min(top_n, 40)].tolist()
+        if task in cache.tasks:
+            st.plotly_chart(plots.layer_dim_heatmap(cache.layer_scores(task, site), dims, task), key="rank_layer_heatmap")
+
+
 st.title("Rankings")
 with ui.shown_errors():
     loaded = ui.require_cache()
     cache, pre = loaded.cache, loaded.pre
     tasks = list(cache.tasks)  # evaluation tasks and generic text
+    ui.vote_settings(cache)
     site, agg, last_k = ui.score_controls(cache)
-    scores = {t: aggregate_scores(pre, t, site, agg, last_k) for t in tasks}  # (D,) each
-    n_keep = keep_count(cache.hidden_size, float(state.get("sparsity")))
+    sparsity, tau = float(state.get(S.KEY_SPARSITY)), float(state.get(S.KEY_THRESHOLD))
+    scores = loaders.task_scores(loaded.path, loaded.sha, site, agg, last_k)  # (D,) each
+    n_keep = keep_count(cache.hidden_size, sparsity)
 
-    st.plotly_chart(plots.sorted_score_curves(scores, cutoff_rank=n_keep), key="rank_curves")
-    st.caption(f"Dashed line: the {n_keep} dims each task keeps at sparsity {state.get('sparsity'):.2f}.")
+    st.plotly_chart(loaders.score_curves_figure(loaded.path, loaded.sha, site, agg, last_k, n_keep), key="rank_curves")
+    st.caption(f"Dashed line: the {n_keep} dims each task keeps at sparsity {sparsity:.2f}.")
 
-    state.default(K_TASK, cache.task_names[0])
-    state.default(K_TOP_N, 10)
-    state.default(K_DIMS, "")
-    c1, c2 = st.columns(2)
-    task = c1.selectbox("Task", tasks, **state.sel_kw(K_TASK, tasks))
-    top_n = int(c2.number_input("Dims in the tables", 1, 200, step=1, **state.kw(K_TOP_N)))
-    s = scores[task]
-    order = rank_dims(s)
-    in_top = top_k_mask(pre.matrix(cache.task_names, site, agg, last_k), n_keep)  # (T, D) kept per task
+    dim_tables(loaded, tasks, scores, site, agg, last_k, n_keep, tau)
 
-    def table(idx: np.ndarray, start_rank: int) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "rank": np.arange(start_rank, start_rank + idx.size),
-                "dim": idx,
-                "score": np.round(s[idx], 5),
-                "tasks keeping it": in_top[:, idx].sum(0),
-            }
-        )
-
-    t1, t2 = st.columns(2)
-    t1.markdown(f"**Top {top_n}** ({task})")
-    t1.dataframe(table(order[:top_n], 1), hide_index=True, key="rank_top_table")
-    t2.markdown(f"**Bottom {top_n}** ({task})")
-    t2.dataframe(table(order[-top_n:], cache.hidden_size - order[-top_n:].size + 1), hide_index=True, key="rank_bottom_table")
-
-    st.text_input(
-        "Dimensions for the layer heatmap (empty: this task's top dims)", **state.kw(K_DIMS), placeholder="e.g. 12, 407, 530"
-    )
-    dims = parse_dims(state.get(K_DIMS), cache.hidden_size) or order[: min(top_n, 40)].tolist()
-    if task in cache.tasks:
-        st.plotly_chart(plots.layer_dim_heatmap(cache.layer_scores(task, site), dims, task), key="rank_layer_heatmap")
-
-    st.plotly_chart(plots.score_distributions(scores), key="rank_distributions")
-    corr = loaders.spearman_for(loaded.path, loaded.sha, tuple(tasks), site, agg, last_k)
-    st.plotly_chart(plots.correlation_heatmap(corr, tasks), key="rank_correlation")
+    st.plotly_chart(loaders.score_distributions_figure(loaded.path, loaded.sha, site, agg, last_k), key="rank_distributions")
+    fit = ui.colour_range_toggle(K_FIT)
+    corr = loaders.correlation_figure(loaded.path, loaded.sha, tuple(tasks), site, agg, last_k, fit)
+    st.plotly_chart(corr, key="rank_correlation")

@@ -1,0 +1,183 @@
+"""Hostile command lines from the hardening run (#17): each gets one clear line and exit code 2,
+before any work is done or any file is written; never a traceback."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from diet_explore.cli import main
+from diet_explore.masking.build import MaskConfig, build_mask, mask_overlap
+from diet_explore.masking.maskfile import mask_file_from_result, save_mask
+from diet_explore.profiling.cache import BASELINES_FILE, load_cache
+
+LONG = "n" * 300  # one name over the 255-byte limit
+
+
+def _run(argv, capsys) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, (argv, err)
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def mask_path(synthetic_cache_dir, tmp_path):
+    cache = load_cache(synthetic_cache_dir)
+    return save_mask(mask_file_from_result(build_mask(cache, MaskConfig()), cache), tmp_path / "mask.json")
+
+
+# -------------------------------------------------------------------------------- negative seeds
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["mask", "--method", "random", "--seed", "-1", "--out", "{tmp}/m.json"],
+        ["stability", "--seed", "-1", "--resamples", "5"],
+    ],
+)
+def test_a_negative_mask_seed_is_refused(synthetic_cache_dir, tmp_path, capsys, command):
+    argv = [a.format(tmp=tmp_path) for a in command[:1]] + ["--cache", str(synthetic_cache_dir)]
+    argv += [a.format(tmp=tmp_path) for a in command[1:]]
+    assert "--seed must be a whole number ≥ 0, got -1" in _run(argv, capsys)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_eval_with_a_negative_seed_is_refused_before_a_model_loads(tmp_path, capsys):
+    err = _run(["eval", "--model", str(tmp_path / "no-model"), "--seed", "-1"], capsys)
+    assert "--seed must be a whole number ≥ 0, got -1" in err
+
+
+def test_compare_with_a_negative_seed_writes_nothing(synthetic_cache_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    for flag in ("--mask-seed", "--seed"):
+        argv = ["compare", "--cache", str(synthetic_cache_dir), "--out", str(out), "--runs", str(tmp_path / "runs"), flag, "-1"]
+        assert f"{flag} must be a whole number ≥ 0, got -1" in _run(argv, capsys)
+        assert not out.exists()  # config.json and results.jsonl were written before the seed failed
+
+
+# -------------------------------------------------------------------------------- names over 255 bytes
+@pytest.mark.parametrize(
+    "command, what",
+    [
+        (["mask", "--cache", "{cache}", "--out", "{tmp}/{long}.json"], "--out"),
+        (["mask", "--cache", "{tmp}/{long}", "--out", "{tmp}/m.json"], "cache folder"),
+        (["agreement", "--cache", "{tmp}/{long}"], "cache folder"),
+        (["prune", "--mask", "{mask}", "--out", "{tmp}/{long}"], "output folder"),
+        (["prune", "--mask", "{tmp}/{long}.json", "--out", "{tmp}/pruned"], "mask file"),
+        (["profile", "--tasks", "rte", "--samples", "2", "--out", "{tmp}/{long}"], "--out"),
+        (["eval", "--model", "{tmp}/{long}"], "--model"),
+        (["eval", "--model", "{tmp}/no-model", "--cache", "{tmp}/{long}"], "cache folder"),
+        (["eval", "--model", "{tmp}/no-model", "--predictions", "{tmp}/{long}.jsonl"], "--predictions"),
+        (["compare", "--cache", "{cache}", "--out", "{tmp}/{long}"], "--out"),
+    ],
+)
+def test_a_name_over_255_bytes_is_one_clear_line(synthetic_cache_dir, mask_path, tmp_path, capsys, command, what):
+    argv = [a.format(cache=synthetic_cache_dir, tmp=tmp_path, long=LONG, mask=mask_path) for a in command]
+    err = _run(argv, capsys)
+    assert f"error: {what} " in err and re.search(r"is 30[056] bytes long; a file or folder name is at most 255 bytes", err)
+    assert LONG not in err  # the value is named, shortened, not pasted whole
+
+
+def test_a_name_close_to_the_limit_still_writes(synthetic_cache_dir, tmp_path):
+    """The temporary sibling of a 250-byte name would not fit in 255 bytes itself: it is shortened."""
+    out = tmp_path / ("m" * 245 + ".json")
+    assert main(["mask", "--cache", str(synthetic_cache_dir), "--npy", "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, out.with_suffix(".npy").name])
+
+
+# -------------------------------------------------------------------------------- damaged mask files
+@pytest.mark.parametrize("field, value", [("kept_indices", [0, 1, 10**30]), ("hidden_size", 10**30)])
+def test_a_mask_with_a_huge_number_is_refused(mask_path, tmp_path, capsys, field, value):
+    data = json.loads(mask_path.read_text())
+    data[field] = value
+    mask_path.write_text(json.dumps(data))
+    err = _run(["prune", "--model", str(tmp_path / "no-model"), "--mask", str(mask_path), "--out", str(tmp_path / "p")], capsys)
+    assert str(10**30) in err and "rebuild" in err
+
+
+# -------------------------------------------------------------------------------- resamples that cannot fit
+def test_stability_refuses_resamples_that_cannot_fit_before_allocating(synthetic_cache_dir, capsys):
+    err = _run(["stability", "--cache", str(synthetic_cache_dir), "--resamples", "100000000"], capsys)
+    assert "100,000,000 resamples of 7 task(s) × 576 dims need about" in err and "GiB is free" in err
+    assert "use at most" in err
+    err = _run(["stability", "--cache", str(synthetic_cache_dir), "--resamples", "10", "--curve-resamples", "100000000"], capsys)
+    assert "100,000,000 resamples" in err
+
+
+# -------------------------------------------------------------------------------- smaller defects
+def test_a_weight_on_a_task_that_does_not_vote_is_refused(app_cache_root, tmp_path, capsys):
+    alpha = app_cache_root / "alpha"  # seven tasks and a generic wikitext set
+    err = _run(["mask", "--cache", str(alpha), "--weights", "wikitext=3", "--out", str(tmp_path / "m.json")], capsys)
+    assert "weight given for 'wikitext', generic text, which does not vote" in err
+    err = _run(
+        ["mask", "--cache", str(alpha), "--tasks", "boolq,rte", "--weights", "hellaswag=2", "--out", str(tmp_path / "m.json")],
+        capsys,
+    )
+    assert "weight given for 'hellaswag', not among the voting tasks (boolq, rte)" in err
+    assert main(["mask", "--cache", str(alpha), "--weights", "boolq=2,rte=0", "--out", str(tmp_path / "m.json")]) == 0
+
+
+def test_stability_counts_that_name_nothing(synthetic_cache_dir, capsys):
+    for counts in ("", ","):
+        assert "names no sample count" in _run(["stability", "--cache", str(synthetic_cache_dir), "--counts", counts], capsys)
+    argv = ["stability", "--cache", str(synthetic_cache_dir), "--resamples", "5", "--counts", "500", "--curve-resamples", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Empty DataFrame" not in out and "no point: every --counts value was skipped" in out
+    assert "note: skipped n=500: the tasks have 40 samples" in out
+
+
+@pytest.mark.parametrize("values", [{"weight_magnitude": np.float32("nan")}, {"weight_magnitude": None}])
+def test_baselines_with_nan_or_non_float_arrays_are_refused(synthetic_cache_dir, tmp_path, values):
+    from safetensors.numpy import save as st_save
+
+    from diet_explore.core.errors import DietError
+
+    folder = tmp_path / "cache"
+    shutil.copytree(synthetic_cache_dir, folder)
+    cache = load_cache(folder)
+    arr = np.array(cache.baselines["weight_magnitude"])
+    if values["weight_magnitude"] is None:
+        arr = arr.astype(np.int64)  # a whole-number array: the profile writes float32
+    else:
+        arr[:5] = np.nan
+    manifest = json.loads((folder / "manifest.json").read_text())
+    blob = st_save({"weight_magnitude": arr})
+    (folder / BASELINES_FILE).write_bytes(blob)
+    import hashlib
+
+    manifest["baselines"]["sha256"] = hashlib.sha256(blob).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DietError, match="weight_magnitude (contains NaN|has shape .*int64)"):
+        load_cache(folder)
+
+
+def test_the_magnitude_mask_of_a_valid_cache_keeps_the_largest_weights(synthetic_cache_dir):
+    cache = load_cache(synthetic_cache_dir)
+    res = build_mask(cache, MaskConfig(method="magnitude", sparsity=0.25))
+    order = np.argsort(-cache.baselines["weight_magnitude"], kind="stable")
+    assert mask_overlap(res.keep, np.isin(np.arange(576), order[: res.n_keep]))["n_diff"] == 0
+
+
+def test_eval_cache_that_is_a_file_is_refused_before_the_evaluation(tiny_cache_root, tmp_path, capsys):
+    model = tiny_cache_root.parent / "models" / "tiny-llama"
+    (tmp_path / "afile").write_text("")
+    argv = ["eval", "--model", str(model), "--tasks", "rte", "--limit", "1", "--no-perplexity", "--device", "cpu"]
+    rc = main([*argv, "--eval-cache", str(tmp_path / "afile")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "--eval-cache" in err and "is not a folder" in err
+    assert "evaluating" not in out  # refused before the model loaded, not after its evaluation
+
+
+def test_repeated_eval_tasks_are_evaluated_and_named_once(tiny_cache_root, capsys):
+    model = tiny_cache_root.parent / "models" / "tiny-llama"
+    argv = ["eval", "--model", str(model), "--tasks", "rte,rte", "--limit", "1", "--no-perplexity", "--device", "cpu"]
+    assert main([*argv, "--no-eval-cache"]) == 0
+    out = capsys.readouterr().out
+    assert "--tasks rte --batch_size" in out and "rte,rte" not in out
+    assert sum(line.startswith("rte ") for line in out.splitlines()) == 1

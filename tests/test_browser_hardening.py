@@ -1,0 +1,202 @@
+"""In a real headless Chromium (Playwright): what only a browser shows. After fast key presses the
+page ends on the numbers of the last one and never shows old numbers without an "updating" sign;
+nothing is cut off; log axes carry readable labels.
+
+Uses the repository's caches when cache/ has one, else the synthetic test caches (as the e2e test).
+Missing Chromium/Playwright skips locally but fails when CI=true.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from app_helpers import (
+    APP,
+    CHROME_ARGS,
+    CHROMIUM,
+    WAIT_MS,
+    arr,
+    build_cache_root,
+    goto_page,
+    idle,
+    metric,
+    require_browser,
+    start_app_server,
+)
+
+from diet_explore.masking.selection import keep_count
+from diet_explore.profiling.cache import list_caches, load_cache
+
+pytestmark = pytest.mark.browser
+
+ROOT = APP.parents[1]
+
+# In every animation frame: the sparsity shown, the metric shown, and whether an update is visibly
+# under way (Streamlit's running icon, the app's "Updating…" badge, or the metric faded).
+SAMPLER = """([label]) => { const S = window.__samples = [];
+  const sign = (el) => {
+    if (document.querySelector('[data-testid="stStatusWidgetRunningIcon"]')) return true;
+    if (getComputedStyle(document.querySelector('.stApp'), '::after').content.includes('Updating')) return true;
+    let o = 1; for (let e = el; e && e.nodeType === 1; e = e.parentElement) o *= parseFloat(getComputedStyle(e).opacity);
+    return o < 0.95;
+  };
+  const tick = () => { if (window.__samples !== S) return;
+    const m = [...document.querySelectorAll('[data-testid="stMetric"]')].find(e => e.innerText.includes(label));
+    const th = [...document.querySelectorAll('[data-testid="stSlider"]')].find(e => e.innerText.includes('Sparsity'));
+    S.push({t: performance.now(), v: m ? m.querySelector('[data-testid="stMetricValue"]').innerText.trim() : null,
+            s: th ? th.querySelector('[data-testid="stSliderThumbValue"]').innerText.trim() : null, sign: m ? sign(m) : false});
+    requestAnimationFrame(tick); };
+  requestAnimationFrame(tick); }"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    require_browser()
+    tmp = tmp_path_factory.mktemp("browser-hardening")
+    real_root = ROOT / "cache"
+    cache_root = real_root if list_caches(real_root) else build_cache_root(tmp / "caches")
+    extra = {
+        "DIET_EXPLORE_CACHE_DIR": str(cache_root),
+        "DIET_EXPLORE_EXPORT_DIR": str(tmp / "export"),
+        "DIET_EXPLORE_RUNS_DIR": str(tmp / "runs"),
+    }
+    _seed_run_store(tmp / "runs")  # so Prune & evaluate shows its history table
+    with start_app_server(tmp, extra) as url:
+        yield {"url": url, "cache_root": cache_root}
+
+
+def _seed_run_store(root: Path) -> None:
+    from diet_explore.experiments.runs import RunStore, run_record
+
+    rows = [
+        {"task": "rte", "n": 50, "metric": "acc", "dense_main": 0.64, "pruned_main": 0.52, "delta_main": -0.12,
+         "delta_main_ci_low": -0.31, "delta_main_ci_high": 0.07},
+    ]  # fmt: skip
+    record = run_record(
+        source="app", model="smollm2-135m", method="diet", sparsity=0.2483, n_keep=433, tasks=["rte"], limit=50,
+        dense_avg=0.64, pruned_avg=0.52, delta_avg=-0.12, delta_avg_ci=(-0.31, 0.07), dense_ppl=29.36,
+        pruned_ppl=62.12, wall_time_s=41.5, task_results=rows,
+    )  # fmt: skip
+    RunStore(root).save(record)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
+        context = browser.new_context(viewport={"width": 1440, "height": 1600})
+        pg = context.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(server["url"], wait_until="domcontentloaded")
+        pg.get_by_role("heading", name="diet-explore").first.wait_for(timeout=WAIT_MS)
+        idle(pg)
+        yield pg
+        browser.close()
+        assert not errors, errors
+
+
+def _cache(server):
+    from diet_explore_app import settings as S
+
+    return load_cache(S.default_cache(list_caches(Path(server["cache_root"]))))
+
+
+def _settled(page, label: str, expected: str) -> None:
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while time.monotonic() < deadline:
+        if metric(page, label) == expected:
+            idle(page)
+            if metric(page, label) == expected:
+                return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"{label} is {metric(page, label)!r}, expected {expected!r}")
+
+
+def test_fast_key_presses_end_on_the_last_value_and_never_show_old_numbers_without_a_sign(server, page):
+    from diet_explore.masking.agreement import prune_matrix
+    from diet_explore.masking.selection import jaccard
+
+    cache = _cache(server)
+    d = cache.hidden_size
+    expected = {f"{i / 100:.2f}": str(d - keep_count(d, i / 100)) for i in range(91)}
+    goto_page(page, "Agreement")
+    slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
+    slider.focus()
+    start = float(slider.input_value())
+    page.evaluate(SAMPLER, ["Pruned per task"])
+    for _ in range(3):  # three bursts of six presses, 40 ms apart: the reruns pile up behind each other
+        for _ in range(6):
+            slider.press("ArrowRight")
+            page.wait_for_timeout(40)
+        page.wait_for_timeout(300)
+    final = round(start + 0.18, 2)
+    _settled(page, "Pruned per task", expected[f"{final:.2f}"])
+    samples = page.evaluate("() => { const s = window.__samples; window.__samples = null; return s; }")
+    # no stale value remains: the last frame shows the numbers of the last press, and so does the heatmap
+    assert samples[-1]["s"] == f"{final:.2f}" and samples[-1]["v"] == expected[f"{final:.2f}"]
+    heat = page.wait_for_function(
+        """(part) => { for (const el of document.querySelectorAll('.js-plotly-plot')) {
+             const t = (el.layout && el.layout.title && (el.layout.title.text || el.layout.title)) || '';
+             const conv = v => v == null ? null : ArrayBuffer.isView(v) ? Array.from(v) : Array.isArray(v) ? v.map(conv) : v;
+             if (String(t).includes(part)) return conv(el.data[0].z); } return null; }""",
+        arg=f"at sparsity {final:.2f}",
+        timeout=WAIT_MS,
+    ).json_value()
+    prune = prune_matrix(cache, final)
+    assert np.allclose(arr(heat).astype(float), jaccard(prune[:, None], prune[None]))
+    # and in no frame was a number shown for another slider value than the one shown, without a sign
+    bad = [(a["s"], a["v"]) for a in samples if expected.get(a["s"]) != a["v"] and not a["sign"]]
+    assert not bad, f"{len(bad)} frames of old numbers with no update sign, e.g. {bad[:3]}"
+    assert any(not a["sign"] for a in samples[-5:])  # and the sign is gone once the page is current
+
+
+def _cut_off(page) -> list[str]:
+    """Text that does not fit its box in the main area: anything shown with an ellipsis (metric
+    values, widget labels), select values (their input scrolls), code lines (a horizontal scroll
+    bar), and tables wider than their frame."""
+    return page.evaluate(
+        """() => {
+          const out = [];
+          const main = document.querySelector('[data-testid="stMain"]');
+          const shown = e => e.offsetParent !== null;  // not in a folded expander
+          for (const e of main.querySelectorAll('*')) {
+            if (!shown(e) || e.scrollWidth <= e.clientWidth + 1) continue;
+            if (getComputedStyle(e).textOverflow === 'ellipsis') out.push(`text: ${e.innerText.trim().slice(0, 60)}`);
+          }
+          for (const e of main.querySelectorAll('input[role="combobox"]'))
+            if (shown(e) && e.scrollWidth > e.clientWidth + 1) out.push(`select: ${e.value}`);
+          for (const e of main.querySelectorAll('[data-testid="stCode"] pre'))
+            if (shown(e) && e.scrollWidth > e.clientWidth + 1) out.push(`code: ${e.innerText.slice(0, 60)}`);
+          for (const f of main.querySelectorAll('[data-testid="stDataFrame"]')) {
+            const s = f.querySelector('.dvn-scroller');
+            if (s && shown(s) && s.scrollWidth > s.clientWidth + 1) out.push(`table: ${f.innerText.slice(0, 60)}`);
+          }
+          return out; }"""
+    )
+
+
+@pytest.mark.parametrize("title", ["Overview", "Rankings", "Agreement", "Mask builder", "Prune & evaluate", "Export"])
+def test_nothing_is_cut_off(server, page, title):
+    goto_page(page, title)
+    idle(page)
+    assert _cut_off(page) == []
+
+
+def test_log_axes_are_labelled_by_powers_of_ten(server, page):
+    goto_page(page, "Rankings")
+    ticks = page.wait_for_function(
+        """() => { for (const el of document.querySelectorAll('.js-plotly-plot')) {
+             const t = (el.layout && el.layout.title && (el.layout.title.text || el.layout.title)) || '';
+             if (String(t).includes('Sorted dimension scores')) {
+               const labels = [...el.querySelectorAll('.ytick text')].map(e => e.textContent);
+               return labels.length ? labels : null; } } return null; }""",
+        timeout=WAIT_MS,
+    ).json_value()
+    values = [float(t.replace("\u2212", "-").replace("μ", "e-6").replace("m", "e-3").replace("k", "e3")) for t in ticks]
+    assert len(values) >= 2 and all(np.isclose(np.log10(v), round(np.log10(v))) for v in values), ticks

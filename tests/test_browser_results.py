@@ -1,0 +1,79 @@
+"""The Results page and the Mask builder's live proxy in a real headless Chromium (``diet-explore app``).
+
+Opens the Results page from the sidebar, checks that every committed sweep's paper-style table and
+curves are drawn (the curves carry one line per method), and that the Mask builder shows the proxy
+table; screenshots the Results page (into docs/screenshots/ when DIET_EXPLORE_SCREENSHOTS is set, as
+`make screenshots` does). Missing Chromium/Playwright skips locally but fails when CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from app_helpers import APP, CHROME_ARGS, CHROMIUM, DOCS_RESULTS, WAIT_MS, goto_page, idle, require_browser, start_app_server
+
+from diet_explore.experiments.reports import RESULTS_DIR_ENV, list_sweeps, load_sweep, sweep_name
+
+pytestmark = pytest.mark.browser
+SCREENSHOTS = Path(os.environ["DIET_EXPLORE_SCREENSHOTS"]) if os.environ.get("DIET_EXPLORE_SCREENSHOTS") else None
+
+
+def _line_names(page, title_part: str) -> list[str]:
+    handle = page.wait_for_function(
+        """(part) => {
+            for (const el of document.querySelectorAll('.js-plotly-plot')) {
+                const t = (el.layout && el.layout.title && (el.layout.title.text || el.layout.title)) || '';
+                if (String(t).includes(part)) return el.data.filter(d => d.mode === 'lines+markers').map(d => d.name);
+            }
+            return null;
+        }""",
+        arg=title_part,
+        timeout=WAIT_MS,
+    )
+    return handle.json_value()
+
+
+def test_the_results_page_draws_every_committed_sweep(tmp_path):
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    sweeps = list_sweeps(DOCS_RESULTS)
+    assert sweeps, "no committed sweep under docs/results"
+    env = {
+        "DIET_EXPLORE_CACHE_DIR": str(APP.parents[1] / "cache"),
+        "DIET_EXPLORE_EXPORT_DIR": str(tmp_path / "export"),
+        "DIET_EXPLORE_RUNS_DIR": str(tmp_path / "runs"),
+        RESULTS_DIR_ENV: str(DOCS_RESULTS),
+    }
+    with start_app_server(tmp_path, env) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
+        page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_role("heading", name="diet-explore").first.wait_for(timeout=WAIT_MS)
+        idle(page)
+        goto_page(page, "Mask builder")
+        page.get_by_text("Live proxy", exact=False).first.wait_for(timeout=WAIT_MS)
+        page.get_by_text("kept_energy", exact=False).first.wait_for(timeout=WAIT_MS)
+        goto_page(page, "Results")
+        for i, path in enumerate(sweeps):
+            sweep = load_sweep(path)
+            if i:  # the first sweep is open already
+                page.locator('[data-testid="stSelectbox"]').filter(has_text="Sweep").first.click()
+                page.get_by_role("option", name=sweep_name(path), exact=True).click()
+                idle(page)
+            page.get_by_text("Paper-style table", exact=True).wait_for(timeout=WAIT_MS)
+            page.locator('[data-testid="stDataFrame"]').nth(1).wait_for(timeout=WAIT_MS)  # paper-style and DIET-minus tables
+            assert sorted(_line_names(page, "Δ average main metric")) == sorted(sweep.methods())
+            assert _line_names(page, "perplexity")  # the perplexity curve is drawn too
+            if i == len(sweeps) - 1:
+                idle(page)
+                folder = SCREENSHOTS or tmp_path / "screenshots"
+                folder.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(folder / "results.png"), full_page=True)
+                assert (folder / "results.png").stat().st_size > 10_000
+        browser.close()
+    assert not errors, errors

@@ -1,0 +1,203 @@
+"""Sweep reports from result rows (committed or growing) and the Results page that shows them."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from app_helpers import DOCS_RESULTS, chart_by_key, metrics, run_page
+
+from diet_explore.core.errors import DietError
+from diet_explore.evaluation.metrics import PAIRED_METRICS, paired_examples, paired_proportion_delta, task_paired
+from diet_explore.evaluation.scoring import ChoiceScores
+from diet_explore.experiments.reports import (
+    RESULTS_DIR_ENV,
+    curve_frame,
+    list_sweeps,
+    load_sweep,
+    markdown_table,
+    paper_cells,
+    results_frame,
+    sweep_name,
+    versus_cells,
+    versus_table,
+)
+from diet_explore.experiments.results import NOT_RECORDED, row_paired, task_row
+from diet_explore.tasks.registry import resolve_tasks
+
+COMMITTED = list_sweeps(DOCS_RESULTS)
+SPECS = {s.name: s for s in resolve_tasks("rte,hellaswag,winogrande")}
+
+
+@pytest.fixture(autouse=True)
+def _committed_sweeps(monkeypatch):
+    """The committed sweeps of this checkout, also when the library runs from a copy (tools/mutants.py)."""
+    monkeypatch.setenv(RESULTS_DIR_ENV, str(DOCS_RESULTS))
+
+
+def _row(key: str, method: str, sparsity: float, scores: dict[str, list[ChoiceScores]], ppl: float | None = 30.0):
+    """A results row as ``compare`` writes it (``task_row`` of real ``ChoiceScores``)."""
+    from diet_explore.evaluation.metrics import task_result
+    from diet_explore.experiments.results import add_average
+
+    tasks = {t: task_row(task_result(SPECS[t], s), s) for t, s in scores.items()}
+    row = {"key": key, "method": method, "sparsity": sparsity, "n_keep": int(64 * (1 - sparsity)), "tasks": tasks, "ppl": ppl}
+    add_average(row)
+    return row
+
+
+@pytest.fixture(scope="module")
+def grown_sweep(tmp_path_factory):
+    """A sweep folder with per-example log-likelihoods: dense, diet and random at 0.25, wiki still to run."""
+    rng = np.random.default_rng(4)
+    dense = {}
+    for t in SPECS:
+        dense[t] = []
+        for i in range(30):
+            texts = ["a" * int(rng.integers(1, 20)) for _ in range(4)]
+            texts = [texts[0]] * 2 if t == "winogrande" else texts[:2] if t == "rte" else texts
+            dense[t].append(
+                ChoiceScores(
+                    t,
+                    i,
+                    list(-rng.uniform(1, 30, len(texts))),
+                    [False] * len(texts),
+                    [2] * len(texts),
+                    int(rng.integers(0, len(texts))),
+                    texts,
+                )
+            )
+
+    def noisy(scale):
+        return {
+            t: [
+                ChoiceScores(
+                    t, s.doc_id, [x + scale * rng.normal() for x in s.lls], s.is_greedy, s.n_tokens, s.gold, s.choice_texts
+                )
+                for s in v
+            ]
+            for t, v in dense.items()
+        }
+
+    rows = [
+        _row("dense", "dense", 0.0, dense, 20.0),
+        _row("diet@0.25", "diet", 0.25, noisy(1.0), 40.0),
+        _row("random@0.25", "random", 0.25, noisy(8.0), 900.0),
+    ]
+    folder = tmp_path_factory.mktemp("sweep") / "grown"
+    folder.mkdir()
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {"model": "tiny", "cache": "cache/x", "methods": ["diet", "random", "wiki"], "sparsities": [0.25], "limit": 30}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "verdict.md").write_text("**DIET keeps more of the gold log-likelihood than random here.**\n")
+    return folder, rows, dense
+
+
+# ------------------------------------------------------------------- reports from rows
+def test_rows_with_examples_give_every_paired_metric_recomputed_from_them(grown_sweep):
+    folder, rows, dense = grown_sweep
+    sweep = load_sweep(folder)
+    assert sweep.name == "grown" and sweep.verdict.startswith("**DIET") and sweep.methods() == ["diet", "random"]
+    got = sweep.vs_dense()["diet@0.25"]
+    again = paired_examples(
+        {t: v["examples"] for t, v in rows[0]["tasks"].items()}, {t: v["examples"] for t, v in rows[1]["tasks"].items()}, SPECS
+    )
+    assert got == again
+    assert got["average"]["gold_ll_per_char"]["delta"] is not None and got["tasks"]["winogrande"]["acc_norm"]["delta"] is None
+    diff = versus_table(sweep).splitlines()[2]
+    assert diff.startswith("| 0.25 | diet − random | 48 |")
+    ref = row_paired(rows[1], rows[2])["average"]
+    assert f"{100 * ref['main']['delta']:+.1f} [{100 * ref['main']['ci_low']:+.1f}, {100 * ref['main']['ci_high']:+.1f}]" in diff
+    assert f"{ref['gold_ll_per_char']['delta']:+.3f} [" in diff
+    md = markdown_table(sweep)
+    assert "agreement [95% CI]" in md and "Δ gold LL/char [95% CI]" in md and md.count("\n| 0.25 |") == 2
+    frame = results_frame(sweep)
+    avg = frame[(frame["method"] == "diet") & (frame["task"] == "average")].iloc[0]
+    assert avg["delta_gold_ll_per_char"] == pytest.approx(got["average"]["gold_ll_per_char"]["delta"])
+    assert avg["delta"] == pytest.approx(got["average"]["main"]["delta"]) and avg["ppl"] == 40.0
+    curve = curve_frame(sweep, "gold_ll_per_char")
+    assert list(curve["method"]) == ["diet", "diet", "random", "random"] and list(curve["sparsity"]) == [0.0, 0.25, 0.0, 0.25]
+    assert curve["value"].iloc[0] == 0.0 and math.isnan(curve["ci_low"].iloc[0])  # the dense point has no interval
+    assert curve["value"].iloc[1] == pytest.approx(got["average"]["gold_ll_per_char"]["delta"])
+    own = curve_frame(sweep, "main")  # the model's own average, ± 1.96 stderr of a mean over independent tasks
+    se = [np.std(v["correct"], ddof=1) / np.sqrt(len(v["correct"])) for v in rows[1]["tasks"].values()]
+    half = 1.959964 * np.sqrt(np.sum(np.square(se))) / len(se)
+    diet = own[(own["method"] == "diet") & (own["sparsity"] == 0.25)].iloc[0]
+    assert (diet["ci_low"], diet["ci_high"]) == pytest.approx((100 * (rows[1]["avg"] - half), 100 * (rows[1]["avg"] + half)))
+    ppl = curve_frame(sweep, "ppl")
+    assert list(ppl["value"]) == [20.0, 40.0, 20.0, 900.0]
+
+
+def test_older_rows_without_log_likelihoods_give_the_main_metric_only():
+    sweep = load_sweep(DOCS_RESULTS / "compare-smollm2-135m.results.jsonl")
+    dense, diet = sweep.dense, next(r for r in sweep.rows if r["key"] == "diet@0.1")
+    paired = sweep.vs_dense()["diet@0.1"]
+    for t, part in diet["tasks"].items():
+        main = paired["tasks"][t]["main"]
+        assert (main["delta"], main["ci_low"], main["ci_high"]) == pytest.approx(
+            paired_proportion_delta(dense["tasks"][t]["correct"], part["correct"])
+        )
+        assert paired["tasks"][t]["agreement"]["note"] == NOT_RECORDED
+    assert paired["average"]["gold_ll_per_char"]["delta"] is None and not sweep.has_examples()
+    assert curve_frame(sweep, "gold_ll_per_char").empty
+    assert "agreement" not in markdown_table(sweep)
+
+
+def test_a_bad_sweep_path_is_one_clear_error(tmp_path):
+    with pytest.raises(DietError, match="is not a sweep") as err:
+        load_sweep(tmp_path)
+    assert "compare --out" in err.value.hint
+    (tmp_path / "results.jsonl").write_text('{"cut": \n')
+    with pytest.raises(DietError, match="holds no finished result"):
+        load_sweep(tmp_path)
+
+
+def test_task_paired_reads_rows_and_scores_alike(grown_sweep):
+    _, rows, dense = grown_sweep
+    a = task_paired(rows[0]["tasks"]["rte"]["examples"], rows[1]["tasks"]["rte"]["examples"], SPECS["rte"])
+    assert set(a) == {*PAIRED_METRICS, "main"} and a["acc"]["n"] == 30
+
+
+# ------------------------------------------------------------------- the page
+@pytest.mark.parametrize("path", COMMITTED, ids=[sweep_name(p) for p in COMMITTED])
+def test_the_results_page_renders_the_committed_sweeps(app, path):
+    at = run_page(app.run(), "results")
+    at.selectbox(key="rs_sweep").select(sweep_name(path)).run()
+    assert not at.exception and not at.error
+    sweep = load_sweep(path)
+    paper, versus = at.dataframe[0].value, at.dataframe[1].value
+    head, cells = paper_cells(sweep)
+    assert list(paper.columns) == head and paper.values.tolist() == cells  # the library's cells, as they are
+    head, cells = versus_cells(sweep)
+    assert list(versus.columns) == head and versus.values.tolist() == cells
+    m = metrics(at)
+    assert m["Model"] == sweep.config["model"] and m["Runs"].startswith(str(len(sweep.pruned)))
+    main = chart_by_key(at, "rs_curve_main")
+    names = {t.get("name") for t in main["data"] if t.get("mode") == "lines+markers"}
+    assert names == set(sweep.methods())
+    assert chart_by_key(at, "rs_curve_ppl")["layout"]["yaxis"]["type"] == "log"
+    at.radio(key="rs_main_curve").set_value("the model's own (unpaired CI)").run()
+    assert "Average main metric" in chart_by_key(at, "rs_curve_main")["layout"]["title"]["text"]
+
+
+def test_the_results_page_follows_a_sweep_folder_with_its_verdict(app, grown_sweep, tmp_path):
+    folder, rows, _ = grown_sweep
+    live = tmp_path / "live"
+    shutil.copytree(folder, live)
+    at = run_page(app.run(), "results")
+    at.selectbox(key="rs_sweep").select("Other folder…").run()
+    at.text_input(key="rs_sweep_path").input(str(live)).run()
+    assert not at.exception and not at.error
+    assert any("DIET keeps more" in m.value for m in at.markdown)
+    assert any("2 of 3 runs finished" in i.value for i in at.info)
+    assert chart_by_key(at, "rs_curve_gold_ll")
+    more = dict(rows[2], key="wiki@0.25", method="wiki")
+    with open(live / "results.jsonl", "a") as f:  # the sweep finishes a run: the page shows it on the next rerun
+        f.write(json.dumps(more) + "\n")
+    at.run()
+    assert metrics(at)["Runs"] == "3 / 3" and not at.info
+    at.text_input(key="rs_sweep_path").input(str(tmp_path / "nowhere")).run()
+    assert not at.exception and at.error and "is not a sweep" in at.error[0].value

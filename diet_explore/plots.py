@@ -321,8 +321,19 @@ def stability_histogram(keep_frequency: np.ndarray, bins: int = 40) -> go.Figure
     return fig
 
 
-def run_history(runs: pd.DataFrame, x: str = "sparsity", y: str = "delta_avg", color: str | None = "model") -> go.Figure:
-    """Scatter of stored runs (e.g. sparsity vs. mean accuracy delta), hover shows the run id."""
+SPARSITY_RANGE = (0.0, 0.9)  # the app's sparsity slider: plots over sparsity keep this axis, so runs compare by eye
+
+
+def run_history(
+    runs: pd.DataFrame,
+    x: str = "sparsity",
+    y: str = "delta_avg",
+    color: str | None = "method",
+    ci: tuple[str, str] = ("ci_low", "ci_high"),
+) -> go.Figure:
+    """Stored runs (e.g. sparsity vs the mean main-metric delta), one line per ``color`` value
+    (method), with the runs' 95% CIs (``ci`` columns, when present) as error bars; over sparsity
+    the axis is fixed to ``SPARSITY_RANGE``. Hover shows the run id."""
     fig = go.Figure()
     runs = runs.dropna(subset=[c for c in (x, y) if c in runs]) if not runs.empty else runs
     if runs.empty or x not in runs or y not in runs:
@@ -335,13 +346,33 @@ def run_history(runs: pd.DataFrame, x: str = "sparsity", y: str = "delta_avg", c
     for name, g in groups:
         g = g.sort_values(x)
         hover = g["run_id"].astype(str) if "run_id" in g else None
+        bars = None
+        if all(c in g for c in ci):
+            lo, hi = (pd.to_numeric(g[c], errors="coerce") for c in ci)
+            bars = dict(
+                type="data",
+                symmetric=False,
+                array=(hi - g[y]).fillna(0).clip(lower=0),
+                arrayminus=(g[y] - lo).fillna(0).clip(lower=0),
+                visible=True,
+                thickness=1,
+                width=3,
+            )
         fig.add_trace(
             go.Scatter(
-                x=g[x], y=g[y], mode="markers", name=str(name), text=hover, hovertemplate="%{text}: %{x}, %{y:.4f}<extra></extra>"
+                x=g[x],
+                y=g[y],
+                mode="lines+markers",
+                name=str(name),
+                text=hover,
+                error_y=bars,
+                hovertemplate="%{text}: %{x}, %{y:.4f}<extra></extra>",
             )
         )
     fig.add_hline(y=0, line_color="grey", line_dash="dot")
-    fig.update_layout(title=f"Run history: {y} vs {x}", xaxis_title=x, yaxis_title=y, **_LAYOUT)
+    fig.update_layout(title=f"Run history: {y} vs {x} (95% CI)", xaxis_title=x, yaxis_title=y, **_LAYOUT)
+    if x == "sparsity":
+        fig.update_xaxes(range=list(SPARSITY_RANGE))
     return fig
 
 

@@ -36,6 +36,8 @@ PAGES = [
     st.Page("views/mask_builder.py", title="Mask builder", icon=":material/tune:", url_path="mask_builder"),
     st.Page("views/dimension.py", title="Dimension", icon=":material/search:", url_path="dimension"),
     st.Page("views/prune_eval.py", title="Prune & evaluate", icon=":material/science:", url_path="prune_eval"),
+    st.Page("views/sweep.py", title="Sweep", icon=":material/stacked_line_chart:", url_path="sweep"),
+    st.Page("views/history.py", title="History", icon=":material/history:", url_path="history"),
     st.Page("views/export.py", title="Export", icon=":material/download:", url_path="export"),
     st.Page("views/results.py", title="Results", icon=":material/insights:", url_path="results"),
 ]

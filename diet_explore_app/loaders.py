@@ -173,12 +173,6 @@ def dense_model(name: str, device: str):
     return load_model(name, device=device)
 
 
-@st.cache_resource(show_spinner=False)
-def dense_memo() -> dict:
-    """Dense results this server already computed, shared by every session (``tuning.evaluate_dense``)."""
-    return {}
-
-
 @st.cache_data(show_spinner=False)
 def saveable_multiple(name: str) -> int | None:
     """The kept-count multiple ``name``'s config needs to save a pruned folder (None: unknown without

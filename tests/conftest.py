@@ -14,6 +14,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Evaluation results are never read from or written to the user's cache (subprocesses inherit this)
 os.environ.setdefault("DIET_EXPLORE_EVAL_CACHE", tempfile.mkdtemp(prefix="diet-explore-eval-cache-"))
+# A job worker the app starts for a test's run store exits after a minute idle, not the default 30
+os.environ.setdefault("DIET_EXPLORE_WORKER_IDLE_S", "60")
 
 
 @pytest.fixture(autouse=True)

@@ -1,12 +1,22 @@
-"""AppTest of Prune & evaluate and of saving a pruned model, on a tiny random llama profiled into a
-real score cache (the model folder is named in the cache's manifest)."""
+"""AppTest of Prune & evaluate (a background job), of the Sweep and History pages, and of saving a
+pruned model, on a tiny random llama profiled into a real score cache (the model folder is named
+in the cache's manifest).
+
+The page only submits and renders jobs; the work runs in the library's worker process (a child of
+the test process). To look at a job mid-run, a test pauses that process with SIGSTOP (its pid is
+in the store's worker.json) and resumes it with SIGCONT."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
-from app_helpers import APP, TIMEOUT, metrics, run_page
+from app_helpers import APP, TIMEOUT, arr, chart_by_key, metrics, run_page
+from job_helpers import paired, scored, stop_workers, wait_job, worker_pid
 
+from diet_explore.experiments.jobs import JobStore
 from diet_explore.masking.build import MaskConfig, build_mask
 from diet_explore.profiling.cache import load_cache
 
@@ -19,7 +29,8 @@ def tiny_app(monkeypatch, tmp_path, tiny_cache_root, clear_st_caches):
     monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(tiny_cache_root))
     monkeypatch.setenv("DIET_EXPLORE_EXPORT_DIR", str(dirs["export"]))
     monkeypatch.setenv("DIET_EXPLORE_RUNS_DIR", str(dirs["runs"]))
-    return AppTest.from_file(str(APP), default_timeout=TIMEOUT), dirs
+    yield AppTest.from_file(str(APP), default_timeout=TIMEOUT), dirs
+    stop_workers(JobStore(dirs["runs"]))
 
 
 @pytest.fixture(scope="module")
@@ -27,27 +38,63 @@ def tiny(tiny_cache_root):
     return load_cache(tiny_cache_root / "tiny")
 
 
-def run_tiny_eval(at, sparsity: float, limit: int):
-    """Set the sparsity on the Mask builder, then prune and evaluate on RTE (no perplexity)."""
+def new_session():
+    """Another browser tab, or the same one reloaded: a fresh session on the same server."""
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+
+
+def start_tiny_eval(at, sparsity: float, limit: int, tasks=("rte",)):
+    """Set the sparsity on the Mask builder, then queue Prune and evaluate (no perplexity)."""
     at = run_page(at.run(), "mask_builder")
     at.slider(key="sparsity").set_value(sparsity).run()
     run_page(at, "prune_eval")
     at.number_input(key="pe_limit").set_value(limit).run()
-    at.multiselect(key="pe_tasks").set_value(["rte"]).run()
+    at.multiselect(key="pe_tasks").set_value(list(tasks)).run()
     at.toggle(key="pe_ppl").set_value(False).run()
-    at.button(key="pe_run").click().run(timeout=300)
+    at.button(key="pe_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
     return at
 
 
-def test_prune_and_evaluate_matches_the_library_and_is_stored(tiny_app, tiny):
+def only_job(dirs) -> dict:
+    (job,) = JobStore(dirs["runs"]).jobs()
+    return job
+
+
+def finish(at, dirs, job_id: str | None = None):
+    """Wait for the job to end and show the page again."""
+    store = JobStore(dirs["runs"])
+    wait_job(store, job_id or only_job(dirs)["job_id"], ("done", "failed", "stopped"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def frame_with(at, column):
+    """The first table on the page with ``column`` (AppTest does not expose a dataframe's key)."""
+    for d in at.dataframe:
+        if column in d.value.columns:
+            return d.value
+    raise AssertionError(f"no table with a column {column!r}: {[list(d.value.columns) for d in at.dataframe]}")
+
+
+def texts(at) -> str:
+    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.warning, *at.info])
+
+
+def test_prune_and_evaluate_runs_as_a_job_and_shows_the_run_the_library_computes(tiny_app, tiny):
     from diet_explore.evaluation.evaluate import EvalConfig, evaluate_pair
     from diet_explore.experiments.runs import RunStore
     from diet_explore.models.loading import load_model
     from diet_explore.pruning.slicing import count_parameters, prune_model
 
     at, dirs = tiny_app
-    at = run_tiny_eval(at, sparsity=0.25, limit=4)
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    at = start_tiny_eval(at, sparsity=0.25, limit=4)
+    assert "**queued**" in texts(at) or "**running**" in texts(at)  # the click returns at once
+    at = finish(at, dirs)
+    assert not at.error, [e.value for e in at.error]
 
     result = build_mask(tiny, MaskConfig(sparsity=0.25))
     dense, tok, _ = load_model(tiny.model_name, device="cpu")
@@ -58,7 +105,7 @@ def test_prune_and_evaluate_matches_the_library_and_is_stored(tiny_app, tiny):
 
     from diet_explore_app.tables import interval, number
 
-    table = at.dataframe[0].value.set_index("Task")  # plain headers, every cell formatted once
+    table = frame_with(at, "Main metric").set_index("Task")  # plain headers, every cell formatted once
     row = expected.loc["rte"]
     assert table.loc["rte", "n"] == "4" and table.loc["rte", "Main metric"] == "acc"
     assert table.loc["rte", "Dense"] == number(row["dense_main"]) and table.loc["rte", "Pruned"] == number(row["pruned_main"])
@@ -76,10 +123,115 @@ def test_prune_and_evaluate_matches_the_library_and_is_stored(tiny_app, tiny):
     run = runs[0]
     assert run["n_keep"] == result.n_keep and run["model"] == tiny.model_name and run["tasks"] == ["rte"]
     assert run["mask_config"] == MaskConfig(sparsity=0.25).to_dict()
-    assert run["cache_manifest_hash"] == tiny.manifest_hash
-    history = at.dataframe[1].value
+    assert run["cache_manifest_hash"] == tiny.manifest_hash and run["run_id"] == only_job(dirs)["run_id"]
+    assert list(arr(chart_by_key(at, "pe_history_plot")["data"][0]["y"])) == [pytest.approx(pair.average_delta()[0])]
+    history = frame_with(at, "Run")
     assert history["Run"].tolist() == [run["run_id"].rsplit("-", 1)[1]]
     assert history["Δ"].iloc[0] == number(pair.average_delta()[0], signed=True)
+
+
+def test_compare_with_a_baseline_scores_it_in_the_same_job_and_shows_the_paired_difference(tiny_app):
+    at, dirs = tiny_app
+    at = run_page(at.run(), "prune_eval")
+    at.multiselect(key="pe_vs").set_value(["random"]).run()
+    at = start_tiny_eval(at, sparsity=0.25, limit=4, tasks=("rte", "arc_easy"))
+    at = finish(at, dirs)
+    job = only_job(dirs)
+    assert job["status"] == "done" and "vs random" in job["label"], job.get("error")
+    versus = job["partial"]["others"]["random"]["versus"]["average"]
+    shown = metrics(at)
+    assert shown["Δ main metric vs random"] == f"{versus['main']['delta']:+.4f}"
+    assert shown["Δ gold LL/char vs random"] == f"{versus['gold_ll_per_char']['delta']:+.4f}"
+    runs = JobStore(dirs["runs"]).runs.records()
+    assert sorted(r["method"] for r in runs) == ["diet", "random"] and len({r["n_keep"] for r in runs}) == 1
+
+
+def test_a_running_job_survives_a_page_switch_a_reload_and_a_second_tab_and_then_shows_its_result(tiny_app):
+    at, dirs = tiny_app
+    at = start_tiny_eval(at, sparsity=0.25, limit=300, tasks=("arc_easy",))
+    store = JobStore(dirs["runs"])
+    job_id = only_job(dirs)["job_id"]
+    wait_job(store, job_id, lambda j: paired(j) > 0)
+    pid = worker_pid(store)
+    os.kill(pid, signal.SIGSTOP)  # hold it mid-run while we look
+    try:
+        at.run()
+        job = store.get(job_id)
+        assert job["status"] == "running" and 0 < scored(job) < 300
+        assert f"**Job {job_id}**" in texts(at) and "**running**" in texts(at)
+        assert at.get("progress")[0].proto.value == int(100 * job["progress"]["fraction"]) or at.get("progress")
+        shown = metrics(at)
+        assert shown["Examples scored (pruned)"] == f"{scored(job)} / 300"
+        assert shown["Mean Δ main metric so far"] == f"{job['partial']['average']['main']['delta']:+.4f}"
+        assert "Mean Δ main metric" not in shown  # not the final number yet
+
+        run_page(at, "mask_builder")  # the work is not the page's: switching away changes nothing
+        assert store.get(job_id)["status"] == "running"
+        run_page(at, "prune_eval")
+        assert f"**Job {job_id}**" in texts(at) and metrics(at)["Examples scored (pruned)"] == f"{scored(job)} / 300"
+
+        other = run_page(new_session().run(), "prune_eval")  # a reload, or a second tab: no session state
+        assert f"**Job {job_id}**" in texts(other) and "**running**" in texts(other)
+        assert metrics(other)["Mean Δ main metric so far"] == shown["Mean Δ main metric so far"]
+        assert len(store.jobs()) == 1  # looking at it queued nothing
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    for session in (at, other):
+        finish(session, dirs, job_id)
+        record = JobStore(dirs["runs"]).runs.load(store.get(job_id)["run_id"])
+        assert metrics(session)["Mean Δ main metric"] == f"{record['delta_avg']:+.4f}"
+        assert f"Run {record['run_id']}" in [h.value for h in session.subheader][0]
+
+
+def test_stop_on_the_page_keeps_the_partial_results_and_resume_finishes_the_run(tiny_app):
+    at, dirs = tiny_app
+    at = start_tiny_eval(at, sparsity=0.25, limit=300, tasks=("arc_easy",))
+    store = JobStore(dirs["runs"])
+    job_id = only_job(dirs)["job_id"]
+    wait_job(store, job_id, lambda j: scored(j) > 0)
+    at.run()
+    at.button(key="job_stop").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    job = wait_job(store, job_id, ("stopped", "done"))
+    assert job["status"] == "stopped", "the job finished before Stop was seen"
+    at.run()
+    assert "Partial results" in texts(at)
+    assert metrics(at)["Mean Δ main metric (partial)"] == f"{job['result']['average']['main']['delta']:+.4f}"
+    assert not store.runs.records()
+    at.button(key="job_resume").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    done = wait_job(store, job_id, ("done",))
+    at.run()
+    assert metrics(at)["Mean Δ main metric"] == f"{store.runs.load(done['run_id'])['delta_avg']:+.4f}"
+    assert len(store.runs.records()) == 1 and done["attempts"] == 2
+
+
+def test_an_interrupted_job_is_shown_so_and_resumes_from_the_page_to_the_numbers_of_an_uninterrupted_run(tiny_app, tmp_path):
+    from diet_explore.experiments.jobs import run_worker
+
+    at, dirs = tiny_app
+    at = start_tiny_eval(at, sparsity=0.25, limit=120, tasks=("arc_easy",))
+    store = JobStore(dirs["runs"])
+    job = only_job(dirs)
+    wait_job(store, job["job_id"], lambda j: scored(j) > 0)
+    os.kill(worker_pid(store), signal.SIGKILL)  # the server machine went down mid-run
+    wait_job(store, job["job_id"], ("interrupted",))
+    at = run_page(new_session().run(), "prune_eval")  # after the restart
+    assert "was interrupted" in texts(at) and "**interrupted**" in texts(at)
+    at.button(key="job_resume").click().run()
+    done = wait_job(store, job["job_id"], ("done",))
+    at.run()
+    resumed = store.runs.load(done["run_id"])
+
+    fresh = JobStore(tmp_path / "uninterrupted")
+    fresh.submit("prune_eval", job["config"], "the same, in one go")
+    run_worker(fresh, until_empty=True)
+    (reference,) = fresh.runs.records()
+    assert metrics(at)["Mean Δ main metric"] == f"{reference['delta_avg']:+.4f}"
+    assert resumed["delta_avg_ci"] == pytest.approx(reference["delta_avg_ci"])
+    assert resumed["paired"]["average"]["gold_ll_per_char"]["delta"] == pytest.approx(
+        reference["paired"]["average"]["gold_ll_per_char"]["delta"], abs=1e-6
+    )
 
 
 def test_missing_weights_name_the_install_command(tiny_app, monkeypatch):
@@ -108,6 +260,161 @@ def test_a_missing_model_folder_is_named_not_sent_to_an_install_command(tiny_app
     assert "models --install" not in at.error[0].value
 
 
+def test_a_model_that_fails_to_load_in_the_worker_is_an_error_box_and_the_history_is_intact(tiny_app, tiny_cache_root, tmp_path):
+    import shutil
+
+    from diet_explore.experiments.runs import RunStore
+
+    at, dirs = tiny_app
+    store = RunStore(dirs["runs"])
+    earlier = store.save({"source": "earlier", "model": "tiny", "method": "diet", "sparsity": 0.2, "delta_avg": -0.01})
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_cache_root.parent / "models" / "tiny-llama", broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"truncated")  # the config reads fine: only loading the weights fails
+    before = sorted((p.name, p.read_bytes()) for p in dirs["runs"].glob("*.json"))
+    at = run_page(at.run(), "prune_eval")
+    at.text_input(key="pe_model").input(str(broken)).run()
+    at.multiselect(key="pe_tasks").set_value(["rte"]).run()
+    at.button(key="pe_run").click().run()
+    at = finish(at, dirs)
+    assert only_job(dirs)["status"] == "failed"
+    assert at.error and "**failed**" in texts(at)
+    assert sorted((p.name, p.read_bytes()) for p in dirs["runs"].glob("*.json")) == before
+    assert [r["run_id"] for r in store.records()] == [earlier]
+
+
+def test_a_second_run_reuses_the_dense_results_even_after_a_restart(tiny_app):
+    import streamlit as st
+
+    from diet_explore.experiments.runs import RunStore
+
+    at, dirs = tiny_app
+    at = finish(start_tiny_eval(at, sparsity=0.25, limit=3), dirs)
+    first = only_job(dirs)
+    assert first["status"] == "done" and first["result"]["dense_reused"] is False
+    stop_workers(JobStore(dirs["runs"]))  # the server restarts: no worker, nothing in memory
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    at = finish(start_tiny_eval(new_session(), sparsity=0.5, limit=3), dirs, _newest(dirs))
+    second = JobStore(dirs["runs"]).get(_newest(dirs))
+    assert second["status"] == "done" and second["result"]["dense_reused"] is True
+    assert "Dense results reused" in texts(at)
+    a, b = sorted(RunStore(dirs["runs"]).records(), key=lambda r: r["n_keep"], reverse=True)
+    assert a["dense_avg"] == b["dense_avg"] and a["n_keep"] > b["n_keep"]
+
+
+def _newest(dirs) -> str:
+    return max(JobStore(dirs["runs"]).jobs(), key=lambda j: j["queue_seq"])["job_id"]
+
+
+def test_a_reprofiled_cache_changes_the_examples_so_the_dense_model_is_evaluated_again(
+    tiny_app, tiny_cache_root, tmp_path, monkeypatch
+):
+    """The page's config names the cache folder, not its contents: profiling it again with other
+    samples moves the held-out draw, and a dense result from the old draw must not be paired."""
+    import json
+    import shutil
+
+    from diet_explore.evaluation.evaluate import EvalConfig, eval_requests
+
+    root = tmp_path / "caches"
+    shutil.copytree(tiny_cache_root, root)
+    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(root))
+    at, dirs = tiny_app
+    at = finish(start_tiny_eval(at, sparsity=0.25, limit=3), dirs)
+    manifest_path = root / "tiny" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    held_out = eval_requests(EvalConfig(tasks=["rte"], limit=3, exclude_cache=str(root / "tiny")))["rte"]
+    ids = manifest["tasks"]["rte"]["sample_ids"]
+    manifest["tasks"]["rte"]["sample_ids"] = sorted([*ids[1:], held_out[0].doc_id])  # another calibration draw
+    manifest_path.write_text(json.dumps(manifest))
+    at.run()
+    at.button(key="pe_run").click().run()
+    at = finish(at, dirs, _newest(dirs))
+    second = JobStore(dirs["runs"]).get(_newest(dirs))
+    assert second["status"] == "done" and second["result"]["dense_reused"] is False
+    assert not any("Dense results reused" in str(m.value) for m in at.markdown)
+
+
+# --------------------------------------------------------------------------------------------
+# Sweep and History
+# --------------------------------------------------------------------------------------------
+def test_a_sweep_runs_as_a_job_and_draws_its_curves_from_its_results(tiny_app):
+    from diet_explore.experiments.reports import curve_frame
+    from diet_explore.experiments.results import read_results
+
+    at, dirs = tiny_app
+    at = run_page(at.run(), "sweep")
+    at.multiselect(key="sw_methods").set_value(["diet", "random"]).run()
+    at.multiselect(key="sw_sparsities").set_value([0.25, 0.5]).run()
+    at.multiselect(key="sw_tasks").set_value(["arc_easy"]).run()
+    at.number_input(key="sw_limit").set_value(4).run()
+    at.toggle(key="sw_ppl").set_value(False).run()
+    at.button(key="sw_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at = finish(at, dirs)
+    job = only_job(dirs)
+    assert job["type"] == "sweep" and job["status"] == "done", job.get("error")
+    rows = read_results(JobStore(dirs["runs"]).folder(job["job_id"]) / "sweep")
+    assert sorted(r["key"] for r in rows) == ["dense", "diet@0.25", "diet@0.5", "random@0.25", "random@0.5"]
+    for curve in ("main", "gold_ll_per_char"):
+        spec = chart_by_key(at, f"sw_curve_{curve}")
+        expected = curve_frame(rows, curve)
+        drawn = {tr["name"]: tr["y"] for tr in spec["data"] if tr.get("mode") == "lines+markers"}
+        assert sorted(drawn) == ["diet", "random"]
+        for method, g in expected.groupby("method"):
+            assert np.allclose(arr(drawn[method]).astype(float), g.sort_values("sparsity")["value"].to_numpy())
+    assert len([r for r in JobStore(dirs["runs"]).runs.records() if r["source"] == "compare"]) == 4
+
+
+def test_history_compares_picked_runs_side_by_side_and_pairs_them_on_shared_examples(tiny_app, tiny_cache_root):
+    from job_helpers import prune_eval_config
+
+    from diet_explore.experiments.jobs import run_worker
+
+    at, dirs = tiny_app
+    store = JobStore(dirs["runs"])
+    for s in (0.25, 0.5):
+        store.submit("prune_eval", prune_eval_config(tiny_cache_root, sparsity=s, limit=6, tasks=("rte", "arc_easy")), f"s{s}")
+    assert run_worker(store, until_empty=True) == 2
+    a, b = sorted(store.runs.records(), key=lambda r: r["sparsity"])
+    at = run_page(at.run(), "history")
+    table = frame_with(at, "threshold")
+    assert set(table["run_id"]) == {a["run_id"], b["run_id"]} and {"threshold", "weights", "site", "limit", "n_keep"} <= set(
+        table
+    )
+    assert at.get("download_button")
+    hist = chart_by_key(at, "hist_plot")
+    assert hist["layout"]["xaxis"]["range"] == [0.0, 0.9] and [tr["name"] for tr in hist["data"]] == ["diet"]
+    at.multiselect(key="hist_pick").set_value([a["run_id"], b["run_id"]]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "`sparsity`" in texts(at) and "`n_keep`" in texts(at)  # what differs
+    side = frame_with(at, (a["run_id"], "main"))
+    assert side.loc["rte", (a["run_id"], "main")] == pytest.approx(
+        next(r["pruned_main"] for r in a["task_results"] if r["task"] == "rte")
+    )
+    paired = frame_with(at, "shared examples")
+    # recomputed by hand: b's main-metric correctness minus a's, on the examples both scored
+    for task in ("rte", "arc_easy"):
+        ra = next(r for r in a["task_results"] if r["task"] == task)["examples"]["pruned"]
+        rb = next(r for r in b["task_results"] if r["task"] == task)["examples"]["pruned"]
+        assert ra["doc_id"] == rb["doc_id"]
+        norm = task == "arc_easy"  # its main metric is acc_norm
+        diff = _correct(rb, norm) - _correct(ra, norm)
+        assert paired.loc[task, "Δ main"] == pytest.approx(float(np.mean(diff)))
+        assert paired.loc[task, "shared examples"] == 6
+
+
+def _correct(ex: dict, norm: bool) -> np.ndarray:
+    """0/1 per example: the argmax of the log-likelihood (per character with ``norm``) is the gold answer."""
+    lls = np.array(ex["lls"], dtype=float) / (np.array(ex["chars"], dtype=float) if norm else 1.0)
+    return (lls.argmax(axis=1) == np.array(ex["gold"])).astype(float)
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
 def test_export_saves_a_loadable_pruned_model(tiny_app, tiny):
     from transformers import AutoModelForCausalLM
 
@@ -144,111 +451,3 @@ def test_export_of_an_unsaveable_kept_count_is_an_error_box(tiny_app):
     assert not at.exception
     assert at.error and "multiple" in at.error[0].value
     assert not (dirs["export"] / at.text_input(key="export_name").value).exists()
-
-
-def test_a_failure_midway_is_an_error_box_and_the_history_is_intact(tiny_app, monkeypatch):
-    import diet_explore.experiments.tuning as tuning
-    from diet_explore.experiments.runs import RunStore
-
-    at, dirs = tiny_app
-    store = RunStore(dirs["runs"])
-    earlier = store.save({"source": "earlier", "model": "tiny", "method": "diet", "sparsity": 0.2, "delta_avg": -0.01})
-    before = sorted((p.name, p.read_bytes()) for p in dirs["runs"].iterdir())
-
-    def dies_midway(dense, pruned, tokenizer, config, progress=None, dense_result=None):
-        progress(0.4, "rte")
-        raise RuntimeError("CUDA out of memory (simulated)")
-
-    monkeypatch.setattr(tuning, "evaluate_pair", dies_midway)
-    at = run_page(at.run(), "prune_eval")
-    at.multiselect(key="pe_tasks").set_value(["rte"]).run()
-    at.button(key="pe_run").click().run(timeout=300)
-    assert not at.exception
-    assert at.error and "failed midway: RuntimeError: CUDA out of memory (simulated)" in at.error[0].value
-    assert sorted((p.name, p.read_bytes()) for p in dirs["runs"].iterdir()) == before
-    assert at.dataframe[-1].value["Run"].tolist() == [earlier.rsplit("-", 1)[1]]  # history still lists the earlier run
-
-
-@pytest.fixture
-def evaluated(monkeypatch) -> list[int]:
-    """The hidden size of every model evaluate_model runs on, in order."""
-    import diet_explore.evaluation.evaluate as evaluate
-    import diet_explore.experiments.tuning as tuning
-
-    calls: list[int] = []
-    real = evaluate.evaluate_model
-
-    def counting(model, *a, **k):
-        calls.append(model.config.hidden_size)
-        return real(model, *a, **k)
-
-    monkeypatch.setattr(evaluate, "evaluate_model", counting)  # the pruned model (evaluate_pair)
-    monkeypatch.setattr(tuning, "evaluate_model", counting)  # the dense model (tuning.evaluate_dense)
-    return calls
-
-
-def test_a_second_run_on_the_same_examples_reuses_the_dense_results(tiny_app, evaluated):
-    from diet_explore.experiments.runs import RunStore
-
-    calls = evaluated
-    at, dirs = tiny_app
-    at = run_tiny_eval(at, sparsity=0.25, limit=3)
-    assert len(calls) == 2 and calls[0] == 64 and calls[1] < 64  # dense, then the pruned copy
-    run_page(at, "mask_builder")
-    at.slider(key="sparsity").set_value(0.5).run()
-    run_page(at, "prune_eval")
-    at.button(key="pe_run").click().run(timeout=300)
-    assert not at.exception and not at.error, [e.value for e in at.error]
-    assert len(calls) == 3 and calls[2] < calls[1]  # only the new, smaller pruned copy
-    assert any("Dense results reused" in str(m.value) for m in at.markdown)
-    first, second = sorted(RunStore(dirs["runs"]).records(), key=lambda r: r["n_keep"], reverse=True)
-    assert (first["n_keep"], second["n_keep"]) == (calls[1], calls[2])
-    assert first["dense_avg"] == second["dense_avg"]
-
-
-def test_after_a_restart_the_dense_results_come_from_the_disk_cache(tiny_app, evaluated):
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
-    calls = evaluated
-    at, _ = tiny_app
-    first = run_tiny_eval(at, sparsity=0.25, limit=3)
-    assert not first.exception and not first.error and calls == [64, calls[1]]
-    st.cache_data.clear()
-    st.cache_resource.clear()  # a fresh app process: nothing in memory
-    again = run_tiny_eval(AppTest.from_file(str(APP), default_timeout=TIMEOUT), sparsity=0.25, limit=3)
-    assert not again.exception and not again.error, [e.value for e in again.error]
-    assert calls[2:] == [calls[1]]  # only the pruned copy was evaluated
-    assert any(
-        "Dense results reused" in str(m.value) and "(evaluation cache, computed 20" in str(m.value) for m in again.markdown
-    )
-    assert first.dataframe[-1].value.iloc[0]["Dense"] == again.dataframe[-1].value.iloc[0]["Dense"]
-
-
-def test_a_reprofiled_cache_changes_the_examples_so_the_dense_model_is_evaluated_again(
-    tiny_app, evaluated, tiny_cache_root, tmp_path, monkeypatch
-):
-    """The page's config names the cache folder, not its contents: profiling it again with other
-    samples moves the held-out draw, and a dense result from the old draw must not be paired."""
-    import json
-    import shutil
-
-    from diet_explore.evaluation.evaluate import EvalConfig, eval_requests
-
-    calls = evaluated
-    root = tmp_path / "caches"
-    shutil.copytree(tiny_cache_root, root)
-    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(root))
-    at, _ = tiny_app
-    at = run_tiny_eval(at, sparsity=0.25, limit=3)
-    assert not at.exception and not at.error and len(calls) == 2
-    manifest_path = root / "tiny" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    held_out = eval_requests(EvalConfig(tasks=["rte"], limit=3, exclude_cache=str(root / "tiny")))["rte"]
-    ids = manifest["tasks"]["rte"]["sample_ids"]
-    manifest["tasks"]["rte"]["sample_ids"] = sorted([*ids[1:], held_out[0].doc_id])  # another calibration draw
-    manifest_path.write_text(json.dumps(manifest))
-    at.button(key="pe_run").click().run(timeout=300)
-    assert not at.exception and not at.error, [e.value for e in at.error]
-    assert calls[2:] == [64, calls[1]]  # the dense model again, on the new held-out examples
-    assert not any("Dense results reused" in str(m.value) for m in at.markdown)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import pytest
 
 from diet_explore import plots
 from diet_explore.masking.agreement import upset_overlaps, vote_counts
@@ -153,12 +154,31 @@ def test_run_history():
     runs = pd.DataFrame(
         {"run_id": ["r1", "r2", "r3"], "model": ["m", "m", "n"], "sparsity": [0.1, 0.2, 0.1], "delta_avg": [-0.01, -0.05, 0.0]}
     )
-    fig = plots.run_history(runs)
+    fig = plots.run_history(runs, color="model")
     assert [tr.name for tr in fig.data] == ["m", "n"]
     assert list(fig.data[0].y) == [-0.01, -0.05]
 
 
+def test_run_history_draws_one_line_per_method_with_ci_bars_on_a_fixed_sparsity_axis():
+    runs = pd.DataFrame(
+        {
+            "run_id": ["r1", "r2", "r3"],
+            "method": ["diet", "random", "diet"],
+            "sparsity": [0.2, 0.1, 0.1],
+            "delta_avg": [-0.05, -0.10, -0.02],
+            "ci_low": [-0.08, -0.14, -0.03],
+            "ci_high": [-0.01, -0.06, 0.00],
+        }
+    )
+    fig = plots.run_history(runs)
+    assert [tr.name for tr in fig.data] == ["diet", "random"] and fig.data[0].mode == "lines+markers"
+    assert list(fig.data[0].x) == [0.1, 0.2] and list(fig.data[0].y) == [-0.02, -0.05]  # sorted along the line
+    assert list(fig.data[0].error_y.array) == pytest.approx([0.02, 0.04])  # ci_high - delta
+    assert list(fig.data[0].error_y.arrayminus) == pytest.approx([0.01, 0.03])  # delta - ci_low
+    assert tuple(fig.layout.xaxis.range) == (0.0, 0.9)
+
+
 def test_run_history_keeps_runs_without_a_model():
     runs = pd.DataFrame({"run_id": ["r1", "r2"], "model": ["m", None], "sparsity": [0.1, 0.2], "delta_avg": [-0.01, -0.05]})
-    fig = plots.run_history(runs)
+    fig = plots.run_history(runs, color="model")
     assert sorted(tr.name for tr in fig.data) == ["?", "m"] and sum(len(tr.x) for tr in fig.data) == 2

@@ -15,7 +15,20 @@ from diet_explore import __version__
 from diet_explore.core.errors import DietError
 
 # Adding a command = one module with register(subparsers) + one name here.
-COMMAND_MODULES = ["models", "tasks", "profile", "mask", "agreement", "stability", "dim", "prune", "eval", "compare", "app"]
+COMMAND_MODULES = [
+    "models",
+    "tasks",
+    "profile",
+    "mask",
+    "agreement",
+    "stability",
+    "dim",
+    "prune",
+    "eval",
+    "compare",
+    "jobs",
+    "app",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ import numpy as np
 
 from diet_explore.core.config import JsonConfig, check_seed
 from diet_explore.core.errors import DietError
+from diet_explore.evaluation.blocks import ScoreLog, StopCheck, Stopped, Unit, score_blocks
 from diet_explore.evaluation.evalcache import CachedEval, EvalCache
 from diet_explore.evaluation.metrics import MAIN, PAIRED_METRICS, TaskResult, average_stderr, paired_metrics, task_result
 from diet_explore.evaluation.parallel import default_workers
@@ -164,24 +165,69 @@ def evaluate_model(
     progress: Progress | None = None,
     model_name: str | None = None,
     requests: dict[str, list[Request]] | None = None,
+    **blocks: Any,
 ) -> EvalResult:
-    """Score the held-out examples of every task (and wiki perplexity) with one model."""
+    """Score the held-out examples of every task (and wiki perplexity) with one model, in blocks
+    interleaved across tasks (``blocks.py``; ``log``, ``on_block`` and ``should_stop`` go there)."""
+    name = model_name or str(getattr(model.config, "_name_or_path", "") or "model")
+    return evaluate_models({name: model}, tokenizer, config, progress, requests, **blocks)[name]
+
+
+def evaluate_models(
+    models: dict[str, Any],
+    tokenizer,
+    config: EvalConfig,
+    progress: Progress | None = None,
+    requests: dict[str, list[Request]] | None = None,
+    *,
+    log: ScoreLog | None = None,
+    on_block: Callable[[Unit, list[ChoiceScores]], None] | None = None,
+    should_stop: StopCheck | None = None,
+) -> dict[str, EvalResult]:
+    """Score the same held-out examples with several models (label -> model, one tokenizer), their
+    blocks interleaved (block 0 of each, block 1 of each, ...), so paired numbers between them
+    exist from the first block; then each model's wiki perplexity. ``log`` keeps finished blocks
+    (a resume reuses them); ``on_block`` sees each; ``should_stop`` can stop between forward
+    passes (``blocks.Stopped``). A result's wall time is its share of the scoring time (by its
+    forward passes' time) plus its own perplexity time."""
     start = time.perf_counter()
     report = progress or (lambda f, m: None)
     requests = requests if requests is not None else eval_requests(config)
-    flat = [r for reqs in requests.values() for r in reqs]
     share = 0.85 if config.perplexity else 1.0
     # the wiki windows first: too many asked for is an error before minutes of scoring, not after
     windows = heldout_wiki_windows(tokenizer, config.ppl_windows) if config.perplexity else None
-    scorer = LoglikelihoodScorer(model, tokenizer, batch_tokens=config.batch_tokens, workers=config.workers)
-    scores = scorer.score(flat, progress=lambda f, m: report(share * f, m))
-    ppl = None
-    if windows is not None:
-        report(share, "wiki perplexity")
-        ppl = perplexity(model, windows, bos_prefix(tokenizer), config.batch_size, config.workers)
+    scorers = {
+        label: LoglikelihoodScorer(model, tokenizer, batch_tokens=config.batch_tokens, workers=config.workers)
+        for label, model in models.items()
+    }
+    busy = dict.fromkeys(models, 0.0)
+    scores = score_blocks(
+        scorers,
+        requests,
+        log=log,
+        on_block=on_block,
+        should_stop=should_stop,
+        progress=lambda f, m: report(share * f, m),
+        busy=busy,
+    )
+    scored_s = time.perf_counter() - start
+    ppl: dict[str, float | None] = dict.fromkeys(models)
+    ppl_s = dict.fromkeys(models, 0.0)
+    for label, model in models.items():
+        if windows is not None:
+            if should_stop is not None and (why := should_stop()):
+                raise Stopped(why)
+            report(share, f"{label}: wiki perplexity" if len(models) > 1 else "wiki perplexity")
+            t0 = time.perf_counter()
+            ppl[label] = perplexity(model, windows, bos_prefix(tokenizer), config.batch_size, config.workers)
+            ppl_s[label] = time.perf_counter() - t0
     report(1.0, "done")
-    name = model_name or str(getattr(model.config, "_name_or_path", "") or "model")
-    return result_from_scores(name, config, requests, scores, ppl, time.perf_counter() - start)
+    total_busy = sum(busy.values())
+    out = {}
+    for label in models:
+        scoring = scored_s * (busy[label] / total_busy if total_busy else 1 / len(models))
+        out[label] = result_from_scores(label, config, requests, scores[label], ppl[label], scoring + ppl_s[label])
+    return out
 
 
 def result_from_scores(

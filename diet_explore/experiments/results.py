@@ -135,7 +135,7 @@ def task_row(res: TaskResult, scores: list | None = None) -> dict[str, Any]:
 NOT_RECORDED = "not recorded: these results were made before per-example log-likelihoods were kept"
 
 
-def _spec(task: str, part: dict[str, Any], registry: dict[str, TaskSpec]) -> TaskSpec:
+def row_spec(task: str, part: dict[str, Any], registry: dict[str, TaskSpec]) -> TaskSpec:
     """The task's registry entry; for a task the registry no longer has, what the row says (its main metric)."""
     if task in registry:
         return registry[task]
@@ -152,7 +152,7 @@ def row_paired(row: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     per_task = {}
     for t, part in row["tasks"].items():
         other = ref["tasks"][t]
-        spec = _spec(t, part, registry)
+        spec = row_spec(t, part, registry)
         if "examples" in part and "examples" in other:
             per_task[t] = task_paired(other["examples"], part["examples"], spec)
             continue

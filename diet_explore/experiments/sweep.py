@@ -46,6 +46,7 @@ import numpy as np
 from diet_explore.core import atomic
 from diet_explore.core.config import JsonConfig, check_seed
 from diet_explore.core.errors import DietError
+from diet_explore.evaluation.blocks import ScoreLog, StopCheck
 from diet_explore.evaluation.evalcache import EvalCache
 from diet_explore.evaluation.evaluate import EvalConfig, EvalResult, eval_requests, evaluate_cached, evaluate_model
 from diet_explore.evaluation.scoring import DEFAULT_BATCH_TOKENS
@@ -196,10 +197,16 @@ def run_compare(
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
     eval_cache: EvalCache | None = None,
+    info=None,
+    blocks: ScoreLog | None = None,
+    should_stop: StopCheck | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) the sweep into ``out``; returns every result row (dense first). With
-    ``eval_cache`` (and the model loaded here from ``config.model``) the dense row reuses an
-    earlier evaluation of the same model on the same examples, e.g. from ``diet-explore eval``."""
+    ``eval_cache`` (and the model loaded here from ``config.model``, or passed in with the
+    ``info`` ``load_model`` gave for it) the dense row reuses an earlier evaluation of the same
+    model on the same examples, e.g. from ``diet-explore eval``. ``blocks`` keeps every finished
+    block of examples (a resume reuses them within a run, not only whole runs); ``should_stop``
+    can stop between forward passes (``blocks.Stopped``: finished runs and blocks are kept)."""
     from diet_explore.experiments.runs import RunStore, new_run_id
     from diet_explore.masking.importance import as_precompute
     from diet_explore.models.loading import dtype_name
@@ -226,7 +233,6 @@ def run_compare(
     dropped = repair_results(out) if done else 0
     if dropped:
         log(f"removed {dropped} repeated or unreadable line(s) from {out / RESULTS}: one row per run is kept")
-    info = None  # the loaded model's ModelInfo: only then does config.model name the model evaluated
     if model is None:
         from diet_explore.models.loading import load_model
 
@@ -254,7 +260,8 @@ def run_compare(
         param = next(model.parameters())
 
         def evaluate_dense():
-            return evaluate_model(model, tokenizer, ecfg, step(k), "dense", requests), info.to_dict() if info else {}
+            res = evaluate_model(model, tokenizer, ecfg, step(k), "dense", requests, log=blocks, should_stop=should_stop)
+            return res, info.to_dict() if info else {}
 
         # a model passed in may not be config.model's weights, so only a model loaded here is looked up
         res = evaluate_cached(
@@ -299,7 +306,9 @@ def run_compare(
             k += 1
             continue
         start = time.perf_counter()
-        row = _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, step(k), prune_model)
+        row = _run_one(
+            model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, step(k), prune_model, blocks, should_stop
+        )
         row.update(key=key, fingerprint=fingerprint, wall_time_s=time.perf_counter() - start)
         add_average(row)
         add_deltas(row, dense)
@@ -325,14 +334,19 @@ def run_compare(
     return rows
 
 
-def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, progress, prune_model):
+def _run_one(
+    model, tokenizer, pre, method, sparsity, config, multiple, ecfg, requests, progress, prune_model, blocks, should_stop
+):
     if method in ROTATION_METHODS:
-        return _run_rotation(model, tokenizer, pre.cache, method, sparsity, multiple, ecfg, requests, progress)
+        return _run_rotation(
+            model, tokenizer, pre.cache, method, sparsity, multiple, ecfg, requests, progress, blocks, should_stop
+        )
     masks = run_masks(pre, method, sparsity, config, multiple, list(requests))
     if method not in PER_TASK_METHODS:
         mask = next(iter(masks.values()))
         pruned = prune_model(model, mask.keep)
-        res = evaluate_model(pruned, tokenizer, ecfg, progress, combo_key(method, sparsity), requests)
+        key = combo_key(method, sparsity)
+        res = evaluate_model(pruned, tokenizer, ecfg, progress, key, requests, log=blocks, should_stop=should_stop)
         del pruned
         return {
             "method": method,
@@ -348,7 +362,8 @@ def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, re
         mask = masks[t]
         pruned = prune_model(model, mask.keep)
         sub = lambda f, msg, i=i, t=t: progress((i + f) / len(requests), f"{t}: {msg}")
-        res: EvalResult = evaluate_model(pruned, tokenizer, no_ppl, sub, f"{combo_key(method, sparsity)}:{t}", {t: reqs})
+        label = f"{combo_key(method, sparsity)}:{t}"
+        res: EvalResult = evaluate_model(pruned, tokenizer, no_ppl, sub, label, {t: reqs}, log=blocks, should_stop=should_stop)
         del pruned
         tasks[t], n_keep[t] = task_row(res.tasks[t], res.task_scores(t)), mask.n_keep
     return {
@@ -361,7 +376,7 @@ def _run_one(model, tokenizer, pre, method, sparsity, config, multiple, ecfg, re
     }
 
 
-def _run_rotation(model, tokenizer, cache, method, sparsity, multiple, ecfg, requests, progress):
+def _run_rotation(model, tokenizer, cache, method, sparsity, multiple, ecfg, requests, progress, blocks=None, should_stop=None):
     """SliceGPT at ``sparsity``: DIET's exact kept count (``keep_count``), bases calibrated on the
     cache's own calibration data, evaluated in memory; the row also carries the parameter counts
     (with the shortcut matrices and the untied head) beside a mask's at the same kept count."""
@@ -380,7 +395,14 @@ def _run_rotation(model, tokenizer, cache, method, sparsity, multiple, ecfg, req
     )
     summary = rotation_summary(rotated)
     res = evaluate_model(
-        rotated, tokenizer, ecfg, lambda f, m: progress(pca_share + (1 - pca_share) * f, m), combo_key(method, sparsity), requests
+        rotated,
+        tokenizer,
+        ecfg,
+        lambda f, m: progress(pca_share + (1 - pca_share) * f, m),
+        combo_key(method, sparsity),
+        requests,
+        log=blocks,
+        should_stop=should_stop,
     )
     del rotated
     mask_params = count_parameters(model) - get_adapter(model).params_per_hidden_dim() * (d - n_keep)
@@ -441,6 +463,12 @@ def _run_record(row: dict[str, Any], dense: dict[str, Any], config: CompareConfi
             "delta_main": r["delta"],
             "delta_main_ci_low": r["ci_low"],
             "delta_main_ci_high": r["ci_high"],
+            # every example of both models, when the rows kept them: runs that share examples can be paired later
+            **(
+                {"examples": {"dense": dense["tasks"][t]["examples"], "pruned": r["examples"]}}
+                if "examples" in r and "examples" in dense["tasks"][t]
+                else {}
+            ),
         }
         for t, r in row["tasks"].items()
     ]
@@ -464,3 +492,29 @@ def _run_record(row: dict[str, Any], dense: dict[str, Any], config: CompareConfi
         cache=config.cache,
         config=config.to_dict(),
     )
+
+
+def run_sweep_job(config: dict[str, Any], ctx) -> dict[str, Any]:
+    """The job behind the app's Sweep page (``ctx``: ``jobs.JobContext``): ``run_compare`` into the
+    job's folder, with the worker's model, the evaluation cache (dense results reused) and the
+    job's block log (a stopped or interrupted sweep resumes within the run it was in)."""
+    from diet_explore.experiments.runs import RunStore
+
+    cfg = CompareConfig.from_dict(config)
+    out = ctx.folder / "sweep"
+    ctx.log(f"Loading {cfg.model}…")
+    model, tokenizer, info = ctx.load_model(cfg.model, cfg.device, cfg.dtype)
+    rows = run_compare(
+        cfg,
+        out,
+        model=model,
+        tokenizer=tokenizer,
+        info=info,
+        store=RunStore(ctx.runs.root),
+        progress=ctx.progress,
+        log=ctx.log,
+        eval_cache=EvalCache(),
+        blocks=ScoreLog(ctx.folder / "blocks"),
+        should_stop=ctx.should_stop,
+    )
+    return {"out": str(out), "runs": len(rows) - 1}

@@ -49,13 +49,20 @@ def _param(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t.contiguous().clone(), requires_grad=False)
 
 
+def _selected(t: torch.Tensor, dim: int, idx: torch.Tensor) -> nn.Parameter:
+    """``t`` restricted to ``idx`` along ``dim``, as a new parameter. index_select, not t[:, idx]:
+    the same values, about 20x faster on a CPU for a (1536, 576) weight (advanced indexing takes a
+    slow general path), and already a fresh contiguous tensor, so nothing is copied twice."""
+    return nn.Parameter(torch.index_select(t, dim, idx), requires_grad=False)
+
+
 def slice_linear_inputs(lin: nn.Linear, idx: torch.Tensor) -> None:
-    lin.weight = _param(lin.weight.data[:, idx])  # (out, D) -> (out, D')
+    lin.weight = _selected(lin.weight.data, 1, idx)  # (out, D) -> (out, D')
     lin.in_features = len(idx)
 
 
 def slice_linear_outputs(lin: nn.Linear, idx: torch.Tensor) -> None:
-    lin.weight = _param(lin.weight.data[idx, :])  # (D, in) -> (D', in)
+    lin.weight = _selected(lin.weight.data, 0, idx)  # (D, in) -> (D', in)
     if lin.bias is not None:
         lin.bias = _param(lin.bias.data[idx])
     lin.out_features = len(idx)
@@ -70,7 +77,9 @@ def slice_norm(norm: nn.Module, idx: torch.Tensor) -> None:
 
 
 def slice_embedding(emb: nn.Embedding, idx: torch.Tensor, scale: float = 1.0) -> None:
-    emb.weight = _param(emb.weight.data[:, idx] * scale)  # (V, D) -> (V, D')
+    emb.weight = _selected(emb.weight.data, 1, idx)  # (V, D) -> (V, D')
+    if scale != 1.0:
+        emb.weight.data.mul_(scale)
     emb.embedding_dim = len(idx)
 
 
@@ -99,7 +108,11 @@ def prune_model(model: nn.Module, keep: np.ndarray, saveable: bool = True) -> nn
         check_saveable(model.config, n_keep, head_dim)
     params_before = count_parameters(model)
 
-    new = copy.deepcopy(model)
+    # The copy shares the dense parameters at first (copying them only to slice them would copy
+    # the whole model twice); slicing replaces most of them, and every one still shared at the end
+    # is copied then (buffers are small and some are changed in place: they are copied up front).
+    dense_params = {id(p): p for p in model.parameters()}
+    new = copy.deepcopy(model, memo=dict(dense_params))
     ad = get_adapter(new)
     emb, head, final = ad.embedding(), ad.lm_head(), ad.final_norm()
     tied = ad.ties_embeddings()
@@ -128,6 +141,10 @@ def prune_model(model: nn.Module, keep: np.ndarray, saveable: bool = True) -> nn
                 final.weight.data = ((off + final.weight.data.float()) / ratio - off).to(final.weight.dtype)
         else:
             slice_linear_inputs(head, idx)
+        for module in new.modules():
+            for name, p in module._parameters.items():
+                if p is not None and id(p) in dense_params:
+                    module._parameters[name] = nn.Parameter(p.data.clone(), requires_grad=p.requires_grad)
     new.eval()
     new.diet_prune_info = {
         "hidden_size_before": d,

@@ -1,24 +1,205 @@
-"""Prune & evaluate: prune the model with the current mask and compare it with the dense model on
-held-out examples. Every run goes to the run store; the history is shown below."""
+"""Prune & evaluate: queue a background job that prunes the model with the current mask and compares
+it with the dense model on held-out examples; watch its running paired deltas; see the stored run.
+
+The page only submits, polls and renders the job (``jobs_ui``); the work runs in the library's
+worker process, so switching pages, reloading or a second tab never stops it."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pandas as pd
 import streamlit as st
 
 from diet_explore import plots
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.evaluate import EvalConfig
 from diet_explore.experiments.runs import runs_frame
-from diet_explore.experiments.tuning import prune_and_evaluate
-from diet_explore_app import loaders, state, tables
+from diet_explore.experiments.tuning import PruneEvalJob
+from diet_explore.masking.build import MaskConfig
+from diet_explore_app import jobs_ui, loaders, state, tables
 from diet_explore_app import widgets as ui
 
 K_TASKS, K_LIMIT, K_PPL, K_PPL_WINDOWS, K_RUN = "pe_tasks", "pe_limit", "pe_ppl", "pe_ppl_windows", "pe_run"
-K_LAST = "_pe_last_run"
+K_WATCH = "_pe_job"
+K_VS = "pe_vs"
+BASELINES = ("random", "magnitude", "wiki")
 
 
 def _ppl(value: float | None) -> str:
     return f"{value:,.2f}" if value is not None else "not finite"  # the run store keeps inf/NaN as null
+
+
+def _ci(entry: dict[str, Any] | None, scale: float = 1.0, fmt: str = "+.3f") -> str:
+    """An entry of ``metrics.paired_metrics`` as "Δ [low, high]" (its note when it has no interval)."""
+    if not entry or entry.get("delta") is None:
+        return (entry or {}).get("note", "—")
+    text = f"{scale * entry['delta']:{fmt}}"
+    if entry.get("ci_low") is None:
+        return f"{text} ({entry.get('note', 'no interval')})"
+    return f"{text} [{scale * entry['ci_low']:{fmt}}, {scale * entry['ci_high']:{fmt}}]"
+
+
+PARTIAL_COLUMNS = {  # column -> paired metric (evaluation/metrics.py), as the running table shows it
+    "Δ main [95% CI]": "main",
+    "agreement": "agreement",
+    "Δ gold LL/char": "gold_ll_per_char",
+    "choice KL": "choice_kl",
+}
+
+
+def show_partial(partial: dict[str, Any], final: bool = False) -> None:
+    """Running paired metrics (pruned vs dense) on the examples scored so far, per task and averaged."""
+    if not partial or not partial.get("tasks"):
+        st.caption("No examples scored yet: the first numbers come after the first block.")
+        return
+    scored, total = int((partial.get("scored") or {}).get("pruned") or 0), int(partial.get("total") or 0)
+    avg = partial.get("average") or {}
+    main, gold = avg.get("main") or {}, avg.get("gold_ll_per_char") or {}
+    suffix = " so far" if not final else " (partial)"
+    m = st.columns(3)
+    m[0].metric(
+        "Mean Δ main metric" + suffix,
+        f"{main['delta']:+.4f}" if main.get("delta") is not None else "—",
+        delta=f"95% CI [{main['ci_low']:+.3f}, {main['ci_high']:+.3f}]" if main.get("ci_low") is not None else None,
+        delta_color="off",
+        delta_arrow="off",
+    )
+    m[1].metric(
+        "Mean Δ gold LL/char" + suffix,
+        f"{gold['delta']:+.4f}" if gold.get("delta") is not None else "—",
+        delta=f"95% CI [{gold['ci_low']:+.3f}, {gold['ci_high']:+.3f}]" if gold.get("ci_low") is not None else None,
+        delta_color="off",
+        delta_arrow="off",
+    )
+    m[2].metric("Examples scored (pruned)", f"{scored} / {total}")
+    totals = partial.get("task_totals") or {}
+    rows = []
+    for t, entries in [*partial["tasks"].items(), ("average", avg)]:
+        n = (entries.get("main") or {}).get("n", 0)
+        row = {"task": t, "scored": f"{n} / {totals.get(t, total if t == 'average' else '?')}"}
+        row["metric"] = (entries.get("main") or {}).get("metric", "main")
+        row |= {col: _ci(entries.get(metric)) for col, metric in PARTIAL_COLUMNS.items()}
+        rows.append(row)
+    st.dataframe(pd.DataFrame(rows).set_index("task"), key="pe_partial")
+    st.caption(
+        "Paired on the examples both models have scored, blocks of every task in turn. Δ = pruned − dense; "
+        "agreement: share of examples where the pruned model picks the dense model's choice; gold LL/char: "
+        "log-likelihood of the correct answer per character; choice KL: KL(dense ‖ pruned) over the choices."
+    )
+
+
+def show_versus(partial: dict[str, Any], final: bool) -> None:
+    """The mask against each comparison mask scored in the same job (mask − other), paired on the
+    examples both have scored."""
+    for label, parts in (partial.get("others") or {}).items():
+        versus = parts["versus"]
+        avg = versus.get("average") or {}
+        st.markdown(
+            f"**Current mask − {label}** (same kept count), paired on the examples both have scored"
+            + ("" if final else " so far")
+        )
+        m = st.columns(3)
+        for col, (title, metric) in zip(m, (("main metric", "main"), ("gold LL/char", "gold_ll_per_char"))):
+            e = avg.get(metric) or {}
+            col.metric(
+                f"Δ {title} vs {label}" + ("" if final else " so far"),
+                f"{e['delta']:+.4f}" if e.get("delta") is not None else "—",
+                delta=f"95% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]" if e.get("ci_low") is not None else None,
+                delta_color="off",
+                delta_arrow="off",
+            )
+        decided = [t for t, mt in (("main metric", "main"), ("gold LL/char", "gold_ll_per_char")) if _excludes_zero(avg.get(mt))]
+        m[2].metric(f"CI excludes 0 ({label})", ", ".join(decided) or "not yet")
+        rows = [
+            {"task": t, "Δ main [95% CI]": _ci(e.get("main")), "Δ gold LL/char": _ci(e.get("gold_ll_per_char"))}
+            for t, e in [*versus["tasks"].items(), ("average", avg)]
+        ]
+        st.dataframe(pd.DataFrame(rows).set_index("task"), key=f"pe_versus_{label}")
+
+
+def _excludes_zero(e: dict[str, Any] | None) -> bool:
+    return bool(e) and e.get("ci_low") is not None and (e["ci_low"] > 0 or e["ci_high"] < 0)
+
+
+def show_run(last: dict[str, Any]) -> None:
+    """A stored run: the headline numbers and the per-task table."""
+    st.subheader(f"Run {last['run_id']}: {last['model']}, sparsity {last['sparsity']:.4f}")
+    lo, hi = last["delta_avg_ci"]
+    params, nbytes, spe = last["parameters"], last["bytes"], last["seconds_per_example"]
+    m = st.columns(5)
+    m[0].metric(
+        "Mean Δ main metric",
+        f"{last['delta_avg']:+.4f}",
+        delta=f"95% CI [{lo:+.3f}, {hi:+.3f}]",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    ppl_on = "dense_ppl" in last and (last["dense_ppl"], last["pruned_ppl"]) != (None, None)
+    m[1].metric(  # the pruned value, the dense one beside it: "29.36 → 62.12" was cut off in a fifth of the page
+        "Perplexity (pruned)",
+        _ppl(last["pruned_ppl"]) if ppl_on else "off",
+        delta=f"dense {_ppl(last['dense_ppl'])}" if ppl_on else None,
+        delta_color="off",
+        delta_arrow="off",
+        help="Held-out wiki perplexity, 128-token windows",
+    )
+    m[2].metric(
+        "Parameters",
+        f"{params['pruned'] / 1e6:,.2f} M",
+        delta=f"{params['pruned'] / params['dense'] - 1:+.1%}",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    m[3].metric(
+        "Size in memory",
+        f"{nbytes['pruned'] / 2**20:,.1f} MiB",
+        delta=f"dense {nbytes['dense'] / 2**20:,.1f} MiB",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    m[4].metric(
+        "Eval time per example",
+        f"{spe['pruned'] * 1000:,.0f} ms",
+        delta=f"dense {spe['dense'] * 1000:,.0f} ms",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    average = {
+        "n": sum(int(r["n"]) for r in last["task_results"]),
+        "dense": last["dense_avg"],
+        "pruned": last["pruned_avg"],
+        "delta": last["delta_avg"],
+        "ci_low": lo,
+        "ci_high": hi,
+    }
+    table = tables.format_results_table(last["task_results"], average)
+    st.dataframe(tables.results_styler(table), hide_index=True, key="pe_results")
+    st.caption(
+        "Dense, Pruned, Δ and the 95% CI are each task's main metric (highlighted). "
+        + ui.HELP["acc"]
+        + " Δ = pruned − dense on the same examples, with a paired 95% CI."
+    )
+
+
+def render_job(job: dict[str, Any]) -> None:
+    status, result = job["status"], job.get("result") or {}
+    if status == "done" and result.get("run_id"):
+        if result.get("dense_reused"):
+            st.markdown("Dense results reused: same model and held-out examples as an earlier run (evaluation cache).")
+        try:
+            record = loaders.run_store().load(result["run_id"])
+        except DietError as exc:
+            raise DietError(f"job {job['job_id']} finished, but its run cannot be read: {exc.message}", exc.hint) from None
+        show_run(record)
+        if result.get("others"):
+            show_versus(job.get("partial") or {}, final=True)
+            st.caption("Comparison runs: " + ", ".join(f"{k} {v}" for k, v in result["others"].items()) + " (History page).")
+    elif status in ("running", "stopped", "interrupted") or job.get("partial"):
+        if status in ("stopped", "interrupted"):
+            st.caption("Partial results: the job did not finish (Resume continues it).")
+        show_partial(job.get("partial") or {}, final=status != "running")
+        show_versus(job.get("partial") or {}, final=False)
 
 
 st.title("Prune & evaluate")
@@ -46,6 +227,14 @@ with ui.shown_errors():
     )
     c2.number_input("Held-out examples per task", 1, 2000, step=5, **state.kw(K_LIMIT))
     st.multiselect("Tasks", list(cache.task_names), **state.multi_kw(K_TASKS))
+    state.default(K_VS, [])
+    st.multiselect(
+        "Compare with, in the same job (same kept count)",
+        list(BASELINES),
+        **state.multi_kw(K_VS),
+        help="each baseline mask is scored block by block with the current one, so their paired difference "
+        "is known from the first blocks (costs one more pruned copy each)",
+    )
     p1, p2 = st.columns(2)
     p1.toggle("Wiki perplexity", **state.kw(K_PPL))
     p2.number_input("Perplexity windows (128 tokens)", 1, 512, step=4, **state.kw(K_PPL_WINDOWS), disabled=not state.get(K_PPL))
@@ -53,9 +242,17 @@ with ui.shown_errors():
     name = ui.model_name_for(cache)
     problem = ui.model_problem(name)  # e.g. weights not installed: an info box with the install command
     reason = ui.show_model_problem(problem) if problem else None
-    store = loaders.run_store()
+    jobs_store = jobs_ui.store()
+    if reason is None:
+        jobs_ui.warm_worker(jobs_store, name)
 
-    if st.button("Prune and evaluate", key=K_RUN, type="primary", disabled=reason is not None, help=reason):
+    if st.button(
+        "Prune and evaluate",
+        key=K_RUN,
+        type="primary",
+        disabled=reason is not None,
+        help=reason or "runs in the background: you can switch pages",
+    ):
         if not state.get(K_TASKS):
             raise DietError("no task selected", "pick at least one task to evaluate")
         eval_config = EvalConfig(
@@ -65,107 +262,35 @@ with ui.shown_errors():
             ppl_windows=int(state.get(K_PPL_WINDOWS)),
             exclude_cache=loaded.path,
         )
-        with st.status("Pruning and evaluating…", expanded=True) as status:
-            try:
-                status.write(f"Loading {name}…")
-                dense, tokenizer, info = loaders.dense_model(name, "auto")
-                bar = st.progress(0.0, text="evaluating")
-                show = lambda f, m: bar.progress(min(max(float(f), 0.0), 1.0), text=m)
-                record = prune_and_evaluate(
-                    name,
-                    result,
-                    eval_config,
-                    dense,
-                    tokenizer,
-                    store,
-                    cache_path=ui.display_path(loaded.path),
-                    manifest_hash=cache.manifest_hash,
-                    info=info.to_dict(),
-                    memo=loaders.dense_memo(),
-                    progress=show,
-                    log=status.write,
-                )
-            except Exception as exc:
-                status.update(label="Failed", state="error", expanded=True)
-                failure = (
-                    exc
-                    if isinstance(exc, DietError)
-                    else DietError(
-                        f"pruning/evaluation failed midway: {type(exc).__name__}: {exc}",
-                        "nothing was stored; the run history is unchanged (try fewer examples or tasks)",
-                    )
-                )
-                record = None
-            else:
-                status.update(label=f"Done: run {record['run_id']}", state="complete", expanded=False)
-        if record is None:
-            ui.show_error(failure)
-        else:
-            st.session_state[K_LAST] = record
+        spec = PruneEvalJob(
+            model=name,
+            cache=loaded.path,
+            cache_display=ui.display_path(loaded.path),
+            manifest_hash=cache.manifest_hash,
+            mask=config.to_dict(),
+            n_keep=result.n_keep,
+            eval=eval_config.to_dict(),
+        )
+        for b in state.get(K_VS) or []:
+            other = MaskConfig(method=b, sparsity=1.0 - result.n_keep / result.hidden_size, seed=config.seed)
+            spec.others[b] = {
+                "mask": other.to_dict(),
+                "n_keep": loaders.mask_for(loaded.path, loaded.sha, other.to_json()).n_keep,
+            }
+        label = (
+            f"{config.method} @ {config.sparsity:g}, kept {result.n_keep}, {len(eval_config.tasks)} tasks × {eval_config.limit}"
+        )
+        label += "".join(f" vs {b}" for b in spec.others)
+        jobs_ui.submit(jobs_store, "prune_eval", spec.to_dict(), label, K_WATCH)
 
-    last = st.session_state.get(K_LAST)
-    if last:
-        st.subheader(f"Run {last['run_id']}: {last['model']}, sparsity {last['sparsity']:.4f}")
-        lo, hi = last["delta_avg_ci"]
-        params, nbytes, spe = last["parameters"], last["bytes"], last["seconds_per_example"]
-        m = st.columns(5)
-        m[0].metric(
-            "Mean Δ main metric",
-            f"{last['delta_avg']:+.4f}",
-            delta=f"95% CI [{lo:+.3f}, {hi:+.3f}]",
-            delta_color="off",
-            delta_arrow="off",
-        )
-        ppl_on = "dense_ppl" in last and (last["dense_ppl"], last["pruned_ppl"]) != (None, None)
-        m[1].metric(  # the pruned value, the dense one beside it: "29.36 → 62.12" was cut off in a fifth of the page
-            "Perplexity (pruned)",
-            _ppl(last["pruned_ppl"]) if ppl_on else "off",
-            delta=f"dense {_ppl(last['dense_ppl'])}" if ppl_on else None,
-            delta_color="off",
-            delta_arrow="off",
-            help="Held-out wiki perplexity, 128-token windows",
-        )
-        m[2].metric(
-            "Parameters",
-            f"{params['pruned'] / 1e6:,.2f} M",
-            delta=f"{params['pruned'] / params['dense'] - 1:+.1%}",
-            delta_color="off",
-            delta_arrow="off",
-        )
-        m[3].metric(
-            "Size in memory",
-            f"{nbytes['pruned'] / 2**20:,.1f} MiB",
-            delta=f"dense {nbytes['dense'] / 2**20:,.1f} MiB",
-            delta_color="off",
-            delta_arrow="off",
-        )
-        m[4].metric(
-            "Eval time per example",
-            f"{spe['pruned'] * 1000:,.0f} ms",
-            delta=f"dense {spe['dense'] * 1000:,.0f} ms",
-            delta_color="off",
-            delta_arrow="off",
-        )
-        average = {
-            "n": sum(int(r["n"]) for r in last["task_results"]),
-            "dense": last["dense_avg"],
-            "pruned": last["pruned_avg"],
-            "delta": last["delta_avg"],
-            "ci_low": lo,
-            "ci_high": hi,
-        }
-        table = tables.format_results_table(last["task_results"], average)
-        st.dataframe(tables.results_styler(table), hide_index=True, key="pe_results")
-        st.caption(
-            "Dense, Pruned, Δ and the 95% CI are each task's main metric (highlighted). "
-            + ui.HELP["acc"]
-            + " Δ = pruned − dense on the same examples, with a paired 95% CI."
-        )
+    jobs_ui.job_panel(jobs_store, "prune_eval", K_WATCH, render_job)
+    jobs_ui.all_jobs(jobs_store)
 
     st.subheader("Run history")
-    history = runs_frame(store.records())
+    history = runs_frame(loaders.run_store().records())
     if history.empty:
         st.caption("No runs yet.")
     else:
         st.dataframe(tables.format_history_table(history), hide_index=True, key="pe_history")
         st.plotly_chart(plots.run_history(history, x="sparsity", y="delta_avg"), key="pe_history_plot")
+        st.page_link("views/history.py", label="Compare runs on the History page", icon=":material/history:")

@@ -1,0 +1,75 @@
+"""``diet-explore jobs``: list, stop and resume the background jobs of a run store (the app's runs)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("jobs", help="list the background jobs of a run store; --stop or --resume one")
+    p.add_argument("--runs", default=None, help="run store folder whose jobs to show (default: <repo>/runs)")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument(
+        "--stop", metavar="ID", default=None, help="cancel a queued job, or stop a running one (partial results kept)"
+    )
+    action.add_argument(
+        "--resume",
+        metavar="ID",
+        default=None,
+        help="queue an interrupted, stopped or failed job again and run the queue here unless a worker "
+        "(e.g. the app's) is running it; finished blocks of examples are reused",
+    )
+    p.add_argument("--json", action="store_true", help="print the job records as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from diet_explore.experiments.jobs import JobStore, run_worker
+
+    store = JobStore(args.runs)
+    if args.stop:
+        job = store.stop(args.stop)
+        said = "cancelled" if job["status"] == "cancelled" else "stopping after its current forward pass"
+        print(f"job {args.stop}: {said}")
+        return 0
+    if args.resume:
+        store.resume(args.resume)
+        if store.live_worker():
+            print(f"job {args.resume}: queued again; the running worker takes it in turn (`diet-explore jobs` shows it)")
+            return 0
+        print(f"job {args.resume}: queued again; running the queue here (Ctrl-C interrupts; --resume continues)", file=sys.stderr)
+        ran = run_worker(store, until_empty=True, on_job=lambda j: print(f"running {j['job_id']}: {j['label']}", file=sys.stderr))
+        if ran < 0:
+            print(f"job {args.resume}: queued again; another worker takes it in turn")
+            return 0
+        job = store.get(args.resume)
+        print(describe(job))
+        return 0 if job["status"] == "done" else 1
+    jobs = store.jobs()
+    if args.json:
+        print(json.dumps(jobs, indent=1))
+        return 0
+    if not jobs:
+        print(f"no jobs in {store.root}")
+        return 0
+    print(f"{'job':24s} {'type':10s} {'status':12s} {'progress':>8s}  label")
+    for job in jobs:
+        progress = job.get("progress") or {}
+        print(
+            f"{job['job_id']:24s} {job['type']:10s} {job['status']:12s} {100 * float(progress.get('fraction') or 0):7.0f}%  "
+            f"{job.get('label', '')}"
+        )
+        if job["status"] == "failed" and job.get("error"):
+            print(f"{'':24s} error: {job['error'].get('message')}")
+    return 0
+
+
+def describe(job: dict) -> str:
+    """One line on how a job ended."""
+    result = job.get("result") or {}
+    if job["status"] == "done":
+        return f"job {job['job_id']}: done" + (f", run {result['run_id']} in the run store" if result.get("run_id") else "")
+    if job["status"] == "failed":
+        return f"job {job['job_id']}: failed: {(job.get('error') or {}).get('message')}"
+    return f"job {job['job_id']}: {job['status']}" + (" (partial results kept)" if result.get("partial") else "")

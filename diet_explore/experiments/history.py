@@ -1,0 +1,159 @@
+"""The run history, for comparing runs: one row per stored run with the settings that tell runs
+apart, and two or more runs side by side per task, paired on the examples they share.
+
+Every run record (``runs.run_record``: the app's jobs, ``compare``) keeps each task's examples of
+both models (``task_results[i]["examples"]``: doc ids, gold answers, choice log-likelihoods and
+lengths), so two runs on the same held-out examples are paired exactly as a pruned model is
+paired with the dense one: ``metrics.paired_examples`` with one run in the place of the dense
+model. Records made before the examples were kept show their stored numbers and no pairing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from diet_explore.evaluation.metrics import MAIN, paired_examples
+from diet_explore.experiments.results import METHODS, row_spec
+from diet_explore.tasks.registry import TaskSpec, load_registry
+
+#: The columns that say what differs between runs, then the headline numbers.
+SETTINGS = ("source", "model", "method", "site", "sparsity", "n_keep", "tasks", "limit", "threshold", "weights")
+NUMBERS = (
+    "delta_avg",
+    "ci_low",
+    "ci_high",
+    "agreement",
+    "gold_ll_per_char",
+    "dense_avg",
+    "pruned_avg",
+    "dense_ppl",
+    "pruned_ppl",
+    "wall_time_s",
+)
+HISTORY_COLUMNS = ("run_id", "created", *SETTINGS, *NUMBERS)
+
+
+def run_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The mask and evaluation settings of a run, whoever made it: the app's ``mask_config``, or a
+    ``compare`` sweep's ``config`` and its method's ``MaskConfig`` fields."""
+    mask = record.get("mask_config") or {}
+    sweep = record.get("config") or {}
+    method_fields = METHODS.get(record.get("method", ""), {})
+    weights = mask.get("weights") or {}
+    return {
+        "site": mask.get("site") or method_fields.get("site") or "residual",
+        "threshold": mask.get("threshold", sweep.get("threshold")),
+        "weights": ",".join(f"{t}={w:g}" for t, w in sorted(weights.items())) if weights else "equal",
+        "limit": record.get("limit"),
+    }
+
+
+def _average(record: dict[str, Any], metric: str) -> float | None:
+    paired = record.get("paired") or {}
+    return ((paired.get("average") or {}).get(metric) or {}).get("delta")
+
+
+def history_frame(records: Sequence[dict[str, Any]]):
+    """One row per run, newest first: ``HISTORY_COLUMNS`` (settings, then the average paired
+    numbers: Δ main with its CI, agreement with the dense model, Δ gold log-likelihood per char)."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        ci = r.get("delta_avg_ci") or [None, None]
+        row = {k: r.get(k) for k in HISTORY_COLUMNS if k in r}
+        row |= run_settings(r)
+        row |= {"tasks": ",".join(r.get("tasks") or []), "ci_low": ci[0], "ci_high": ci[1]}
+        row |= {"agreement": _average(r, "agreement"), "gold_ll_per_char": _average(r, "gold_ll_per_char")}
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+    return frame.sort_values("created", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def differing(frame, columns: Sequence[str] = SETTINGS) -> list[str]:
+    """The settings columns whose values are not the same in every row of ``frame``."""
+    out = []
+    for c in columns:
+        if c in frame and frame[c].map(lambda v: json.dumps(v, sort_keys=True, default=str)).nunique() > 1:
+            out.append(c)
+    return out
+
+
+def _specs(records: Sequence[dict[str, Any]]) -> dict[str, TaskSpec]:
+    """The registry entry of every task the runs evaluated (``results.row_spec``: a task the
+    registry no longer has gets the main metric its rows say)."""
+    registry = load_registry()
+    return {row["task"]: row_spec(row["task"], row, registry) for r in records for row in r.get("task_results") or []}
+
+
+def _examples(record: dict[str, Any], which: str = "pruned") -> dict[str, dict[str, list]]:
+    return {
+        row["task"]: row["examples"][which] for row in record.get("task_results") or [] if (row.get("examples") or {}).get(which)
+    }
+
+
+def side_by_side(records: Sequence[dict[str, Any]]):
+    """Per task (rows) and run (column groups): the pruned model's main metric, its agreement with
+    the dense model and its Δ gold log-likelihood per char vs dense (the run's stored paired
+    results; None where a record has none)."""
+    import pandas as pd
+
+    tasks = list(dict.fromkeys(row["task"] for r in records for row in r.get("task_results") or []))
+    out = {}
+    for r in records:
+        by_task = {row["task"]: row for row in r.get("task_results") or []}
+        paired = (r.get("paired") or {}).get("tasks") or {}
+        avg = (r.get("paired") or {}).get("average") or {}
+        for label, values in (
+            ("main", [by_task.get(t, {}).get("pruned_main") for t in tasks] + [r.get("pruned_avg")]),
+            ("agreement", [((paired.get(t) or {}).get("agreement") or {}).get("delta") for t in tasks] + [_d(avg, "agreement")]),
+            (
+                "Δ gold LL/char",
+                [((paired.get(t) or {}).get("gold_ll_per_char") or {}).get("delta") for t in tasks]
+                + [_d(avg, "gold_ll_per_char")],
+            ),
+        ):
+            out[(r["run_id"], label)] = values
+    frame = pd.DataFrame(out, index=[*tasks, "average"])
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["run", "value"])
+    return frame
+
+
+def _d(entries: dict[str, Any], metric: str) -> float | None:
+    return (entries.get(metric) or {}).get("delta")
+
+
+def paired_between(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """``b − a`` paired on the examples both runs scored (``metrics.paired_examples``, with run
+    ``a``'s pruned model in the dense model's place): per task and averaged, every paired metric.
+    None when either record does not keep its examples or they share no task; a task without
+    shared examples says so in its entries' notes."""
+    ea, eb = _examples(a), _examples(b)
+    shared = [t for t in ea if t in eb]
+    if not shared:
+        return None
+    specs = _specs([a, b])
+    result = paired_examples({t: ea[t] for t in shared}, {t: eb[t] for t in shared}, {t: specs[t] for t in shared})
+    result["shared"] = {t: len(set(ea[t]["doc_id"]) & set(eb[t]["doc_id"])) for t in shared}
+    return result
+
+
+def paired_frame(result: dict[str, Any], metrics: Sequence[str] = (MAIN, "gold_ll_per_char")):
+    """A ``paired_between`` result as a table: per task and the average, each metric's Δ and CI."""
+    import pandas as pd
+
+    rows = []
+    for t, entries in [*result["tasks"].items(), ("average", result["average"])]:
+        row: dict[str, Any] = {
+            "task": t,
+            "shared examples": result.get("shared", {}).get(t, sum(result.get("shared", {}).values())),
+        }
+        for m in metrics:
+            e = entries.get(m) or {}
+            row |= {f"Δ {m}": e.get("delta"), f"{m} ci_low": e.get("ci_low"), f"{m} ci_high": e.get("ci_high")}
+            if e.get("note"):
+                row[f"{m} note"] = e["note"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("task")

@@ -1,0 +1,590 @@
+"""Background jobs: a prune + evaluate or a sweep runs in a worker process, with its state on disk.
+
+The app's pages only submit, poll and render jobs; the work runs in a separate process that this
+module owns, so a page switch, a reload or a second tab never touches it, and every page (any
+session, any tab, the CLI) sees the same jobs because their state is files:
+
+    <run store>/jobs/
+      .jobs.lock               the store's lock (``atomic.locked``): every change of a record holds it
+      <job id>/job.json        the record: type, config, status, progress, partial results, result, error
+      <job id>/blocks/         finished blocks of examples (``evaluation.blocks.ScoreLog``): what a resume reuses
+      <job id>/sweep/          a sweep's ``compare`` folder (results.jsonl, tables)
+      worker.lock              held (flock) by the one worker process while it lives; the OS frees it when it dies
+      worker.json, worker.log  the last worker started: pid, owner, start time; its output
+
+Statuses: ``queued`` → ``running`` → ``done`` | ``failed`` | ``stopped`` (Stop: the partial results
+are kept, marked partial); ``queued`` → ``cancelled`` (Stop before it ran). A ``running`` record
+whose worker is gone (the server that owned it stopped, the process was killed) is shown as
+``interrupted`` at once and recorded so by the next worker. ``resume`` puts an interrupted,
+stopped, failed or cancelled job back in the queue; its finished blocks are reused.
+
+The queue is first in, first out, with one worker: on a CPU two jobs side by side would only
+share the same cores. The executor is the part that decides where the worker runs:
+``LocalProcessExecutor`` starts it as a child process of the caller (the app's server), which it
+stops with when that caller goes away. A job itself is ``run_job(store, job_id)``: a function of
+files, so another executor (e.g. Ray tasks for sweeps across GPUs) can run it elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from diet_explore.core import atomic
+from diet_explore.core.clock import utc_now, utc_timestamp
+from diet_explore.core.errors import DietError
+from diet_explore.experiments.runs import RunStore, new_run_id
+
+JOB_KIND = "diet-explore-job"
+JOB_SCHEMA_VERSION = 1
+JOBS_DIR = "jobs"
+ACTIVE = ("queued", "running")
+FINISHED = ("done", "failed", "stopped", "cancelled", "interrupted")
+RESUMABLE = ("interrupted", "stopped", "failed", "cancelled")
+# job type -> "module:function(config: dict, ctx: JobContext) -> result dict"; imported by the worker only
+HANDLERS = {
+    "prune_eval": "diet_explore.experiments.tuning:run_prune_eval_job",
+    "sweep": "diet_explore.experiments.sweep:run_sweep_job",
+}
+_JOB_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
+POLL_S = 0.25  # how often an idle worker looks for a queued job
+IDLE_EXIT_S = float(os.environ.get("DIET_EXPLORE_WORKER_IDLE_S", "1800"))  # an idle worker exits after this
+START_GRACE_S = 20.0  # a worker started this recently is still importing torch: do not start another
+PROGRESS_EVERY_S = 0.5  # progress is written at most this often (partial results at every block)
+WORKER_NICE = 10  # the background worker yields the CPU to the app's server: the UI stays responsive
+LOG_KEPT = 40  # log lines a record keeps
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------------
+class JobStore:
+    """The jobs of one run store (``<runs root>/jobs``). Reads need no lock (every file is
+    replaced atomically); every change is a read-modify-write under the store's lock."""
+
+    def __init__(self, runs_root: str | Path | None = None):
+        self.runs = RunStore(runs_root)
+        self.root = self.runs.root / JOBS_DIR
+
+    # -- files ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # atomic.locked excludes other processes; the thread lock excludes the other sessions of
+        # one app server (threads of one process, which a per-process re-entrant file lock lets in)
+        with _thread_lock(self.root), atomic.locked(self.root / "jobs"):
+            yield
+
+    def folder(self, job_id: str) -> Path:
+        if not _JOB_ID.fullmatch(str(job_id)):
+            raise DietError(f"{job_id!r} is not a job id", "list the jobs with `diet-explore jobs`")
+        return self.root / job_id
+
+    def _path(self, job_id: str) -> Path:
+        return self.folder(job_id) / "job.json"
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any] | None:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        ok = (
+            isinstance(record, dict)
+            and record.get("kind") == JOB_KIND
+            and isinstance(record.get("job_id"), str)
+            and record.get("type") in HANDLERS
+            and record.get("status") in ACTIVE + FINISHED
+            and isinstance(record.get("config"), dict)
+            and isinstance(record.get("created"), str)
+            and isinstance(record.get("queue_seq", 0), int)
+        )
+        return record if ok else None
+
+    def _write(self, record: dict[str, Any]) -> None:
+        from diet_explore.experiments.runs import json_safe
+
+        atomic.write_text(self._path(record["job_id"]), json.dumps(json_safe(record), indent=1, allow_nan=False) + "\n")
+
+    # -- reading ----------------------------------------------------------------------------
+    def scan(self) -> tuple[list[dict[str, Any]], list[Path]]:
+        """(every readable record in queue order, the damaged record files). Statuses as stored."""
+        if not self.root.is_dir():
+            return [], []
+        good, damaged = [], []
+        for path in sorted(self.root.glob("*/job.json")):
+            record = self._read(path)
+            if record is None or record["job_id"] != path.parent.name:
+                damaged.append(path)
+            else:
+                good.append(record)
+        good.sort(key=lambda r: (r.get("queue_seq", 0), r["created"]))
+        return good, damaged
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job, oldest first, with its status as it is now (``running`` without a live worker
+        is ``interrupted``). A damaged record is reported (a warning) and skipped."""
+        records, damaged = self.scan()
+        for path in damaged:
+            warnings.warn(f"skipping damaged job record {path} (it is not a job this version can read)", stacklevel=2)
+        live = self.live_worker()
+        return [self._as_now(r, live) for r in records]
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        path = self._path(job_id)
+        if not path.is_file():
+            raise DietError(f"job {job_id} is not in {self.root}", "list the jobs with `diet-explore jobs`")
+        record = self._read(path)
+        if record is None:
+            raise DietError(f"job record {path} is damaged", "delete its folder; the other jobs are unaffected")
+        return self._as_now(record, self.live_worker())
+
+    @staticmethod
+    def _as_now(record: dict[str, Any], live: str | None) -> dict[str, Any]:
+        if record["status"] == "running" and (live is None or (record.get("worker") or {}).get("token") != live):
+            return {**record, "status": "interrupted", "stored_status": "running"}
+        return record
+
+    def active(self) -> list[dict[str, Any]]:
+        return [j for j in self.jobs() if j["status"] in ACTIVE]
+
+    # -- the worker's liveness ----------------------------------------------------------------
+    def _worker_lock(self):
+        from filelock import FileLock
+
+        # kept on release: a lock file deleted while another process opens it could be held twice
+        return FileLock(self.root / "worker.lock", thread_local=False, preserve_lock_file=True)
+
+    def live_worker(self) -> str | None:
+        """The token of the worker process alive now, or None. Probes the worker's lock without
+        creating anything; holding it for an instant never blocks a worker (it waits for it)."""
+        from filelock import Timeout
+
+        if not (self.root / "worker.lock").exists():
+            return None
+        lock = self._worker_lock()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            info = _read_json(self.root / "worker.json") or {}
+            return str(info.get("token") or "?")
+        lock.release()
+        return None
+
+    # -- changes ----------------------------------------------------------------------------
+    def submit(self, job_type: str, config: dict[str, Any], label: str) -> tuple[str, bool]:
+        """Queue a job; returns (job id, whether it is new). The same job (type and config) while
+        one like it is queued or running is that job, not a second one: two tabs or a double
+        click never run the same work twice."""
+        from diet_explore.experiments.runs import json_safe
+
+        if job_type not in HANDLERS:
+            raise DietError(f"unknown job type {job_type!r}", f"one of {', '.join(HANDLERS)}")
+        config = json_safe(config)
+        key = hashlib.sha256(json.dumps({"type": job_type, "config": config}, sort_keys=True).encode()).hexdigest()[:16]
+        self.runs.check("run store")
+        with self._locked():
+            records, _ = self.scan()
+            live = self.live_worker()
+            for r in records:
+                if r.get("key") == key and self._as_now(r, live)["status"] in ACTIVE:
+                    return r["job_id"], False
+            now = utc_now()
+            job_id = new_run_id(key + str(len(records)), now)
+            while self._path(job_id).exists():  # two submissions in the same second
+                job_id = new_run_id(job_id, now)
+            record = {
+                "kind": JOB_KIND,
+                "schema_version": JOB_SCHEMA_VERSION,
+                "job_id": job_id,
+                "type": job_type,
+                "label": label,
+                "key": key,
+                "config": config,
+                "created": utc_timestamp(now),
+                "queue_seq": _next_seq(records),
+                "status": "queued",
+                "progress": {"fraction": 0.0, "message": "queued"},
+                "run_id": new_run_id(job_id),  # chosen now: a resumed job replaces its run, never adds a second
+                "attempts": 0,
+                "log": [],
+            }
+            self._write(record)
+        return job_id, True
+
+    def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
+        """Change fields of a record (read, change, write under the lock); returns the new record."""
+        with self._locked():
+            record = self._read(self._path(job_id))
+            if record is None:
+                raise DietError(f"job {job_id} is missing or damaged", "list the jobs with `diet-explore jobs`")
+            record.update(fields)
+            record["updated"] = utc_timestamp()
+            self._write(record)
+            return record
+
+    def stop(self, job_id: str) -> dict[str, Any]:
+        """Stop a job: a queued one is cancelled, a running one stops after its current forward
+        pass (its worker finishes the record: stopped, partial results kept)."""
+        with self._locked():
+            job = self.get(job_id)
+            if job["status"] == "queued":
+                return self.update(job_id, status="cancelled", finished=utc_timestamp(), progress=_msg(job, "cancelled"))
+            if job["status"] == "running":
+                return self.update(job_id, stop_requested=True, progress=_msg(job, "stopping…"))
+            raise DietError(f"job {job_id} is {job['status']}, not queued or running", "nothing to stop")
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        """Queue an interrupted, stopped, failed or cancelled job again (at the end of the queue);
+        what it had scored is reused."""
+        with self._locked():
+            job = self.get(job_id)
+            if job["status"] not in RESUMABLE:
+                raise DietError(
+                    f"job {job_id} is {job['status']}", "only an interrupted, stopped, failed or cancelled job can be resumed"
+                )
+            records, _ = self.scan()
+            return self.update(
+                job_id,
+                status="queued",
+                stop_requested=False,
+                error=None,
+                queue_seq=_next_seq(records),
+                progress=_msg(job, "queued again (finished work is reused)"),
+            )
+
+    def claim_next(self, token: str) -> dict[str, Any] | None:
+        """The oldest queued job, now ``running`` for the worker ``token``; None when none is queued."""
+        with self._locked():
+            records, _ = self.scan()
+            for r in records:
+                if r["status"] == "queued":
+                    return self.update(
+                        r["job_id"],
+                        status="running",
+                        started=utc_timestamp(),
+                        worker={"pid": os.getpid(), "token": token},
+                        attempts=int(r.get("attempts", 0)) + 1,
+                        stop_requested=False,
+                        progress=_msg(r, "started"),
+                    )
+        return None
+
+    def mark_interrupted(self, token: str) -> list[str]:
+        """Record as interrupted every running job that is not worker ``token``'s (its worker is gone)."""
+        done = []
+        with self._locked():
+            records, _ = self.scan()
+            for r in records:
+                if r["status"] == "running" and (r.get("worker") or {}).get("token") != token:
+                    self.update(r["job_id"], status="interrupted", progress=_msg(r, "interrupted (its worker stopped)"))
+                    done.append(r["job_id"])
+        return done
+
+
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock(root: Path) -> threading.RLock:
+    key = str(Path(root).resolve())
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(key, threading.RLock())
+
+
+def _next_seq(records: list[dict[str, Any]]) -> int:
+    return max((int(r.get("queue_seq", 0)) for r in records), default=0) + 1
+
+
+def _msg(job: dict[str, Any], message: str) -> dict[str, Any]:
+    return {**(job.get("progress") or {}), "message": message}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# --------------------------------------------------------------------------------------------
+# Running one job
+# --------------------------------------------------------------------------------------------
+class JobContext:
+    """What a job handler gets: its config and folder, the run store, progress / log / partial
+    result writers, the stop check and the worker's model memo."""
+
+    def __init__(self, store: JobStore, job: dict[str, Any], stop_check: Callable[[], str | None], models: dict):
+        self.store, self.job = store, job
+        self.job_id: str = job["job_id"]
+        self.folder = store.folder(self.job_id)
+        self.runs = store.runs
+        self._outside_stop = stop_check
+        self._models = models
+        self._last_progress = 0.0
+        self._stop_seen: tuple[int, bool] = (-1, False)
+        self._log = list(job.get("log") or [])
+
+    def progress(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_EVERY_S and fraction < 1.0:
+            return
+        self._last_progress = now
+        self.store.update(self.job_id, progress={"fraction": max(0.0, min(1.0, float(fraction))), "message": message})
+
+    def log(self, message: str) -> None:
+        """A line in the job's log; it is also the progress message until the next progress."""
+        self._log = [*self._log, f"{utc_timestamp()} {message}"][-LOG_KEPT:]
+        progress = (self.store.get(self.job_id).get("progress") or {}) | {"message": message}
+        self.store.update(self.job_id, log=self._log, progress=progress)
+
+    def partial(self, data: dict[str, Any]) -> None:
+        """The partial result so far (shown live; kept, marked partial, when the job stops)."""
+        self.store.update(self.job_id, partial=data)
+
+    def should_stop(self) -> str | None:
+        """``"interrupted"`` when the worker must end (its owner is gone, a signal), ``"stopped"``
+        when Stop was pressed; else None. Cheap: re-reads the record only when it changed."""
+        why = self._outside_stop()
+        if why:
+            return why
+        path = self.store._path(self.job_id)
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        if mtime != self._stop_seen[0]:
+            record = JobStore._read(path) or {}
+            self._stop_seen = (mtime, bool(record.get("stop_requested")))
+        return "stopped" if self._stop_seen[1] else None
+
+    def load_model(self, name: str, device: str = "auto", dtype: str | None = None):
+        """(model, tokenizer, info), loaded once per worker (the last model is kept for the next job)."""
+        from diet_explore.models.loading import load_model
+
+        key = (name, device, dtype)
+        if key not in self._models:
+            self._models.clear()  # one model in memory at a time
+            self._models[key] = load_model(name, device=device, dtype=dtype)
+        return self._models[key]
+
+
+def run_job(store: JobStore, job: dict[str, Any], stop_check: Callable[[], str | None] = lambda: None, models=None) -> str:
+    """Run one claimed job to its end and record how it ended; returns the final status."""
+    import importlib
+
+    from diet_explore.evaluation.blocks import Stopped
+
+    ctx = JobContext(store, job, stop_check, models if models is not None else {})
+    module, func = HANDLERS[job["type"]].split(":")
+    try:
+        result = getattr(importlib.import_module(module), func)(job["config"], ctx)
+    except Stopped as stop:
+        status = "interrupted" if stop.reason == "interrupted" else "stopped"
+        partial = (store.get(ctx.job_id).get("partial") or {}) | {"partial": True}
+        store.update(ctx.job_id, status=status, finished=utc_timestamp(), result=partial, progress=_msg(job, status))
+        return status
+    except KeyboardInterrupt:
+        store.update(ctx.job_id, status="interrupted", progress=_msg(job, "interrupted (Ctrl-C)"))
+        raise
+    except DietError as exc:
+        error = {"message": exc.message, "hint": exc.hint}
+    except Exception as exc:  # a bug or an environment failure: the message for the user, the traceback in the log
+        traceback.print_exc()
+        error = {
+            "message": f"{type(exc).__name__}: {exc}",
+            "hint": "nothing was added to the run history; the traceback is in the worker log " + str(store.root / "worker.log"),
+        }
+    else:
+        store.update(
+            ctx.job_id, status="done", finished=utc_timestamp(), result=result, progress={"fraction": 1.0, "message": "done"}
+        )
+        return "done"
+    store.update(ctx.job_id, status="failed", finished=utc_timestamp(), error=error, progress=_msg(job, "failed"))
+    return "failed"
+
+
+# --------------------------------------------------------------------------------------------
+# The worker
+# --------------------------------------------------------------------------------------------
+def run_worker(
+    store: JobStore,
+    owner: int | None = None,
+    idle_exit_s: float = IDLE_EXIT_S,
+    until_empty: bool = False,
+    on_job: Callable[[dict[str, Any]], None] | None = None,
+    preload: str | None = None,
+) -> int:
+    """Run queued jobs one at a time, oldest first, until the queue has been empty for
+    ``idle_exit_s`` (``until_empty``: at once), or ``owner`` (a pid) is no longer this process's
+    parent: then a running job stops as interrupted, resumable. ``preload``: a model to load while
+    the queue is empty (the one the page that started the worker will ask for). Returns the number
+    of jobs run; -1 when another worker already serves this store."""
+    from filelock import Timeout
+
+    store.root.mkdir(parents=True, exist_ok=True)
+    lock = store._worker_lock()
+    try:
+        lock.acquire(timeout=2.0)  # a lister holds it for an instant; a live worker for its whole life
+    except Timeout:
+        return -1
+    token = new_run_id(f"worker-{os.getpid()}")
+    ran = 0
+    signalled: list[str] = []
+    restore: list[Callable[[], object]] = []
+    try:
+        info = {"pid": os.getpid(), "token": token, "owner": owner, "started": utc_timestamp()}
+        atomic.write_json(store.root / "worker.json", info)
+        store.mark_interrupted(token)  # we hold the worker lock: no running record has a live worker
+
+        def outside_stop() -> str | None:
+            if signalled or (owner is not None and os.getppid() != owner):
+                return "interrupted"
+            return None
+
+        if threading_main():  # a supervisor's SIGTERM: stop the job as interrupted, resumable
+            previous = signal.signal(signal.SIGTERM, lambda *a: signalled.append("SIGTERM"))
+            restore.append(lambda: signal.signal(signal.SIGTERM, previous))
+        _warm_up()
+        models: dict = {}
+        if preload:
+            _preload(models, preload)
+        atomic.write_json(store.root / "worker.json", info | {"ready": utc_timestamp(), "preloaded": preload})
+        idle_since = time.monotonic()
+        while not outside_stop():
+            job = store.claim_next(token)
+            if job is None:
+                if until_empty or time.monotonic() - idle_since > idle_exit_s:
+                    break
+                time.sleep(POLL_S)
+                continue
+            if on_job is not None:
+                on_job(job)
+            run_job(store, job, outside_stop, models)
+            ran += 1
+            idle_since = time.monotonic()
+    finally:
+        for undo in restore:
+            undo()
+        lock.release()
+    return ran
+
+
+def threading_main() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _preload(models: dict, name: str) -> None:
+    """Load ``name`` as a job with the default device and dtype will ask for it (``JobContext.load_model``)."""
+    from diet_explore.models.loading import load_model
+
+    try:
+        models[(name, "auto", None)] = load_model(name, device="auto", dtype=None)
+    except Exception as exc:  # the job that needs it reports why, with the fix
+        print(f"{utc_timestamp()} worker {os.getpid()}: could not preload {name}: {exc}", flush=True)
+
+
+def _warm_up() -> None:
+    """Import what every job needs while the queue is empty, so a job starts in milliseconds."""
+    for module in {h.split(":")[0] for h in HANDLERS.values()}:
+        __import__(module)
+
+
+# --------------------------------------------------------------------------------------------
+# Executors: where the worker runs
+# --------------------------------------------------------------------------------------------
+class LocalProcessExecutor:
+    """One worker process on this machine, a child of the caller (e.g. the app's server), started
+    when jobs are queued and none is alive. It stops, leaving a running job interrupted and
+    resumable, when its parent goes away (a server restart), and exits after ``IDLE_EXIT_S`` idle."""
+
+    _started: list[subprocess.Popen] = []  # reaped as they exit (no zombies in a long-lived server)
+
+    def ensure_worker(self, store: JobStore, preload: str | None = None) -> bool:
+        """Start a worker for ``store`` unless one is alive or starting; True when one was started.
+        ``preload``: a model it loads while waiting for the first job."""
+        self._started[:] = [p for p in self._started if p.poll() is None]
+        if store.live_worker():  # the common case, without the store's lock
+            return False
+        store.root.mkdir(parents=True, exist_ok=True)
+        with store._locked():
+            if store.live_worker():
+                return False
+            info = _read_json(store.root / "worker.json") or {}
+            spawned = float(info.get("spawned") or 0)
+            if time.time() - spawned < START_GRACE_S and _pid_alive(info.get("pid")) and not info.get("token"):
+                return False  # started moments ago, still importing
+            package_parent = str(Path(__file__).resolve().parents[2])
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            }
+            cmd = [
+                sys.executable,
+                "-m",
+                "diet_explore.experiments.jobs",
+                "--root",
+                str(store.runs.root),
+                "--owner",
+                str(os.getpid()),
+                *(["--preload", preload] if preload else []),
+            ]
+            with open(store.root / "worker.log", "ab") as log:
+                proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+            self._started.append(proc)
+            atomic.write_json(store.root / "worker.json", {"pid": proc.pid, "owner": os.getpid(), "spawned": time.time()})
+        return True
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+EXECUTOR = LocalProcessExecutor()
+
+
+def submit(store: JobStore, job_type: str, config: dict[str, Any], label: str) -> tuple[str, bool]:
+    """Queue a job and make sure a worker will run it (what the app's pages call)."""
+    job_id, new = store.submit(job_type, config, label)
+    EXECUTOR.ensure_worker(store)
+    return job_id, new
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m diet_explore.experiments.jobs --root RUNS [--owner PID]``: the worker process."""
+    ap = argparse.ArgumentParser(description="diet-explore job worker (started by the app or `diet-explore jobs`)")
+    ap.add_argument("--root", required=True, help="the run store folder whose jobs/ to serve")
+    ap.add_argument("--owner", type=int, default=None, help="stop when this process is no longer the parent")
+    ap.add_argument("--preload", default=None, help="a model to load while waiting for the first job")
+    args = ap.parse_args(argv)
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
+    ran = run_worker(JobStore(args.root), owner=args.owner, preload=args.preload)
+    print(f"{utc_timestamp()} worker {os.getpid()}: {'another worker serves this store' if ran < 0 else f'{ran} job(s) run'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

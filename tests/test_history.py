@@ -1,0 +1,93 @@
+"""Run comparison (experiments/history.py): the columns that tell runs apart, what differs, and the
+paired difference between two runs on the examples they share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diet_explore.experiments.history import differing, history_frame, paired_between, paired_frame, side_by_side
+from diet_explore.experiments.runs import run_record
+
+
+def _examples(rng, n: int, offset: int = 0, choices: int = 2) -> dict:
+    return {
+        "doc_id": list(range(offset, offset + n)),
+        "gold": [int(g) for g in rng.integers(0, choices, n)],
+        "lls": [[float(x) for x in -rng.random(choices) * 10] for _ in range(n)],
+        "chars": [[5] * choices for _ in range(n)],
+    }
+
+
+def _record(run_id: str, rng, *, method="diet", sparsity=0.1, offset=0, n=12, examples=True, **extra) -> dict:
+    dense, pruned = _examples(rng, n, offset), _examples(rng, n, offset)
+    pruned["gold"] = dense["gold"]  # the same examples: the same answers
+    row = {
+        "task": "rte",
+        "n": n,
+        "metric": "acc",
+        "dense_main": 0.5,
+        "pruned_main": 0.4,
+        "delta_main": -0.1,
+        "delta_main_ci_low": -0.3,
+        "delta_main_ci_high": 0.1,
+    }
+    if examples:
+        row["examples"] = {"dense": dense, "pruned": pruned}
+    record = run_record(
+        source="app",
+        model="m",
+        method=method,
+        sparsity=sparsity,
+        n_keep=500,
+        tasks=["rte"],
+        limit=n,
+        dense_avg=0.5,
+        pruned_avg=0.4,
+        delta_avg=-0.1,
+        delta_avg_ci=(-0.3, 0.1),
+        dense_ppl=10.0,
+        pruned_ppl=20.0,
+        wall_time_s=1.0,
+        task_results=[row],
+        **extra,
+    )
+    return record | {"run_id": run_id, "created": f"2026-01-0{run_id[-1]}T00:00:00+00:00"}
+
+
+def test_the_history_says_what_tells_runs_apart():
+    rng = np.random.default_rng(0)
+    app = _record("r1", rng, mask_config={"threshold": 0.6, "weights": {"rte": 2.0}, "site": "normed"})
+    sweep = _record("r2", rng, method="diet-normed", config={"threshold": 0.5}) | {"source": "compare"}
+    frame = history_frame([app, sweep])
+    assert list(frame["run_id"]) == ["r2", "r1"]  # newest first
+    by_id = frame.set_index("run_id")
+    assert by_id.loc["r1", "threshold"] == 0.6 and by_id.loc["r1", "weights"] == "rte=2" and by_id.loc["r1", "site"] == "normed"
+    assert by_id.loc["r2", "threshold"] == 0.5 and by_id.loc["r2", "weights"] == "equal" and by_id.loc["r2", "site"] == "normed"
+    assert by_id.loc["r1", "limit"] == 12 and by_id.loc["r1", "tasks"] == "rte"
+    assert differing(frame) == ["source", "method", "threshold", "weights"]
+
+
+def test_two_runs_are_paired_on_the_examples_they_share_only():
+    rng = np.random.default_rng(1)
+    a = _record("r1", rng, n=12)
+    b = _record("r2", rng, n=12, offset=6)  # doc ids 6..17: 6 shared with a
+    b["task_results"][0]["examples"]["pruned"]["gold"][:6] = a["task_results"][0]["examples"]["pruned"]["gold"][6:]
+    result = paired_between(a, b)
+    assert result["shared"] == {"rte": 6}
+    ea, eb = a["task_results"][0]["examples"]["pruned"], b["task_results"][0]["examples"]["pruned"]
+    ca = (np.argmax(ea["lls"][6:], axis=1) == np.array(ea["gold"][6:])).astype(float)
+    cb = (np.argmax(eb["lls"][:6], axis=1) == np.array(eb["gold"][:6])).astype(float)
+    assert result["tasks"]["rte"]["main"]["delta"] == pytest.approx(float(np.mean(cb - ca)))
+    assert result["tasks"]["rte"]["main"]["n"] == 6
+    table = paired_frame(result)
+    assert table.loc["rte", "Δ main"] == pytest.approx(float(np.mean(cb - ca))) and table.loc["average", "shared examples"] == 6
+
+
+def test_runs_without_their_examples_are_not_paired_but_still_shown_side_by_side():
+    rng = np.random.default_rng(2)
+    a, b = _record("r1", rng), _record("r2", rng, examples=False)
+    assert paired_between(a, b) is None
+    side = side_by_side([a, b])
+    assert side.loc["rte", ("r2", "main")] == 0.4 and side.loc["average", ("r1", "main")] == 0.4
+    assert side.loc["rte", ("r2", "agreement")] is None or np.isnan(side.loc["rte", ("r2", "agreement")])

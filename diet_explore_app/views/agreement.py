@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from diet_explore.core.errors import DietError
@@ -11,6 +12,18 @@ from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
 K_FIT = "agree_fit_colours"
+
+
+def split_display(split: pd.DataFrame) -> pd.DataFrame:
+    """``masking.dims.split_votes`` as a table that fits the page: each task's score marked with its
+    vote (✓ keeps, ✗ prunes) in place of the two long "kept by" / "pruned by" name lists."""
+    shown = split.drop(columns=["kept by", "pruned by"])
+    tasks = list(split.columns[list(split.columns).index("mask") + 1 :])
+    kept = [set(k.split(", ")) if k else set() for k in split["kept by"]]
+    for t in tasks:
+        shown[t] = [f"{'✓' if t in k else '✗'} {v:.3f}" for k, v in zip(kept, split[t], strict=True)]
+    return shown
+
 
 st.title("Agreement")
 with ui.shown_errors():
@@ -60,7 +73,8 @@ with ui.shown_errors():
     split = loaders.split_votes_for(loaded.path, loaded.sha, config.to_json(), 20)
     st.caption(
         "The dims kept by about half of the voting weight (closest to one half first, then the widest spread of "
-        "per-task ranks), with each task's score. Pick a row to read why on the Dimension page."
+        "per-task ranks), with each task's score: ✓ the task keeps the dim at this sparsity, ✗ it prunes it. "
+        "Pick a row to read why on the Dimension page."
     )
-    ui.dim_table(split, key="agree_split")
+    ui.dim_table(split_display(split), key="agree_split")
     ui.dim_jump(cache, key="agree_jump")

@@ -435,6 +435,7 @@ def sweep_curves(frame: pd.DataFrame, title: str, y_title: str, log_y: bool = Fa
     fig.update_layout(title=title, xaxis_title="sparsity (fraction of hidden dims pruned)", yaxis_title=y_title, **_LAYOUT)
     if log_y:
         fig.update_yaxes(type="log", dtick=1)  # one tick per decade: perplexities span 10^1 to 10^12
+    return fig
 
 
 KEEP_COLOR, PRUNE_COLOR, IDLE_COLOR = "#2a9d8f", "#c0392b", "#9aa5b1"

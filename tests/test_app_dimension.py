@@ -182,7 +182,7 @@ def test_mask_builder_summarises_the_massive_dims(app, alpha):
     line = next(m.value for m in at.markdown if m.value.startswith("**Massive-activation dims**"))
     kept = sum(bool(result.keep[d]) for d in flagged)
     assert ", ".join(map(str, flagged)) in line and f"keeps {kept} of {len(flagged)}" in line
-    table = at.dataframe[1].value
+    table = next(d.value for d in at.dataframe if "× median" in d.value.columns)
     assert table["dim"].tolist() == flagged
     at.session_state["mb_massive"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     at.run()

@@ -74,13 +74,11 @@ def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last
             f"**Massive-activation dims**: {flagged} (score ≥ {MASSIVE_FACTOR:g}× the median dim's, in the median task; "
             "“× median” below). Pick a table row to open that dim on the Dimension page."
         )
-        t1, t2 = st.columns(2)
-        with t1:
-            st.markdown(f"**Top {top_n}** ({task})")
-            ui.dim_table(table(order[:top_n], 1), key="rank_top_table")
-        with t2:
-            st.markdown(f"**Bottom {top_n}** ({task})")
-            ui.dim_table(table(order[-top_n:], cache.hidden_size - order[-top_n:].size + 1), key="rank_bottom_table")
+        # one above the other: side by side, seven columns each scrolled sideways
+        st.markdown(f"**Top {top_n}** ({task})")
+        ui.dim_table(table(order[:top_n], 1), key="rank_top_table")
+        st.markdown(f"**Bottom {top_n}** ({task})")
+        ui.dim_table(table(order[-top_n:], cache.hidden_size - order[-top_n:].size + 1), key="rank_bottom_table")
         ui.dim_jump(cache, key="rank_jump")
 
         st.text_input(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 
 import pytest
 from app_helpers import CHROME_ARGS, CHROMIUM, WAIT_MS, goto_page, idle, metric, require_browser, start_app_server
@@ -43,6 +44,11 @@ def _open(browser, url: str):
     return page, errors
 
 
+# Examples per task: the test holds the worker the moment the first paired numbers are on disk, so
+# the job is still running then (more would exceed a held-out split of the tiny cache's tasks).
+LIMIT = 150
+
+
 def _start(page, limit: int) -> None:
     box = page.get_by_label("Held-out examples per task")
     box.fill(str(limit))
@@ -64,6 +70,22 @@ def _newest(store) -> dict:
     return max(store.jobs(), key=lambda j: j["queue_seq"])
 
 
+def _hold_when_paired(store, before: set[str]) -> tuple[dict, int]:
+    """Wait for the job just submitted (not in ``before``) to have paired numbers, then hold its
+    worker at once (SIGSTOP); returns the job and the worker's pid. Waiting for the page first
+    would leave a refresh or two in which a small job can finish."""
+    deadline = time.monotonic() + RUN_MS / 1000
+    while not (new := [j for j in store.jobs() if j["job_id"] not in before]):
+        assert time.monotonic() < deadline, "the job was never submitted"
+        time.sleep(0.02)
+    job = wait_job(store, new[0]["job_id"], lambda j: paired(j) > 0 or j["status"] != "running" and j["status"] != "queued")
+    pid = worker_pid(store)
+    os.kill(pid, signal.SIGSTOP)
+    job = store.get(job["job_id"])
+    assert job["status"] == "running", f"the job was {job['status']} before it could be held"
+    return job, pid
+
+
 def test_a_job_survives_page_switches_reloads_stop_and_a_server_restart(env, tmp_path):
     require_browser()
     from playwright.sync_api import sync_playwright
@@ -77,15 +99,11 @@ def test_a_job_survives_page_switches_reloads_stop_and_a_server_restart(env, tmp
             with start_app_server(tmp_path / "s1", env) as url:
                 page, errors = _open(browser, url)
                 # 1. start, switch page, come back, reload: the running job and its numbers stay
-                _start(page, limit=150)
-                page.get_by_text("Mean Δ main metric so far", exact=True).wait_for(timeout=RUN_MS)
-                first = _newest(store)
-                wait_job(store, first["job_id"], lambda j: paired(j) > 0)
-                pid = worker_pid(store)
-                os.kill(pid, signal.SIGSTOP)
+                _start(page, limit=LIMIT)
+                first, pid = _hold_when_paired(store, set())
                 try:
+                    page.get_by_text("Mean Δ main metric so far", exact=True).wait_for(timeout=RUN_MS)
                     job = store.get(first["job_id"])
-                    assert job["status"] == "running"
                     goto_page(page, "Mask builder")
                     goto_page(page, "Prune & evaluate")
                     page.get_by_text(f"Job {first['job_id']}", exact=False).first.wait_for(timeout=WAIT_MS)
@@ -109,13 +127,10 @@ def test_a_job_survives_page_switches_reloads_stop_and_a_server_restart(env, tmp
 
                 # 2. Stop keeps the partial numbers; Resume finishes with the same numbers (the reload
                 # started a new session: its settings are the defaults again)
-                _start(page, limit=150)
-                page.get_by_text("Mean Δ main metric so far", exact=True).wait_for(timeout=RUN_MS)
-                second = _newest(store)
-                assert second["job_id"] != first["job_id"]
-                pid = worker_pid(store)
-                os.kill(pid, signal.SIGSTOP)  # so that the job is still running when Stop arrives
+                _start(page, limit=LIMIT)
+                second, pid = _hold_when_paired(store, {first["job_id"]})  # still running when Stop arrives
                 try:
+                    page.get_by_text("Mean Δ main metric so far", exact=True).wait_for(timeout=RUN_MS)
                     page.get_by_role("button", name="Stop").click()
                     page.wait_for_timeout(1500)
                 finally:
@@ -126,11 +141,10 @@ def test_a_job_survives_page_switches_reloads_stop_and_a_server_restart(env, tmp
                 assert _final(page) == one_go
 
                 # 3. the server stops mid-run: the job is interrupted
+                before = {j["job_id"] for j in store.jobs()}
                 page.get_by_role("button", name="Prune and evaluate").click()
+                third, pid = _hold_when_paired(store, before)  # held mid-run while the server goes away
                 page.get_by_text("Mean Δ main metric so far", exact=True).wait_for(timeout=RUN_MS)
-                third = _newest(store)
-                pid = worker_pid(store)
-                os.kill(pid, signal.SIGSTOP)  # held mid-run while the server goes away
                 assert errors == [], errors
             os.kill(pid, signal.SIGCONT)  # its parent is gone: it records the job interrupted and exits
             wait_job(store, third["job_id"], ("interrupted", "done"))

@@ -328,6 +328,19 @@ def show_model_problem(problem: DietError) -> str:
     return f"Disabled: {problem.message}"
 
 
+def note_metric(where, label: str, value, note: str | None = None, help: str | None = None) -> None:
+    """A metric whose small line under the value is a neutral note (a CI, the dense value, the
+    target), not a green or red change: ``where`` is ``st`` or a column."""
+    where.metric(label, value, delta=note, delta_color="off", delta_arrow="off", help=help)
+
+
+def ci_note(entry: dict | None, fmt: str = "+.3f") -> str | None:
+    """``95% CI [low, high]`` of a paired-metric entry (``evaluation.metrics``), or None without one."""
+    if not entry or entry.get("ci_low") is None:
+        return None
+    return f"95% CI [{entry['ci_low']:{fmt}}, {entry['ci_high']:{fmt}}]"
+
+
 def saved_size(path: Path) -> str:
     """A saved file's or folder's size as people read it (KiB below 1 MiB)."""
     from diet_explore.pruning.saving import size_on_disk

@@ -198,3 +198,49 @@ def start_app_server(tmp: Path, env_extra: dict[str, str]):
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextlib.contextmanager
+def committed_cache_server(tmp: Path, seed_runs=None):
+    """The app (``start_app_server``) on the committed caches (or real-shaped ones built in ``tmp``
+    where cache/ holds none), with its own export and run folders in ``tmp``; ``seed_runs(folder)``
+    fills the run store first. Yields ``{"url", "cache_root", "tmp"}``."""
+    from diet_explore.profiling.cache import list_caches
+
+    real_root = APP.parents[1] / "cache"
+    cache_root = real_root if list_caches(real_root) else build_cache_root(tmp / "caches")
+    extra = {
+        "DIET_EXPLORE_CACHE_DIR": str(cache_root),
+        "DIET_EXPLORE_EXPORT_DIR": str(tmp / "export"),
+        "DIET_EXPLORE_RUNS_DIR": str(tmp / "runs"),
+    }
+    if seed_runs is not None:
+        seed_runs(tmp / "runs")
+    with start_app_server(tmp, extra) as url:
+        yield {"url": url, "cache_root": cache_root, "tmp": tmp}
+
+
+@contextlib.contextmanager
+def launched_browser():
+    """Debian's chromium through Playwright, closed after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def wait_metric(page, label: str, expected: str) -> None:
+    """Wait until the metric ``label`` shows ``expected`` (a rerun can still be replacing it)."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while time.monotonic() < deadline:
+        try:
+            if metric(page, label) == expected:
+                return
+        except Exception:  # the metric is being re-rendered: look again
+            pass
+        page.wait_for_timeout(200)
+    raise AssertionError(f"metric {label!r} is {metric(page, label)!r}, expected {expected!r}")

@@ -10,28 +10,24 @@ Missing Chromium/Playwright skips locally but fails when CI=true.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 from app_helpers import (
-    APP,
-    CHROME_ARGS,
-    CHROMIUM,
     WAIT_MS,
-    build_cache_root,
+    committed_cache_server,
     goto_page,
     idle,
+    launched_browser,
     metric,
     require_browser,
-    start_app_server,
+    wait_metric,
 )
 
 from diet_explore.profiling.cache import list_caches
 
 pytestmark = pytest.mark.browser
 
-ROOT = APP.parents[1]
 SCREENSHOTS = Path(os.environ["DIET_EXPLORE_SCREENSHOTS"]) if os.environ.get("DIET_EXPLORE_SCREENSHOTS") else None
 SHOWN_DIM = 83  # SmolLM2: the dim the tasks disagree on most at 0.2 (3 of 7 keep it), with readable contexts
 
@@ -39,40 +35,14 @@ SHOWN_DIM = 83  # SmolLM2: the dim the tasks disagree on most at 0.2 (3 of 7 kee
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     require_browser()
-    tmp = tmp_path_factory.mktemp("dimension")
-    real_root = ROOT / "cache"
-    cache_root = real_root if list_caches(real_root) else build_cache_root(tmp / "caches")
-    extra = {
-        "DIET_EXPLORE_CACHE_DIR": str(cache_root),
-        "DIET_EXPLORE_EXPORT_DIR": str(tmp / "export"),
-        "DIET_EXPLORE_RUNS_DIR": str(tmp / "runs"),
-    }
-    with start_app_server(tmp, extra) as url:
-        yield {"url": url, "cache_root": cache_root, "tmp": tmp}
+    with committed_cache_server(tmp_path_factory.mktemp("dimension")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def _wait_metric(page, label: str, expected: str) -> None:
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while time.monotonic() < deadline:
-        try:
-            if metric(page, label) == expected:
-                return
-        except Exception:
-            pass
-        page.wait_for_timeout(200)
-    raise AssertionError(f"metric {label!r} is {metric(page, label)!r}, expected {expected!r}")
+    with launched_browser() as b:
+        yield b
 
 
 def test_a_dim_link_opens_the_page_with_its_card_and_contexts(server, browser, tmp_path):
@@ -91,7 +61,7 @@ def test_a_dim_link_opens_the_page_with_its_card_and_contexts(server, browser, t
     page.goto(f"{server['url']}/dimension?dim={dim}", wait_until="domcontentloaded")
     page.get_by_role("heading", name="Dimension").first.wait_for(timeout=WAIT_MS)
     idle(page)
-    _wait_metric(page, "Current mask", "kept" if card.mask_kept else "pruned")
+    wait_metric(page, "Current mask", "kept" if card.mask_kept else "pruned")
     assert metric(page, "Vote share (keep)") == f"{card.vote_share:.2f}"
     assert metric(page, "Weight-magnitude rank") == f"{card.weight_magnitude_rank} / {cache.hidden_size}"
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length == 2", timeout=WAIT_MS)

@@ -15,31 +15,27 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from app_helpers import (
-    APP,
-    CHROME_ARGS,
-    CHROMIUM,
     WAIT_MS,
     arr,
-    build_cache_root,
+    committed_cache_server,
     goto_page,
     idle,
+    launched_browser,
     metric,
     require_browser,
-    start_app_server,
+    wait_metric,
 )
 
 from diet_explore.profiling.cache import list_caches
 
 pytestmark = pytest.mark.browser
 
-ROOT = APP.parents[1]  # the repository: cache/ and the app folder
 # The README's screenshots are refreshed only on request (DIET_EXPLORE_SCREENSHOTS=docs/screenshots), so a
 # test run does not rewrite tracked files; otherwise they go to a throwaway folder (still taken: a page that
 # cannot render fails here).
@@ -54,47 +50,20 @@ PAGES = [
 ]
 
 
+# --------------------------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     require_browser()
-
-    tmp = tmp_path_factory.mktemp("e2e")
-    real_root = ROOT / "cache"
-    cache_root = real_root if list_caches(real_root) else build_cache_root(tmp / "caches")
-    extra = {
-        "DIET_EXPLORE_CACHE_DIR": str(cache_root),
-        "DIET_EXPLORE_EXPORT_DIR": str(tmp / "export"),
-        "DIET_EXPLORE_RUNS_DIR": str(tmp / "runs"),
-    }
-    with start_app_server(tmp, extra) as url:
-        yield {"url": url, "cache_root": cache_root, "tmp": tmp}
+    with committed_cache_server(tmp_path_factory.mktemp("e2e")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-# --------------------------------------------------------------------------------------------
-
-
-def _wait_metric(page, label: str, expected: str) -> None:
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while time.monotonic() < deadline:
-        try:
-            if metric(page, label) == expected:
-                return
-        except Exception:
-            pass
-        page.wait_for_timeout(200)
-    raise AssertionError(f"metric {label!r} is {metric(page, label)!r}, expected {expected!r}")
+    with launched_browser() as b:
+        yield b
 
 
 def _plot_data(page, title_part: str):
@@ -163,14 +132,14 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
 
     # Agreement: move the sparsity slider with the keyboard; the heatmap must follow.
     goto_page(page, "Agreement")
-    _wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.2)))
+    wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.2)))
     before = _plot_data(page, "Jaccard overlap of pruned sets at sparsity 0.20")
     assert np.allclose(arr(before[0]["z"]).astype(float), jaccard_matrix(prune_matrix(cache, 0.2)))
     handle = page.locator('[data-testid="stSlider"] input[type="range"]').first
     handle.focus()
     for _ in range(5):
         handle.press("ArrowRight")
-    _wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.25)))
+    wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.25)))
     idle(page)
     after = _plot_data(page, "Jaccard overlap of pruned sets at sparsity 0.25")  # waits for the redrawn chart
     z_after = arr(after[0]["z"]).astype(float)
@@ -182,7 +151,7 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     # Mask builder: the slider value came along through session state.
     goto_page(page, "Mask builder")
     res = build_mask(cache, MaskConfig(sparsity=0.25))
-    _wait_metric(page, "Kept dims", f"{res.n_keep} / {d}")
+    wait_metric(page, "Kept dims", f"{res.n_keep} / {d}")
     need = required_multiple_for_model(cache.model_name)
     if need and res.n_keep % need:  # e.g. SmolLM2: 433 kept is not a multiple of its 9 heads
         page.get_by_text(f"needs a multiple of {need}", exact=False).first.wait_for(timeout=WAIT_MS)
@@ -231,5 +200,5 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     p2.goto(link.replace("/export", "/mask_builder"), wait_until="domcontentloaded")
     p2.get_by_role("heading", name="Mask builder").first.wait_for(timeout=WAIT_MS)
     idle(p2)
-    _wait_metric(p2, "Kept dims", f"{res.n_keep} / {d}")
+    wait_metric(p2, "Kept dims", f"{res.n_keep} / {d}")
     fresh.close()

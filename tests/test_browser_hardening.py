@@ -14,17 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_helpers import (
-    APP,
-    CHROME_ARGS,
-    CHROMIUM,
     WAIT_MS,
     arr,
-    build_cache_root,
+    committed_cache_server,
     goto_page,
     idle,
+    launched_browser,
     metric,
     require_browser,
-    start_app_server,
 )
 
 from diet_explore.masking.selection import keep_count
@@ -32,7 +29,6 @@ from diet_explore.profiling.cache import list_caches, load_cache
 
 pytestmark = pytest.mark.browser
 
-ROOT = APP.parents[1]
 
 # In every animation frame: the sparsity shown, the metric shown, and whether an update is visibly
 # under way (Streamlit's running icon, the app's "Updating…" badge, or the metric faded).
@@ -55,17 +51,8 @@ SAMPLER = """([label]) => { const S = window.__samples = [];
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     require_browser()
-    tmp = tmp_path_factory.mktemp("browser-hardening")
-    real_root = ROOT / "cache"
-    cache_root = real_root if list_caches(real_root) else build_cache_root(tmp / "caches")
-    extra = {
-        "DIET_EXPLORE_CACHE_DIR": str(cache_root),
-        "DIET_EXPLORE_EXPORT_DIR": str(tmp / "export"),
-        "DIET_EXPLORE_RUNS_DIR": str(tmp / "runs"),
-    }
-    _seed_run_store(tmp / "runs")  # so Prune & evaluate shows its history table
-    with start_app_server(tmp, extra) as url:
-        yield {"url": url, "cache_root": cache_root}
+    with committed_cache_server(tmp_path_factory.mktemp("browser-hardening"), _seed_run_store) as srv:
+        yield srv
 
 
 def _seed_run_store(root: Path) -> None:
@@ -85,10 +72,7 @@ def _seed_run_store(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
+    with launched_browser() as browser:
         context = browser.new_context(viewport={"width": 1440, "height": 1600})
         pg = context.new_page()
         errors: list[str] = []
@@ -97,8 +81,7 @@ def page(server):
         pg.get_by_role("heading", name="diet-explore").first.wait_for(timeout=WAIT_MS)
         idle(pg)
         yield pg
-        browser.close()
-        assert not errors, errors
+    assert not errors, errors
 
 
 def _cache(server):

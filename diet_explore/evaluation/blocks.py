@@ -99,31 +99,14 @@ class ScoreLog:
             for r, s in zip(unit.requests, raw["scores"]):
                 if (s["task"], s["doc_id"], len(s["lls"])) != (r.task, r.doc_id, r.n_choices):
                     return None
-                out.append(_scores_of(r, s))
+                out.append(ChoiceScores.from_stored(r, s))
             return out
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def save(self, unit: Unit, scores: Sequence[ChoiceScores]) -> None:
-        body = {"label": unit.label, "index": unit.index, "scores": [score_dict(s) for s in scores]}
+        body = {"label": unit.label, "index": unit.index, "scores": [s.stored() for s in scores]}
         atomic.write_text(self.path(unit), json.dumps(body) + "\n")
-
-
-def score_dict(s: ChoiceScores) -> dict:
-    """What a stored score keeps (the evaluation cache's shape); the rest comes from its request."""
-    return {"task": s.task, "doc_id": s.doc_id, "lls": s.lls, "is_greedy": s.is_greedy, "n_tokens": s.n_tokens}
-
-
-def _scores_of(r: Request, s: dict) -> ChoiceScores:
-    return ChoiceScores(
-        r.task,
-        r.doc_id,
-        [float(x) for x in s["lls"]],
-        [bool(x) for x in s["is_greedy"]],
-        [int(x) for x in s["n_tokens"]],
-        r.gold,
-        r.choice_texts,
-    )
 
 
 def score_blocks(

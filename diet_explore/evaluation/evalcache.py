@@ -170,10 +170,7 @@ class EvalCache:
             "created": utc_timestamp(),
             "model_name": result.model_name,
             "info": info,
-            "scores": [
-                {"task": s.task, "doc_id": s.doc_id, "lls": s.lls, "is_greedy": s.is_greedy, "n_tokens": s.n_tokens}
-                for s in result.scores
-            ],
+            "scores": [s.stored() for s in result.scores],
             "perplexity": result.perplexity,
             "wall_time_s": result.wall_time_s,
             "made_with": made_with,

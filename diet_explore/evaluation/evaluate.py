@@ -289,18 +289,7 @@ def result_from_cache(entry: CachedEval, config: EvalConfig, requests: dict[str,
     """The result a cached evaluation stands for (``EvalCache.load`` checked that its examples are
     ``requests``); ``extra["cached"]`` says where it came from."""
     flat = [r for reqs in requests.values() for r in reqs]
-    scores = [
-        ChoiceScores(
-            r.task,
-            r.doc_id,
-            [float(x) for x in s["lls"]],
-            [bool(x) for x in s["is_greedy"]],
-            [int(x) for x in s["n_tokens"]],
-            r.gold,
-            r.choice_texts,
-        )
-        for r, s in zip(flat, entry.scores)
-    ]
+    scores = [ChoiceScores.from_stored(r, s) for r, s in zip(flat, entry.scores)]
     result = result_from_scores(entry.model_name, config, requests, scores, entry.perplexity, entry.wall_time_s)
     result.extra["cached"] = {"path": path, "created": entry.created, "made_with": entry.made_with}
     return result

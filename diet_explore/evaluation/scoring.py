@@ -80,6 +80,23 @@ class ChoiceScores:
         """acc_norm's choice: log-likelihood per character of the choice text (lm-eval's completion_len)."""
         return int(choice_pred_norm(self.lls, self.choice_chars))
 
+    def stored(self) -> dict:
+        """What the evaluation cache and the job blocks keep of a score; the rest comes from its request."""
+        return {"task": self.task, "doc_id": self.doc_id, "lls": self.lls, "is_greedy": self.is_greedy, "n_tokens": self.n_tokens}
+
+    @classmethod
+    def from_stored(cls, request, stored: dict) -> ChoiceScores:
+        """The score ``stored()`` kept, with the gold answer and choice texts of its ``request``."""
+        return cls(
+            request.task,
+            request.doc_id,
+            [float(x) for x in stored["lls"]],
+            [bool(x) for x in stored["is_greedy"]],
+            [int(x) for x in stored["n_tokens"]],
+            request.gold,
+            request.choice_texts,
+        )
+
 
 # --------------------------------------------------------------------------------------------
 # Tokenization (lm-eval HFLM semantics)

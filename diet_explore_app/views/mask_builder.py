@@ -31,12 +31,11 @@ def stability_section(loaded, config) -> None:
         else:
             stab = loaders.bootstrap_for(loaded.path, loaded.sha, config.to_json(), n_res)
             b = st.columns(3)
-            b[0].metric(
+            ui.note_metric(
+                b[0],
                 "Jaccard vs full mask",
                 f"{stab.mean_jaccard:.4f}",
-                delta=f"± {stab.std_jaccard:.4f} (std)",
-                delta_color="off",
-                delta_arrow="off",
+                note=f"± {stab.std_jaccard:.4f} (std)",
                 help=ui.HELP["jaccard"],
             )
             b[1].metric("Stable dims", stab.n_stable, help=ui.HELP["stable"])
@@ -91,19 +90,17 @@ with ui.shown_errors():
         dense = cache.manifest["model"].get("num_parameters")
         c = st.columns(4)
         c[0].metric("Kept dims", f"{result.n_keep} / {d}")
-        c[1].metric(
+        ui.note_metric(
+            c[1],
             "Resulting sparsity",
             f"{result.sparsity:.4f}",
-            delta=f"{result.sparsity - config.sparsity:+.4f} vs target",
-            delta_color="off",
-            delta_arrow="off",
+            note=f"{result.sparsity - config.sparsity:+.4f} vs target",
         )
-        c[2].metric(
+        ui.note_metric(
+            c[2],
             "Params after pruning",
             f"{params / 1e6:,.2f} M" if params is not None else "n/a",
-            delta=f"{params / dense - 1:+.1%} vs dense" if params is not None and dense else None,
-            delta_color="off",
-            delta_arrow="off",
+            note=f"{params / dense - 1:+.1%} vs dense" if params is not None and dense else None,
         )
         c[3].metric("Voting tasks", len(result.tasks))
         if hint := ui.saveable_hint(cache, result.n_keep):

@@ -58,19 +58,17 @@ def show_partial(partial: dict[str, Any], final: bool = False) -> None:
     main, gold = avg.get("main") or {}, avg.get("gold_ll_per_char") or {}
     suffix = " so far" if not final else " (partial)"
     m = st.columns(3)
-    m[0].metric(
+    ui.note_metric(
+        m[0],
         "Mean Δ main metric" + suffix,
         f"{main['delta']:+.4f}" if main.get("delta") is not None else "—",
-        delta=f"95% CI [{main['ci_low']:+.3f}, {main['ci_high']:+.3f}]" if main.get("ci_low") is not None else None,
-        delta_color="off",
-        delta_arrow="off",
+        note=ui.ci_note(main),
     )
-    m[1].metric(
+    ui.note_metric(
+        m[1],
         "Mean Δ gold LL/char" + suffix,
         f"{gold['delta']:+.4f}" if gold.get("delta") is not None else "—",
-        delta=f"95% CI [{gold['ci_low']:+.3f}, {gold['ci_high']:+.3f}]" if gold.get("ci_low") is not None else None,
-        delta_color="off",
-        delta_arrow="off",
+        note=ui.ci_note(gold),
     )
     m[2].metric("Examples scored (pruned)", f"{scored} / {total}")
     totals = partial.get("task_totals") or {}
@@ -102,12 +100,11 @@ def show_versus(partial: dict[str, Any], final: bool) -> None:
         m = st.columns(3)
         for col, (title, metric) in zip(m, (("main metric", "main"), ("gold LL/char", "gold_ll_per_char"))):
             e = avg.get(metric) or {}
-            col.metric(
+            ui.note_metric(
+                col,
                 f"Δ {title} vs {label}" + ("" if final else " so far"),
                 f"{e['delta']:+.4f}" if e.get("delta") is not None else "—",
-                delta=f"95% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]" if e.get("ci_low") is not None else None,
-                delta_color="off",
-                delta_arrow="off",
+                note=ui.ci_note(e),
             )
         decided = [t for t, mt in (("main metric", "main"), ("gold LL/char", "gold_ll_per_char")) if _excludes_zero(avg.get(mt))]
         m[2].metric(f"CI excludes 0 ({label})", ", ".join(decided) or "not yet")
@@ -128,42 +125,37 @@ def show_run(last: dict[str, Any]) -> None:
     lo, hi = last["delta_avg_ci"]
     params, nbytes, spe = last["parameters"], last["bytes"], last["seconds_per_example"]
     m = st.columns(5)
-    m[0].metric(
+    ui.note_metric(
+        m[0],
         "Mean Δ main metric",
         f"{last['delta_avg']:+.4f}",
-        delta=f"95% CI [{lo:+.3f}, {hi:+.3f}]",
-        delta_color="off",
-        delta_arrow="off",
+        note=ui.ci_note({"ci_low": lo, "ci_high": hi}),
     )
     ppl_on = "dense_ppl" in last and (last["dense_ppl"], last["pruned_ppl"]) != (None, None)
-    m[1].metric(  # the pruned value, the dense one beside it: "29.36 → 62.12" was cut off in a fifth of the page
+    ui.note_metric(
+        m[1],  # the pruned value, the dense one beside it: "29.36 → 62.12" was cut off in a fifth of the page
         "Perplexity (pruned)",
         _ppl(last["pruned_ppl"]) if ppl_on else "off",
-        delta=f"dense {_ppl(last['dense_ppl'])}" if ppl_on else None,
-        delta_color="off",
-        delta_arrow="off",
+        note=f"dense {_ppl(last['dense_ppl'])}" if ppl_on else None,
         help="Held-out wiki perplexity, 128-token windows",
     )
-    m[2].metric(
+    ui.note_metric(
+        m[2],
         "Parameters",
         f"{params['pruned'] / 1e6:,.2f} M",
-        delta=f"{params['pruned'] / params['dense'] - 1:+.1%}",
-        delta_color="off",
-        delta_arrow="off",
+        note=f"{params['pruned'] / params['dense'] - 1:+.1%}",
     )
-    m[3].metric(
+    ui.note_metric(
+        m[3],
         "Size in memory",
         f"{nbytes['pruned'] / 2**20:,.1f} MiB",
-        delta=f"dense {nbytes['dense'] / 2**20:,.1f} MiB",
-        delta_color="off",
-        delta_arrow="off",
+        note=f"dense {nbytes['dense'] / 2**20:,.1f} MiB",
     )
-    m[4].metric(
+    ui.note_metric(
+        m[4],
         "Eval time per example",
         f"{spe['pruned'] * 1000:,.0f} ms",
-        delta=f"dense {spe['dense'] * 1000:,.0f} ms",
-        delta_color="off",
-        delta_arrow="off",
+        note=f"dense {spe['dense'] * 1000:,.0f} ms",
     )
     average = {
         "n": sum(int(r["n"]) for r in last["task_results"]),

@@ -240,6 +240,27 @@ MUTANTS = [
         "order = np.lexsort((pos, -row, -val.astype(np.float64)), axis=1)[:, :k]",
         ("tests/test_contexts.py",),
     ),
+    Mutant(
+        "SliceGPT norm: mean over the kept width, not the dense width",
+        "diet_explore/pruning/rotate.py",
+        "x = x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) / self.width + self.eps)",
+        "x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)",
+        ("tests/test_rotate.py",),
+    ),
+    Mutant(
+        "SliceGPT fold: a norm's scale not folded into the linears it feeds",
+        "diet_explore/pruning/rotate.py",
+        "scale = offset + _math(norm.weight)",
+        "scale = torch.ones_like(_math(norm.weight))",
+        ("tests/test_rotate.py",),
+    ),
+    Mutant(
+        "SliceGPT: not the mask's kept count at that sparsity",
+        "diet_explore/experiments/sweep.py",
+        "n_keep = keep_count(d, sparsity, multiple)",
+        "n_keep = keep_count(d, sparsity, multiple) - multiple",
+        ("tests/test_rotate.py::test_slicegpt_resumes_into_a_sweep_and_keeps_the_mask_count",),
+    ),
 ]
 
 

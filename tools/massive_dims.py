@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diet_explore.experiments.results import METHODS, PER_TASK_METHODS  # noqa: E402
+from diet_explore.experiments.results import METHODS, PER_TASK_METHODS, builds_mask  # noqa: E402
 from diet_explore.masking.build import MaskConfig, build_mask  # noqa: E402
 from diet_explore.masking.importance import ScorePrecompute  # noqa: E402
 from diet_explore.masking.massive import massive_dims  # noqa: E402
@@ -53,7 +53,7 @@ def keep_table(name: str, pre, flagged: list[int]) -> list[str]:
         paper = build_mask(pre, MaskConfig(sparsity=s))
         cells = ["yes" if paper.keep[d] else "**no**" for d in flagged]
         rows.append(f"| {s:g} | diet (paper vote, τ 0.5) | {paper.n_keep} | {' | '.join(cells)} |")
-        for method in METHODS:
+        for method in filter(builds_mask, METHODS):  # a rotation (SliceGPT) keeps directions, no dims
             ms = masks(pre, method, s, MULTIPLE.get(name, 1))
             kept = [sum(bool(m.keep[d]) for m in ms) for d in flagged]
             if len(ms) == 1:

@@ -128,7 +128,7 @@ with ui.shown_errors():
         pd.DataFrame(
             {
                 "task": [t.task for t in card.tasks],
-                "weight": [t.weight for t in card.tasks],
+                "weight": ["" if t.weight is None else f"{t.weight:g}" for t in card.tasks],  # wikitext does not vote
                 "score": [round(t.score, 5) for t in card.tasks],
                 "rank": [t.rank for t in card.tasks],
                 "keeps ≥": [round(t.threshold, 5) for t in card.tasks],

@@ -17,11 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("diet_explore", "diet_explore_app")
+JOBS = 2  # mutants tested side by side
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,20 @@ def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, float, str]:
     return proc.returncode, time.perf_counter() - start, (proc.stdout + proc.stderr)[-2000:]
 
 
+def try_mutant(tmp: Path, m: Mutant) -> tuple[str, bool]:
+    """Apply ``m`` to a fresh copy in ``tmp`` and run its tests: (the line to print, whether it survived)."""
+    copy = fresh_copy(tmp)
+    path = copy / m.file
+    text = path.read_text()
+    if text.count(m.old) != 1:
+        return f"STALE   {m.name}: the rule's text occurs {text.count(m.old)} times in {m.file}; update tools/mutants.py", True
+    path.write_text(text.replace(m.old, m.new))
+    rc, secs, out = run_tests(copy, m.tests)
+    if rc == 1:  # tests ran and failed: killed (2+ would be a collection or usage error)
+        return f"killed  {m.name} ({secs:.0f} s)", False
+    return f"SURVIVED {m.name} (pytest exit {rc}, {secs:.0f} s)\n{out}", True
+
+
 def fresh_copy(tmp: Path) -> Path:
     copy = tmp / "src"
     shutil.rmtree(copy, ignore_errors=True)
@@ -324,21 +340,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the unmutated copy fails its tests (exit {rc}); fix that first:\n{out}")
             return 2
         print(f"unmutated: {len(every)} test files pass ({secs:.0f} s)")
-        for m in chosen:
-            copy = fresh_copy(Path(tmp))
-            path = copy / m.file
-            text = path.read_text()
-            if text.count(m.old) != 1:
-                print(f"STALE   {m.name}: the rule's text occurs {text.count(m.old)} times in {m.file}; update tools/mutants.py")
-                survivors.append(m.name)
-                continue
-            path.write_text(text.replace(m.old, m.new))
-            rc, secs, out = run_tests(copy, m.tests)
-            if rc == 1:  # tests ran and failed: killed (2+ would be a collection or usage error)
-                print(f"killed  {m.name} ({secs:.0f} s)")
-            else:
-                print(f"SURVIVED {m.name} (pytest exit {rc}, {secs:.0f} s)\n{out}")
-                survivors.append(m.name)
+        # two mutants at a time (each in its own copy): the test runs are mostly imports, one core each
+        with ThreadPoolExecutor(max_workers=JOBS) as pool:
+            outcomes = pool.map(lambda im: try_mutant(Path(tmp) / f"m{im[0]}", im[1]), enumerate(chosen))
+            for m, (line, survived) in zip(chosen, outcomes):
+                print(line, flush=True)
+                if survived:
+                    survivors.append(m.name)
     if survivors:
         print(f"{len(survivors)} of {len(chosen)} mutants survived: {'; '.join(survivors)}")
         return 1

@@ -9,6 +9,7 @@ table; screenshots the Results page (into docs/screenshots/ when DIET_EXPLORE_SC
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,10 @@ def test_the_results_page_draws_every_committed_sweep(tmp_path):
                 idle(page)
             page.get_by_text("Paper-style table", exact=True).wait_for(timeout=WAIT_MS)
             page.locator('[data-testid="stDataFrame"]').nth(1).wait_for(timeout=WAIT_MS)  # paper-style and DIET-minus tables
+            # the figure of the sweep picked before can stand until the rerun replaces it: wait for this one's lines
+            deadline = time.monotonic() + WAIT_MS / 1000
+            while sorted(_line_names(page, "Δ average main metric")) != sorted(sweep.methods()) and time.monotonic() < deadline:
+                page.wait_for_timeout(200)
             assert sorted(_line_names(page, "Δ average main metric")) == sorted(sweep.methods())
             assert _line_names(page, "perplexity")  # the perplexity curve is drawn too
             if i == len(sweeps) - 1:

@@ -419,6 +419,6 @@ def write_reports(rows: list[dict[str, Any]], out: Path, config: CompareConfig |
 
         atomic.write_bytes(out / "sweep.png", figures[0].to_image(format="png"))
         paths["png"] = out / "sweep.png"
-    except Exception:
+    except (ImportError, ValueError, RuntimeError, OSError):  # no kaleido, or no browser for it to render with
         pass
     return paths

@@ -146,9 +146,11 @@ def config_accepts(config, hidden_size: int, head_dim: int) -> bool:
     validate = getattr(cfg, "validate", None)
     if validate is None:
         return True
+    from huggingface_hub.errors import StrictDataclassError  # what transformers' strict configs raise
+
     try:
         validate()
-    except Exception:
+    except (ValueError, TypeError, StrictDataclassError):  # the sizes this config refuses
         return False
     return True
 

@@ -53,7 +53,7 @@ TARGETS = {
 # fields they carry), DOM changes and key presses, all on the page's own clock.
 INIT_JS = r"""
 (() => {
-  const B = window.__bench = {t0: null, last: 0, frames: [], samples: null, long: [], keys: []};
+  const B = window.__bench = {t0: null, last: 0, frames: [], sends: [], samples: null, long: [], keys: []};
   try {
     new PerformanceObserver(list => { for (const e of list.getEntries()) B.long.push({t: e.startTime, d: e.duration}); })
       .observe({type: 'longtask', buffered: true});
@@ -80,6 +80,7 @@ INIT_JS = r"""
         B.frames.push({t, size, fields});
       });
     }
+    send(d) { B.sends.push(performance.now()); return super.send(d); }
   }
   window.WebSocket = Watched;
   const watch = () => new MutationObserver(() => { B.last = performance.now(); })
@@ -127,7 +128,7 @@ class Page:
     def arm(self) -> float:
         """Forget earlier events; returns the page clock now."""
         return self.page.evaluate(
-            "() => { const B = window.__bench; B.t0 = null; B.frames = []; B.long = []; B.keys = []; return performance.now(); }"
+            "() => { const B = window.__bench; B.t0 = null; B.frames = []; B.sends = []; B.long = []; B.keys = []; return performance.now(); }"
         )
 
     def settle(self, since: float, timeout_s: float = 120.0) -> dict:
@@ -142,6 +143,8 @@ class Page:
                     const running = !!document.querySelector('[data-testid="stStatusWidgetRunningIcon"]');
                     return {now, t0: B.t0, last: B.last, finished: fin.length ? fin[fin.length - 1].t : null,
                             running, quietFor: now - B.last, keys: B.keys,
+                            sent: B.sends.filter(t => t >= since).length ? B.sends.filter(t => t >= since)[0] : null,
+                            firstFrame: B.frames.filter(f => f.t >= since).length ? B.frames.filter(f => f.t >= since)[0].t : null,
                             busy: B.long.filter(e => e.t >= since).reduce((a, e) => a + e.d, 0),
                             bytes: B.frames.filter(f => f.t >= since).reduce((a, f) => a + f.size, 0)};
                 }""",
@@ -232,6 +235,8 @@ def time_input(p: Page, page_key: str, name: str, tasks: list[str], repeats: int
             {
                 "total": (state["last"] - t0) / 1000,
                 "server": (state["finished"] - t0) / 1000,
+                "sent": ((state["sent"] or t0) - t0) / 1000,
+                "first": ((state["firstFrame"] or t0) - t0) / 1000,
                 "render": max(state["last"] - state["finished"], 0.0) / 1000,
                 "busy": state["busy"] / 1000,
                 "bytes": state["bytes"],
@@ -302,7 +307,9 @@ def report(label: str, rows: list[dict], target: dict) -> bool:
     else:
         parts.append(f"p90 {p90 * 1000:6.0f} ms")
     parts.append(
-        f"| server {statistics.median(r['server'] for r in rows) * 1000:5.0f} ms, render "
+        f"| server {statistics.median(r['server'] for r in rows) * 1000:5.0f} ms (key->sent "
+        f"{statistics.median(r['sent'] for r in rows) * 1000:4.0f}, first reply "
+        f"{statistics.median(r['first'] for r in rows) * 1000:4.0f}), render "
         f"{statistics.median(r['render'] for r in rows) * 1000:5.0f} ms, browser busy "
         f"{statistics.median(r['busy'] for r in rows) * 1000:5.0f} ms, "
         f"{statistics.median(r['bytes'] for r in rows) / 1024:7.1f} KiB sent"

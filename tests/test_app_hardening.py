@@ -3,6 +3,7 @@ helpful defaults, and exports that replaced folders without asking."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -266,3 +267,32 @@ def test_the_app_server_runs_numpy_products_on_one_thread(tmp_path):
     env = app_environment(None, tmp_path, {"PATH": "/bin"})
     assert env["OPENBLAS_NUM_THREADS"] == "1" and env["DIET_EXPLORE_APP_DIR"] == str(tmp_path)
     assert app_environment(None, tmp_path, {"OPENBLAS_NUM_THREADS": "4"})["OPENBLAS_NUM_THREADS"] == "4"  # the user's wins
+
+
+def test_the_app_server_skips_streamlits_forced_gc_after_every_rerun(tmp_path, monkeypatch):
+    """Streamlit's default ``runner.postScriptGC`` runs gc.collect(2) after each rerun; with torch
+    and transformers imported that held the GIL ~250 ms per key press, before the finished page
+    left the server (bench_browser: 403-476 ms server time, 162-229 ms without it)."""
+    import argparse
+
+    from diet_explore.cli import app as app_cli
+
+    seen = {}
+
+    def fake_execve(exe, cmd, env):
+        seen["cmd"] = cmd
+        raise SystemExit(0)
+
+    monkeypatch.setattr(app_cli.os, "execve", fake_execve)
+    monkeypatch.setattr(app_cli.subprocess, "call", lambda cmd, env: seen.setdefault("cmd", cmd) and 0)
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(port=8501, host="127.0.0.1", open=False, cache=None)
+    with contextlib.suppress(SystemExit):
+        app_cli.run(args)
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--runner.postScriptGC") + 1] == "false"
+    # and for `streamlit run` from the checkout, the repository's config says the same
+    import tomllib
+
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["postScriptGC"] is False

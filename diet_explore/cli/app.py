@@ -90,6 +90,12 @@ def run(args) -> int:
         "none",
         "--client.toolbarMode",
         "viewer",
+        # Streamlit forces a full gc.collect(2) after every script run; with torch and
+        # transformers imported that holds the GIL for ~250 ms, before the finished page
+        # reaches the browser (benchmarks/bench_browser.py). Python's own generational
+        # collector still runs.
+        "--runner.postScriptGC",
+        "false",
     ]
     print(f"diet-explore app on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     if os.name == "posix":  # become the server: signals (Ctrl-C, a supervisor's SIGTERM) reach streamlit itself

@@ -10,8 +10,10 @@ timed ``--repeats`` times, from the keydown (page clock) to the page being fully
 * the server's ``script_finished`` message has arrived (its websocket frames are watched in the
   page), Streamlit's running indicator is gone, and
 * the page has stopped changing: the time is that of the last DOM change (metrics, tables and
-  plotly's SVG; plotly draws inside the page, so its rendering counts), after which nothing
-  changed for ``QUIET_MS``.
+  plotly's SVG; plotly draws inside the page, so its rendering counts) or canvas paint (the data
+  grid draws its cells on a canvas), after which nothing changed for ``QUIET_MS``. Changes inside
+  a ``<canvas>`` element are not counted: that is fallback content, never shown (the data grid
+  mirrors its cells there for screen readers, 200 ms after it painted them).
 
 Each time is split into *server* (keydown -> ``script_finished``) and *render* (the rest: the
 browser applying the deltas and drawing the figures), with the websocket bytes of that rerun: that
@@ -83,8 +85,16 @@ INIT_JS = r"""
     send(d) { B.sends.push(performance.now()); return super.send(d); }
   }
   window.WebSocket = Watched;
-  const watch = () => new MutationObserver(() => { B.last = performance.now(); })
+  // A change inside a <canvas> is its fallback content, never drawn: the data grid keeps an
+  // accessibility copy of its cells there, updated on a 200 ms debounce after the canvas itself is
+  // painted. What a canvas shows is counted by its paint calls instead (below).
+  const shown = r => !(r.target.nodeType === 1 ? r.target : r.target.parentElement)?.closest?.('canvas');
+  const watch = () => new MutationObserver(recs => { if (recs.some(shown)) B.last = performance.now(); })
     .observe(document.documentElement, {subtree: true, childList: true, attributes: true, characterData: true});
+  for (const name of ['fillRect', 'fillText', 'drawImage', 'fill', 'stroke', 'putImageData', 'clearRect']) {
+    const orig = CanvasRenderingContext2D.prototype[name];
+    CanvasRenderingContext2D.prototype[name] = function (...a) { B.last = performance.now(); return orig.apply(this, a); };
+  }
   if (document.documentElement) watch(); else document.addEventListener('DOMContentLoaded', watch);
   for (const kind of ['keydown', 'mousedown']) {
     document.addEventListener(kind, () => { const t = performance.now(); B.keys.push(t); if (B.t0 === null) B.t0 = t; }, true);

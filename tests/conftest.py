@@ -18,6 +18,17 @@ os.environ.setdefault("DIET_EXPLORE_EVAL_CACHE", tempfile.mkdtemp(prefix="diet-e
 os.environ.setdefault("DIET_EXPLORE_WORKER_IDLE_S", "60")
 
 
+def _no_forced_gc_after_reruns() -> None:
+    """AppTest reruns skip Streamlit's forced gc.collect(2), as `diet-explore app` does (see
+    diet_explore/cli/app.py): with torch and a model in this process it cost every rerun ~50+ ms."""
+    from streamlit import config
+
+    config.set_option("runner.postScriptGC", False)
+
+
+_no_forced_gc_after_reruns()
+
+
 @pytest.fixture(autouse=True)
 def _own_eval_cache(tmp_path, monkeypatch):
     """Each test starts with an empty evaluation cache, so no test sees another's results."""

@@ -123,3 +123,20 @@ def test_locked_is_reentrant_waits_for_another_process_and_times_out_clearly(tmp
         waited = time.perf_counter() - start
     other.join()
     assert waited > 0.5  # it waited for the other process to let go
+
+
+def test_read_json_object_skips_what_is_not_a_whole_json_object(tmp_path):
+    """The job store, the run store and the worker file read records through this: a missing,
+    half-written, non-UTF-8 or non-object file is None (skipped and reported by the store), never raised."""
+    from diet_explore.core.atomic import read_json_object, write_json
+
+    good = tmp_path / "good.json"
+    write_json(good, {"kind": "x", "n": 1})
+    assert read_json_object(good) == {"kind": "x", "n": 1}
+    cases = {"missing": None, "half": b'{"kind": "x", "n"', "latin1": '{"k": "\xe9"}'.encode("latin-1"), "list": b"[1, 2]"}
+    for name, body in cases.items():
+        path = tmp_path / f"{name}.json"
+        if body is not None:
+            path.write_bytes(body)
+        assert read_json_object(path) is None, name
+    assert read_json_object(tmp_path) is None  # a folder

@@ -219,6 +219,17 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object stored at ``path``, or None when the file is missing, unreadable, not
+    UTF-8, not JSON or not an object: a record another process may be writing, or a damaged one,
+    is skipped by its reader, never raised."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def check_output_dir(final: str | Path, overwrite: bool = False, marker: str | None = None) -> Path:
     """The resolved folder ``staged_dir`` would write, or a DietError saying why it must not.
 

@@ -98,12 +98,9 @@ class JobStore:
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any] | None:
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return None
+        record = atomic.read_json_object(path)
         ok = (
-            isinstance(record, dict)
+            record is not None
             and record.get("kind") == JOB_KIND
             and isinstance(record.get("job_id"), str)
             and record.get("type") in HANDLERS
@@ -179,7 +176,7 @@ class JobStore:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            info = _read_json(self.root / "worker.json") or {}
+            info = atomic.read_json_object(self.root / "worker.json") or {}
             return str(info.get("token") or "?")
         lock.release()
         return None
@@ -311,14 +308,6 @@ def _next_seq(records: list[dict[str, Any]]) -> int:
 
 def _msg(job: dict[str, Any], message: str) -> dict[str, Any]:
     return {**(job.get("progress") or {}), "message": message}
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,7 +513,7 @@ class LocalProcessExecutor:
         with store._locked():
             if store.live_worker():
                 return False
-            info = _read_json(store.root / "worker.json") or {}
+            info = atomic.read_json_object(store.root / "worker.json") or {}
             spawned = float(info.get("spawned") or 0)
             if time.time() - spawned < START_GRACE_S and _pid_alive(info.get("pid")) and not info.get("token"):
                 return False  # started moments ago, still importing

@@ -145,11 +145,8 @@ class RunStore:
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any] | None:
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return None
-        if not isinstance(record, dict) or record.get("kind") != RUN_KIND or "run_id" not in record:
+        record = atomic.read_json_object(path)
+        if record is None or record.get("kind") != RUN_KIND or "run_id" not in record:
             return None
         return record
 

@@ -8,6 +8,10 @@ REQS   := requirements.txt requirements-dev.txt $(ASSETS) constraints.txt pyproj
 STAMP  := $(VENV)/.installed-$(shell cat $(REQS) 2>/dev/null | sha256sum | cut -c1-12)
 BSTAMP := $(VENV)/.bench-$(shell cat requirements-bench.txt 2>/dev/null | sha256sum | cut -c1-12)
 PORT   ?= 8501
+# pytest workers for `make test` / `make test-fast` (pytest-xdist): the browser tests spend much of
+# their time waiting on a Streamlit server and chromium, so two workers on two cores save about a
+# third of the test time (488 s -> 354 s measured)
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test test-fast lint mutants wheel-check models gemma browser screenshots bench clean-store constraints
 
@@ -50,7 +54,7 @@ run: setup
 # Lint and format check, every test in random order (pytest-randomly; the seed is printed), the
 # mutation check over the rules that decide numbers, and the wheel in a throwaway venv.
 test: setup browser $(BSTAMP) lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 	$(PY) tools/mutants.py
 	PY=$(PY) tools/check_wheel.sh
 
@@ -66,7 +70,7 @@ wheel-check: $(STAMP)
 
 # Quick loop while developing: skips the real-model and browser tests.
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not browser"
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow and not browser"
 
 # Refresh the README's page screenshots (the browser test takes them from the committed caches).
 screenshots: setup browser

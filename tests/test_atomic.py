@@ -125,6 +125,37 @@ def test_locked_is_reentrant_waits_for_another_process_and_times_out_clearly(tmp
     assert waited > 0.5  # it waited for the other process to let go
 
 
+def test_locked_keeps_another_thread_out_and_lets_the_holding_thread_nest(tmp_path):
+    """Threads of one process (two Streamlit sessions, a job's threads) exclude each other too: the file
+    lock alone counts nested acquires process-wide, and let a second thread straight in."""
+    import threading
+    import time
+
+    from diet_explore.core.atomic import locked
+
+    target = tmp_path / "runs.jsonl"
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with locked(target), locked(target):  # the holding thread nests
+            held.set()
+            release.wait(60)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(60)
+    try:
+        with pytest.raises(DietError, match="is locked by another process"), locked(target, timeout=0.2):
+            pass
+    finally:
+        release.set()
+    start = time.perf_counter()
+    with locked(target, timeout=60):
+        pass
+    t.join(60)
+    assert time.perf_counter() - start < 30  # and it gets in once the other thread lets go
+
+
 def test_read_json_object_skips_what_is_not_a_whole_json_object(tmp_path):
     """The job store, the run store and the worker file read records through this: a missing,
     half-written, non-UTF-8 or non-object file is None (skipped and reported by the store), never raised."""

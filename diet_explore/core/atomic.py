@@ -39,34 +39,47 @@ LEGACY_DEBRIS_AGE_S = 3600.0  # temp siblings named before they carried a pid: s
 _DEBRIS_KINDS = ("tmp", "partial", "old")
 
 
-_LOCKS: dict[tuple[int, str], Any] = {}  # one FileLock per (process, lock file): a nested locked() re-enters it
+# one (thread lock, FileLock) per (process, lock file). The file lock keeps other processes out; it
+# counts nested acquires process-wide, so on its own a second *thread* would walk straight in (two
+# Streamlit sessions, or a job's threads, writing the run store at once). The RLock keeps other
+# threads out and lets the holding thread nest.
+_LOCKS: dict[tuple[int, str], tuple[threading.RLock, Any]] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
 def locked(path: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Hold an exclusive inter-process lock for ``path`` (``.<name>.lock`` beside it, via ``filelock``):
-    read-modify-write sequences on a shared file go inside. Re-entrant within one process."""
+    """Hold an exclusive lock for ``path`` (``.<name>.lock`` beside it, via ``filelock``) against other
+    processes and other threads: read-modify-write sequences on a shared file go inside.
+    Re-entrant within one thread."""
     from filelock import FileLock, Timeout
 
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     key = str(path.parent / f".{path.name}.lock")
     with _LOCKS_GUARD:
-        lock = _LOCKS.get((os.getpid(), key))  # a forked child gets its own: an inherited lock is not its to hold
-        if lock is None:
-            lock = _LOCKS[(os.getpid(), key)] = FileLock(key, thread_local=False)
+        entry = _LOCKS.get((os.getpid(), key))  # a forked child gets its own: an inherited lock is not its to hold
+        if entry is None:
+            entry = _LOCKS[(os.getpid(), key)] = (threading.RLock(), FileLock(key, thread_local=False))
+    thread_lock, file_lock = entry
+    busy = DietError(
+        f"{path} is locked by another process for over {timeout:.0f} s",
+        f"wait for the other run to finish, or remove {key} if no run is using it",
+    )
+    start = time.monotonic()
+    if not thread_lock.acquire(timeout=max(timeout, 0.0)):
+        raise busy
     try:
-        lock.acquire(timeout=timeout)
-    except Timeout:
-        raise DietError(
-            f"{path} is locked by another process for over {timeout:.0f} s",
-            f"wait for the other run to finish, or remove {key} if no run is using it",
-        ) from None
-    try:
-        yield
+        try:
+            file_lock.acquire(timeout=max(timeout - (time.monotonic() - start), 0.0))
+        except Timeout:
+            raise busy from None
+        try:
+            yield
+        finally:
+            file_lock.release()
     finally:
-        lock.release()
+        thread_lock.release()
 
 
 # --------------------------------------------------------------------------------------------

@@ -204,18 +204,25 @@ def run_store() -> RunStore:
 
 
 # ---------------------------------------------------------------------------------------------- figures
+# the Agreement page's figures, one per tab (only the open tab's is built)
 @st.cache_resource(show_spinner=False, max_entries=64)
-def agreement_figures(
+def jaccard_figure(
     path: str, sha: str, sparsity: float, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int, fit: bool
-) -> dict:
-    """The Agreement page's figures that depend on the sparsity (not on τ): Jaccard heatmap, vote
-    matrix, UpSet (None when no dim is pruned)."""
+):
     rep = agreement_for(path, sha, sparsity, tasks, site, layer_agg, last_k)
-    return {
-        "jaccard": plots.jaccard_heatmap(rep.jaccard.to_numpy(), list(tasks), rep.sparsity, auto_range=fit),
-        "matrix": plots.vote_matrix(rep.prune, list(tasks)),
-        "upset": None if rep.upset.empty else plots.upset_bars(rep.upset, list(tasks)),
-    }
+    return plots.jaccard_heatmap(rep.jaccard.to_numpy(), list(tasks), rep.sparsity, auto_range=fit)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def vote_matrix_figure(path: str, sha: str, sparsity: float, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int):
+    return plots.vote_matrix(agreement_for(path, sha, sparsity, tasks, site, layer_agg, last_k).prune, list(tasks))
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def upset_figure(path: str, sha: str, sparsity: float, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int):
+    """None when no dim is pruned."""
+    rep = agreement_for(path, sha, sparsity, tasks, site, layer_agg, last_k)
+    return None if rep.upset.empty else plots.upset_bars(rep.upset, list(tasks))
 
 
 @st.cache_resource(show_spinner=False, max_entries=128)

@@ -86,6 +86,14 @@ def sel_kw(key: str, options) -> dict:
     return {"key": key, "index": options.index(value) if value in options else 0, "on_change": _sync, "args": (key,)}
 
 
+def tab_kw(key: str, tabs) -> dict:
+    """``st.tabs`` kwargs for a remembered open tab: lazy tabs (each tab's ``.open`` says whether to
+    build its content), the stored tab first, and the callback that stores a switch."""
+    tabs = list(tabs)
+    value = get(key)
+    return {"key": key, "default": value if value in tabs else tabs[0], "on_change": _sync, "args": (key,)}
+
+
 def multi_kw(key: str) -> dict:
     return {"key": key, "default": get(key), "on_change": _sync, "args": (key,)}
 

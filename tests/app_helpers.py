@@ -63,6 +63,16 @@ def run_page(at, page: str):
     return at
 
 
+def open_tab(at, key: str, label: str):
+    """Open the lazy ``st.tabs(..., key=key)`` tab ``label`` (what a click does: the widget's value) and run."""
+    tabs = [t.label for t in at.get("tab")]
+    assert label in tabs, f"no tab {label!r}; tabs: {tabs}"
+    at.session_state[key] = label
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 def metrics(at) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 

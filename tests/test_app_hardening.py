@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from app_helpers import APP, TIMEOUT, arr, chart_by_key, metrics, run_page
+from app_helpers import APP, TIMEOUT, arr, chart_by_key, metrics, open_tab, run_page
 
 from diet_explore.masking.build import MaskConfig, build_mask
 from diet_explore.masking.importance import ScorePrecompute
@@ -142,11 +142,11 @@ def test_tasks_keeping_a_dim_respect_the_task_weights(app, alpha):
 def test_agreement_histogram_marks_tau_and_heatmaps_fit_their_colours(app, alpha):
     at = run_page(app.run(), "agreement")
     at.slider(key="threshold").set_value(0.75).run()
-    hist = chart_by_key(at, "agree_vote_hist")
+    hist = chart_by_key(open_tab(at, "agree_view", "Votes per dim"), "agree_vote_hist")
     (line,) = hist["layout"]["shapes"]
     assert line["x0"] == pytest.approx((1 - 0.75) * 7)  # k ≤ 1.75 prune votes kept: the line between 1 and 2
     assert "τ = 0.75" in hist["layout"]["annotations"][0]["text"]
-    heat = chart_by_key(at, "agree_jaccard")
+    heat = chart_by_key(open_tab(at, "agree_view", "Task overlap"), "agree_jaccard")
     assert (heat["data"][0]["zmin"], heat["data"][0]["zmax"]) == (0, 1)
     at.toggle(key="agree_fit_colours").set_value(True).run()
     heat = chart_by_key(at, "agree_jaccard")
@@ -164,7 +164,7 @@ def test_a_dimension_is_named_by_its_index_everywhere(app, alpha):
     heat = chart_by_key(at, "rank_layer_heatmap")
     assert heat["data"][0]["x"] == [str(d) for d in at.dataframe[0].value["dim"].head(10)]  # as the table names them
     run_page(at, "agreement")
-    matrix = chart_by_key(at, "agree_vote_matrix")
+    matrix = chart_by_key(open_tab(at, "agree_view", "Vote matrix"), "agree_vote_matrix")
     assert "dim %{customdata}" in matrix["data"][0]["hovertemplate"]
     assert not any(str(v).startswith("d") for v in arr(matrix["data"][0]["y"]).ravel())
 
@@ -199,6 +199,7 @@ def test_the_terms_have_tooltips_and_a_glossary(app):
     assert "unstable" in helps["Unstable dims"] and "|A ∩ B|" in helps["Jaccard vs full mask"]
     run_page(at, "agreement")
     assert "|A ∩ B|" in {m.label: m.help for m in at.metric}["Mean pairwise Jaccard"]
+    open_tab(at, "agree_view", "Task intersections")
     assert any("UpSet plot" in c.value for c in at.caption)
 
 

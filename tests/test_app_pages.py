@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_helpers import ALPHA_PARAMS, ALPHA_PER_DIM, arr, chart_by_key, metrics, run_page
+from app_helpers import ALPHA_PARAMS, ALPHA_PER_DIM, arr, chart_by_key, metrics, open_tab, run_page
 
 from diet_explore.masking.agreement import prune_matrix, vote_counts
 from diet_explore.masking.build import MaskConfig, build_mask, mask_overlap
@@ -131,10 +131,15 @@ def test_agreement_follows_the_sparsity_slider(app, alpha):
         assert m["Mean pairwise Jaccard"] == f"{jac[~np.eye(7, dtype=bool)].mean():.3f}"
         votes = vote_counts(prune)
         assert m["Pruned by every task"] == str(int((votes == 7).sum()))
-        hist = chart_by_key(at, "agree_vote_hist")
+        assert [c.key for c in at.get("plotly_chart")] == ["agree_jaccard"]  # lazy tabs: only the open one is drawn
+        hist = chart_by_key(open_tab(at, "agree_view", "Votes per dim"), "agree_vote_hist")
         assert arr(hist["data"][0]["y"]).tolist() == np.bincount(votes, minlength=8).tolist()
-        upset = chart_by_key(at, "agree_upset")
+        upset = chart_by_key(open_tab(at, "agree_view", "Task intersections"), "agree_upset")
         assert arr(upset["data"][0]["y"]).sum() <= int((votes > 0).sum())
+        matrix = chart_by_key(open_tab(at, "agree_view", "Vote matrix"), "agree_vote_matrix")
+        assert arr(matrix["data"][0]["z"]).sum() == int(prune.sum())
+        assert [c.key for c in at.get("plotly_chart")] == ["agree_vote_matrix"]
+        open_tab(at, "agree_view", "Task overlap")
     assert at.query_params.get("sparsity") in (["0.45"], "0.45")
 
 

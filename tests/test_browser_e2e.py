@@ -147,6 +147,15 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     assert np.allclose(z_after, jaccard_matrix(prune_matrix(cache, 0.25)))
     page.wait_for_function("() => location.search.includes('sparsity=0.25')", timeout=WAIT_MS)
     _shot(page, "agreement", tmp_path / "screenshots")
+    # one view at a time: a click opens another tab's figure, and the page remembers it
+    page.get_by_role("tab", name="Votes per dim").click()
+    votes = _plot_data(page, "Prune votes per dimension")
+    assert sum(arr(votes[0]["y"]).astype(int)) == d  # every dim counted once
+    goto_page(page, "Rankings")
+    goto_page(page, "Agreement")
+    assert _plot_data(page, "Prune votes per dimension") is not None
+    page.get_by_role("tab", name="Task overlap").click()
+    idle(page)
 
     # Mask builder: the slider value came along through session state.
     goto_page(page, "Mask builder")

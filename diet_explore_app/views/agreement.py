@@ -12,6 +12,32 @@ from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
 K_FIT = "agree_fit_colours"
+K_VIEW = "agree_view"
+VIEWS = ("Task overlap", "Votes per dim", "Vote matrix", "Task intersections")
+
+
+def show_view(view: str, key: tuple, tau: float) -> None:
+    """One of the page's figures (the open tab's)."""
+    if view == "Task overlap":
+        fit = ui.colour_range_toggle(K_FIT)
+        st.plotly_chart(loaders.jaccard_figure(*key, fit), key="agree_jaccard")
+        st.caption(ui.HELP["jaccard"])
+    elif view == "Votes per dim":
+        st.plotly_chart(loaders.vote_histogram_figure(*key, tau), key="agree_vote_hist")
+        st.caption(
+            "How many dims got k prune votes (k of the voting tasks put the dim in their own lowest-scoring set); "
+            "the dashed line is where τ falls with equal weights."
+        )
+    elif view == "Vote matrix":
+        st.plotly_chart(loaders.vote_matrix_figure(*key), key="agree_vote_matrix")
+        st.caption("Every dim (row, most prune votes first) against every task (column): red where the task prunes it.")
+    else:
+        upset = loaders.upset_figure(*key)
+        if upset is None:
+            st.caption("No dim is pruned at this sparsity, so there are no intersections to show.")
+        else:
+            st.plotly_chart(upset, key="agree_upset")
+            st.caption(ui.HELP["upset"])
 
 
 def split_display(split: pd.DataFrame) -> pd.DataFrame:
@@ -55,18 +81,14 @@ with ui.shown_errors():
         f"{int(report.prune[0].sum())} of {cache.hidden_size} dims."
     )
 
-    fit = ui.colour_range_toggle(K_FIT)
+    # one view at a time (lazy tabs: only the open tab's figure is built, sent and drawn, so a sparsity
+    # move redraws one plotly figure, not four: measured 603 ms -> see benchmarks/bench_browser.py)
     key = (loaded.path, loaded.sha, sparsity, tuple(tasks), site, agg, last_k)
-    figs = loaders.agreement_figures(*key, fit)
-    st.plotly_chart(figs["jaccard"], key="agree_jaccard")
-    left, right = st.columns(2)
-    with left:
-        st.plotly_chart(loaders.vote_histogram_figure(*key, tau), key="agree_vote_hist")
-    with right:
-        st.plotly_chart(figs["matrix"], key="agree_vote_matrix")
-    if figs["upset"] is not None:
-        st.plotly_chart(figs["upset"], key="agree_upset")
-        st.caption(ui.HELP["upset"])
+    tabs = st.tabs(list(VIEWS), **state.tab_kw(K_VIEW, VIEWS))
+    for tab, view in zip(tabs, VIEWS, strict=True):
+        with tab:
+            if tab.open:
+                show_view(view, key, tau)
 
     st.subheader("Where tasks disagree")
     config = state.current_config(cache)

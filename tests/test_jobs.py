@@ -233,6 +233,46 @@ def test_a_worker_stops_its_job_as_interrupted_when_the_process_that_started_it_
     assert not store.live_worker()  # and the worker exited
 
 
+def _worker_process(store, tmp_path, before: str = "") -> subprocess.Popen:
+    """``run_worker`` in a process of its own (``before``: Python run first, e.g. a slow warm-up)."""
+    run = f"jobs.run_worker(jobs.JobStore({str(store.runs.root)!r}))"
+    script = "; ".join(["import time", "from diet_explore.experiments import jobs", *([before] if before else []), run])
+    return subprocess.Popen(
+        [sys.executable, "-c", script], cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": _package_parent()}
+    )
+
+
+def test_sigterm_stops_a_running_job_as_interrupted_and_the_worker_exits(store, tiny_cache_root, tmp_path):
+    """A supervisor's SIGTERM mid-job: the job is recorded interrupted, its partial results kept, resumable."""
+    job_id, _ = store.submit("prune_eval", _big(tiny_cache_root, tasks=("arc_easy",), limit=400), "big")
+    worker = _worker_process(store, tmp_path)
+    try:
+        wait_job(store, job_id, lambda j: scored(j) > 0)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+    job = store.get(job_id)
+    assert job["status"] == "interrupted" and job["result"]["partial"] is True and scored(job) > 0
+
+
+def test_sigterm_while_the_worker_warms_up_exits_at_once(store, tmp_path):
+    """Nothing runs yet (importing torch, loading the model to preload): SIGTERM does not wait for that."""
+    worker = _worker_process(store, tmp_path, before="jobs._warm_up = lambda: time.sleep(120)")
+    try:
+        deadline = time.monotonic() + 60
+        while worker_pid(store) != worker.pid and time.monotonic() < deadline:  # worker.json: it holds the lock
+            time.sleep(0.05)
+        assert worker_pid(store) == worker.pid
+        start = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+        assert time.monotonic() - start < 10  # not after the 120 s warm-up
+    finally:
+        worker.kill()
+    assert run_worker(store, until_empty=True) == 0  # and it let go of the worker lock
+
+
 def _package_parent() -> str:
     import diet_explore
 

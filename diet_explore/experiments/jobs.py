@@ -445,8 +445,15 @@ def run_worker(
                 return "interrupted"
             return None
 
-        if threading_main():  # a supervisor's SIGTERM: stop the job as interrupted, resumable
-            previous = signal.signal(signal.SIGTERM, lambda *a: signalled.append("SIGTERM"))
+        busy: list[bool] = []  # set from claiming a job until it ended
+
+        def on_sigterm(*_):
+            signalled.append("SIGTERM")
+            if not busy:  # warming up, preloading or idle: nothing to keep, so exit now (not after the imports)
+                raise SystemExit(0)
+
+        if threading_main():  # a supervisor's SIGTERM: a running job stops as interrupted, resumable
+            previous = signal.signal(signal.SIGTERM, on_sigterm)
             restore.append(lambda: signal.signal(signal.SIGTERM, previous))
         _warm_up()
         models: dict = {}
@@ -455,15 +462,18 @@ def run_worker(
         atomic.write_json(store.root / "worker.json", info | {"ready": utc_timestamp(), "preloaded": preload})
         idle_since = time.monotonic()
         while not outside_stop():
+            busy.append(True)
             job = store.claim_next(token)
             if job is None:
-                if until_empty or time.monotonic() - idle_since > idle_exit_s:
+                busy.clear()
+                if signalled or until_empty or time.monotonic() - idle_since > idle_exit_s:
                     break
                 time.sleep(POLL_S)
                 continue
             if on_job is not None:
                 on_job(job)
             run_job(store, job, outside_stop, models)
+            busy.clear()
             ran += 1
             idle_since = time.monotonic()
     finally:

@@ -35,6 +35,14 @@ DEFAULT_CACHE_ENV = "DIET_EXPLORE_DEFAULT_CACHE"  # the cache a new session open
 EXPORT_DIR_ENV = "DIET_EXPLORE_EXPORT_DIR"  # where exports are written (default: <app folder>/artifacts)
 CACHE_PARAM = "cache"
 DIM_PARAM = "dim"  # the Dimension page's hidden dim, e.g. ?dim=507
+VIEW_PARAM = "view"  # the Agreement page's open tab, e.g. ?view=intersections
+# Agreement's views (one tab each), by their link value; the first is the default
+AGREEMENT_VIEWS = {
+    "overlap": "Task overlap",
+    "votes": "Votes per dim",
+    "matrix": "Vote matrix",
+    "intersections": "Task intersections",
+}
 
 # Widget keys (st.session_state) of the mask settings; weights live under WEIGHT_PREFIX + task.
 KEY_SPARSITY, KEY_THRESHOLD, KEY_METHOD, KEY_SITE = "sparsity", "threshold", "method", "site"
@@ -277,6 +285,22 @@ def decode_dim(params: Mapping[str, str | Sequence[str]]) -> tuple[int | None, l
     if re.fullmatch(r"\d{1,9}", text):
         return int(text), []
     return None, [f"ignored link setting {DIM_PARAM}={text!r}: a dimension is a whole number, e.g. {DIM_PARAM}=507"]
+
+
+def decode_view(params: Mapping[str, str | Sequence[str]]) -> tuple[str | None, list[str]]:
+    """``(tab label or None, warnings)`` from a link's ``view=`` (one of ``AGREEMENT_VIEWS``' keys)."""
+    if VIEW_PARAM not in params:
+        return None, []
+    text = _first(params[VIEW_PARAM]).strip()
+    if text in AGREEMENT_VIEWS:
+        return AGREEMENT_VIEWS[text], []
+    return None, [f"ignored link setting {VIEW_PARAM}={text[:40]!r}: use one of {', '.join(AGREEMENT_VIEWS)}"]
+
+
+def encode_view(label: str) -> dict[str, str]:
+    """The ``view=`` parameter for Agreement's open tab ``label`` (none for the default tab)."""
+    slug = next((k for k, v in AGREEMENT_VIEWS.items() if v == label), None)
+    return {} if slug is None or slug == next(iter(AGREEMENT_VIEWS)) else {VIEW_PARAM: slug}
 
 
 def reconcile_config(config: MaskConfig, task_names: Sequence[str]) -> tuple[MaskConfig, list[str]]:

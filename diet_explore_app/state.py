@@ -25,6 +25,7 @@ K_BOOTED, K_LINK_CONFIG, K_LINK_WARNINGS, K_LINK_CACHE = "_booted", "_link_confi
 K_SINGLE_TASK, K_HELD_OUT = "single_task", "held_out_task"
 K_DIM, K_LINK_DIM = "inspect_dim", "_link_dim"  # the Dimension page's dim, and the one a link named
 K_STAB_ON, K_STAB_N = "stab_on", "stab_n"  # bootstrap on/off and resamples (Mask builder, Dimension)
+K_VIEW, K_LINK_VIEW = "agree_view", "_link_view"  # Agreement's open tab, and the one a link named
 SHADOW = "_keep_"
 
 
@@ -86,12 +87,13 @@ def sel_kw(key: str, options) -> dict:
     return {"key": key, "index": options.index(value) if value in options else 0, "on_change": _sync, "args": (key,)}
 
 
-def tab_kw(key: str, tabs) -> dict:
-    """``st.tabs`` kwargs for a remembered open tab: lazy tabs (each tab's ``.open`` says whether to
-    build its content), the stored tab first, and the callback that stores a switch."""
-    tabs = list(tabs)
+def tabs_kw(key: str, labels) -> dict:
+    """Lazy ``st.tabs`` kwargs for a remembered open tab: the stored tab first, and the callback that
+    stores a click before the rerun. The stored tab is also the ``default``, which is part of the
+    widget's identity: stored first, it always equals the tab just clicked, so no click is lost."""
+    labels = list(labels)
     value = get(key)
-    return {"key": key, "default": value if value in tabs else tabs[0], "on_change": _sync, "args": (key,)}
+    return {"key": key, "default": value if value in labels else labels[0], "on_change": _sync, "args": (key,)}
 
 
 def multi_kw(key: str) -> dict:
@@ -105,10 +107,13 @@ def boot() -> None:
     params = st.query_params.to_dict()
     config, cache, warnings = S.decode_query(params)
     dim, dim_warnings = S.decode_dim(params)
+    view, view_warnings = S.decode_view(params)
     st.session_state[K_LINK_CONFIG] = config
     st.session_state[K_LINK_CACHE] = cache
     st.session_state[K_LINK_DIM] = dim
-    st.session_state[K_LINK_WARNINGS] = warnings + dim_warnings
+    if view is not None:
+        put(K_VIEW, view)
+    st.session_state[K_LINK_WARNINGS] = warnings + dim_warnings + view_warnings
     st.session_state[K_BOOTED] = True
 
 

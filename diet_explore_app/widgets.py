@@ -10,7 +10,7 @@ from a library call; state is in ``state.py``, cached loaders in ``loaders.py``,
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -175,6 +175,15 @@ def rendered_marker(cache: ScoreCache) -> None:
     values = html.escape(json.dumps(slider_settings(cache)), quote=True)
     with st.sidebar:
         st.html(f'<span class="diet-rendered" data-values="{values}" hidden></span>')
+
+
+def open_tab(key: str, labels: Sequence[str]):
+    """Lazy ``st.tabs``: only the open tab's content is built, sent and drawn (a click reruns the
+    page). The open tab is the setting ``key`` (``state.tabs_kw``: remembered across pages, in the
+    link where the page puts it there). Returns (its label, its container)."""
+    labels = list(labels)
+    tabs = st.tabs(labels, **state.tabs_kw(key, labels))
+    return next(((lab, t) for lab, t in zip(labels, tabs, strict=True) if t.open), (labels[0], tabs[0]))
 
 
 def weight_sliders(cache: ScoreCache) -> None:
@@ -437,12 +446,16 @@ def updating_sign() -> None:
 # ------------------------------------------------------------------------------------------------
 DIM_PAGE = "views/dimension.py"
 DIM_URL_PATH = "dimension"
+AGREEMENT_URL_PATH = "agreement"
 
 
 def page_query_params(page) -> dict[str, str] | None:
-    """The page's own URL parameters: the Dimension page's ``dim``."""
-    if getattr(page, "url_path", None) == DIM_URL_PATH and state.has(state.K_DIM):
+    """The page's own URL parameters: the Dimension page's ``dim``, Agreement's open tab (``view``)."""
+    path = getattr(page, "url_path", None)
+    if path == DIM_URL_PATH and state.has(state.K_DIM):
         return {S.DIM_PARAM: str(int(get(state.K_DIM)))}
+    if path == AGREEMENT_URL_PATH and state.has(state.K_VIEW):
+        return S.encode_view(get(state.K_VIEW))
     return None
 
 

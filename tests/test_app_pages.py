@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_helpers import ALPHA_PARAMS, ALPHA_PER_DIM, arr, chart_by_key, metrics, open_tab, run_page
+from app_helpers import ALPHA_PARAMS, ALPHA_PER_DIM, APP, TIMEOUT, arr, chart_by_key, metrics, open_tab, run_page
 
 from diet_explore.masking.agreement import prune_matrix, vote_counts
 from diet_explore.masking.build import MaskConfig, build_mask, mask_overlap
@@ -141,6 +141,35 @@ def test_agreement_follows_the_sparsity_slider(app, alpha):
         assert [c.key for c in at.get("plotly_chart")] == ["agree_vote_matrix"]
         open_tab(at, "agree_view", "Task overlap")
     assert at.query_params.get("sparsity") in (["0.45"], "0.45")
+
+
+def test_the_open_agreement_tab_is_remembered_and_in_the_link(app_env, alpha):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params.update({"view": "intersections", "sparsity": "0.3"})
+    run_page(at.run(), "agreement")
+    assert [c.key for c in at.get("plotly_chart")] == ["agree_upset"]  # the link's tab, open and drawn
+    assert at.query_params["view"] in ("intersections", ["intersections"])
+    open_tab(at, "agree_view", "Votes per dim")
+    assert at.query_params["view"] in ("votes", ["votes"])
+    run_page(at, "rankings")
+    assert "view" not in at.query_params  # Agreement's own parameter
+    run_page(at, "agreement")
+    assert [c.key for c in at.get("plotly_chart")] == ["agree_vote_hist"]  # the tab last open
+    open_tab(at, "agree_view", "Task overlap")
+    assert "view" not in at.query_params  # the default tab: no parameter
+
+
+def test_an_unknown_view_in_the_link_is_a_warning(app_env, alpha):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params.update({"view": "pie"})
+    at.run()
+    assert any("ignored link setting view='pie'" in w.value and "intersections" in w.value for w in at.warning)
+    run_page(at, "agreement")
+    assert [c.key for c in at.get("plotly_chart")] == ["agree_jaccard"]
 
 
 def test_agreement_weight_zero_removes_task(app, alpha):

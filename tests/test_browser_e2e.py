@@ -147,13 +147,18 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     assert np.allclose(z_after, jaccard_matrix(prune_matrix(cache, 0.25)))
     page.wait_for_function("() => location.search.includes('sparsity=0.25')", timeout=WAIT_MS)
     _shot(page, "agreement", tmp_path / "screenshots")
-    # one view at a time: a click opens another tab's figure, and the page remembers it
+    # one view at a time: a click opens another tab's figure (two clicks in a row: neither is lost),
+    # the link names it, and the page remembers it
     page.get_by_role("tab", name="Votes per dim").click()
     votes = _plot_data(page, "Prune votes per dimension")
     assert sum(arr(votes[0]["y"]).astype(int)) == d  # every dim counted once
+    idle(page)
+    page.get_by_role("tab", name="Vote matrix").click()
+    assert _plot_data(page, "Prune votes: dimensions × tasks") is not None
+    page.wait_for_function("() => location.search.includes('view=matrix')", timeout=WAIT_MS)
     goto_page(page, "Rankings")
     goto_page(page, "Agreement")
-    assert _plot_data(page, "Prune votes per dimension") is not None
+    assert _plot_data(page, "Prune votes: dimensions × tasks") is not None
     page.get_by_role("tab", name="Task overlap").click()
     idle(page)
 

@@ -12,8 +12,8 @@ from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
 K_FIT = "agree_fit_colours"
-K_VIEW = "agree_view"
-VIEWS = ("Task overlap", "Votes per dim", "Vote matrix", "Task intersections")
+K_VIEW = state.K_VIEW
+VIEWS = tuple(S.AGREEMENT_VIEWS.values())  # one tab each; the link names the open one (view=)
 
 
 def show_view(view: str, key: tuple, tau: float) -> None:
@@ -84,11 +84,9 @@ with ui.shown_errors():
     # one view at a time (lazy tabs: only the open tab's figure is built, sent and drawn, so a sparsity
     # move redraws one plotly figure, not four: measured 603 ms -> see benchmarks/bench_browser.py)
     key = (loaded.path, loaded.sha, sparsity, tuple(tasks), site, agg, last_k)
-    tabs = st.tabs(list(VIEWS), **state.tab_kw(K_VIEW, VIEWS))
-    for tab, view in zip(tabs, VIEWS, strict=True):
-        with tab:
-            if tab.open:
-                show_view(view, key, tau)
+    view, tab = ui.open_tab(K_VIEW, VIEWS)
+    with tab:
+        show_view(view, key, tau)
 
     st.subheader("Where tasks disagree")
     config = state.current_config(cache)

@@ -238,6 +238,12 @@ def score_curves_figure(path: str, sha: str, site: str, layer_agg: str, last_k: 
     return plots.sorted_score_curves(task_scores(path, sha, site, layer_agg, last_k), cutoff_rank=n_keep)
 
 
+@st.cache_resource(show_spinner=False, max_entries=64)
+def layer_heatmap_figure(path: str, sha: str, task: str, site: str, dims: tuple[int, ...]):
+    """Rankings' score-by-layer heatmap of ``dims`` (built once per choice, not on every rerun)."""
+    return plots.layer_dim_heatmap(precompute(path, sha).cache.layer_scores(task, site), list(dims), task)
+
+
 @st.cache_resource(show_spinner=False, max_entries=16)
 def score_distributions_figure(path: str, sha: str, site: str, layer_agg: str, last_k: int):
     return plots.score_distributions(task_scores(path, sha, site, layer_agg, last_k))

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from diet_explore import plots
 from diet_explore.core.errors import DietError
 from diet_explore.masking.massive import MASSIVE_FACTOR
 from diet_explore.masking.selection import keep_count, rank_dims, top_k_mask
@@ -86,7 +85,8 @@ def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last
         )
         dims = parse_dims(state.get(K_DIMS), cache.hidden_size) or order[: min(top_n, 40)].tolist()
         if task in cache.tasks:
-            st.plotly_chart(plots.layer_dim_heatmap(cache.layer_scores(task, site), dims, task), key="rank_layer_heatmap")
+            heat = loaders.layer_heatmap_figure(loaded.path, loaded.sha, task, site, tuple(int(d) for d in dims))
+            st.plotly_chart(heat, key="rank_layer_heatmap")
 
 
 st.title("Rankings")

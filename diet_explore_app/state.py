@@ -25,7 +25,7 @@ K_BOOTED, K_LINK_CONFIG, K_LINK_WARNINGS, K_LINK_CACHE = "_booted", "_link_confi
 K_SINGLE_TASK, K_HELD_OUT = "single_task", "held_out_task"
 K_DIM, K_LINK_DIM = "inspect_dim", "_link_dim"  # the Dimension page's dim, and the one a link named
 K_STAB_ON, K_STAB_N = "stab_on", "stab_n"  # bootstrap on/off and resamples (Mask builder, Dimension)
-K_VIEW, K_LINK_VIEW = "agree_view", "_link_view"  # Agreement's open tab, and the one a link named
+K_VIEW = "agree_view"  # Agreement's open tab (a link's view= sets it)
 SHADOW = "_keep_"
 
 

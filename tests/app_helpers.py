@@ -66,11 +66,11 @@ def run_page(at, page: str):
 def open_tab(at, key: str, label: str):
     """Open the lazy ``st.tabs(..., key=key)`` tab ``label`` and run: what a click does, the widget's
     value and the setting its on_change stores (AppTest cannot click a tab; the browser tests do)."""
+    from diet_explore_app.state import SHADOW
+
     tabs = [t.label for t in at.get("tab")]
     assert label in tabs, f"no tab {label!r}; tabs: {tabs}"
     at.session_state[key] = label
-    from diet_explore_app.state import SHADOW
-
     at.session_state[SHADOW + key] = label
     at.run()
     assert not at.exception, [e.value for e in at.exception]

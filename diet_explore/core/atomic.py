@@ -62,18 +62,21 @@ def locked(path: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         if entry is None:
             entry = _LOCKS[(os.getpid(), key)] = (threading.RLock(), FileLock(key, thread_local=False))
     thread_lock, file_lock = entry
-    busy = DietError(
-        f"{path} is locked by another process for over {timeout:.0f} s",
-        f"wait for the other run to finish, or remove {key} if no run is using it",
-    )
+
+    def busy() -> DietError:
+        return DietError(
+            f"{path} is locked by another process for over {timeout:.0f} s",
+            f"wait for the other run to finish, or remove {key} if no run is using it",
+        )
+
     start = time.monotonic()
     if not thread_lock.acquire(timeout=max(timeout, 0.0)):
-        raise busy
+        raise busy()
     try:
         try:
             file_lock.acquire(timeout=max(timeout - (time.monotonic() - start), 0.0))
         except Timeout:
-            raise busy from None
+            raise busy() from None
         try:
             yield
         finally:

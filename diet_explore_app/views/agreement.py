@@ -17,18 +17,18 @@ VIEWS = tuple(S.AGREEMENT_VIEWS.values())  # one tab each; the link names the op
 
 
 def show_view(view: str, key: tuple, tau: float) -> None:
-    """One of the page's figures (the open tab's)."""
-    if view == "Task overlap":
+    """One of the page's figures: the open tab's (``view``, a key of ``settings.AGREEMENT_VIEWS``)."""
+    if view == "overlap":
         fit = ui.colour_range_toggle(K_FIT)
         st.plotly_chart(loaders.jaccard_figure(*key, fit), key="agree_jaccard")
         st.caption(ui.HELP["jaccard"])
-    elif view == "Votes per dim":
+    elif view == "votes":
         st.plotly_chart(loaders.vote_histogram_figure(*key, tau), key="agree_vote_hist")
         st.caption(
             "How many dims got k prune votes (k of the voting tasks put the dim in their own lowest-scoring set); "
             "the dashed line is where τ falls with equal weights."
         )
-    elif view == "Vote matrix":
+    elif view == "matrix":
         st.plotly_chart(loaders.vote_matrix_figure(*key), key="agree_vote_matrix")
         st.caption("Every dim (row, most prune votes first) against every task (column): red where the task prunes it.")
     else:
@@ -82,11 +82,11 @@ with ui.shown_errors():
     )
 
     # one view at a time (lazy tabs: only the open tab's figure is built, sent and drawn, so a sparsity
-    # move redraws one plotly figure, not four: measured 603 ms -> see benchmarks/bench_browser.py)
+    # move redraws one plotly figure, not four: 603 -> 268-309 ms in benchmarks/bench_browser.py)
     key = (loaded.path, loaded.sha, sparsity, tuple(tasks), site, agg, last_k)
-    view, tab = ui.open_tab(K_VIEW, VIEWS)
+    label, tab = ui.open_tab(K_VIEW, VIEWS)
     with tab:
-        show_view(view, key, tau)
+        show_view(next(k for k, v in S.AGREEMENT_VIEWS.items() if v == label), key, tau)
 
     st.subheader("Where tasks disagree")
     config = state.current_config(cache)

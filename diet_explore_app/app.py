@@ -32,9 +32,9 @@ st.set_page_config(page_title="diet-explore", page_icon=":material/content_cut:"
 PAGES = [
     st.Page("views/overview.py", title="Overview", icon=":material/home:", url_path="overview", default=True),
     st.Page("views/rankings.py", title="Rankings", icon=":material/leaderboard:", url_path="rankings"),
-    st.Page("views/agreement.py", title="Agreement", icon=":material/handshake:", url_path="agreement"),
+    st.Page("views/agreement.py", title="Agreement", icon=":material/handshake:", url_path=ui.AGREEMENT_URL_PATH),
     st.Page("views/mask_builder.py", title="Mask builder", icon=":material/tune:", url_path="mask_builder"),
-    st.Page("views/dimension.py", title="Dimension", icon=":material/search:", url_path="dimension"),
+    st.Page(ui.DIM_PAGE, title="Dimension", icon=":material/search:", url_path=ui.DIM_URL_PATH),
     st.Page("views/prune_eval.py", title="Prune & evaluate", icon=":material/science:", url_path="prune_eval"),
     st.Page("views/sweep.py", title="Sweep", icon=":material/stacked_line_chart:", url_path="sweep"),
     st.Page("views/history.py", title="History", icon=":material/history:", url_path="history"),

@@ -297,9 +297,14 @@ def decode_view(params: Mapping[str, str | Sequence[str]]) -> tuple[str | None, 
     return None, [f"ignored link setting {VIEW_PARAM}={text[:40]!r}: use one of {', '.join(AGREEMENT_VIEWS)}"]
 
 
+def view_key(label: str) -> str | None:
+    """The ``AGREEMENT_VIEWS`` key of the tab labelled ``label`` (None for no such tab)."""
+    return next((k for k, v in AGREEMENT_VIEWS.items() if v == label), None)
+
+
 def encode_view(label: str) -> dict[str, str]:
     """The ``view=`` parameter for Agreement's open tab ``label`` (none for the default tab)."""
-    slug = next((k for k, v in AGREEMENT_VIEWS.items() if v == label), None)
+    slug = view_key(label)
     return {} if slug is None or slug == next(iter(AGREEMENT_VIEWS)) else {VIEW_PARAM: slug}
 
 

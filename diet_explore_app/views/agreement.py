@@ -86,7 +86,7 @@ with ui.shown_errors():
     key = (loaded.path, loaded.sha, sparsity, tuple(tasks), site, agg, last_k)
     label, tab = ui.open_tab(K_VIEW, VIEWS)
     with tab:
-        show_view(next(k for k, v in S.AGREEMENT_VIEWS.items() if v == label), key, tau)
+        show_view(S.view_key(label), key, tau)
 
     st.subheader("Where tasks disagree")
     config = state.current_config(cache)

@@ -73,10 +73,13 @@ def put(key: str, value) -> None:
 
 
 def reset(key: str, value) -> None:
-    """Set a setting from code even while its widget is on the page: the widget's own state is
-    dropped, so it mounts again showing ``value`` (``put`` alone shows at the next mount)."""
+    """Set a setting from code even while its widget is on the page: the widget shows ``value`` on
+    this run. Call it before the widget is created in the run (a callback, or above the widget).
+    The widget's key is written through the API, which is what makes Streamlit send the value to
+    the browser: a widget's identity is its key (and range), not its value, so dropping the key
+    left the browser showing the old value and sending it back on the next input."""
     put(key, value)
-    st.session_state.pop(key, None)
+    st.session_state[key] = value
 
 
 def follow(key: str, value) -> None:
@@ -96,7 +99,10 @@ def default(key: str, value) -> None:
 
 
 def kw(key: str) -> dict:
-    """Widget kwargs for a setting: key, the stored value, and the callback that stores changes."""
+    """Widget kwargs for a setting: key, the stored value, and the callback that stores changes. The
+    value is passed even when the key is in the session: after a page switch that key can hold a
+    stale value Streamlit forgot to drop (module docstring). After ``reset`` Streamlit takes the
+    written value and logs, once, that a value was also passed."""
     return {"key": key, "value": get(key), "on_change": _sync, "args": (key,)}
 
 

@@ -216,3 +216,39 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     idle(p2)
     wait_metric(p2, "Kept dims", f"{res.n_keep} / {d}")
     fresh.close()
+
+
+def _slider_value(page, label: str) -> str:
+    s = page.locator('[data-testid="stSlider"]').filter(has=page.get_by_text(label, exact=True)).first
+    return s.locator('[data-testid="stSliderThumbValue"]').inner_text().strip()
+
+
+def test_reset_to_paper_default_sticks_in_the_browser(server, browser):
+    """The reset button moves the sliders themselves, not only the numbers: a widget's identity is its
+    key, so the browser kept showing (and on the next click sent back) the old τ and weight."""
+    from diet_explore_app.widgets import THRESHOLD_LABEL
+
+    cache = _load_default_cache(server)
+    first = cache.task_names[0]
+    context = browser.new_context(viewport={"width": 1440, "height": 1600})
+    page = context.new_page()
+    try:
+        page.goto(f"{server['url']}/mask_builder?threshold=1&weights={first}:0", wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Mask builder").first.wait_for(timeout=WAIT_MS)
+        idle(page)
+        n = len(cache.task_names)
+        assert metric(page, "Voting tasks") == str(n - 1)
+        assert (_slider_value(page, THRESHOLD_LABEL), _slider_value(page, first)) == ("1.00", "0.00")
+
+        page.get_by_role("button", name="Reset to paper default").click()
+        wait_metric(page, "Voting tasks", str(n))
+        idle(page)
+        assert (_slider_value(page, THRESHOLD_LABEL), _slider_value(page, first)) == ("0.50", "1.00")
+        # the next, unrelated input must not bring the old values back
+        page.locator('[data-testid="stCheckbox"]').filter(has=page.get_by_text("Exact count", exact=True)).first.click()
+        idle(page)
+        assert metric(page, "Voting tasks") == str(n)
+        assert (_slider_value(page, THRESHOLD_LABEL), _slider_value(page, first)) == ("0.50", "1.00")
+        assert "threshold" not in page.url and "weights" not in page.url
+    finally:
+        context.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,64 @@ def test_repeated_eval_tasks_are_evaluated_and_named_once(tiny_cache_root, capsy
     out = capsys.readouterr().out
     assert "--tasks rte --batch_size" in out and "rte,rte" not in out
     assert sum(line.startswith("rte ") for line in out.splitlines()) == 1
+
+
+# -------------------------------------------------------------------------------- second hostile run
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot descend into
+
+
+def test_json_nested_too_deeply_is_one_clear_line_everywhere_it_is_read(synthetic_cache_dir, tmp_path, capsys):
+    deep = tmp_path / "deep.json"
+    deep.write_text(DEEP)
+    err = _run(["prune", "--mask", str(deep), "--out", str(tmp_path / "p")], capsys)
+    assert "nested too deeply" in err and str(deep) in err
+    assert "nested too deeply" in _run(["tasks", "--task-file", str(deep)], capsys)
+    cache = tmp_path / "cache"
+    shutil.copytree(synthetic_cache_dir, cache)
+    (cache / "manifest.json").write_text(DEEP)
+    assert "nested too deeply" in _run(["mask", "--cache", str(cache), "--out", str(tmp_path / "m.json")], capsys)
+
+
+def test_a_task_file_that_is_a_fifo_or_a_folder_is_refused_without_reading(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # reading it would block for ever
+    assert f"task file {fifo} is not a regular file" in _run(["tasks", "--task-file", str(fifo)], capsys)
+    assert "is not a regular file" in _run(["tasks", "--task-file", str(tmp_path)], capsys)
+    assert "does not exist" in _run(["tasks", "--task-file", str(tmp_path / "none.json")], capsys)
+
+
+def test_mask_npy_target_refused_before_the_json_is_written(synthetic_cache_dir, tmp_path, capsys):
+    import os
+
+    out = tmp_path / "m.json"
+    out.write_text("ORIGINAL")
+    os.mkfifo(tmp_path / "m.npy")
+    err = _run(["mask", "--cache", str(synthetic_cache_dir), "--npy", "--out", str(out)], capsys)
+    assert "--npy output" in err and "FIFO" in err
+    assert out.read_text() == "ORIGINAL"
+
+
+def test_a_file_system_that_refuses_writes_despite_its_permission_bits(synthetic_cache_dir, tmp_path, capsys, monkeypatch):
+    """As root on /sys, os.access says writable and the write fails: the check now writes a probe
+    file, so the refusal comes first, as one line; a write that fails later is one line too."""
+    import tempfile
+
+    from diet_explore.core import atomic
+
+    real_mkstemp = tempfile.mkstemp
+    refused = tmp_path / "sysfs"
+    refused.mkdir()
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == refused:
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    err = _run(["mask", "--cache", str(synthetic_cache_dir), "--out", str(refused / "m.json")], capsys)
+    assert f"--out {refused / 'm.json'} is not writable" in err and "Permission denied" in err
+    with pytest.raises(atomic.DietError, match="could not be written .Permission denied"):
+        atomic.write_text(refused / "x.txt", "x")
+    assert list(refused.iterdir()) == []

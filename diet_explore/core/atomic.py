@@ -211,9 +211,12 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (through a symlink to its target; a special file or a
     folder is refused with a DietError)."""
     target = file_target(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_debris(target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_sibling_prefix(target.name), suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_debris(target)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_sibling_prefix(target.name), suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; a cache, mask or result file should read like any other
         with os.fdopen(fd, "wb") as fh:
@@ -221,10 +224,19 @@ def write_bytes(path: str | Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk, a file system that refuses the rename, ...
+            raise _write_error(path, exc) from None
         raise
+
+
+def _write_error(path: str | Path, exc: OSError) -> DietError:
+    return DietError(
+        f"{path} could not be written ({exc.strerror or exc})",
+        "choose a path on a writable file system with free space",
+    )
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -235,12 +247,23 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def loads_json(text: str | bytes) -> Any:
+    """``json.loads``, with a document nested too deeply for Python's parser (``[[[[...`` 100,000
+    deep) raised as the ``json.JSONDecodeError`` every reader already handles: ``json`` raises a
+    RecursionError there, which no reader expects and which ended in a traceback."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        doc = text if isinstance(text, str) else ""
+        raise json.JSONDecodeError("nested too deeply to read", doc[:80], 0) from None
+
+
 def read_json_object(path: str | Path) -> dict[str, Any] | None:
     """The JSON object stored at ``path``, or None when the file is missing, unreadable, not
     UTF-8, not JSON or not an object: a record another process may be writing, or a damaged one,
     is skipped by its reader, never raised."""
     try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
+        value = loads_json(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return value if isinstance(value, dict) else None
@@ -296,7 +319,8 @@ def check_writable(path: str | Path, what: str, folder: bool) -> None:
     """Refuse, before any work is done, a path an atomic write could not create later: a folder to
     write into (``folder``; it may exist) or a file (it must not be a folder or a special file; a
     symlink is checked where it points). Walks up to the first part of ``path`` that exists, which
-    must be a writable folder; creates nothing. ``what`` names the setting in the message, e.g.
+    must be a writable folder (a file is created there and removed at once, the only test
+    every file system answers truthfully); leaves nothing behind. ``what`` names the setting in the message, e.g.
     ``--out``."""
     path = check_path(path, what)
     if not folder:
@@ -317,6 +341,12 @@ def check_writable(path: str | Path, what: str, folder: bool) -> None:
             f"{what} {path} is not writable ({probe} is read-only for this user)",
             f"choose another {what}, or make {probe} writable",
         )
+    try:  # os.access answers for the permission bits; some file systems (e.g. /sys, as root) refuse anyway
+        fd, probe_file = tempfile.mkstemp(dir=probe, prefix=".diet-explore-probe-")
+    except OSError as exc:
+        raise DietError(f"{what} {path} is not writable ({probe}: {exc.strerror or exc})", f"choose another {what}") from None
+    os.close(fd)
+    os.unlink(probe_file)
 
 
 @contextlib.contextmanager
@@ -329,9 +359,12 @@ def staged_dir(final: str | Path, overwrite: bool = False, marker: str | None = 
     replace later.
     """
     final = check_output_dir(final, overwrite, marker)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_debris(final)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_sibling_prefix(final.name), suffix=".partial"))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_debris(final)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_sibling_prefix(final.name), suffix=".partial"))
+    except OSError as exc:
+        raise _write_error(final, exc) from None
     tmp.chmod(0o755)  # mkdtemp makes 0700; the final folder should read like any other
     try:
         yield tmp

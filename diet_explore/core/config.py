@@ -8,6 +8,7 @@ import numbers
 from pathlib import Path
 from typing import Any, TypeVar
 
+from diet_explore.core.atomic import loads_json
 from diet_explore.core.errors import DietError
 
 T = TypeVar("T", bound="JsonConfig")
@@ -46,7 +47,7 @@ class JsonConfig:
         if isinstance(text, Path):
             text = text.read_text()
         try:
-            data = json.loads(text)
+            data = loads_json(text)
         except json.JSONDecodeError as exc:
             raise DietError(f"{cls.__name__} JSON is invalid ({exc})", "check the file") from None
         return cls.from_dict(data)

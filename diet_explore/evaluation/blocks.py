@@ -96,7 +96,7 @@ class ScoreLog:
     def load(self, unit: Unit) -> list[ChoiceScores] | None:
         path = self.path(unit)
         try:
-            raw = json.loads(path.read_text())
+            raw = atomic.loads_json(path.read_text())
             if raw.get("label") != unit.label or len(raw["scores"]) != len(unit.requests):
                 return None
             out = []

@@ -148,7 +148,7 @@ class EvalCache:
         if not path.is_file():
             return None
         try:
-            raw = json.loads(path.read_text())
+            raw = atomic.loads_json(path.read_text())
             if raw.get("kind") != KIND or raw.get("format") != FORMAT_VERSION or raw.get("key") != key:
                 raise ValueError("not an entry of this cache format")
             entry = CachedEval(**{k: raw[k] for k in CachedEval.__dataclass_fields__})

@@ -141,7 +141,7 @@ def load_sweep(path: str | Path) -> Sweep:
     config = None
     if config_path.is_file():
         try:
-            config = json.loads(config_path.read_text())
+            config = atomic.loads_json(config_path.read_text())
         except (OSError, json.JSONDecodeError):
             config = None
     verdict = verdict_path.read_text() if verdict_path.is_file() else None

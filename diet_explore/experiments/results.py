@@ -51,7 +51,7 @@ def _parse(lines: list[str]) -> list[dict[str, Any]]:
     rows, seen = [], set()
     for line in lines:
         try:
-            row = json.loads(line)
+            row = atomic.loads_json(line)
         except json.JSONDecodeError:
             continue
         if not isinstance(row, dict) or row.get("key") in seen:

@@ -101,6 +101,8 @@ def calibration_ids_of(manifest: dict[str, Any]) -> dict[str, list[int]]:
 def save_mask(mask_file: MaskFile, path: str | Path, npy: bool = False) -> Path:
     """Write the mask JSON atomically; with ``npy`` also ``<path without .json>.npy`` (bool (D,))."""
     path = Path(path)
+    if npy:  # both targets checked before either is written: a refused .npy must not leave a new JSON
+        atomic.check_writable(path.with_suffix(".npy"), "--npy output", folder=False)
     atomic.write_json(path, dataclasses.asdict(mask_file))
     if npy:
         import io
@@ -117,7 +119,7 @@ def load_mask(path: str | Path, expected_hidden_size: int | None = None, expecte
     if not path.is_file():
         raise DietError(f"mask file {path} does not exist", "build one with `diet-explore mask ... --out <file>`")
     try:
-        data = json.loads(path.read_text())
+        data = atomic.loads_json(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DietError(f"{path} is not valid JSON ({exc})", "the file is corrupt; rebuild the mask") from None
     if not isinstance(data, dict) or data.get("kind") != MASK_KIND:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -155,7 +154,7 @@ def _warn_if_stale(name: str, folder: Path) -> None:
 
     meta = folder / SOURCE_FILE
     try:
-        package = json.loads(meta.read_text()).get("package")
+        package = atomic.loads_json(meta.read_text()).get("package")
     except (OSError, ValueError):
         return
     installed = installed_spec(BUILTIN_MODELS[name].distribution)

@@ -357,7 +357,7 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
             f"{path} is not a file: {root} is not a score cache", "point --cache at a folder made by `diet-explore profile`"
         )
     try:
-        manifest = json.loads(path.read_text())
+        manifest = atomic.loads_json(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DietError(f"{path} is not valid JSON ({exc})", "the file is corrupt or truncated; re-run the profile") from None
     except OSError as exc:  # unreadable (permissions, I/O error)

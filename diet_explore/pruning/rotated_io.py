@@ -101,7 +101,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DietError(f"{folder} has no {META_FILE}, so it is not a saved rotated model", "save one with save_rotated")
     try:
-        meta = json.loads(path.read_text())
+        meta = atomic.loads_json(path.read_text())
     except json.JSONDecodeError as exc:
         raise DietError(f"{path} is not valid JSON ({exc})", "save the folder again with save_rotated") from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:

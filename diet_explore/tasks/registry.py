@@ -16,6 +16,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from diet_explore.core.atomic import loads_json
 from diet_explore.core.errors import DietError
 from diet_explore.tasks.formats import PREPROCESSORS
 
@@ -372,8 +373,11 @@ def load_registry(extra_files: list[str | Path] | None = None) -> dict[str, Task
     env = os.environ.get("DIET_EXPLORE_TASKS")
     paths = list(extra_files or []) + ([p for p in env.split(os.pathsep) if p] if env else [])
     for p in paths:
+        if not Path(p).is_file():  # a FIFO would block the read for ever; a folder or a missing path fails it
+            what = "does not exist" if not Path(p).exists() else "is not a regular file"
+            raise DietError(f"task file {p} {what}", "give a JSON task file (see `diet-explore tasks --help`)")
         try:
-            sources.append((str(p), json.loads(Path(p).read_text(encoding="utf-8"))))
+            sources.append((str(p), loads_json(Path(p).read_text(encoding="utf-8"))))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DietError(f"task file {p} could not be read ({exc})", "fix the path or the JSON") from None
     registry: dict[str, TaskSpec] = {}

@@ -456,7 +456,7 @@ def sweep_curves(frame: pd.DataFrame, title: str, y_title: str, log_y: bool = Fa
         )
     fig.update_layout(title=title, xaxis_title="sparsity (fraction of hidden dims pruned)", yaxis_title=y_title, **_LAYOUT)
     if log_y:
-        fig.update_yaxes(type="log", dtick=1)  # one tick per decade: perplexities span 10^1 to 10^12
+        fig.update_yaxes(**_LOG_AXIS)  # one tick per decade: perplexities span 10^1 to 10^12
     return fig
 
 
@@ -510,7 +510,7 @@ def dim_task_scores(
     )
     fig.update_xaxes(type="category")
     if log:
-        fig.update_yaxes(type="log")
+        fig.update_yaxes(**_LOG_AXIS)
     return fig
 
 
@@ -522,5 +522,5 @@ def dim_layer_profile(dim: int, profiles: Mapping[str, Sequence[float]], log_y: 
         fig.add_trace(go.Scatter(x=np.arange(v.size), y=v, mode="lines+markers", marker=dict(size=4), name=task))
     fig.update_layout(title=f"Dim {dim}: score by layer", xaxis_title="layer", yaxis_title="mean |activation|", **_LAYOUT)
     if log_y:
-        fig.update_yaxes(type="log")
+        fig.update_yaxes(**_LOG_AXIS)
     return fig

@@ -287,8 +287,9 @@ def model_name_for(cache: ScoreCache) -> str:
     """The model to prune: the Prune & evaluate page's model field (which follows the cache's model
     until the user types another), else the cache's model."""
     follow(K_MODEL, cache.model_name)
-    typed = str(get(K_MODEL, "") or "").strip()
-    return typed or cache.model_name
+    if not str(get(K_MODEL, "") or "").strip():  # an emptied field shows the model it stands for, not blank
+        reset(K_MODEL, cache.model_name)
+    return str(get(K_MODEL)).strip()
 
 
 def saveable_hint(cache: ScoreCache, n_keep: int) -> str | None:

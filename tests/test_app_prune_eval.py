@@ -451,3 +451,16 @@ def test_export_of_an_unsaveable_kept_count_is_an_error_box(tiny_app):
     assert not at.exception
     assert at.error and "multiple" in at.error[0].value
     assert not (dirs["export"] / at.text_input(key="export_name").value).exists()
+
+
+def test_an_emptied_model_field_shows_the_model_it_runs(tiny_app):
+    """Clearing the Model field ran the cache's model behind a blank field; it now shows that model."""
+    at, _ = tiny_app
+    at = run_page(at.run(), "prune_eval")
+    model = at.text_input(key="pe_model").value  # it follows the cache's model
+    assert model
+    at.text_input(key="pe_model").input("   ").run()
+    assert not at.exception
+    assert at.text_input(key="pe_model").value == model
+    run_page(at, "sweep")
+    assert any(model in c.value for c in [*at.caption, *at.markdown])

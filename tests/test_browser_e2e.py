@@ -232,6 +232,8 @@ def test_reset_to_paper_default_sticks_in_the_browser(server, browser):
     first = cache.task_names[0]
     context = browser.new_context(viewport={"width": 1440, "height": 1600})
     page = context.new_page()
+    elsewhere: list[str] = []  # the app works offline: every request goes to the app's own server
+    page.on("request", lambda r: None if r.url.startswith((server["url"], "data:", "blob:")) else elsewhere.append(r.url))
     try:
         page.goto(f"{server['url']}/mask_builder?threshold=1&weights={first}:0", wait_until="domcontentloaded")
         page.get_by_role("heading", name="Mask builder").first.wait_for(timeout=WAIT_MS)
@@ -250,5 +252,6 @@ def test_reset_to_paper_default_sticks_in_the_browser(server, browser):
         assert metric(page, "Voting tasks") == str(n)
         assert (_slider_value(page, THRESHOLD_LABEL), _slider_value(page, first)) == ("0.50", "1.00")
         assert "threshold" not in page.url and "weights" not in page.url
+        assert elsewhere == []
     finally:
         context.close()

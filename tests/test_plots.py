@@ -182,3 +182,13 @@ def test_run_history_keeps_runs_without_a_model():
     runs = pd.DataFrame({"run_id": ["r1", "r2"], "model": ["m", None], "sparsity": [0.1, 0.2], "delta_avg": [-0.01, -0.05]})
     fig = plots.run_history(runs, color="model")
     assert sorted(tr.name for tr in fig.data) == ["?", "m"] and sum(len(tr.x) for tr in fig.data) == 2
+
+
+@pytest.mark.parametrize("build", ["task_scores", "layer_profile"])
+def test_the_dimension_page_log_axes_label_powers_of_ten_only(build):
+    """The Dimension page's log axes read 1, 10, 100, 1000 (they read "1000, 5, 2, 100, 5, 2")."""
+    if build == "task_scores":
+        fig = plots.dim_task_scores(507, ["a", "b"], [4.0, 1143.0], [4.3, 5.0], [True, True], [True, True])
+    else:
+        fig = plots.dim_layer_profile(507, {"a": [1.0, 40.0, 1900.0]}, log_y=True)
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1

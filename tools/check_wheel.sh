@@ -50,6 +50,7 @@ test -s sweep/table.md && test -s profiled/manifest.json
 from streamlit.testing.v1 import AppTest
 import importlib.util as u
 app = list(u.find_spec("diet_explore_app").submodule_search_locations)[0] + "/app.py"
+assert __import__("pathlib").Path(app).with_name("favicon.png").is_file(), "the wheel lacks the app's favicon"
 at = AppTest.from_file(app, default_timeout=120).run()
 assert not at.exception, [e.value for e in at.exception]
 shown = {m.label: m.value for m in at.metric}

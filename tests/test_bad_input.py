@@ -243,3 +243,20 @@ def test_a_file_system_that_refuses_writes_despite_its_permission_bits(synthetic
     with pytest.raises(atomic.DietError, match="could not be written .Permission denied"):
         atomic.write_text(refused / "x.txt", "x")
     assert list(refused.iterdir()) == []
+
+
+def test_app_refuses_an_address_it_cannot_listen_on_before_starting_streamlit(capsys, monkeypatch):
+    import os
+    import socket
+
+    def no_exec(*args):  # without the check the command would become the Streamlit server here
+        raise AssertionError("streamlit was started")
+
+    monkeypatch.setattr(os, "execve", no_exec)
+    assert "--host not a host! is not an address" in _run(["app", "--host", "not a host!", "--port", "8611"], capsys)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        err = _run(["app", "--host", "127.0.0.1", "--port", str(port)], capsys)
+    assert f"cannot listen on 127.0.0.1:{port}" in err and f"--port {port + 1}" in err

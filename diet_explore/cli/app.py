@@ -66,11 +66,34 @@ def app_environment(cache: str | None, base: Path, env: dict[str, str]) -> dict[
     return out
 
 
+def check_listen(host: str, port: int) -> None:
+    """Refuse, as one line, an address the server could not listen on (Streamlit itself ends in a
+    traceback for a host that does not resolve, and in a bare line for a port in use)."""
+    import socket
+
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError):
+        raise DietError(
+            f"--host {host} is not an address", "e.g. --host localhost, or --host 0.0.0.0 for every interface"
+        ) from None
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closing socket is no clash
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise DietError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+                f"another server may be using port {port}: choose another, e.g. --port {port + 1 if port < 65535 else 8501}",
+            ) from None
+
+
 def run(args) -> int:
     if not 0 < args.port < 65536:
         raise DietError(f"--port {args.port} is not a port number", "use 1-65535, e.g. --port 8501")
     if importlib.util.find_spec("streamlit") is None:
         raise DietError("streamlit is not installed", "pip install 'diet-explore' installs it; or pip install streamlit")
+    check_listen(args.host, args.port)
     env = app_environment(args.cache, Path.cwd(), dict(os.environ))
     cmd = [
         sys.executable,

@@ -260,3 +260,20 @@ def test_app_refuses_an_address_it_cannot_listen_on_before_starting_streamlit(ca
         port = busy.getsockname()[1]
         err = _run(["app", "--host", "127.0.0.1", "--port", str(port)], capsys)
     assert f"cannot listen on 127.0.0.1:{port}" in err and f"--port {port + 1}" in err
+
+
+def test_compare_refuses_a_folder_of_someone_elses_files(synthetic_cache_dir, tmp_path, capsys):
+    from diet_explore.experiments.sweep import CompareConfig, check_sweep_folder
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("table.md", "config.json", "notes.txt"):
+        (mine / name).write_text("MY OWN")
+    argv = ["compare", "--cache", str(synthetic_cache_dir), "--out", str(mine), "--runs", str(tmp_path / "runs")]
+    assert "holds files that diet-explore compare did not write" in _run(argv, capsys)
+    assert sorted(p.read_text() for p in mine.iterdir()) == ["MY OWN"] * 3
+    killed = tmp_path / "killed"  # a sweep killed before its first result row: its config.json marks it
+    killed.mkdir()
+    (killed / "config.json").write_text(CompareConfig(cache=str(synthetic_cache_dir)).to_json())
+    check_sweep_folder(killed)
+    check_sweep_folder(tmp_path / "new")

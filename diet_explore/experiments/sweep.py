@@ -188,6 +188,28 @@ def sweep_grid(config: CompareConfig) -> list[tuple[str, float]]:
 # --------------------------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------------------------
+def check_sweep_folder(out: Path) -> None:
+    """``--out`` must be new, empty, or a sweep's own folder (its ``results.jsonl``, or the
+    ``config.json`` it writes first), since the sweep writes config.json, table.md, table.csv and
+    sweep.html there over whatever has those names: someone's folder of files is refused."""
+    try:
+        entries = list(out.iterdir()) if out.is_dir() else []
+    except OSError as exc:
+        raise DietError(f"--out {out} cannot be read ({exc.strerror or exc})", "choose another --out folder") from None
+    if not entries or (out / RESULTS).is_file():
+        return
+    try:
+        CompareConfig.from_json((out / "config.json").read_text())
+        return  # a sweep killed before its first result row
+    except (OSError, UnicodeDecodeError, DietError, TypeError, ValueError):
+        pass
+    raise DietError(
+        f"--out {out} holds files that diet-explore compare did not write (it has no {RESULTS}), and the sweep "
+        "would replace its config.json, table.md, table.csv and sweep.html",
+        "give a new or empty folder, or the --out of an earlier compare to resume it",
+    )
+
+
 def run_compare(
     config: CompareConfig,
     out: str | Path,
@@ -219,6 +241,7 @@ def run_compare(
     # Everything that can be checked without the model is, before it loads (minutes) and before
     # --out is created: a bad folder, limit, task or resume must not cost a load or leave files.
     atomic.check_writable(out, "--out", folder=True)
+    check_sweep_folder(out)
     store = store if store is not None else RunStore()
     store.check("--runs")
     if eval_cache is not None:

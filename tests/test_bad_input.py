@@ -277,3 +277,26 @@ def test_compare_refuses_a_folder_of_someone_elses_files(synthetic_cache_dir, tm
     (killed / "config.json").write_text(CompareConfig(cache=str(synthetic_cache_dir)).to_json())
     check_sweep_folder(killed)
     check_sweep_folder(tmp_path / "new")
+
+
+def test_eval_predictions_and_json_on_one_file_are_refused_before_a_model_loads(tmp_path, capsys):
+    same = tmp_path / "x.json"
+    link = tmp_path / "link.json"
+    link.symlink_to(same)
+    for other in (same, link):  # the same file, also through a symlink
+        argv = ["eval", "--model", str(tmp_path / "no-model"), "--predictions", str(same), "--json", str(other)]
+        assert "--predictions and --json name the same file" in _run(argv, capsys)
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["compare", "--multiple-of", "0", "--out", "{tmp}/o", "--runs", "{tmp}/r"], "--multiple-of must be at least 1, got 0"),
+        (["agreement", "--top", "-1"], "--top must be 0 or more, got -1"),
+        (["stability", "--counts", "0,-5", "--resamples", "5"], "a sample count must be at least 1, got -5"),
+    ],
+)
+def test_numbers_that_mean_nothing_are_refused(synthetic_cache_dir, tmp_path, capsys, command, message):
+    argv = [command[0], "--cache", str(synthetic_cache_dir)] + [a.format(tmp=tmp_path) for a in command[1:]]
+    assert message in _run(argv, capsys)
+    assert not (tmp_path / "o").exists()

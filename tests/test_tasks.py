@@ -335,3 +335,10 @@ def test_the_tasks_command_lists_the_builtins_and_explains_a_user_task_that_does
 def test_the_tasks_command_reports_a_malformed_task_file_without_a_traceback(tmp_path, capsys, content):
     rc, out = _cli_tasks(capsys, "--task-file", str(_task_file(tmp_path, content)))
     assert rc == 2 and out.err.startswith("error: ") and "Traceback" not in out.err and "hint: " in out.err
+
+
+def test_a_task_named_twice_is_resolved_once_for_profile_and_eval():
+    from diet_explore.tasks.registry import resolve_tasks
+
+    assert [s.name for s in resolve_tasks("rte,boolq,rte")] == ["rte", "boolq"]
+    assert [s.name for s in resolve_tasks(["rte", "rte"])] == ["rte"]

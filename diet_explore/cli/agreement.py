@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from diet_explore.cli._common import csv_list
+from diet_explore.core.errors import DietError
 
 
 def register(sub) -> None:
@@ -30,6 +31,8 @@ def run(args) -> int:
 
     check_sparsity(args.sparsity)
     check_choice("layer aggregation", args.layer_agg, LAYER_AGGS)
+    if args.top < 0:  # a negative count sliced rows off the end of the table
+        raise DietError(f"--top must be 0 or more, got {args.top}", "e.g. --top 10")
     cache = load_cache(args.cache)
     tasks = csv_list(args.tasks) if args.tasks else None
     for t in tasks or cache.task_names[:1]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diet_explore.cli._common import add_device_args, csv_list, progress_printer
+from diet_explore.core.errors import DietError
 from diet_explore.tasks.data import DEFAULT_SEED
 
 
@@ -51,6 +52,11 @@ def run(args) -> int:
     for path, flag in ((args.predictions, "--predictions"), (args.json, "--json")):
         if path:  # refused now, not after minutes of evaluation
             atomic.check_writable(path, flag, folder=False)
+    if args.predictions and args.json and atomic.file_target(args.predictions) == atomic.file_target(args.json):
+        raise DietError(
+            f"--predictions and --json name the same file ({args.json}): the second would replace the first",
+            "give them different paths, e.g. --predictions preds.jsonl --json results.json",
+        )
     names = [args.compare_to, args.model] if args.compare_to else [args.model]
     optional = {"batch_tokens": args.batch_tokens} if args.batch_tokens is not None else {}  # else the config's default
     config = EvalConfig(

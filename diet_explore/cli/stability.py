@@ -31,6 +31,10 @@ def run(args) -> int:
         raise DietError(f"bad --counts {args.counts!r}: expected integers", "e.g. --counts 10,25,50,100") from None
     if not counts:
         raise DietError(f"--counts {args.counts!r} names no sample count", "e.g. --counts 10,25,50,100")
+    if min(counts) < 1:
+        raise DietError(
+            f"--counts {args.counts!r}: a sample count must be at least 1, got {min(counts)}", "e.g. --counts 10,25,50,100"
+        )
     pre = ScorePrecompute(load_cache(args.cache))
     boot = bootstrap_masks(pre, config, n_resamples=args.resamples, seed=args.seed)
     curve = sample_count_curve(pre, config, counts, n_resamples=args.curve_resamples, seed=args.seed)

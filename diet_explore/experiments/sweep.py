@@ -115,6 +115,8 @@ class CompareConfig(JsonConfig):
     def __post_init__(self) -> None:
         check_seed(self.seed, "--seed")  # before config.json and results.jsonl are written
         check_seed(self.mask_seed, "--mask-seed")
+        if self.multiple_of is not None and int(self.multiple_of) < 1:  # as MaskConfig says for mask
+            raise DietError(f"--multiple-of must be at least 1, got {self.multiple_of}", "use 1 (no rounding), or leave it out")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise DietError(f"unknown method(s): {', '.join(unknown)}", f"choose from {', '.join(METHODS)}")

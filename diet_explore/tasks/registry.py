@@ -394,10 +394,12 @@ def load_registry(extra_files: list[str | Path] | None = None) -> dict[str, Task
 
 
 def resolve_tasks(names: str | list[str], registry: dict[str, TaskSpec] | None = None) -> list[TaskSpec]:
-    """``"all"`` or a comma list / list of names → specs; an unknown name lists the known ones."""
+    """``"all"`` or a comma list / list of names → specs, each task once (``rte,rte`` is rte: profile
+    ran it twice, eval once); an unknown name lists the known ones."""
     registry = registry or load_registry()
     if isinstance(names, str):
         names = list(registry) if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    names = list(dict.fromkeys(names))
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise DietError(f"unknown task(s): {', '.join(unknown)}", f"known tasks: {', '.join(registry)}")

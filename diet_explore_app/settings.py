@@ -208,7 +208,7 @@ def _parse_bool(s: str) -> bool:
         return True
     if s.lower() in ("0", "false", "no", "off"):
         return False
-    raise ValueError(s)
+    raise ValueError("use 1 or 0")
 
 
 def _parse_weights(s: str) -> dict[str, float]:
@@ -221,7 +221,7 @@ def _parse_weights(s: str) -> dict[str, float]:
 def _in(options: Sequence[str]):
     def check(s: str) -> str:
         if s not in options:
-            raise ValueError(s)
+            raise ValueError(f"use one of {', '.join(options)}")
         return s
 
     return check
@@ -229,9 +229,13 @@ def _in(options: Sequence[str]):
 
 def _ranged(cast, lo: float, hi: float):
     def check(s: str):
-        v = cast(s)
-        if not lo <= v <= hi:
-            raise ValueError(s)
+        allowed = f"use a {'whole ' if cast is int else ''}number from {lo} to {hi}"
+        try:
+            v = cast(s)
+        except ValueError:
+            raise ValueError(allowed) from None
+        if not lo <= v <= hi:  # NaN fails this too
+            raise ValueError(allowed)
         return v
 
     return check
@@ -268,8 +272,11 @@ def decode_query(params: Mapping[str, str | Sequence[str]]) -> tuple[MaskConfig,
         try:
             value = _PARSERS[name](text)
             MaskConfig(**{name: value})  # the config's own checks, one field at a time
-        except (ValueError, TypeError, DietError):
-            warnings.append(f"ignored link setting {name}={text!r}")
+        except DietError as exc:  # the config's own rule says what is allowed
+            warnings.append(f"ignored link setting {name}={text[:40]!r}: {exc.message}; the default is used")
+            continue
+        except (ValueError, TypeError) as exc:
+            warnings.append(f"ignored link setting {name}={text[:40]!r}: {exc}; the default is used")
             continue
         values[name] = value
     cache = _first(params[CACHE_PARAM]) if CACHE_PARAM in params else None

@@ -116,9 +116,14 @@ def cache_picker() -> Loaded | None:
     choice = get(K_CACHE_CHOICE)
     typed = str(get(K_CACHE_PATH, "")).strip()
     if choice == OTHER and not typed:
+        found = (
+            f"pick one of the {len(caches)} found under `{display_path(root)}` in the sidebar's list, or type a cache folder"
+            if caches
+            else f"none was found under `{display_path(root)}`. Type a cache folder in the sidebar"
+        )
         st.info(
-            f"No score cache selected (none found under `{display_path(root)}`). Type a cache folder in the "
-            "sidebar, or make one with `diet-explore profile --model smollm2-135m --out cache/smollm2-135m`."
+            f"No score cache selected: {found}, or make one with "
+            "`diet-explore profile --model smollm2-135m --out cache/smollm2-135m`."
         )
         return None
     try:

@@ -61,6 +61,8 @@ def test_bad_cache_shows_error_and_app_keeps_running(app):
 def test_typed_cache_path(app, app_cache_root, tmp_path):
     at = app.run()
     at.selectbox(key="cache_choice").select("Other folder…").run()
+    n = len(at.selectbox(key="cache_choice").options) - 1
+    assert at.info and f"pick one of the {n} found under" in at.info[0].value  # not "none found": the list has them
     at.text_input(key="cache_path").input(str(tmp_path / "nowhere")).run()
     assert at.error and "does not exist" in at.error[0].value and not at.exception
     at.text_input(key="cache_path").input(str(app_cache_root / "beta")).run()
@@ -71,7 +73,7 @@ def test_no_caches_found_shows_a_hint(app, monkeypatch, tmp_path):
     monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(tmp_path / "empty"))
     at = app.run()
     assert not at.exception and not at.error
-    assert at.info and "diet-explore profile" in at.info[0].value
+    assert at.info and "diet-explore profile" in at.info[0].value and "none was found under" in at.info[0].value
 
 
 # --------------------------------------------------------------------------------------------

@@ -85,6 +85,9 @@ def test_decode_drops_bad_values_with_warnings_and_ignores_unknown_keys():
     )
     assert config == MaskConfig(multiple_of=8)
     assert len(warnings) == 5 and all("ignored link setting" in w for w in warnings)
+    # each says what the link may hold
+    assert "threshold='abc': use a number from 0.0 to 1.0" in " ".join(warnings)
+    assert "method='nope': use one of diet," in " ".join(warnings) and "exact='maybe': use 1 or 0" in " ".join(warnings)
 
 
 def test_decode_accepts_cli_weight_syntax():

@@ -74,11 +74,14 @@ with ui.shown_errors():
         st.success(f"Saved {ui.display_path(path)} ({ui.saved_size(path)}) and {ui.display_path(npy)} ({ui.saved_size(npy)})")
 
     st.markdown("**Save a pruned model folder**")
-    if hint := ui.saveable_hint(cache, result.n_keep):
+    hint = ui.saveable_hint(cache, result.n_keep)
+    if hint:
         st.warning(hint)
     name_or_path = ui.model_name_for(cache)
     problem = ui.model_problem(name_or_path)
     reason = ui.show_model_problem(problem) if problem else None
+    if hint and reason is None:  # saving would load the model, prune it, and then fail on this count
+        reason = f"Disabled: {result.n_keep} kept dims cannot be saved as a folder of this model (see above)"
     folder = export_dir / name
     replace = False
     if folder.exists():

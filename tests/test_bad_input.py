@@ -300,3 +300,18 @@ def test_numbers_that_mean_nothing_are_refused(synthetic_cache_dir, tmp_path, ca
     argv = [command[0], "--cache", str(synthetic_cache_dir)] + [a.format(tmp=tmp_path) for a in command[1:]]
     assert message in _run(argv, capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(synthetic_cache_dir, tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    a_file = tmp_path / "a.json"
+    a_file.write_text("{}")
+    err = _run(["prune", "--mask", str(tmp_path), "--out", str(tmp_path / "p")], capsys)
+    assert f"mask file {tmp_path} is not a regular file" in err
+    assert "is not a regular file" in _run(["prune", "--mask", str(fifo), "--out", str(tmp_path / "p")], capsys)
+    assert f"cache folder {a_file} is not a folder" in _run(["agreement", "--cache", str(a_file)], capsys)
+    assert f"--runs {a_file} is not a folder" in _run(["jobs", "--runs", str(a_file)], capsys)
+    assert "--stop names no job" in _run(["jobs", "--runs", str(tmp_path), "--stop", ""], capsys)

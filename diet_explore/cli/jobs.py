@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+
+from diet_explore.core.errors import DietError
 
 
 def register(sub) -> None:
@@ -27,6 +30,10 @@ def register(sub) -> None:
 def run(args) -> int:
     from diet_explore.experiments.jobs import JobStore, run_worker
 
+    if args.runs is not None and Path(args.runs).exists() and not Path(args.runs).is_dir():  # not "no jobs in a.json/jobs"
+        raise DietError(f"--runs {args.runs} is not a folder", "give the run store folder (the app's runs/, or compare --runs)")
+    if args.stop is not None and not args.stop.strip():
+        raise DietError("--stop names no job", "give a job id from `diet-explore jobs`")
     store = JobStore(args.runs)
     if args.stop:
         job = store.stop(args.stop)

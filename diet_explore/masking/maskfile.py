@@ -117,7 +117,8 @@ def load_mask(path: str | Path, expected_hidden_size: int | None = None, expecte
     """Read and validate a mask file; every problem is a ``DietError`` naming the file."""
     path = atomic.check_path(path, "mask file")
     if not path.is_file():
-        raise DietError(f"mask file {path} does not exist", "build one with `diet-explore mask ... --out <file>`")
+        what = "is not a regular file" if path.exists() or path.is_symlink() else "does not exist"  # a folder, FIFO, device
+        raise DietError(f"mask file {path} {what}", "build one with `diet-explore mask ... --out <file>`")
     try:
         data = atomic.loads_json(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -347,7 +347,8 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     root = atomic.check_path(root, "cache folder")  # a name over 255 bytes: a DietError, not an OSError
     path = root / MANIFEST
     if not root.is_dir():
-        raise DietError(f"cache folder {root} does not exist", "run `diet-explore profile ... --out <folder>` first")
+        what = "is not a folder" if root.exists() or root.is_symlink() else "does not exist"  # a file, FIFO, loop
+        raise DietError(f"cache folder {root} {what}", "give a folder made by `diet-explore profile ... --out <folder>`")
     if not path.exists():
         raise DietError(
             f"{path} is missing: {root} is not a score cache", "point --cache at a folder made by `diet-explore profile`"

@@ -201,3 +201,15 @@ def test_the_results_page_follows_a_sweep_folder_with_its_verdict(app, grown_swe
     assert metrics(at)["Runs"] == "3 / 3" and not at.info
     at.text_input(key="rs_sweep_path").input(str(tmp_path / "nowhere")).run()
     assert not at.exception and at.error and "is not a sweep" in at.error[0].value
+
+
+def test_the_results_page_opens_on_a_sweep_of_the_model_being_explored(app, monkeypatch):
+    """It opened on the first sweep by name (Gemma's) while the SmolLM2 cache was selected."""
+    from app_helpers import APP
+
+    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(APP.parents[1] / "cache"))
+    monkeypatch.setenv("DIET_EXPLORE_DEFAULT_CACHE", "smollm2-135m")
+    at = run_page(app.run(), "results")
+    assert not at.exception
+    assert metrics(at)["Model"] == "smollm2-135m"
+    assert "smollm2-135m" in at.selectbox(key="rs_sweep").value

@@ -39,7 +39,10 @@ with ui.shown_errors():
     sources = sweep_sources()
     labels = {sweep_name(p): p for p in sources}
     options = [*labels, OTHER]
-    state.default(K_SWEEP, options[0])
+    # open on a sweep of the model being explored (compare-<model>...), else the first one
+    loaded = ui.loaded()
+    model = loaded.cache.model_name if loaded is not None else None
+    state.default(K_SWEEP, next((n for n in labels if model and f"-{model}" in n), options[0]))
     state.default(K_SWEEP_PATH, "")
     choice = st.selectbox("Sweep", options, **state.sel_kw(K_SWEEP, options))
     if choice == OTHER:

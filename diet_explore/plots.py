@@ -343,6 +343,9 @@ def stability_histogram(keep_frequency: np.ndarray, bins: int = 40) -> go.Figure
     return go.Figure(data=[bars], layout=layout)  # built in one go: rebuilt on every sparsity move
 
 
+# Run-store columns as a reader should see them on an axis (the raw name otherwise)
+RUN_COLUMN_TITLES = {"delta_avg": "Δ main metric vs dense (mean over tasks)", "sparsity": "sparsity", "n_keep": "kept dims"}
+
 SPARSITY_RANGE = (0.0, 0.9)  # the app's sparsity slider: plots over sparsity keep this axis, so runs compare by eye
 
 
@@ -392,7 +395,8 @@ def run_history(
             )
         )
     fig.add_hline(y=0, line_color="grey", line_dash="dot")
-    fig.update_layout(title=f"Run history: {y} vs {x} (95% CI)", xaxis_title=x, yaxis_title=y, **_LAYOUT)
+    xt, yt = RUN_COLUMN_TITLES.get(x, x), RUN_COLUMN_TITLES.get(y, y)
+    fig.update_layout(title=f"Run history: {yt} vs {xt} (95% CI)", xaxis_title=xt, yaxis_title=yt, **_LAYOUT)
     if x == "sparsity":
         fig.update_xaxes(range=list(SPARSITY_RANGE))
     return fig

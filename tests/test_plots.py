@@ -192,3 +192,11 @@ def test_the_dimension_page_log_axes_label_powers_of_ten_only(build):
     else:
         fig = plots.dim_layer_profile(507, {"a": [1.0, 40.0, 1900.0]}, log_y=True)
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1
+
+
+def test_run_history_axes_have_plain_titles():
+    """The y axis read the raw column name 'delta_avg'."""
+    runs = pd.DataFrame({"run_id": ["a"], "sparsity": [0.1], "delta_avg": [-0.02], "method": ["diet"]})
+    fig = plots.run_history(runs, x="sparsity", y="delta_avg")
+    assert fig.layout.yaxis.title.text == "Δ main metric vs dense (mean over tasks)"
+    assert "delta_avg" not in fig.layout.title.text

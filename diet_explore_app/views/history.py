@@ -22,7 +22,7 @@ with ui.shown_errors():
         st.caption(f"No runs yet in {ui.display_path(store.root)}: run Prune & evaluate, a Sweep or `diet-explore compare`.")
         st.stop()
     st.markdown(
-        f"**{len(frame)} runs** in `{ui.display_path(store.root)}`. Columns say what differs: method, site, sparsity, "
+        f"**{len(frame)} run{'' if len(frame) == 1 else 's'}** in `{ui.display_path(store.root)}`. Columns say what differs: method, site, sparsity, "
         "kept dims, tasks, examples per task (`limit`), τ (`threshold`) and task weights; then the average paired "
         "Δ main metric vs dense with its 95% CI, agreement with the dense model's choices, Δ gold log-likelihood per "
         "character and perplexity."

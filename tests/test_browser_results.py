@@ -62,10 +62,10 @@ def test_the_results_page_draws_every_committed_sweep(tmp_path):
         goto_page(page, "Results")
         for i, path in enumerate(sweeps):
             sweep = load_sweep(path)
-            if i:  # the first sweep is open already
-                page.locator('[data-testid="stSelectbox"]').filter(has_text="Sweep").first.click()
-                page.get_by_role("option", name=sweep_name(path), exact=True).click()
-                idle(page)
+            # picked every time: the page opens on a sweep of the explored model, not the first by name
+            page.locator('[data-testid="stSelectbox"]').filter(has_text="Sweep").first.click()
+            page.get_by_role("option", name=sweep_name(path), exact=True).click()
+            idle(page)
             page.get_by_text("Paper-style table", exact=True).wait_for(timeout=WAIT_MS)
             page.locator('[data-testid="stDataFrame"]').nth(1).wait_for(timeout=WAIT_MS)  # paper-style and DIET-minus tables
             # the figure of the sweep picked before can stand until the rerun replaces it: wait for this one's lines

@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import special
 from scipy import stats as sps
@@ -230,6 +230,7 @@ def test_zero_variance_says_too_few_examples_never_zero_zero():
         max_size=8,
     )
 )
+@example(examples=[(0, [0.0, 0.0, 0.0, 0.0], 0), (1, [0.0, 0.0, 0.0, -3.9760306282315964e-300], 0)])  # float noise
 def test_intervals_stay_in_range_for_any_small_sample(examples):
     """Any handful of examples, including identical log-likelihoods and ties."""
     texts = ["a", "bb", "ccc", "dddd"]

@@ -211,6 +211,12 @@ def expanded_alpha(n: int, alpha: float = ALPHA) -> float:
     return float(2 * stats.norm.cdf(-math.sqrt(n / (n - 1)) * stats.t.ppf(1 - alpha / 2, n - 1)))
 
 
+# Per-example values that differ by no more than this are one value: a log-likelihood difference of
+# 1e-300 nats per character is float noise (fp32 scores agree to ~1e-6 at best), and its bootstrap
+# collapsed to a zero-width interval (hypothesis found [0, -4e-300]).
+SPREAD_TOL = 1e-12
+
+
 def bootstrap_intervals(values: np.ndarray, seed, resamples: int = BOOTSTRAP_RESAMPLES) -> list[tuple[float, float] | None]:
     """Per column of (n, k) per-example values, the paired-bootstrap 95% interval of the mean (the
     same resampled examples for every column), or None where there is nothing to resample (one
@@ -223,7 +229,7 @@ def bootstrap_intervals(values: np.ndarray, seed, resamples: int = BOOTSTRAP_RES
     means = np.stack([np.take(values[:, j], idx).mean(axis=1) for j in range(k)], axis=1)  # (B, k); 1-D gathers are 10x faster
     a = expanded_alpha(n)
     q = np.quantile(means, [a / 2, 1 - a / 2], axis=0)  # (2, k)
-    spread = np.ptp(values, axis=0) > 0
+    spread = np.ptp(values, axis=0) > SPREAD_TOL
     return [(float(q[0, j]), float(q[1, j])) if spread[j] else None for j in range(k)]
 
 

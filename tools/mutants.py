@@ -138,7 +138,7 @@ MUTANTS = [
     Mutant(
         "bootstrap: zero spread reported as a [c, c] interval",
         "diet_explore/evaluation/metrics.py",
-        "spread = np.ptp(values, axis=0) > 0",
+        "spread = np.ptp(values, axis=0) > SPREAD_TOL",
         "spread = np.ptp(values, axis=0) >= 0",
         ("tests/test_paired_metrics.py",),
     ),

@@ -26,7 +26,8 @@ from diet_explore_app import widgets as ui
 
 # The favicon is a file the app serves itself: a material or emoji icon (here or a page's icon, which
 # Streamlit uses when page_icon is unset) is fetched from a font CDN that an offline machine cannot reach
-st.set_page_config(page_title="diet-explore", page_icon=str(Path(__file__).with_name("favicon.png")), layout="wide")
+# (its bytes, read once at import: a path is re-read and re-encoded on every rerun, 2.5 ms against 0.05)
+st.set_page_config(page_title="diet-explore", page_icon=ui.FAVICON, layout="wide")
 
 # Pages live in views/, not pages/: a folder named pages/ beside the entry script makes
 # Streamlit's AppTest (1.67) run each page file directly as a legacy v1 multipage app on every rerun

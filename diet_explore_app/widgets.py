@@ -27,6 +27,7 @@ from diet_explore_app.loaders import Loaded
 from diet_explore_app.state import default, follow, get, kw, put, reset, sel_kw
 
 OTHER = "Other folder…"
+FAVICON = (Path(__file__).parent / "favicon.png").read_bytes()  # the app's page icon (app.py)
 K_CACHE_CHOICE, K_CACHE_PATH = "cache_choice", "cache_path"
 K_MODEL = "pe_model"
 K_RESET = "reset_paper_default"

@@ -253,5 +253,7 @@ def test_reset_to_paper_default_sticks_in_the_browser(server, browser):
         assert (_slider_value(page, THRESHOLD_LABEL), _slider_value(page, first)) == ("0.50", "1.00")
         assert "threshold" not in page.url and "weights" not in page.url
         assert elsewhere == []
+        icon = page.evaluate("() => [...document.querySelectorAll('link[rel~=icon]')].map(l => l.href)")
+        assert any("/media/" in h for h in icon), icon  # the app's own favicon, served by the app
     finally:
         context.close()

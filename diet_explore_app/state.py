@@ -28,6 +28,7 @@ K_SINGLE_TASK, K_HELD_OUT = "single_task", "held_out_task"
 K_DIM, K_LINK_DIM = "inspect_dim", "_link_dim"  # the Dimension page's dim, and the one a link named
 K_STAB_ON, K_STAB_N = "stab_on", "stab_n"  # bootstrap on/off and resamples (Mask builder, Dimension)
 K_VIEW = "agree_view"  # Agreement's open tab (a link's view= sets it)
+K_STAB_HIST = "stab_hist"  # Mask builder: the keep-frequency histogram's expander is open
 SHADOW = "_keep_"
 
 
@@ -119,6 +120,12 @@ def tabs_kw(key: str, labels) -> dict:
     labels = list(labels)
     value = get(key)
     return {"key": key, "default": value if value in labels else labels[0], "on_change": _sync, "args": (key,)}
+
+
+def expander_kw(key: str) -> dict:
+    """Lazy ``st.expander`` kwargs for a remembered open/closed state (closed at first), stored by its
+    callback before the rerun; like a tab's ``default``, ``expanded`` is part of the identity."""
+    return {"key": key, "expanded": bool(get(key, False)), "on_change": _sync, "args": (key,)}
 
 
 def multi_kw(key: str) -> dict:

@@ -192,6 +192,14 @@ def open_tab(key: str, labels: Sequence[str]):
     return next(((lab, t) for lab, t in zip(labels, tabs, strict=True) if t.open), (labels[0], tabs[0]))
 
 
+def open_expander(key: str, label: str):
+    """Lazy ``st.expander``: its content is built, sent and drawn only while it is open (opening or
+    closing it reruns the page, or the fragment it is in). Open or closed is the setting ``key``,
+    closed at first. Returns (whether it is open, its container)."""
+    box = st.expander(label, **state.expander_kw(key))
+    return bool(box.open), box
+
+
 def weight_sliders(cache: ScoreCache) -> None:
     """One weight slider per evaluation task (the same keys on every page)."""
     for t in cache.task_names:

@@ -77,6 +77,19 @@ def open_tab(at, key: str, label: str):
     return at
 
 
+def open_expander(at, key: str):
+    """Open the lazy ``st.expander(..., key=key)`` and run: what a click on its header does."""
+    from diet_explore_app.state import SHADOW
+
+    ids = [e.proto.id for e in at.expander]
+    assert any(i.endswith("-" + key) for i in ids), f"no expander keyed {key!r}; expanders: {ids}"
+    at.session_state[key] = True
+    at.session_state[SHADOW + key] = True
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 def metrics(at) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 

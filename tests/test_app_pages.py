@@ -7,7 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_helpers import ALPHA_PARAMS, ALPHA_PER_DIM, APP, TIMEOUT, arr, chart_by_key, metrics, open_tab, run_page
+from app_helpers import (
+    ALPHA_PARAMS,
+    ALPHA_PER_DIM,
+    APP,
+    TIMEOUT,
+    arr,
+    chart_by_key,
+    chart_specs,
+    metrics,
+    open_expander,
+    open_tab,
+    run_page,
+)
 
 from diet_explore.masking.agreement import prune_matrix, vote_counts
 from diet_explore.masking.build import MaskConfig, build_mask, mask_overlap
@@ -243,7 +255,8 @@ def test_mask_builder_bootstrap_matches_library(app, alpha):
     at.number_input(key="stab_n").set_value(30).run()
     stab = bootstrap_masks(alpha, MaskConfig(), n_resamples=30, seed=0)
     assert metrics(at)["Jaccard vs full mask"] == f"{stab.mean_jaccard:.4f}"
-    hist = chart_by_key(at, "mb_stability")
+    assert not chart_specs(at)  # the histogram's expander is closed: no figure built or sent
+    hist = chart_by_key(open_expander(at, "stab_hist"), "mb_stability")
     from diet_explore.plots import stability_bins
 
     assert np.array_equal(arr(hist["data"][0]["y"]), stability_bins(stab.keep_frequency)[2])  # the bars count the dims

@@ -183,3 +183,38 @@ def test_log_axes_are_labelled_by_powers_of_ten(server, page):
     ).json_value()
     values = [float(t.replace("\u2212", "-").replace("μ", "e-6").replace("m", "e-3").replace("k", "e3")) for t in ticks]
     assert len(values) >= 2 and all(np.isclose(np.log10(v), round(np.log10(v))) for v in values), ticks
+
+
+def _histogram_total(page) -> float | None:
+    """The summed bar heights of the drawn bootstrap histogram (None while none is drawn; plotly's
+    full data, where the figure's base64 arrays are decoded)."""
+    return page.evaluate(
+        """() => { for (const el of document.querySelectorAll('.js-plotly-plot')) {
+             const t = (el.layout && el.layout.title && (el.layout.title.text || el.layout.title)) || '';
+             if (String(t).includes('Bootstrap keep frequency') && el.querySelector('.main-svg'))
+               return el._fullData.reduce((s, tr) => s + Array.from(tr.y || []).reduce((a, b) => a + Number(b), 0), 0); }
+           return null; }"""
+    )
+
+
+def test_the_stability_histogram_is_drawn_when_its_expander_opens_and_stays_open(server, page):
+    """Closed at first, so a Mask builder link draws no plotly figure (its script is 4.7 MB); one
+    click draws it (every dim in one bar), and it stays open, redrawn, across a slider move."""
+    d = _cache(server).hidden_size
+    goto_page(page, "Mask builder")
+    header = page.locator('[data-testid="stExpander"] summary').filter(has_text="Keep-frequency histogram")
+    header.wait_for(timeout=WAIT_MS)
+    assert page.locator(".js-plotly-plot").count() == 0  # closed: nothing built, sent or drawn
+    header.click()
+    page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot .main-svg')].length > 0", timeout=WAIT_MS)
+    idle(page)
+    assert _histogram_total(page) == d
+    before = metric(page, "Kept dims")
+    page.locator('[data-testid="stSlider"] input[type="range"]').first.press("ArrowRight")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while metric(page, "Kept dims") == before and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    idle(page)
+    assert metric(page, "Kept dims") != before and _histogram_total(page) == d
+    header.click()  # closed again, for the other tests on this page
+    idle(page)

@@ -46,7 +46,12 @@ def stability_section(loaded, config) -> None:
             )
             for note in stab.notes:
                 st.caption(note)
-            st.plotly_chart(loaders.stability_figure(loaded.path, loaded.sha, config.to_json(), n_res), key="mb_stability")
+            # lazy: closed, the figure is neither built nor sent, and plotly's 4.7 MB script is not loaded
+            # (a pasted link 4.0 -> 2.5 s to fully rendered, benchmarks/bench_browser.py)
+            shown, box = ui.open_expander(state.K_STAB_HIST, "Keep-frequency histogram (how often each dim is kept)")
+            if shown:
+                fig = loaders.stability_figure(loaded.path, loaded.sha, config.to_json(), n_res)
+                box.plotly_chart(fig, key="mb_stability")
 
 
 st.title("Mask builder")

@@ -154,6 +154,7 @@ def test_agreement_histogram_marks_tau_and_heatmaps_fit_their_colours(app, alpha
     off = z[~np.eye(7, dtype=bool)]
     assert heat["data"][0]["zmin"] == pytest.approx(off.min()) and heat["data"][0]["zmax"] == pytest.approx(off.max())
     run_page(at, "rankings")
+    open_tab(at, "rank_view", "Task correlation")
     at.toggle(key="rank_fit_colours").set_value(True).run()
     corr = chart_by_key(at, "rank_correlation")
     assert corr["data"][0]["zmax"] < 1  # the off-diagonal range, not [-1, 1]

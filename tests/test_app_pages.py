@@ -101,6 +101,12 @@ def test_rankings_tables_and_charts_match_library(app, alpha):
     bottom = frame(at, "rank_bottom_table")
     assert bottom["dim"].tolist() == order[-10:].tolist() and bottom["rank"].iloc[-1] == 576
     curves = chart_by_key(at, "rank_curves")
+    # lazy tabs: the open tab's figure and the layer heatmap are built, not the other tabs' figures
+    assert [c.key for c in at.get("plotly_chart")] == ["rank_curves", "rank_layer_heatmap"]
+    dists = chart_by_key(open_tab(at, "rank_view", "Score distributions"), "rank_distributions")
+    assert [c.key for c in at.get("plotly_chart")] == ["rank_distributions", "rank_layer_heatmap"]
+    assert len(dists["data"]) == len(alpha.tasks)
+    open_tab(at, "rank_view", "Sorted scores")
     assert [tr["name"] for tr in curves["data"]] == list(alpha.tasks)
     assert arr(curves["data"][0]["y"])[0] == pytest.approx(scores.max())
     heat = chart_by_key(at, "rank_layer_heatmap")

@@ -129,6 +129,12 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     goto_page(page, "Rankings")
     assert _plot_data(page, "Sorted dimension scores") is not None
     _shot(page, "rankings", tmp_path / "screenshots")
+    page.get_by_role("tab", name="Score distributions").click()  # its figures in lazy tabs, as on Agreement
+    assert len(_plot_data(page, "Distribution of dimension scores")) == len(cache.tasks)
+    idle(page)
+    page.get_by_role("tab", name="Sorted scores").click()
+    assert _plot_data(page, "Sorted dimension scores") is not None
+    idle(page)
 
     # Agreement: move the sparsity slider with the keyboard; the heatmap must follow.
     goto_page(page, "Agreement")

@@ -15,6 +15,8 @@ from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
 K_TASK, K_TOP_N, K_DIMS, K_FIT = "rank_task", "rank_top_n", "rank_dims", "rank_fit_colours"
+K_VIEW = "rank_view"  # the open tab, remembered in the session
+VIEWS = ("Sorted scores", "Score distributions", "Task correlation")
 
 
 def parse_dims(text: str, hidden_size: int) -> list[int]:
@@ -100,12 +102,19 @@ with ui.shown_errors():
     scores = loaders.task_scores(loaded.path, loaded.sha, site, agg, last_k)  # (D,) each
     n_keep = keep_count(cache.hidden_size, sparsity)
 
-    st.plotly_chart(loaders.score_curves_figure(loaded.path, loaded.sha, site, agg, last_k, n_keep), key="rank_curves")
-    st.caption(f"Dashed line: the {n_keep} dims each task keeps at sparsity {sparsity:.2f}.")
+    # one figure at a time (lazy tabs, as on Agreement: only the open tab's figure is built, sent and drawn)
+    label, tab = ui.open_tab(K_VIEW, VIEWS)
+    with tab:
+        if label == VIEWS[0]:
+            curves = loaders.score_curves_figure(loaded.path, loaded.sha, site, agg, last_k, n_keep)
+            st.plotly_chart(curves, key="rank_curves")
+            st.caption(f"Dashed line: the {n_keep} dims each task keeps at sparsity {sparsity:.2f}.")
+        elif label == VIEWS[1]:
+            dists = loaders.score_distributions_figure(loaded.path, loaded.sha, site, agg, last_k)
+            st.plotly_chart(dists, key="rank_distributions")
+        else:
+            fit = ui.colour_range_toggle(K_FIT)
+            corr = loaders.correlation_figure(loaded.path, loaded.sha, tuple(tasks), site, agg, last_k, fit)
+            st.plotly_chart(corr, key="rank_correlation")
 
     dim_tables(loaded, tasks, scores, site, agg, last_k, n_keep, tau)
-
-    st.plotly_chart(loaders.score_distributions_figure(loaded.path, loaded.sha, site, agg, last_k), key="rank_distributions")
-    fit = ui.colour_range_toggle(K_FIT)
-    corr = loaders.correlation_figure(loaded.path, loaded.sha, tuple(tasks), site, agg, last_k, fit)
-    st.plotly_chart(corr, key="rank_correlation")

@@ -78,3 +78,16 @@ def test_bootstrap_rejects_what_it_cannot_resample(cache):
         bootstrap_masks(cache, MaskConfig(method="random"))
     with pytest.raises(DietError, match="got 0"):
         bootstrap_masks(cache, MaskConfig(), n_resamples=0)
+
+
+def test_a_weight_of_zero_is_the_same_as_leaving_the_task_out(cache):
+    """Weight 0 removes a task from the vote, so it must not be resampled either: drawing its samples
+    from the shared random stream shifted every later task's resamples (different numbers)."""
+    first, *rest = cache.task_names
+    zero = MaskConfig(sparsity=0.3, weights={first: 0.0})
+    left_out = MaskConfig(sparsity=0.3, tasks=rest)
+    a, b = bootstrap_masks(cache, zero, n_resamples=20), bootstrap_masks(cache, left_out, n_resamples=20)
+    assert np.array_equal(a.keep_frequency, b.keep_frequency) and a.mean_jaccard == b.mean_jaccard
+    curve_a = sample_count_curve(cache, zero, counts=(10,), n_resamples=10)
+    curve_b = sample_count_curve(cache, left_out, counts=(10,), n_resamples=10)
+    assert curve_a.equals(curve_b)

@@ -99,10 +99,19 @@ def _free_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
+def _voters(c, config: MaskConfig) -> tuple[list[str], np.ndarray]:
+    """The voting tasks with a weight above 0, and their weights. A weight-0 task does not vote, so
+    it is not resampled either: otherwise it would draw from the shared random stream and shift
+    every later task's resamples, and weight 0 would give other numbers than leaving the task out."""
+    tasks, weights = config.voting_tasks(c)
+    voting = weights > 0
+    return [t for t, v in zip(tasks, voting, strict=True) if v], weights[voting]
+
+
 def _resampled_keep(pre, config: MaskConfig, weight_fn: WeightFn, seed: int) -> np.ndarray:
     """(R, D) keep masks, one per row of the per-task sample-weight matrices."""
     c = pre.cache
-    tasks, weights = config.voting_tasks(c)
+    tasks, weights = _voters(c, config)
     rng = np.random.default_rng(int(seed))
     rows = []
     for t in tasks:
@@ -131,7 +140,7 @@ def bootstrap_masks(
     pre = as_precompute(cache)
     config.validate(pre.cache)
     _check_method(config)
-    r = _resamples(n_resamples, pre.cache, config.voting_tasks(pre.cache)[0])
+    r = _resamples(n_resamples, pre.cache, _voters(pre.cache, config)[0])
     if n_samples is not None and int(n_samples) < 1:
         raise DietError(f"n_samples must be at least 1, got {n_samples}", "leave it unset to use every sample")
 
@@ -143,7 +152,7 @@ def bootstrap_masks(
     keep = _resampled_keep(pre, config, draw, seed)  # (R, D)
     full = build_mask(pre, config).keep
     jac = jaccard(~keep, ~full)
-    tasks, _ = config.voting_tasks(pre.cache)
+    tasks, _ = _voters(pre.cache, config)
     n_used = int(n_samples) if n_samples is not None else _sample_sizes(pre.cache, tasks)
     notes = (
         [] if config.layer_agg == "mean" else [f"layer_agg {config.layer_agg!r} is resampled approximately (see stability.py)"]
@@ -158,7 +167,7 @@ def sample_count_curve(cache, config: MaskConfig, counts=(10, 25, 50, 100), n_re
     pre = as_precompute(cache)
     config.validate(pre.cache)
     _check_method(config)
-    tasks, _ = config.voting_tasks(pre.cache)
+    tasks, _ = _voters(pre.cache, config)
     available = _sample_sizes(pre.cache, tasks)
     r = _resamples(n_resamples, pre.cache, tasks)
     full = build_mask(pre, config).keep

@@ -123,6 +123,30 @@ def test_a_weight_on_a_task_that_does_not_vote_is_refused(app_cache_root, tmp_pa
     assert main(["mask", "--cache", str(alpha), "--weights", "boolq=2,rte=0", "--out", str(tmp_path / "m.json")]) == 0
 
 
+def test_generic_text_listed_as_a_voting_task_is_refused_like_its_weight(app_cache_root, tmp_path, capsys):
+    alpha = app_cache_root / "alpha"
+    for tasks in ("wikitext,boolq", "wikitext"):
+        err = _run(["mask", "--cache", str(alpha), "--tasks", tasks, "--out", str(tmp_path / "m.json")], capsys)
+        assert "task 'wikitext' is generic text, which does not vote" in err
+    assert "generic text" in _run(["stability", "--cache", str(alpha), "--tasks", "wikitext", "--resamples", "5"], capsys)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_weights_too_large_to_add_up_are_named(synthetic_cache_dir, tmp_path, capsys):
+    argv = ["mask", "--cache", str(synthetic_cache_dir), "--weights", "boolq=1e308,rte=1e308", "--out", str(tmp_path / "m.json")]
+    err = _run(argv, capsys)  # was: numpy overflow warnings, then "keeps no dimension: lower the sparsity"
+    assert "the task weights are too large to add up (e.g. boolq=1e+308)" in err and "warning" not in err
+    assert main(argv[:-4] + ["--weights", "boolq=1e300,rte=1e300", "--out", str(tmp_path / "m.json")]) == 0
+
+
+@pytest.mark.parametrize("command", [["dim", "--dim", "5"], ["mask", "--out", "{tmp}/m.json"], ["agreement"]])
+def test_last_k_beyond_the_layer_count_is_refused(synthetic_cache_dir, tmp_path, capsys, command):
+    argv = [command[0], "--cache", str(synthetic_cache_dir)] + [a.format(tmp=tmp_path) for a in command[1:]]
+    err = _run(argv + ["--layer-agg", "last_k", "--last-k", "999"], capsys)  # was "the mean of the last 999 layers"
+    assert "last_k must be 1 to the 30 layers this cache has, got 999" in err
+    assert main(argv + ["--layer-agg", "last_k", "--last-k", "30"]) == 0
+
+
 def test_stability_counts_that_name_nothing(synthetic_cache_dir, capsys):
     for counts in ("", ","):
         assert "names no sample count" in _run(["stability", "--cache", str(synthetic_cache_dir), "--counts", counts], capsys)

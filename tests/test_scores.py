@@ -107,5 +107,5 @@ def test_unknown_aggregation_and_normalization_are_named():
         aggregate_scores(cache, "a", layer_agg="median")
     with pytest.raises(DietError, match="'l2'"):
         aggregate_scores(cache, "a", normalize="l2")
-    with pytest.raises(DietError, match="last_k must be at least 1, got 0"):
+    with pytest.raises(DietError, match="last_k must be 1 to the 2 layers this cache has, got 0"):
         aggregate_scores(cache, "a", layer_agg="last_k", last_k=0)

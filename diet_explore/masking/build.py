@@ -75,6 +75,12 @@ class MaskConfig(JsonConfig):
         for t, w in self.weights.items():
             if not math.isfinite(w) or w < 0:
                 raise DietError(f"weight of task {t!r} is {w}; weights must be finite and ≥ 0", "use 0 to leave a task out")
+        if not math.isfinite(sum(self.weights.values()) + len(self.weights)):  # the vote adds them up
+            big = max(self.weights, key=self.weights.get)
+            raise DietError(
+                f"the task weights are too large to add up (e.g. {big}={self.weights[big]:g})",
+                "weights are relative: scale them down, e.g. 1 and 2",
+            )
         if self.tasks is not None:
             self.tasks = [str(t) for t in self.tasks]
             if not self.tasks:
@@ -91,6 +97,11 @@ class MaskConfig(JsonConfig):
         for t in self.tasks or []:
             if t not in cache.tasks:
                 raise DietError(f"task {t!r} is not in this cache", hint)
+            if t in cache.generic_names:  # the same rule as for its weight, below
+                raise DietError(
+                    f"task {t!r} is generic text, which does not vote (the wiki baseline scores with it)",
+                    f"list voting tasks from {', '.join(cache.task_names)}, or use the method 'wiki'",
+                )
         candidates = list(self.tasks) if self.tasks is not None else list(cache.task_names)
         for t in self.weights:  # a weight nothing reads would be accepted and silently ignored
             if t not in cache.tasks:

@@ -34,9 +34,13 @@ def aggregate_layers(layer: np.ndarray, layer_agg: str = "mean", last_k: int = 4
         return layer.mean(0)
     if layer_agg == "max":
         return layer.max(0)
-    if int(last_k) < 1:
-        raise DietError(f"last_k must be at least 1, got {last_k}", "pass --last-k 1 or more")
-    return layer[-int(last_k) :].mean(0)  # last_k > L simply means all layers
+    n_layers = layer.shape[0]
+    if not 1 <= int(last_k) <= n_layers:  # more than L would be reported as "the last 999 layers"
+        raise DietError(
+            f"last_k must be 1 to the {n_layers} layers this cache has, got {last_k}",
+            f"pass --last-k between 1 and {n_layers}",
+        )
+    return layer[-int(last_k) :].mean(0)
 
 
 def normalize_scores(scores: np.ndarray, normalize: str = "none") -> np.ndarray:

@@ -123,6 +123,28 @@ def test_a_weight_on_a_task_that_does_not_vote_is_refused(app_cache_root, tmp_pa
     assert main(["mask", "--cache", str(alpha), "--weights", "boolq=2,rte=0", "--out", str(tmp_path / "m.json")]) == 0
 
 
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["models", "--install", ""], "--install"),
+        (["agreement", "--cache", ""], "--cache"),
+        (["jobs", "--runs", " "], "--runs"),
+        (["mask", "--cache", "{cache}", "--tasks", "", "--out", "{tmp}/m.json"], "--tasks"),
+        (["eval", "--model", "x", "--eval-cache", ""], "--eval-cache"),
+    ],
+)
+def test_an_empty_value_is_refused_by_its_flag(synthetic_cache_dir, tmp_path, capsys, argv, flag):
+    """An empty value was read as the current folder (--cache: "manifest.json is missing: ."), as
+    every task, or as nothing (models --install '' listed the models)."""
+    argv = [a.format(cache=synthetic_cache_dir, tmp=tmp_path) for a in argv]
+    assert f"error: {flag} is empty" in _run(argv, capsys)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_models_overwrite_without_install_is_refused(capsys):
+    assert "--overwrite re-converts the model --install names, and none is named" in _run(["models", "--overwrite"], capsys)
+
+
 def test_generic_text_listed_as_a_voting_task_is_refused_like_its_weight(app_cache_root, tmp_path, capsys):
     alpha = app_cache_root / "alpha"
     for tasks in ("wikitext,boolq", "wikitext"):
@@ -148,8 +170,8 @@ def test_last_k_beyond_the_layer_count_is_refused(synthetic_cache_dir, tmp_path,
 
 
 def test_stability_counts_that_name_nothing(synthetic_cache_dir, capsys):
-    for counts in ("", ","):
-        assert "names no sample count" in _run(["stability", "--cache", str(synthetic_cache_dir), "--counts", counts], capsys)
+    assert "--counts is empty" in _run(["stability", "--cache", str(synthetic_cache_dir), "--counts", ""], capsys)
+    assert "names no sample count" in _run(["stability", "--cache", str(synthetic_cache_dir), "--counts", ","], capsys)
     argv = ["stability", "--cache", str(synthetic_cache_dir), "--resamples", "5", "--counts", "500", "--curve-resamples", "2"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -338,4 +360,9 @@ def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(synthetic_cach
     assert "is not a regular file" in _run(["prune", "--mask", str(fifo), "--out", str(tmp_path / "p")], capsys)
     assert f"cache folder {a_file} is not a folder" in _run(["agreement", "--cache", str(a_file)], capsys)
     assert f"--runs {a_file} is not a folder" in _run(["jobs", "--runs", str(a_file)], capsys)
-    assert "--stop names no job" in _run(["jobs", "--runs", str(tmp_path), "--stop", ""], capsys)
+    assert "--stop is empty" in _run(["jobs", "--runs", str(tmp_path), "--stop", ""], capsys)
+    # a typo or an empty value is not an empty run store; listing one that is creates nothing in it
+    assert f"--runs {tmp_path / 'typo'}: no such folder" in _run(["jobs", "--runs", str(tmp_path / "typo")], capsys)
+    assert "--runs is empty" in _run(["jobs", "--runs", ""], capsys)
+    (tmp_path / "empty").mkdir()
+    assert main(["jobs", "--json", "--runs", str(tmp_path / "empty")]) == 0 and not any((tmp_path / "empty").iterdir())

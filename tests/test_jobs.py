@@ -406,6 +406,8 @@ def test_a_sweep_job_resumes_after_an_interruption_to_the_rows_of_an_uninterrupt
 # --------------------------------------------------------------------------------------------
 def test_cli_jobs_lists_stops_and_resumes(store, tiny_cache_root, capsys):
     root = str(store.runs.root)
+    assert cli(["jobs", "--runs", root]) == 2 and "no such folder" in capsys.readouterr().err  # not an empty store
+    store.runs.root.mkdir(parents=True)
     assert cli(["jobs", "--runs", root]) == 0 and "no jobs" in capsys.readouterr().out
     a, _ = store.submit("prune_eval", prune_eval_config(tiny_cache_root), "first")
     assert cli(["jobs", "--runs", root, "--stop", a]) == 0 and "cancelled" in capsys.readouterr().out
@@ -425,6 +427,7 @@ def test_cli_jobs_lists_stops_and_resumes(store, tiny_cache_root, capsys):
     ],
 )
 def test_cli_jobs_refuses_unknown_jobs_in_one_line(store, argv, message, capsys):
+    store.runs.root.mkdir(parents=True, exist_ok=True)  # a run store with no job yet
     assert cli(["jobs", "--runs", str(store.runs.root), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and "Traceback" not in err

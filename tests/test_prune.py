@@ -397,7 +397,7 @@ def test_prune_command_refuses_a_mask_of_another_hidden_size_without_loading_wei
         ("taken", False, "output folder taken already exists"),
         ("a-file", True, "output a-file exists and is not a folder"),
         (".", True, "is the filesystem root, the current folder or one above it"),
-        ("", False, "the output folder name is empty"),
+        ("", False, "--out is empty"),
     ],
 )
 def test_prune_command_refuses_a_bad_output_before_loading_anything(out, overwrite, message, tmp_path, monkeypatch, capsys):

@@ -51,11 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
-        return _run(args)
+        return _run(args, parser)
 
 
-def _run(args) -> int:
+def _check_no_empty_values(parser: argparse.ArgumentParser, args) -> None:
+    """An option given an empty value (``--cache ''``, ``--runs ''``) is refused by name: read as a
+    path it was the current folder, as a list every item, as a name nothing at all."""
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in commands.choices[args.command]._actions:
+        value = getattr(args, action.dest, None)
+        if action.option_strings and isinstance(value, str) and not value.strip() and action.default != value:
+            flag = max(action.option_strings, key=len)
+            raise DietError(f"{flag} is empty", f"give {flag} a value" + ("" if action.required else ", or leave it out"))
+
+
+def _run(args, parser: argparse.ArgumentParser) -> int:
     try:
+        _check_no_empty_values(parser, args)
         return int(args.func(args) or 0)
     except DietError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

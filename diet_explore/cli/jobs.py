@@ -30,10 +30,12 @@ def register(sub) -> None:
 def run(args) -> int:
     from diet_explore.experiments.jobs import JobStore, run_worker
 
-    if args.runs is not None and Path(args.runs).exists() and not Path(args.runs).is_dir():  # not "no jobs in a.json/jobs"
-        raise DietError(f"--runs {args.runs} is not a folder", "give the run store folder (the app's runs/, or compare --runs)")
-    if args.stop is not None and not args.stop.strip():
-        raise DietError("--stop names no job", "give a job id from `diet-explore jobs`")
+    hint = "give the run store folder (the app's runs/, or compare --runs)"
+    if args.runs is not None:
+        if not Path(args.runs).exists():  # a typo must not read as an empty run store
+            raise DietError(f"--runs {args.runs}: no such folder", hint)
+        if not Path(args.runs).is_dir():  # not "no jobs in a.json/jobs"
+            raise DietError(f"--runs {args.runs} is not a folder", hint)
     store = JobStore(args.runs)
     if args.stop:
         job = store.stop(args.stop)
@@ -53,7 +55,7 @@ def run(args) -> int:
         job = store.get(args.resume)
         print(describe(job))
         return 0 if job["status"] == "done" else 1
-    jobs = store.jobs()
+    jobs = store.jobs() if store.root.is_dir() else []  # listing creates nothing (its lock would make jobs/)
     if args.json:
         print(json.dumps(jobs, indent=1))
         return 0

@@ -16,6 +16,8 @@ def run(args) -> int:
     from diet_explore.models.adapters import SUPPORTED_MODEL_TYPES
     from diet_explore.models.builtin import BUILTIN_MODELS, convert_builtin, install_command, is_installed, store_path
 
+    if args.overwrite and args.install is None:
+        raise DietError("--overwrite re-converts the model --install names, and none is named", "add --install NAME")
     if args.install:
         if args.install not in BUILTIN_MODELS:
             raise DietError(f"unknown built-in model {args.install!r}", f"choose one of {', '.join(BUILTIN_MODELS)}")

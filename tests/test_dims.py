@@ -136,6 +136,8 @@ def test_the_card_shows_the_contexts_of_a_profiled_cache(tiny_cache_root):
     shown = [line for line in text.splitlines() if " sample " in line]
     assert "top-activating contexts" in text and len(shown) == 2 * len(card.tasks)
     assert all("[[" in line and "]]" in line for line in shown)
+    none = card.to_text(contexts_per_task=0)  # not a header per task with nothing under it
+    assert "not shown (0 per task asked for)" in none and not any(f"  {t.task}:" in none for t in card.tasks)
 
 
 # -------------------------------------------------------------------------------- disagreement
@@ -195,7 +197,8 @@ def test_cli_text_card(alpha_dir, capsys):
         (["--dim", "576"], "dimension '576' is not an index in 0..575"),
         (["--dim", "x"], "dimension 'x' is not an index in 0..575"),
         (["--dim", "3", "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
-        (["--dim", "3", "--resamples", "-1"], "--resamples and --contexts must be 0 or more"),
+        (["--dim", "3", "--resamples", "-1"], "--resamples must be 0 or more, got -1"),
+        (["--dim", "3", "--contexts", "-2"], "--contexts must be 0 or more, got -2"),
         (["--dim", "3", "--site", "nowhere"], "unknown site"),
     ],
 )

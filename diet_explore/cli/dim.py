@@ -25,8 +25,9 @@ def run(args) -> int:
     from diet_explore.profiling.cache import load_cache
 
     config = config_from_args(args)
-    if args.resamples < 0 or args.contexts < 0:
-        raise DietError("--resamples and --contexts must be 0 or more", "e.g. --resamples 200 --contexts 5")
+    for flag, value, example in (("--resamples", args.resamples, 200), ("--contexts", args.contexts, 5)):
+        if value < 0:
+            raise DietError(f"{flag} must be 0 or more, got {value}", f"e.g. {flag} {example} (0: none)")
     pre = ScorePrecompute(load_cache(args.cache))
     dim = check_dim(args.dim, pre.cache.hidden_size)
     config.validate(pre.cache)

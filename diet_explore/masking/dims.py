@@ -202,6 +202,8 @@ class DimCard:
             lines.append(f"top-activating contexts: {NO_CONTEXTS}")
             if self.contexts_command:
                 lines.append(f"  add them to this cache, keeping its scores: {self.contexts_command}")
+        elif contexts_per_task <= 0:
+            lines.append("top-activating contexts: not shown (0 per task asked for)")
         else:
             lines.append("top-activating contexts (layer-averaged |activation| at the token in [[ ]]):")
             for t in self.tasks:

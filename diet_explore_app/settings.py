@@ -291,7 +291,7 @@ def decode_dim(params: Mapping[str, str | Sequence[str]]) -> tuple[int | None, l
     text = _first(params[DIM_PARAM]).strip()
     if re.fullmatch(r"\d{1,9}", text):
         return int(text), []
-    return None, [f"ignored link setting {DIM_PARAM}={text!r}: a dimension is a whole number, e.g. {DIM_PARAM}=507"]
+    return None, [f"ignored link setting {DIM_PARAM}={text!r}: a dimension is an index, 0 or more, e.g. {DIM_PARAM}=507"]
 
 
 def decode_view(params: Mapping[str, str | Sequence[str]]) -> tuple[str | None, list[str]]:

@@ -10,6 +10,7 @@ from diet_explore.core.errors import DietError
 from diet_explore.masking.dims import NO_CONTEXTS, DimCard, check_dim
 from diet_explore.masking.massive import MASSIVE_FACTOR
 from diet_explore_app import loaders, state
+from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
 K_CONTEXTS_N = "dim_contexts_n"
@@ -59,8 +60,8 @@ with ui.shown_errors():
     if link_dim is not None:
         try:
             state.reset(state.K_DIM, check_dim(link_dim, d))
-        except DietError as exc:
-            ui.show_error(exc)
+        except DietError as exc:  # as any other link setting that cannot be used: a warning that names it
+            st.warning(f"ignored link setting {S.DIM_PARAM}={link_dim}: {exc.message}")
     state.default(state.K_DIM, massive.dims[0] if massive.dims else 0)
     if not 0 <= int(state.get(state.K_DIM)) < d:  # chosen on a wider cache
         ui.show_error(DietError(f"dimension {state.get(state.K_DIM)} is not an index in 0..{d - 1} of this cache", None))

@@ -330,7 +330,11 @@ def stability_histogram(keep_frequency: np.ndarray, bins: int = 40) -> go.Figure
     )
     ticks = [-width, 0.2, 0.4, 0.6, 0.8, 1 + width]
     layout = dict(
-        title=dict(text="Bootstrap keep frequency per dimension (blue: stable, kept in none or all)"),
+        # short enough to clear plotly's toolbar (top right, shown on hover)
+        title=dict(
+            text="Bootstrap keep frequency per dimension",
+            subtitle=dict(text="blue: stable, kept in none or all of the resamples"),
+        ),
         xaxis=dict(
             title=dict(text="fraction of resamples keeping the dim"),
             range=[-2 * width, 1 + 2 * width],
@@ -338,7 +342,7 @@ def stability_histogram(keep_frequency: np.ndarray, bins: int = 40) -> go.Figure
             ticktext=["never", "0.2", "0.4", "0.6", "0.8", "always"],
         ),
         yaxis=dict(title=dict(text="dimensions"), **_LOG_AXIS),
-        **_LAYOUT,
+        **{**_LAYOUT, "margin": dict(_LAYOUT["margin"], t=80)},  # room for the subtitle
     )
     return go.Figure(data=[bars], layout=layout)  # built in one go: rebuilt on every sparsity move
 

@@ -147,6 +147,8 @@ def test_stability_histogram_bars_count_the_data():
         inside = (f > 0) & (f < 1) & (f >= lo) & ((f < hi) if hi < 1 else (f <= hi))
         assert n == inside.sum(), (lo, hi)
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1
+    # the colour key is a subtitle: in the title, it ran under plotly's toolbar (a real-browser walk)
+    assert len(fig.layout.title.text) <= 40 and "blue: stable" in fig.layout.title.subtitle.text
 
 
 def test_run_history():

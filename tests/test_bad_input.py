@@ -141,6 +141,22 @@ def test_an_empty_value_is_refused_by_its_flag(synthetic_cache_dir, tmp_path, ca
     assert not (tmp_path / "m.json").exists()
 
 
+def test_mask_out_replaces_a_mask_but_never_an_unrelated_file(synthetic_cache_dir, tmp_path, capsys):
+    other = tmp_path / "notes.txt"
+    other.write_text("mine")
+    argv = ["mask", "--cache", str(synthetic_cache_dir), "--out", str(other)]
+    assert f"--out {other} exists and is not a diet-explore mask file" in _run(argv, capsys)
+    assert other.read_text() == "mine"
+    mask = tmp_path / "m.json"
+    argv = ["mask", "--cache", str(synthetic_cache_dir), "--out", str(mask), "--npy"]
+    assert main(argv) == 0 and main(argv + ["--sparsity", "0.3"]) == 0  # a re-run replaces its own mask and .npy
+    assert json.loads(mask.read_text())["config"]["sparsity"] == 0.3
+    (tmp_path / "n.npy").write_text("mine")
+    err = _run(["mask", "--cache", str(synthetic_cache_dir), "--out", str(tmp_path / "n.json"), "--npy"], capsys)
+    assert "--npy output" in err and "exists and is not a .npy file" in err
+    assert (tmp_path / "n.npy").read_text() == "mine" and not (tmp_path / "n.json").exists()
+
+
 def test_models_overwrite_without_install_is_refused(capsys):
     assert "--overwrite re-converts the model --install names, and none is named" in _run(["models", "--overwrite"], capsys)
 
@@ -260,11 +276,12 @@ def test_mask_npy_target_refused_before_the_json_is_written(synthetic_cache_dir,
     import os
 
     out = tmp_path / "m.json"
-    out.write_text("ORIGINAL")
+    assert main(["mask", "--cache", str(synthetic_cache_dir), "--sparsity", "0.3", "--out", str(out)]) == 0
+    original = out.read_text()  # an earlier mask, which a re-run may replace
     os.mkfifo(tmp_path / "m.npy")
     err = _run(["mask", "--cache", str(synthetic_cache_dir), "--npy", "--out", str(out)], capsys)
     assert "--npy output" in err and "FIFO" in err
-    assert out.read_text() == "ORIGINAL"
+    assert out.read_text() == original
 
 
 def test_a_file_system_that_refuses_writes_despite_its_permission_bits(synthetic_cache_dir, tmp_path, capsys, monkeypatch):

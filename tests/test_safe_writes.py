@@ -62,12 +62,12 @@ def test_the_library_write_refuses_a_special_file_too(tmp_path):
 def test_a_symlink_is_written_through_and_stays_a_symlink(synthetic_cache_dir, tmp_path):
     target = tmp_path / "real" / "mask.json"
     target.parent.mkdir()
-    target.write_text("old")
+    assert main(["mask", "--cache", str(synthetic_cache_dir), "--sparsity", "0.5", "--out", str(target)]) == 0
     link = tmp_path / "link.json"
     link.symlink_to(target)
     assert main(["mask", "--cache", str(synthetic_cache_dir), "--out", str(link)]) == 0
     assert link.is_symlink() and os.readlink(link) == str(target)
-    assert load_mask(target).n_keep > 0  # the target holds the new mask
+    assert load_mask(target).config["sparsity"] == 0.2  # the target holds the new mask
     assert sorted(p.name for p in target.parent.iterdir()) == ["mask.json"]  # no temp sibling left
     dangling = tmp_path / "dangling.json"
     dangling.symlink_to(tmp_path / "real" / "new.json")

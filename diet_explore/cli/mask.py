@@ -68,15 +68,18 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from diet_explore.core.atomic import check_writable
+    from diet_explore.core.atomic import check_replaceable_file, check_writable
     from diet_explore.masking.build import build_mask
-    from diet_explore.masking.maskfile import mask_file_from_result, save_mask
+    from diet_explore.masking.maskfile import is_mask_file, is_npy_file, mask_file_from_result, save_mask
     from diet_explore.profiling.cache import load_cache
 
     config = config_from_args(args)
     check_writable(args.out, "--out", folder=False)
     if args.npy and Path(args.out).suffix == ".npy":  # the .npy would overwrite the JSON just written
         raise DietError(f"--out {args.out} ends in .npy, which --npy writes next to the JSON", "e.g. --out mask.json --npy")
+    check_replaceable_file(args.out, "--out", is_mask_file, "a diet-explore mask file")  # a re-run replaces its mask
+    if args.npy:
+        check_replaceable_file(Path(args.out).with_suffix(".npy"), "--npy output", is_npy_file, "a .npy file")
     cache = load_cache(args.cache)
     result = build_mask(cache, config)
     path = save_mask(mask_file_from_result(result, cache), args.out, npy=args.npy)

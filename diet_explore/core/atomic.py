@@ -26,7 +26,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +347,15 @@ def check_writable(path: str | Path, what: str, folder: bool) -> None:
         raise DietError(f"{what} {path} is not writable ({probe}: {exc.strerror or exc})", f"choose another {what}") from None
     os.close(fd)
     os.unlink(probe_file)
+
+
+def check_replaceable_file(path: str | Path, what: str, ours: Callable[[Path], bool], kind: str) -> None:
+    """Refuse a file target that exists and is not one diet-explore wrote (``ours`` recognises its
+    own files, as marker files do for folders): an unrelated file is never silently replaced. A
+    symlink is judged by its target, the file a write would replace."""
+    target = file_target(path, what)
+    if target.is_file() and not ours(target):
+        raise DietError(f"{what} {path} exists and is not {kind}", f"choose a new {what} path, or delete that file first")
 
 
 @contextlib.contextmanager

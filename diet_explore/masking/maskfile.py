@@ -113,6 +113,20 @@ def save_mask(mask_file: MaskFile, path: str | Path, npy: bool = False) -> Path:
     return path
 
 
+def is_mask_file(path: str | Path) -> bool:
+    """Whether ``path`` holds a diet-explore mask file (what ``mask --out`` may replace)."""
+    return (atomic.read_json_object(path) or {}).get("kind") == MASK_KIND
+
+
+def is_npy_file(path: str | Path) -> bool:
+    """Whether ``path`` is a NumPy ``.npy`` file (what ``mask --npy`` may replace)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(6) == b"\x93NUMPY"
+    except OSError:
+        return False
+
+
 def load_mask(path: str | Path, expected_hidden_size: int | None = None, expected_model: str | None = None) -> MaskFile:
     """Read and validate a mask file; every problem is a ``DietError`` naming the file."""
     path = atomic.check_path(path, "mask file")

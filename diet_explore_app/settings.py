@@ -12,6 +12,7 @@ a bad value is dropped with a warning, so a mangled link still opens the app.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import hashlib
 import importlib.util
@@ -261,12 +262,18 @@ _PARSERS = {
 
 def decode_query(params: Mapping[str, str | Sequence[str]]) -> tuple[MaskConfig, str | None, list[str]]:
     """``(config, cache path or None, warnings)`` from query parameters. Unknown keys are ignored
-    (other apps may add their own); bad values are dropped with a warning naming them."""
+    (other apps may add their own), with a warning when one is close to a setting's name (a typo:
+    ``multiple=9`` for ``multiple_of=9``); bad values are dropped with a warning naming them."""
     fields = {f.name for f in dataclasses.fields(MaskConfig)}
     values: dict[str, Any] = {}
     warnings: list[str] = []
+    known = sorted((fields & set(_PARSERS)) | {CACHE_PARAM, DIM_PARAM, VIEW_PARAM})
     for name, raw in params.items():
         if name not in fields or name not in _PARSERS:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.7) if name not in known else None
+            if close:
+                text = _first(raw)
+                warnings.append(f"ignored link setting {name}={text[:40]!r}: no such setting; did you mean {close[0]}=?")
             continue
         text = _first(raw)
         try:

@@ -90,6 +90,15 @@ def test_decode_drops_bad_values_with_warnings_and_ignores_unknown_keys():
     assert "method='nope': use one of diet," in " ".join(warnings) and "exact='maybe': use 1 or 0" in " ".join(warnings)
 
 
+def test_a_link_key_close_to_a_setting_is_a_typo_warning_others_are_ignored():
+    config, _, warnings = S.decode_query({"multiple": "9", "treshold": "0.3", "embed": "true", "utm_source": "x"})
+    assert config == MaskConfig()
+    assert warnings == [
+        "ignored link setting multiple='9': no such setting; did you mean multiple_of=?",
+        "ignored link setting treshold='0.3': no such setting; did you mean threshold=?",
+    ]
+
+
 def test_decode_accepts_cli_weight_syntax():
     config, _, warnings = S.decode_query({"weights": "boolq=2,rte:0.5"})
     assert config.weights == {"boolq": 2.0, "rte": 0.5} and not warnings

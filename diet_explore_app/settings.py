@@ -296,7 +296,7 @@ def decode_dim(params: Mapping[str, str | Sequence[str]]) -> tuple[int | None, l
     if DIM_PARAM not in params:
         return None, []
     text = _first(params[DIM_PARAM]).strip()
-    if re.fullmatch(r"\d{1,9}", text):
+    if re.fullmatch(r"[0-9]{1,9}", text):  # ASCII only
         return int(text), []
     return None, [f"ignored link setting {DIM_PARAM}={text!r}: a dimension is an index, 0 or more, e.g. {DIM_PARAM}=507"]
 

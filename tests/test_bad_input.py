@@ -157,6 +157,13 @@ def test_mask_out_replaces_a_mask_but_never_an_unrelated_file(synthetic_cache_di
     assert (tmp_path / "n.npy").read_text() == "mine" and not (tmp_path / "n.json").exists()
 
 
+def test_minus_zero_and_non_ascii_digits(synthetic_cache_dir, capsys):
+    assert main(["agreement", "--cache", str(synthetic_cache_dir), "--sparsity", "-0"]) == 0
+    assert "at sparsity 0:" in capsys.readouterr().out  # was "at sparsity -0"
+    err = _run(["dim", "--cache", str(synthetic_cache_dir), "--dim", "\u0665"], capsys)  # ARABIC-INDIC DIGIT FIVE
+    assert "dimension '\u0665' is not an index in 0..575" in err
+
+
 def test_models_overwrite_without_install_is_refused(capsys):
     assert "--overwrite re-converts the model --install names, and none is named" in _run(["models", "--overwrite"], capsys)
 

@@ -29,7 +29,7 @@ def run(args) -> int:
     from diet_explore.masking.selection import check_sparsity
     from diet_explore.profiling.cache import load_cache
 
-    check_sparsity(args.sparsity)
+    args.sparsity = check_sparsity(args.sparsity)
     check_choice("layer aggregation", args.layer_agg, LAYER_AGGS)
     if args.top < 0:  # a negative count sliced rows off the end of the table
         raise DietError(f"--top must be 0 or more, got {args.top}", "e.g. --top 10")

@@ -61,7 +61,7 @@ def check_dim(dim: Any, hidden_size: int) -> int:
         value = int(dim)
     else:
         text = str(dim).strip()
-        value = int(text) if re.fullmatch(r"[+-]?\d{1,12}", text) else None
+        value = int(text) if re.fullmatch(r"[+-]?[0-9]{1,12}", text) else None  # ASCII: \d takes "٥" for 5
     if value is None or not 0 <= value < hidden_size:
         raise DietError(
             f"dimension {dim!r} is not an index in 0..{hidden_size - 1}",

@@ -20,7 +20,7 @@ def check_sparsity(sparsity: float) -> float:
     s = float(sparsity)
     if not (0.0 <= s < 1.0) or math.isnan(s):
         raise DietError(f"sparsity must be in [0, 1), got {sparsity}", "e.g. --sparsity 0.2 prunes 20% of hidden dims")
-    return s
+    return s + 0.0  # -0.0 + 0.0 is 0.0: "-0" would be printed as "at sparsity -0"
 
 
 def keep_count(hidden_size: int, sparsity: float, multiple_of: int = 1) -> int:

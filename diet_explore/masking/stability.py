@@ -140,7 +140,8 @@ def bootstrap_masks(
     pre = as_precompute(cache)
     config.validate(pre.cache)
     _check_method(config)
-    r = _resamples(n_resamples, pre.cache, _voters(pre.cache, config)[0])
+    tasks, _ = _voters(pre.cache, config)
+    r = _resamples(n_resamples, pre.cache, tasks)
     if n_samples is not None and int(n_samples) < 1:
         raise DietError(f"n_samples must be at least 1, got {n_samples}", "leave it unset to use every sample")
 
@@ -152,7 +153,6 @@ def bootstrap_masks(
     keep = _resampled_keep(pre, config, draw, seed)  # (R, D)
     full = build_mask(pre, config).keep
     jac = jaccard(~keep, ~full)
-    tasks, _ = _voters(pre.cache, config)
     n_used = int(n_samples) if n_samples is not None else _sample_sizes(pre.cache, tasks)
     notes = (
         [] if config.layer_agg == "mean" else [f"layer_agg {config.layer_agg!r} is resampled approximately (see stability.py)"]

@@ -372,18 +372,6 @@ def default_export_name(model_name: str, config: MaskConfig, cache_hash: str = "
 
 
 def check_explorable(cache) -> None:
-    """The pages need a profiled site and at least one evaluation task; a cache without them (only
-    the generic wikitext set, or ``"sites": []``) is refused with a DietError instead of failing on
-    every page."""
-    where = cache.path or cache.model_name
-    if not cache.sites:
-        raise DietError(
-            f"the cache {where} lists no profiled site",
-            "re-run `diet-explore profile` into a new folder (--sites residual,normed)",
-        )
-    if not cache.task_names:
-        generic = ", ".join(cache.generic_names) or "nothing"
-        raise DietError(
-            f"the cache {where} holds no evaluation task (only generic text: {generic}), so there is nothing to vote on",
-            f"profile tasks into it: `diet-explore profile --tasks all --out {where}`",
-        )
+    """The pages need at least one evaluation task; a cache of only the generic wikitext set is
+    refused with a DietError instead of failing on every page (``load_cache`` refuses one without a site)."""
+    cache.require_tasks()

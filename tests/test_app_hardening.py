@@ -49,7 +49,7 @@ def _no_sites(root: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("make, message", [(_generic_only, "holds no evaluation task"), (_no_sites, "lists no profiled site")])
+@pytest.mark.parametrize("make, message", [(_generic_only, "holds no evaluation task"), (_no_sites, "'sites' is empty")])
 def test_a_cache_with_nothing_to_vote_on_is_an_error_on_every_page(monkeypatch, tmp_path, clear_st_caches, make, message):
     make(tmp_path / "caches")
     at = _app(monkeypatch, tmp_path / "caches", tmp_path).run()

@@ -390,3 +390,37 @@ def test_a_path_of_the_wrong_kind_is_named_as_such_not_as_missing(synthetic_cach
     assert "--runs is empty" in _run(["jobs", "--runs", ""], capsys)
     (tmp_path / "empty").mkdir()
     assert main(["jobs", "--json", "--runs", str(tmp_path / "empty")]) == 0 and not any((tmp_path / "empty").iterdir())
+
+
+def test_a_task_file_task_named_as_a_path_is_refused_before_the_model_loads_and_writes_nothing(tmp_path, capsys):
+    """A task-file name is a cache file name: '../../victim/model' made profile replace a file outside --out."""
+    victim = tmp_path / "victim" / "model.safetensors"
+    victim.parent.mkdir()
+    victim.write_bytes(b"PRECIOUS WEIGHTS")
+    name = "../../victim/model"
+    entry = {"dataset": {"path": str(tmp_path / "data")}, "text": "{s}", "choices": ["a", "b"], "gold": {"field": "y"}}
+    task_file = tmp_path / "tasks.json"
+    task_file.write_text(json.dumps({name: entry}))
+    out = tmp_path / "run" / "cache"
+    argv = ["profile", "--task-file", str(task_file), "--tasks", name, "--samples", "2", "--no-generic", "--out", str(out)]
+    assert "is not a valid task name" in _run(argv, capsys)
+    assert victim.read_bytes() == b"PRECIOUS WEIGHTS" and not out.exists()
+
+
+@pytest.mark.parametrize("command", [["mask", "--sparsity", "0.2", "--out", "m.json"], ["stability", "--resamples", "2"]])
+def test_a_cache_of_generic_text_alone_says_there_is_nothing_to_vote_on(tmp_path, capsys, command):
+    from dataclasses import replace
+
+    from diet_explore.profiling.cache import save_cache
+    from diet_explore.profiling.synthetic import synthetic_cache
+
+    cache = synthetic_cache(hidden_size=32, num_layers=2, tasks=("wikitext",), n_samples=4, seed=1)
+    cache = replace(cache, tasks={"wikitext": replace(cache.tasks["wikitext"], kind="generic")})
+    cache.manifest["tasks"]["wikitext"]["kind"] = "generic"
+    root = save_cache(cache, tmp_path / "generic-only")
+    err = _run(
+        [command[0], "--cache", str(root), *[str(tmp_path / a) if a.endswith(".json") else a for a in command[1:]]], capsys
+    )
+    assert (
+        "holds no evaluation task (only generic text: wikitext), so there is nothing to vote on" in err
+    )  # was "every voting task () has weight 0"

@@ -121,3 +121,49 @@ def test_resume_check_compares_sites_as_a_set_and_the_device_by_type(small_cache
     assert "--dtype bfloat16" in err.value.hint
     with pytest.raises(DietError, match="different 'sites'"):
         check_resume(small_cache_dir, {**header, "sites": ["residual"]})
+
+
+def _edit_manifest(root, change) -> None:
+    path = root / MANIFEST
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        # a hand-edited file entry must not read a file outside the cache (it read /etc/passwd up to the sha check)
+        (lambda m: m["tasks"]["a"].update(file="/etc/passwd"), "task 'a': file '/etc/passwd' is not a file name inside"),
+        (lambda m: m["tasks"]["a"].update(file="../a.safetensors"), "task 'a': file '../a.safetensors' is not a file name"),
+        (lambda m: m["tasks"]["a"].update(file="x" * 300), "task 'a': file 'xxx.* is not a file name inside"),  # was OSError
+        (lambda m: m["baselines"].update(file="/etc/passwd"), "baselines file '/etc/passwd' is not a file name inside"),
+        (lambda m: m.update(sites=[]), "'sites' is empty"),  # every command then offered "choose one of " (nothing)
+    ],
+)
+def test_a_manifest_that_points_outside_the_cache_or_lists_no_site_is_refused(small_cache_dir, change, match):
+    _edit_manifest(small_cache_dir, change)
+    with pytest.raises(DietError, match=match):
+        load_cache(small_cache_dir)
+
+
+def test_a_contexts_radius_too_large_to_allocate_is_refused(tmp_path):
+    from diet_explore.profiling.cache import MAX_CONTEXT_RADIUS
+
+    root = save_cache(synthetic_cache(hidden_size=16, num_layers=2, tasks=("a",), n_samples=4), tmp_path / "c")
+    ctx = {"file": "tasks/a.contexts.safetensors", "sha256": "0" * 64, "k": 4}  # checked before any file is read
+    _edit_manifest(root, lambda m: m["tasks"]["a"].update(contexts={**ctx, "radius": MAX_CONTEXT_RADIUS}))
+    with pytest.raises(DietError, match="a.contexts.safetensors is listed in the manifest but missing"):
+        load_cache(root)  # the largest radius passes the check
+    _edit_manifest(root, lambda m: m["tasks"]["a"].update(contexts={**ctx, "radius": 10**30}))  # dim crashed allocating it
+    with pytest.raises(DietError, match=f"contexts radius 10+ is over {MAX_CONTEXT_RADIUS} tokens"):
+        load_cache(root)
+
+
+def test_the_cache_writer_refuses_a_task_name_that_is_not_a_file_name(tmp_path):
+    cache = synthetic_cache(hidden_size=16, num_layers=2, tasks=("a",), n_samples=4)
+    cache.tasks["../escape"] = cache.tasks.pop("a")
+    cache.manifest["tasks"]["../escape"] = cache.manifest["tasks"].pop("a")
+    with pytest.raises(DietError, match="cannot name a cache file"):
+        save_cache(cache, tmp_path / "c")
+    assert not (tmp_path / "escape.safetensors").exists()

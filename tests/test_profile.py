@@ -58,6 +58,31 @@ def test_resume_after_interruption_reuses_finished_tasks(tmp_path, tiny_loaded):
         assert resumed.tasks[task].sample_ids == fresh.tasks[task].sample_ids
 
 
+def test_a_second_profile_into_the_same_out_is_refused_while_the_first_runs(tmp_path, tiny_loaded):
+    """Two runs into one --out each rewrote the manifest with their own tasks: one run's tasks were lost."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "c"
+    holder = (  # another process inside a profile of `out` (the lock the runner takes), until stdin closes
+        "import sys; from diet_explore.core import atomic\n"
+        f"with atomic.locked({str(out)!r}, timeout=0):\n    print('held', flush=True); sys.stdin.read()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(DietError, match=f"--out {out} is being written by another profile run"):
+            profile(ProfileConfig(**{**CONFIG, "tasks": "rte"}), out, progress=lambda *a: None, loaded=tiny_loaded)
+        assert not out.exists()  # refused before anything was written
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    done = profile(
+        ProfileConfig(**{**CONFIG, "tasks": "rte", "generic": False}), out, progress=lambda *a: None, loaded=tiny_loaded
+    )
+    assert done.task_names == ["rte"]  # once the other run ended, the folder is free
+
+
 def test_resume_into_a_cache_made_with_other_settings_is_refused(tmp_path, tiny_loaded):
     from diet_explore.core.errors import DietError
 

@@ -342,3 +342,38 @@ def test_a_task_named_twice_is_resolved_once_for_profile_and_eval():
 
     assert [s.name for s in resolve_tasks("rte,boolq,rte")] == ["rte", "boolq"]
     assert [s.name for s in resolve_tasks(["rte", "rte"])] == ["rte"]
+
+
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("../../victim/model", "is not a valid task name"),  # a cache file name: it wrote outside --out
+        ("a/b", "is not a valid task name"),
+        ("my task", "is not a valid task name"),
+        ("a,b", "is not a valid task name"),  # --tasks a,b could never select it
+        ("", "is not a valid task name"),
+        (".hidden", "is not a valid task name"),
+        ("x" * 65, "is not a valid task name"),
+        ("all", "is reserved"),  # --tasks all means every task
+        ("wikitext", "is reserved"),  # the generic wiki set's cache entry: the profile replaced the user's task
+    ],
+)
+def test_a_task_name_that_is_not_a_safe_file_name_or_is_reserved_is_refused_when_read(tmp_path, name, match):
+    path = _task_file(tmp_path, {name: _entry(tmp_path / "tiny")})
+    with pytest.raises(DietError, match=rf"task name .* in {re.escape(str(path))} {match}"):
+        load_registry([path])
+
+
+def test_a_task_file_task_named_like_a_builtin_or_named_twice_is_refused(tmp_path):
+    path = _task_file(tmp_path, {"boolq": _entry(tmp_path / "tiny")})
+    with pytest.raises(DietError, match="task 'boolq' in .*: a task of that name is built in"):
+        load_registry([path])
+    first = _task_file(tmp_path, {"mine": _entry(tmp_path / "tiny")}, name="a.json")
+    second = _task_file(tmp_path, {"mine": _entry(tmp_path / "tiny")}, name="b.json")
+    with pytest.raises(DietError, match=f"task 'mine' in {re.escape(str(second))}: a task of that name is defined in"):
+        load_registry([first, second])
+    twice = tmp_path / "twice.json"  # the same key twice in one file: json keeps the last one silently
+    twice.write_text('{"mine": ' + json.dumps(_entry(tmp_path / "tiny")) + ', "mine": {}}')
+    with pytest.raises(DietError, match="the key 'mine' appears twice"):
+        load_registry([twice])
+    assert list(load_registry([first]))[-1] == "mine"  # a good name still loads

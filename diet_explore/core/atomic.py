@@ -48,10 +48,11 @@ _LOCKS_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
-def locked(path: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+def locked(path: str | Path, timeout: float = LOCK_TIMEOUT_S, in_use: str | None = None) -> Iterator[None]:
     """Hold an exclusive lock for ``path`` (``.<name>.lock`` beside it, via ``filelock``) against other
     processes and other threads: read-modify-write sequences on a shared file go inside.
-    Re-entrant within one thread."""
+    Re-entrant within one thread. ``in_use``: the error when the lock is not had within ``timeout``
+    (``timeout=0``: a long run that refuses to share its output, instead of waiting for it)."""
     from filelock import FileLock, Timeout
 
     path = Path(path).resolve()
@@ -65,7 +66,7 @@ def locked(path: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
 
     def busy() -> DietError:
         return DietError(
-            f"{path} is locked by another process for over {timeout:.0f} s",
+            in_use or f"{path} is locked by another process for over {timeout:.0f} s",
             f"wait for the other run to finish, or remove {key} if no run is using it",
         )
 
@@ -247,14 +248,24 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def loads_json(text: str | bytes) -> Any:
+def loads_json(text: str | bytes, unique_keys: bool = False) -> Any:
     """``json.loads``, with a document nested too deeply for Python's parser (``[[[[...`` 100,000
     deep) raised as the ``json.JSONDecodeError`` every reader already handles: ``json`` raises a
-    RecursionError there, which no reader expects and which ended in a traceback."""
+    RecursionError there, which no reader expects and which ended in a traceback. ``unique_keys``:
+    an object that names a key twice is such an error too (``json`` keeps the last one silently)."""
+    doc = text if isinstance(text, str) else ""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise json.JSONDecodeError(f"the key {key!r} appears twice in one object", doc[:80], 0)
+            out[key] = value
+        return out
+
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=pairs if unique_keys else None)
     except RecursionError:
-        doc = text if isinstance(text, str) else ""
         raise json.JSONDecodeError("nested too deeply to read", doc[:80], 0) from None
 
 

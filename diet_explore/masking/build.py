@@ -122,6 +122,7 @@ class MaskConfig(JsonConfig):
         tasks, weights = self.voting_tasks(cache)
         if self.method in ("random", "magnitude", "wiki"):
             return
+        cache.require_tasks()  # a cache of generic text alone: "every voting task () has weight 0" said nothing useful
         if not weights.sum() > 0:
             raise DietError(f"every voting task ({', '.join(tasks)}) has weight 0", "give at least one task a weight above 0")
 

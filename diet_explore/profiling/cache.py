@@ -39,6 +39,7 @@ from diet_explore.core import atomic
 from diet_explore.core.clock import utc_timestamp
 from diet_explore.core.errors import DietError
 from diet_explore.profiling.contexts import TaskContexts
+from diet_explore.tasks.registry import TASK_NAME
 
 SCHEMA_VERSION = 2  # what this version writes
 CONTEXTS_TOLERANCE = 1e-4  # adding contexts to a cache: the re-run's scores vs the stored ones (fp32 rounding)
@@ -46,6 +47,7 @@ READABLE_SCHEMA_VERSIONS = (1, 2)  # 1: no top-activating contexts
 CACHE_KIND = "diet-explore-score-cache"
 MANIFEST = "manifest.json"
 BASELINES_FILE = "baselines.safetensors"
+MAX_CONTEXT_RADIUS = 4096  # tokens on each side of a stored context (profiles write CONTEXT_RADIUS = 8)
 SITES = ("residual", "normed")
 SITE_DOC = {
     "residual": "residual stream after each decoder block (the paper's site)",
@@ -103,6 +105,16 @@ class ScoreCache:
     def generic_names(self) -> list[str]:
         """Task-agnostic calibration sets (e.g. ``wikitext``) used by baselines."""
         return [t for t, s in self.tasks.items() if s.kind == "generic"]
+
+    def require_tasks(self) -> None:
+        """A DietError when the cache holds no evaluation task (only generic text), so nothing can vote."""
+        if not self.task_names:
+            where = self.path or self.model_name
+            generic = ", ".join(self.generic_names) or "nothing"
+            raise DietError(
+                f"the cache {where} holds no evaluation task (only generic text: {generic}), so there is nothing to vote on",
+                f"profile tasks into it: `diet-explore profile --tasks all --out {where}`",
+            )
 
     def parameters_after(self, n_keep: int) -> int | None:
         """Parameters of the model after keeping ``n_keep`` hidden dims, from the manifest's
@@ -197,6 +209,14 @@ def check_resume(root: str | Path, header: dict[str, Any], keys: tuple[str, ...]
     return old
 
 
+def _task_file(name: str, part: str = "") -> str:
+    """``tasks/<name><part>.safetensors``, for a name that is a plain file name (``tasks.registry``'s
+    rule): a name with '/' or '..' would write outside the cache folder."""
+    if not TASK_NAME.fullmatch(name):
+        raise DietError(f"task name {name[:80]!r} cannot name a cache file", "use letters, digits, '_', '-' and '.'")
+    return f"tasks/{name}{part}.safetensors"
+
+
 class CacheWriter:
     """Writes a cache folder task by task; every write is atomic and the manifest is rewritten last.
 
@@ -238,11 +258,11 @@ class CacheWriter:
             tensors[f"{site}.layer"] = np.ascontiguousarray(scores.layer[site], dtype=np.float32)
             tensors[f"{site}.sample"] = np.ascontiguousarray(scores.sample[site], dtype=np.float32)
         blob = _st_save(tensors)
-        rel = f"tasks/{name}.safetensors"
+        rel = _task_file(name)
         contexts = None
         if scores.contexts is not None:  # written first: the manifest lists the task only once both exist
             ctx_blob = _st_save(scores.contexts.to_tensors())
-            ctx_rel = f"tasks/{name}.contexts.safetensors"
+            ctx_rel = _task_file(name, ".contexts")
             atomic.write_bytes(self.root / ctx_rel, ctx_blob)
             contexts = {
                 "file": ctx_rel,
@@ -298,7 +318,7 @@ class CacheWriter:
                 "re-profile into a new folder to get scores and contexts that belong together",
             )
         blob = _st_save(scores.contexts.to_tensors())
-        rel = f"tasks/{name}.contexts.safetensors"
+        rel = _task_file(name, ".contexts")
         atomic.write_bytes(self.root / rel, blob)
         meta["contexts"] = {
             "file": rel,
@@ -391,6 +411,13 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
     def is_count(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
+    def member(rel: Any, what: str) -> None:
+        """A listed file is a short relative name inside the cache folder (a hand-edited '/etc/passwd' or
+        '../x' would read another file; a name over 255 bytes made the OS raise)."""
+        parts = Path(rel).parts if isinstance(rel, str) else ()
+        if not parts or Path(rel).is_absolute() or ".." in parts or any(len(p.encode()) > atomic.NAME_MAX for p in parts):
+            raise bad(f"{what} file {str(rel)[:80]!r} is not a file name inside the cache folder")
+
     model = manifest["model"]
     if not isinstance(model, dict):
         raise bad("'model' is not an object")
@@ -401,6 +428,8 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
         raise bad(f"model hidden_size {model['hidden_size']!r} / num_layers {model['num_layers']!r} are not positive integers")
     if not isinstance(manifest["sites"], list) or not all(isinstance(x, str) for x in manifest["sites"]):
         raise bad("'sites' is not a list of names")
+    if not manifest["sites"]:
+        raise bad("'sites' is empty: the cache holds no scores")
     if not isinstance(manifest["tasks"], dict):
         raise bad("'tasks' is not an object of task entries")
     for name, meta in manifest["tasks"].items():
@@ -419,6 +448,7 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
             and all(is_count(c) for c in meta["token_counts"])
         ):
             raise bad(f"task {name!r} has a field of the wrong type (file, sha256, n_samples, sample_ids, token_counts)")
+        member(meta["file"], f"task {name!r}:")
         # the arrays have n_samples rows; ids and counts that disagree would skew every per-sample statistic
         if not len(meta["sample_ids"]) == len(meta["token_counts"]) == meta["n_samples"]:
             raise bad(
@@ -433,9 +463,15 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
             and is_count(ctx.get("radius"))
         ):
             raise bad(f"task {name!r}: 'contexts' lacks its file, sha256 or radius")
+        if ctx is not None:
+            member(ctx["file"], f"task {name!r}: contexts")
+            if ctx["radius"] > MAX_CONTEXT_RADIUS:  # the Dimension card allocates 2 * radius + 1 tokens per context
+                raise bad(f"task {name!r}: contexts radius {ctx['radius']} is over {MAX_CONTEXT_RADIUS} tokens")
     base = manifest.get("baselines")
     if base and not (isinstance(base, dict) and isinstance(base.get("file"), str) and isinstance(base.get("sha256"), str)):
         raise bad("'baselines' lacks its file or sha256")
+    if base:
+        member(base["file"], "baselines")
 
 
 def _load_safetensors(path: Path, expected_sha: str) -> dict[str, np.ndarray]:

@@ -180,9 +180,16 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
 
     ``loaded`` = (model, tokenizer, ModelInfo) skips loading (tests, the app's cached model).
     """
+    atomic.check_writable(out, "--out", folder=True)  # an unusable --out fails now, not after the first task
+    # one run per cache folder: two runs each rewrote the manifest with only their own tasks, and one
+    # run's finished tasks were lost (their files orphaned). The second run is refused, not queued.
+    with atomic.locked(out, timeout=0, in_use=f"--out {out} is being written by another profile run"):
+        return _profile(config, Path(out), progress, loaded)
+
+
+def _profile(config: ProfileConfig, out: Path, progress: Progress | None, loaded) -> ScoreCache:
     from diet_explore.models.loading import dtype_name, load_model
 
-    atomic.check_writable(out, "--out", folder=True)  # an unusable --out fails now, not after the first task
     specs = resolve_tasks(config.tasks, load_registry(config.task_files))
     bad_sites = [s for s in config.sites if s not in SITES]
     if bad_sites or not config.sites:

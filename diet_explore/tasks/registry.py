@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -29,6 +30,11 @@ FORMAT_METRICS = {"multiple_choice": ("acc", "acc_norm"), "partial": ("acc",)}  
 GOLD_TYPES = ("bool", "int", "index_of")
 DATASET_KEYS = ("local", "path", "hub", "hub_name", "split")
 GOLD_KEYS = ("field", "type", "offset", "in")
+GENERIC_TASK = "wikitext"  # the generic text set a profile adds (tasks/wiki.py): a cache entry, not a registry task
+RESERVED_NAMES = ("all", GENERIC_TASK)  # `--tasks all` means every task; the generic set's name is taken
+# a task name is a file name in a score cache (tasks/<name>.safetensors) and an item of a comma list
+# (--tasks a,b): letters, digits, '_', '-', '.', starting with a letter or digit, at most 64 characters
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SCHEMA_HINT = "see the fields documented in diet_explore/tasks/builtin.json (_doc)"
 
 
@@ -313,8 +319,23 @@ def _check_metrics(spec: TaskSpec, where: str) -> None:
         )
 
 
+def check_task_name(name: str, source: str) -> None:
+    """A task name is safe as a cache file name and as a ``--tasks`` item, and not a reserved word."""
+    if not TASK_NAME.fullmatch(name):
+        raise DietError(
+            f"task name {name[:80]!r} in {source} is not a valid task name",
+            "use letters, digits, '_', '-' and '.' (starting with a letter or digit, at most 64 characters), e.g. my_task",
+        )
+    if name in RESERVED_NAMES:
+        raise DietError(
+            f"task name {name!r} in {source} is reserved ({', '.join(RESERVED_NAMES)}: every task / the generic wiki text)",
+            f"give the task another name, e.g. my_{name}",
+        )
+
+
 def _validate(name: str, entry: Any, source: str) -> TaskSpec:
     where = f"task {name!r} in {source}"
+    check_task_name(name, source)
     if not isinstance(entry, dict):
         raise DietError(f"{where}: entry is {_describe(entry)}, not an object", SCHEMA_HINT)
     known = [f.name for f in fields(TaskSpec) if f.name != "name"]
@@ -377,10 +398,11 @@ def load_registry(extra_files: list[str | Path] | None = None) -> dict[str, Task
             what = "does not exist" if not Path(p).exists() else "is not a regular file"
             raise DietError(f"task file {p} {what}", "give a JSON task file (see `diet-explore tasks --help`)")
         try:
-            sources.append((str(p), loads_json(Path(p).read_text(encoding="utf-8"))))
+            sources.append((str(p), loads_json(Path(p).read_text(encoding="utf-8"), unique_keys=True)))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DietError(f"task file {p} could not be read ({exc})", "fix the path or the JSON") from None
     registry: dict[str, TaskSpec] = {}
+    defined_in: dict[str, str] = {}
     for source, entries in sources:
         if not isinstance(entries, dict):
             raise DietError(
@@ -388,8 +410,16 @@ def load_registry(extra_files: list[str | Path] | None = None) -> dict[str, Task
                 'write {"my_task": {"dataset": ..., "text": ..., "choices": ..., "gold": ...}}',
             )
         for name, entry in entries.items():
-            if not name.startswith("_"):
-                registry[name] = _validate(name, entry, source)
+            if name.startswith("_"):
+                continue
+            if name in registry:  # a second definition would change what the name means in caches and results
+                first = "is built in" if defined_in[name] == "builtin.json" else f"is defined in {defined_in[name]}"
+                raise DietError(
+                    f"task {name!r} in {source}: a task of that name {first}",
+                    f"give the task another name, e.g. my_{name}",
+                )
+            registry[name] = _validate(name, entry, source)
+            defined_in[name] = source
     return registry
 
 

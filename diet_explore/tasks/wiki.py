@@ -21,11 +21,12 @@ from diet_explore.core import atomic
 from diet_explore.core.assets import data_home, wiki_text_path
 from diet_explore.core.errors import DietError
 from diet_explore.tasks.data import DEFAULT_SEED
+from diet_explore.tasks.registry import GENERIC_TASK
 
 # ------------------------------------------------------------------------------------------------
 # Generic text (wiki): task-agnostic calibration and held-out perplexity
 # ------------------------------------------------------------------------------------------------
-WIKI_TASK = "wikitext"
+WIKI_TASK = GENERIC_TASK  # the cache and eval name of the wiki text set (one name: tasks.registry)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str | None:

@@ -51,6 +51,27 @@ KEY_LAYER_AGG, KEY_LAST_K, KEY_NORMALIZE = "layer_agg", "last_k", "normalize"
 KEY_EXACT, KEY_MULTIPLE, KEY_SEED = "exact", "multiple", "seed"
 WEIGHT_PREFIX = "w_"
 WEIGHT_MAX = 2.0
+# The sliders' ranges and steps (widgets draws them; links and state_from_config keep values on them:
+# a link value between two steps left the slider on another value than the page's numbers, and the
+# page faded as "Updating…" for good)
+SPARSITY_MAX, SPARSITY_STEP = 0.9, 0.01
+THRESHOLD_STEP = 0.05
+WEIGHT_STEP = 0.1
+
+
+def on_step(value: float, step: float) -> float:
+    """``value`` rounded to the nearest multiple of ``step`` (a slider position), as a clean float."""
+    return round(round(value / step) * step, 10)
+
+
+def on_steps(config: MaskConfig) -> MaskConfig:
+    """``config`` with sparsity, τ and weights on the sliders' steps."""
+    return dataclasses.replace(
+        config,
+        sparsity=on_step(config.sparsity, SPARSITY_STEP),
+        threshold=on_step(config.threshold, THRESHOLD_STEP),
+        weights={t: on_step(w, WEIGHT_STEP) for t, w in config.weights.items()},
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,6 +147,7 @@ def weight_key(task: str) -> str:
 def state_from_config(config: MaskConfig, task_names: Sequence[str]) -> dict[str, Any]:
     """Widget values that show ``config`` for a cache with ``task_names``."""
     active = set(task_names if config.tasks is None else config.tasks)
+    config = on_steps(config)
     state: dict[str, Any] = {
         KEY_SPARSITY: float(config.sparsity),
         KEY_THRESHOLD: float(config.threshold),
@@ -243,7 +265,7 @@ def _ranged(cast, lo: float, hi: float):
 
 
 _PARSERS = {
-    "sparsity": _ranged(float, 0.0, 0.99),
+    "sparsity": _ranged(float, 0.0, SPARSITY_MAX),
     "threshold": _ranged(float, 0.0, 1.0),
     "weights": _parse_weights,
     "tasks": lambda s: [t for t in s.split(",") if t] or None,
@@ -286,8 +308,15 @@ def decode_query(params: Mapping[str, str | Sequence[str]]) -> tuple[MaskConfig,
             warnings.append(f"ignored link setting {name}={text[:40]!r}: {exc}; the default is used")
             continue
         values[name] = value
+    config = MaskConfig(**values)
+    stepped = on_steps(config)
+    for name in ("sparsity", "threshold", "weights"):
+        if name in values and getattr(stepped, name) != getattr(config, name):
+            shown = getattr(stepped, name)
+            shown = ",".join(f"{t}:{w:g}" for t, w in shown.items()) if name == "weights" else f"{shown:g}"
+            warnings.append(f"link setting {name}={_first(params[name])[:40]!r} is between the slider's steps; {shown} is used")
     cache = _first(params[CACHE_PARAM]) if CACHE_PARAM in params else None
-    return MaskConfig(**values), (cache or None), warnings
+    return stepped, (cache or None), warnings
 
 
 def decode_dim(params: Mapping[str, str | Sequence[str]]) -> tuple[int | None, list[str]]:

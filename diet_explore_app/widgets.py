@@ -158,11 +158,11 @@ THRESHOLD_LABEL = "Vote threshold τ (share of task weight that must keep a dim)
 
 
 def sparsity_slider() -> float:
-    return st.slider(SPARSITY_LABEL, 0.0, 0.9, step=0.01, help=HELP["sparsity"], **kw(S.KEY_SPARSITY))
+    return st.slider(SPARSITY_LABEL, 0.0, S.SPARSITY_MAX, step=S.SPARSITY_STEP, help=HELP["sparsity"], **kw(S.KEY_SPARSITY))
 
 
 def threshold_slider() -> float:
-    return st.slider(THRESHOLD_LABEL, 0.0, 1.0, step=0.05, help=HELP["tau"], **kw(S.KEY_THRESHOLD))
+    return st.slider(THRESHOLD_LABEL, 0.0, 1.0, step=S.THRESHOLD_STEP, help=HELP["tau"], **kw(S.KEY_THRESHOLD))
 
 
 def slider_settings(cache: ScoreCache) -> dict[str, float]:
@@ -200,10 +200,14 @@ def open_expander(key: str, label: str):
     return bool(box.open), box
 
 
+def weight_slider(task: str) -> None:
+    st.slider(task, 0.0, S.WEIGHT_MAX, step=S.WEIGHT_STEP, help=HELP["weights"], **kw(S.weight_key(task)))
+
+
 def weight_sliders(cache: ScoreCache) -> None:
     """One weight slider per evaluation task (the same keys on every page)."""
     for t in cache.task_names:
-        st.slider(t, 0.0, S.WEIGHT_MAX, step=0.1, help=HELP["weights"], **kw(S.weight_key(t)))
+        weight_slider(t)
 
 
 def vote_settings(cache: ScoreCache) -> None:
@@ -218,7 +222,7 @@ def vote_settings(cache: ScoreCache) -> None:
         cols = st.columns(4)
         for i, t in enumerate(cache.task_names):
             with cols[i % 4]:
-                st.slider(t, 0.0, S.WEIGHT_MAX, step=0.1, help=HELP["weights"], **kw(S.weight_key(t)))
+                weight_slider(t)
 
 
 def reset_button(cache: ScoreCache) -> None:
@@ -389,6 +393,14 @@ html.diet-updating [data-testid="stMain"] [data-testid="stElementContainer"]:not
   padding: 0.15rem 0.8rem; border-radius: 1rem; font-size: 0.85rem; pointer-events: none;
   background: #ffbd45; color: #262730; box-shadow: 0 1px 4px rgba(0, 0, 0, 0.2);
 }
+/* Nothing is cut off on a narrow window (a 1024-px projector, a laptop with the sidebar open): metric
+   values and labels, widget labels and button labels wrap instead of ending in "…" ("4…", "Kept di…"). */
+[data-testid="stMetric"] *, [data-testid="stWidgetLabel"] *, [data-testid="stMain"] button p {
+  white-space: normal !important; text-overflow: clip !important; overflow: visible !important;
+  overflow-wrap: break-word;
+}
+@media (max-width: 1280px) { [data-testid="stMetricValue"] { font-size: 1.5rem !important; } }
+@media (max-width: 900px) { [data-testid="stMetricValue"] { font-size: 1.15rem !important; } }
 </style>
 """
 

@@ -56,9 +56,9 @@ def test_decode_round_trips_a_full_config():
 
 @settings(max_examples=60, deadline=None)
 @given(
-    sparsity=st.floats(0, 0.95).map(lambda v: round(v, 4)),
-    threshold=st.floats(0, 1).map(lambda v: round(v, 3)),
-    weights=st.dictionaries(st.sampled_from(TASKS), st.floats(0, 2).map(lambda v: round(v, 3)), max_size=4),
+    sparsity=st.integers(0, 90).map(lambda i: i / 100),  # the sliders' positions (a link holds no other)
+    threshold=st.integers(0, 20).map(lambda i: i / 20),
+    weights=st.dictionaries(st.sampled_from(TASKS), st.integers(0, 20).map(lambda i: i / 10), max_size=4),
     exact=st.booleans(),
     mult=st.sampled_from([1, 8]),
     method=st.sampled_from(["diet", "mean_score", "borda", "union", "intersection", "random", "magnitude"]),
@@ -97,6 +97,25 @@ def test_a_link_key_close_to_a_setting_is_a_typo_warning_others_are_ignored():
         "ignored link setting multiple='9': no such setting; did you mean multiple_of=?",
         "ignored link setting treshold='0.3': no such setting; did you mean threshold=?",
     ]
+
+
+def test_a_link_value_between_the_sliders_steps_is_put_on_a_step_with_a_warning():
+    """sparsity=0.333 left the slider on 0.33 and the numbers on 0.333: the page stayed faded as updating."""
+    config, _, warnings = S.decode_query({"sparsity": "0.333", "threshold": "0.33", "weights": "boolq:0.27,rte:1"})
+    assert (config.sparsity, config.threshold, config.weights) == (0.33, 0.35, {"boolq": 0.3, "rte": 1.0})
+    assert warnings == [
+        "link setting sparsity='0.333' is between the slider's steps; 0.33 is used",
+        "link setting threshold='0.33' is between the slider's steps; 0.35 is used",
+        "link setting weights='boolq:0.27,rte:1' is between the slider's steps; boolq:0.3,rte:1 is used",
+    ]
+    # past the slider's end is refused, as any value out of range (0.95 drew the handle past its end)
+    config, _, warnings = S.decode_query({"sparsity": "0.95"})
+    assert config.sparsity == MaskConfig().sparsity and warnings == [
+        f"ignored link setting sparsity='0.95': use a number from 0.0 to {S.SPARSITY_MAX}; the default is used"
+    ]
+    # any config the app shows (a sweep row, a saved mask) becomes slider positions
+    state = S.state_from_config(MaskConfig(sparsity=0.2049, threshold=0.51, weights={"boolq": 1.26}), TASKS)
+    assert (state[S.KEY_SPARSITY], state[S.KEY_THRESHOLD], state[S.weight_key("boolq")]) == (0.2, 0.5, 1.3)
 
 
 def test_decode_accepts_cli_weight_syntax():

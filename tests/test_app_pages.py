@@ -163,6 +163,19 @@ def test_agreement_follows_the_sparsity_slider(app, alpha):
     assert at.query_params.get("sparsity") in (["0.45"], "0.45")
 
 
+def test_agreement_at_sparsity_0_says_nothing_is_pruned_instead_of_a_perfect_overlap(app, alpha):
+    """Two empty pruned sets have Jaccard 1: the page showed 'Mean pairwise Jaccard 1.000', a heatmap of
+    1.00 and a 'disagreement' table of dims every task keeps."""
+    at = run_page(app.run(), "agreement")
+    at.slider(key="sparsity").set_value(0.0).run()
+    m = metrics(at)
+    assert m["Pruned per task"] == "0" and m["Mean pairwise Jaccard"] == "n/a"
+    assert not at.get("plotly_chart") and not at.dataframe
+    assert sum("No dim is pruned at this sparsity" in c.value for c in at.caption) == 2  # the overlap tab, the table
+    at.slider(key="sparsity").set_value(0.01).run()  # one dim pruned: the figure and the table are back
+    assert [c.key for c in at.get("plotly_chart")] == ["agree_jaccard"] and at.dataframe
+
+
 def test_the_open_agreement_tab_is_remembered_and_in_the_link(app_env, alpha):
     from streamlit.testing.v1 import AppTest
 

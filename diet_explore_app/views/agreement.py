@@ -16,9 +16,15 @@ K_VIEW = state.K_VIEW
 VIEWS = tuple(S.AGREEMENT_VIEWS.values())  # one tab each; the link names the open one (view=)
 
 
-def show_view(view: str, key: tuple, tau: float) -> None:
-    """One of the page's figures: the open tab's (``view``, a key of ``settings.AGREEMENT_VIEWS``)."""
-    if view == "overlap":
+NOTHING_PRUNED = "No dim is pruned at this sparsity, so there is nothing to compare: raise the sparsity above 0."
+
+
+def show_view(view: str, key: tuple, tau: float, pruned: int) -> None:
+    """One of the page's figures: the open tab's (``view``, a key of ``settings.AGREEMENT_VIEWS``);
+    ``pruned``: dims each task prunes (0: the overlap of empty sets says nothing, so no figure)."""
+    if view in ("overlap", "intersections") and pruned == 0:
+        st.caption(NOTHING_PRUNED)
+    elif view == "overlap":
         fit = ui.colour_range_toggle(K_FIT)
         st.plotly_chart(loaders.jaccard_figure(*key, fit), key="agree_jaccard")
         st.caption(ui.HELP["jaccard"])
@@ -34,7 +40,7 @@ def show_view(view: str, key: tuple, tau: float) -> None:
     else:
         upset = loaders.upset_figure(*key)
         if upset is None:
-            st.caption("No dim is pruned at this sparsity, so there are no intersections to show.")
+            st.caption(NOTHING_PRUNED)
         else:
             st.plotly_chart(upset, key="agree_upset")
             st.caption(ui.HELP["upset"])
@@ -67,9 +73,11 @@ with ui.shown_errors():
     off = jac[~np.eye(t, dtype=bool)]
     votes = report.vote_counts
     limit = (1.0 - tau) * t  # with equal weights the vote keeps a dim with at most this many prune votes
+    pruned = int(report.prune[0].sum())
     c = st.columns(4)
-    c[0].metric("Pruned per task", int(report.prune[0].sum()), help=ui.HELP["sparsity"])
-    c[1].metric("Mean pairwise Jaccard", f"{off.mean():.3f}" if off.size else "n/a", help=ui.HELP["jaccard"])
+    c[0].metric("Pruned per task", pruned, help=ui.HELP["sparsity"])
+    # two empty pruned sets are identical (Jaccard 1) by the library's rule, which says nothing here
+    c[1].metric("Mean pairwise Jaccard", f"{off.mean():.3f}" if off.size and pruned else "n/a", help=ui.HELP["jaccard"])
     c[2].metric("Pruned by every task", int((votes == t).sum()))
     c[3].metric(
         f"Pruned by the vote at τ = {tau:g}",
@@ -86,15 +94,18 @@ with ui.shown_errors():
     key = (loaded.path, loaded.sha, sparsity, tuple(tasks), site, agg, last_k)
     label, tab = ui.open_tab(K_VIEW, VIEWS)
     with tab:
-        show_view(S.view_key(label), key, tau)
+        show_view(S.view_key(label), key, tau, pruned)
 
     st.subheader("Where tasks disagree")
-    config = state.current_config(cache)
-    split = loaders.split_votes_for(loaded.path, loaded.sha, config.to_json(), 20)
-    st.caption(
-        "The dims kept by about half of the voting weight (closest to one half first, then the widest spread of "
-        "per-task ranks), with each task's score: ✓ the task keeps the dim at this sparsity, ✗ it prunes it. "
-        "Pick a row to read why on the Dimension page."
-    )
-    ui.dim_table(split_display(split), key="agree_split")
+    if not pruned:
+        st.caption(NOTHING_PRUNED)
+    else:
+        config = state.current_config(cache)
+        split = loaders.split_votes_for(loaded.path, loaded.sha, config.to_json(), 20)
+        st.caption(
+            "The dims kept by about half of the voting weight (closest to one half first, then the widest spread of "
+            "per-task ranks), with each task's score: ✓ the task keeps the dim at this sparsity, ✗ it prunes it. "
+            "Pick a row to read why on the Dimension page."
+        )
+        ui.dim_table(split_display(split), key="agree_split")
     ui.dim_jump(cache, key="agree_jump")

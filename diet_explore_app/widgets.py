@@ -153,6 +153,10 @@ def cache_link_value(loaded: Loaded) -> str | None:
     return display_path(loaded.path)
 
 
+# The massive-activation ratio, two ways: one header each (one "× median" header meant both, 103.9 on
+# Rankings and 42.0 on Dimension for the same dim and task)
+RATIO_ACROSS_TASKS = "× median dim (median of tasks)"  # masking.massive: score / the task's median dim, median over tasks
+RATIO_THIS_TASK = "× median dim (this task)"  # the Dimension card: score / this task's median dim
 SPARSITY_LABEL = "Sparsity (fraction of hidden dims pruned)"
 THRESHOLD_LABEL = "Vote threshold τ (share of task weight that must keep a dim)"
 

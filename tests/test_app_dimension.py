@@ -14,6 +14,7 @@ from diet_explore.masking.dims import dim_card, split_votes
 from diet_explore.masking.massive import massive_dims
 from diet_explore.masking.stability import bootstrap_masks
 from diet_explore.profiling.cache import load_cache
+from diet_explore_app import widgets as ui
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +57,9 @@ def test_the_page_shows_the_library_card(app, alpha):
     votes = at.dataframe[0].value
     assert votes["vote"].tolist()[:7] == ["keep" if t.kept else "prune" for t in card.tasks[:7]]
     assert votes["vote"].iloc[-1] == "not voting"  # wikitext does not vote
+    # this task's ratio, under its own header (Rankings' median-of-tasks ratio has another)
+    assert votes[ui.RATIO_THIS_TASK].tolist()[:7] == [round(t.ratio, 2) for t in card.tasks[:7]]
+    assert ui.RATIO_THIS_TASK != ui.RATIO_ACROSS_TASKS
     # a synthetic cache has no contexts: the page says how to get them
     assert any("re-profile to see contexts" in i.value for i in at.info)
     assert at.query_params["dim"] in (str(dim), [str(dim)])
@@ -138,7 +142,7 @@ def test_context_text_cannot_inject_markup():
 def test_a_rankings_row_opens_its_dim(app, alpha):
     at = run_page(app.run(), "rankings")
     top = at.dataframe[0].value
-    assert "massive" in top and "× median" in top
+    assert "massive" in top and ui.RATIO_ACROSS_TASKS in top
     assert top["massive"].tolist() == massive_dims(alpha).flagged[top["dim"]].tolist()
     at.session_state["rank_top_table"] = {"selection": {"rows": [2], "columns": [], "cells": []}}
     at.run()
@@ -183,7 +187,7 @@ def test_mask_builder_summarises_the_massive_dims(app, alpha):
     line = next(m.value for m in at.markdown if m.value.startswith("**Massive-activation dims**"))
     kept = sum(bool(result.keep[d]) for d in flagged)
     assert ", ".join(map(str, flagged)) in line and f"keeps {kept} of {len(flagged)}" in line
-    table = next(d.value for d in at.dataframe if "× median" in d.value.columns)
+    table = next(d.value for d in at.dataframe if ui.RATIO_ACROSS_TASKS in d.value.columns)
     assert table["dim"].tolist() == flagged
     at.session_state["mb_massive"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     at.run()

@@ -134,7 +134,7 @@ with ui.shown_errors():
                 "rank": [t.rank for t in card.tasks],
                 "keeps ≥": [round(t.threshold, 5) for t in card.tasks],
                 "vote": [("keep" if t.kept else "prune") if t.weight is not None else "not voting" for t in card.tasks],
-                "× median": [None if t.ratio is None else round(t.ratio, 2) for t in card.tasks],
+                ui.RATIO_THIS_TASK: [None if t.ratio is None else round(t.ratio, 2) for t in card.tasks],
             }
         ),
         hide_index=True,

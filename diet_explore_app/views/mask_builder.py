@@ -159,7 +159,7 @@ with ui.shown_errors():
             pd.DataFrame(
                 {
                     "dim": massive.dims,
-                    "× median": [round(float(massive.ratio[d]), 2) for d in massive.dims],
+                    ui.RATIO_ACROSS_TASKS: [round(float(massive.ratio[d]), 2) for d in massive.dims],
                     "mask": ["kept" if result.keep[d] else "pruned" for d in massive.dims],
                     "keep share": [round(float(result.votes[d]), 4) for d in massive.dims],
                 }

@@ -61,7 +61,7 @@ def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last
                     "score": np.round(s[idx], 5),
                     "task weight keeping it": np.round(share[idx], 3),
                     f"kept by the vote (τ = {tau:g})": kept[idx],
-                    "× median": np.round(massive.ratio[idx], 2),
+                    ui.RATIO_ACROSS_TASKS: np.round(massive.ratio[idx], 2),
                     "massive": massive.flagged[idx],
                 }
             )
@@ -73,7 +73,7 @@ def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last
         flagged = ", ".join(map(str, massive.dims)) or "none"
         st.markdown(
             f"**Massive-activation dims**: {flagged} (score ≥ {MASSIVE_FACTOR:g}× the median dim's, in the median task; "
-            "“× median” below). Pick a table row to open that dim on the Dimension page."
+            "“× median dim” below). Pick a table row to open that dim on the Dimension page."
         )
         # one above the other: side by side, seven columns each scrolled sideways
         st.markdown(f"**Top {top_n}** ({task})")

@@ -10,6 +10,7 @@ from a library call; state is in ``state.py``, cached loaders in ``loaders.py``,
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -470,6 +471,12 @@ def updating_sign() -> None:
     st.markdown(UPDATING_CSS, unsafe_allow_html=True)
     with st.sidebar:
         st.html(UPDATING_JS, unsafe_allow_javascript=True)
+
+
+def below_subheader(markdown: str) -> str:
+    """``markdown`` with its headings moved under a page's subheader (``#`` becomes ``####``): a
+    verdict file's own title rendered larger than the page's "Verdict" section."""
+    return re.sub(r"^(#{1,3})(?=\s)", lambda m: "#" * min(len(m.group(1)) + 3, 6), markdown, flags=re.M)
 
 
 # ------------------------------------------------------------------------------------------------

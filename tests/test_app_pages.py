@@ -269,6 +269,18 @@ def test_mask_builder_paper_default_and_baselines(app, alpha):
     assert table.iloc[0]["n_diff"] == mask_overlap(res2.keep, res.keep)["n_diff"] > 0
 
 
+def test_mask_builder_gives_the_proxy_verdicts_in_one_line_and_the_correlations_folded(app, alpha):
+    """The validation text (a Spearman ρ per sweep, about 15 lines) filled the page under the live proxy."""
+    from diet_explore_app import loaders
+
+    at = run_page(app.run(), "mask_builder")
+    checks = loaders.proxy_checks(alpha.model_name)
+    line = next(c.value for c in at.caption if c.value.startswith("Validation against the measured paired Δ"))
+    assert "ρ" not in line and all(f"**{p}**" in line for p in checks)
+    folded = next(e for e in at.expander if e.label.startswith("How the proxies were validated"))
+    assert [c.value for c in folded.caption] == [f"**{p}** {text}" for p, (_, text) in checks.items()]
+
+
 def test_mask_builder_bootstrap_matches_library(app, alpha):
     at = run_page(app.run(), "mask_builder")
     at.number_input(key="stab_n").set_value(30).run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -179,6 +180,9 @@ def test_the_results_page_renders_the_committed_sweeps(app, path):
     names = {t.get("name") for t in main["data"] if t.get("mode") == "lines+markers"}
     assert names == set(sweep.methods())
     assert chart_by_key(at, "rs_curve_ppl")["layout"]["yaxis"]["type"] == "log"
+    if sweep.verdict:  # the verdict's own title sits under the page's "Verdict" subheader, not above it in size
+        shown = next(m.value for m in at.markdown if m.value.strip().endswith(sweep.verdict.strip()[-40:]))
+        assert not re.search(r"^#{1,3}\s", shown, flags=re.M) and shown.count("#") >= sweep.verdict.count("#")
     at.radio(key="rs_main_curve").set_value("the model's own (unpaired CI)").run()
     assert "Average main metric" in chart_by_key(at, "rs_curve_main")["layout"]["title"]["text"]
 

@@ -70,7 +70,7 @@ with ui.shown_errors():
 
     if sweep.verdict:
         st.subheader("Verdict")
-        st.markdown(sweep.verdict)
+        st.markdown(ui.below_subheader(sweep.verdict))
 
     st.subheader("Paper-style table")
     paper = table_frame(*paper_cells(sweep))

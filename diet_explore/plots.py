@@ -413,20 +413,25 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({r}, {g}, {b}, {alpha})"
 
 
-def sweep_curves(frame: pd.DataFrame, title: str, y_title: str, log_y: bool = False) -> go.Figure:
+def sweep_curves(
+    frame: pd.DataFrame, title: str, y_title: str, log_y: bool = False, methods: Sequence[str] | None = None
+) -> go.Figure:
     """One line per method over sparsity with a shaded 95% CI band (``frame``: ``method``,
     ``sparsity``, ``value``, ``ci_low``, ``ci_high``, as ``experiments.reports.curve_frame`` returns;
-    the band covers the points that have an interval, NaN elsewhere)."""
+    the band covers the points that have an interval, NaN elsewhere). ``methods``: every method's
+    place in the palette, so a method keeps its colour in a figure where another has no points."""
     import plotly.colors
 
     palette = plotly.colors.qualitative.Plotly
+    order = list(methods or [])
+    order += [m for m in frame["method"].unique() if m not in order] if not frame.empty else []
     fig = go.Figure()
     if frame.empty:
         fig.update_layout(title=f"{title}: no points", **_LAYOUT)
         return fig
-    for i, (method, g) in enumerate(frame.groupby("method", sort=False)):
+    for method, g in frame.groupby("method", sort=False):
         g = g.sort_values("sparsity")
-        color = palette[i % len(palette)]
+        color = palette[order.index(method) % len(palette)]
         band = g.dropna(subset=["ci_low", "ci_high"])
         if len(band):
             fig.add_trace(

@@ -16,6 +16,7 @@ from diet_explore.evaluation.metrics import PAIRED_METRICS, paired_examples, pai
 from diet_explore.evaluation.scoring import ChoiceScores
 from diet_explore.experiments.reports import (
     RESULTS_DIR_ENV,
+    curve_figure,
     curve_frame,
     list_sweeps,
     load_sweep,
@@ -217,3 +218,16 @@ def test_the_results_page_opens_on_a_sweep_of_the_model_being_explored(app, monk
     assert not at.exception
     assert metrics(at)["Model"] == "smollm2-135m"
     assert "smollm2-135m" in at.selectbox(key="rs_sweep").value
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[sweep_name(p) for p in COMMITTED])
+def test_a_method_keeps_its_colour_in_every_curve_even_where_another_method_has_no_points(path):
+    """leave-one-out has no perplexity: slicegpt took its colour in the perplexity figure."""
+    sweep = load_sweep(path)
+    seen: dict[str, set[str]] = {}
+    for curve in ("delta_main", "gold_ll_per_char", "ppl"):
+        for trace in curve_figure(sweep, curve).data:
+            if trace.mode == "lines+markers":
+                seen.setdefault(trace.name, set()).add(trace.line.color)
+    assert seen and all(len(colours) == 1 for colours in seen.values()), seen
+    assert len({next(iter(c)) for c in seen.values()}) == len(seen)  # and two methods never share one

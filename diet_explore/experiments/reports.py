@@ -369,7 +369,8 @@ def curve_frame(rows: list[dict[str, Any]] | Sweep, curve: str = "delta_main"):
 def curve_figure(rows: list[dict[str, Any]] | Sweep, curve: str = "delta_main"):
     """The plotly figure of a ``CURVES`` curve (``plots.sweep_curves``)."""
     title, y_title, _ = CURVES[curve]
-    return plots.sweep_curves(curve_frame(rows, curve), title, y_title, log_y=curve == "ppl")
+    # colours by the sweep-method order: leave-one-out has no perplexity, and slicegpt took its colour there
+    return plots.sweep_curves(curve_frame(rows, curve), title, y_title, log_y=curve == "ppl", methods=list(METHODS))
 
 
 def sweep_figure(rows: list[dict[str, Any]] | Sweep):

@@ -69,18 +69,25 @@ def sorted_score_curves(scores: Mapping[str, np.ndarray], log_y: bool = True, cu
     return go.Figure(data=traces, layout=layout)
 
 
-def layer_dim_heatmap(layer_scores: np.ndarray, dims: Sequence[int], task: str = "") -> go.Figure:
-    """Heatmap of ``layer_scores[:, dims]`` ((L, D) in): which blocks a dimension is active in."""
+def layer_dim_heatmap(layer_scores: np.ndarray, dims: Sequence[int], task: str = "", per_dim: bool = False) -> go.Figure:
+    """Heatmap of ``layer_scores[:, dims]`` ((L, D) in): which blocks a dimension is active in.
+    ``per_dim``: each column divided by its own peak, so a massive dim (100× the others) does not
+    leave every other column one dark colour; the hover still gives the score."""
     layer_scores = np.asarray(layer_scores)
     dims = [int(d) for d in dims]
-    z = layer_scores[:, dims] if dims else np.zeros((layer_scores.shape[0], 0))  # (L, len(dims))
+    raw = layer_scores[:, dims] if dims else np.zeros((layer_scores.shape[0], 0))  # (L, len(dims))
+    z = raw / np.where(raw.max(0) > 0, raw.max(0), 1.0) if per_dim else raw
     heat = go.Heatmap(
         z=z,
         x=[str(d) for d in dims],
         y=list(range(layer_scores.shape[0])),
         colorscale="Viridis",
-        colorbar=dict(title=dict(text="score")),
-        hovertemplate="dim %{x}, layer %{y}: %{z:.4g}<extra></extra>",
+        colorbar=dict(title=dict(text="share of the dim's peak" if per_dim else "score")),
+        **(
+            dict(customdata=raw, hovertemplate="dim %{x}, layer %{y}: %{customdata:.4g} (%{z:.0%} of its peak)<extra></extra>")
+            if per_dim
+            else dict(hovertemplate="dim %{x}, layer %{y}: %{z:.4g}<extra></extra>")
+        ),
     )
     title = "Score by layer for the picked dimensions" + (f" ({task})" if task else "")
     layout = dict(

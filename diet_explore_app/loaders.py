@@ -239,9 +239,9 @@ def score_curves_figure(path: str, sha: str, site: str, layer_agg: str, last_k: 
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def layer_heatmap_figure(path: str, sha: str, task: str, site: str, dims: tuple[int, ...]):
+def layer_heatmap_figure(path: str, sha: str, task: str, site: str, dims: tuple[int, ...], per_dim: bool):
     """Rankings' score-by-layer heatmap of ``dims`` (built once per choice, not on every rerun)."""
-    return plots.layer_dim_heatmap(precompute(path, sha).cache.layer_scores(task, site), list(dims), task)
+    return plots.layer_dim_heatmap(precompute(path, sha).cache.layer_scores(task, site), list(dims), task, per_dim)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

@@ -119,7 +119,11 @@ def test_rankings_tables_and_charts_match_library(app, alpha):
     at.text_input(key="rank_dims").input("5, 17,5").run()
     heat = chart_by_key(at, "rank_layer_heatmap")
     assert heat["data"][0]["x"] == ["5", "17"]
-    assert np.allclose(arr(heat["data"][0]["z"]), alpha.layer_scores("rte")[:, [5, 17]])
+    raw = alpha.layer_scores("rte")[:, [5, 17]]
+    # each dim on its own scale by default (a massive dim left every other column one dark colour)
+    assert np.allclose(arr(heat["data"][0]["z"]), raw / raw.max(0)) and np.allclose(arr(heat["data"][0]["customdata"]), raw)
+    at.toggle(key="rank_heat_per_dim").set_value(False).run()
+    assert np.allclose(arr(chart_by_key(at, "rank_layer_heatmap")["data"][0]["z"]), raw)
 
 
 def test_rankings_bad_dims_and_layer_agg(app, alpha):

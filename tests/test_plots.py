@@ -51,6 +51,9 @@ def test_layer_dim_heatmap_selects_columns():
     assert np.array_equal(np.asarray(fig.data[0].z), layer[:, [7, 2]])
     assert list(fig.data[0].x) == ["7", "2"] and "boolq" in fig.layout.title.text  # a dim is its index, as in tables
     assert "dim %{x}" in fig.data[0].hovertemplate
+    scaled = plots.layer_dim_heatmap(layer, [7, 2], "boolq", per_dim=True)
+    assert np.allclose(np.asarray(scaled.data[0].z), layer[:, [7, 2]] / layer[:, [7, 2]].max(0))
+    assert np.array_equal(np.asarray(scaled.data[0].customdata), layer[:, [7, 2]])  # the hover gives the score
 
 
 def test_score_distributions_log():

@@ -15,6 +15,7 @@ from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
 K_TASK, K_TOP_N, K_DIMS, K_FIT = "rank_task", "rank_top_n", "rank_dims", "rank_fit_colours"
+K_PER_DIM = "rank_heat_per_dim"  # the layer heatmap: each dim on its own colour scale
 K_VIEW = "rank_view"  # the open tab, remembered in the session
 VIEWS = ("Sorted scores", "Score distributions", "Task correlation")
 
@@ -87,7 +88,15 @@ def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last
         )
         dims = parse_dims(state.get(K_DIMS), cache.hidden_size) or order[: min(top_n, 40)].tolist()
         if task in cache.tasks:
-            heat = loaders.layer_heatmap_figure(loaded.path, loaded.sha, task, site, tuple(int(d) for d in dims))
+            state.default(K_PER_DIM, True)
+            per_dim = st.toggle(
+                "Scale each dim to its own peak",
+                help="On: each column's colours span that dim's own layers, so where in depth it is active shows even "
+                "beside a massive dim 100× larger. Off: one colour scale of raw scores for all columns.",
+                **state.kw(K_PER_DIM),
+            )
+            dims_key = tuple(int(d) for d in dims)
+            heat = loaders.layer_heatmap_figure(loaded.path, loaded.sha, task, site, dims_key, per_dim)
             st.plotly_chart(heat, key="rank_layer_heatmap")
 
 

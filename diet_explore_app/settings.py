@@ -226,6 +226,10 @@ def _first(value: str | Sequence[str]) -> str:
     return str(value[-1]) if len(value) else ""
 
 
+def _raise(exc: Exception):
+    raise exc
+
+
 def _parse_bool(s: str) -> bool:
     if s.lower() in ("1", "true", "yes", "on"):
         return True
@@ -268,7 +272,7 @@ _PARSERS = {
     "sparsity": _ranged(float, 0.0, SPARSITY_MAX),
     "threshold": _ranged(float, 0.0, 1.0),
     "weights": _parse_weights,
-    "tasks": lambda s: [t for t in s.split(",") if t] or None,
+    "tasks": lambda s: [t for t in s.split(",") if t] or _raise(ValueError("it names no task")),
     "method": _in(tuple(MERGE_METHODS) + tuple(BASELINE_METHODS)),
     "site": _in(SITES),
     "layer_agg": _in(tuple(LAYER_AGGS)),

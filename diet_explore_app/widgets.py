@@ -514,7 +514,8 @@ def dim_table(df, key: str, dim_column: str = "dim", **kwargs) -> None:
 def dim_jump(cache: ScoreCache, key: str, label: str = "Inspect a dimension") -> None:
     """Type a dim's index and open it on the Dimension page."""
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    typed = c1.text_input(label, key=key, placeholder=f"0 to {cache.hidden_size - 1}, e.g. {min(507, cache.hidden_size - 1)}")
+    # no example index: 507 (SmolLM2's massive dim) was offered for every model, Gemma's is 163
+    typed = c1.text_input(label, key=key, placeholder=f"an index from 0 to {cache.hidden_size - 1}")
     if c2.button("Open in Dimension", key=f"{key}_go") and typed.strip():
         try:
             dim = check_dim(typed, cache.hidden_size)

@@ -118,6 +118,12 @@ def test_a_link_value_between_the_sliders_steps_is_put_on_a_step_with_a_warning(
     assert (state[S.KEY_SPARSITY], state[S.KEY_THRESHOLD], state[S.weight_key("boolq")]) == (0.2, 0.5, 1.3)
 
 
+def test_an_empty_tasks_value_in_a_link_is_a_warning_like_any_unusable_value():
+    config, _, warnings = S.decode_query({"tasks": ""})  # it was dropped without a word
+    assert config.tasks is None
+    assert warnings == ["ignored link setting tasks='': it names no task; the default is used"]
+
+
 def test_decode_accepts_cli_weight_syntax():
     config, _, warnings = S.decode_query({"weights": "boolq=2,rte:0.5"})
     assert config.weights == {"boolq": 2.0, "rte": 0.5} and not warnings

@@ -28,9 +28,10 @@ from diet_explore.experiments.reports import (
     versus_table,
 )
 from diet_explore.experiments.results import NOT_RECORDED, row_paired, task_row
-from diet_explore.tasks.registry import resolve_tasks
+from diet_explore.tasks.registry import builtin_task_names, resolve_tasks
 
 COMMITTED = list_sweeps(DOCS_RESULTS)
+TASK_NAMES = set(builtin_task_names())
 SPECS = {s.name: s for s in resolve_tasks("rte,hellaswag,winogrande")}
 
 
@@ -175,6 +176,12 @@ def test_the_results_page_renders_the_committed_sweeps(app, path):
     assert list(paper.columns) == head and paper.values.tolist() == cells  # the library's cells, as they are
     head, cells = versus_cells(sweep)
     assert list(versus.columns) == head and versus.values.tolist() == cells
+    # shown with the summary columns before the seven tasks (at 1400 px they sat off-screen)
+    for table in at.dataframe[:2]:
+        order, columns = list(table.proto.column_order), list(table.value.columns)
+        first_task = next(c for c in order if c.split(" ")[0] in TASK_NAMES)
+        assert sorted(order) == sorted(columns) and order[:3] == columns[:3]
+        assert all(order.index(c) < order.index(first_task) for c in columns if c.startswith(("avg", "Δ avg", "agreement")))
     m = metrics(at)
     assert m["Model"] == sweep.config["model"] and m["Runs"].startswith(str(len(sweep.pruned)))
     main = chart_by_key(at, "rs_curve_main")

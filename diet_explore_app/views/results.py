@@ -29,6 +29,15 @@ def _rows_height(n: int) -> int:
     return 35 * (n + 1) + 3
 
 
+def summary_first(columns) -> list[str]:
+    """Display order of a results table: sparsity, method, kept, then the summary columns (avg, Δ avg,
+    agreement, Δ gold LL, ppl), then one per task: at 1400 px the summary sat off-screen past seven tasks.
+    (The library's cells keep the paper's order, tasks first, for the markdown tables.)"""
+    columns = list(columns)
+    start = next((i for i, c in enumerate(columns) if c.startswith("avg")), len(columns))
+    return columns[:3] + columns[start:] + columns[3:start]
+
+
 st.title("Results")
 st.caption(
     "Method × sparsity sweeps (`diet-explore compare`) as committed under `docs/results`, or any sweep folder: "
@@ -74,7 +83,9 @@ with ui.shown_errors():
 
     st.subheader("Paper-style table")
     paper = table_frame(*paper_cells(sweep))
-    st.dataframe(paper, hide_index=True, key="rs_paper", height=_rows_height(len(paper)))
+    st.dataframe(
+        paper, hide_index=True, key="rs_paper", height=_rows_height(len(paper)), column_order=summary_first(paper.columns)
+    )
     st.caption(
         "Cells: the task's main metric in % ± stderr. Δ avg: paired difference vs dense with its 95% CI"
         + (
@@ -87,7 +98,13 @@ with ui.shown_errors():
     head, versus = versus_cells(sweep)
     if versus:
         st.subheader("DIET minus each method")
-        st.dataframe(table_frame(head, versus), hide_index=True, key="rs_versus", height=_rows_height(len(versus)))
+        st.dataframe(
+            table_frame(head, versus),
+            hide_index=True,
+            key="rs_versus",
+            height=_rows_height(len(versus)),
+            column_order=summary_first(head),
+        )
         st.caption("Paired on the same examples at the same kept count; points (positive = DIET better), 95% CI.")
 
     st.subheader("Curves")

@@ -101,6 +101,18 @@ def test_a_mask_with_a_huge_number_is_refused(mask_path, tmp_path, capsys, field
     assert str(10**30) in err and "rebuild" in err
 
 
+@pytest.mark.parametrize(
+    "field, value", [("tasks", 5), ("tasks", [[1]]), ("method", {"a": 1}), ("model_name", ["x"]), ("schema_version", True)]
+)
+def test_a_mask_with_a_wrongly_typed_field_is_refused_before_the_model_loads(mask_path, tmp_path, capsys, field, value):
+    data = json.loads(mask_path.read_text())
+    data[field] = value
+    mask_path.write_text(json.dumps(data))
+    err = _run(["prune", "--model", str(tmp_path / "no-model"), "--mask", str(mask_path), "--out", str(tmp_path / "p")], capsys)
+    assert str(mask_path) in err and field in err and "rebuild the mask" in err and "no-model" not in err
+    assert not (tmp_path / "p").exists()
+
+
 # -------------------------------------------------------------------------------- resamples that cannot fit
 def test_stability_refuses_resamples_that_cannot_fit_before_allocating(synthetic_cache_dir, capsys):
     err = _run(["stability", "--cache", str(synthetic_cache_dir), "--resamples", "100000000"], capsys)

@@ -48,6 +48,16 @@ def _write(tmp_path, mf, **changes):
         ({"kept_indices": []}, "empty"),
         ({"kept_indices": [1.5]}, "list of integers"),
         ({"schema_version": 7}, "schema_version 7"),
+        ({"schema_version": True}, "schema_version True"),  # bool is no int, though True == 1
+        ({"tasks": 5}, "field tasks is 5, not a list of task names"),  # crashed save_pruned (not iterable)
+        ({"tasks": [[1]]}, r"field tasks is \[\[1\]\], not a list"),  # crashed model_card (unhashable)
+        ({"method": {"a": 1}}, "field method is .*, not a string"),
+        ({"model_name": ["x"]}, "field model_name is .*, not a string"),
+        ({"model_id": 3}, "field model_id is 3, not a string or null"),
+        ({"weights": {"a": "x"}}, "field weights is .*, not an object mapping task names to numbers"),
+        ({"weights": [1]}, "field weights"),
+        ({"config": [1]}, "field config is .*, not an object"),
+        ({"sparsity": "half"}, "field sparsity"),
         ({"kind": "other"}, "not a diet-explore mask"),
     ],
 )

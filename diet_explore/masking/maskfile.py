@@ -139,7 +139,8 @@ def load_mask(path: str | Path, expected_hidden_size: int | None = None, expecte
         raise DietError(f"{path} is not valid JSON ({exc})", "the file is corrupt; rebuild the mask") from None
     if not isinstance(data, dict) or data.get("kind") != MASK_KIND:
         raise DietError(f"{path} is not a diet-explore mask file", "build one with `diet-explore mask`")
-    if data.get("schema_version") != MASK_SCHEMA_VERSION:
+    version = data.get("schema_version")
+    if isinstance(version, bool) or version != MASK_SCHEMA_VERSION:  # true == 1 in Python, not in a schema
         raise DietError(
             f"{path} has mask schema_version {data.get('schema_version')!r}; this diet-explore reads {MASK_SCHEMA_VERSION}",
             "rebuild the mask with this version",
@@ -148,6 +149,7 @@ def load_mask(path: str | Path, expected_hidden_size: int | None = None, expecte
     missing = sorted(n for n in names if n not in data and n not in OPTIONAL_FIELDS)
     if missing:
         raise DietError(f"{path} lacks field(s) {', '.join(missing)}", "rebuild the mask")
+    _check_field_types(path, data)
     mask = MaskFile(**{k: v for k, v in data.items() if k in names})
     _check_indices(path, mask)
     _check_calibration_ids(path, mask)
@@ -163,6 +165,43 @@ def load_mask(path: str | Path, expected_hidden_size: int | None = None, expecte
             f"build a mask from a {expected_model} score cache",
         )
     return mask
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# field -> (check, what the field must be); hidden_size, kept_indices and calibration_ids have their own checks
+_FIELD_TYPES: dict[str, tuple[Any, str]] = {
+    "model_name": (_is_str, "a string"),
+    "model_id": (lambda v: v is None or _is_str(v), "a string or null"),
+    "method": (_is_str, "a string"),
+    "sparsity": (_is_number, "a number"),
+    "actual_sparsity": (_is_number, "a number"),
+    "threshold": (_is_number, "a number"),
+    "weights": (
+        lambda v: isinstance(v, dict) and all(_is_str(k) and _is_number(w) for k, w in v.items()),
+        "an object mapping task names to numbers",
+    ),
+    "tasks": (lambda v: isinstance(v, list) and all(_is_str(t) for t in v), "a list of task names (strings)"),
+    "site": (_is_str, "a string"),
+    "layer_agg": (_is_str, "a string"),
+    "cache_manifest_hash": (lambda v: v is None or _is_str(v), "a string or null"),
+    "package_version": (_is_str, "a string"),
+    "created": (_is_str, "a string"),
+    "config": (lambda v: isinstance(v, dict), "an object (the mask settings)"),
+}
+
+
+def _check_field_types(path: Path, data: dict[str, Any]) -> None:
+    """Every field of the type the readers use (a wrong one crashed later, after the model loaded)."""
+    for name, (ok, what) in _FIELD_TYPES.items():
+        if name in data and not ok(data[name]):
+            raise DietError(f"{path}: field {name} is {data[name]!r:.60}, not {what}", "the file is damaged; rebuild the mask")
 
 
 def _check_calibration_ids(path: Path, mask: MaskFile) -> None:

@@ -315,6 +315,66 @@ def test_a_damaged_job_record_is_reported_and_skipped(store, tiny_cache_root, ca
         store.get("20260101T000000-deadbeef")
 
 
+BARE_CONFIG = {"model": "m", "cache": "c", "cache_display": "c", "manifest_hash": "h", "mask": {}, "n_keep": 8, "eval": {}}
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("progress", "halfway"),  # crashed the listing (AttributeError) and --stop (_msg: TypeError)
+        ("progress", [1]),
+        ("progress", {"fraction": "x", "message": "m"}),  # the listing's float(): ValueError
+        ("progress", {"fraction": True}),
+        ("progress", {"fraction": 0.5, "message": 3}),
+        ("error", "boom"),  # a failed job's error must be a dict: the listing called .get on it
+        ("error", {"message": ["m"]}),
+        ("worker", "w"),
+        ("worker", {"pid": 1, "token": 5}),
+        ("config", {}),  # --resume: PruneEvalJob.__init__() missing 7 required positional arguments, rc 1
+        ("config", BARE_CONFIG | {"n_keep": "8"}),
+        ("log", "line"),
+        ("log", [1]),
+        ("label", {"a": 1}),
+        ("result", [1]),
+    ],
+)
+def test_a_job_record_with_a_wrongly_typed_field_is_damaged_reported_and_skipped(store, capsys, field, value):
+    store.runs.root.mkdir(parents=True)
+    good, _ = store.submit("prune_eval", BARE_CONFIG, "good")
+    bad = "20260101T000000-deadbeef"
+    record = json.loads((store.root / good / "job.json").read_text())
+    status = "failed" if field == "error" else "stopped"  # a failed job shows its error; a stopped one can be resumed
+    record |= {"job_id": bad, "status": status, field: value}
+    (store.root / bad).mkdir()
+    (store.root / bad / "job.json").write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match=f"skipping damaged job record .*{bad}"):
+        assert [j["job_id"] for j in store.jobs()] == [good]
+    root = str(store.runs.root)
+    assert cli(["jobs", "--runs", root]) == 0
+    out = capsys.readouterr()
+    assert "warning: skipping damaged job record" in out.err and good in out.out and bad not in out.out
+    for action in ("--stop", "--resume"):
+        assert cli(["jobs", "--runs", root, action, bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: job record {store.root / bad / 'job.json'} is damaged") and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 2  # the line and its hint
+    assert json.loads((store.root / bad / "job.json").read_text())[field] == value  # left as it was
+
+
+def test_the_config_fields_a_job_record_needs_are_those_its_handler_requires(store):
+    import dataclasses
+
+    from diet_explore.experiments.sweep import CompareConfig
+    from diet_explore.experiments.tuning import PruneEvalJob
+
+    required = {f.name for f in dataclasses.fields(PruneEvalJob) if f.default is f.default_factory is dataclasses.MISSING}
+    assert set(J.CONFIG_FIELDS["prune_eval"]) == required
+    assert set(J.CONFIG_FIELDS["sweep"]) <= {f.name for f in dataclasses.fields(CompareConfig)}
+    with pytest.raises(J.DietError, match="config lacks one of"):
+        store.submit("prune_eval", {"model": "m"}, "x")
+    assert not store.root.exists()
+
+
 def test_two_sessions_submitting_at_once_neither_lose_nor_duplicate_a_record(store, tiny_cache_root):
     """Four app sessions (threads of one server) and two other processes submit at the same time."""
     configs = [prune_eval_config(tiny_cache_root, sparsity=s) for s in (0.25, 0.5)]

@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import signal
@@ -98,18 +99,10 @@ class JobStore:
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any] | None:
+        """The record at ``path``, or None when it is missing or damaged: every field a reader
+        (the listing, stop, resume, the app's pages, the worker) uses is checked here, once."""
         record = atomic.read_json_object(path)
-        ok = (
-            record is not None
-            and record.get("kind") == JOB_KIND
-            and isinstance(record.get("job_id"), str)
-            and record.get("type") in HANDLERS
-            and record.get("status") in ACTIVE + FINISHED
-            and isinstance(record.get("config"), dict)
-            and isinstance(record.get("created"), str)
-            and isinstance(record.get("queue_seq", 0), int)
-        )
-        return record if ok else None
+        return record if record is not None and _record_ok(record) else None
 
     def _write(self, record: dict[str, Any]) -> None:
         from diet_explore.experiments.runs import json_safe
@@ -191,6 +184,9 @@ class JobStore:
         if job_type not in HANDLERS:
             raise DietError(f"unknown job type {job_type!r}", f"one of {', '.join(HANDLERS)}")
         config = json_safe(config)
+        if not _config_ok(job_type, config):  # the rule a reader applies: a record it would skip is never written
+            need = ", ".join(CONFIG_FIELDS[job_type])
+            raise DietError(f"a {job_type} job's config lacks one of {need} (or has it of the wrong type)", "a bug: report it")
         key = hashlib.sha256(json.dumps({"type": job_type, "config": config}, sort_keys=True).encode()).hexdigest()[:16]
         self.runs.check("run store")
         with self._locked():
@@ -300,6 +296,61 @@ def _thread_lock(root: Path) -> threading.RLock:
     key = str(Path(root).resolve())
     with _THREAD_LOCKS_GUARD:
         return _THREAD_LOCKS.setdefault(key, threading.RLock())
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _optional_dict(v: Any, types: dict[str, Callable[[Any], bool]]) -> bool:
+    """None, or a dict whose keys among ``types`` (when present and not None) pass their check."""
+    return v is None or (isinstance(v, dict) and all(v.get(k) is None or ok(v[k]) for k, ok in types.items()))
+
+
+# job type -> the config fields its handler needs (without them it would fail, or run something
+# other than what was queued) and their type; a record without them is damaged
+CONFIG_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "prune_eval": {  # PruneEvalJob's fields without a default (tests keep the two in step)
+        "model": lambda v: isinstance(v, str),
+        "cache": lambda v: isinstance(v, str),
+        "cache_display": lambda v: isinstance(v, str),
+        "manifest_hash": lambda v: isinstance(v, str),
+        "mask": lambda v: isinstance(v, dict),
+        "n_keep": _is_int,
+        "eval": lambda v: isinstance(v, dict),
+    },
+    "sweep": {"model": lambda v: isinstance(v, str), "cache": lambda v: isinstance(v, str)},  # CompareConfig's
+}
+
+
+def _config_ok(job_type: str, config: Any) -> bool:
+    return isinstance(config, dict) and all(k in config and ok(config[k]) for k, ok in CONFIG_FIELDS[job_type].items())
+
+
+def _record_ok(record: dict[str, Any]) -> bool:
+    """Whether a job record has every field its readers use, of the type they use it as."""
+    return (
+        record.get("kind") == JOB_KIND
+        and isinstance(record.get("job_id"), str)
+        and record.get("type") in HANDLERS
+        and record.get("status") in ACTIVE + FINISHED
+        and _config_ok(record["type"], record.get("config"))
+        and isinstance(record.get("created"), str)
+        and _is_int(record.get("queue_seq", 0))
+        and _is_int(record.get("attempts", 0))
+        and isinstance(record.get("label", ""), str)
+        and isinstance(record.get("log") or [], list)
+        and all(isinstance(line, str) for line in record.get("log") or [])
+        and _optional_dict(record.get("progress"), {"fraction": _is_number, "message": lambda v: isinstance(v, str)})
+        and _optional_dict(record.get("error"), {"message": lambda v: isinstance(v, str), "hint": lambda v: isinstance(v, str)})
+        and _optional_dict(record.get("worker"), {"pid": _is_int, "token": lambda v: isinstance(v, str)})
+        and _optional_dict(record.get("partial"), {})
+        and _optional_dict(record.get("result"), {})
+    )
 
 
 def _next_seq(records: list[dict[str, Any]]) -> int:

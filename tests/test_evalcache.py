@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -155,6 +156,47 @@ def test_a_bad_entry_is_reported_recomputed_and_replaced(folder, tmp_path, damag
     assert compute.calls == 2 and "cached" not in again.extra and again.predictions == first.predictions
     assert json.loads(entry.read_text())["scores"][0]["doc_id"] == first.scores[0].doc_id  # replaced by a good one
     assert "cached" in cached(path, compute, cache).extra
+
+
+def _damage_lls(raw, value):
+    raw["scores"][0]["lls"] = value(len(raw["scores"][0]["lls"]))
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda raw: _damage_lls(raw, lambda n: ["x"] * n), r"score 0 \(rte example \d+\) has lls \['x'"),  # was ValueError
+        (lambda raw: _damage_lls(raw, lambda n: [float("nan")] * n), "has lls .*not 2 finite numbers"),  # was reused: acc 0.5
+        (lambda raw: _damage_lls(raw, lambda n: [float("inf")] * n), "has lls .*not 2 finite numbers"),
+        (lambda raw: raw.update(perplexity="abc"), "its perplexity is 'abc', not a finite number > 0 or null"),
+        (lambda raw: raw.update(perplexity={"a": 1}), "its perplexity is"),  # later: Unknown format code 'f'
+        (lambda raw: raw.update(perplexity=[1.0]), "its perplexity is"),
+        (lambda raw: raw.update(perplexity=float("nan")), "its perplexity is nan"),
+        (lambda raw: raw.update(info=[1]), r"its info is \[1\], not an object"),  # was AttributeError
+        (lambda raw: raw.update(wall_time_s="1"), "its wall_time_s is"),
+        (lambda raw: raw["scores"][0].pop("doc_id"), "its score 0 is not a stored score"),  # was "('doc_id')"
+        (lambda raw: raw["scores"].__setitem__(0, "s"), "its score 0 is not a stored score"),  # "string indices must be..."
+        (lambda raw: raw["scores"][0].update(is_greedy=[1, 0]), "has is_greedy .*true/false"),
+        (lambda raw: raw["scores"][0].update(n_tokens=[1.5, 2]), "has n_tokens .*whole numbers"),
+        (lambda raw: raw.update(scores={}), "its scores is {}, not a list"),
+    ],
+)
+def test_an_entry_with_a_wrongly_typed_or_non_finite_value_is_a_miss_with_a_readable_warning(folder, tmp_path, damage, reason):
+    path, model = folder
+    compute, cache = Counting(model), EvalCache(tmp_path / "cache")
+    first = cached(path, compute, cache)
+    (entry,) = (tmp_path / "cache").glob("*.json")
+    raw = json.loads(entry.read_text())
+    damage(raw)
+    entry.write_text(json.dumps(raw))  # NaN and Infinity as Python's json writes them
+    with pytest.warns(UserWarning) as caught:
+        again = cached(path, compute, cache)
+    (warning,) = [str(w.message) for w in caught]
+    assert warning.startswith(f"ignoring eval cache entry {entry} (its ") and warning.endswith("); recomputing")
+    assert re.search(reason, warning), warning
+    assert compute.calls == 2 and "cached" not in again.extra and again.predictions == first.predictions
+    assert json.dumps(again.task_metrics()) == json.dumps(first.task_metrics())
+    assert "cached" in cached(path, compute, cache).extra  # replaced by a good entry
 
 
 def test_no_cache_and_unfingerprintable_models_always_compute(folder, tmp_path, monkeypatch):

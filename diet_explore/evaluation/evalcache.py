@@ -16,8 +16,8 @@ determines them:
 Batch size, token budget and worker count are not in the key: they change float rounding only
 (predictions are identical; tests/test_scoring.py), and the entry records the ones it was made with.
 
-Entries are JSON (no pickle), written atomically; an unreadable or mismatched entry is reported
-and recomputed, never trusted. A model the key cannot describe (an in-memory model, a hub model
+Entries are JSON (no pickle), written atomically; an unreadable or mismatched entry, or one with a
+wrongly typed or non-finite value, is reported and recomputed, never trusted. A model the key cannot describe (an in-memory model, a hub model
 without a commit hash) is simply not cached.
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -125,6 +126,53 @@ class CachedEval:
     made_with: dict[str, Any]  # batch_tokens, workers, batch_size of the run that computed it
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# field -> (check, what it must be); an entry with another value is damaged, never reused
+_ENTRY_FIELDS: dict[str, tuple[Any, str]] = {
+    "created": (lambda v: isinstance(v, str), "a string"),
+    "model_name": (lambda v: isinstance(v, str), "a string"),
+    "info": (lambda v: isinstance(v, dict) and isinstance(v.get("name", ""), (str, type(None))), "an object"),
+    "scores": (lambda v: isinstance(v, list), "a list"),
+    "perplexity": (lambda v: v is None or (_finite(v) and v > 0), "a finite number > 0 or null"),
+    "wall_time_s": (lambda v: _finite(v) and v >= 0, "a finite number ≥ 0"),
+    "made_with": (lambda v: isinstance(v, dict), "an object"),
+}
+_SCORE_LISTS: dict[str, tuple[Any, str]] = {  # per choice, in a stored score (ChoiceScores.stored)
+    "lls": (_finite, "finite numbers"),
+    "is_greedy": (lambda v: isinstance(v, bool), "true/false"),
+    "n_tokens": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "whole numbers ≥ 0"),
+}
+
+
+def _checked_entry(raw: Any, key: str, requests: dict[str, list]) -> CachedEval:
+    """The entry ``raw`` stands for when it holds exactly ``requests``' examples, every value of
+    the type and range a result is rebuilt from; else a ValueError saying what is wrong."""
+    if not isinstance(raw, dict) or raw.get("kind") != KIND or raw.get("format") != FORMAT_VERSION or raw.get("key") != key:
+        raise ValueError("not an entry of this cache format")
+    missing = [k for k in CachedEval.__dataclass_fields__ if k not in raw]
+    if missing:
+        raise ValueError(f"it lacks {', '.join(missing)}")
+    for name, (ok, what) in _ENTRY_FIELDS.items():
+        if not ok(raw[name]):
+            raise ValueError(f"its {name} is {raw[name]!r:.40}, not {what}")
+    expected = [(t, r.doc_id, r.n_choices) for t, reqs in requests.items() for r in reqs]
+    if len(raw["scores"]) != len(expected):
+        raise ValueError("its examples are not the requested ones")
+    for i, (s, (task, doc_id, n)) in enumerate(zip(raw["scores"], expected)):
+        if not isinstance(s, dict) or any(k not in s for k in ("task", "doc_id", *_SCORE_LISTS)):
+            raise ValueError(f"its score {i} is not a stored score")
+        if s["task"] != task or s["doc_id"] != doc_id or not isinstance(s["lls"], list) or len(s["lls"]) != n:
+            raise ValueError("its examples are not the requested ones")
+        for name, (ok, what) in _SCORE_LISTS.items():
+            values = s[name]
+            if not isinstance(values, list) or len(values) != n or not all(ok(v) for v in values):
+                raise ValueError(f"its score {i} ({task} example {doc_id}) has {name} {values!r:.40}, not {n} {what}")
+    return CachedEval(**{k: raw[k] for k in CachedEval.__dataclass_fields__})
+
+
 class EvalCache:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
@@ -148,18 +196,10 @@ class EvalCache:
         if not path.is_file():
             return None
         try:
-            raw = atomic.loads_json(path.read_text())
-            if raw.get("kind") != KIND or raw.get("format") != FORMAT_VERSION or raw.get("key") != key:
-                raise ValueError("not an entry of this cache format")
-            entry = CachedEval(**{k: raw[k] for k in CachedEval.__dataclass_fields__})
-            expected = [(t, r.doc_id, r.n_choices) for t, reqs in requests.items() for r in reqs]
-            found = [(s["task"], s["doc_id"], len(s["lls"])) for s in entry.scores]
-            if found != expected:
-                raise ValueError("its examples are not the requested ones")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return _checked_entry(atomic.loads_json(path.read_text()), key, requests)
+        except (OSError, ValueError) as exc:  # _checked_entry says what is wrong in words
             warnings.warn(f"ignoring eval cache entry {path} ({exc}); recomputing", stacklevel=2)
             return None
-        return entry
 
     def save(self, key: str, result, info: dict[str, Any], made_with: dict[str, Any]) -> Path:
         """Store an ``EvalResult``'s scores and perplexity under ``key``; returns the path."""

@@ -58,7 +58,8 @@ def submit(jobs_store: J.JobStore, job_type: str, config: dict[str, Any], label:
 def warm_worker(jobs_store: J.JobStore, model: str | None = None) -> None:
     """Start the worker (loading ``model``) while the user sets up a run, so the first numbers come
     seconds after the click."""
-    with contextlib.suppress(OSError):  # an unwritable run store: submit() says so, with the fix
+    # an unwritable run store or a bad DIET_EXPLORE_WORKER_IDLE_S: submit() says so, with the fix
+    with contextlib.suppress(OSError, DietError):
         J.EXECUTOR.ensure_worker(jobs_store, preload=model)
 
 

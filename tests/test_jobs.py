@@ -375,6 +375,38 @@ def test_the_config_fields_a_job_record_needs_are_those_its_handler_requires(sto
     assert not store.root.exists()
 
 
+def test_a_bad_worker_idle_time_breaks_no_import_and_is_refused_where_a_worker_starts(store, monkeypatch, capsys):
+    env = {**os.environ, "DIET_EXPLORE_WORKER_IDLE_S": "abc"}
+    code = "import diet_explore.experiments.jobs"  # read at import, it broke every command (ValueError)
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).returncode == 0
+    monkeypatch.setenv("DIET_EXPLORE_WORKER_IDLE_S", "abc")
+    store.runs.root.mkdir(parents=True)
+    assert cli(["jobs", "--runs", str(store.runs.root)]) == 0 and "no jobs" in capsys.readouterr().out  # listing: unused
+    message = "DIET_EXPLORE_WORKER_IDLE_S='abc' is not a number of seconds > 0"
+    with pytest.raises(J.DietError, match=message) as refused:
+        J.submit(store, "prune_eval", BARE_CONFIG, "x")  # refused before the job is queued with no worker for it
+    assert "set it to a number of seconds > 0" in str(refused.value) and not store.root.exists()
+    with pytest.raises(J.DietError, match=message):
+        run_worker(store)
+    with pytest.raises(J.DietError, match=message):
+        J.EXECUTOR.ensure_worker(store)
+    assert not store.root.exists()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf", "1e999"])
+def test_the_worker_idle_time_must_be_a_number_of_seconds_above_zero(monkeypatch, value):
+    monkeypatch.setenv("DIET_EXPLORE_WORKER_IDLE_S", value)
+    with pytest.raises(J.DietError, match=f"DIET_EXPLORE_WORKER_IDLE_S='{value}' is not a number of seconds > 0"):
+        J.worker_idle_s()
+
+
+def test_the_worker_idle_time_is_read_when_used(monkeypatch):
+    monkeypatch.setenv("DIET_EXPLORE_WORKER_IDLE_S", " 90 ")
+    assert J.worker_idle_s() == 90.0
+    monkeypatch.delenv("DIET_EXPLORE_WORKER_IDLE_S")
+    assert J.worker_idle_s() == J.IDLE_EXIT_S == 1800.0
+
+
 def test_two_sessions_submitting_at_once_neither_lose_nor_duplicate_a_record(store, tiny_cache_root):
     """Four app sessions (threads of one server) and two other processes submit at the same time."""
     configs = [prune_eval_config(tiny_cache_root, sparsity=s) for s in (0.25, 0.5)]

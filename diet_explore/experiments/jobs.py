@@ -63,7 +63,8 @@ HANDLERS = {
 }
 _JOB_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
 POLL_S = 0.25  # how often an idle worker looks for a queued job
-IDLE_EXIT_S = float(os.environ.get("DIET_EXPLORE_WORKER_IDLE_S", "1800"))  # an idle worker exits after this
+IDLE_ENV = "DIET_EXPLORE_WORKER_IDLE_S"  # an idle worker exits after this many seconds
+IDLE_EXIT_S = 1800.0  # when it is not set
 START_GRACE_S = 20.0  # a worker started this recently is still importing torch: do not start another
 PROGRESS_EVERY_S = 0.5  # progress is written at most this often (partial results at every block)
 WORKER_NICE = 10  # the background worker yields the CPU to the app's server: the UI stays responsive
@@ -353,6 +354,24 @@ def _record_ok(record: dict[str, Any]) -> bool:
     )
 
 
+def worker_idle_s() -> float:
+    """Seconds an idle worker waits for a job before it exits: ``DIET_EXPLORE_WORKER_IDLE_S``, else
+    ``IDLE_EXIT_S``. Read when a worker is started, not at import (a bad value broke every command)."""
+    raw = os.environ.get(IDLE_ENV, "").strip()
+    if not raw:
+        return IDLE_EXIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise DietError(
+            f"{IDLE_ENV}={raw!r} is not a number of seconds > 0",
+            f"set it to a number of seconds > 0 (e.g. {IDLE_EXIT_S:.0f}), or unset it",
+        )
+    return value
+
+
 def _next_seq(records: list[dict[str, Any]]) -> int:
     return max((int(r.get("queue_seq", 0)) for r in records), default=0) + 1
 
@@ -464,18 +483,20 @@ def run_job(store: JobStore, job: dict[str, Any], stop_check: Callable[[], str |
 def run_worker(
     store: JobStore,
     owner: int | None = None,
-    idle_exit_s: float = IDLE_EXIT_S,
+    idle_exit_s: float | None = None,
     until_empty: bool = False,
     on_job: Callable[[dict[str, Any]], None] | None = None,
     preload: str | None = None,
 ) -> int:
     """Run queued jobs one at a time, oldest first, until the queue has been empty for
-    ``idle_exit_s`` (``until_empty``: at once), or ``owner`` (a pid) is no longer this process's
-    parent: then a running job stops as interrupted, resumable. ``preload``: a model to load while
+    ``idle_exit_s`` (default ``worker_idle_s()``; ``until_empty``: at once), or ``owner`` (a pid)
+    is no longer this process's parent: then a running job stops as interrupted, resumable. ``preload``: a model to load while
     the queue is empty (the one the page that started the worker will ask for). Returns the number
     of jobs run; -1 when another worker already serves this store."""
     from filelock import Timeout
 
+    if idle_exit_s is None:  # read now, not at import
+        idle_exit_s = 0.0 if until_empty else worker_idle_s()
     store.root.mkdir(parents=True, exist_ok=True)
     lock = store._worker_lock()
     try:
@@ -560,7 +581,7 @@ def _warm_up() -> None:
 class LocalProcessExecutor:
     """One worker process on this machine, a child of the caller (e.g. the app's server), started
     when jobs are queued and none is alive. It stops, leaving a running job interrupted and
-    resumable, when its parent goes away (a server restart), and exits after ``IDLE_EXIT_S`` idle."""
+    resumable, when its parent goes away (a server restart), and exits after ``worker_idle_s()`` idle."""
 
     _started: list[subprocess.Popen] = []  # reaped as they exit (no zombies in a long-lived server)
 
@@ -568,6 +589,7 @@ class LocalProcessExecutor:
         """Start a worker for ``store`` unless one is alive or starting; True when one was started.
         ``preload``: a model it loads while waiting for the first job."""
         self._started[:] = [p for p in self._started if p.poll() is None]
+        worker_idle_s()  # a bad value is refused here, to the caller, not in the worker's log
         if store.live_worker():  # the common case, without the store's lock
             return False
         store.root.mkdir(parents=True, exist_ok=True)
@@ -617,6 +639,7 @@ EXECUTOR = LocalProcessExecutor()
 
 def submit(store: JobStore, job_type: str, config: dict[str, Any], label: str) -> tuple[str, bool]:
     """Queue a job and make sure a worker will run it (what the app's pages call)."""
+    worker_idle_s()  # refused before the job is queued with no worker to run it
     job_id, new = store.submit(job_type, config, label)
     EXECUTOR.ensure_worker(store)
     return job_id, new
@@ -631,7 +654,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
-    ran = run_worker(JobStore(args.root), owner=args.owner, preload=args.preload)
+    try:
+        ran = run_worker(JobStore(args.root), owner=args.owner, preload=args.preload)
+    except DietError as exc:  # the worker's log gets the line, not a traceback
+        print(f"{utc_timestamp()} worker {os.getpid()}: error: {exc}", flush=True)
+        return 2
     print(f"{utc_timestamp()} worker {os.getpid()}: {'another worker serves this store' if ran < 0 else f'{ran} job(s) run'}")
     return 0
 

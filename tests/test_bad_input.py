@@ -436,3 +436,30 @@ def test_a_cache_of_generic_text_alone_says_there_is_nothing_to_vote_on(tmp_path
     assert (
         "holds no evaluation task (only generic text: wikitext), so there is nothing to vote on" in err
     )  # was "every voting task () has weight 0"
+
+
+# -------------------------------------------------------------------------------- Ctrl-C
+RESUMES = "interrupted; finished work was saved and a re-run resumes from it\n"
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["prune", "--mask", "m.json", "--out", "p"], "interrupted\n"),  # a staged folder: nothing is kept
+        (["mask", "--cache", "c", "--out", "m.json"], "interrupted\n"),
+        (["eval", "--model", "m", "--no-eval-cache"], "interrupted\n"),
+        (["app"], "interrupted\n"),
+        (["jobs"], "interrupted\n"),  # a listing
+        (["eval", "--model", "m"], RESUMES),  # each finished model is in the evaluation cache
+        (["profile", "--out", "c"], RESUMES),
+        (["compare", "--cache", "c", "--out", "o"], RESUMES),
+        (["jobs", "--resume", "20260101T000000-deadbeef"], RESUMES),  # the job is recorded interrupted
+    ],
+)
+def test_ctrl_c_says_a_re_run_resumes_only_for_a_command_that_does(monkeypatch, capsys, argv, said):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(f"diet_explore.cli.{argv[0]}.run", interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err == said

@@ -80,5 +80,8 @@ def _run(args, parser: argparse.ArgumentParser) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print("interrupted; finished work was saved and a re-run resumes from it", file=sys.stderr)
+        # only a command that keeps its finished work (``resumes`` set in its register()) says a re-run resumes
+        resumes = getattr(args, "resumes", None)
+        said = "; finished work was saved and a re-run resumes from it" if resumes is not None and resumes(args) else ""
+        print(f"interrupted{said}", file=sys.stderr)
         return 130

@@ -43,7 +43,7 @@ def register(sub) -> None:
     p.add_argument("--no-eval-cache", action="store_true", help="evaluate the dense model even if its results are cached")
     p.add_argument("--out", required=True, help="output folder (re-running resumes)")
     add_device_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resumes=lambda args: True)  # finished runs stay in --out (results.jsonl)
 
 
 def run(args) -> int:

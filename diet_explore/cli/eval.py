@@ -35,7 +35,8 @@ def register(sub) -> None:
         "--no-eval-cache", action="store_true", help="recompute every model and store nothing (e.g. to time a cold run)"
     )
     add_device_args(p)
-    p.set_defaults(func=run)
+    # each model evaluated to the end is in the evaluation cache, which a re-run reuses
+    p.set_defaults(func=run, resumes=lambda args: not args.no_eval_cache)
 
 
 def run(args) -> int:

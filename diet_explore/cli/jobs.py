@@ -24,7 +24,7 @@ def register(sub) -> None:
         "(e.g. the app's) is running it; finished blocks of examples are reused",
     )
     p.add_argument("--json", action="store_true", help="print the job records as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resumes=lambda args: bool(args.resume))  # the job is recorded interrupted, its blocks kept
 
 
 def run(args) -> int:

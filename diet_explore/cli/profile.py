@@ -31,7 +31,7 @@ def register(sub) -> None:
         "add them, keeping the cached scores (refused if the re-run's scores differ beyond fp32 rounding)",
     )
     add_device_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resumes=lambda args: True)  # finished tasks stay in the cache folder
 
 
 def run(args) -> int:

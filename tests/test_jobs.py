@@ -519,10 +519,11 @@ def test_cli_jobs_lists_stops_and_resumes(store, tiny_cache_root, capsys):
     ],
 )
 def test_cli_jobs_refuses_unknown_jobs_in_one_line(store, argv, message, capsys):
-    store.runs.root.mkdir(parents=True, exist_ok=True)  # a run store with no job yet
+    store.runs.root.mkdir(parents=True, exist_ok=True)  # a run store with no job yet, or any folder
     assert cli(["jobs", "--runs", str(store.runs.root), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and "Traceback" not in err
+    assert list(store.runs.root.iterdir()) == []  # no jobs/.jobs.lock left in a folder that was no run store
 
 
 def test_cli_jobs_refuses_to_resume_a_finished_job(store, tiny_cache_root, capsys):

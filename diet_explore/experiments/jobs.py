@@ -233,6 +233,7 @@ class JobStore:
     def stop(self, job_id: str) -> dict[str, Any]:
         """Stop a job: a queued one is cancelled, a running one stops after its current forward
         pass (its worker finishes the record: stopped, partial results kept)."""
+        self.get(job_id)  # an unknown id is refused before the lock, which would create jobs/ in any folder
         with self._locked():
             job = self.get(job_id)
             if job["status"] == "queued":
@@ -244,6 +245,7 @@ class JobStore:
     def resume(self, job_id: str) -> dict[str, Any]:
         """Queue an interrupted, stopped, failed or cancelled job again (at the end of the queue);
         what it had scored is reused."""
+        self.get(job_id)  # as stop(): an unknown id creates nothing
         with self._locked():
             job = self.get(job_id)
             if job["status"] not in RESUMABLE:

@@ -281,3 +281,22 @@ def test_cli_refuses_an_unwritable_cache_before_evaluating(tmp_path, capsys):
     assert rc == 2 and "evaluating" not in out
     assert f"error: --eval-cache {tmp_path / 'file' / 'cache'} cannot be created" in err
     assert "Traceback" not in err
+
+
+def test_cli_names_the_variable_when_the_unusable_cache_folder_came_from_the_environment(tmp_path, monkeypatch, capsys):
+    """DIET_EXPLORE_EVAL_CACHE=<a file> was reported as `--eval-cache <file> is not a folder`, a flag
+    the user never gave."""
+    from diet_explore.cli import main
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("DIET_EXPLORE_EVAL_CACHE", str(tmp_path / "file"))
+    argv = ["eval", "--model", "smollm2-135m", "--tasks", "rte", "--limit", "2", "--no-perplexity"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: DIET_EXPLORE_EVAL_CACHE {tmp_path / 'file'} is not a folder") and "--eval-cache" not in err
+    assert main([*argv, "--eval-cache", str(tmp_path / "file")]) == 2  # the flag wins, and is named
+    assert capsys.readouterr().err.startswith(f"error: --eval-cache {tmp_path / 'file'} is not a folder")
+    monkeypatch.delenv("DIET_EXPLORE_EVAL_CACHE")
+    monkeypatch.setenv("DIET_EXPLORE_HOME", str(tmp_path / "file"))  # the default folder, under a file
+    with pytest.raises(Exception, match=r"^evaluation cache .* cannot be created"):
+        EvalCache().check()

@@ -526,6 +526,23 @@ def test_cli_jobs_refuses_unknown_jobs_in_one_line(store, argv, message, capsys)
     assert list(store.runs.root.iterdir()) == []  # no jobs/.jobs.lock left in a folder that was no run store
 
 
+def test_cli_jobs_refuses_a_run_store_from_the_environment_that_is_no_folder_naming_the_variable(tmp_path, monkeypatch, capsys):
+    """DIET_EXPLORE_RUNS_DIR=<a file> listed `no jobs in <file>/jobs` (rc 0) where --runs <file> is refused."""
+    (tmp_path / "file").write_text("")
+    for value, said in ((tmp_path / "file", " is not a folder"), (tmp_path / "typo", ": no such folder")):
+        monkeypatch.setenv("DIET_EXPLORE_RUNS_DIR", str(value))
+        for argv in ([], ["--stop", "20990101T000000-00000000"]):
+            assert cli(["jobs", *argv]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: DIET_EXPLORE_RUNS_DIR {value}{said}") and "unset it" in err and "--runs" in err
+        assert not (tmp_path / "typo").exists()
+    monkeypatch.setenv("DIET_EXPLORE_RUNS_DIR", str(tmp_path / "file"))
+    with pytest.raises(J.DietError, match="^DIET_EXPLORE_RUNS_DIR .*file is not a folder"):  # compare, submit: the same name
+        J.RunStore().check("--runs")
+    with pytest.raises(J.DietError, match="^--runs .*file is not a folder"):
+        J.RunStore(tmp_path / "file").check("--runs")
+
+
 def test_cli_jobs_refuses_to_resume_a_finished_job(store, tiny_cache_root, capsys):
     a, _ = store.submit("prune_eval", prune_eval_config(tiny_cache_root), "first")
     run_worker(store, until_empty=True)

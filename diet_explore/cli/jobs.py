@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from diet_explore.core.errors import DietError
 
@@ -29,14 +28,17 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from diet_explore.experiments.jobs import JobStore, run_worker
+    from diet_explore.experiments.runs import RUNS_DIR_ENV
 
-    hint = "give the run store folder (the app's runs/, or compare --runs)"
-    if args.runs is not None:
-        if not Path(args.runs).exists():  # a typo must not read as an empty run store
-            raise DietError(f"--runs {args.runs}: no such folder", hint)
-        if not Path(args.runs).is_dir():  # not "no jobs in a.json/jobs"
-            raise DietError(f"--runs {args.runs} is not a folder", hint)
     store = JobStore(args.runs)
+    root, named = store.runs.root, store.runs.name("--runs")  # --runs, else DIET_EXPLORE_RUNS_DIR, else the default
+    hint = "give the run store folder (the app's runs/, or compare --runs)"
+    if named == RUNS_DIR_ENV:
+        hint = f"set {RUNS_DIR_ENV} to the run store folder (the app's runs/, or compare --runs), or unset it"
+    if named in ("--runs", RUNS_DIR_ENV) and not root.exists():  # a typo must not read as an empty run store
+        raise DietError(f"{named} {root}: no such folder", hint)
+    if root.exists() and not root.is_dir():  # not "no jobs in a.json/jobs"
+        raise DietError(f"{named} {root} is not a folder", hint)
     if args.stop:
         job = store.stop(args.stop)
         said = "cancelled" if job["status"] == "cancelled" else "stopping after its current forward pass"

@@ -41,9 +41,12 @@ KIND = "diet-explore-eval-cache"
 STORE_LOCK = "store"  # locked() keeps its lock file as <root>/.store.lock
 
 
+EVAL_CACHE_ENV = "DIET_EXPLORE_EVAL_CACHE"
+
+
 def default_root() -> Path:
     """``DIET_EXPLORE_EVAL_CACHE``, else ``<data home>/eval-cache`` (``<repo>/.store/eval-cache`` in a checkout)."""
-    env = os.environ.get("DIET_EXPLORE_EVAL_CACHE")
+    env = os.environ.get(EVAL_CACHE_ENV)
     return Path(env) if env else data_home() / "eval-cache"
 
 
@@ -176,6 +179,10 @@ def _checked_entry(raw: Any, key: str, requests: dict[str, list]) -> CachedEval:
 class EvalCache:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
+        # what a message calls a root the caller did not give: the variable that set it, or the default
+        self._default_name = (
+            None if root is not None else (EVAL_CACHE_ENV if os.environ.get(EVAL_CACHE_ENV) else "evaluation cache")
+        )
 
     def key_for(self, name_or_path: str, requests: dict[str, list], config, device: str, dtype) -> str | None:
         """The key of ``name_or_path``'s evaluation, or None when the model cannot be fingerprinted."""
@@ -186,8 +193,10 @@ class EvalCache:
         return self.root / f"{key}.json"
 
     def check(self, what: str = "--eval-cache") -> None:
-        """Refuse now a folder ``save`` could not write after minutes of evaluation (a file, read-only)."""
-        atomic.check_writable(self.root, what, folder=True)
+        """Refuse now a folder ``save`` could not write after minutes of evaluation (a file, read-only).
+        The message names ``what`` when the caller gave the root, else ``DIET_EXPLORE_EVAL_CACHE``
+        when that set it (never a flag the user did not give)."""
+        atomic.check_writable(self.root, self._default_name or what, folder=True)
 
     def load(self, key: str, requests: dict[str, list]) -> CachedEval | None:
         """The entry for ``key``, or None (missing, unreadable or not matching ``requests``; the

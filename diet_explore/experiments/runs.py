@@ -76,6 +76,15 @@ def new_run_id(text: str, now: _dt.datetime | None = None) -> str:
 class RunStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
+        # what a message calls a root the caller did not give: the variable that set it, or the default
+        self._default_name = (
+            None if root is not None else (RUNS_DIR_ENV if os.environ.get(RUNS_DIR_ENV, "").strip() else "run store")
+        )
+
+    def name(self, what: str) -> str:
+        """How a message names the root: ``what`` (the caller's flag, e.g. ``--runs``) when the
+        caller gave it; else ``DIET_EXPLORE_RUNS_DIR`` when that set it, else "run store"."""
+        return self._default_name or what
 
     def save(self, record: dict[str, Any], run_id: str | None = None) -> str:
         """Store a JSON-serialisable record; returns its run id (``run_id`` when given, from
@@ -115,7 +124,7 @@ class RunStore:
 
     def check(self, what: str = "run store") -> None:
         """Refuse now a root that ``save`` could not write later (``atomic.check_writable``)."""
-        atomic.check_writable(self.root, what, folder=True)
+        atomic.check_writable(self.root, self.name(what), folder=True)
 
     def load(self, run_id: str) -> dict[str, Any]:
         path = self.root / f"{run_id}.json"

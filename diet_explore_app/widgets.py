@@ -322,8 +322,9 @@ def saveable_hint(cache: ScoreCache, n_keep: int) -> str | None:
     if not need or n_keep % need == 0:
         return None
     return (
-        f"{n_keep} kept dims can be evaluated in memory, but a pruned {name} folder needs a multiple of {need} "
-        f"(its attention head count): set *Kept count a multiple of* to {need}."
+        f"To save this mask as a pruned {name} folder, set *Kept count a multiple of* to {need}: a folder needs a "
+        f"multiple of {need} (its attention head count), and {n_keep} is not. Evaluating it in memory works as it is. "
+        f"(`compare` sweeps round to it by default, so the Results page keeps other counts at the same sparsity.)"
     )
 
 

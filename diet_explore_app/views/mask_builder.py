@@ -109,7 +109,7 @@ with ui.shown_errors():
         )
         c[3].metric("Voting tasks", len(result.tasks))
         if hint := ui.saveable_hint(cache, result.n_keep):
-            st.warning(hint)
+            st.info(hint)  # information here (evaluating the mask works); Export, where saving is the action, warns
         massive = loaders.massive_for(loaded.path, loaded.sha, config.site, config.layer_agg, config.last_k)
         if massive.dims:
             pruned = [d for d in massive.dims if not result.keep[d]]

@@ -200,7 +200,7 @@ def test_weights_too_large_to_add_up_are_named(synthetic_cache_dir, tmp_path, ca
 def test_last_k_beyond_the_layer_count_is_refused(synthetic_cache_dir, tmp_path, capsys, command):
     argv = [command[0], "--cache", str(synthetic_cache_dir)] + [a.format(tmp=tmp_path) for a in command[1:]]
     err = _run(argv + ["--layer-agg", "last_k", "--last-k", "999"], capsys)  # was "the mean of the last 999 layers"
-    assert "last_k must be 1 to the 30 layers this cache has, got 999" in err
+    assert "--last-k must be 1 to the 30 layers this cache has, got 999" in err
     assert main(argv + ["--layer-agg", "last_k", "--last-k", "30"]) == 0
 
 
@@ -463,3 +463,23 @@ def test_ctrl_c_says_a_re_run_resumes_only_for_a_command_that_does(monkeypatch, 
     monkeypatch.setattr(f"diet_explore.cli.{argv[0]}.run", interrupted)
     assert main(argv) == 130
     assert capsys.readouterr().err == said
+
+
+# -------------------------------------------------------------------------------- third hostile run
+@pytest.mark.parametrize(
+    "flags, message, hint",
+    [
+        (["--tasks", ","], "--tasks names no task", "leave --tasks out"),
+        (["--method", "single"], "--method single needs --single-task", "e.g. --single-task "),
+        (["--method", "single", "--single-task", "wikitext"], "--single-task wikitext is generic text", "voting task"),
+        (["--method", "leave_one_out"], "--method leave_one_out needs --held-out-task", "e.g. --held-out-task "),
+        (["--last-k", "0"], "--last-k must be at least 1, got 0", "--layer-agg last_k --last-k 4"),
+        (["--multiple-of", "0"], "--multiple-of must be at least 1, got 0", "--multiple-of 1"),
+    ],
+)
+def test_mask_messages_name_the_flags_and_the_fix(app_cache_root, tmp_path, capsys, flags, message, hint):
+    err = _run(["mask", "--cache", str(app_cache_root / "alpha"), *flags, "--out", str(tmp_path / "m.json")], capsys)
+    assert message in err and hint in err.split("hint:")[1]
+    assert not re.search(r"\b(single_task|held_out_task|last_k|multiple_of|None)\b", err.replace("last_k --", ""))
+    assert "wikitext" not in err.split("hint:")[1]  # generic text cannot vote, so it is never offered
+    assert not (tmp_path / "m.json").exists()

@@ -44,7 +44,7 @@ def test_keep_count_rejects_sparsity_naming_it(bad):
 
 
 def test_keep_count_rejects_multiple_above_hidden_size():
-    with pytest.raises(DietError, match="multiple_of 16 exceeds the hidden size 8"):
+    with pytest.raises(DietError, match="--multiple-of 16 exceeds the hidden size 8"):
         keep_count(8, 0.2, 16)
 
 
@@ -107,5 +107,5 @@ def test_unknown_aggregation_and_normalization_are_named():
         aggregate_scores(cache, "a", layer_agg="median")
     with pytest.raises(DietError, match="'l2'"):
         aggregate_scores(cache, "a", normalize="l2")
-    with pytest.raises(DietError, match="last_k must be 1 to the 2 layers this cache has, got 0"):
+    with pytest.raises(DietError, match="--last-k must be 1 to the 2 layers this cache has, got 0"):
         aggregate_scores(cache, "a", layer_agg="last_k", last_k=0)

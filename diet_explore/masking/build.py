@@ -16,7 +16,7 @@ from diet_explore.core.errors import DietError
 from diet_explore.masking import baselines
 from diet_explore.masking.baselines import BASELINE_METHODS
 from diet_explore.masking.importance import LAYER_AGGS, NORMALIZATIONS, as_precompute, check_choice
-from diet_explore.masking.selection import check_sparsity, jaccard, keep_count
+from diet_explore.masking.selection import check_multiple_of, check_sparsity, jaccard, keep_count
 from diet_explore.masking.vote import MERGE_METHODS, merge
 from diet_explore.profiling.cache import SITES
 
@@ -65,12 +65,10 @@ class MaskConfig(JsonConfig):
         check_choice("site", self.site, SITES)
         check_choice("layer aggregation", self.layer_agg, LAYER_AGGS)
         check_choice("normalization", self.normalize, NORMALIZATIONS)
-        self.last_k, self.multiple_of = int(self.last_k), int(self.multiple_of)
+        self.last_k, self.multiple_of = int(self.last_k), check_multiple_of(self.multiple_of)
         self.seed = check_seed(self.seed, "--seed")
         if self.last_k < 1:
-            raise DietError(f"last_k must be at least 1, got {self.last_k}", "e.g. last_k=4")
-        if self.multiple_of < 1:
-            raise DietError(f"multiple_of must be at least 1, got {self.multiple_of}", "use 1 (no rounding) or e.g. 8")
+            raise DietError(f"--last-k must be at least 1, got {self.last_k}", "e.g. --layer-agg last_k --last-k 4")
         self.weights = {str(t): float(w) for t, w in dict(self.weights).items()}
         for t, w in self.weights.items():
             if not math.isfinite(w) or w < 0:
@@ -84,7 +82,9 @@ class MaskConfig(JsonConfig):
         if self.tasks is not None:
             self.tasks = [str(t) for t in self.tasks]
             if not self.tasks:
-                raise DietError("tasks is an empty list", "list at least one task, or None for all tasks")
+                raise DietError(
+                    "--tasks names no task", "list voting tasks, e.g. --tasks boolq,rte, or leave --tasks out for all"
+                )
             dup = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
             if dup:
                 raise DietError(f"task(s) listed twice: {', '.join(dup)}", "list each task once")
@@ -115,10 +115,7 @@ class MaskConfig(JsonConfig):
                 raise DietError(f"weight given for {t!r}, {why}", f"weights apply to the voting tasks: {', '.join(candidates)}")
         if self.site not in cache.sites:
             raise DietError(f"site {self.site!r} was not profiled in this cache", f"choose one of {', '.join(cache.sites)}")
-        if self.multiple_of > cache.hidden_size:
-            raise DietError(
-                f"multiple_of {self.multiple_of} exceeds the hidden size {cache.hidden_size}", "use a smaller multiple"
-            )
+        check_multiple_of(self.multiple_of, cache.hidden_size)
         tasks, weights = self.voting_tasks(cache)
         if self.method in ("random", "magnitude", "wiki"):
             return
@@ -132,17 +129,25 @@ class MaskConfig(JsonConfig):
         tasks = list(self.tasks) if self.tasks is not None else list(cache.task_names)
         if self.method == "single":
             task = self.single_task or (tasks[0] if len(tasks) == 1 else None)
-            if task is None or task not in cache.tasks:
+            voting = ", ".join(cache.task_names)
+            if task is None:
                 raise DietError(
-                    f"method 'single' needs single_task, one of the cache's tasks (got {self.single_task!r})",
-                    f"set single_task to one of {', '.join(cache.tasks)}",
+                    "--method single needs --single-task, the task whose top dims are kept",
+                    f"e.g. --single-task {cache.task_names[0]} (the voting tasks of this cache: {voting})"
+                    if cache.task_names
+                    else None,
                 )
+            if task not in cache.task_names:
+                why = "generic text, which does not vote" if task in cache.generic_names else "not a task of this cache"
+                raise DietError(f"--single-task {task} is {why}", f"choose a voting task of this cache: {voting}")
             return [task], np.ones(1)
         if self.method == "leave_one_out":
             if self.held_out_task not in tasks:
                 raise DietError(
-                    f"method 'leave_one_out' needs held_out_task among the voting tasks (got {self.held_out_task!r})",
-                    f"set held_out_task to one of {', '.join(tasks)}",
+                    "--method leave_one_out needs --held-out-task, the voting task left out of the vote"
+                    if self.held_out_task is None
+                    else f"--held-out-task {self.held_out_task} is not among the voting tasks",
+                    f"e.g. --held-out-task {tasks[0]} (the voting tasks: {', '.join(tasks)})" if tasks else None,
                 )
             tasks = [t for t in tasks if t != self.held_out_task]
             if not tasks:

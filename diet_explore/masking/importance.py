@@ -37,7 +37,7 @@ def aggregate_layers(layer: np.ndarray, layer_agg: str = "mean", last_k: int = 4
     n_layers = layer.shape[0]
     if not 1 <= int(last_k) <= n_layers:  # more than L would be reported as "the last 999 layers"
         raise DietError(
-            f"last_k must be 1 to the {n_layers} layers this cache has, got {last_k}",
+            f"--last-k must be 1 to the {n_layers} layers this cache has, got {last_k}",
             f"pass --last-k between 1 and {n_layers}",
         )
     return layer[-int(last_k) :].mean(0)

@@ -23,6 +23,18 @@ def check_sparsity(sparsity: float) -> float:
     return s + 0.0  # -0.0 + 0.0 is 0.0: "-0" would be printed as "at sparsity -0"
 
 
+def check_multiple_of(multiple_of, hidden_size: int | None = None) -> int:
+    """The kept-count multiple (``--multiple-of``): at least 1 and, with the hidden size known, at most it."""
+    m = int(multiple_of)
+    if m < 1:
+        raise DietError(f"--multiple-of must be at least 1, got {multiple_of}", "use --multiple-of 1 (no rounding) or e.g. 8")
+    if hidden_size is not None and m > hidden_size:
+        raise DietError(
+            f"--multiple-of {m} exceeds the hidden size {hidden_size}", f"use a --multiple-of of at most {hidden_size}"
+        )
+    return m
+
+
 def keep_count(hidden_size: int, sparsity: float, multiple_of: int = 1) -> int:
     """How many dims a mask at ``sparsity`` keeps.
 
@@ -34,11 +46,7 @@ def keep_count(hidden_size: int, sparsity: float, multiple_of: int = 1) -> int:
     """
     d = int(hidden_size)
     s = check_sparsity(sparsity)
-    m = int(multiple_of)
-    if m < 1:
-        raise DietError(f"multiple_of must be at least 1, got {multiple_of}", "use 1 (no rounding) or e.g. 8")
-    if m > d:
-        raise DietError(f"multiple_of {m} exceeds the hidden size {d}", f"use a multiple_of of at most {d}")
+    m = check_multiple_of(multiple_of, d)
     return round_keep(max(1, d - math.floor(s * d + 1e-9)), m, d)
 
 

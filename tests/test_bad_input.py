@@ -483,3 +483,22 @@ def test_mask_messages_name_the_flags_and_the_fix(app_cache_root, tmp_path, caps
     assert not re.search(r"\b(single_task|held_out_task|last_k|multiple_of|None)\b", err.replace("last_k --", ""))
     assert "wikitext" not in err.split("hint:")[1]  # generic text cannot vote, so it is never offered
     assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message, hint",
+    [
+        (["--limit", "0"], "--limit must be at least 1, got 0", "--limit 50"),
+        (["--workers", "0"], "--workers must be at least 1, got 0", "--workers 2"),
+        (["--batch-tokens", "0"], "--batch-tokens must be at least 64, got 0", "--batch-tokens 1024"),
+        (["--ppl-windows", "-1"], "--ppl-windows must be at least 1, got -1", "--no-perplexity"),
+        (["--ppl-windows", "100000000"], "--ppl-windows 100000000 is more than the wiki text holds", "--no-perplexity"),
+    ],
+)
+def test_eval_numbers_name_their_flags_before_a_model_loads(tiny_cache_root, capsys, flags, message, hint):
+    model = tiny_cache_root.parent / "models" / "tiny-llama"
+    rc = main(["eval", "--model", str(model), "--tasks", "rte", "--no-eval-cache", "--device", "cpu", *flags])
+    out, err = capsys.readouterr()
+    assert rc == 2 and message in err and hint in err.split("hint:")[1], err
+    assert err.startswith(f"error: {flags[0]}") and not re.search(r"batch_tokens|ppl_windows|perplexity off", err)
+    assert "evaluating" not in out  # refused before the model loaded

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -147,8 +148,11 @@ def test_too_many_perplexity_windows_fail_before_any_scoring(monkeypatch):
         raise AssertionError("scored before checking the perplexity windows")
 
     monkeypatch.setattr("diet_explore.evaluation.evaluate.LoglikelihoodScorer.score", no_scoring)
-    with pytest.raises(DietError, match="held-out windows; 1000000 asked for"):
-        evaluate_model(tiny_model("llama"), WordTokenizer(), EvalConfig(tasks="rte", limit=2, ppl_windows=10**6))
+    # below the bound checked before a model loads (bytes / 128), above this tokenizer's own count
+    with pytest.raises(DietError, match="held-out windows; 8000 asked for") as exc:
+        evaluate_model(tiny_model("llama"), WordTokenizer(), EvalConfig(tasks="rte", limit=2, ppl_windows=8000))
+    limit = int(re.search(r"wiki text has (\d+) held-out", exc.value.message).group(1))
+    assert f"use --ppl-windows {limit} or fewer" in exc.value.hint  # was "ask for fewer"
 
 
 def test_eval_config_round_trips_and_refuses_bad_values():

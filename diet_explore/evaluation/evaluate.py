@@ -56,16 +56,21 @@ class EvalConfig(JsonConfig):
         if isinstance(self.tasks, list):  # --tasks rte,rte: one task, evaluated and named once
             self.tasks = list(dict.fromkeys(self.tasks))
         if self.limit < 1:
-            raise DietError(f"limit must be at least 1, got {self.limit}", "e.g. --limit 50")
+            raise DietError(f"--limit must be at least 1, got {self.limit}", "e.g. --limit 50")
         if self.ppl_windows < 1 and self.perplexity:
-            raise DietError(f"ppl_windows must be at least 1, got {self.ppl_windows}", "e.g. 32, or perplexity off")
+            raise DietError(
+                f"--ppl-windows must be at least 1, got {self.ppl_windows}", "e.g. --ppl-windows 32, or --no-perplexity"
+            )
         if self.workers is not None and int(self.workers) < 1:
             raise DietError(
-                f"workers must be at least 1, got {self.workers}", "e.g. --workers 2, or leave it out for the default"
+                f"--workers must be at least 1, got {self.workers}", "e.g. --workers 2, or leave it out for the default"
             )
         self.exclude_masks = [str(p) for p in self.exclude_masks]
         if self.batch_tokens < 64:
-            raise DietError(f"batch_tokens {self.batch_tokens} is too small", f"use at least 64 (default {DEFAULT_BATCH_TOKENS})")
+            raise DietError(
+                f"--batch-tokens must be at least 64, got {self.batch_tokens}",
+                f"e.g. --batch-tokens {DEFAULT_BATCH_TOKENS} (the default), or leave it out",
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,8 +99,11 @@ def calibration_exclusions(config: EvalConfig) -> tuple[dict[str, set[int]], int
 
 
 def eval_requests(config: EvalConfig) -> dict[str, list[Request]]:
-    """The held-out requests of every configured task (deterministic in the config and the files it names)."""
+    """The held-out requests of every configured task (deterministic in the config and the files it
+    names). Called before a model loads, so it also refuses a perplexity window count no tokenizer could give."""
     specs = resolve_tasks(config.tasks)
+    if config.perplexity:
+        wiki.check_heldout_windows(config.ppl_windows, PPL_WINDOW)
     excluded, n_cal = calibration_exclusions(config)
     out = {}
     for spec in specs:

@@ -113,5 +113,27 @@ def wiki_calibration_ids(n_windows: int, n: int, seed: int = DEFAULT_SEED) -> li
 def wiki_heldout_ids(n_windows: int, n: int) -> list[int]:
     start = n_windows // 2
     if n > n_windows - start:
-        raise DietError(f"wiki text has {n_windows - start} held-out windows; {n} asked for", "ask for fewer")
+        raise DietError(
+            f"wiki text has {n_windows - start} held-out windows; {n} asked for",
+            f"use --ppl-windows {n_windows - start} or fewer (every held-out window of this tokenizer), or --no-perplexity",
+        )
     return list(range(start, start + n))
+
+
+def max_heldout_windows(window: int) -> int:
+    """The most held-out windows of ``window`` tokens any tokenizer can give, known before a model
+    loads: a token covers at least one byte of the text (byte-level BPE, SentencePiece's byte
+    fallback), so there are at most ``bytes / window`` windows (one more for a tokenizer's added
+    prefix), and half of them are held out. A tokenizer's own count is lower (``wiki_heldout_ids``)."""
+    n = wiki_text_path().stat().st_size // window + 1
+    return n - n // 2
+
+
+def check_heldout_windows(n: int, window: int) -> None:
+    """Refuse, before a model loads, a perplexity window count no tokenizer could give."""
+    most = max_heldout_windows(window)
+    if n > most:
+        raise DietError(
+            f"--ppl-windows {n} is more than the wiki text holds (at most {most} held-out windows of {window} tokens)",
+            f"the exact limit is the model tokenizer's, below {most}: e.g. --ppl-windows 32 (the default), or --no-perplexity",
+        )

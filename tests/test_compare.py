@@ -143,7 +143,7 @@ def test_resume_skips_finished_runs_and_refuses_other_settings(setup, tmp_path):
     logs3: list[str] = []
     run_compare(more, out, model, tok, store, log=logs3.append)
     assert logs3[0].endswith("1 to go") and len(read_results(out)) == len(METHODS) + 2
-    with pytest.raises(DietError, match="other settings"):
+    with pytest.raises(DietError, match="a different --limit"):
         run_compare(CompareConfig.from_dict({**config.to_dict(), "limit": 4}), out, model, tok, store)
     assert len(read_results(root / "out")) == len(METHODS) + 1  # the shared sweep is untouched
 
@@ -293,3 +293,18 @@ def test_results_of_other_settings_are_refused_before_the_model_loads(setup, tmp
     (tmp_path / "out" / "results.jsonl").write_text(json.dumps({"key": "dense", "fingerprint": "older"}) + "\n")
     with pytest.raises(DietError, match="holds results made with other settings"):
         run_compare(config, tmp_path / "out", store=RunStore(tmp_path / "runs"))
+
+
+def test_a_resume_with_other_settings_names_the_ones_that_differ(setup, tmp_path, no_model_load):
+    root, config, *_ = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jsonl").write_text(json.dumps({"key": "dense", "fingerprint": "earlier"}) + "\n")
+    (out / "config.json").write_text(config.to_json())  # the settings the earlier run wrote
+    changed = CompareConfig.from_dict({**config.to_dict(), "limit": 4, "perplexity": True, "methods": ["random"]})
+    with pytest.raises(DietError) as exc:
+        run_compare(changed, out, store=RunStore(tmp_path / "runs"))
+    message = exc.value.message
+    assert "a different --limit (3; this run: 4) and --no-perplexity (given; this run: not given)" in message
+    assert "--methods" not in message  # the grid is resumable: other methods are no other settings
+    assert "resume with the earlier settings" in exc.value.hint

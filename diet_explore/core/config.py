@@ -22,6 +22,12 @@ def check_seed(value: Any, flag: str) -> int:
     return int(value)
 
 
+def cli_flag(name: str) -> str:
+    """The CLI flag that sets a config field (``last_k`` -> ``--last-k``): the configs name their
+    fields after the flags, so a message about a field names what a user typed."""
+    return "--" + name.replace("_", "-")
+
+
 class JsonConfig:
     """Mixin for ``@dataclass`` configs: ``to_dict``/``from_dict``/``to_json``/``from_json``.
 

@@ -102,13 +102,16 @@ def repair_results(out: Path) -> int:
     return len(lines) - len(rows)
 
 
-def check_resumable(done: list[dict[str, Any]], out: Path, fingerprint: str) -> None:
-    """Refuse to add to results made with other settings (mixed rows would not be comparable)."""
+def check_resumable(done: list[dict[str, Any]], out: Path, fingerprint: str, difference: str | None = None) -> None:
+    """Refuse to add to results made with other settings (mixed rows would not be comparable).
+    ``difference``: which settings differ, as the message says them (None: not known)."""
     if any(r.get("fingerprint") != fingerprint for r in done):
         raise DietError(
-            f"{out / RESULTS} holds results made with other settings (model, cache, tasks, limit, seed, "
-            "dtype, ...) or by an older diet-explore",
-            "use another --out, or delete the folder to start over",
+            f"{out / RESULTS} holds results made with {difference}; refusing to mix two sweeps"
+            if difference
+            else f"{out / RESULTS} holds results made with other settings: the same flags, so the score cache's "
+            "contents, the dtype the device resolves to, or the diet-explore version differ",
+            "resume with the earlier settings, use another --out, or delete the folder to start over",
         )
 
 

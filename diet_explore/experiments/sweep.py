@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from diet_explore.core import atomic
-from diet_explore.core.config import JsonConfig, check_seed
+from diet_explore.core.config import JsonConfig, check_seed, cli_flag
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.blocks import ScoreLog, StopCheck
 from diet_explore.evaluation.evalcache import EvalCache
@@ -212,6 +212,34 @@ def check_sweep_folder(out: Path) -> None:
     )
 
 
+def settings_difference(out: Path, config: CompareConfig) -> str | None:
+    """The results-affecting settings of the sweep in ``out`` (its ``config.json``) that ``config``
+    changes, named by their flags as a resume check says them (``profile`` does the same), e.g.
+    ``a different --limit (50; this run: 4)``; None when its config.json is unreadable or agrees."""
+    try:
+        old = CompareConfig.from_json((out / "config.json").read_text()).to_dict()
+    except (OSError, UnicodeDecodeError, DietError, TypeError, ValueError):
+        return None
+    new = config.to_dict()
+    keys = [k for k in (*FINGERPRINT_FIELDS, *OPTIONAL_FINGERPRINT_FIELDS) if old[k] != new[k]]
+    if not keys:
+        return None
+
+    def shown(key: str, value: Any) -> str:
+        if key == "perplexity":  # set by --no-perplexity
+            return "not given" if value else "given"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, list):
+            return ",".join(str(v) for v in value)
+        return "the default" if value is None else str(value)
+
+    return "a different " + " and ".join(
+        f"{'--no-perplexity' if k == 'perplexity' else cli_flag(k)} ({shown(k, old[k])}; this run: {shown(k, new[k])})"
+        for k in keys
+    )
+
+
 def run_compare(
     config: CompareConfig,
     out: str | Path,
@@ -254,7 +282,7 @@ def run_compare(
     dtype = dtype_name(next(model.parameters()).dtype) if model is not None else config.resolved_dtype()
     fingerprint = config.fingerprint(cache.manifest_hash, dtype)
     done = read_results(out)
-    check_resumable(done, out, fingerprint)
+    check_resumable(done, out, fingerprint, settings_difference(out, config) if done else None)
     dropped = repair_results(out) if done else 0
     if dropped:
         log(f"removed {dropped} repeated or unreadable line(s) from {out / RESULTS}: one row per run is kept")

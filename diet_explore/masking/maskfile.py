@@ -19,6 +19,7 @@ import numpy as np
 from diet_explore import __version__
 from diet_explore.core import atomic
 from diet_explore.core.clock import utc_timestamp
+from diet_explore.core.config import cli_flag
 from diet_explore.core.errors import DietError
 from diet_explore.masking.build import MaskConfig
 
@@ -251,7 +252,7 @@ def mask_command(cache_path: str | Path, config: MaskConfig, out: str | Path) ->
     for name, value in config.to_dict().items():
         if value == default[name] or value is None:
             continue
-        flag = "--" + name.replace("_", "-")
+        flag = cli_flag(name)
         if name == "weights":
             args += [flag, ",".join(f"{t}={_flag_value(float(w))}" for t, w in value.items())]
         elif name == "tasks":

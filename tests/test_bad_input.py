@@ -502,3 +502,26 @@ def test_eval_numbers_name_their_flags_before_a_model_loads(tiny_cache_root, cap
     assert rc == 2 and message in err and hint in err.split("hint:")[1], err
     assert err.startswith(f"error: {flags[0]}") and not re.search(r"batch_tokens|ppl_windows|perplexity off", err)
     assert "evaluating" not in out  # refused before the model loaded
+
+
+def test_an_existing_folder_that_takes_no_files_is_not_called_missing(synthetic_cache_dir, tmp_path, capsys, monkeypatch):
+    """/proc exists, but creating a file in it fails with ENOENT: the message said "(/proc: No such
+    file or directory)", as if /proc were missing."""
+    import tempfile
+
+    real_mkstemp = tempfile.mkstemp
+    special = tmp_path / "proc"
+    special.mkdir()
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == special:
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    for out in (special / "version", special / "new.json"):
+        if out.name == "version":
+            out.write_text("a kernel's file")
+        err = _run(["mask", "--cache", str(synthetic_cache_dir), "--out", str(out)], capsys)
+        assert f"--out {out} is not writable: the folder {special} exists but takes no new files" in err
+        assert f"{special}: No such file" not in err and "special file system" in err

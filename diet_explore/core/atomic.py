@@ -354,8 +354,12 @@ def check_writable(path: str | Path, what: str, folder: bool) -> None:
         )
     try:  # os.access answers for the permission bits; some file systems (e.g. /sys, as root) refuse anyway
         fd, probe_file = tempfile.mkstemp(dir=probe, prefix=".diet-explore-probe-")
-    except OSError as exc:
-        raise DietError(f"{what} {path} is not writable ({probe}: {exc.strerror or exc})", f"choose another {what}") from None
+    except OSError as exc:  # the folder exists (found above): what failed is creating a file in it
+        raise DietError(
+            f"{what} {path} is not writable: the folder {probe} exists but takes no new files "
+            f"(creating a test file there failed: {exc.strerror or exc})",
+            f"choose another {what}, in a folder you can write to (not a read-only or special file system such as /proc)",
+        ) from None
     os.close(fd)
     os.unlink(probe_file)
 

@@ -469,7 +469,7 @@ def test_ctrl_c_says_a_re_run_resumes_only_for_a_command_that_does(monkeypatch, 
 @pytest.mark.parametrize(
     "flags, message, hint",
     [
-        (["--tasks", ","], "--tasks names no task", "leave --tasks out"),
+        (["--tasks", ","], "--tasks names no task", "--tasks all"),
         (["--method", "single"], "--method single needs --single-task", "e.g. --single-task "),
         (["--method", "single", "--single-task", "wikitext"], "--single-task wikitext is generic text", "voting task"),
         (["--method", "leave_one_out"], "--method leave_one_out needs --held-out-task", "e.g. --held-out-task "),
@@ -525,3 +525,25 @@ def test_an_existing_folder_that_takes_no_files_is_not_called_missing(synthetic_
         err = _run(["mask", "--cache", str(synthetic_cache_dir), "--out", str(out)], capsys)
         assert f"--out {out} is not writable: the folder {special} exists but takes no new files" in err
         assert f"{special}: No such file" not in err and "special file system" in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["mask", "--out", "{tmp}/{name}.json"],
+        ["stability", "--resamples", "3", "--counts", "5"],
+        ["agreement"],
+        ["dim", "--dim", "5"],
+    ],
+)
+def test_tasks_all_is_every_voting_task_of_the_cache_as_for_profile_and_eval(app_cache_root, tmp_path, capsys, command):
+    """``--tasks all`` was "task 'all' is not in this cache" wherever --tasks selects cache tasks."""
+    argv = [command[0], "--cache", str(app_cache_root / "alpha")] + command[1:]
+    outputs = []
+    for name, tasks in (("m1", ["--tasks", "all"]), ("m2", [])):
+        assert main([a.format(tmp=tmp_path, name=name) for a in argv] + tasks) == 0
+        outputs.append(capsys.readouterr().out.replace(f"{name}.json", "m.json"))
+    assert outputs[0] == outputs[1]
+    if command[0] == "mask":
+        masks = [json.loads((tmp_path / f"{name}.json").read_text()) for name in ("m1", "m2")]
+        assert masks[0]["kept_indices"] == masks[1]["kept_indices"] and masks[0]["config"] == masks[1]["config"]

@@ -14,6 +14,14 @@ def csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def cache_tasks(text: str | None) -> list[str] | None:
+    """``--tasks`` of a command that reads a score cache: ``all`` (the default) is every voting task
+    of the cache (None), as ``all`` is every task for profile and eval; else the comma list."""
+    if text is None or text.strip() == "all":
+        return None
+    return csv_list(text)
+
+
 def progress_printer(name: str, steps: int = 10):
     """A ``progress(fraction, message)`` callback printing to stderr each time ``fraction`` crosses
     one of ``steps`` equal steps (stdout stays the result, for pipes)."""

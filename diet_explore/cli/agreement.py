@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from diet_explore.cli._common import csv_list
+from diet_explore.cli._common import cache_tasks
 from diet_explore.core.errors import DietError
 
 
@@ -12,7 +12,7 @@ def register(sub) -> None:
     p = sub.add_parser("agreement", help="Jaccard / Spearman agreement of per-task prune sets")
     p.add_argument("--cache", required=True, help="score cache folder")
     p.add_argument("--sparsity", type=float, default=0.2)
-    p.add_argument("--tasks", default=None, help="comma list (default: every task in the cache)")
+    p.add_argument("--tasks", default="all", help="'all' (every voting task in the cache, the default) or a comma list")
     p.add_argument("--site", default="residual")
     p.add_argument("--layer-agg", default="mean", help="mean (paper), max, last_k")
     p.add_argument("--last-k", type=int, default=4)
@@ -34,7 +34,7 @@ def run(args) -> int:
     if args.top < 0:  # a negative count sliced rows off the end of the table
         raise DietError(f"--top must be 0 or more, got {args.top}", "e.g. --top 10")
     cache = load_cache(args.cache)
-    tasks = csv_list(args.tasks) if args.tasks else None
+    tasks = cache_tasks(args.tasks)
     for t in tasks or cache.task_names[:1]:
         cache.layer_scores(t, args.site)  # DietError naming an unknown task or site
     rep = agreement_report(cache, args.sparsity, tasks, args.site, args.layer_agg, args.last_k)

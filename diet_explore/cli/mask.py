@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from diet_explore.cli._common import csv_list
+from diet_explore.cli._common import cache_tasks
 from diet_explore.core.errors import DietError
 
 
@@ -17,7 +17,7 @@ def add_mask_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", type=float, default=0.2, help="fraction of hidden dims to prune, in [0, 1)")
     p.add_argument("--threshold", type=float, default=0.5, help="τ: keep a dim when ≥ τ of the task weight keeps it")
     p.add_argument("--weights", default="", help="task weights, e.g. boolq=2,rte=0.5 (or boolq:2); missing = 1")
-    p.add_argument("--tasks", default=None, help="comma list of voting tasks (default: every task in the cache)")
+    p.add_argument("--tasks", default="all", help="'all' (every voting task in the cache, the default) or a comma list")
     # no argparse choices: a method that is no mask (slicegpt) is refused by MaskConfig with its reason
     p.add_argument("--method", default="diet", help=f"one of: {', '.join(MERGE_METHODS + BASELINE_METHODS)}")
     p.add_argument("--site", default="residual")
@@ -43,7 +43,7 @@ def config_from_args(args):
         sparsity=args.sparsity,
         threshold=args.threshold,
         weights=parse_weights(args.weights),
-        tasks=csv_list(args.tasks) if args.tasks else None,
+        tasks=cache_tasks(args.tasks),
         method=args.method,
         site=args.site,
         layer_agg=args.layer_agg,

@@ -83,7 +83,7 @@ class MaskConfig(JsonConfig):
             self.tasks = [str(t) for t in self.tasks]
             if not self.tasks:
                 raise DietError(
-                    "--tasks names no task", "list voting tasks, e.g. --tasks boolq,rte, or leave --tasks out for all"
+                    "--tasks names no task", "list voting tasks, e.g. --tasks boolq,rte, or --tasks all for every one"
                 )
             dup = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
             if dup:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from diet_explore.core.config import parse_float, parse_int
 from diet_explore.core.errors import DietError
 from diet_explore.masking.baselines import BASELINE_METHODS
 from diet_explore.masking.build import MaskConfig, parse_weights
@@ -257,11 +258,8 @@ def _in(options: Sequence[str]):
 def _ranged(cast, lo: float, hi: float):
     def check(s: str):
         allowed = f"use a {'whole ' if cast is int else ''}number from {lo} to {hi}"
-        try:
-            v = cast(s)
-        except ValueError:
-            raise ValueError(allowed) from None
-        if not lo <= v <= hi:  # NaN fails this too
+        v = (parse_int if cast is int else parse_float)(s)  # ASCII digits, as the CLI reads numbers
+        if v is None or not lo <= v <= hi:  # NaN fails this too
             raise ValueError(allowed)
         return v
 

@@ -136,6 +136,13 @@ def test_rankings_bad_dims_and_layer_agg(app, alpha):
     assert frame(at, "rank_top_table")["dim"].tolist() == expected.tolist()
 
 
+def test_rankings_dims_in_other_scripts_digits_are_one_error(app):
+    at = run_page(app.run(), "rankings")
+    for bad in ("3, \u00b2", "\u0665"):  # "²" passed isdigit() and then made int() raise; "٥" was read as 5
+        at.text_input(key="rank_dims").input(bad).run()
+        assert at.error and "is not an index" in at.error[0].value and not at.exception
+
+
 # --------------------------------------------------------------------------------------------
 # Agreement
 # --------------------------------------------------------------------------------------------

@@ -547,3 +547,53 @@ def test_tasks_all_is_every_voting_task_of_the_cache_as_for_profile_and_eval(app
     if command[0] == "mask":
         masks = [json.loads((tmp_path / f"{name}.json").read_text()) for name in ("m1", "m2")]
         assert masks[0]["kept_indices"] == masks[1]["kept_indices"] and masks[0]["config"] == masks[1]["config"]
+
+
+FULL_WIDTH = str.maketrans("0123456789.", "０１２３４５６７８９．")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["mask", "--sparsity", "0.2", "--out", "{tmp}/m.json"],
+        ["mask", "--weights", "boolq=1", "--out", "{tmp}/m.json"],
+        ["mask", "--last-k", "4", "--layer-agg", "last_k", "--out", "{tmp}/m.json"],
+        ["agreement", "--sparsity", "0.2"],
+        ["dim", "--dim", "5"],
+        ["stability", "--counts", "10", "--resamples", "3"],
+        ["compare", "--sparsity", "0.2", "--out", "{tmp}/c", "--runs", "{tmp}/r"],
+    ],
+)
+def test_numbers_in_other_scripts_digits_are_refused_everywhere(synthetic_cache_dir, tmp_path, capsys, command):
+    """float() read "０.２" as 0.2 and "boolq=１" as 1 while --dim refused "５": every number is ASCII now."""
+    argv = [command[0], "--cache", str(synthetic_cache_dir)] + [a.format(tmp=tmp_path) for a in command[1:]]
+    argv[4] = argv[4].translate(FULL_WIDTH)  # the value of the first flag
+    assert not argv[4].isascii()
+    with pytest.raises(SystemExit) as exc:  # argparse: "argument --sparsity: '０.２' is not a number ..."
+        raise SystemExit(main(argv))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err and "digits 0-9" in err, err
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "c").exists()
+
+
+def test_no_cli_option_reads_numbers_with_plain_int_or_float():
+    """One rule: every number option goes through _common.int_arg / float_arg (ASCII digits)."""
+    import argparse
+
+    from diet_explore.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    plain = [
+        (name, max(a.option_strings, key=len))
+        for name, sub in commands.choices.items()
+        for a in sub._actions
+        if a.type in (int, float)
+    ]
+    assert plain == []
+
+
+def test_app_links_read_ascii_digits_only():
+    from diet_explore_app import settings as S
+
+    config, _, warnings = S.decode_query({"sparsity": "０.３", "last_k": "３"})
+    assert config.sparsity == 0.2 and config.last_k == 4 and len(warnings) == 2

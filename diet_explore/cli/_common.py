@@ -10,6 +10,26 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (GPU default), float16")
 
 
+def int_arg(text: str) -> int:
+    """``type=`` of every whole-number option: the digits 0-9 only (``core.config.parse_int``)."""
+    from diet_explore.core.config import parse_int
+
+    value = parse_int(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number written with the digits 0-9, e.g. 4")
+    return value
+
+
+def float_arg(text: str) -> float:
+    """``type=`` of every number option: ASCII only (``core.config.parse_float``; ``float()`` takes "０.２")."""
+    from diet_explore.core.config import parse_float
+
+    value = parse_float(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number written with the digits 0-9, e.g. 0.2")
+    return value
+
+
 def csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 
-from diet_explore.cli._common import cache_tasks
+from diet_explore.cli._common import cache_tasks, float_arg, int_arg
 from diet_explore.core.errors import DietError
 
 
 def register(sub) -> None:
     p = sub.add_parser("agreement", help="Jaccard / Spearman agreement of per-task prune sets")
     p.add_argument("--cache", required=True, help="score cache folder")
-    p.add_argument("--sparsity", type=float, default=0.2)
+    p.add_argument("--sparsity", type=float_arg, default=0.2)
     p.add_argument("--tasks", default="all", help="'all' (every voting task in the cache, the default) or a comma list")
     p.add_argument("--site", default="residual")
     p.add_argument("--layer-agg", default="mean", help="mean (paper), max, last_k")
-    p.add_argument("--last-k", type=int, default=4)
-    p.add_argument("--top", type=int, default=10, help="exact overlaps shown in the table")
+    p.add_argument("--last-k", type=int_arg, default=4)
+    p.add_argument("--top", type=int_arg, default=10, help="exact overlaps shown in the table")
     p.add_argument(
         "--format", default="table", choices=("table", "json", "csv"), help="csv: long table metric,task_a,task_b,value"
     )

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from diet_explore.cli._common import int_arg
 from diet_explore.core.errors import DietError
 
 
@@ -25,7 +26,7 @@ def register(sub) -> None:
         help="a score cache folder to open, or a folder of cache folders "
         "(default: ./cache, else the caches shipped with the package)",
     )
-    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    p.add_argument("--port", type=int_arg, default=8501, help="port to serve on (default 8501)")
     p.add_argument("--host", default="localhost", help="address to listen on (default localhost: this machine only)")
     p.add_argument("--open", action="store_true", help="open a browser tab (default: just serve, and print the address)")
     p.set_defaults(func=run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diet_explore.cli._common import add_device_args, csv_list, progress_printer
+from diet_explore.cli._common import add_device_args, csv_list, int_arg, progress_printer
 from diet_explore.models.builtin import DEFAULT_MODEL
 from diet_explore.tasks.data import DEFAULT_SEED
 
@@ -19,23 +19,25 @@ def register(sub) -> None:
     p.add_argument("--sparsity", default="0.1,0.2", help="comma list of target sparsities")
     p.add_argument("--methods", default="diet,random,magnitude,wiki", help=f"comma list of: {', '.join(METHODS)}")
     p.add_argument("--tasks", default="all")
-    p.add_argument("--limit", type=int, default=50, help="held-out examples per task")
+    p.add_argument("--limit", type=int_arg, default=50, help="held-out examples per task")
     p.add_argument(
         "--clip-limit",
         action="store_true",
         help="--limit is an upper bound: a task with fewer held-out examples (RTE, ARC-Challenge) uses all it has",
     )
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="evaluation draw")
-    p.add_argument("--mask-seed", type=int, default=0, help="random baseline seed")
+    p.add_argument("--seed", type=int_arg, default=DEFAULT_SEED, help="evaluation draw")
+    p.add_argument("--mask-seed", type=int_arg, default=0, help="random baseline seed")
     p.add_argument(
         "--exact",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="every method keeps the same count (default); --no-exact: the vote's own count",
     )
-    p.add_argument("--multiple-of", type=int, default=None, help="kept-count multiple (default: what the model needs to reload)")
+    p.add_argument(
+        "--multiple-of", type=int_arg, default=None, help="kept-count multiple (default: what the model needs to reload)"
+    )
     p.add_argument("--no-perplexity", action="store_true")
-    p.add_argument("--ppl-windows", type=int, default=32)
+    p.add_argument("--ppl-windows", type=int_arg, default=32)
     p.add_argument("--runs", default=None, help="run store folder (default: <repo>/runs)")
     p.add_argument(
         "--eval-cache", default=None, help="cached per-model results, shared with eval (default: <data home>/eval-cache)"
@@ -47,15 +49,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from diet_explore.core.config import parse_float
     from diet_explore.core.errors import DietError
     from diet_explore.evaluation.evalcache import EvalCache
     from diet_explore.experiments.runs import RunStore
     from diet_explore.experiments.sweep import CompareConfig, run_compare
 
-    try:
-        sparsities = [float(s) for s in csv_list(args.sparsity)]
-    except ValueError:
-        raise DietError(f"bad --sparsity {args.sparsity!r}", "e.g. --sparsity 0.1,0.2") from None
+    sparsities = [parse_float(s) for s in csv_list(args.sparsity)]
+    if None in sparsities:
+        raise DietError(f"bad --sparsity {args.sparsity!r}: comma-separated numbers in the digits 0-9", "e.g. --sparsity 0.1,0.2")
     config = CompareConfig(
         model=args.model,
         cache=args.cache,

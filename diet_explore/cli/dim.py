@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from diet_explore.cli._common import int_arg
 from diet_explore.cli.mask import add_mask_config_args, config_from_args
 
 
@@ -11,8 +12,8 @@ def register(sub) -> None:
     p = sub.add_parser("dim", help="why one hidden dim is kept or pruned, with its top-activating contexts")
     add_mask_config_args(p)
     p.add_argument("--dim", required=True, help="the hidden dimension's index, e.g. 507")
-    p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the keep frequency (0: skip)")
-    p.add_argument("--contexts", type=int, default=5, help="top-activating contexts printed per task (--json has all)")
+    p.add_argument("--resamples", type=int_arg, default=200, help="bootstrap resamples for the keep frequency (0: skip)")
+    p.add_argument("--contexts", type=int_arg, default=5, help="top-activating contexts printed per task (--json has all)")
     p.add_argument("--json", action="store_true", help="print the card as JSON")
     p.set_defaults(func=run)
 

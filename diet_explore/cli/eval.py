@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diet_explore.cli._common import add_device_args, csv_list, progress_printer
+from diet_explore.cli._common import add_device_args, csv_list, int_arg, progress_printer
 from diet_explore.core.errors import DietError
 from diet_explore.tasks.data import DEFAULT_SEED
 
@@ -14,19 +14,21 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="model to evaluate: built-in name, folder (e.g. a pruned one) or hub id")
     p.add_argument("--compare-to", default=None, help="reference model (e.g. the dense source) on the same examples")
     p.add_argument("--tasks", default="all", help="'all' or a comma list (see `diet-explore tasks`)")
-    p.add_argument("--limit", type=int, default=50, help="held-out examples per task")
+    p.add_argument("--limit", type=int_arg, default=50, help="held-out examples per task")
     p.add_argument(
         "--clip-limit",
         action="store_true",
         help="--limit is an upper bound: a task with fewer held-out examples (RTE, ARC-Challenge) uses all it has",
     )
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the seeded draw shared with calibration (keeps them disjoint)")
+    p.add_argument(
+        "--seed", type=int_arg, default=DEFAULT_SEED, help="the seeded draw shared with calibration (keeps them disjoint)"
+    )
     p.add_argument("--cache", default=None, help="score cache whose calibration ids are excluded as well")
     p.add_argument("--no-perplexity", action="store_true", help="skip the held-out wiki perplexity")
-    p.add_argument("--ppl-windows", type=int, default=32, help="held-out wiki windows of 128 tokens")
-    p.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per scoring pass (default 1024)")
+    p.add_argument("--ppl-windows", type=int_arg, default=32, help="held-out wiki windows of 128 tokens")
+    p.add_argument("--batch-tokens", type=int_arg, default=None, help="padded tokens per scoring pass (default 1024)")
     p.add_argument(
-        "--workers", type=int, default=None, help="forward passes side by side (default: 2 on a multi-core CPU, 1 on GPU)"
+        "--workers", type=int_arg, default=None, help="forward passes side by side (default: 2 on a multi-core CPU, 1 on GPU)"
     )
     p.add_argument("--predictions", default=None, help="write per-example predictions to this JSONL file")
     p.add_argument("--json", default=None, help="write the full result as JSON")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from diet_explore.cli._common import cache_tasks
+from diet_explore.cli._common import cache_tasks, float_arg, int_arg
 from diet_explore.core.errors import DietError
 
 
@@ -14,15 +14,15 @@ def add_mask_config_args(p: argparse.ArgumentParser) -> None:
     from diet_explore.masking.vote import MERGE_METHODS
 
     p.add_argument("--cache", required=True, help="score cache folder (from `diet-explore profile`)")
-    p.add_argument("--sparsity", type=float, default=0.2, help="fraction of hidden dims to prune, in [0, 1)")
-    p.add_argument("--threshold", type=float, default=0.5, help="τ: keep a dim when ≥ τ of the task weight keeps it")
+    p.add_argument("--sparsity", type=float_arg, default=0.2, help="fraction of hidden dims to prune, in [0, 1)")
+    p.add_argument("--threshold", type=float_arg, default=0.5, help="τ: keep a dim when ≥ τ of the task weight keeps it")
     p.add_argument("--weights", default="", help="task weights, e.g. boolq=2,rte=0.5 (or boolq:2); missing = 1")
     p.add_argument("--tasks", default="all", help="'all' (every voting task in the cache, the default) or a comma list")
     # no argparse choices: a method that is no mask (slicegpt) is refused by MaskConfig with its reason
     p.add_argument("--method", default="diet", help=f"one of: {', '.join(MERGE_METHODS + BASELINE_METHODS)}")
     p.add_argument("--site", default="residual")
     p.add_argument("--layer-agg", default="mean", help="mean (paper), max, last_k")
-    p.add_argument("--last-k", type=int, default=4, help="layers averaged by --layer-agg last_k")
+    p.add_argument("--last-k", type=int_arg, default=4, help="layers averaged by --layer-agg last_k")
     p.add_argument("--normalize", default="none", help="none, zscore, rank, sum (mean_score merge, exact tie-breaks)")
     p.add_argument(
         "--exact",
@@ -30,8 +30,8 @@ def add_mask_config_args(p: argparse.ArgumentParser) -> None:
         default=False,
         help="keep exactly the target count (vote order, then normalised score)",
     )
-    p.add_argument("--multiple-of", type=int, default=1, help="round the kept count to a multiple (e.g. 8)")
-    p.add_argument("--seed", type=int, default=0, help="random baseline / resampling seed")
+    p.add_argument("--multiple-of", type=int_arg, default=1, help="round the kept count to a multiple (e.g. 8)")
+    p.add_argument("--seed", type=int_arg, default=0, help="random baseline / resampling seed")
     p.add_argument("--single-task", default=None, help="task for --method single")
     p.add_argument("--held-out-task", default=None, help="task left out by --method leave_one_out")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diet_explore.cli._common import add_device_args, csv_list
+from diet_explore.cli._common import add_device_args, csv_list, int_arg
 from diet_explore.models.builtin import DEFAULT_MODEL
 from diet_explore.tasks.data import DEFAULT_SEED
 
@@ -17,11 +17,11 @@ def register(sub) -> None:
         default=[],
         help="extra task registry JSON file(s), as for `diet-explore tasks` (or DIET_EXPLORE_TASKS)",
     )
-    p.add_argument("--samples", type=int, default=100, help="calibration examples per task (seeded draw)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--samples", type=int_arg, default=100, help="calibration examples per task (seeded draw)")
+    p.add_argument("--seed", type=int_arg, default=DEFAULT_SEED)
     p.add_argument("--sites", default="residual,normed", help="residual and/or normed")
-    p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--max-batch-tokens", type=int, default=4096)
+    p.add_argument("--max-length", type=int_arg, default=1024)
+    p.add_argument("--max-batch-tokens", type=int_arg, default=4096)
     p.add_argument("--no-generic", action="store_true", help="skip the wiki-text calibration (wiki baseline)")
     p.add_argument("--out", required=True, help="cache folder; an existing one is resumed")
     p.add_argument(

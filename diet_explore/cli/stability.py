@@ -4,31 +4,31 @@ from __future__ import annotations
 
 import json
 
-from diet_explore.cli._common import csv_list
+from diet_explore.cli._common import csv_list, int_arg
 from diet_explore.cli.mask import add_mask_config_args, config_from_args
 
 
 def register(sub) -> None:
     p = sub.add_parser("stability", help="bootstrap stability of a mask and the sample-count curve")
     add_mask_config_args(p)
-    p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples")
+    p.add_argument("--resamples", type=int_arg, default=200, help="bootstrap resamples")
     p.add_argument("--counts", default="10,25,50,100", help="sample counts for the curve (without replacement)")
-    p.add_argument("--curve-resamples", type=int, default=50)
+    p.add_argument("--curve-resamples", type=int_arg, default=50)
     p.add_argument("--format", default="table", choices=("table", "json"))
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from diet_explore.core.config import parse_int
     from diet_explore.core.errors import DietError
     from diet_explore.masking.importance import ScorePrecompute
     from diet_explore.masking.stability import bootstrap_masks, sample_count_curve
     from diet_explore.profiling.cache import load_cache
 
     config = config_from_args(args)
-    try:
-        counts = [int(c) for c in csv_list(args.counts)]
-    except ValueError:
-        raise DietError(f"bad --counts {args.counts!r}: expected integers", "e.g. --counts 10,25,50,100") from None
+    counts = [parse_int(c) for c in csv_list(args.counts)]
+    if None in counts:
+        raise DietError(f"bad --counts {args.counts!r}: expected whole numbers in the digits 0-9", "e.g. --counts 10,25,50,100")
     if not counts:
         raise DietError(f"--counts {args.counts!r} names no sample count", "e.g. --counts 10,25,50,100")
     if min(counts) < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import numbers
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +21,34 @@ def check_seed(value: Any, flag: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise DietError(f"{flag} must be a whole number ≥ 0, got {value!r}", f"e.g. {flag} 0")
     return int(value)
+
+
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")  # ASCII digits: int(), float() and \\d also read "٥" or "５" as 5
+
+
+def parse_int(text: Any) -> int | None:
+    """A whole number written with the ASCII digits 0-9 (optional sign and surrounding spaces), else None.
+    The one rule for numbers typed by a user (CLI options, ``--dim``, share links): ``int()`` would
+    also take other scripts' digits and underscores."""
+    text = str(text).strip()
+    if not _WHOLE_NUMBER.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts
+        return None
+
+
+def parse_float(text: Any) -> float | None:
+    """A number written in ASCII (``0.2``, ``1e-3``, ``inf``), else None: as ``parse_int``, never
+    another script's digits, which ``float()`` takes (``"０.２"`` is 0.2), nor underscores."""
+    text = str(text).strip()
+    if not text.isascii() or "_" in text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def cli_flag(name: str) -> str:

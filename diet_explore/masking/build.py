@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from diet_explore.core.config import JsonConfig, check_seed
+from diet_explore.core.config import JsonConfig, check_seed, parse_float
 from diet_explore.core.errors import DietError
 from diet_explore.masking import baselines
 from diet_explore.masking.baselines import BASELINE_METHODS
@@ -248,11 +248,15 @@ def parse_weights(text: str) -> dict[str, float]:
         if task in weights:
             raise DietError(f"task {task!r} appears twice in --weights", "give each task one weight")
         try:
-            if not found or not task:
+            weight = parse_float(value)
+            if not found or not task or weight is None:
                 raise ValueError
-            weights[task] = float(value)
+            weights[task] = weight
         except ValueError:
-            raise DietError(f"bad --weights item {item!r}: expected task=weight", "e.g. --weights boolq=2,rte=0.5") from None
+            raise DietError(
+                f"bad --weights item {item!r}: expected task=weight, the weight written with the digits 0-9",
+                "e.g. --weights boolq=2,rte=0.5",
+            ) from None
     return weights
 
 

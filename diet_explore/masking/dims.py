@@ -13,13 +13,13 @@ weight, the most divided first.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from diet_explore.core.config import parse_int
 from diet_explore.core.errors import DietError
 from diet_explore.masking.build import MaskConfig, MaskResult, build_mask
 from diet_explore.masking.importance import as_precompute
@@ -60,12 +60,11 @@ def check_dim(dim: Any, hidden_size: int) -> int:
     elif isinstance(dim, int | np.integer):
         value = int(dim)
     else:
-        text = str(dim).strip()
-        value = int(text) if re.fullmatch(r"[+-]?[0-9]{1,12}", text) else None  # ASCII: \d takes "٥" for 5
+        value = parse_int(dim)  # ASCII digits only: int() takes "٥" for 5
     if value is None or not 0 <= value < hidden_size:
         raise DietError(
             f"dimension {dim!r} is not an index in 0..{hidden_size - 1}",
-            f"give a whole number from 0 to {hidden_size - 1}, e.g. {min(507, hidden_size - 1)}",
+            f"give a whole number from 0 to {hidden_size - 1} in the digits 0-9, e.g. {min(507, hidden_size - 1)}",
         )
     return value
 

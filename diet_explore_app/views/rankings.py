@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from diet_explore.core.config import parse_int
 from diet_explore.core.errors import DietError
 from diet_explore.masking.massive import MASSIVE_FACTOR
 from diet_explore.masking.selection import keep_count, rank_dims, top_k_mask
@@ -25,12 +26,13 @@ def parse_dims(text: str, hidden_size: int) -> list[int]:
     for item in text.replace(" ", ",").split(","):
         if not item:
             continue
-        if not item.isdigit() or int(item) >= hidden_size:
+        value = parse_int(item)  # ASCII digits: isdigit() took "²", which int() then refused
+        if value is None or not 0 <= value < hidden_size:
             raise DietError(
                 f"dimension {item!r} is not an index in 0..{hidden_size - 1}",
                 "type comma-separated dimension indices, e.g. 12, 407",
             )
-        dims.append(int(item))
+        dims.append(value)
     return list(dict.fromkeys(dims))
 
 

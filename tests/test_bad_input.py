@@ -597,3 +597,9 @@ def test_app_links_read_ascii_digits_only():
 
     config, _, warnings = S.decode_query({"sparsity": "０.３", "last_k": "３"})
     assert config.sparsity == 0.2 and config.last_k == 4 and len(warnings) == 2
+
+
+def test_tasks_with_a_bad_task_file_prints_no_table_header(tmp_path, capsys):
+    assert main(["tasks", "--task-file", str(tmp_path / "none.json")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and "does not exist" in err

@@ -19,8 +19,9 @@ def run(args) -> int:
     from diet_explore.tasks.registry import load_registry
 
     problems: list[tuple[str, DietError]] = []
+    registry = load_registry(args.task_file)  # a bad --task-file is one error line, not a header and then one
     print(f"{'task':<15} {'format':<16} {'examples':>8}  lm-eval task")
-    for name, spec in load_registry(args.task_file).items():
+    for name, spec in registry.items():
         try:
             size = str(check_task_data(spec))
         except DietError as exc:

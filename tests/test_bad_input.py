@@ -473,7 +473,7 @@ def test_ctrl_c_says_a_re_run_resumes_only_for_a_command_that_does(monkeypatch, 
         (["--method", "single"], "--method single needs --single-task", "e.g. --single-task "),
         (["--method", "single", "--single-task", "wikitext"], "--single-task wikitext is generic text", "voting task"),
         (["--method", "leave_one_out"], "--method leave_one_out needs --held-out-task", "e.g. --held-out-task "),
-        (["--last-k", "0"], "--last-k must be at least 1, got 0", "--layer-agg last_k --last-k 4"),
+        (["--layer-agg", "last_k", "--last-k", "0"], "--last-k must be at least 1, got 0", "--layer-agg last_k --last-k 4"),
         (["--multiple-of", "0"], "--multiple-of must be at least 1, got 0", "--multiple-of 1"),
     ],
 )
@@ -603,3 +603,48 @@ def test_tasks_with_a_bad_task_file_prints_no_table_header(tmp_path, capsys):
     assert main(["tasks", "--task-file", str(tmp_path / "none.json")]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("error: ") and "does not exist" in err
+
+
+@pytest.mark.parametrize(
+    "command, flags, message",
+    [
+        (
+            ["mask", "--out", "{tmp}/m.json"],
+            ["--last-k", "8"],
+            "--last-k 8 applies only with --layer-agg last_k, but --layer-agg is mean",
+        ),
+        (
+            ["agreement"],
+            ["--last-k", "8", "--layer-agg", "max"],
+            "--last-k 8 applies only with --layer-agg last_k, but --layer-agg is max",
+        ),
+        (
+            ["mask", "--out", "{tmp}/m.json"],
+            ["--single-task", "rte"],
+            "--single-task rte applies only with --method single, but --method is diet",
+        ),
+        (
+            ["stability"],
+            ["--held-out-task", "rte", "--method", "single"],
+            "--held-out-task rte applies only with --method leave_one_out",
+        ),
+    ],
+)
+def test_a_flag_that_would_be_ignored_is_refused(synthetic_cache_dir, tmp_path, capsys, command, flags, message):
+    argv = [command[0], "--cache", str(synthetic_cache_dir)] + [a.format(tmp=tmp_path) for a in command[1:]]
+    err = _run(argv + flags, capsys)
+    assert message in err and "hint: add " in err and "or leave " in err
+    assert not (tmp_path / "m.json").exists()
+    assert main(argv + ["--layer-agg", "last_k", "--last-k", "8"]) == 0  # with the setting it needs it is read
+
+
+def test_a_mask_command_leaves_out_settings_the_mask_does_not_use(synthetic_cache_dir, tmp_path):
+    """The app keeps e.g. a last_k while the layer aggregation is mean: its printed command must still run."""
+    import shlex
+
+    from diet_explore.masking.maskfile import mask_command
+
+    config = MaskConfig(last_k=8, single_task="rte", held_out_task="boolq", sparsity=0.3)
+    command = mask_command(synthetic_cache_dir, config, tmp_path / "m.json")
+    assert "--last-k" not in command and "--single-task" not in command and "--held-out-task" not in command
+    assert main(shlex.split(command)[1:]) == 0

@@ -30,6 +30,20 @@ def float_arg(text: str) -> float:
     return value
 
 
+def refuse_ignored(*rules: tuple[str, object, str, str, str]) -> None:
+    """Refuse a flag given where it does nothing: each rule is ``(flag, value, needed flag, its
+    value now, the value the flag needs)``, e.g. ``("--last-k", 8, "--layer-agg", "mean", "last_k")``.
+    A flag's value is None when it was not given (so its default is not mistaken for a choice)."""
+    from diet_explore.core.errors import DietError
+
+    for flag, value, needs, now, wanted in rules:
+        if value is not None and now != wanted:
+            raise DietError(
+                f"{flag} {value} applies only with {needs} {wanted}, but {needs} is {now}",
+                f"add {needs} {wanted}, or leave {flag} out",
+            )
+
+
 def csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from diet_explore.cli._common import cache_tasks, float_arg, int_arg
+from diet_explore.cli._common import cache_tasks, float_arg, int_arg, refuse_ignored
 from diet_explore.core.errors import DietError
 
 
@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--tasks", default="all", help="'all' (every voting task in the cache, the default) or a comma list")
     p.add_argument("--site", default="residual")
     p.add_argument("--layer-agg", default="mean", help="mean (paper), max, last_k")
-    p.add_argument("--last-k", type=int_arg, default=4)
+    p.add_argument("--last-k", type=int_arg, default=None, help="layers averaged by --layer-agg last_k (default 4)")
     p.add_argument("--top", type=int_arg, default=10, help="exact overlaps shown in the table")
     p.add_argument(
         "--format", default="table", choices=("table", "json", "csv"), help="csv: long table metric,task_a,task_b,value"
@@ -25,19 +25,22 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from diet_explore.masking.agreement import agreement_report
+    from diet_explore.masking.build import MaskConfig
     from diet_explore.masking.importance import LAYER_AGGS, check_choice
     from diet_explore.masking.selection import check_sparsity
     from diet_explore.profiling.cache import load_cache
 
     args.sparsity = check_sparsity(args.sparsity)
     check_choice("layer aggregation", args.layer_agg, LAYER_AGGS)
+    refuse_ignored(("--last-k", args.last_k, "--layer-agg", args.layer_agg, "last_k"))
     if args.top < 0:  # a negative count sliced rows off the end of the table
         raise DietError(f"--top must be 0 or more, got {args.top}", "e.g. --top 10")
     cache = load_cache(args.cache)
     tasks = cache_tasks(args.tasks)
     for t in tasks or cache.task_names[:1]:
         cache.layer_scores(t, args.site)  # DietError naming an unknown task or site
-    rep = agreement_report(cache, args.sparsity, tasks, args.site, args.layer_agg, args.last_k)
+    last_k = MaskConfig.last_k if args.last_k is None else args.last_k  # the mask's default, 4
+    rep = agreement_report(cache, args.sparsity, tasks, args.site, args.layer_agg, last_k)
     if args.format == "json":
         print(json.dumps(rep.to_json_dict(), indent=2))
     elif args.format == "csv":

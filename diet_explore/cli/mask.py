@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from diet_explore.cli._common import cache_tasks, float_arg, int_arg
+from diet_explore.cli._common import cache_tasks, float_arg, int_arg, refuse_ignored
 from diet_explore.core.errors import DietError
 
 
@@ -22,7 +22,7 @@ def add_mask_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="diet", help=f"one of: {', '.join(MERGE_METHODS + BASELINE_METHODS)}")
     p.add_argument("--site", default="residual")
     p.add_argument("--layer-agg", default="mean", help="mean (paper), max, last_k")
-    p.add_argument("--last-k", type=int_arg, default=4, help="layers averaged by --layer-agg last_k")
+    p.add_argument("--last-k", type=int_arg, default=None, help="layers averaged by --layer-agg last_k (default 4)")
     p.add_argument("--normalize", default="none", help="none, zscore, rank, sum (mean_score merge, exact tie-breaks)")
     p.add_argument(
         "--exact",
@@ -39,6 +39,11 @@ def add_mask_config_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args):
     from diet_explore.masking.build import MaskConfig, parse_weights
 
+    refuse_ignored(
+        ("--last-k", args.last_k, "--layer-agg", args.layer_agg, "last_k"),
+        ("--single-task", args.single_task, "--method", args.method, "single"),
+        ("--held-out-task", args.held_out_task, "--method", args.method, "leave_one_out"),
+    )
     return MaskConfig(
         sparsity=args.sparsity,
         threshold=args.threshold,
@@ -47,7 +52,7 @@ def config_from_args(args):
         method=args.method,
         site=args.site,
         layer_agg=args.layer_agg,
-        last_k=args.last_k,
+        last_k=MaskConfig.last_k if args.last_k is None else args.last_k,
         normalize=args.normalize,
         exact=args.exact,
         multiple_of=args.multiple_of,

@@ -249,8 +249,14 @@ def mask_command(cache_path: str | Path, config: MaskConfig, out: str | Path) ->
     """The ``diet-explore mask`` command line that rebuilds this mask from the same cache."""
     default = MaskConfig().to_dict()
     args = ["diet-explore", "mask", "--cache", str(cache_path)]
+    # a setting the mask does not use is left out: the CLI refuses e.g. --last-k without --layer-agg last_k
+    unused = {
+        "last_k": config.layer_agg != "last_k",
+        "single_task": config.method != "single",
+        "held_out_task": config.method != "leave_one_out",
+    }
     for name, value in config.to_dict().items():
-        if value == default[name] or value is None:
+        if value == default[name] or value is None or unused.get(name):
             continue
         flag = cli_flag(name)
         if name == "weights":

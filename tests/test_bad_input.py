@@ -648,3 +648,14 @@ def test_a_mask_command_leaves_out_settings_the_mask_does_not_use(synthetic_cach
     command = mask_command(synthetic_cache_dir, config, tmp_path / "m.json")
     assert "--last-k" not in command and "--single-task" not in command and "--held-out-task" not in command
     assert main(shlex.split(command)[1:]) == 0
+
+
+def test_a_truncated_baselines_file_is_named_as_baselines_not_a_task(tmp_path, capsys):
+    folder = tmp_path / "cache"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "cache" / "smollm2-135m", folder)
+    blob = (folder / BASELINES_FILE).read_bytes()
+    (folder / BASELINES_FILE).write_bytes(blob[: len(blob) // 2])
+    err = _run(["mask", "--cache", str(folder), "--out", str(tmp_path / "m.json")], capsys)
+    assert f"{folder / BASELINES_FILE} does not match its sha256" in err
+    hint = err.split("hint:")[1]
+    assert "this task" not in hint and "not a task" in hint and "diet-explore profile" in hint and "new folder" in hint

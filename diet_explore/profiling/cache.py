@@ -474,7 +474,14 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
         member(base["file"], "baselines")
 
 
-def _load_safetensors(path: Path, expected_sha: str) -> dict[str, np.ndarray]:
+#: What rebuilds the baselines file: a resume keeps the baselines its manifest lists, so only a new profile does.
+BASELINES_HINT = (
+    "it holds the cache's weight magnitudes (the magnitude baseline), not a task: profile the model again into a "
+    "new folder (`diet-explore profile --model M --out NEW_DIR`); a resume into this folder keeps the damaged file"
+)
+
+
+def _load_safetensors(path: Path, expected_sha: str, rebuild: str = "re-run the profile for this task") -> dict[str, np.ndarray]:
     if not path.exists():
         raise DietError(f"{path} is listed in the manifest but missing", "re-run the profile to rebuild it")
     if not path.is_file():
@@ -484,13 +491,11 @@ def _load_safetensors(path: Path, expected_sha: str) -> dict[str, np.ndarray]:
     except OSError as exc:  # unreadable (permissions, I/O error)
         raise DietError(f"{path} could not be read ({exc.strerror or exc})", "check the file's permissions") from None
     if sha256_bytes(blob) != expected_sha:
-        raise DietError(
-            f"{path} does not match its sha256 in the manifest (corrupt or truncated)", "re-run the profile for this task"
-        )
+        raise DietError(f"{path} does not match its sha256 in the manifest (corrupt or truncated)", rebuild)
     try:
         return _st_load(blob)
     except Exception as exc:  # safetensors raises its own error types
-        raise DietError(f"{path} is not a readable safetensors file ({exc})", "re-run the profile for this task") from None
+        raise DietError(f"{path} is not a readable safetensors file ({exc})", rebuild) from None
 
 
 def load_cache(root: str | Path) -> ScoreCache:
@@ -536,7 +541,7 @@ def load_cache(root: str | Path) -> ScoreCache:
     baselines: dict[str, np.ndarray] = {}
     if manifest.get("baselines"):
         meta = manifest["baselines"]
-        baselines = _load_safetensors(root / meta["file"], meta["sha256"])
+        baselines = _load_safetensors(root / meta["file"], meta["sha256"], BASELINES_HINT)
         for key, arr in baselines.items():
             if arr.shape != (hidden,) or arr.dtype != np.float32:  # the profile writes float32 (D,) arrays
                 raise DietError(

@@ -659,3 +659,29 @@ def test_a_truncated_baselines_file_is_named_as_baselines_not_a_task(tmp_path, c
     assert f"{folder / BASELINES_FILE} does not match its sha256" in err
     hint = err.split("hint:")[1]
     assert "this task" not in hint and "not a task" in hint and "diet-explore profile" in hint and "new folder" in hint
+
+
+def test_app_names_an_address_of_another_machine_and_brackets_ipv6(capsys, monkeypatch):
+    import os
+    import socket
+
+    from diet_explore.cli.app import app_url
+
+    class Started(Exception):
+        pass
+
+    def no_exec(*args):  # the command would become the Streamlit server here: no server is left running
+        raise Started
+
+    monkeypatch.setattr(os, "execve", no_exec)
+    err = _run(["app", "--host", "8.8.8.8", "--port", "8615"], capsys)
+    assert "cannot listen on 8.8.8.8: it is not an address of this machine" in err and "another server" not in err
+    assert app_url("::1", 8615) == "http://[::1]:8615" and app_url("localhost", 8615) == "http://localhost:8615"
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with pytest.raises(Started):
+        main(["app", "--host", "::1", "--port", "8615"])
+    assert "diet-explore app on http://[::1]:8615 " in capsys.readouterr().err

@@ -8,6 +8,7 @@ else on ``cache/`` in the current folder, else on the caches shipped with the pa
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import subprocess
@@ -83,10 +84,20 @@ def check_listen(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:  # e.g. 8.8.8.8: an address of another machine
+                raise DietError(
+                    f"cannot listen on {host}: it is not an address of this machine ({exc.strerror or exc})",
+                    "use one of this machine's addresses, e.g. --host localhost, or --host 0.0.0.0 for every interface",
+                ) from None
             raise DietError(
                 f"cannot listen on {host}:{port} ({exc.strerror or exc})",
                 f"another server may be using port {port}: choose another, e.g. --port {port + 1 if port < 65535 else 8501}",
             ) from None
+
+
+def app_url(host: str, port: int) -> str:
+    """The address to open: an IPv6 host goes in brackets (``http://[::1]:8615``)."""
+    return f"http://[{host}]:{port}" if ":" in host and not host.startswith("[") else f"http://{host}:{port}"
 
 
 def run(args) -> int:
@@ -121,7 +132,7 @@ def run(args) -> int:
         "--runner.postScriptGC",
         "false",
     ]
-    print(f"diet-explore app on http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    print(f"diet-explore app on {app_url(args.host, args.port)} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     if os.name == "posix":  # become the server: signals (Ctrl-C, a supervisor's SIGTERM) reach streamlit itself
         os.execve(sys.executable, cmd, env)
     try:

@@ -658,7 +658,7 @@ def test_a_truncated_baselines_file_is_named_as_baselines_not_a_task(tmp_path, c
     err = _run(["mask", "--cache", str(folder), "--out", str(tmp_path / "m.json")], capsys)
     assert f"{folder / BASELINES_FILE} does not match its sha256" in err
     hint = err.split("hint:")[1]
-    assert "this task" not in hint and "not a task" in hint and "diet-explore profile" in hint and "new folder" in hint
+    assert "this task" not in hint and "not a task" in hint and "diet-explore profile" in hint and "rebuilds this file" in hint
 
 
 def test_app_names_an_address_of_another_machine_and_brackets_ipv6(capsys, monkeypatch):

@@ -179,8 +179,10 @@ def test_a_missing_or_corrupt_baselines_file_is_rebuilt_by_a_rerun(tmp_path, tin
         path.write_bytes(path.read_bytes()[:-8])
     else:
         path.unlink()
-    with pytest.raises(DietError, match="baselines.safetensors"):
+    with pytest.raises(DietError, match="baselines.safetensors") as err:
         load_cache(out)
+    if damage == "corrupt":  # the hint says what the re-run below does
+        assert "re-run the `diet-explore profile` command" in err.value.hint
     if damage == "folder":  # a folder in its place is named, not an IsADirectoryError
         path.mkdir()
         with pytest.raises(DietError, match="baselines.safetensors is listed in the manifest but is not a file"):

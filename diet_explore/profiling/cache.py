@@ -474,10 +474,11 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
         member(base["file"], "baselines")
 
 
-#: What rebuilds the baselines file: a resume keeps the baselines its manifest lists, so only a new profile does.
+#: What rebuilds the baselines file: a re-run of the profile into the same folder (CacheWriter drops a
+#: baselines file whose sha256 does not match, keeps the finished tasks, and the run writes it anew).
 BASELINES_HINT = (
-    "it holds the cache's weight magnitudes (the magnitude baseline), not a task: profile the model again into a "
-    "new folder (`diet-explore profile --model M --out NEW_DIR`); a resume into this folder keeps the damaged file"
+    "it holds the cache's weight magnitudes (the magnitude baseline), not a task: re-run the `diet-explore profile` "
+    "command that made this cache; it keeps the finished tasks and rebuilds this file"
 )
 
 

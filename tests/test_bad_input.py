@@ -574,6 +574,9 @@ def test_numbers_in_other_scripts_digits_are_refused_everywhere(synthetic_cache_
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "Traceback" not in err and "digits 0-9" in err, err
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "c").exists()
+    # one line and where the options are listed, as for any bad input (argparse printed its usage block first)
+    lines = err.splitlines()
+    assert len(lines) == 2 and "error: " in lines[0] and lines[1].startswith("  hint: ") and "usage:" not in err, err
 
 
 def test_no_cli_option_reads_numbers_with_plain_int_or_float():

@@ -31,10 +31,18 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as the one line every other bad input gets (argparse printed the
+    whole usage block above it): the message, and where the options are listed."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n  hint: see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diet-explore", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="diet-explore", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"diet-explore {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"diet_explore.cli.{name}").register(sub)
     return parser

@@ -29,6 +29,7 @@ K_DIM, K_LINK_DIM = "inspect_dim", "_link_dim"  # the Dimension page's dim, and 
 K_STAB_ON, K_STAB_N = "stab_on", "stab_n"  # bootstrap on/off and resamples (Mask builder, Dimension)
 K_VIEW = "agree_view"  # Agreement's open tab (a link's view= sets it)
 K_STAB_HIST = "stab_hist"  # Mask builder: the keep-frequency histogram's expander is open
+K_SYNCED, K_TAKE_LINK = "_synced_params", "_take_link"  # the query string last written; a URL to take again
 SHADOW = "_keep_"
 
 
@@ -132,11 +133,23 @@ def multi_kw(key: str) -> dict:
     return {"key": key, "default": get(key), "on_change": _sync, "args": (key,)}
 
 
+def history_navigation() -> bool:
+    """Whether this run is the browser's Back or Forward (Streamlit marks the rerun it sends then)."""
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    return bool(getattr(get_script_run_ctx(), "is_history_navigation", False))
+
+
 def boot() -> None:
-    """First run of a session: read the shared link (query string) once."""
-    if st.session_state.get(K_BOOTED):
-        return
+    """First run of a session: read the shared link (query string). Back and Forward: read it again,
+    and its settings replace the current ones (the browser reruns with the earlier URL; the app kept
+    its own settings and wrote them back over it, so Back did nothing). Comparing the URL with what
+    the app last wrote would misfire: a fast key press can rerun before the browser took the last URL."""
     params = st.query_params.to_dict()
+    if st.session_state.get(K_BOOTED):
+        if not history_navigation() or st.session_state.get(K_SYNCED) == params:
+            return
+        st.session_state[K_TAKE_LINK] = True  # ensure_settings puts the URL's settings over the current ones
     config, cache, warnings = S.decode_query(params)
     dim, dim_warnings = S.decode_dim(params)
     view, view_warnings = S.decode_view(params)
@@ -156,8 +169,12 @@ def ensure_settings(cache: ScoreCache) -> None:
     if warnings and not st.session_state.get("_reconcile_warned"):
         st.session_state[K_LINK_WARNINGS] = st.session_state.get(K_LINK_WARNINGS, []) + warnings
         st.session_state["_reconcile_warned"] = True
+    take = st.session_state.pop(K_TAKE_LINK, False)  # Back/Forward: the URL's settings replace the current ones
     for key, value in S.state_from_config(link, cache.task_names).items():
-        default(key, value)
+        if take and get(key) != value:
+            reset(key, value)
+        else:
+            default(key, value)
     if get(S.KEY_SITE) not in cache.sites:
         put(S.KEY_SITE, cache.sites[0])
     if get(S.KEY_LAYER_AGG) == "last_k" and int(get(S.KEY_LAST_K, 1)) > cache.num_layers:  # a link, or a deeper cache
@@ -201,3 +218,4 @@ def sync_query_params(config: MaskConfig | None, cache_value: str | None, extra:
     params = S.encode_query(config, cache_value) | (extra or {})
     if st.query_params.to_dict() != params:
         st.query_params.from_dict(params)
+    st.session_state[K_SYNCED] = params

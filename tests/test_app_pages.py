@@ -369,6 +369,47 @@ def test_a_pasted_link_reproduces_the_view(app, app_env, alpha):
     assert metrics(fresh)["Kept dims"] == shown["Kept dims"]
 
 
+def _query(at) -> dict[str, str]:
+    return {k: v[-1] if isinstance(v, list) else v for k, v in dict(at.query_params).items()}
+
+
+def test_back_and_forward_take_the_urls_settings(app, alpha, monkeypatch):
+    """The browser's Back reruns the page with the earlier URL; the app wrote its own settings back
+    over it, so the first Back did nothing (the URL stayed on the new sparsity)."""
+    from diet_explore_app import state
+
+    back = []  # AppTest cannot press Back: the runs after a "press" are marked as Streamlit marks them
+    monkeypatch.setattr(state, "history_navigation", lambda: bool(back and back.pop()))
+    at = run_page(app.run(), "mask_builder")
+    at.slider(key="sparsity").set_value(0.3).run()
+    before = _query(at)
+    at.slider(key="sparsity").set_value(0.45).run()
+    at.slider(key="w_rte").set_value(0.0).run()
+    after = _query(at)
+    at.query_params.clear()
+    at.query_params.update(before)  # Back: the earlier URL, and a rerun with it
+    back.append(True)
+    at.run()
+    assert at.slider(key="sparsity").value == 0.3 and at.slider(key="w_rte").value == 1.0
+    assert metrics(at)["Kept dims"] == f"{build_mask(alpha, MaskConfig(sparsity=0.3)).n_keep} / 576"
+    assert _query(at) == before
+    at.query_params.clear()
+    at.query_params.update(after)  # Forward
+    back.append(True)
+    at.run()
+    assert at.slider(key="sparsity").value == 0.45 and at.slider(key="w_rte").value == 0.0
+    at.slider(key="sparsity").set_value(0.5).run()  # and the sliders go on from there
+    assert at.slider(key="sparsity").value == 0.5 and _query(at)["sparsity"] == "0.5"
+    at.query_params.clear()
+    at.query_params.update(before)  # a URL that differs from the last one written, but no Back (a rerun that
+    at.run()  # left before the browser took the last URL): no setting changes
+    assert at.slider(key="sparsity").value == 0.5 and at.slider(key="w_rte").value == 0.0
+    at.query_params.clear()  # Back to the first entry, before any setting was in the URL: the defaults
+    back.append(True)
+    at.run()
+    assert at.slider(key="sparsity").value == 0.2 and at.slider(key="w_rte").value == 1.0
+
+
 def test_link_to_another_cache_and_bad_values(app, app_cache_root):
     app.query_params.update({"cache": str(app_cache_root / "beta"), "sparsity": "7", "weights": "piqa:0,mmlu:2"})
     at = app.run()

@@ -24,6 +24,7 @@ from app_helpers import (
     require_browser,
 )
 
+from diet_explore.masking.build import MaskConfig, build_mask
 from diet_explore.masking.selection import keep_count
 from diet_explore.profiling.cache import list_caches, load_cache
 
@@ -181,6 +182,33 @@ def test_no_number_or_label_is_cut_off_on_a_narrow_window(server, page, title):
         assert [c for c in _cut_off(page) if not c.startswith("table:")] == []
     finally:
         page.set_viewport_size({"width": 1440, "height": 1600})
+
+
+def test_back_undoes_a_slider_move_and_forward_redoes_it(server, page):
+    """Back reran the page with the earlier URL, and the app wrote its own settings back over it:
+    the first Back did nothing."""
+    goto_page(page, "Mask builder")
+    cache = _cache(server)
+    d = cache.hidden_size
+
+    def kept(s: float) -> str:  # what the Mask builder shows: the vote's kept count
+        return f"{build_mask(cache, MaskConfig(sparsity=round(s, 2))).n_keep} / {d}"
+
+    slider = page.locator('[data-testid="stSlider"]').filter(has=page.get_by_text("Sparsity", exact=False)).first
+    start = float(slider.locator('[data-testid="stSliderThumbValue"]').inner_text())
+    shown = {}
+    for step in (1, 2):
+        slider.locator('input[type="range"]').focus()
+        slider.locator('input[type="range"]').press("ArrowRight")
+        _settled(page, "Kept dims", kept(start + step / 100))
+        shown[step] = page.url
+    page.go_back()
+    _settled(page, "Kept dims", kept(start + 0.01))
+    assert page.url == shown[1]
+    assert slider.locator('[data-testid="stSliderThumbValue"]').inner_text() == f"{start + 0.01:.2f}"
+    page.go_forward()
+    _settled(page, "Kept dims", kept(start + 0.02))
+    assert page.url == shown[2]
 
 
 def test_log_axes_are_labelled_by_powers_of_ten(server, page):

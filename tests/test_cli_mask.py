@@ -108,6 +108,9 @@ def test_agreement_table_and_bad_task(synthetic_cache_dir, capsys):
     assert main(["agreement", "--cache", str(synthetic_cache_dir)]) == 0
     out = capsys.readouterr().out
     assert "Jaccard of pruned sets at sparsity 0.2" in out and "prune votes per dim: 0 tasks:" in out
+    assert "prunes no dim" not in out
+    assert main(["agreement", "--cache", str(synthetic_cache_dir), "--sparsity", "0"]) == 0  # empty sets: Jaccard 1
+    assert capsys.readouterr().out.startswith("note: sparsity 0 prunes no dim, so every pruned set is empty")
     assert main(["agreement", "--cache", str(synthetic_cache_dir), "--tasks", "nope"]) == 2
     assert "task 'nope' is not in this cache" in capsys.readouterr().err
 

@@ -50,6 +50,10 @@ def run(args) -> int:
                 for b in rep.tasks:
                     print(f"{name},{a},{b},{df.loc[a, b]:.6f}")
     else:
+        if not rep.prune.any():  # two empty sets have Jaccard 1 (masking.selection.jaccard), which says nothing here
+            print(
+                f"note: sparsity {args.sparsity:g} prunes no dim, so every pruned set is empty and the Jaccard of 1.0 means nothing"
+            )
         _print_table(rep, args.top)
     return 0
 

@@ -47,6 +47,7 @@ from typing import Any
 
 from diet_explore.core import atomic
 from diet_explore.core.clock import utc_now, utc_timestamp
+from diet_explore.core.config import parse_float
 from diet_explore.core.errors import DietError
 from diet_explore.experiments.runs import RunStore, new_run_id
 
@@ -362,11 +363,8 @@ def worker_idle_s() -> float:
     raw = os.environ.get(IDLE_ENV, "").strip()
     if not raw:
         return IDLE_EXIT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
+    value = parse_float(raw)  # the one rule for a number a user writes (ASCII digits)
+    if value is None or not (math.isfinite(value) and value > 0):
         raise DietError(
             f"{IDLE_ENV}={raw!r} is not a number of seconds > 0",
             f"set it to a number of seconds > 0 (e.g. {IDLE_EXIT_S:.0f}), or unset it",

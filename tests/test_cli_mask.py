@@ -110,7 +110,15 @@ def test_agreement_table_and_bad_task(synthetic_cache_dir, capsys):
     assert "Jaccard of pruned sets at sparsity 0.2" in out and "prune votes per dim: 0 tasks:" in out
     assert "prunes no dim" not in out
     assert main(["agreement", "--cache", str(synthetic_cache_dir), "--sparsity", "0"]) == 0  # empty sets: Jaccard 1
-    assert capsys.readouterr().out.startswith("note: sparsity 0 prunes no dim, so every pruned set is empty")
+    out = capsys.readouterr().out
+    assert out.startswith("note: sparsity 0 prunes no dim, so every pruned set is empty")
+    assert "largest exact overlaps (of 0 combinations): none" in out  # not a heading over nothing
+    # stability: an empty mask is not "perfectly stable" without a word
+    assert main(["stability", "--cache", str(synthetic_cache_dir), "--sparsity", "0", "--resamples", "3", "--counts", "2"]) == 0
+    assert "note: sparsity 0 prunes no dim" in capsys.readouterr().out
+    # 'all' with other tasks said "task 'all' is not in this cache"
+    assert main(["agreement", "--cache", str(synthetic_cache_dir), "--tasks", "all,boolq"]) == 2
+    assert "'all' is every task and goes alone" in capsys.readouterr().err
     assert main(["agreement", "--cache", str(synthetic_cache_dir), "--tasks", "nope"]) == 2
     assert "task 'nope' is not in this cache" in capsys.readouterr().err
 

@@ -377,3 +377,32 @@ def test_a_task_file_task_named_like_a_builtin_or_named_twice_is_refused(tmp_pat
     with pytest.raises(DietError, match="the key 'mine' appears twice"):
         load_registry([twice])
     assert list(load_registry([first]))[-1] == "mine"  # a good name still loads
+
+
+def test_names_are_compared_without_case_and_a_file_named_twice_is_read_once(tmp_path, monkeypatch):
+    """BoolQ and boolq are one cache file on a case-insensitive disk; ALL bypassed the reserved check;
+    the same file from DIET_EXPLORE_TASKS and --task-file conflicted with itself."""
+    for name, match in (("BoolQ", r"a task of that name \('boolq'\) is built in"), ("ALL", "is reserved")):
+        with pytest.raises(DietError, match=match):
+            load_registry([_task_file(tmp_path, {name: _entry(tmp_path / "tiny")}, name=f"{name}.json")])
+    path = _task_file(tmp_path, {"mine": _entry(tmp_path / "tiny")})
+    monkeypatch.setenv("DIET_EXPLORE_TASKS", str(path))
+    assert list(load_registry([path]))[-1] == "mine"
+
+
+def test_a_hub_dataset_that_cannot_load_is_named_without_a_none_config(monkeypatch):
+    """'could not load google/boolq/None': an unset hub_name printed as None."""
+    import datasets
+
+    from diet_explore.tasks.data import _load_split
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    _load_split.cache_clear()
+    with pytest.raises(DietError, match=r"could not load someone/dataset split validation from the hub \(no network\)"):
+        _load_split(None, None, "someone/dataset", None, "validation")
+    with pytest.raises(DietError, match="could not load someone/dataset/cfg split validation"):
+        _load_split(None, None, "someone/dataset", "cfg", "validation")
+    _load_split.cache_clear()

@@ -53,7 +53,12 @@ def cache_tasks(text: str | None) -> list[str] | None:
     of the cache (None), as ``all`` is every task for profile and eval; else the comma list."""
     if text is None or text.strip() == "all":
         return None
-    return csv_list(text)
+    names = csv_list(text)
+    if "all" in names:
+        from diet_explore.core.errors import DietError
+
+        raise DietError(f"--tasks {text}: 'all' is every task and goes alone", "give --tasks all, or list the tasks")
+    return names
 
 
 def progress_printer(name: str, steps: int = 10):

@@ -67,6 +67,6 @@ def _print_table(rep, top: int) -> None:
     print(rep.spearman.round(3).to_string())
     hist = np.bincount(rep.vote_counts, minlength=len(rep.tasks) + 1)
     print("\nprune votes per dim: " + ", ".join(f"{k} tasks: {n}" for k, n in enumerate(hist)))
-    print(f"\nlargest exact overlaps (of {len(rep.upset)} combinations):")
+    print(f"\nlargest exact overlaps (of {len(rep.upset)} combinations):" + ("" if len(rep.upset) else " none"))
     for row in rep.upset.head(top).itertuples():
         print(f"  {row.size:6d}  {' & '.join(row.combination)}")

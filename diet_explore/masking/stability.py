@@ -157,6 +157,10 @@ def bootstrap_masks(
     notes = (
         [] if config.layer_agg == "mean" else [f"layer_agg {config.layer_agg!r} is resampled approximately (see stability.py)"]
     )
+    if full.all():  # two empty pruned sets have Jaccard 1 (selection.jaccard): a perfect score that says nothing
+        notes.append(
+            f"sparsity {config.sparsity:g} prunes no dim, so every pruned set is empty and the Jaccard of 1.0 means nothing"
+        )
     return StabilityResult(keep.mean(0), jac, float(jac.mean()), r, n_used, notes)
 
 

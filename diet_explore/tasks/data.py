@@ -65,7 +65,8 @@ def _load_split(local: str | None, path: str | None, hub: str | None, hub_name: 
             return datasets.load_dataset(hub, hub_name, split=split)
         except Exception as exc:  # offline, unknown id, ...: say which
             raise DietError(
-                f"could not load {hub}/{hub_name} split {split} from the hub ({str(exc).splitlines()[0]})",
+                f"could not load {hub}{f'/{hub_name}' if hub_name else ''} split {split} from the hub "
+                f"({str(exc).splitlines()[0]})",
                 "install the offline data (make setup) or give dataset.path",
             ) from None
     raise DietError("task has no loadable dataset", "give dataset.local, dataset.path or dataset.hub")

@@ -326,7 +326,7 @@ def check_task_name(name: str, source: str) -> None:
             f"task name {name[:80]!r} in {source} is not a valid task name",
             "use letters, digits, '_', '-' and '.' (starting with a letter or digit, at most 64 characters), e.g. my_task",
         )
-    if name in RESERVED_NAMES:
+    if name.lower() in RESERVED_NAMES:  # in any case: a cache file name on a case-insensitive disk
         raise DietError(
             f"task name {name!r} in {source} is reserved ({', '.join(RESERVED_NAMES)}: every task / the generic wiki text)",
             f"give the task another name, e.g. my_{name}",
@@ -393,6 +393,10 @@ def load_registry(extra_files: list[str | Path] | None = None) -> dict[str, Task
     sources: list[tuple[str, Any]] = [("builtin.json", _builtin_entries())]
     env = os.environ.get("DIET_EXPLORE_TASKS")
     paths = list(extra_files or []) + ([p for p in env.split(os.pathsep) if p] if env else [])
+    unique: dict[str, str | Path] = {}  # a file named twice (DIET_EXPLORE_TASKS and --task-file) is read once,
+    for p in paths:  # not as a conflict with itself
+        unique.setdefault(os.path.realpath(p), p)
+    paths = list(unique.values())
     for p in paths:
         if not Path(p).is_file():  # a FIFO would block the read for ever; a folder or a missing path fails it
             what = "does not exist" if not Path(p).exists() else "is not a regular file"
@@ -412,10 +416,11 @@ def load_registry(extra_files: list[str | Path] | None = None) -> dict[str, Task
         for name, entry in entries.items():
             if name.startswith("_"):
                 continue
-            if name in registry:  # a second definition would change what the name means in caches and results
-                first = "is built in" if defined_in[name] == "builtin.json" else f"is defined in {defined_in[name]}"
+            same = next((n for n in registry if n.lower() == name.lower()), None)  # BoolQ is boolq's file on macOS
+            if same is not None:  # a second definition would change what the name means in caches and results
+                first = "is built in" if defined_in[same] == "builtin.json" else f"is defined in {defined_in[same]}"
                 raise DietError(
-                    f"task {name!r} in {source}: a task of that name {first}",
+                    f"task {name!r} in {source}: a task of that name{'' if same == name else f' ({same!r})'} {first}",
                     f"give the task another name, e.g. my_{name}",
                 )
             registry[name] = _validate(name, entry, source)

@@ -54,10 +54,11 @@ def _write(tmp_path, mf, **changes):
         ({"method": {"a": 1}}, "field method is .*, not a string"),
         ({"model_name": ["x"]}, "field model_name is .*, not a string"),
         ({"model_id": 3}, "field model_id is 3, not a string or null"),
-        ({"weights": {"a": "x"}}, "field weights is .*, not an object mapping task names to numbers"),
+        ({"weights": {"a": "x"}}, "field weights is .*, not an object mapping task names to finite numbers"),
         ({"weights": [1]}, "field weights"),
         ({"config": [1]}, "field config is .*, not an object"),
         ({"sparsity": "half"}, "field sparsity"),
+        ({"threshold": float("nan")}, "field threshold is nan, not a finite number"),  # json writes and reads NaN
         ({"kind": "other"}, "not a diet-explore mask"),
     ],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
 import re
 from pathlib import Path
@@ -49,6 +50,16 @@ def parse_float(text: Any) -> float | None:
         return float(text)
     except ValueError:
         return None
+
+
+def is_whole_number(value: Any) -> bool:
+    """A JSON value read as a count or an id: an int, and not a bool (``True == 1`` in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """A JSON value read as a measurement: an int or float that is finite, and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def cli_flag(name: str) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Any
 from diet_explore.core import atomic
 from diet_explore.core.assets import data_home
 from diet_explore.core.clock import utc_timestamp
+from diet_explore.core.config import is_finite_number, is_whole_number
 
 FORMAT_VERSION = 1
 KIND = "diet-explore-eval-cache"
@@ -129,24 +129,20 @@ class CachedEval:
     made_with: dict[str, Any]  # batch_tokens, workers, batch_size of the run that computed it
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 # field -> (check, what it must be); an entry with another value is damaged, never reused
 _ENTRY_FIELDS: dict[str, tuple[Any, str]] = {
     "created": (lambda v: isinstance(v, str), "a string"),
     "model_name": (lambda v: isinstance(v, str), "a string"),
     "info": (lambda v: isinstance(v, dict) and isinstance(v.get("name", ""), (str, type(None))), "an object"),
     "scores": (lambda v: isinstance(v, list), "a list"),
-    "perplexity": (lambda v: v is None or (_finite(v) and v > 0), "a finite number > 0 or null"),
-    "wall_time_s": (lambda v: _finite(v) and v >= 0, "a finite number ≥ 0"),
+    "perplexity": (lambda v: v is None or (is_finite_number(v) and v > 0), "a finite number > 0 or null"),
+    "wall_time_s": (lambda v: is_finite_number(v) and v >= 0, "a finite number ≥ 0"),
     "made_with": (lambda v: isinstance(v, dict), "an object"),
 }
 _SCORE_LISTS: dict[str, tuple[Any, str]] = {  # per choice, in a stored score (ChoiceScores.stored)
-    "lls": (_finite, "finite numbers"),
+    "lls": (is_finite_number, "finite numbers"),
     "is_greedy": (lambda v: isinstance(v, bool), "true/false"),
-    "n_tokens": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "whole numbers ≥ 0"),
+    "n_tokens": (lambda v: is_whole_number(v) and v >= 0, "whole numbers ≥ 0"),
 }
 
 

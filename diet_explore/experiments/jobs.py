@@ -47,7 +47,7 @@ from typing import Any
 
 from diet_explore.core import atomic
 from diet_explore.core.clock import utc_now, utc_timestamp
-from diet_explore.core.config import parse_float
+from diet_explore.core.config import is_finite_number, is_whole_number, parse_float
 from diet_explore.core.errors import DietError
 from diet_explore.experiments.runs import RunStore, new_run_id
 
@@ -302,14 +302,6 @@ def _thread_lock(root: Path) -> threading.RLock:
         return _THREAD_LOCKS.setdefault(key, threading.RLock())
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _optional_dict(v: Any, types: dict[str, Callable[[Any], bool]]) -> bool:
     """None, or a dict whose keys among ``types`` (when present and not None) pass their check."""
     return v is None or (isinstance(v, dict) and all(v.get(k) is None or ok(v[k]) for k, ok in types.items()))
@@ -324,7 +316,7 @@ CONFIG_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "cache_display": lambda v: isinstance(v, str),
         "manifest_hash": lambda v: isinstance(v, str),
         "mask": lambda v: isinstance(v, dict),
-        "n_keep": _is_int,
+        "n_keep": is_whole_number,
         "eval": lambda v: isinstance(v, dict),
     },
     "sweep": {"model": lambda v: isinstance(v, str), "cache": lambda v: isinstance(v, str)},  # CompareConfig's
@@ -344,14 +336,14 @@ def _record_ok(record: dict[str, Any]) -> bool:
         and record.get("status") in ACTIVE + FINISHED
         and _config_ok(record["type"], record.get("config"))
         and isinstance(record.get("created"), str)
-        and _is_int(record.get("queue_seq", 0))
-        and _is_int(record.get("attempts", 0))
+        and is_whole_number(record.get("queue_seq", 0))
+        and is_whole_number(record.get("attempts", 0))
         and isinstance(record.get("label", ""), str)
         and isinstance(record.get("log") or [], list)
         and all(isinstance(line, str) for line in record.get("log") or [])
-        and _optional_dict(record.get("progress"), {"fraction": _is_number, "message": lambda v: isinstance(v, str)})
+        and _optional_dict(record.get("progress"), {"fraction": is_finite_number, "message": lambda v: isinstance(v, str)})
         and _optional_dict(record.get("error"), {"message": lambda v: isinstance(v, str), "hint": lambda v: isinstance(v, str)})
-        and _optional_dict(record.get("worker"), {"pid": _is_int, "token": lambda v: isinstance(v, str)})
+        and _optional_dict(record.get("worker"), {"pid": is_whole_number, "token": lambda v: isinstance(v, str)})
         and _optional_dict(record.get("partial"), {})
         and _optional_dict(record.get("result"), {})
     )

@@ -19,7 +19,7 @@ import numpy as np
 from diet_explore import __version__
 from diet_explore.core import atomic
 from diet_explore.core.clock import utc_timestamp
-from diet_explore.core.config import cli_flag
+from diet_explore.core.config import cli_flag, is_finite_number
 from diet_explore.core.errors import DietError
 from diet_explore.masking.build import MaskConfig
 
@@ -172,21 +172,17 @@ def _is_str(v: Any) -> bool:
     return isinstance(v, str)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 # field -> (check, what the field must be); hidden_size, kept_indices and calibration_ids have their own checks
 _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     "model_name": (_is_str, "a string"),
     "model_id": (lambda v: v is None or _is_str(v), "a string or null"),
     "method": (_is_str, "a string"),
-    "sparsity": (_is_number, "a number"),
-    "actual_sparsity": (_is_number, "a number"),
-    "threshold": (_is_number, "a number"),
+    "sparsity": (is_finite_number, "a finite number"),
+    "actual_sparsity": (is_finite_number, "a finite number"),
+    "threshold": (is_finite_number, "a finite number"),
     "weights": (
-        lambda v: isinstance(v, dict) and all(_is_str(k) and _is_number(w) for k, w in v.items()),
-        "an object mapping task names to numbers",
+        lambda v: isinstance(v, dict) and all(_is_str(k) and is_finite_number(w) for k, w in v.items()),
+        "an object mapping task names to finite numbers",
     ),
     "tasks": (lambda v: isinstance(v, list) and all(_is_str(t) for t in v), "a list of task names (strings)"),
     "site": (_is_str, "a string"),

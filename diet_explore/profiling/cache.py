@@ -37,6 +37,7 @@ from safetensors.numpy import save as _st_save
 from diet_explore import __version__
 from diet_explore.core import atomic
 from diet_explore.core.clock import utc_timestamp
+from diet_explore.core.config import is_whole_number
 from diet_explore.core.errors import DietError
 from diet_explore.profiling.contexts import TaskContexts
 from diet_explore.tasks.registry import TASK_NAME
@@ -409,7 +410,7 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
         return DietError(f"{path}: {what}", "the manifest is damaged or hand-edited; re-run the profile")
 
     def is_count(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        return is_whole_number(v) and v >= 0
 
     def member(rel: Any, what: str) -> None:
         """A listed file is a short relative name inside the cache folder (a hand-edited '/etc/passwd' or

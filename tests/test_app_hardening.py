@@ -162,8 +162,9 @@ def test_agreement_histogram_marks_tau_and_heatmaps_fit_their_colours(app, alpha
 
 def test_a_dimension_is_named_by_its_index_everywhere(app, alpha):
     at = run_page(app.run(), "rankings")
-    heat = chart_by_key(at, "rank_layer_heatmap")
-    assert heat["data"][0]["x"] == [str(d) for d in at.dataframe[0].value["dim"].head(10)]  # as the table names them
+    top = at.dataframe[0].value["dim"].head(10)
+    heat = chart_by_key(open_tab(at, "rank_dim_view", "Score by layer"), "rank_layer_heatmap")
+    assert heat["data"][0]["x"] == [str(d) for d in top]  # as the table names them
     run_page(at, "agreement")
     matrix = chart_by_key(open_tab(at, "agree_view", "Vote matrix"), "agree_vote_matrix")
     assert "dim %{customdata}" in matrix["data"][0]["hovertemplate"]

@@ -101,21 +101,26 @@ def test_rankings_tables_and_charts_match_library(app, alpha):
     bottom = frame(at, "rank_bottom_table")
     assert bottom["dim"].tolist() == order[-10:].tolist() and bottom["rank"].iloc[-1] == 576
     curves = chart_by_key(at, "rank_curves")
-    # lazy tabs: the open tab's figure and the layer heatmap are built, not the other tabs' figures
-    assert [c.key for c in at.get("plotly_chart")] == ["rank_curves", "rank_layer_heatmap"]
+    # lazy tabs, two sets: only the open tab's figure is built (a page opens with one plotly figure)
+    assert [c.key for c in at.get("plotly_chart")] == ["rank_curves"]
     dists = chart_by_key(open_tab(at, "rank_view", "Score distributions"), "rank_distributions")
-    assert [c.key for c in at.get("plotly_chart")] == ["rank_distributions", "rank_layer_heatmap"]
+    assert [c.key for c in at.get("plotly_chart")] == ["rank_distributions"]
     assert len(dists["data"]) == len(alpha.tasks)
     open_tab(at, "rank_view", "Sorted scores")
     assert [tr["name"] for tr in curves["data"]] == list(alpha.tasks)
     assert arr(curves["data"][0]["y"])[0] == pytest.approx(scores.max())
-    heat = chart_by_key(at, "rank_layer_heatmap")
+    heat = chart_by_key(open_tab(at, "rank_dim_view", "Score by layer"), "rank_layer_heatmap")
+    assert [c.key for c in at.get("plotly_chart")] == ["rank_curves", "rank_layer_heatmap"]
+    assert not [d for d in at.dataframe if d.key in ("rank_top_table", "rank_bottom_table")]  # the tables' tab is shut
     assert heat["data"][0]["x"] == [str(d) for d in order[:10]]
 
+    open_tab(at, "rank_dim_view", "Top and bottom dims")
     at.selectbox(key="rank_task").select("rte").run()
     assert frame(at, "rank_top_table")["dim"].tolist() == rank_dims(aggregate_scores(alpha, "rte"))[:10].tolist()
     at.number_input(key="rank_top_n").set_value(3).run()
     assert len(frame(at, "rank_top_table")) == 3
+    open_tab(at, "rank_dim_view", "Score by layer")
+    assert chart_by_key(at, "rank_layer_heatmap")["data"][0]["x"] == [str(d) for d in rank_dims(aggregate_scores(alpha, "rte"))[:3]]
     at.text_input(key="rank_dims").input("5, 17,5").run()
     heat = chart_by_key(at, "rank_layer_heatmap")
     assert heat["data"][0]["x"] == ["5", "17"]
@@ -127,17 +132,18 @@ def test_rankings_tables_and_charts_match_library(app, alpha):
 
 
 def test_rankings_bad_dims_and_layer_agg(app, alpha):
-    at = run_page(app.run(), "rankings")
+    at = open_tab(run_page(app.run(), "rankings"), "rank_dim_view", "Score by layer")
     at.text_input(key="rank_dims").input("3, 9999").run()
     assert at.error and "9999" in at.error[0].value and not at.exception
     at.text_input(key="rank_dims").input("").run()
+    open_tab(at, "rank_dim_view", "Top and bottom dims")
     at.selectbox(key="layer_agg").select("max").run()
     expected = rank_dims(aggregate_scores(alpha, "boolq", layer_agg="max"))[:10]
     assert frame(at, "rank_top_table")["dim"].tolist() == expected.tolist()
 
 
 def test_rankings_dims_in_other_scripts_digits_are_one_error(app):
-    at = run_page(app.run(), "rankings")
+    at = open_tab(run_page(app.run(), "rankings"), "rank_dim_view", "Score by layer")
     for bad in ("3, \u00b2", "\u0665"):  # "²" passed isdigit() and then made int() raise; "٥" was read as 5
         at.text_input(key="rank_dims").input(bad).run()
         assert at.error and "is not an index" in at.error[0].value and not at.exception

@@ -19,6 +19,8 @@ K_TASK, K_TOP_N, K_DIMS, K_FIT = "rank_task", "rank_top_n", "rank_dims", "rank_f
 K_PER_DIM = "rank_heat_per_dim"  # the layer heatmap: each dim on its own colour scale
 K_VIEW = "rank_view"  # the open tab, remembered in the session
 VIEWS = ("Sorted scores", "Score distributions", "Task correlation")
+K_DIM_VIEW = "rank_dim_view"  # the open tab below the figure: the task's dims as tables, or by layer
+DIM_VIEWS = ("Top and bottom dims", "Score by layer")
 
 
 def parse_dims(text: str, hidden_size: int) -> list[int]:
@@ -38,9 +40,11 @@ def parse_dims(text: str, hidden_size: int) -> list[int]:
 
 @st.fragment
 def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last_k: int, n_keep: int, tau: float) -> None:
-    """Top and bottom dims of one task and the layer heatmap: their own widgets (task, table size,
-    dims) rerun only this part of the page, not the curves, distributions and correlations."""
-    cache, pre = loaded.cache, loaded.pre
+    """One task's top and bottom dims, or where in depth its dims are active (the layer heatmap): their
+    own widgets (task, table size, dims, tab) rerun only this part of the page, not the figure above.
+    One view at a time (lazy tabs): a pasted link draws one plotly figure, not two (0.6-0.8 s less
+    to a fully rendered page on a busy machine)."""
+    cache = loaded.cache
     with ui.shown_errors():
         state.default(K_TASK, cache.task_names[0])
         state.default(K_TOP_N, 10)
@@ -50,56 +54,72 @@ def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last
         top_n = int(c2.number_input("Dims in the tables", 1, 200, step=1, **state.kw(K_TOP_N)))
         s = scores[task]
         order = rank_dims(s)
-        in_top = top_k_mask(pre.matrix(cache.task_names, site, agg, last_k), n_keep)  # (T, D) kept per task
-        weights = np.array([float(state.get(S.weight_key(t), 1.0)) for t in cache.task_names])  # (T,)
-        share = vote_share(in_top, weights)  # (D,) the vote's weighted share of tasks keeping each dim
-        kept = passes_vote(share, tau)
-        massive = loaders.massive_for(loaded.path, loaded.sha, site, agg, last_k)
-
-        def table(idx: np.ndarray, start_rank: int) -> pd.DataFrame:
-            return pd.DataFrame(
-                {
-                    "rank": np.arange(start_rank, start_rank + idx.size),
-                    "dim": idx,
-                    "score": np.round(s[idx], 5),
-                    "task weight keeping it": np.round(share[idx], 3),
-                    f"kept by the vote (τ = {tau:g})": kept[idx],
-                    ui.RATIO_ACROSS_TASKS: np.round(massive.ratio[idx], 2),
-                    "massive": massive.flagged[idx],
-                }
-            )
-
-        st.caption(
-            "*task weight keeping it*: the share of the total task weight whose tasks keep the dim at this sparsity "
-            "(a weight-0 task counts for nothing); the vote keeps a dim when that share reaches τ."
-        )
-        flagged = ", ".join(map(str, massive.dims)) or "none"
-        st.markdown(
-            f"**Massive-activation dims**: {flagged} (score ≥ {MASSIVE_FACTOR:g}× the median dim's, in the median task; "
-            "“× median dim” below). Pick a table row to open that dim on the Dimension page."
-        )
-        # one above the other: side by side, seven columns each scrolled sideways
-        st.markdown(f"**Top {top_n}** ({task})")
-        ui.dim_table(table(order[:top_n], 1), key="rank_top_table")
-        st.markdown(f"**Bottom {top_n}** ({task})")
-        ui.dim_table(table(order[-top_n:], cache.hidden_size - order[-top_n:].size + 1), key="rank_bottom_table")
+        label, tab = ui.open_tab(K_DIM_VIEW, DIM_VIEWS)
+        with tab:
+            if label == DIM_VIEWS[0]:
+                top_bottom(loaded, s, order, task, top_n, site, agg, last_k, n_keep, tau)
+            else:
+                layer_heatmap(loaded, task, site, order, top_n)
         ui.dim_jump(cache, key="rank_jump")
 
-        st.text_input(
-            "Dimensions for the layer heatmap (empty: this task's top dims)", **state.kw(K_DIMS), placeholder="e.g. 12, 407, 530"
+
+def top_bottom(loaded, s: np.ndarray, order: np.ndarray, task: str, top_n: int, site, agg, last_k, n_keep, tau) -> None:
+    """The ``top_n`` highest and lowest scoring dims of ``task``, with what the vote does with them."""
+    cache, pre = loaded.cache, loaded.pre
+    in_top = top_k_mask(pre.matrix(cache.task_names, site, agg, last_k), n_keep)  # (T, D) kept per task
+    weights = np.array([float(state.get(S.weight_key(t), 1.0)) for t in cache.task_names])  # (T,)
+    share = vote_share(in_top, weights)  # (D,) the vote's weighted share of tasks keeping each dim
+    kept = passes_vote(share, tau)
+    massive = loaders.massive_for(loaded.path, loaded.sha, site, agg, last_k)
+
+    def table(idx: np.ndarray, start_rank: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "rank": np.arange(start_rank, start_rank + idx.size),
+                "dim": idx,
+                "score": np.round(s[idx], 5),
+                "task weight keeping it": np.round(share[idx], 3),
+                f"kept by the vote (τ = {tau:g})": kept[idx],
+                ui.RATIO_ACROSS_TASKS: np.round(massive.ratio[idx], 2),
+                "massive": massive.flagged[idx],
+            }
         )
-        dims = parse_dims(state.get(K_DIMS), cache.hidden_size) or order[: min(top_n, 40)].tolist()
-        if task in cache.tasks:
-            state.default(K_PER_DIM, True)
-            per_dim = st.toggle(
-                "Scale each dim to its own peak",
-                help="On: each column's colours span that dim's own layers, so where in depth it is active shows even "
-                "beside a massive dim 100× larger. Off: one colour scale of raw scores for all columns.",
-                **state.kw(K_PER_DIM),
-            )
-            dims_key = tuple(int(d) for d in dims)
-            heat = loaders.layer_heatmap_figure(loaded.path, loaded.sha, task, site, dims_key, per_dim)
-            st.plotly_chart(heat, key="rank_layer_heatmap")
+
+    st.caption(
+        "*task weight keeping it*: the share of the total task weight whose tasks keep the dim at this sparsity "
+        "(a weight-0 task counts for nothing); the vote keeps a dim when that share reaches τ."
+    )
+    flagged = ", ".join(map(str, massive.dims)) or "none"
+    st.markdown(
+        f"**Massive-activation dims**: {flagged} (score ≥ {MASSIVE_FACTOR:g}× the median dim's, in the median task; "
+        "“× median dim” below). Pick a table row to open that dim on the Dimension page."
+    )
+    # one above the other: side by side, seven columns each scrolled sideways
+    st.markdown(f"**Top {top_n}** ({task})")
+    ui.dim_table(table(order[:top_n], 1), key="rank_top_table")
+    st.markdown(f"**Bottom {top_n}** ({task})")
+    ui.dim_table(table(order[-top_n:], cache.hidden_size - order[-top_n:].size + 1), key="rank_bottom_table")
+
+
+def layer_heatmap(loaded, task: str, site: str, order: np.ndarray, top_n: int) -> None:
+    """Score by layer of the typed dims (empty: the task's top ``top_n``, at most 40)."""
+    cache = loaded.cache
+    st.text_input(
+        "Dimensions for the layer heatmap (empty: this task's top dims)", **state.kw(K_DIMS), placeholder="e.g. 12, 407, 530"
+    )
+    dims = parse_dims(state.get(K_DIMS), cache.hidden_size) or order[: min(top_n, 40)].tolist()
+    if task not in cache.tasks:
+        return
+    state.default(K_PER_DIM, True)
+    per_dim = st.toggle(
+        "Scale each dim to its own peak",
+        help="On: each column's colours span that dim's own layers, so where in depth it is active shows even "
+        "beside a massive dim 100× larger. Off: one colour scale of raw scores for all columns.",
+        **state.kw(K_PER_DIM),
+    )
+    dims_key = tuple(int(d) for d in dims)
+    heat = loaders.layer_heatmap_figure(loaded.path, loaded.sha, task, site, dims_key, per_dim)
+    st.plotly_chart(heat, key="rank_layer_heatmap")
 
 
 st.title("Rankings")

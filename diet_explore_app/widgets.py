@@ -328,6 +328,17 @@ def saveable_hint(cache: ScoreCache, n_keep: int) -> str | None:
     )
 
 
+def saveable_fix(cache: ScoreCache, n_keep: int, box, key: str) -> None:
+    """``saveable_hint`` in ``box`` (``st.info`` or ``st.warning``) with the fix one click away: a button
+    that sets *Kept count a multiple of* to what the model needs (the Mask builder's setting)."""
+    hint = saveable_hint(cache, n_keep)
+    if hint is None:
+        return
+    box(hint)
+    need = loaders.saveable_multiple(model_name_for(cache))
+    st.button(f"Round the kept count to a multiple of {need}", key=key, on_click=reset, args=(S.KEY_MULTIPLE, need))
+
+
 class NotInstalled(DietError):
     """A built-in model whose weights are not installed yet: its hint is the install command."""
 

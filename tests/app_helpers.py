@@ -271,3 +271,10 @@ def wait_metric(page, label: str, expected: str) -> None:
             pass
         page.wait_for_timeout(200)
     raise AssertionError(f"metric {label!r} is {metric(page, label)!r}, expected {expected!r}")
+
+
+def shell_argv(text: str) -> list[str]:
+    """The arguments bash reads from ``text`` (a command as the app shows it, pasted into a shell):
+    the displayed command's real test, backslash-newlines and quotes included."""
+    out = subprocess.run(["bash", "-c", "printf '%s\\0' " + text], capture_output=True, check=True).stdout
+    return out.decode().split("\0")[:-1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from app_helpers import (
     open_expander,
     open_tab,
     run_page,
+    shell_argv,
 )
 
 from diet_explore.masking.agreement import prune_matrix, vote_counts
@@ -120,7 +120,9 @@ def test_rankings_tables_and_charts_match_library(app, alpha):
     at.number_input(key="rank_top_n").set_value(3).run()
     assert len(frame(at, "rank_top_table")) == 3
     open_tab(at, "rank_dim_view", "Score by layer")
-    assert chart_by_key(at, "rank_layer_heatmap")["data"][0]["x"] == [str(d) for d in rank_dims(aggregate_scores(alpha, "rte"))[:3]]
+    assert chart_by_key(at, "rank_layer_heatmap")["data"][0]["x"] == [
+        str(d) for d in rank_dims(aggregate_scores(alpha, "rte"))[:3]
+    ]
     at.text_input(key="rank_dims").input("5, 17,5").run()
     heat = chart_by_key(at, "rank_layer_heatmap")
     assert heat["data"][0]["x"] == ["5", "17"]
@@ -460,13 +462,14 @@ def test_export_command_reproduces_the_mask(app, app_env, alpha, tmp_path):
     at.number_input(key="multiple").set_value(8).run()
     run_page(at, "export")
     cmd = at.code[0].value
-    argv = shlex.split(cmd)
+    argv = shell_argv(cmd)  # as pasted into a shell, one flag per line
+    assert len(cmd.splitlines()) == 6 and all(line.lstrip().startswith("--") for line in cmd.splitlines()[1:])
     argv[argv.index("--out") + 1] = str(tmp_path / "cli.json")
     argv[argv.index("--cache") + 1] = str(app_env["cache"] / "alpha")
     assert main(argv[1:]) == 0
     cfg = MaskConfig(sparsity=0.25, weights={t: (1.7 if t == "hellaswag" else 1.0) for t in alpha.task_names}, multiple_of=8)
     assert np.array_equal(load_mask(tmp_path / "cli.json").keep, build_mask(alpha, cfg).keep)
-    assert at.code[1].value.startswith("lm_eval --model hf")
+    assert shell_argv(at.code[1].value)[:3] == ["lm_eval", "--model", "hf"]
 
 
 @pytest.mark.parametrize("bad", ["../escape", "sub/dir", "a\\b"])

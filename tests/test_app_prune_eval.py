@@ -454,6 +454,22 @@ def test_export_of_an_unsaveable_kept_count_is_disabled_with_the_reason(tiny_app
     assert not (dirs["export"] / at.text_input(key="export_name").value).exists()
 
 
+def test_the_saveable_hint_sets_the_multiple_in_one_click(tiny_app):
+    """The hint named the setting to change on another page; its button now changes it."""
+    at, _ = tiny_app
+    at = run_page(at.run(), "export")
+    at.button(key="export_round_for_saving").click().run()
+    assert not at.exception and not any("needs a multiple of" in w.value for w in at.warning)
+    assert not at.button(key="export_save_model").disabled
+    run_page(at, "mask_builder")
+    assert at.number_input(key="multiple").value == 4
+    assert int(metrics(at)["Kept dims"].split("/")[0]) % 4 == 0 and not at.info
+    at.number_input(key="multiple").set_value(1).run()  # back to an unsaveable count: the Mask builder's button
+    assert any("needs a multiple of 4" in i.value for i in at.info)
+    at.button(key="mb_round_for_saving").click().run()
+    assert at.number_input(key="multiple").value == 4 and not at.info
+
+
 def test_an_emptied_model_field_shows_the_model_it_runs(tiny_app):
     """Clearing the Model field ran the cache's model behind a blank field; it now shows that model."""
     at, _ = tiny_app

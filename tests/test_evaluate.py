@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
+from app_helpers import shell_argv
 from test_scoring import WordTokenizer
 
+from diet_explore.core.config import command_lines
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.evaluate import EvalConfig, eval_requests, evaluate_model, evaluate_pair
 from diet_explore.evaluation.metrics import mean_stderr, paired_proportion_delta
@@ -105,6 +108,23 @@ def test_lm_eval_command_uses_lm_evals_task_names():
     assert lm_eval_command("m", ["rte"], dtype="bfloat16", device="cuda").endswith(
         "pretrained=m,dtype=bfloat16 --tasks rte --batch_size 8 --device cuda"
     )
+    # a folder with a space in its path stays one argument for the shell (it was split in two)
+    assert shlex.split(lm_eval_command("my models/m", ["rte"]))[4] == "pretrained=my models/m,dtype=float32"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        lm_eval_command("/tmp/my models/x", "all", limit=5),
+        "diet-explore mask --cache 'cache/my cache' --weights boolq=2,rte=0 --out out.json",
+        "prog",
+    ],
+)
+def test_command_lines_run_as_the_one_line(command):
+    """The Export page shows a long command one flag per line; pasted into bash, it is the same argv."""
+    shown = command_lines(command)
+    assert shell_argv(shown) == shlex.split(command)
+    assert all(line.lstrip().startswith("--") for line in shown.splitlines()[1:])
 
 
 def test_a_masks_recorded_calibration_examples_are_left_out(tmp_path):

@@ -7,6 +7,7 @@ import json
 import math
 import numbers
 import re
+import shlex
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,6 +67,18 @@ def cli_flag(name: str) -> str:
     """The CLI flag that sets a config field (``last_k`` -> ``--last-k``): the configs name their
     fields after the flags, so a message about a field names what a user typed."""
     return "--" + name.replace("_", "-")
+
+
+def command_lines(command: str) -> str:
+    """A shell command for display: each ``--flag`` and its values on a line of their own, joined by
+    backslash-newline, so pasted into a shell it runs as the one line it was. A long command wrapped
+    by the page broke a flag across lines ("-" at one line's end, "-tasks" on the next)."""
+    lines: list[list[str]] = [[]]
+    for token in shlex.split(command):
+        if token.startswith("--") and lines[-1]:
+            lines.append([])
+        lines[-1].append(token)
+    return " \\\n    ".join(shlex.join(line) for line in lines)
 
 
 class JsonConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -457,5 +458,8 @@ def lm_eval_command(
     lm-eval's own first ``limit`` documents (not our held-out ids)."""
     specs = resolve_tasks(tasks, registry)
     names = ",".join(dict.fromkeys(s.lm_eval_task or s.name for s in specs))
-    cmd = f"lm_eval --model hf --model_args pretrained={model_folder},dtype={dtype} --tasks {names} --batch_size {batch_size}"
-    return cmd + (f" --device {device}" if device else "") + (f" --limit {limit}" if limit else "")
+    args = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model_folder},dtype={dtype}", "--tasks", names]
+    args += (
+        ["--batch_size", str(batch_size)] + (["--device", device] if device else []) + (["--limit", str(limit)] if limit else [])
+    )
+    return shlex.join(args)  # quoted: an export folder with a space in its path pastes as one argument

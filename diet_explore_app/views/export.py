@@ -12,6 +12,7 @@ import numpy as np
 import streamlit as st
 
 from diet_explore.core import atomic
+from diet_explore.core.config import command_lines
 from diet_explore.masking.maskfile import mask_command, mask_file_from_result, save_mask
 from diet_explore.pruning.saving import PRUNE_INFO_FILE, save_pruned
 from diet_explore.pruning.slicing import prune_model
@@ -75,8 +76,7 @@ with ui.shown_errors():
 
     st.markdown("**Save a pruned model folder**")
     hint = ui.saveable_hint(cache, result.n_keep)
-    if hint:
-        st.warning(hint)
+    ui.saveable_fix(cache, result.n_keep, st.warning, key="export_round_for_saving")
     name_or_path = ui.model_name_for(cache)
     problem = ui.model_problem(name_or_path)
     reason = ui.show_model_problem(problem) if problem else None
@@ -112,13 +112,15 @@ with ui.shown_errors():
 
     st.markdown("**Reproduce**")
     st.markdown("Rebuild this mask from the same cache:")
-    st.code(mask_command(ui.display_path(loaded.path), config, f"{name}.json"), language="bash", wrap_lines=True)
+    st.code(command_lines(mask_command(ui.display_path(loaded.path), config, f"{name}.json")), language="bash", wrap_lines=True)
     registry = load_registry()
     known = [t for t in cache.task_names if t in registry]
     unknown = [t for t in cache.task_names if t not in registry]
     if known:
         st.markdown("Evaluate the saved pruned model with lm-evaluation-harness:")
-        st.code(lm_eval_command(ui.display_path(folder), known, registry=registry), language="bash", wrap_lines=True)
+        st.code(
+            command_lines(lm_eval_command(ui.display_path(folder), known, registry=registry)), language="bash", wrap_lines=True
+        )
     if unknown:  # tasks from a --task-file: lm-eval knows them only from a task config of its own
         st.caption(
             f"Not in this task registry: {', '.join(unknown)} (profiled from a --task-file). Start the app with "

@@ -108,8 +108,8 @@ with ui.shown_errors():
             note=f"{params / dense - 1:+.1%} vs dense" if params is not None and dense else None,
         )
         c[3].metric("Voting tasks", len(result.tasks))
-        if hint := ui.saveable_hint(cache, result.n_keep):
-            st.info(hint)  # information here (evaluating the mask works); Export, where saving is the action, warns
+        # information here (evaluating the mask works); Export, where saving is the action, warns
+        ui.saveable_fix(cache, result.n_keep, st.info, key="mb_round_for_saving")
         massive = loaders.massive_for(loaded.path, loaded.sha, config.site, config.layer_agg, config.last_k)
         if massive.dims:
             pruned = [d for d in massive.dims if not result.keep[d]]

@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 # 1000 px wide shows no more, and every point is SVG the browser redraws on each slider move.
 MAX_CURVE_POINTS = 240
 _LAYOUT = dict(margin=dict(l=60, r=20, t=50, b=50))
+DODGE_SHARE = 0.006  # sweep curves: methods side by side at one sparsity, this share of the x range apart
 _LOG_AXIS = dict(type="log", dtick=1)  # one labelled tick per power of ten (not "1000, 5, 2, 100, 5, 2")
 
 
@@ -413,20 +414,17 @@ def run_history(
     return fig
 
 
-def _rgba(color: str, alpha: float) -> str:
-    """A plotly hex colour (``#rrggbb``) as ``rgba(r, g, b, alpha)``."""
-    c = color.lstrip("#")
-    r, g, b = (int(c[i : i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r}, {g}, {b}, {alpha})"
-
-
 def sweep_curves(
     frame: pd.DataFrame, title: str, y_title: str, log_y: bool = False, methods: Sequence[str] | None = None
 ) -> go.Figure:
-    """One line per method over sparsity with a shaded 95% CI band (``frame``: ``method``,
-    ``sparsity``, ``value``, ``ci_low``, ``ci_high``, as ``experiments.reports.curve_frame`` returns;
-    the band covers the points that have an interval, NaN elsewhere). ``methods``: every method's
-    place in the palette, so a method keeps its colour in a figure where another has no points."""
+    """One line per method over sparsity with 95% CI error bars (``frame``: ``method``, ``sparsity``,
+    ``value``, ``ci_low``, ``ci_high``, as ``experiments.reports.curve_frame`` returns; NaN where a
+    point has no interval). ``methods``: every method's place in the palette, so a method keeps its
+    colour in a figure where another has no points.
+
+    The methods are drawn side by side at each sparsity, a few pixels apart (hover gives the exact
+    sparsity): eight methods' intervals at one x were one vertical smear, and shaded bands between
+    two sparsities overlapped into one colour and drew an interval where none was measured."""
     import plotly.colors
 
     palette = plotly.colors.qualitative.Plotly
@@ -436,28 +434,18 @@ def sweep_curves(
     if frame.empty:
         fig.update_layout(title=f"{title}: no points", **_LAYOUT)
         return fig
+    drawn = list(frame["method"].unique())
+    span = float(frame["sparsity"].max() - frame["sparsity"].min()) or 1.0
+    step = DODGE_SHARE * span
     for method, g in frame.groupby("method", sort=False):
         g = g.sort_values("sparsity")
         color = palette[order.index(method) % len(palette)]
-        band = g.dropna(subset=["ci_low", "ci_high"])
-        if len(band):
-            fig.add_trace(
-                go.Scatter(
-                    x=list(band["sparsity"]) + list(band["sparsity"])[::-1],
-                    y=list(band["ci_high"]) + list(band["ci_low"])[::-1],
-                    fill="toself",
-                    fillcolor=_rgba(color, 0.15),
-                    line=dict(width=0),
-                    hoverinfo="skip",
-                    showlegend=False,
-                    legendgroup=str(method),
-                    name=f"{method} 95% CI",
-                )
-            )
+        offset = step * (drawn.index(method) - (len(drawn) - 1) / 2)
         fig.add_trace(
             go.Scatter(
-                x=g["sparsity"],
+                x=g["sparsity"] + offset,
                 y=g["value"],
+                customdata=g["sparsity"],
                 mode="lines+markers",
                 name=str(method),
                 legendgroup=str(method),
@@ -468,10 +456,10 @@ def sweep_curves(
                     array=(g["ci_high"] - g["value"]).fillna(0),
                     arrayminus=(g["value"] - g["ci_low"]).fillna(0),
                     visible=bool(g["ci_low"].notna().any()),
-                    thickness=1,
-                    width=3,
+                    thickness=1.5,
+                    width=2,
                 ),
-                hovertemplate=f"{method}: sparsity %{{x}}, %{{y:.4g}}<extra></extra>",
+                hovertemplate=f"{method}: sparsity %{{customdata}}, %{{y:.4g}}<extra></extra>",
             )
         )
     fig.update_layout(title=title, xaxis_title="sparsity (fraction of hidden dims pruned)", yaxis_title=y_title, **_LAYOUT)

@@ -227,6 +227,27 @@ def test_the_results_page_opens_on_a_sweep_of_the_model_being_explored(app, monk
     assert "smollm2-135m" in at.selectbox(key="rs_sweep").value
 
 
+def test_sweep_curves_draw_each_methods_intervals_beside_the_others():
+    """Eight methods' error bars at one sparsity were one vertical smear (with shaded bands between
+    sparsities on top): now each method is a few pixels to the side, its hover the exact sparsity."""
+    sweep = load_sweep(DOCS_RESULTS / "compare-smollm2-135m-400.results.jsonl")
+    frame = curve_frame(sweep, "delta_main")
+    fig = curve_figure(sweep, "delta_main")
+    assert all(tr.fill in (None, "none") for tr in fig.data) and len(fig.data) == frame["method"].nunique()
+    xs = {}
+    for tr in fig.data:
+        g = frame[frame["method"] == tr.name].sort_values("sparsity")
+        assert np.allclose(np.asarray(tr.customdata, dtype=float), g["sparsity"]) and "%{customdata}" in tr.hovertemplate
+        assert np.allclose(np.asarray(tr.x, dtype=float) - g["sparsity"].to_numpy(), tr.x[0] - g["sparsity"].iloc[0])
+        assert np.allclose(np.asarray(tr.y, dtype=float), g["value"])
+        assert np.allclose(np.asarray(tr.error_y.array, dtype=float), (g["ci_high"] - g["value"]).fillna(0))
+        assert np.allclose(np.asarray(tr.error_y.arrayminus, dtype=float), (g["value"] - g["ci_low"]).fillna(0))
+        xs[tr.name] = float(tr.x[-1])
+    spread = sorted(xs.values())
+    assert len(set(spread)) == len(spread)  # no two methods at the same x
+    assert spread[-1] - spread[0] < 0.1 * float(frame["sparsity"].max() - frame["sparsity"].min())  # yet beside it
+
+
 @pytest.mark.parametrize("path", COMMITTED, ids=[sweep_name(p) for p in COMMITTED])
 def test_a_method_keeps_its_colour_in_every_curve_even_where_another_method_has_no_points(path):
     """leave-one-out has no perplexity: slicegpt took its colour in the perplexity figure."""

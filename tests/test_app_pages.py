@@ -300,6 +300,24 @@ def test_mask_builder_gives_the_proxy_verdicts_in_one_line_and_the_correlations_
     assert [c.value for c in folded.caption] == [f"**{p}** {text}" for p, (_, text) in checks.items()]
 
 
+@pytest.mark.parametrize(
+    "verdicts, said",
+    [
+        ((True, True), "**kept_mass** and **kept_energy** predict it."),  # read "a predicts…; b predicts…"
+        ((True, False), "**kept_mass** predicts it; **kept_energy** does not predict it."),
+        ((None, None), "**kept_mass** and **kept_energy** are not validated for this model."),
+    ],
+)
+def test_the_proxy_verdict_line_names_proxies_with_one_verdict_together(app, monkeypatch, verdicts, said):
+    from diet_explore_app import loaders
+
+    checks = {p: (v, f"{p}: ρ per sweep") for p, v in zip(("kept_mass", "kept_energy"), verdicts, strict=True)}
+    monkeypatch.setattr(loaders, "proxy_checks", lambda model: checks)
+    at = run_page(app.run(), "mask_builder")
+    line = next(c.value for c in at.caption if c.value.startswith("Validation against the measured paired Δ"))
+    assert line == f"Validation against the measured paired Δ (`tools/proxy_validation.py`): {said}"
+
+
 def test_mask_builder_bootstrap_matches_library(app, alpha):
     at = run_page(app.run(), "mask_builder")
     at.number_input(key="stab_n").set_value(30).run()

@@ -150,12 +150,24 @@ with ui.shown_errors():
                 "Neither proxy passes the validation below (it does not predict the measured paired Δ): read it "
                 "as a sanity check of what the mask throws away, not as a forecast of accuracy."
             )
-        # one line of verdicts; the per-sweep correlations (about 15 lines) in a folded expander
-        said = {True: "predicts the measured Δ", False: "does not predict the measured Δ", None: "not validated for this model"}
+        # one line of verdicts, proxies with the same verdict named together ("a predicts…; b predicts…"
+        # read like a list with its numbers missing); the per-sweep correlations in a folded expander
+        said = {
+            True: ("predicts", "predict"),
+            False: ("does not predict", "do not predict"),
+            None: ("is not validated", "are not validated"),
+        }
+        groups = {v: [p for p, (w, _) in checks.items() if w is v] for v in (True, False, None)}
         st.caption(
-            "Validation against the measured paired Δ: "
-            + "; ".join(f"**{p}** {said[v]}" for p, (v, _) in checks.items())
-            + " (`tools/proxy_validation.py`)."
+            "Validation against the measured paired Δ (`tools/proxy_validation.py`): "
+            + "; ".join(
+                " and ".join(f"**{p}**" for p in names)
+                + f" {said[v][len(names) > 1]}"
+                + (" it" if v is not None else " for this model")
+                for v, names in groups.items()
+                if names
+            )
+            + "."
         )
         with st.expander("How the proxies were validated (Spearman ρ per sweep)"):
             for p, (_, text) in checks.items():

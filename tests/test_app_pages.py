@@ -38,6 +38,22 @@ def frame(at, key: str):
 # --------------------------------------------------------------------------------------------
 # Overview, cache picking and errors
 # --------------------------------------------------------------------------------------------
+def test_overview_and_dimension_say_which_dims_fire_on_the_first_token(app, monkeypatch):
+    from diet_explore.masking.dims import first_token_dims
+    from diet_explore.profiling.cache import load_cache
+
+    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(APP.parents[1] / "cache"))
+    monkeypatch.setenv("DIET_EXPLORE_DEFAULT_CACHE", "smollm2-135m")
+    cache = load_cache(APP.parents[1] / "cache" / "smollm2-135m")
+    at = app.run()
+    line = next(m.value for m in at.markdown if m.value.startswith("**First-token dims**"))
+    counts = {s: int(first_token_dims(cache, s).sum()) for s in cache.sites}
+    assert all(f"`{s}` {n} of 576" in line for s, n in counts.items())
+    at.session_state["inspect_dim"] = 507
+    run_page(at, "dimension")
+    assert any("top contexts are the first token of their sequence" in c.value for c in at.caption)
+
+
 def test_overview_opens_on_first_cache_without_errors(app, alpha):
     at = app.run()
     assert not at.exception and not at.error

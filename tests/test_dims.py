@@ -12,7 +12,17 @@ import pytest
 from diet_explore.cli import main
 from diet_explore.core.errors import DietError
 from diet_explore.masking.build import MaskConfig, build_mask
-from diet_explore.masking.dims import NO_CONTEXTS, check_dim, dim_card, display_token, ranks, split_votes
+from diet_explore.masking.dims import (
+    FIRST_TOKEN_SHARE,
+    NO_CONTEXTS,
+    check_dim,
+    dim_card,
+    display_token,
+    first_token_counts,
+    first_token_dims,
+    ranks,
+    split_votes,
+)
 from diet_explore.masking.importance import aggregate_scores
 from diet_explore.masking.massive import MASSIVE_FACTOR, is_massive, massive_dims, massive_ratio
 from diet_explore.masking.selection import keep_count, rank_dims
@@ -70,6 +80,51 @@ def test_massive_dims_of_the_committed_caches(name, flagged):
     found = massive_dims(load_cache(REPO / "cache" / name))
     assert found.dims == flagged
     assert found.ratio[flagged].min() >= MASSIVE_FACTOR
+
+
+def _positions_cache(*tasks_positions):
+    """A stand-in cache whose tasks recorded contexts at these (D, k) token positions (site residual)."""
+    from types import SimpleNamespace
+
+    from diet_explore.profiling.contexts import TopTokens
+
+    def task(pos):
+        pos = np.asarray(pos, dtype=np.int32)
+        top = TopTokens(np.zeros_like(pos), pos, np.ones(pos.shape, dtype=np.float32))
+        return SimpleNamespace(contexts=SimpleNamespace(top={"residual": top}))
+
+    return SimpleNamespace(tasks={f"t{i}": task(p) for i, p in enumerate(tasks_positions)})
+
+
+def test_first_token_dims_count_every_tasks_contexts_at_position_zero():
+    cache = _positions_cache([[0, 0], [0, 5], [3, 4]], [[0, 2], [0, 0], [1, 0]])  # 3 dims, 2 tasks x 2 contexts
+    counts, total = first_token_counts(cache, "residual")
+    assert counts.tolist() == [3, 3, 1] and total == 4
+    assert first_token_dims(cache, "residual").tolist() == [True, True, False]  # 1 of 4 is under half
+    assert FIRST_TOKEN_SHARE == 0.5 and first_token_counts(cache, "normed") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "site", "lo", "hi"),
+    [("smollm2-135m", "residual", 450, 576), ("smollm2-135m", "normed", 0, 5), ("gemma3-270m", "residual", 1, 10)],
+)
+def test_first_token_dims_of_the_committed_caches(name, site, lo, hi):
+    """What the Overview and README report: on SmolLM2 (no BOS) the first token holds the largest
+    residual activation of most dims; the norm divides it out; Gemma-3 (with <bos>) has a few."""
+    assert lo <= int(first_token_dims(load_cache(REPO / "cache" / name), site).sum()) <= hi
+
+
+def test_the_card_says_when_a_dim_fires_on_the_first_token():
+    cache = load_cache(REPO / "cache" / "smollm2-135m")
+    counts, total = first_token_counts(cache, "residual")
+    card = dim_card(cache, MaskConfig(), 507)
+    said = [n for n in card.notes if "first token of their sequence" in n]
+    assert said and said[0].startswith(f"{int(counts[507])} of its {total} top contexts") and "note: " + said[0] in card.to_text()
+    other = int(np.flatnonzero(counts < FIRST_TOKEN_SHARE * total)[0])
+    assert not any("first token" in n for n in dim_card(cache, MaskConfig(), other).notes)
+    normed = first_token_dims(cache, "normed")
+    either = int(np.flatnonzero(~normed & (counts >= FIRST_TOKEN_SHARE * total))[0])  # flagged at residual only
+    assert not any("first token" in n for n in dim_card(cache, MaskConfig(site="normed"), either).notes)
 
 
 # -------------------------------------------------------------------------------- the card

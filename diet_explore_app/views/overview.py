@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from diet_explore.masking.dims import first_token_dims
 from diet_explore.profiling.cache import SITE_DOC, list_caches
 from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
@@ -60,6 +61,14 @@ with ui.shown_errors():
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="overview_tasks")
 
     st.markdown("**Sites** profiled: " + "; ".join(f"`{s}`: {SITE_DOC.get(s, '')}" for s in cache.sites))
+    first = {s: first_token_dims(cache, s) for s in cache.sites}
+    if all(f is not None for f in first.values()):
+        st.markdown(
+            "**First-token dims** (at least half of their top-activating contexts are the first token of the "
+            "sequence, whatever it is: they fire on position, not on text, an attention-sink pattern): "
+            + "; ".join(f"`{s}` {int(f.sum())} of {cache.hidden_size}" for s, f in first.items())
+            + ". The Dimension page says so for each such dim."
+        )
 
     env = m.get("environment", {})
     wall = [meta.get("wall_time_s") for meta in m["tasks"].values() if meta.get("wall_time_s") is not None]

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -235,3 +236,22 @@ def test_debris_of_a_running_writer_is_left_alone(tmp_path):
         proc.wait()
     atomic.write_text(target, "y")
     assert not busy.exists() and mine.exists()
+
+
+def test_a_users_own_dot_files_beside_the_output_are_not_debris(tmp_path):
+    """".m.json.backup.old" (a folder) and ".m.json.mine.tmp", an hour old, were deleted by the next
+    write of m.json, and with m.json absent the .old folder was even renamed into its place."""
+    target = tmp_path / "m.json"
+    backup = tmp_path / ".m.json.backup.old"
+    backup.mkdir()
+    (backup / "notes.txt").write_text("mine")
+    mine = tmp_path / ".m.json.mine.tmp"
+    mine.write_text("mine")
+    stale = tmp_path / ".m.json.abcd1234.tmp"  # what an old version's killed write left: still removed
+    stale.write_text("half")
+    hours_ago = time.time() - 2 * atomic.LEGACY_DEBRIS_AGE_S
+    for p in (backup, mine, stale):
+        os.utime(p, (hours_ago, hours_ago))
+    atomic.write_text(target, "x")
+    assert (backup / "notes.txt").read_text() == "mine" and mine.read_text() == "mine" and target.read_text() == "x"
+    assert not stale.exists()

@@ -37,6 +37,9 @@ NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS)
 PATH_MAX = 4096  # bytes in a whole path (Linux)
 LEGACY_DEBRIS_AGE_S = 3600.0  # temp siblings named before they carried a pid: stale after an hour
 _DEBRIS_KINDS = ("tmp", "partial", "old")
+# the random part mkstemp/mkdtemp put in a sibling's name: exactly this, so a user's own
+# ".out.json.backup.old" or ".out.json.mine.tmp" is never taken for debris and deleted
+_RANDOM = "[a-z0-9_]{8}"
 
 
 # one (thread lock, FileLock) per (process, lock file). The file lock keeps other processes out; it
@@ -179,7 +182,7 @@ def remove_debris(final: str | Path) -> list[Path]:
     final = Path(final)
     folder = final.parent
     pattern = re.compile(
-        rf"^\.{re.escape(_stem(final.name))}\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+\.(?P<kind>{'|'.join(_DEBRIS_KINDS)})$"
+        rf"^\.{re.escape(_stem(final.name))}\.(?:(?P<pid>\d+)-)?{_RANDOM}\.(?P<kind>{'|'.join(_DEBRIS_KINDS)})$"
     )
     try:
         entries = list(folder.iterdir())

@@ -303,6 +303,14 @@ def test_mask_npy_target_refused_before_the_json_is_written(synthetic_cache_dir,
     assert out.read_text() == original
 
 
+def test_mask_npy_that_links_to_the_json_is_refused(synthetic_cache_dir, tmp_path, capsys):
+    """s.npy -> s.json: --npy wrote the array through the link over the mask JSON, and said it wrote both."""
+    (tmp_path / "s.npy").symlink_to("s.json")
+    err = _run(["mask", "--cache", str(synthetic_cache_dir), "--npy", "--out", str(tmp_path / "s.json")], capsys)
+    assert "leads to --out" in err and "symlink" in err
+    assert not (tmp_path / "s.json").exists()
+
+
 def test_a_file_system_that_refuses_writes_despite_its_permission_bits(synthetic_cache_dir, tmp_path, capsys, monkeypatch):
     """As root on /sys, os.access says writable and the write fails: the check now writes a probe
     file, so the refusal comes first, as one line; a write that fails later is one line too."""

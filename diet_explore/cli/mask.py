@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from diet_explore.cli._common import cache_tasks, float_arg, int_arg, refuse_ignored
 from diet_explore.core.errors import DietError
@@ -84,7 +85,13 @@ def run(args) -> int:
         raise DietError(f"--out {args.out} ends in .npy, which --npy writes next to the JSON", "e.g. --out mask.json --npy")
     check_replaceable_file(args.out, "--out", is_mask_file, "a diet-explore mask file")  # a re-run replaces its mask
     if args.npy:
-        check_replaceable_file(Path(args.out).with_suffix(".npy"), "--npy output", is_npy_file, "a .npy file")
+        npy = Path(args.out).with_suffix(".npy")
+        if os.path.realpath(npy) == os.path.realpath(args.out):  # a symlink x.npy -> x.json: the .npy would replace the mask
+            raise DietError(
+                f"the --npy output {npy} leads to --out {args.out} itself (a symlink), so it would replace the mask just written",
+                "remove that link, or choose another --out name",
+            )
+        check_replaceable_file(npy, "--npy output", is_npy_file, "a .npy file")
     cache = load_cache(args.cache)
     result = build_mask(cache, config)
     path = save_mask(mask_file_from_result(result, cache), args.out, npy=args.npy)

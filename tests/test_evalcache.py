@@ -300,3 +300,17 @@ def test_cli_names_the_variable_when_the_unusable_cache_folder_came_from_the_env
     monkeypatch.setenv("DIET_EXPLORE_HOME", str(tmp_path / "file"))  # the default folder, under a file
     with pytest.raises(Exception, match=r"^evaluation cache .* cannot be created"):
         EvalCache().check()
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\t"])
+def test_a_blank_eval_cache_or_home_variable_counts_as_unset(monkeypatch, tmp_path, blank):
+    """DIET_EXPLORE_EVAL_CACHE=" " made a folder named " " in the working directory, and
+    DIET_EXPLORE_HOME=" " looked for models in " /models"; the other folder variables took blank as unset."""
+    from diet_explore.core.assets import data_home
+    from diet_explore.evaluation.evalcache import default_root
+
+    monkeypatch.setenv("DIET_EXPLORE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DIET_EXPLORE_EVAL_CACHE", blank)
+    assert default_root() == tmp_path / "home" / "eval-cache"
+    monkeypatch.setenv("DIET_EXPLORE_HOME", blank)
+    assert str(data_home()).strip() == str(data_home()) and data_home().name in (".store", "diet-explore")

@@ -47,14 +47,21 @@ def wiki_text_path() -> Path:
     return path / "conversion" / "standard_cal_data" / "wiki.utf8"
 
 
+def env_path(name: str) -> Path | None:
+    """The folder or file an environment variable names; None when it is unset or blank (a variable
+    set to " " made a folder named " " in the working directory)."""
+    value = os.environ.get(name, "").strip()
+    return Path(value) if value else None
+
+
 def data_home() -> Path:
     """Root of git-ignored local state (model store). ``DIET_EXPLORE_HOME`` overrides it.
 
     In a source checkout it is ``<repo>/.store``; in an installed package ``~/.cache/diet-explore``.
     """
-    env = os.environ.get("DIET_EXPLORE_HOME")
-    if env:
-        return Path(env)
+    env = env_path("DIET_EXPLORE_HOME")
+    if env is not None:
+        return env
     if (PROJECT_ROOT / "pyproject.toml").exists():
         return PROJECT_ROOT / ".store"
     return Path.home() / ".cache" / "diet-explore"

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diet_explore.core import atomic
-from diet_explore.core.assets import data_home
+from diet_explore.core.assets import data_home, env_path
 from diet_explore.core.clock import utc_timestamp
 from diet_explore.core.config import is_finite_number, is_whole_number
 
@@ -46,8 +45,7 @@ EVAL_CACHE_ENV = "DIET_EXPLORE_EVAL_CACHE"
 
 def default_root() -> Path:
     """``DIET_EXPLORE_EVAL_CACHE``, else ``<data home>/eval-cache`` (``<repo>/.store/eval-cache`` in a checkout)."""
-    env = os.environ.get(EVAL_CACHE_ENV)
-    return Path(env) if env else data_home() / "eval-cache"
+    return env_path(EVAL_CACHE_ENV) or data_home() / "eval-cache"
 
 
 def folder_fingerprint(folder: str | Path) -> str:
@@ -177,7 +175,7 @@ class EvalCache:
         self.root = Path(root) if root is not None else default_root()
         # what a message calls a root the caller did not give: the variable that set it, or the default
         self._default_name = (
-            None if root is not None else (EVAL_CACHE_ENV if os.environ.get(EVAL_CACHE_ENV) else "evaluation cache")
+            None if root is not None else (EVAL_CACHE_ENV if env_path(EVAL_CACHE_ENV) else "evaluation cache")
         )
 
     def key_for(self, name_or_path: str, requests: dict[str, list], config, device: str, dtype) -> str | None:

@@ -139,6 +139,13 @@ def _edit_manifest(root, change) -> None:
         (lambda m: m["tasks"]["a"].update(file="x" * 300), "task 'a': file 'xxx.* is not a file name inside"),  # was OSError
         (lambda m: m["baselines"].update(file="/etc/passwd"), "baselines file '/etc/passwd' is not a file name inside"),
         (lambda m: m.update(sites=[]), "'sites' is empty"),  # every command then offered "choose one of " (nothing)
+        # a name that is no task name broke agreement's CSV rows ("bad,na=me") and the rebuild command
+        (lambda m: m["tasks"].update({"bad,na=me": m["tasks"].pop("a")}), "task name 'bad,na=me' is not a task name"),
+        (lambda m: m["tasks"].update({"all": m["tasks"].pop("a")}), "task name 'all' is not a task name"),
+        # the generic set as a voting task, or an unknown kind that silently dropped it
+        (lambda m: m["tasks"].update({"wikitext": {**m["tasks"].pop("a"), "kind": "task"}}), "task 'wikitext' has kind 'task'"),
+        (lambda m: m["tasks"]["a"].update(kind=["x"]), r"task 'a' has kind \"\['x'\]\""),
+        (lambda m: m["tasks"]["a"].update(n_samples=0, sample_ids=[], token_counts=[]), "task 'a' has n_samples 0"),
     ],
 )
 def test_a_manifest_that_points_outside_the_cache_or_lists_no_site_is_refused(small_cache_dir, change, match):

@@ -40,7 +40,7 @@ from diet_explore.core.clock import utc_timestamp
 from diet_explore.core.config import is_whole_number
 from diet_explore.core.errors import DietError
 from diet_explore.profiling.contexts import TaskContexts
-from diet_explore.tasks.registry import TASK_NAME
+from diet_explore.tasks.registry import GENERIC_TASK, TASK_NAME
 
 SCHEMA_VERSION = 2  # what this version writes
 CONTEXTS_TOLERANCE = 1e-4  # adding contexts to a cache: the re-run's scores vs the stored ones (fp32 rounding)
@@ -436,6 +436,13 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
     for name, meta in manifest["tasks"].items():
         if not isinstance(meta, dict):
             raise bad(f"task {name!r} is not an object")
+        # a name is a file name and a --tasks item ("bad,na=me" broke CSV rows and rebuild commands); "all" means
+        # every task; the generic text set is never a voting task, and an unknown kind silently dropped it
+        if not TASK_NAME.fullmatch(name) or name == "all":
+            raise bad(f"task name {name[:80]!r} is not a task name (letters, digits, '_', '-', '.'; not 'all')")
+        kind = meta.get("kind", "task")
+        if kind not in ("task", "generic") or (name == GENERIC_TASK and kind != "generic"):
+            raise bad(f"task {name!r} has kind {str(kind)[:40]!r}; a task is 'task', the {GENERIC_TASK} text set 'generic'")
         missing = [k for k in ("file", "sha256", "n_samples", "sample_ids", "token_counts") if k not in meta]
         if missing:
             raise bad(f"task {name!r} lacks {', '.join(missing)}")
@@ -451,6 +458,8 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
             raise bad(f"task {name!r} has a field of the wrong type (file, sha256, n_samples, sample_ids, token_counts)")
         member(meta["file"], f"task {name!r}:")
         # the arrays have n_samples rows; ids and counts that disagree would skew every per-sample statistic
+        if not meta["n_samples"]:  # a score over no samples: every statistic of it is 0 / 0
+            raise bad(f"task {name!r} has n_samples 0: it holds no scores")
         if not len(meta["sample_ids"]) == len(meta["token_counts"]) == meta["n_samples"]:
             raise bad(
                 f"task {name!r} lists {len(meta['sample_ids'])} sample_ids and {len(meta['token_counts'])} "

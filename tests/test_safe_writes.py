@@ -152,6 +152,28 @@ def test_save_pruned_overwrites_its_own_folder_and_refuses_others(tmp_path):
     assert sorted(p.name for p in other.iterdir()) == ["manifest.json", "notes.txt"]
 
 
+def test_a_score_cache_inside_a_pruned_folder_is_never_replaced_and_profile_refuses_a_model_folder(tmp_path, capsys):
+    """profile --out <pruned folder> added a cache beside the model; the next prune --overwrite deleted it."""
+    import numpy as np
+
+    from diet_explore.models.adapters.tiny import tiny_model
+    from diet_explore.pruning.saving import save_pruned
+    from diet_explore.pruning.slicing import prune_model
+
+    pruned = prune_model(tiny_model("llama", hidden_size=64), np.array([i % 8 != 0 for i in range(64)]))
+    out = save_pruned(pruned, None, tmp_path / "pruned")
+    rc = main(["profile", "--model", "smollm2-135m", "--tasks", "rte", "--samples", "2", "--no-generic", "--out", str(out)])
+    assert rc == 2 and f"--out {out} holds a model (config.json), not a score cache" in capsys.readouterr().err
+    (out / "manifest.json").write_text("{}")  # a cache that got there some other way
+    with pytest.raises(DietError, match="also holds manifest.json, which this command does not write"):
+        save_pruned(pruned, None, out, overwrite=True)
+    mask = tmp_path / "mask.json"
+    mask.write_text("{}")
+    rc = main(["prune", "--model", str(tmp_path / "no-model"), "--mask", str(mask), "--out", str(out), "--overwrite"])
+    assert rc == 2 and "also holds manifest.json" in capsys.readouterr().err
+    assert (out / "manifest.json").exists() and (out / PRUNE_INFO_FILE).exists()
+
+
 # -------------------------------------------------------------------------------- debris of killed writes
 _KILLED_WRITER = textwrap.dedent(
     """
@@ -239,7 +261,7 @@ def test_debris_of_a_running_writer_is_left_alone(tmp_path):
 
 
 def test_a_users_own_dot_files_beside_the_output_are_not_debris(tmp_path):
-    """".m.json.backup.old" (a folder) and ".m.json.mine.tmp", an hour old, were deleted by the next
+    """ ".m.json.backup.old" (a folder) and ".m.json.mine.tmp", an hour old, were deleted by the next
     write of m.json, and with m.json absent the .old folder was even renamed into its place."""
     target = tmp_path / "m.json"
     backup = tmp_path / ".m.json.backup.old"

@@ -37,13 +37,13 @@ def run(args) -> int:
     from diet_explore.masking.maskfile import load_mask
     from diet_explore.models.adapters import check_supported
     from diet_explore.models.loading import load_config, load_model
-    from diet_explore.pruning.saving import PRUNE_INFO_FILE, check_saveable, save_pruned, size_on_disk
+    from diet_explore.pruning.saving import NOT_PRUNED, PRUNE_INFO_FILE, check_saveable, save_pruned, size_on_disk
     from diet_explore.pruning.slicing import count_parameters, prune_model
 
     # Everything that can be refused from the arguments, the mask and the config is refused here,
     # before minutes of loading weights.
     # the raw text: Path("") would read as "."; only a folder a prune wrote may be replaced
-    check_output_dir(args.out, overwrite=args.overwrite, marker=PRUNE_INFO_FILE)
+    check_output_dir(args.out, overwrite=args.overwrite, marker=PRUNE_INFO_FILE, foreign=NOT_PRUNED)
     out = Path(args.out)
     load_mask(args.mask)  # a bad mask file fails before a built-in model is converted
     config = load_config(args.model)

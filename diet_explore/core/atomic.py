@@ -181,9 +181,7 @@ def remove_debris(final: str | Path) -> list[Path]:
     (same machine) are left alone. Returns what was removed or restored."""
     final = Path(final)
     folder = final.parent
-    pattern = re.compile(
-        rf"^\.{re.escape(_stem(final.name))}\.(?:(?P<pid>\d+)-)?{_RANDOM}\.(?P<kind>{'|'.join(_DEBRIS_KINDS)})$"
-    )
+    pattern = re.compile(rf"^\.{re.escape(_stem(final.name))}\.(?:(?P<pid>\d+)-)?{_RANDOM}\.(?P<kind>{'|'.join(_DEBRIS_KINDS)})$")
     try:
         entries = list(folder.iterdir())
     except OSError:
@@ -283,7 +281,9 @@ def read_json_object(path: str | Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def check_output_dir(final: str | Path, overwrite: bool = False, marker: str | None = None) -> Path:
+def check_output_dir(
+    final: str | Path, overwrite: bool = False, marker: str | None = None, foreign: tuple[str, ...] = ()
+) -> Path:
     """The resolved folder ``staged_dir`` would write, or a DietError saying why it must not.
 
     Cheap, so commands call it before minutes of model loading. Replacing the current folder (or
@@ -291,7 +291,8 @@ def check_output_dir(final: str | Path, overwrite: bool = False, marker: str | N
     with a folder is almost certainly a typo in --out. An existing folder is replaced only with
     ``overwrite`` and only when it is empty or holds ``marker`` (the file diet-explore writes into
     every folder of this kind): a folder of anything else (a score cache, someone's files) is never
-    replaced.
+    replaced, nor one that holds ``marker`` and also one of ``foreign`` (another kind's marker: a
+    score cache profiled into a pruned folder was deleted by the next prune --overwrite).
     """
     if not str(final).strip():
         raise DietError("the output folder name is empty", "give a folder, e.g. --out artifacts/pruned")
@@ -315,6 +316,13 @@ def check_output_dir(final: str | Path, overwrite: bool = False, marker: str | N
                 + (f" (it has no {marker})" if marker else "")
                 + ", so --overwrite will not replace it",
                 "choose another --out, or empty or remove that folder yourself",
+            )
+        also = [name for name in foreign if (path / name).exists() or (path / name).is_symlink()]
+        if also:
+            raise DietError(
+                f"output folder {final} also holds {', '.join(also)}, which this command does not write, so --overwrite "
+                "will not replace it",
+                "choose another --out, or move those files out first",
             )
     check_writable(path, "output folder", folder=True)  # a parent that is a file, or read-only
     return path
@@ -377,7 +385,9 @@ def check_replaceable_file(path: str | Path, what: str, ours: Callable[[Path], b
 
 
 @contextlib.contextmanager
-def staged_dir(final: str | Path, overwrite: bool = False, marker: str | None = None) -> Iterator[Path]:
+def staged_dir(
+    final: str | Path, overwrite: bool = False, marker: str | None = None, foreign: tuple[str, ...] = ()
+) -> Iterator[Path]:
     """Yield a temporary folder next to ``final``; on success it replaces ``final`` in one rename.
 
     On any exception the temporary folder is removed and ``final`` is left untouched. An existing
@@ -385,7 +395,7 @@ def staged_dir(final: str | Path, overwrite: bool = False, marker: str | None = 
     ``marker``): the caller writes ``marker`` into the staged folder, so what it writes it may
     replace later.
     """
-    final = check_output_dir(final, overwrite, marker)
+    final = check_output_dir(final, overwrite, marker, foreign)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         remove_debris(final)
@@ -399,7 +409,7 @@ def staged_dir(final: str | Path, overwrite: bool = False, marker: str | None = 
             if f.is_file() and not f.is_symlink():
                 f.chmod(0o644)
         if final.exists():
-            check_output_dir(final, overwrite, marker)  # what is there now (another process may have written it)
+            check_output_dir(final, overwrite, marker, foreign)  # what is there now (another process may have written it)
             # a fresh empty folder to rename the old one onto: never collides with anything left behind
             old = Path(tempfile.mkdtemp(dir=final.parent, prefix=_sibling_prefix(final.name), suffix=".old"))
             os.replace(final, old)

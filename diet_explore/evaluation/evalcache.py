@@ -174,9 +174,7 @@ class EvalCache:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
         # what a message calls a root the caller did not give: the variable that set it, or the default
-        self._default_name = (
-            None if root is not None else (EVAL_CACHE_ENV if env_path(EVAL_CACHE_ENV) else "evaluation cache")
-        )
+        self._default_name = None if root is not None else (EVAL_CACHE_ENV if env_path(EVAL_CACHE_ENV) else "evaluation cache")
 
     def key_for(self, name_or_path: str, requests: dict[str, list], config, device: str, dtype) -> str | None:
         """The key of ``name_or_path``'s evaluation, or None when the model cannot be fingerprinted."""

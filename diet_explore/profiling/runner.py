@@ -181,6 +181,11 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
     ``loaded`` = (model, tokenizer, ModelInfo) skips loading (tests, the app's cached model).
     """
     atomic.check_writable(out, "--out", folder=True)  # an unusable --out fails now, not after the first task
+    if (Path(out) / "config.json").exists():  # a model folder (a pruned one too): a prune --overwrite would delete the cache
+        raise DietError(
+            f"--out {out} holds a model (config.json), not a score cache",
+            "profile into a folder of its own, e.g. --out cache/<model name>",
+        )
     # one run per cache folder: two runs each rewrote the manifest with only their own tasks, and one
     # run's finished tasks were lost (their files orphaned). The second run is refused, not queued.
     with atomic.locked(out, timeout=0, in_use=f"--out {out} is being written by another profile run"):

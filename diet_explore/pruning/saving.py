@@ -18,9 +18,11 @@ from torch import nn
 from diet_explore.core import atomic
 from diet_explore.core.errors import DietError
 from diet_explore.models.adapters import get_adapter
+from diet_explore.profiling.cache import MANIFEST
 from diet_explore.tasks.registry import builtin_task_names, lm_eval_command, load_registry
 
 PRUNE_INFO_FILE = "diet_explore_pruned.json"
+NOT_PRUNED = (MANIFEST,)  # in a folder to replace: another kind's files (a score cache), never replaced with it
 #: The attribute a rotated-and-sliced model carries (``rotate.py``); such a model is no HF architecture.
 ROTATION_INFO = "diet_rotation_info"
 MASK_FILE = "diet_mask.json"
@@ -70,7 +72,7 @@ def save_pruned(
             f"{model.config.num_attention_heads} (mask --multiple-of {model.config.num_attention_heads})",
         )
     out = Path(out)
-    with atomic.staged_dir(out, overwrite=overwrite, marker=PRUNE_INFO_FILE) as tmp:
+    with atomic.staged_dir(out, overwrite=overwrite, marker=PRUNE_INFO_FILE, foreign=NOT_PRUNED) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -54,6 +54,21 @@ def test_overview_and_dimension_say_which_dims_fire_on_the_first_token(app, monk
     assert any("top contexts are the first token of their sequence" in c.value for c in at.caption)
 
 
+def test_overview_says_when_a_cache_leaves_the_first_token_out(app, app_env, monkeypatch, tmp_path):
+    import json
+    import shutil
+
+    shutil.copytree(app_env["cache"] / "alpha", tmp_path / "caches" / "alpha")  # the shared cache stays as it is
+    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(tmp_path / "caches"))
+    manifest = tmp_path / "caches" / "alpha" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["config"] = {**(m.get("config") or {}), "skip_first_token": True}
+    manifest.write_text(json.dumps(m))
+    at = app.run()
+    assert any(v.value.startswith("**First token left out**") for v in at.markdown)
+    assert not any(v.value.startswith("**First-token dims**") for v in at.markdown)
+
+
 def test_overview_opens_on_first_cache_without_errors(app, alpha):
     at = app.run()
     assert not at.exception and not at.error

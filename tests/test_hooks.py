@@ -7,13 +7,13 @@ from torch import nn
 
 from diet_explore.models.adapters import get_adapter
 from diet_explore.models.adapters.tiny import TINY_FAMILIES, tiny_model
-from diet_explore.profiling.hooks import record_activations
+from diet_explore.profiling.hooks import record_activations, without_first_token
 from diet_explore.profiling.runner import profile_batches, profile_sequences
 
 SEQS = [[1, 5, 6, 7, 8, 9], [1, 9, 10], [1, 3, 4, 5, 6, 7, 8, 9, 11, 12], [1, 20]]
 
 
-def reference_scores(model, seqs):
+def reference_scores(model, seqs, skip_first: bool = False):
     """Per-block mean |h| over tokens then samples, from output_hidden_states.
 
     transformers puts the *final-normed* state last in hidden_states, so the reference runs a copy
@@ -24,7 +24,8 @@ def reference_scores(model, seqs):
     with torch.no_grad():
         for s in seqs:
             hs = ref.model(torch.tensor([s]), output_hidden_states=True).hidden_states[1:]
-            per_sample.append(torch.stack([h[0].abs().mean(0) for h in hs]))  # (L, D)
+            start = 1 if skip_first else 0  # the model sees every token; the statistic skips the first
+            per_sample.append(torch.stack([h[0, start:].abs().mean(0) for h in hs]))  # (L, D)
     return torch.stack(per_sample).numpy()  # (N, L, D)
 
 
@@ -36,6 +37,29 @@ def test_hook_statistics_equal_output_hidden_states_reference(family):
     np.testing.assert_allclose(scores.layer["residual"], ref.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scores.sample["residual"], ref.mean(1), rtol=1e-5, atol=1e-6)
     assert tokens["real_tokens"] == sum(map(len, SEQS))
+
+
+def test_skip_first_token_leaves_it_out_of_the_scores_and_the_top_positions():
+    """profile --skip-first-token: each sequence's mean |h| over its tokens after the first, batched and
+    padded as usual; no recorded top-activating position is a first token."""
+    model = tiny_model("llama")
+    scores, _ = profile_sequences(
+        get_adapter(model), SEQS, ["residual"], 4096, 0, min_fill=0.0, top_k=4, decode=str, skip_first=True
+    )
+    ref = reference_scores(model, SEQS, skip_first=True)
+    np.testing.assert_allclose(scores.layer["residual"], ref.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores.sample["residual"], ref.mean(1), rtol=1e-5, atol=1e-6)
+    assert (scores.contexts.top["residual"].position > 0).all()
+    full, _ = profile_sequences(get_adapter(model), SEQS, ["residual"], 4096, 0, min_fill=0.0)
+    assert not np.allclose(full.layer["residual"], scores.layer["residual"])  # it did change the scores
+
+
+def test_without_first_token_drops_each_rows_first_real_token_whatever_the_padding_side():
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
+    assert without_first_token(right).tolist() == [[0, 1, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    assert without_first_token(left).tolist() == [[0, 0, 1, 1], [0, 0, 0, 1]]
+    assert right.tolist()[0] == [1, 1, 1, 0]  # the model's own mask is untouched
 
 
 def test_normed_site_averages_attention_and_mlp_inputs():

@@ -128,6 +128,7 @@ def named_cache(tmp_path, tiny_loaded):
         ({"samples": 7}, "config", "another --out"),
         ({"sites": ["residual"]}, "sites", "another --out"),
         ({"model": "gemma3-270m"}, "model_name", "another --out"),
+        ({"skip_first_token": True}, "config", "another --out"),  # scores with and without the first token never mix
     ],
 )
 def test_resume_mismatch_is_refused_before_the_model_loads(named_cache, monkeypatch, change, key, hint):
@@ -298,3 +299,23 @@ def test_weight_magnitude_reads_offloaded_weights(tmp_path):
     dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path))
     assert any(p.device.type == "meta" for p in model.parameters())
     np.testing.assert_allclose(weight_magnitude(get_adapter(model)), expected, rtol=1e-6)
+
+
+def test_skip_first_token_is_recorded_resumed_and_named_in_the_contexts_command(tmp_path, tiny_loaded):
+    from diet_explore.masking.dims import contexts_command, first_token_counts
+
+    # a cache profiled before the option existed (or without it) records nothing new: it resumes as it is
+    assert ProfileConfig().science() == {"samples": 100, "seed": 1234, "max_length": 1024, "generic_window": 128}
+    config = ProfileConfig(**{**CONFIG, "tasks": "rte", "skip_first_token": True})
+    cache = profile(config, tmp_path / "c", progress=lambda *a: None, loaded=tiny_loaded)
+    assert cache.manifest["config"]["skip_first_token"] is True
+    counts, _ = first_token_counts(cache, "residual")
+    assert not counts.any()  # no first token among the recorded top positions
+    assert "--skip-first-token" in contexts_command(cache)  # the --add-contexts re-run scores as the cache did
+    plain = profile(ProfileConfig(**{**CONFIG, "tasks": "rte"}), tmp_path / "p", progress=lambda *a: None, loaded=tiny_loaded)
+    assert "--skip-first-token" not in contexts_command(plain)
+    assert not np.allclose(cache.layer_scores("rte", "residual"), plain.layer_scores("rte", "residual"))
+    again = profile(
+        dataclasses.replace(config, tasks="rte,winogrande"), tmp_path / "c", progress=lambda *a: None, loaded=tiny_loaded
+    )
+    assert again.manifest["config"]["skip_first_token"] is True and "winogrande" in again.tasks

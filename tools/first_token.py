@@ -14,9 +14,8 @@ scores skip it), and prints, as markdown, per model:
 
     python tools/first_token.py [--models smollm2-135m,gemma3-270m] [--keep DIR]
 
-About 2 minutes for SmolLM2 on 2 CPU cores (residual site only, no generic text). The profile
-uses ``diet_explore.profiling`` as ``diet-explore profile`` does; only ``ActivationStats.begin_batch``
-is wrapped here, to zero the first real token of each row in the statistics' mask.
+About 3 minutes for SmolLM2 on 2 CPU cores (residual site only, no generic text): the profile is
+``diet-explore profile --skip-first-token`` (``ProfileConfig(skip_first_token=True)``).
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,7 +37,6 @@ from diet_explore.masking.dims import first_token_dims  # noqa: E402
 from diet_explore.masking.importance import ScorePrecompute  # noqa: E402
 from diet_explore.masking.massive import massive_dims  # noqa: E402
 from diet_explore.masking.selection import jaccard  # noqa: E402
-from diet_explore.profiling import hooks  # noqa: E402
 from diet_explore.profiling.cache import load_cache  # noqa: E402
 from diet_explore.profiling.runner import ProfileConfig, profile  # noqa: E402
 
@@ -47,18 +44,8 @@ SPARSITIES = (0.1, 0.2, 0.3)
 SITE = "residual"
 
 
-def without_first_token(mask: torch.Tensor) -> torch.Tensor:
-    """``mask`` (B, T; 1 = real token) with each row's first real token set to 0 (any padding side)."""
-    out = mask.clone()
-    rows = torch.arange(out.shape[0], device=out.device)
-    first = (out > 0).to(torch.int64).argmax(dim=1)  # the first real token of each row
-    has_real = (out > 0).any(dim=1)
-    out[rows[has_real], first[has_real]] = 0
-    return out
-
-
 def profile_without_first_token(cache, out: Path) -> None:
-    """Profile ``cache``'s model on its own calibration samples, the first token left out of the scores."""
+    """Profile ``cache``'s model on its own calibration samples with ``--skip-first-token``."""
     cfg = cache.manifest.get("config", {})
     config = ProfileConfig(
         model=cache.model_name,
@@ -68,17 +55,9 @@ def profile_without_first_token(cache, out: Path) -> None:
         max_length=int(cfg.get("max_length", 1024)),
         sites=[SITE],
         generic=False,
+        skip_first_token=True,
     )
-    original = hooks.ActivationStats.begin_batch
-
-    def begin_batch(self, attention_mask, rows=None):
-        return original(self, without_first_token(attention_mask), rows)
-
-    hooks.ActivationStats.begin_batch = begin_batch
-    try:
-        profile(config, out)
-    finally:
-        hooks.ActivationStats.begin_batch = original
+    profile(config, out)
 
 
 def report(name: str, keep: Path | None) -> None:

@@ -30,6 +30,12 @@ def register(sub) -> None:
         help="also re-run finished tasks that have no top-activating contexts (a cache from before schema 2) and "
         "add them, keeping the cached scores (refused if the re-run's scores differ beyond fp32 rounding)",
     )
+    p.add_argument(
+        "--skip-first-token",
+        action="store_true",
+        help="leave each sequence's first token out of the scores (the model still sees it): on a model without a "
+        "BOS token the first token is the attention sink, the largest activation of most dims at the residual site",
+    )
     add_device_args(p)
     p.set_defaults(func=run, resumes=lambda args: True)  # finished tasks stay in the cache folder
 
@@ -50,6 +56,7 @@ def run(args) -> int:
         dtype=args.dtype,
         task_files=list(args.task_file),
         add_contexts=args.add_contexts,
+        skip_first_token=args.skip_first_token,
     )
     cache = profile(config, args.out)
     total = sum(cache.manifest["tasks"][t].get("wall_time_s", 0.0) for t in cache.tasks)

@@ -46,6 +46,8 @@ def contexts_command(cache) -> str:
         if key in cfg:
             parts.append(f"{flag} {cfg[key]}")
     parts.append(f"--sites {','.join(cache.sites)}")
+    if cfg.get("skip_first_token"):  # the re-run must score as the cache did, or its scores are refused
+        parts.append("--skip-first-token")
     if not cache.generic_names:
         parts.append("--no-generic")
     dtype = (m.get("environment") or {}).get("dtype")

@@ -32,8 +32,17 @@ class ActivationStats:
     With ``top_k > 0``, ``top_tokens()`` gives the best ``top_k`` token positions per site and dim.
     """
 
-    def __init__(self, n_layers: int, hidden_size: int, sites: Sequence[str], device: torch.device | str = "cpu", top_k: int = 0):
+    def __init__(
+        self,
+        n_layers: int,
+        hidden_size: int,
+        sites: Sequence[str],
+        device: torch.device | str = "cpu",
+        top_k: int = 0,
+        skip_first: bool = False,
+    ):
         self.n_layers, self.hidden_size, self.sites = n_layers, hidden_size, tuple(sites)
+        self.skip_first = bool(skip_first)  # leave each sequence's first real token out of the statistics
         self.layer_sum = {s: torch.zeros(n_layers, hidden_size, dtype=torch.float32, device=device) for s in self.sites}
         self.n_samples = 0
         self.top_k = int(top_k)
@@ -48,7 +57,7 @@ class ActivationStats:
     def begin_batch(self, attention_mask: torch.Tensor, rows: Sequence[int] | None = None) -> None:
         """Before each forward. ``rows``: the sequence index of each batch row (for the top-k
         positions; default: the rows continue the count of samples seen so far)."""
-        self._mask = attention_mask.to(torch.float32)
+        self._mask = (without_first_token(attention_mask) if self.skip_first else attention_mask).to(torch.float32)
         self._count = self._mask.sum(1, keepdim=True).clamp_min(1.0)
         b = attention_mask.shape[0]
         self._batch_sum = {
@@ -136,6 +145,17 @@ def batch_top(values: torch.Tensor, rows: Sequence[int], k: int) -> TopTokens:
     return out
 
 
+def without_first_token(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` (B, T; 1 = real token) with each row's first real token set to 0, whatever the padding
+    side: what the statistics count when the first token is left out (the model still sees it; on a
+    model without a BOS token the first token is the attention sink, largest in most dims)."""
+    out = mask.clone()
+    real = out > 0
+    rows = torch.nonzero(real.any(dim=1)).flatten()
+    out[rows, real.to(torch.int64).argmax(dim=1)[rows]] = 0
+    return out
+
+
 def _first(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 
@@ -145,19 +165,24 @@ def _hook(stats: ActivationStats, site: str, layer: int, weight: float, module, 
 
 
 @contextlib.contextmanager
-def record_activations(adapter: ModelAdapter, sites: Sequence[str] = ("residual",), top_k: int = 0) -> Iterator[ActivationStats]:
+def record_activations(
+    adapter: ModelAdapter, sites: Sequence[str] = ("residual",), top_k: int = 0, skip_first: bool = False
+) -> Iterator[ActivationStats]:
     """Hooks on every block for the requested sites; removed on exit, even after an exception.
 
     Sites: ``residual`` = output of each decoder block (the residual stream the paper averages);
     ``normed`` = outputs of the attention-input and MLP-input norms (Minitron width pruning), each
     weighted 1/2 so that a block counts once. ``top_k``: also keep the top-activating positions.
+    ``skip_first``: leave each sequence's first token out of the scores and the positions.
     """
     unknown = set(sites) - {"residual", "normed"}
     if unknown:
         raise ValueError(f"unknown site(s) {sorted(unknown)}")
     layers = adapter.layers()
     device = next(adapter.model.parameters()).device
-    stats = ActivationStats(len(layers), adapter.hidden_size, sites, device if device.type != "meta" else "cpu", top_k)
+    stats = ActivationStats(
+        len(layers), adapter.hidden_size, sites, device if device.type != "meta" else "cpu", top_k, skip_first
+    )
     handles = []
     try:
         for i, layer in enumerate(layers):

@@ -55,6 +55,7 @@ class ProfileConfig(JsonConfig):
     dtype: str | None = None
     task_files: list[str] = field(default_factory=list)  # extra task registry JSON files (--task-file)
     add_contexts: bool = False  # re-run finished tasks that lack contexts (a schema-1 cache), keep their scores
+    skip_first_token: bool = False  # leave each sequence's first token out of the scores (the model still sees it)
 
     def __post_init__(self) -> None:
         # a slice s[-0:] keeps the whole sequence and s[--5:] drops its first tokens: refuse both here
@@ -66,7 +67,14 @@ class ProfileConfig(JsonConfig):
 
     def science(self) -> dict[str, Any]:
         """The fields that change the numbers: a resume must match these exactly."""
-        return {"samples": self.samples, "seed": self.seed, "max_length": self.max_length, "generic_window": self.generic_window}
+        science = {
+            "samples": self.samples,
+            "seed": self.seed,
+            "max_length": self.max_length,
+            "generic_window": self.generic_window,
+        }
+        # only when set: a cache profiled before the option existed counts the first token, and resumes as it is
+        return science | ({"skip_first_token": True} if self.skip_first_token else {})
 
 
 def _check_positive(value: Any, name: str, hint: str) -> None:
@@ -103,17 +111,19 @@ def profile_sequences(
     min_fill: float = 0.92,
     top_k: int = 0,
     decode: Callable[[int], str] | None = None,
+    skip_first: bool = False,
 ) -> tuple[TaskScores, dict[str, int]]:
     """Scores of token sequences: per-site (L, D) layer means and (N, D) per-sample block means.
 
     With ``top_k > 0`` and ``decode`` (token id -> text) the scores also carry each dim's
     ``top_k`` top-activating positions and their decoded neighbourhood (``TaskScores.contexts``).
+    ``skip_first``: each sequence's first token is left out of the scores (``ActivationStats``).
     """
     device = next(adapter.model.parameters()).device
     base = adapter.base_model()
     per_sample = {s: np.zeros((len(seqs), adapter.hidden_size), dtype=np.float32) for s in sites}
     padded = 0
-    with record_activations(adapter, sites, top_k) as stats:
+    with record_activations(adapter, sites, top_k, skip_first) as stats:
         for batch in profile_batches([len(s) for s in seqs], max_batch_tokens, min_fill):
             ids, mask = pad_batch([seqs[i] for i in batch], pad_id)
             padded += ids.numel()
@@ -246,7 +256,15 @@ def _profile(config: ProfileConfig, out: Path, progress: Progress | None, loaded
         start = time.perf_counter()
         counter = _Counter(name, len(seqs), progress)
         scores, tokens = profile_sequences(
-            adapter, seqs, list(config.sites), config.max_batch_tokens, pad_id, counter, top_k=TOP_K, decode=decode
+            adapter,
+            seqs,
+            list(config.sites),
+            config.max_batch_tokens,
+            pad_id,
+            counter,
+            top_k=TOP_K,
+            decode=decode,
+            skip_first=config.skip_first_token,
         )
         counter.close()
         scores = TaskScores(scores.layer, scores.sample, ids, scores.token_counts, kind, scores.contexts)

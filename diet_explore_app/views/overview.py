@@ -62,7 +62,12 @@ with ui.shown_errors():
 
     st.markdown("**Sites** profiled: " + "; ".join(f"`{s}`: {SITE_DOC.get(s, '')}" for s in cache.sites))
     first = {s: first_token_dims(cache, s) for s in cache.sites}
-    if all(f is not None for f in first.values()):
+    if (m.get("config") or {}).get("skip_first_token"):
+        st.markdown(
+            "**First token left out**: this cache was profiled with `--skip-first-token`, so its scores and contexts "
+            "leave each sequence's first token out (the model still saw it)."
+        )
+    elif all(f is not None for f in first.values()):
         st.markdown(
             "**First-token dims** (at least half of their top-activating contexts are the first token of the "
             "sequence, whatever it is: they fire on position, not on text, an attention-sink pattern): "

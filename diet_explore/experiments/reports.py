@@ -56,6 +56,7 @@ class Sweep:
     config: dict[str, Any] | None = None
     verdict: str | None = None
     source: str = ""
+    problems: list[str] = field(default_factory=list)  # one line per damaged row left out (``load_sweep``)
     _vs_dense: dict[str, dict[str, Any]] | None = field(default=None, init=False, repr=False)
     _versus: dict[str, list[tuple[dict, dict, dict]]] = field(default_factory=dict, init=False, repr=False)
 
@@ -127,7 +128,8 @@ def _sidecars(path: Path) -> tuple[Path, Path, Path]:
 
 def load_sweep(path: str | Path) -> Sweep:
     """The sweep in ``path``: a ``compare --out`` folder or a committed ``<name>.results.jsonl``,
-    with its config and verdict text when they exist. A ``DietError`` when there is no result in it."""
+    with its config and verdict text when they exist. A ``DietError`` when there is no result in it.
+    A damaged row (``results.row_problem``) is left out and said in ``Sweep.problems``."""
     path = Path(path).expanduser()
     results, config_path, verdict_path = _sidecars(path)
     if not results.is_file():
@@ -135,9 +137,15 @@ def load_sweep(path: str | Path) -> Sweep:
             f"{path} is not a sweep: there is no {results.name} there",
             "give a folder made by `diet-explore compare --out DIR`, or a docs/results/<name>.results.jsonl file",
         )
-    rows = [r for r in read_results_file(results) if isinstance(r, dict) and {"method", "tasks", "key"} <= set(r)]
+    problems: list[str] = []
+    # every row checked (results.row_problem): damaged ones left out, said in problems; a row with
+    # neither method nor tasks (a key alone) is no finished result
+    rows = [r for r in read_results_file(results, problems) if "tasks" in r]
     if not rows:
-        raise DietError(f"{results} holds no finished result", "wait for the sweep's first row, or re-run compare")
+        raise DietError(
+            f"{results} holds no finished result" + (f" ({len(problems)} damaged row(s): {problems[0]})" if problems else ""),
+            "wait for the sweep's first row, or re-run compare",
+        )
     config = None
     if config_path.is_file():
         try:
@@ -146,7 +154,7 @@ def load_sweep(path: str | Path) -> Sweep:
             config = None
     verdict = verdict_path.read_text() if verdict_path.is_file() else None
     dense_first = sorted(rows, key=lambda r: r["method"] != "dense")
-    return Sweep(dense_first, name=sweep_name(path), config=config, verdict=verdict, source=str(results))
+    return Sweep(dense_first, name=sweep_name(path), config=config, verdict=verdict, source=str(results), problems=problems)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ mask (``ROTATION_METHODS``: rotate-and-slice, calibrated on the cache's task sam
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,19 @@ from diet_explore.evaluation.metrics import (
     paired_proportion_delta,
     task_paired,
 )
+from diet_explore.experiments.runs import (
+    NUMBER_OR_NONE,
+    PAIRED,
+    TEXT,
+    Check,
+    dict_of,
+    examples_problem,
+    fields_problem,
+    is_int,
+    is_number,
+    list_of,
+    or_none,
+)
 from diet_explore.tasks.registry import TaskSpec, load_registry
 
 Progress = Callable[[float, str], None]
@@ -44,32 +58,161 @@ def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _parse(lines: list[str]) -> list[dict[str, Any]]:
+_PART_FIELDS: dict[str, Check] = {  # one task's part of a row (``task_row``, ``add_deltas``)
+    "metric": TEXT,
+    "n": (lambda v: is_int(v) and v >= 1, "a whole number of examples (1 or more)"),
+    "main": (lambda v: is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+    "stderr": (lambda v: is_number(v) and v >= 0, "a number of 0 or more"),
+    "correct": (list_of(lambda v: is_int(v) and v in (0, 1)), "a list of 0s and 1s"),
+    "delta": NUMBER_OR_NONE,
+    "ci_low": NUMBER_OR_NONE,
+    "ci_high": NUMBER_OR_NONE,
+}
+_ROW_FIELDS: dict[str, Check] = {  # a row (the sweep's ``_run_one``/dense row, ``add_average``, ``add_deltas``)
+    "key": TEXT,
+    "method": TEXT,
+    "sparsity": (lambda v: is_number(v) and 0 <= v < 1, "a number from 0 up to 1"),
+    "n_keep": (lambda v: is_int(v) and v >= 1, "a whole number of kept dims (1 or more)"),
+    "tasks": (lambda v: isinstance(v, dict) and len(v) > 0, "an object with one entry per task"),
+    "avg": (lambda v: is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+    "avg_stderr": (lambda v: is_number(v) and v >= 0, "a number of 0 or more"),
+    "ppl": (or_none(lambda v: is_number(v) and v > 0), "a positive number or null"),
+    "wall_time_s": NUMBER_OR_NONE,
+    "fingerprint": TEXT,
+    "run_id": TEXT,
+    "reused": TEXT,
+    "actual_sparsity": NUMBER_OR_NONE,
+    "delta_avg": NUMBER_OR_NONE,
+    "delta_ci_low": NUMBER_OR_NONE,
+    "delta_ci_high": NUMBER_OR_NONE,
+    "n_keep_per_task": (or_none(dict_of(is_int)), "an object of whole numbers or null"),
+    "rotation": (
+        or_none(
+            lambda v: (
+                isinstance(v, dict)
+                and all(is_number(v.get(k)) for k in ("parameters", "shortcut_parameters"))
+                and all(is_number(v.get(k)) for k in ("parameters_mask_same_keep", "keep_at_mask_parameters"))
+            )
+        ),
+        "an object of parameter counts or null",
+    ),
+    "paired": PAIRED,
+}
+_REQUIRED = ("key", "method", "sparsity", "n_keep", "tasks", "avg", "avg_stderr")
+_PART_REQUIRED = ("metric", "n", "main", "stderr", "correct")
+
+
+def row_problem(row: Any) -> str | None:
+    """What is wrong with a results row, or None: the one check every reader of a results file (the
+    sweep's resume, the reports, the Results page) relies on, so a damaged or hand-edited row is
+    dropped with a warning instead of breaking them. Says the first bad field, e.g. "field
+    'tasks.rte.main' is 'x', not a number from 0 to 1"."""
+    if not isinstance(row, dict):
+        return f"the line is {type(row).__name__}, not an object"
+    # a finished run's row has every _REQUIRED field; a row with neither method nor tasks (a key and
+    # bookkeeping alone) is no result, and is checked only as far as it goes
+    result = "method" in row or "tasks" in row
+    problem = fields_problem(row, _ROW_FIELDS, required=_REQUIRED if result else ("key",))
+    if problem or not result:
+        return problem
+    for task, part in row["tasks"].items():
+        if not isinstance(part, dict):
+            return f"field {'tasks.' + task!r} is {part!r:.40}, not an object"
+        problem = fields_problem(part, _PART_FIELDS, f"tasks.{task}.", required=_PART_REQUIRED)
+        if problem:
+            return problem
+        if len(part["correct"]) != part["n"]:
+            return f"field {f'tasks.{task}.correct'!r} holds {len(part['correct'])} examples, not n = {part['n']}"
+        if "examples" in part:
+            problem = examples_problem(part["examples"])
+            if problem is None and len(part["examples"]["doc_id"]) != part["n"]:
+                problem = f"holds {len(part['examples']['doc_id'])} examples, not n = {part['n']}"
+            if problem:
+                return f"field {f'tasks.{task}.examples'!r} {problem}"
+    return None
+
+
+def _parse(lines: list[str], path: Path | None = None, problems: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per key, in file order; of a key written twice the first row counts (two runs into
     one --out, or an older diet-explore, could write a key twice). A line cut by an interruption
-    (possible only before writes were atomic) is skipped: that combination simply runs again."""
-    rows, seen = [], set()
-    for line in lines:
+    (possible only before writes were atomic) is skipped: that combination simply runs again. So is
+    a row with a wrong-typed or impossible field (``row_problem``): one line per such row, naming
+    the file (``path``), the line and the field, goes to ``problems`` when given; and a row whose
+    tasks or examples per task are not the other rows' (``_odd_rows``): no paired result could pair it."""
+    rows, seen, numbers, dropped = [], set(), [], {}
+    for number, line in enumerate(lines, 1):
         try:
             row = atomic.loads_json(line)
         except json.JSONDecodeError:
             continue
-        if not isinstance(row, dict) or row.get("key") in seen:
+        if isinstance(row, dict) and isinstance(row.get("key"), str) and row["key"] in seen:
             continue
-        seen.add(row.get("key"))
+        problem = row_problem(row)
+        if problem:
+            dropped[number] = problem
+            continue
+        seen.add(row["key"])
         rows.append(row)
-    return rows
+        numbers.append(number)
+    odd = _odd_rows(rows)
+    for i, problem in odd.items():
+        dropped[numbers[i]] = problem
+    if problems is not None:
+        problems.extend(
+            f"skipping line {number} of {path or RESULTS}: {problem}; that run is left out (re-run it)"
+            for number, problem in sorted(dropped.items())
+        )
+    return [row for i, row in enumerate(rows) if i not in odd]
+
+
+def _tasks_of(row: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((t, part["n"]) for t, part in row["tasks"].items()))
+
+
+def _odd_rows(rows: list[dict[str, Any]]) -> dict[int, str]:
+    """Index -> why, for each row whose (task, examples) set is not the sweep's: the set most rows
+    have (a tie goes to the dense row's, else the first row's). One sweep evaluates every run on
+    the same tasks and examples; a row that does not cannot be paired with the others."""
+    results = {i: _tasks_of(r) for i, r in enumerate(rows) if "tasks" in r}  # not a bare key's row
+    if not results:
+        return {}
+    counts: dict[tuple, int] = {}
+    for sig in results.values():
+        counts[sig] = counts.get(sig, 0) + 1
+    first = next((i for i in results if rows[i]["method"] == "dense"), next(iter(results)))
+    usual = max(counts, key=lambda sig: (counts[sig], sig == results[first]))
+
+    def why(sig: tuple) -> str:
+        extra, lacking = (
+            [f"{t} ({n})" for t, n in sig if (t, n) not in usual],
+            [f"{t} ({n})" for t, n in usual if (t, n) not in sig],
+        )
+        return "its tasks (examples) are not the other rows': " + "; ".join(
+            f"{what} {', '.join(items)}" for what, items in (("it has", extra), ("it lacks", lacking)) if items
+        )
+
+    return {i: why(sig) for i, sig in results.items() if sig != usual}
 
 
 def read_results(out: Path) -> list[dict[str, Any]]:
-    """The rows of ``<out>/results.jsonl``, one per (method, sparsity) key and one for dense."""
+    """The rows of ``<out>/results.jsonl``, one per (method, sparsity) key and one for dense; a
+    damaged row is dropped with a warning (``read_results_file``), and ``compare`` runs it again."""
     return read_results_file(Path(out) / RESULTS)
 
 
-def read_results_file(path: Path) -> list[dict[str, Any]]:
+def read_results_file(path: Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
     """The rows of a results file, e.g. a committed ``docs/results/<name>.results.jsonl``
-    (``[]`` when there is none)."""
-    return _parse(_lines(Path(path)))
+    (``[]`` when there is none). A row with a wrong-typed or impossible field (``row_problem``) is
+    dropped: with ``problems``, one line per dropped row is added to it (the app shows them); without,
+    each is a warning (the CLI prints it). Either names the file, the line and the field."""
+    found: list[str] = []
+    rows = _parse(_lines(Path(path)), Path(path), found)
+    if problems is not None:
+        problems.extend(found)
+    else:
+        for message in found:
+            warnings.warn(message, stacklevel=2)
+    return rows
 
 
 def _write(out: Path, rows: list[dict[str, Any]]) -> None:

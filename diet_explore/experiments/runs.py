@@ -21,6 +21,7 @@ from typing import Any
 from diet_explore.core import atomic
 from diet_explore.core.assets import PROJECT_ROOT, data_home
 from diet_explore.core.clock import utc_now, utc_timestamp
+from diet_explore.core.config import is_finite_number, is_whole_number
 from diet_explore.core.errors import DietError
 
 RUN_KIND = "diet-explore-run"
@@ -130,20 +131,24 @@ class RunStore:
         path = self.root / f"{run_id}.json"
         if not path.is_file():
             raise DietError(f"run {run_id!r} is not in {self.root}", "list runs with RunStore(...).list()")
-        record = self._read(path)
+        record, why = self._read_checked(path)
         if record is None:
-            raise DietError(f"run file {path} is corrupt", "delete it; the other runs are unaffected")
+            raise DietError(f"run file {path} is corrupt ({why})", "delete it; the other runs are unaffected")
         return record
 
     def records(self) -> list[dict[str, Any]]:
-        """Every readable record, oldest first; unreadable files are skipped with a warning."""
+        """Every readable record, oldest first; unreadable files, and records with a wrong-typed
+        field (``record_problem``), are skipped with a warning that says which and why."""
         if not self.root.is_dir():
             return []
         out = []
         for path in sorted(self.root.glob("*.json")):
-            record = self._read(path)
+            record, why = self._read_checked(path)
             if record is None:
-                warnings.warn(f"skipping unreadable run file {path}", stacklevel=2)
+                warnings.warn(
+                    f"skipping unreadable run file {path}" if why == "unreadable" else f"skipping run file {path}: {why}",
+                    stacklevel=2,
+                )
                 continue
             out.append(record)
         return out
@@ -158,6 +163,172 @@ class RunStore:
         if record is None or record.get("kind") != RUN_KIND or "run_id" not in record:
             return None
         return record
+
+    @classmethod
+    def _read_checked(cls, path: Path) -> tuple[dict[str, Any] | None, str]:
+        """(the record, "") or (None, why it is skipped): unreadable, or a field the listings, the
+        History page and ``compare`` read has the wrong type (``record_problem``)."""
+        record = cls._read(path)
+        if record is None:
+            return None, "unreadable"
+        problem = record_problem(record)
+        return (None, f"damaged: {problem}") if problem else (record, "")
+
+
+# --------------------------------------------------------------------------------------------
+# Field checks: what a reader may assume of a stored record (and, in results.py, of a sweep row)
+# --------------------------------------------------------------------------------------------
+Check = tuple[Any, str]  # (predicate on the value, what the value should be, as a message says it)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# the JSON type predicates are core.config's (one set for every reader of stored JSON)
+is_number, is_int = is_finite_number, is_whole_number
+
+
+def is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def or_none(ok) -> Any:
+    return lambda v: v is None or ok(v)
+
+
+def list_of(ok) -> Any:
+    return lambda v: isinstance(v, list) and all(ok(x) for x in v)
+
+
+def dict_of(ok) -> Any:
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and ok(x) for k, x in v.items())
+
+
+NUMBER: Check = (is_number, "a number")
+NUMBER_OR_NONE: Check = (or_none(is_number), "a number or null")
+INT: Check = (is_int, "a whole number")
+TEXT: Check = (is_text, "a string")
+TEXTS: Check = (list_of(is_text), "a list of strings")
+DICT: Check = (lambda v: isinstance(v, dict), "an object")
+DICT_OR_NONE: Check = (or_none(lambda v: isinstance(v, dict)), "an object or null")
+
+
+def fields_problem(
+    record: dict[str, Any], checks: dict[str, Check], where: str = "", required: tuple[str, ...] = ()
+) -> str | None:
+    """The first field of ``record`` that ``checks`` refuses (or a ``required`` one it lacks), as
+    "field 'tasks.rte.main' is 'x', not a number" (``where``: the path of ``record`` itself); None
+    when every checked field that is present passes."""
+    for name, (ok, what) in checks.items():
+        if name not in record:
+            if name in required:
+                return f"field {where + name!r} is missing"
+            continue
+        if not ok(record[name]):
+            return f"field {where + name!r} is {_shown(record[name])}, not {what}"
+    return None
+
+
+_ENTRY: Check = (
+    lambda e: isinstance(e, dict) and all(or_none(is_number)(e.get(k)) for k in ("delta", "ci_low", "ci_high")),
+    "a paired entry (an object whose delta, ci_low and ci_high are numbers or null)",
+)
+#: the paired results a record or row may hold (``metrics.paired_metrics``' shape)
+PAIRED: Check = (
+    or_none(
+        lambda p: (
+            isinstance(p, dict) and dict_of(_ENTRY[0])(p.get("average", {})) and dict_of(dict_of(_ENTRY[0]))(p.get("tasks", {}))
+        )
+    ),
+    "paired results ({tasks: {task: {metric: entry}}, average: {metric: entry}}) or null",
+)
+EXAMPLE_KEYS = ("doc_id", "gold", "lls", "chars")  # ``metrics.examples_of``
+
+
+def examples_problem(examples: Any) -> str | None:
+    """What is wrong with a per-example record (``metrics.examples_of``: doc ids, gold answers,
+    per-choice log-likelihoods and lengths in characters, one entry per example), or None."""
+    if not isinstance(examples, dict):
+        return f"is {_shown(examples)}, not an object of per-example results"
+    lacking = [k for k in EXAMPLE_KEYS if not isinstance(examples.get(k), list)]
+    if lacking:
+        return f"has no list {lacking[0]!r}"
+    n = len(examples["doc_id"])
+    if any(len(examples[k]) != n for k in EXAMPLE_KEYS):
+        return "has lists of different lengths"
+    if not all(is_int(d) for d in examples["doc_id"]):
+        return "has a doc_id that is not a whole number"
+    for gold, lls, chars in zip(examples["gold"], examples["lls"], examples["chars"]):
+        if not (isinstance(lls, list) and isinstance(chars, list) and len(lls) == len(chars) >= 1):
+            return "has an example whose lls and chars are not two lists of the same length"
+        if not (is_int(gold) and 0 <= gold < len(lls)):
+            return f"has a gold answer {_shown(gold)} that is not one of its example's choices"
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x == x for x in lls):
+            return "has a log-likelihood that is not a number"
+        if not all(is_number(x) and x > 0 for x in chars):
+            return "has a choice length that is not a positive number"
+    return None
+
+
+#: a stored run's flat fields, the ones the listings, the History page and ``compare`` read
+RECORD_FIELDS: dict[str, Check] = {
+    "run_id": TEXT,
+    "created": TEXT,
+    "source": (or_none(is_text), "a string or null"),
+    "model": (or_none(is_text), "a string or null"),
+    "method": (or_none(is_text), "a string or null"),
+    "sparsity": NUMBER,
+    "n_keep": (or_none(is_int), "a whole number or null"),
+    "tasks": (or_none(list_of(is_text)), "a list of strings or null"),
+    "limit": (or_none(is_int), "a whole number or null"),
+    "dense_avg": NUMBER_OR_NONE,
+    "pruned_avg": NUMBER_OR_NONE,
+    "delta_avg": NUMBER_OR_NONE,
+    "delta_avg_ci": (
+        or_none(lambda v: isinstance(v, list) and len(v) == 2 and all(or_none(is_number)(x) for x in v)),
+        "a list of two numbers (or nulls), or null",
+    ),
+    "dense_ppl": NUMBER_OR_NONE,
+    "pruned_ppl": NUMBER_OR_NONE,
+    "wall_time_s": NUMBER_OR_NONE,
+    "task_results": (or_none(list_of(lambda v: isinstance(v, dict))), "a list of objects or null"),
+    "paired": PAIRED,
+    "mask_config": DICT_OR_NONE,
+    "config": DICT_OR_NONE,
+}
+TASK_RESULT_FIELDS: dict[str, Check] = {
+    "task": TEXT,
+    "n": INT,
+    "metric": TEXT,
+    "dense_main": NUMBER_OR_NONE,
+    "pruned_main": NUMBER_OR_NONE,
+    "delta_main": NUMBER_OR_NONE,
+    "delta_main_ci_low": NUMBER_OR_NONE,
+    "delta_main_ci_high": NUMBER_OR_NONE,
+    "examples": (or_none(dict_of(or_none(lambda v: examples_problem(v) is None))), "an object of per-example results or null"),
+}
+MASK_CONFIG_FIELDS: dict[str, Check] = {
+    "site": (or_none(is_text), "a string or null"),
+    "weights": (or_none(dict_of(is_number)), "an object of numbers or null"),
+    "threshold": NUMBER_OR_NONE,
+}
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a stored run's fields (``RECORD_FIELDS``, each task result's
+    ``TASK_RESULT_FIELDS``, the mask settings), or None: the one check every reader of the store
+    relies on, so a hand-edited or damaged record is skipped instead of breaking a page."""
+    problem = fields_problem(record, RECORD_FIELDS, required=("run_id",))
+    if problem:
+        return problem
+    for i, row in enumerate(record.get("task_results") or []):
+        problem = fields_problem(row, TASK_RESULT_FIELDS, f"task_results.{i}.", required=("task",))
+        if problem:
+            return problem
+    problem = fields_problem(record.get("mask_config") or {}, MASK_CONFIG_FIELDS, "mask_config.")
+    return problem or fields_problem(record.get("config") or {}, {"threshold": NUMBER_OR_NONE}, "config.")
 
 
 def _cell(value):

@@ -64,6 +64,8 @@ with ui.shown_errors():
         path = labels[choice]
     sweep = loaders.sweep_for(path)
     cfg = sweep.config or {}
+    for problem in sweep.problems:  # damaged rows are left out (results.row_problem), never fatal
+        st.warning(problem)
 
     grid = len(cfg.get("methods") or []) * len(cfg.get("sparsities") or [])
     c = st.columns(4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -89,13 +90,23 @@ def _hub_kwargs(kind: str) -> dict[str, Any]:
 
 
 def load_config(name_or_path: str):
+    """The transformers config of a model, checked: any error reading or validating its config.json
+    is one ``DietError`` naming the file, and so are sizes nothing could be built from."""
     from transformers import AutoConfig
 
     kind, loc = resolve_source(name_or_path)
     if kind == "builtin":
         loc = str(convert_builtin(loc))
+    where = f"config.json of {name_or_path}" if kind == "hub" else str(Path(loc) / "config.json")
+    if kind != "hub":
+        try:
+            raw = json.loads((Path(loc) / "config.json").read_text())
+        except (OSError, ValueError):
+            raw = None  # missing or not JSON: AutoConfig says so below
+        if isinstance(raw, dict):
+            check_config_sizes(raw, where)
     try:
-        return AutoConfig.from_pretrained(loc, trust_remote_code=False, **_hub_kwargs(kind))
+        config = AutoConfig.from_pretrained(loc, trust_remote_code=False, **_hub_kwargs(kind))
     except OSError as exc:
         if kind == "hub" and not hub_reachable():
             raise DietError(
@@ -107,11 +118,59 @@ def load_config(name_or_path: str):
             f"could not load a model config for {name_or_path!r} ({str(exc).splitlines()[0]})",
             "check the name; built-in models: " + ", ".join(BUILTIN_MODELS) + "; hub ids need network access",
         ) from None
-    except ValueError as exc:
+    except Exception as exc:  # the config classes validate fields with many exception types (not only ValueError)
+        if isinstance(exc, ValueError) and _UNKNOWN_ARCHITECTURE.search(str(exc)):
+            raise DietError(
+                f"{name_or_path!r}: {str(exc).splitlines()[0]}",
+                "only architectures built into transformers are supported (trust_remote_code stays off)",
+            ) from None
+        raise DietError(f"{where} is not a valid config: {_short(exc)}", _CONFIG_HINT) from None
+    check_config_sizes(config, where)
+    return config
+
+
+# AutoConfig's ValueErrors for a model type transformers does not know (anything else is a bad value)
+_UNKNOWN_ARCHITECTURE = re.compile(r"does not recognize this architecture|Unrecognized model in")
+_CONFIG_HINT = "fix that value in config.json, or re-create the model folder"
+#: Config fields that must be positive whole numbers when present (None: not set, e.g. head_dim)
+_SIZE_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "vocab_size",
+)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """The gist of a library error: its first line, or the first line naming the cause (strict
+    dataclass errors put "Validation error for field 'x':" first and the reason on the next)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    text = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[1]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_config_sizes(config, where: str) -> None:
+    """Refuse sizes that are not positive integers, or heads that do not divide, before anything
+    divides by them (a 0 head count was a ZeroDivisionError traceback). ``config`` is a transformers
+    config, or the raw dict of a config.json (checked first, so the message names the field rather
+    than the config class's own error; fields it leaves out get defaults and are not checked)."""
+    raw = isinstance(config, dict)
+    values = {f: config.get(f) if raw else getattr(config, f, None) for f in _SIZE_FIELDS}
+    for field, value in values.items():
+        if value is None and (raw or field not in ("hidden_size", "num_hidden_layers", "num_attention_heads")):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise DietError(f"{where}: {field} is {value!r}, not a positive whole number", _CONFIG_HINT)
+    hidden, heads, kv_heads = values["hidden_size"], values["num_attention_heads"], values["num_key_value_heads"]
+    if heads is not None and kv_heads is not None and heads % kv_heads:
         raise DietError(
-            f"{name_or_path!r}: {str(exc).splitlines()[0]}",
-            "only architectures built into transformers are supported (trust_remote_code stays off)",
-        ) from None
+            f"{where}: num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv_heads})", _CONFIG_HINT
+        )
+    if hidden is not None and heads is not None and values["head_dim"] is None and not raw and hidden % heads:
+        raise DietError(f"{where}: hidden_size ({hidden}) is not a multiple of num_attention_heads ({heads})", _CONFIG_HINT)
 
 
 def estimate_parameters(config) -> int:
@@ -150,6 +209,8 @@ def pick_device(device: str = "auto") -> str:
         return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DietError(f"--device {device} asked for, but torch sees no CUDA device", "use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DietError("--device mps asked for, but torch sees no MPS (Apple GPU) device", "use --device cpu or auto")
     if device not in ("cpu", "mps") and not device.startswith("cuda"):
         raise DietError(f"unknown device {device!r}", "use auto, cpu, cuda, cuda:N or mps")
     return device
@@ -215,13 +276,53 @@ def _load_tokenizer(loc: str, kind: str):
 
 
 def _load_weights(loc: str, kind: str, kwargs: dict[str, Any]):
+    """from_pretrained, refusing a checkpoint that lacks weights the architecture needs (they would
+    be randomly initialised) or whose tensor shapes do not match config.json."""
+    import warnings
+
+    import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    report_filter = _DropLoadReport()  # our own one-line errors and warning say what it would
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    report_logger.addFilter(report_filter)
     try:
-        return AutoModelForCausalLM.from_pretrained(loc, **kwargs)
-    except (OSError, SafetensorError) as exc:  # missing, truncated or corrupt weight files
+        model, info = AutoModelForCausalLM.from_pretrained(loc, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    except (OSError, SafetensorError, RuntimeError) as exc:  # missing, truncated, corrupt or unloadable weight files
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise  # not a bad folder: the hint below would mislead
         raise DietError(f"could not load the weights of {loc} ({_first_line(exc)})", _files_hint(kind)) from None
+    finally:
+        report_logger.removeFilter(report_filter)
+    if info.get("mismatched_keys"):
+        mismatched = sorted(info["mismatched_keys"], key=lambda m: m[0])
+        name, ckpt_shape, model_shape = mismatched[0]
+        raise DietError(
+            f"the weights of {loc} do not match its config.json: {len(mismatched)} tensor(s) have other shapes, e.g. "
+            f"{name} is {list(ckpt_shape)} in the checkpoint but {list(model_shape)} by the config",
+            "use the config.json the weights were saved with, or re-create the model folder",
+        )
+    params = dict(model.named_parameters())  # tied weights once; buffers (rotary inv_freq) not at all
+    missing = sorted(k for k in info.get("missing_keys", ()) if k in params)
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise DietError(
+            f"the weights of {loc} lack {len(missing)} tensor(s) the model needs ({shown}); they would be random, not trained",
+            "re-create the model folder, or copy its complete *.safetensors files",
+        )
+    unexpected = sorted(info.get("unexpected_keys", ()))
+    if unexpected:
+        shown = ", ".join(unexpected[:3]) + (", ..." if len(unexpected) > 3 else "")
+        warnings.warn(f"ignoring {len(unexpected)} tensor(s) in {loc} that the model does not use ({shown})", stacklevel=3)
+    return model
+
+
+class _DropLoadReport(logging.Filter):
+    """Drops transformers' multi-line LOAD REPORT table (missing / unexpected / mismatched keys)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
 
 
 def _first_line(exc: BaseException) -> str:

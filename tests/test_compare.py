@@ -271,7 +271,15 @@ def test_the_cli_reports_a_bad_out_as_one_line(setup, tmp_path, capsys, no_model
     assert code == 2 and err.startswith("error: --out ") and "hint:" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("change, match", [({"limit": 0}, "limit must be at least 1"), ({"tasks": "bogus"}, "unknown task")])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"limit": 0}, "limit must be at least 1"),
+        ({"tasks": "bogus"}, "unknown task"),
+        # refused after the dense evaluation, with config.json written: the corrected run was then refused too
+        ({"multiple_of": 10**4}, "--multiple-of 10000 exceeds the hidden size"),
+    ],
+)
 def test_bad_settings_fail_before_the_model_loads_and_leave_no_files(setup, tmp_path, no_model_load, change, match):
     root, config, *_ = setup
     bad = CompareConfig.from_dict({**config.to_dict(), **change})

@@ -59,6 +59,7 @@ from diet_explore.experiments.results import (
     add_average,
     add_deltas,
     append_result,
+    builds_mask,
     check_resumable,
     read_results,
     repair_results,
@@ -286,6 +287,14 @@ def run_compare(
     dropped = repair_results(out) if done else 0
     if dropped:
         log(f"removed {dropped} repeated or unreadable line(s) from {out / RESULTS}: one row per run is kept")
+    pre = as_precompute(cache)
+    # every mask the grid builds, once now (milliseconds each), so what the cache or the settings cannot
+    # give (--multiple-of over the hidden size, wiki without wiki text, magnitude without baselines) is
+    # refused before the model loads and before config.json is written (a half-made folder blocked the
+    # corrected run); with --multiple-of unset the model's own multiple is only known once it loads
+    for method, sparsity in sweep_grid(config):
+        if builds_mask(method):
+            run_masks(pre, method, sparsity, config, config.multiple_of or 1, list(requests))
     if model is None:
         from diet_explore.models.loading import load_model
 
@@ -298,7 +307,6 @@ def run_compare(
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "config.json", config.to_json() + "\n")
     multiple = config.multiple_of or required_multiple(model)
-    pre = as_precompute(cache)
     grid = sweep_grid(config)
     have = {r["key"] for r in done}
     todo = (["dense"] if "dense" not in have else []) + [combo_key(m, s) for m, s in grid if combo_key(m, s) not in have]

@@ -303,6 +303,20 @@ def test_mask_npy_target_refused_before_the_json_is_written(synthetic_cache_dir,
     assert out.read_text() == original
 
 
+def test_eval_outputs_inside_a_folder_it_reads_are_refused(synthetic_cache_dir, tmp_path, capsys):
+    """--json <cache>/manifest.json replaced the score cache's manifest (exit 0); --predictions
+    <model>/config.json the model's config. Both are refused before anything loads."""
+    manifest = synthetic_cache_dir / "manifest.json"
+    before = manifest.read_text()
+    err = _run(["eval", "--model", "smollm2-135m", "--cache", str(synthetic_cache_dir), "--json", str(manifest)], capsys)
+    assert "--json" in err and "is inside the --cache folder" in err and manifest.read_text() == before
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    err = _run(["eval", "--model", str(model), "--predictions", str(model / "config.json")], capsys)
+    assert "is inside the --model folder" in err and (model / "config.json").read_text() == "{}"
+
+
 def test_mask_npy_that_links_to_the_json_is_refused(synthetic_cache_dir, tmp_path, capsys):
     """s.npy -> s.json: --npy wrote the array through the link over the mask JSON, and said it wrote both."""
     (tmp_path / "s.npy").symlink_to("s.json")

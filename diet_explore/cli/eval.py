@@ -61,6 +61,16 @@ def run(args) -> int:
             "give them different paths, e.g. --predictions preds.jsonl --json results.json",
         )
     names = [args.compare_to, args.model] if args.compare_to else [args.model]
+    # an output inside a folder this command reads (--cache, a model folder) would replace one of its
+    # files: --json <cache>/manifest.json destroyed the score cache, --predictions <model>/config.json the model
+    inputs = [(args.cache, "--cache")] + [(n, "--compare-to" if n is args.compare_to else "--model") for n in names]
+    for path, flag in ((args.predictions, "--predictions"), (args.json, "--json")):
+        for folder, source in inputs:
+            if path and folder and Path(folder).is_dir() and atomic.file_target(path).is_relative_to(Path(folder).resolve()):
+                raise DietError(
+                    f"{flag} {path} is inside the {source} folder {folder}, which this command reads: it would replace one of its files",
+                    f"write it elsewhere, e.g. {flag} {Path(path).name}",
+                )
     optional = {"batch_tokens": args.batch_tokens} if args.batch_tokens is not None else {}  # else the config's default
     config = EvalConfig(
         tasks=csv_list(args.tasks) if args.tasks != "all" else "all",

@@ -133,6 +133,23 @@ def test_a_weight_on_a_task_that_does_not_vote_is_refused(app_cache_root, tmp_pa
     )
     assert "weight given for 'hellaswag', not among the voting tasks (boolq, rte)" in err
     assert main(["mask", "--cache", str(alpha), "--weights", "boolq=2,rte=0", "--out", str(tmp_path / "m.json")]) == 0
+    # an unknown name: the hint lists what can carry a weight (it listed wikitext, which cannot)
+    err = _run(["mask", "--cache", str(alpha), "--weights", "BoolQ=2", "--out", str(tmp_path / "m.json")], capsys)
+    assert "weight given for unknown task 'BoolQ'" in err and "voting tasks: boolq" in err and "wikitext" not in err
+
+
+def test_all_in_a_task_list_goes_alone_and_blanks_around_it_are_read_past(capsys):
+    """eval --tasks rte,all and --tasks " all " said "unknown task(s): all"; profile --sites , "unknown site(s) []"."""
+    from diet_explore.core.errors import DietError
+    from diet_explore.tasks.registry import builtin_task_names, resolve_tasks
+
+    assert [s.name for s in resolve_tasks([" all "])] == list(builtin_task_names())
+    with pytest.raises(DietError, match="'all' is every task and goes alone"):
+        resolve_tasks(["rte", "all"])
+    err = _run(["eval", "--model", "smollm2-135m", "--tasks", "rte,all", "--limit", "2"], capsys)
+    assert "'all' is every task and goes alone" in err
+    err = _run(["profile", "--model", "smollm2-135m", "--tasks", "rte", "--sites", ",", "--out", "/tmp/never-written"], capsys)
+    assert "no site given" in err
 
 
 @pytest.mark.parametrize(

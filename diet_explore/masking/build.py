@@ -104,8 +104,10 @@ class MaskConfig(JsonConfig):
                 )
         candidates = list(self.tasks) if self.tasks is not None else list(cache.task_names)
         for t in self.weights:  # a weight nothing reads would be accepted and silently ignored
-            if t not in cache.tasks:
-                raise DietError(f"weight given for unknown task {t!r}", hint)
+            if t not in cache.tasks:  # the hint names what can carry a weight: the voting tasks, not the wiki text
+                raise DietError(
+                    f"weight given for unknown task {t!r}", f"weights apply to the voting tasks: {', '.join(candidates)}"
+                )
             if t not in candidates:
                 why = (
                     "generic text, which does not vote (the wiki baseline scores with it)"

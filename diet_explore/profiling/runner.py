@@ -207,8 +207,10 @@ def _profile(config: ProfileConfig, out: Path, progress: Progress | None, loaded
 
     specs = resolve_tasks(config.tasks, load_registry(config.task_files))
     bad_sites = [s for s in config.sites if s not in SITES]
-    if bad_sites or not config.sites:
-        raise DietError(f"unknown site(s) {bad_sites or config.sites}", f"use some of {', '.join(SITES)}")
+    if not config.sites:  # "--sites ," said "unknown site(s) []"
+        raise DietError("no site given", f"use some of {', '.join(SITES)}, e.g. --sites residual")
+    if bad_sites:
+        raise DietError(f"unknown site(s) {', '.join(bad_sites)}", f"use some of {', '.join(SITES)}")
     for spec in specs:  # fail before the model load if a split is too small or a template does not fit
         # every calibration request is built once here (about 50 ms for all tasks), so a task-file
         # entry that does not fit its data fails now, not after the model load and earlier tasks

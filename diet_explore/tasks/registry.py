@@ -435,7 +435,13 @@ def resolve_tasks(names: str | list[str], registry: dict[str, TaskSpec] | None =
     registry = registry or load_registry()
     if isinstance(names, str):
         names = list(registry) if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
-    names = list(dict.fromkeys(names))
+    names = list(dict.fromkeys(n.strip() for n in names))
+    if "all" in names:  # " all " or ["all"] is every task, as "all" is; "rte,all" was "unknown task(s): all"
+        if len(names) > 1:
+            raise DietError(
+                f"--tasks {','.join(names)}: 'all' is every task and goes alone", "give --tasks all, or list the tasks"
+            )
+        names = list(registry)
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise DietError(f"unknown task(s): {', '.join(unknown)}", f"known tasks: {', '.join(registry)}")

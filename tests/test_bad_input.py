@@ -138,6 +138,23 @@ def test_a_weight_on_a_task_that_does_not_vote_is_refused(app_cache_root, tmp_pa
     assert "weight given for unknown task 'BoolQ'" in err and "voting tasks: boolq" in err and "wikitext" not in err
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--method", "union", "--threshold", "0.7"], "--threshold 0.7 applies only with --method diet or leave_one_out"),
+        (["--method", "mean_score", "--threshold", "0.5"], "but --method is mean_score"),
+        (["--method", "random", "--weights", "boolq=2"], "--weights applies to the voting tasks, and --method random has no vote"),
+        (["--method", "magnitude", "--tasks", "boolq,rte"], "--tasks applies to the voting tasks"),
+    ],
+)
+def test_a_mask_flag_the_method_reads_nothing_of_is_refused(app_cache_root, tmp_path, capsys, argv, message):
+    """--threshold with --method union, --weights with random: accepted and silently ignored, as --last-k was."""
+    out = tmp_path / "m.json"
+    err = _run(["mask", "--cache", str(app_cache_root / "alpha"), *argv, "--out", str(out)], capsys)
+    assert message in err and not out.exists()
+    assert main(["mask", "--cache", str(app_cache_root / "alpha"), "--method", "diet", "--threshold", "0.7", "--out", str(out)]) == 0
+
+
 def test_all_in_a_task_list_goes_alone_and_blanks_around_it_are_read_past(capsys):
     """eval --tasks rte,all and --tasks " all " said "unknown task(s): all"; profile --sites , "unknown site(s) []"."""
     from diet_explore.core.errors import DietError

@@ -16,7 +16,9 @@ def add_mask_config_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--cache", required=True, help="score cache folder (from `diet-explore profile`)")
     p.add_argument("--sparsity", type=float_arg, default=0.2, help="fraction of hidden dims to prune, in [0, 1)")
-    p.add_argument("--threshold", type=float_arg, default=0.5, help="τ: keep a dim when ≥ τ of the task weight keeps it")
+    p.add_argument(
+        "--threshold", type=float_arg, default=None, help="τ: keep a dim when ≥ τ of the task weight keeps it (default 0.5)"
+    )
     p.add_argument("--weights", default="", help="task weights, e.g. boolq=2,rte=0.5 (or boolq:2); missing = 1")
     p.add_argument("--tasks", default="all", help="'all' (every voting task in the cache, the default) or a comma list")
     # no argparse choices: a method that is no mask (slicegpt) is refused by MaskConfig with its reason
@@ -38,16 +40,33 @@ def add_mask_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
+    from diet_explore.masking.baselines import TASKLESS_METHODS
     from diet_explore.masking.build import MaskConfig, parse_weights
+    from diet_explore.masking.vote import THRESHOLD_METHODS
 
     refuse_ignored(
         ("--last-k", args.last_k, "--layer-agg", args.layer_agg, "last_k"),
         ("--single-task", args.single_task, "--method", args.method, "single"),
         ("--held-out-task", args.held_out_task, "--method", args.method, "leave_one_out"),
     )
+    # flags a method reads nothing of were accepted and silently ignored (as --last-k was): refused
+    if args.threshold is not None and args.method not in THRESHOLD_METHODS:
+        raise DietError(
+            f"--threshold {args.threshold:g} applies only with --method {' or '.join(THRESHOLD_METHODS)} (the τ of the vote), "
+            f"but --method is {args.method}",
+            "leave --threshold out"
+            + (
+                " (union keeps a dim any task keeps, intersection one every task keeps)"
+                if args.method in ("union", "intersection")
+                else ""
+            ),
+        )
+    if args.method in TASKLESS_METHODS and (args.weights.strip() or args.tasks.strip() != "all"):
+        flag = "--weights" if args.weights.strip() else "--tasks"
+        raise DietError(f"{flag} applies to the voting tasks, and --method {args.method} has no vote", f"leave {flag} out")
     return MaskConfig(
         sparsity=args.sparsity,
-        threshold=args.threshold,
+        threshold=MaskConfig.threshold if args.threshold is None else args.threshold,
         weights=parse_weights(args.weights),
         tasks=cache_tasks(args.tasks),
         method=args.method,

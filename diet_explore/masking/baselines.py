@@ -14,6 +14,7 @@ from diet_explore.core.errors import DietError
 from diet_explore.masking.selection import top_k_mask
 
 BASELINE_METHODS = ("random", "magnitude", "wiki", "leave_one_out")  # compared against DIET at the same kept count
+TASKLESS_METHODS = ("random", "magnitude", "wiki")  # no task votes: task lists and weights mean nothing to them
 
 
 def random_keep(hidden_size: int, n_keep: int, seed: int = 0) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 from diet_explore.core.config import JsonConfig, check_seed, parse_float
 from diet_explore.core.errors import DietError
 from diet_explore.masking import baselines
-from diet_explore.masking.baselines import BASELINE_METHODS
+from diet_explore.masking.baselines import BASELINE_METHODS, TASKLESS_METHODS
 from diet_explore.masking.importance import LAYER_AGGS, NORMALIZATIONS, as_precompute, check_choice
 from diet_explore.masking.selection import check_multiple_of, check_sparsity, jaccard, keep_count
 from diet_explore.masking.vote import MERGE_METHODS, merge
@@ -119,7 +119,7 @@ class MaskConfig(JsonConfig):
             raise DietError(f"site {self.site!r} was not profiled in this cache", f"choose one of {', '.join(cache.sites)}")
         check_multiple_of(self.multiple_of, cache.hidden_size)
         tasks, weights = self.voting_tasks(cache)
-        if self.method in ("random", "magnitude", "wiki"):
+        if self.method in TASKLESS_METHODS:
             return
         cache.require_tasks()  # a cache of generic text alone: "every voting task () has weight 0" said nothing useful
         if not weights.sum() > 0:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 MERGE_METHODS = ("diet", "mean_score", "borda", "union", "intersection", "single")
 VOTE_METHODS = ("diet", "leave_one_out", "union", "intersection")  # τ / exact / multiple_of act on the vote
+THRESHOLD_METHODS = ("diet", "leave_one_out")  # the votes that read τ (union and intersection fix it: 0+ and 1)
 _TOL = 1e-12  # tolerance on vote shares (in [0, 1]) for float summation error
 
 

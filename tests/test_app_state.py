@@ -252,3 +252,17 @@ def test_mask_command_parses_back_to_the_same_config():
     args = build_parser().parse_args(argv[1:])
     assert args.cache == "cache/my cache" and args.out == "out.json"
     assert config_from_args(args) == cfg
+
+
+@pytest.mark.parametrize("method", ["random", "union"])
+def test_mask_command_leaves_out_what_the_method_does_not_read(method):
+    """The app keeps τ and weights whatever the method; the CLI now refuses them where they do nothing,
+    so the Export page's command must not carry them (it would be refused when pasted)."""
+    from diet_explore.cli import build_parser
+    from diet_explore.cli.mask import config_from_args
+
+    cfg = MaskConfig(sparsity=0.3, threshold=0.6, weights={"boolq": 2.0}, method=method, seed=3)
+    argv = shlex.split(mask_command("cache/c", cfg, "out.json"))
+    assert "--threshold" not in argv and ("--weights" in argv) == (method == "union")
+    back = config_from_args(build_parser().parse_args(argv[1:]))  # accepted as pasted
+    assert (back.method, back.sparsity, back.seed) == (method, 0.3, 3)

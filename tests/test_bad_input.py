@@ -143,7 +143,10 @@ def test_a_weight_on_a_task_that_does_not_vote_is_refused(app_cache_root, tmp_pa
     [
         (["--method", "union", "--threshold", "0.7"], "--threshold 0.7 applies only with --method diet or leave_one_out"),
         (["--method", "mean_score", "--threshold", "0.5"], "but --method is mean_score"),
-        (["--method", "random", "--weights", "boolq=2"], "--weights applies to the voting tasks, and --method random has no vote"),
+        (
+            ["--method", "random", "--weights", "boolq=2"],
+            "--weights applies to the voting tasks, and --method random has no vote",
+        ),
         (["--method", "magnitude", "--tasks", "boolq,rte"], "--tasks applies to the voting tasks"),
     ],
 )
@@ -152,7 +155,9 @@ def test_a_mask_flag_the_method_reads_nothing_of_is_refused(app_cache_root, tmp_
     out = tmp_path / "m.json"
     err = _run(["mask", "--cache", str(app_cache_root / "alpha"), *argv, "--out", str(out)], capsys)
     assert message in err and not out.exists()
-    assert main(["mask", "--cache", str(app_cache_root / "alpha"), "--method", "diet", "--threshold", "0.7", "--out", str(out)]) == 0
+    assert (
+        main(["mask", "--cache", str(app_cache_root / "alpha"), "--method", "diet", "--threshold", "0.7", "--out", str(out)]) == 0
+    )
 
 
 def test_all_in_a_task_list_goes_alone_and_blanks_around_it_are_read_past(capsys):

@@ -21,7 +21,9 @@ from diet_explore.core import atomic
 from diet_explore.core.clock import utc_timestamp
 from diet_explore.core.config import cli_flag, is_finite_number
 from diet_explore.core.errors import DietError
+from diet_explore.masking.baselines import TASKLESS_METHODS
 from diet_explore.masking.build import MaskConfig
+from diet_explore.masking.vote import THRESHOLD_METHODS
 
 MASK_SCHEMA_VERSION = 1
 MASK_KIND = "diet-explore-mask"
@@ -250,6 +252,9 @@ def mask_command(cache_path: str | Path, config: MaskConfig, out: str | Path) ->
         "last_k": config.layer_agg != "last_k",
         "single_task": config.method != "single",
         "held_out_task": config.method != "leave_one_out",
+        "threshold": config.method not in THRESHOLD_METHODS,
+        "weights": config.method in TASKLESS_METHODS,
+        "tasks": config.method in TASKLESS_METHODS,
     }
     for name, value in config.to_dict().items():
         if value == default[name] or value is None or unused.get(name):

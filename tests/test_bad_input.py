@@ -160,6 +160,17 @@ def test_a_mask_flag_the_method_reads_nothing_of_is_refused(app_cache_root, tmp_
     )
 
 
+def test_a_mask_that_prunes_nothing_says_so_and_the_target_is_printed_as_given(app_cache_root, tmp_path, capsys):
+    """--multiple-of 64 on a 64-dim cache kept every dim with no word; --sparsity 0.9999999 printed "target 1"."""
+    alpha = str(app_cache_root / "alpha")
+    hidden = load_cache(alpha).hidden_size
+    assert main(["mask", "--cache", alpha, "--multiple-of", str(hidden), "--out", str(tmp_path / "m.json")]) == 0
+    out, err = capsys.readouterr()
+    assert f"kept {hidden} of {hidden}" in out and "note: nothing is pruned" in err
+    assert main(["mask", "--cache", alpha, "--sparsity", "0.9999999", "--out", str(tmp_path / "n.json")]) == 0
+    assert "(target 0.9999999)" in capsys.readouterr().out
+
+
 def test_all_in_a_task_list_goes_alone_and_blanks_around_it_are_read_past(capsys):
     """eval --tasks rte,all and --tasks " all " said "unknown task(s): all"; profile --sites , "unknown site(s) []"."""
     from diet_explore.core.errors import DietError

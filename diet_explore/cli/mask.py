@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from diet_explore.cli._common import cache_tasks, float_arg, int_arg, refuse_ignored
 from diet_explore.core.errors import DietError
@@ -116,7 +117,11 @@ def run(args) -> int:
     path = save_mask(mask_file_from_result(result, cache), args.out, npy=args.npy)
     print(
         f"{config.method} mask for {cache.model_name}: kept {result.n_keep} of {result.hidden_size} dims, "
-        f"actual sparsity {result.sparsity:.4f} (target {config.sparsity:g})"
+        f"actual sparsity {result.sparsity:.4f} (target {config.sparsity:.10g})"  # :g printed 0.9999999 as "target 1"
     )
+    if result.n_keep == result.hidden_size and config.sparsity > 0:  # e.g. --multiple-of 576 rounds 461 up to 576
+        print(
+            f"note: nothing is pruned: --multiple-of {config.multiple_of} rounds the kept count up to every dim", file=sys.stderr
+        )
     print(f"wrote {path}" + (f" and {path.with_suffix('.npy')}" if args.npy else ""))
     return 0

@@ -63,7 +63,7 @@ def run(args) -> int:
     names = [args.compare_to, args.model] if args.compare_to else [args.model]
     # an output inside a folder this command reads (--cache, a model folder) would replace one of its
     # files: --json <cache>/manifest.json destroyed the score cache, --predictions <model>/config.json the model
-    inputs = [(args.cache, "--cache")] + [(n, "--compare-to" if n is args.compare_to else "--model") for n in names]
+    inputs = [(args.cache, "--cache"), (args.model, "--model"), (args.compare_to, "--compare-to")]
     for path, flag in ((args.predictions, "--predictions"), (args.json, "--json")):
         for folder, source in inputs:
             if path and folder and Path(folder).is_dir() and atomic.file_target(path).is_relative_to(Path(folder).resolve()):

@@ -136,19 +136,22 @@ class RunStore:
             raise DietError(f"run file {path} is corrupt ({why})", "delete it; the other runs are unaffected")
         return record
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self, problems: list[str] | None = None) -> list[dict[str, Any]]:
         """Every readable record, oldest first; unreadable files, and records with a wrong-typed
-        field (``record_problem``), are skipped with a warning that says which and why."""
+        field (``record_problem``), are skipped with a line that says which and why: a warning, or
+        appended to ``problems`` when given (a page shows them; ``warnings.catch_warnings`` is
+        process-wide, so no use on Streamlit's session threads)."""
         if not self.root.is_dir():
             return []
         out = []
         for path in sorted(self.root.glob("*.json")):
             record, why = self._read_checked(path)
             if record is None:
-                warnings.warn(
-                    f"skipping unreadable run file {path}" if why == "unreadable" else f"skipping run file {path}: {why}",
-                    stacklevel=2,
-                )
+                line = f"skipping unreadable run file {path}" if why == "unreadable" else f"skipping run file {path}: {why}"
+                if problems is None:
+                    warnings.warn(line, stacklevel=2)
+                else:
+                    problems.append(line)
                 continue
             out.append(record)
         return out

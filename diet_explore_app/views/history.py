@@ -4,8 +4,6 @@ paired difference between them with its CI."""
 
 from __future__ import annotations
 
-import warnings
-
 import streamlit as st
 
 from diet_explore import plots
@@ -18,12 +16,10 @@ K_PICK = "hist_pick"
 st.title("History")
 with ui.shown_errors():
     store = loaders.run_store()
-    with warnings.catch_warnings(record=True) as caught:  # a damaged run file is skipped and said here
-        warnings.simplefilter("always")
-        records = store.records()
-    for w in caught:
-        if "run file" in str(w.message):
-            st.warning(str(w.message))
+    skipped: list[str] = []
+    records = store.records(skipped)  # a damaged run file is skipped and said here
+    for line in skipped:
+        st.warning(line)
     frame = H.history_frame(records)
     if frame.empty:
         st.caption(f"No runs yet in {ui.display_path(store.root)}: run Prune & evaluate, a Sweep or `diet-explore compare`.")

@@ -319,3 +319,9 @@ def test_skip_first_token_is_recorded_resumed_and_named_in_the_contexts_command(
         dataclasses.replace(config, tasks="rte,winogrande"), tmp_path / "c", progress=lambda *a: None, loaded=tiny_loaded
     )
     assert again.manifest["config"]["skip_first_token"] is True and "winogrande" in again.tasks
+    # without the flag: refused in flag words ("{'skip_first_token': True}; this run: {'skip_first_token': None}" before)
+    with pytest.raises(DietError, match=r"different 'config' \(--skip-first-token on; this run: --skip-first-token off\)") as err:
+        profile(dataclasses.replace(config, skip_first_token=False), tmp_path / "c", progress=lambda *a: None, loaded=tiny_loaded)
+    assert "resume with the cache's settings" in err.value.hint
+    with pytest.raises(DietError, match=r"\(--samples 6; this run: --samples 7\)"):
+        profile(dataclasses.replace(config, samples=7), tmp_path / "c", progress=lambda *a: None, loaded=tiny_loaded)

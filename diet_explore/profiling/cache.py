@@ -159,6 +159,7 @@ def sha256_bytes(data: bytes) -> str:
 #: ``environment`` would otherwise describe only the last run's tasks.
 RESUME_KEYS = ("model", "sites", "prompt_format_version", "config", "dtype", "device")
 _RESUME_HINTS = {
+    "config": "resume with the cache's settings (the flags named above, as it has them), or use another --out folder",
     "dtype": "resume with --dtype {old}, or use another --out folder",
     "device": "resume with --device {old}, or use another --out folder",
 }
@@ -183,11 +184,23 @@ def resume_value(manifest: dict[str, Any], key: str) -> Any:
     return manifest.get(key)
 
 
+#: the profile flag of each ``config`` field a resume compares (``ProfileConfig.science``)
+_CONFIG_FLAGS = {"samples": "--samples", "seed": "--seed", "max_length": "--max-length", "skip_first_token": "--skip-first-token"}
+
+
 def _difference(old: Any, new: Any) -> str:
-    """``old`` vs ``new`` for the message; of two dicts only the differing fields."""
+    """``old`` vs ``new`` for the message; of two dicts only the differing fields, named by their
+    profile flag where they have one ("--skip-first-token on; this run: off", not Python dicts)."""
     if isinstance(old, dict) and isinstance(new, dict):
         keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
-        old, new = {k: old.get(k) for k in keys}, {k: new.get(k) for k in keys}
+
+        def shown(d: dict) -> str:
+            return ", ".join(
+                f"{_CONFIG_FLAGS.get(k, k)} {('on' if d.get(k) else 'off') if k == 'skip_first_token' else d.get(k)}"
+                for k in keys
+            )
+
+        return f"{shown(old)}; this run: {shown(new)}"
     return f"{old!r}; this run: {new!r}"
 
 

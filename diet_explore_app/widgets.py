@@ -322,9 +322,10 @@ def saveable_hint(cache: ScoreCache, n_keep: int) -> str | None:
     if not need or n_keep % need == 0:
         return None
     return (
-        f"To save this mask as a pruned {name} folder, set *Kept count a multiple of* to {need}: a folder needs a "
-        f"multiple of {need} (its attention head count), and {n_keep} is not. Evaluating it in memory works as it is. "
-        f"(`compare` sweeps round to it by default, so the Results page keeps other counts at the same sparsity.)"
+        f"A pruned {name} folder needs a multiple of {need} kept dims (its attention head count), and {n_keep} is not: "
+        f"the button below sets the Mask builder's *Kept count a multiple of* to {need}. Evaluating this mask in memory "
+        f"works as it is. (`compare` rounds to {need} by default, so a sweep on the Results page may keep a slightly "
+        "different count at the same sparsity.)"
     )
 
 

@@ -518,7 +518,13 @@ def test_export_command_reproduces_the_mask(app, app_env, alpha, tmp_path):
     assert main(argv[1:]) == 0
     cfg = MaskConfig(sparsity=0.25, weights={t: (1.7 if t == "hellaswag" else 1.0) for t in alpha.task_names}, multiple_of=8)
     assert np.array_equal(load_mask(tmp_path / "cli.json").keep, build_mask(alpha, cfg).keep)
-    assert shell_argv(at.code[1].value)[:3] == ["lm_eval", "--model", "hf"]
+    # the step between them, which the page did not show: the mask into a model folder, which lm_eval then reads
+    prune = shell_argv(at.code[1].value)
+    name = at.text_input(key="export_name").value
+    assert prune[:2] == ["diet-explore", "prune"] and prune[prune.index("--mask") + 1] == f"{name}.json"
+    lm_eval = shell_argv(at.code[2].value)
+    assert lm_eval[:3] == ["lm_eval", "--model", "hf"]
+    assert lm_eval[lm_eval.index("--model_args") + 1].startswith(f"pretrained={prune[prune.index('--out') + 1]},")
 
 
 @pytest.mark.parametrize("bad", ["../escape", "sub/dir", "a\\b"])

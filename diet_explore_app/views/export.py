@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import shlex
 
 import numpy as np
 import streamlit as st
@@ -116,6 +117,19 @@ with ui.shown_errors():
     registry = load_registry()
     known = [t for t in cache.task_names if t in registry]
     unknown = [t for t in cache.task_names if t not in registry]
+    # the step between the two: the mask file into a model folder (what "Prune and save model" does)
+    st.markdown("Prune the model with it into a folder" + (" (once the kept count is rounded, above):" if hint else ":"))
+    prune = [
+        "diet-explore",
+        "prune",
+        "--model",
+        ui.model_name_for(cache),
+        "--mask",
+        f"{name}.json",
+        "--out",
+        ui.display_path(folder),
+    ]
+    st.code(command_lines(shlex.join(prune)), language="bash", wrap_lines=True)
     if known:
         st.markdown("Evaluate the saved pruned model with lm-evaluation-harness:")
         st.code(

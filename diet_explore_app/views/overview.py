@@ -72,7 +72,9 @@ with ui.shown_errors():
             "**First-token dims** (at least half of their top-activating contexts are the first token of the "
             "sequence, whatever it is: they fire on position, not on text, an attention-sink pattern): "
             + "; ".join(f"`{s}` {int(f.sum())} of {cache.hidden_size}" for s, f in first.items())
-            + ". The Dimension page says so for each such dim."
+            + ". Where many are, a score at that site partly measures each dim's size on the first token, and the "
+            "mask follows it; `diet-explore profile --skip-first-token` scores without it (README, *First-token dims*). "
+            "The Dimension page says so for each such dim."
         )
 
     env = m.get("environment", {})

@@ -107,7 +107,9 @@ def test_agreement_json_and_csv(synthetic_cache_dir, cache, capsys):
 def test_agreement_table_and_bad_task(synthetic_cache_dir, capsys):
     assert main(["agreement", "--cache", str(synthetic_cache_dir)]) == 0
     out = capsys.readouterr().out
-    assert "Jaccard of pruned sets at sparsity 0.2" in out and "prune votes per dim: 0 tasks:" in out
+    assert (
+        "Jaccard of pruned sets at sparsity 0.2" in out and "prune votes per dim: 0 tasks:" in out and ", 1 task: " in out
+    )  # not "1 tasks"
     assert "prunes no dim" not in out
     assert main(["agreement", "--cache", str(synthetic_cache_dir), "--sparsity", "0"]) == 0  # empty sets: Jaccard 1
     out = capsys.readouterr().out

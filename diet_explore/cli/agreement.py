@@ -66,7 +66,7 @@ def _print_table(rep, top: int) -> None:
     print("\nSpearman correlation of dim scores:")
     print(rep.spearman.round(3).to_string())
     hist = np.bincount(rep.vote_counts, minlength=len(rep.tasks) + 1)
-    print("\nprune votes per dim: " + ", ".join(f"{k} tasks: {n}" for k, n in enumerate(hist)))
+    print("\nprune votes per dim: " + ", ".join(f"{k} task{'' if k == 1 else 's'}: {n}" for k, n in enumerate(hist)))
     print(f"\nlargest exact overlaps (of {len(rep.upset)} combinations):" + ("" if len(rep.upset) else " none"))
     for row in rep.upset.head(top).itertuples():
         print(f"  {row.size:6d}  {' & '.join(row.combination)}")

@@ -24,7 +24,7 @@ def add_mask_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="all", help="'all' (every voting task in the cache, the default) or a comma list")
     # no argparse choices: a method that is no mask (slicegpt) is refused by MaskConfig with its reason
     p.add_argument("--method", default="diet", help=f"one of: {', '.join(MERGE_METHODS + BASELINE_METHODS)}")
-    p.add_argument("--site", default="residual")
+    p.add_argument("--site", default="residual", help="residual (the paper's) or normed: where the scores were profiled")
     p.add_argument("--layer-agg", default="mean", help="mean (paper), max, last_k")
     p.add_argument("--last-k", type=int_arg, default=None, help="layers averaged by --layer-agg last_k (default 4)")
     p.add_argument("--normalize", default="none", help="none, zscore, rank, sum (mean_score merge, exact tie-breaks)")

@@ -128,7 +128,7 @@ with ui.shown_errors():
         else:
             st.markdown(
                 f"**Difference from the paper default** (equal weights, τ=0.5, sparsity {config.sparsity:.2f}): "
-                f"{int(paper['n_diff'])} dims differ, Jaccard of kept sets {paper['jaccard_kept']:.4f}."
+                f"{int(paper['n_diff'])} dim{'' if int(paper['n_diff']) == 1 else 's'} differ{'s' if int(paper['n_diff']) == 1 else ''}, Jaccard of kept sets {paper['jaccard_kept']:.4f}."
             )
         st.markdown("**Overlap with baselines** (baselines built at the same kept count)")
         st.dataframe(overlaps, hide_index=True, key="mb_overlaps")

@@ -97,10 +97,12 @@ def _positions_cache(*tasks_positions):
 
 
 def test_first_token_dims_count_every_tasks_contexts_at_position_zero():
-    cache = _positions_cache([[0, 0], [0, 5], [3, 4]], [[0, 2], [0, 0], [1, 0]])  # 3 dims, 2 tasks x 2 contexts
+    # 4 dims, 2 tasks x 2 contexts each
+    cache = _positions_cache([[0, 0], [0, 5], [3, 4], [0, 7]], [[0, 2], [0, 0], [1, 0], [6, 0]])
     counts, total = first_token_counts(cache, "residual")
-    assert counts.tolist() == [3, 3, 1] and total == 4
-    assert first_token_dims(cache, "residual").tolist() == [True, True, False]  # 1 of 4 is under half
+    assert counts.tolist() == [3, 3, 1, 2] and total == 4
+    # 1 of 4 is under half; exactly half (2 of 4) counts
+    assert first_token_dims(cache, "residual").tolist() == [True, True, False, True]
     assert FIRST_TOKEN_SHARE == 0.5 and first_token_counts(cache, "normed") is None
 
 

@@ -288,7 +288,7 @@ def dim_card(cache, config: MaskConfig, dim: int, stability=None, mask: MaskResu
         how = "a seeded random draw" if config.method == "random" else "weight magnitude"
         notes.append(f"method {config.method!r} has no vote: it keeps dims by {how}")
     first = first_token_counts(c, site)
-    if first is not None and first[0][dim] >= FIRST_TOKEN_SHARE * first[1]:
+    if first is not None and first_token_dims(c, site)[dim]:  # the one rule, as the Overview counts it
         notes.append(first_token_note(int(first[0][dim]), first[1]))
     return DimCard(
         dim=dim,

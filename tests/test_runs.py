@@ -30,7 +30,9 @@ def test_save_load_and_list(tmp_path):
     rec = store.load(a)
     assert rec["run_id"] == a and rec["sparsity"] == 0.2 and rec["per_task"] == {"rte": {"acc": 0.5}}
     frame = store.list()
-    assert list(frame["run_id"]) == sorted([a, b]) and set(frame["method"]) == {"diet", "random"}
+    # newest first, ties (two saves in one second) broken by run id: the same order whatever the clock did
+    newest_first = sorted([a, b], key=lambda i: (store.load(i)["created"], i), reverse=True)
+    assert list(frame["run_id"]) == newest_first and set(frame["method"]) == {"diet", "random"}
     assert frame.set_index("run_id").loc[a, "tasks"] == "rte,boolq"
     assert frame.set_index("run_id").loc[b, "n_keep"] == 459
     assert store.load(b)["kind"] == "diet-explore-run" and store.load(b)["source"] == "cli"  # the store's keys win

@@ -16,6 +16,7 @@ from typing import Any
 
 from diet_explore.evaluation.metrics import MAIN, paired_examples
 from diet_explore.experiments.results import METHODS, row_spec
+from diet_explore.experiments.runs import newest_first
 from diet_explore.tasks.registry import TaskSpec, load_registry
 
 #: The columns that say what differs between runs, then the headline numbers.
@@ -69,7 +70,7 @@ def history_frame(records: Sequence[dict[str, Any]]):
         row |= {"agreement": _average(r, "agreement"), "gold_ll_per_char": _average(r, "gold_ll_per_char")}
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
-    return frame.sort_values("created", ascending=False, kind="stable").reset_index(drop=True)
+    return newest_first(frame)
 
 
 def differing(frame, columns: Sequence[str] = SETTINGS) -> list[str]:

@@ -349,7 +349,13 @@ def runs_frame(records):
         row = {k: _cell(r.get(k)) for k in LIST_COLUMNS if k in r}
         rows.append(row | {"ci_low": ci[0], "ci_high": ci[1]})
     frame = pd.DataFrame(rows, columns=list(LIST_COLUMNS))
-    return frame.sort_values("created", ascending=False, kind="stable").reset_index(drop=True)
+    return newest_first(frame)
+
+
+def newest_first(frame):
+    """``frame``'s rows newest first: by ``created``, ties (runs saved in one second) by run id, so
+    the order never depends on which file the listing read first."""
+    return frame.sort_values(["created", "run_id"], ascending=False, kind="stable").reset_index(drop=True)
 
 
 def run_record(

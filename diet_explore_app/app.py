@@ -1,6 +1,6 @@
 """diet-explore: explore DIET score caches, tune a pruning mask, prune, evaluate and export it.
 
-    diet-explore app [--cache DIR] [--port N]      (or: streamlit run diet_explore_app/app.py)
+    diet-explore app [--cache DIR] [--port N]      (or, from a checkout: streamlit run app.py)
 
 Opens on cache/smollm2-135m when present (else the first cache under cache/, the folder named by
 DIET_EXPLORE_CACHE_DIR, or the caches shipped with the package). Exploring reads only the score cache; no model is loaded until the
@@ -33,16 +33,16 @@ st.set_page_config(page_title="diet-explore", page_icon=ui.FAVICON, layout="wide
 # Streamlit's AppTest (1.67) run each page file directly as a legacy v1 multipage app on every rerun
 # after the first, skipping this script (cache picker, settings, URL sync).
 PAGES = [
-    st.Page("views/overview.py", title="Overview", icon=":material/home:", url_path="overview", default=True),
-    st.Page("views/rankings.py", title="Rankings", icon=":material/leaderboard:", url_path="rankings"),
-    st.Page("views/agreement.py", title="Agreement", icon=":material/handshake:", url_path=ui.AGREEMENT_URL_PATH),
-    st.Page("views/mask_builder.py", title="Mask builder", icon=":material/tune:", url_path="mask_builder"),
+    st.Page(ui.view("overview.py"), title="Overview", icon=":material/home:", url_path="overview", default=True),
+    st.Page(ui.view("rankings.py"), title="Rankings", icon=":material/leaderboard:", url_path="rankings"),
+    st.Page(ui.view("agreement.py"), title="Agreement", icon=":material/handshake:", url_path=ui.AGREEMENT_URL_PATH),
+    st.Page(ui.view("mask_builder.py"), title="Mask builder", icon=":material/tune:", url_path="mask_builder"),
     st.Page(ui.DIM_PAGE, title="Dimension", icon=":material/search:", url_path=ui.DIM_URL_PATH),
-    st.Page("views/prune_eval.py", title="Prune & evaluate", icon=":material/science:", url_path="prune_eval"),
-    st.Page("views/sweep.py", title="Sweep", icon=":material/stacked_line_chart:", url_path="sweep"),
-    st.Page("views/history.py", title="History", icon=":material/history:", url_path="history"),
-    st.Page("views/export.py", title="Export", icon=":material/download:", url_path="export"),
-    st.Page("views/results.py", title="Results", icon=":material/insights:", url_path="results"),
+    st.Page(ui.view("prune_eval.py"), title="Prune & evaluate", icon=":material/science:", url_path="prune_eval"),
+    st.Page(ui.view("sweep.py"), title="Sweep", icon=":material/stacked_line_chart:", url_path="sweep"),
+    st.Page(ui.view("history.py"), title="History", icon=":material/history:", url_path="history"),
+    st.Page(ui.view("export.py"), title="Export", icon=":material/download:", url_path="export"),
+    st.Page(ui.view("results.py"), title="Results", icon=":material/insights:", url_path="results"),
 ]
 
 state.boot()

@@ -495,7 +495,16 @@ def below_subheader(markdown: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # The Dimension page: opening it from a table row or a typed index, and its ``dim=`` link parameter
 # ------------------------------------------------------------------------------------------------
-DIM_PAGE = "views/dimension.py"
+VIEWS_DIR = Path(__file__).resolve().parent / "views"
+
+
+def view(name: str) -> str:
+    """A page script's absolute path: st.Page, st.switch_page and st.page_link resolve a relative one
+    against the entry script's folder, which is the checkout's root under `streamlit run app.py`."""
+    return str(VIEWS_DIR / name)
+
+
+DIM_PAGE = view("dimension.py")
 DIM_URL_PATH = "dimension"
 AGREEMENT_URL_PATH = "agreement"
 

@@ -285,4 +285,4 @@ with ui.shown_errors():
     else:
         st.dataframe(tables.format_history_table(history), hide_index=True, key="pe_history")
         st.plotly_chart(plots.run_history(history, x="sparsity", y="delta_avg"), key="pe_history_plot")
-        st.page_link("views/history.py", label="Compare runs on the History page", icon=":material/history:")
+        st.page_link(ui.view("history.py"), label="Compare runs on the History page", icon=":material/history:")

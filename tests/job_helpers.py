@@ -108,3 +108,25 @@ class _suppress:
 
     def __exit__(self, *exc):
         return exc[0] is not None and issubclass(exc[0], ProcessLookupError)
+
+
+def sleepy_job(config: dict, ctx) -> dict:
+    """A stand-in job handler (registered by tests as type ``sleepy``): waits ``seconds`` in small
+    steps, writing progress and checking Stop as a real handler does between forward passes."""
+    from diet_explore.evaluation.blocks import Stopped
+
+    steps = max(1, int(config["seconds"] / 0.05))
+    for i in range(steps):
+        why = ctx.should_stop()
+        if why:
+            raise Stopped(why)
+        ctx.progress((i + 1) / steps, f"step {i + 1}/{steps}")
+        time.sleep(0.05)
+    return {"slept": config["seconds"], "pid": os.getpid()}
+
+
+def register_sleepy(monkeypatch) -> None:
+    from diet_explore.experiments import jobs as J
+
+    monkeypatch.setitem(J.HANDLERS, "sleepy", "job_helpers:sleepy_job")
+    monkeypatch.setitem(J.CONFIG_FIELDS, "sleepy", {"seconds": lambda v: isinstance(v, (int, float))})

@@ -9,20 +9,26 @@ session, any tab, the CLI) sees the same jobs because their state is files:
       <job id>/job.json        the record: type, config, status, progress, partial results, result, error
       <job id>/blocks/         finished blocks of examples (``evaluation.blocks.ScoreLog``): what a resume reuses
       <job id>/sweep/          a sweep's ``compare`` folder (results.jsonl, tables)
-      worker.lock              held (flock) by the one worker process while it lives; the OS frees it when it dies
-      worker.json, worker.log  the last worker started: pid, owner, start time; its output
+      worker.lock              held (flock) by the app's local worker while it lives; the OS frees it when it dies
+      worker.json, worker.log  the last local worker the app started: pid, owner, start time; its output
 
 Statuses: ``queued`` → ``running`` → ``done`` | ``failed`` | ``stopped`` (Stop: the partial results
-are kept, marked partial); ``queued`` → ``cancelled`` (Stop before it ran). A ``running`` record
-whose worker is gone (the server that owned it stopped, the process was killed) is shown as
-``interrupted`` at once and recorded so by the next worker. ``resume`` puts an interrupted,
-stopped, failed or cancelled job back in the queue; its finished blocks are reused.
+are kept, marked partial); ``queued`` → ``cancelled`` (Stop before it ran). ``resume`` puts an
+interrupted, stopped, failed or cancelled job back in the queue; its finished blocks are reused.
 
-The queue is first in, first out, with one worker: on a CPU two jobs side by side would only
-share the same cores. The executor is the part that decides where the worker runs:
-``LocalProcessExecutor`` starts it as a child process of the caller (the app's server), which it
-stops with when that caller goes away. A job itself is ``run_job(store, job_id)``: a function of
-files, so another executor (e.g. Ray tasks for sweeps across GPUs) can run it elsewhere.
+Liveness is per job: a running record holds a lease (``lease``: the worker's token, pid, host and
+an expiry time), which its worker renews every ``lease_s() / 5`` seconds (``DIET_EXPLORE_LEASE_S``,
+default ``LEASE_S``). A lease is dead when it expired, or at once when its worker's pid is gone on
+this host. A running job with a dead lease is shown ``interrupted``; the next claim requeues it,
+once (``MAX_REQUEUES``): if it dies again it stays interrupted for a person to resume. So any number
+of workers, on any machines that share the folder, can serve one store: claiming is a
+compare-and-swap on the record under the store's lock (``claim(job_id)`` or ``claim_next``), and
+every write a worker makes to its job checks that it still holds the lease (``LeaseLost`` when a
+stale worker wakes up after its job was requeued: it drops the job without writing).
+
+The app starts one local worker (``LocalProcessExecutor``, a child process of the server that
+stops with it); ``diet-explore jobs work`` starts more; ``executors.RayExecutor`` runs jobs on Ray
+actors. A job itself is ``run_job(store, job)``: a function of files, so any executor can run it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -70,6 +77,15 @@ START_GRACE_S = 20.0  # a worker started this recently is still importing torch:
 PROGRESS_EVERY_S = 0.5  # progress is written at most this often (partial results at every block)
 WORKER_NICE = 10  # the background worker yields the CPU to the app's server: the UI stays responsive
 LOG_KEPT = 40  # log lines a record keeps
+LEASE_ENV = "DIET_EXPLORE_LEASE_S"  # a running job's lease is stale this many seconds after its last renewal
+LEASE_S = 30.0  # when it is not set: a worker renews every LEASE_S / 5 (6 s), so a busy machine never looks dead
+MAX_REQUEUES = 1  # a job whose worker died is requeued automatically this many times, then left interrupted
+HOST = socket.gethostname()
+
+
+class LeaseLost(Exception):
+    """A worker's write to a job it no longer holds (its lease went stale and the job was requeued,
+    resumed or finished by another worker): the write is refused and the worker drops the job."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,7 +104,14 @@ class JobStore:
     def _locked(self) -> Iterator[None]:
         # atomic.locked excludes other processes; the thread lock excludes the other sessions of
         # one app server (threads of one process, which a per-process re-entrant file lock lets in)
-        with _thread_lock(self.root), atomic.locked(self.root / "jobs"):
+        with _thread_lock(self.root), contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(atomic.locked(self.root / "jobs"))
+            except OSError as exc:  # a read-only or foreign store: listing works, changing it cannot
+                raise DietError(
+                    f"the job store {self.root} cannot be changed ({exc.strerror or exc})",
+                    "run this where the run store is writable (its owner's account or machine); listing jobs works anywhere",
+                ) from None
             yield
 
     def folder(self, job_id: str) -> Path:
@@ -104,7 +127,9 @@ class JobStore:
         """The record at ``path``, or None when it is missing or damaged: every field a reader
         (the listing, stop, resume, the app's pages, the worker) uses is checked here, once."""
         record = atomic.read_json_object(path)
-        return record if record is not None and _record_ok(record) else None
+        # a record under another job's folder is damaged: stop/resume would write (and quote) the other id
+        ok = record is not None and _record_ok(record) and record["job_id"] == Path(path).parent.name
+        return record if ok else None
 
     def _write(self, record: dict[str, Any]) -> None:
         from diet_explore.experiments.runs import json_safe
@@ -132,8 +157,7 @@ class JobStore:
         records, damaged = self.scan()
         for path in damaged:
             warnings.warn(f"skipping damaged job record {path} (it is not a job this version can read)", stacklevel=2)
-        live = self.live_worker()
-        return [self._as_now(r, live) for r in records]
+        return [self._as_now(r) for r in records]
 
     def get(self, job_id: str) -> dict[str, Any]:
         path = self._path(job_id)
@@ -142,11 +166,11 @@ class JobStore:
         record = self._read(path)
         if record is None:
             raise DietError(f"job record {path} is damaged", "delete its folder; the other jobs are unaffected")
-        return self._as_now(record, self.live_worker())
+        return self._as_now(record)
 
     @staticmethod
-    def _as_now(record: dict[str, Any], live: str | None) -> dict[str, Any]:
-        if record["status"] == "running" and (live is None or (record.get("worker") or {}).get("token") != live):
+    def _as_now(record: dict[str, Any]) -> dict[str, Any]:
+        if record["status"] == "running" and not lease_alive(record):
             return {**record, "status": "interrupted", "stored_status": "running"}
         return record
 
@@ -161,8 +185,9 @@ class JobStore:
         return FileLock(self.root / "worker.lock", thread_local=False, preserve_lock_file=True)
 
     def live_worker(self) -> str | None:
-        """The token of the worker process alive now, or None. Probes the worker's lock without
-        creating anything; holding it for an instant never blocks a worker (it waits for it)."""
+        """The token of the app's local worker alive now, or None. Probes the worker's lock without
+        creating anything; holding it for an instant never blocks a worker (it waits for it). On a
+        store this process cannot write (no lock can be opened) the worker's pid answers instead."""
         from filelock import Timeout
 
         if not (self.root / "worker.lock").exists():
@@ -170,6 +195,9 @@ class JobStore:
         lock = self._worker_lock()
         try:
             lock.acquire(timeout=0)
+        except OSError:  # read-only: the lock file cannot be opened for writing
+            info = atomic.read_json_object(self.root / "worker.json") or {}
+            return str(info.get("token") or "?") if info.get("host", HOST) == HOST and _pid_alive(info.get("pid")) else None
         except Timeout:
             info = atomic.read_json_object(self.root / "worker.json") or {}
             return str(info.get("token") or "?")
@@ -193,9 +221,8 @@ class JobStore:
         self.runs.check("run store")
         with self._locked():
             records, _ = self.scan()
-            live = self.live_worker()
             for r in records:
-                if r.get("key") == key and self._as_now(r, live)["status"] in ACTIVE:
+                if r.get("key") == key and self._as_now(r)["status"] in ACTIVE:
                     return r["job_id"], False
             now = utc_now()
             job_id = new_run_id(key + str(len(records)), now)
@@ -220,12 +247,19 @@ class JobStore:
             self._write(record)
         return job_id, True
 
-    def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
-        """Change fields of a record (read, change, write under the lock); returns the new record."""
+    def update(self, job_id: str, owner: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Change fields of a record (read, change, write under the lock); returns the new record.
+        ``owner``: the lease token of the worker writing; the write is refused (``LeaseLost``) unless
+        the job is still running under that lease, and it renews the lease."""
         with self._locked():
             record = self._read(self._path(job_id))
             if record is None:
                 raise DietError(f"job {job_id} is missing or damaged", "list the jobs with `diet-explore jobs`")
+            if owner is not None:
+                lease = record.get("lease") or {}
+                if record["status"] != "running" or lease.get("token") != owner:
+                    raise LeaseLost(job_id)
+                record["lease"] = {**lease, "expires": time.time() + lease_s()}
             record.update(fields)
             record["updated"] = utc_timestamp()
             self._write(record)
@@ -249,6 +283,14 @@ class JobStore:
         self.get(job_id)  # as stop(): an unknown id creates nothing
         with self._locked():
             job = self.get(job_id)
+            if job["status"] == "running":  # its lease is alive: resuming would run it twice
+                lease = job.get("lease") or {}
+                raise DietError(
+                    f"job {job_id} is running (worker pid {lease.get('pid')} on {lease.get('host')} renewed its lease "
+                    f"{max(0.0, lease_s() - (float(lease.get('expires', 0)) - time.time())):.0f} s ago)",
+                    f"stop it first (`diet-explore jobs --stop {job_id}`); a job whose worker died is shown interrupted "
+                    f"within {lease_s():.0f} s and requeued by the next worker",
+                )
             if job["status"] not in RESUMABLE:
                 raise DietError(
                     f"job {job_id} is {job['status']}", "only an interrupted, stopped, failed or cancelled job can be resumed"
@@ -259,37 +301,81 @@ class JobStore:
                 status="queued",
                 stop_requested=False,
                 error=None,
+                lease=None,
+                requeues=0,  # a person's decision: the automatic requeue is available again
                 queue_seq=_next_seq(records),
                 progress=_msg(job, "queued again (finished work is reused)"),
             )
 
-    def claim_next(self, token: str) -> dict[str, Any] | None:
-        """The oldest queued job, now ``running`` for the worker ``token``; None when none is queued."""
+    def claim(self, job_id: str, token: str) -> dict[str, Any] | None:
+        """Job ``job_id``, now ``running`` under a lease for the worker ``token``, if it is queued;
+        None when it is not (another worker claimed it first, or it was stopped): a compare-and-swap."""
         with self._locked():
+            record = self._read(self._path(job_id))
+            if record is None or record["status"] != "queued":
+                return None
+            return self._start(record, token)
+
+    def claim_next(self, token: str) -> dict[str, Any] | None:
+        """The oldest queued job, now ``running`` for the worker ``token``; None when none is queued.
+        Jobs whose worker died are requeued first (``requeue_stale``)."""
+        with self._locked():
+            self.requeue_stale()
             records, _ = self.scan()
             for r in records:
                 if r["status"] == "queued":
-                    return self.update(
-                        r["job_id"],
-                        status="running",
-                        started=utc_timestamp(),
-                        worker={"pid": os.getpid(), "token": token},
-                        attempts=int(r.get("attempts", 0)) + 1,
-                        stop_requested=False,
-                        progress=_msg(r, "started"),
-                    )
+                    return self._start(r, token)
         return None
 
-    def mark_interrupted(self, token: str) -> list[str]:
-        """Record as interrupted every running job that is not worker ``token``'s (its worker is gone)."""
-        done = []
+    def _start(self, record: dict[str, Any], token: str) -> dict[str, Any]:
+        now = time.time()
+        return self.update(
+            record["job_id"],
+            status="running",
+            started=utc_timestamp(),
+            worker={"pid": os.getpid(), "token": token},
+            lease={"token": token, "pid": os.getpid(), "host": HOST, "expires": now + lease_s()},
+            attempts=int(record.get("attempts", 0)) + 1,
+            stop_requested=False,
+            progress=_msg(record, "started"),
+        )
+
+    def renew(self, job_id: str, token: str) -> None:
+        """Extend worker ``token``'s lease on its running job (``LeaseLost`` when it no longer holds it)."""
+        self.update(job_id, owner=token)
+
+    def requeue_stale(self) -> list[str]:
+        """Put back in the queue every running job whose lease is dead (its worker was killed, its
+        machine lost), at its old place, once per job (``MAX_REQUEUES``): a job that kills its worker
+        every time must not do so forever, so a second death leaves it interrupted, for a person to
+        resume. Returns the ids requeued. Under the store's lock: two workers never both requeue it."""
+        requeued = []
         with self._locked():
             records, _ = self.scan()
             for r in records:
-                if r["status"] == "running" and (r.get("worker") or {}).get("token") != token:
-                    self.update(r["job_id"], status="interrupted", progress=_msg(r, "interrupted (its worker stopped)"))
-                    done.append(r["job_id"])
-        return done
+                if r["status"] != "running" or lease_alive(r):
+                    continue
+                lease = r.get("lease") or {}
+                who = f"worker pid {lease.get('pid', '?')} on {lease.get('host', '?')}"
+                if int(r.get("requeues", 0)) < MAX_REQUEUES:
+                    log = [*(r.get("log") or []), f"{utc_timestamp()} requeued: {who} stopped renewing its lease"][-LOG_KEPT:]
+                    self.update(
+                        r["job_id"],
+                        status="queued",
+                        lease=None,
+                        requeues=int(r.get("requeues", 0)) + 1,
+                        log=log,
+                        progress=_msg(r, "requeued (its worker died; finished work is reused)"),
+                    )
+                    requeued.append(r["job_id"])
+                else:
+                    self.update(
+                        r["job_id"],
+                        status="interrupted",
+                        lease=None,
+                        progress=_msg(r, f"interrupted: its worker died again ({who}); Resume runs it"),
+                    )
+        return requeued
 
 
 _THREAD_LOCKS: dict[str, threading.RLock] = {}
@@ -344,6 +430,16 @@ def _record_ok(record: dict[str, Any]) -> bool:
         and _optional_dict(record.get("progress"), {"fraction": is_finite_number, "message": lambda v: isinstance(v, str)})
         and _optional_dict(record.get("error"), {"message": lambda v: isinstance(v, str), "hint": lambda v: isinstance(v, str)})
         and _optional_dict(record.get("worker"), {"pid": is_whole_number, "token": lambda v: isinstance(v, str)})
+        and _optional_dict(
+            record.get("lease"),
+            {
+                "pid": is_whole_number,
+                "token": lambda v: isinstance(v, str),
+                "host": lambda v: isinstance(v, str),
+                "expires": is_finite_number,
+            },
+        )
+        and is_whole_number(record.get("requeues", 0))
         and _optional_dict(record.get("partial"), {})
         and _optional_dict(record.get("result"), {})
     )
@@ -364,6 +460,33 @@ def worker_idle_s() -> float:
     return value
 
 
+def lease_s() -> float:
+    """Seconds after its last renewal that a running job's lease is stale: ``DIET_EXPLORE_LEASE_S``,
+    else ``LEASE_S``. Read when used, as ``worker_idle_s``."""
+    raw = os.environ.get(LEASE_ENV, "").strip()
+    if not raw:
+        return LEASE_S
+    value = parse_float(raw)
+    if value is None or not (math.isfinite(value) and value > 0):
+        raise DietError(
+            f"{LEASE_ENV}={raw!r} is not a number of seconds > 0",
+            f"set it to a number of seconds > 0 (e.g. {LEASE_S:.0f}), or unset it",
+        )
+    return value
+
+
+def lease_alive(record: dict[str, Any], now: float | None = None) -> bool:
+    """Whether a running job's worker still holds it: its lease has not expired and, when the worker
+    runs on this host, its pid is alive (a killed local worker is known dead at once, not after
+    the lease runs out; a worker on another machine only by its lease)."""
+    lease = record.get("lease")
+    if not isinstance(lease, dict) or not is_finite_number(lease.get("expires")):
+        return False  # a record of a version without leases, or a damaged lease: nobody renews it
+    if float(lease["expires"]) < (time.time() if now is None else now):
+        return False
+    return lease.get("host") != HOST or _pid_alive(lease.get("pid"))
+
+
 def _next_seq(records: list[dict[str, Any]]) -> int:
     return max((int(r.get("queue_seq", 0)) for r in records), default=0) + 1
 
@@ -382,6 +505,7 @@ class JobContext:
     def __init__(self, store: JobStore, job: dict[str, Any], stop_check: Callable[[], str | None], models: dict):
         self.store, self.job = store, job
         self.job_id: str = job["job_id"]
+        self.token: str | None = (job.get("lease") or {}).get("token")  # every write checks the lease is still ours
         self.folder = store.folder(self.job_id)
         self.runs = store.runs
         self._outside_stop = stop_check
@@ -395,17 +519,19 @@ class JobContext:
         if now - self._last_progress < PROGRESS_EVERY_S and fraction < 1.0:
             return
         self._last_progress = now
-        self.store.update(self.job_id, progress={"fraction": max(0.0, min(1.0, float(fraction))), "message": message})
+        self.store.update(
+            self.job_id, owner=self.token, progress={"fraction": max(0.0, min(1.0, float(fraction))), "message": message}
+        )
 
     def log(self, message: str) -> None:
         """A line in the job's log; it is also the progress message until the next progress."""
         self._log = [*self._log, f"{utc_timestamp()} {message}"][-LOG_KEPT:]
         progress = (self.store.get(self.job_id).get("progress") or {}) | {"message": message}
-        self.store.update(self.job_id, log=self._log, progress=progress)
+        self.store.update(self.job_id, owner=self.token, log=self._log, progress=progress)
 
     def partial(self, data: dict[str, Any]) -> None:
         """The partial result so far (shown live; kept, marked partial, when the job stops)."""
-        self.store.update(self.job_id, partial=data)
+        self.store.update(self.job_id, owner=self.token, partial=data)
 
     def should_stop(self) -> str | None:
         """``"interrupted"`` when the worker must end (its owner is gone, a signal), ``"stopped"``
@@ -434,8 +560,55 @@ class JobContext:
         return self._models[key]
 
 
+class Heartbeat:
+    """Renews a running job's lease every ``lease_s() / 5`` seconds from a thread, while the job's
+    handler computes (a forward pass can outlast the lease). ``lost``: the lease went to another
+    worker (this one was stale, e.g. paused): the job must stop without writing."""
+
+    def __init__(self, store: JobStore, job_id: str, token: str | None):
+        self.store, self.job_id, self.token = store, job_id, token
+        self.lost = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        if self.token is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(lease_s() / 5):
+            try:
+                self.store.renew(self.job_id, self.token)
+            except LeaseLost:
+                self.lost = True
+                return
+            except (OSError, DietError) as exc:  # a busy or unreachable store: try again at the next beat
+                print(f"{utc_timestamp()} worker {os.getpid()}: could not renew the lease of {self.job_id}: {exc}", flush=True)
+
+
 def run_job(store: JobStore, job: dict[str, Any], stop_check: Callable[[], str | None] = lambda: None, models=None) -> str:
-    """Run one claimed job to its end and record how it ended; returns the final status."""
+    """Run one claimed job to its end and record how it ended; returns the final status, or
+    ``"lost"`` when the job's lease went to another worker meanwhile (nothing more is written)."""
+    token = (job.get("lease") or {}).get("token")
+    with Heartbeat(store, job["job_id"], token) as beat:
+
+        def stop() -> str | None:
+            return "interrupted" if beat.lost else stop_check()
+
+        try:
+            return _run_job(store, job, stop, models, token)
+        except LeaseLost:
+            print(f"{utc_timestamp()} worker {os.getpid()}: job {job['job_id']} went to another worker; dropped", flush=True)
+            return "lost"
+
+
+def _run_job(store: JobStore, job: dict[str, Any], stop_check, models, token: str | None) -> str:
     import importlib
 
     from diet_explore.evaluation.blocks import Stopped
@@ -447,10 +620,20 @@ def run_job(store: JobStore, job: dict[str, Any], stop_check: Callable[[], str |
     except Stopped as stop:
         status = "interrupted" if stop.reason == "interrupted" else "stopped"
         partial = (store.get(ctx.job_id).get("partial") or {}) | {"partial": True}
-        store.update(ctx.job_id, status=status, finished=utc_timestamp(), result=partial, progress=_msg(job, status))
+        store.update(
+            ctx.job_id,
+            owner=token,
+            status=status,
+            finished=utc_timestamp(),
+            result=partial,
+            progress=_msg(job, status),
+            lease=None,
+        )
         return status
     except KeyboardInterrupt:
-        store.update(ctx.job_id, status="interrupted", progress=_msg(job, "interrupted (Ctrl-C)"))
+        store.update(ctx.job_id, owner=token, status="interrupted", progress=_msg(job, "interrupted (Ctrl-C)"), lease=None)
+        raise
+    except LeaseLost:
         raise
     except DietError as exc:
         error = {"message": exc.message, "hint": exc.hint}
@@ -462,10 +645,18 @@ def run_job(store: JobStore, job: dict[str, Any], stop_check: Callable[[], str |
         }
     else:
         store.update(
-            ctx.job_id, status="done", finished=utc_timestamp(), result=result, progress={"fraction": 1.0, "message": "done"}
+            ctx.job_id,
+            owner=token,
+            status="done",
+            finished=utc_timestamp(),
+            result=result,
+            progress={"fraction": 1.0, "message": "done"},
+            lease=None,
         )
         return "done"
-    store.update(ctx.job_id, status="failed", finished=utc_timestamp(), error=error, progress=_msg(job, "failed"))
+    store.update(
+        ctx.job_id, owner=token, status="failed", finished=utc_timestamp(), error=error, progress=_msg(job, "failed"), lease=None
+    )
     return "failed"
 
 
@@ -479,30 +670,36 @@ def run_worker(
     until_empty: bool = False,
     on_job: Callable[[dict[str, Any]], None] | None = None,
     preload: str | None = None,
+    exclusive: bool = True,
 ) -> int:
     """Run queued jobs one at a time, oldest first, until the queue has been empty for
     ``idle_exit_s`` (default ``worker_idle_s()``; ``until_empty``: at once), or ``owner`` (a pid)
     is no longer this process's parent: then a running job stops as interrupted, resumable. ``preload``: a model to load while
-    the queue is empty (the one the page that started the worker will ask for). Returns the number
-    of jobs run; -1 when another worker already serves this store."""
+    the queue is empty (the one the page that started the worker will ask for). ``exclusive``: the
+    app's local worker, one per store (``worker.lock``, ``worker.json``); ``False``: one of any
+    number of workers sharing the store (``diet-explore jobs work``). Returns the number of jobs
+    run; -1 when ``exclusive`` and the local worker already serves this store."""
     from filelock import Timeout
 
     if idle_exit_s is None:  # read now, not at import
         idle_exit_s = 0.0 if until_empty else worker_idle_s()
-    store.root.mkdir(parents=True, exist_ok=True)
-    lock = store._worker_lock()
-    try:
-        lock.acquire(timeout=2.0)  # a lister holds it for an instant; a live worker for its whole life
-    except Timeout:
-        return -1
-    token = new_run_id(f"worker-{os.getpid()}")
+    lease_s()  # a bad DIET_EXPLORE_LEASE_S is refused before a job is claimed
+    with contextlib.suppress(OSError):  # an unwritable store is refused, in one line, by the first claim
+        store.root.mkdir(parents=True, exist_ok=True)
+    lock = store._worker_lock() if exclusive else None
+    if lock is not None:
+        try:
+            lock.acquire(timeout=2.0)  # a lister holds it for an instant; a live worker for its whole life
+        except Timeout:
+            return -1
+    token = new_run_id(f"worker-{os.getpid()}-{threading.get_ident()}")
     ran = 0
     signalled: list[str] = []
     restore: list[Callable[[], object]] = []
     try:
-        info = {"pid": os.getpid(), "token": token, "owner": owner, "started": utc_timestamp()}
-        atomic.write_json(store.root / "worker.json", info)
-        store.mark_interrupted(token)  # we hold the worker lock: no running record has a live worker
+        info = {"pid": os.getpid(), "host": HOST, "token": token, "owner": owner, "started": utc_timestamp()}
+        if lock is not None:
+            atomic.write_json(store.root / "worker.json", info)
 
         def outside_stop() -> str | None:
             if signalled or (owner is not None and os.getppid() != owner):
@@ -523,7 +720,8 @@ def run_worker(
         models: dict = {}
         if preload:
             _preload(models, preload)
-        atomic.write_json(store.root / "worker.json", info | {"ready": utc_timestamp(), "preloaded": preload})
+        if lock is not None:
+            atomic.write_json(store.root / "worker.json", info | {"ready": utc_timestamp(), "preloaded": preload})
         idle_since = time.monotonic()
         while not outside_stop():
             busy.append(True)
@@ -543,7 +741,8 @@ def run_worker(
     finally:
         for undo in restore:
             undo()
-        lock.release()
+        if lock is not None:
+            lock.release()
     return ran
 
 
@@ -619,11 +818,14 @@ class LocalProcessExecutor:
 def _pid_alive(pid) -> bool:
     try:
         os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
+    except (TypeError, ValueError, ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (killed, not yet reaped by its parent) is gone
+        return Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 EXECUTOR = LocalProcessExecutor()
@@ -643,11 +845,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", required=True, help="the run store folder whose jobs/ to serve")
     ap.add_argument("--owner", type=int, default=None, help="stop when this process is no longer the parent")
     ap.add_argument("--preload", default=None, help="a model to load while waiting for the first job")
+    ap.add_argument("--shared", action="store_true", help="one of several workers (no worker.lock)")
+    ap.add_argument("--until-empty", action="store_true", help="exit when the queue is empty")
     args = ap.parse_args(argv)
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
     try:
-        ran = run_worker(JobStore(args.root), owner=args.owner, preload=args.preload)
+        ran = run_worker(
+            JobStore(args.root), owner=args.owner, preload=args.preload, exclusive=not args.shared, until_empty=args.until_empty
+        )
     except DietError as exc:  # the worker's log gets the line, not a traceback
         print(f"{utc_timestamp()} worker {os.getpid()}: error: {exc}", flush=True)
         return 2

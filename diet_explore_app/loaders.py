@@ -22,6 +22,7 @@ import pandas as pd
 import streamlit as st
 
 from diet_explore import plots
+from diet_explore.core import atomic
 from diet_explore.core.errors import DietError
 from diet_explore.experiments.proxy import ProxyValidation, describe, sweep_sources, validate_proxies
 from diet_explore.experiments.reports import Sweep, load_sweep
@@ -33,15 +34,17 @@ from diet_explore.masking.importance import ScorePrecompute
 from diet_explore.masking.massive import MassiveDims, massive_dims
 from diet_explore.masking.proxy import mask_proxies
 from diet_explore.masking.stability import StabilityResult, bootstrap_masks
-from diet_explore.profiling.cache import MANIFEST, ScoreCache, load_cache
+from diet_explore.profiling.cache import MANIFEST, MANIFEST_MAX_BYTES, ScoreCache, load_cache
 
 
 def manifest_sha(path: str) -> str:
-    p = Path(path) / MANIFEST
+    """The cache's key: the hash of its manifest, read as ``read_manifest`` reads it (a FIFO, a link to
+    a device or an oversized file is not read at all, a NUL byte in the path not looked up)."""
     try:
-        return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-    except OSError:
-        return "missing"  # load_cache then raises the DietError that explains it
+        data = atomic.read_regular(Path(path) / MANIFEST, MANIFEST_MAX_BYTES, "manifest")
+    except DietError:
+        return "unreadable"  # load_cache then raises the DietError that explains it
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 @st.cache_data(show_spinner="Loading score cache…", max_entries=6)

@@ -8,6 +8,10 @@ from diet_explore.cli._common import add_device_args, csv_list, int_arg, progres
 from diet_explore.core.errors import DietError
 from diet_explore.tasks.data import DEFAULT_SEED
 
+# what leads every file eval writes, so a later run may replace it and nothing else (``atomic.begins_with_kind``)
+EVAL_KIND = "diet-explore-eval"  # --json
+PREDICTIONS_KIND = "diet-explore-predictions"  # --predictions: every line
+
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="quick lm-eval-compatible evaluation on held-out examples (+ wiki perplexity)")
@@ -71,6 +75,12 @@ def run(args) -> int:
                     f"{flag} {path} is inside the {source} folder {folder}, which this command reads: it would replace one of its files",
                     f"write it elsewhere, e.g. {flag} {Path(path).name}",
                 )
+    # and anywhere else, an existing file is replaced only when eval wrote it (its marker leads the file):
+    # --json cache_copy/manifest.json, another model's config.json or a mask file were replaced with exit 0
+    for path, flag, kind in ((args.predictions, "--predictions", PREDICTIONS_KIND), (args.json, "--json", EVAL_KIND)):
+        if path:
+            what = f'a file eval wrote (one that begins with "kind": "{kind}")'
+            atomic.check_replaceable_file(path, flag, lambda p, kind=kind: atomic.begins_with_kind(p, kind), what)
     optional = {"batch_tokens": args.batch_tokens} if args.batch_tokens is not None else {}  # else the config's default
     config = EvalConfig(
         tasks=csv_list(args.tasks) if args.tasks != "all" else "all",
@@ -115,6 +125,8 @@ def run(args) -> int:
     else:
         print(format_single(results[0]))
         records, full = results[0].predictions, results[0].to_json_dict()
+    # the marker goes first, where the check above looks for it when a later run names the same file
+    records, full = [{"kind": PREDICTIONS_KIND, **r} for r in records], {"kind": EVAL_KIND, **full}
     folder = str(store_path(args.model)) if args.model in BUILTIN_MODELS else args.model
     dtype = dtype_name(pick_dtype(args.dtype, device))
     print(

@@ -100,6 +100,9 @@ def check_path(path: str | Path, what: str = "path") -> Path:
     """Refuse a path the OS cannot even look up (one name over ``NAME_MAX`` bytes, the whole over
     ``PATH_MAX``), with the DietError every command prints, instead of the OSError it would raise."""
     text = os.fspath(path)
+    if "\0" in text:  # the OS cannot take it: os.stat raised ValueError ("embedded null byte")
+        shown = _short(text.replace("\0", "\\0"))
+        raise DietError(f"{what} {shown} contains a NUL byte", f"give a {what} without one")
     for part in Path(text).parts:
         if len(os.fsencode(part)) > NAME_MAX:
             raise DietError(
@@ -144,6 +147,37 @@ def file_target(path: str | Path, what: str = "output") -> Path:
                 f"give a regular file path, e.g. {what} out.json",
             )
     return real
+
+
+def read_regular(path: str | Path, limit: int, what: str = "file") -> bytes:
+    """The bytes of the regular file at ``path`` (a symlink is followed), refusing with a DietError
+    what is not one, before opening it (a FIFO blocked the reader, a link to /dev/zero read until
+    memory ran out), and a file of more than ``limit`` bytes (read no further than that)."""
+    path = check_path(path, what)
+
+    def kind_of(mode: int) -> str | None:
+        if stat.S_ISREG(mode):
+            return None
+        if stat.S_ISDIR(mode):
+            return "a folder"
+        return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+    try:
+        kind = kind_of(os.stat(path).st_mode)
+        if kind is None:  # O_NONBLOCK: a FIFO swapped in after the stat still does not block the open
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as fh:
+                kind = kind_of(os.fstat(fd).st_mode)
+                data = fh.read(limit + 1) if kind is None else b""
+    except OSError as exc:
+        raise DietError(
+            f"{what} {path} could not be read ({exc.strerror or exc})", "check that it exists and is readable"
+        ) from None
+    if kind is not None:
+        raise DietError(f"{what} {path} is {kind}, not a regular file", f"give a regular file as the {what}")
+    if len(data) > limit:
+        raise DietError(f"{what} {path} is over {limit} bytes, more than such a file ever holds", f"check that it is a {what}")
+    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,11 +411,30 @@ def check_writable(path: str | Path, what: str, folder: bool) -> None:
 
 def check_replaceable_file(path: str | Path, what: str, ours: Callable[[Path], bool], kind: str) -> None:
     """Refuse a file target that exists and is not one diet-explore wrote (``ours`` recognises its
-    own files, as marker files do for folders): an unrelated file is never silently replaced. A
-    symlink is judged by its target, the file a write would replace."""
+    own files, as marker files do for folders): an unrelated file is never silently replaced. An
+    empty file holds nothing to lose (``mktemp``'s). A symlink is judged by its target, the file a
+    write would replace."""
     target = file_target(path, what)
-    if target.is_file() and not ours(target):
-        raise DietError(f"{what} {path} exists and is not {kind}", f"choose a new {what} path, or delete that file first")
+    if target.is_file() and target.stat().st_size and not ours(target):
+        raise DietError(
+            f"{what} {path} exists and is not {kind}, so diet-explore did not write it and will not replace it",
+            f"choose a new {what} path, or delete that file first",
+        )
+
+
+KIND_PREFIX_BYTES = 4096  # how much of a file ``begins_with_kind`` reads: never all of a foreign file
+
+
+def begins_with_kind(path: str | Path, kind: str) -> bool:
+    """Whether the file at ``path`` starts with the JSON object key ``"kind": "<kind>"`` (a JSON
+    document or the first line of a JSONL file that diet-explore wrote with that marker first). Reads
+    at most ``KIND_PREFIX_BYTES``; a file that cannot be read is not ours."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(KIND_PREFIX_BYTES)
+    except OSError:
+        return False
+    return re.match(rb'\s*\{\s*"kind"\s*:\s*' + re.escape(json.dumps(kind).encode()), head) is not None
 
 
 @contextlib.contextmanager

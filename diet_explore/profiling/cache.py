@@ -48,6 +48,7 @@ READABLE_SCHEMA_VERSIONS = (1, 2)  # 1: no top-activating contexts
 CACHE_KIND = "diet-explore-score-cache"
 MANIFEST = "manifest.json"
 BASELINES_FILE = "baselines.safetensors"
+MANIFEST_MAX_BYTES = 64 << 20  # a manifest lists ids and hashes: a few MB for thousands of samples per task
 MAX_CONTEXT_RADIUS = 4096  # tokens on each side of a stored context (profiles write CONTEXT_RADIUS = 8)
 SITES = ("residual", "normed")
 SITE_DOC = {
@@ -210,6 +211,7 @@ def check_resume(root: str | Path, header: dict[str, Any], keys: tuple[str, ...]
     the profile calls it before the model loads too (with the keys known by then)."""
     existing = Path(root) / MANIFEST
     if not (existing.exists() or existing.is_symlink()):
+        _check_new_cache_folder(Path(root))
         return None
     old = read_manifest(root)
     for key in keys:
@@ -221,6 +223,24 @@ def check_resume(root: str | Path, header: dict[str, Any], keys: tuple[str, ...]
                 hint.format(old=was),
             )
     return old
+
+
+def _check_new_cache_folder(root: Path) -> None:
+    """A cache is written only into a new or empty folder, or one holding its manifest (the marker
+    ``CacheWriter`` writes before any data file): profiling into someone's folder replaced their
+    files of the cache's names (``baselines.safetensors``, ``tasks/rte.safetensors``) and made the
+    folder a cache."""
+    try:
+        held = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    except OSError:
+        held = []  # unreadable: the write itself says why
+    if held:
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise DietError(
+            f"{root} has no {MANIFEST}, so it is not a score cache, and it holds files ({shown}) that a profile "
+            "would replace or mix with its own",
+            "profile into a new or empty folder, e.g. --out cache/<model name>",
+        )
 
 
 def _task_file(name: str, part: str = "") -> str:
@@ -257,6 +277,8 @@ class CacheWriter:
             base = old.get("baselines")
             # a missing or corrupt baselines file is dropped here, so the profile recomputes it
             self.manifest["baselines"] = base if base and self._file_ok(base) else None
+        else:  # the marker first: a profile killed during its first task leaves a cache it can resume
+            self.flush()
 
     def _file_ok(self, meta: dict[str, Any]) -> bool:
         p = self.root / meta["file"]
@@ -392,7 +414,7 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
             f"{path} is not a file: {root} is not a score cache", "point --cache at a folder made by `diet-explore profile`"
         )
     try:
-        manifest = atomic.loads_json(path.read_text())
+        manifest = atomic.loads_json(atomic.read_regular(path, MANIFEST_MAX_BYTES, "manifest").decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DietError(f"{path} is not valid JSON ({exc})", "the file is corrupt or truncated; re-run the profile") from None
     except OSError as exc:  # unreadable (permissions, I/O error)

@@ -24,10 +24,8 @@ from typing import Any
 
 from diet_explore.core.config import parse_float, parse_int
 from diet_explore.core.errors import DietError
-from diet_explore.masking.baselines import BASELINE_METHODS
-from diet_explore.masking.build import MaskConfig, parse_weights
+from diet_explore.masking.config import METHODS, MaskConfig, canonical_method, parse_weights
 from diet_explore.masking.importance import LAYER_AGGS, NORMALIZATIONS
-from diet_explore.masking.vote import MERGE_METHODS
 from diet_explore.models.builtin import DEFAULT_MODEL
 from diet_explore.profiling.cache import SITES, list_caches
 
@@ -271,7 +269,7 @@ _PARSERS = {
     "threshold": _ranged(float, 0.0, 1.0),
     "weights": _parse_weights,
     "tasks": lambda s: [t for t in s.split(",") if t] or _raise(ValueError("it names no task")),
-    "method": _in(tuple(MERGE_METHODS) + tuple(BASELINE_METHODS)),
+    "method": lambda s: _in(METHODS)(canonical_method(s)),  # an older name (leave_one_out) is read as its new one
     "site": _in(SITES),
     "layer_agg": _in(tuple(LAYER_AGGS)),
     "last_k": _ranged(int, 1, 10_000),

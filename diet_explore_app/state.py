@@ -198,9 +198,9 @@ def show_link_warnings() -> None:
 def current_config(cache: ScoreCache) -> MaskConfig:
     """The mask settings as a ``MaskConfig`` (raises ``DietError`` e.g. when every weight is 0)."""
     config = S.config_from_state(settings(), cache.task_names)
-    if config.method == "single":
+    if config.method == "single-task":
         config = MaskConfig.from_dict({**config.to_dict(), "single_task": get(K_SINGLE_TASK)})
-    if config.method == "leave_one_out":
+    if config.method == "leave-one-out":
         config = MaskConfig.from_dict({**config.to_dict(), "held_out_task": get(K_HELD_OUT)})
     return config
 

@@ -375,7 +375,7 @@ def test_every_weight_zero_is_an_error_box(app, alpha):
 
 def test_merge_rule_single_and_baselines(app, alpha):
     at = run_page(app.run(), "mask_builder")
-    at.selectbox(key="method").select("single").run()
+    at.selectbox(key="method").select("single-task").run()
     at.selectbox(key="single_task").select("rte").run()
     assert _kept(at) == build_mask(alpha, MaskConfig(method="single", single_task="rte")).n_keep
     assert at.query_params["single_task"] in ("rte", ["rte"])

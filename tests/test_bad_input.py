@@ -141,13 +141,12 @@ def test_a_weight_on_a_task_that_does_not_vote_is_refused(app_cache_root, tmp_pa
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--method", "union", "--threshold", "0.7"], "--threshold 0.7 applies only with --method diet or leave_one_out"),
-        (["--method", "mean_score", "--threshold", "0.5"], "but --method is mean_score"),
-        (
-            ["--method", "random", "--weights", "boolq=2"],
-            "--weights applies to the voting tasks, and --method random has no vote",
-        ),
-        (["--method", "magnitude", "--tasks", "boolq,rte"], "--tasks applies to the voting tasks"),
+        (["--method", "union", "--threshold", "0.7"], "--threshold 0.7 does nothing with --method union: union keeps a dim any"),
+        (["--method", "mean_score", "--threshold", "0.5"], "--threshold 0.5 does nothing with --method mean-score"),
+        (["--method", "random", "--weights", "boolq=2"], "--weights boolq=2 does nothing with --method random: random has no"),
+        (["--method", "magnitude", "--tasks", "boolq,rte"], "--tasks boolq,rte does nothing with --method magnitude"),
+        (["--method", "random", "--site", "normed"], "--site normed does nothing with --method random: random reads no"),
+        (["--method", "borda", "--exact"], "--exact does nothing with --method borda: borda always keeps exactly"),
     ],
 )
 def test_a_mask_flag_the_method_reads_nothing_of_is_refused(app_cache_root, tmp_path, capsys, argv, message):
@@ -542,9 +541,9 @@ def test_ctrl_c_says_a_re_run_resumes_only_for_a_command_that_does(monkeypatch, 
     "flags, message, hint",
     [
         (["--tasks", ","], "--tasks names no task", "--tasks all"),
-        (["--method", "single"], "--method single needs --single-task", "e.g. --single-task "),
-        (["--method", "single", "--single-task", "wikitext"], "--single-task wikitext is generic text", "voting task"),
-        (["--method", "leave_one_out"], "--method leave_one_out needs --held-out-task", "e.g. --held-out-task "),
+        (["--method", "single"], "--method single-task needs --single-task", "e.g. --single-task "),
+        (["--method", "single-task", "--single-task", "wikitext"], "--single-task wikitext is generic text", "voting task"),
+        (["--method", "leave_one_out"], "--method leave-one-out needs --held-out-task", "e.g. --held-out-task "),
         (["--layer-agg", "last_k", "--last-k", "0"], "--last-k must be at least 1, got 0", "--layer-agg last_k --last-k 4"),
         (["--multiple-of", "0"], "--multiple-of must be at least 1, got 0", "--multiple-of 1"),
     ],
@@ -696,12 +695,12 @@ def test_tasks_with_a_bad_task_file_prints_no_table_header(tmp_path, capsys):
         (
             ["mask", "--out", "{tmp}/m.json"],
             ["--single-task", "rte"],
-            "--single-task rte applies only with --method single, but --method is diet",
+            "--single-task rte applies only with --method single-task, but --method is diet",
         ),
         (
             ["stability"],
             ["--held-out-task", "rte", "--method", "single"],
-            "--held-out-task rte applies only with --method leave_one_out",
+            "--held-out-task rte applies only with --method leave-one-out",
         ),
     ],
 )

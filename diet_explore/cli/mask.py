@@ -6,14 +6,13 @@ import argparse
 import os
 import sys
 
-from diet_explore.cli._common import cache_tasks, float_arg, int_arg, refuse_ignored
+from diet_explore.cli._common import cache_tasks, float_arg, int_arg
 from diet_explore.core.errors import DietError
 
 
 def add_mask_config_args(p: argparse.ArgumentParser) -> None:
     """The ``MaskConfig`` flags, shared by ``mask`` and ``stability`` (names = field names)."""
-    from diet_explore.masking.baselines import BASELINE_METHODS
-    from diet_explore.masking.vote import MERGE_METHODS
+    from diet_explore.masking.config import METHOD_ALIASES, METHODS
 
     p.add_argument("--cache", required=True, help="score cache folder (from `diet-explore profile`)")
     p.add_argument("--sparsity", type=float_arg, default=0.2, help="fraction of hidden dims to prune, in [0, 1)")
@@ -23,11 +22,15 @@ def add_mask_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default="", help="task weights, e.g. boolq=2,rte=0.5 (or boolq:2); missing = 1")
     p.add_argument("--tasks", default="all", help="'all' (every voting task in the cache, the default) or a comma list")
     # no argparse choices: a method that is no mask (slicegpt) is refused by MaskConfig with its reason
-    p.add_argument("--method", default="diet", help=f"one of: {', '.join(MERGE_METHODS + BASELINE_METHODS)}")
+    p.add_argument(
+        "--method",
+        default="diet",
+        help=f"one of: {', '.join(METHODS)} (older names {', '.join(METHOD_ALIASES)} are read as theirs)",
+    )
     p.add_argument("--site", default="residual", help="residual (the paper's) or normed: where the scores were profiled")
     p.add_argument("--layer-agg", default="mean", help="mean (paper), max, last_k")
     p.add_argument("--last-k", type=int_arg, default=None, help="layers averaged by --layer-agg last_k (default 4)")
-    p.add_argument("--normalize", default="none", help="none, zscore, rank, sum (mean_score merge, exact tie-breaks)")
+    p.add_argument("--normalize", default="none", help="none, zscore, rank, sum (mean-score merge, vote tie-breaks)")
     p.add_argument(
         "--exact",
         action=argparse.BooleanOptionalAction,
@@ -36,36 +39,65 @@ def add_mask_config_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--multiple-of", type=int_arg, default=1, help="round the kept count to a multiple (e.g. 8)")
     p.add_argument("--seed", type=int_arg, default=0, help="random baseline / resampling seed")
-    p.add_argument("--single-task", default=None, help="task for --method single")
-    p.add_argument("--held-out-task", default=None, help="task left out by --method leave_one_out")
+    p.add_argument("--single-task", default=None, help="task for --method single-task")
+    p.add_argument("--held-out-task", default=None, help="task left out by --method leave-one-out")
+
+
+#: MaskConfig field -> its flag's name in ``args`` when that is not the field's own name.
+_FLAG_OF = {"layer_agg": "--layer-agg", "last_k": "--last-k", "multiple_of": "--multiple-of"}
+
+
+def given_settings(args) -> dict[str, object]:
+    """The ``MaskConfig`` flags given on the command line (a value other than the flag's default;
+    ``--threshold`` and ``--last-k`` default to None, so any value of theirs was given)."""
+    from diet_explore.masking.config import MaskConfig
+
+    default = MaskConfig()
+    given: dict[str, object] = {}
+    for name in ("threshold", "last_k", "single_task", "held_out_task"):
+        if getattr(args, name) is not None:
+            given[name] = getattr(args, name)
+    if args.weights.strip():
+        given["weights"] = args.weights
+    if args.tasks.strip() != "all":
+        given["tasks"] = args.tasks
+    for name in ("site", "layer_agg", "normalize", "exact", "multiple_of"):
+        if getattr(args, name) != getattr(default, name):
+            given[name] = getattr(args, name)
+    return given
+
+
+def refuse_ignored_settings(config, given: dict[str, object]) -> None:
+    """Refuse a flag the method does not read (``config.ignored_settings``), naming why: such a flag
+    was accepted and silently ignored. ``--seed`` is never refused: it also seeds the resampling of
+    ``stability`` and ``dim``."""
+    from diet_explore.masking.config import ignored_settings
+
+    ignored = ignored_settings(config)
+    for name, value in given.items():
+        if name not in ignored:
+            continue
+        flag = _FLAG_OF.get(name, "--" + name.replace("_", "-"))
+        shown = "" if isinstance(value, bool) else f" {value:g}" if isinstance(value, float) else f" {value}"
+        needs = {
+            "last_k": ("--layer-agg", config.layer_agg, "last_k"),
+            "single_task": ("--method", config.method, "single-task"),
+            "held_out_task": ("--method", config.method, "leave-one-out"),
+        }.get(name)
+        if needs:  # a flag that another flag's value turns on: name that value
+            other, now, wanted = needs
+            raise DietError(
+                f"{flag}{shown} applies only with {other} {wanted}, but {other} is {now}",
+                f"add {other} {wanted}, or leave {flag} out",
+            )
+        raise DietError(f"{flag}{shown} does nothing with --method {config.method}: {ignored[name]}", f"leave {flag} out")
 
 
 def config_from_args(args):
-    from diet_explore.masking.baselines import TASKLESS_METHODS
-    from diet_explore.masking.build import MaskConfig, parse_weights
-    from diet_explore.masking.vote import THRESHOLD_METHODS
+    from diet_explore.masking.config import MaskConfig, check_mask_method, parse_weights
 
-    refuse_ignored(
-        ("--last-k", args.last_k, "--layer-agg", args.layer_agg, "last_k"),
-        ("--single-task", args.single_task, "--method", args.method, "single"),
-        ("--held-out-task", args.held_out_task, "--method", args.method, "leave_one_out"),
-    )
-    # flags a method reads nothing of were accepted and silently ignored (as --last-k was): refused
-    if args.threshold is not None and args.method not in THRESHOLD_METHODS:
-        raise DietError(
-            f"--threshold {args.threshold:g} applies only with --method {' or '.join(THRESHOLD_METHODS)} (the τ of the vote), "
-            f"but --method is {args.method}",
-            "leave --threshold out"
-            + (
-                " (union keeps a dim any task keeps, intersection one every task keeps)"
-                if args.method in ("union", "intersection")
-                else ""
-            ),
-        )
-    if args.method in TASKLESS_METHODS and (args.weights.strip() or args.tasks.strip() != "all"):
-        flag = "--weights" if args.weights.strip() else "--tasks"
-        raise DietError(f"{flag} applies to the voting tasks, and --method {args.method} has no vote", f"leave {flag} out")
-    return MaskConfig(
+    check_mask_method(args.method)  # an unknown or non-mask method is named before any other flag
+    config = MaskConfig(
         sparsity=args.sparsity,
         threshold=MaskConfig.threshold if args.threshold is None else args.threshold,
         weights=parse_weights(args.weights),
@@ -81,6 +113,8 @@ def config_from_args(args):
         single_task=args.single_task,
         held_out_task=args.held_out_task,
     )
+    refuse_ignored_settings(config, given_settings(args))
+    return config
 
 
 def register(sub) -> None:

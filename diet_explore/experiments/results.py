@@ -334,8 +334,8 @@ METHODS: dict[str, dict[str, Any]] = {  # sweep name -> the MaskConfig fields th
     "random": {"method": "random"},
     "magnitude": {"method": "magnitude"},
     "wiki": {"method": "wiki"},
-    "single-task": {"method": "single"},
-    "leave-one-out": {"method": "leave_one_out"},
+    "single-task": {"method": "single-task"},
+    "leave-one-out": {"method": "leave-one-out"},
 }
 PER_TASK_METHODS = ("single-task", "leave-one-out")
 #: Rotate-and-slice (SliceGPT, ``pruning/rotate.py``): no mask, so not MaskConfig fields; sweep name

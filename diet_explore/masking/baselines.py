@@ -2,8 +2,8 @@
 
 ``random``: a seeded uniform draw; ``magnitude``: the cache's task-agnostic ``weight_magnitude``
 array; ``wiki``: the top-k of the generic calibration text (e.g. ``wikitext``), i.e. the same
-scoring as DIET without any task data. (``leave_one_out`` is a DIET vote without one task, so it
-lives in ``masks.py`` with the vote.)
+scoring as DIET without any task data. (``leave-one-out`` is a DIET vote without one task, so it
+lives in ``vote.py`` with the vote.)
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from diet_explore.core.errors import DietError
+from diet_explore.masking.config import BASELINE_METHODS, TASKLESS_METHODS  # noqa: F401  (re-exported)
 from diet_explore.masking.selection import top_k_mask
-
-BASELINE_METHODS = ("random", "magnitude", "wiki", "leave_one_out")  # compared against DIET at the same kept count
-TASKLESS_METHODS = ("random", "magnitude", "wiki")  # no task votes: task lists and weights mean nothing to them
 
 
 def random_keep(hidden_size: int, n_keep: int, seed: int = 0) -> np.ndarray:

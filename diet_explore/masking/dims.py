@@ -25,7 +25,7 @@ from diet_explore.masking.build import MaskConfig, MaskResult, build_mask
 from diet_explore.masking.importance import as_precompute
 from diet_explore.masking.massive import MASSIVE_FACTOR, is_massive, massive_ratio
 from diet_explore.masking.selection import keep_count, rank_dims, top_k_mask
-from diet_explore.masking.vote import vote_share
+from diet_explore.masking.vote import THRESHOLD_METHODS, vote_share
 
 NO_CONTEXTS = "this cache was profiled without top-activating contexts: re-profile to see contexts"
 # A dim whose recorded top contexts are at least this share the first token of their sequence fires
@@ -179,7 +179,7 @@ class DimCard:
         if self.vote_share is not None:
             n_keep = sum(1 for t in self.tasks if t.weight is not None and t.kept)
             vote = f"; kept by {n_keep} of {len(self.voting)} voting tasks, weighted share {self.vote_share:.2f}"
-            if c.method in ("diet", "leave_one_out") and not c.exact:
+            if c.method in THRESHOLD_METHODS and not c.exact:
                 vote += f" (tau {c.threshold:g})"
         lines.append(f"mask ({c.method}, {self.mask_n_keep} of {self.hidden_size} kept): {decision}{vote}")
         if self.keep_frequency is not None:

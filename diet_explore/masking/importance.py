@@ -3,7 +3,7 @@
 A task's score for hidden dimension k is its mean |activation| (see ``diet_explore.profiling.cache``). The
 paper averages over layers (``layer_agg="mean"``); ``max`` and ``last_k`` (mean of the last k blocks)
 are offered for exploration. Normalisation does not change a task's own ranking; it only matters
-when scores of different tasks are averaged (``mean_score`` merge, tie-breaks in exact mode).
+when scores of different tasks are averaged (``mean-score`` merge, tie-breaks in exact mode).
 
 ``ScorePrecompute`` memoises the aggregated (D,) vectors per (task, site, layer_agg, last_k), so
 an app that rebuilds masks on every slider move reduces the (L, D) arrays once, not per call.

@@ -21,9 +21,8 @@ from diet_explore.core import atomic
 from diet_explore.core.clock import utc_timestamp
 from diet_explore.core.config import cli_flag, is_finite_number
 from diet_explore.core.errors import DietError
-from diet_explore.masking.baselines import TASKLESS_METHODS
 from diet_explore.masking.build import MaskConfig
-from diet_explore.masking.vote import THRESHOLD_METHODS
+from diet_explore.masking.config import ignored_settings
 
 MASK_SCHEMA_VERSION = 1
 MASK_KIND = "diet-explore-mask"
@@ -248,14 +247,8 @@ def mask_command(cache_path: str | Path, config: MaskConfig, out: str | Path) ->
     default = MaskConfig().to_dict()
     args = ["diet-explore", "mask", "--cache", str(cache_path)]
     # a setting the mask does not use is left out: the CLI refuses e.g. --last-k without --layer-agg last_k
-    unused = {
-        "last_k": config.layer_agg != "last_k",
-        "single_task": config.method != "single",
-        "held_out_task": config.method != "leave_one_out",
-        "threshold": config.method not in THRESHOLD_METHODS,
-        "weights": config.method in TASKLESS_METHODS,
-        "tasks": config.method in TASKLESS_METHODS,
-    }
+    unused = ignored_settings(config)
+    unused.pop("seed", None)  # the CLI never refuses --seed (it also seeds resampling), so it is kept as set
     for name, value in config.to_dict().items():
         if value == default[name] or value is None or unused.get(name):
             continue

@@ -28,15 +28,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from diet_explore.core.errors import DietError
+from diet_explore.masking.config import MERGE_METHODS, THRESHOLD_METHODS, VOTE_METHODS  # noqa: F401  (re-exported)
 from diet_explore.masking.importance import normalize_scores
 from diet_explore.masking.selection import keep_count, ordered_keep, round_keep, top_k_mask
 
 if TYPE_CHECKING:
-    from diet_explore.masking.build import MaskConfig
+    from diet_explore.masking.config import MaskConfig
 
-MERGE_METHODS = ("diet", "mean_score", "borda", "union", "intersection", "single")
-VOTE_METHODS = ("diet", "leave_one_out", "union", "intersection")  # τ / exact / multiple_of act on the vote
-THRESHOLD_METHODS = ("diet", "leave_one_out")  # the votes that read τ (union and intersection fix it: 0+ and 1)
 _TOL = 1e-12  # tolerance on vote shares (in [0, 1]) for float summation error
 
 
@@ -51,6 +49,12 @@ def vote_share(keep: np.ndarray, weights: np.ndarray) -> np.ndarray:
         if w[t]:
             out += w[t] * keep[..., t, :]
     return out / total
+
+
+def task_keep(scores: np.ndarray, sparsity: float) -> np.ndarray:
+    """(..., T, D) scores -> (..., T, D) bool: each task keeps its own top ``keep_count(D, s)`` dims
+    (the per-task keep sets the vote merges, and what Agreement compares)."""
+    return top_k_mask(scores, keep_count(scores.shape[-1], sparsity))
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -69,7 +73,7 @@ def merge(scores: np.ndarray, weights: np.ndarray, config: MaskConfig) -> tuple[
     (keep (..., D), votes (..., D), per_task_keep (..., T, D))."""
     d = scores.shape[-1]
     method = config.method
-    per_task = top_k_mask(scores, keep_count(d, config.sparsity))  # (..., T, D)
+    per_task = task_keep(scores, config.sparsity)  # (..., T, D)
     votes = vote_share(per_task, weights)  # (..., D)
     n_final = keep_count(d, config.sparsity, config.multiple_of)
     if method in VOTE_METHODS:
@@ -85,14 +89,14 @@ def merge(scores: np.ndarray, weights: np.ndarray, config: MaskConfig) -> tuple[
         if config.multiple_of > 1:
             keep = ordered_keep(votes, tb, round_keep(keep.sum(-1), config.multiple_of, d))
         return keep, votes, per_task
-    if method == "mean_score":
+    if method == "mean-score":
         return top_k_mask(_weighted_mean(normalize_scores(scores, config.normalize), weights), n_final), votes, per_task
     if method == "borda":
         return top_k_mask(_weighted_mean(normalize_scores(scores, "rank"), weights), n_final), votes, per_task
-    if method in ("single", "wiki"):
+    if method in ("single-task", "wiki"):
         return top_k_mask(scores[..., 0, :], n_final), votes, per_task
     raise DietError(
-        f"method {method!r} is not score-based", f"score-based methods: {', '.join(MERGE_METHODS)}, wiki, leave_one_out"
+        f"method {method!r} is not score-based", f"score-based methods: {', '.join(MERGE_METHODS)}, wiki, leave-one-out"
     )
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from diet_explore.masking.baselines import BASELINE_METHODS
-from diet_explore.masking.build import NOT_A_MASK_HINT, NOT_MASKS
-from diet_explore.masking.vote import MERGE_METHODS
+from diet_explore.masking.config import METHODS as MASK_METHODS
+from diet_explore.masking.config import NOT_A_MASK_HINT, NOT_MASKS
 from diet_explore_app import loaders, state
 from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
-METHODS = list(MERGE_METHODS + BASELINE_METHODS)
+METHODS = list(MASK_METHODS)
 K_STAB_ON, K_STAB_N = state.K_STAB_ON, state.K_STAB_N
 
 
@@ -75,13 +74,13 @@ with ui.shown_errors():
             help="diet: weighted vote (paper); random/magnitude/wiki are baselines",
         )
         st.caption(f"No SliceGPT here: {NOT_MASKS['slicegpt']}; {NOT_A_MASK_HINT}.")
-        if method == "single":
+        if method == "single-task":
             st.selectbox("Task", cache.task_names, **state.sel_kw(state.K_SINGLE_TASK, cache.task_names))
-        if method == "leave_one_out":
+        if method == "leave-one-out":
             st.selectbox("Held-out task", cache.task_names, **state.sel_kw(state.K_HELD_OUT, cache.task_names))
         ui.score_controls(cache, stacked=True)
         st.selectbox(
-            "Normalisation (mean_score merge, exact tie-breaks)",
+            "Normalisation (mean-score merge, exact tie-breaks)",
             list(S.NORMALIZATIONS),
             **state.sel_kw(S.KEY_NORMALIZE, S.NORMALIZATIONS),
         )

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "dim",
     "prune",
     "eval",
+    "lmeval_tasks",
     "compare",
     "jobs",
     "app",

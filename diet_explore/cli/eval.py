@@ -52,9 +52,7 @@ def run(args) -> int:
     from diet_explore.evaluation.evalcache import EvalCache
     from diet_explore.evaluation.evaluate import EvalConfig, PairResult, eval_requests, evaluate_cached, evaluate_model
     from diet_explore.models.adapters import check_supported
-    from diet_explore.models.builtin import BUILTIN_MODELS, store_path
-    from diet_explore.models.loading import dtype_name, load_config, load_model, pick_device, pick_dtype
-    from diet_explore.tasks.registry import lm_eval_command
+    from diet_explore.models.loading import load_config, load_model, pick_device, pick_dtype
 
     for path, flag in ((args.predictions, "--predictions"), (args.json, "--json")):
         if path:  # refused now, not after minutes of evaluation
@@ -127,12 +125,7 @@ def run(args) -> int:
         records, full = results[0].predictions, results[0].to_json_dict()
     # the marker goes first, where the check above looks for it when a later run names the same file
     records, full = [{"kind": PREDICTIONS_KIND, **r} for r in records], {"kind": EVAL_KIND, **full}
-    folder = str(store_path(args.model)) if args.model in BUILTIN_MODELS else args.model
-    dtype = dtype_name(pick_dtype(args.dtype, device))
-    print(
-        f"\nfull lm-evaluation-harness evaluation of {args.model} (every document; add --limit N for lm-eval's first N):"
-        f"\n  {lm_eval_command(folder, config.tasks, dtype=dtype, device=device)}"
-    )
+    print(hand_off_text(args, config, list(requests), device))
     if args.predictions:
         atomic.write_text(args.predictions, "".join(json.dumps(r) + "\n" for r in records))
         print(f"wrote {len(records)} predictions to {args.predictions}")
@@ -140,6 +133,36 @@ def run(args) -> int:
         atomic.write_json(args.json, full)
         print(f"wrote {args.json}")
     return 0
+
+
+LMEVAL_DIR = "lmeval-tasks"  # the --out the printed lmeval-tasks command writes
+
+
+def hand_off_text(args, config, tasks: list[str], device: str) -> str:
+    """The full evaluation of the same held-out documents with lm-eval: the command that writes the task
+    files (calibration left out), then the lm_eval commands of both models and their many-GPU variants."""
+    from diet_explore.evaluation.lmeval_tasks import hand_off, lmeval_tasks_command, task_name
+    from diet_explore.models.builtin import BUILTIN_MODELS, store_path
+    from diet_explore.models.loading import dtype_name, pick_dtype
+
+    def folder(name: str) -> str:
+        return str(store_path(name)) if name in BUILTIN_MODELS else name
+
+    if args.compare_to:
+        labels = ("dense", "pruned") if config.exclude_masks else ("reference", "model")
+        models = {labels[0]: folder(args.compare_to), labels[1]: folder(args.model)}
+    else:
+        models = {"model": folder(args.model)}
+    seed = args.seed if args.seed != DEFAULT_SEED else None
+    write = lmeval_tasks_command(LMEVAL_DIR, config.tasks, args.cache, config.exclude_masks, seed)
+    dtype = dtype_name(pick_dtype(args.dtype, device))
+    lines = [
+        "\nfull evaluation with lm-evaluation-harness on every held-out document (calibration examples left out, "
+        f"offline; lm_eval --limit {config.limit} scores exactly the documents above):",
+        f"  {write}",
+    ]
+    lines += [f"  {line}" for line in hand_off(models, LMEVAL_DIR, [task_name(t) for t in tasks], dtype, device)]
+    return "\n".join(lines)
 
 
 def pruned_folder_masks(names: list[str], cache: str | None) -> list[str]:

@@ -115,14 +115,15 @@ def sleepy_job(config: dict, ctx) -> dict:
     steps, writing progress and checking Stop as a real handler does between forward passes."""
     from diet_explore.evaluation.blocks import Stopped
 
-    steps = max(1, int(config["seconds"] / 0.05))
+    seconds = config["seconds"] if int(ctx.job.get("attempts", 1)) <= 1 else config.get("retry_seconds", config["seconds"])
+    steps = max(1, int(seconds / 0.05))
     for i in range(steps):
         why = ctx.should_stop()
         if why:
             raise Stopped(why)
         ctx.progress((i + 1) / steps, f"step {i + 1}/{steps}")
         time.sleep(0.05)
-    return {"slept": config["seconds"], "pid": os.getpid()}
+    return {"slept": seconds, "pid": os.getpid()}
 
 
 def register_sleepy(monkeypatch) -> None:

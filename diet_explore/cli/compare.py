@@ -45,15 +45,22 @@ def register(sub) -> None:
     p.add_argument("--no-eval-cache", action="store_true", help="evaluate the dense model even if its results are cached")
     p.add_argument("--out", required=True, help="output folder (re-running resumes)")
     add_device_args(p)
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default=None,
+        help="run the sweep as one job per (method, sparsity) on --workers local processes or Ray actors "
+        "(ray: pip install 'diet-explore[ray]'); default: in this process",
+    )
+    p.add_argument("--workers", type=int_arg, default=1, help="with --executor: how many workers (one per GPU on Ray)")
     p.set_defaults(func=run, resumes=lambda args: True)  # finished runs stay in --out (results.jsonl)
 
 
-def run(args) -> int:
+def compare_config(args):
+    """The ``CompareConfig`` compare's flags give (also what ``jobs submit compare`` queues)."""
     from diet_explore.core.config import parse_float
     from diet_explore.core.errors import DietError
-    from diet_explore.evaluation.evalcache import EvalCache
-    from diet_explore.experiments.runs import RunStore
-    from diet_explore.experiments.sweep import CompareConfig, run_compare
+    from diet_explore.experiments.sweep import CompareConfig
 
     sparsities = [parse_float(s) for s in csv_list(args.sparsity)]
     if None in sparsities:
@@ -75,6 +82,24 @@ def run(args) -> int:
         device=args.device,
         dtype=args.dtype,
     )
+    return config
+
+
+def run(args) -> int:
+    from diet_explore.evaluation.evalcache import EvalCache
+    from diet_explore.experiments.runs import RunStore
+    from diet_explore.experiments.sweep import run_compare
+
+    config = compare_config(args)
+    if args.executor:  # one job per (method, sparsity), merged into --out
+        from diet_explore.experiments.executors import make_executor, run_sweep
+        from diet_explore.experiments.jobs import JobStore
+
+        executor = make_executor(args.executor, args.workers)
+        run_sweep(config, args.out, executor, JobStore(args.runs), args.eval_cache, not args.no_eval_cache)
+        print((Path(args.out) / "table.md").read_text())
+        print(f"wrote {args.out}/table.csv, table.md, sweep.html; runs in the run store")
+        return 0
     run_compare(
         config,
         args.out,

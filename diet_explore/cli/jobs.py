@@ -1,7 +1,10 @@
-"""``diet-explore jobs``: list, stop and resume the background jobs of a run store (the app's runs)."""
+"""``diet-explore jobs``: list, stop and resume the background jobs of a run store (the app's runs);
+``jobs submit compare ...`` queues a sweep as jobs (one per method and sparsity) and ``jobs work``
+runs a worker: start as many as there are GPUs or machines sharing the store."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -24,6 +27,18 @@ def register(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the job records as JSON")
     p.set_defaults(func=run, resumes=lambda args: bool(args.resume))  # the job is recorded interrupted, its blocks kept
+    actions = p.add_subparsers(dest="jobs_action", metavar="ACTION", parser_class=type(p))
+    submit = actions.add_parser("submit", help="queue work as jobs (any worker of the store runs them)")
+    kinds = submit.add_subparsers(dest="submit_kind", metavar="KIND", required=True, parser_class=type(p))
+    from diet_explore.cli import compare
+
+    compare.register(kinds)  # compare's own flags, one parser for both
+    kinds.choices["compare"].set_defaults(func=run_submit_compare, resumes=lambda args: False, runs=argparse.SUPPRESS)
+    work = actions.add_parser("work", help="run a worker that claims queued jobs of the store (any number may run)")
+    work.add_argument("--runs", default=argparse.SUPPRESS, help="run store folder (as jobs --runs)")
+    work.add_argument("--until-empty", action="store_true", help="exit when no job is queued (default: wait for more)")
+    work.add_argument("--idle", type=float, default=None, help="exit after this many idle seconds (default: 1800)")
+    work.set_defaults(func=run_work, resumes=lambda args: False)
 
 
 def run(args) -> int:
@@ -73,6 +88,44 @@ def run(args) -> int:
         )
         if job["status"] == "failed" and job.get("error"):
             print(f"{'':24s} error: {job['error'].get('message')}")
+    return 0
+
+
+def _store(args):
+    from diet_explore.experiments.jobs import JobStore
+
+    store = JobStore(getattr(args, "runs", None))
+    store.runs.check("--runs")
+    return store
+
+
+def run_submit_compare(args) -> int:
+    from diet_explore.cli.compare import compare_config
+    from diet_explore.experiments.executors import submit_sweep
+
+    store = _store(args)
+    ids = submit_sweep(store, compare_config(args), args.out, args.eval_cache, not args.no_eval_cache)
+    for job_id in ids:
+        print(f"queued {job_id}: {store.get(job_id)['label']}")
+    if not ids:
+        print(f"every run is already in {args.out}: nothing queued")
+    else:
+        print(f"{len(ids)} job(s) in {store.root}; run them with `diet-explore jobs work --runs {store.runs.root}` (one per GPU)")
+    return 0
+
+
+def run_work(args) -> int:
+    from diet_explore.experiments.jobs import run_worker
+
+    store = _store(args)
+    ran = run_worker(
+        store,
+        idle_exit_s=args.idle,
+        until_empty=args.until_empty,
+        exclusive=False,
+        on_job=lambda j: print(f"running {j['job_id']}: {j['label']}", file=sys.stderr, flush=True),
+    )
+    print(f"{ran} job(s) run")
     return 0
 
 

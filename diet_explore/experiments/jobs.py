@@ -68,6 +68,8 @@ RESUMABLE = ("interrupted", "stopped", "failed", "cancelled")
 HANDLERS = {
     "prune_eval": "diet_explore.experiments.tuning:run_prune_eval_job",
     "sweep": "diet_explore.experiments.sweep:run_sweep_job",
+    "compare_run": "diet_explore.experiments.executors:run_compare_run_job",  # one (method, sparsity) of a split sweep
+    "tune": "diet_explore.experiments.tune:run_tune_job",  # a search over the vote's settings (diet-explore[tune])
 }
 _JOB_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
 POLL_S = 0.25  # how often an idle worker looks for a queued job
@@ -316,14 +318,14 @@ class JobStore:
                 return None
             return self._start(record, token)
 
-    def claim_next(self, token: str) -> dict[str, Any] | None:
-        """The oldest queued job, now ``running`` for the worker ``token``; None when none is queued.
-        Jobs whose worker died are requeued first (``requeue_stale``)."""
+    def claim_next(self, token: str, among: set[str] | None = None) -> dict[str, Any] | None:
+        """The oldest queued job (of ``among``, when given), now ``running`` for the worker ``token``;
+        None when none is queued. Jobs whose worker died are requeued first (``requeue_stale``)."""
         with self._locked():
             self.requeue_stale()
             records, _ = self.scan()
             for r in records:
-                if r["status"] == "queued":
+                if r["status"] == "queued" and (among is None or r["job_id"] in among):
                     return self._start(r, token)
         return None
 
@@ -406,11 +408,18 @@ CONFIG_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "eval": lambda v: isinstance(v, dict),
     },
     "sweep": {"model": lambda v: isinstance(v, str), "cache": lambda v: isinstance(v, str)},  # CompareConfig's
+    "compare_run": {
+        "compare": lambda v: isinstance(v, dict) and isinstance(v.get("model"), str) and isinstance(v.get("cache"), str),
+        "out": lambda v: isinstance(v, str),
+        "run": lambda v: isinstance(v, str),
+    },
+    "tune": {"model": lambda v: isinstance(v, str), "cache": lambda v: isinstance(v, str), "name": lambda v: isinstance(v, str)},
 }
 
 
 def _config_ok(job_type: str, config: Any) -> bool:
-    return isinstance(config, dict) and all(k in config and ok(config[k]) for k, ok in CONFIG_FIELDS[job_type].items())
+    # a job type registered without field rules (an executor's extra handlers) has none
+    return isinstance(config, dict) and all(k in config and ok(config[k]) for k, ok in CONFIG_FIELDS.get(job_type, {}).items())
 
 
 def _record_ok(record: dict[str, Any]) -> bool:
@@ -671,13 +680,15 @@ def run_worker(
     on_job: Callable[[dict[str, Any]], None] | None = None,
     preload: str | None = None,
     exclusive: bool = True,
+    only: set[str] | None = None,
 ) -> int:
     """Run queued jobs one at a time, oldest first, until the queue has been empty for
     ``idle_exit_s`` (default ``worker_idle_s()``; ``until_empty``: at once), or ``owner`` (a pid)
     is no longer this process's parent: then a running job stops as interrupted, resumable. ``preload``: a model to load while
     the queue is empty (the one the page that started the worker will ask for). ``exclusive``: the
     app's local worker, one per store (``worker.lock``, ``worker.json``); ``False``: one of any
-    number of workers sharing the store (``diet-explore jobs work``). Returns the number of jobs
+    number of workers sharing the store (``diet-explore jobs work``). ``only``: claim only these job
+    ids (the jobs of one sweep). Returns the number of jobs
     run; -1 when ``exclusive`` and the local worker already serves this store."""
     from filelock import Timeout
 
@@ -725,7 +736,7 @@ def run_worker(
         idle_since = time.monotonic()
         while not outside_stop():
             busy.append(True)
-            job = store.claim_next(token)
+            job = store.claim_next(token, only)
             if job is None:
                 busy.clear()
                 if signalled or until_empty or time.monotonic() - idle_since > idle_exit_s:
@@ -847,12 +858,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preload", default=None, help="a model to load while waiting for the first job")
     ap.add_argument("--shared", action="store_true", help="one of several workers (no worker.lock)")
     ap.add_argument("--until-empty", action="store_true", help="exit when the queue is empty")
+    ap.add_argument("--only", default=None, help="comma list of the job ids to claim (default: any)")
     args = ap.parse_args(argv)
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
     try:
         ran = run_worker(
-            JobStore(args.root), owner=args.owner, preload=args.preload, exclusive=not args.shared, until_empty=args.until_empty
+            JobStore(args.root),
+            owner=args.owner,
+            preload=args.preload,
+            exclusive=not args.shared,
+            until_empty=args.until_empty,
+            only=set(args.only.split(",")) if args.only else None,
         )
     except DietError as exc:  # the worker's log gets the line, not a traceback
         print(f"{utc_timestamp()} worker {os.getpid()}: error: {exc}", flush=True)

@@ -253,8 +253,11 @@ def run_compare(
     info=None,
     blocks: ScoreLog | None = None,
     should_stop: StopCheck | None = None,
+    only: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the sweep into ``out``; returns every result row (dense first). With
+    """Run (or resume) the sweep into ``out``; returns every result row (dense first). ``only``: the
+    run keys (``combo_key``) this call runs besides dense, e.g. one per job when a sweep is split
+    over workers (``executors.submit_sweep``); the rows of every call merge in one results.jsonl. With
     ``eval_cache`` (and the model loaded here from ``config.model``, or passed in with the
     ``info`` ``load_model`` gave for it) the dense row reuses an earlier evaluation of the same
     model on the same examples, e.g. from ``diet-explore eval``. ``blocks`` keeps every finished
@@ -296,7 +299,7 @@ def run_compare(
         if builds_mask(method):
             run_masks(pre, method, sparsity, config, config.multiple_of or 1, list(requests))
     have = {r["key"] for r in done}
-    grid = sweep_grid(config)
+    grid = [g for g in sweep_grid(config) if only is None or combo_key(*g) in only]
     todo = (["dense"] if "dense" not in have else []) + [combo_key(m, s) for m, s in grid if combo_key(m, s) not in have]
     if not todo:  # every run is in --out already: store what the run store lacks, rewrite the reports, load no model
         log(f"{len(grid) + 1} of {len(grid) + 1} runs already in {out}; 0 to go")

@@ -1,0 +1,93 @@
+"""Jobs on a local Ray cluster (``experiments/executors.py``, ``ray.init(num_cpus=2)``): two jobs
+run at once on two actors with correct statuses, a killed actor's job is requeued exactly once and
+finished by another, and no job record is duplicated or lost. The jobs are the stand-in handler
+(``job_helpers.sleepy_job``): the rules under test are the executor's and the store's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from job_helpers import register_sleepy
+
+from diet_explore.experiments.executors import RayExecutor
+from diet_explore.experiments.jobs import JobStore
+
+ray = pytest.importorskip("ray")
+HANDLERS = {"sleepy": "job_helpers:sleepy_job"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import diet_explore
+
+    tests = str(Path(__file__).resolve().parent)
+    package = str(Path(diet_explore.__file__).resolve().parents[1])
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=80 * 1024**2,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, package])}},
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    register_sleepy(monkeypatch)
+    return JobStore(tmp_path / "runs")
+
+
+def _in_thread(executor, store, ids) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(executor.run(store, ids)))
+    thread.start()
+    return thread, out
+
+
+def _wait(predicate, timeout=240.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_two_jobs_run_at_once_on_two_actors_with_their_statuses_right(cluster, store):
+    ids = [store.submit("sleepy", {"seconds": 4.0 + i / 10}, f"j{i}")[0] for i in range(2)]
+    thread, statuses = _in_thread(RayExecutor(2, HANDLERS), store, ids)
+    both: list[dict] = []
+
+    def both_running() -> bool:
+        jobs = [store.get(i) for i in ids]
+        if all(j["status"] == "running" for j in jobs):
+            both.extend(jobs)
+            return True
+        return False
+
+    _wait(both_running)
+    assert len({j["lease"]["pid"] for j in both}) == 2  # two actor processes, each holding its job's lease
+    thread.join(timeout=240)
+    assert statuses == {i: "done" for i in ids}
+    assert all(store.get(i)["attempts"] == 1 and store.get(i)["result"]["pid"] != os.getpid() for i in ids)
+
+
+def test_a_killed_actors_job_is_requeued_once_and_no_record_is_duplicated_or_lost(cluster, store):
+    long, _ = store.submit("sleepy", {"seconds": 120.0, "retry_seconds": 0.3}, "killed")
+    short, _ = store.submit("sleepy", {"seconds": 0.3}, "short")
+    thread, statuses = _in_thread(RayExecutor(2, HANDLERS), store, [long, short])
+    _wait(lambda: store.get(long)["status"] == "running")
+    pid = store.get(long)["lease"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=240)
+    assert statuses == {long: "done", short: "done"}
+    job = store.get(long)
+    assert job["attempts"] == 2 and job["requeues"] == 1 and job["result"]["pid"] != pid
+    assert sum("requeued" in line for line in job["log"]) == 1
+    records, damaged = store.scan()
+    assert sorted(r["job_id"] for r in records) == sorted([long, short]) and not damaged

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "lmeval_tasks",
     "compare",
     "jobs",
+    "tune",
     "app",
 ]
 

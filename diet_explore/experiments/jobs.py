@@ -68,6 +68,7 @@ RESUMABLE = ("interrupted", "stopped", "failed", "cancelled")
 HANDLERS = {
     "prune_eval": "diet_explore.experiments.tuning:run_prune_eval_job",
     "sweep": "diet_explore.experiments.sweep:run_sweep_job",
+    "tune": "diet_explore.experiments.tune:run_tune_job",  # a search over the vote's settings (diet-explore[tune])
     "compare_run": "diet_explore.experiments.executors:run_compare_run_job",  # one (method, sparsity) of a split sweep
     "tune": "diet_explore.experiments.tune:run_tune_job",  # a search over the vote's settings (diet-explore[tune])
 }
@@ -408,6 +409,7 @@ CONFIG_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "eval": lambda v: isinstance(v, dict),
     },
     "sweep": {"model": lambda v: isinstance(v, str), "cache": lambda v: isinstance(v, str)},  # CompareConfig's
+    "tune": {"model": lambda v: isinstance(v, str), "cache": lambda v: isinstance(v, str), "name": lambda v: isinstance(v, str)},
     "compare_run": {
         "compare": lambda v: isinstance(v, dict) and isinstance(v.get("model"), str) and isinstance(v.get("cache"), str),
         "out": lambda v: isinstance(v, str),

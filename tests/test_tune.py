@@ -1,0 +1,191 @@
+"""diet-explore tune: the honest split, the search through the blocks and the pruner, resume, the job, the CLI."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from diet_explore.core.errors import DietError
+from diet_explore.evaluation.blocks import Stopped
+from diet_explore.experiments import tune
+
+optuna = pytest.importorskip("optuna")
+TASKS = ["rte", "arc_easy"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_cache_root):
+    from diet_explore.models.loading import load_model
+    from diet_explore.profiling.cache import load_cache
+
+    folder = tiny_cache_root / "tiny"
+    cache = load_cache(folder)
+    model, tok, info = load_model(cache.model_name, device="cpu")
+    return {"cache": str(folder), "model_name": cache.model_name, "loaded": (model, tok, info), "pool": cache}
+
+
+def config(tiny, name="t", **kw) -> tune.TuneConfig:
+    base = dict(model=tiny["model_name"], cache=tiny["cache"], name=name, sparsity=0.25, trials=3, limit=6, tasks=TASKS)
+    base |= dict(device="cpu", objective="gold_ll_per_char", baselines=["default", "random"])
+    return tune.TuneConfig(**(base | kw))
+
+
+def run(tiny, cfg, root, **kw):
+    model, tok, info = tiny["loaded"]
+    return tune.run_tune(cfg, root, model=model, tokenizer=tok, info=info, log=lambda m: None, **kw)
+
+
+def test_the_split_is_disjoint_seeded_and_per_task(tiny):
+    from diet_explore.evaluation.evaluate import eval_requests
+
+    requests = eval_requests(config(tiny, limit=10).eval_config())
+    tuning, test = tune.split_requests(requests, 0, 0.5)
+    for t, reqs in requests.items():
+        a, b = {r.doc_id for r in tuning[t]}, {r.doc_id for r in test[t]}
+        assert not a & b and a | b == {r.doc_id for r in reqs} and len(b) == 5
+    again = tune.split_requests(requests, 0, 0.5)
+    assert tune.doc_ids(again[1]) == tune.doc_ids(test)
+    assert tune.doc_ids(tune.split_requests(requests, 1, 0.5)[1]) != tune.doc_ids(test)
+    # a task's split does not depend on the other tasks
+    only = tune.split_requests({"rte": requests["rte"]}, 0, 0.5)[1]
+    assert tune.doc_ids(only)["rte"] == tune.doc_ids(test)["rte"]
+
+
+def test_no_trial_ever_sees_a_test_document(tiny, tmp_path, monkeypatch):
+    """Every scoring call goes through tune.score; record what each model label saw."""
+    seen: list[tuple[list[str], set]] = []
+    real = tune.score
+
+    def watching(models, tok, ecfg, requests, *a, **k):
+        seen.append((list(models), {(t, r.doc_id) for t, reqs in requests.items() for r in reqs}))
+        return real(models, tok, ecfg, requests, *a, **k)
+
+    monkeypatch.setattr(tune, "score", watching)
+    out = run(tiny, config(tiny, trials=4), tmp_path)
+    test_docs = {(t, d) for t, ids in out["split"]["test"].items() for d in ids}
+    tuning_docs = {(t, d) for t, ids in out["split"]["tuning"].items() for d in ids}
+    assert test_docs and tuning_docs and not test_docs & tuning_docs
+    final = [docs for labels, docs in seen if "tuned" in labels]
+    searching = [docs for labels, docs in seen if "tuned" not in labels]
+    assert len(final) == 1 and final[0] == test_docs  # the test set is scored once, at the end
+    assert len(searching) >= 2  # dense on the tuning set, then the trials
+    assert all(docs == tuning_docs for docs in searching)
+    # the calibration samples of the cache are in neither set
+    cal = {(t, int(i)) for t, ids in tiny["pool"].manifest.get("sample_ids", {}).items() for i in ids}
+    assert not cal & (test_docs | tuning_docs)
+    # the report says what it compared, with the decision sentence, the gap and per-example results
+    assert out["split"]["seed"] == 0 and set(out["test"]["examples"]) == {"dense", "tuned", "default", "random"}
+    assert any("paper default" in s for s in out["sentences"]) and out["sentences"][-1].startswith("overfitting")
+    assert out["gap"] == pytest.approx(
+        out["best"]["tuning_value"] - out["test"]["vs_dense"]["tuned"]["gold_ll_per_char"]["delta"]
+    )
+
+
+def test_an_interrupted_study_resumes_and_keeps_its_trials(tiny, tmp_path):
+    cfg = config(tiny, name="r", trials=4, pruner="none")
+    calls = {"n": 0}
+
+    def stop_after_two_trials():
+        db, _ = tune.study_paths(tmp_path, "r")
+        if db.exists():
+            s = optuna.load_study(study_name="r", storage=tune.storage_url(db))
+            if len(tune.finished_trials(s)) >= 2:
+                calls["n"] += 1
+                return "interrupted"
+        return None
+
+    with pytest.raises(Stopped):
+        run(tiny, cfg, tmp_path, should_stop=stop_after_two_trials)
+    db, _ = tune.study_paths(tmp_path, "r")
+    study = optuna.load_study(study_name="r", storage=tune.storage_url(db))
+    first = [(t.number, t.value) for t in tune.finished_trials(study)]
+    assert len(first) == 2 and calls["n"] >= 1
+    out = run(tiny, cfg, tmp_path, resume=True)
+    study = optuna.load_study(study_name="r", storage=tune.storage_url(db))
+    after = [(t.number, t.value) for t in tune.finished_trials(study)]
+    assert len(after) == 4 and after[:2] == first  # continued, nothing redone
+    assert out["savings"]["trials"] == 4
+
+
+def test_a_trial_left_running_by_a_killed_run_is_failed_and_its_settings_asked_again(tiny, tmp_path):
+    cfg = config(tiny, name="k", trials=1, pruner="none", fixed={"site": "residual"})
+    study = tune.open_study(cfg, tmp_path)
+    orphan = study.ask()
+    orphan.suggest_float("w_rte", 0.0, 2.0, step=0.1)  # a killed process's trial: never told
+    run(tiny, cfg, tmp_path)
+    trials = study.get_trials()
+    assert trials[0].state.name == "FAIL"
+    assert trials[1].params["w_rte"] == trials[0].params["w_rte"]  # asked again with its settings
+
+
+def test_other_settings_under_the_same_name_are_refused(tiny, tmp_path):
+    tune.open_study(config(tiny, name="s"), tmp_path)
+    with pytest.raises(DietError, match="other settings.*sparsity"):
+        tune.open_study(config(tiny, name="s", sparsity=0.5), tmp_path)
+    with pytest.raises(DietError, match="no study"):
+        tune.open_study(config(tiny, name="none"), tmp_path, resume=True)
+
+
+def test_the_pruner_stops_trials_and_the_savings_count_what_ran(tiny, tmp_path):
+    cfg = config(tiny, name="p", trials=8, limit=16, pruner="halving")
+    out = run(tiny, cfg, tmp_path)
+    db, _ = tune.study_paths(tmp_path, "p")
+    study = optuna.load_study(study_name="p", storage=tune.storage_url(db))
+    n_tuning = sum(len(v) for v in out["split"]["tuning"].values())
+    s = out["savings"]
+    assert s["full"] == n_tuning * s["trials"] and s["scored"] == sum(
+        t.user_attrs["examples"] for t in tune.finished_trials(study)
+    )
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned and s["saved"] > 0
+    assert all(t.user_attrs["examples"] < n_tuning for t in pruned)
+
+
+def test_fixed_settings_are_not_searched_and_bad_ones_are_refused(tiny):
+    from diet_explore.profiling.cache import load_cache
+
+    space = tune.search_space(config(tiny), load_cache(tiny["cache"]))
+    assert "threshold" not in space  # exact: every mask keeps the target count, τ is not read
+    assert "threshold" in tune.search_space(config(tiny, exact=False), load_cache(tiny["cache"]))
+    fixed = tune.parse_fixed(["rte=2", "site=residual", "layer_agg=last_k", "last_k=1"], space)
+    assert fixed == {"w_rte": 2.0, "site": "residual", "layer_agg": "last_k", "last_k": 1}
+    for bad, match in (
+        ("foo=1", "not a searched"),
+        ("site=nowhere", "not one of"),
+        ("rte=-1", "out of range"),
+        ("rte", "name=value"),
+    ):
+        with pytest.raises(DietError, match=match):
+            tune.parse_fixed([bad], space)
+
+
+def test_the_search_grid_is_the_mask_builders_slider_grid():
+    from diet_explore_app import settings
+
+    assert tune.THRESHOLD_STEP == settings.THRESHOLD_STEP and tune.WEIGHT_STEP == settings.WEIGHT_STEP
+    assert tune.WEIGHT_RANGE[1] == settings.WEIGHT_MAX
+
+
+def test_without_optuna_the_command_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    from diet_explore.cli import main
+
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    with pytest.raises(DietError, match=r"pip install 'diet-explore\[tune\]'"):
+        tune.require_optuna()
+    assert main(["tune", "--cache", str(tmp_path), "--runs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: tuning needs Optuna, which is not installed: pip install 'diet-explore[tune]'"]
+
+
+def test_a_tune_job_runs_in_the_worker_and_streams_its_trials(tiny, tmp_path):
+    from diet_explore.experiments.jobs import JobStore, run_worker
+
+    store = JobStore(tmp_path / "runs")
+    cfg = config(tiny, name="job", trials=2)
+    job_id, _ = store.submit("tune", cfg.to_dict(), "tune job")
+    assert run_worker(store, until_empty=True) == 1
+    job = store.get(job_id)
+    assert job["status"] == "done", job.get("error")
+    assert len(job["partial"]["trials"]) == 2 and job["partial"]["best"] is not None
+    assert job["result"]["sentences"] and (tmp_path / "runs" / "tune" / "job.db").is_file()

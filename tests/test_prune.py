@@ -290,18 +290,28 @@ def test_keeping_every_dim_saves_and_reloads_as_the_dense_model(family, tie, tmp
     torch.testing.assert_close(logits(back), logits(model), rtol=0, atol=1e-5)
 
 
-def test_a_model_spread_over_several_devices_is_refused_before_slicing():
+def test_a_model_spread_over_several_devices_is_sliced_where_each_tensor_lives():
+    """device_map="auto" models are pruned: each tensor is sliced on its own device (a second
+    device is played by "meta", which holds shapes but no values); rotate-and-slice still refuses."""
     from diet_explore.pruning.slicing import check_single_device
 
-    model = tiny_model("llama")
-    model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu", "lm_head": "cpu"}
-    with pytest.raises(DietError, match=r"spread over 2 devices \(cpu, cuda:0\)") as err:
-        prune_model(model, keep_mask())
-    assert "--device cpu" in err.value.hint
+    model = tiny_model("llama", tie=False)
+    model.model.layers[1].to("meta")
+    model.lm_head.to("meta")
+    model.hf_device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": 0, "lm_head": 0}
+    pruned = prune_model(model, keep_mask())
+    assert pruned.config.hidden_size == 48
+    assert pruned.model.layers[1].mlp.down_proj.weight.device.type == "meta"
+    assert tuple(pruned.model.layers[1].mlp.down_proj.weight.shape) == (48, 128)
+    assert tuple(pruned.lm_head.weight.shape) == (128, 48) and pruned.lm_head.weight.device.type == "meta"
+    dense_q = model.model.layers[0].self_attn.q_proj.weight
+    torch.testing.assert_close(
+        pruned.model.layers[0].self_attn.q_proj.weight, dense_q[:, torch.as_tensor(np.flatnonzero(keep_mask()))]
+    )
+    with pytest.raises(DietError, match=r"spread over 2 devices \(cpu, cuda:0\)"):
+        check_single_device(model)
     model.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": "cuda:0", "lm_head": 0}  # one GPU, two spellings
     check_single_device(model)
-    model.hf_device_map = {"": "cpu"}
-    assert prune_model(model, keep_mask()).config.hidden_size == 48
 
 
 # --------------------------------------------------------------------------------------------

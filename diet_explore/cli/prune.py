@@ -20,7 +20,8 @@ def register(sub) -> None:
     p.add_argument(
         "--device",
         default="cpu",
-        help="where to slice (default cpu: slicing is a copy, and on a GPU the copy would need memory for a second model)",
+        help="where a checkpoint that cannot be streamed is loaded to slice it (default cpu); safetensors "
+        "checkpoints are pruned tensor by tensor without loading the model",
     )
     p.add_argument(
         "--dtype",
@@ -36,9 +37,9 @@ def run(args) -> int:
     from diet_explore.core.atomic import check_output_dir
     from diet_explore.masking.maskfile import load_mask
     from diet_explore.models.adapters import check_supported
-    from diet_explore.models.loading import load_config, load_model
-    from diet_explore.pruning.saving import NOT_PRUNED, PRUNE_INFO_FILE, check_saveable, save_pruned, size_on_disk
-    from diet_explore.pruning.slicing import count_parameters, prune_model
+    from diet_explore.models.loading import load_config, model_source
+    from diet_explore.pruning.saving import NOT_PRUNED, PRUNE_INFO_FILE, check_saveable, size_on_disk
+    from diet_explore.pruning.streaming import prune_to_folder
 
     # Everything that can be refused from the arguments, the mask and the config is refused here,
     # before minutes of loading weights.
@@ -50,31 +51,22 @@ def run(args) -> int:
     check_supported(config.model_type)  # before anything reads attention fields a Mamba config lacks
     mask = load_mask(args.mask, expected_hidden_size=config.get_text_config().hidden_size)
     check_saveable(config, mask.n_keep)
-    model, tokenizer, info = load_model(args.model, args.device, args.dtype or checkpoint_dtype(config))
+    source = model_source(args.model)
+    info = source.info
     if mask.model_name not in (info.name, info.id):
         print(
             f"warning: {args.mask} was built for {mask.model_name!r}, pruning {info.name!r} (same hidden size)", file=sys.stderr
         )
-    pruned = prune_model(model, mask.keep)
-    folder = save_pruned(pruned, tokenizer, out, mask_file=mask, overwrite=args.overwrite, source_model=info.id)
-    before, after = count_parameters(model), count_parameters(pruned)
-    print(
-        f"{info.name}: hidden size {model.config.hidden_size} -> {pruned.config.hidden_size} "
-        f"({mask.method} mask, sparsity {1 - pruned.config.hidden_size / model.config.hidden_size:.4f})"
-    )
+    result = prune_to_folder(source, mask, out, dtype=args.dtype, device=args.device, overwrite=args.overwrite)
+    folder, summary = result.folder, result.info
+    if not result.streamed:
+        print(f"note: loaded the model to prune it ({result.why_loaded})", file=sys.stderr)
+    d, d_new = summary["hidden_size_before"], summary["hidden_size_after"]
+    print(f"{info.name}: hidden size {d} -> {d_new} ({mask.method} mask, sparsity {1 - d_new / d:.4f})")
+    before, after = summary["parameters_before"], summary["parameters_after"]
     print(f"parameters {before / 1e6:.2f} M -> {after / 1e6:.2f} M ({after / before:.1%})")
     print(
         f"wrote {folder} ({size_on_disk(folder) / 2**20:.1f} MiB on disk); "
         f"load it with AutoModelForCausalLM.from_pretrained({str(folder)!r})"
     )
     return 0
-
-
-def checkpoint_dtype(config) -> str:
-    """The dtype the checkpoint was saved in (so pruning neither rounds an fp32 model to bf16 nor
-    inflates a bf16 one), else float32."""
-    from diet_explore.models.loading import dtype_name
-
-    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    name = dtype_name(saved) if saved is not None else "float32"
-    return name if name in ("float32", "bfloat16", "float16") else "float32"

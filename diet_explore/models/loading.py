@@ -98,6 +98,9 @@ def load_config(name_or_path: str):
     if kind == "builtin":
         loc = str(convert_builtin(loc))
     where = f"config.json of {name_or_path}" if kind == "hub" else str(Path(loc) / "config.json")
+    if kind != "hub" and not (Path(loc) / "config.json").exists():  # transformers: "should have a model_type key"
+        what = "is empty" if Path(loc).is_dir() and not any(Path(loc).iterdir()) else "has no config.json"
+        raise DietError(f"model folder {loc} {what}, so it holds no model", _REBUILD_HINT)
     if kind != "hub":
         try:
             raw = json.loads((Path(loc) / "config.json").read_text())
@@ -183,19 +186,94 @@ def estimate_parameters(config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_fits_in_memory(n_params: int, dtype_bytes: int, device: str, name: str) -> None:
-    """Refuse before loading when the weights alone would not fit in free RAM (CPU loads)."""
+def check_fits_in_memory(
+    n_params: int, dtype_bytes: int, device: str, name: str, copies: float = 1.0, what: str = "for its weights"
+) -> None:
+    """Refuse before loading when ``copies`` × the weights would not fit: in free RAM for a CPU load,
+    in the free memory of the GPUs ``placement`` may use plus free RAM for a CUDA one (a load too big
+    for its GPUs spills to RAM). ``copies`` is the work's measured peak in weight-sizes (loading: 1;
+    ``pruning/streaming.py`` says what pruning needs); "mps" is not checked (unified memory)."""
     import psutil
 
-    if device != "cpu":
-        return  # GPU loads use device_map="auto", which spills across devices/CPU as needed
-    need = n_params * dtype_bytes
-    free = psutil.virtual_memory().available
+    if device == "mps":
+        return
+    need = int(n_params * dtype_bytes * copies)
+    ram = psutil.virtual_memory().available
+    if device == "cpu":
+        free, where = ram, "of RAM"
+    else:
+        gpus = _usable_gpus(device)
+        free = sum(_gpu_free_bytes(f"cuda:{i}") for i in gpus) + ram
+        where = f"on {_gpu_names(gpus)} and in RAM"
     if need > 0.85 * free:
         raise DietError(
-            f"{name} needs about {need / 2**30:.1f} GiB for its weights, but only {free / 2**30:.1f} GiB of RAM is free",
-            "use a smaller model, --dtype bfloat16, or a GPU (--device cuda)",
+            f"{name} needs about {need / 2**30:.1f} GiB {what}, but only {free / 2**30:.1f} GiB is free {where}",
+            "use a smaller model, --dtype bfloat16, or a machine with more memory"
+            + ("" if device != "cpu" else " (or a GPU: --device cuda)"),
         )
+
+
+def _usable_gpus(device: str) -> list[int]:
+    """The GPU indices a load on ``device`` may use: ``cuda:N`` only N, plain ``cuda`` every GPU."""
+    import torch
+
+    if ":" in device:
+        return [cuda_index(device)]
+    return list(range(torch.cuda.device_count()))
+
+
+def _gpu_names(gpus: list[int]) -> str:
+    return ", ".join(f"cuda:{i}" for i in gpus) if len(gpus) <= 2 else f"{len(gpus)} GPUs"
+
+
+def cuda_index(device: str) -> int:
+    """N of "cuda:N" (0 for "cuda"), refused when torch sees no such GPU."""
+    import torch
+
+    head, _, tail = device.partition(":")
+    if head != "cuda" or (tail and not tail.isdigit()):
+        raise DietError(f"unknown device {device!r}", "use auto, cpu, cuda, cuda:N or mps")
+    index = int(tail or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise DietError(
+            f"--device {device} asked for, but torch sees {count} CUDA device(s) (cuda:0 to cuda:{count - 1})",
+            "use --device cuda (every GPU) or an index below the device count",
+        )
+    return index
+
+
+#: The share of a GPU's free memory weights may take on it; the rest is for activations and the
+#: CUDA context (batch sizes are derived from what is left: ``core.batching``).
+GPU_WEIGHT_SHARE = 0.9
+
+
+def placement(device: str, weight_bytes: int) -> dict[str, Any]:
+    """from_pretrained's placement arguments for ``device`` (already through ``pick_device``).
+
+    Weights that fit in ``GPU_WEIGHT_SHARE`` of the free memory go whole to the device (``{}``: the
+    caller moves the model). Larger ones get ``device_map="auto"`` with ``max_memory`` naming only
+    the GPUs the device allows: ``cuda`` spreads over every GPU, ``cuda:N`` stays on GPU N and
+    spills the rest to RAM (accelerate moves those layers in per forward pass: slow, but it keeps
+    off the GPUs someone else may be using; use ``cuda`` to spread instead)."""
+    import psutil
+
+    if not device.startswith("cuda"):
+        return {}
+    gpus = _usable_gpus(device)
+    budget = {i: int(GPU_WEIGHT_SHARE * _gpu_free_bytes(f"cuda:{i}")) for i in gpus}
+    first = gpus[0] if ":" in device else _current_gpu()
+    if weight_bytes <= budget.get(first, 0):
+        return {}
+    max_memory: dict[Any, int] = dict(budget)
+    max_memory["cpu"] = int(0.85 * psutil.virtual_memory().available)
+    return {"device_map": "auto", "max_memory": max_memory}
+
+
+def _current_gpu() -> int:
+    import torch
+
+    return int(torch.cuda.current_device())
 
 
 def pick_device(device: str = "auto") -> str:
@@ -209,6 +287,8 @@ def pick_device(device: str = "auto") -> str:
         return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DietError(f"--device {device} asked for, but torch sees no CUDA device", "use --device cpu or auto")
+    if device.startswith("cuda"):
+        cuda_index(device)  # "cuda:7" on a 2-GPU machine, or "cuda:x", is refused here
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise DietError("--device mps asked for, but torch sees no MPS (Apple GPU) device", "use --device cpu or auto")
     if device not in ("cpu", "mps") and not device.startswith("cuda"):
@@ -217,11 +297,16 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_dtype(dtype: str | None, device: str):
-    """Default: fp32 on CPU (fp16/bf16 matmuls are slow there), bf16 on GPUs."""
+    """Default: fp32 on CPU (fp16/bf16 matmuls are slow there), bf16 on GPUs that compute in it
+    natively, else fp32 (fp16 overflows in Gemma's activations)."""
     import torch
 
     if dtype is None or dtype == "auto":
-        return torch.float32 if device == "cpu" else torch.bfloat16
+        if device == "cpu":
+            return torch.float32
+        if device.startswith("cuda") and not _native_bf16(device):
+            return torch.float32
+        return torch.bfloat16
     table = {
         "float32": torch.float32,
         "fp32": torch.float32,
@@ -233,6 +318,14 @@ def pick_dtype(dtype: str | None, device: str):
     if dtype not in table:
         raise DietError(f"unknown dtype {dtype!r}", "use float32, bfloat16 or float16")
     return table[dtype]
+
+
+def _native_bf16(device: str) -> bool:
+    """Whether the GPU computes in bf16 natively (compute capability 8.0 and up: A100, H100, L4...)."""
+    import torch
+
+    major, _ = torch.cuda.get_device_capability(torch.device(device))
+    return major >= 8
 
 
 def dtype_name(dtype) -> str:
@@ -252,8 +345,15 @@ def _files_hint(kind: str) -> str:
 def check_model_folder(folder: Path) -> None:
     """Refuse a local model folder that lacks weights or tokenizer files, before anything loads
     (from_pretrained would raise an OSError traceback, or quietly build a 1-token tokenizer)."""
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
-        raise DietError(f"model folder {folder} has no weights (no *.safetensors or pytorch_model*.bin file)", _REBUILD_HINT)
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.glob("*.bin"))
+        if pickles:  # a pickle runs code when read; torch's weights_only refusal was a traceback advising to turn it off
+            raise DietError(
+                f"model folder {folder} holds pickle weights ({', '.join(pickles[:3])}), which diet-explore does not "
+                "read: only *.safetensors weights are loaded",
+                "use the model's safetensors files (most hub models have them), or convert the checkpoint where you trust it",
+            )
+        raise DietError(f"model folder {folder} has no weights (no *.safetensors file)", _REBUILD_HINT)
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise DietError(f"model folder {folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)} is missing)", _REBUILD_HINT)
 
@@ -330,18 +430,27 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def load_model(name_or_path: str, device: str = "auto", dtype: str | None = None):
-    """Load (model, tokenizer, ModelInfo) for a built-in name, a local folder or a hub id.
+@dataclass(frozen=True)
+class ModelSource:
+    """A model name resolved and checked without reading weights: where it is and what it is."""
 
-    The model family and (for folders) the weight and tokenizer files are checked before any
-    weights are read; the tokenizer loads first because it is the cheap half.
-    """
-    import torch
+    name: str
+    kind: str  # "builtin", "local" or "hub"
+    loc: str  # the folder (built-in: the converted store folder), or the hub id
+    config: Any
+    info: ModelInfo
 
+    def weight_bytes(self, dtype) -> int:
+        import torch
+
+        return self.info.num_parameters * torch.finfo(dtype).bits // 8
+
+
+def model_source(name_or_path: str) -> ModelSource:
+    """Resolve ``name_or_path``; the model family and (for folders) the weight and tokenizer files
+    are checked here, before anything loads (a built-in model is converted once if needed)."""
     from diet_explore.models.adapters import check_supported
 
-    device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, device)
     kind, loc = resolve_source(name_or_path)
     config = load_config(name_or_path)
     check_supported(config.model_type)
@@ -350,16 +459,6 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str | None = None
     if kind != "hub":
         check_model_folder(Path(loc))
     n_params = estimate_parameters(config)
-    check_fits_in_memory(n_params, torch.finfo(torch_dtype).bits // 8, device, name_or_path)
-    tokenizer = _load_tokenizer(loc, kind)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
-    if device.startswith("cuda") and n_params * torch.finfo(torch_dtype).bits // 8 > 0.9 * _gpu_free_bytes(device):
-        kwargs["device_map"] = "auto"  # larger than one GPU (with room for activations): let accelerate spread it
-    kwargs.update(_hub_kwargs(kind))
-    model = _load_weights(loc, kind, kwargs)
-    if "device_map" not in kwargs:
-        model.to(device)
-    model.eval()
     info = ModelInfo(
         name=name_or_path if kind != "local" else Path(loc).name,
         id=BUILTIN_MODELS[name_or_path].hf_id if kind == "builtin" else str(getattr(config, "_name_or_path", "") or loc),
@@ -371,7 +470,39 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str | None = None
         num_layers=int(config.num_hidden_layers),
         num_parameters=int(n_params),
     )
-    return model, tokenizer, info
+    return ModelSource(name_or_path, kind, loc, config, info)
+
+
+def load_tokenizer(source: ModelSource):
+    """The tokenizer of a resolved model (checked: a vocabulary that can encode text)."""
+    return _load_tokenizer(source.loc, source.kind)
+
+
+def load_model(name_or_path: str, device: str = "auto", dtype: str | None = None, copies: float = 1.0):
+    """Load (model, tokenizer, ModelInfo) for a built-in name, a local folder or a hub id.
+
+    The model family and (for folders) the weight and tokenizer files are checked before any
+    weights are read; the tokenizer loads first because it is the cheap half. ``copies``: the
+    peak of the work that follows, in weight-sizes, for the memory pre-check (pruning a copy: 2).
+    A model larger than its GPU is spread (``placement``): ``cuda:N`` is honoured there too.
+    """
+    import torch
+
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    source = model_source(name_or_path)
+    n_params = source.info.num_parameters
+    check_fits_in_memory(n_params, torch.finfo(torch_dtype).bits // 8, device, name_or_path, copies=copies)
+    tokenizer = load_tokenizer(source)
+    # safetensors only (a hub repo's pickle .bin is refused too, as a folder's is in check_model_folder)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False, "use_safetensors": True}
+    kwargs.update(placement(device, source.weight_bytes(torch_dtype)))
+    kwargs.update(_hub_kwargs(source.kind))
+    model = _load_weights(source.loc, source.kind, kwargs)
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    return model, tokenizer, source.info
 
 
 def _gpu_free_bytes(device: str = "cuda") -> int:

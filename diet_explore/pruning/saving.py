@@ -10,6 +10,7 @@ folder holds the weights, the tokenizer, the mask (``diet_mask.json``), a summar
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,24 +57,49 @@ def save_pruned(
             "save it with diet_explore.pruning.rotated_io.save_rotated, which this package reloads",
         )
     info = dict(getattr(model, "diet_prune_info", None) or {})
+    info.setdefault("n_kept", int(model.config.hidden_size))
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # what the weights are saved in
+    check_config_saveable(model.config)
+    default_source = str(getattr(model.config, "_name_or_path", "") or "") or None
+    return write_pruned_folder(
+        out, model.save_pretrained, info, dtype, tokenizer, mask_file, overwrite, source_model, method, default_source
+    )
+
+
+def check_config_saveable(config) -> None:
+    """Refuse a pruned config whose class would reject its hidden size on save or reload."""
+    if not config_accepts(config, int(config.hidden_size), int(config.head_dim)):
+        raise DietError(
+            f"hidden size {config.hidden_size} is not accepted by the {config.model_type} config "
+            "class, so the saved folder would not load",
+            f"prune with a kept count that is a multiple of "
+            f"{config.num_attention_heads} (mask --multiple-of {config.num_attention_heads})",
+        )
+
+
+def write_pruned_folder(
+    out: str | Path,
+    write_model: Callable[[Path], Any],
+    info: dict[str, Any],
+    dtype: str,
+    tokenizer=None,
+    mask_file=None,
+    overwrite: bool = False,
+    source_model: str | None = None,
+    method: str | None = None,
+    default_source: str | None = None,
+) -> Path:
+    """The folder every pruned model is saved as: ``write_model(folder)`` writes the weights and
+    config (``save_pretrained`` of a model in memory, or ``streaming.py`` shard by shard), then the
+    tokenizer, mask, summary and card are added, all in a staged folder renamed into place."""
+    info = dict(info)
     if mask_file is not None:
         method = method or getattr(mask_file, "method", None)
         source_model = source_model or getattr(mask_file, "model_id", None) or getattr(mask_file, "model_name", None)
-    source_model = source_model or str(getattr(model.config, "_name_or_path", "") or "unknown")
-    info.update(
-        source_model=source_model, method=method or "unknown", dtype=str(next(model.parameters()).dtype).removeprefix("torch.")
-    )  # what the weights are saved in
-    hd = int(model.config.head_dim)
-    if not config_accepts(model.config, int(model.config.hidden_size), hd):
-        raise DietError(
-            f"hidden size {model.config.hidden_size} is not accepted by the {model.config.model_type} config "
-            "class, so the saved folder would not load",
-            f"prune with a kept count that is a multiple of "
-            f"{model.config.num_attention_heads} (mask --multiple-of {model.config.num_attention_heads})",
-        )
+    info.update(source_model=source_model or default_source or "unknown", method=method or "unknown", dtype=dtype)
     out = Path(out)
     with atomic.staged_dir(out, overwrite=overwrite, marker=PRUNE_INFO_FILE, foreign=NOT_PRUNED) as tmp:
-        model.save_pretrained(tmp)
+        write_model(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if mask_file is not None:
@@ -81,7 +107,7 @@ def save_pruned(
 
             save_mask(mask_file, tmp / MASK_FILE)
         summary = {k: v for k, v in info.items() if k != "kept_indices"}
-        summary["n_kept"] = len(info.get("kept_indices", [])) or int(model.config.hidden_size)
+        summary["n_kept"] = len(info.get("kept_indices", [])) or summary.get("n_kept")
         atomic.write_json(tmp / PRUNE_INFO_FILE, summary)
         tasks = list(getattr(mask_file, "tasks", None) or [])
         atomic.write_text(tmp / "README.md", model_card(summary, out.name, mask_file is not None, tasks))

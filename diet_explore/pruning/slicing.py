@@ -17,6 +17,7 @@ norm's scale ``(offset + w)`` is divided by r (exact: the lm_head is linear).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -52,8 +53,9 @@ def _param(t: torch.Tensor) -> nn.Parameter:
 def _selected(t: torch.Tensor, dim: int, idx: torch.Tensor) -> nn.Parameter:
     """``t`` restricted to ``idx`` along ``dim``, as a new parameter. index_select, not t[:, idx]:
     the same values, about 20x faster on a CPU for a (1536, 576) weight (advanced indexing takes a
-    slow general path), and already a fresh contiguous tensor, so nothing is copied twice."""
-    return nn.Parameter(torch.index_select(t, dim, idx), requires_grad=False)
+    slow general path), and already a fresh contiguous tensor, so nothing is copied twice. The
+    index goes to the tensor's device: a model spread over devices is sliced where each tensor is."""
+    return nn.Parameter(torch.index_select(t, dim, idx.to(t.device)), requires_grad=False)
 
 
 def slice_linear_inputs(lin: nn.Linear, idx: torch.Tensor) -> None:
@@ -64,14 +66,14 @@ def slice_linear_inputs(lin: nn.Linear, idx: torch.Tensor) -> None:
 def slice_linear_outputs(lin: nn.Linear, idx: torch.Tensor) -> None:
     lin.weight = _selected(lin.weight.data, 0, idx)  # (D, in) -> (D', in)
     if lin.bias is not None:
-        lin.bias = _param(lin.bias.data[idx])
+        lin.bias = _selected(lin.bias.data, 0, idx)
     lin.out_features = len(idx)
 
 
 def slice_norm(norm: nn.Module, idx: torch.Tensor) -> None:
-    norm.weight = _param(norm.weight.data[idx])  # (D,) -> (D',)
+    norm.weight = _selected(norm.weight.data, 0, idx)  # (D,) -> (D',)
     if getattr(norm, "bias", None) is not None:
-        norm.bias = _param(norm.bias.data[idx])
+        norm.bias = _selected(norm.bias.data, 0, idx)
     if hasattr(norm, "normalized_shape"):  # nn.LayerNorm
         norm.normalized_shape = (len(idx),)
 
@@ -91,15 +93,71 @@ def _set_embed_scale(emb: nn.Module, value: float) -> None:
         emb.scalar_embed_scale = value
 
 
+def embedding_scale_ratio(adapter, d_new: int) -> float:
+    """``r = old / new`` embedding scale for a model sliced to ``d_new`` dims (Gemma: sqrt(D)/sqrt(D'),
+    else 1): folded into the embedding weights so a reloaded model sees the dense residual stream."""
+    sliced = copy.copy(adapter)  # shallow copies: the model and its config are untouched
+    sliced.config = copy.copy(adapter.config)
+    sliced.config.hidden_size = d_new
+    return adapter.embedding_scale() / sliced.embedding_scale()
+
+
+def fold_final_norm(weight: torch.Tensor, offset: float, ratio: float) -> torch.Tensor:
+    """The final norm's weight with its scale ``(offset + w)`` divided by ``ratio``, which a tied head
+    would otherwise multiply the logits by (exact: the head is linear). In fp32: in bf16 the fold
+    itself would add rounding."""
+    return ((offset + weight.float()) / ratio - offset).to(weight.dtype)
+
+
+@dataclass(frozen=True)
+class SliceRule:
+    """Which axis of a parameter is the hidden dimension, and what else happens to it: "embedding"
+    is multiplied by the scale ratio, "final_norm" gets ``fold_final_norm`` when the head is tied."""
+
+    dim: int
+    role: str = ""
+
+
+def hidden_dim_rules(model: nn.Module) -> dict[str, SliceRule]:
+    """Every parameter name (a tied head's alias too) with a hidden-dimension axis, and its rule: the
+    tensors ``prune_model`` slices, for code that slices tensors outside a model (``streaming.py``).
+    Works on a model on the meta device (no weights)."""
+    ad = get_adapter(model)
+    rules: dict[int, SliceRule] = {}
+
+    def add(p, rule: SliceRule) -> None:
+        if p is not None:
+            rules[id(p)] = rule
+
+    for la in ad.layer_adapters():
+        for norm in la.hidden_norms():
+            add(norm.weight, SliceRule(0))
+            add(getattr(norm, "bias", None), SliceRule(0))
+        for lin in la.attention_inputs() + la.mlp_inputs():
+            add(lin.weight, SliceRule(1))  # (out, D): a bias is per output, not sliced
+        for lin in (la.attention_output(), la.mlp_output()):
+            add(lin.weight, SliceRule(0))  # (D, in)
+            add(lin.bias, SliceRule(0))
+    final = ad.final_norm()
+    add(final.weight, SliceRule(0, "final_norm"))
+    add(getattr(final, "bias", None), SliceRule(0))
+    add(ad.lm_head().weight, SliceRule(1))
+    add(ad.embedding().weight, SliceRule(1, "embedding"))  # last: a tied head is the embedding
+    return {name: rules[id(p)] for name, p in model.named_parameters(remove_duplicate=False) if id(p) in rules}
+
+
 # --------------------------------------------------------------------------------------------
-def prune_model(model: nn.Module, keep: np.ndarray, saveable: bool = True) -> nn.Module:
+def prune_model(model: nn.Module, keep: np.ndarray, saveable: bool = True, inplace: bool = False) -> nn.Module:
     """A new model with only the kept hidden dimensions; ``model`` itself is never touched.
 
     ``saveable=False`` also accepts kept counts the config class would reject on save/reload
     (e.g. not a multiple of the head count for Llama/Gemma in transformers 5): in-memory only.
+    ``inplace=True`` slices ``model`` itself and returns it, freeing each dense tensor as its slice
+    replaces it (no second model in memory): only for a model loaded for this alone, never a
+    shared or cached one. A model spread over several devices (``device_map``) is sliced where
+    each tensor lives.
     """
     adapter = get_adapter(model)
-    check_single_device(model)
     d = adapter.hidden_size
     keep = check_keep(keep, d)
     head_dim = adapter.head_dim()
@@ -111,14 +169,14 @@ def prune_model(model: nn.Module, keep: np.ndarray, saveable: bool = True) -> nn
     # The copy shares the dense parameters at first (copying them only to slice them would copy
     # the whole model twice); slicing replaces most of them, and every one still shared at the end
     # is copied then (buffers are small and some are changed in place: they are copied up front).
-    dense_params = {id(p): p for p in model.parameters()}
-    new = copy.deepcopy(model, memo=dict(dense_params))
+    dense_params = {} if inplace else {id(p): p for p in model.parameters()}
+    new = model if inplace else copy.deepcopy(model, memo=dict(dense_params))
     ad = get_adapter(new)
     emb, head, final = ad.embedding(), ad.lm_head(), ad.final_norm()
     tied = ad.ties_embeddings()
-    idx = torch.as_tensor(np.flatnonzero(keep), device=emb.weight.device)
+    idx = torch.as_tensor(np.flatnonzero(keep))  # each slice moves it to its tensor's device
     d_new = len(idx)
-    old_scale = ad.embedding_scale()  # sqrt(D) for Gemma, 1 otherwise (read before the config changes)
+    ratio = embedding_scale_ratio(ad, d_new)  # read before the config changes
     with torch.no_grad():
         for la in ad.layer_adapters():
             for norm in la.hidden_norms():
@@ -130,15 +188,12 @@ def prune_model(model: nn.Module, keep: np.ndarray, saveable: bool = True) -> nn
         slice_norm(final, idx)
         new.config.hidden_size = d_new
         new.config.head_dim = head_dim  # some configs derive it from hidden_size / heads
-        new_scale = ad.embedding_scale()  # what a reload of the saved config will compute
-        ratio = old_scale / new_scale
         slice_embedding(emb, idx, scale=ratio)
-        _set_embed_scale(emb, new_scale)
+        _set_embed_scale(emb, ad.embedding_scale())  # what a reload of the saved config will compute
         if tied:
             head.weight = emb.weight  # one Parameter again, as the dense model had
             if ratio != 1.0:  # the tied head now carries r too: undo it in the final norm's scale
-                off = ad.norm_offset  # in fp32: in bf16 the fold itself would add rounding
-                final.weight.data = ((off + final.weight.data.float()) / ratio - off).to(final.weight.dtype)
+                final.weight.data = fold_final_norm(final.weight.data, ad.norm_offset, ratio)
         else:
             slice_linear_inputs(head, idx)
         for module in new.modules():
@@ -160,8 +215,9 @@ def prune_model(model: nn.Module, keep: np.ndarray, saveable: bool = True) -> nn
 
 
 def check_single_device(model: nn.Module) -> None:
-    """Refuse a model that accelerate spread over several devices (``device_map="auto"``): the
-    slicing indexes every tensor with one index tensor, which fails on a device mismatch halfway."""
+    """Refuse a model that accelerate spread over several devices (``device_map="auto"``) for
+    rotate-and-slice (``rotate.py``), whose rotations are computed and applied on one device.
+    (``prune_model`` slices each tensor where it lives and needs no such check.)"""
     device_map = getattr(model, "hf_device_map", None) or {}
     # accelerate names GPUs by bare index (0) or "cuda:0"; count those as one device
     devices = sorted({f"cuda:{d}" if isinstance(d, int) else str(d) for d in device_map.values()})

@@ -181,3 +181,136 @@ def test_read_manifest_bounds_what_it_reads(tmp_path, monkeypatch):
     monkeypatch.setattr(cache_mod, "MANIFEST_MAX_BYTES", 1024)
     with pytest.raises(DietError, match="over 1024 bytes"):
         cache_mod.read_manifest(folder)
+
+
+# ------------------------------------------------------------------ task templates
+def _registry_with(tmp_path, text: str):
+    from diet_explore.tasks.registry import load_registry
+
+    entry = {"dataset": {"path": str(tmp_path / "data")}, "text": text, "choices": ["no", "yes"], "gold": {"field": "y"}}
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps({"mine": entry}))
+    return load_registry([path])
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{s1:>999999999}", "width 999999999"),  # `tasks` took 1.2 GB, profile died in a tokenizers panic
+        ("{s1:{s2}}", "a nested field"),
+        ("{s1.__class__.__mro__}", "plain field names"),  # attribute traversal
+        ("{s1[0]}", "plain field names"),
+    ],
+)
+def test_a_template_field_is_a_plain_name_with_a_bounded_format(tmp_path, text, match):
+    from diet_explore.core.errors import DietError
+
+    with pytest.raises(DietError, match=match) as exc:
+        _registry_with(tmp_path, text)
+    assert "task 'mine'" in str(exc.value) and exc.value.hint
+
+
+def test_a_plain_template_with_a_small_format_is_accepted(tmp_path):
+    assert _registry_with(tmp_path, "{s1:>8} {s2!r} {y:03d}")["mine"].text == "{s1:>8} {s2!r} {y:03d}"
+
+
+def test_the_rendered_text_is_bounded(tmp_path):
+    """A document whose filled-in template is larger than any prompt fails with one line naming it."""
+    from diet_explore.core.errors import DietError
+    from diet_explore.tasks import registry
+
+    spec = _registry_with(tmp_path, "{s1}")["mine"]
+    with pytest.raises(DietError, match=r"doc 3: the filled-in text is 2000001 characters"):
+        registry._format_text(spec, {"s1": "x" * 2_000_001}, 3)
+
+
+# ------------------------------------------------------------------ cache manifests and scores
+def _small_cache(tmp_path, name="c", **arrays):
+    cache = synthetic_cache(hidden_size=8, num_layers=2, tasks=("rte", "boolq"), n_samples=3, seed=4)
+    for task, fill in arrays.items():
+        scores = cache.tasks[task]
+        for site in scores.layer:
+            scores.layer[site][...] = fill(scores.layer[site])
+            scores.sample[site][...] = fill(scores.sample[site])
+    return save_cache(cache, tmp_path / name)
+
+
+def test_a_manifest_that_names_a_task_twice_is_refused(tmp_path, capsys):
+    """A second "rte" changed the mask from 467 to 468 kept dims: the manifest is read with the
+    unique-keys reader that task files use."""
+    root = _small_cache(tmp_path)
+    text = (root / MANIFEST).read_text()
+    doc = json.loads(text)
+    rte = json.dumps(doc["tasks"]["rte"])
+    (root / MANIFEST).write_text(text.replace('"tasks": {', f'"tasks": {{"rte": {rte}, ', 1))
+    err = _run(["mask", "--cache", str(root), "--sparsity", "0.5", "--out", str(tmp_path / "m.json")], capsys)
+    assert "'rte' appears twice" in err and not (tmp_path / "m.json").exists()
+
+
+def test_two_tasks_on_one_file_or_a_repeated_sample_id_are_refused(tmp_path):
+    from diet_explore.core.errors import DietError
+
+    root = _small_cache(tmp_path)
+    doc = json.loads((root / MANIFEST).read_text())
+    doc["tasks"]["boolq"] = {
+        **doc["tasks"]["boolq"],
+        "file": doc["tasks"]["rte"]["file"],
+        "sha256": doc["tasks"]["rte"]["sha256"],
+    }
+    (root / MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(DietError, match="tasks 'rte' and 'boolq' both list the file tasks/rte.safetensors"):
+        load_cache(root)
+    doc = json.loads((_small_cache(tmp_path, "d") / MANIFEST).read_text())
+    doc["tasks"]["rte"]["sample_ids"][1] = doc["tasks"]["rte"]["sample_ids"][0]
+    (tmp_path / "d" / MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(DietError, match=r"task 'rte' lists sample id \d+ twice"):
+        load_cache(tmp_path / "d")
+
+
+@pytest.mark.parametrize(
+    "fill, match",
+    [(lambda a: -a, "negative"), (lambda a: 0 * a, "all zero")],
+)
+def test_negative_or_all_zero_scores_are_refused_naming_the_task(tmp_path, capsys, fill, match):
+    """Mean |activation| is never negative, and a task of zeros has no ranking: both changed the mask
+    silently. The cache is refused, naming the task and the array."""
+    root = _small_cache(tmp_path, boolq=fill)
+    err = _run(["mask", "--cache", str(root), "--sparsity", "0.5", "--out", str(tmp_path / "m.json")], capsys)
+    assert "boolq" in err and match in err and "residual.layer" in err, err
+
+
+# ------------------------------------------------------------------ model folders
+class _Payload:
+    """Unpickling this creates the file ``target``: what a malicious pytorch_model.bin can do."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_pickle_checkpoint_is_refused_in_one_line_without_reading_it(tmp_path, capsys):
+    """pytorch_model.bin: no code ran, but the user got a traceback advising weights_only=False. Only
+    safetensors are loaded; a folder of pickle weights is one line before anything is read."""
+    import pickle
+    import shutil
+
+    from diet_explore.models.adapters.tiny import save_tiny_folder
+
+    folder = save_tiny_folder(tmp_path / "tiny")
+    (folder / "model.safetensors").unlink()
+    ran = tmp_path / "code-ran"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(ran)))
+    capsys.readouterr()  # the folder's save progress
+    err = _run(["eval", "--model", str(folder), "--tasks", "rte", "--limit", "1", "--no-perplexity"], capsys)
+    assert "pytorch_model.bin" in err and "safetensors" in err and "weights_only" not in err, err
+    assert not ran.exists()
+    shutil.rmtree(folder)
+
+
+def test_an_empty_model_folder_says_it_is_empty(tmp_path, capsys):
+    """It was 'no model_type key in its config.json' for a folder with no config.json at all."""
+    (tmp_path / "empty-model").mkdir()
+    err = _run(["eval", "--model", str(tmp_path / "empty-model"), "--tasks", "rte"], capsys)
+    assert "is empty" in err and "model_type" not in err, err

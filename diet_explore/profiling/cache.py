@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -414,7 +415,8 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
             f"{path} is not a file: {root} is not a score cache", "point --cache at a folder made by `diet-explore profile`"
         )
     try:
-        manifest = atomic.loads_json(atomic.read_regular(path, MANIFEST_MAX_BYTES, "manifest").decode())
+        # unique keys: a second "rte" entry silently replaced the first (and changed the mask)
+        manifest = atomic.loads_json(atomic.read_regular(path, MANIFEST_MAX_BYTES, "manifest").decode(), unique_keys=True)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DietError(f"{path} is not valid JSON ({exc})", "the file is corrupt or truncated; re-run the profile") from None
     except OSError as exc:  # unreadable (permissions, I/O error)
@@ -468,6 +470,7 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
         raise bad("'sites' is empty: the cache holds no scores")
     if not isinstance(manifest["tasks"], dict):
         raise bad("'tasks' is not an object of task entries")
+    files: dict[str, str] = {}  # file -> the task that lists it
     for name, meta in manifest["tasks"].items():
         if not isinstance(meta, dict):
             raise bad(f"task {name!r} is not an object")
@@ -492,6 +495,13 @@ def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
         ):
             raise bad(f"task {name!r} has a field of the wrong type (file, sha256, n_samples, sample_ids, token_counts)")
         member(meta["file"], f"task {name!r}:")
+        # each task its own file and distinct samples: a copied entry counted one task's scores twice in the vote
+        if meta["file"] in files:
+            raise bad(f"tasks {files[meta['file']]!r} and {name!r} both list the file {meta['file']}")
+        files[meta["file"]] = name
+        repeated = next((i for i, c in Counter(meta["sample_ids"]).items() if c > 1), None)
+        if repeated is not None:
+            raise bad(f"task {name!r} lists sample id {repeated} twice")
         # the arrays have n_samples rows; ids and counts that disagree would skew every per-sample statistic
         if not meta["n_samples"]:  # a score over no samples: every statistic of it is 0 / 0
             raise bad(f"task {name!r} has n_samples 0: it holds no scores")
@@ -544,6 +554,22 @@ def _load_safetensors(path: Path, expected_sha: str, rebuild: str = "re-run the 
         raise DietError(f"{path} is not a readable safetensors file ({exc})", rebuild) from None
 
 
+def _check_magnitudes(path: Path, task: str, key: str, arr: np.ndarray) -> None:
+    """Scores are mean |activation|s: never negative, and not all zero (a task with no ranking).
+    Either changed the mask silently; the cache is refused, naming the task and the array."""
+    if (arr < 0).any():
+        raise DietError(
+            f"{path}: task {task!r} has negative scores in {key} (min {float(arr.min()):.4g}); a score is a mean "
+            "|activation| and is never negative",
+            "the file was not written by a profile: re-run the profile for this task",
+        )
+    if not arr.any():
+        raise DietError(
+            f"{path}: task {task!r} has scores that are all zero in {key}, so it ranks no dimension",
+            "re-run the profile for this task (did its texts reach the model?), or profile without it",
+        )
+
+
 def load_cache(root: str | Path) -> ScoreCache:
     """Load and validate a cache folder. Every problem is a ``DietError`` naming the file."""
     root = Path(root)
@@ -573,6 +599,7 @@ def load_cache(root: str | Path) -> ScoreCache:
                     raise DietError(
                         f"{path}: {key} contains NaN or inf", "re-run the profile (fp16 overflow? use --dtype float32)"
                     )
+                _check_magnitudes(path, name, key, arr)
                 arr.setflags(write=False)
                 out[site] = arr
         contexts = None

@@ -36,6 +36,8 @@ RESERVED_NAMES = ("all", GENERIC_TASK)  # `--tasks all` means every task; the ge
 # a task name is a file name in a score cache (tasks/<name>.safetensors) and an item of a comma list
 # (--tasks a,b): letters, digits, '_', '-', '.', starting with a letter or digit, at most 64 characters
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_FORMAT_WIDTH = 1000  # a template field's format width or precision ("{s:>999999999}" is refused)
+MAX_TEXT_CHARS = 1_000_000  # a filled-in template: far above any prompt, far below what breaks a tokenizer
 SCHEMA_HINT = "see the fields documented in diet_explore/tasks/builtin.json (_doc)"
 
 
@@ -159,7 +161,13 @@ def _gold(spec: TaskSpec, doc: dict[str, Any], doc_id: int) -> int:
 def _format_text(spec: TaskSpec, doc: dict[str, Any], doc_id: int) -> str:
     assert spec.text is not None  # guaranteed for multiple_choice by _validate
     try:
-        return spec.text.format_map(doc)
+        text = spec.text.format_map(doc)
+        if len(text) > MAX_TEXT_CHARS:  # a tokenizer given gigabytes panics (rc 134) instead of raising
+            raise DietError(
+                f"{_where(spec, doc_id)}: the filled-in text is {len(text)} characters, over {MAX_TEXT_CHARS}",
+                "check the template and the document's fields; a prompt is a few thousand characters",
+            )
+        return text
     except KeyError as exc:
         raise DietError(
             f"{_where(spec, doc_id)}: text {spec.text!r} names field {{{exc.args[0]}}}, which the document lacks",
@@ -253,17 +261,34 @@ def _describe(value: Any) -> str:
 def _check_template(text: str, where: str) -> None:
     # Parsed now so a bad template fails when the file is read, not at the first document.
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+        parts = list(string.Formatter().parse(text))
     except ValueError as exc:
         raise DietError(
             f"{where}: text {text!r} is not a valid template ({exc})",
             "write fields as {name}; double a literal brace as {{ or }}",
         ) from None
-    for name in names:
+    for _, name, spec, _ in parts:
+        if name is None:
+            continue
         if name == "" or name[0].isdigit():  # format_map has no positional arguments to fill these
             raise DietError(
                 f"{where}: text {text!r} has a positional field {{{name}}}",
                 "name a document field, e.g. {question}; double a literal brace as {{ or }}",
+            )
+        # "{s.__class__.__mro__}" walks attributes of the document's values, "{s[0]}" indexes them
+        if "." in name or "[" in name:
+            raise DietError(
+                f"{where}: text {text!r} has the field {{{name[:60]}}}; templates take plain field names only",
+                "name a document field, e.g. {question}, and use a preprocessor for anything more",
+            )
+        if "{" in (spec or ""):
+            raise DietError(f"{where}: text {text!r} has a nested field in the format of {{{name}}}", "write a fixed format")
+        widths = [int(n) for n in re.findall(r"\d+", spec or "")]  # "{s:>999999999}" built a 1 GB string per document
+        if widths and max(widths) > MAX_FORMAT_WIDTH:
+            raise DietError(
+                f"{where}: text {text!r} asks for width {max(widths)} in {{{name}:{spec[:40]}}}; "
+                f"a format's width or precision is at most {MAX_FORMAT_WIDTH}",
+                "drop the format or use a small width, e.g. {question:>10}",
             )
 
 

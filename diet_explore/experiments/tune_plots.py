@@ -86,7 +86,9 @@ def parallel_figure(rows: list[dict[str, Any]], objective: str = "main") -> go.F
     dims.append({"label": objective_title(objective), "values": scores})
     line = {"color": scores, "colorscale": "Viridis", "showscale": True} if scores else {}
     fig = go.Figure(go.Parcoords(dimensions=dims, line=line))
-    fig.update_layout(title=f"Settings against the objective ({len(done)} complete trials)", height=420, margin={"t": 80, "l": 60, "r": 60})
+    fig.update_layout(
+        title=f"Settings against the objective ({len(done)} complete trials)", height=420, margin={"t": 80, "l": 60, "r": 60}
+    )
     return fig
 
 

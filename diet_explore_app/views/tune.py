@@ -14,7 +14,7 @@ from diet_explore.core import atomic
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.decision import format_entry
 from diet_explore.experiments import tune
-from diet_explore.experiments.tune_plots import history_figure, importance_figure, param_title, parallel_figure
+from diet_explore.experiments.tune_plots import history_figure, importance_figure, parallel_figure, param_title
 from diet_explore.masking.build import MaskConfig
 from diet_explore_app import jobs_ui, state
 from diet_explore_app import settings as S
@@ -34,7 +34,9 @@ def fixed_from_builder(choices: list[str], current: MaskConfig, space: dict[str,
     for label in choices:
         name = FIXABLE[label]
         if name == "weights":
-            fixed |= {k: current.weights.get(k.removeprefix(tune.WEIGHT_PREFIX), 1.0) for k in space if k.startswith(tune.WEIGHT_PREFIX)}
+            fixed |= {
+                k: current.weights.get(k.removeprefix(tune.WEIGHT_PREFIX), 1.0) for k in space if k.startswith(tune.WEIGHT_PREFIX)
+            }
         elif name == "layer_agg":
             fixed["layer_agg"] = current.layer_agg
             if current.layer_agg == "last_k":
@@ -149,7 +151,9 @@ with ui.shown_errors():
     c3.number_input("Minutes (0: no limit)", 0, 24 * 60, **state.kw(K_MINUTES))
     c4.number_input("Held-out examples per task", 2, 2000, step=10, **state.kw(K_LIMIT), help="split into tuning and test")
     c5, c6, c7 = st.columns(3)
-    c5.selectbox("Objective", list(tune.OBJECTIVES), format_func=tune.OBJECTIVES.get, **state.sel_kw(K_OBJECTIVE, tune.OBJECTIVES))
+    c5.selectbox(
+        "Objective", list(tune.OBJECTIVES), format_func=tune.OBJECTIVES.get, **state.sel_kw(K_OBJECTIVE, tune.OBJECTIVES)
+    )
     c6.selectbox("Pruner", list(tune.PRUNERS), **state.sel_kw(K_PRUNER, tune.PRUNERS))
     c7.toggle("Keep the target count (τ not searched)", **state.kw(K_EXACT))
     st.multiselect("Keep at the Mask builder's values (not searched)", list(FIXABLE), **state.multi_kw(K_FIX))

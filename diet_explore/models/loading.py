@@ -324,6 +324,8 @@ def _native_bf16(device: str) -> bool:
     """Whether the GPU computes in bf16 natively (compute capability 8.0 and up: A100, H100, L4...)."""
     import torch
 
+    if not torch.cuda.is_available():
+        return True  # a config read on a machine without the GPU names the GPU default
     major, _ = torch.cuda.get_device_capability(torch.device(device))
     return major >= 8
 

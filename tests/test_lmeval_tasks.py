@@ -11,15 +11,9 @@ import pytest
 
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.evaluate import EvalConfig, calibration_exclusions, eval_requests
-from diet_explore.evaluation.lmeval_tasks import (
-    MARKER,
-    hand_off,
-    lm_eval_command,
-    lmeval_tasks_command,
-    read_lmeval_tasks,
-    write_lmeval_tasks,
-)
+from diet_explore.evaluation.lmeval_tasks import MARKER, read_lmeval_tasks, write_lmeval_tasks
 from diet_explore.tasks import data
+from diet_explore.tasks.lmeval_commands import hand_off, lm_eval_command, lmeval_tasks_command
 from diet_explore.tasks.registry import resolve_tasks
 
 

@@ -141,9 +141,9 @@ LMEVAL_DIR = "lmeval-tasks"  # the --out the printed lmeval-tasks command writes
 def hand_off_text(args, config, tasks: list[str], device: str) -> str:
     """The full evaluation of the same held-out documents with lm-eval: the command that writes the task
     files (calibration left out), then the lm_eval commands of both models and their many-GPU variants."""
-    from diet_explore.evaluation.lmeval_tasks import hand_off, lmeval_tasks_command, task_name
     from diet_explore.models.builtin import BUILTIN_MODELS, store_path
     from diet_explore.models.loading import dtype_name, pick_dtype
+    from diet_explore.tasks.lmeval_commands import hand_off, lmeval_tasks_command, task_name
 
     def folder(name: str) -> str:
         return str(store_path(name)) if name in BUILTIN_MODELS else name

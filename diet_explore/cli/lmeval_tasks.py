@@ -32,8 +32,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from diet_explore.evaluation.lmeval_tasks import hand_off, write_lmeval_tasks
+    from diet_explore.evaluation.lmeval_tasks import write_lmeval_tasks
     from diet_explore.pruning.saving import MASK_FILE
+    from diet_explore.tasks.lmeval_commands import hand_off
 
     masks = [str(Path(m, MASK_FILE)) if Path(m).is_dir() else m for m in args.mask or []]
     tasks = csv_list(args.tasks) if args.tasks.strip() != "all" else "all"

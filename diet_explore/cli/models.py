@@ -29,5 +29,6 @@ def run(args) -> int:
         ok = is_installed(name)
         where = str(store_path(name)) if (store_path(name) / "config.json").exists() else install_command(name)
         print(f"{name:<14} {'yes' if ok else 'no':<10} {spec.hf_id:<38} {where}")
+        print(f"{'':<14} weights: {spec.provenance}")
     print(f"\nAlso accepted: a local Hugging Face folder or a hub id. Families: {', '.join(SUPPORTED_MODEL_TYPES)}")
     return 0

@@ -14,23 +14,17 @@ a moved folder is written again.
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from diet_explore.core import atomic
 from diet_explore.core.errors import DietError
+from diet_explore.tasks.lmeval_commands import TAG, task_name
 from diet_explore.tasks.registry import Request, TaskSpec, resolve_tasks
 
-TASK_PREFIX = "diet_"  # lm-eval task names: diet_boolq, ... (lm-eval's own `boolq` reads the whole hub split)
-TAG = "diet_explore"  # `--tasks diet_explore` runs every task of a folder
 MARKER = "diet_lmeval_tasks.json"  # what a folder this tool wrote holds (a re-run may replace only such a folder)
 ALL_HELD_OUT = 10**9  # an EvalConfig limit no split reaches: with clip_limit, every held-out document
 SPLIT = "validation"  # the name lm-eval sees; the rows are the quick evaluation's held-out ones
-
-
-def task_name(task: str) -> str:
-    return TASK_PREFIX + task
 
 
 def heldout_requests(
@@ -148,87 +142,3 @@ def read_lmeval_tasks(folder: str | Path) -> LmEvalTasks:
             f"write one with `diet-explore lmeval-tasks --out {folder}`",
         )
     return LmEvalTasks(Path(folder), {str(k): int(v) for k, v in marker["tasks"].items()})
-
-
-# --------------------------------------------------------------------------------------------
-# Commands
-# --------------------------------------------------------------------------------------------
-#: The ways to run them: one device; one model split over every visible GPU (hf's parallelize=True, for a
-#: model larger than one GPU); vLLM with one replica per GPU (data parallel, for many GPUs).
-VARIANTS = ("hf", "hf-parallelize", "vllm")
-
-
-def lm_eval_command(
-    model_folder: str,
-    tasks_dir: str | Path,
-    task_names: list[str],
-    variant: str = "hf",
-    dtype: str = "float32",
-    device: str | None = None,
-    batch_size: int = 8,
-    gpus: int = 8,
-    limit: int | None = None,
-) -> str:
-    """The ``lm_eval`` command scoring ``model_folder`` on the held-out tasks in ``tasks_dir``."""
-    if variant not in VARIANTS:
-        raise DietError(f"unknown lm-eval variant {variant!r}", f"use one of {', '.join(VARIANTS)}")
-    model_args = f"pretrained={model_folder},dtype={dtype}"
-    backend, batch = "hf", str(batch_size)
-    if variant == "hf-parallelize":
-        model_args += ",parallelize=True"
-    elif variant == "vllm":
-        backend, batch = "vllm", "auto"
-        model_args += f",tensor_parallel_size=1,data_parallel_size={gpus},gpu_memory_utilization=0.8"
-    args = ["lm_eval", "--model", backend, "--model_args", model_args]
-    args += ["--include_path", str(tasks_dir), "--tasks", ",".join(task_names), "--batch_size", batch]
-    if device and variant == "hf":
-        args += ["--device", device]
-    if limit:
-        args += ["--limit", str(limit)]
-    return shlex.join(args)  # quoted: a folder with a space in its path pastes as one argument
-
-
-def lmeval_tasks_command(
-    out: str | Path,
-    tasks: list[str] | str = "all",
-    cache: str | None = None,
-    masks: list[str] | None = None,
-    seed: int | None = None,
-) -> str:
-    """The ``diet-explore lmeval-tasks`` command that writes the task files ``eval`` held out."""
-    args = ["diet-explore", "lmeval-tasks", "--out", str(out)]
-    if tasks != "all":
-        args += ["--tasks", ",".join(tasks) if isinstance(tasks, list) else tasks]
-    if cache:
-        args += ["--cache", str(cache)]
-    for m in masks or []:
-        args += ["--mask", str(m)]
-    if seed is not None:
-        args += ["--seed", str(seed)]
-    return shlex.join(args)
-
-
-def hand_off(
-    models: dict[str, str],
-    tasks_dir: str | Path,
-    task_names: list[str],
-    dtype: str = "float32",
-    device: str | None = None,
-    batch_size: int = 8,
-    limit: int | None = None,
-    gpus: int = 8,
-) -> list[str]:
-    """Lines saying how to run each model (label -> folder, e.g. dense and pruned) with lm-eval on
-    the held-out tasks: the one-device command for each, then the many-GPU variants (vLLM's
-    ``data_parallel_size`` is ``gpus``: set it to the GPU count)."""
-    lines = []
-    for label, folder in models.items():
-        lines.append(f"{label}: {lm_eval_command(folder, tasks_dir, task_names, 'hf', dtype, device, batch_size, limit=limit)}")
-    for label, folder in models.items():
-        for variant, what in (
-            ("hf-parallelize", "one model over every GPU"),
-            ("vllm", f"vLLM, one replica on each of {gpus} GPUs"),
-        ):
-            cmd = lm_eval_command(folder, tasks_dir, task_names, variant, dtype, batch_size=batch_size, gpus=gpus, limit=limit)
-            lines.append(f"{label}, {what}: {cmd}")
-    return lines

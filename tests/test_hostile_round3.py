@@ -314,3 +314,59 @@ def test_an_empty_model_folder_says_it_is_empty(tmp_path, capsys):
     (tmp_path / "empty-model").mkdir()
     err = _run(["eval", "--model", str(tmp_path / "empty-model"), "--tasks", "rte"], capsys)
     assert "is empty" in err and "model_type" not in err, err
+
+
+# ------------------------------------------------------------------ lock files
+def test_a_lock_leaves_no_file_beside_its_path_done_refused_or_nested(tmp_path):
+    """profile left a .<out>.lock beside --out, even after a refusal: the lock file is removed by its
+    outermost holder while it still holds it (a waiter that locked the removed file retries)."""
+    from diet_explore.core.errors import DietError
+
+    lock = tmp_path / ".out.lock"
+    with atomic.locked(tmp_path / "out"):
+        assert lock.exists()
+        with atomic.locked(tmp_path / "out"):
+            pass
+        assert lock.exists()  # still held by the outer hold
+    assert not lock.exists()
+    with pytest.raises(DietError), atomic.locked(tmp_path / "out"):
+        raise DietError("refused inside the lock")
+    assert not lock.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_refused_profile_leaves_no_lock_file(synthetic_cache_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "cache"
+    shutil.copytree(synthetic_cache_dir, out)
+    err = _run(["profile", "--model", "smollm2-135m", "--tasks", "rte", "--samples", "3", "--out", str(out)], capsys)
+    assert "refusing to mix two profiles" in err or "was made with a different" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+# ------------------------------------------------------------------ Ctrl-C during imports
+_INTERRUPT_IMPORT = """
+import sys
+
+class Interrupt:  # Ctrl-C while {module} is being imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "{module}":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["diet-explore", "models"]
+from diet_explore.__main__ import entry
+sys.exit(entry())
+"""
+
+
+@pytest.mark.parametrize("module", ["diet_explore.cli", "diet_explore.cli.models"])
+def test_ctrl_c_during_imports_is_one_line_and_exit_130(module):
+    """The console script imported the whole CLI before main() could catch anything: a Ctrl-C there
+    (torch and transformers take seconds) printed a KeyboardInterrupt traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPT_IMPORT.format(module=module)], capture_output=True, text=True)
+    assert proc.returncode == 130 and proc.stderr == "interrupted\n", (proc.returncode, proc.stderr[-800:])

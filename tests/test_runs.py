@@ -36,7 +36,7 @@ def test_save_load_and_list(tmp_path):
     assert frame.set_index("run_id").loc[a, "tasks"] == "rte,boolq"
     assert frame.set_index("run_id").loc[b, "n_keep"] == 459
     assert store.load(b)["kind"] == "diet-explore-run" and store.load(b)["source"] == "cli"  # the store's keys win
-    assert [p.name for p in (tmp_path / "runs").glob(".*")] == [".store.lock"]  # no temporary files left, only the lock
+    assert [p.name for p in (tmp_path / "runs").glob(".*")] == []  # no temporary files left, nor the lock's file
 
 
 def test_corrupt_and_foreign_files_are_skipped_with_a_warning(tmp_path):
@@ -68,7 +68,7 @@ def test_saving_under_a_chosen_id_replaces_that_run(tmp_path):
     assert store.has(run_id) and [r["delta_avg"] for r in store.records()] == [-0.2]
     with pytest.raises(DietError, match="is not a run id"):
         store.save({"model": "m"}, run_id="../escape")
-    assert not store.has("../escape") and sorted(p.name for p in tmp_path.iterdir()) == [".store.lock", f"{run_id}.json"]
+    assert not store.has("../escape") and sorted(p.name for p in tmp_path.iterdir()) == [f"{run_id}.json"]
 
 
 def test_an_unwritable_store_is_a_diet_error_naming_the_folder(tmp_path):

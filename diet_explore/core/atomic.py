@@ -84,9 +84,22 @@ def locked(path: str | Path, timeout: float = LOCK_TIMEOUT_S, in_use: str | None
         try:
             yield
         finally:
+            if file_lock.lock_counter == 1 and _may_unlink(file_lock):
+                # the outermost hold removes the lock file while it still holds it, so none is left beside
+                # ``path`` (a refused profile left .<out>.lock); filelock re-opens one that was unlinked
+                # under a waiter (its file has no link left after flock), so two holders never coexist
+                with contextlib.suppress(OSError):
+                    os.unlink(key)
             file_lock.release()
     finally:
         thread_lock.release()
+
+
+def _may_unlink(file_lock: Any) -> bool:
+    """Whether removing ``file_lock``'s file while holding it is safe: a native (flock) lock of a
+    filelock that retries an unlinked lock file (4.x, which records ``soft_fallback``). A soft lock's
+    file *is* the lock, so it is never removed here; nor with a filelock that does not say which."""
+    return getattr(getattr(file_lock, "_context", None), "soft_fallback", True) is False
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from diet_explore.core.config import is_finite_number, is_whole_number
 
 FORMAT_VERSION = 1
 KIND = "diet-explore-eval-cache"
-STORE_LOCK = "store"  # locked() keeps its lock file as <root>/.store.lock
+STORE_LOCK = "store"  # locked() holds <root>/.store.lock while a writer works (removed after)
 
 
 EVAL_CACHE_ENV = "DIET_EXPLORE_EVAL_CACHE"

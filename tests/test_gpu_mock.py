@@ -24,11 +24,12 @@ def gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: state.current)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: state.capability)
 
-    def free(device="cuda"):
-        d = torch.device(device)
-        return int(state.free[d.index if d.index is not None else state.current])
+    def mem_get_info(device=None):
+        d = torch.device(device if device is not None else "cuda")
+        free = int(state.free[d.index if d.index is not None else state.current])
+        return free, 2 * free
 
-    monkeypatch.setattr(loading, "_gpu_free_bytes", free)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
     monkeypatch.setattr("psutil.virtual_memory", lambda: SimpleNamespace(available=100 * GiB))
     return state
 
@@ -115,3 +116,39 @@ def test_load_model_hands_from_pretrained_the_placement_and_dtype(gpus, tmp_path
     gpus.free = [80 * GiB, 80 * GiB]
     loading.load_model(str(folder), "cuda:1")
     assert "device_map" not in seen and seen["moved_to"] == "cuda:1"
+
+
+def _on(device: str, config, element_size: int = 2):
+    """A stand-in model whose weights sit on ``device`` (no real CUDA tensor can exist here)."""
+    param = SimpleNamespace(device=torch.device(device), element_size=lambda: element_size)
+    return SimpleNamespace(parameters=lambda: iter([param]), config=config)
+
+
+def test_batch_budgets_come_from_the_gpus_free_memory_and_stay_fixed_on_cpu(gpus):
+    from transformers import Gemma2Config
+
+    from diet_explore.core.batching import GPU_ACTIVATION_SHARE, MAX_GPU_BATCH_TOKENS, device_token_budget
+
+    cfg = Gemma2Config(hidden_size=2304, intermediate_size=9216, num_attention_heads=8, num_key_value_heads=4, head_dim=256)
+    assert device_token_budget(_on("cpu", cfg, 4), 1024, 512) == 1024
+    gpus.free = [80 * GiB, 4 * GiB]
+    # by hand, bf16, 512 positions: 2 * (4*2304 + 3*9216 + 2*8*256 + 2*4*256) + 2*4*8*512 = 118784 bytes a token
+    assert device_token_budget(_on("cuda:1", cfg), 1024, 512) == int(GPU_ACTIVATION_SHARE * 4 * GiB // 118784) == 18078
+    assert device_token_budget(_on("cuda:0", cfg), 1024, 512) == MAX_GPU_BATCH_TOKENS  # 80 GiB free: capped
+    gpus.free = [80 * GiB, 1000]
+    assert device_token_budget(_on("cuda:1", cfg), 1024, 512) == 1024  # never below the configured budget
+
+
+def test_the_scorer_takes_its_budget_from_the_device_rule(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from diet_explore.evaluation import scoring
+    from diet_explore.models.adapters.tiny import tiny_model
+
+    tok = AutoTokenizer.from_pretrained(save_tiny_folder(tmp_path / "tiny"))
+    model = tiny_model("llama")
+    assert scoring.LoglikelihoodScorer(model, tok, batch_tokens=1024).batch_tokens == 1024  # CPU: as configured
+    seen = []
+    monkeypatch.setattr(scoring, "device_token_budget", lambda m, budget, seq_len: seen.append((budget, seq_len)) or 9999)
+    scorer = scoring.LoglikelihoodScorer(model, tok, batch_tokens=1024)
+    assert scorer.batch_tokens == 9999 and seen == [(1024, scorer.max_length)]

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diet_explore.core.batching import pack_by_length
+from diet_explore.core.batching import device_token_budget, pack_by_length
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.metrics import choice_pred, choice_pred_norm
 from diet_explore.evaluation.parallel import default_workers, run_batches
@@ -281,8 +281,8 @@ class LoglikelihoodScorer:
         self.model = model
         self.adapter = get_adapter(model)
         self.encoder = PairEncoder(tokenizer, add_bos_token)
-        self.batch_tokens = int(batch_tokens)
         self.max_length = max_length or resolve_max_length(model.config, tokenizer)
+        self.batch_tokens = device_token_budget(model, int(batch_tokens), self.max_length)  # CPU: as given
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.encoder.prefix_token_id or 0))
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -399,6 +399,8 @@ def perplexity(
     BOS) every window is preceded by it and all T tokens are predicted, else the first is context."""
     adapter = get_adapter(model)
     dev = next(model.parameters()).device
+    width = windows.shape[1] + (prefix_token_id is not None)
+    batch_size = max(1, device_token_budget(model, batch_size * width, width) // width)  # CPU: as given
 
     def batch_nll(start: int) -> tuple[float, int]:
         ids = torch.as_tensor(windows[start : start + batch_size], dtype=torch.long)

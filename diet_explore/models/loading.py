@@ -508,10 +508,9 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str | None = None
 
 
 def _gpu_free_bytes(device: str = "cuda") -> int:
-    import torch
+    from diet_explore.core.batching import gpu_free_bytes
 
-    free, _ = torch.cuda.mem_get_info(torch.device(device))  # the chosen GPU, not the current one
-    return int(free)
+    return gpu_free_bytes(device)
 
 
 def _source_digest(folder: Path) -> str | None:

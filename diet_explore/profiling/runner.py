@@ -22,7 +22,7 @@ import torch
 
 from diet_explore import __version__
 from diet_explore.core import atomic
-from diet_explore.core.batching import pack_by_length
+from diet_explore.core.batching import device_token_budget, pack_by_length
 from diet_explore.core.clock import utc_timestamp
 from diet_explore.core.config import JsonConfig, check_seed
 from diet_explore.core.errors import DietError
@@ -121,6 +121,7 @@ def profile_sequences(
     """
     device = next(adapter.model.parameters()).device
     base = adapter.base_model()
+    max_batch_tokens = device_token_budget(adapter.model, max_batch_tokens, max(map(len, seqs), default=1))  # CPU: as given
     per_sample = {s: np.zeros((len(seqs), adapter.hidden_size), dtype=np.float32) for s in sites}
     padded = 0
     with record_activations(adapter, sites, top_k, skip_first) as stats:
@@ -275,11 +276,29 @@ def _profile(config: ProfileConfig, out: Path, progress: Progress | None, loaded
             writer.add_contexts(name, scores, wall)
         else:
             writer.write_task(name, scores, {**wall, **tokens})
+    if not jobs and writer.manifest.get("baselines") is not None:
+        return load_cache(out)  # nothing to do: the manifest (and its dates) stays as it is
     if writer.manifest.get("baselines") is None:
         writer.write_baselines({"weight_magnitude": weight_magnitude(adapter)})
     writer.manifest["last_run"] = {"date": utc_timestamp(), "package_version": __version__}
     writer.flush()
     return load_cache(out)
+
+
+def pending_work(config: ProfileConfig, out: str | Path) -> list[str]:
+    """What a profile run into ``out`` would compute, without loading the model: the asked tasks
+    (and the generic text) not yet in the cache, with ``add_contexts`` those lacking contexts, and
+    "baselines" when they are missing; [] when the cache is complete, so a run has nothing to do
+    and writes nothing. A cache made with other settings is refused, as the run refuses it."""
+    manifest = check_resume(out, _planned_header(config), PRELOAD_RESUME_KEYS)
+    specs = resolve_tasks(config.tasks, load_registry(config.task_files))
+    wanted = [s.name for s in specs] + ([WIKI_TASK] if config.generic else [])
+    if manifest is None:
+        return [*wanted, "baselines"]
+    tasks = manifest.get("tasks", {})
+    redo = {t for t, m in tasks.items() if not m.get("contexts")} if config.add_contexts else set()
+    todo = [t for t in wanted if t not in tasks or t in redo]
+    return todo + (["baselines"] if manifest.get("baselines") is None else [])
 
 
 #: The resume keys known before the model loads (of the model, only its name).

@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from diet_explore.evaluation.decision import format_estimate
+
 MINUS = "\u2212"  # a real minus sign: "−0.45" reads as negative at a glance, "-0.45" less so
 HIGHLIGHT = "font-weight: 700; background-color: rgba(255, 189, 69, 0.25)"
 
@@ -112,17 +114,17 @@ def results_styler(table: pd.DataFrame):
     return table.style.apply(style, axis=1)
 
 
-HISTORY_COLUMNS = {  # run-store listing column -> header
+HISTORY_COLUMNS = {  # run listing column (runs.runs_frame) -> header; twelve fit a 1440-px page
     "created": "When (UTC)",
+    "label": "Mask",
     "model": "Model",
-    "method": "Method",
     "sparsity": "Sparsity",
-    "n_keep": "Kept",
-    "limit": "Examples",
+    "n_keep": "Kept dims",
+    "limit": "Examples/task",
     "dense_avg": "Dense",
     "pruned_avg": "Pruned",
-    "delta_avg": "Δ",
-    "ci": "95% CI",
+    "delta": "Δ vs dense, points [95% CI]",
+    "gold_ll_per_char": "Δ gold LL/char",
     "ppl": "Perplexity",
     "run_id": "Run",  # the run id's hash part: its time is in the first column
 }
@@ -134,13 +136,16 @@ def short_run_id(run_id: Any) -> str:
 
 
 def format_history_table(runs: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """The run store's listing (``runs.runs_frame``) narrowed to what fits a page: short headers,
-    the date without seconds' clutter, the CI in one cell, perplexity as 'dense → pruned', blanks
-    for what a run does not have."""
+    """The run listing (``runs.runs_frame``) narrowed to what fits a 1440-px page: readable headers,
+    the date without seconds' clutter, the mask by its label, Δ with its CI in one cell
+    (``decision.format_estimate``), perplexity as 'dense → pruned', blanks for what a run lacks."""
     out = pd.DataFrame(index=runs.index)
     for col, header in HISTORY_COLUMNS.items():
-        if col == "ci":
-            out[header] = [interval(lo, hi, digits) for lo, hi in zip(runs.get("ci_low", []), runs.get("ci_high", []))]
+        if col == "delta":
+            cells = zip(runs.get("delta_avg", []), runs.get("ci_low", []), runs.get("ci_high", []))
+            out[header] = (
+                [format_estimate(*(None if _missing(v) else v for v in c)) for c in cells] if "delta_avg" in runs else ""
+            )
         elif col == "ppl":
             dense, pruned = runs.get("dense_ppl", pd.Series(dtype=float)), runs.get("pruned_ppl", pd.Series(dtype=float))
             out[header] = [pair(d, p, 2) for d, p in zip(dense, pruned)] if len(dense) else ""
@@ -150,7 +155,7 @@ def format_history_table(runs: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             out[header] = [str(v)[:16].replace("T", " ") if not _missing(v) else "" for v in runs[col]]
         elif col in ("dense_avg", "pruned_avg"):
             out[header] = [number(v, digits) for v in runs[col]]
-        elif col == "delta_avg":
+        elif col == "gold_ll_per_char":
             out[header] = [number(v, digits, signed=True) for v in runs[col]]
         elif col == "sparsity":
             out[header] = [number(v, 4) for v in runs[col]]

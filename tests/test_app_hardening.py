@@ -115,7 +115,8 @@ def test_history_table_fits_with_short_headers():
     out = tables.format_history_table(runs)
     assert list(out.columns) == list(tables.HISTORY_COLUMNS.values()) and len(out.columns) == 12  # was 17 columns
     row = out.iloc[0]
-    assert row["When (UTC)"] == "2026-11-28 21:38" and row["95% CI"] == "[−0.385, +0.242]" and row["Perplexity"] == ""
+    assert row["When (UTC)"] == "2026-11-28 21:38" and row["Perplexity"] == ""
+    assert row["Δ vs dense, points [95% CI]"] == "−7.1 [−38.5, +24.2]"  # decision.format_estimate, as every page prints it
     assert row["Run"] == "9339a21d"
 
 

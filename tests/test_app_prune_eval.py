@@ -16,7 +16,10 @@ import pytest
 from app_helpers import APP, TIMEOUT, arr, chart_by_key, metrics, run_page
 from job_helpers import paired, scored, stop_workers, wait_job, worker_pid
 
+from diet_explore.evaluation.decision import decide, format_estimate
+from diet_explore.experiments.history import compare_runs, run_heading
 from diet_explore.experiments.jobs import JobStore
+from diet_explore.experiments.runs import run_view
 from diet_explore.masking.build import MaskConfig, build_mask
 from diet_explore.profiling.cache import load_cache
 
@@ -124,10 +127,11 @@ def test_prune_and_evaluate_runs_as_a_job_and_shows_the_run_the_library_computes
     assert run["n_keep"] == result.n_keep and run["model"] == tiny.model_name and run["tasks"] == ["rte"]
     assert run["mask_config"] == MaskConfig(sparsity=0.25).to_dict()
     assert run["cache_manifest_hash"] == tiny.manifest_hash and run["run_id"] == only_job(dirs)["run_id"]
-    assert list(arr(chart_by_key(at, "pe_history_plot")["data"][0]["y"])) == [pytest.approx(pair.average_delta()[0])]
-    history = frame_with(at, "Run")
-    assert history["Run"].tolist() == [run["run_id"].rsplit("-", 1)[1]]
-    assert history["Δ"].iloc[0] == number(pair.average_delta()[0], signed=True)
+    assert "delta_avg" not in run and run_view(run)["delta_avg"] == pytest.approx(pair.average_delta()[0])
+    # the decision vs dense, in words, from the same paired numbers; the run history is the History page's alone
+    said = decide(pair.paired()["average"]["main"], candidate="diet", reference="dense").sentence
+    assert said in texts(at)
+    assert "pe_history_plot" not in str(at) and "pe_history" not in [getattr(d, "key", None) for d in at.dataframe]
 
 
 def test_compare_with_a_baseline_scores_it_in_the_same_job_and_shows_the_paired_difference(tiny_app):
@@ -142,6 +146,8 @@ def test_compare_with_a_baseline_scores_it_in_the_same_job_and_shows_the_paired_
     shown = metrics(at)
     assert shown["Δ main metric vs random"] == f"{versus['main']['delta']:+.4f}"
     assert shown["Δ gold LL/char vs random"] == f"{versus['gold_ll_per_char']['delta']:+.4f}"
+    said = decide(versus["main"], candidate="diet", reference="random").sentence  # a finished job: decided in words
+    assert said in texts(at) and "not decided" not in texts(at)
     runs = JobStore(dirs["runs"]).runs.records()
     assert sorted(r["method"] for r in runs) == ["diet", "random"] and len({r["n_keep"] for r in runs}) == 1
 
@@ -179,7 +185,7 @@ def test_a_running_job_survives_a_page_switch_a_reload_and_a_second_tab_and_then
     for session in (at, other):
         finish(session, dirs, job_id)
         record = JobStore(dirs["runs"]).runs.load(store.get(job_id)["run_id"])
-        assert metrics(session)["Mean Δ main metric"] == f"{record['delta_avg']:+.4f}"
+        assert metrics(session)["Mean Δ main metric"] == f"{run_view(record)['delta_avg']:+.4f}"
         assert f"Run {record['run_id']}" in [h.value for h in session.subheader][0]
 
 
@@ -202,7 +208,7 @@ def test_stop_on_the_page_keeps_the_partial_results_and_resume_finishes_the_run(
     assert not at.exception, [e.value for e in at.exception]
     done = wait_job(store, job_id, ("done",))
     at.run()
-    assert metrics(at)["Mean Δ main metric"] == f"{store.runs.load(done['run_id'])['delta_avg']:+.4f}"
+    assert metrics(at)["Mean Δ main metric"] == f"{run_view(store.runs.load(done['run_id']))['delta_avg']:+.4f}"
     assert len(store.runs.records()) == 1 and done["attempts"] == 2
 
 
@@ -227,8 +233,10 @@ def test_an_interrupted_job_is_shown_so_and_resumes_from_the_page_to_the_numbers
     fresh.submit("prune_eval", job["config"], "the same, in one go")
     run_worker(fresh, until_empty=True)
     (reference,) = fresh.runs.records()
-    assert metrics(at)["Mean Δ main metric"] == f"{reference['delta_avg']:+.4f}"
-    assert resumed["delta_avg_ci"] == pytest.approx(reference["delta_avg_ci"])
+    assert metrics(at)["Mean Δ main metric"] == f"{run_view(reference)['delta_avg']:+.4f}"
+    assert [run_view(resumed)[k] for k in ("ci_low", "ci_high")] == pytest.approx(
+        [run_view(reference)[k] for k in ("ci_low", "ci_high")]
+    )
     assert resumed["paired"]["average"]["gold_ll_per_char"]["delta"] == pytest.approx(
         reference["paired"]["average"]["gold_ll_per_char"]["delta"], abs=1e-6
     )
@@ -378,32 +386,36 @@ def test_history_compares_picked_runs_side_by_side_and_pairs_them_on_shared_exam
     for s in (0.25, 0.5):
         store.submit("prune_eval", prune_eval_config(tiny_cache_root, sparsity=s, limit=6, tasks=("rte", "arc_easy")), f"s{s}")
     assert run_worker(store, until_empty=True) == 2
-    a, b = sorted(store.runs.records(), key=lambda r: r["sparsity"])
+    a, b = sorted(store.runs.records(), key=lambda r: r["target_sparsity"])
     at = run_page(at.run(), "history")
-    table = frame_with(at, "threshold")
-    assert set(table["run_id"]) == {a["run_id"], b["run_id"]} and {"threshold", "weights", "site", "limit", "n_keep"} <= set(
-        table
-    )
+    table = frame_with(at, "Mask")
+    assert set(table["Run"]) == {a["run_id"].rsplit("-", 1)[1], b["run_id"].rsplit("-", 1)[1]}
+    assert len(table.columns) <= 12 and not any("_" in c for c in table.columns)  # readable names, fits the page
     assert at.get("download_button")
     hist = chart_by_key(at, "hist_plot")
     assert hist["layout"]["xaxis"]["range"] == [0.0, 0.9] and [tr["name"] for tr in hist["data"]] == ["diet"]
-    at.multiselect(key="hist_pick").set_value([a["run_id"], b["run_id"]]).run()
+    # b is the reference, a the candidate: the comparison is a − b whichever order they were picked in
+    at.selectbox(key="hist_ref").set_value(b["run_id"]).run()
+    at.multiselect(key="hist_pick").set_value([b["run_id"], a["run_id"]]).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert "`sparsity`" in texts(at) and "`n_keep`" in texts(at)  # what differs
-    side = frame_with(at, (a["run_id"], "main"))
-    assert side.loc["rte", (a["run_id"], "main")] == pytest.approx(
+    assert "target sparsity" in texts(at) and "kept dims" in texts(at)  # what differs, in words
+    ha = run_heading(a)
+    side = frame_with(at, (ha, "main metric"))
+    assert side.loc["rte", (ha, "main metric")] == pytest.approx(
         next(r["pruned_main"] for r in a["task_results"] if r["task"] == "rte")
     )
     paired = frame_with(at, "shared examples")
-    # recomputed by hand: b's main-metric correctness minus a's, on the examples both scored
+    # recomputed by hand: a's main-metric correctness minus b's, on the examples both scored
     for task in ("rte", "arc_easy"):
         ra = next(r for r in a["task_results"] if r["task"] == task)["examples"]["pruned"]
         rb = next(r for r in b["task_results"] if r["task"] == task)["examples"]["pruned"]
         assert ra["doc_id"] == rb["doc_id"]
         norm = task == "arc_easy"  # its main metric is acc_norm
-        diff = _correct(rb, norm) - _correct(ra, norm)
-        assert paired.loc[task, "Δ main"] == pytest.approx(float(np.mean(diff)))
+        diff = _correct(ra, norm) - _correct(rb, norm)
+        assert paired.loc[task, "Δ main metric, points [95% CI]"].startswith(format_estimate(float(np.mean(diff))).split(" ")[0])
         assert paired.loc[task, "shared examples"] == 6
+    said = compare_runs(a, b)["sentences"][0]
+    assert said in texts(at) and ha in said.split(run_heading(b))[0]  # the candidate is named first
 
 
 def _correct(ex: dict, norm: bool) -> np.ndarray:

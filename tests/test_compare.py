@@ -13,7 +13,7 @@ from diet_explore.evaluation.evaluate import evaluate_model
 from diet_explore.evaluation.metrics import average_interval, paired_proportion_delta
 from diet_explore.experiments.reports import markdown_table
 from diet_explore.experiments.results import read_results
-from diet_explore.experiments.runs import RunStore
+from diet_explore.experiments.runs import RunStore, run_view
 from diet_explore.experiments.sweep import CompareConfig, run_compare, sweep_grid
 from diet_explore.masking.build import MaskConfig, build_mask
 from diet_explore.models.adapters.tiny import tiny_model
@@ -123,6 +123,10 @@ def test_reports_and_run_store(setup):
     runs = store.list()
     assert sorted(runs["method"]) == sorted(METHODS) and set(runs["sparsity"]) == {0.25}
     assert {r["run_id"] for r in rows[1:]} == set(runs["run_id"])
+    record = store.load(diet["run_id"])  # the writer app jobs use: what was asked and what was done, no stored deltas
+    assert record["target_sparsity"] == 0.25 and record["actual_sparsity"] == pytest.approx(1 - diet["n_keep"] / 64)
+    assert record["mask_config"]["method"] == "diet" and record["eval_config"]["limit"] == config.limit
+    assert "delta_avg" not in record and run_view(record)["delta_avg"] == pytest.approx(diet["delta_avg"])
     csv = (out / "table.csv").read_text().splitlines()
     assert len(csv) == 1 + (1 + len(METHODS)) * 3  # header + (tasks + average) per row
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diet_explore.experiments.history import differing, history_frame, paired_between, paired_frame, side_by_side
-from diet_explore.experiments.runs import run_record
+from diet_explore.evaluation.decision import format_estimate
+from diet_explore.experiments.history import compare_runs, differing, paired_between, paired_frame, run_heading, side_by_side
+from diet_explore.experiments.runs import run_record, runs_frame
 
 
 def _examples(rng, n: int, offset: int = 0, choices: int = 2) -> dict:
@@ -28,9 +29,6 @@ def _record(run_id: str, rng, *, method="diet", sparsity=0.1, offset=0, n=12, ex
         "metric": "acc",
         "dense_main": 0.5,
         "pruned_main": 0.4,
-        "delta_main": -0.1,
-        "delta_main_ci_low": -0.3,
-        "delta_main_ci_high": 0.1,
     }
     if examples:
         row["examples"] = {"dense": dense, "pruned": pruned}
@@ -38,14 +36,16 @@ def _record(run_id: str, rng, *, method="diet", sparsity=0.1, offset=0, n=12, ex
         source="app",
         model="m",
         method=method,
-        sparsity=sparsity,
+        mask_config=extra.pop("mask_config", None),
+        target_sparsity=sparsity,
+        actual_sparsity=sparsity,
         n_keep=500,
         tasks=["rte"],
         limit=n,
+        eval_config={"limit": n},
         dense_avg=0.5,
         pruned_avg=0.4,
-        delta_avg=-0.1,
-        delta_avg_ci=(-0.3, 0.1),
+        paired=None,
         dense_ppl=10.0,
         pruned_ppl=20.0,
         wall_time_s=1.0,
@@ -59,13 +59,14 @@ def test_the_history_says_what_tells_runs_apart():
     rng = np.random.default_rng(0)
     app = _record("r1", rng, mask_config={"threshold": 0.6, "weights": {"rte": 2.0}, "site": "normed"})
     sweep = _record("r2", rng, method="diet-normed", config={"threshold": 0.5}) | {"source": "compare"}
-    frame = history_frame([app, sweep])
+    frame = runs_frame([app, sweep])
     assert list(frame["run_id"]) == ["r2", "r1"]  # newest first
     by_id = frame.set_index("run_id")
     assert by_id.loc["r1", "threshold"] == 0.6 and by_id.loc["r1", "weights"] == "rte=2" and by_id.loc["r1", "site"] == "normed"
     assert by_id.loc["r2", "threshold"] == 0.5 and by_id.loc["r2", "weights"] == "equal" and by_id.loc["r2", "site"] == "normed"
     assert by_id.loc["r1", "limit"] == 12 and by_id.loc["r1", "tasks"] == "rte"
-    assert differing(frame) == ["source", "method", "threshold", "weights"]
+    assert differing(frame) == ["source", "label", "method", "threshold", "weights"]
+    assert by_id.loc["r1", "label"] == "diet τ0.6 rte×2 normed" and by_id.loc["r2", "label"] == "diet-normed"
 
 
 def test_two_runs_are_paired_on_the_examples_they_share_only():
@@ -81,7 +82,13 @@ def test_two_runs_are_paired_on_the_examples_they_share_only():
     assert result["tasks"]["rte"]["main"]["delta"] == pytest.approx(float(np.mean(cb - ca)))
     assert result["tasks"]["rte"]["main"]["n"] == 6
     table = paired_frame(result)
-    assert table.loc["rte", "Δ main"] == pytest.approx(float(np.mean(cb - ca))) and table.loc["average", "shared examples"] == 6
+    main = result["tasks"]["rte"]["main"]
+    shown = format_estimate(main["delta"], main["ci_low"], main["ci_high"])
+    assert table.loc["rte", "Δ main metric, points [95% CI]"] == shown and table.loc["average", "shared examples"] == 6
+    # candidate − reference, whichever order they were picked in
+    said = compare_runs(b, a)
+    assert said["tasks"]["rte"]["main"]["delta"] == pytest.approx(float(np.mean(cb - ca)))
+    assert said["sentences"][0].startswith(run_heading(b)) or run_heading(b) in said["sentences"][0]
 
 
 def test_runs_without_their_examples_are_not_paired_but_still_shown_side_by_side():
@@ -89,5 +96,6 @@ def test_runs_without_their_examples_are_not_paired_but_still_shown_side_by_side
     a, b = _record("r1", rng), _record("r2", rng, examples=False)
     assert paired_between(a, b) is None
     side = side_by_side([a, b])
-    assert side.loc["rte", ("r2", "main")] == 0.4 and side.loc["average", ("r1", "main")] == 0.4
-    assert side.loc["rte", ("r2", "agreement")] is None or np.isnan(side.loc["rte", ("r2", "agreement")])
+    ha, hb = run_heading(a), run_heading(b)
+    assert side.loc["rte", (hb, "main metric")] == 0.4 and side.loc["average", (ha, "main metric")] == 0.4
+    assert side.loc["rte", (hb, "agreement")] is None or np.isnan(side.loc["rte", (hb, "agreement")])

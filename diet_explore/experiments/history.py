@@ -1,5 +1,6 @@
-"""The run history, for comparing runs: one row per stored run with the settings that tell runs
-apart, and two or more runs side by side per task, paired on the examples they share.
+"""Comparing stored runs: the settings that tell runs apart (the listing itself is
+``runs.runs_frame``), runs side by side per task, and a candidate against a reference run, paired
+on the examples they share and stated in words (``evaluation/decision.py``).
 
 Every run record (``runs.run_record``: the app's jobs, ``compare``) keeps each task's examples of
 both models (``task_results[i]["examples"]``: doc ids, gold answers, choice log-likelihoods and
@@ -14,26 +15,27 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from diet_explore.evaluation.decision import decision_sentences, format_entry
 from diet_explore.evaluation.metrics import MAIN, paired_examples
 from diet_explore.experiments.results import METHODS, row_spec
-from diet_explore.experiments.runs import newest_first
+from diet_explore.experiments.runs import run_label
 from diet_explore.tasks.registry import TaskSpec, load_registry
 
-#: The columns that say what differs between runs, then the headline numbers.
-SETTINGS = ("source", "model", "method", "site", "sparsity", "n_keep", "tasks", "limit", "threshold", "weights")
-NUMBERS = (
-    "delta_avg",
-    "ci_low",
-    "ci_high",
-    "agreement",
-    "gold_ll_per_char",
-    "dense_avg",
-    "pruned_avg",
-    "dense_ppl",
-    "pruned_ppl",
-    "wall_time_s",
+#: The listing's columns that say what differs between runs (``runs.runs_frame``).
+SETTINGS = (
+    "source",
+    "model",
+    "label",
+    "method",
+    "site",
+    "target_sparsity",
+    "actual_sparsity",
+    "n_keep",
+    "tasks",
+    "limit",
+    "threshold",
+    "weights",
 )
-HISTORY_COLUMNS = ("run_id", "created", *SETTINGS, *NUMBERS)
 
 
 def run_settings(record: dict[str, Any]) -> dict[str, Any]:
@@ -51,28 +53,6 @@ def run_settings(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _average(record: dict[str, Any], metric: str) -> float | None:
-    paired = record.get("paired") or {}
-    return ((paired.get("average") or {}).get(metric) or {}).get("delta")
-
-
-def history_frame(records: Sequence[dict[str, Any]]):
-    """One row per run, newest first: ``HISTORY_COLUMNS`` (settings, then the average paired
-    numbers: Δ main with its CI, agreement with the dense model, Δ gold log-likelihood per char)."""
-    import pandas as pd
-
-    rows = []
-    for r in records:
-        ci = r.get("delta_avg_ci") or [None, None]
-        row = {k: r.get(k) for k in HISTORY_COLUMNS if k in r}
-        row |= run_settings(r)
-        row |= {"tasks": ",".join(r.get("tasks") or []), "ci_low": ci[0], "ci_high": ci[1]}
-        row |= {"agreement": _average(r, "agreement"), "gold_ll_per_char": _average(r, "gold_ll_per_char")}
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
-    return newest_first(frame)
-
-
 def differing(frame, columns: Sequence[str] = SETTINGS) -> list[str]:
     """The settings columns whose values are not the same in every row of ``frame``."""
     out = []
@@ -80,6 +60,12 @@ def differing(frame, columns: Sequence[str] = SETTINGS) -> list[str]:
         if c in frame and frame[c].map(lambda v: json.dumps(v, sort_keys=True, default=str)).nunique() > 1:
             out.append(c)
     return out
+
+
+def run_heading(record: dict[str, Any]) -> str:
+    """A run as a column heading: its mask label, the kept count and the short run id (two runs of
+    one label and count still differ), e.g. "diet τ0.6 boolq×2 · kept 459 · 9339a21d"."""
+    return f"{run_label(record)} · kept {record.get('n_keep')} · {str(record.get('run_id', '')).rsplit('-', 1)[-1]}"
 
 
 def _specs(records: Sequence[dict[str, Any]]) -> dict[str, TaskSpec]:
@@ -96,9 +82,9 @@ def _examples(record: dict[str, Any], which: str = "pruned") -> dict[str, dict[s
 
 
 def side_by_side(records: Sequence[dict[str, Any]]):
-    """Per task (rows) and run (column groups): the pruned model's main metric, its agreement with
-    the dense model and its Δ gold log-likelihood per char vs dense (the run's stored paired
-    results; None where a record has none)."""
+    """Per task (rows) and run (column groups headed by ``run_heading``): the pruned model's main
+    metric, its agreement with the dense model and its Δ gold log-likelihood per char vs dense
+    (the run's stored paired results; None where a record has none)."""
     import pandas as pd
 
     tasks = list(dict.fromkeys(row["task"] for r in records for row in r.get("task_results") or []))
@@ -108,7 +94,7 @@ def side_by_side(records: Sequence[dict[str, Any]]):
         paired = (r.get("paired") or {}).get("tasks") or {}
         avg = (r.get("paired") or {}).get("average") or {}
         for label, values in (
-            ("main", [by_task.get(t, {}).get("pruned_main") for t in tasks] + [r.get("pruned_avg")]),
+            ("main metric", [by_task.get(t, {}).get("pruned_main") for t in tasks] + [r.get("pruned_avg")]),
             ("agreement", [((paired.get(t) or {}).get("agreement") or {}).get("delta") for t in tasks] + [_d(avg, "agreement")]),
             (
                 "Δ gold LL/char",
@@ -116,7 +102,7 @@ def side_by_side(records: Sequence[dict[str, Any]]):
                 + [_d(avg, "gold_ll_per_char")],
             ),
         ):
-            out[(r["run_id"], label)] = values
+            out[(run_heading(r), label)] = values
     frame = pd.DataFrame(out, index=[*tasks, "average"])
     frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["run", "value"])
     return frame
@@ -141,20 +127,36 @@ def paired_between(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | Non
     return result
 
 
+def compare_runs(candidate: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any] | None:
+    """``candidate − reference`` paired on their shared examples (``paired_between``), with
+    ``sentences``: the decision in words (``decision.decision_sentences``: the verdict on the main
+    metric and on gold log-likelihood, and the reconciling line when they disagree). None when the
+    two cannot be paired (``paired_between``)."""
+    result = paired_between(reference, candidate)
+    if result is None:
+        return None
+    result["sentences"] = decision_sentences(
+        result["average"],
+        candidate=run_heading(candidate),
+        reference=run_heading(reference),
+        tasks=len(result["tasks"]),
+    )
+    return result
+
+
 def paired_frame(result: dict[str, Any], metrics: Sequence[str] = (MAIN, "gold_ll_per_char")):
-    """A ``paired_between`` result as a table: per task and the average, each metric's Δ and CI."""
+    """A ``paired_between`` result as a table a person reads: per task and the average, the shared
+    examples and each metric's Δ with its 95% CI (``decision.format_entry``: accuracy in points,
+    log-likelihood in nats per character)."""
     import pandas as pd
 
+    names = {MAIN: "Δ main metric, points [95% CI]", "gold_ll_per_char": "Δ gold LL/char, nats [95% CI]"}
     rows = []
     for t, entries in [*result["tasks"].items(), ("average", result["average"])]:
         row: dict[str, Any] = {
             "task": t,
             "shared examples": result.get("shared", {}).get(t, sum(result.get("shared", {}).values())),
         }
-        for m in metrics:
-            e = entries.get(m) or {}
-            row |= {f"Δ {m}": e.get("delta"), f"{m} ci_low": e.get("ci_low"), f"{m} ci_high": e.get("ci_high")}
-            if e.get("note"):
-                row[f"{m} note"] = e["note"]
+        row |= {names.get(m, f"Δ {m} [95% CI]"): format_entry(entries.get(m), m) for m in metrics}
         rows.append(row)
     return pd.DataFrame(rows).set_index("task")

@@ -424,6 +424,7 @@ def _run_one(
             "sparsity": sparsity,
             "n_keep": mask.n_keep,
             "actual_sparsity": mask.sparsity,
+            "mask_config": mask.config.to_dict(),  # what was built: the label a run record and a plot show
             "tasks": {t: task_row(r, res.task_scores(t)) for t, r in res.tasks.items()},
             "ppl": res.perplexity,
         }
@@ -524,6 +525,9 @@ def _store_missing_runs(
 
 
 def _run_record(row: dict[str, Any], dense: dict[str, Any], config: CompareConfig) -> dict[str, Any]:
+    """A sweep row as a run-store record (``runs.run_record``, the writer app jobs use too): the
+    target sparsity and the kept count's actual one, the row's mask config, the eval config."""
+    hidden = int(dense["n_keep"])  # the dense row keeps every dim
     task_results = [
         {
             "task": t,
@@ -531,9 +535,6 @@ def _run_record(row: dict[str, Any], dense: dict[str, Any], config: CompareConfi
             "metric": r["metric"],
             "dense_main": dense["tasks"][t]["main"],
             "pruned_main": r["main"],
-            "delta_main": r["delta"],
-            "delta_main_ci_low": r["ci_low"],
-            "delta_main_ci_high": r["ci_high"],
             # every example of both models, when the rows kept them: runs that share examples can be paired later
             **(
                 {"examples": {"dense": dense["tasks"][t]["examples"], "pruned": r["examples"]}}
@@ -547,19 +548,21 @@ def _run_record(row: dict[str, Any], dense: dict[str, Any], config: CompareConfi
         source="compare",
         model=config.model,
         method=row["method"],
-        sparsity=row["sparsity"],
+        mask_config=row.get("mask_config"),
+        target_sparsity=row["sparsity"],
+        actual_sparsity=row.get("actual_sparsity", 1.0 - row["n_keep"] / hidden),
         n_keep=row["n_keep"],
         tasks=list(row["tasks"]),
         limit=config.limit,
+        eval_config=config.eval_config().to_dict(),
         dense_avg=dense["avg"],
         pruned_avg=row["avg"],
-        delta_avg=row["delta_avg"],
-        delta_avg_ci=(row["delta_ci_low"], row["delta_ci_high"]),
         dense_ppl=dense["ppl"],
         pruned_ppl=row["ppl"],
         wall_time_s=row["wall_time_s"],
         task_results=task_results,
         paired=row.get("paired"),
+        hidden_size=hidden,
         cache=config.cache,
         config=config.to_dict(),
     )

@@ -54,12 +54,16 @@ def pair_record(
     nbytes: tuple[int, int],
     source: str = "app",
 ) -> dict[str, Any]:
-    """A dense-vs-pruned evaluation as a run-store record (``runs.run_record``), with the
-    parameter counts, sizes and time per example of both models."""
+    """A dense-vs-pruned evaluation as a run-store record (``runs.run_record``, the one writer),
+    with the parameter counts, sizes and time per example of both models. Each task keeps both
+    models' scores (absolute numbers) and examples; the paired deltas live in ``paired`` only."""
     frame = pair.to_frame().reset_index()
-    delta, lo, hi = pair.average_delta()
     n_examples = int(sum(r.n for r in pair.dense.tasks.values()))
-    task_rows = [r for r in frame.to_dict(orient="records") if r["task"] != "average"]
+    task_rows = [
+        {k: v for k, v in r.items() if not k.startswith("delta_")}
+        for r in frame.to_dict(orient="records")
+        if r["task"] != "average"
+    ]
     for row in task_rows:  # every example of both models: runs that share examples can be paired later
         t = row["task"]
         row["examples"] = {"dense": examples_of(pair.dense.task_scores(t)), "pruned": examples_of(pair.pruned.task_scores(t))}
@@ -67,14 +71,15 @@ def pair_record(
         source=source,
         model=model,
         method=mask_config.method,
-        sparsity=1.0 - n_keep / hidden_size,
+        mask_config=mask_config.to_dict(),
+        target_sparsity=mask_config.sparsity,
+        actual_sparsity=1.0 - n_keep / hidden_size,
         n_keep=n_keep,
         tasks=list(pair.dense.tasks),
         limit=pair.dense.config.limit,
+        eval_config=pair.dense.config.to_dict(),
         dense_avg=pair.dense.average(),
         pruned_avg=pair.pruned.average(),
-        delta_avg=delta,
-        delta_avg_ci=(lo, hi),
         dense_ppl=pair.dense.perplexity,
         pruned_ppl=pair.pruned.perplexity,
         wall_time_s=pair.dense.wall_time_s + pair.pruned.wall_time_s,
@@ -83,8 +88,6 @@ def pair_record(
         hidden_size=hidden_size,
         cache=cache_path,
         cache_manifest_hash=manifest_hash,
-        mask_config=mask_config.to_dict(),
-        eval_config=pair.dense.config.to_dict(),
         parameters={"dense": params[0], "pruned": params[1]},
         bytes={"dense": nbytes[0], "pruned": nbytes[1]},
         seconds_per_example={

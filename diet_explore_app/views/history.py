@@ -1,6 +1,6 @@
-"""History: every stored run (the app's jobs and `compare` sweeps) with the settings that tell them
-apart; pick two or more to see them per task side by side and, where they share examples, the
-paired difference between them with its CI."""
+"""History, the page of runs: every stored run (the app's jobs and `compare` sweeps) named by its
+mask label, one run-history line per label (runs of different settings are never joined), and a
+candidate run against a reference run, paired on their shared examples and stated in words."""
 
 from __future__ import annotations
 
@@ -8,10 +8,25 @@ import streamlit as st
 
 from diet_explore import plots
 from diet_explore.experiments import history as H
-from diet_explore_app import loaders
+from diet_explore.experiments.runs import runs_frame
+from diet_explore_app import loaders, tables
 from diet_explore_app import widgets as ui
 
-K_PICK = "hist_pick"
+K_REF, K_PICK = "hist_ref", "hist_pick"
+SETTING_NAMES = {  # history.SETTINGS column -> what a reader calls it
+    "source": "made by",
+    "model": "model",
+    "label": "mask",
+    "method": "method",
+    "site": "site",
+    "target_sparsity": "target sparsity",
+    "actual_sparsity": "actual sparsity",
+    "n_keep": "kept dims",
+    "tasks": "tasks",
+    "limit": "examples per task",
+    "threshold": "τ",
+    "weights": "task weights",
+}
 
 st.title("History")
 with ui.shown_errors():
@@ -20,50 +35,50 @@ with ui.shown_errors():
     records = store.records(skipped)  # a damaged run file is skipped and said here
     for line in skipped:
         st.warning(line)
-    frame = H.history_frame(records)
+    frame = runs_frame(records)
     if frame.empty:
         st.caption(f"No runs yet in {ui.display_path(store.root)}: run Prune & evaluate, a Sweep or `diet-explore compare`.")
         st.stop()
     st.markdown(
-        f"**{len(frame)} run{'' if len(frame) == 1 else 's'}** in `{ui.display_path(store.root)}`. Columns say what differs: method, site, sparsity, "
-        "kept dims, tasks, examples per task (`limit`), τ (`threshold`) and task weights; then the average paired "
-        "Δ main metric vs dense with its 95% CI, agreement with the dense model's choices, Δ gold log-likelihood per "
-        "character and perplexity."
+        f"**{len(frame)} run{'' if len(frame) == 1 else 's'}** in `{ui.display_path(store.root)}`, newest first. "
+        "Each is named by its mask (method and every setting that differs from the paper default); Δ is the mean over "
+        "tasks of the pruned − dense main metric on the same examples, in points, with its 95% CI."
     )
-    st.dataframe(frame, hide_index=True, key="hist_table")
+    st.dataframe(tables.format_history_table(frame), hide_index=True, key="hist_table")
     st.download_button(
         "Download the history as CSV", frame.to_csv(index=False), "diet-explore-runs.csv", "text/csv", key="hist_csv"
     )
-    st.plotly_chart(plots.run_history(frame, x="sparsity", y="delta_avg"), key="hist_plot")
+    # one line per mask label: runs built by different rules (τ, weights, site, ...) are never joined
+    st.plotly_chart(plots.run_history(frame, x="sparsity", y="delta_avg", color="label"), key="hist_plot")
 
     st.subheader("Compare runs")
     by_id = {r["run_id"]: r for r in records}
-    labels = {
-        row.run_id: f"{row.run_id} · {row.method} @ {row.sparsity:g} · kept {row.n_keep} · {row.limit}/task"
-        for row in frame.itertuples()
-    }
-    picked = st.multiselect(
-        "Runs to compare (the first is the reference)",
-        list(labels),
-        format_func=lambda r: labels[r],
+    headings = {r: H.run_heading(by_id[r]) + f" · {by_id[r].get('limit')}/task" for r in frame["run_id"]}
+    reference = st.selectbox("Reference run", list(headings), format_func=lambda r: headings[r], key=K_REF)
+    selected = st.multiselect(
+        "Candidate runs (each is compared as candidate − reference)",
+        list(headings),
+        format_func=lambda r: headings[r],
         key=K_PICK,
-        max_selections=6,
+        max_selections=5,
     )
-    if len(picked) < 2:
-        st.caption("Pick two or more runs.")
+    picked = [r for r in selected if r != reference]  # the reference against itself says nothing
+    if not picked:
+        st.caption("Pick one or more candidate runs.")
         st.stop()
-    chosen = [by_id[r] for r in picked]
-    sub = frame.set_index("run_id").loc[picked].reset_index()
+    chosen = [by_id[reference], *(by_id[r] for r in picked)]
+    sub = frame.set_index("run_id").loc[[reference, *picked]].reset_index()
     differ = H.differing(sub)
-    st.markdown("**What differs:** " + (", ".join(f"`{c}`" for c in differ) if differ else "nothing in the settings columns"))
-    st.dataframe(sub[["run_id", *differ]] if differ else sub[["run_id"]], hide_index=True, key="hist_differs")
-    st.markdown("**Per task, side by side**: the pruned model's main metric, its agreement with the dense model, Δ gold LL/char")
-    side = H.side_by_side(chosen)
-    st.dataframe(side, key="hist_side")
-    ref = chosen[0]
-    for other in chosen[1:]:
-        result = H.paired_between(ref, other)
-        st.markdown(f"**{other['run_id']} − {ref['run_id']}**, paired on their shared examples")
+    st.markdown(
+        "**What differs:** " + (", ".join(SETTING_NAMES.get(c, c) for c in differ) if differ else "nothing in the settings")
+    )
+    if differ:
+        shown = sub[["label", *[c for c in differ if c != "label"]]].rename(columns=SETTING_NAMES)
+        st.dataframe(shown, hide_index=True, key="hist_differs")
+    for run_id in picked:
+        candidate = by_id[run_id]
+        result = H.compare_runs(candidate, by_id[reference])
+        st.markdown(f"**{H.run_heading(candidate)} − {H.run_heading(by_id[reference])}**, paired on their shared examples")
         if result is None:
             st.caption(
                 "Not paired: one of the runs does not keep its examples (made by an older diet-explore) or they share no task."
@@ -72,7 +87,12 @@ with ui.shown_errors():
         if not any(result["shared"].values()):
             st.caption("Not paired: the two runs share no example (other tasks, limits, seeds or calibration exclusions).")
             continue
-        st.dataframe(H.paired_frame(result), key=f"hist_paired_{other['run_id']}")
+        for line in result["sentences"]:
+            st.markdown(line)
+        st.dataframe(H.paired_frame(result), key=f"hist_paired_{run_id}")
+    st.markdown("**Per task, side by side**: the pruned model's main metric, its agreement with the dense model, Δ gold LL/char")
+    side = H.side_by_side(chosen)
+    st.dataframe(side, key="hist_side")
     st.download_button(
         "Download the comparison as CSV",
         side.to_csv(),

@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from diet_explore import plots
 from diet_explore.core.errors import DietError
+from diet_explore.evaluation.decision import decision_sentences, format_entry
 from diet_explore.evaluation.evaluate import EvalConfig
-from diet_explore.experiments.runs import runs_frame
+from diet_explore.experiments.runs import run_view, task_rows
 from diet_explore.experiments.tuning import PruneEvalJob
 from diet_explore.masking.build import MaskConfig
 from diet_explore_app import jobs_ui, loaders, state, tables
@@ -30,26 +30,31 @@ def _ppl(value: float | None) -> str:
     return f"{value:,.2f}" if value is not None else "not finite"  # the run store keeps inf/NaN as null
 
 
-def _ci(entry: dict[str, Any] | None, scale: float = 1.0, fmt: str = "+.3f") -> str:
-    """An entry of ``metrics.paired_metrics`` as "Δ [low, high]" (its note when it has no interval)."""
-    if not entry or entry.get("delta") is None:
-        return (entry or {}).get("note", "—")
-    text = f"{scale * entry['delta']:{fmt}}"
-    if entry.get("ci_low") is None:
-        return f"{text} ({entry.get('note', 'no interval')})"
-    return f"{text} [{scale * entry['ci_low']:{fmt}}, {scale * entry['ci_high']:{fmt}}]"
-
-
 PARTIAL_COLUMNS = {  # column -> paired metric (evaluation/metrics.py), as the running table shows it
-    "Δ main [95% CI]": "main",
-    "agreement": "agreement",
-    "Δ gold LL/char": "gold_ll_per_char",
-    "choice KL": "choice_kl",
+    "Δ main metric, points [95% CI]": "main",
+    "agreement, % [95% CI]": "agreement",
+    "Δ gold LL/char, nats [95% CI]": "gold_ll_per_char",
+    "choice KL, nats [95% CI]": "choice_kl",
 }
 
 
-def show_partial(partial: dict[str, Any], final: bool = False) -> None:
-    """Running paired metrics (pruned vs dense) on the examples scored so far, per task and averaged."""
+def say(average: dict[str, Any], candidate: str, reference: str, running: bool, tasks: int) -> None:
+    """The decision in words under a paired comparison (``decision.decision_sentences``)."""
+    for line in decision_sentences(average, candidate=candidate, reference=reference, running=running, tasks=tasks):
+        st.markdown(f"**{line}**" if not line.startswith("Accuracy and gold") else line)
+
+
+def mask_label(job: dict[str, Any]) -> str:
+    """The job's mask as every page names it (``MaskConfig.label()``)."""
+    try:
+        return MaskConfig.from_dict((job.get("config") or {}).get("mask") or {}).label()
+    except DietError:
+        return "the mask"
+
+
+def show_partial(partial: dict[str, Any], final: bool = False, label: str = "the mask") -> None:
+    """Running paired metrics (pruned vs dense) on the examples scored so far, per task and averaged,
+    and what they say so far."""
     if not partial or not partial.get("tasks"):
         st.caption("No examples scored yet: the first numbers come after the first block.")
         return
@@ -77,8 +82,9 @@ def show_partial(partial: dict[str, Any], final: bool = False) -> None:
         n = (entries.get("main") or {}).get("n", 0)
         row = {"task": t, "scored": f"{n} / {totals.get(t, total if t == 'average' else '?')}"}
         row["metric"] = (entries.get("main") or {}).get("metric", "main")
-        row |= {col: _ci(entries.get(metric)) for col, metric in PARTIAL_COLUMNS.items()}
+        row |= {col: format_entry(entries.get(metric), metric) for col, metric in PARTIAL_COLUMNS.items()}
         rows.append(row)
+    say(avg, label, "dense", running=True, tasks=len(partial["tasks"]))
     st.dataframe(pd.DataFrame(rows).set_index("task"), key="pe_partial")
     st.caption(
         "Paired on the examples both models have scored, blocks of every task in turn. Δ = pruned − dense; "
@@ -87,48 +93,53 @@ def show_partial(partial: dict[str, Any], final: bool = False) -> None:
     )
 
 
-def show_versus(partial: dict[str, Any], final: bool) -> None:
+def show_versus(partial: dict[str, Any], final: bool, label: str = "the mask") -> None:
     """The mask against each comparison mask scored in the same job (mask − other), paired on the
-    examples both have scored."""
-    for label, parts in (partial.get("others") or {}).items():
+    examples both have scored, and the decision in words (``final``: the job ended, so never
+    "not decided yet")."""
+    mask = label
+    for other, parts in (partial.get("others") or {}).items():
         versus = parts["versus"]
         avg = versus.get("average") or {}
         st.markdown(
-            f"**Current mask − {label}** (same kept count), paired on the examples both have scored"
-            + ("" if final else " so far")
+            f"**{mask} − {other}** (same kept count), paired on the examples both have scored" + ("" if final else " so far")
         )
         m = st.columns(3)
         for col, (title, metric) in zip(m, (("main metric", "main"), ("gold LL/char", "gold_ll_per_char"))):
             e = avg.get(metric) or {}
             ui.note_metric(
                 col,
-                f"Δ {title} vs {label}" + ("" if final else " so far"),
+                f"Δ {title} vs {other}" + ("" if final else " so far"),
                 f"{e['delta']:+.4f}" if e.get("delta") is not None else "—",
                 note=ui.ci_note(e),
             )
-        decided = [t for t, mt in (("main metric", "main"), ("gold LL/char", "gold_ll_per_char")) if _excludes_zero(avg.get(mt))]
-        m[2].metric(f"CI excludes 0 ({label})", ", ".join(decided) or "not yet")
+        m[2].metric("Paired examples", f"{int((avg.get('main') or {}).get('n') or 0):,}")
+        say(avg, mask, other, running=not final, tasks=len(versus["tasks"]))
         rows = [
-            {"task": t, "Δ main [95% CI]": _ci(e.get("main")), "Δ gold LL/char": _ci(e.get("gold_ll_per_char"))}
+            {
+                "task": t,
+                "Δ main metric, points [95% CI]": format_entry(e.get("main")),
+                "Δ gold LL/char, nats [95% CI]": format_entry(e.get("gold_ll_per_char"), "gold_ll_per_char"),
+            }
             for t, e in [*versus["tasks"].items(), ("average", avg)]
         ]
-        st.dataframe(pd.DataFrame(rows).set_index("task"), key=f"pe_versus_{label}")
-
-
-def _excludes_zero(e: dict[str, Any] | None) -> bool:
-    return bool(e) and e.get("ci_low") is not None and (e["ci_low"] > 0 or e["ci_high"] < 0)
+        st.dataframe(pd.DataFrame(rows).set_index("task"), key=f"pe_versus_{other}")
 
 
 def show_run(last: dict[str, Any]) -> None:
-    """A stored run: the headline numbers and the per-task table."""
-    st.subheader(f"Run {last['run_id']}: {last['model']}, sparsity {last['sparsity']:.4f}")
-    lo, hi = last["delta_avg_ci"]
+    """A stored run: the decision vs dense, the headline numbers and the per-task table (the
+    deltas derived on read, ``runs.run_view``/``task_rows``)."""
+    view = run_view(last)
+    lo, hi = view["ci_low"], view["ci_high"]
+    st.subheader(f"Run {last['run_id']}: {view['label']} on {last['model']}, sparsity {view['sparsity']:.4f}")
+    if last.get("paired"):
+        say(last["paired"]["average"], view["label"], "dense", running=False, tasks=len(last["paired"]["tasks"]))
     params, nbytes, spe = last["parameters"], last["bytes"], last["seconds_per_example"]
     m = st.columns(5)
     ui.note_metric(
         m[0],
         "Mean Δ main metric",
-        f"{last['delta_avg']:+.4f}",
+        f"{view['delta_avg']:+.4f}" if view["delta_avg"] is not None else "—",
         note=ui.ci_note({"ci_low": lo, "ci_high": hi}),
     )
     ppl_on = "dense_ppl" in last and (last["dense_ppl"], last["pruned_ppl"]) != (None, None)
@@ -161,11 +172,11 @@ def show_run(last: dict[str, Any]) -> None:
         "n": sum(int(r["n"]) for r in last["task_results"]),
         "dense": last["dense_avg"],
         "pruned": last["pruned_avg"],
-        "delta": last["delta_avg"],
+        "delta": view["delta_avg"],
         "ci_low": lo,
         "ci_high": hi,
     }
-    table = tables.format_results_table(last["task_results"], average)
+    table = tables.format_results_table(task_rows(last), average)
     st.dataframe(tables.results_styler(table), hide_index=True, key="pe_results")
     st.caption(
         "Dense, Pruned, Δ and the 95% CI are each task's main metric (highlighted). "
@@ -185,13 +196,14 @@ def render_job(job: dict[str, Any]) -> None:
             raise DietError(f"job {job['job_id']} finished, but its run cannot be read: {exc.message}", exc.hint) from None
         show_run(record)
         if result.get("others"):
-            show_versus(job.get("partial") or {}, final=True)
+            show_versus(job.get("partial") or {}, final=True, label=mask_label(job))
             st.caption("Comparison runs: " + ", ".join(f"{k} {v}" for k, v in result["others"].items()) + " (History page).")
     elif status in ("running", "stopped", "interrupted") or job.get("partial"):
         if status in ("stopped", "interrupted"):
             st.caption("Partial results: the job did not finish (Resume continues it).")
-        show_partial(job.get("partial") or {}, final=status != "running")
-        show_versus(job.get("partial") or {}, final=False)
+        # a stopped or interrupted job can be resumed: its comparisons are not decided, never "no difference"
+        show_partial(job.get("partial") or {}, final=status != "running", label=mask_label(job))
+        show_versus(job.get("partial") or {}, final=False, label=mask_label(job))
 
 
 st.title("Prune & evaluate")
@@ -278,11 +290,6 @@ with ui.shown_errors():
     jobs_ui.job_panel(jobs_store, "prune_eval", K_WATCH, render_job)
     jobs_ui.all_jobs(jobs_store)
 
-    st.subheader("Run history")
-    history = runs_frame(loaders.run_store().records())
-    if history.empty:
-        st.caption("No runs yet.")
-    else:
-        st.dataframe(tables.format_history_table(history), hide_index=True, key="pe_history")
-        st.plotly_chart(plots.run_history(history, x="sparsity", y="delta_avg"), key="pe_history_plot")
-        st.page_link(ui.view("history.py"), label="Compare runs on the History page", icon=":material/history:")
+    st.page_link(
+        ui.view("history.py"), label="Every stored run, and run against run, on the History page", icon=":material/history:"
+    )

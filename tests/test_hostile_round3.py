@@ -370,3 +370,25 @@ def test_ctrl_c_during_imports_is_one_line_and_exit_130(module):
 
     proc = subprocess.run([sys.executable, "-c", _INTERRUPT_IMPORT.format(module=module)], capture_output=True, text=True)
     assert proc.returncode == 130 and proc.stderr == "interrupted\n", (proc.returncode, proc.stderr[-800:])
+
+
+def test_a_foreign_manifest_is_not_called_a_damaged_profile(tmp_path, capsys):
+    """An HTML5 'CACHE MANIFEST' named manifest.json was hinted 're-run the profile'; a truncated one of
+    ours still is (it names the cache kind near its start)."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / MANIFEST).write_text("CACHE MANIFEST\nindex.html\n")
+    err = _run(["mask", "--cache", str(foreign), "--out", str(tmp_path / "m.json")], capsys)
+    assert "is not a diet-explore score cache manifest" in err and "re-run" not in err, err
+    ours = _small_cache(tmp_path)
+    (ours / MANIFEST).write_text((ours / MANIFEST).read_text()[:200])
+    err = _run(["mask", "--cache", str(ours), "--out", str(tmp_path / "m.json")], capsys)
+    assert "is not valid JSON" in err and "re-run the profile" in err, err
+
+
+@pytest.mark.parametrize("value", ["1", "15"])
+def test_profile_max_length_too_short_to_hold_a_prompt_is_refused(tmp_path, capsys, value):
+    """--max-length 1 kept the last token of each sample (the answer's end) and profiled that, silently."""
+    err = _run(["profile", "--tasks", "rte", "--samples", "2", "--max-length", value, "--out", str(tmp_path / "c")], capsys)
+    assert f"--max-length {value} keeps only the last" in err and "at least 16" in err, err
+    assert not (tmp_path / "c").exists()

@@ -414,13 +414,17 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
         raise DietError(
             f"{path} is not a file: {root} is not a score cache", "point --cache at a folder made by `diet-explore profile`"
         )
+    data = atomic.read_regular(path, MANIFEST_MAX_BYTES, "manifest")
     try:
         # unique keys: a second "rte" entry silently replaced the first (and changed the mask)
-        manifest = atomic.loads_json(atomic.read_regular(path, MANIFEST_MAX_BYTES, "manifest").decode(), unique_keys=True)
+        manifest = atomic.loads_json(data.decode(), unique_keys=True)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if CACHE_KIND.encode() not in data:  # another program's manifest.json: nothing to re-run
+            raise DietError(
+                f"{path} is not a diet-explore score cache manifest (not JSON: {exc})",
+                "point --cache at a folder made by `diet-explore profile`",
+            ) from None
         raise DietError(f"{path} is not valid JSON ({exc})", "the file is corrupt or truncated; re-run the profile") from None
-    except OSError as exc:  # unreadable (permissions, I/O error)
-        raise DietError(f"{path} could not be read ({exc.strerror or exc})", "check the file's permissions") from None
     if not isinstance(manifest, dict) or manifest.get("kind") != CACHE_KIND:
         raise DietError(
             f"{path} is not a diet-explore score cache manifest", "point --cache at a folder made by `diet-explore profile`"

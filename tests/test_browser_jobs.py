@@ -19,6 +19,7 @@ from app_helpers import CHROME_ARGS, CHROMIUM, WAIT_MS, goto_page, idle, metric,
 from job_helpers import paired, wait_job, worker_pid
 
 from diet_explore.experiments.jobs import JobStore
+from diet_explore.experiments.runs import run_view
 
 pytestmark = pytest.mark.browser
 RUN_MS = 600_000  # a job on 2 loaded cores: the worker's imports, then seconds of scoring
@@ -123,7 +124,7 @@ def test_a_job_survives_page_switches_reloads_stop_and_a_server_restart(env, tmp
                 one_go = _final(page)  # the page refreshes itself to the result
                 done = store.get(first["job_id"])
                 assert done["status"] == "done"
-                assert one_go == f"{store.runs.load(done['run_id'])['delta_avg']:+.4f}"
+                assert one_go == f"{run_view(store.runs.load(done['run_id']))['delta_avg']:+.4f}"
 
                 # 2. Stop keeps the partial numbers; Resume finishes with the same numbers (the reload
                 # started a new session: its settings are the defaults again)

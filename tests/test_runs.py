@@ -103,3 +103,39 @@ def test_nan_and_inf_are_stored_as_null_strict_json(tmp_path):
     record = json.loads((tmp_path / f"{run_id}.json").read_text(), parse_constant=refuse)  # strict: as JSON.parse
     assert record["pruned_ppl"] is None and record["per_task"]["boolq"]["stderr"] is None
     assert record["kept"] == [1, 2] and record["delta"] == -0.5
+
+
+def test_records_made_before_target_and_actual_sparsity_were_kept_still_read(tmp_path):
+    """Old records stored one ``sparsity`` (the actual one for app runs, the target for compare)
+    and their deltas flat; ``run_view`` reads both, the new writer stores neither."""
+    from diet_explore.experiments.runs import run_view, runs_frame, task_rows
+
+    store = RunStore(tmp_path)
+    row = {"task": "rte", "n": 4, "metric": "acc", "dense_main": 0.5, "pruned_main": 0.25, "delta_main": -0.25}
+    app = store.save(
+        {"source": "app", "method": "diet", "sparsity": 0.2483, "n_keep": 433, "delta_avg": -0.25, "delta_avg_ci": [-0.6, 0.1]}
+        | {"mask_config": {"method": "diet", "sparsity": 0.25, "threshold": 0.6}, "task_results": [row]}
+    )
+    old_compare = {"source": "compare", "method": "random", "sparsity": 0.25, "n_keep": 432, "delta_avg": -0.1}
+    compare = store.save(old_compare | {"delta_avg_ci": [-0.2, 0.0], "hidden_size": 576})
+    a, c = run_view(store.load(app)), run_view(store.load(compare))
+    assert (a["target_sparsity"], a["actual_sparsity"], a["sparsity"]) == (0.25, 0.2483, 0.2483)
+    assert (c["target_sparsity"], c["actual_sparsity"]) == (0.25, pytest.approx(1 - 432 / 576))
+    assert (a["delta_avg"], a["ci_low"], a["ci_high"]) == (-0.25, -0.6, 0.1) and a["label"] == "diet τ0.6"
+    assert task_rows(store.load(app))[0]["delta_main"] == -0.25
+    frame = runs_frame(store.records()).set_index("run_id")
+    assert frame.loc[compare, "label"] == "random" and frame.loc[app, "threshold"] == 0.6
+
+
+def test_the_one_writer_refuses_to_store_what_is_derived_on_read():
+    from diet_explore.experiments.runs import run_record
+
+    base = dict(source="app", model="m", method="diet", mask_config=None, target_sparsity=0.2, actual_sparsity=0.2)
+    base |= dict(n_keep=1, tasks=["rte"], limit=1, eval_config=None, dense_avg=1.0, pruned_avg=1.0, paired=None)
+    base |= dict(dense_ppl=None, pruned_ppl=None, wall_time_s=1.0)
+    row = {"task": "rte", "n": 1, "metric": "acc", "dense_main": 1.0, "pruned_main": 1.0}
+    assert "delta_avg" not in run_record(**base, task_results=[row])
+    with pytest.raises(ValueError, match="derived on read"):
+        run_record(**base, task_results=[row | {"delta_main": 0.0}])
+    with pytest.raises(ValueError, match="derives it on read"):
+        run_record(**base, task_results=[row], delta_avg=0.0)

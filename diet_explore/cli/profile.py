@@ -41,7 +41,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from diet_explore.profiling.runner import ProfileConfig, profile
+    from diet_explore.profiling.cache import read_manifest
+    from diet_explore.profiling.runner import ProfileConfig, pending_work, profile
 
     config = ProfileConfig(
         model=args.model,
@@ -58,6 +59,14 @@ def run(args) -> int:
         add_contexts=args.add_contexts,
         skip_first_token=args.skip_first_token,
     )
+    if not pending_work(config, args.out):  # a complete cache: no model load, no lock, no write
+        manifest = read_manifest(args.out)
+        when = (manifest.get("last_run") or {}).get("date") or manifest.get("updated") or manifest.get("created")
+        print(
+            f"nothing to do: {args.out} already holds {', '.join(manifest['tasks'])} with these settings "
+            f"(profiled {when}); nothing was written"
+        )
+        return 0
     cache = profile(config, args.out)
     total = sum(cache.manifest["tasks"][t].get("wall_time_s", 0.0) for t in cache.tasks)
     print(

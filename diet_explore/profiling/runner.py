@@ -285,7 +285,7 @@ def _profile(config: ProfileConfig, out: Path, progress: Progress | None, loaded
             writer.add_contexts(name, scores, wall)
         else:
             writer.write_task(name, scores, {**wall, **tokens})
-    if False:
+    if not jobs and writer.manifest.get("baselines") is not None:
         return load_cache(out)  # nothing to do: the manifest (and its dates) stays as it is
     if writer.manifest.get("baselines") is None:
         writer.write_baselines({"weight_magnitude": weight_magnitude(adapter)})

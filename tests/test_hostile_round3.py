@@ -392,3 +392,27 @@ def test_profile_max_length_too_short_to_hold_a_prompt_is_refused(tmp_path, caps
     err = _run(["profile", "--tasks", "rte", "--samples", "2", "--max-length", value, "--out", str(tmp_path / "c")], capsys)
     assert f"--max-length {value} keeps only the last" in err and "at least 16" in err, err
     assert not (tmp_path / "c").exists()
+
+
+def test_an_eval_cache_entry_that_is_a_folder_is_said_before_and_the_result_kept(tmp_path):
+    """The entry's path was a folder: the evaluation ran to the end, then the write raised and its
+    results were lost. Now a warning comes before the run and the result is returned."""
+    from types import SimpleNamespace
+
+    from diet_explore.evaluation.evalcache import EvalCache
+    from diet_explore.evaluation.evaluate import EvalConfig, evaluate_cached
+
+    cache = EvalCache(tmp_path / "ec")
+    cache.key_for = lambda *a, **k: "k"
+    cache.path("k").mkdir(parents=True)
+    order = []
+    result = SimpleNamespace(model_name="m", scores=[], perplexity=None, wall_time_s=1.0)
+
+    def compute():
+        order.append("computed")
+        return result, {"name": "m"}
+
+    with pytest.warns(UserWarning, match="is not a file, so this evaluation will not be stored") as seen:
+        got = evaluate_cached("m", EvalConfig(tasks=["rte"], limit=1), {}, cache, "cpu", "float32", compute)
+    assert got is result and order == ["computed"] and len(seen) == 1
+    assert cache.path("k").is_dir()

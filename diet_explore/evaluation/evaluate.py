@@ -255,6 +255,28 @@ def result_from_scores(
     return EvalResult(name, config, tasks, ppl, list(scores), wall_time_s)
 
 
+def cached_result(
+    name: str,
+    config: EvalConfig,
+    requests: dict[str, list[Request]],
+    cache: EvalCache | None,
+    device: str,
+    dtype,
+    label: str | None = None,
+) -> EvalResult | None:
+    """THE evaluation-cache lookup (app jobs, ``eval``, ``compare``): ``name``'s stored evaluation
+    of these requests with these settings, device and dtype (``extra["cached"]`` says where
+    from), or None (no cache, a model the key cannot describe, no entry). ``label`` names a reused
+    result as its caller would have (the entry's label is its first caller's)."""
+    key = cache.key_for(name, requests, config, device, dtype) if cache is not None else None
+    entry = cache.load(key, requests) if key else None
+    if entry is None:
+        return None
+    result = result_from_cache(entry, config, requests, str(cache.path(key)))
+    result.model_name = label or entry.info.get("name") or result.model_name
+    return result
+
+
 def evaluate_cached(
     name: str,
     config: EvalConfig,
@@ -265,18 +287,12 @@ def evaluate_cached(
     compute: Callable[[], tuple[EvalResult, dict[str, Any]]],
     label: str | None = None,
 ) -> EvalResult:
-    """``name``'s evaluation from ``cache`` when it holds one for these requests, settings, device
-    and dtype (then ``extra["cached"]`` says where from); else ``compute()`` (the result and the
-    model's ``ModelInfo.to_dict()``), stored for next time. ``cache=None`` always computes.
-    ``label`` names a reused result as ``compute`` would have."""
+    """``name``'s evaluation from ``cache`` (``cached_result``); else ``compute()`` (the result and
+    the model's ``ModelInfo.to_dict()``), stored for next time. ``cache=None`` always computes."""
+    hit = cached_result(name, config, requests, cache, device, dtype, label)
+    if hit is not None:
+        return hit
     key = cache.key_for(name, requests, config, device, dtype) if cache is not None else None
-    entry = cache.load(key, requests) if key else None
-    if entry is not None:
-        result = result_from_cache(entry, config, requests, str(cache.path(key)))
-        # the entry's label is its first caller's ("dense" for compare and the app); the model's
-        # own name is what another caller would have printed
-        result.model_name = label or entry.info.get("name") or result.model_name
-        return result
     result, info = compute()
     if key:
         made_with = {

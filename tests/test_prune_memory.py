@@ -187,3 +187,19 @@ def test_streaming_refuses_pickle_checkpoints_and_foreign_names_with_a_reason(tm
     (src / "model.safetensors").rename(src / "pytorch_model.bin")
     with pytest.raises(streaming.NotStreamable, match="pickle"):
         streaming.plan_stream(src, config, keep_mask(), torch.float32)
+
+
+def test_a_tied_head_saved_beside_its_embedding_is_loaded_not_streamed(tmp_path):
+    """Which of the two tensors from_pretrained keeps is its business (they may differ), so the
+    folder must be what loading gives: the same logits as slicing the loaded model."""
+    from safetensors.torch import save_file
+
+    src = source_folder(tmp_path, "gemma2", True, torch.float32)
+    weights = load_file(src / "model.safetensors")
+    head = torch.randn_like(weights["model.embed_tokens.weight"])
+    save_file(weights | {"lm_head.weight": head}, src / "model.safetensors", metadata={"format": "pt"})
+    keep = keep_mask()
+    result = streaming.prune_to_folder(model_source(str(src)), mask_file(keep), tmp_path / "new")
+    assert not result.streamed and "lm_head.weight" in result.why_loaded
+    expected = prune_model(AutoModelForCausalLM.from_pretrained(src), keep)
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "new")), logits(expected))

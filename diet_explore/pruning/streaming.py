@@ -12,8 +12,8 @@ Plain reads, not ``mmap``: the pages of a memory-mapped shard count as the proce
 memory until they are unmapped.
 
 A checkpoint this cannot stream (pickle ``.bin`` files, tensor names that are not the model's,
-a dtype it does not know, modules transformers keeps in fp32) is pruned by loading it
-(``prune_to_folder`` says which and why).
+a tied head saved beside its embedding, a dtype it does not know, modules transformers keeps in
+fp32) is pruned by loading it (``prune_to_folder`` says which and why).
 """
 
 from __future__ import annotations
@@ -192,7 +192,9 @@ def plan_stream(folder: Path, config, keep: np.ndarray, dtype: torch.dtype) -> S
             seen.add(e.name)
             rule = rules.get(e.name)
             if e.name not in canonical and rule is not None and rule.role == "embedding":
-                continue  # the tied head: save_pretrained leaves it out, and so does this
+                # A tied head saved beside the embedding: which one from_pretrained keeps is its
+                # business (they may differ), so such a checkpoint is loaded, not streamed.
+                raise NotStreamable(f"it holds {e.name} as well as the embedding it is tied to")
             if rule is not None and (len(e.shape) <= rule.dim or e.shape[rule.dim] != d):
                 raise NotStreamable(f"tensor {e.name} has shape {list(e.shape)}, no axis of hidden size {d} where expected")
             out_dtype = dtype if e.dtype.is_floating_point else e.dtype

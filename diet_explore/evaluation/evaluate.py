@@ -293,6 +293,10 @@ def evaluate_cached(
     if hit is not None:
         return hit
     key = cache.key_for(name, requests, config, device, dtype) if cache is not None else None
+    path = cache.path(key) if key else None
+    if path is not None and (path.exists() or path.is_symlink()) and not path.is_file():  # said now, not after the run
+        warnings.warn(f"eval cache entry {path} is not a file, so this evaluation will not be stored there", stacklevel=2)
+        key = None
     result, info = compute()
     if key:
         made_with = {
@@ -302,7 +306,7 @@ def evaluate_cached(
         }
         try:
             cache.save(key, result, info, made_with)
-        except OSError as exc:  # a read-only or full disk costs the next run time, never this run's result
+        except (OSError, DietError) as exc:  # a read-only or full disk costs the next run time, never this run's result
             warnings.warn(
                 f"could not store the evaluation in {cache.root} ({exc}); it will be recomputed next time", stacklevel=2
             )

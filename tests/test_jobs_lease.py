@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from job_helpers import register_sleepy
+from job_helpers import register_sleepy, stop_workers, wait_job
 
 from diet_explore.cli import main as cli
 from diet_explore.core.errors import DietError
@@ -197,3 +197,35 @@ def test_a_bad_lease_time_is_refused_in_one_line(monkeypatch):
     monkeypatch.setenv(J.LEASE_ENV, "-3")
     with pytest.raises(DietError, match="DIET_EXPLORE_LEASE_S='-3' is not a number of seconds > 0"):
         J.lease_s()
+
+
+def test_export_prune_and_save_runs_as_a_job_and_saves_the_folder_prune_model_makes(tmp_path, tiny_cache_root):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from diet_explore.masking.build import MaskConfig, build_mask
+    from diet_explore.masking.maskfile import mask_file_from_result
+    from diet_explore.models.loading import load_model
+    from diet_explore.profiling.cache import load_cache
+    from diet_explore.pruning.saving import PRUNE_INFO_FILE
+    from diet_explore.pruning.slicing import prune_model
+
+    cache = load_cache(tiny_cache_root / "tiny")
+    mask_file = mask_file_from_result(build_mask(cache, MaskConfig(sparsity=0.25, multiple_of=16)), cache)
+    jobs = JobStore(tmp_path / "runs")
+    folder = tmp_path / "export" / "pruned"
+    try:
+        job_id, new = J.submit_prune_job(jobs, cache.model_name, mask_file, folder)  # and the app's worker started
+        assert new and jobs.get(job_id)["type"] == "prune_save"
+        job = wait_job(jobs, job_id, ("done", "failed"))
+    finally:
+        stop_workers(jobs)
+    assert job["status"] == "done", job.get("error")
+    assert job["result"]["folder"] == str(folder.resolve()) and (folder / PRUNE_INFO_FILE).is_file()
+    saved = AutoModelForCausalLM.from_pretrained(folder).eval()
+    dense, _, _ = load_model(cache.model_name, device="cpu")
+    expected = prune_model(dense, mask_file.keep).eval()
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(saved(ids).logits, expected(ids).logits, atol=1e-5, rtol=1e-4)
+    assert saved.config.hidden_size == mask_file.n_keep

@@ -68,8 +68,8 @@ RESUMABLE = ("interrupted", "stopped", "failed", "cancelled")
 HANDLERS = {
     "prune_eval": "diet_explore.experiments.tuning:run_prune_eval_job",
     "sweep": "diet_explore.experiments.sweep:run_sweep_job",
-    "tune": "diet_explore.experiments.tune:run_tune_job",  # a search over the vote's settings (diet-explore[tune])
     "compare_run": "diet_explore.experiments.executors:run_compare_run_job",  # one (method, sparsity) of a split sweep
+    "prune_save": "diet_explore.experiments.jobs:run_prune_save_job",  # Export's "Prune and save model"
     "tune": "diet_explore.experiments.tune:run_tune_job",  # a search over the vote's settings (diet-explore[tune])
 }
 _JOB_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
@@ -409,7 +409,12 @@ CONFIG_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "eval": lambda v: isinstance(v, dict),
     },
     "sweep": {"model": lambda v: isinstance(v, str), "cache": lambda v: isinstance(v, str)},  # CompareConfig's
-    "tune": {"model": lambda v: isinstance(v, str), "cache": lambda v: isinstance(v, str), "name": lambda v: isinstance(v, str)},
+    "prune_save": {
+        "model": lambda v: isinstance(v, str),
+        "folder": lambda v: isinstance(v, str),
+        "mask_file": lambda v: isinstance(v, dict) and isinstance(v.get("kept_indices"), list),
+        "overwrite": lambda v: isinstance(v, bool),
+    },
     "compare_run": {
         "compare": lambda v: isinstance(v, dict) and isinstance(v.get("model"), str) and isinstance(v.get("cache"), str),
         "out": lambda v: isinstance(v, str),
@@ -850,6 +855,46 @@ def submit(store: JobStore, job_type: str, config: dict[str, Any], label: str) -
     job_id, new = store.submit(job_type, config, label)
     EXECUTOR.ensure_worker(store)
     return job_id, new
+
+
+# --------------------------------------------------------------------------------------------
+# Prune and save, as a job (Export's button): heavy work never runs on the page's thread
+# --------------------------------------------------------------------------------------------
+def submit_prune_job(
+    store: JobStore, model: str, mask_file, folder: str | Path, overwrite: bool = False, label: str | None = None
+) -> tuple[str, bool]:
+    """Queue pruning ``model`` to ``mask_file`` (a ``maskfile.MaskFile``) and saving it as the folder
+    ``folder`` (``save_pruned``: ``overwrite`` replaces only a pruned folder diet-explore wrote), and
+    make sure a worker runs it; returns (job id, whether it is new). The worker keeps the dense model
+    it has loaded, so the app's server holds no second copy."""
+    import dataclasses
+
+    config = {
+        "model": model,
+        "folder": str(Path(folder).resolve()),
+        "mask_file": dataclasses.asdict(mask_file),
+        "overwrite": bool(overwrite),
+    }
+    return submit(store, "prune_save", config, label or f"prune {model} to {mask_file.n_keep} dims → {Path(folder).name}")
+
+
+def run_prune_save_job(config: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The ``prune_save`` job: load (or reuse) the dense model, prune a copy, save it atomically."""
+    from diet_explore.masking.maskfile import MaskFile
+    from diet_explore.pruning.saving import save_pruned
+    from diet_explore.pruning.slicing import prune_model
+
+    mask_file = MaskFile(**config["mask_file"])
+    ctx.log(f"Loading {config['model']}…")
+    model, tokenizer, _ = ctx.load_model(config["model"])
+    ctx.progress(0.4, f"Pruning to {mask_file.n_keep} of {mask_file.hidden_size} hidden dims…")
+    pruned = prune_model(model, mask_file.keep)
+    ctx.progress(0.7, f"Saving to {config['folder']}…")
+    saved = save_pruned(
+        pruned, tokenizer, config["folder"], mask_file=mask_file, overwrite=config["overwrite"], source_model=config["model"]
+    )
+    del pruned
+    return {"folder": str(saved), "n_keep": mask_file.n_keep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,7 +58,7 @@ SETTING_COLUMNS = ("site", "threshold", "weights")  # history.run_settings: what
 
 
 RUNS_DIR_ENV = "DIET_EXPLORE_RUNS_DIR"
-STORE_LOCK = "store"  # locked() keeps its lock file as <root>/.store.lock
+STORE_LOCK = "store"  # locked() takes <root>/.store.lock (and removes it after the outermost hold)
 
 
 def default_root() -> Path:

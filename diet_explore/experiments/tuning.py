@@ -24,10 +24,10 @@ from diet_explore.evaluation.evalcache import EvalCache
 from diet_explore.evaluation.evaluate import (
     EvalConfig,
     PairResult,
+    cached_result,
     eval_requests,
     evaluate_cached,
     evaluate_models,
-    result_from_cache,
 )
 from diet_explore.evaluation.metrics import examples_of, paired_metrics
 from diet_explore.evaluation.scoring import ChoiceScores
@@ -171,13 +171,11 @@ def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
     pruned = {label: prune_model(model, m.keep, saveable=False) for label, m in masks.items()}
     param = next(model.parameters())
     eval_cache = EvalCache()
-    key = eval_cache.key_for(spec.model, requests, ecfg, param.device.type, param.dtype)
-    entry = eval_cache.load(key, requests) if key else None
-    dense = result_from_cache(entry, ecfg, requests, str(eval_cache.path(key))) if entry is not None else None
+    dense = cached_result(spec.model, ecfg, requests, eval_cache, param.device.type, param.dtype, label="dense")
     if dense is not None:
-        dense.model_name = "dense"
         ctx.log(
-            f"Dense results reused: same model and held-out examples as an earlier run (evaluation cache, computed {entry.created})."
+            "Dense results reused: same model and held-out examples as an earlier run "
+            f"(evaluation cache, computed {dense.extra['cached']['created']})."
         )
     specs = {s.name: s for s in resolve_tasks(list(requests))}
     scored: dict[str, dict[tuple[str, int], ChoiceScores]] = {"dense": {}} | {label: {} for label in masks}

@@ -47,6 +47,7 @@ from diet_explore.core.errors import DietError
 from diet_explore.models.adapters import get_adapter
 from diet_explore.models.adapters.base import LayerAdapter, ModelAdapter
 from diet_explore.pruning.saving import ROTATION_INFO  # the attribute a rotated model carries
+from diet_explore.pruning.slicing import count_parameters  # the one count (shortcut matrices are parameters too)
 
 SCHEMES = ("half", "block")
 
@@ -310,11 +311,6 @@ def _replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
 # --------------------------------------------------------------------------------------------
 # Parameter counts
 # --------------------------------------------------------------------------------------------
-def count_parameters(model: nn.Module) -> int:
-    """Distinct parameters (a tied embedding / lm_head counts once; shortcut matrices count)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def rotated_parameters(model: nn.Module, keep: int, scheme: str = "half") -> int:
     """Parameters of ``model`` rotated and sliced to ``keep`` dims, without building it: every
     tensor on the hidden dimension shrinks to ``keep`` (``params_per_hidden_dim``), the norms lose

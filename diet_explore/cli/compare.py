@@ -44,6 +44,12 @@ def register(sub) -> None:
     )
     p.add_argument("--no-eval-cache", action="store_true", help="evaluate the dense model even if its results are cached")
     p.add_argument("--out", required=True, help="output folder (re-running resumes)")
+    p.add_argument(
+        "--save",
+        default=None,
+        metavar="DIR",
+        help="also keep every pruned model as a plain Hugging Face folder under DIR (one per method and sparsity)",
+    )
     add_device_args(p)
     p.add_argument(
         "--executor",
@@ -91,6 +97,10 @@ def run(args) -> int:
     from diet_explore.experiments.sweep import run_compare
 
     config = compare_config(args)
+    if args.save:
+        from diet_explore.core.atomic import check_writable
+
+        check_writable(args.save, "--save", folder=True)  # before the sweep, not after it
     if args.executor:  # one job per (method, sparsity), merged into --out
         from diet_explore.experiments.executors import make_executor, run_sweep
         from diet_explore.experiments.jobs import JobStore
@@ -99,7 +109,7 @@ def run(args) -> int:
         run_sweep(config, args.out, executor, JobStore(args.runs), args.eval_cache, not args.no_eval_cache)
         print((Path(args.out) / "table.md").read_text())
         print(f"wrote {args.out}/table.csv, table.md, sweep.html; runs in the run store")
-        return 0
+        return _save(config, args.save)
     run_compare(
         config,
         args.out,
@@ -109,4 +119,12 @@ def run(args) -> int:
     )
     print((Path(args.out) / "table.md").read_text())
     print(f"wrote {args.out}/table.csv, table.md, sweep.html; runs in the run store")
+    return _save(config, args.save)
+
+
+def _save(config, save_dir: str | None) -> int:
+    if save_dir:
+        from diet_explore.experiments.saved_models import save_sweep_models
+
+        save_sweep_models(config, save_dir)
     return 0

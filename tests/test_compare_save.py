@@ -102,10 +102,16 @@ def test_a_pruned_folder_is_a_stock_config_whose_fields_match_the_weight_shapes(
         assert field in raw, field
     assert raw["architectures"] == [{"llama": "LlamaForCausalLM", "gemma2": "Gemma2ForCausalLM"}[family]]
     assert raw["dtype"] == "bfloat16" and raw["tie_word_embeddings"] is tie
-    d, hd, h, kv, i = raw["hidden_size"], raw["head_dim"], raw["num_attention_heads"], raw["num_key_value_heads"], raw["intermediate_size"]
+    d, hd, h, kv, i = (
+        raw["hidden_size"],
+        raw["head_dim"],
+        raw["num_attention_heads"],
+        raw["num_key_value_heads"],
+        raw["intermediate_size"],
+    )
     assert d == 48 and hd * h != d  # head_dim must be explicit: vLLM would derive hidden_size / heads otherwise
     with safe_open(folder / "model.safetensors", "pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     layer = "model.layers.0."
     assert shapes["model.embed_tokens.weight"] == (raw["vocab_size"], d)
     assert shapes[layer + "self_attn.q_proj.weight"] == (h * hd, d)

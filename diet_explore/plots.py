@@ -227,27 +227,28 @@ def vote_matrix(prune: np.ndarray, tasks: Sequence[str], order: Sequence[int] | 
     return fig
 
 
-def vote_histogram(votes: np.ndarray, n_tasks: int, threshold: float | None = None) -> go.Figure:
-    """How many dimensions got k prune votes, k = 0..n_tasks. With ``threshold`` (τ) a dashed line
-    marks where τ falls: with equal weights the vote keeps a dim when at least τ of the tasks keep
-    it, i.e. when it has at most (1 − τ)·T prune votes, so the bars right of the line are pruned."""
-    votes = np.asarray(votes).astype(int)
-    counts = np.bincount(votes, minlength=n_tasks + 1)[: n_tasks + 1]
-    colors = None
-    if threshold is not None:
-        limit = (1.0 - float(threshold)) * n_tasks  # most prune votes a kept dim can have
-        colors = ["#c0392b" if k > limit + 1e-9 else "#7f8c9d" for k in range(n_tasks + 1)]
-    marks = {}
-    if threshold is not None:
-        marks = _vline(limit + 0.5 if float(limit).is_integer() else limit, f"τ = {float(threshold):g}: pruned →", "#34495e")
+def vote_histogram(prune_votes: np.ndarray, keep: np.ndarray, n_tasks: int, label: str = "") -> go.Figure:
+    """How many dimensions got k prune votes, k = 0..n_tasks, each bar split by what the mask does
+    with them (``masking.voteview.VoteView``: ``prune_votes`` (D,) and the mask's ``keep`` (D,)): kept
+    in grey, pruned in red. The split is the mask's own decision, so task weights, τ, an exact count
+    or a rounded count all show as they act; ``label`` names the mask (``MaskConfig.label``)."""
+    votes = np.asarray(prune_votes).astype(int)
+    keep = np.asarray(keep, dtype=bool)
+    x = list(range(n_tasks + 1))
+    kept = np.bincount(votes[keep], minlength=n_tasks + 1)[: n_tasks + 1]
+    pruned = np.bincount(votes[~keep], minlength=n_tasks + 1)[: n_tasks + 1]
+    bars = [
+        go.Bar(x=x, y=kept, name="kept by the mask", marker_color="#7f8c9d", text=kept, textposition="inside"),
+        go.Bar(x=x, y=pruned, name="pruned by the mask", marker_color="#c0392b", text=pruned, textposition="inside"),
+    ]
     return go.Figure(
-        go.Bar(x=list(range(n_tasks + 1)), y=counts, text=counts, textposition="outside", marker_color=colors),
+        bars,
         layout=dict(
-            title="Prune votes per dimension",
+            title="Prune votes per dimension" + (f", split by the mask ({label})" if label else ""),
             xaxis=dict(title="tasks voting to prune", dtick=1),
             yaxis_title="dimensions",
-            showlegend=False,
-            **marks,
+            barmode="stack",
+            showlegend=True,
             **_LAYOUT,
         ),
     )

@@ -34,6 +34,7 @@ from diet_explore.masking.importance import ScorePrecompute
 from diet_explore.masking.massive import MassiveDims, massive_dims
 from diet_explore.masking.proxy import mask_proxies
 from diet_explore.masking.stability import StabilityResult, bootstrap_masks
+from diet_explore.masking.voteview import VoteView, vote_view
 from diet_explore.profiling.cache import MANIFEST, MANIFEST_MAX_BYTES, ScoreCache, load_cache
 
 
@@ -228,12 +229,16 @@ def upset_figure(path: str, sha: str, sparsity: float, tasks: tuple[str, ...], s
     return None if rep.upset.empty else plots.upset_bars(rep.upset, list(tasks))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def vote_view_for(path: str, sha: str, config_json: str) -> VoteView:
+    """The vote behind the current mask (``masking.voteview``): what every page shows of the vote."""
+    return vote_view(precompute(path, sha), MaskConfig.from_json(config_json), mask_for(path, sha, config_json))
+
+
 @st.cache_resource(show_spinner=False, max_entries=128)
-def vote_histogram_figure(
-    path: str, sha: str, sparsity: float, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int, tau: float
-):
-    rep = agreement_for(path, sha, sparsity, tasks, site, layer_agg, last_k)
-    return plots.vote_histogram(rep.vote_counts, len(tasks), threshold=tau)
+def vote_histogram_figure(path: str, sha: str, config_json: str):
+    view = vote_view_for(path, sha, config_json)
+    return plots.vote_histogram(view.prune_votes, view.keep, len(view.tasks), view.config.label())
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)

@@ -283,3 +283,35 @@ def test_the_add_contexts_command_repeats_the_caches_profile(alpha_dir):
     assert args.command == "profile" and args.add_contexts and args.out == str(alpha_dir)
     assert args.tasks.split(",") == cache.task_names and args.samples == cache.manifest["config"]["samples"]
     assert args.sites.split(",") == cache.sites and args.dtype == "float32" and args.device == "cpu"
+
+
+@pytest.mark.parametrize(
+    "config, cause",
+    [
+        (
+            MaskConfig(threshold=0.6, weights={"boolq": 2.0}, multiple_of=64),
+            "rounded from the vote's 465 to 448, a multiple of 64",
+        ),
+        (MaskConfig(threshold=0.6, weights={"boolq": 2.0}, exact=True), "--exact keeps exactly the target count, 461"),
+    ],
+)
+def test_a_dim_whose_share_reaches_tau_but_is_pruned_says_why(cache, alpha_dir, capsys, config, cause):
+    """Gemma-3: four dims with keep share 0.625 > τ 0.6 showed as 'pruned' with no reason (a carried multiple-of)."""
+    n_keep = keep_count(576, config.sparsity)
+    keep = np.zeros((7, 576), dtype=bool)
+    for i, t in enumerate(cache.task_names):  # the vote by hand: each task's top dims, boolq counting twice
+        keep[i, rank_dims(aggregate_scores(cache, t))[:n_keep]] = True
+    w = np.array([2.0 if t == "boolq" else 1.0 for t in cache.task_names])
+    share = (w[:, None] * keep).sum(0) / w.sum()
+    mask = build_mask(cache, config).keep
+    odd = np.flatnonzero((share >= 0.6 - 1e-9) & ~mask)
+    assert odd.size  # the settings prune some dims the vote keeps
+    card = dim_card(cache, config, int(odd[0]))
+    assert not card.mask_kept and card.vote_share == pytest.approx(share[odd[0]])
+    (note,) = [n for n in card.notes if "although" in n]
+    assert f"pruned although its share reaches τ 0.6 (share {share[odd[0]]:.3f})" in note and cause in note
+    assert not [n for n in dim_card(cache, config, int(np.flatnonzero(mask)[0])).notes if "although" in n]
+    argv = ["dim", "--cache", str(alpha_dir), "--dim", str(odd[0]), "--resamples", "0", "--threshold", "0.6"]
+    argv += ["--weights", "boolq=2"] + (["--exact"] if config.exact else ["--multiple-of", "64"])
+    assert main(argv) == 0
+    assert cause in capsys.readouterr().out

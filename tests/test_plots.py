@@ -102,24 +102,16 @@ def test_vote_matrix_thins_rows():
     assert np.asarray(fig.data[0].z).shape == (500, 3)
 
 
-def test_vote_histogram_counts():
+def test_vote_histogram_counts_split_by_the_masks_decision():
     prune = _prune()
     votes = vote_counts(prune)
-    fig = plots.vote_histogram(votes, 3)
-    y = np.asarray(fig.data[0].y)
-    assert y.sum() == 50 and np.array_equal(y, np.bincount(votes, minlength=4))
-
-
-def test_vote_histogram_marks_where_tau_falls():
-    votes = np.array([0, 1, 2, 3, 4, 5, 6, 7, 7])
-    fig = plots.vote_histogram(votes, 7, threshold=0.5)
-    (line,) = fig.layout.shapes
-    assert line.x0 == 3.5  # keep share (7 - k)/7 >= 0.5 <=> k <= 3.5: bars 4..7 are pruned by the vote
-    pruned = [c == "#c0392b" for c in fig.data[0].marker.color]
-    assert pruned == [k > 3.5 for k in range(8)]
-    assert "τ = 0.5" in fig.layout.annotations[0].text
-    fig = plots.vote_histogram(np.array([0, 1, 2, 3, 4]), 4, threshold=0.75)
-    assert fig.layout.shapes[0].x0 == 1.5  # k <= 1 kept: the line sits between bars 1 and 2
+    keep = np.arange(votes.size) % 3 == 0  # any mask: the bars follow its decision, not a rule of their own
+    fig = plots.vote_histogram(votes, keep, 3, label="diet τ0.6")
+    kept, pruned = (np.asarray(tr.y) for tr in fig.data)
+    assert np.array_equal(kept + pruned, np.bincount(votes, minlength=4)) and (kept + pruned).sum() == 50
+    assert np.array_equal(kept, np.bincount(votes[keep], minlength=4))
+    assert np.array_equal(pruned, np.bincount(votes[~keep], minlength=4))
+    assert fig.layout.barmode == "stack" and "diet τ0.6" in fig.layout.title.text
 
 
 def test_upset_bars_match_overlaps():

@@ -41,14 +41,25 @@ MUTANTS = [
         "diet_explore/masking/vote.py",
         "return votes >= float(threshold) - _TOL",
         "return votes > float(threshold) + _TOL",
-        ("tests/test_masks.py",),
+        ("tests/test_masks.py", "tests/test_app_vote.py::test_agreement_prunes_what_the_mask_builder_builds_with_weights"),
     ),
     Mutant(
         "vote: weights ignored (every task counts 1)",
         "diet_explore/masking/vote.py",
         "out += w[t] * keep[..., t, :]",
         "out += keep[..., t, :]",
-        ("tests/test_masks.py",),
+        (
+            "tests/test_masks.py",
+            "tests/test_app_vote.py::test_agreement_prunes_what_the_mask_builder_builds_with_weights",
+            "tests/test_app_vote.py::test_rankings_tables_show_the_weighted_share_and_the_masks_decision",
+        ),
+    ),
+    Mutant(
+        "vote view: the kept set re-derived from share >= τ (rounding and exact count ignored)",
+        "diet_explore/masking/voteview.py",
+        "np.array(result.keep, dtype=bool),",
+        "passes_vote(np.array(share, dtype=np.float64), config.threshold),",
+        ("tests/test_app_vote.py::test_agreement_counts_the_exact_and_the_rounded_mask", "tests/test_dims.py"),
     ),
     Mutant(
         "keep_count: pruned count rounded up instead of down",

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 
-from diet_explore.cli._common import cache_tasks, float_arg, int_arg, refuse_ignored
+from diet_explore.cli._common import int_arg
+from diet_explore.cli.mask import add_mask_config_args, config_from_args
 from diet_explore.core.errors import DietError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("agreement", help="Jaccard / Spearman agreement of per-task prune sets")
-    p.add_argument("--cache", required=True, help="score cache folder")
-    p.add_argument("--sparsity", type=float_arg, default=0.2)
-    p.add_argument("--tasks", default="all", help="'all' (every voting task in the cache, the default) or a comma list")
-    p.add_argument("--site", default="residual")
-    p.add_argument("--layer-agg", default="mean", help="mean (paper), max, last_k")
-    p.add_argument("--last-k", type=int_arg, default=None, help="layers averaged by --layer-agg last_k (default 4)")
+    p = sub.add_parser("agreement", help="Jaccard / Spearman agreement of per-task prune sets, and what the mask prunes")
+    add_mask_config_args(p)  # the mask whose vote is shown: the same flags as `mask`
     p.add_argument("--top", type=int_arg, default=10, help="exact overlaps shown in the table")
     p.add_argument(
         "--format", default="table", choices=("table", "json", "csv"), help="csv: long table metric,task_a,task_b,value"
@@ -25,24 +21,21 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from diet_explore.masking.agreement import agreement_report
-    from diet_explore.masking.build import MaskConfig
-    from diet_explore.masking.importance import LAYER_AGGS, check_choice
-    from diet_explore.masking.selection import check_sparsity
+    from diet_explore.masking.importance import ScorePrecompute
+    from diet_explore.masking.voteview import vote_view
     from diet_explore.profiling.cache import load_cache
 
-    args.sparsity = check_sparsity(args.sparsity)
-    check_choice("layer aggregation", args.layer_agg, LAYER_AGGS)
-    refuse_ignored(("--last-k", args.last_k, "--layer-agg", args.layer_agg, "last_k"))
+    config = config_from_args(args)
     if args.top < 0:  # a negative count sliced rows off the end of the table
         raise DietError(f"--top must be 0 or more, got {args.top}", "e.g. --top 10")
-    cache = load_cache(args.cache)
-    tasks = cache_tasks(args.tasks)
-    for t in tasks or cache.task_names[:1]:
-        cache.layer_scores(t, args.site)  # DietError naming an unknown task or site
-    last_k = MaskConfig.last_k if args.last_k is None else args.last_k  # the mask's default, 4
-    rep = agreement_report(cache, args.sparsity, tasks, args.site, args.layer_agg, last_k)
+    pre = ScorePrecompute(load_cache(args.cache))
+    for t in config.tasks or pre.cache.task_names[:1]:
+        pre.cache.layer_scores(t, config.site)  # DietError naming an unknown task or site
+    vote = vote_view(pre, config)  # the vote exactly as `mask` builds it
+    rep = agreement_report(pre, config.sparsity, vote.tasks, config.site, config.layer_agg, config.last_k)
+    mask = {"label": config.label(), "pruned": vote.n_pruned, "kept": vote.n_keep, "hidden_size": vote.hidden_size}
     if args.format == "json":
-        print(json.dumps(rep.to_json_dict(), indent=2))
+        print(json.dumps(rep.to_json_dict() | {"mask": mask}, indent=2, ensure_ascii=False))
     elif args.format == "csv":
         print("metric,task_a,task_b,value")
         for name, df in (("jaccard", rep.jaccard), ("spearman", rep.spearman)):
@@ -52,21 +45,27 @@ def run(args) -> int:
     else:
         if not rep.prune.any():  # two empty sets have Jaccard 1 (masking.selection.jaccard), which says nothing here
             print(
-                f"note: sparsity {args.sparsity:g} prunes no dim, so every pruned set is empty and the Jaccard of 1.0 means nothing"
+                f"note: sparsity {config.sparsity:g} prunes no dim, so every pruned set is empty and the Jaccard of 1.0 means nothing"
             )
-        _print_table(rep, args.top)
+        _print_table(rep, args.top, vote)
     return 0
 
 
-def _print_table(rep, top: int) -> None:
+def _print_table(rep, top: int, vote) -> None:
     import numpy as np
 
     print(f"Jaccard of pruned sets at sparsity {rep.sparsity:g}:")
     print(rep.jaccard.round(3).to_string())
     print("\nSpearman correlation of dim scores:")
     print(rep.spearman.round(3).to_string())
-    hist = np.bincount(rep.vote_counts, minlength=len(rep.tasks) + 1)
-    print("\nprune votes per dim: " + ", ".join(f"{k} task{'' if k == 1 else 's'}: {n}" for k, n in enumerate(hist)))
+    n = len(rep.tasks)
+    kept = np.bincount(vote.prune_votes[vote.keep], minlength=n + 1)
+    pruned = np.bincount(vote.prune_votes[~vote.keep], minlength=n + 1)
+    print(
+        f"\nthe mask ({vote.config.label()}) prunes {vote.n_pruned} of {vote.hidden_size} dims; prune votes per dim "
+        "(kept / pruned by the mask): "
+        + ", ".join(f"{k} task{'' if k == 1 else 's'}: {a} / {b}" for k, (a, b) in enumerate(zip(kept, pruned, strict=True)))
+    )
     print(f"\nlargest exact overlaps (of {len(rep.upset)} combinations):" + ("" if len(rep.upset) else " none"))
     for row in rep.upset.head(top).itertuples():
         print(f"  {row.size:6d}  {' & '.join(row.combination)}")

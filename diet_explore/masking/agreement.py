@@ -14,7 +14,8 @@ import pandas as pd
 
 from diet_explore.core.errors import DietError
 from diet_explore.masking.importance import as_precompute, normalize_scores
-from diet_explore.masking.selection import jaccard, keep_count, top_k_mask
+from diet_explore.masking.selection import jaccard
+from diet_explore.masking.vote import task_keep
 
 
 def prune_matrix(
@@ -27,8 +28,7 @@ def prune_matrix(
         raise DietError(
             f"agreement needs distinct tasks, got {tasks}", "e.g. --tasks boolq,rte,hellaswag, or leave --tasks out for all"
         )
-    scores = pre.matrix(tasks, site, layer_agg, last_k)  # (T, D)
-    return ~top_k_mask(scores, keep_count(scores.shape[-1], sparsity))
+    return ~task_keep(pre.matrix(tasks, site, layer_agg, last_k), sparsity)  # the vote's own per-task sets
 
 
 def spearman_matrix(scores: np.ndarray) -> np.ndarray:

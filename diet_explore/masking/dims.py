@@ -24,8 +24,9 @@ from diet_explore.core.errors import DietError
 from diet_explore.masking.build import MaskConfig, MaskResult, build_mask
 from diet_explore.masking.importance import as_precompute
 from diet_explore.masking.massive import MASSIVE_FACTOR, is_massive, massive_ratio
-from diet_explore.masking.selection import keep_count, rank_dims, top_k_mask
-from diet_explore.masking.vote import THRESHOLD_METHODS, vote_share
+from diet_explore.masking.selection import keep_count, rank_dims
+from diet_explore.masking.vote import THRESHOLD_METHODS, task_keep
+from diet_explore.masking.voteview import vote_view
 
 NO_CONTEXTS = "this cache was profiled without top-activating contexts: re-profile to see contexts"
 # A dim whose recorded top contexts are at least this share the first token of their sequence fires
@@ -247,6 +248,7 @@ def dim_card(cache, config: MaskConfig, dim: int, stability=None, mask: MaskResu
     dim = check_dim(dim, c.hidden_size)
     config.validate(c)
     result = mask if mask is not None else build_mask(pre, config)
+    vote = vote_view(pre, config, result)  # the vote as the mask is built (its per-task sets, shares, exceptions)
     d = c.hidden_size
     n_keep = keep_count(d, config.sparsity)
     site, agg, last_k = config.site, config.layer_agg, config.last_k
@@ -273,7 +275,7 @@ def dim_card(cache, config: MaskConfig, dim: int, stability=None, mask: MaskResu
                 score=float(s[dim]),
                 rank=int(ranks(s)[dim]),
                 threshold=float(ordered[n_keep - 1]),
-                kept=bool(top_k_mask(s, n_keep)[dim]),
+                kept=bool(task_keep(s[None], config.sparsity)[0, dim]),  # the vote's per-task rule
                 ratio=float(s[dim] / med) if med > 0 else None,
                 layers=[float(x) for x in c.layer_scores(task, site)[:, dim]],
                 contexts=contexts,
@@ -287,6 +289,9 @@ def dim_card(cache, config: MaskConfig, dim: int, stability=None, mask: MaskResu
     if not result.tasks:
         how = "a seeded random draw" if config.method == "random" else "weight magnitude"
         notes.append(f"method {config.method!r} has no vote: it keeps dims by {how}")
+    why = vote.why(dim)  # e.g. a share ≥ τ pruned by the exact count or the rounding to a multiple
+    if why:
+        notes.append(f"dim {dim} is {why}")
     first = first_token_counts(c, site)
     if first is not None and first_token_dims(c, site)[dim]:  # the one rule, as the Overview counts it
         notes.append(first_token_note(int(first[0][dim]), first[1]))
@@ -346,19 +351,13 @@ def split_votes(cache, config: MaskConfig, n: int = 20) -> pd.DataFrame:
     weights are the vote's (every task of weight > 0), whatever the merge rule."""
     pre = as_precompute(cache)
     c = pre.cache
-    vote_config = MaskConfig.from_dict({**config.to_dict(), "method": "diet", "single_task": None, "held_out_task": None})
-    vote_config.validate(c)
-    tasks, weights = vote_config.voting_tasks(c)
-    tasks = [t for t, w in zip(tasks, weights, strict=True) if w > 0]
-    weights = np.array([w for w in weights if w > 0])
+    vote = vote_view(pre, config)  # the vote exactly as the mask is built
+    tasks, per_task, share, keep = vote.tasks, vote.per_task_keep, vote.share, vote.keep  # (T, D) kept, (D,), (D,)
     scores = pre.matrix(tasks, config.site, config.layer_agg, config.last_k)  # (T, D)
-    per_task = top_k_mask(scores, keep_count(c.hidden_size, config.sparsity))  # (T, D) kept
-    share = vote_share(per_task, weights)  # (D,)
     rank = np.stack([ranks(s) for s in scores])  # (T, D)
     spread = rank.max(0) - rank.min(0)
     distance = np.round(np.abs(share - 0.5), 12)
     order = np.lexsort((np.arange(c.hidden_size), -spread, distance))[: max(int(n), 0)]
-    keep = build_mask(pre, config).keep
     df = pd.DataFrame(
         {
             "dim": order,

@@ -19,7 +19,7 @@ VIEWS = tuple(S.AGREEMENT_VIEWS.values())  # one tab each; the link names the op
 NOTHING_PRUNED = "No dim is pruned at this sparsity, so there is nothing to compare: raise the sparsity above 0."
 
 
-def show_view(view: str, key: tuple, tau: float, pruned: int) -> None:
+def show_view(view: str, key: tuple, config_json: str, pruned: int) -> None:
     """One of the page's figures: the open tab's (``view``, a key of ``settings.AGREEMENT_VIEWS``);
     ``pruned``: dims each task prunes (0: the overlap of empty sets says nothing, so no figure)."""
     if view in ("overlap", "intersections") and pruned == 0:
@@ -29,10 +29,11 @@ def show_view(view: str, key: tuple, tau: float, pruned: int) -> None:
         st.plotly_chart(loaders.jaccard_figure(*key, fit), key="agree_jaccard")
         st.caption(ui.HELP["jaccard"])
     elif view == "votes":
-        st.plotly_chart(loaders.vote_histogram_figure(*key, tau), key="agree_vote_hist")
+        st.plotly_chart(loaders.vote_histogram_figure(key[0], key[1], config_json), key="agree_vote_hist")
         st.caption(
-            "How many dims got k prune votes (k of the voting tasks put the dim in their own lowest-scoring set); "
-            "the dashed line is where τ falls with equal weights."
+            "How many dims got k prune votes (k of the voting tasks put the dim in their own lowest-scoring set), "
+            "each bar split by what the current mask (the Mask builder's) does with them: with task weights, an "
+            "exact count or a rounded count, dims with the same number of votes can go either way."
         )
     elif view == "matrix":
         st.plotly_chart(loaders.vote_matrix_figure(*key), key="agree_vote_matrix")
@@ -62,27 +63,28 @@ with ui.shown_errors():
     loaded = ui.require_cache()
     cache = loaded.cache
     ui.vote_settings(cache)
-    sparsity, tau = float(state.get(S.KEY_SPARSITY)), float(state.get(S.KEY_THRESHOLD))
     site, agg, last_k = ui.score_controls(cache)
-    tasks = state.voting_tasks(cache)
+    config = state.current_config(cache)
+    sparsity, tau = config.sparsity, config.threshold
+    vote = loaders.vote_view_for(loaded.path, loaded.sha, config.to_json())  # the vote exactly as the mask is built
+    tasks = vote.tasks
     if not tasks:
         raise DietError("every task has weight 0, so there is nothing to compare", "raise a task's weight above 0")
     report = loaders.agreement_for(loaded.path, loaded.sha, sparsity, tuple(tasks), site, agg, last_k)
     t = len(tasks)
     jac = report.jaccard.to_numpy()
     off = jac[~np.eye(t, dtype=bool)]
-    votes = report.vote_counts
-    limit = (1.0 - tau) * t  # with equal weights the vote keeps a dim with at most this many prune votes
     pruned = int(report.prune[0].sum())
     c = st.columns(4)
     c[0].metric("Pruned per task", pruned, help=ui.HELP["sparsity"])
     # two empty pruned sets are identical (Jaccard 1) by the library's rule, which says nothing here
     c[1].metric("Mean pairwise Jaccard", f"{off.mean():.3f}" if off.size and pruned else "n/a", help=ui.HELP["jaccard"])
-    c[2].metric("Pruned by every task", int((votes == t).sum()))
+    c[2].metric("Pruned by every task", int((vote.prune_votes == t).sum()))
     c[3].metric(
-        f"Pruned by the vote at τ = {tau:g}",
-        int((votes > limit + 1e-9).sum()),
-        help="Dims with more than (1 − τ) × tasks prune votes: what the vote prunes with equal weights. " + ui.HELP["tau"],
+        f"Pruned by the vote at τ = {tau:g}" if vote.reads_threshold else f"Pruned by the {config.method} mask",
+        vote.n_pruned,
+        help=f"What the current mask ({config.label()}) prunes, as the Mask builder builds it: the task weights, τ, "
+        "an exact count and a rounded count all count. " + ui.HELP["tau"],
     )
     st.caption(
         f"Tasks compared (weight > 0): {', '.join(tasks)}. Each prunes its own lowest-scoring "
@@ -94,13 +96,12 @@ with ui.shown_errors():
     key = (loaded.path, loaded.sha, sparsity, tuple(tasks), site, agg, last_k)
     label, tab = ui.open_tab(K_VIEW, VIEWS)
     with tab:
-        show_view(S.view_key(label), key, tau, pruned)
+        show_view(S.view_key(label), key, config.to_json(), pruned)
 
     st.subheader("Where tasks disagree")
     if not pruned:
         st.caption(NOTHING_PRUNED)
     else:
-        config = state.current_config(cache)
         split = loaders.split_votes_for(loaded.path, loaded.sha, config.to_json(), 20)
         st.caption(
             "The dims kept by about half of the voting weight (closest to one half first, then the widest spread of "

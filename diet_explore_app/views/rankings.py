@@ -9,8 +9,7 @@ import streamlit as st
 from diet_explore.core.config import parse_int
 from diet_explore.core.errors import DietError
 from diet_explore.masking.massive import MASSIVE_FACTOR
-from diet_explore.masking.selection import keep_count, rank_dims, top_k_mask
-from diet_explore.masking.vote import passes_vote, vote_share
+from diet_explore.masking.selection import keep_count, rank_dims
 from diet_explore_app import loaders, state
 from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
@@ -39,7 +38,7 @@ def parse_dims(text: str, hidden_size: int) -> list[int]:
 
 
 @st.fragment
-def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last_k: int, n_keep: int, tau: float) -> None:
+def dim_tables(loaded, tasks: list[str], scores: dict, site: str) -> None:
     """One task's top and bottom dims, or where in depth its dims are active (the layer heatmap): their
     own widgets (task, table size, dims, tab) rerun only this part of the page, not the figure above.
     One view at a time (lazy tabs): a pasted link draws one plotly figure, not two (0.6-0.8 s less
@@ -57,19 +56,19 @@ def dim_tables(loaded, tasks: list[str], scores: dict, site: str, agg: str, last
         label, tab = ui.open_tab(K_DIM_VIEW, DIM_VIEWS)
         with tab:
             if label == DIM_VIEWS[0]:
-                top_bottom(loaded, s, order, task, top_n, site, agg, last_k, n_keep, tau)
+                top_bottom(loaded, s, order, task, top_n)
             else:
                 layer_heatmap(loaded, task, site, order, top_n)
         ui.dim_jump(cache, key="rank_jump")
 
 
-def top_bottom(loaded, s: np.ndarray, order: np.ndarray, task: str, top_n: int, site, agg, last_k, n_keep, tau) -> None:
-    """The ``top_n`` highest and lowest scoring dims of ``task``, with what the vote does with them."""
-    cache, pre = loaded.cache, loaded.pre
-    in_top = top_k_mask(pre.matrix(cache.task_names, site, agg, last_k), n_keep)  # (T, D) kept per task
-    weights = np.array([float(state.get(S.weight_key(t), 1.0)) for t in cache.task_names])  # (T,)
-    share = vote_share(in_top, weights)  # (D,) the vote's weighted share of tasks keeping each dim
-    kept = passes_vote(share, tau)
+def top_bottom(loaded, s: np.ndarray, order: np.ndarray, task: str, top_n: int) -> None:
+    """The ``top_n`` highest and lowest scoring dims of ``task``, with what the current mask does with them."""
+    cache = loaded.cache
+    config = state.current_config(cache)  # the Mask builder's settings (an error box when every weight is 0)
+    site, agg, last_k = config.site, config.layer_agg, config.last_k
+    vote = loaders.vote_view_for(loaded.path, loaded.sha, config.to_json())  # the vote exactly as the mask is built
+    share, kept = vote.share, vote.keep
     massive = loaders.massive_for(loaded.path, loaded.sha, site, agg, last_k)
 
     def table(idx: np.ndarray, start_rank: int) -> pd.DataFrame:
@@ -79,7 +78,7 @@ def top_bottom(loaded, s: np.ndarray, order: np.ndarray, task: str, top_n: int, 
                 "dim": idx,
                 "score": np.round(s[idx], 5),
                 "task weight keeping it": np.round(share[idx], 3),
-                f"kept by the vote (τ = {tau:g})": kept[idx],
+                f"kept by the mask ({vote.config.label()})": kept[idx],
                 ui.RATIO_ACROSS_TASKS: np.round(massive.ratio[idx], 2),
                 "massive": massive.flagged[idx],
             }
@@ -87,7 +86,8 @@ def top_bottom(loaded, s: np.ndarray, order: np.ndarray, task: str, top_n: int, 
 
     st.caption(
         "*task weight keeping it*: the share of the total task weight whose tasks keep the dim at this sparsity "
-        "(a weight-0 task counts for nothing); the vote keeps a dim when that share reaches τ."
+        "(a weight-0 task counts for nothing); the vote keeps a dim when that share reaches τ. *kept by the mask*: "
+        "what the current mask (the Mask builder's) does with it, exact count and rounding included."
     )
     flagged = ", ".join(map(str, massive.dims)) or "none"
     st.markdown(
@@ -129,7 +129,7 @@ with ui.shown_errors():
     tasks = list(cache.tasks)  # evaluation tasks and generic text
     ui.vote_settings(cache)
     site, agg, last_k = ui.score_controls(cache)
-    sparsity, tau = float(state.get(S.KEY_SPARSITY)), float(state.get(S.KEY_THRESHOLD))
+    sparsity = float(state.get(S.KEY_SPARSITY))
     scores = loaders.task_scores(loaded.path, loaded.sha, site, agg, last_k)  # (D,) each
     n_keep = keep_count(cache.hidden_size, sparsity)
 
@@ -148,4 +148,4 @@ with ui.shown_errors():
             corr = loaders.correlation_figure(loaded.path, loaded.sha, tuple(tasks), site, agg, last_k, fit)
             st.plotly_chart(corr, key="rank_correlation")
 
-    dim_tables(loaded, tasks, scores, site, agg, last_k, n_keep, tau)
+    dim_tables(loaded, tasks, scores, site)

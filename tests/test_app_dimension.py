@@ -201,6 +201,6 @@ def test_the_committed_cache_shows_real_contexts(app, monkeypatch):
     assert shown_dim(at) == 507 and not at.error
     cache = load_cache(REPO / "cache" / "smollm2-135m")
     if all(s.contexts is None for s in cache.tasks.values()):
-        pytest.fail("the committed cache has no contexts: re-profile it (README: Score cache)")
+        pytest.fail("the committed cache has no contexts: re-profile it (docs/architecture.md: Score cache)")
     tables = [m.value for m in at.markdown if "<table" in m.value]
     assert len(tables) == len(cache.tasks) and all(t.count("<mark") == 8 for t in tables)

@@ -73,7 +73,9 @@ def layer(module: str) -> str | None:
 
 def test_every_library_module_belongs_to_a_layer():
     unknown = {m for m in library_graph() if layer(m) is not None and layer(m) not in LAYERS}
-    assert not unknown, f"modules outside the known layers: {sorted(unknown)} (add the layer to LAYERS and the README map)"
+    assert not unknown, (
+        f"modules outside the known layers: {sorted(unknown)} (add the layer to LAYERS and the map in docs/architecture.md)"
+    )
 
 
 def test_data_flows_downward():

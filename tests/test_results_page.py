@@ -12,7 +12,7 @@ import pytest
 from app_helpers import DOCS_RESULTS, chart_by_key, metrics, run_page
 
 from diet_explore.core.errors import DietError
-from diet_explore.evaluation.metrics import PAIRED_METRICS, paired_examples, paired_proportion_delta, task_paired
+from diet_explore.evaluation.metrics import PAIRED_METRICS, paired_examples, paired_proportion_delta, task_paired, wilson_interval
 from diet_explore.evaluation.scoring import ChoiceScores
 from diet_explore.experiments.reports import (
     RESULTS_DIR_ENV,
@@ -125,11 +125,17 @@ def test_rows_with_examples_give_every_paired_metric_recomputed_from_them(grown_
     assert list(curve["method"]) == ["diet", "diet", "random", "random"] and list(curve["sparsity"]) == [0.0, 0.25, 0.0, 0.25]
     assert curve["value"].iloc[0] == 0.0 and math.isnan(curve["ci_low"].iloc[0])  # the dense point has no interval
     assert curve["value"].iloc[1] == pytest.approx(got["average"]["gold_ll_per_char"]["delta"])
-    own = curve_frame(sweep, "main")  # the model's own average, ± 1.96 stderr of a mean over independent tasks
-    se = [np.std(v["correct"], ddof=1) / np.sqrt(len(v["correct"])) for v in rows[1]["tasks"].values()]
-    half = 1.959964 * np.sqrt(np.sum(np.square(se))) / len(se)
+    own = curve_frame(sweep, "main")  # the model's own average: Wilson per task, MOVER over tasks (no Wald)
+    tasks = list(rows[1]["tasks"].values())
+    wilson = [wilson_interval(sum(v["correct"]), len(v["correct"])) for v in tasks]
+    share = [np.mean(v["correct"]) for v in tasks]
+    low = np.mean(share) - np.sqrt(sum((p - lo) ** 2 for p, (lo, _) in zip(share, wilson))) / len(tasks)
+    high = np.mean(share) + np.sqrt(sum((hi - p) ** 2 for p, (_, hi) in zip(share, wilson))) / len(tasks)
     diet = own[(own["method"] == "diet") & (own["sparsity"] == 0.25)].iloc[0]
-    assert (diet["ci_low"], diet["ci_high"]) == pytest.approx((100 * (rows[1]["avg"] - half), 100 * (rows[1]["avg"] + half)))
+    assert diet["value"] == pytest.approx(100 * rows[1]["avg"])
+    low, high = max(low, np.mean([lo for lo, _ in wilson])), min(high, np.mean([hi for _, hi in wilson]))
+    assert (diet["ci_low"], diet["ci_high"]) == pytest.approx((100 * low, 100 * high))
+    assert diet["ci_low"] >= 0.0 and diet["ci_high"] <= 100.0
     ppl = curve_frame(sweep, "ppl")
     assert list(ppl["value"]) == [20.0, 40.0, 20.0, 900.0]
 

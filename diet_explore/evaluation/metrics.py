@@ -32,7 +32,8 @@ The intervals (each rule in one function here):
   Wilson intervals of both marginals combined with the estimated correlation φ of the pair
   (with its n/2 correction). Valid at small n, never outside [−1, 1], never zero width: n = 5
   examples that both models get right give [−0.43, +0.43], not [0, 0];
-* ``proportion``: the Wilson score interval, inside [0, 1];
+* ``proportion``: the Wilson score interval, inside [0, 1]; ``average_proportion`` (one model's
+  average accuracy over tasks) combines the tasks' Wilson intervals by MOVER;
 * ``bootstrap_intervals``: a seeded paired bootstrap over examples (``BOOTSTRAP_RESAMPLES``
   resamples), the percentile interval at Hesterberg's (2015) expanded level
   α' = 2Φ(−√(n/(n−1))·t_{n−1,0.975}), which corrects the percentile interval's small-n narrowness;
@@ -241,6 +242,13 @@ def average_interval(intervals: Sequence[Interval]) -> Interval:
     hi = m + math.sqrt(sum((hi - e) ** 2 for e, _, hi in intervals)) / t
     # never beyond the mean of the tasks' own bounds (√Σx² ≤ Σx); max/min only remove rounding
     return m, max(lo, float(np.mean([lo for _, lo, _ in intervals]))), min(hi, float(np.mean([hi for _, _, hi in intervals])))
+
+
+def average_proportion(per_task: Sequence[np.ndarray]) -> Interval:
+    """(unweighted mean over tasks of each task's share of 1s, low, high): one model's average
+    accuracy with each task's Wilson interval combined by MOVER, the rule for a proportion and for an
+    average over tasks (never ±1.96·stderr, which leaves [0, 1] at small n)."""
+    return average_interval([proportion(x) for x in per_task])
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from diet_explore import plots
 from diet_explore.core import atomic
 from diet_explore.core.assets import PROJECT_ROOT
 from diet_explore.core.errors import DietError
-from diet_explore.evaluation.metrics import MAIN, PAIRED_METRICS, Z95
+from diet_explore.evaluation.metrics import MAIN, PAIRED_METRICS, average_proportion
 from diet_explore.experiments.results import METHODS, RESULTS, read_results_file, row_paired
 
 if TYPE_CHECKING:
@@ -318,7 +318,8 @@ def rotation_table(rows: list[dict[str, Any]]) -> str:
 # Curves
 # --------------------------------------------------------------------------------------------
 #: curve name -> (title, y-axis title, scale of the stored value). "main" is the model's own average
-#: main metric (CI ± 1.96 stderr, unpaired); the others are paired differences vs dense.
+#: main metric (unpaired: each task's Wilson interval, combined over tasks by MOVER,
+#: ``metrics.average_proportion``); the others are paired differences vs dense.
 CURVES: dict[str, tuple[str, str, float]] = {
     "main": ("Average main metric vs sparsity (95% CI)", "average main metric (%)", 100.0),
     "delta_main": ("Δ average main metric vs dense (paired 95% CI)", "Δ average main metric (points)", 100.0),
@@ -348,8 +349,9 @@ def curve_frame(rows: list[dict[str, Any]] | Sweep, curve: str = "delta_main"):
     recs = []
 
     def point(r: dict[str, Any]) -> tuple[float, float, float] | None:
-        if curve == "main":
-            return 100 * r["avg"], 100 * (r["avg"] - Z95 * r["avg_stderr"]), 100 * (r["avg"] + Z95 * r["avg_stderr"])
+        if curve == "main":  # Wilson per task, MOVER over tasks: the interval rule of a proportion
+            value, lo, hi = average_proportion([t["correct"] for t in r["tasks"].values()])
+            return 100 * value, 100 * lo, 100 * hi
         if curve == "ppl":
             return (r["ppl"], math.nan, math.nan) if r.get("ppl") else None
         if r["method"] == "dense":

@@ -189,3 +189,67 @@ def test_a_tune_job_runs_in_the_worker_and_streams_its_trials(tiny, tmp_path):
     assert job["status"] == "done", job.get("error")
     assert len(job["partial"]["trials"]) == 2 and job["partial"]["best"] is not None
     assert job["result"]["sentences"] and (tmp_path / "runs" / "tune" / "job.db").is_file()
+
+
+def test_the_proxy_prefilter_evaluates_the_candidate_it_ranks_first(tiny, tmp_path):
+    cfg = config(tiny, name="pf", trials=2, prefilter=3, pruner="none")
+    run(tiny, cfg, tmp_path)
+    db, _ = tune.study_paths(tmp_path, "pf")
+    trials = optuna.load_study(study_name="pf", storage=tune.storage_url(db)).get_trials()
+    evaluated = [t for t in trials if t.state.name == "COMPLETE"]
+    skipped = [t for t in trials if t.user_attrs.get("skipped")]
+    assert len(evaluated) == 2 and len(skipped) == 4 and len(tune.finished_trials_of(trials)) == 2
+    for t in evaluated:  # its batch: the three candidates asked together
+        batch = [u for u in trials if u.number // 3 == t.number // 3]
+        assert t.user_attrs["proxy"] == max(u.user_attrs["proxy"] for u in batch)
+
+
+def test_proxy_recall_counts_the_best_k_found_by_the_proxy():
+    rows = [
+        {"number": i, "state": "complete", "value": v, "proxy": p, "label": f"m{i}"}
+        for i, (v, p) in enumerate([(0.9, 0.1), (0.8, 0.9), (0.1, 0.8), (0.0, 0.2)])
+    ]
+    assert tune.proxy_recall(rows, 2) == {"k": 2, "n": 4, "recall": 0.5, "chance": 0.5}
+    rows[0]["proxy"] = 0.95
+    assert tune.proxy_recall(rows, 2)["recall"] == 1.0
+    with pytest.raises(DietError, match="too few"):
+        tune.proxy_recall(rows, 5)
+
+
+def test_a_killed_tune_command_resumes_with_the_same_name(tiny, tmp_path):
+    """SIGKILL the CLI once two trials are in the study; the same command continues the study."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    runs = tmp_path / "runs"
+    argv = [sys.executable, "-m", "diet_explore", "tune", "--cache", tiny["cache"], "--model", tiny["model_name"]]
+    argv += ["--name", "kill", "--trials", "4", "--limit", "6", "--tasks", "rte,arc_easy", "--device", "cpu"]
+    argv += ["--runs", str(runs), "--pruner", "none", "--baselines", "default", "--objective", "gold_ll_per_char"]
+    db, _ = tune.study_paths(runs, "kill")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists():
+                try:
+                    s = optuna.load_study(study_name="kill", storage=tune.storage_url(db))
+                    if len(tune.finished_trials(s)) >= 2:
+                        break
+                except KeyError:
+                    pass
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    before = {t.number: t.value for t in tune.finished_trials(optuna.load_study(study_name="kill", storage=tune.storage_url(db)))}
+    assert len(before) >= 2
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = {t.number: t.value for t in tune.finished_trials(optuna.load_study(study_name="kill", storage=tune.storage_url(db)))}
+    assert len(after) == 4 and all(after[n] == v for n, v in before.items())
+    assert "tuned (" in done.stdout and "report.json" in done.stdout

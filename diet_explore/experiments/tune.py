@@ -417,11 +417,15 @@ def open_study(config: TuneConfig, root: str | Path, resume: bool = False, prune
 def finished_trials(study) -> list:
     """The trials that count toward the budget: complete, pruned, or failed because their settings
     built no mask; not a trial a killed run left behind (asked again) nor a candidate the proxy skipped."""
+    return finished_trials_of(study.get_trials(deepcopy=False))
+
+
+def finished_trials_of(trials: list) -> list:
     from optuna.trial import TrialState
 
     return [
         t
-        for t in study.get_trials(deepcopy=False)
+        for t in trials
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and "error" in t.user_attrs)
     ]
 
@@ -802,3 +806,20 @@ def run_tune_job(config: dict[str, Any], ctx) -> dict[str, Any]:
     )
     db, folder = study_paths(ctx.runs.root, cfg.name)
     return {"report": str(folder / "report.json"), "study": str(db), "sentences": out["sentences"], "best": out["best"]}
+
+
+def proxy_recall(rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
+    """How well the live proxy pre-filter finds the best trials: of the ``k`` complete trials with the
+    best objective (full evaluation), the share that are among the ``k`` the proxy ranks first;
+    ``chance`` is what a random ranking gets on average (k / n). Trials that share a mask count once."""
+    seen, done = set(), []
+    for r in rows:
+        if r["state"] == "complete" and r["value"] is not None and r.get("proxy") is not None and r["label"] not in seen:
+            seen.add(r["label"])
+            done.append(r)
+    n = len(done)
+    if n < k or k < 1:
+        raise DietError(f"{n} complete trials with distinct masks: too few for best-{k} recall", "run more trials")
+    by_value = {r["number"] for r in sorted(done, key=lambda r: -r["value"])[:k]}
+    by_proxy = {r["number"] for r in sorted(done, key=lambda r: -r["proxy"])[:k]}
+    return {"k": k, "n": n, "recall": len(by_value & by_proxy) / k, "chance": k / n}

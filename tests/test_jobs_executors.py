@@ -103,3 +103,16 @@ def test_an_unknown_executor_or_no_ray_is_refused_in_one_line(tiny_cache_root, t
     err = capsys.readouterr().err
     assert err.startswith("error: --executor ray needs Ray, which is not installed") and "diet-explore[ray]" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs" / "jobs").exists()  # nothing queued
+
+
+def test_a_bad_executor_setting_is_refused_where_the_worker_starts(tmp_path, monkeypatch):
+    from diet_explore.core.errors import DietError
+    from diet_explore.experiments import jobs as J
+
+    store = JobStore(tmp_path / "runs")
+    for name, value, said in (("DIET_EXPLORE_EXECUTOR", "dask", "is not an executor"), ("DIET_EXPLORE_WORKERS", "0", "≥ 1")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(DietError, match=said):
+            J.EXECUTOR.ensure_worker(store)
+        monkeypatch.delenv(name)
+    assert not (store.root / "worker.json").exists()

@@ -91,3 +91,27 @@ def test_a_killed_actors_job_is_requeued_once_and_no_record_is_duplicated_or_los
     assert sum("requeued" in line for line in job["log"]) == 1
     records, damaged = store.scan()
     assert sorted(r["job_id"] for r in records) == sorted([long, short]) and not damaged
+
+
+@pytest.mark.slow
+def test_the_apps_worker_runs_its_jobs_on_ray_actors_when_the_setting_says_ray(tiny_cache_root, tmp_path, monkeypatch):
+    """``diet-explore app --executor ray``: the app starts one process that drives Ray actors."""
+    import json
+
+    from job_helpers import prune_eval_config, stop_workers, wait_job
+
+    from diet_explore.experiments import jobs as J
+
+    monkeypatch.setenv("DIET_EXPLORE_EXECUTOR", "ray")
+    monkeypatch.setenv("DIET_EXPLORE_WORKERS", "1")
+    monkeypatch.setenv("DIET_EXPLORE_WORKER_IDLE_S", "30")
+    store = JobStore(tmp_path / "runs")
+    try:
+        job_id, _ = J.submit(store, "prune_eval", prune_eval_config(tiny_cache_root), "on ray")
+        job = wait_job(store, job_id, ("done", "failed"))
+        info = json.loads((store.root / "worker.json").read_text())
+        assert job["status"] == "done", job.get("error")
+        assert info["executor"] == "ray" and info["workers"] == 1 and store.live_worker()
+        assert job["worker"]["pid"] not in (info["pid"], os.getpid())  # run by an actor, not the driving process
+    finally:
+        stop_workers(store)

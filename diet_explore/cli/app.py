@@ -30,6 +30,13 @@ def register(sub) -> None:
     p.add_argument("--port", type=int_arg, default=8501, help="port to serve on (default 8501)")
     p.add_argument("--host", default="localhost", help="address to listen on (default localhost: this machine only)")
     p.add_argument("--open", action="store_true", help="open a browser tab (default: just serve, and print the address)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default=None,
+        help="where the app's jobs run: one local worker process (default), or Ray actors (diet-explore[ray])",
+    )
+    p.add_argument("--workers", type=int_arg, default=None, help="how many workers (Ray: one per GPU; default 1)")
     p.set_defaults(func=run)
 
 
@@ -107,6 +114,11 @@ def run(args) -> int:
         raise DietError("streamlit is not installed", "pip install 'diet-explore' installs it; or pip install streamlit")
     check_listen(args.host, args.port)
     env = app_environment(args.cache, Path.cwd(), dict(os.environ))
+    if args.executor or args.workers:  # the jobs' executor: read by the library where it starts the worker
+        from diet_explore.experiments.executors import EXECUTOR_ENV, WORKERS_ENV, executor_setting, make_executor
+
+        env |= {EXECUTOR_ENV: args.executor or env.get(EXECUTOR_ENV, "local"), WORKERS_ENV: str(args.workers or 1)}
+        make_executor(*executor_setting(env))  # refused now (no ray, --workers 0), not when a job starts
     cmd = [
         sys.executable,
         "-m",

@@ -31,6 +31,8 @@ from diet_explore.core.errors import DietError
 from diet_explore.experiments import jobs as J
 
 EXECUTORS = ("local", "ray")
+EXECUTOR_ENV = "DIET_EXPLORE_EXECUTOR"  # the app's setting (diet-explore app --executor): local or ray
+WORKERS_ENV = "DIET_EXPLORE_WORKERS"  # and how many workers (diet-explore app --workers)
 POLL_S = 0.5  # how often a driver looks at its jobs' records
 DENSE_WAIT_S = 24 * 3600.0  # a job waits this long for another job to finish scoring the dense model
 
@@ -193,6 +195,7 @@ class RayExecutor:
     def __init__(self, workers: int = 1, handlers: dict[str, str] | None = None):
         self.workers = workers
         self.handlers = handlers or {}
+        self._idle: list = []  # actors kept between runs: each keeps its model loaded
 
     def _actors(self, ray, store: J.JobStore, n: int) -> list:
         if not ray.is_initialized():
@@ -209,12 +212,14 @@ class RayExecutor:
 
     def run(self, store: J.JobStore, job_ids: list[str], on_poll: Callable[[], None] | None = None) -> dict[str, str]:
         ray = import_ray()
-        idle = self._actors(ray, store, min(self.workers, len(job_ids)))
+        idle, self._idle = self._idle, []
+        idle += self._actors(ray, store, max(0, min(self.workers, len(job_ids)) - len(idle)))
         running: dict[Any, tuple[Any, str]] = {}  # object ref -> (actor, job id)
         try:
             while True:
                 now = {j: store.get(j)["status"] for j in job_ids}
                 if not running and not any(s in J.ACTIVE for s in now.values()):
+                    self._idle = idle
                     return now
                 if any(s == "interrupted" and j not in {v[1] for v in running.values()} for j, s in now.items()):
                     store.requeue_stale()  # a dead actor's job: back in the queue, once
@@ -265,6 +270,61 @@ def make_executor(name: str, workers: int = 1):
     return LocalExecutor(int(workers))
 
 
+def executor_setting(env: dict[str, str] | None = None) -> tuple[str, int]:
+    """(executor, workers) the app runs its jobs on: ``DIET_EXPLORE_EXECUTOR`` (default ``local``)
+    and ``DIET_EXPLORE_WORKERS`` (default 1), as ``diet-explore app --executor --workers`` set them."""
+    from diet_explore.core.config import parse_int
+
+    env = os.environ if env is None else env
+    name = env.get(EXECUTOR_ENV, "").strip() or "local"
+    raw = env.get(WORKERS_ENV, "").strip() or "1"
+    workers = parse_int(raw)
+    if name not in EXECUTORS:
+        raise DietError(f"{EXECUTOR_ENV}={name!r} is not an executor", f"one of {', '.join(EXECUTORS)}, or unset it")
+    if workers is None or workers < 1:
+        raise DietError(f"{WORKERS_ENV}={raw!r} is not a number of workers ≥ 1", "e.g. 2 (one per GPU), or unset it")
+    return name, workers
+
+
+def serve(store: J.JobStore, owner: int | None = None, idle_exit_s: float | None = None) -> int:
+    """The app's worker when its setting is not one local process (``executor_setting``): holds the
+    store's worker lock as the local worker does (so the app starts no second one), and runs what is
+    queued on the chosen executor, batch by batch, until idle for ``idle_exit_s`` or ``owner`` (a
+    pid) is no longer its parent. Returns the number of jobs run; -1 when a worker already serves."""
+    from filelock import Timeout
+
+    from diet_explore.core.clock import utc_timestamp
+    from diet_explore.experiments.runs import new_run_id
+
+    name, workers = executor_setting()
+    executor = make_executor(name, workers)
+    idle_exit_s = J.worker_idle_s() if idle_exit_s is None else idle_exit_s
+    store.root.mkdir(parents=True, exist_ok=True)
+    lock = store._worker_lock()
+    try:
+        lock.acquire(timeout=2.0)
+    except Timeout:
+        return -1
+    ran = 0
+    try:
+        info = {"pid": os.getpid(), "host": J.HOST, "token": new_run_id(f"serve-{os.getpid()}"), "owner": owner}
+        atomic.write_json(store.root / "worker.json", info | {"started": utc_timestamp(), "executor": name, "workers": workers})
+        idle_since = time.monotonic()
+        while owner is None or os.getppid() == owner:
+            store.requeue_stale()
+            queued = [j["job_id"] for j in store.jobs() if j["status"] == "queued"]
+            if queued:
+                ran += len(executor.run(store, queued))
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > idle_exit_s:
+                break
+            else:
+                time.sleep(J.POLL_S)
+    finally:
+        lock.release()
+    return ran
+
+
 def run_sweep(
     config, out: str | Path, executor, store: J.JobStore, eval_cache=None, use_eval_cache: bool = True, log=print
 ) -> list[dict[str, Any]]:
@@ -277,3 +337,24 @@ def run_sweep(
 
 def _package_parent() -> str:
     return str(Path(__file__).resolve().parents[2])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m diet_explore.experiments.executors --root RUNS [--owner PID]``: ``serve``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="diet-explore jobs on the executor DIET_EXPLORE_EXECUTOR names")
+    ap.add_argument("--root", required=True, help="the run store folder whose jobs/ to serve")
+    ap.add_argument("--owner", type=int, default=None, help="stop when this process is no longer the parent")
+    args = ap.parse_args(argv)
+    try:
+        ran = serve(J.JobStore(args.root), owner=args.owner)
+    except DietError as exc:
+        print(f"executor {os.getpid()}: error: {exc}", flush=True)
+        return 2
+    print(f"executor {os.getpid()}: {'another worker serves this store' if ran < 0 else f'{ran} job(s) run'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -798,7 +798,10 @@ class LocalProcessExecutor:
         """Start a worker for ``store`` unless one is alive or starting; True when one was started.
         ``preload``: a model it loads while waiting for the first job."""
         self._started[:] = [p for p in self._started if p.poll() is None]
+        from diet_explore.experiments.executors import executor_setting
+
         worker_idle_s()  # a bad value is refused here, to the caller, not in the worker's log
+        executor_setting()  # so is a bad DIET_EXPLORE_EXECUTOR or DIET_EXPLORE_WORKERS
         if store.live_worker():  # the common case, without the store's lock
             return False
         store.root.mkdir(parents=True, exist_ok=True)
@@ -814,16 +817,14 @@ class LocalProcessExecutor:
                 **os.environ,
                 "PYTHONPATH": os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
             }
-            cmd = [
-                sys.executable,
-                "-m",
-                "diet_explore.experiments.jobs",
-                "--root",
-                str(store.runs.root),
-                "--owner",
-                str(os.getpid()),
-                *(["--preload", preload] if preload else []),
-            ]
+            from diet_explore.experiments.executors import executor_setting
+
+            if executor_setting() == ("local", 1):  # one worker process, this module's
+                cmd = [sys.executable, "-m", "diet_explore.experiments.jobs", "--root", str(store.runs.root)]
+                cmd += ["--owner", str(os.getpid()), *(["--preload", preload] if preload else [])]
+            else:  # the app's setting: Ray actors or several local workers, driven by one process
+                cmd = [sys.executable, "-m", "diet_explore.experiments.executors", "--root", str(store.runs.root)]
+                cmd += ["--owner", str(os.getpid())]
             with open(store.root / "worker.log", "ab") as log:
                 proc = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

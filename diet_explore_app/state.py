@@ -31,6 +31,7 @@ K_VIEW = "agree_view"  # Agreement's open tab (a link's view= sets it)
 K_STAB_HIST = "stab_hist"  # Mask builder: the keep-frequency histogram's expander is open
 K_SYNCED, K_TAKE_LINK = "_synced_params", "_take_link"  # the query string last written; a URL to take again
 SHADOW = "_keep_"
+K_WRITTEN = "_reset_keys"  # widget keys ``reset`` wrote since their widget last rendered
 
 
 def _sync(key: str) -> None:
@@ -82,6 +83,7 @@ def reset(key: str, value) -> None:
     left the browser showing the old value and sending it back on the next input."""
     put(key, value)
     st.session_state[key] = value
+    st.session_state.setdefault(K_WRITTEN, set()).add(key)
 
 
 def follow(key: str, value) -> None:
@@ -103,8 +105,13 @@ def default(key: str, value) -> None:
 def kw(key: str) -> dict:
     """Widget kwargs for a setting: key, the stored value, and the callback that stores changes. The
     value is passed even when the key is in the session: after a page switch that key can hold a
-    stale value Streamlit forgot to drop (module docstring). After ``reset`` Streamlit takes the
-    written value and logs, once, that a value was also passed."""
+    stale value Streamlit forgot to drop (module docstring). Right after ``reset`` the value is not
+    passed: Streamlit takes the written one, and logged that a value was also passed."""
+    written = st.session_state.get(K_WRITTEN)
+    if written and key in written:
+        written.discard(key)
+        if key in st.session_state and st.session_state[key] == get(key):  # still there (not dropped by a page switch)
+            return {"key": key, "on_change": _sync, "args": (key,)}
     return {"key": key, "value": get(key), "on_change": _sync, "args": (key,)}
 
 

@@ -416,3 +416,37 @@ def test_an_eval_cache_entry_that_is_a_folder_is_said_before_and_the_result_kept
         got = evaluate_cached("m", EvalConfig(tasks=["rte"], limit=1), {}, cache, "cpu", "float32", compute)
     assert got is result and order == ["computed"] and len(seen) == 1
     assert cache.path("k").is_dir()
+
+
+# ------------------------------------------------------------------ Streamlit's duplicate-value log
+def test_no_widget_is_given_a_value_and_a_session_state_value(app_env, monkeypatch):
+    """Streamlit logged 'created with a default value but also had its value set via the Session
+    State API' for inspect_dim (a dim= link) and export_name (the name that follows the mask)."""
+    from app_helpers import APP, TIMEOUT, run_page
+    from streamlit.elements.lib import policies
+    from streamlit.testing.v1 import AppTest
+
+    logged = []
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+    monkeypatch.setattr(policies._LOGGER, "warning", lambda msg, *args, **kw: logged.append(msg % args))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params["dim"] = "7"
+    at.run()
+    for page in ("dimension", "export", "mask_builder", "export"):
+        run_page(at, page)
+        assert not logged, (page, logged)
+
+
+def test_a_task_with_every_example_used_for_calibration_says_so(tmp_path):
+    """A calibration-only pruned folder (its mask recorded every example as calibration) was hinted
+    'use --limit 0 or fewer'."""
+    from types import SimpleNamespace
+
+    from diet_explore.core.errors import DietError
+    from diet_explore.tasks.data import evaluation_ids
+
+    spec = SimpleNamespace(name="rte")
+    with pytest.raises(DietError, match="all 10 of its examples are calibration examples") as exc:
+        evaluation_ids(spec, 5, size=10, n_calibration=4, exclude=set(range(10)))
+    assert "--limit 0" not in str(exc.value) and "--tasks" in exc.value.hint
+    assert len(evaluation_ids(spec, 2, size=10, n_calibration=4)) == 2

@@ -115,6 +115,12 @@ def evaluation_ids(
     perm = _permutation(spec.name, size, seed)
     banned = set(int(i) for i in perm[: min(n_calibration, size)]) | set(exclude)
     pool = [int(i) for i in perm[::-1] if int(i) not in banned]
+    if not pool and limit > 0:  # "--limit 0 or fewer" is no advice: nothing is left to evaluate at all
+        raise DietError(
+            f"task {spec.name}: all {size} of its examples are calibration examples (profiled, or recorded as such by "
+            "the mask), so none is held out to evaluate",
+            "leave this task out of --tasks, or profile it with fewer --samples so that some examples stay held out",
+        )
     if clip:
         return pool[:limit]
     if limit > len(pool):

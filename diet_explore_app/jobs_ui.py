@@ -115,14 +115,20 @@ def _job_header(jobs_store: J.JobStore, job: dict[str, Any], found: list[dict[st
     queued = [j for j in found if j["status"] == "queued"]
     if status == "queued":
         ahead = [j for j in found if j["status"] == "running"] + queued[: [q["job_id"] for q in queued].index(job["job_id"])]
-        st.caption(f"Waiting for {len(ahead)} job(s) ahead of it: one job runs at a time.")
+        st.caption(f"Waiting for {len(ahead)} job(s) ahead of it: each worker runs one job at a time.")
+    if status == "running" and job.get("lease"):  # who holds it: Resume is refused while this lease is alive
+        lease = job["lease"]
+        st.caption(f"Running in worker pid {lease.get('pid')} on {lease.get('host')}.")
     if status in ("running", "queued") or (status in ("stopped", "interrupted") and progress):
         st.progress(min(max(float(progress.get("fraction") or 0.0), 0.0), 1.0), text=str(progress.get("message") or status))
     if status == "failed":
         err = job.get("error") or {}
         ui.show_error(DietError(str(err.get("message") or "the job failed"), err.get("hint")))
     if status == "interrupted":
-        st.warning("This job was interrupted (its worker stopped, e.g. the app was restarted). Resume continues it.")
+        st.warning(
+            "This job was interrupted (its worker stopped, e.g. the app was restarted). Resume continues it; "
+            "a job whose worker died is also requeued once by the next worker."
+        )
     c1, c2, _ = st.columns([1, 1, 4])
     if status in J.ACTIVE and c1.button(
         "Stop", key="job_stop", help="stop after the current forward pass; partial results are kept"

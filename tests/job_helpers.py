@@ -131,3 +131,11 @@ def register_sleepy(monkeypatch) -> None:
 
     monkeypatch.setitem(J.HANDLERS, "sleepy", "job_helpers:sleepy_job")
     monkeypatch.setitem(J.CONFIG_FIELDS, "sleepy", {"seconds": lambda v: isinstance(v, (int, float))})
+
+
+def register_sleepy_handler() -> None:
+    """``register_sleepy`` without pytest (in an app script a test runs)."""
+    from diet_explore.experiments import jobs as J
+
+    J.HANDLERS["sleepy"] = "job_helpers:sleepy_job"
+    J.CONFIG_FIELDS["sleepy"] = {"seconds": lambda v: isinstance(v, (int, float))}

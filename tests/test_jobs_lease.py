@@ -229,3 +229,39 @@ def test_export_prune_and_save_runs_as_a_job_and_saves_the_folder_prune_model_ma
     with torch.no_grad():
         torch.testing.assert_close(saved(ids).logits, expected(ids).logits, atol=1e-5, rtol=1e-4)
     assert saved.config.hidden_size == mask_file.n_keep
+
+
+PANEL = """
+import sys
+sys.path.insert(0, {tests!r})
+from job_helpers import register_sleepy_handler
+register_sleepy_handler()
+from diet_explore.experiments.jobs import JobStore
+from diet_explore_app import jobs_ui
+jobs_ui.job_panel(JobStore({root!r}), "sleepy", "watched", render=lambda job: None)
+"""
+
+
+def test_the_apps_resume_button_is_offered_for_a_dead_lease_only_and_refuses_a_job_that_came_alive(store, monkeypatch):
+    """The job panel (every page's): a live lease shows running with Stop and no Resume; a dead one
+    shows Resume, and a click after another worker took the job over resumes nothing (the store
+    refuses a resume of a live job too: test_a_running_job_with_a_live_lease_cannot_be_resumed...)."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setattr(J.LocalProcessExecutor, "ensure_worker", lambda self, store, preload=None: False)
+    a, _ = store.submit("sleepy", {"seconds": 0.1}, "a")
+    store.claim(a, "w1")
+    _set_lease(store, a, host="another-machine", pid=1)
+    script = PANEL.format(tests=str(Path(__file__).parent), root=str(store.runs.root))
+    at = AppTest.from_string(script, default_timeout=60).run()
+    labels = [b.label for b in at.button]
+    assert "Stop" in labels and "Resume" not in labels and "running" in at.markdown[0].value
+    _set_lease(store, a, expires=time.time() - 1)  # its worker died
+    at.run()
+    assert "interrupted" in at.markdown[0].value and "Resume" in [b.label for b in at.button]
+    _set_lease(store, a, expires=time.time() + 60)  # meanwhile another worker requeued and claimed it
+    at.button(key="job_resume").click().run()  # the page re-reads the job: running, so the click resumes nothing
+    assert "running" in at.markdown[0].value and "Resume" not in [b.label for b in at.button]
+    assert store.get(a)["status"] == "running" and store.get(a)["attempts"] == 1 and store.get(a)["lease"]["token"] == "w1"

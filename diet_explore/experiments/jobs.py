@@ -908,8 +908,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--until-empty", action="store_true", help="exit when the queue is empty")
     ap.add_argument("--only", default=None, help="comma list of the job ids to claim (default: any)")
     args = ap.parse_args(argv)
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICE)
+    if args.owner is not None:  # the app's worker yields the CPU to its server; a sweep's workers do not
+        with contextlib.suppress(OSError):
+            os.nice(WORKER_NICE)
     try:
         ran = run_worker(
             JobStore(args.root),

@@ -253,3 +253,17 @@ def test_a_killed_tune_command_resumes_with_the_same_name(tiny, tmp_path):
     after = {t.number: t.value for t in tune.finished_trials(optuna.load_study(study_name="kill", storage=tune.storage_url(db)))}
     assert len(after) == 4 and all(after[n] == v for n, v in before.items())
     assert "tuned (" in done.stdout and "report.json" in done.stdout
+
+
+def test_the_library_cli_and_page_modules_import_without_optuna():
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['optuna'] = None\n"
+        "import diet_explore.experiments.tune, diet_explore.experiments.tune_plots, diet_explore.experiments.jobs\n"
+        "from diet_explore.cli import build_parser\n"
+        "build_parser().parse_args(['tune', '--cache', 'x'])\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -12,6 +12,7 @@ import sys
 import warnings
 
 from diet_explore import __version__
+from diet_explore.cli._common import HelpFormatter, examples_epilog
 from diet_explore.core.errors import DietError
 
 # Adding a command = one module with register(subparsers) + one name here.
@@ -35,7 +36,12 @@ COMMAND_MODULES = [
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as the one line every other bad input gets (argparse printed the
-    whole usage block above it): the message, and where the options are listed."""
+    whole usage block above it): the message, and where the options are listed; every parser's help
+    shows each option's default (``_common.HelpFormatter``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n  hint: see `{self.prog} --help`\n")
@@ -47,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"diet_explore.cli.{name}").register(sub)
+    for name, command in sub.choices.items():  # one table of examples, shown under each command's options
+        command.epilog = command.epilog or examples_epilog(name)
     return parser
 
 

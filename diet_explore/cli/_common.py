@@ -5,6 +5,56 @@ from __future__ import annotations
 import argparse
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help says its default (none for a flag, an unset value or a help that already
+    says it), and the examples epilog keeps its lines as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or action.nargs == 0  # --flag / --no-flag: on or off
+            or default is None
+            or default is argparse.SUPPRESS
+            or default == []
+            or "default" in text.lower()
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(EXAMPLES_HEADER):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+EXAMPLES_HEADER = "examples:"
+
+#: One example per command, shown at the end of its --help (a test parses each one).
+EXAMPLES: dict[str, list[str]] = {
+    "models": ["diet-explore models", "diet-explore models --install smollm2-135m"],
+    "tasks": ["diet-explore tasks", "diet-explore tasks --task-file my_tasks.json"],
+    "profile": ["diet-explore profile --model smollm2-135m --tasks all --samples 100 --out cache/smollm2-135m"],
+    "mask": ["diet-explore mask --cache cache/smollm2-135m --sparsity 0.2 --multiple-of 9 --out masks/diet20.json"],
+    "agreement": ["diet-explore agreement --cache cache/smollm2-135m --sparsity 0.2"],
+    "stability": ["diet-explore stability --cache cache/smollm2-135m --sparsity 0.2"],
+    "dim": ["diet-explore dim --cache cache/smollm2-135m --sparsity 0.2 --dim 12"],
+    "prune": ["diet-explore prune --model smollm2-135m --mask masks/diet20.json --out pruned/diet20"],
+    "eval": ["diet-explore eval --model pruned/diet20 --compare-to smollm2-135m --cache cache/smollm2-135m --limit 50"],
+    "lmeval-tasks": ["diet-explore lmeval-tasks --cache cache/smollm2-135m --mask pruned/diet20 --out lmeval-tasks"],
+    "compare": ["diet-explore compare --cache cache/smollm2-135m --sparsity 0.1,0.2 --out results/compare"],
+    "jobs": ["diet-explore jobs", "diet-explore jobs --resume 3"],
+    "tune": ["diet-explore tune --cache cache/smollm2-135m --sparsity 0.2 --trials 20"],
+    "app": ["diet-explore app --cache cache/smollm2-135m"],
+}
+
+
+def examples_epilog(command: str) -> str | None:
+    lines = EXAMPLES.get(command)
+    return "\n".join([EXAMPLES_HEADER, *(f"  {line}" for line in lines)]) if lines else None
+
+
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (GPU default), float16")

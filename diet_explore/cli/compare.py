@@ -14,11 +14,11 @@ def register(sub) -> None:
     from diet_explore.experiments.results import METHODS
 
     p = sub.add_parser("compare", help="sweep masking methods and sparsities: paper-style table, plot, run store (resumable)")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, local folder or hub id (the cache's model)")
     p.add_argument("--cache", required=True, help="the model's score cache")
     p.add_argument("--sparsity", default="0.1,0.2", help="comma list of target sparsities")
     p.add_argument("--methods", default="diet,random,magnitude,wiki", help=f"comma list of: {', '.join(METHODS)}")
-    p.add_argument("--tasks", default="all")
+    p.add_argument("--tasks", default="all", help="'all' or a comma list (see `diet-explore tasks`)")
     p.add_argument("--limit", type=int_arg, default=50, help="held-out examples per task")
     p.add_argument(
         "--clip-limit",
@@ -36,8 +36,8 @@ def register(sub) -> None:
     p.add_argument(
         "--multiple-of", type=int_arg, default=None, help="kept-count multiple (default: what the model needs to reload)"
     )
-    p.add_argument("--no-perplexity", action="store_true")
-    p.add_argument("--ppl-windows", type=int_arg, default=32)
+    p.add_argument("--no-perplexity", action="store_true", help="skip the held-out wiki perplexity")
+    p.add_argument("--ppl-windows", type=int_arg, default=32, help="held-out wiki windows of 128 tokens")
     p.add_argument("--runs", default=None, help="run store folder (default: <repo>/runs)")
     p.add_argument(
         "--eval-cache", default=None, help="cached per-model results, shared with eval (default: <data home>/eval-cache)"

@@ -18,10 +18,17 @@ def register(sub) -> None:
         help="extra task registry JSON file(s), as for `diet-explore tasks` (or DIET_EXPLORE_TASKS)",
     )
     p.add_argument("--samples", type=int_arg, default=100, help="calibration examples per task (seeded draw)")
-    p.add_argument("--seed", type=int_arg, default=DEFAULT_SEED)
+    p.add_argument("--seed", type=int_arg, default=DEFAULT_SEED, help="the seeded calibration draw (eval holds out the rest)")
     p.add_argument("--sites", default="residual,normed", help="residual and/or normed")
-    p.add_argument("--max-length", type=int_arg, default=1024)
-    p.add_argument("--max-batch-tokens", type=int_arg, default=4096)
+    p.add_argument(
+        "--max-length", type=int_arg, default=1024, help="tokens per calibration example (the last ones, the answer end)"
+    )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int_arg,
+        default=4096,
+        help="padded tokens per forward pass on CPU (a GPU sizes passes from its free memory)",
+    )
     p.add_argument("--no-generic", action="store_true", help="skip the wiki-text calibration (wiki baseline)")
     p.add_argument("--out", required=True, help="cache folder; an existing one is resumed")
     p.add_argument(

@@ -13,8 +13,8 @@ def register(sub) -> None:
     add_mask_config_args(p)
     p.add_argument("--resamples", type=int_arg, default=200, help="bootstrap resamples")
     p.add_argument("--counts", default="10,25,50,100", help="sample counts for the curve (without replacement)")
-    p.add_argument("--curve-resamples", type=int_arg, default=50)
-    p.add_argument("--format", default="table", choices=("table", "json"))
+    p.add_argument("--curve-resamples", type=int_arg, default=50, help="random draws per point of the sample-count curve")
+    p.add_argument("--format", default="table", choices=("table", "json"), help="print a table or JSON")
     p.set_defaults(func=run)
 
 

@@ -17,7 +17,7 @@ def register(sub) -> None:
         help="Optuna search over τ, task weights, site and layer aggregation; the best setting vs the paper default "
         "and baselines on a held-out test split (needs diet-explore[tune]; resumable)",
     )
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, local folder or hub id (the cache's model)")
     p.add_argument("--cache", required=True, help="the model's score cache")
     p.add_argument("--name", default="tune", help="the study: <runs>/tune/<name>.db; the same name continues it")
     p.add_argument("--resume", action="store_true", help="continue the study --name (refused when it does not exist)")
@@ -34,7 +34,7 @@ def register(sub) -> None:
         "--trials", type=int_arg, default=None, help="finished trials the study reaches (default 30 without --minutes)"
     )
     p.add_argument("--minutes", type=float_arg, default=None, help="wall-clock budget of this run's search")
-    p.add_argument("--tasks", default="all")
+    p.add_argument("--tasks", default="all", help="'all' or a comma list of the cache's tasks to evaluate on")
     p.add_argument("--limit", type=int_arg, default=50, help="held-out examples per task, split into tuning and test")
     p.add_argument("--test-fraction", type=float_arg, default=0.5, help="share of each task's examples kept for the test")
     p.add_argument("--split-seed", type=int_arg, default=0, help="the tuning/test split (recorded in the report)")
@@ -49,7 +49,7 @@ def register(sub) -> None:
     )
     p.add_argument("--pruner", default="hyperband", choices=list(PRUNERS), help="stops trials that trail at the same examples")
     p.add_argument("--prefilter", type=int_arg, default=0, help="draw N candidates per trial, evaluate the live proxy's best")
-    p.add_argument("--sampler-seed", type=int_arg, default=0)
+    p.add_argument("--sampler-seed", type=int_arg, default=0, help="seed of the search's sampler (TPE)")
     p.add_argument("--baselines", default=",".join(BASELINES), help=f"scored on the test set: {', '.join(BASELINES)}")
     p.add_argument("--seed", type=int_arg, default=DEFAULT_SEED, help="held-out draw")
     p.add_argument("--mask-seed", type=int_arg, default=0, help="random baseline seed")

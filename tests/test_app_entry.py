@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import tomllib
 from pathlib import Path
 
@@ -52,6 +51,7 @@ def _cli_settings(monkeypatch, tmp_path) -> dict[str, str]:
     import os
 
     from diet_explore.cli import app as cli_app
+    from diet_explore.cli import build_parser
 
     seen: dict[str, list[str]] = {}
 
@@ -67,7 +67,8 @@ def _cli_settings(monkeypatch, tmp_path) -> dict[str, str]:
     monkeypatch.setattr(cli_app, "check_listen", lambda host, port: None)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(_Started):
-        cli_app.run(argparse.Namespace(port=8501, host="localhost", open=False, cache=None))
+        args = build_parser().parse_args(["app"])  # every default, as `diet-explore app` runs
+        args.func(args)
     cmd = seen["cmd"]
     flags = cmd[cmd.index("run") + 2 :]
     return {flags[i].removeprefix("--"): flags[i + 1] for i in range(0, len(flags), 2)}

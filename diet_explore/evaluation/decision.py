@@ -37,6 +37,7 @@ class Scale:
     factor: float
     digits: int
     unit: str
+    signed: bool = True  # a difference carries its sign; a share (agreement) does not
 
 
 #: Per paired metric: accuracy differences in percentage points, log-likelihoods in nats per char.
@@ -44,7 +45,7 @@ SCALES: dict[str, Scale] = {
     MAIN: Scale(100.0, 1, " points"),
     "acc": Scale(100.0, 1, " points"),
     "acc_norm": Scale(100.0, 1, " points"),
-    "agreement": Scale(100.0, 1, "%"),
+    "agreement": Scale(100.0, 1, "%", signed=False),
     "gold_ll_per_char": Scale(1.0, 3, " nats/char"),
     "choice_kl": Scale(1.0, 3, " nats"),
 }
@@ -56,9 +57,9 @@ WHAT = {
 }
 
 
-def _num(value: float, scale: Scale, signed: bool = True) -> str:
-    text = f"{value * scale.factor:{'+' if signed else ''}.{scale.digits}f}"
-    return text.replace("-", MINUS)
+def _num(value: float, scale: Scale, signed: bool = True, minus: str = MINUS) -> str:
+    text = f"{value * scale.factor:{'+' if signed and scale.signed else ''}.{scale.digits}f}"
+    return text.replace("-", minus)
 
 
 def _missing(value: Any) -> bool:
@@ -73,25 +74,26 @@ def format_estimate(
     *,
     unit: bool = False,
     note: str | None = None,
+    minus: str = MINUS,
 ) -> str:
     """THE "Δ [low, high]" text: ``+4.4 [+2.0, +6.9]`` (× the metric's ``SCALES`` factor, its unit
     after the estimate when ``unit``); "—" when there is no estimate; the estimate and "(no
-    interval: too few examples)" when there is no interval (whatever ``note`` says why)."""
+    interval: too few examples)" when there is no interval (whatever ``note`` says why). ``minus``:
+    the sign of a negative number (the real minus sign on a page; "-" in a markdown report)."""
     if _missing(delta):
         return "—"
     scale = SCALES.get(metric, SCALES["gold_ll_per_char"])
-    text = _num(delta, scale) + (scale.unit if unit else "")
+    text = _num(delta, scale, minus=minus) + (scale.unit if unit else "")
     if _missing(low) or _missing(high):
         return f"{text} (no interval: {TOO_FEW})"
-    return f"{text} [{_num(low, scale)}, {_num(high, scale)}]"
+    return f"{text} [{_num(low, scale, minus=minus)}, {_num(high, scale, minus=minus)}]"
 
 
-def format_entry(entry: Mapping[str, Any] | None, metric: str = MAIN, *, unit: bool = False) -> str:
+def format_entry(entry: Mapping[str, Any] | None, metric: str = MAIN, *, unit: bool = False, minus: str = MINUS) -> str:
     """``format_estimate`` of a ``metrics`` paired entry (``{"delta", "ci_low", "ci_high", "n", "note"?}``)."""
     entry = entry or {}
-    return format_estimate(
-        entry.get("delta"), entry.get("ci_low"), entry.get("ci_high"), metric, unit=unit, note=entry.get("note")
-    )
+    low, high = entry.get("ci_low"), entry.get("ci_high")
+    return format_estimate(entry.get("delta"), low, high, metric, unit=unit, note=entry.get("note"), minus=minus)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from diet_explore import plots
 from diet_explore.core import atomic
 from diet_explore.core.assets import PROJECT_ROOT
 from diet_explore.core.errors import DietError
+from diet_explore.evaluation.decision import format_entry
 from diet_explore.evaluation.metrics import MAIN, PAIRED_METRICS, average_proportion
 from diet_explore.experiments.results import METHODS, RESULTS, read_results_file, row_paired
 
@@ -200,13 +201,9 @@ def results_frame(rows: list[dict[str, Any]] | Sweep):
     return pd.DataFrame(recs)
 
 
-def _interval(e: dict[str, Any] | None, scale: float = 100.0, fmt: str = "+.1f") -> str:
-    """``value [low, high]`` of a paired entry (× ``scale``); ``—`` when it has no value."""
-    if e is None or e["delta"] is None:
-        return "—"
-    if e["ci_low"] is None:
-        return f"{scale * e['delta']:{fmt}} [too few examples]"
-    return f"{scale * e['delta']:{fmt}} [{scale * e['ci_low']:{fmt}}, {scale * e['ci_high']:{fmt}}]"
+def _interval(e: dict[str, Any] | None, metric: str = MAIN) -> str:
+    """A paired entry as a report prints it: ``decision.format_entry`` with ASCII minus signs."""
+    return format_entry(e, metric, minus="-")
 
 
 def _markdown(head: list[str], rows: list[list[str]]) -> str:
@@ -239,8 +236,8 @@ def paper_cells(rows: list[dict[str, Any]] | Sweep) -> tuple[list[str], list[lis
         cells.append(f"{100 * r['avg']:.1f} ± {100 * r['avg_stderr']:.1f}")
         cells.append(_interval(p["average"][MAIN] if p else None))
         if extra:
-            cells.append(_interval(p["average"]["agreement"], fmt=".1f") if p else "—")
-            cells.append(_interval(p["average"]["gold_ll_per_char"], scale=1.0, fmt="+.3f") if p else "—")
+            cells.append(_interval(p["average"]["agreement"], "agreement") if p else "—")
+            cells.append(_interval(p["average"]["gold_ll_per_char"], "gold_ll_per_char") if p else "—")
         cells.append(f"{r['ppl']:.2f}" if r.get("ppl") else "—")
         out.append(cells)
     return head, out
@@ -270,7 +267,7 @@ def versus_cells(rows: list[dict[str, Any]] | Sweep, reference: str = "diet") ->
         cells += [f"{100 * _num(p['tasks'][t][MAIN]['delta']):+.1f}" for t in tasks]
         cells.append(_interval(p["average"][MAIN]))
         if extra:
-            cells.append(_interval(p["average"]["gold_ll_per_char"], scale=1.0, fmt="+.3f"))
+            cells.append(_interval(p["average"]["gold_ll_per_char"], "gold_ll_per_char"))
         out.append(cells)
     return head, out
 

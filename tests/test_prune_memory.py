@@ -203,3 +203,44 @@ def test_a_tied_head_saved_beside_its_embedding_is_loaded_not_streamed(tmp_path)
     assert not result.streamed and "lm_head.weight" in result.why_loaded
     expected = prune_model(AutoModelForCausalLM.from_pretrained(src), keep)
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "new")), logits(expected))
+
+
+def test_a_prune_and_evaluate_job_holds_one_pruned_model_at_a_time(tmp_path, tiny_cache_root, monkeypatch):
+    """With comparison masks, each pruned model is built, scored and freed before the next is built."""
+    import gc
+    import weakref
+
+    from job_helpers import prune_eval_config, stop_workers
+
+    from diet_explore.experiments import tuning
+    from diet_explore.experiments.jobs import JobStore, run_worker
+    from diet_explore.masking.build import MaskConfig
+
+    live: weakref.WeakSet = weakref.WeakSet()
+    alive_at_build: list[int] = []
+
+    def tracked(model, keep, **kw):
+        gc.collect()
+        alive_at_build.append(len(live))
+        pruned = prune_model(model, keep, **kw)
+        live.add(pruned)
+        return pruned
+
+    monkeypatch.setattr(tuning, "prune_model", tracked)
+    store = JobStore(tmp_path / "runs")
+    try:
+        config = prune_eval_config(tiny_cache_root, limit=3, tasks=("rte",))
+        other = MaskConfig(method="random", sparsity=1 - config["n_keep"] / 64)
+        magnitude = MaskConfig(method="magnitude", sparsity=1 - config["n_keep"] / 64)
+        config["others"] = {
+            "random": {"mask": other.to_dict(), "n_keep": config["n_keep"]},
+            "magnitude": {"mask": magnitude.to_dict(), "n_keep": config["n_keep"]},
+        }
+        job_id, _ = store.submit("prune_eval", config, "diet vs random vs magnitude")
+        assert run_worker(store, until_empty=True) == 1
+        job = store.get(job_id)
+        assert job["status"] == "done", job.get("error")
+        assert set(job["result"]["others"]) == {"random", "magnitude"}
+    finally:
+        stop_workers(store)
+    assert alive_at_build == [0, 0, 0]

@@ -168,7 +168,6 @@ def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
             "use the model the score cache was profiled from",
         )
     ctx.log(f"Pruning to {mask.n_keep} hidden dims (a copy; the loaded model is untouched)…")
-    pruned = {label: prune_model(model, m.keep, saveable=False) for label, m in masks.items()}
     param = next(model.parameters())
     eval_cache = EvalCache()
     dense = cached_result(spec.model, ecfg, requests, eval_cache, param.device.type, param.dtype, label="dense")
@@ -186,17 +185,18 @@ def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
         scored[unit.label].update(((s.task, s.doc_id), s) for s in scores)
         ctx.partial(paired_so_far(scored, specs, requests))
 
-    models = ({} if dense is not None else {"dense": model}) | pruned
-    results = evaluate_models(
-        models,
-        tokenizer,
-        ecfg,
-        ctx.progress,
-        requests,
-        log=ScoreLog(ctx.folder / "blocks"),
-        on_block=on_block,
-        should_stop=ctx.should_stop,
-    )
+    # One pruned model in memory at a time: the mask's own (with the dense model, blocks interleaved
+    # so the pair streams from the first block), then each comparison mask's: built, scored, freed.
+    results, sizes, blocks = {}, {}, ScoreLog(ctx.folder / "blocks")
+    for i, (label, m) in enumerate(masks.items()):
+        pruned = prune_model(model, m.keep, saveable=False)
+        sizes[label] = (count_parameters(pruned), model_nbytes(pruned))
+        models = ({"dense": model} if dense is None and i == 0 else {}) | {label: pruned}
+        part = lambda f, msg, i=i: ctx.progress((i + f) / len(masks), msg)
+        results |= evaluate_models(
+            models, tokenizer, ecfg, part, requests, log=blocks, on_block=on_block, should_stop=ctx.should_stop
+        )
+        del pruned, models
     reused = dense is not None
     if dense is None:  # stored for the next mask, as `eval` and `compare` would
         dense = evaluate_cached(
@@ -219,8 +219,8 @@ def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
             mask_config=m.config,
             n_keep=m.n_keep,
             hidden_size=m.hidden_size,
-            params=(count_parameters(model), count_parameters(pruned[label])),
-            nbytes=(model_nbytes(model), model_nbytes(pruned[label])),
+            params=(count_parameters(model), sizes[label][0]),
+            nbytes=(model_nbytes(model), sizes[label][1]),
             source=spec.source,
         )
         ctx.runs.save(record, run_id=run_ids[label])  # under ids fixed by the job: a re-run replaces, never adds

@@ -114,23 +114,77 @@ def test_cli_reference_matches_the_parser():
     assert current == gen.render(), f"docs/cli.md is out of date: run `{gen.REGENERATE}`"
 
 
-def test_results_figure_matches_the_committed_sweep():
+@pytest.fixture(scope="module")
+def sweep_of_record():
+    from diet_explore.experiments.reports import load_sweep
+
+    return load_sweep(_tool("results_figure").SWEEP)
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x.replace("−", "-").replace(",", "")) for x in re.findall(r"[+\-−]?\d[\d,]*(?:\.\d+)?", cell)]
+
+
+def test_results_figure_matches_the_committed_sweep(sweep_of_record):
     fig = _tool("results_figure")
-    entries, caption = fig.comparisons(fig.SWEEP)
-    assert fig.FIGURE.read_text(encoding="utf-8") == fig.render_svg(entries, caption), (
+    assert fig.FIGURE.read_text(encoding="utf-8") == fig.render_svg(*fig.comparisons(sweep_of_record)), (
         f"{fig.FIGURE.relative_to(ROOT)} is out of date: run `{fig.REGENERATE}`"
     )
 
 
-def test_results_figure_plots_the_tables_numbers():
-    """The figure's DIET − random at 0.1 is the DIET-minus-method table's cell, not a number of its own."""
-    from diet_explore.experiments.reports import load_sweep, versus_cells
+def test_results_figure_plots_the_tables_numbers(sweep_of_record):
+    """The figure's DIET − X is the DIET-minus-method table's cell, not a number of its own."""
+    from diet_explore.experiments.reports import versus_cells
 
-    fig = _tool("results_figure")
-    entries, _ = fig.comparisons(fig.SWEEP)
-    head, cells = versus_cells(load_sweep(fig.SWEEP))
+    entries, _ = _tool("results_figure").comparisons(sweep_of_record)
+    head, cells = versus_cells(sweep_of_record)
     col = head.index("avg [95% CI]")
     for entry in entries:
         (row,) = [c for c in cells if c[0] == f"{entry['sparsity']:g}" and c[1] == f"diet − {entry['method']}"]
-        shown = [float(x.replace("−", "-")) for x in re.findall(r"[+\-−]?\d+(?:\.\d+)?", row[col])]
-        assert shown == pytest.approx([round(v, 1) for v in entry["main"]], abs=0.051), (entry, row[col])
+        assert _numbers(row[col]) == pytest.approx([round(v, 1) for v in entry["main"]], abs=0.051), (entry, row[col])
+
+
+# README results table: row label -> the sweep's method name
+README_ROWS = {
+    "dense (576 dims)": "dense",
+    "**DIET**": "diet",
+    "random": "random",
+    "magnitude": "magnitude",
+    "wiki ranking": "wiki",
+    "SliceGPT": "slicegpt",
+    "leave one task out": "leave-one-out",
+}
+
+
+def test_readme_results_table_is_the_committed_sweep(sweep_of_record):
+    """Every number of the README's results table (average, DIET minus the method with its CI, wiki
+    perplexity, at 10% and 20%) is the sweep of record's, as its reports compute them."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert {line.split("|")[1].strip() for line in table} == set(README_ROWS)
+    rows = {(r["method"], r["sparsity"]): r for r in sweep_of_record.rows}
+    versus = {(r["method"], r["sparsity"]): p["average"]["main"] for _, r, p in sweep_of_record.versus("diet")}
+    diet_vs_dense = {
+        r["sparsity"]: p["average"]["main"]
+        for key, p in sweep_of_record.vs_dense().items()
+        for r in sweep_of_record.rows
+        if r["key"] == key and r["method"] == "diet"
+    }
+    for line in table:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        method = README_ROWS[cells[0]]
+        for i, sparsity in enumerate((0.1, 0.2)):
+            avg, diff, ppl = cells[1 + 3 * i : 4 + 3 * i]
+            row = rows[("dense", 0.0)] if method == "dense" else rows[(method, sparsity)]
+            assert _numbers(avg) == [pytest.approx(100 * row["avg"], abs=0.051)], (cells[0], sparsity, avg)
+            est = diet_vs_dense[sparsity] if method == "dense" else versus.get((method, sparsity))
+            if est is None:
+                assert diff == "", (cells[0], sparsity, diff)
+            else:
+                expected = [100 * est[k] for k in ("delta", "ci_low", "ci_high")]
+                assert _numbers(diff) == pytest.approx(expected, abs=0.051), (cells[0], sparsity, diff)
+            if row.get("ppl") is None:
+                assert ppl == "", (cells[0], sparsity, ppl)
+            else:
+                assert _numbers(ppl) == [pytest.approx(row["ppl"], abs=0.051 if row["ppl"] < 1000 else 0.51)], (cells[0], ppl)

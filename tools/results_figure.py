@@ -37,12 +37,13 @@ COLOURS = ("#1f77b4", "#d95f02", "#7570b3", "#1b9e77")  # one per sparsity
 W, LABEL_W, PANEL_W, GAP, ROW_H, TOP, BOTTOM = 980, 150, 380, 35, 34, 78, 64
 
 
-def comparisons(path: Path) -> tuple[list[dict], str]:
+def comparisons(source) -> tuple[list[dict], str]:
     """One entry per (other method, sparsity): the paired DIET-minus-method estimates, in the panels'
-    units; and a caption naming the model and the number of paired examples."""
+    units; and a caption naming the model and the number of paired examples. ``source``: a sweep's
+    path, or a ``reports.Sweep`` already loaded."""
     from diet_explore.experiments.reports import load_sweep
 
-    sweep = load_sweep(path)
+    sweep = source if hasattr(source, "versus") else load_sweep(source)
     out = []
     for _ref, row, paired in sweep.versus("diet"):
         entry = {"method": row["method"], "sparsity": row["sparsity"], "kept": row["n_keep"]}

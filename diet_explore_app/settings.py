@@ -240,7 +240,7 @@ def _parse_bool(s: str) -> bool:
 def _parse_weights(s: str) -> dict[str, float]:
     weights = parse_weights(s)
     if any(not 0.0 <= w <= WEIGHT_MAX for w in weights.values()):  # NaN fails this too
-        raise ValueError(s)
+        raise ValueError(f"a weight is a number from 0 to {WEIGHT_MAX:g}")  # (the value is named already)
     return weights
 
 
@@ -305,7 +305,7 @@ def decode_query(params: Mapping[str, str | Sequence[str]]) -> tuple[MaskConfig,
             warnings.append(f"ignored link setting {name}={text[:40]!r}: {exc.message}; the default is used")
             continue
         except (ValueError, TypeError) as exc:
-            warnings.append(f"ignored link setting {name}={text[:40]!r}: {exc}; the default is used")
+            warnings.append(f"ignored link setting {name}={text[:40]!r}: {str(exc)[:120]}; the default is used")
             continue
         values[name] = value
     config = MaskConfig(**values)
@@ -327,7 +327,7 @@ def decode_dim(params: Mapping[str, str | Sequence[str]]) -> tuple[int | None, l
     text = _first(params[DIM_PARAM]).strip()
     if re.fullmatch(r"[0-9]{1,9}", text):  # ASCII only
         return int(text), []
-    return None, [f"ignored link setting {DIM_PARAM}={text!r}: a dimension is an index, 0 or more, e.g. {DIM_PARAM}=507"]
+    return None, [f"ignored link setting {DIM_PARAM}={text[:40]!r}: a dimension is an index, 0 or more, e.g. {DIM_PARAM}=507"]
 
 
 def decode_view(params: Mapping[str, str | Sequence[str]]) -> tuple[str | None, list[str]]:
@@ -351,18 +351,32 @@ def encode_view(label: str) -> dict[str, str]:
     return {} if slug is None or slug == next(iter(AGREEMENT_VIEWS)) else {VIEW_PARAM: slug}
 
 
-def reconcile_config(config: MaskConfig, task_names: Sequence[str]) -> tuple[MaskConfig, list[str]]:
-    """Drop tasks/weights that the loaded cache does not have (a link made on another cache)."""
+def reconcile_config(
+    config: MaskConfig, task_names: Sequence[str], hidden_size: int | None = None
+) -> tuple[MaskConfig, list[str]]:
+    """Drop tasks/weights (and a single or held-out task) that the loaded cache does not have (a link
+    made on another cache), and a multiple_of over its width, each with a warning."""
     known = set(task_names)
     warnings: list[str] = []
     weights = {t: w for t, w in config.weights.items() if t in known}
     tasks = None if config.tasks is None else [t for t in config.tasks if t in known]
-    dropped = sorted((set(config.weights) | set(config.tasks or [])) - known)
+    named = [config.single_task, config.held_out_task]
+    dropped = sorted((set(config.weights) | set(config.tasks or []) | {t for t in named if t}) - known)
     if dropped:
-        warnings.append(f"this cache has no task(s) {', '.join(dropped)}; their settings were ignored")
+        shown = ", ".join(t[:40] for t in dropped[:5]) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+        warnings.append(f"this cache has no task(s) {shown}; their settings were ignored")
     if tasks is not None and not tasks:
         tasks = None
-    return dataclasses.replace(config, weights=weights, tasks=tasks), warnings
+    single = config.single_task if config.single_task in known else None
+    held_out = config.held_out_task if config.held_out_task in known else None
+    multiple = config.multiple_of
+    if hidden_size is not None and multiple > hidden_size:  # Export's prune check said it in CLI words (--multiple-of)
+        multiple = MaskConfig().multiple_of
+        warnings.append(
+            f"ignored link setting multiple_of={config.multiple_of}: this cache has {hidden_size} dims; {multiple} is used"
+        )
+    changed = {"weights": weights, "tasks": tasks, "single_task": single, "held_out_task": held_out, "multiple_of": multiple}
+    return dataclasses.replace(config, **changed), warnings
 
 
 # ------------------------------------------------------------------------------------------------

@@ -172,7 +172,7 @@ def boot() -> None:
 def ensure_settings(cache: ScoreCache) -> None:
     """Give every setting key a value (from the link on first use); never overwrite a user's value."""
     link: MaskConfig = st.session_state.get(K_LINK_CONFIG) or MaskConfig()
-    link, warnings = S.reconcile_config(link, cache.task_names)
+    link, warnings = S.reconcile_config(link, cache.task_names, cache.hidden_size)
     if warnings and not st.session_state.get("_reconcile_warned"):
         st.session_state[K_LINK_WARNINGS] = st.session_state.get(K_LINK_WARNINGS, []) + warnings
         st.session_state["_reconcile_warned"] = True

@@ -379,7 +379,7 @@ def test_a_foreign_manifest_is_not_called_a_damaged_profile(tmp_path, capsys):
     foreign.mkdir()
     (foreign / MANIFEST).write_text("CACHE MANIFEST\nindex.html\n")
     err = _run(["mask", "--cache", str(foreign), "--out", str(tmp_path / "m.json")], capsys)
-    assert "is not a diet-explore score cache manifest" in err and "re-run" not in err, err
+    assert "not a diet-explore score cache manifest" in err and "re-run" not in err, err
     ours = _small_cache(tmp_path)
     (ours / MANIFEST).write_text((ours / MANIFEST).read_text()[:200])
     err = _run(["mask", "--cache", str(ours), "--out", str(tmp_path / "m.json")], capsys)
@@ -450,3 +450,62 @@ def test_a_task_with_every_example_used_for_calibration_says_so(tmp_path):
         evaluation_ids(spec, 5, size=10, n_calibration=4, exclude=set(range(10)))
     assert "--limit 0" not in str(exc.value) and "--tasks" in exc.value.hint
     assert len(evaluation_ids(spec, 2, size=10, n_calibration=4)) == 2
+
+
+# ------------------------------------------------------------------ app link values
+def test_link_values_are_shortened_and_warnings_say_what_is_allowed():
+    from diet_explore_app import settings as S
+
+    _, _, warned = S.decode_query({"weights": "boolq:1e308"})
+    assert len(warned) == 1 and "a weight is a number from 0 to" in warned[0], warned  # not the value again
+    long = "boolq:" + "1" * 5000
+    _, _, warned = S.decode_query({"weights": long})
+    assert warned and all(len(w) < 300 for w in warned), [len(w) for w in warned]
+    _, warned = S.decode_dim({"dim": "7" * 5000})
+    assert warned and len(warned[0]) < 300
+
+
+def test_a_link_naming_an_unknown_task_or_a_multiple_over_the_width_warns(app_env, alpha):
+    """single_task=nosuch fell back silently; multiple_of=4096 reached Export as a CLI-worded error."""
+    from app_helpers import APP, TIMEOUT, run_page
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params.update({"method": "single-task", "single_task": "nosuch", "multiple_of": "4096"})
+    at.run()
+    shown = " ".join(w.value for w in at.warning)
+    assert "nosuch" in shown and "multiple_of=4096" in shown, shown
+    run_page(at, "export")
+    assert not any("multiple" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.session_state["_keep_multiple"] == 1
+
+
+# ------------------------------------------------------------------ prune inputs
+def test_prune_into_its_own_model_folder_is_refused(tmp_path, capsys):
+    """prune --model P --out P --overwrite replaced the model it was reading (a pruned folder) with its
+    own output. Refused before anything is read."""
+    from diet_explore.pruning.saving import PRUNE_INFO_FILE
+
+    folder = tmp_path / "pruned"
+    folder.mkdir()
+    for name in ("config.json", PRUNE_INFO_FILE, "model.safetensors"):
+        (folder / name).write_text("{}")
+    mask = tmp_path / "m.json"
+    mask.write_text("{}")
+    before = sorted(p.name for p in folder.iterdir())
+    err = _run(["prune", "--model", str(folder), "--mask", str(mask), "--out", str(folder), "--overwrite"], capsys)
+    assert "--out" in err and "--model" in err and "its own input" in err, err
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_a_mask_file_larger_than_any_mask_is_refused_not_copied(tmp_path, capsys):
+    """A 200 MB mask was read whole and copied into the pruned folder."""
+    from diet_explore.core.errors import DietError
+    from diet_explore.masking import maskfile
+
+    big = tmp_path / "big.json"
+    big.write_text('{"kind": "diet-explore-mask", "pad": "' + "x" * 2048 + '"}')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(maskfile, "MASK_MAX_BYTES", 1024)
+        with pytest.raises(DietError, match="over 1024 bytes"):
+            maskfile.load_mask(big)

@@ -35,6 +35,7 @@ def run(args) -> int:
     import sys
 
     from diet_explore.core.atomic import check_output_dir
+    from diet_explore.core.errors import DietError
     from diet_explore.masking.maskfile import load_mask
     from diet_explore.models.adapters import check_supported
     from diet_explore.models.loading import load_config, model_source
@@ -46,6 +47,11 @@ def run(args) -> int:
     # the raw text: Path("") would read as "."; only a folder a prune wrote may be replaced
     check_output_dir(args.out, overwrite=args.overwrite, marker=PRUNE_INFO_FILE, foreign=NOT_PRUNED)
     out = Path(args.out)
+    if Path(args.model).is_dir() and Path(args.model).resolve() == out.resolve():  # a pruned folder pruned again
+        raise DietError(
+            f"--out {args.out} is the --model folder itself: the prune would replace its own input",
+            "write the pruned model to another folder, e.g. --out " + f"{out.name}-pruned",
+        )
     load_mask(args.mask)  # a bad mask file fails before a built-in model is converted
     config = load_config(args.model)
     check_supported(config.model_type)  # before anything reads attention fields a Mamba config lacks

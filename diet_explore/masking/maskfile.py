@@ -27,6 +27,7 @@ from diet_explore.models.builtin import describe_source
 
 MASK_SCHEMA_VERSION = 1
 MASK_KIND = "diet-explore-mask"
+MASK_MAX_BYTES = 16 << 20  # a mask lists kept dims and calibration ids: well under 1 MB for any model
 OPTIONAL_FIELDS = ("config", "calibration_ids", "model_source")  # absent from older files of the same schema
 MAX_HIDDEN = 1 << 20  # far above any model's hidden size; a mask claiming more is damaged (its keep vector would not fit)
 
@@ -140,7 +141,7 @@ def load_mask(path: str | Path, expected_hidden_size: int | None = None, expecte
         what = "is not a regular file" if path.exists() or path.is_symlink() else "does not exist"  # a folder, FIFO, device
         raise DietError(f"mask file {path} {what}", "build one with `diet-explore mask ... --out <file>`")
     try:
-        data = atomic.loads_json(path.read_text())
+        data = atomic.loads_json(atomic.read_regular(path, MASK_MAX_BYTES, "mask file").decode())  # read whole, then copied
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DietError(f"{path} is not valid JSON ({exc})", "the file is corrupt; rebuild the mask") from None
     if not isinstance(data, dict) or data.get("kind") != MASK_KIND:

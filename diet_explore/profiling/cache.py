@@ -421,7 +421,7 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         if CACHE_KIND.encode() not in data:  # another program's manifest.json: nothing to re-run
             raise DietError(
-                f"{path} is not a diet-explore score cache manifest (not JSON: {exc})",
+                f"{path} is not valid JSON ({exc}): not a diet-explore score cache manifest",
                 "point --cache at a folder made by `diet-explore profile`",
             ) from None
         raise DietError(f"{path} is not valid JSON ({exc})", "the file is corrupt or truncated; re-run the profile") from None

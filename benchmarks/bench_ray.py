@@ -4,7 +4,7 @@ actors against 1 local worker process, as a ratio.
     python benchmarks/bench_ray.py                   # SmolLM2 and its committed cache, rte, --limit 16
     python benchmarks/bench_ray.py --limit 64 --tasks rte,boolq --workers 2
 
-Both runs go through ``executors.run_sweep`` (the path of ``compare --executor``) into fresh
+Both runs go through ``executors.submit_sweep`` and ``executor.run`` (the path of ``compare --executor``) into fresh
 folders (--out, run store, evaluation cache), so each scores its dense model once and loads the
 model once per worker. The Ray cluster is started first (``ray.init(num_cpus=workers)``, not
 timed, printed); the actors are created inside the timed run, as ``compare --executor ray`` does.
@@ -31,8 +31,9 @@ def load_avg() -> str:
 
 
 def sweep(executor, base: Path, args) -> float:
-    from diet_explore.experiments.executors import run_sweep
+    from diet_explore.experiments.executors import submit_sweep
     from diet_explore.experiments.jobs import JobStore
+    from diet_explore.experiments.results import read_results
     from diet_explore.experiments.sweep import CompareConfig
 
     config = CompareConfig(
@@ -45,9 +46,12 @@ def sweep(executor, base: Path, args) -> float:
         perplexity=False,
         device="cpu",
     )
-    start = time.perf_counter()
-    rows = run_sweep(config, base / "out", executor, JobStore(base / "runs"), base / "eval-cache", log=lambda m: None)
+    store = JobStore(base / "runs")
+    start = time.perf_counter()  # what compare --executor does, less the reports written after (milliseconds)
+    statuses = executor.run(store, submit_sweep(store, config, base / "out", base / "eval-cache"))
     wall = time.perf_counter() - start
+    assert set(statuses.values()) == {"done"}, statuses
+    rows = read_results(base / "out")
     assert sorted(r["key"] for r in rows) == ["dense", "diet@0.1", "diet@0.2", "random@0.1", "random@0.2"], rows
     return wall
 

@@ -115,3 +115,18 @@ def test_the_apps_worker_runs_its_jobs_on_ray_actors_when_the_setting_says_ray(t
         assert job["worker"]["pid"] not in (info["pid"], os.getpid())  # run by an actor, not the driving process
     finally:
         stop_workers(store)
+
+
+@pytest.mark.slow
+def test_compare_on_two_ray_actors_merges_one_results_file_with_the_dense_model_scored_once(
+    cluster, tiny_cache_root, tmp_path, capsys
+):
+    from test_jobs_executors import _argv, check_split_sweep
+
+    from diet_explore.cli import main as cli
+
+    assert cli(["compare", *_argv(tiny_cache_root, tmp_path, "out"), "--executor", "ray", "--workers", "2"]) == 0
+    assert "on RayExecutor (2 worker(s))" in capsys.readouterr().out
+    store = JobStore(tmp_path / "runs")
+    check_split_sweep(store, tmp_path / "out", tiny_cache_root, tmp_path)
+    assert os.getpid() not in {j["worker"]["pid"] for j in store.jobs()}  # run by the actors

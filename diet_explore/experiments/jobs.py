@@ -155,7 +155,7 @@ class JobStore:
         return good, damaged
 
     def jobs(self) -> list[dict[str, Any]]:
-        """Every job, oldest first, with its status as it is now (``running`` without a live worker
+        """Every job, oldest first, with its status as it is now (``running`` whose lease is dead
         is ``interrupted``). A damaged record is reported (a warning) and skipped."""
         records, damaged = self.scan()
         for path in damaged:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from diet_explore.cli._common import add_device_args, csv_list, int_arg, progress_printer
 from diet_explore.core.errors import DietError
+from diet_explore.core.numbers import number, perplexity, points
 from diet_explore.tasks.data import DEFAULT_SEED
 
 # what leads every file eval writes, so a later run may replace it and nothing else (``atomic.begins_with_kind``)
@@ -186,57 +187,82 @@ def pruned_folder_masks(names: list[str], cache: str | None) -> list[str]:
     return [str(p) for p in masks]
 
 
+MAIN_MARK = "*"  # marks each task's main metric (TaskSpec.main_metric), the one the average averages
+MAIN_NOTE = f"{MAIN_MARK} the task's main metric; the average is the mean of the main metrics"
+
+
+def _score(value: float, stderr: float, main: bool | None = None) -> str:
+    """An accuracy in points with its standard error; with ``main`` given, a two-character slot that
+    holds `` *`` for the task's main metric (so the column stays aligned)."""
+    slot = "" if main is None else f" {MAIN_MARK}" if main else "  "
+    if value != value:  # NaN: not reported for this task (WinoGrande's acc_norm)
+        return "-" + slot
+    return f"{points(value)} ± {points(stderr)}" + slot
+
+
 def format_single(result) -> str:
-    lines = [f"\n{'task':14s} {'n':>4s} {'acc':>15s} {'acc_norm':>15s}"]
+    lines = [f"\n{'task':14s} {'n':>4s} {'acc (points)':>15s} {'acc_norm (points)':>18s}"]
     for t, m in result.task_metrics().items():
-        norm = f"{m['acc_norm']:.4f} ± {m['acc_norm_stderr']:.4f}" if m["acc_norm"] == m["acc_norm"] else "-"
-        lines.append(f"{t:14s} {m['n']:4d} {m['acc']:.4f} ± {m['acc_stderr']:.4f} {norm:>15s}")
-    lines.append(
-        f"{'average (main)':14s} {'':4s} {result.average():.4f}   (acc_norm for hellaswag/arc/openbookqa, acc elsewhere)"
-    )
+        cells = [_score(m[k], m[f"{k}_stderr"], m["main_metric"] == k) for k in ("acc", "acc_norm")]
+        lines.append(f"{t:14s} {m['n']:4d} {cells[0]:>15s} {cells[1]:>18s}")
+    avg = result.to_frame().loc["average"]
+    lines.append(f"{'average (main)':14s} {'':4s} {_score(avg['main'], avg['main_stderr'], False):>15s}")
+    lines.append(MAIN_NOTE)
     if result.perplexity is not None:
-        lines.append(f"wiki perplexity (held-out): {result.perplexity:.3f}")
+        lines.append(f"wiki perplexity (held-out): {perplexity(result.perplexity)}")
     lines.append(f"wall time {_wall(result)}")
     return "\n".join(lines)
 
 
+def _delta(value, low, high) -> str:
+    """A paired difference in points with its 95% interval (never "-0.0")."""
+    if low is None or low != low:
+        return f"{points(value, signed=True)} [too few examples]"
+    return f"{points(value, signed=True)} [{points(low, signed=True)}, {points(high, signed=True)}]"
+
+
 def format_pair(pair) -> str:
     d, p = pair.dense, pair.pruned
-    lines = [f"\n{'task':14s} {'metric':8s} {d.model_name[:18]:>18s} {p.model_name[:18]:>18s} {'delta [95% CI]':>26s}"]
+    lines = [f"\n{'task':14s} {'metric':10s} {d.model_name[:16]:>16s} {p.model_name[:16]:>16s} {'Δ points [95% CI]':>24s}"]
     frame = pair.to_frame()
     for t in d.tasks:
         row = frame.loc[t]
         for key in ("acc", "acc_norm"):
             if row[f"dense_{key}"] != row[f"dense_{key}"]:  # NaN: undefined (WinoGrande acc_norm)
                 continue
+            label = f"{key} {MAIN_MARK}" if row["metric"] == key else key
             lines.append(
-                f"{t:14s} {key:8s} {row[f'dense_{key}']:.4f} ± {row[f'dense_{key}_stderr']:.4f} "
-                f"{row[f'pruned_{key}']:.4f} ± {row[f'pruned_{key}_stderr']:.4f} "
-                f"{row[f'delta_{key}']:+.4f} [{row[f'delta_{key}_ci_low']:+.4f}, {row[f'delta_{key}_ci_high']:+.4f}]"
+                f"{t:14s} {label:10s} {_score(row[f'dense_{key}'], row[f'dense_{key}_stderr']):>16s} "
+                f"{_score(row[f'pruned_{key}'], row[f'pruned_{key}_stderr']):>16s} "
+                f"{_delta(row[f'delta_{key}'], row[f'delta_{key}_ci_low'], row[f'delta_{key}_ci_high']):>24s}"
             )
     m, lo, hi = pair.average_delta()
-    lines.append(f"{'average':14s} {'main':8s} {d.average():18.4f} {p.average():18.4f} {m:+.4f} [{lo:+.4f}, {hi:+.4f}]")
-    lines.append(f"\n{'task':14s} {'agreement [95% CI]':>26s} {'Δ gold LL/char [95% CI]':>29s} {'choice KL [95% CI]':>26s}")
+    lines.append(f"{'average':14s} {'main':10s} {points(d.average()):>16s} {points(p.average()):>16s} {_delta(m, lo, hi):>24s}")
+    lines.append(MAIN_NOTE)
+    lines.append(f"\n{'task':14s} {'agreement % [95% CI]':>26s} {'Δ gold LL/char [95% CI]':>29s} {'choice KL [95% CI]':>26s}")
     paired = pair.paired()
     for t, entries in [*paired["tasks"].items(), ("average", paired["average"])]:
-        cells = [
-            _cell(entries[k], "+.4f" if k == "gold_ll_per_char" else ".4f")
-            for k in ("agreement", "gold_ll_per_char", "choice_kl")
+        cells = [_cell(entries["agreement"], 100.0, 1, False)] + [
+            _cell(entries[k], 1.0, 3, k == "gold_ll_per_char") for k in ("gold_ll_per_char", "choice_kl")
         ]
         lines.append(f"{t:14s} {cells[0]:>26s} {cells[1]:>29s} {cells[2]:>26s}")
     if d.perplexity is not None:
-        lines.append(f"wiki perplexity (held-out): {d.perplexity:.3f} -> {p.perplexity:.3f}")
+        lines.append(f"wiki perplexity (held-out): {perplexity(d.perplexity)} -> {perplexity(p.perplexity)}")
     lines.append(f"wall time {_wall(d)} + {_wall(p)}")
     return "\n".join(lines)
 
 
-def _cell(e: dict, fmt: str) -> str:
-    """One paired metric as ``value [low, high]``; ``value [too few examples]`` without an interval."""
+def _cell(e: dict, factor: float, digits: int, signed: bool) -> str:
+    """One paired metric as ``value [low, high]`` (× ``factor``); ``value [too few examples]`` without an interval."""
     if e["delta"] is None:
         return "-"
+
+    def f(x):
+        return number(factor * x, digits, signed=signed)
+
     if e["ci_low"] is None:
-        return f"{e['delta']:{fmt}} [too few examples]"
-    return f"{e['delta']:{fmt}} [{e['ci_low']:{fmt}}, {e['ci_high']:{fmt}}]"
+        return f"{f(e['delta'])} [too few examples]"
+    return f"{f(e['delta'])} [{f(e['ci_low'])}, {f(e['ci_high'])}]"
 
 
 def _wall(result) -> str:

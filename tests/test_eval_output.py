@@ -1,0 +1,35 @@
+"""eval's printed tables: accuracies in points, each task's main metric marked, rounded perplexity, no -0.0."""
+
+from __future__ import annotations
+
+import re
+
+from diet_explore.cli import main
+from diet_explore.models.adapters.tiny import save_tiny_folder
+
+
+def _eval(tmp_path, capsys, *extra):
+    model = save_tiny_folder(tmp_path / "tiny")
+    argv = ["eval", "--model", str(model), "--tasks", "rte,hellaswag,winogrande", "--limit", "4", "--ppl-windows", "2"]
+    assert main([*argv, "--no-eval-cache", *[str(model) if e == "MODEL" else e for e in extra]]) == 0
+    return capsys.readouterr().out.split("\nfull evaluation")[0]
+
+
+def test_one_model_in_points_with_the_main_metric_marked(tmp_path, capsys):
+    out = _eval(tmp_path, capsys)
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in (["rte"], ["hellaswag"], ["winogrande"])}
+    assert re.search(r"rte\s+4\s+\d+\.\d ± \d+\.\d \*\s+\d+\.\d ± \d+\.\d\s*$", rows["rte"])  # acc is rte's main metric
+    assert re.search(r"hellaswag\s+4\s+\d+\.\d ± \d+\.\d\s+\d+\.\d ± \d+\.\d \*$", rows["hellaswag"])  # acc_norm
+    assert "* the task's main metric" in out
+    assert not re.search(r"\b0\.\d{4}\b", out)  # no 0-1 value with four decimals left
+    (ppl,) = [line for line in out.splitlines() if line.startswith("wiki perplexity")]
+    assert re.fullmatch(r"wiki perplexity \(held-out\): \d+\.\d", ppl)
+
+
+def test_a_pair_marks_main_rows_and_prints_no_signed_zero(tmp_path, capsys):
+    out = _eval(tmp_path, capsys, "--compare-to", "MODEL")  # the same model: every difference is exactly 0
+    assert re.search(r"^rte\s+acc \*\s", out, re.M) and re.search(r"^rte\s+acc_norm\s", out, re.M)
+    assert re.search(r"^hellaswag\s+acc_norm \*\s", out, re.M)
+    assert "Δ points [95% CI]" in out
+    assert not re.search(r"[-+−]0\.0+\b", out), out  # "-0.0" / "+0.0" read as a loss / a gain
+    assert re.search(r"^average\s+main\s+\d+\.\d\s+\d+\.\d\s+0\.0 \[", out, re.M)

@@ -64,6 +64,7 @@ def check_split_sweep(store: JobStore, out, tiny_cache_root, tmp_path) -> None:
     assert len([r for r in store.runs.records() if r["source"] == "compare"]) == 4
 
 
+@pytest.mark.slow  # worker processes import torch: tens of seconds on 2 busy cores
 def test_compare_on_two_local_workers_merges_one_results_file_with_the_dense_model_scored_once(tiny_cache_root, tmp_path, capsys):
     argv = _argv(tiny_cache_root, tmp_path, "out")
     assert cli(["compare", *argv, "--executor", "local", "--workers", "2"]) == 0
@@ -74,6 +75,7 @@ def test_compare_on_two_local_workers_merges_one_results_file_with_the_dense_mod
     assert len(workers) == 2  # shared out between the two processes
 
 
+@pytest.mark.slow  # worker processes import torch: tens of seconds on 2 busy cores
 def test_jobs_submit_compare_queues_the_split_sweep_and_jobs_work_runs_it(tiny_cache_root, tmp_path, capsys):
     argv = _argv(tiny_cache_root, tmp_path, "out")
     assert cli(["jobs", "submit", "compare", *argv]) == 0

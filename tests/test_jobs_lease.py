@@ -199,6 +199,7 @@ def test_a_bad_lease_time_is_refused_in_one_line(monkeypatch):
         J.lease_s()
 
 
+@pytest.mark.slow  # the app's worker process imports torch: tens of seconds on 2 busy cores
 def test_export_prune_and_save_runs_as_a_job_and_saves_the_folder_prune_model_makes(tmp_path, tiny_cache_root):
     import torch
     from transformers import AutoModelForCausalLM

@@ -18,6 +18,8 @@ from diet_explore.experiments.executors import RayExecutor
 from diet_explore.experiments.jobs import JobStore
 
 ray = pytest.importorskip("ray")
+# a local Ray cluster takes 10-30 s to start on 2 busy cores: in make test, not in make test-fast
+pytestmark = pytest.mark.slow
 HANDLERS = {"sleepy": "job_helpers:sleepy_job"}
 
 
@@ -93,7 +95,6 @@ def test_a_killed_actors_job_is_requeued_once_and_no_record_is_duplicated_or_los
     assert sorted(r["job_id"] for r in records) == sorted([long, short]) and not damaged
 
 
-@pytest.mark.slow
 def test_the_apps_worker_runs_its_jobs_on_ray_actors_when_the_setting_says_ray(tiny_cache_root, tmp_path, monkeypatch):
     """``diet-explore app --executor ray``: the app starts one process that drives Ray actors."""
     import json
@@ -117,7 +118,6 @@ def test_the_apps_worker_runs_its_jobs_on_ray_actors_when_the_setting_says_ray(t
         stop_workers(store)
 
 
-@pytest.mark.slow
 def test_compare_on_two_ray_actors_merges_one_results_file_with_the_dense_model_scored_once(
     cluster, tiny_cache_root, tmp_path, capsys
 ):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -20,11 +21,17 @@ def _page_text(at) -> list[str]:
     return parts + [f"{m.label}={m.value}" for m in at.metric]
 
 
-def test_top_level_app_renders_the_packaged_apps_default_page(app_env):
+def test_top_level_app_renders_the_packaged_apps_default_page(app_env, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
+    from diet_explore.cli.app import APP_THREAD_ENV
+
+    for key in APP_THREAD_ENV:  # recorded by monkeypatch, so the test leaves the environment as it found it
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     top = AppTest.from_file(str(TOP_APP), default_timeout=TIMEOUT).run()
     assert not top.exception, [e.value for e in top.exception]
+    assert {k: os.environ.get(k) for k in APP_THREAD_ENV} == APP_THREAD_ENV  # the server environment `diet-explore app` sets
     packaged = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     assert _page_text(top) == _page_text(packaged)
     assert any("alpha-576" in t for t in _page_text(top))  # the Overview of the default cache, not an empty page
@@ -48,8 +55,6 @@ def test_top_level_app_switches_pages_the_way_the_packaged_one_does(app_env):
 
 def _cli_settings(monkeypatch, tmp_path) -> dict[str, str]:
     """The ``--section.key value`` pairs ``diet-explore app`` passes to ``streamlit run``."""
-    import os
-
     from diet_explore.cli import app as cli_app
     from diet_explore.cli import build_parser
 

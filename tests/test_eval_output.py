@@ -33,3 +33,26 @@ def test_a_pair_marks_main_rows_and_prints_no_signed_zero(tmp_path, capsys):
     assert "Δ points [95% CI]" in out
     assert not re.search(r"[-+−]0\.0+\b", out), out  # "-0.0" / "+0.0" read as a loss / a gain
     assert re.search(r"^average\s+main\s+\d+\.\d\s+\d+\.\d\s+0\.0 \[", out, re.M)
+
+
+def test_compare_logs_points_and_a_rounded_perplexity(tmp_path):
+    from test_scoring import WordTokenizer
+
+    from diet_explore.experiments.runs import RunStore
+    from diet_explore.experiments.sweep import CompareConfig, run_compare
+    from diet_explore.models.adapters.tiny import tiny_model
+    from diet_explore.profiling.cache import save_cache
+    from diet_explore.profiling.synthetic import synthetic_cache
+
+    cache = synthetic_cache(hidden_size=64, num_layers=2, tasks=("rte",), n_samples=8, seed=1)
+    config = CompareConfig(
+        model="tiny-llama", cache=str(save_cache(cache, tmp_path / "c")), sparsities=[0.25], methods=["random"],
+        tasks="rte", limit=3, ppl_windows=2,
+    )  # fmt: skip
+    logs: list[str] = []
+    run_compare(config, tmp_path / "out", tiny_model("llama"), WordTokenizer(), RunStore(tmp_path / "runs"), log=logs.append)
+    dense = next(line for line in logs if line.startswith("dense: avg "))
+    run = next(line for line in logs if line.startswith("random@0.25: kept "))
+    assert re.fullmatch(r"dense: avg \d+\.\d points, ppl \d+\.\d", dense), dense
+    assert re.search(r"avg \d+\.\d points \(Δ (0\.0|[-+]\d+\.\d) \[[-+]?\d+\.\d, [-+]?\d+\.\d\]\), ppl \d+\.\d, ", run), run
+    assert not re.search(r"[-+]0\.0\b", run)

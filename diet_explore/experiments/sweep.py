@@ -46,6 +46,7 @@ import numpy as np
 from diet_explore.core import atomic
 from diet_explore.core.config import JsonConfig, check_seed, cli_flag
 from diet_explore.core.errors import DietError
+from diet_explore.core.numbers import perplexity, points
 from diet_explore.evaluation.blocks import ScoreLog, StopCheck
 from diet_explore.evaluation.evalcache import EvalCache
 from diet_explore.evaluation.evaluate import EvalConfig, EvalResult, eval_requests, evaluate_cached, evaluate_model
@@ -361,7 +362,7 @@ def run_compare(
         add_average(row)
         row = append_result(out, row)  # another run into this --out may have finished it first
         done.append(row)
-        log(f"dense: avg {row['avg']:.4f}, ppl {row['ppl']}")
+        log(f"dense: avg {points(row['avg'])} points, ppl {perplexity(row['ppl'])}")
         k += 1
     dense = next(r for r in done if r["key"] == "dense")
     _store_missing_runs(store, done, dense, config, out, log)
@@ -395,8 +396,9 @@ def run_compare(
             continue
         _store_run(store, row, dense, config, out)
         log(
-            f"{key}: kept {row['n_keep']}, avg {row['avg']:.4f} (Δ {row['delta_avg']:+.4f} "
-            f"[{row['delta_ci_low']:+.4f}, {row['delta_ci_high']:+.4f}]), ppl {row['ppl']}, {row['wall_time_s']:.0f} s"
+            f"{key}: kept {row['n_keep']}, avg {points(row['avg'])} points (Δ {points(row['delta_avg'], signed=True)} "
+            f"[{points(row['delta_ci_low'], signed=True)}, {points(row['delta_ci_high'], signed=True)}]), "
+            f"ppl {perplexity(row['ppl'])}, {row['wall_time_s']:.0f} s"
         )
         k += 1
     report(1.0, "done")

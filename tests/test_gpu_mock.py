@@ -3,6 +3,9 @@ loader asks from_pretrained for (device, dtype, device_map, max_memory) is check
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -152,3 +155,18 @@ def test_the_scorer_takes_its_budget_from_the_device_rule(tmp_path, monkeypatch)
     monkeypatch.setattr(scoring, "device_token_budget", lambda m, budget, seq_len: seen.append((budget, seq_len)) or 9999)
     scorer = scoring.LoglikelihoodScorer(model, tok, batch_tokens=1024)
     assert scorer.batch_tokens == 9999 and seen == [(1024, scorer.max_length)]
+
+
+SMOKE = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
+
+
+def test_the_gpu_smoke_script_skips_cleanly_without_cuda():
+    proc = subprocess.run([sys.executable, str(SMOKE)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "no CUDA device: skipped", proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_gpu_smoke_script_passes_its_checks_on_the_cpu():
+    proc = subprocess.run([sys.executable, str(SMOKE), "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("[ok]") == 16 and proc.stdout.strip().endswith("all checks passed")

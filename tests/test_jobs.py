@@ -462,6 +462,7 @@ def test_a_sweep_job_resumes_after_an_interruption_to_the_rows_of_an_uninterrupt
     from diet_explore.experiments.results import read_results
     from diet_explore.experiments.runs import RunStore
     from diet_explore.experiments.sweep import CompareConfig, run_compare
+    from diet_explore.masking.config import MaskConfig
 
     config = CompareConfig(
         model=str(tiny_cache_root.parent / "models" / "tiny-llama"),
@@ -471,7 +472,8 @@ def test_a_sweep_job_resumes_after_an_interruption_to_the_rows_of_an_uninterrupt
         tasks=["arc_easy"],
         limit=120,
         perplexity=False,
-        multiple_of=4,
+        mask=MaskConfig(exact=True, multiple_of=4),
+        round_to_model=False,
         device="cpu",
     )
     job_id, _ = J.submit(store, "sweep", config.to_dict(), "sweep")

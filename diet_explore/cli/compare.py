@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from diet_explore.cli._common import add_device_args, csv_list, int_arg, progress_printer
+from diet_explore.cli.mask import add_mask_setting_args, mask_settings_from_args
 from diet_explore.models.builtin import DEFAULT_MODEL
 from diet_explore.tasks.data import DEFAULT_SEED
 
@@ -27,15 +27,9 @@ def register(sub) -> None:
     )
     p.add_argument("--seed", type=int_arg, default=DEFAULT_SEED, help="evaluation draw")
     p.add_argument("--mask-seed", type=int_arg, default=0, help="random baseline seed")
-    p.add_argument(
-        "--exact",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="every method keeps the same count (default); --no-exact: the vote's own count",
-    )
-    p.add_argument(
-        "--multiple-of", type=int_arg, default=None, help="kept-count multiple (default: what the model needs to reload)"
-    )
+    # the mask every run builds, with the same flags as `mask` (each run sets its method and sparsity);
+    # --exact by default: every method keeps the same count
+    add_mask_setting_args(p, exact=True, multiple_of=None)
     p.add_argument("--no-perplexity", action="store_true", help="skip the held-out wiki perplexity")
     p.add_argument("--ppl-windows", type=int_arg, default=32, help="held-out wiki windows of 128 tokens")
     p.add_argument("--runs", default=None, help="run store folder (default: <repo>/runs)")
@@ -67,6 +61,7 @@ def compare_config(args):
     from diet_explore.core.config import parse_float
     from diet_explore.core.errors import DietError
     from diet_explore.experiments.sweep import CompareConfig
+    from diet_explore.masking.config import MaskConfig
 
     sparsities = [parse_float(s) for s in csv_list(args.sparsity)]
     if None in sparsities:
@@ -80,9 +75,8 @@ def compare_config(args):
         limit=args.limit,
         clip_limit=args.clip_limit,
         seed=args.seed,
-        mask_seed=args.mask_seed,
-        exact=args.exact,
-        multiple_of=args.multiple_of,
+        mask=MaskConfig(seed=args.mask_seed, **mask_settings_from_args(args)),
+        round_to_model=args.multiple_of is None,  # --multiple-of N rounds to N instead of the model's multiple
         perplexity=not args.no_perplexity,
         ppl_windows=args.ppl_windows,
         device=args.device,

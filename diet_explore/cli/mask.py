@@ -9,24 +9,18 @@ import sys
 from diet_explore.cli._common import cache_tasks, float_arg, int_arg
 from diet_explore.core.errors import DietError
 
+#: The settings of the mask itself (not which method, sparsity or tasks): what `compare` takes too.
+MASK_SETTING_FLAGS = ("threshold", "weights", "site", "layer_agg", "last_k", "normalize", "exact", "multiple_of")
 
-def add_mask_config_args(p: argparse.ArgumentParser) -> None:
-    """The ``MaskConfig`` flags, shared by ``mask`` and ``stability`` (names = field names)."""
-    from diet_explore.masking.config import METHOD_ALIASES, METHODS
 
-    p.add_argument("--cache", required=True, help="score cache folder (from `diet-explore profile`)")
-    p.add_argument("--sparsity", type=float_arg, default=0.2, help="fraction of hidden dims to prune, in [0, 1)")
+def add_mask_setting_args(p: argparse.ArgumentParser, exact: bool = False, multiple_of: int | None = 1) -> None:
+    """The flags of ``MASK_SETTING_FLAGS`` (names = ``MaskConfig`` field names), one definition for
+    `mask`, `stability`, `dim`, `agreement` and `compare` (which defaults to ``exact`` and to the
+    model's own multiple, ``multiple_of`` None)."""
     p.add_argument(
         "--threshold", type=float_arg, default=None, help="τ: keep a dim when ≥ τ of the task weight keeps it (default 0.5)"
     )
     p.add_argument("--weights", default="", help="task weights, e.g. boolq=2,rte=0.5 (or boolq:2); missing = 1")
-    p.add_argument("--tasks", default="all", help="'all' (every voting task in the cache, the default) or a comma list")
-    # no argparse choices: a method that is no mask (slicegpt) is refused by MaskConfig with its reason
-    p.add_argument(
-        "--method",
-        default="diet",
-        help=f"one of: {', '.join(METHODS)} (older names {', '.join(METHOD_ALIASES)} are read as theirs)",
-    )
     p.add_argument("--site", default="residual", help="residual (the paper's) or normed: where the scores were profiled")
     p.add_argument("--layer-agg", default="mean", help="mean (paper), max, last_k")
     p.add_argument("--last-k", type=int_arg, default=None, help="layers averaged by --layer-agg last_k (default 4)")
@@ -34,10 +28,51 @@ def add_mask_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--exact",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="keep exactly the target count (vote order, then normalised score)",
+        default=exact,
+        help="keep exactly the target count (vote order, then normalised score)"
+        + ("; --no-exact: the vote's own count (default)" if not exact else " (default); --no-exact: the vote's own count"),
     )
-    p.add_argument("--multiple-of", type=int_arg, default=1, help="round the kept count to a multiple (e.g. 8)")
+    p.add_argument(
+        "--multiple-of",
+        type=int_arg,
+        default=multiple_of,
+        help="round the kept count to a multiple (e.g. 8)"
+        + ("" if multiple_of is not None else "; default: what the model needs to save and reload"),
+    )
+
+
+def mask_settings_from_args(args) -> dict[str, object]:
+    """``MaskConfig`` fields from the ``add_mask_setting_args`` flags (a flag not given: the field's default)."""
+    from diet_explore.masking.config import MaskConfig, parse_weights
+
+    fields: dict[str, object] = {
+        "threshold": MaskConfig.threshold if args.threshold is None else args.threshold,
+        "weights": parse_weights(args.weights),
+        "site": args.site,
+        "layer_agg": args.layer_agg,
+        "last_k": MaskConfig.last_k if args.last_k is None else args.last_k,
+        "normalize": args.normalize,
+        "exact": args.exact,
+    }
+    if args.multiple_of is not None:
+        fields["multiple_of"] = args.multiple_of
+    return fields
+
+
+def add_mask_config_args(p: argparse.ArgumentParser) -> None:
+    """The ``MaskConfig`` flags, shared by ``mask``, ``stability``, ``dim`` and ``agreement`` (names = field names)."""
+    from diet_explore.masking.config import METHOD_ALIASES, METHODS
+
+    p.add_argument("--cache", required=True, help="score cache folder (from `diet-explore profile`)")
+    p.add_argument("--sparsity", type=float_arg, default=0.2, help="fraction of hidden dims to prune, in [0, 1)")
+    p.add_argument("--tasks", default="all", help="'all' (every voting task in the cache, the default) or a comma list")
+    # no argparse choices: a method that is no mask (slicegpt) is refused by MaskConfig with its reason
+    p.add_argument(
+        "--method",
+        default="diet",
+        help=f"one of: {', '.join(METHODS)} (older names {', '.join(METHOD_ALIASES)} are read as theirs)",
+    )
+    add_mask_setting_args(p)
     p.add_argument("--seed", type=int_arg, default=0, help="random baseline / resampling seed")
     p.add_argument("--single-task", default=None, help="task for --method single-task")
     p.add_argument("--held-out-task", default=None, help="task left out by --method leave-one-out")
@@ -94,24 +129,17 @@ def refuse_ignored_settings(config, given: dict[str, object]) -> None:
 
 
 def config_from_args(args):
-    from diet_explore.masking.config import MaskConfig, check_mask_method, parse_weights
+    from diet_explore.masking.config import MaskConfig, check_mask_method
 
     check_mask_method(args.method)  # an unknown or non-mask method is named before any other flag
     config = MaskConfig(
         sparsity=args.sparsity,
-        threshold=MaskConfig.threshold if args.threshold is None else args.threshold,
-        weights=parse_weights(args.weights),
         tasks=cache_tasks(args.tasks),
         method=args.method,
-        site=args.site,
-        layer_agg=args.layer_agg,
-        last_k=MaskConfig.last_k if args.last_k is None else args.last_k,
-        normalize=args.normalize,
-        exact=args.exact,
-        multiple_of=args.multiple_of,
         seed=args.seed,
         single_task=args.single_task,
         held_out_task=args.held_out_task,
+        **mask_settings_from_args(args),
     )
     refuse_ignored_settings(config, given_settings(args))
     return config

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from math import gcd
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -79,13 +78,13 @@ def _resolve_cache(path: str, source: str = "") -> Path | None:
     return None
 
 
-def _multiple(settings: dict[str, Any], rows: list[dict[str, Any]]) -> int:
+def _multiple(settings, rows: list[dict[str, Any]]) -> int:
     """The kept-count multiple to rebuild the sweep's masks with: its ``multiple_of`` setting, else
     the largest that divides every recorded count. A mask depends on the multiple only through its
     kept count, and ``run_proxies`` checks every rebuilt count against the recorded one, so this
     gives the sweep's masks without reading the model's config (which would load transformers)."""
-    if settings.get("multiple_of"):
-        return int(settings["multiple_of"])
+    if settings.multiple_of:
+        return int(settings.multiple_of)
     out = 0
     for r in rows:
         for c in (r.get("n_keep_per_task") or {"": r["n_keep"]}).values():
@@ -93,7 +92,8 @@ def _multiple(settings: dict[str, Any], rows: list[dict[str, Any]]) -> int:
     return max(out, 1)
 
 
-MASK_SETTINGS = ("cache", "threshold", "exact", "mask_seed")  # what rebuilding a sweep's masks reads from its config
+MASK_SETTINGS = ("cache", "mask")  # what rebuilding a sweep's masks reads from its config
+LEGACY_MASK_SETTINGS = ("cache", "threshold", "exact", "mask_seed")  # the same in a config.json written before "mask"
 
 
 def run_proxies(sweep: Sweep) -> tuple[list[dict[str, Any]], list[str]]:
@@ -106,16 +106,20 @@ def run_proxies(sweep: Sweep) -> tuple[list[dict[str, Any]], list[str]]:
     notes: list[str] = []
     if sweep.config is None or sweep.dense is None:
         return [], [f"{sweep.name}: no config.json or no dense row, so its masks cannot be rebuilt"]
-    lacking = [k for k in MASK_SETTINGS if k not in sweep.config]
+    from diet_explore.experiments.sweep import LEGACY_MASK_FIELDS, CompareConfig
+
+    needed = MASK_SETTINGS if "mask" in sweep.config else LEGACY_MASK_SETTINGS
+    lacking = [k for k in needed if k not in sweep.config]
     if lacking:
         return [], [f"{sweep.name}: its config.json lacks {', '.join(lacking)}, so its masks cannot be rebuilt"]
-    config = SimpleNamespace(**{k: sweep.config[k] for k in MASK_SETTINGS})
+    read = ("cache", "mask", "round_to_model", *LEGACY_MASK_FIELDS)
+    config = CompareConfig.from_dict({k: v for k, v in sweep.config.items() if k in read})
     where = _resolve_cache(config.cache, sweep.source)
     if where is None:
         return [], [f"{sweep.name}: its score cache {config.cache} is not here"]
     cache = load_cache(where)
     pre = ScorePrecompute(cache)
-    multiple = _multiple(sweep.config, sweep.pruned)
+    multiple = _multiple(config, sweep.pruned)
     vs_dense = sweep.vs_dense()
     records = []
     for row in sweep.pruned:

@@ -352,20 +352,25 @@ def builds_mask(method: str) -> bool:
     return "method" in METHODS.get(method, {})
 
 
+def sweep_mask_config(config, method: str, sparsity: float, multiple: int, **extra):
+    """The ``MaskConfig`` of the run ``method@sparsity`` in a sweep (``config``: a ``CompareConfig``):
+    the sweep's mask (``config.mask``: τ, weights, site, ...) with the run's method, sparsity and kept-count
+    multiple. A setting the method does not read (``ignored_settings``) is put back to its default, so
+    the run's record and label (``MaskConfig.label``) say only what acted on its mask."""
+    from diet_explore.masking.config import MaskConfig, ignored_settings
+
+    fields = config.mask.to_dict() | {"sparsity": sparsity, "multiple_of": multiple, **METHODS[method], **extra}
+    default = MaskConfig().to_dict()
+    for name in ignored_settings(MaskConfig.from_dict(fields)):
+        fields[name] = extra.get(name, default[name])
+    return MaskConfig.from_dict(fields)
+
+
 def mask_for(pre, method: str, sparsity: float, config, multiple: int, **extra):
     """The mask ``method`` builds at ``sparsity`` with a sweep's settings (``config``: a ``CompareConfig``)."""
-    from diet_explore.masking.build import MaskConfig, build_mask
+    from diet_explore.masking.build import build_mask
 
-    mc = MaskConfig(
-        sparsity=sparsity,
-        **METHODS[method],
-        threshold=config.threshold,
-        exact=config.exact,
-        multiple_of=multiple,
-        seed=config.mask_seed,
-        **extra,
-    )
-    return build_mask(pre, mc)
+    return build_mask(pre, sweep_mask_config(config, method, sparsity, multiple, **extra))
 
 
 def run_masks(pre, method: str, sparsity: float, config, multiple: int, tasks: list[str]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ does not have (an interruption, an unwritable ``--runs``) is written by the next
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -68,6 +69,7 @@ from diet_explore.experiments.results import (
     task_row,
 )
 from diet_explore.experiments.runs import run_record
+from diet_explore.masking.config import MaskConfig
 from diet_explore.models.builtin import DEFAULT_MODEL
 from diet_explore.tasks import data
 
@@ -76,7 +78,9 @@ Progress = Callable[[float, str], None]
 
 #: The settings a sweep's results depend on (a resume must match them). Listed, not derived from the
 #: dataclass, so a new setting never silently invalidates a sweep in progress: it joins
-#: OPTIONAL_FINGERPRINT_FIELDS, counted only when it differs from its default.
+#: OPTIONAL_FINGERPRINT_FIELDS, counted only when it differs from its default. The mask's τ, exact
+#: count, multiple and seed keep the flat names they had before ``CompareConfig`` held a ``MaskConfig``
+#: (``CompareConfig.settings``), so a sweep started then still resumes.
 FINGERPRINT_FIELDS = (
     "model",
     "cache",
@@ -91,7 +95,19 @@ FINGERPRINT_FIELDS = (
     "ppl_windows",
     "dtype",
 )
-OPTIONAL_FINGERPRINT_FIELDS = {"clip_limit": False}
+OPTIONAL_FINGERPRINT_FIELDS = {"clip_limit": False, "mask_settings": {}}
+#: The flat fields of a sweep's config.json written before it held a ``MaskConfig`` (read, never written).
+LEGACY_MASK_FIELDS = ("threshold", "exact", "multiple_of", "mask_seed")
+
+
+def _compare_mask(mask: MaskConfig | dict | None) -> MaskConfig:
+    """The sweep's base mask: ``mask`` with the method the runs set (``diet``; each run's method,
+    sparsity and task replace it, ``results.sweep_mask_config``)."""
+    if mask is None:
+        return MaskConfig(exact=True)
+    if isinstance(mask, dict):
+        mask = MaskConfig.from_dict(mask)
+    return dataclasses.replace(mask, method="diet", single_task=None, held_out_task=None)
 
 
 @dataclass
@@ -104,21 +120,77 @@ class CompareConfig(JsonConfig):
     limit: int = 50
     clip_limit: bool = False  # True: at most `limit` per task, all of a smaller held-out pool (RTE, ARC-C)
     seed: int = data.DEFAULT_SEED  # evaluation draw (shared permutation with calibration)
-    mask_seed: int = 0  # random baseline
-    exact: bool = True  # every method keeps the same count; False: the vote's own count for diet/LOO
-    multiple_of: int | None = None  # None: what the model needs to save/reload (prune.required_multiple)
-    threshold: float = 0.5
+    # the mask every run builds (τ, weights, site, layer aggregation, exact, multiple-of, the random
+    # baseline's seed); each run sets its own method and sparsity. exact by default: every method keeps
+    # the same count; mask.exact False: the vote's own count for diet and leave-one-out
+    mask: MaskConfig = field(default_factory=lambda: MaskConfig(exact=True))
+    # True: round every kept count to the multiple the model needs to save and reload
+    # (prune.required_multiple), so every compared model is one `diet-explore prune` could ship;
+    # False: mask.multiple_of as set (the mask exactly as tuned in the app)
+    round_to_model: bool = True
     perplexity: bool = True
     ppl_windows: int = 32
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     device: str = "auto"
     dtype: str | None = None
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompareConfig:
+        """Also reads a config.json written before the sweep held a ``MaskConfig`` (flat ``threshold``,
+        ``exact``, ``multiple_of``, ``mask_seed``): they become the mask's fields."""
+        data = dict(data)
+        legacy = {k: data.pop(k) for k in LEGACY_MASK_FIELDS if k in data}
+        if legacy:
+            mask = dict(data.get("mask") or {"exact": True})
+            mask.update({k: legacy[k] for k in ("threshold", "exact") if k in legacy})
+            if "mask_seed" in legacy:
+                mask["seed"] = legacy["mask_seed"]
+            if legacy.get("multiple_of") is not None:  # None: the model's multiple, as round_to_model says
+                mask["multiple_of"] = legacy["multiple_of"]
+                data["round_to_model"] = False
+            data["mask"] = mask
+        return super().from_dict(data)
+
+    @property
+    def threshold(self) -> float:
+        return self.mask.threshold
+
+    @property
+    def exact(self) -> bool:
+        return self.mask.exact
+
+    @property
+    def mask_seed(self) -> int:
+        return self.mask.seed
+
+    @property
+    def multiple_of(self) -> int | None:
+        """The kept-count multiple the settings fix (None: the model's, known once it loads)."""
+        return None if self.round_to_model else self.mask.multiple_of
+
+    def settings(self) -> dict[str, Any]:
+        """The results-affecting settings by their flat names (``FINGERPRINT_FIELDS``), the mask's
+        other settings under ``mask_settings`` (only those that differ from the default)."""
+        fields = self.to_dict()
+        default = MaskConfig(exact=True).to_dict()
+        rest = {k: v for k, v in self.mask.to_dict().items() if k not in ("threshold", "exact", "multiple_of", "seed")}
+        fields |= {
+            "mask_seed": self.mask_seed,
+            "exact": self.exact,
+            "multiple_of": self.multiple_of,
+            "threshold": self.threshold,
+            "mask_settings": {k: v for k, v in rest.items() if v != default[k] and k not in ("sparsity", "method")},
+        }
+        return fields
+
     def __post_init__(self) -> None:
         check_seed(self.seed, "--seed")  # before config.json and results.jsonl are written
-        check_seed(self.mask_seed, "--mask-seed")
-        if self.multiple_of is not None and int(self.multiple_of) < 1:  # as MaskConfig says for mask
-            raise DietError(f"--multiple-of must be at least 1, got {self.multiple_of}", "use 1 (no rounding), or leave it out")
+        self.mask = _compare_mask(self.mask)
+        if self.round_to_model and self.mask.multiple_of > 1:
+            raise DietError(
+                f"the mask rounds to a multiple of {self.mask.multiple_of} and round_to_model asks for the model's multiple",
+                "give one of them: --multiple-of N alone rounds to N",
+            )
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise DietError(f"unknown method(s): {', '.join(unknown)}", f"choose from {', '.join(METHODS)}")
@@ -165,7 +237,7 @@ class CompareConfig(JsonConfig):
         ``dtype``: the precision the model is evaluated in (default ``resolved_dtype()``). The device
         is left out (results agree across devices at one precision) but the resolved dtype is not:
         with ``dtype`` None a sweep started on CPU (fp32) and resumed on a GPU (bf16) would mix them."""
-        fields = self.to_dict()
+        fields = self.settings()
         keys = {k: fields[k] for k in FINGERPRINT_FIELDS}
         keys |= {k: fields[k] for k, default in OPTIONAL_FINGERPRINT_FIELDS.items() if fields[k] != default}
         keys.update(dtype=dtype or self.resolved_dtype(), cache_hash=cache_hash)
@@ -219,10 +291,10 @@ def settings_difference(out: Path, config: CompareConfig) -> str | None:
     changes, named by their flags as a resume check says them (``profile`` does the same), e.g.
     ``a different --limit (50; this run: 4)``; None when its config.json is unreadable or agrees."""
     try:
-        old = CompareConfig.from_json((out / "config.json").read_text()).to_dict()
+        old = CompareConfig.from_json((out / "config.json").read_text()).settings()
     except (OSError, UnicodeDecodeError, DietError, TypeError, ValueError):
         return None
-    new = config.to_dict()
+    new = config.settings()
     keys = [k for k in (*FINGERPRINT_FIELDS, *OPTIONAL_FINGERPRINT_FIELDS) if old[k] != new[k]]
     if not keys:
         return None
@@ -234,11 +306,13 @@ def settings_difference(out: Path, config: CompareConfig) -> str | None:
             return "on" if value else "off"
         if isinstance(value, list):
             return ",".join(str(v) for v in value)
+        if isinstance(value, dict):  # the mask's other settings
+            return ", ".join(f"{cli_flag(k)} {v}" for k, v in value.items()) or "the defaults"
         return "the default" if value is None else str(value)
 
+    flags = {"perplexity": "--no-perplexity", "mask_settings": "mask setting"}
     return "a different " + " and ".join(
-        f"{'--no-perplexity' if k == 'perplexity' else cli_flag(k)} ({shown(k, old[k])}; this run: {shown(k, new[k])})"
-        for k in keys
+        f"{flags.get(k) or cli_flag(k)} ({shown(k, old[k])}; this run: {shown(k, new[k])})" for k in keys
     )
 
 

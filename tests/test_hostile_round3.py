@@ -509,3 +509,22 @@ def test_a_mask_file_larger_than_any_mask_is_refused_not_copied(tmp_path, capsys
         mp.setattr(maskfile, "MASK_MAX_BYTES", 1024)
         with pytest.raises(DietError, match="over 1024 bytes"):
             maskfile.load_mask(big)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npy"])
+def test_export_never_offers_to_replace_a_file_diet_explore_did_not_write(app, app_env, suffix):
+    """Export's 'Save mask' replaced a foreign .json/.npy after a checkbox, where `mask --out` refuses."""
+    from app_helpers import run_page
+
+    at = app.run()
+    run_page(at, "export")
+    name = at.text_input(key="export_name").value
+    app_env["export"].mkdir(parents=True, exist_ok=True)
+    foreign = app_env["export"] / f"{name}{suffix}"
+    foreign.write_text("my own notes\n")
+    at.run()
+    save = at.button(key="export_save")
+    assert save.disabled, "the save button is live over a foreign file"
+    assert not [c for c in at.checkbox if c.key == "export_replace_mask"]  # nothing to tick to replace it
+    assert any("did not write" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert foreign.read_text() == "my own notes\n"

@@ -14,7 +14,8 @@ import streamlit as st
 
 from diet_explore.core import atomic
 from diet_explore.core.config import command_lines
-from diet_explore.masking.maskfile import mask_command, mask_file_from_result, save_mask
+from diet_explore.core.errors import DietError
+from diet_explore.masking.maskfile import is_mask_file, is_npy_file, mask_command, mask_file_from_result, save_mask
 from diet_explore.pruning.saving import PRUNE_INFO_FILE, save_pruned
 from diet_explore.pruning.slicing import prune_model
 from diet_explore.tasks.registry import lm_eval_command, load_registry
@@ -61,6 +62,12 @@ with ui.shown_errors():
     mask_path = export_dir / f"{name}.json"
     existing = [p for p in (mask_path, mask_path.with_suffix(".npy")) if p.exists()]
     replace_mask = True
+    try:  # what `mask --out ... --npy` refuses: a file there that diet-explore did not write is never replaced
+        atomic.check_replaceable_file(mask_path, "saved mask", is_mask_file, "a diet-explore mask file")
+        atomic.check_replaceable_file(mask_path.with_suffix(".npy"), "saved mask", is_npy_file, "a .npy file")
+    except DietError as exc:
+        st.warning(f"{exc.message}; choose another export name.")
+        existing, replace_mask = [], False
     if existing:
         st.warning(f"{', '.join(ui.display_path(p) for p in existing)} already exist(s); saving replaces them.")
         replace_mask = st.checkbox(f"Replace {ui.display_path(mask_path)} (+ .npy)", key=K_REPLACE_MASK, value=False)
@@ -68,7 +75,11 @@ with ui.shown_errors():
         f"Save mask to {ui.display_path(export_dir)}/{name}.json (+ .npy)",
         key=K_SAVE,
         disabled=not replace_mask,
-        help=None if replace_mask else "Disabled: tick the box above to replace the saved mask",
+        help=None
+        if replace_mask
+        else "Disabled: tick the box above to replace the saved mask"
+        if existing
+        else "Disabled: a file there was not written by diet-explore (see above)",
     ):
         atomic.check_writable(export_dir, f"export folder ({S.EXPORT_DIR_ENV})", folder=True)
         path = save_mask(mask_file, mask_path, npy=True)

@@ -48,8 +48,17 @@ def _help_text(parser: argparse.ArgumentParser) -> str:
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(sub.choices.items())
+    """The parser's subcommands by name (none for a leaf command)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(subs[0].choices.items()) if subs else {}
+
+
+def _sections(name: str, parser: argparse.ArgumentParser) -> list[str]:
+    """``name``'s help, then each of its subcommands' (``jobs submit``, ...), depth first."""
+    out = ["", f"## {name}", "", "```text", _help_text(parser).rstrip(), "```"]
+    for sub_name, sub in _commands(parser).items():
+        out += _sections(f"{name} {sub_name}", sub)
+    return out
 
 
 def _one_line(parser: argparse.ArgumentParser, name: str) -> str:
@@ -66,9 +75,7 @@ def render() -> str:
     commands = _commands(parser)
     out = [HEADER, "| command | what it does |", "| --- | --- |"]
     out += [f"| [`{name}`](#diet-explore-{name}) | {_one_line(parser, name)} |" for name in commands]
-    out += ["", "## diet-explore", "", "```text", _help_text(parser).rstrip(), "```"]
-    for name, command in commands.items():
-        out += ["", f"## diet-explore {name}", "", "```text", _help_text(command).rstrip(), "```"]
+    out += _sections("diet-explore", parser)
     return "\n".join(out) + "\n"
 
 

@@ -39,11 +39,10 @@ PAGES = [
     st.Page(ui.view("mask_builder.py"), title="Mask builder", icon=":material/tune:", url_path="mask_builder"),
     st.Page(ui.DIM_PAGE, title="Dimension", icon=":material/search:", url_path=ui.DIM_URL_PATH),
     st.Page(ui.view("prune_eval.py"), title="Prune & evaluate", icon=":material/science:", url_path="prune_eval"),
-    st.Page(ui.view("sweep.py"), title="Sweep", icon=":material/stacked_line_chart:", url_path="sweep"),
+    st.Page(ui.view("sweep.py"), title="Sweeps", icon=":material/stacked_line_chart:", url_path="sweep"),
     st.Page(ui.view("tune.py"), title="Tune", icon=":material/auto_graph:", url_path="tune"),
     st.Page(ui.view("history.py"), title="History", icon=":material/history:", url_path="history"),
     st.Page(ui.view("export.py"), title="Export", icon=":material/download:", url_path="export"),
-    st.Page(ui.view("results.py"), title="Results", icon=":material/insights:", url_path="results"),
 ]
 
 state.boot()

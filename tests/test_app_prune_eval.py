@@ -374,6 +374,13 @@ def test_a_sweep_runs_as_a_job_and_draws_its_curves_from_its_results(tiny_app):
         for method, g in expected.groupby("method"):
             assert np.allclose(arr(drawn[method]).astype(float), g.sort_values("sparsity")["value"].to_numpy())
     assert len([r for r in JobStore(dirs["runs"]).runs.records() if r["source"] == "compare"]) == 4
+    # a reload (a new session) shows the form as the job below ran it, and offers that sweep among the results
+    again = run_page(new_session().run(), "sweep")
+    assert again.multiselect(key="sw_methods").value == ["diet", "random"] and again.number_input(key="sw_limit").value == 4
+    assert again.toggle(key="sw_ppl").value is False and again.multiselect(key="sw_tasks").value == ["arc_easy"]
+    assert list(again.multiselect(key="sw_sparsities").value) == [0.25, 0.5]
+    assert any(o.startswith("app sweep ") for o in again.selectbox(key="rs_sweep").options)
+    assert any("Mask settings from the Mask builder: **diet" in m.value for m in again.markdown)
 
 
 def test_history_compares_picked_runs_side_by_side_and_pairs_them_on_shared_examples(tiny_app, tiny_cache_root):

@@ -59,7 +59,7 @@ def test_the_results_page_draws_every_committed_sweep(tmp_path):
         goto_page(page, "Mask builder")
         page.get_by_text("Live proxy", exact=False).first.wait_for(timeout=WAIT_MS)
         page.get_by_text("kept_energy", exact=False).first.wait_for(timeout=WAIT_MS)
-        goto_page(page, "Results")
+        goto_page(page, "Sweeps")
         for i, path in enumerate(sweeps):
             sweep = load_sweep(path)
             # picked every time: the page opens on a sweep of the explored model, not the first by name

@@ -108,7 +108,7 @@ def test_the_results_page_shows_a_damaged_sweep_and_says_what_was_left_out(app, 
     rows[1]["avg"] = "x"
     rows[0]["method"] = ["dense"]
     out = _sweep_folder(tmp_path, rows)
-    at = run_page(app.run(), "results")
+    at = run_page(app.run(), "sweep")
     at.selectbox(key="rs_sweep").select("Other folder…").run()
     at.text_input(key="rs_sweep_path").input(str(out)).run()
     assert not at.exception, [e.value for e in at.exception]

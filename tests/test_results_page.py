@@ -173,9 +173,9 @@ def test_task_paired_reads_rows_and_scores_alike(grown_sweep):
 # ------------------------------------------------------------------- the page
 @pytest.mark.parametrize("path", COMMITTED, ids=[sweep_name(p) for p in COMMITTED])
 def test_the_results_page_renders_the_committed_sweeps(app, path):
-    at = run_page(app.run(), "results")
+    at = run_page(app.run(), "sweep")
     at.selectbox(key="rs_sweep").select(sweep_name(path)).run()
-    assert not at.exception and not at.error
+    assert not at.exception and not at.error, [e.value for e in at.error]
     sweep = load_sweep(path)
     paper, versus = at.dataframe[0].value, at.dataframe[1].value
     head, cells = paper_cells(sweep)
@@ -205,7 +205,7 @@ def test_the_results_page_follows_a_sweep_folder_with_its_verdict(app, grown_swe
     folder, rows, _ = grown_sweep
     live = tmp_path / "live"
     shutil.copytree(folder, live)
-    at = run_page(app.run(), "results")
+    at = run_page(app.run(), "sweep")
     at.selectbox(key="rs_sweep").select("Other folder…").run()
     at.text_input(key="rs_sweep_path").input(str(live)).run()
     assert not at.exception and not at.error
@@ -227,7 +227,7 @@ def test_the_results_page_opens_on_a_sweep_of_the_model_being_explored(app, monk
 
     monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(APP.parents[1] / "cache"))
     monkeypatch.setenv("DIET_EXPLORE_DEFAULT_CACHE", "smollm2-135m")
-    at = run_page(app.run(), "results")
+    at = run_page(app.run(), "sweep")
     assert not at.exception
     assert metrics(at)["Model"] == "smollm2-135m"
     assert "smollm2-135m" in at.selectbox(key="rs_sweep").value

@@ -398,7 +398,17 @@ def run_compare(
     log(f"{len(grid) + 1 - len(todo)} of {len(grid) + 1} runs already in {out}; {len(todo)} to go")
 
     def step(i: int) -> Progress:
-        return lambda f, msg: report((i + f) / max(len(todo), 1), msg)
+        """Progress of run ``i`` as a share of the whole sweep; the text says the same share first,
+        then which run and its own progress (a bar at 37% beside "21/140" read as two answers)."""
+
+        def report_run(f: float, msg: str) -> None:
+            overall = (i + f) / max(len(todo), 1)
+            report(
+                overall,
+                f"{overall:.0%} of the sweep · run {min(i + 1, len(todo))} of {len(todo)} ({todo[min(i, len(todo) - 1)]}): {msg}",
+            )
+
+        return report_run
 
     k = 0
     if "dense" not in have:

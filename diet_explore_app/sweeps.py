@@ -1,4 +1,6 @@
-"""Results: the committed sweeps (``docs/results``) and any sweep folder, as tables and curves, without computing anything."""
+"""One sweep browser for the Sweeps page: committed sweeps (``docs/results``), the sweeps run in the
+app (job folders) and any typed folder in one list, each shown as tables, the decision in words,
+and curves, computed from the per-example results (never re-derived here)."""
 
 from __future__ import annotations
 
@@ -6,17 +8,20 @@ from pathlib import Path
 
 import streamlit as st
 
+from diet_explore.evaluation.decision import decision_sentences
 from diet_explore.experiments.proxy import sweep_sources
 from diet_explore.experiments.reports import (
     CURVES,
     curve_figure,
+    curve_frame,
     paper_cells,
     results_frame,
     sweep_name,
     table_frame,
     versus_cells,
 )
-from diet_explore_app import loaders, state
+from diet_explore.experiments.results import RESULTS
+from diet_explore_app import jobs_ui, loaders, state
 from diet_explore_app import widgets as ui
 
 K_SWEEP, K_SWEEP_PATH, K_MAIN_CURVE = "rs_sweep", "rs_sweep_path", "rs_main_curve"
@@ -38,30 +43,41 @@ def summary_first(columns) -> list[str]:
     return columns[:3] + columns[start:] + columns[3:start]
 
 
-st.title("Results")
-st.caption(
-    "Method × sparsity sweeps (`diet-explore compare`) as committed under `docs/results`, or any sweep folder: "
-    "the paper-style table, DIET minus each method paired on the same examples, and the curves. Every delta and "
-    "interval is recomputed from the per-example results (Newcombe / Wilson / bootstrap 95% CIs, README 'Metrics')."
-)
-with ui.shown_errors():
-    sources = sweep_sources()
-    labels = {sweep_name(p): p for p in sources}
-    options = [*labels, OTHER]
-    # open on a sweep of the model being explored (compare-<model>...), else the first one
-    loaded = ui.loaded()
-    model = loaded.cache.model_name if loaded is not None else None
-    state.default(K_SWEEP, next((n for n in labels if model and f"-{model}" in n), options[0]))
-    state.default(K_SWEEP_PATH, "")
-    choice = st.selectbox("Sweep", options, **state.sel_kw(K_SWEEP, options))
-    if choice == OTHER:
-        typed = st.text_input("Sweep folder (made by `compare --out DIR`) or results file", **state.kw(K_SWEEP_PATH)).strip()
-        if not typed:
-            st.info("Type the folder of a sweep: its `results.jsonl` grows as the sweep runs, and this page follows it.")
-            st.stop()
-        path = Path(typed).expanduser()
-    else:
-        path = labels[choice]
+def app_sweeps() -> dict[str, Path]:
+    """The sweeps run in the app: label -> the job's sweep folder (those with a results file yet)."""
+    store = jobs_ui.store()
+    found, _ = jobs_ui.list_jobs(store)
+    out = {}
+    for job in sorted((j for j in found if j["type"] == "sweep"), key=lambda j: j["created"], reverse=True):
+        folder = store.folder(job["job_id"]) / "sweep"
+        if (folder / RESULTS).is_file():
+            out[f"app sweep {job['job_id'].rsplit('-', 1)[-1]}: {job.get('label', '')} ({job['status']})"] = folder
+    return out
+
+
+def sweep_choices() -> dict[str, Path]:
+    """Every sweep the page offers: the committed ones (and ``DIET_EXPLORE_SWEEP_DIRS``), then the app's."""
+    return {sweep_name(p): p for p in sweep_sources()} | app_sweeps()
+
+
+def _name(row: dict) -> str:
+    return f"{row.get('label') or row['method']} at sparsity {row['sparsity']:g}"
+
+
+def say_versus(sweep, running: bool) -> None:
+    """DIET against each other method at each sparsity, in words (``decision.decision_sentences``;
+    ``running``: the sweep may still add examples to neither run, but a run it has not finished
+    is not in the file, so only a sweep still going says "not decided yet")."""
+    for ref, other, paired in sweep.versus():
+        tasks = len(paired.get("tasks") or {})
+        lines = decision_sentences(paired["average"], candidate=_name(ref), reference=_name(other), running=running, tasks=tasks)
+        for line in lines:
+            st.markdown(f"- {line}")
+
+
+def show_sweep(path: Path, running: bool = False) -> None:
+    """One sweep: its settings, verdict, paper-style table, DIET minus each method, and the curves
+    that have points (no empty chart while a sweep is still running)."""
     sweep = loaders.sweep_for(path)
     cfg = sweep.config or {}
     for problem in sweep.problems:  # damaged rows are left out (results.row_problem), never fatal
@@ -100,6 +116,7 @@ with ui.shown_errors():
     head, versus = versus_cells(sweep)
     if versus:
         st.subheader("DIET minus each method")
+        say_versus(sweep, running)
         st.dataframe(
             table_frame(head, versus),
             hide_index=True,
@@ -111,16 +128,19 @@ with ui.shown_errors():
 
     st.subheader("Curves")
     mode = st.radio("Main metric", list(MAIN_CURVES), horizontal=True, **state.sel_kw(K_MAIN_CURVE, MAIN_CURVES))
-    st.plotly_chart(curve_figure(sweep, MAIN_CURVES[mode]), key="rs_curve_main")
-    if sweep.has_examples():
-        st.plotly_chart(curve_figure(sweep, "gold_ll_per_char"), key="rs_curve_gold_ll")
-    else:
-        st.caption(f"No {CURVES['gold_ll_per_char'][1]} curve: this results file does not keep per-example log-likelihoods.")
-    st.plotly_chart(curve_figure(sweep, "ppl"), key="rs_curve_ppl")
-    st.caption(
-        "Perplexity is one number per model over 32 held-out wiki windows, so it has no interval; "
-        "single-task and leave-one-out use one model per task and have none."
-    )
+    drawn = 0
+    for curve, key in ((MAIN_CURVES[mode], "rs_curve_main"), ("gold_ll_per_char", "rs_curve_gold_ll"), ("ppl", "rs_curve_ppl")):
+        if curve_frame(sweep, curve).empty:  # no empty "no points" chart: say why instead
+            why = "no run has finished yet" if running else "this results file has none"
+            st.caption(f"No {CURVES[curve][1]} curve: {why}.")
+            continue
+        st.plotly_chart(curve_figure(sweep, curve), key=key)
+        drawn += 1
+    if drawn:
+        st.caption(
+            "Perplexity is one number per model over held-out wiki windows, so it has no interval; "
+            "single-task and leave-one-out use one model per task and have none."
+        )
     st.download_button(
         "Download the long table (CSV)",
         results_frame(sweep).to_csv(index=False),

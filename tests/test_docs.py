@@ -188,3 +188,14 @@ def test_readme_results_table_is_the_committed_sweep(sweep_of_record):
                 assert ppl == "", (cells[0], sparsity, ppl)
             else:
                 assert _numbers(ppl) == [pytest.approx(row["ppl"], abs=0.051 if row["ppl"] < 1000 else 0.51)], (cells[0], ppl)
+
+
+def test_readme_python_api_example_prints_what_it_says(monkeypatch, capsys):
+    """The README's Python API block runs from a checkout and prints the output its comment shows."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    expected = re.search(r"print\(.*\)\s*#\s*(.+)$", code, flags=re.M).group(1).strip()
+    monkeypatch.chdir(ROOT)
+    exec(compile(code, "README.md (Python API)", "exec"), {})
+    assert capsys.readouterr().out.strip() == expected

@@ -55,9 +55,17 @@ def test_a_job_then_a_sweep_on_the_same_examples_score_the_dense_model_once(stor
         ppl_windows=ecfg["ppl_windows"],
         device="cpu",
     )
+    seen: list[tuple[float, str]] = []
     rows = run_compare(
-        sweep, tmp_path / "sweep", store=RunStore(tmp_path / "runs2"), log=lambda m: None, eval_cache=E.EvalCache()
+        sweep,
+        tmp_path / "sweep",
+        store=RunStore(tmp_path / "runs2"),
+        log=lambda m: None,
+        eval_cache=E.EvalCache(),
+        progress=lambda f, m: seen.append((f, m)),
     )
+    # the bar and its text agree: each message starts with the bar's share of the whole sweep (the dense row is run 1)
+    assert seen and all(m.startswith(f"{f:.0%} of the sweep · run 2 of 2 (random@0.5): ") for f, m in seen if m != "done")
     assert dense_scored == ["job"]  # the sweep reused the job's dense results
     dense = next(r for r in rows if r["key"] == "dense")
     assert "reused" in dense

@@ -199,3 +199,20 @@ def test_readme_python_api_example_prints_what_it_says(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     exec(compile(code, "README.md (Python API)", "exec"), {})
     assert capsys.readouterr().out.strip() == expected
+
+
+def test_readme_quick_start_mask_prints_what_it_shows(monkeypatch, tmp_path, capsys):
+    """The quick start's `diet-explore mask` line, run as printed (its --out moved to a temp folder),
+    prints the line the README shows under it."""
+    import shlex
+
+    from diet_explore.cli import main
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = text.split("\n## Quick start\n", 1)[1].splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("$ diet-explore mask "))
+    argv = shlex.split(lines[at][2:], comments=True)[1:]
+    argv[argv.index("--out") + 1] = str(tmp_path / "mask.json")
+    monkeypatch.chdir(ROOT)
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[0] == lines[at + 1]

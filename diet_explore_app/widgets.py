@@ -166,8 +166,31 @@ def sparsity_slider() -> float:
     return st.slider(SPARSITY_LABEL, 0.0, S.SPARSITY_MAX, step=S.SPARSITY_STEP, help=HELP["sparsity"], **kw(S.KEY_SPARSITY))
 
 
-def threshold_slider() -> float:
-    return st.slider(THRESHOLD_LABEL, 0.0, 1.0, step=S.THRESHOLD_STEP, help=HELP["tau"], **kw(S.KEY_THRESHOLD))
+def ignored_now() -> dict[str, str]:
+    """The settings the current method does not read, with the reason (``masking.config.ignored_settings``,
+    the rule the CLI refuses flags by): their widgets are disabled and say why."""
+    from diet_explore.masking.config import ignored_settings
+
+    try:
+        return ignored_settings(MaskConfig(method=str(get(S.KEY_METHOD, "diet")), layer_agg=str(get(S.KEY_LAYER_AGG, "mean"))))
+    except DietError:  # a setting the page reports itself
+        return {}
+
+
+def disabled_kw(name: str, help_text: str, ignored: dict[str, str] | None) -> dict:
+    """``disabled`` and ``help`` for the widget of setting ``name``: disabled, with the reason, when
+    ``ignored`` (``ignored_now()``) names it."""
+    reason = (ignored or {}).get(name)
+    if reason is None:
+        return {"help": help_text}
+    return {"disabled": True, "help": f"{help_text}\n\n**Not read now**: {reason}."}
+
+
+def threshold_slider(ignored: dict[str, str] | None = None) -> float:
+    """The τ slider; ``ignored``: ``ignored_now()`` (disabled, with the reason, when the method reads no τ)."""
+    return st.slider(
+        THRESHOLD_LABEL, 0.0, 1.0, step=S.THRESHOLD_STEP, **disabled_kw("threshold", HELP["tau"], ignored), **kw(S.KEY_THRESHOLD)
+    )
 
 
 def slider_settings(cache: ScoreCache) -> dict[str, float]:
@@ -205,14 +228,16 @@ def open_expander(key: str, label: str):
     return bool(box.open), box
 
 
-def weight_slider(task: str) -> None:
-    st.slider(task, 0.0, S.WEIGHT_MAX, step=S.WEIGHT_STEP, help=HELP["weights"], **kw(S.weight_key(task)))
+def weight_slider(task: str, ignored: dict[str, str] | None = None) -> None:
+    st.slider(
+        task, 0.0, S.WEIGHT_MAX, step=S.WEIGHT_STEP, **disabled_kw("weights", HELP["weights"], ignored), **kw(S.weight_key(task))
+    )
 
 
-def weight_sliders(cache: ScoreCache) -> None:
+def weight_sliders(cache: ScoreCache, ignored: dict[str, str] | None = None) -> None:
     """One weight slider per evaluation task (the same keys on every page)."""
     for t in cache.task_names:
-        weight_slider(t)
+        weight_slider(t, ignored)
 
 
 def vote_settings(cache: ScoreCache) -> None:
@@ -221,8 +246,8 @@ def vote_settings(cache: ScoreCache) -> None:
     c1, c2 = st.columns(2)
     with c1:
         sparsity_slider()
-    with c2:
-        threshold_slider()
+    with c2:  # the weights stay live: they choose the tasks whose vote the page shows, whatever the method
+        threshold_slider({k: v for k, v in ignored_now().items() if k == "threshold"})
     with st.expander("Task weights (0 leaves a task out)", expanded=False):  # a fixed label: a new one would fold it
         cols = st.columns(4)
         for i, t in enumerate(cache.task_names):
@@ -252,16 +277,17 @@ def reset_to_paper_default(task_names: tuple[str, ...], sites: tuple[str, ...]) 
         reset(key, value)
 
 
-def score_controls(cache: ScoreCache, stacked: bool = False) -> tuple[str, str, int]:
+def score_controls(cache: ScoreCache, stacked: bool = False, ignored: dict[str, str] | None = None) -> tuple[str, str, int]:
     """Site, layer aggregation (and last k): how a task's (L, D) scores become (D,). ``stacked``: one
-    under the other (a narrow column, where three side by side cut their values off)."""
+    under the other (a narrow column, where three side by side cut their values off); ``ignored``:
+    ``ignored_now()`` where the mask is built (random and magnitude read no scores)."""
     c1, c2, c3 = (st.container(), st.container(), st.container()) if stacked else st.columns(3)
-    site = c1.selectbox("Site", cache.sites, help=HELP["site"], **sel_kw(S.KEY_SITE, cache.sites))
+    site = c1.selectbox("Site", cache.sites, **disabled_kw("site", HELP["site"], ignored), **sel_kw(S.KEY_SITE, cache.sites))
     agg = c2.selectbox(
         "Layer aggregation",
         list(S.LAYER_AGGS),
         **sel_kw(S.KEY_LAYER_AGG, list(S.LAYER_AGGS)),
-        help=HELP["layer_agg"],
+        **disabled_kw("layer_agg", HELP["layer_agg"], ignored),
     )
     last_k = get(S.KEY_LAST_K)
     if agg == "last_k":

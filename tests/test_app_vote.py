@@ -78,3 +78,20 @@ def test_rankings_tables_show_the_weighted_share_and_the_masks_decision(app, alp
         assert table[col].tolist() == (share[dims] >= 0.6 - 1e-9).tolist()
         shown += table[col].tolist()
     assert True in shown and False in shown  # both decisions are checked
+
+
+def test_settings_the_method_does_not_read_are_greyed_out_with_the_reason(app):
+    """The app showed a working τ slider for union, random and magnitude (the CLI refuses --threshold there)."""
+    at = run_page(app.run(), "mask_builder")
+    assert not at.slider(key="threshold").disabled and not at.slider(key="w_boolq").disabled
+    at.selectbox(key="method").select("random").run()
+    tau = at.slider(key="threshold")
+    assert tau.disabled and "Not read now" in tau.help and "random has no vote threshold" in tau.help
+    assert at.slider(key="w_boolq").disabled and at.selectbox(key="site").disabled and at.toggle(key="exact").disabled
+    assert not at.number_input(key="multiple").disabled and not at.slider(key="sparsity").disabled
+    assert any("Not read by random (greyed out): τ: random has no vote threshold" in c.value for c in at.caption)
+    at.selectbox(key="method").select("union").run()
+    assert at.slider(key="threshold").disabled and "any task keeps" in at.slider(key="threshold").help
+    assert not at.slider(key="w_boolq").disabled and not at.toggle(key="exact").disabled
+    run_page(at, "agreement")  # the same rule on every page that shows τ
+    assert at.slider(key="threshold").disabled and not at.slider(key="w_boolq").disabled

@@ -108,7 +108,9 @@ def test_agreement_table_and_bad_task(synthetic_cache_dir, capsys):
     assert main(["agreement", "--cache", str(synthetic_cache_dir)]) == 0
     out = capsys.readouterr().out
     assert (
-        "Jaccard of pruned sets at sparsity 0.2" in out and "prune votes per dim: 0 tasks:" in out and ", 1 task: " in out
+        "Jaccard of pruned sets at sparsity 0.2" in out
+        and "the mask (diet) prunes 100 of 576 dims; prune votes per dim (kept / pruned by the mask): 0 tasks:" in out
+        and ", 1 task: " in out
     )  # not "1 tasks"
     assert "prunes no dim" not in out
     assert main(["agreement", "--cache", str(synthetic_cache_dir), "--sparsity", "0"]) == 0  # empty sets: Jaccard 1
@@ -197,10 +199,10 @@ def test_mask_out_that_cannot_hold_the_mask_exits_2(synthetic_cache_dir, tmp_pat
     assert (tmp_path / "a-file").read_text() == "keep me" and not (tmp_path / "m.npy").exists()
 
 
-@pytest.mark.parametrize("tasks", ["boolq,boolq", ","])
-def test_agreement_refuses_repeated_or_no_tasks(synthetic_cache_dir, capsys, tasks):
+@pytest.mark.parametrize("tasks, message", [("boolq,boolq", "task(s) listed twice: boolq"), (",", "--tasks names no task")])
+def test_agreement_refuses_repeated_or_no_tasks(synthetic_cache_dir, capsys, tasks, message):
     assert main(["agreement", "--cache", str(synthetic_cache_dir), "--tasks", tasks, "--format", "csv"]) == 2
-    assert "agreement needs distinct tasks" in capsys.readouterr().err
+    assert message in capsys.readouterr().err  # the mask's own rule: agreement takes the flags of mask
 
 
 def test_stability_refuses_zero_curve_resamples(synthetic_cache_dir, capsys):

@@ -58,11 +58,12 @@ def register(sub) -> None:
 
 def compare_config(args):
     """The ``CompareConfig`` compare's flags give (also what ``jobs submit compare`` queues)."""
-    from diet_explore.core.config import parse_float
+    from diet_explore.core.config import check_seed, parse_float
     from diet_explore.core.errors import DietError
     from diet_explore.experiments.sweep import CompareConfig
     from diet_explore.masking.config import MaskConfig
 
+    check_seed(args.mask_seed, "--mask-seed")  # named as given (the mask calls its seed --seed)
     sparsities = [parse_float(s) for s in csv_list(args.sparsity)]
     if None in sparsities:
         raise DietError(f"bad --sparsity {args.sparsity!r}: comma-separated numbers in the digits 0-9", "e.g. --sparsity 0.1,0.2")

@@ -62,11 +62,12 @@ with ui.shown_errors():
 
     controls, results = st.columns([1, 2], gap="large")
     with controls:
+        ignored = ui.ignored_now()  # what the current method does not read: disabled, with the reason
         ui.reset_button(cache)
         ui.sparsity_slider()
-        ui.threshold_slider()
+        ui.threshold_slider(ignored)
         st.markdown("**Task weights** (0 removes the task)")
-        ui.weight_sliders(cache)
+        ui.weight_sliders(cache, ignored)
         method = st.selectbox(
             "Merge rule",
             METHODS,
@@ -78,14 +79,21 @@ with ui.shown_errors():
             st.selectbox("Task", cache.task_names, **state.sel_kw(state.K_SINGLE_TASK, cache.task_names))
         if method == "leave-one-out":
             st.selectbox("Held-out task", cache.task_names, **state.sel_kw(state.K_HELD_OUT, cache.task_names))
-        ui.score_controls(cache, stacked=True)
+        ui.score_controls(cache, stacked=True, ignored=ignored)
         st.selectbox(
             "Normalisation (mean-score merge, exact tie-breaks)",
             list(S.NORMALIZATIONS),
             **state.sel_kw(S.KEY_NORMALIZE, S.NORMALIZATIONS),
+            **ui.disabled_kw("normalize", "How each task's scores are made comparable before they are averaged.", ignored),
         )
-        st.toggle("Exact count", help=ui.HELP["exact"], **state.kw(S.KEY_EXACT))
+        st.toggle("Exact count", **ui.disabled_kw("exact", ui.HELP["exact"], ignored), **state.kw(S.KEY_EXACT))
         st.number_input("Kept count a multiple of", 1, 4096, step=1, **state.kw(S.KEY_MULTIPLE), help=ui.HELP["multiple"])
+        shown = {k: v for k, v in ignored.items() if k in ("threshold", "weights", "site", "layer_agg", "normalize", "exact")}
+        if shown:
+            names = {"threshold": "τ", "weights": "task weights", "layer_agg": "layer aggregation", "normalize": "normalisation"}
+            st.caption(
+                f"Not read by {method} (greyed out): " + "; ".join(f"{names.get(k, k)}: {v}" for k, v in shown.items()) + "."
+            )
 
     with results, ui.shown_errors():
         config, result = ui.current_mask(loaded)

@@ -200,16 +200,21 @@ def profile(config: ProfileConfig, out: str | Path, progress: Progress | None = 
 
     ``loaded`` = (model, tokenizer, ModelInfo) skips loading (tests, the app's cached model).
     """
-    atomic.check_writable(out, "--out", folder=True)  # an unusable --out fails now, not after the first task
+    _check_out(out)
+    # one run per cache folder: two runs each rewrote the manifest with only their own tasks, and one
+    # run's finished tasks were lost (their files orphaned). The second run is refused, not queued.
+    with atomic.locked(out, timeout=0, in_use=f"--out {out} is being written by another profile run"):
+        return _profile(config, Path(out), progress, loaded)
+
+
+def _check_out(out: str | Path) -> None:
+    """An unusable --out fails before any work (not after the first task), and so does a model folder."""
+    atomic.check_writable(out, "--out", folder=True)
     if (Path(out) / "config.json").exists():  # a model folder (a pruned one too): a prune --overwrite would delete the cache
         raise DietError(
             f"--out {out} holds a model (config.json), not a score cache",
             "profile into a folder of its own, e.g. --out cache/<model name>",
         )
-    # one run per cache folder: two runs each rewrote the manifest with only their own tasks, and one
-    # run's finished tasks were lost (their files orphaned). The second run is refused, not queued.
-    with atomic.locked(out, timeout=0, in_use=f"--out {out} is being written by another profile run"):
-        return _profile(config, Path(out), progress, loaded)
 
 
 def _profile(config: ProfileConfig, out: Path, progress: Progress | None, loaded) -> ScoreCache:
@@ -299,6 +304,7 @@ def pending_work(config: ProfileConfig, out: str | Path) -> list[str]:
     (and the generic text) not yet in the cache, with ``add_contexts`` those lacking contexts, and
     "baselines" when they are missing; [] when the cache is complete, so a run has nothing to do
     and writes nothing. A cache made with other settings is refused, as the run refuses it."""
+    _check_out(out)
     manifest = check_resume(out, _planned_header(config), PRELOAD_RESUME_KEYS)
     specs = resolve_tasks(config.tasks, load_registry(config.task_files))
     wanted = [s.name for s in specs] + ([WIKI_TASK] if config.generic else [])

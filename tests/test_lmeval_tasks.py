@@ -172,3 +172,23 @@ def test_eval_prints_the_commands_that_write_and_run_its_held_out_documents(tmp_
     ids = [r["doc_id"] for r in _rows(tmp_path / "lm", "rte")]
     config = EvalConfig(tasks="rte", limit=3, seed=7, perplexity=False, exclude_cache=str(synthetic_cache_dir))
     assert ids[:3] == [r.doc_id for r in eval_requests(config)["rte"]] and len(ids) > 100
+
+
+def test_eval_of_a_pruned_folder_alone_hands_off_dense_and_pruned(tmp_path, capsys):
+    from diet_explore.cli import main
+    from diet_explore.masking.build import paper_default
+    from diet_explore.masking.maskfile import mask_file_from_result, save_mask
+    from diet_explore.models.adapters.tiny import save_tiny_folder
+    from diet_explore.models.builtin import store_path
+    from diet_explore.profiling.synthetic import synthetic_cache
+
+    folder = save_tiny_folder(tmp_path / "pruned")
+    cache = synthetic_cache(n_samples=8, seed=1)
+    cache.manifest["model"]["name"] = "smollm2-135m"  # built from the built-in's cache
+    save_mask(mask_file_from_result(paper_default(cache, 0.25), cache), folder / "diet_mask.json")
+    argv = ["eval", "--model", str(folder), "--tasks", "rte", "--limit", "2", "--no-perplexity", "--no-eval-cache"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    lines = [line.strip() for line in out.splitlines() if line.strip().startswith(("dense: lm_eval", "pruned: lm_eval"))]
+    assert f"pretrained={store_path('smollm2-135m')}," in lines[0] and f"pretrained={folder}," in lines[1]
+    assert f"--mask {folder / 'diet_mask.json'}" in out  # its calibration examples are left out of the task files

@@ -152,8 +152,9 @@ def hand_off_text(args, config, tasks: list[str], device: str) -> str:
     if args.compare_to:
         labels = ("dense", "pruned") if config.exclude_masks else ("reference", "model")
         models = {labels[0]: folder(args.compare_to), labels[1]: folder(args.model)}
-    else:
-        models = {"model": folder(args.model)}
+    else:  # a pruned folder alone: its dense source from its mask, when the mask names one
+        dense = _dense_source(config.exclude_masks)
+        models = {"dense": dense, "pruned": folder(args.model)} if dense else {"model": folder(args.model)}
     seed = args.seed if args.seed != DEFAULT_SEED else None
     write = lmeval_tasks_command(LMEVAL_DIR, config.tasks, args.cache, config.exclude_masks, seed)
     dtype = dtype_name(pick_dtype(args.dtype, device))
@@ -164,6 +165,19 @@ def hand_off_text(args, config, tasks: list[str], device: str) -> str:
     ]
     lines += [f"  {line}" for line in hand_off(models, LMEVAL_DIR, [task_name(t) for t in tasks], dtype, device)]
     return "\n".join(lines)
+
+
+def _dense_source(masks: list[str]) -> str | None:
+    """The model a pruned folder's mask was built from, as lm_eval loads it (a built-in: its
+    de-quantized store folder); None without a mask or a recorded model id."""
+    from diet_explore.masking.maskfile import load_mask
+    from diet_explore.models.builtin import builtin_for, store_path
+
+    if not masks:
+        return None
+    mask = load_mask(masks[0])
+    spec = builtin_for(mask.model_name)
+    return str(store_path(spec.name)) if spec else mask.model_id
 
 
 def pruned_folder_masks(names: list[str], cache: str | None) -> list[str]:

@@ -880,22 +880,19 @@ def submit_prune_job(
 
 
 def run_prune_save_job(config: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    """The ``prune_save`` job: load (or reuse) the dense model, prune a copy, save it atomically."""
+    """The ``prune_save`` job: the folder ``diet-explore prune`` writes (``streaming.prune_to_folder``:
+    a safetensors checkpoint is pruned tensor by tensor, so the worker's loaded model is neither
+    needed nor copied)."""
     from diet_explore.masking.maskfile import MaskFile
-    from diet_explore.pruning.saving import save_pruned
-    from diet_explore.pruning.slicing import prune_model
+    from diet_explore.models.loading import model_source
+    from diet_explore.pruning.streaming import prune_to_folder
 
     mask_file = MaskFile(**config["mask_file"])
-    ctx.log(f"Loading {config['model']}…")
-    model, tokenizer, _ = ctx.load_model(config["model"])
-    ctx.progress(0.4, f"Pruning to {mask_file.n_keep} of {mask_file.hidden_size} hidden dims…")
-    pruned = prune_model(model, mask_file.keep)
-    ctx.progress(0.7, f"Saving to {config['folder']}…")
-    saved = save_pruned(
-        pruned, tokenizer, config["folder"], mask_file=mask_file, overwrite=config["overwrite"], source_model=config["model"]
-    )
-    del pruned
-    return {"folder": str(saved), "n_keep": mask_file.n_keep}
+    ctx.progress(0.1, f"Pruning {config['model']} to {mask_file.n_keep} of {mask_file.hidden_size} hidden dims…")
+    result = prune_to_folder(model_source(config["model"]), mask_file, config["folder"], overwrite=config["overwrite"])
+    if not result.streamed:
+        ctx.log(f"Loaded the model to prune it ({result.why_loaded}).")
+    return {"folder": str(result.folder), "n_keep": mask_file.n_keep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,6 +78,6 @@ def run(args) -> int:
     total = sum(cache.manifest["tasks"][t].get("wall_time_s", 0.0) for t in cache.tasks)
     print(
         f"cache {args.out}: {cache.model_name}, hidden {cache.hidden_size}, {cache.num_layers} layers, "
-        f"tasks {', '.join(cache.tasks)}; profiling time {total:.1f} s"
+        f"tasks {', '.join(cache.tasks)}; profiling time of its tasks {total:.1f} s (this run and any earlier ones)"
     )
     return 0

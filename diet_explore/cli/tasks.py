@@ -20,14 +20,18 @@ def run(args) -> int:
 
     problems: list[tuple[str, DietError]] = []
     registry = load_registry(args.task_file)  # a bad --task-file is one error line, not a header and then one
-    print(f"{'task':<15} {'format':<16} {'examples':>8}  lm-eval task")
+    print(f"{'task':<15} {'format':<16} {'examples':>8}  {'main metric':<12} lm-eval task")
     for name, spec in registry.items():
         try:
             size = str(check_task_data(spec))
         except DietError as exc:
             size = "n/a"
             problems.append((name, exc))
-        print(f"{name:<15} {spec.format:<16} {size:>8}  {spec.lm_eval_task or '-'}")
+        print(f"{name:<15} {spec.format:<16} {size:>8}  {spec.main_metric:<12} {spec.lm_eval_task or '-'}")
+    print(
+        "\nlm-eval's own tasks score whole splits, calibration examples included; `diet-explore lmeval-tasks` "
+        "writes diet_<task> over the held-out documents eval scores"
+    )
     # After the table, so it stays one row per task; these say why a task shows n/a.
     for name, exc in problems:
         print(f"\n{name}: {exc.message}" + (f"\n  hint: {exc.hint}" if exc.hint else ""))

@@ -137,6 +137,7 @@ def cache_picker() -> Loaded | None:
     except DietError as exc:
         show_error(exc)
         return None
+    carry_multiple(loaded.cache)
     return loaded
 
 
@@ -355,15 +356,80 @@ def saveable_hint(cache: ScoreCache, n_keep: int) -> str | None:
     )
 
 
-def saveable_fix(cache: ScoreCache, n_keep: int, box, key: str) -> None:
+K_ROUNDED = "_rounded"  # what the round button changed: {"from", "to", "multiple"} kept dims
+
+
+def saveable_fix(loaded: Loaded, config: MaskConfig, n_keep: int, box, key: str) -> None:
     """``saveable_hint`` in ``box`` (``st.info`` or ``st.warning``) with the fix one click away: a button
-    that sets *Kept count a multiple of* to what the model needs (the Mask builder's setting)."""
-    hint = saveable_hint(cache, n_keep)
+    that sets *Kept count a multiple of* to what the model needs (the Mask builder's setting), naming
+    the kept count before and after (rounding changes the mask: it is no longer the one evaluated)."""
+    import dataclasses
+
+    hint = saveable_hint(loaded.cache, n_keep)
     if hint is None:
         return
     box(hint)
-    need = loaders.saveable_multiple(model_name_for(cache))
-    st.button(f"Round the kept count to a multiple of {need}", key=key, on_click=reset, args=(S.KEY_MULTIPLE, need))
+    need = loaders.saveable_multiple(model_name_for(loaded.cache))
+    try:
+        rounded = loaders.mask_for(loaded.path, loaded.sha, dataclasses.replace(config, multiple_of=need).to_json()).n_keep
+    except DietError:  # e.g. the multiple exceeds the hidden size: the page names that when it is set
+        rounded = None
+    after = f": {n_keep} → {rounded} kept dims" if rounded is not None else ""
+    st.button(
+        f"Round the kept count to a multiple of {need}{after}",
+        key=key,
+        on_click=_round_kept_count,
+        args=(need, n_keep, rounded),
+        help="A different mask: the dims nearest the vote's threshold are added or dropped, so results of the mask "
+        "evaluated before rounding no longer apply to it.",
+    )
+
+
+def _round_kept_count(need: int, before: int, after: int | None) -> None:
+    reset(S.KEY_MULTIPLE, need)
+    st.session_state[K_ROUNDED] = {"from": before, "to": after, "multiple": need}
+
+
+def rounded_note(config: MaskConfig, n_keep: int) -> None:
+    """After the round button: the kept count went from A to B, and this is not the mask evaluated
+    before (shown while the rounding is on)."""
+    done = st.session_state.get(K_ROUNDED)
+    if not done or config.multiple_of != done["multiple"] or done["from"] == n_keep:
+        return
+    st.warning(
+        f"**Rounded: {done['from']} → {n_keep} kept dims** (a multiple of {done['multiple']}). This is not the mask "
+        f"evaluated before rounding: evaluate it again on Prune & evaluate before quoting its numbers. Set *Kept count "
+        "a multiple of* back to 1 on the Mask builder to return to it."
+    )
+
+
+K_MULTIPLE_MODEL = "_multiple_model"  # the model the kept-count multiple was chosen on
+
+
+def carry_multiple(cache: ScoreCache) -> None:
+    """A kept-count multiple chosen on another model's cache is never carried silently: it becomes the
+    new model's head-count multiple when it was the old one's (re-derived), else 1 (any count), with a
+    note among the page's warnings. Called once per run, before any settings widget."""
+    if not state.has(S.KEY_MULTIPLE):
+        return
+    m, model = int(get(S.KEY_MULTIPLE)), cache.model_name
+    chosen_for = st.session_state.get(K_MULTIPLE_MODEL)
+    st.session_state[K_MULTIPLE_MODEL] = model
+    if m <= 1 or chosen_for is None or chosen_for == model:
+        return
+    need = loaders.saveable_multiple(model)
+    rederive = bool(need and need > 1 and m == loaders.saveable_multiple(chosen_for))
+    new = need if rederive else 1
+    reset(S.KEY_MULTIPLE, new)
+    st.session_state.pop(K_ROUNDED, None)
+    why = (
+        f"re-derived as {new}, the attention head count {model} needs to save a pruned folder"
+        if rederive
+        else "reset to 1 (any count); set it again on the Mask builder if this model needs one"
+    )
+    st.session_state[state.K_LINK_WARNINGS] = st.session_state.get(state.K_LINK_WARNINGS, []) + [
+        f"*Kept count a multiple of* {m} was chosen on a {chosen_for} cache; this cache is {model}: {why}."
+    ]
 
 
 class NotInstalled(DietError):

@@ -35,9 +35,10 @@ with ui.shown_errors():
     export_dir = ui.export_dir()
 
     st.markdown(
-        f"Current mask: **{config.method}**, target sparsity {config.sparsity:.2f}, kept "
+        f"Current mask: **{config.label()}**, target sparsity {config.sparsity:.2f}, kept "
         f"**{result.n_keep}** of {result.hidden_size} dims (actual sparsity {result.sparsity:.4f})."
     )
+    ui.rounded_note(config, result.n_keep)
     # the default name carries a hash of the settings (until the user types a name of their own)
     state.follow(K_NAME, S.default_export_name(cache.model_name, config, cache.manifest_hash))
     raw_name = st.text_input("Export name (a plain name: no folders)", **state.kw(K_NAME))
@@ -88,7 +89,7 @@ with ui.shown_errors():
 
     st.markdown("**Save a pruned model folder**")
     hint = ui.saveable_hint(cache, result.n_keep)
-    ui.saveable_fix(cache, result.n_keep, st.warning, key="export_round_for_saving")
+    ui.saveable_fix(loaded, config, result.n_keep, st.warning, key="export_round_for_saving")
     name_or_path = ui.model_name_for(cache)
     problem = ui.model_problem(name_or_path)
     reason = ui.show_model_problem(problem) if problem else None

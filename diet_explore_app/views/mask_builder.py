@@ -116,7 +116,8 @@ with ui.shown_errors():
         )
         c[3].metric("Voting tasks", len(result.tasks))
         # information here (evaluating the mask works); Export, where saving is the action, warns
-        ui.saveable_fix(cache, result.n_keep, st.info, key="mb_round_for_saving")
+        ui.saveable_fix(loaded, config, result.n_keep, st.info, key="mb_round_for_saving")
+        ui.rounded_note(config, result.n_keep)
         massive = loaders.massive_for(loaded.path, loaded.sha, config.site, config.layer_agg, config.last_k)
         if massive.dims:
             pruned = [d for d in massive.dims if not result.keep[d]]

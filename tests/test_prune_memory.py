@@ -244,3 +244,29 @@ def test_a_prune_and_evaluate_job_holds_one_pruned_model_at_a_time(tmp_path, tin
     finally:
         stop_workers(store)
     assert alive_at_build == [0, 0, 0]
+
+
+def test_a_sweep_pre_checks_memory_for_the_dense_model_and_one_pruned_copy(tmp_path, monkeypatch):
+    from diet_explore.experiments.runs import RunStore
+    from diet_explore.experiments.sweep import CompareConfig, run_compare
+    from diet_explore.profiling.cache import save_cache
+    from diet_explore.profiling.synthetic import synthetic_cache
+    from diet_explore.pruning.slicing import PRUNED_COPY_PEAK
+
+    cache = save_cache(synthetic_cache(hidden_size=64, num_layers=2, tasks=("rte",), n_samples=8, seed=1), tmp_path / "c")
+    config = CompareConfig(
+        model="tiny", cache=str(cache), sparsities=[0.25], methods=["random"], tasks="rte", limit=3, perplexity=False
+    )
+    seen = {}
+
+    class Loaded(Exception):
+        pass
+
+    def fake_load(name, device, dtype, copies=1.0):
+        seen["copies"] = copies
+        raise Loaded
+
+    monkeypatch.setattr("diet_explore.models.loading.load_model", fake_load)
+    with pytest.raises(Loaded):
+        run_compare(config, tmp_path / "out", store=RunStore(tmp_path / "runs"))
+    assert seen["copies"] == PRUNED_COPY_PEAK == 2.0

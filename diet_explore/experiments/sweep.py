@@ -343,7 +343,7 @@ def run_compare(
     from diet_explore.models.loading import dtype_name
     from diet_explore.profiling.cache import load_cache
     from diet_explore.pruning.saving import required_multiple
-    from diet_explore.pruning.slicing import prune_model
+    from diet_explore.pruning.slicing import PRUNED_COPY_PEAK, prune_model
 
     report = progress or (lambda f, m: None)
     out = Path(out)
@@ -386,7 +386,8 @@ def run_compare(
     if model is None:
         from diet_explore.models.loading import load_model
 
-        model, tokenizer, info = load_model(config.model, config.device, config.dtype)  # in resolved_dtype()
+        # in resolved_dtype(); the pre-check counts the pruned copy each run holds beside the dense model
+        model, tokenizer, info = load_model(config.model, config.device, config.dtype, copies=PRUNED_COPY_PEAK)
     if cache.hidden_size != int(model.config.hidden_size):
         raise DietError(
             f"cache {config.cache} is for hidden size {cache.hidden_size}, the model has {model.config.hidden_size}",

@@ -27,6 +27,10 @@ from diet_explore.core.errors import DietError
 from diet_explore.models.adapters import get_adapter
 from diet_explore.pruning.saving import check_saveable
 
+#: Peak memory, in weight-sizes, of a process that holds a dense model and one pruned copy of it
+#: (``prune_model``): 1 + the kept share, so at most 2. The memory pre-check's ``copies`` for a sweep.
+PRUNED_COPY_PEAK = 2.0
+
 
 def check_keep(keep: np.ndarray, hidden_size: int) -> np.ndarray:
     """The mask as a (D,) bool array, or a DietError saying what is wrong with it."""

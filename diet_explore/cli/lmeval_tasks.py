@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from diet_explore.cli._common import csv_list, int_arg
+from diet_explore.tasks.data import DEFAULT_SEED
 
 
 def register(sub) -> None:
@@ -20,7 +21,7 @@ def register(sub) -> None:
         metavar="PATH",
         help="a mask file or pruned folder whose recorded calibration ids are left out too (repeatable)",
     )
-    p.add_argument("--seed", type=int_arg, default=None, help="eval's --seed (default: the default seed)")
+    p.add_argument("--seed", type=int_arg, default=DEFAULT_SEED, help="eval's --seed: the draw shared with calibration")
     p.add_argument(
         "--limit", type=int_arg, default=None, help="write only eval's first N held-out documents (default: every one)"
     )

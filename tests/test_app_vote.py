@@ -95,3 +95,21 @@ def test_settings_the_method_does_not_read_are_greyed_out_with_the_reason(app):
     assert not at.slider(key="w_boolq").disabled and not at.toggle(key="exact").disabled
     run_page(at, "agreement")  # the same rule on every page that shows τ
     assert at.slider(key="threshold").disabled and not at.slider(key="w_boolq").disabled
+
+
+def test_the_dimension_page_says_why_a_dim_whose_share_passes_tau_is_pruned(app, alpha):
+    at = app.run()
+    _tune(at, 0.6, {"boolq": 2.0})
+    at.toggle(key="exact").set_value(True).run()
+    _, _, share = _by_hand(alpha, {"boolq": 2.0})
+    from diet_explore.masking.build import MaskConfig, build_mask
+
+    keep = build_mask(alpha, MaskConfig(threshold=0.6, weights={"boolq": 2.0}, exact=True)).keep
+    dim = int(np.flatnonzero((share >= 0.6 - 1e-9) & ~keep)[0])
+    at.session_state["_keep_inspect_dim"] = dim
+    run_page(at, "dimension")
+    assert metrics(at)["Current mask"] == "pruned"
+    assert any(
+        f"Pruned although its share reaches τ 0.6 (share {share[dim]:.3f})" in i.value and "--exact keeps exactly" in i.value
+        for i in at.info
+    )

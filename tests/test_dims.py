@@ -310,6 +310,7 @@ def test_a_dim_whose_share_reaches_tau_but_is_pruned_says_why(cache, alpha_dir, 
     assert not card.mask_kept and card.vote_share == pytest.approx(share[odd[0]])
     (note,) = [n for n in card.notes if "although" in n]
     assert f"pruned although its share reaches τ 0.6 (share {share[odd[0]]:.3f})" in note and cause in note
+    assert card.why.startswith("Pruned although its share reaches τ 0.6") and cause in card.why
     assert not [n for n in dim_card(cache, config, int(np.flatnonzero(mask)[0])).notes if "although" in n]
     argv = ["dim", "--cache", str(alpha_dir), "--dim", str(odd[0]), "--resamples", "0", "--threshold", "0.6"]
     argv += ["--weights", "boolq=2"] + (["--exact"] if config.exact else ["--multiple-of", "64"])

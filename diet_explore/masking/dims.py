@@ -143,6 +143,7 @@ class DimCard:
     wiki_rank: int | None
     wiki_task: str | None
     contexts_command: str | None = None  # the profile command that adds contexts (when some are missing)
+    why: str | None = None  # why the mask's decision is not what share ≥ τ says (exact count, multiple-of)
     keep_frequency: float | None = None  # bootstrap keep frequency (None: not computed)
     n_resamples: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -292,6 +293,7 @@ def dim_card(cache, config: MaskConfig, dim: int, stability=None, mask: MaskResu
     why = vote.why(dim)  # e.g. a share ≥ τ pruned by the exact count or the rounding to a multiple
     if why:
         notes.append(f"dim {dim} is {why}")
+        why = f"{'Pruned' if not result.keep[dim] else 'Kept'} {why.split(' ', 1)[1]}"
     first = first_token_counts(c, site)
     if first is not None and first_token_dims(c, site)[dim]:  # the one rule, as the Overview counts it
         notes.append(first_token_note(int(first[0][dim]), first[1]))
@@ -310,6 +312,7 @@ def dim_card(cache, config: MaskConfig, dim: int, stability=None, mask: MaskResu
         weight_magnitude_rank=int(ranks(wm)[dim]) if wm is not None else None,
         wiki_rank=int(ranks(pre.task_scores(wiki, site, agg, last_k))[dim]) if wiki else None,
         wiki_task=wiki or None,
+        why=why,
         contexts_command=None if all(c.tasks[t].contexts is not None for t in names) else contexts_command(c),
         keep_frequency=float(stability.keep_frequency[dim]) if stability is not None else None,
         n_resamples=int(stability.n_resamples) if stability is not None else None,

@@ -84,8 +84,14 @@ with ui.shown_errors():
             f"**Massive-activation dim**: {card.massive_ratio:.1f}× the median dim's score (flagged at ≥ "
             f"{MASSIVE_FACTOR:g}×; the ratio is the median over tasks of score / that task's median dim score)."
         )
+    if card.why:  # a share that passes τ, pruned (or one below τ, kept): the exact count or the rounding decided
+        st.info(f"**{card.why}.**")
     m = st.columns(5)
-    m[0].metric("Current mask", "kept" if card.mask_kept else "pruned", help=f"{config.method}, {card.mask_n_keep} of {d} kept")
+    m[0].metric(
+        "Current mask",
+        "kept" if card.mask_kept else "pruned",
+        help=f"{config.label()}, {card.mask_n_keep} of {d} kept" + (f". {card.why}" if card.why else ""),
+    )
     if card.vote_share is not None:
         m[1].metric(
             "Vote share (keep)",

@@ -184,13 +184,14 @@ with ui.shown_errors():
         stability_section(loaded, config)
 
         st.markdown("**Massive-activation dims in this mask** (pick a row to open it on the Dimension page)")
+        vote = loaders.vote_view_for(loaded.path, loaded.sha, config.to_json())  # the tasks' vote behind the mask
         ui.dim_table(
             pd.DataFrame(
                 {
                     "dim": massive.dims,
                     ui.RATIO_ACROSS_TASKS: [round(float(massive.ratio[d]), 2) for d in massive.dims],
                     "mask": ["kept" if result.keep[d] else "pruned" for d in massive.dims],
-                    "keep share": [round(float(result.votes[d]), 4) for d in massive.dims],
+                    "keep share": [round(float(vote.share[d]), 4) for d in massive.dims],
                 }
             ),
             key="mb_massive",

@@ -106,3 +106,8 @@ def test_each_run_builds_the_tuned_mask_and_is_labelled_by_what_differs(syntheti
     loo = sweep_mask_config(config, "leave-one-out", 0.2, 1, held_out_task="rte")
     assert loo.label() == "leave-one-out without rte τ0.6 boolq×2"
     assert CompareConfig().mask.label() == "diet exact"  # compare's default: every method keeps the same count
+
+
+def test_compare_reads_the_old_method_names():
+    config = CompareConfig(methods=["diet", "leave_one_out", "single"])
+    assert config.methods == ["diet", "leave-one-out", "single-task"]

@@ -69,7 +69,7 @@ from diet_explore.experiments.results import (
     task_row,
 )
 from diet_explore.experiments.runs import run_record
-from diet_explore.masking.config import MaskConfig
+from diet_explore.masking.config import MaskConfig, canonical_method
 from diet_explore.models.builtin import DEFAULT_MODEL
 from diet_explore.tasks import data
 
@@ -191,6 +191,7 @@ class CompareConfig(JsonConfig):
                 f"the mask rounds to a multiple of {self.mask.multiple_of} and round_to_model asks for the model's multiple",
                 "give one of them: --multiple-of N alone rounds to N",
             )
+        self.methods = [canonical_method(m) for m in self.methods]  # an older name (leave_one_out) is read as its new one
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise DietError(f"unknown method(s): {', '.join(unknown)}", f"choose from {', '.join(METHODS)}")

@@ -1,8 +1,8 @@
 """diet-explore tune on SmolLM2 and its committed cache: what the pruner saves, what a search costs,
 and whether the live proxy would make a good pre-filter.
 
-    python benchmarks/bench_tune.py                     # 30 trials at sparsity 0.2, --limit 8
-    python benchmarks/bench_tune.py --recall            # also: 30 trials run to the end (no pruner)
+    python benchmarks/bench_tune.py                     # both: 30 trials at 0.2, 3 tasks x --limit 24
+    python benchmarks/bench_tune.py --only search       # or: --only recall
 
 1. ``search``: a 30-trial study (TPE, Hyperband) at sparsity 0.2, every mask at the exact kept count
    (a multiple of the 9 heads), on ``--limit`` held-out examples per task split half tuning, half
@@ -10,7 +10,7 @@ and whether the live proxy would make a good pre-filter.
    (target: the pruner saves ≥ 20%), the wall time of the search and of the final test-set
    evaluation, and the report's sentences. Small limits make every Δ noisy: this measures the
    machinery, not whether tuning helps.
-2. ``recall`` (with ``--recall``): the same search with no pruner, so every trial has its full
+2. ``recall``: the same search with no pruner, so every trial has its full
    tuning-set value; prints the live proxy's best-k recall (``tune.proxy_recall``) against chance.
 """
 
@@ -45,6 +45,7 @@ def search(root: Path, loaded, args, pruner: str, name: str) -> tuple[dict, floa
         multiple_of=9,
         trials=args.trials,
         limit=args.limit,
+        tasks=args.tasks.split(",") if args.tasks != "all" else "all",
         pruner=pruner,
         device="cpu",
         baselines=["default", "random", "wiki", "slicegpt"] if pruner != "none" else ["default"],
@@ -67,9 +68,10 @@ def search(root: Path, loaded, args, pruner: str, name: str) -> tuple[dict, floa
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=30)
-    ap.add_argument("--limit", type=int, default=8, help="held-out examples per task (half tuning, half test)")
+    ap.add_argument("--limit", type=int, default=24, help="held-out examples per task (half tuning, half test)")
+    ap.add_argument("--tasks", default="arc_easy,winogrande,openbookqa", help="evaluated tasks (every cache task votes)")
+    ap.add_argument("--only", choices=["search", "recall"], default=None, help="one of the two measurements")
     ap.add_argument("--sparsity", type=float, default=0.2)
-    ap.add_argument("--recall", action="store_true", help="also run every trial to the end and measure the proxy's best-k recall")
     ap.add_argument("--k", type=int, default=5)
     args = ap.parse_args()
     from diet_explore.experiments import tune
@@ -80,38 +82,49 @@ def main() -> int:
     print(f"load before: {load_avg()}")
     ok = True
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
-        out, total = search(Path(tmp), loaded, args, "hyperband", "bench")
-        s = out["savings"]
-        share = s["saved"] / max(s["full"], 1)
-        print(
-            f"search: {args.trials} trials at sparsity {args.sparsity:g}, 7 tasks x {args.limit} held-out examples "
-            f"({sum(len(v) for v in out['split']['tuning'].values())} tuning, "
-            f"{sum(len(v) for v in out['split']['test'].values())} test), SmolLM2-135M on CPU"
-        )
-        print(
-            f"  pruner: {s['scored']:,} of {s['full']:,} example-evaluations run, {s['saved']:,} saved "
-            f"({share:.0%}; target >= {SAVED_TARGET:.0%}: ratio {share / SAVED_TARGET:.2f})"
-        )
-        print(f"  wall time: search {out['_search_s']:.0f} s, final test evaluation {out['_final_s']:.0f} s, total {total:.0f} s")
-        print(f"  best: {out['best']['label']} ({out['best']['n_keep']} dims kept)")
-        for line in out["sentences"]:
-            print(f"  {line}")
-        for name, note in out["notes"].items():
-            print(f"  {name}: not compared ({note})")
-        ok &= share >= SAVED_TARGET
-        if args.recall:
-            import optuna
-
-            out2, total2 = search(Path(tmp), loaded, args, "none", "bench-full")
-            db, _ = tune.study_paths(Path(tmp), "bench-full")
-            rows = tune.trial_rows(optuna.load_study(study_name="bench-full", storage=tune.storage_url(db)))
-            r = tune.proxy_recall(rows, args.k)
-            print(
-                f"recall: {r['n']} complete trials with distinct masks run to the end ({total2:.0f} s); the live proxy's "
-                f"best-{r['k']} recall {r['recall']:.2f} (chance {r['chance']:.2f})"
-            )
+        if args.only != "recall":
+            ok &= report_search(Path(tmp), loaded, args)
+        if args.only != "search":
+            report_recall(Path(tmp), loaded, args)
     print(f"load after: {load_avg()}")
     return 0 if ok else 1
+
+
+def report_search(tmp: Path, loaded, args) -> bool:
+    out, total = search(tmp, loaded, args, "hyperband", "bench")
+    s = out["savings"]
+    share = s["saved"] / max(s["full"], 1)
+    print(
+        f"search: {args.trials} trials at sparsity {args.sparsity:g}, {args.tasks} x {args.limit} held-out examples "
+        f"({sum(len(v) for v in out['split']['tuning'].values())} tuning, "
+        f"{sum(len(v) for v in out['split']['test'].values())} test), SmolLM2-135M on CPU"
+    )
+    print(
+        f"  pruner: {s['scored']:,} of {s['full']:,} example-evaluations run, {s['saved']:,} saved "
+        f"({share:.0%}; target >= {SAVED_TARGET:.0%}: ratio {share / SAVED_TARGET:.2f})"
+    )
+    print(f"  wall time: search {out['_search_s']:.0f} s, final test evaluation {out['_final_s']:.0f} s, total {total:.0f} s")
+    print(f"  best: {out['best']['label']} ({out['best']['n_keep']} dims kept)")
+    for line in out["sentences"]:
+        print(f"  {line}")
+    for name, note in out["notes"].items():
+        print(f"  {name}: not compared ({note})")
+    return share >= SAVED_TARGET
+
+
+def report_recall(tmp: Path, loaded, args) -> None:
+    import optuna
+
+    from diet_explore.experiments import tune
+
+    _, total = search(tmp, loaded, args, "none", "bench-full")
+    db, _ = tune.study_paths(tmp, "bench-full")
+    rows = tune.trial_rows(optuna.load_study(study_name="bench-full", storage=tune.storage_url(db)))
+    r = tune.proxy_recall(rows, args.k)
+    print(
+        f"recall: {r['n']} complete trials with distinct masks run to the end ({total:.0f} s); the live proxy's "
+        f"best-{r['k']} recall {r['recall']:.2f} (chance {r['chance']:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def test_other_settings_under_the_same_name_are_refused(tiny, tmp_path):
 
 
 def test_the_pruner_stops_trials_and_the_savings_count_what_ran(tiny, tmp_path):
-    cfg = config(tiny, name="p", trials=8, limit=16, pruner="halving")
+    cfg = config(tiny, name="p", trials=8, limit=20, pruner="halving")
     out = run(tiny, cfg, tmp_path)
     db, _ = tune.study_paths(tmp_path, "p")
     study = optuna.load_study(study_name="p", storage=tune.storage_url(db))

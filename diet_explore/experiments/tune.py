@@ -588,7 +588,8 @@ def run_tune(
                 step = bounds[unit.index][1]
                 if value is not None:
                     trial.report(value, step)
-                    if trial.should_prune():
+                    # a trial at its last block has its full value: stopping it there saves nothing
+                    if step < bounds[-1][1] and trial.should_prune():
                         prune_at.append(step)
 
             def trial_stop(prune_at=prune_at):
@@ -603,8 +604,8 @@ def run_tune(
                     raise
             finally:
                 del pruned
-            trial.set_user_attr("examples", len(scored))
-            if prune_at:
+            trial.set_user_attr("examples", len(scored))  # what was scored, blocks in flight at the stop included
+            if prune_at and len(scored) < n_tuning:  # (in flight to the end: it has its full value, so it completes)
                 study.tell(trial, state=TrialState.PRUNED)
                 log(f"{msg}: pruned after {prune_at[0]} examples per task")
             else:

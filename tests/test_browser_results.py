@@ -1,8 +1,8 @@
-"""The Results page and the Mask builder's live proxy in a real headless Chromium (``diet-explore app``).
+"""The Sweeps page (its sweep results) and the Mask builder's live proxy in a real headless Chromium (``diet-explore app``).
 
-Opens the Results page from the sidebar, checks that every committed sweep's paper-style table and
+Opens the Sweeps page from the sidebar, checks that every committed sweep's paper-style table and
 curves are drawn (the curves carry one line per method), and that the Mask builder shows the proxy
-table; screenshots the Results page (into docs/screenshots/ when DIET_EXPLORE_SCREENSHOTS is set, as
+table; screenshots the Sweeps page (into docs/screenshots/ when DIET_EXPLORE_SCREENSHOTS is set, as
 `make screenshots` does). Missing Chromium/Playwright skips locally but fails when CI=true.
 """
 

@@ -99,3 +99,18 @@ def test_runs_without_their_examples_are_not_paired_but_still_shown_side_by_side
     ha, hb = run_heading(a), run_heading(b)
     assert side.loc["rte", (hb, "main metric")] == 0.4 and side.loc["average", (ha, "main metric")] == 0.4
     assert side.loc["rte", (hb, "agreement")] is None or np.isnan(side.loc["rte", (hb, "agreement")])
+
+
+def test_a_run_history_line_never_joins_runs_of_other_settings_or_examples():
+    from diet_explore.experiments.history import with_lines
+
+    rng = np.random.default_rng(3)
+    runs = [
+        _record("r1", rng, mask_config={"method": "diet", "threshold": 0.6}),
+        _record("r2", rng, sparsity=0.2, mask_config={"method": "diet", "threshold": 0.6}),
+        _record("r3", rng, mask_config={"method": "diet"}),
+        _record("r4", rng, n=6, mask_config={"method": "diet"}),
+    ]
+    lines = with_lines(runs_frame(runs)).set_index("run_id")["line"]
+    assert lines["r1"] == lines["r2"] == "diet τ0.6 · limit 12"  # one rule, one example set: one line
+    assert lines["r3"] == "diet · limit 12" and lines["r4"] == "diet · limit 6"

@@ -1,6 +1,6 @@
 """Damaged results rows and run records: a wrong-typed or impossible field drops that row (or run)
 with a warning naming the file, the line (or run file) and the field, never a traceback, in the
-reports, the sweep's resume, the Results page and the History page."""
+reports, the sweep's resume, the Sweeps page and the History page."""
 
 from __future__ import annotations
 

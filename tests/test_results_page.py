@@ -1,4 +1,4 @@
-"""Sweep reports from result rows (committed or growing) and the Results page that shows them."""
+"""Sweep reports from result rows (committed or growing) and the Sweeps page that shows them."""
 
 from __future__ import annotations
 

@@ -62,6 +62,20 @@ def differing(frame, columns: Sequence[str] = SETTINGS) -> list[str]:
     return out
 
 
+LINE_APART = ("model", "tasks", "limit")  # besides the mask label, what puts two runs on separate history lines
+
+
+def with_lines(frame):
+    """The listing (``runs.runs_frame``) with ``line``: the run-history line a run belongs to, its
+    mask label, plus the model, tasks and examples per task where the runs differ in them, so one
+    line never joins runs of other mask settings or other examples."""
+    apart = [c for c in LINE_APART if c in frame and frame[c].astype(str).nunique() > 1]
+    line = frame["label"].astype(str)
+    for c in apart:
+        line = line + f" · {c} " + frame[c].astype(str)
+    return frame.assign(line=line)
+
+
 def run_heading(record: dict[str, Any]) -> str:
     """A run as a column heading: its mask label, the kept count and the short run id (two runs of
     one label and count still differ), e.g. "diet τ0.6 boolq×2 · kept 459 · 9339a21d"."""

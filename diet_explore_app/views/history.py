@@ -48,8 +48,9 @@ with ui.shown_errors():
     st.download_button(
         "Download the history as CSV", frame.to_csv(index=False), "diet-explore-runs.csv", "text/csv", key="hist_csv"
     )
-    # one line per mask label: runs built by different rules (τ, weights, site, ...) are never joined
-    st.plotly_chart(plots.run_history(frame, x="sparsity", y="delta_avg", color="label"), key="hist_plot")
+    # one line per mask label (and model, tasks and examples per task where runs differ in them): runs
+    # built by different rules (τ, weights, site, ...) or scored on other examples are never joined
+    st.plotly_chart(plots.run_history(H.with_lines(frame), x="sparsity", y="delta_avg", color="line"), key="hist_plot")
 
     st.subheader("Compare runs")
     by_id = {r["run_id"]: r for r in records}

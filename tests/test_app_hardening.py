@@ -130,7 +130,8 @@ def test_tasks_keeping_a_dim_respect_the_task_weights(app, alpha):
     w = np.array([2.0 if t == "boolq" else 0.0 if t == "rte" else 1.0 for t in scores])
     share = vote_share(in_top, w)
     assert np.allclose(top["task weight keeping it"], np.round(share[top["dim"].to_numpy()], 3))
-    assert list(top["kept by the vote (τ = 0.5)"]) == list(share[top["dim"].to_numpy()] >= 0.5 - 1e-12)
+    (kept,) = [c for c in top.columns if c.startswith("kept by the mask (diet ")]  # the mask's label names it
+    assert list(top[kept]) == list(share[top["dim"].to_numpy()] >= 0.5 - 1e-12)
     bottom = at.dataframe[1].value  # a weight-0 task counts for nothing: its votes used to count as 1
     rte = in_top[scores.index("rte")]
     others = np.delete(in_top, scores.index("rte"), axis=0).any(0)
@@ -144,9 +145,10 @@ def test_agreement_histogram_marks_tau_and_heatmaps_fit_their_colours(app, alpha
     at = run_page(app.run(), "agreement")
     at.slider(key="threshold").set_value(0.75).run()
     hist = chart_by_key(open_tab(at, "agree_view", "Votes per dim"), "agree_vote_hist")
-    (line,) = hist["layout"]["shapes"]
-    assert line["x0"] == pytest.approx((1 - 0.75) * 7)  # k ≤ 1.75 prune votes kept: the line between 1 and 2
-    assert "τ = 0.75" in hist["layout"]["annotations"][0]["text"]
+    # each bar split by the mask's decision: with equal weights, k ≤ 1.75 prune votes kept, k ≥ 2 pruned
+    kept, pruned = (arr(tr["y"]) for tr in hist["data"])
+    assert hist["layout"]["barmode"] == "stack" and "diet τ0.75" in hist["layout"]["title"]["text"]
+    assert not kept[2:].any() and not pruned[:2].any() and kept[:2].all()
     heat = chart_by_key(open_tab(at, "agree_view", "Task overlap"), "agree_jaccard")
     assert (heat["data"][0]["zmin"], heat["data"][0]["zmax"]) == (0, 1)
     at.toggle(key="agree_fit_colours").set_value(True).run()
@@ -178,8 +180,8 @@ def test_reset_to_paper_default_keeps_the_sparsity(app, alpha):
     at.slider(key="sparsity").set_value(0.3).run()
     at.slider(key="threshold").set_value(0.8).run()
     at.slider(key="w_rte").set_value(0.0).run()
+    at.toggle(key="exact").set_value(True).run()  # before borda, which always keeps the exact count (greyed out)
     at.selectbox(key="method").select("borda").run()
-    at.toggle(key="exact").set_value(True).run()
     assert int(metrics(at)["Kept dims"].split("/")[0]) != build_mask(alpha, MaskConfig(sparsity=0.3)).n_keep
     at.button(key="reset_paper_default").click().run()
     assert int(metrics(at)["Kept dims"].split("/")[0]) == build_mask(alpha, MaskConfig(sparsity=0.3)).n_keep

@@ -270,3 +270,20 @@ def test_a_sweep_pre_checks_memory_for_the_dense_model_and_one_pruned_copy(tmp_p
     with pytest.raises(Loaded):
         run_compare(config, tmp_path / "out", store=RunStore(tmp_path / "runs"))
     assert seen["copies"] == PRUNED_COPY_PEAK == 2.0
+
+
+def test_prune_dtype_flag_converts_each_tensor_and_the_card_names_the_dtype_as_lm_eval_does(tmp_path, capsys):
+    from diet_explore import cli
+    from diet_explore.masking.maskfile import save_mask
+
+    src = save_tiny_folder(tmp_path / "tiny-llama")  # fp32
+    save_mask(mask_file(keep_mask()), tmp_path / "m.json")
+    args = ["prune", "--model", str(src), "--mask", str(tmp_path / "m.json"), "--out", str(tmp_path / "out"), "--dtype", "bf16"]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    summary = json.loads((tmp_path / "out" / "diet_explore_pruned.json").read_text())
+    assert summary["dtype"] == "bfloat16" and "dtype=bfloat16" in (tmp_path / "out" / "README.md").read_text()
+    expected = prune_model(AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16), keep_mask())
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert next(back.parameters()).dtype == torch.bfloat16
+    assert torch.equal(logits(back), logits(expected))

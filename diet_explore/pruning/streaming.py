@@ -336,12 +336,12 @@ def prune_to_folder(
     tensor, never loaded. Any other is loaded on ``device`` (spread over several devices if it must
     be) and sliced in place: the dense weights plus the largest sliced tensor. ``dtype``: what the
     folder is saved in; default the checkpoint's own (bf16 stays bf16)."""
-    from diet_explore.models.loading import check_fits_in_memory, load_model, load_tokenizer, pick_dtype
+    from diet_explore.models.loading import check_fits_in_memory, dtype_name, load_model, load_tokenizer, pick_dtype
     from diet_explore.pruning.saving import check_saveable, save_pruned, write_pruned_folder
     from diet_explore.pruning.slicing import prune_model
 
-    dtype = dtype or checkpoint_dtype(source.config)
-    torch_dtype = pick_dtype(dtype, "cpu")
+    torch_dtype = pick_dtype(dtype or checkpoint_dtype(source.config), "cpu")
+    dtype = dtype_name(torch_dtype)  # "bf16" -> "bfloat16", the name lm_eval and the card use
     check_saveable(source.config, mask_file.n_keep)
     folder, why = _local_snapshot(source)
     plan = None

@@ -129,8 +129,11 @@ def spread_over_two(family: str, run: dict) -> None:
     devices = sorted({str(p.device) for p in pruned.parameters()})
     check(devices == ["cuda:0", "cuda:1"], f"{family}: pruned model spread over {devices}")
     res = evaluate_model(pruned, run["tokenizer"], run["ecfg"])
-    same = [int(x) for x in res.tasks["rte"].correct] == [int(x) for x in run["result"].tasks["rte"].correct]
-    check(same, f"{family}: two-GPU pruned model answers as the one-GPU one (accuracy {res.tasks['rte'].metrics()['main']:.3f})")
+    # batches are sized from the fullest GPU's free memory, so their shapes (and bf16 rounding) may
+    # differ from the one-GPU run: allow one near-tie to flip
+    flips = sum(int(a) != int(b) for a, b in zip(res.tasks["rte"].correct, run["result"].tasks["rte"].correct))
+    acc = res.tasks["rte"].metrics()["main"]
+    check(flips <= 1, f"{family}: two-GPU pruned model answers as the one-GPU one ({flips} of 16 differ; accuracy {acc:.3f})")
 
 
 def main() -> int:

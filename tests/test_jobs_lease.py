@@ -126,8 +126,8 @@ def test_several_workers_share_one_store_and_each_job_runs_once(store):
 
 
 def test_the_heartbeat_keeps_a_long_job_alive_past_its_lease(store, monkeypatch):
-    monkeypatch.setenv(J.LEASE_ENV, "0.4")
-    a, _ = store.submit("sleepy", {"seconds": 1.5}, "long")
+    monkeypatch.setenv(J.LEASE_ENV, "1.5")  # renewed every 0.3 s: slack for a thread on 2 busy cores
+    a, _ = store.submit("sleepy", {"seconds": 4.0}, "long")
     seen: list[str] = []
 
     def watch():
@@ -151,7 +151,7 @@ def test_a_worker_that_lost_its_lease_drops_the_job_without_writing(store, monke
     runner.start()
     time.sleep(0.3)
     with store._locked():  # meanwhile the job went stale and another worker took it over
-        store.update(a, lease=job["lease"] | {"token": "w2"})
+        store.update(a, lease=job["lease"] | {"token": "w2", "expires": time.time() + 600})
     runner.join(timeout=30)
     assert result == ["lost"]
     after = store.get(a)

@@ -696,6 +696,9 @@ def final_evaluation(
     same_count = 1.0 - n_keep / best_mask.hidden_size
     models: dict[str, Any] = {"dense": model, "tuned": prune_model(model, best_mask.keep, saveable=False)}
     labels = {"tuned": mask_label(best_mc), "dense": "dense"}
+    # stored blocks are named by what was scored (the kept dims), so a study continued to another best
+    # never reuses the blocks of the earlier one
+    stored = {"dense": "dense", "tuned": f"mask-{mask_key(best_mask.keep)}", "slicegpt": f"slicegpt-{n_keep}"}
     notes: dict[str, str] = {}
     builds = {
         "default": lambda: default_mask,
@@ -715,9 +718,11 @@ def final_evaluation(
             continue
         models[name] = prune_model(model, m.keep, saveable=False)
         labels[name] = "paper default (diet)" if name == "default" else name
+        stored[name] = f"mask-{mask_key(m.keep)}"
     log(f"Final evaluation on the {sum(len(r) for r in test.values())} test examples: {', '.join(models)}…")
-    scored = score(
-        models,
+    as_stored = {stored[k]: m for k, m in models.items()}  # two masks with the same kept dims are scored once
+    scored_by = score(
+        as_stored,
         tokenizer,
         ecfg,
         test,
@@ -725,6 +730,7 @@ def final_evaluation(
         should_stop=stop,
         progress=lambda f, m: report(0.9 + 0.1 * f, m),
     )
+    scored = {k: scored_by[stored[k]] for k in models}
     obj = config.objective
     vs_dense = {k: paired(scored["dense"], scored[k], test) for k in models if k != "dense"}
     versus = {k: paired(scored[k], scored["tuned"], test) for k in models if k not in ("dense", "tuned")}

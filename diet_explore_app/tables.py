@@ -136,7 +136,7 @@ def short_run_id(run_id: Any) -> str:
 
 
 def format_history_table(runs: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """The run listing (``runs.runs_frame``) narrowed to what fits a 1440-px page: readable headers,
+    """The run listing (``history.runs_frame``) narrowed to what fits a 1440-px page: readable headers,
     the date without seconds' clutter, the mask by its label, Δ with its CI in one cell
     (``decision.format_estimate``), perplexity as 'dense → pruned', blanks for what a run lacks."""
     out = pd.DataFrame(index=runs.index)

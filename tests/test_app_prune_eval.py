@@ -17,9 +17,8 @@ from app_helpers import APP, TIMEOUT, arr, chart_by_key, metrics, run_page
 from job_helpers import paired, scored, stop_workers, wait_job, worker_pid
 
 from diet_explore.evaluation.decision import decide, format_estimate
-from diet_explore.experiments.history import compare_runs, run_heading
+from diet_explore.experiments.history import compare_runs, run_heading, run_view
 from diet_explore.experiments.jobs import JobStore
-from diet_explore.experiments.runs import run_view
 from diet_explore.masking.build import MaskConfig, build_mask
 from diet_explore.profiling.cache import load_cache
 

@@ -32,7 +32,7 @@ from app_helpers import (
     wait_metric,
 )
 
-from diet_explore.experiments.runs import run_view
+from diet_explore.experiments.history import run_view
 from diet_explore.profiling.cache import list_caches
 
 pytestmark = pytest.mark.browser

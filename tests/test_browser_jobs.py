@@ -18,8 +18,8 @@ import pytest
 from app_helpers import CHROME_ARGS, CHROMIUM, WAIT_MS, goto_page, idle, metric, require_browser, start_app_server
 from job_helpers import paired, wait_job, worker_pid
 
+from diet_explore.experiments.history import run_view
 from diet_explore.experiments.jobs import JobStore
-from diet_explore.experiments.runs import run_view
 
 pytestmark = pytest.mark.browser
 RUN_MS = 600_000  # a job on 2 loaded cores: the worker's imports, then seconds of scoring

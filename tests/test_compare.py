@@ -11,9 +11,10 @@ from test_scoring import WordTokenizer
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.evaluate import evaluate_model
 from diet_explore.evaluation.metrics import average_interval, paired_proportion_delta
+from diet_explore.experiments.history import run_view, runs_frame
 from diet_explore.experiments.reports import markdown_table
 from diet_explore.experiments.results import read_results
-from diet_explore.experiments.runs import RunStore, run_view
+from diet_explore.experiments.runs import RunStore
 from diet_explore.experiments.sweep import CompareConfig, run_compare, sweep_grid
 from diet_explore.masking.build import MaskConfig, build_mask
 from diet_explore.models.adapters.tiny import tiny_model
@@ -120,7 +121,7 @@ def test_reports_and_run_store(setup):
     line = next(ln for ln in versus.splitlines() if "| diet − random |" in ln)
     assert f"| {100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |" in line
     assert versus.count(" | diet − ") == len(METHODS) - 1
-    runs = store.list()
+    runs = runs_frame(store.records())
     assert sorted(runs["method"]) == sorted(METHODS) and set(runs["sparsity"]) == {0.25}
     assert {r["run_id"] for r in rows[1:]} == set(runs["run_id"])
     record = store.load(diet["run_id"])  # the writer app jobs use: what was asked and what was done, no stored deltas

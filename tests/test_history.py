@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from diet_explore.evaluation.decision import format_estimate
-from diet_explore.experiments.history import compare_runs, differing, paired_between, paired_frame, run_heading, side_by_side
-from diet_explore.experiments.runs import run_record, runs_frame
+from diet_explore.experiments.history import (
+    compare_runs,
+    differing,
+    paired_between,
+    paired_frame,
+    run_heading,
+    runs_frame,
+    side_by_side,
+)
+from diet_explore.experiments.runs import run_record
 
 
 def _examples(rng, n: int, offset: int = 0, choices: int = 2) -> dict:

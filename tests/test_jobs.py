@@ -21,8 +21,8 @@ from job_helpers import prune_eval_config, scored, stop_workers, wait_job, wait_
 
 from diet_explore.cli import main as cli
 from diet_explore.experiments import jobs as J
+from diet_explore.experiments.history import run_view
 from diet_explore.experiments.jobs import JobStore, run_worker
-from diet_explore.experiments.runs import run_view
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 from app_helpers import DOCS_RESULTS, run_page
 
 from diet_explore.core.errors import DietError
+from diet_explore.experiments.history import runs_frame
 from diet_explore.experiments.reports import (
     curve_frame,
     load_sweep,
@@ -22,7 +23,7 @@ from diet_explore.experiments.reports import (
     versus_cells,
 )
 from diet_explore.experiments.results import RESULTS, read_results, read_results_file, repair_results
-from diet_explore.experiments.runs import RunStore, run_record, runs_frame
+from diet_explore.experiments.runs import RunStore, run_record
 
 SOURCE = DOCS_RESULTS / "compare-gemma3-270m.results.jsonl"  # small: 9 rows, main metric only
 

@@ -9,12 +9,13 @@ import pytest
 
 from diet_explore.core.atomic import check_writable
 from diet_explore.core.errors import DietError
+from diet_explore.experiments.history import runs_frame
 from diet_explore.experiments.runs import RunStore, new_run_id
 
 
 def test_save_load_and_list(tmp_path):
     store = RunStore(tmp_path / "runs")
-    assert store.list().empty and store.records() == []
+    assert runs_frame(store.records()).empty and store.records() == []
     a = store.save(
         {
             "model": "m",
@@ -29,7 +30,7 @@ def test_save_load_and_list(tmp_path):
     assert a != b and (tmp_path / "runs" / f"{a}.json").is_file()
     rec = store.load(a)
     assert rec["run_id"] == a and rec["sparsity"] == 0.2 and rec["per_task"] == {"rte": {"acc": 0.5}}
-    frame = store.list()
+    frame = runs_frame(store.records())
     # newest first, ties (two saves in one second) broken by run id: the same order whatever the clock did
     newest_first = sorted([a, b], key=lambda i: (store.load(i)["created"], i), reverse=True)
     assert list(frame["run_id"]) == newest_first and set(frame["method"]) == {"diet", "random"}
@@ -45,7 +46,7 @@ def test_corrupt_and_foreign_files_are_skipped_with_a_warning(tmp_path):
     (tmp_path / "20990101T000000-deadbeef.json").write_text('{"kind": "diet-explore-run", "run_')  # cut short
     (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
     with pytest.warns(UserWarning, match="skipping unreadable run file"):
-        frame = store.list()
+        frame = runs_frame(store.records())
     assert list(frame["run_id"]) == [good]
     with pytest.raises(DietError, match="corrupt"):
         store.load("20990101T000000-deadbeef")
@@ -108,7 +109,7 @@ def test_nan_and_inf_are_stored_as_null_strict_json(tmp_path):
 def test_records_made_before_target_and_actual_sparsity_were_kept_still_read(tmp_path):
     """Old records stored one ``sparsity`` (the actual one for app runs, the target for compare)
     and their deltas flat; ``run_view`` reads both, the new writer stores neither."""
-    from diet_explore.experiments.runs import run_view, runs_frame, task_rows
+    from diet_explore.experiments.history import run_view, runs_frame, task_rows
 
     store = RunStore(tmp_path)
     row = {"task": "rte", "n": 4, "metric": "acc", "dense_main": 0.5, "pruned_main": 0.25, "delta_main": -0.25}

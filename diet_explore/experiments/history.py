@@ -1,5 +1,5 @@
-"""Comparing stored runs: the settings that tell runs apart (the listing itself is
-``runs.runs_frame``), runs side by side per task, and a candidate against a reference run, paired
+"""Reading stored runs: THE listing (``runs_frame``: one row per run, ``run_view``, deltas derived
+on read), the settings that tell runs apart, runs side by side per task, and a candidate against a reference run, paired
 on the examples they share and stated in words (``evaluation/decision.py``).
 
 Every run record (``runs.run_record``: the app's jobs, ``compare``) keeps each task's examples of
@@ -15,13 +15,136 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from diet_explore.core.errors import DietError
 from diet_explore.evaluation.decision import decision_sentences, format_entry
 from diet_explore.evaluation.metrics import MAIN, paired_examples
 from diet_explore.experiments.results import METHODS, row_spec
-from diet_explore.experiments.runs import run_label
 from diet_explore.tasks.registry import TaskSpec, load_registry
 
-#: The listing's columns that say what differs between runs (``runs.runs_frame``).
+#: Flat columns the listing shows, in this order (``run_view``), then ``SETTING_COLUMNS``.
+LIST_COLUMNS = (
+    "run_id",
+    "created",
+    "source",
+    "model",
+    "label",
+    "method",
+    "target_sparsity",
+    "actual_sparsity",
+    "sparsity",
+    "n_keep",
+    "tasks",
+    "limit",
+    "dense_avg",
+    "pruned_avg",
+    "delta_avg",
+    "ci_low",
+    "ci_high",
+    "n_paired",
+    "agreement",
+    "gold_ll_per_char",
+    "dense_ppl",
+    "pruned_ppl",
+    "wall_time_s",
+)
+SETTING_COLUMNS = ("site", "threshold", "weights")  # history.run_settings: what else tells two runs of one method apart
+
+
+def _cell(value):
+    return ",".join(map(str, value)) if isinstance(value, list) else value
+
+
+def _entry(paired: dict[str, Any] | None, metric: str, task: str | None = None) -> dict[str, Any]:
+    """One entry of a record's stored paired results (``{}`` when it has none)."""
+    paired = paired or {}
+    entries = ((paired.get("tasks") or {}).get(task) or {}) if task is not None else (paired.get("average") or {})
+    return entries.get(metric) or {}
+
+
+def run_label(record: dict[str, Any]) -> str:
+    """What the run's mask was, in a few words: ``MaskConfig.label()`` of its mask settings (e.g.
+    "diet τ0.6 boolq×2"; the paper default is "diet"), else its method. Runs with one label were
+    built by one rule, so a run-history line joins only runs with one label."""
+    from diet_explore.masking.build import MaskConfig
+
+    mask = record.get("mask_config")
+    if isinstance(mask, dict):
+        try:
+            return MaskConfig.from_dict(mask).label()
+        except (DietError, TypeError, ValueError):  # a mask config of another version: the method says enough
+            pass
+    return str(record.get("method") or "?")
+
+
+def target_and_actual(record: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(the sparsity asked for, the sparsity the kept count gives). Records written before both
+    were kept stored one ``sparsity``: the actual one for app runs, the target for ``compare``
+    (whose actual is then the target's kept count over the hidden size, when the record knows it)."""
+    if "target_sparsity" in record or "actual_sparsity" in record:
+        return record.get("target_sparsity"), record.get("actual_sparsity")
+    stored = record.get("sparsity")
+    mask = record.get("mask_config") if isinstance(record.get("mask_config"), dict) else {}
+    if record.get("source") == "compare":
+        hidden, n_keep = record.get("hidden_size"), record.get("n_keep")
+        return stored, (1.0 - n_keep / hidden) if hidden and n_keep is not None else None
+    return mask.get("sparsity", stored), stored
+
+
+def run_view(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored run as every listing reads it (app job or ``compare``, new or old record): its flat
+    fields, ``label``, ``target_sparsity``, ``actual_sparsity`` and ``sparsity`` (the actual one
+    where known, for a plot's axis), and the derived numbers, computed here on read from the stored
+    paired results: ``delta_avg`` with ``ci_low``/``ci_high`` (the average paired Δ main metric),
+    ``agreement`` and ``gold_ll_per_char`` (their averages). A record from before the paired
+    results were kept gives its stored ``delta_avg`` and ``delta_avg_ci``."""
+    view = {k: v for k, v in record.items() if k not in ("task_results", "paired")}
+    target, actual = target_and_actual(record)
+    view |= {"target_sparsity": target, "actual_sparsity": actual, "sparsity": actual if actual is not None else target}
+    main = _entry(record.get("paired"), "main")
+    if main:
+        view |= {"delta_avg": main.get("delta"), "ci_low": main.get("ci_low"), "ci_high": main.get("ci_high")}
+    else:
+        ci = record.get("delta_avg_ci") or [None, None]
+        view |= {"delta_avg": record.get("delta_avg"), "ci_low": ci[0], "ci_high": ci[1]}
+    view["n_paired"] = main.get("n")
+    view |= {m: _entry(record.get("paired"), m).get("delta") for m in ("agreement", "gold_ll_per_char")}
+    view["label"] = run_label(record)
+    return view
+
+
+def task_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The record's ``task_results`` with each task's paired Δ main metric and its CI
+    (``delta_main``, ``delta_main_ci_low``, ``delta_main_ci_high``), derived on read from the stored
+    paired results (an old record's stored values where it has no paired results)."""
+    out = []
+    for row in record.get("task_results") or []:
+        e = _entry(record.get("paired"), "main", row.get("task"))
+        derived = {"delta_main": e.get("delta"), "delta_main_ci_low": e.get("ci_low"), "delta_main_ci_high": e.get("ci_high")}
+        out.append(row | derived if e else dict(row))
+    return out
+
+
+def runs_frame(records):
+    """THE listing of stored runs (app or CLI), one row per run (``run_view``), newest first, with
+    the ``LIST_COLUMNS`` and the mask settings that tell runs apart (``history.run_settings``)."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        view = run_view(r)
+        row = {k: _cell(view.get(k)) for k in LIST_COLUMNS}
+        rows.append(row | run_settings(r))
+    frame = pd.DataFrame(rows, columns=[*LIST_COLUMNS, *SETTING_COLUMNS])
+    return newest_first(frame)
+
+
+def newest_first(frame):
+    """``frame``'s rows newest first: by ``created``, ties (runs saved in one second) by run id, so
+    the order never depends on which file the listing read first."""
+    return frame.sort_values(["created", "run_id"], ascending=False, kind="stable").reset_index(drop=True)
+
+
+#: The listing's columns that say what differs between runs (``runs_frame``).
 SETTINGS = (
     "source",
     "model",
@@ -66,7 +189,7 @@ LINE_APART = ("model", "tasks", "limit")  # besides the mask label, what puts tw
 
 
 def with_lines(frame):
-    """The listing (``runs.runs_frame``) with ``line``: the run-history line a run belongs to, its
+    """The listing (``runs_frame``) with ``line``: the run-history line a run belongs to, its
     mask label, plus the model, tasks and examples per task where the runs differ in them, so one
     line never joins runs of other mask settings or other examples."""
     apart = [c for c in LINE_APART if c in frame and frame[c].astype(str).nunique() > 1]

@@ -26,35 +26,8 @@ from diet_explore.core.errors import DietError
 
 RUN_KIND = "diet-explore-run"
 RUN_SCHEMA_VERSION = 1
-# Flat columns the listing shows (when a record has them), in this order.
 RESERVED = ("kind", "schema_version", "run_id", "created")  # set by the store; a record's own values are dropped
 _RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")  # what new_run_id makes; anything else could escape the root
-LIST_COLUMNS = (
-    "run_id",
-    "created",
-    "source",
-    "model",
-    "label",
-    "method",
-    "target_sparsity",
-    "actual_sparsity",
-    "sparsity",
-    "n_keep",
-    "tasks",
-    "limit",
-    "dense_avg",
-    "pruned_avg",
-    "delta_avg",
-    "ci_low",
-    "ci_high",
-    "n_paired",
-    "agreement",
-    "gold_ll_per_char",
-    "dense_ppl",
-    "pruned_ppl",
-    "wall_time_s",
-)
-SETTING_COLUMNS = ("site", "threshold", "weights")  # history.run_settings: what else tells two runs of one method apart
 
 
 RUNS_DIR_ENV = "DIET_EXPLORE_RUNS_DIR"
@@ -137,7 +110,7 @@ class RunStore:
     def load(self, run_id: str) -> dict[str, Any]:
         path = self.root / f"{run_id}.json"
         if not path.is_file():
-            raise DietError(f"run {run_id!r} is not in {self.root}", "list runs with RunStore(...).list()")
+            raise DietError(f"run {run_id!r} is not in {self.root}", "list runs with RunStore(...).records()")
         record, why = self._read_checked(path)
         if record is None:
             raise DietError(f"run file {path} is corrupt ({why})", "delete it; the other runs are unaffected")
@@ -162,10 +135,6 @@ class RunStore:
                 continue
             out.append(record)
         return out
-
-    def list(self):
-        """The runs as a table, newest first (``runs_frame``)."""
-        return runs_frame(self.records())
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any] | None:
@@ -344,102 +313,6 @@ def record_problem(record: dict[str, Any]) -> str | None:
     return problem or fields_problem(record.get("config") or {}, {"threshold": NUMBER_OR_NONE}, "config.")
 
 
-def _cell(value):
-    return ",".join(map(str, value)) if isinstance(value, list) else value
-
-
-def _entry(paired: dict[str, Any] | None, metric: str, task: str | None = None) -> dict[str, Any]:
-    """One entry of a record's stored paired results (``{}`` when it has none)."""
-    paired = paired or {}
-    entries = ((paired.get("tasks") or {}).get(task) or {}) if task is not None else (paired.get("average") or {})
-    return entries.get(metric) or {}
-
-
-def run_label(record: dict[str, Any]) -> str:
-    """What the run's mask was, in a few words: ``MaskConfig.label()`` of its mask settings (e.g.
-    "diet τ0.6 boolq×2"; the paper default is "diet"), else its method. Runs with one label were
-    built by one rule, so a run-history line joins only runs with one label."""
-    from diet_explore.masking.build import MaskConfig
-
-    mask = record.get("mask_config")
-    if isinstance(mask, dict):
-        try:
-            return MaskConfig.from_dict(mask).label()
-        except (DietError, TypeError, ValueError):  # a mask config of another version: the method says enough
-            pass
-    return str(record.get("method") or "?")
-
-
-def target_and_actual(record: dict[str, Any]) -> tuple[float | None, float | None]:
-    """(the sparsity asked for, the sparsity the kept count gives). Records written before both
-    were kept stored one ``sparsity``: the actual one for app runs, the target for ``compare``
-    (whose actual is then the target's kept count over the hidden size, when the record knows it)."""
-    if "target_sparsity" in record or "actual_sparsity" in record:
-        return record.get("target_sparsity"), record.get("actual_sparsity")
-    stored = record.get("sparsity")
-    mask = record.get("mask_config") if isinstance(record.get("mask_config"), dict) else {}
-    if record.get("source") == "compare":
-        hidden, n_keep = record.get("hidden_size"), record.get("n_keep")
-        return stored, (1.0 - n_keep / hidden) if hidden and n_keep is not None else None
-    return mask.get("sparsity", stored), stored
-
-
-def run_view(record: dict[str, Any]) -> dict[str, Any]:
-    """A stored run as every listing reads it (app job or ``compare``, new or old record): its flat
-    fields, ``label``, ``target_sparsity``, ``actual_sparsity`` and ``sparsity`` (the actual one
-    where known, for a plot's axis), and the derived numbers, computed here on read from the stored
-    paired results: ``delta_avg`` with ``ci_low``/``ci_high`` (the average paired Δ main metric),
-    ``agreement`` and ``gold_ll_per_char`` (their averages). A record from before the paired
-    results were kept gives its stored ``delta_avg`` and ``delta_avg_ci``."""
-    view = {k: v for k, v in record.items() if k not in ("task_results", "paired")}
-    target, actual = target_and_actual(record)
-    view |= {"target_sparsity": target, "actual_sparsity": actual, "sparsity": actual if actual is not None else target}
-    main = _entry(record.get("paired"), "main")
-    if main:
-        view |= {"delta_avg": main.get("delta"), "ci_low": main.get("ci_low"), "ci_high": main.get("ci_high")}
-    else:
-        ci = record.get("delta_avg_ci") or [None, None]
-        view |= {"delta_avg": record.get("delta_avg"), "ci_low": ci[0], "ci_high": ci[1]}
-    view["n_paired"] = main.get("n")
-    view |= {m: _entry(record.get("paired"), m).get("delta") for m in ("agreement", "gold_ll_per_char")}
-    view["label"] = run_label(record)
-    return view
-
-
-def task_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The record's ``task_results`` with each task's paired Δ main metric and its CI
-    (``delta_main``, ``delta_main_ci_low``, ``delta_main_ci_high``), derived on read from the stored
-    paired results (an old record's stored values where it has no paired results)."""
-    out = []
-    for row in record.get("task_results") or []:
-        e = _entry(record.get("paired"), "main", row.get("task"))
-        derived = {"delta_main": e.get("delta"), "delta_main_ci_low": e.get("ci_low"), "delta_main_ci_high": e.get("ci_high")}
-        out.append(row | derived if e else dict(row))
-    return out
-
-
-def runs_frame(records):
-    """THE listing of stored runs (app or CLI), one row per run (``run_view``), newest first, with
-    the ``LIST_COLUMNS`` and the mask settings that tell runs apart (``history.run_settings``)."""
-    import pandas as pd
-
-    from diet_explore.experiments.history import run_settings
-
-    rows = []
-    for r in records:
-        view = run_view(r)
-        row = {k: _cell(view.get(k)) for k in LIST_COLUMNS}
-        rows.append(row | run_settings(r))
-    frame = pd.DataFrame(rows, columns=[*LIST_COLUMNS, *SETTING_COLUMNS])
-    return newest_first(frame)
-
-
-def newest_first(frame):
-    """``frame``'s rows newest first: by ``created``, ties (runs saved in one second) by run id, so
-    the order never depends on which file the listing read first."""
-    return frame.sort_values(["created", "run_id"], ascending=False, kind="stable").reset_index(drop=True)
-
-
 #: what ``run_record`` computes on read, so a maker may not store it
 DERIVED = ("delta_avg", "delta_avg_ci", "sparsity")
 TASK_DERIVED = ("delta_main", "delta_main_ci_low", "delta_main_ci_high")
@@ -474,8 +347,8 @@ def run_record(
     ``dense_main`` and ``pruned_main`` (and, to pair runs later, ``examples``); ``paired`` is every
     paired metric per task and averaged, ``{"tasks": {task: {metric: entry}}, "average": {metric:
     entry}}`` (``evaluation.metrics.paired_metrics``); ``detail`` is whatever else the maker knows
-    (parameter counts, timings). Deltas are not stored apart from ``paired``: ``run_view`` and
-    ``task_rows`` derive them on read. Returns a strict-JSON dict for ``RunStore.save``."""
+    (parameter counts, timings). Deltas are not stored apart from ``paired``: ``history.run_view`` and
+    ``history.task_rows`` derive them on read. Returns a strict-JSON dict for ``RunStore.save``."""
     required = ("task", "n", "metric", "dense_main", "pruned_main")
     for row in task_results:
         missing = [k for k in required if k not in row]
@@ -486,7 +359,7 @@ def run_record(
             raise ValueError(f"task result {row.get('task')!r} stores {', '.join(derived)}, which are derived on read")
     derived = [k for k in DERIVED if k in detail]
     if derived:
-        raise ValueError(f"a run record does not store {', '.join(derived)}: run_view derives it on read")
+        raise ValueError(f"a run record does not store {', '.join(derived)}: history.run_view derives it on read")
     return json_safe(
         {
             "source": source,

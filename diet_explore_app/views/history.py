@@ -8,7 +8,7 @@ import streamlit as st
 
 from diet_explore import plots
 from diet_explore.experiments import history as H
-from diet_explore.experiments.runs import runs_frame
+from diet_explore.experiments.history import runs_frame
 from diet_explore_app import loaders, tables
 from diet_explore_app import widgets as ui
 

@@ -14,7 +14,7 @@ import streamlit as st
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.decision import decision_sentences, format_entry
 from diet_explore.evaluation.evaluate import EvalConfig
-from diet_explore.experiments.runs import run_view, task_rows
+from diet_explore.experiments.history import run_view, task_rows
 from diet_explore.experiments.tuning import PruneEvalJob
 from diet_explore.masking.build import MaskConfig
 from diet_explore_app import jobs_ui, loaders, state, tables

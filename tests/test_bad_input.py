@@ -759,3 +759,24 @@ def test_app_names_an_address_of_another_machine_and_brackets_ipv6(capsys, monke
     with pytest.raises(Started):
         main(["app", "--host", "::1", "--port", "8615"])
     assert "diet-explore app on http://[::1]:8615 " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, cause",
+    [
+        (["--sparsity", "1e-300"], "--sparsity 1e-300 is less than one of the 576 dims"),
+        (["--threshold", "0"], "the vote at τ 0 keeps every dim"),
+        (["--multiple-of", "576"], "--multiple-of 576 rounds the kept count up to every dim"),
+    ],
+)
+def test_a_mask_that_prunes_nothing_names_the_cause(app_cache_root, tmp_path, capsys, flags, cause):
+    """The note blamed --multiple-of for --threshold 0 and for a sparsity under one dim."""
+    assert main(["mask", "--cache", str(app_cache_root / "alpha"), *flags, "--out", str(tmp_path / "m.json")]) == 0
+    assert f"note: nothing is pruned: {cause}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runs", ["{out}", "{out}/runs"])
+def test_compare_refuses_a_run_store_inside_its_out(tmp_path, capsys, runs):
+    out = tmp_path / "sweep"
+    argv = ["compare", "--cache", "c", "--out", str(out), "--runs", runs.format(out=out)]
+    assert "is inside --out" in _run(argv, capsys) and not out.exists()

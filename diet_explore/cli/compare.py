@@ -87,11 +87,19 @@ def compare_config(args):
 
 
 def run(args) -> int:
+    from diet_explore.core.errors import DietError
     from diet_explore.evaluation.evalcache import EvalCache
     from diet_explore.experiments.runs import RunStore
     from diet_explore.experiments.sweep import run_compare
 
     config = compare_config(args)
+    if args.runs:  # the run store would read compare's config.json and results as run records, and warn forever
+        out, runs = Path(args.out).resolve(), Path(args.runs).resolve()
+        if runs == out or out in runs.parents:
+            raise DietError(
+                f"--runs {args.runs} is inside --out {args.out}, which holds the sweep's own files",
+                "give the run store a folder of its own, e.g. --runs runs",
+            )
     if args.save:
         from diet_explore.core.atomic import check_writable
 

@@ -145,6 +145,21 @@ def config_from_args(args):
     return config
 
 
+def nothing_pruned_cause(result) -> str:
+    """Why a mask at a sparsity above 0 keeps every dim: the sparsity is under one dim, the vote keeps
+    every dim (e.g. τ 0), or the rounding to --multiple-of goes up to every dim."""
+    from diet_explore.masking.config import THRESHOLD_METHODS
+    from diet_explore.masking.selection import keep_count
+    from diet_explore.masking.vote import passes_vote
+
+    c, d = result.config, result.hidden_size
+    if keep_count(d, c.sparsity) == d:
+        return f"--sparsity {c.sparsity:.10g} is less than one of the {d} dims"
+    if c.method in THRESHOLD_METHODS and not c.exact and passes_vote(result.votes, c.threshold).all():
+        return f"the vote at τ {c.threshold:g} keeps every dim (every dim has at least that share of the task weight)"
+    return f"--multiple-of {c.multiple_of} rounds the kept count up to every dim"
+
+
 def register(sub) -> None:
     p = sub.add_parser("mask", help="build a pruning mask from a score cache")
     add_mask_config_args(p)
@@ -181,9 +196,7 @@ def run(args) -> int:
         f"{config.method} mask for {cache.model_name}: kept {result.n_keep} of {result.hidden_size} dims, "
         f"actual sparsity {result.sparsity:.4f} (target {config.sparsity:.10g})"  # :g printed 0.9999999 as "target 1"
     )
-    if result.n_keep == result.hidden_size and config.sparsity > 0:  # e.g. --multiple-of 576 rounds 461 up to 576
-        print(
-            f"note: nothing is pruned: --multiple-of {config.multiple_of} rounds the kept count up to every dim", file=sys.stderr
-        )
+    if result.n_keep == result.hidden_size and config.sparsity > 0:
+        print(f"note: nothing is pruned: {nothing_pruned_cause(result)}", file=sys.stderr)
     print(f"wrote {path}" + (f" and {path.with_suffix('.npy')}" if args.npy else ""))
     return 0

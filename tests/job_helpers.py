@@ -121,7 +121,8 @@ def sleepy_job(config: dict, ctx) -> dict:
         why = ctx.should_stop()
         if why:
             raise Stopped(why)
-        ctx.progress((i + 1) / steps, f"step {i + 1}/{steps}")
+        if not config.get("quiet"):  # quiet: no write renews the lease, only the heartbeat does
+            ctx.progress((i + 1) / steps, f"step {i + 1}/{steps}")
         time.sleep(0.05)
     return {"slept": seconds, "pid": os.getpid()}
 

@@ -136,6 +136,15 @@ def spread_over_two(family: str, run: dict) -> None:
     check(flips <= 1, f"{family}: two-GPU pruned model answers as the one-GPU one ({flips} of 16 differ; accuracy {acc:.3f})")
 
 
+def guarded(what: str, fn, *args):
+    """``fn(*args)``; an exception is a failed check with its type and first line, and the script goes on."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # the smoke test reports every failure and carries on
+        check(False, f"{what} raised {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}")
+        return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to check the script itself")
@@ -158,10 +167,11 @@ def main() -> int:
     runs = {}
     with tempfile.TemporaryDirectory(prefix="gpu-smoke-") as tmp:
         for family in FAMILIES:
-            runs[family] = run_family(family, args.device, Path(tmp))
+            runs[family] = guarded(f"{family} on {args.device}", run_family, family, args.device, Path(tmp))
         if args.device.startswith("cuda") and torch.cuda.device_count() >= 2:
             for family in FAMILIES:
-                spread_over_two(family, runs[family])
+                if runs[family] is not None:
+                    guarded(f"{family} on two GPUs", spread_over_two, family, runs[family])
         else:
             print("two-device spread: skipped (fewer than 2 GPUs)")
     print(f"{'FAILED: ' + '; '.join(failures) if failures else 'all checks passed'}")

@@ -16,3 +16,10 @@ def test_points_perplexity_and_missing():
     assert points(-0.25, signed=True, minus="\u2212") == "\u221225.0"
     assert perplexity(274.02920619803115) == "274.0" and perplexity(29.44) == "29.4"
     assert number(None) == perplexity(math.nan) == points(None) == MISSING
+
+
+def test_paired_estimates_and_report_cells_use_it():
+    from diet_explore.evaluation.decision import format_estimate
+
+    assert format_estimate(-0.0001, -0.0004, 0.05) == "0.0 [0.0, +5.0]"  # was "−0.0 [−0.0, +5.0]"
+    assert format_estimate(-0.02, -0.05, 0.01, minus="-") == "-2.0 [-5.0, +1.0]"

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from diet_explore.core.numbers import number
 from diet_explore.evaluation.metrics import MAIN, TOO_FEW
 
 MINUS = "\u2212"  # a real minus sign: "−0.45" reads as negative at a glance
@@ -58,8 +59,7 @@ WHAT = {
 
 
 def _num(value: float, scale: Scale, signed: bool = True, minus: str = MINUS) -> str:
-    text = f"{value * scale.factor:{'+' if signed and scale.signed else ''}.{scale.digits}f}"
-    return text.replace("-", minus)
+    return number(value * scale.factor, scale.digits, signed=signed and scale.signed, minus=minus)  # never "−0.0"
 
 
 def _missing(value: Any) -> bool:

@@ -27,6 +27,7 @@ from diet_explore import plots
 from diet_explore.core import atomic
 from diet_explore.core.assets import PROJECT_ROOT
 from diet_explore.core.errors import DietError
+from diet_explore.core.numbers import perplexity, points
 from diet_explore.evaluation.decision import format_entry
 from diet_explore.evaluation.metrics import MAIN, PAIRED_METRICS, average_proportion
 from diet_explore.experiments.results import METHODS, RESULTS, read_results_file, row_paired
@@ -238,7 +239,7 @@ def paper_cells(rows: list[dict[str, Any]] | Sweep) -> tuple[list[str], list[lis
         if extra:
             cells.append(_interval(p["average"]["agreement"], "agreement") if p else "—")
             cells.append(_interval(p["average"]["gold_ll_per_char"], "gold_ll_per_char") if p else "—")
-        cells.append(f"{r['ppl']:.2f}" if r.get("ppl") else "—")
+        cells.append(perplexity(r["ppl"]) if r.get("ppl") else "—")
         out.append(cells)
     return head, out
 
@@ -264,7 +265,7 @@ def versus_cells(rows: list[dict[str, Any]] | Sweep, reference: str = "diet") ->
     out = []
     for _ref, r, p in pairs:
         cells = [f"{r['sparsity']:g}", f"{reference} − {r['method']}", str(r["n_keep"])]
-        cells += [f"{100 * _num(p['tasks'][t][MAIN]['delta']):+.1f}" for t in tasks]
+        cells += [points(_num(p["tasks"][t][MAIN]["delta"]), signed=True) for t in tasks]
         cells.append(_interval(p["average"][MAIN]))
         if extra:
             cells.append(_interval(p["average"]["gold_ll_per_char"], "gold_ll_per_char"))

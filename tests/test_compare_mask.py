@@ -111,3 +111,36 @@ def test_each_run_builds_the_tuned_mask_and_is_labelled_by_what_differs(syntheti
 def test_compare_reads_the_old_method_names():
     config = CompareConfig(methods=["diet", "leave_one_out", "single"])
     assert config.methods == ["diet", "leave-one-out", "single-task"]
+
+
+def test_a_sweep_of_the_tuned_mask_keeps_the_mask_builders_count_and_records_its_label(tmp_path):
+    """A sweep started from the app ran the paper default (459 dims at 0.2), whatever τ and weights were tuned."""
+    from test_scoring import WordTokenizer
+
+    from diet_explore.experiments.runs import RunStore
+    from diet_explore.experiments.sweep import run_compare
+    from diet_explore.models.adapters.tiny import tiny_model
+    from diet_explore.profiling.cache import save_cache
+    from diet_explore.profiling.synthetic import synthetic_cache
+
+    synthetic = synthetic_cache(hidden_size=64, num_layers=2, tasks=("rte", "winogrande", "boolq"), n_samples=8, seed=1)
+    cache = save_cache(synthetic, tmp_path / "cache")
+    tuned = MaskConfig(sparsity=0.3, threshold=0.6, weights={"rte": 2.0})  # as the Mask builder has it
+    config = CompareConfig(
+        model="tiny-llama",
+        cache=str(cache),
+        sparsities=[0.25],
+        methods=["diet", "random"],
+        tasks="rte",
+        limit=2,
+        perplexity=False,
+        mask=tuned,
+        round_to_model=False,
+    )
+    rows = run_compare(config, tmp_path / "out", tiny_model("llama"), WordTokenizer(), RunStore(tmp_path / "runs"))
+    by = {r["key"]: r for r in rows}
+    want = build_mask(synthetic, MaskConfig(sparsity=0.25, threshold=0.6, weights={"rte": 2.0}))
+    paper = build_mask(synthetic, MaskConfig(sparsity=0.25))
+    assert want.n_keep != paper.n_keep  # the tuned vote keeps another count than the paper's
+    assert by["diet@0.25"]["n_keep"] == want.n_keep and by["random@0.25"]["n_keep"] == 48
+    assert MaskConfig.from_dict(by["diet@0.25"]["mask_config"]).label() == "diet τ0.6 rte×2"

@@ -152,6 +152,7 @@ def test_fixed_settings_are_not_searched_and_bad_ones_are_refused(tiny):
     assert fixed == {"w_rte": 2.0, "site": "residual", "layer_agg": "last_k", "last_k": 1}
     for bad, match in (
         ("foo=1", "not a searched"),
+        ("threshold=0.5", "no-exact"),
         ("site=nowhere", "not one of"),
         ("rte=-1", "out of range"),
         ("rte", "name=value"),

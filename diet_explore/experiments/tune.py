@@ -223,6 +223,11 @@ def parse_fixed(items: list[str], space: dict[str, tuple]) -> dict[str, Any]:
             raise DietError(f"bad --fix {item!r}: expected name=value", "e.g. --fix threshold=0.5 or --fix boolq=2")
         if key not in space and WEIGHT_PREFIX + key in space:
             key = WEIGHT_PREFIX + key
+        if key == "threshold" and key not in space:
+            raise DietError(
+                "--fix threshold: τ is not read when every mask keeps the target count (--exact, the default)",
+                "add --no-exact to search or fix τ, with each mask at the vote's own count",
+            )
         if key not in space:
             names = [k.removeprefix(WEIGHT_PREFIX) for k in space]
             raise DietError(f"--fix {key}: not a searched setting here", f"one of {', '.join(names)}")

@@ -118,3 +118,12 @@ def test_a_bad_executor_setting_is_refused_where_the_worker_starts(tmp_path, mon
             J.EXECUTOR.ensure_worker(store)
         monkeypatch.delenv(name)
     assert not (store.root / "worker.json").exists()
+
+
+def test_jobs_runs_before_submit_is_the_store_the_jobs_go_to(tiny_cache_root, tmp_path, capsys):
+    argv = _argv(tiny_cache_root, tmp_path, "out")
+    i = argv.index("--runs")
+    del argv[i : i + 2]
+    (tmp_path / "mine").mkdir()
+    assert cli(["jobs", "--runs", str(tmp_path / "mine"), "submit", "compare", *argv]) == 0
+    assert len(JobStore(tmp_path / "mine").jobs()) == 4 and not (tmp_path / "runs").exists()

@@ -33,7 +33,10 @@ def register(sub) -> None:
     from diet_explore.cli import compare
 
     compare.register(kinds)  # compare's own flags, one parser for both
-    kinds.choices["compare"].set_defaults(func=run_submit_compare, resumes=lambda args: False, runs=argparse.SUPPRESS)
+    kinds.choices["compare"].set_defaults(func=run_submit_compare, resumes=lambda args: False)
+    for action in kinds.choices["compare"]._actions:  # jobs --runs X submit compare ...: X stays the run store
+        if action.dest == "runs":
+            action.default = argparse.SUPPRESS
     work = actions.add_parser("work", help="run a worker that claims queued jobs of the store (any number may run)")
     work.add_argument("--runs", default=argparse.SUPPRESS, help="run store folder (as jobs --runs)")
     work.add_argument("--until-empty", action="store_true", help="exit when no job is queued (default: wait for more)")

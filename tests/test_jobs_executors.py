@@ -127,3 +127,9 @@ def test_jobs_runs_before_submit_is_the_store_the_jobs_go_to(tiny_cache_root, tm
     (tmp_path / "mine").mkdir()
     assert cli(["jobs", "--runs", str(tmp_path / "mine"), "submit", "compare", *argv]) == 0
     assert len(JobStore(tmp_path / "mine").jobs()) == 4 and not (tmp_path / "runs").exists()
+
+
+def test_jobs_submit_compare_refuses_the_executor_flags_it_does_not_read(tiny_cache_root, tmp_path, capsys):
+    assert cli(["jobs", "submit", "compare", *_argv(tiny_cache_root, tmp_path, "out"), "--workers", "3"]) == 2
+    assert capsys.readouterr().err.startswith("error: jobs submit compare queues the sweep; --executor and --workers")
+    assert not (tmp_path / "runs" / "jobs").exists()

@@ -106,6 +106,11 @@ def run_submit_compare(args) -> int:
     from diet_explore.cli.compare import compare_config
     from diet_explore.experiments.executors import submit_sweep
 
+    if args.executor or args.workers != 1:  # compare's flags, which a queued sweep does not read
+        raise DietError(
+            "jobs submit compare queues the sweep; --executor and --workers choose who runs it in compare",
+            "start workers with `diet-explore jobs work` (one per GPU), or run compare --executor ... --workers N",
+        )
     store = _store(args)
     ids = submit_sweep(store, compare_config(args), args.out, args.eval_cache, not args.no_eval_cache)
     for job_id in ids:

@@ -164,6 +164,7 @@ def test_rankings_tables_and_charts_match_library(app, alpha):
     assert np.allclose(arr(chart_by_key(at, "rank_layer_heatmap")["data"][0]["z"]), raw)
 
 
+@pytest.mark.slow
 def test_rankings_bad_dims_and_layer_agg(app, alpha):
     at = open_tab(run_page(app.run(), "rankings"), "rank_dim_view", "Score by layer")
     at.text_input(key="rank_dims").input("3, 9999").run()

@@ -347,6 +347,7 @@ def test_a_reprofiled_cache_changes_the_examples_so_the_dense_model_is_evaluated
 # --------------------------------------------------------------------------------------------
 # Sweep and History
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_sweep_runs_as_a_job_and_draws_its_curves_from_its_results(tiny_app):
     from diet_explore.experiments.reports import curve_frame
     from diet_explore.experiments.results import read_results

@@ -6,6 +6,7 @@ vote's rule in production (tools/mutants.py) fails these tests."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from app_helpers import arr, chart_by_key, metrics, open_tab, run_page
 
 from diet_explore.masking.importance import aggregate_scores
@@ -52,6 +53,7 @@ def test_agreement_prunes_what_the_mask_builder_builds_with_weights(app, alpha):
         at.slider(key="w_boolq").set_value(1.0).run()  # back to equal weights for the next setting
 
 
+@pytest.mark.slow
 def test_agreement_counts_the_exact_and_the_rounded_mask(app, alpha):
     at = app.run()
     kept = _tune(at, 0.6, {"boolq": 2.0})
@@ -62,6 +64,7 @@ def test_agreement_counts_the_exact_and_the_rounded_mask(app, alpha):
     assert metrics(at)["Pruned by the vote at τ = 0.6"] == str(D - rounded)
 
 
+@pytest.mark.slow
 def test_rankings_tables_show_the_weighted_share_and_the_masks_decision(app, alpha):
     at = app.run()
     weights = {"boolq": 2.0, "rte": 0.5}

@@ -9,6 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from setuptools import find_packages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +72,7 @@ def layer(module: str) -> str | None:
     return parts[1]
 
 
+@pytest.mark.slow
 def test_every_library_module_belongs_to_a_layer():
     unknown = {m for m in library_graph() if layer(m) is not None and layer(m) not in LAYERS}
     assert not unknown, (
@@ -110,6 +112,7 @@ def test_no_import_circles():
     assert not cycles, "import circles:\n" + "\n".join(cycles)
 
 
+@pytest.mark.slow
 def test_no_library_module_imports_streamlit():
     """Import every module of the library in a fresh interpreter and look at sys.modules."""
     code = (

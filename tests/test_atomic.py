@@ -102,6 +102,7 @@ def _hold_lock(path, ready, seconds):
         time.sleep(seconds)
 
 
+@pytest.mark.slow
 def test_locked_is_reentrant_waits_for_another_process_and_times_out_clearly(tmp_path):
     import multiprocessing as mp
     import time

@@ -47,6 +47,7 @@ def test_every_block_holds_the_next_examples_of_every_task_in_request_order(requ
         assert [d for task, d in flat if task == t] == [r.doc_id for r in reqs]
 
 
+@pytest.mark.slow
 def test_blocks_give_the_same_scores_and_predictions_as_one_call(requests, model):
     tok = WordTokenizer()
     flat = [r for reqs in requests.values() for r in reqs]

@@ -161,6 +161,7 @@ def test_bad_methods_and_sparsities_are_refused():
     assert markdown_table([]) == ""
 
 
+@pytest.mark.slow
 def test_a_sweep_reuses_cached_dense_results_and_only_evaluates_the_pruned_models(synthetic_cache_dir, tmp_path, monkeypatch):
     import diet_explore.experiments.sweep as compare
     from diet_explore.evaluation.evalcache import EvalCache

@@ -49,6 +49,7 @@ def _lines(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / RESULTS).read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_two_compare_runs_into_one_out_write_each_row_once(tiny_cache_root, tmp_path):
     out, runs = tmp_path / "out", tmp_path / "runs"
     argv = _compare_argv(tiny_cache_root, out, runs)
@@ -73,6 +74,7 @@ def test_two_compare_runs_into_one_out_write_each_row_once(tiny_cache_root, tmp_
     assert {r["run_id"] for r in records} == {row["run_id"] for row in _lines(out) if row["key"] != "dense"}
 
 
+@pytest.mark.slow
 def test_a_rerun_repairs_repeated_rows(tiny_cache_root, tmp_path, capsys):
     out, runs = tmp_path / "out", tmp_path / "runs"
     argv = _compare_argv(tiny_cache_root, out, runs)

@@ -73,6 +73,7 @@ def reference_top(values: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndar
 
 
 @pytest.mark.parametrize("budget", [64, 4096])
+@pytest.mark.slow
 def test_recorded_top_k_equals_an_independent_recomputation(budget):
     """Small budget: many batches merged; large: one padded batch. Both give the reference's top-k."""
     model = tiny_model("llama")
@@ -88,6 +89,7 @@ def test_recorded_top_k_equals_an_independent_recomputation(budget):
         np.testing.assert_allclose(top.value, vals, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_top_k_bookkeeping_leaves_the_statistics_bit_identical():
     adapter = get_adapter(tiny_model("gemma3_text"))
     seqs = random_seqs(12, seed=1)
@@ -130,6 +132,7 @@ def test_a_tie_straddling_the_cut_of_a_batch_is_resolved_by_row_then_position():
     assert top.value.tolist() == [[1.0, 1.0], [5.0, 1.0]]
 
 
+@pytest.mark.slow
 def test_identical_first_tokens_tie_exactly_and_the_order_follows_the_rows():
     """Sequences that start with the same token have identical states there (causal attention):
     exact ties at the top, broken by row whatever the batching."""
@@ -276,6 +279,7 @@ def _tiny_loaded(tiny_cache_root: Path):
     return model, tok, info
 
 
+@pytest.mark.slow
 def test_add_contexts_fills_an_old_cache_and_keeps_its_scores(tmp_path, tiny_cache_root):
     from diet_explore.profiling.runner import profile
 

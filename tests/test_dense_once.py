@@ -20,6 +20,7 @@ def store(tmp_path):
     stop_workers(s)
 
 
+@pytest.mark.slow
 def test_a_job_then_a_sweep_on_the_same_examples_score_the_dense_model_once(store, tiny_cache_root, tmp_path, monkeypatch):
     import diet_explore.experiments.sweep as S
     import diet_explore.experiments.tuning as T

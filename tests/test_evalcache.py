@@ -199,6 +199,7 @@ def test_an_entry_with_a_wrongly_typed_or_non_finite_value_is_a_miss_with_a_read
     assert "cached" in cached(path, compute, cache).extra  # replaced by a good entry
 
 
+@pytest.mark.slow
 def test_no_cache_and_unfingerprintable_models_always_compute(folder, tmp_path, monkeypatch):
     path, model = folder
     compute = Counting(model)
@@ -214,6 +215,7 @@ def test_no_cache_and_unfingerprintable_models_always_compute(folder, tmp_path, 
     assert compute.calls == 4 and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_cli_eval_reuses_the_dense_model_and_recomputes_with_no_eval_cache(smollm2, tmp_path, monkeypatch, capsys):
     from diet_explore.cli import main
 

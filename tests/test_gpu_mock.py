@@ -160,6 +160,7 @@ def test_the_scorer_takes_its_budget_from_the_device_rule(tmp_path, monkeypatch)
 SMOKE = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
 
 
+@pytest.mark.slow
 def test_the_gpu_smoke_script_skips_cleanly_without_cuda():
     proc = subprocess.run([sys.executable, str(SMOKE)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "no CUDA device: skipped", proc.stderr[-2000:]

@@ -40,6 +40,7 @@ def _big(tiny_cache_root, tasks=("arc_easy", "rte"), limit=60, **kw):
 # --------------------------------------------------------------------------------------------
 # Running, in order
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_job_stores_the_run_the_library_computes_under_its_run_id(store, tiny_cache_root):
     from diet_explore.evaluation.evaluate import EvalConfig, evaluate_pair
     from diet_explore.masking.build import MaskConfig, build_mask
@@ -159,6 +160,7 @@ def _caught_running(store, job_id: str) -> int:
     return pid
 
 
+@pytest.mark.slow
 def test_stop_ends_a_running_job_with_its_partial_results_kept_and_marked(store, tiny_cache_root):
     job_id, _ = J.submit(store, "prune_eval", _big(tiny_cache_root), "big")
     pid = _caught_running(store, job_id)
@@ -175,6 +177,7 @@ def test_stop_ends_a_running_job_with_its_partial_results_kept_and_marked(store,
         store.stop(job_id)
 
 
+@pytest.mark.slow
 def test_an_interrupted_job_resumes_from_its_blocks_to_the_numbers_of_an_uninterrupted_run(
     store, tiny_cache_root, tmp_path, monkeypatch
 ):
@@ -219,6 +222,7 @@ def test_an_interrupted_job_resumes_from_its_blocks_to_the_numbers_of_an_uninter
     )
 
 
+@pytest.mark.slow
 def test_a_worker_stops_its_job_as_interrupted_when_the_process_that_started_it_goes_away(store, tiny_cache_root, tmp_path):
     """What a server restart does: the worker's parent is gone, so its job is recorded interrupted."""
     job_id, _ = store.submit("prune_eval", _big(tiny_cache_root, tasks=("arc_easy",), limit=400), "big")
@@ -251,6 +255,7 @@ def _worker_process(store, tmp_path, before: str = "") -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_running_job_as_interrupted_and_the_worker_exits(store, tiny_cache_root, tmp_path):
     """A supervisor's SIGTERM mid-job: the job is recorded interrupted, its partial results kept, resumable."""
     job_id, _ = store.submit("prune_eval", _big(tiny_cache_root, tasks=("arc_easy",), limit=400), "big")
@@ -458,6 +463,7 @@ def test_two_sessions_submitting_at_once_neither_lose_nor_duplicate_a_record(sto
 # --------------------------------------------------------------------------------------------
 # A sweep job
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_sweep_job_resumes_after_an_interruption_to_the_rows_of_an_uninterrupted_sweep(store, tiny_cache_root, tmp_path):
     from diet_explore.experiments.results import read_results
     from diet_explore.experiments.runs import RunStore

@@ -111,6 +111,7 @@ def test_task_order_and_zero_weight_tasks_change_nothing(scores, s, w, tau, rnd)
 
 
 @given(score_arrays, sparsities, st.lists(st.floats(0.01, 5.0), min_size=6, max_size=6), st.floats(0, 1))
+@pytest.mark.slow
 def test_weighted_vote_matches_an_exact_recount(scores, s, w, tau):
     """Σ_t w_t keep_t ≥ τ Σ_t w_t, recounted in exact rational arithmetic (w and τ as given floats)."""
     from fractions import Fraction

@@ -275,6 +275,7 @@ def test_examples_that_differ_between_the_two_results_are_refused():
 
 
 # ------------------------------------------------------------------- eval --compare-to --json
+@pytest.mark.slow
 def test_eval_compare_to_json_records_every_paired_metric(tiny_cache_root, tmp_path, capsys):
     """The CLI end to end on a tiny llama and a pruned copy of it: deltas[task][metric] and
     deltas["average"][metric] for every paired metric, equal to paired_metrics of the predictions."""

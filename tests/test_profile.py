@@ -32,6 +32,7 @@ def tiny_loaded():
 CONFIG = dict(model="tiny", tasks="rte,winogrande,arc_easy", samples=6, generic=True, device="cpu")
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_reuses_finished_tasks(tmp_path, tiny_loaded):
     out = tmp_path / "c"
     calls = []

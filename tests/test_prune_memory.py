@@ -205,6 +205,7 @@ def test_a_tied_head_saved_beside_its_embedding_is_loaded_not_streamed(tmp_path)
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "new")), logits(expected))
 
 
+@pytest.mark.slow
 def test_a_prune_and_evaluate_job_holds_one_pruned_model_at_a_time(tmp_path, tiny_cache_root, monkeypatch):
     """With comparison masks, each pruned model is built, scored and freed before the next is built."""
     import gc

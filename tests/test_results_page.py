@@ -172,6 +172,7 @@ def test_task_paired_reads_rows_and_scores_alike(grown_sweep):
 
 # ------------------------------------------------------------------- the page
 @pytest.mark.parametrize("path", COMMITTED, ids=[sweep_name(p) for p in COMMITTED])
+@pytest.mark.slow
 def test_the_results_page_renders_the_committed_sweeps(app, path):
     at = run_page(app.run(), "sweep")
     at.selectbox(key="rs_sweep").select(sweep_name(path)).run()
@@ -255,6 +256,7 @@ def test_sweep_curves_draw_each_methods_intervals_beside_the_others():
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[sweep_name(p) for p in COMMITTED])
+@pytest.mark.slow
 def test_a_method_keeps_its_colour_in_every_curve_even_where_another_method_has_no_points(path):
     """leave-one-out has no perplexity: slicegpt took its colour in the perplexity figure."""
     sweep = load_sweep(path)

@@ -55,6 +55,7 @@ def rotated(model, keep: int, scheme: str = "half", seed: int = 0):
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("family, tie", [(f, True) for f in ROTATABLE] + [("llama", False)])
+@pytest.mark.slow
 def test_keeping_every_direction_gives_the_dense_logits(family, tie, scheme):
     model = tiny_model(family, tie=tie)
     seqs, weights = calibration()
@@ -92,6 +93,7 @@ def projected_logits(model, rotations, ids=IDS) -> torch.Tensor:
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.slow
 def test_the_sliced_model_equals_the_dense_one_on_projected_activations(family, scheme):
     model = tiny_model(family)
     rotations, sliced = rotated(model, 40, scheme)
@@ -275,6 +277,7 @@ def sweep(tmp_path_factory):
     return root, more, model, tok, rows, logs
 
 
+@pytest.mark.slow
 def test_slicegpt_resumes_into_a_sweep_and_keeps_the_mask_count(sweep):
     root, config, model, tok, rows, logs = sweep
     assert logs[0] == f"1 of 3 runs already in {root / 'out'}; 2 to go"  # dense and diet were kept

@@ -171,6 +171,7 @@ def _assert_scores_equal_naive(model, tok, reqs):
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.slow
 def test_shared_prefix_scoring_equals_a_naive_forward_per_choice(family):
     cfg = tiny_config(family)
     if hasattr(cfg, "sliding_window") and family != "qwen2":
@@ -181,6 +182,7 @@ def test_shared_prefix_scoring_equals_a_naive_forward_per_choice(family):
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text"])
+@pytest.mark.slow
 def test_scoring_is_exact_under_eager_attention_too(family):
     """Eager attention reads an additive float mask, SDPA a boolean one; both must give lm-eval's scores."""
     cfg = tiny_config(family)
@@ -192,6 +194,7 @@ def test_scoring_is_exact_under_eager_attention_too(family):
     _assert_scores_equal_naive(model, WordTokenizer(add_bos=family.startswith("gemma")), _requests(np.random.default_rng(2)))
 
 
+@pytest.mark.slow
 def test_qwen2_sliding_window_layers_are_exact():
     cfg = tiny_config("qwen2")
     cfg.use_sliding_window, cfg.sliding_window, cfg.max_window_layers = True, 8, 1
@@ -277,6 +280,7 @@ def test_real_tokenizer_pairs_equal_lm_eval_hflm(smollm2):
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
 @pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.slow
 def test_perplexity_equals_a_full_forward(family, workers):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32).eval()

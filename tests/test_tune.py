@@ -52,6 +52,7 @@ def test_the_split_is_disjoint_seeded_and_per_task(tiny):
     assert tune.doc_ids(only)["rte"] == tune.doc_ids(test)["rte"]
 
 
+@pytest.mark.slow
 def test_no_trial_ever_sees_a_test_document(tiny, tmp_path, monkeypatch):
     """Every scoring call goes through tune.score; record what each model label saw."""
     seen: list[tuple[list[str], set]] = []
@@ -82,6 +83,7 @@ def test_no_trial_ever_sees_a_test_document(tiny, tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_an_interrupted_study_resumes_and_keeps_its_trials(tiny, tmp_path):
     cfg = config(tiny, name="r", trials=4, pruner="none")
     calls = {"n": 0}
@@ -108,6 +110,7 @@ def test_an_interrupted_study_resumes_and_keeps_its_trials(tiny, tmp_path):
     assert out["savings"]["trials"] == 4
 
 
+@pytest.mark.slow
 def test_a_trial_left_running_by_a_killed_run_is_failed_and_its_settings_asked_again(tiny, tmp_path):
     cfg = config(tiny, name="k", trials=1, pruner="none", fixed={"site": "residual"})
     study = tune.open_study(cfg, tmp_path)
@@ -127,6 +130,7 @@ def test_other_settings_under_the_same_name_are_refused(tiny, tmp_path):
         tune.open_study(config(tiny, name="none"), tmp_path, resume=True)
 
 
+@pytest.mark.slow
 def test_the_pruner_stops_trials_and_the_savings_count_what_ran(tiny, tmp_path):
     cfg = config(tiny, name="p", trials=8, limit=20, pruner="halving")
     out = run(tiny, cfg, tmp_path)
@@ -179,6 +183,7 @@ def test_without_optuna_the_command_says_how_to_install_it(monkeypatch, capsys, 
     assert err == ["error: tuning needs Optuna, which is not installed: pip install 'diet-explore[tune]'"]
 
 
+@pytest.mark.slow
 def test_a_tune_job_runs_in_the_worker_and_streams_its_trials(tiny, tmp_path):
     from diet_explore.experiments.jobs import JobStore, run_worker
 
@@ -192,6 +197,7 @@ def test_a_tune_job_runs_in_the_worker_and_streams_its_trials(tiny, tmp_path):
     assert job["result"]["sentences"] and (tmp_path / "runs" / "tune" / "job.db").is_file()
 
 
+@pytest.mark.slow
 def test_the_proxy_prefilter_evaluates_the_candidate_it_ranks_first(tiny, tmp_path):
     cfg = config(tiny, name="pf", trials=2, prefilter=3, pruner="none")
     run(tiny, cfg, tmp_path)
@@ -217,6 +223,7 @@ def test_proxy_recall_counts_the_best_k_found_by_the_proxy():
         tune.proxy_recall(rows, 5)
 
 
+@pytest.mark.slow
 def test_a_killed_tune_command_resumes_with_the_same_name(tiny, tmp_path):
     """SIGKILL the CLI once two trials are in the study; the same command continues the study."""
     import os
@@ -256,6 +263,7 @@ def test_a_killed_tune_command_resumes_with_the_same_name(tiny, tmp_path):
     assert "tuned (" in done.stdout and "report.json" in done.stdout
 
 
+@pytest.mark.slow
 def test_the_library_cli_and_page_modules_import_without_optuna():
     import subprocess
 

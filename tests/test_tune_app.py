@@ -52,6 +52,7 @@ def finished_tune(tiny_cache_root, runs) -> dict:
     return job
 
 
+@pytest.mark.slow
 def test_a_finished_tune_shows_its_trials_and_verdict_and_opens_the_best_mask(tiny_app, tiny_cache_root):
     at, runs = tiny_app
     job = finished_tune(tiny_cache_root, runs)

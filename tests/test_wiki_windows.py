@@ -34,6 +34,7 @@ def fresh(monkeypatch, tmp_path):
     return lambda: CountingTokenizer(AutoTokenizer.from_pretrained(store_path("smollm2-135m")))
 
 
+@pytest.mark.slow
 def test_windows_are_the_tokenized_text_cut_into_rows(fresh):
     tok = fresh()
     windows = wiki.wiki_token_windows(tok, 128)
@@ -43,6 +44,7 @@ def test_windows_are_the_tokenized_text_cut_into_rows(fresh):
     assert not windows.flags.writeable  # shared: nobody may edit it in place
 
 
+@pytest.mark.slow
 def test_equal_tokenizers_share_one_tokenization_and_a_fresh_process_reads_the_disk(fresh, tmp_path, monkeypatch):
     first, second = fresh(), fresh()
     a = wiki.wiki_token_windows(first, 128)
@@ -57,6 +59,7 @@ def test_equal_tokenizers_share_one_tokenization_and_a_fresh_process_reads_the_d
     assert saved.exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_file_is_rebuilt_with_a_warning(fresh, tmp_path, monkeypatch):
     expected = wiki.wiki_token_windows(fresh(), 128).copy()
     (saved,) = (tmp_path / "wiki-windows").iterdir()

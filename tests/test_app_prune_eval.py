@@ -423,6 +423,11 @@ def test_history_compares_picked_runs_side_by_side_and_pairs_them_on_shared_exam
         assert paired.loc[task, "shared examples"] == 6
     said = compare_runs(a, b)["sentences"][0]
     assert said in texts(at) and ha in said.split(run_heading(b))[0]  # the candidate is named first
+    # Prune & evaluate compares the run it shows with an earlier one, in the same words
+    at = run_page(at, "prune_eval")
+    shown, other = (a, b) if a["run_id"] in at.subheader[0].value else (b, a)
+    at.selectbox(key="pe_vs_run").set_value(other["run_id"]).run()
+    assert not at.exception and compare_runs(shown, other)["sentences"][0] in texts(at)
 
 
 def _correct(ex: dict, norm: bool) -> np.ndarray:

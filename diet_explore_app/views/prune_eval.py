@@ -14,7 +14,7 @@ import streamlit as st
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.decision import decision_sentences, format_entry
 from diet_explore.evaluation.evaluate import EvalConfig
-from diet_explore.experiments.history import run_view, task_rows
+from diet_explore.experiments.history import compare_runs, paired_frame, run_heading, run_view, task_rows
 from diet_explore.experiments.tuning import PruneEvalJob
 from diet_explore.masking.build import MaskConfig
 from diet_explore_app import jobs_ui, loaders, state, tables
@@ -23,6 +23,7 @@ from diet_explore_app import widgets as ui
 K_TASKS, K_LIMIT, K_PPL, K_PPL_WINDOWS, K_RUN = "pe_tasks", "pe_limit", "pe_ppl", "pe_ppl_windows", "pe_run"
 K_WATCH = "_pe_job"
 K_VS = "pe_vs"
+K_VS_RUN = "pe_vs_run"
 BASELINES = ("random", "magnitude", "wiki")
 
 
@@ -185,6 +186,37 @@ def show_run(last: dict[str, Any]) -> None:
     )
 
 
+def show_vs_earlier(record: dict[str, Any]) -> None:
+    """The run against an earlier stored run of the same model (candidate − that run), paired on the
+    examples both scored and said in words (``history.compare_runs``); the History page has them all."""
+    earlier = [
+        r
+        for r in loaders.run_store().records()
+        if r["run_id"] != record["run_id"]
+        and r.get("model") == record.get("model")
+        and set(r.get("tasks") or []) & set(record["tasks"])
+    ]
+    if not earlier:
+        return
+    by_id = {r["run_id"]: r for r in reversed(earlier)}  # newest first
+    options = ["—", *by_id]
+    pick = st.selectbox(
+        "Compare with an earlier run",
+        options,
+        format_func=lambda r: "pick a run" if r == "—" else run_heading(by_id[r]),
+        key=K_VS_RUN,
+    )
+    if pick == "—":
+        return
+    result = compare_runs(record, by_id[pick])
+    if result is None or not any(result["shared"].values()):
+        st.caption("Not paired: the two runs share no example (other tasks, limits, seeds or calibration exclusions).")
+        return
+    for line in result["sentences"]:
+        st.markdown(line)
+    st.dataframe(paired_frame(result), key="pe_vs_run_table")
+
+
 def render_job(job: dict[str, Any]) -> None:
     status, result = job["status"], job.get("result") or {}
     if status == "done" and result.get("run_id"):
@@ -195,6 +227,7 @@ def render_job(job: dict[str, Any]) -> None:
         except DietError as exc:
             raise DietError(f"job {job['job_id']} finished, but its run cannot be read: {exc.message}", exc.hint) from None
         show_run(record)
+        show_vs_earlier(record)
         if result.get("others"):
             show_versus(job.get("partial") or {}, final=True, label=mask_label(job))
             st.caption("Comparison runs: " + ", ".join(f"{k} {v}" for k, v in result["others"].items()) + " (History page).")

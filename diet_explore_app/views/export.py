@@ -16,11 +16,12 @@ from diet_explore.core import atomic
 from diet_explore.core.config import command_lines
 from diet_explore.core.errors import DietError
 from diet_explore.masking.maskfile import is_mask_file, is_npy_file, mask_command, mask_file_from_result, save_mask
-from diet_explore.pruning.saving import PRUNE_INFO_FILE, save_pruned
-from diet_explore.pruning.slicing import prune_model
+from diet_explore.models.loading import model_source
+from diet_explore.pruning.saving import PRUNE_INFO_FILE
+from diet_explore.pruning.streaming import prune_to_folder
 from diet_explore.tasks.registry import lm_eval_command, load_registry
-from diet_explore_app import loaders, state
 from diet_explore_app import settings as S
+from diet_explore_app import state
 from diet_explore_app import widgets as ui
 
 K_NAME, K_SAVE, K_SAVE_MODEL = "export_name", "export_save", "export_save_model"
@@ -114,12 +115,9 @@ with ui.shown_errors():
         atomic.check_writable(export_dir, f"export folder ({S.EXPORT_DIR_ENV})", folder=True)  # before the model loads
         with st.status("Pruning…", expanded=True) as status:
             ui.check_model_installed(name_or_path)
-            status.write(f"Loading {name_or_path}…")
-            model, tokenizer, _ = loaders.dense_model(name_or_path, "auto")
-            status.write(f"Pruning to {result.n_keep} of {result.hidden_size} hidden dims…")
-            pruned = prune_model(model, result.keep)  # a copy: the shared model is untouched
-            status.write(f"Saving to {ui.display_path(folder)}…")
-            saved = save_pruned(pruned, tokenizer, folder, mask_file=mask_file, overwrite=replace, source_model=name_or_path)
+            status.write(f"Pruning {name_or_path} to {result.n_keep} of {result.hidden_size} hidden dims…")
+            # from the checkpoint's files, tensor by tensor: the server loads no model for this
+            saved = prune_to_folder(model_source(name_or_path), mask_file, folder, overwrite=replace).folder
             status.update(label=f"Saved {ui.display_path(saved)}/ ({ui.saved_size(saved)})", state="complete")
         st.success(f"Saved {ui.display_path(saved)}/ ({ui.saved_size(saved)} on disk)")
 

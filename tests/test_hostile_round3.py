@@ -528,3 +528,26 @@ def test_export_never_offers_to_replace_a_file_diet_explore_did_not_write(app, a
     assert not [c for c in at.checkbox if c.key == "export_replace_mask"]  # nothing to tick to replace it
     assert any("did not write" in w.value for w in at.warning), [w.value for w in at.warning]
     assert foreign.read_text() == "my own notes\n"
+
+
+def test_compare_slicegpt_on_a_family_it_cannot_rotate_is_refused_before_any_evaluation(tmp_path, monkeypatch):
+    """compare --methods diet,slicegpt on Gemma evaluated the dense model and DIET, then refused SliceGPT."""
+    import diet_explore.experiments.sweep as sweep
+    from diet_explore.core.errors import DietError
+    from test_scoring import WordTokenizer
+
+    from diet_explore.experiments.runs import RunStore
+    from diet_explore.experiments.sweep import CompareConfig, run_compare
+    from diet_explore.models.adapters.tiny import tiny_model
+
+    model = tiny_model("gemma2")
+    d = int(model.config.hidden_size)
+    cache = save_cache(synthetic_cache(hidden_size=d, num_layers=2, tasks=("rte",), n_samples=4, seed=1), tmp_path / "c")
+    config = CompareConfig(
+        model="tiny-gemma2", cache=str(cache), sparsities=[0.25], methods=["diet", "slicegpt"], tasks="rte", limit=2
+    )
+    monkeypatch.setattr(sweep, "evaluate_model", lambda *a, **k: pytest.fail("evaluated before the refusal"))
+    monkeypatch.setattr(sweep, "evaluate_cached", lambda *a, **k: pytest.fail("evaluated before the refusal"))
+    with pytest.raises(DietError, match="SliceGPT is not available for this model"):
+        run_compare(config, tmp_path / "out", model, WordTokenizer(), RunStore(tmp_path / "runs"), log=lambda m: None)
+    assert not (tmp_path / "out").exists()

@@ -394,6 +394,10 @@ def run_compare(
             f"cache {config.cache} is for hidden size {cache.hidden_size}, the model has {model.config.hidden_size}",
             "use the score cache of this model",
         )
+    if any(method in ROTATION_METHODS for method, _ in grid):  # a family SliceGPT cannot rotate (Gemma's sandwich
+        from diet_explore.pruning.rotate import check_rotatable  # norms): refused now, not after dense and DIET ran
+
+        check_rotatable(model)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "config.json", config.to_json() + "\n")
     multiple = config.multiple_of or required_multiple(model)

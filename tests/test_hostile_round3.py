@@ -532,10 +532,10 @@ def test_export_never_offers_to_replace_a_file_diet_explore_did_not_write(app, a
 
 def test_compare_slicegpt_on_a_family_it_cannot_rotate_is_refused_before_any_evaluation(tmp_path, monkeypatch):
     """compare --methods diet,slicegpt on Gemma evaluated the dense model and DIET, then refused SliceGPT."""
-    import diet_explore.experiments.sweep as sweep
-    from diet_explore.core.errors import DietError
     from test_scoring import WordTokenizer
 
+    import diet_explore.experiments.sweep as sweep
+    from diet_explore.core.errors import DietError
     from diet_explore.experiments.runs import RunStore
     from diet_explore.experiments.sweep import CompareConfig, run_compare
     from diet_explore.models.adapters.tiny import tiny_model

@@ -276,3 +276,11 @@ def test_the_library_cli_and_page_modules_import_without_optuna():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_a_minutes_budget_ends_the_search_and_a_spent_budget_before_any_trial_is_refused(tiny, tmp_path):
+    with pytest.raises(DietError, match="no trial finished"):
+        run(tiny, config(tiny, name="m", trials=None, minutes=1e-6), tmp_path)
+    run(tiny, config(tiny, name="m", trials=1, pruner="none"), tmp_path)
+    out = run(tiny, config(tiny, name="m", trials=None, minutes=1e-6), tmp_path)  # no new trial: the report of the one
+    assert out["savings"]["trials"] == 1 and out["best"]["trial"] == 0

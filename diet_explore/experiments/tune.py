@@ -153,10 +153,11 @@ class TuneConfig(JsonConfig):
         )
 
     def fingerprint(self) -> dict[str, Any]:
-        """What the trials' values depend on: a study continued with other values is refused.
-        The budget, the baselines and the device are not part of it."""
+        """What the trials' values depend on: a study continued with other values is refused. The
+        budget, how the search proceeds (pruner, prefilter, sampler seed), the baselines and the device
+        are not part of it."""
         out = self.to_dict()
-        for k in ("trials", "minutes", "baselines", "device", "prefilter", "batch_tokens"):
+        for k in ("trials", "minutes", "baselines", "device", "prefilter", "batch_tokens", "pruner", "sampler_seed"):
             out.pop(k)
         return out
 

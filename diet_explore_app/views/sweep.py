@@ -98,9 +98,8 @@ def sweep_form(loaded, shown: dict[str, Any] | None) -> None:
     else:  # a model that is nowhere: the sweeps below still show, so a warning rather than a page error
         reason = f"{problem.message} ({problem.hint})"
         st.warning(f"No sweep can run with this model: {reason}.")
+    # no worker warmed here: this page is also where sweeps are only read, and Run sweep starts one
     jobs_store = jobs_ui.store()
-    if reason is None:
-        jobs_ui.warm_worker(jobs_store, name)
     if st.button(
         "Run sweep",
         key=K_RUN,

@@ -29,10 +29,8 @@ from typing import Any
 from diet_explore.core import atomic
 from diet_explore.core.errors import DietError
 from diet_explore.experiments import jobs as J
+from diet_explore.experiments.jobs import EXECUTOR_ENV, EXECUTORS, WORKERS_ENV, executor_setting  # noqa: F401  (re-exported)
 
-EXECUTORS = ("local", "ray")
-EXECUTOR_ENV = "DIET_EXPLORE_EXECUTOR"  # the app's setting (diet-explore app --executor): local or ray
-WORKERS_ENV = "DIET_EXPLORE_WORKERS"  # and how many workers (diet-explore app --workers)
 POLL_S = 0.5  # how often a driver looks at its jobs' records
 DENSE_WAIT_S = 24 * 3600.0  # a job waits this long for another job to finish scoring the dense model
 
@@ -268,22 +266,6 @@ def make_executor(name: str, workers: int = 1):
         import_ray()  # refused now, before anything is queued
         return RayExecutor(int(workers))
     return LocalExecutor(int(workers))
-
-
-def executor_setting(env: dict[str, str] | None = None) -> tuple[str, int]:
-    """(executor, workers) the app runs its jobs on: ``DIET_EXPLORE_EXECUTOR`` (default ``local``)
-    and ``DIET_EXPLORE_WORKERS`` (default 1), as ``diet-explore app --executor --workers`` set them."""
-    from diet_explore.core.config import parse_int
-
-    env = os.environ if env is None else env
-    name = env.get(EXECUTOR_ENV, "").strip() or "local"
-    raw = env.get(WORKERS_ENV, "").strip() or "1"
-    workers = parse_int(raw)
-    if name not in EXECUTORS:
-        raise DietError(f"{EXECUTOR_ENV}={name!r} is not an executor", f"one of {', '.join(EXECUTORS)}, or unset it")
-    if workers is None or workers < 1:
-        raise DietError(f"{WORKERS_ENV}={raw!r} is not a number of workers ≥ 1", "e.g. 2 (one per GPU), or unset it")
-    return name, workers
 
 
 def serve(store: J.JobStore, owner: int | None = None, idle_exit_s: float | None = None) -> int:

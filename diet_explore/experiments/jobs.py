@@ -54,7 +54,7 @@ from typing import Any
 
 from diet_explore.core import atomic
 from diet_explore.core.clock import utc_now, utc_timestamp
-from diet_explore.core.config import is_finite_number, is_whole_number, parse_float
+from diet_explore.core.config import is_finite_number, is_whole_number, parse_float, parse_int
 from diet_explore.core.errors import DietError
 from diet_explore.experiments.runs import RunStore, new_run_id
 
@@ -787,6 +787,25 @@ def _warm_up() -> None:
 # --------------------------------------------------------------------------------------------
 # Executors: where the worker runs
 # --------------------------------------------------------------------------------------------
+EXECUTORS = ("local", "ray")
+EXECUTOR_ENV = "DIET_EXPLORE_EXECUTOR"  # the app's setting (diet-explore app --executor): local or ray
+WORKERS_ENV = "DIET_EXPLORE_WORKERS"  # and how many workers (diet-explore app --workers)
+
+
+def executor_setting(env: dict[str, str] | None = None) -> tuple[str, int]:
+    """(executor, workers) the app runs its jobs on: ``DIET_EXPLORE_EXECUTOR`` (default ``local``)
+    and ``DIET_EXPLORE_WORKERS`` (default 1), as ``diet-explore app --executor --workers`` set them."""
+    env = os.environ if env is None else env
+    name = env.get(EXECUTOR_ENV, "").strip() or "local"
+    raw = env.get(WORKERS_ENV, "").strip() or "1"
+    workers = parse_int(raw)
+    if name not in EXECUTORS:
+        raise DietError(f"{EXECUTOR_ENV}={name!r} is not an executor", f"one of {', '.join(EXECUTORS)}, or unset it")
+    if workers is None or workers < 1:
+        raise DietError(f"{WORKERS_ENV}={raw!r} is not a number of workers ≥ 1", "e.g. 2 (one per GPU), or unset it")
+    return name, workers
+
+
 class LocalProcessExecutor:
     """One worker process on this machine, a child of the caller (e.g. the app's server), started
     when jobs are queued and none is alive. It stops, leaving a running job interrupted and
@@ -798,8 +817,6 @@ class LocalProcessExecutor:
         """Start a worker for ``store`` unless one is alive or starting; True when one was started.
         ``preload``: a model it loads while waiting for the first job."""
         self._started[:] = [p for p in self._started if p.poll() is None]
-        from diet_explore.experiments.executors import executor_setting
-
         worker_idle_s()  # a bad value is refused here, to the caller, not in the worker's log
         executor_setting()  # so is a bad DIET_EXPLORE_EXECUTOR or DIET_EXPLORE_WORKERS
         if store.live_worker():  # the common case, without the store's lock
@@ -817,8 +834,6 @@ class LocalProcessExecutor:
                 **os.environ,
                 "PYTHONPATH": os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
             }
-            from diet_explore.experiments.executors import executor_setting
-
             if executor_setting() == ("local", 1):  # one worker process, this module's
                 cmd = [sys.executable, "-m", "diet_explore.experiments.jobs", "--root", str(store.runs.root)]
                 cmd += ["--owner", str(os.getpid()), *(["--preload", preload] if preload else [])]

@@ -13,7 +13,6 @@ import pytest
 
 from diet_explore.cli import build_parser
 from diet_explore.cli.compare import compare_config
-from diet_explore.core.errors import DietError
 from diet_explore.experiments.results import mask_for, sweep_mask_config
 from diet_explore.experiments.sweep import FINGERPRINT_FIELDS, CompareConfig
 from diet_explore.masking.build import MaskConfig, build_mask
@@ -86,9 +85,11 @@ def test_compare_takes_the_mask_flags_of_mask(tmp_path):
     assert default.mask == MaskConfig(exact=True) and default.round_to_model  # the sweep's defaults, as before
 
 
-def test_a_multiple_with_the_models_multiple_is_refused():
-    with pytest.raises(DietError, match="give one of them"):
-        CompareConfig(mask=MaskConfig(multiple_of=8))
+def test_the_kept_multiple_is_the_masks_and_the_models_when_rounding_to_the_model():
+    assert CompareConfig().kept_multiple(9) == 9  # compare's default: what the model needs to save
+    assert CompareConfig(mask=MaskConfig(multiple_of=8)).kept_multiple(4) == 8  # a multiple of both
+    assert CompareConfig(mask=MaskConfig(multiple_of=8)).kept_multiple(9) == 72
+    assert CompareConfig(mask=MaskConfig(multiple_of=8), round_to_model=False).kept_multiple(9) == 8
 
 
 def test_each_run_builds_the_tuned_mask_and_is_labelled_by_what_differs(synthetic_cache_dir):
@@ -144,3 +145,9 @@ def test_a_sweep_of_the_tuned_mask_keeps_the_mask_builders_count_and_records_its
     assert want.n_keep != paper.n_keep  # the tuned vote keeps another count than the paper's
     assert by["diet@0.25"]["n_keep"] == want.n_keep and by["random@0.25"]["n_keep"] == 48
     assert MaskConfig.from_dict(by["diet@0.25"]["mask_config"]).label() == "diet τ0.6 rte×2"
+
+
+def test_a_masks_own_multiple_under_the_models_changes_the_fingerprint():
+    assert CompareConfig().fingerprint("h", "float32") != CompareConfig(mask=MaskConfig(multiple_of=8)).fingerprint(
+        "h", "float32"
+    )

@@ -31,7 +31,7 @@ def save_sweep_models(config, save_dir: str | Path, log: Callable[[str], None] =
     save_dir = Path(save_dir)
     pre = as_precompute(load_cache(config.cache))
     tasks = list(eval_requests(config.eval_config()))
-    multiple = config.multiple_of or required_multiple_for_config(load_config(config.model))  # what the sweep used
+    multiple = config.kept_multiple(required_multiple_for_config(load_config(config.model)))  # what the sweep used
     source = model_source(config.model)
     written = []
     for method, sparsity in sweep_grid(config):

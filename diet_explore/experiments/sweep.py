@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,8 +166,13 @@ class CompareConfig(JsonConfig):
 
     @property
     def multiple_of(self) -> int | None:
-        """The kept-count multiple the settings fix (None: the model's, known once it loads)."""
+        """The kept-count multiple the settings fix (None: it depends on the model, ``kept_multiple``)."""
         return None if self.round_to_model else self.mask.multiple_of
+
+    def kept_multiple(self, model_multiple: int) -> int:
+        """Every run's kept-count multiple, given the one the model needs to save and reload
+        (``prune.required_multiple``): with ``round_to_model`` a multiple of both it and the mask's own."""
+        return math.lcm(self.mask.multiple_of, model_multiple) if self.round_to_model else self.mask.multiple_of
 
     def settings(self) -> dict[str, Any]:
         """The results-affecting settings by their flat names (``FINGERPRINT_FIELDS``), the mask's
@@ -181,16 +187,13 @@ class CompareConfig(JsonConfig):
             "threshold": self.threshold,
             "mask_settings": {k: v for k, v in rest.items() if v != default[k] and k not in ("sparsity", "method")},
         }
+        if self.round_to_model and self.mask.multiple_of > 1:  # rounded to a multiple of both it and the model's
+            fields["mask_settings"]["multiple_of"] = self.mask.multiple_of
         return fields
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "--seed")  # before config.json and results.jsonl are written
         self.mask = _compare_mask(self.mask)
-        if self.round_to_model and self.mask.multiple_of > 1:
-            raise DietError(
-                f"the mask rounds to a multiple of {self.mask.multiple_of} and round_to_model asks for the model's multiple",
-                "give one of them: --multiple-of N alone rounds to N",
-            )
         self.methods = [canonical_method(m) for m in self.methods]  # an older name (leave_one_out) is read as its new one
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
@@ -373,7 +376,7 @@ def run_compare(
     # corrected run); with --multiple-of unset the model's own multiple is only known once it loads
     for method, sparsity in sweep_grid(config):
         if builds_mask(method):
-            run_masks(pre, method, sparsity, config, config.multiple_of or 1, list(requests))
+            run_masks(pre, method, sparsity, config, config.mask.multiple_of, list(requests))
     have = {r["key"] for r in done}
     grid = [g for g in sweep_grid(config) if only is None or combo_key(*g) in only]
     todo = (["dense"] if "dense" not in have else []) + [combo_key(m, s) for m, s in grid if combo_key(m, s) not in have]
@@ -400,7 +403,7 @@ def run_compare(
         check_rotatable(model)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "config.json", config.to_json() + "\n")
-    multiple = config.multiple_of or required_multiple(model)
+    multiple = config.kept_multiple(required_multiple(model))
     log(f"{len(grid) + 1 - len(todo)} of {len(grid) + 1} runs already in {out}; {len(todo)} to go")
 
     def step(i: int) -> Progress:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from diet_explore.core.errors import DietError
-from diet_explore.masking.config import BASELINE_METHODS, TASKLESS_METHODS  # noqa: F401  (re-exported)
+from diet_explore.masking.config import BASELINE_METHODS, TASKLESS_METHODS, generic_task  # noqa: F401  (re-exported)
 from diet_explore.masking.selection import top_k_mask
 
 
@@ -30,14 +30,3 @@ def magnitude_keep(cache, n_keep: int) -> np.ndarray:
             "re-run `diet-explore profile` (it writes baselines.safetensors), or choose another method",
         )
     return top_k_mask(cache.baselines["weight_magnitude"], n_keep)
-
-
-def generic_task(cache) -> str:
-    """The generic calibration set the wiki baseline scores with (``wikitext`` when present)."""
-    names = cache.generic_names
-    if not names:
-        raise DietError(
-            f"the cache {cache.path or cache.model_name} has no generic calibration set (e.g. wikitext)",
-            "re-run `diet-explore profile` without --no-generic, or choose another method",
-        )
-    return "wikitext" if "wikitext" in names else names[0]

@@ -219,8 +219,6 @@ class MaskConfig(JsonConfig):
     def voting_tasks(self, cache) -> tuple[list[str], np.ndarray]:
         """(tasks, weights (T,)) that take part in this method's vote, in config order.
         Weights for cache tasks that are not voting are ignored."""
-        from diet_explore.masking import baselines
-
         tasks = list(self.tasks) if self.tasks is not None else list(cache.task_names)
         if self.method == "single-task":
             task = self.single_task or (tasks[0] if len(tasks) == 1 else None)
@@ -248,10 +246,21 @@ class MaskConfig(JsonConfig):
             if not tasks:
                 raise DietError(f"leaving out {self.held_out_task!r} leaves no task to vote", "select at least two tasks")
         if self.method == "wiki":
-            return [baselines.generic_task(cache)], np.ones(1)
+            return [generic_task(cache)], np.ones(1)
         if self.method in ("random", "magnitude"):
             return [], np.zeros(0)
         return tasks, np.array([self.weights.get(t, 1.0) for t in tasks], dtype=np.float64)
+
+
+def generic_task(cache) -> str:
+    """The generic calibration set the wiki baseline scores with (``wikitext`` when present)."""
+    names = cache.generic_names
+    if not names:
+        raise DietError(
+            f"the cache {cache.path or cache.model_name} has no generic calibration set (e.g. wikitext)",
+            "re-run `diet-explore profile` without --no-generic, or choose another method",
+        )
+    return "wikitext" if "wikitext" in names else names[0]
 
 
 def parse_weights(text: str) -> dict[str, float]:

@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from app_helpers import APP, TIMEOUT, arr, chart_by_key, metrics, open_tab, run_page, shell_argv
+from job_helpers import stop_workers, wait_job
 
+from diet_explore.experiments.jobs import JobStore
 from diet_explore.masking.build import MaskConfig, build_mask
 from diet_explore.masking.importance import ScorePrecompute
 from diet_explore.masking.selection import keep_count, top_k_mask
@@ -71,8 +73,10 @@ def test_export_of_a_cache_profiled_with_task_file_tasks(monkeypatch, tmp_path, 
     save_cache(synthetic_cache(hidden_size=64, num_layers=2, tasks=("rte", "my_task"), n_samples=6, seed=2), tmp_path / "c" / "x")
     at = run_page(_app(monkeypatch, tmp_path / "c", tmp_path).run(), "export")  # the lm_eval command raised here
     assert not at.error or all("my_task" not in e.value for e in at.error)
+    write = next(shell_argv(c.value) for c in at.code if c.value.startswith("diet-explore lmeval-tasks"))
+    assert write[write.index("--tasks") + 1] == "rte"
     lm_eval = [shell_argv(c.value) for c in at.code if c.value.startswith("lm_eval")]
-    assert lm_eval and lm_eval[0][lm_eval[0].index("--tasks") + 1] == "rte"
+    assert lm_eval and all(argv[argv.index("--tasks") + 1] == "diet_rte" for argv in lm_eval)
     assert any("Not in this task registry: my_task" in c.value for c in at.caption)
 
 
@@ -210,7 +214,17 @@ def test_the_terms_have_tooltips_and_a_glossary(app):
 
 @pytest.fixture
 def tiny_at(monkeypatch, tmp_path, tiny_cache_root, clear_st_caches):
-    return _app(monkeypatch, tiny_cache_root, tmp_path), tmp_path / "export"
+    yield _app(monkeypatch, tiny_cache_root, tmp_path), tmp_path / "export"
+    stop_workers(JobStore(tmp_path / "runs"))
+
+
+def _saved(at, export: Path):
+    """Wait for the prune_save job the click queued, then show the page again."""
+    store = JobStore(export.parent / "runs")
+    job = max(store.jobs(), key=lambda j: j["queue_seq"])
+    assert job["type"] == "prune_save"
+    wait_job(store, job["job_id"], ("done", "failed"))
+    return at.run()
 
 
 def test_saving_confirms_the_path_and_the_size(tiny_at):
@@ -229,7 +243,7 @@ def test_export_asks_before_replacing_and_never_replaces_a_foreign_folder(tiny_a
     at.number_input(key="multiple").set_value(8).run()  # a count the tiny llama's 4 heads can save
     run_page(at, "export")
     at.text_input(key="export_name").input("tiny-pruned").run()
-    at.button(key="export_save_model").click().run(timeout=300)
+    _saved(at.button(key="export_save_model").click().run(), export)
     assert not at.error and (export / "tiny-pruned" / "config.json").is_file()
     before = (export / "tiny-pruned" / "config.json").stat().st_mtime_ns
     at.run()
@@ -237,7 +251,7 @@ def test_export_asks_before_replacing_and_never_replaces_a_foreign_folder(tiny_a
     assert at.button(key="export_save_model").disabled  # was: replaced at once (overwrite=True)
     at.checkbox(key="export_replace_model").check().run()
     assert not at.button(key="export_save_model").disabled
-    at.button(key="export_save_model").click().run(timeout=300)
+    _saved(at.button(key="export_save_model").click().run(), export)
     assert not at.error and (export / "tiny-pruned" / "config.json").stat().st_mtime_ns != before
 
     theirs = export / "notes"

@@ -524,9 +524,20 @@ def test_export_command_reproduces_the_mask(app, app_env, alpha, tmp_path):
     prune = shell_argv(at.code[1].value)
     name = at.text_input(key="export_name").value
     assert prune[:2] == ["diet-explore", "prune"] and prune[prune.index("--mask") + 1] == f"{name}.json"
-    lm_eval = shell_argv(at.code[2].value)
-    assert lm_eval[:3] == ["lm_eval", "--model", "hf"]
-    assert lm_eval[lm_eval.index("--model_args") + 1].startswith(f"pretrained={prune[prune.index('--out') + 1]},")
+    # the honest hand-off: task files over the held-out documents (this cache's calibration left out), then the
+    # dense and the pruned model on them; lm-eval's stock tasks (whole splits, calibration inside) are never shown
+    write = shell_argv(at.code[2].value)
+    mask_cache = shell_argv(at.code[0].value)[argv.index("--cache") + 1]
+    assert write[:2] == ["diet-explore", "lmeval-tasks"] and write[write.index("--cache") + 1] == mask_cache
+    tasks_dir = write[write.index("--out") + 1]
+    dense, pruned = (shell_argv(c.value) for c in at.code[3:5])
+    assert dense[dense.index("--model_args") + 1].startswith("pretrained=alpha-576,")
+    assert pruned[pruned.index("--model_args") + 1].startswith(f"pretrained={prune[prune.index('--out') + 1]},")
+    lm_evals = [shell_argv(c.value) for c in at.code if c.value.startswith("lm_eval")]
+    assert len(lm_evals) == 6  # dense and pruned: one device, one model over every GPU, vLLM
+    for argv in lm_evals:
+        assert argv[argv.index("--include_path") + 1] == tasks_dir
+        assert argv[argv.index("--tasks") + 1] == ",".join(f"diet_{t}" for t in write[write.index("--tasks") + 1].split(","))
 
 
 @pytest.mark.parametrize("bad", ["../escape", "sub/dir", "a\\b"])

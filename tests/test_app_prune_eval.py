@@ -452,9 +452,15 @@ def test_export_saves_a_loadable_pruned_model(tiny_app, tiny):
     assert not at.warning  # a multiple of 8 is a multiple of the 4 heads: no save warning
     run_page(at, "export")
     at.text_input(key="export_name").input("tiny-pruned").run()
-    at.button(key="export_save_model").click().run(timeout=300)
+    at.button(key="export_save_model").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    # a job in the worker, not work on the page's thread: the click returns with the job queued or running
+    job = only_job(dirs)
+    assert job["type"] == "prune_save" and ("**queued**" in texts(at) or "**running**" in texts(at))
+    at = finish(at, dirs)
+    assert not at.error and only_job(dirs)["status"] == "done", [e.value for e in at.error]
     folder = dirs["export"] / "tiny-pruned"
+    assert any(f"{folder.name}/ (" in s.value and f"{n_keep} hidden dims kept" in s.value for s in at.success)
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert model.config.hidden_size == n_keep
     mask = load_mask(folder / "diet_mask.json", expected_hidden_size=64)

@@ -1,6 +1,7 @@
 """Export: download the current mask, save it (and a pruned model) to disk, and copy the commands
 that reproduce it. Nothing on disk is replaced without a confirmation, and a pruned folder only
-when it is one diet-explore wrote (``save_pruned``'s marker rule)."""
+when it is one diet-explore wrote (``save_pruned``'s marker rule). Pruning a model is long work: it
+runs as a ``prune_save`` job in the worker, never on this page's script thread."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import io
 import json
 import shlex
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -15,17 +17,29 @@ import streamlit as st
 from diet_explore.core import atomic
 from diet_explore.core.config import command_lines
 from diet_explore.core.errors import DietError
+from diet_explore.experiments import jobs as J
 from diet_explore.masking.maskfile import is_mask_file, is_npy_file, mask_command, mask_file_from_result, save_mask
-from diet_explore.models.loading import model_source
+from diet_explore.models.builtin import BUILTIN_MODELS, store_path
 from diet_explore.pruning.saving import PRUNE_INFO_FILE
-from diet_explore.pruning.streaming import prune_to_folder
-from diet_explore.tasks.registry import lm_eval_command, load_registry
+from diet_explore.tasks.lmeval_commands import TASKS_DIR, hand_off_commands, lmeval_tasks_command, task_name
+from diet_explore.tasks.registry import load_registry
+from diet_explore_app import jobs_ui, state
 from diet_explore_app import settings as S
-from diet_explore_app import state
 from diet_explore_app import widgets as ui
 
 K_NAME, K_SAVE, K_SAVE_MODEL = "export_name", "export_save", "export_save_model"
 K_REPLACE_MASK, K_REPLACE_MODEL = "export_replace_mask", "export_replace_model"
+K_WATCH = "_ex_job"  # the prune_save job this session started
+
+
+def render_prune_job(job: dict) -> None:
+    """A finished prune_save job: the folder it wrote, and its size while it is still there."""
+    if job["status"] != "done":
+        return
+    saved = Path(job["result"]["folder"])
+    size = f" ({ui.saved_size(saved)} on disk)" if saved.is_dir() else " (no longer there)"
+    st.success(f"Saved {ui.display_path(saved)}/{size}, {job['result']['n_keep']} hidden dims kept")
+
 
 st.title("Export")
 with ui.shown_errors():
@@ -112,14 +126,15 @@ with ui.shown_errors():
     if st.button(
         f"Prune and save model to {ui.display_path(folder)}/", key=K_SAVE_MODEL, disabled=reason is not None, help=reason
     ):
-        atomic.check_writable(export_dir, f"export folder ({S.EXPORT_DIR_ENV})", folder=True)  # before the model loads
-        with st.status("Pruning…", expanded=True) as status:
-            ui.check_model_installed(name_or_path)
-            status.write(f"Pruning {name_or_path} to {result.n_keep} of {result.hidden_size} hidden dims…")
-            # from the checkpoint's files, tensor by tensor: the server loads no model for this
-            saved = prune_to_folder(model_source(name_or_path), mask_file, folder, overwrite=replace).folder
-            status.update(label=f"Saved {ui.display_path(saved)}/ ({ui.saved_size(saved)})", state="complete")
-        st.success(f"Saved {ui.display_path(saved)}/ ({ui.saved_size(saved)} on disk)")
+        atomic.check_writable(export_dir, f"export folder ({S.EXPORT_DIR_ENV})", folder=True)  # before it is queued
+        ui.check_model_installed(name_or_path)
+        # the worker prunes it (from the checkpoint's files, tensor by tensor): the server loads no model
+        job_id, new = J.submit_prune_job(jobs_ui.store(), name_or_path, mask_file, folder, overwrite=replace)
+        st.session_state[K_WATCH] = job_id
+        if not new:
+            st.info(f"The same job is already queued or running ({job_id}): showing it.")
+    if st.session_state.get(K_WATCH) or any(j["type"] == "prune_save" for j in jobs_ui.list_jobs(jobs_ui.store())[0]):
+        jobs_ui.job_panel(jobs_ui.store(), "prune_save", K_WATCH, render_prune_job)
 
     st.markdown("**Reproduce**")
     st.markdown("Rebuild this mask from the same cache:")
@@ -141,10 +156,24 @@ with ui.shown_errors():
     ]
     st.code(command_lines(shlex.join(prune)), language="bash", wrap_lines=True)
     if known:
-        st.markdown("Evaluate the saved pruned model with lm-evaluation-harness:")
-        st.code(
-            command_lines(lm_eval_command(ui.display_path(folder), known, registry=registry)), language="bash", wrap_lines=True
+        # lm-eval's stock tasks score whole splits, which hold the calibration examples: the hand-off writes
+        # task files over the held-out documents the quick eval scores, then runs both models on them
+        dense = str(store_path(name_or_path)) if name_or_path in BUILTIN_MODELS else name_or_path
+        st.markdown(
+            "Evaluate it with lm-evaluation-harness on every held-out document, offline: first write the task "
+            "files (this cache's calibration examples left out), then score the dense and the pruned model on them:"
         )
+        write = lmeval_tasks_command(TASKS_DIR, known, cache=ui.display_path(loaded.path))
+        st.code(command_lines(write), language="bash", wrap_lines=True)
+        models = {"dense": dense, "pruned": ui.display_path(folder)}
+        commands = hand_off_commands(models, TASKS_DIR, [task_name(t) for t in known])
+        for label, cmd in commands[: len(models)]:  # one device each
+            st.caption(f"{label}:")
+            st.code(command_lines(cmd), language="bash", wrap_lines=True)
+        with st.expander("On several GPUs (one model over every GPU; vLLM, one replica per GPU)"):
+            for label, cmd in commands[len(models) :]:
+                st.caption(f"{label}:")
+                st.code(command_lines(cmd), language="bash", wrap_lines=True)
     if unknown:  # tasks from a --task-file: lm-eval knows them only from a task config of its own
         st.caption(
             f"Not in this task registry: {', '.join(unknown)} (profiled from a --task-file). Start the app with "

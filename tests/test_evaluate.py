@@ -20,7 +20,8 @@ from diet_explore.evaluation.metrics import mean_stderr, paired_proportion_delta
 from diet_explore.models.adapters.tiny import tiny_model
 from diet_explore.pruning.slicing import prune_model
 from diet_explore.tasks import data
-from diet_explore.tasks.registry import lm_eval_command, resolve_tasks
+from diet_explore.tasks.lmeval_commands import lm_eval_command
+from diet_explore.tasks.registry import resolve_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,24 +99,10 @@ def test_a_model_against_itself_has_zero_delta_and_an_interval_that_admits_4_exa
     assert deltas["rte"]["gold_ll_per_char"]["ci_low"] is None and "too few examples" in deltas["rte"]["gold_ll_per_char"]["note"]
 
 
-def test_lm_eval_command_uses_lm_evals_task_names():
-    cmd = lm_eval_command("out/pruned", "all", limit=50)
-    assert cmd == (
-        "lm_eval --model hf --model_args pretrained=out/pruned,dtype=float32 --tasks boolq,rte,hellaswag,"
-        "winogrande,arc_easy,arc_challenge,openbookqa --batch_size 8 --limit 50"
-    )
-    assert lm_eval_command("m", ["rte"]).endswith("--tasks rte --batch_size 8")  # a full evaluation: no --limit
-    assert lm_eval_command("m", ["rte"], dtype="bfloat16", device="cuda").endswith(
-        "pretrained=m,dtype=bfloat16 --tasks rte --batch_size 8 --device cuda"
-    )
-    # a folder with a space in its path stays one argument for the shell (it was split in two)
-    assert shlex.split(lm_eval_command("my models/m", ["rte"]))[4] == "pretrained=my models/m,dtype=float32"
-
-
 @pytest.mark.parametrize(
     "command",
     [
-        lm_eval_command("/tmp/my models/x", "all", limit=5),
+        lm_eval_command("/tmp/my models/x", "lmeval-tasks", ["diet_rte", "diet_boolq"], limit=5),
         "diet-explore mask --cache 'cache/my cache' --weights boolq=2,rte=0 --out out.json",
         "prog",
     ],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -473,24 +472,3 @@ def resolve_tasks(names: str | list[str], registry: dict[str, TaskSpec] | None =
     if not names:
         raise DietError("no task given", f"use --tasks all or some of: {', '.join(registry)}")
     return [registry[n] for n in names]
-
-
-def lm_eval_command(
-    model_folder: str,
-    tasks: str | list[str] = "all",
-    limit: int | None = None,
-    batch_size: int = 8,
-    dtype: str = "float32",
-    device: str | None = None,
-    registry: dict[str, TaskSpec] | None = None,
-) -> str:
-    """The lm-evaluation-harness command that evaluates the same tasks (each under its registry
-    ``lm_eval_task`` name, once): on every document without ``limit`` (a full evaluation), else
-    lm-eval's own first ``limit`` documents (not our held-out ids)."""
-    specs = resolve_tasks(tasks, registry)
-    names = ",".join(dict.fromkeys(s.lm_eval_task or s.name for s in specs))
-    args = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model_folder},dtype={dtype}", "--tasks", names]
-    args += (
-        ["--batch_size", str(batch_size)] + (["--device", device] if device else []) + (["--limit", str(limit)] if limit else [])
-    )
-    return shlex.join(args)  # quoted: an export folder with a space in its path pastes as one argument

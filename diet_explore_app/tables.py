@@ -16,14 +16,14 @@ from diet_explore.evaluation.decision import format_estimate
 MINUS = "\u2212"  # a real minus sign: "−0.45" reads as negative at a glance, "-0.45" less so
 HIGHLIGHT = "font-weight: 700; background-color: rgba(255, 189, 69, 0.25)"
 
+DELTA_CI = "Δ, points [95% CI]"  # decision.format_estimate's text: the paired difference in points
 RESULT_COLUMNS = [
     "Task",
     "n",
     "Main metric",
     "Dense",
     "Pruned",
-    "Δ",
-    "95% CI",
+    DELTA_CI,
     "acc (dense → pruned)",
     "acc_norm (dense → pruned)",
 ]
@@ -41,11 +41,11 @@ def number(value: Any, digits: int = 3, signed: bool = False) -> str:
     return text.replace("-", MINUS)
 
 
-def interval(low: Any, high: Any, digits: int = 3) -> str:
-    """A 95% CI as '[−0.450, +0.250]' ('' when either end is undefined)."""
-    if _missing(low) or _missing(high):
+def _estimate(delta: Any, low: Any, high: Any) -> str:
+    """``decision.format_estimate`` of a cell that may be blank (NaN in a frame): blank, never "—"."""
+    if _missing(delta):
         return ""
-    return f"[{number(low, digits, signed=True)}, {number(high, digits, signed=True)}]"
+    return format_estimate(delta, *(None if _missing(v) else v for v in (low, high)))
 
 
 def pair(dense: Any, pruned: Any, digits: int = 3) -> str:
@@ -74,8 +74,7 @@ def format_results_table(
                 "Main metric": r.get("metric", ""),
                 "Dense": number(r.get("dense_main"), digits),
                 "Pruned": number(r.get("pruned_main"), digits),
-                "Δ": number(r.get("delta_main"), digits, signed=True),
-                "95% CI": interval(r.get("delta_main_ci_low"), r.get("delta_main_ci_high"), digits),
+                DELTA_CI: _estimate(r.get("delta_main"), r.get("delta_main_ci_low"), r.get("delta_main_ci_high")),
                 "acc (dense → pruned)": pair(r.get("dense_acc"), r.get("pruned_acc"), digits),
                 "acc_norm (dense → pruned)": pair(r.get("dense_acc_norm"), r.get("pruned_acc_norm"), digits),
             }
@@ -88,8 +87,7 @@ def format_results_table(
                 "Main metric": "main",
                 "Dense": number(average.get("dense"), digits),
                 "Pruned": number(average.get("pruned"), digits),
-                "Δ": number(average.get("delta"), digits, signed=True),
-                "95% CI": interval(average.get("ci_low"), average.get("ci_high"), digits),
+                DELTA_CI: _estimate(average.get("delta"), average.get("ci_low"), average.get("ci_high")),
                 "acc (dense → pruned)": "",
                 "acc_norm (dense → pruned)": "",
             }
@@ -98,10 +96,10 @@ def format_results_table(
 
 
 def results_styler(table: pd.DataFrame):
-    """``format_results_table``'s table with the main metric highlighted: the Dense/Pruned/Δ/CI
+    """``format_results_table``'s table with the main metric highlighted: the Dense/Pruned/Δ [CI]
     cells, and in each task row the acc or acc_norm column that is its main metric (the average row
     in bold)."""
-    main_cols = ["Dense", "Pruned", "Δ", "95% CI"]
+    main_cols = ["Dense", "Pruned", DELTA_CI]
 
     def style(row: pd.Series) -> list[str]:
         out = []

@@ -19,6 +19,7 @@ import streamlit as st
 
 from diet_explore.core.atomic import check_path
 from diet_explore.core.errors import DietError
+from diet_explore.evaluation.decision import SCALES, format_entry
 from diet_explore.masking.build import MaskConfig, MaskResult
 from diet_explore.masking.dims import check_dim, display_token
 from diet_explore.profiling.cache import ScoreCache, list_caches
@@ -472,11 +473,15 @@ def note_metric(where, label: str, value, note: str | None = None, help: str | N
     where.metric(label, value, delta=note, delta_color="off", delta_arrow="off", help=help)
 
 
-def ci_note(entry: dict | None, fmt: str = "+.3f") -> str | None:
-    """``95% CI [low, high]`` of a paired-metric entry (``evaluation.metrics``), or None without one."""
-    if not entry or entry.get("ci_low") is None:
-        return None
-    return f"95% CI [{entry['ci_low']:{fmt}}, {entry['ci_high']:{fmt}}]"
+def estimate_metric(where, label: str, entry: dict | None, metric: str = "main") -> None:
+    """A paired-metric entry (``evaluation.metrics``: delta, ci_low, ci_high, n) as a metric: the value
+    is ``decision.format_entry``'s "Δ [low, high]" (accuracy in points, log-likelihoods in nats), the
+    note under it says the unit and on how many paired examples."""
+    entry = entry or {}
+    unit = SCALES.get(metric, SCALES["gold_ll_per_char"]).unit.strip()
+    n = entry.get("n")
+    note = f"{unit}, Δ [95% CI]" + (f", {int(n):,} paired" if n else "") if entry.get("delta") is not None else None
+    note_metric(where, label, format_entry(entry, metric), note=note)
 
 
 def saved_size(path: Path) -> str:

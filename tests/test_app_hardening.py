@@ -95,9 +95,13 @@ def test_results_table_has_plain_headers_blank_cells_and_the_main_metric_highlig
     ]  # fmt: skip
     avg = {"n": 150, "dense": 0.523, "pruned": 0.423, "delta": -0.1, "ci_low": -0.2, "ci_high": 0.0}
     table = tables.format_results_table(rows, avg)
-    assert list(table.columns[:7]) == ["Task", "n", "Main metric", "Dense", "Pruned", "Δ", "95% CI"]
+    assert list(table.columns[:6]) == ["Task", "n", "Main metric", "Dense", "Pruned", "Δ, points [95% CI]"]
     rte = table.set_index("Task").loc["rte"]
-    assert rte["95% CI"] == "[−0.450, +0.250]" and rte["Δ"] == "−0.120" and rte["Dense"] == "0.640"
+    # the difference and its interval in one cell, as decision.format_estimate prints it on every page
+    assert rte["Δ, points [95% CI]"] == "−12.0 [−45.0, +25.0]" and rte["Dense"] == "0.640"
+    assert table.set_index("Task").loc["average", "Δ, points [95% CI]"] == "−10.0 [−20.0, 0.0]"
+    no_ci = tables.format_results_table([{**rows[0], "delta_main_ci_low": None, "delta_main_ci_high": float("nan")}])
+    assert no_ci.loc[0, "Δ, points [95% CI]"] == "−12.0 (no interval: too few examples)"
     wino = table.set_index("Task").loc["winogrande"]
     assert wino["acc_norm (dense → pruned)"] == ""  # undefined: a blank cell, not "None" or "nan"
     text = table.to_string()
@@ -107,7 +111,7 @@ def test_results_table_has_plain_headers_blank_cells_and_the_main_metric_highlig
     hot = {(r, c) for (r, c), css in styles.items() if css}
     hella = list(table["Task"]).index("hellaswag")
     assert (hella, cols.index("acc_norm (dense → pruned)")) in hot and (hella, cols.index("acc (dense → pruned)")) not in hot
-    assert (0, cols.index("acc (dense → pruned)")) in hot and (0, cols.index("Δ")) in hot
+    assert (0, cols.index("acc (dense → pruned)")) in hot and (0, cols.index("Δ, points [95% CI]")) in hot
 
 
 def test_history_table_fits_with_short_headers():

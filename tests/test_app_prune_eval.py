@@ -16,7 +16,7 @@ import pytest
 from app_helpers import APP, TIMEOUT, arr, chart_by_key, metrics, run_page
 from job_helpers import paired, scored, stop_workers, wait_job, worker_pid
 
-from diet_explore.evaluation.decision import decide, format_estimate
+from diet_explore.evaluation.decision import decide, format_entry, format_estimate
 from diet_explore.experiments.history import compare_runs, run_heading, run_view
 from diet_explore.experiments.jobs import JobStore
 from diet_explore.masking.build import MaskConfig, build_mask
@@ -82,6 +82,11 @@ def frame_with(at, column):
     raise AssertionError(f"no table with a column {column!r}: {[list(d.value.columns) for d in at.dataframe]}")
 
 
+def _shown(view: dict) -> str:
+    """A stored run's mean Δ as the page's metric shows it (``decision.format_estimate``)."""
+    return format_estimate(view["delta_avg"], view["ci_low"], view["ci_high"])
+
+
 def texts(at) -> str:
     return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.warning, *at.info])
 
@@ -105,18 +110,18 @@ def test_prune_and_evaluate_runs_as_a_job_and_shows_the_run_the_library_computes
     pair = evaluate_pair(dense, pruned, tok, cfg)
     expected = pair.to_frame()
 
-    from diet_explore_app.tables import interval, number
+    from diet_explore_app.tables import number
 
     table = frame_with(at, "Main metric").set_index("Task")  # plain headers, every cell formatted once
     row = expected.loc["rte"]
     assert table.loc["rte", "n"] == "4" and table.loc["rte", "Main metric"] == "acc"
     assert table.loc["rte", "Dense"] == number(row["dense_main"]) and table.loc["rte", "Pruned"] == number(row["pruned_main"])
-    assert table.loc["rte", "Δ"] == number(row["delta_main"], signed=True)
-    assert table.loc["rte", "95% CI"] == interval(row["delta_main_ci_low"], row["delta_main_ci_high"])
+    rte_delta = format_estimate(row["delta_main"], row["delta_main_ci_low"], row["delta_main_ci_high"])
+    assert table.loc["rte", "Δ, points [95% CI]"] == rte_delta
     assert table.loc["rte", "acc (dense → pruned)"] == f"{number(row['dense_acc'])} → {number(row['pruned_acc'])}"
-    assert table.loc["average", "Δ"] == number(pair.average_delta()[0], signed=True)
+    assert table.loc["average", "Δ, points [95% CI]"] == format_estimate(*pair.average_delta())
     m = metrics(at)
-    assert m["Mean Δ main metric"] == f"{pair.average_delta()[0]:+.4f}"
+    assert m["Mean Δ main metric"] == format_estimate(*pair.average_delta())
     assert m["Parameters"] == f"{count_parameters(pruned) / 1e6:,.2f} M"
     assert m["Perplexity (pruned)"] == "off"
 
@@ -143,8 +148,8 @@ def test_compare_with_a_baseline_scores_it_in_the_same_job_and_shows_the_paired_
     assert job["status"] == "done" and "vs random" in job["label"], job.get("error")
     versus = job["partial"]["others"]["random"]["versus"]["average"]
     shown = metrics(at)
-    assert shown["Δ main metric vs random"] == f"{versus['main']['delta']:+.4f}"
-    assert shown["Δ gold LL/char vs random"] == f"{versus['gold_ll_per_char']['delta']:+.4f}"
+    assert shown["Δ main metric vs random"] == format_entry(versus["main"])
+    assert shown["Δ gold LL/char vs random"] == format_entry(versus["gold_ll_per_char"], "gold_ll_per_char")
     said = decide(versus["main"], candidate="diet", reference="random").sentence  # a finished job: decided in words
     assert said in texts(at) and "not decided" not in texts(at)
     runs = JobStore(dirs["runs"]).runs.records()
@@ -167,7 +172,7 @@ def test_a_running_job_survives_a_page_switch_a_reload_and_a_second_tab_and_then
         assert at.get("progress")[0].proto.value == int(100 * job["progress"]["fraction"]) or at.get("progress")
         shown = metrics(at)
         assert shown["Examples scored (pruned)"] == f"{scored(job)} / 300"
-        assert shown["Mean Δ main metric so far"] == f"{job['partial']['average']['main']['delta']:+.4f}"
+        assert shown["Mean Δ main metric so far"] == format_entry(job["partial"]["average"]["main"])
         assert "Mean Δ main metric" not in shown  # not the final number yet
 
         run_page(at, "mask_builder")  # the work is not the page's: switching away changes nothing
@@ -184,7 +189,7 @@ def test_a_running_job_survives_a_page_switch_a_reload_and_a_second_tab_and_then
     for session in (at, other):
         finish(session, dirs, job_id)
         record = JobStore(dirs["runs"]).runs.load(store.get(job_id)["run_id"])
-        assert metrics(session)["Mean Δ main metric"] == f"{run_view(record)['delta_avg']:+.4f}"
+        assert metrics(session)["Mean Δ main metric"] == _shown(run_view(record))
         assert f"Run {record['run_id']}" in [h.value for h in session.subheader][0]
 
 
@@ -201,13 +206,13 @@ def test_stop_on_the_page_keeps_the_partial_results_and_resume_finishes_the_run(
     assert job["status"] == "stopped", "the job finished before Stop was seen"
     at.run()
     assert "Partial results" in texts(at)
-    assert metrics(at)["Mean Δ main metric (partial)"] == f"{job['result']['average']['main']['delta']:+.4f}"
+    assert metrics(at)["Mean Δ main metric (partial)"] == format_entry(job["result"]["average"]["main"])
     assert not store.runs.records()
     at.button(key="job_resume").click().run()
     assert not at.exception, [e.value for e in at.exception]
     done = wait_job(store, job_id, ("done",))
     at.run()
-    assert metrics(at)["Mean Δ main metric"] == f"{run_view(store.runs.load(done['run_id']))['delta_avg']:+.4f}"
+    assert metrics(at)["Mean Δ main metric"] == _shown(run_view(store.runs.load(done["run_id"])))
     assert len(store.runs.records()) == 1 and done["attempts"] == 2
 
 
@@ -232,7 +237,7 @@ def test_an_interrupted_job_is_shown_so_and_resumes_from_the_page_to_the_numbers
     fresh.submit("prune_eval", job["config"], "the same, in one go")
     run_worker(fresh, until_empty=True)
     (reference,) = fresh.runs.records()
-    assert metrics(at)["Mean Δ main metric"] == f"{run_view(reference)['delta_avg']:+.4f}"
+    assert metrics(at)["Mean Δ main metric"] == _shown(run_view(reference))
     assert [run_view(resumed)[k] for k in ("ci_low", "ci_high")] == pytest.approx(
         [run_view(reference)[k] for k in ("ci_low", "ci_high")]
     )

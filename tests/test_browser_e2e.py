@@ -32,6 +32,7 @@ from app_helpers import (
     wait_metric,
 )
 
+from diet_explore.evaluation.decision import format_estimate
 from diet_explore.experiments.history import run_view
 from diet_explore.profiling.cache import list_caches
 
@@ -195,7 +196,8 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
         assert len(runs) == 1
         assert runs[0]["n_keep"] == res.n_keep and runs[0]["limit"] == 2 and runs[0]["dense_ppl"] is None
         assert runs[0]["tasks"] == cache.task_names
-        assert metric(page, "Mean Δ main metric") == f"{run_view(runs[0])['delta_avg']:+.4f}"
+        view = run_view(runs[0])
+        assert metric(page, "Mean Δ main metric") == format_estimate(view["delta_avg"], view["ci_low"], view["ci_high"])
     else:  # no weights here: the page must say how to install them
         page.get_by_text(install_command(model_name), exact=False).first.wait_for(timeout=WAIT_MS)
         warnings.warn(f"{model_name} is not installed: prune+evaluate checked only the install hint", stacklevel=1)

@@ -18,6 +18,7 @@ import pytest
 from app_helpers import CHROME_ARGS, CHROMIUM, WAIT_MS, goto_page, idle, metric, require_browser, start_app_server
 from job_helpers import paired, wait_job, worker_pid
 
+from diet_explore.evaluation.decision import format_entry, format_estimate
 from diet_explore.experiments.history import run_view
 from diet_explore.experiments.jobs import JobStore
 
@@ -109,7 +110,7 @@ def test_a_job_survives_page_switches_reloads_stop_and_a_server_restart(env, tmp
                     goto_page(page, "Prune & evaluate")
                     page.get_by_text(f"Job {first['job_id']}", exact=False).first.wait_for(timeout=WAIT_MS)
                     page.get_by_text("running", exact=True).first.wait_for(timeout=WAIT_MS)
-                    expected = f"{job['partial']['average']['main']['delta']:+.4f}"
+                    expected = format_entry(job["partial"]["average"]["main"])
                     page.wait_for_function(
                         "(v) => document.body.innerText.includes(v)", arg=expected, timeout=WAIT_MS
                     )  # the running number, after the page switch
@@ -124,7 +125,8 @@ def test_a_job_survives_page_switches_reloads_stop_and_a_server_restart(env, tmp
                 one_go = _final(page)  # the page refreshes itself to the result
                 done = store.get(first["job_id"])
                 assert done["status"] == "done"
-                assert one_go == f"{run_view(store.runs.load(done['run_id']))['delta_avg']:+.4f}"
+                view = run_view(store.runs.load(done["run_id"]))
+                assert one_go == format_estimate(view["delta_avg"], view["ci_low"], view["ci_high"])
 
                 # 2. Stop keeps the partial numbers; Resume finishes with the same numbers (the reload
                 # started a new session: its settings are the defaults again)

@@ -56,3 +56,22 @@ def test_compare_logs_points_and_a_rounded_perplexity(tmp_path):
     assert re.fullmatch(r"dense: avg \d+\.\d points, ppl \d+\.\d", dense), dense
     assert re.search(r"avg \d+\.\d points \(Δ (0\.0|[-+]\d+\.\d) \[[-+]?\d+\.\d, [-+]?\d+\.\d\]\), ppl \d+\.\d, ", run), run
     assert not re.search(r"[-+]0\.0\b", run)
+
+
+def test_every_paired_cell_is_the_one_formatter(tmp_path, capsys):
+    """eval's pair tables print each paired entry as ``decision.format_entry`` does (accuracy in points,
+    agreement in %, nats for log-likelihoods; a missing interval said the one way), ASCII minus."""
+    import json
+
+    from diet_explore.evaluation.decision import format_entry
+
+    other = save_tiny_folder(tmp_path / "other", model_type="gemma2")  # another random model: nonzero deltas
+    out = _eval(tmp_path, capsys, "--compare-to", str(other), "--json", str(tmp_path / "e.json"))
+    deltas = json.loads((tmp_path / "e.json").read_text())["deltas"]
+    rows = [line for line in out.splitlines() if line.split()[:1] in (["rte"], ["hellaswag"], ["average"])]
+    for task in ("rte", "hellaswag", "average"):
+        last = [line for line in rows if line.split()[0] == task][-1]  # its row of the agreement / LL table
+        cells = [format_entry(deltas[task][m], m, minus="-") for m in ("agreement", "gold_ll_per_char", "choice_kl")]
+        assert all(cell in last for cell in cells), (last, cells)
+    (avg,) = [line for line in rows if line.split()[:2] == ["average", "main"]]
+    assert avg.endswith(format_entry(deltas["average"]["main"], minus="-")), avg

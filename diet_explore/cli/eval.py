@@ -6,7 +6,7 @@ from pathlib import Path
 
 from diet_explore.cli._common import add_device_args, csv_list, int_arg, progress_printer
 from diet_explore.core.errors import DietError
-from diet_explore.core.numbers import number, perplexity, points
+from diet_explore.core.numbers import perplexity, points
 from diet_explore.tasks.data import DEFAULT_SEED
 
 # what leads every file eval writes, so a later run may replace it and nothing else (``atomic.begins_with_kind``)
@@ -228,11 +228,12 @@ def format_single(result) -> str:
     return "\n".join(lines)
 
 
-def _delta(value, low, high) -> str:
-    """A paired difference in points with its 95% interval (never "-0.0")."""
-    if low is None or low != low:
-        return f"{points(value, signed=True)} [too few examples]"
-    return f"{points(value, signed=True)} [{points(low, signed=True)}, {points(high, signed=True)}]"
+def _delta(value, low, high, metric: str = "main") -> str:
+    """A paired difference with its 95% interval as every screen prints it (``decision.format_estimate``:
+    accuracy in points, never "-0.0"), with the ASCII minus a terminal shows."""
+    from diet_explore.evaluation.decision import format_estimate
+
+    return format_estimate(value, low, high, metric, minus="-")
 
 
 def format_pair(pair) -> str:
@@ -256,9 +257,7 @@ def format_pair(pair) -> str:
     lines.append(f"\n{'task':14s} {'agreement % [95% CI]':>26s} {'Δ gold LL/char [95% CI]':>29s} {'choice KL [95% CI]':>26s}")
     paired = pair.paired()
     for t, entries in [*paired["tasks"].items(), ("average", paired["average"])]:
-        cells = [_cell(entries["agreement"], 100.0, 1, False)] + [
-            _cell(entries[k], 1.0, 3, k == "gold_ll_per_char") for k in ("gold_ll_per_char", "choice_kl")
-        ]
+        cells = [_cell(entries[k], k) for k in ("agreement", "gold_ll_per_char", "choice_kl")]
         lines.append(f"{t:14s} {cells[0]:>26s} {cells[1]:>29s} {cells[2]:>26s}")
     if d.perplexity is not None:
         lines.append(f"wiki perplexity (held-out): {perplexity(d.perplexity)} -> {perplexity(p.perplexity)}")
@@ -266,17 +265,9 @@ def format_pair(pair) -> str:
     return "\n".join(lines)
 
 
-def _cell(e: dict, factor: float, digits: int, signed: bool) -> str:
-    """One paired metric as ``value [low, high]`` (× ``factor``); ``value [too few examples]`` without an interval."""
-    if e["delta"] is None:
-        return "-"
-
-    def f(x):
-        return number(factor * x, digits, signed=signed)
-
-    if e["ci_low"] is None:
-        return f"{f(e['delta'])} [too few examples]"
-    return f"{f(e['delta'])} [{f(e['ci_low'])}, {f(e['ci_high'])}]"
+def _cell(e: dict, metric: str) -> str:
+    """One paired metric entry as ``_delta`` prints it (agreement in %, log-likelihoods in nats)."""
+    return _delta(e["delta"], e["ci_low"], e["ci_high"], metric)
 
 
 def _wall(result) -> str:

@@ -64,18 +64,8 @@ def show_partial(partial: dict[str, Any], final: bool = False, label: str = "the
     main, gold = avg.get("main") or {}, avg.get("gold_ll_per_char") or {}
     suffix = " so far" if not final else " (partial)"
     m = st.columns(3)
-    ui.note_metric(
-        m[0],
-        "Mean Δ main metric" + suffix,
-        f"{main['delta']:+.4f}" if main.get("delta") is not None else "—",
-        note=ui.ci_note(main),
-    )
-    ui.note_metric(
-        m[1],
-        "Mean Δ gold LL/char" + suffix,
-        f"{gold['delta']:+.4f}" if gold.get("delta") is not None else "—",
-        note=ui.ci_note(gold),
-    )
+    ui.estimate_metric(m[0], "Mean Δ main metric" + suffix, main)
+    ui.estimate_metric(m[1], "Mean Δ gold LL/char" + suffix, gold, "gold_ll_per_char")
     m[2].metric("Examples scored (pruned)", f"{scored} / {total}")
     totals = partial.get("task_totals") or {}
     rows = []
@@ -107,13 +97,7 @@ def show_versus(partial: dict[str, Any], final: bool, label: str = "the mask") -
         )
         m = st.columns(3)
         for col, (title, metric) in zip(m, (("main metric", "main"), ("gold LL/char", "gold_ll_per_char"))):
-            e = avg.get(metric) or {}
-            ui.note_metric(
-                col,
-                f"Δ {title} vs {other}" + ("" if final else " so far"),
-                f"{e['delta']:+.4f}" if e.get("delta") is not None else "—",
-                note=ui.ci_note(e),
-            )
+            ui.estimate_metric(col, f"Δ {title} vs {other}" + ("" if final else " so far"), avg.get(metric), metric)
         m[2].metric("Paired examples", f"{int((avg.get('main') or {}).get('n') or 0):,}")
         say(avg, mask, other, running=not final, tasks=len(versus["tasks"]))
         rows = [
@@ -137,12 +121,7 @@ def show_run(last: dict[str, Any]) -> None:
         say(last["paired"]["average"], view["label"], "dense", running=False, tasks=len(last["paired"]["tasks"]))
     params, nbytes, spe = last["parameters"], last["bytes"], last["seconds_per_example"]
     m = st.columns(5)
-    ui.note_metric(
-        m[0],
-        "Mean Δ main metric",
-        f"{view['delta_avg']:+.4f}" if view["delta_avg"] is not None else "—",
-        note=ui.ci_note({"ci_low": lo, "ci_high": hi}),
-    )
+    ui.estimate_metric(m[0], "Mean Δ main metric", {"delta": view["delta_avg"], "ci_low": lo, "ci_high": hi})
     ppl_on = "dense_ppl" in last and (last["dense_ppl"], last["pruned_ppl"]) != (None, None)
     ui.note_metric(
         m[1],  # the pruned value, the dense one beside it: "29.36 → 62.12" was cut off in a fifth of the page

@@ -122,3 +122,17 @@ def test_a_run_history_line_never_joins_runs_of_other_settings_or_examples():
     lines = with_lines(runs_frame(runs)).set_index("run_id")["line"]
     assert lines["r1"] == lines["r2"] == "diet τ0.6 · limit 12"  # one rule, one example set: one line
     assert lines["r3"] == "diet · limit 12" and lines["r4"] == "diet · limit 6"
+
+
+def test_an_old_records_method_name_is_listed_by_its_canonical_name():
+    """Records written before one method vocabulary say ``leave_one_out``/``single``: the listing (the
+    History table, its CSV, what differs) shows today's name, so an old and a new run of one method
+    do not differ in it."""
+    rng = np.random.default_rng(3)
+    old = _record("r1", rng, method="leave-one-out") | {"method": "leave_one_out"}  # as an old file holds it
+    new = _record("r2", rng, method="leave-one-out")
+    single = _record("r3", rng, method="single-task") | {"method": "single"}
+    frame = runs_frame([old, new, single]).set_index("run_id")
+    assert frame.loc["r1", "method"] == frame.loc["r2", "method"] == "leave-one-out"
+    assert frame.loc["r3", "method"] == "single-task"
+    assert "method" not in differing(frame.loc[["r1", "r2"]])

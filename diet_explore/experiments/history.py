@@ -19,6 +19,7 @@ from diet_explore.core.errors import DietError
 from diet_explore.evaluation.decision import decision_sentences, format_entry
 from diet_explore.evaluation.metrics import MAIN, paired_examples
 from diet_explore.experiments.results import METHODS, row_spec
+from diet_explore.masking.config import canonical_method
 from diet_explore.tasks.registry import TaskSpec, load_registry
 
 #: Flat columns the listing shows, in this order (``run_view``), then ``SETTING_COLUMNS``.
@@ -98,6 +99,8 @@ def run_view(record: dict[str, Any]) -> dict[str, Any]:
     ``agreement`` and ``gold_ll_per_char`` (their averages). A record from before the paired
     results were kept gives its stored ``delta_avg`` and ``delta_avg_ci``."""
     view = {k: v for k, v in record.items() if k not in ("task_results", "paired")}
+    if isinstance(view.get("method"), str):  # an old record's name (leave_one_out) in today's vocabulary
+        view["method"] = canonical_method(view["method"])
     target, actual = target_and_actual(record)
     view |= {"target_sparsity": target, "actual_sparsity": actual, "sparsity": actual if actual is not None else target}
     main = _entry(record.get("paired"), "main")
@@ -166,7 +169,8 @@ def run_settings(record: dict[str, Any]) -> dict[str, Any]:
     ``compare`` sweep's ``config`` and its method's ``MaskConfig`` fields."""
     mask = record.get("mask_config") or {}
     sweep = record.get("config") or {}
-    method_fields = METHODS.get(record.get("method", ""), {})
+    method = record.get("method")
+    method_fields = METHODS.get(canonical_method(method) if isinstance(method, str) else "", {})
     weights = mask.get("weights") or {}
     return {
         "site": mask.get("site") or method_fields.get("site") or "residual",

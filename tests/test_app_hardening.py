@@ -310,7 +310,7 @@ def test_the_app_server_skips_streamlits_forced_gc_after_every_rerun(tmp_path, m
     monkeypatch.setattr(app_cli.os, "execve", fake_execve)
     monkeypatch.setattr(app_cli.subprocess, "call", lambda cmd, env: seen.setdefault("cmd", cmd) and 0)
     monkeypatch.chdir(tmp_path)
-    args = argparse.Namespace(port=8501, host="127.0.0.1", open=False, cache=None)
+    args = argparse.Namespace(port=8501, host="127.0.0.1", open=False, cache=None, executor=None, workers=None)
     with contextlib.suppress(SystemExit):
         app_cli.run(args)
     cmd = seen["cmd"]

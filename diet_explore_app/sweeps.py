@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from diet_explore.evaluation.decision import decision_sentences
+from diet_explore.experiments.history import run_label
 from diet_explore.experiments.proxy import sweep_sources
 from diet_explore.experiments.reports import (
     CURVES,
@@ -61,7 +62,9 @@ def sweep_choices() -> dict[str, Path]:
 
 
 def _name(row: dict) -> str:
-    return f"{row.get('label') or row['method']} at sparsity {row['sparsity']:g}"
+    """A run as a decision sentence names it: its mask's label (``history.run_label``, what the Mask
+    builder and History call the same mask, e.g. "diet τ0.6 boolq×2") and its sparsity."""
+    return f"{run_label(row)} at sparsity {row['sparsity']:g}"
 
 
 def say_versus(sweep, running: bool) -> None:

@@ -102,8 +102,10 @@ def run(args) -> int:
             )
     if args.save:
         from diet_explore.core.atomic import check_writable
+        from diet_explore.experiments.saved_models import check_saveable_sweep
 
         check_writable(args.save, "--save", folder=True)  # before the sweep, not after it
+        check_saveable_sweep(config)  # a count the model cannot save (--multiple-of 1): refused now, not after
     if args.executor:  # one job per (method, sparsity), merged into --out
         from diet_explore.experiments.executors import make_executor, run_sweep
         from diet_explore.experiments.jobs import JobStore

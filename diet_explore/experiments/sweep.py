@@ -23,7 +23,11 @@ head make a rotated model larger than a mask's at the same kept count.
 By default every mask keeps exactly the same number of dims at a given sparsity (``exact``),
 rounded to the multiple the model's config needs to save and reload (``prune.required_multiple``,
 the head count for Llama/Gemma in transformers 5), so methods differ only in *which* dims they keep
-and every compared model is one ``diet-explore prune`` could ship.
+and every compared model is one ``diet-explore prune`` could ship. With ``round_to_model`` off (the
+app's Sweeps page, ``compare --multiple-of N``) each count is the one the mask settings give, e.g. the
+Mask builder's 332 on SmolLM2 (9 heads): every run is pruned and evaluated in memory, never saved, so
+a count its config class would refuse on save is evaluated as it is (``compare --save`` refuses such a
+count before the sweep, ``saved_models.check_saveable_sweep``).
 
 Resumable: ``<out>/results.jsonl`` gets one line per finished (method, sparsity) and one for the
 dense model; a re-run with the same settings skips what is there (other settings are refused).
@@ -101,7 +105,7 @@ OPTIONAL_FINGERPRINT_FIELDS = {"clip_limit": False, "mask_settings": {}}
 LEGACY_MASK_FIELDS = ("threshold", "exact", "multiple_of", "mask_seed")
 
 
-def _compare_mask(mask: MaskConfig | dict | None) -> MaskConfig:
+def compare_mask(mask: MaskConfig | dict | None) -> MaskConfig:
     """The sweep's base mask: ``mask`` with the method the runs set (``diet``; each run's method,
     sparsity and task replace it, ``results.sweep_mask_config``)."""
     if mask is None:
@@ -127,7 +131,7 @@ class CompareConfig(JsonConfig):
     mask: MaskConfig = field(default_factory=lambda: MaskConfig(exact=True))
     # True: round every kept count to the multiple the model needs to save and reload
     # (prune.required_multiple), so every compared model is one `diet-explore prune` could ship;
-    # False: mask.multiple_of as set (the mask exactly as tuned in the app)
+    # False: mask.multiple_of as set (the mask exactly as tuned in the app, evaluated in memory)
     round_to_model: bool = True
     perplexity: bool = True
     ppl_windows: int = 32
@@ -193,7 +197,7 @@ class CompareConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "--seed")  # before config.json and results.jsonl are written
-        self.mask = _compare_mask(self.mask)
+        self.mask = compare_mask(self.mask)
         self.methods = [canonical_method(m) for m in self.methods]  # an older name (leave_one_out) is read as its new one
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
@@ -508,9 +512,11 @@ def _run_one(
             model, tokenizer, pre.cache, method, sparsity, multiple, ecfg, requests, progress, blocks, should_stop
         )
     masks = run_masks(pre, method, sparsity, config, multiple, list(requests))
+    # a run is evaluated in memory and never saved here (``compare --save`` checks what it saves), so a
+    # count the config class would refuse on save (round_to_model off) is evaluated as the mask keeps it
     if method not in PER_TASK_METHODS:
         mask = next(iter(masks.values()))
-        pruned = prune_model(model, mask.keep)
+        pruned = prune_model(model, mask.keep, saveable=False)
         key = combo_key(method, sparsity)
         res = evaluate_model(pruned, tokenizer, ecfg, progress, key, requests, log=blocks, should_stop=should_stop)
         del pruned
@@ -527,7 +533,7 @@ def _run_one(
     no_ppl = EvalConfig.from_dict({**ecfg.to_dict(), "perplexity": False})
     for i, (t, reqs) in enumerate(requests.items()):
         mask = masks[t]
-        pruned = prune_model(model, mask.keep)
+        pruned = prune_model(model, mask.keep, saveable=False)
         sub = lambda f, msg, i=i, t=t: progress((i + f) / len(requests), f"{t}: {msg}")
         label = f"{combo_key(method, sparsity)}:{t}"
         res: EvalResult = evaluate_model(pruned, tokenizer, no_ppl, sub, label, {t: reqs}, log=blocks, should_stop=should_stop)

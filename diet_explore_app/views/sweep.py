@@ -13,7 +13,7 @@ import streamlit as st
 from diet_explore.core.errors import DietError
 from diet_explore.experiments.reports import as_sweep, curve_figure, curve_frame
 from diet_explore.experiments.results import METHODS, read_results
-from diet_explore.experiments.sweep import CompareConfig
+from diet_explore.experiments.sweep import CompareConfig, compare_mask
 from diet_explore.masking.build import MaskConfig
 from diet_explore_app import jobs_ui, state, sweeps
 from diet_explore_app import widgets as ui
@@ -63,8 +63,11 @@ def sweep_form(loaded, shown: dict[str, Any] | None) -> None:
     from the Prune & evaluate page's settings; the mask settings are the Mask builder's."""
     cache = loaded.cache
     job_cfg = (shown or {}).get("config") or {}
+    tuned, result = ui.current_mask(loaded)  # the Mask builder's mask and what it keeps (its own memo)
+    # the DIET run of every sweep starts from the Mask builder's sparsity too, so its count is there to compare
+    sparsities = sorted({0.1, 0.2} | ({round(tuned.sparsity, 2)} & set(SPARSITY_CHOICES)))
     state.default(K_METHODS, [m for m in job_cfg.get("methods", ["diet", "random", "magnitude", "wiki"]) if m in METHODS])
-    state.default(K_SPARSITIES, [s for s in job_cfg.get("sparsities", [0.1, 0.2]) if s in SPARSITY_CHOICES] or [0.1, 0.2])
+    state.default(K_SPARSITIES, [s for s in job_cfg.get("sparsities", sparsities) if s in SPARSITY_CHOICES] or sparsities)
     state.default(K_LIMIT, int(job_cfg.get("limit", state.get(PE_LIMIT, 20))))
     state.default(K_PPL, bool(job_cfg.get("perplexity", state.get(PE_PPL, True))))
     state.default(K_PPL_WINDOWS, int(job_cfg.get("ppl_windows", state.get(PE_PPL_WINDOWS, 16))))
@@ -72,15 +75,28 @@ def sweep_form(loaded, shown: dict[str, Any] | None) -> None:
     state.default(K_TASKS, job_tasks or list(cache.task_names))
     if not set(state.get(K_TASKS)) <= set(cache.task_names):
         state.reset(K_TASKS, [t for t in state.get(K_TASKS) if t in cache.task_names] or list(cache.task_names))
-    mask = state.current_config(cache)
+    mask = compare_mask(tuned)  # what CompareConfig makes of it: its label is each DIET run's
+    counts = (
+        "every method keeps the same number of dims at a sparsity"
+        if mask.exact
+        else "DIET keeps the vote's own count, the other methods the target count (turn on Exact count on the "
+        "Mask builder for one count everywhere)"
+    )
+    kept = (  # the Mask builder's count is the DIET run's only when the Mask builder's method is DIET
+        f"At its sparsity {tuned.sparsity:g} the DIET run keeps **{result.n_keep}** of {result.hidden_size} dims, as the "
+        "Mask builder shows: every run is evaluated as tuned, never rounded. "
+        if tuned.method == "diet"
+        else f"The Mask builder's method is {tuned.method}: a sweep runs the methods picked below, and these settings "
+        "act on its DIET runs. "
+    )
     st.markdown(
         f"Mask settings from the Mask builder: **{mask.label()}** (τ {mask.threshold:g}"
         + (", weights " + ", ".join(f"{t}×{w:g}" for t, w in mask.weights.items()) if mask.weights else "")
-        + "). Each run sets its own method and sparsity; every method keeps the same number of dims at a "
-        "sparsity, on the same held-out examples; the dense model's results are reused when an earlier run has them."
+        + f"). {kept}Each run sets its own method and sparsity; {counts}; all on the same held-out examples; the dense "
+        "model's results are reused when an earlier run has them."
     )
     ran = _mask_label(job_cfg)
-    if ran and ran != MaskConfig.from_dict({**mask.to_dict(), "method": "diet"}).label():
+    if ran and ran != mask.label():
         st.caption(f"The sweep shown below ran with other mask settings: {ran}.")
     c1, c2 = st.columns(2)
     c1.multiselect("Methods", list(METHODS), **state.multi_kw(K_METHODS))
@@ -113,6 +129,9 @@ def sweep_form(loaded, shown: dict[str, Any] | None) -> None:
             model=name,
             cache=loaded.path,
             mask=mask,
+            # the tuned counts, never rounded to the model's head multiple: a sweep evaluates in memory and
+            # saves nothing, so its DIET run keeps what the Mask builder, Prune & evaluate and Export show
+            round_to_model=False,
             sparsities=sorted(float(s) for s in state.get(K_SPARSITIES)),
             methods=list(state.get(K_METHODS)),
             tasks=list(state.get(K_TASKS)),

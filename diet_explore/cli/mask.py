@@ -37,7 +37,12 @@ def add_mask_setting_args(p: argparse.ArgumentParser, exact: bool = False, multi
         type=int_arg,
         default=multiple_of,
         help="round the kept count to a multiple (e.g. 8)"
-        + ("" if multiple_of is not None else "; default: what the model needs to save and reload"),
+        + (
+            ""
+            if multiple_of is not None
+            else "; default: what the model needs to save and reload; 1: the counts as tuned, evaluated in memory "
+            "(--save then refuses a count the model cannot save)"
+        ),
     )
 
 

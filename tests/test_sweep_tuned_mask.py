@@ -88,6 +88,7 @@ def test_a_sweep_evaluates_a_tuned_count_the_model_could_not_save(tmp_path, tiny
 
     from diet_explore.experiments.runs import RunStore
     from diet_explore.experiments.sweep import CompareConfig, run_compare
+    from diet_explore.masking.selection import keep_count
     from diet_explore.models.adapters.tiny import tiny_model
     from diet_explore.pruning.saving import required_multiple
 
@@ -100,7 +101,7 @@ def test_a_sweep_evaluates_a_tuned_count_the_model_could_not_save(tmp_path, tiny
         model="tiny-llama",
         cache=str(cache.path),
         sparsities=[SPARSITY],
-        methods=["diet"],
+        methods=["diet", "random", "single-task"],  # a mask for every task, and one per task
         tasks="rte",
         limit=2,
         perplexity=False,
@@ -111,6 +112,11 @@ def test_a_sweep_evaluates_a_tuned_count_the_model_could_not_save(tmp_path, tiny
     diet = rows[f"diet@{SPARSITY:g}"]
     assert diet["n_keep"] == built.n_keep and diet["tasks"]["rte"]["n"] == 2
     assert MaskConfig.from_dict(diet["mask_config"]).label() == tuned.label() == "diet τ0.6 rte×0.5"
+    target = keep_count(64, SPARSITY)  # the baselines' count (not exact: the target's), no multiple of 4 either
+    assert target % required_multiple(model) != 0
+    assert rows[f"random@{SPARSITY:g}"]["n_keep"] == target and rows[f"single-task@{SPARSITY:g}"]["n_keep_per_task"] == {
+        "rte": target
+    }
 
 
 def test_compare_save_refuses_a_count_the_model_cannot_save_before_the_sweep(tmp_path, tiny_cache_root, capsys):

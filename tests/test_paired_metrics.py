@@ -297,7 +297,7 @@ def test_eval_compare_to_json_records_every_paired_metric(tiny_cache_root, tmp_p
     argv += ["--no-perplexity", "--no-eval-cache", "--device", "cpu", "--json", str(out), "--predictions", str(preds)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "agreement [95% CI]" in printed and "Δ gold LL/char" in printed
+    assert "agreement % [95% CI]" in printed and "Δ gold LL/char" in printed
     deltas = json.loads(out.read_text())["deltas"]
     assert list(deltas) == ["rte", "winogrande", "arc_easy", "average"]
     for part in deltas.values():

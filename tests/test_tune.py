@@ -236,7 +236,8 @@ def test_a_killed_tune_command_resumes_with_the_same_name(tiny, tmp_path):
     argv += ["--name", "kill", "--trials", "10", "--limit", "6", "--tasks", "rte,arc_easy", "--device", "cpu"]
     argv += ["--runs", str(runs), "--pruner", "none", "--baselines", "default", "--objective", "gold_ll_per_char"]
     db, _ = tune.study_paths(runs, "kill")
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "first-run.log"
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
@@ -248,7 +249,7 @@ def test_a_killed_tune_command_resumes_with_the_same_name(tiny, tmp_path):
                 except KeyError:
                     pass
             time.sleep(0.01)  # a tiny trial can take well under a second
-        assert proc.poll() is None, "the run ended before it could be killed"
+        assert proc.poll() is None, "the run ended before it could be killed: " + log.read_text()[-2000:]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:

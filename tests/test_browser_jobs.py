@@ -160,6 +160,6 @@ def test_a_job_survives_page_switches_reloads_stop_and_a_server_restart(env, tmp
                 assert errors == [], errors
             assert [j["status"] for j in store.jobs()] == ["done", "done", "done"]
             assert len(store.runs.records()) == 3
-            assert re.fullmatch(r"[+-]\d\.\d{4}", one_go)
+            assert re.fullmatch(r"[+−]?\d+\.\d \[[+−]?\d+\.\d, [+−]?\d+\.\d\]", one_go), one_go  # points [95% CI]
         finally:
             browser.close()

@@ -115,3 +115,20 @@ def tiny_cache_root(tmp_path_factory) -> Path:
     config = ProfileConfig(model=str(folder), tasks="rte,arc_easy", samples=6, generic=True, device="cpu")
     profile(config, root / "caches" / "tiny", progress=lambda *a: None, loaded=(model, tok, info))
     return root / "caches"
+
+
+@pytest.fixture
+def tiny_app(monkeypatch, tmp_path, tiny_cache_root, clear_st_caches):
+    """(a fresh AppTest of app.py on the tiny llama's cache, {"export", "runs"} folders); its workers
+    are stopped afterwards."""
+    from job_helpers import stop_workers
+    from streamlit.testing.v1 import AppTest
+
+    from diet_explore.experiments.jobs import JobStore
+
+    dirs = {"export": tmp_path / "export", "runs": tmp_path / "runs"}
+    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(tiny_cache_root))
+    monkeypatch.setenv("DIET_EXPLORE_EXPORT_DIR", str(dirs["export"]))
+    monkeypatch.setenv("DIET_EXPLORE_RUNS_DIR", str(dirs["runs"]))
+    yield AppTest.from_file(str(APP), default_timeout=TIMEOUT), dirs
+    stop_workers(JobStore(dirs["runs"]))

@@ -23,18 +23,6 @@ from diet_explore.masking.build import MaskConfig, build_mask
 from diet_explore.profiling.cache import load_cache
 
 
-@pytest.fixture
-def tiny_app(monkeypatch, tmp_path, tiny_cache_root, clear_st_caches):
-    from streamlit.testing.v1 import AppTest
-
-    dirs = {"export": tmp_path / "export", "runs": tmp_path / "runs"}
-    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(tiny_cache_root))
-    monkeypatch.setenv("DIET_EXPLORE_EXPORT_DIR", str(dirs["export"]))
-    monkeypatch.setenv("DIET_EXPLORE_RUNS_DIR", str(dirs["runs"]))
-    yield AppTest.from_file(str(APP), default_timeout=TIMEOUT), dirs
-    stop_workers(JobStore(dirs["runs"]))
-
-
 @pytest.fixture(scope="module")
 def tiny(tiny_cache_root):
     return load_cache(tiny_cache_root / "tiny")

@@ -6,8 +6,8 @@ its config accepts a hidden size that is a multiple of 4 only) and its profiled 
 from __future__ import annotations
 
 import pytest
-from app_helpers import APP, TIMEOUT, run_page
-from job_helpers import stop_workers, wait_job
+from app_helpers import run_page
+from job_helpers import wait_job
 
 from diet_explore.core.errors import DietError
 from diet_explore.experiments.jobs import JobStore
@@ -15,18 +15,6 @@ from diet_explore.masking.build import MaskConfig, build_mask
 from diet_explore.profiling.cache import load_cache
 
 SPARSITY, TAU, RTE_WEIGHT = 0.3, 0.6, 0.5  # on the tiny cache: a DIET count that is no multiple of 4
-
-
-@pytest.fixture
-def tiny_app(monkeypatch, tmp_path, tiny_cache_root, clear_st_caches):
-    from streamlit.testing.v1 import AppTest
-
-    runs = tmp_path / "runs"
-    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(tiny_cache_root))
-    monkeypatch.setenv("DIET_EXPLORE_EXPORT_DIR", str(tmp_path / "export"))
-    monkeypatch.setenv("DIET_EXPLORE_RUNS_DIR", str(runs))
-    yield AppTest.from_file(str(APP), default_timeout=TIMEOUT), runs
-    stop_workers(JobStore(runs))
 
 
 def _tiny_model_multiple(tiny_cache_root) -> int:
@@ -44,7 +32,8 @@ def test_the_sweeps_diet_run_keeps_the_mask_builders_count_and_label(tiny_app, t
     from diet_explore.experiments.results import read_results
     from diet_explore_app import state
 
-    at, runs = tiny_app
+    at, dirs = tiny_app
+    runs = dirs["runs"]
     at = run_page(at.run(), "mask_builder")
     at.slider(key="sparsity").set_value(SPARSITY).run()
     at.slider(key="threshold").set_value(TAU).run()

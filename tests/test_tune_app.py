@@ -5,26 +5,13 @@ tune queued from the page with the page's settings."""
 from __future__ import annotations
 
 import pytest
-from app_helpers import APP, TIMEOUT, chart_by_key, run_page
-from job_helpers import stop_workers
+from app_helpers import chart_by_key, run_page
 
 from diet_explore.experiments import tune
 from diet_explore.experiments.jobs import JobStore, run_worker
 from diet_explore.masking.build import MaskConfig
 
 pytest.importorskip("optuna")
-
-
-@pytest.fixture
-def tiny_app(monkeypatch, tmp_path, tiny_cache_root, clear_st_caches):
-    from streamlit.testing.v1 import AppTest
-
-    runs = tmp_path / "runs"
-    monkeypatch.setenv("DIET_EXPLORE_CACHE_DIR", str(tiny_cache_root))
-    monkeypatch.setenv("DIET_EXPLORE_EXPORT_DIR", str(tmp_path / "export"))
-    monkeypatch.setenv("DIET_EXPLORE_RUNS_DIR", str(runs))
-    yield AppTest.from_file(str(APP), default_timeout=TIMEOUT), runs
-    stop_workers(JobStore(runs))
 
 
 def finished_tune(tiny_cache_root, runs) -> dict:
@@ -54,7 +41,8 @@ def finished_tune(tiny_cache_root, runs) -> dict:
 
 @pytest.mark.slow
 def test_a_finished_tune_shows_its_trials_and_verdict_and_opens_the_best_mask(tiny_app, tiny_cache_root):
-    at, runs = tiny_app
+    at, dirs = tiny_app
+    runs = dirs["runs"]
     job = finished_tune(tiny_cache_root, runs)
     at = run_page(at.run(), "tune")
     assert not at.error, [e.value for e in at.error]
@@ -77,7 +65,8 @@ def test_a_finished_tune_shows_its_trials_and_verdict_and_opens_the_best_mask(ti
 
 
 def test_start_tune_queues_a_job_with_the_pages_settings(tiny_app):
-    at, runs = tiny_app
+    at, dirs = tiny_app
+    runs = dirs["runs"]
     at = run_page(at.run(), "tune")
     at.number_input(key="tu_trials").set_value(2).run()
     at.multiselect(key="tu_fix").set_value(["site"]).run()

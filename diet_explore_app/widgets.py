@@ -352,8 +352,7 @@ def saveable_hint(cache: ScoreCache, n_keep: int) -> str | None:
     return (
         f"A pruned {name} folder needs a multiple of {need} kept dims (its attention head count), and {n_keep} is not: "
         f"the button below sets the Mask builder's *Kept count a multiple of* to {need}. Evaluating this mask in memory "
-        f"works as it is. (`compare` rounds to {need} by default, so a sweep on the Sweeps page may keep a slightly "
-        "different count at the same sparsity.)"
+        f"works as it is, and the Sweeps page evaluates it as tuned (`diet-explore compare` rounds to {need} by default)."
     )
 
 

@@ -481,6 +481,8 @@ def test_the_saveable_hint_sets_the_multiple_in_one_click(tiny_app):
     """The hint named the setting to change on another page; its button now changes it."""
     at, _ = tiny_app
     at = run_page(at.run(), "export")
+    hint = next(b.value for b in [*at.info, *at.warning] if "needs a multiple of" in b.value)
+    assert "the Sweeps page evaluates it as tuned" in hint  # the Sweeps page never rounds (round_to_model off)
     at.button(key="export_round_for_saving").click().run()
     assert not at.exception and not any("needs a multiple of" in w.value for w in at.warning)
     assert not at.button(key="export_save_model").disabled

@@ -20,6 +20,7 @@ from diet_explore.experiments.reports import (
     sweep_name,
     table_frame,
     versus_cells,
+    versus_note,
 )
 from diet_explore.experiments.results import RESULTS
 from diet_explore_app import jobs_ui, loaders, state
@@ -127,7 +128,7 @@ def show_sweep(path: Path, running: bool = False) -> None:
             height=_rows_height(len(versus)),
             column_order=summary_first(head),
         )
-        st.caption("Paired on the same examples at the same kept count; points (positive = DIET better), 95% CI.")
+        st.caption(f"{versus_note(sweep)}; points (positive = DIET better), 95% CI.")
 
     st.subheader("Curves")
     mode = st.radio("Main metric", list(MAIN_CURVES), horizontal=True, **state.sel_kw(K_MAIN_CURVE, MAIN_CURVES))

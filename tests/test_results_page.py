@@ -140,6 +140,22 @@ def test_rows_with_examples_give_every_paired_metric_recomputed_from_them(grown_
     assert list(ppl["value"]) == [20.0, 40.0, 20.0, 900.0]
 
 
+def test_diet_minus_a_method_shows_both_kept_counts_when_they_differ(grown_sweep, tmp_path):
+    """An app sweep without exact counts: DIET kept 455 and random 461; the table showed random's count
+    on DIET's line and the caption said "at the same kept count"."""
+    from diet_explore.experiments.reports import Sweep, versus_note, write_reports
+
+    _, rows, _ = grown_sweep
+    same = Sweep(list(rows))
+    assert versus_cells(same)[1][0][2] == "48" and "at the same kept count" in versus_note(same)
+    apart = Sweep([rows[0], dict(rows[1], n_keep=45), rows[2]])
+    assert versus_cells(apart)[1][0][2] == "45 vs 48"
+    assert "same kept count" not in versus_note(apart) and "differ" in versus_note(apart)
+    write_reports(apart.rows, tmp_path)
+    md = (tmp_path / "table.md").read_text()
+    assert "| diet − random | 45 vs 48 |" in md and "same kept count" not in md.split("DIET minus")[1].split("SliceGPT")[0]
+
+
 def test_older_rows_without_log_likelihoods_give_the_main_metric_only():
     sweep = load_sweep(DOCS_RESULTS / "compare-smollm2-135m.results.jsonl")
     dense, diet = sweep.dense, next(r for r in sweep.rows if r["key"] == "diet@0.1")
@@ -211,6 +227,7 @@ def test_the_results_page_follows_a_sweep_folder_with_its_verdict(app, grown_swe
     at.text_input(key="rs_sweep_path").input(str(live)).run()
     assert not at.exception and not at.error
     assert any("DIET keeps more" in m.value for m in at.markdown)
+    assert any(c.value.startswith("Paired on the same examples at the same kept count") for c in at.caption)
     assert any("2 of 3 runs finished" in i.value for i in at.info)
     assert chart_by_key(at, "rs_curve_gold_ll")
     more = dict(rows[2], key="wiki@0.25", method="wiki")

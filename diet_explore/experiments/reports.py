@@ -263,14 +263,37 @@ def versus_cells(rows: list[dict[str, Any]] | Sweep, reference: str = "diet") ->
     extra = any(p["average"]["gold_ll_per_char"]["delta"] is not None for _, _, p in pairs)
     head = ["sparsity", "comparison", "kept"] + tasks + ["avg [95% CI]"] + (["Δ gold LL/char [95% CI]"] if extra else [])
     out = []
-    for _ref, r, p in pairs:
-        cells = [f"{r['sparsity']:g}", f"{reference} − {r['method']}", str(r["n_keep"])]
+    for ref, r, p in pairs:
+        cells = [f"{r['sparsity']:g}", f"{reference} − {r['method']}", kept_pair(ref, r)]
         cells += [points(_num(p["tasks"][t][MAIN]["delta"]), signed=True) for t in tasks]
         cells.append(_interval(p["average"][MAIN]))
         if extra:
             cells.append(_interval(p["average"]["gold_ll_per_char"], "gold_ll_per_char"))
         out.append(cells)
     return head, out
+
+
+def kept_pair(ref: dict[str, Any], other: dict[str, Any]) -> str:
+    """The kept count of a "reference minus other" line: one number when both runs keep the same count,
+    else both ("455 vs 461"): a sweep without exact counts keeps DIET's vote count, not the target's."""
+    a, b = ref.get("n_keep"), other.get("n_keep")
+    return str(a) if a == b else f"{a} vs {b}"
+
+
+def same_kept(rows: list[dict[str, Any]] | Sweep, reference: str = "diet") -> bool:
+    """Whether every "reference minus other" pair keeps one count (what "at the same kept count" claims)."""
+    return all(ref.get("n_keep") == r.get("n_keep") for ref, r, _ in as_sweep(rows).versus(reference))
+
+
+def versus_note(rows: list[dict[str, Any]] | Sweep, reference: str = "diet") -> str:
+    """How the reference-minus-method table is paired, in words: "at the same kept count" only when
+    every pair keeps one count (``same_kept``); the app's caption and ``compare``'s report say this."""
+    if same_kept(rows, reference):
+        return "Paired on the same examples at the same kept count"
+    return (
+        "Paired on the same examples; the kept counts differ where the kept column shows two "
+        f"({reference}'s first), so a difference there is partly one of size"
+    )
 
 
 def versus_table(rows: list[dict[str, Any]] | Sweep, reference: str = "diet") -> str:
@@ -407,10 +430,7 @@ def write_reports(rows: list[dict[str, Any]], out: Path, config: CompareConfig |
         )
     versus = versus_table(sweep)
     if versus:
-        versus = (
-            "\nDIET minus each other method at the same kept count, paired on the same examples "
-            "(points; positive = DIET better):\n\n" + versus
-        )
+        versus = f"\nDIET minus each other method. {versus_note(sweep)} (points; positive = DIET better):\n\n" + versus
     rotation = rotation_table(sweep.rows)
     if rotation:
         rotation = (

@@ -66,7 +66,11 @@ def test_a_job_then_a_sweep_on_the_same_examples_score_the_dense_model_once(stor
         progress=lambda f, m: seen.append((f, m)),
     )
     # the bar and its text agree: each message starts with the bar's share of the whole sweep (the dense row is run 1)
-    assert seen and all(m.startswith(f"{f:.0%} of the sweep · run 2 of 2 (random@0.5): ") for f, m in seen if m != "done")
+    assert seen and all(
+        m.startswith(f"{f:.0%} of the sweep · run 2 of 2 (dense + 1 pruned run; now random@0.5): ")
+        for f, m in seen
+        if m != "done"
+    )
     assert dense_scored == ["job"]  # the sweep reused the job's dense results
     dense = next(r for r in rows if r["key"] == "dense")
     assert "reused" in dense

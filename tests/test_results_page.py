@@ -156,6 +156,22 @@ def test_diet_minus_a_method_shows_both_kept_counts_when_they_differ(grown_sweep
     assert "| diet − random | 45 vs 48 |" in md and "same kept count" not in md.split("DIET minus")[1].split("SliceGPT")[0]
 
 
+def test_tables_and_legends_name_a_run_by_its_mask_label(grown_sweep):
+    """A sweep of a tuned mask: its tables and curve legends said "diet", not "diet τ0.6 boolq×2"."""
+    from diet_explore.experiments.reports import Sweep
+    from diet_explore.masking.build import MaskConfig
+
+    _, rows, _ = grown_sweep
+    tuned = MaskConfig(method="diet", threshold=0.6, weights={"boolq": 2.0})
+    sweep = Sweep([rows[0], dict(rows[1], mask_config=tuned.to_dict()), rows[2]])
+    assert sweep.labels() == {"dense": "dense", "diet": "diet τ0.6 boolq×2", "random": "random"}
+    assert [c[1] for c in paper_cells(sweep)[1]] == ["dense", "diet τ0.6 boolq×2", "random"]
+    assert versus_cells(sweep)[1][0][1] == "diet τ0.6 boolq×2 − random"
+    assert set(curve_frame(sweep, "main")["method"]) == {"diet τ0.6 boolq×2", "random"}
+    names = [t.name for t in curve_figure(sweep, "delta_main").data if t.mode == "lines+markers"]
+    assert names == ["diet τ0.6 boolq×2", "random"]
+
+
 def test_older_rows_without_log_likelihoods_give_the_main_metric_only():
     sweep = load_sweep(DOCS_RESULTS / "compare-smollm2-135m.results.jsonl")
     dense, diet = sweep.dense, next(r for r in sweep.rows if r["key"] == "diet@0.1")
@@ -209,7 +225,7 @@ def test_the_results_page_renders_the_committed_sweeps(app, path):
     assert m["Model"] == sweep.config["model"] and m["Runs"].startswith(str(len(sweep.pruned)))
     main = chart_by_key(at, "rs_curve_main")
     names = {t.get("name") for t in main["data"] if t.get("mode") == "lines+markers"}
-    assert names == set(sweep.methods())
+    assert names == {sweep.labels()[m] for m in sweep.methods()}
     assert chart_by_key(at, "rs_curve_ppl")["layout"]["yaxis"]["type"] == "log"
     if sweep.verdict:  # the verdict's own title sits under the page's "Verdict" subheader, not above it in size
         shown = next(m.value for m in at.markdown if m.value.strip().endswith(sweep.verdict.strip()[-40:]))

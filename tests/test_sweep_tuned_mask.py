@@ -147,3 +147,12 @@ def test_save_sweep_models_refuses_before_writing_any_folder(tmp_path, tiny_cach
         save_sweep_models(config, tmp_path / "saved", log=lambda m: None)
     assert not (tmp_path / "saved").exists()
     check_saveable_sweep(CompareConfig(**kw, sparsities=[0.25, SPARSITY], mask=tuned))  # rounded to the model: saveable
+
+
+def test_the_progress_text_counts_the_dense_run_and_says_so():
+    """A two-method sweep read "run 2 of 3" with no word that the dense model is one of the three."""
+    from diet_explore.experiments.sweep import run_count
+
+    todo = ["dense", "diet@0.5", "random@0.5"]
+    assert run_count(todo, 1) == "run 2 of 3 (dense + 2 pruned runs; now diet@0.5)"
+    assert run_count(todo[2:], 0) == "run 1 of 1 (1 pruned run; now random@0.5)"

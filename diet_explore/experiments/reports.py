@@ -30,6 +30,7 @@ from diet_explore.core.errors import DietError
 from diet_explore.core.numbers import perplexity, points
 from diet_explore.evaluation.decision import format_entry
 from diet_explore.evaluation.metrics import MAIN, PAIRED_METRICS, average_proportion
+from diet_explore.experiments.history import run_label
 from diet_explore.experiments.results import METHODS, RESULTS, read_results_file, row_paired
 
 if TYPE_CHECKING:
@@ -78,6 +79,15 @@ class Sweep:
         """Methods present besides dense: ``METHODS`` order first, then any other (e.g. a new baseline) as they appear."""
         present = list(dict.fromkeys(r["method"] for r in self.rows if r["method"] != "dense"))
         return [m for m in METHODS if m in present] + [m for m in present if m not in METHODS]
+
+    def labels(self) -> dict[str, str]:
+        """Method -> what its runs' masks were (``history.run_label``, e.g. "diet τ0.6 boolq×2"), what the
+        tables and curve legends name it by; a method whose runs carry several labels keeps its name."""
+        out: dict[str, str] = {}
+        for method in ["dense", *self.methods()]:
+            found = {run_label(r) for r in self.rows if r["method"] == method}
+            out[method] = found.pop() if len(found) == 1 else method
+        return out
 
     def vs_dense(self) -> dict[str, dict[str, Any]]:
         """Row key -> ``row_paired(row, dense)`` for every non-dense row (empty without a dense row)."""
@@ -228,11 +238,11 @@ def paper_cells(rows: list[dict[str, Any]] | Sweep) -> tuple[list[str], list[lis
     head = ["sparsity", "method", "kept"] + [f"{t} ({metric[t]})" for t in tasks] + ["avg", "Δ avg [95% CI]"]
     head += ["agreement [95% CI]", "Δ gold LL/char [95% CI]"] if extra else []
     head.append("wiki ppl")
-    paired = sweep.vs_dense()
+    paired, labels = sweep.vs_dense(), sweep.labels()
     out = []
     for r in ([sweep.dense] if sweep.dense else []) + sweep.pruned:
         p = paired.get(r["key"])
-        cells = [f"{r['sparsity']:g}", r["method"], str(r["n_keep"])]
+        cells = [f"{r['sparsity']:g}", labels[r["method"]], str(r["n_keep"])]
         cells += [f"{100 * r['tasks'][t]['main']:.1f} ± {100 * r['tasks'][t]['stderr']:.1f}" for t in tasks]
         cells.append(f"{100 * r['avg']:.1f} ± {100 * r['avg_stderr']:.1f}")
         cells.append(_interval(p["average"][MAIN] if p else None))
@@ -262,9 +272,9 @@ def versus_cells(rows: list[dict[str, Any]] | Sweep, reference: str = "diet") ->
     tasks = list(pairs[0][0]["tasks"])
     extra = any(p["average"]["gold_ll_per_char"]["delta"] is not None for _, _, p in pairs)
     head = ["sparsity", "comparison", "kept"] + tasks + ["avg [95% CI]"] + (["Δ gold LL/char [95% CI]"] if extra else [])
-    out = []
+    out, labels = [], sweep.labels()
     for ref, r, p in pairs:
-        cells = [f"{r['sparsity']:g}", f"{reference} − {r['method']}", kept_pair(ref, r)]
+        cells = [f"{r['sparsity']:g}", f"{labels[reference]} − {labels[r['method']]}", kept_pair(ref, r)]
         cells += [points(_num(p["tasks"][t][MAIN]["delta"]), signed=True) for t in tasks]
         cells.append(_interval(p["average"][MAIN]))
         if extra:
@@ -358,15 +368,16 @@ _DENSE_VALUE = {"agreement": 1.0}  # what the dense model scores against itself 
 
 def curve_frame(rows: list[dict[str, Any]] | Sweep, curve: str = "delta_main"):
     """One row per (method, sparsity) of a ``CURVES`` curve, the dense model at sparsity 0 starting
-    every method's line: ``method``, ``sparsity``, ``n_keep``, ``value``, ``ci_low``, ``ci_high``
-    (NaN where there is no interval: the dense point, perplexity, too few examples), in display units."""
+    every method's line: ``method`` (its label, ``Sweep.labels``: the legend names the run's mask),
+    ``sparsity``, ``n_keep``, ``value``, ``ci_low``, ``ci_high`` (NaN where there is no interval: the
+    dense point, perplexity, too few examples), in display units."""
     import pandas as pd
 
     if curve not in CURVES:
         raise DietError(f"unknown curve {curve!r}", f"choose one of {', '.join(CURVES)}")
     sweep = as_sweep(rows)
     scale = CURVES[curve][2]
-    dense, paired = sweep.dense, sweep.vs_dense()
+    dense, paired, labels = sweep.dense, sweep.vs_dense(), sweep.labels()
     recs = []
 
     def point(r: dict[str, Any]) -> tuple[float, float, float] | None:
@@ -392,7 +403,7 @@ def curve_frame(rows: list[dict[str, Any]] | Sweep, curve: str = "delta_main"):
         if dense is not None and (got := point(dense)) is not None:
             line.insert(0, (dense, got))
         for r, (value, lo, hi) in line:
-            recs.append({"method": method, "sparsity": r["sparsity"], "n_keep": r["n_keep"], "value": value})
+            recs.append({"method": labels[method], "sparsity": r["sparsity"], "n_keep": r["n_keep"], "value": value})
             recs[-1] |= {"ci_low": lo, "ci_high": hi}
     return pd.DataFrame(recs, columns=["method", "sparsity", "n_keep", "value", "ci_low", "ci_high"])
 
@@ -401,7 +412,10 @@ def curve_figure(rows: list[dict[str, Any]] | Sweep, curve: str = "delta_main"):
     """The plotly figure of a ``CURVES`` curve (``plots.sweep_curves``)."""
     title, y_title, _ = CURVES[curve]
     # colours by the sweep-method order: leave-one-out has no perplexity, and slicegpt took its colour there
-    return plots.sweep_curves(curve_frame(rows, curve), title, y_title, log_y=curve == "ppl", methods=list(METHODS))
+    sweep = as_sweep(rows)
+    labels = sweep.labels()
+    order = [labels.get(m, m) for m in METHODS]
+    return plots.sweep_curves(curve_frame(sweep, curve), title, y_title, log_y=curve == "ppl", methods=order)
 
 
 def sweep_figure(rows: list[dict[str, Any]] | Sweep):

@@ -324,6 +324,15 @@ def settings_difference(out: Path, config: CompareConfig) -> str | None:
     )
 
 
+def run_count(todo: list[str], i: int) -> str:
+    """Which of the sweep's runs ``todo[i]`` is, saying what the count holds: the dense model is a run
+    too, so a two-method sweep is "run 2 of 3 (dense + 2 pruned runs; now diet@0.5)"."""
+    pruned = sum(key != "dense" for key in todo)
+    parts = ("dense + " if "dense" in todo else "") + f"{pruned} pruned run{'s' * (pruned != 1)}"
+    at = min(i, len(todo) - 1)
+    return f"run {at + 1} of {len(todo)} ({parts}; now {todo[at]})"
+
+
 def run_compare(
     config: CompareConfig,
     out: str | Path,
@@ -416,10 +425,7 @@ def run_compare(
 
         def report_run(f: float, msg: str) -> None:
             overall = (i + f) / max(len(todo), 1)
-            report(
-                overall,
-                f"{overall:.0%} of the sweep · run {min(i + 1, len(todo))} of {len(todo)} ({todo[min(i, len(todo) - 1)]}): {msg}",
-            )
+            report(overall, f"{overall:.0%} of the sweep · {run_count(todo, i)}: {msg}")
 
         return report_run
 

@@ -113,13 +113,11 @@ def report_search(tmp: Path, loaded, args) -> bool:
 
 
 def report_recall(tmp: Path, loaded, args) -> None:
-    import optuna
-
     from diet_explore.experiments import tune
 
     _, total = search(tmp, loaded, args, "none", "bench-full")
     db, _ = tune.study_paths(tmp, "bench-full")
-    rows = tune.trial_rows(optuna.load_study(study_name="bench-full", storage=tune.storage_url(db)))
+    rows = tune.trial_rows(tune.load_study(db, "bench-full"))
     r = tune.proxy_recall(rows, args.k)
     print(
         f"recall: {r['n']} complete trials with distinct masks run to the end ({total:.0f} s); the live proxy's "

@@ -91,7 +91,7 @@ def test_an_interrupted_study_resumes_and_keeps_its_trials(tiny, tmp_path):
     def stop_after_two_trials():
         db, _ = tune.study_paths(tmp_path, "r")
         if db.exists():
-            s = optuna.load_study(study_name="r", storage=tune.storage_url(db))
+            s = tune.load_study(db, "r")
             if len(tune.finished_trials(s)) >= 2:
                 calls["n"] += 1
                 return "interrupted"
@@ -100,11 +100,11 @@ def test_an_interrupted_study_resumes_and_keeps_its_trials(tiny, tmp_path):
     with pytest.raises(Stopped):
         run(tiny, cfg, tmp_path, should_stop=stop_after_two_trials)
     db, _ = tune.study_paths(tmp_path, "r")
-    study = optuna.load_study(study_name="r", storage=tune.storage_url(db))
+    study = tune.load_study(db, "r")
     first = [(t.number, t.value) for t in tune.finished_trials(study)]
     assert len(first) == 2 and calls["n"] >= 1
     out = run(tiny, cfg, tmp_path, resume=True)
-    study = optuna.load_study(study_name="r", storage=tune.storage_url(db))
+    study = tune.load_study(db, "r")
     after = [(t.number, t.value) for t in tune.finished_trials(study)]
     assert len(after) == 4 and after[:2] == first  # continued, nothing redone
     assert out["savings"]["trials"] == 4
@@ -135,7 +135,7 @@ def test_the_pruner_stops_trials_and_the_savings_count_what_ran(tiny, tmp_path):
     cfg = config(tiny, name="p", trials=8, limit=20, pruner="halving")
     out = run(tiny, cfg, tmp_path)
     db, _ = tune.study_paths(tmp_path, "p")
-    study = optuna.load_study(study_name="p", storage=tune.storage_url(db))
+    study = tune.load_study(db, "p")
     n_tuning = sum(len(v) for v in out["split"]["tuning"].values())
     s = out["savings"]
     assert s["full"] == n_tuning * s["trials"] and s["scored"] == sum(
@@ -202,7 +202,7 @@ def test_the_proxy_prefilter_evaluates_the_candidate_it_ranks_first(tiny, tmp_pa
     cfg = config(tiny, name="pf", trials=2, prefilter=3, pruner="none")
     run(tiny, cfg, tmp_path)
     db, _ = tune.study_paths(tmp_path, "pf")
-    trials = optuna.load_study(study_name="pf", storage=tune.storage_url(db)).get_trials()
+    trials = tune.load_study(db, "pf").get_trials()
     evaluated = [t for t in trials if t.state.name == "COMPLETE"]
     skipped = [t for t in trials if t.user_attrs.get("skipped")]
     assert len(evaluated) == 2 and len(skipped) == 4 and len(tune.finished_trials_of(trials)) == 2
@@ -243,7 +243,7 @@ def test_a_killed_tune_command_resumes_with_the_same_name(tiny, tmp_path):
         while time.monotonic() < deadline and proc.poll() is None:
             if db.exists():
                 try:
-                    s = optuna.load_study(study_name="kill", storage=tune.storage_url(db))
+                    s = tune.load_study(db, "kill")
                     if len(tune.finished_trials(s)) >= 2:
                         break
                 except KeyError:
@@ -255,11 +255,11 @@ def test_a_killed_tune_command_resumes_with_the_same_name(tiny, tmp_path):
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-    before = {t.number: t.value for t in tune.finished_trials(optuna.load_study(study_name="kill", storage=tune.storage_url(db)))}
+    before = {t.number: t.value for t in tune.finished_trials(tune.load_study(db, "kill"))}
     assert len(before) >= 2
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    after = {t.number: t.value for t in tune.finished_trials(optuna.load_study(study_name="kill", storage=tune.storage_url(db)))}
+    after = {t.number: t.value for t in tune.finished_trials(tune.load_study(db, "kill"))}
     assert len(after) == 10 and all(after[n] == v for n, v in before.items())
     assert "tuned (" in done.stdout and "report.json" in done.stdout
 

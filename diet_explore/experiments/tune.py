@@ -172,6 +172,20 @@ def storage_url(db: Path) -> str:
     return f"sqlite:///{Path(db).resolve()}"
 
 
+def study_storage(db: Path):
+    """Optuna's SQLite storage of ``db``, opened under a lock on ``db``'s schema: opening creates
+    the tables when they are missing, and two processes creating them at once (a tune starting while
+    the Tune page or another reader opens the file) collide with "table … already exists"."""
+    optuna = require_optuna()
+    with atomic.locked(Path(db).with_name(Path(db).name + ".schema")):
+        return optuna.storages.RDBStorage(storage_url(db))
+
+
+def load_study(db: Path, name: str):
+    """The stored study ``name`` of ``db``, for reading its trials (KeyError when there is none)."""
+    return require_optuna().load_study(study_name=name, storage=study_storage(db))
+
+
 # --------------------------------------------------------------------------------------------
 # The split
 # --------------------------------------------------------------------------------------------
@@ -394,14 +408,15 @@ def open_study(config: TuneConfig, root: str | Path, resume: bool = False, prune
         raise DietError(f"no study {config.name!r} in {db.parent}", "start it without --resume, or check --name and --runs")
     db.parent.mkdir(parents=True, exist_ok=True)
     n_before = 0
+    storage = study_storage(db)
     if db.exists():
         try:
-            n_before = len(optuna.load_study(study_name=config.name, storage=storage_url(db)).trials)
+            n_before = len(optuna.load_study(study_name=config.name, storage=storage).trials)
         except KeyError:
             n_before = 0
     study = optuna.create_study(
         study_name=config.name,
-        storage=storage_url(db),
+        storage=storage,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=config.sampler_seed + n_before, multivariate=True),
         pruner=make_pruner(optuna, config.pruner, pruner_examples),

@@ -132,6 +132,15 @@ def other_run_id(run_id: str, label: str) -> str:
     return f"{run_id.split('-')[0]}-{hashlib.sha256(f'{run_id}:{label}'.encode()).hexdigest()[:8]}"
 
 
+def mask_progress(index: int, count: int, name: str, fraction: float, message: str) -> tuple[float, str]:
+    """(the whole job's share done, the text under its bar) while mask ``index`` (0-based) of
+    ``count`` is scored, ``fraction`` of that mask's examples done (``message``: the scorer's own
+    count). The text starts with the share as the bar shows it (whole percent, rounded down), so
+    bar and text never disagree; the mask's own count follows, named."""
+    share = max(0.0, min(1.0, (index + fraction) / max(count, 1)))
+    return share, f"{int(share * 100)}% of the job · mask {index + 1} of {count} ({name}): {message}"
+
+
 def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
     """The job behind Prune & evaluate (``ctx``: ``jobs.JobContext``): build the mask (and the
     comparison masks), prune copies, evaluate them block by block (dense from the evaluation
@@ -192,7 +201,8 @@ def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
         pruned = prune_model(model, m.keep, saveable=False)
         sizes[label] = (count_parameters(pruned), model_nbytes(pruned))
         models = ({"dense": model} if dense is None and i == 0 else {}) | {label: pruned}
-        part = lambda f, msg, i=i: ctx.progress((i + f) / len(masks), msg)
+        name = m.config.label() + (", with dense" if "dense" in models else "")
+        part = lambda f, msg, i=i, name=name: ctx.progress(*mask_progress(i, len(masks), name, f, msg))
         results |= evaluate_models(
             models, tokenizer, ecfg, part, requests, log=blocks, on_block=on_block, should_stop=ctx.should_stop
         )

@@ -116,7 +116,7 @@ with ui.shown_errors():
     )
     st.caption(
         f"Each task keeps its {card.n_keep_per_task} highest-scoring dims at sparsity {config.sparsity:.2f}; "
-        f"{config.method} merges them into {card.mask_n_keep} kept. {card.massive_ratio:.2f}× the median dim."
+        f"{config.label()} merges them into {card.mask_n_keep} kept. {card.massive_ratio:.2f}× the median dim."
         + "".join(f" {n}." for n in card.notes)
     )
 

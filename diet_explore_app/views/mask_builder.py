@@ -100,6 +100,7 @@ with ui.shown_errors():
         d = result.hidden_size
         params = cache.parameters_after(result.n_keep)
         dense = cache.manifest["model"].get("num_parameters")
+        st.markdown(f"Mask **{config.label()}**: kept {result.n_keep} of {d} hidden dims")  # as every page names it
         c = st.columns(4)
         c[0].metric("Kept dims", f"{result.n_keep} / {d}")
         ui.note_metric(

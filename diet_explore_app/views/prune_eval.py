@@ -224,7 +224,7 @@ with ui.shown_errors():
     cache = loaded.cache
     config, result = ui.current_mask(loaded)
     st.markdown(
-        f"Current mask: **{config.method}**, kept **{result.n_keep}** of {result.hidden_size} hidden dims "
+        f"Current mask: **{config.label()}**, kept **{result.n_keep}** of {result.hidden_size} hidden dims "
         f"(sparsity {result.sparsity:.4f}). Change it on the Mask builder page."
     )
 
@@ -294,7 +294,7 @@ with ui.shown_errors():
                 "n_keep": loaders.mask_for(loaded.path, loaded.sha, other.to_json()).n_keep,
             }
         label = (
-            f"{config.method} @ {config.sparsity:g}, kept {result.n_keep}, {len(eval_config.tasks)} tasks × {eval_config.limit}"
+            f"{config.label()} @ {config.sparsity:g}, kept {result.n_keep}, {len(eval_config.tasks)} tasks × {eval_config.limit}"
         )
         label += "".join(f" vs {b}" for b in spec.others)
         jobs_ui.submit(jobs_store, "prune_eval", spec.to_dict(), label, K_WATCH)

@@ -357,7 +357,12 @@ def stability_histogram(keep_frequency: np.ndarray, bins: int = 40) -> go.Figure
 
 
 # Run-store columns as a reader should see them on an axis (the raw name otherwise)
-RUN_COLUMN_TITLES = {"delta_avg": "Δ main metric vs dense (mean over tasks)", "sparsity": "sparsity", "n_keep": "kept dims"}
+RUN_COLUMN_TITLES = {
+    "delta_avg": "Δ main metric vs dense (mean over tasks)",
+    "delta_points": "Δ main metric vs dense, points (mean over tasks)",
+    "sparsity": "sparsity",
+    "n_keep": "kept dims",
+}
 
 SPARSITY_RANGE = (0.0, 0.9)  # the app's sparsity slider: plots over sparsity keep this axis, so runs compare by eye
 
@@ -404,7 +409,7 @@ def run_history(
                 name=str(name),
                 text=hover,
                 error_y=bars,
-                hovertemplate="%{text}: %{x}, %{y:.4f}<extra></extra>",
+                hovertemplate="%{text}: %{x}, %{y:.4g}<extra></extra>",
             )
         )
     fig.add_hline(y=0, line_color="grey", line_dash="dot")

@@ -11,7 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from diet_explore.evaluation.decision import format_estimate
+from diet_explore.evaluation.decision import SCALES, format_estimate
+from diet_explore.evaluation.metrics import MAIN
+from diet_explore.experiments.history import in_points
 
 MINUS = "\u2212"  # a real minus sign: "−0.45" reads as negative at a glance, "-0.45" less so
 HIGHLIGHT = "font-weight: 700; background-color: rgba(255, 189, 69, 0.25)"
@@ -112,20 +114,23 @@ def results_styler(table: pd.DataFrame):
     return table.style.apply(style, axis=1)
 
 
-HISTORY_COLUMNS = {  # run listing column (runs.runs_frame) -> header; twelve fit a 1440-px page
+HISTORY_COLUMNS = {  # run listing column (runs.runs_frame) -> header: short, to fit the 978-px column of a 1440-px page
     "created": "When (UTC)",
     "label": "Mask",
     "model": "Model",
     "sparsity": "Sparsity",
-    "n_keep": "Kept dims",
-    "limit": "Examples/task",
-    "dense_avg": "Dense",
-    "pruned_avg": "Pruned",
-    "delta": "Δ vs dense, points [95% CI]",
-    "gold_ll_per_char": "Δ gold LL/char",
-    "ppl": "Perplexity",
+    "n_keep": "Kept",
+    "limit": "n/task",
+    "main": "Main %",  # "dense → pruned" in one cell, in points as the Δ beside it
+    "delta": "Δ pts [95% CI]",
+    "gold_ll_per_char": "Δ gold LL",
+    "ppl": "PPL",
     "run_id": "Run",  # the run id's hash part: its time is in the first column
 }
+
+
+#: History columns shown even when every run lacks them (a run is named by these); any other empty column is dropped.
+KEPT_HISTORY_COLUMNS = ("created", "label", "sparsity", "delta", "run_id")
 
 
 def short_run_id(run_id: Any) -> str:
@@ -134,9 +139,11 @@ def short_run_id(run_id: Any) -> str:
 
 
 def format_history_table(runs: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """The run listing (``history.runs_frame``) narrowed to what fits a 1440-px page: readable headers,
-    the date without seconds' clutter, the mask by its label, Δ with its CI in one cell
-    (``decision.format_estimate``), perplexity as 'dense → pruned', blanks for what a run lacks."""
+    """The run listing (``history.runs_frame``) narrowed to what fits the content column of a 1440-px
+    page: short headers, the date without seconds' clutter, the mask by its label, the main metric as
+    'dense → pruned' and Δ with its CI (``decision.format_estimate``), both in points
+    (``history.in_points``), perplexity as 'dense → pruned', blanks for what a run lacks, and no
+    column that every run leaves blank (other than those that name a run, ``KEPT_HISTORY_COLUMNS``)."""
     out = pd.DataFrame(index=runs.index)
     for col, header in HISTORY_COLUMNS.items():
         if col == "delta":
@@ -147,12 +154,17 @@ def format_history_table(runs: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         elif col == "ppl":
             dense, pruned = runs.get("dense_ppl", pd.Series(dtype=float)), runs.get("pruned_ppl", pd.Series(dtype=float))
             out[header] = [pair(d, p, 2) for d, p in zip(dense, pruned)] if len(dense) else ""
+        elif col == "main":  # in points (decision.SCALES), as the Δ beside it and the history chart
+            points = in_points(runs)
+            dense, pruned = (
+                points.get("dense_points", pd.Series(dtype=float)),
+                points.get("pruned_points", pd.Series(dtype=float)),
+            )
+            out[header] = [pair(d, p, SCALES[MAIN].digits) for d, p in zip(dense, pruned)] if len(dense) else ""
         elif col not in runs:
             out[header] = ""
         elif col == "created":
             out[header] = [str(v)[:16].replace("T", " ") if not _missing(v) else "" for v in runs[col]]
-        elif col in ("dense_avg", "pruned_avg"):
-            out[header] = [number(v, digits) for v in runs[col]]
         elif col == "gold_ll_per_char":
             out[header] = [number(v, digits, signed=True) for v in runs[col]]
         elif col == "sparsity":
@@ -161,4 +173,6 @@ def format_history_table(runs: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             out[header] = [short_run_id(v) for v in runs[col]]
         else:
             out[header] = ["" if _missing(v) else str(v) for v in runs[col]]
-    return out.reset_index(drop=True)
+    kept = {HISTORY_COLUMNS[c] for c in KEPT_HISTORY_COLUMNS}
+    empty = [h for h in out if h not in kept and (out[h] == "").all()]
+    return out.drop(columns=empty).reset_index(drop=True)

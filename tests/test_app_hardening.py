@@ -121,11 +121,15 @@ def test_history_table_fits_with_short_headers():
           "delta_avg": -0.0714, "ci_low": -0.3845, "ci_high": 0.2416, "dense_ppl": None, "pruned_ppl": None}]
     )  # fmt: skip
     out = tables.format_history_table(runs)
-    assert list(out.columns) == list(tables.HISTORY_COLUMNS.values()) and len(out.columns) == 12  # was 17 columns
+    # no perplexity and no gold LL in any run: those columns are dropped, not shown blank
+    assert list(out.columns) == [h for h in tables.HISTORY_COLUMNS.values() if h not in ("Δ gold LL", "PPL")]
     row = out.iloc[0]
-    assert row["When (UTC)"] == "2026-11-28 21:38" and row["Perplexity"] == ""
-    assert row["Δ vs dense, points [95% CI]"] == "−7.1 [−38.5, +24.2]"  # decision.format_estimate, as every page prints it
+    assert row["When (UTC)"] == "2026-11-28 21:38" and row["Kept"] == "433" and row["n/task"] == "2"
+    # dense → pruned in points, as the Δ beside it (decision.format_estimate, as every page prints it)
+    assert row["Main %"] == "28.6 → 21.4" and row["Δ pts [95% CI]"] == "−7.1 [−38.5, +24.2]"
     assert row["Run"] == "9339a21d"
+    with_ppl = tables.format_history_table(runs.assign(dense_ppl=[20.0], pruned_ppl=[31.5]))
+    assert with_ppl.iloc[0]["PPL"] == "20.00 → 31.50"
 
 
 def test_tasks_keeping_a_dim_respect_the_task_weights(app, alpha):

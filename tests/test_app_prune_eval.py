@@ -394,6 +394,7 @@ def test_history_compares_picked_runs_side_by_side_and_pairs_them_on_shared_exam
     assert at.get("download_button")
     hist = chart_by_key(at, "hist_plot")
     assert hist["layout"]["xaxis"]["range"] == [0.0, 0.9] and [tr["name"] for tr in hist["data"]] == ["diet"]
+    assert "points" in hist["layout"]["yaxis"]["title"]["text"]  # history.in_points: the table's unit
     # b is the reference, a the candidate: the comparison is a − b whichever order they were picked in
     at.selectbox(key="hist_ref").set_value(b["run_id"]).run()
     at.multiselect(key="hist_pick").set_value([b["run_id"], a["run_id"]]).run()

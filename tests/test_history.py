@@ -136,3 +136,28 @@ def test_an_old_records_method_name_is_listed_by_its_canonical_name():
     assert frame.loc["r1", "method"] == frame.loc["r2", "method"] == "leave-one-out"
     assert frame.loc["r3", "method"] == "single-task"
     assert "method" not in differing(frame.loc[["r1", "r2"]])
+
+
+def test_a_setting_the_method_does_not_read_is_blank_and_never_differs():
+    """'What differs' listed τ 0.5 and equal weights for a random run, which reads neither."""
+    rng = np.random.default_rng(5)
+    tuned = _record("r1", rng, mask_config={"method": "diet", "threshold": 0.6, "weights": {"rte": 2.0}})
+    from diet_explore.masking.build import MaskConfig
+
+    rand = _record("r2", rng, method="random", mask_config=MaskConfig(method="random").to_dict())  # τ 0.5 stored
+    frame = runs_frame([tuned, rand]).set_index("run_id")
+    assert frame.loc["r1", "threshold"] == 0.6 and frame.loc["r1", "weights"] == "rte=2"
+    assert frame.loc["r2", ["threshold", "weights"]].isna().all()  # random has no τ and no task vote
+    assert differing(frame) == ["label", "method"]
+
+
+def test_the_history_shows_the_main_metric_in_points():
+    """The run-history chart read −0.1 beside the table's −10.0: one unit (decision.SCALES) for both."""
+    from diet_explore.experiments.history import in_points
+
+    rng = np.random.default_rng(6)
+    listed = runs_frame([_record("r1", rng), _record("r2", rng)]).assign(delta_avg=[-0.1, None], ci_low=[-0.15, None])
+    row, blank = in_points(listed).iloc[0], in_points(listed).iloc[1]
+    assert row["delta_points"] == pytest.approx(-10.0) and row["ci_low_points"] == pytest.approx(-15.0)
+    assert row["dense_points"] == pytest.approx(50.0) and row["pruned_points"] == pytest.approx(40.0)
+    assert np.isnan(blank["delta_points"])  # a run without a Δ stays without one

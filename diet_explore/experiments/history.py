@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from diet_explore.core.errors import DietError
-from diet_explore.evaluation.decision import decision_sentences, format_entry
+from diet_explore.evaluation.decision import SCALES, decision_sentences, format_entry
 from diet_explore.evaluation.metrics import MAIN, paired_examples
 from diet_explore.experiments.results import METHODS, row_spec
-from diet_explore.masking.config import canonical_method
+from diet_explore.masking.config import canonical_method, ignored_settings
 from diet_explore.tasks.registry import TaskSpec, load_registry
 
 #: Flat columns the listing shows, in this order (``run_view``), then ``SETTING_COLUMNS``.
@@ -172,19 +172,32 @@ def run_settings(record: dict[str, Any]) -> dict[str, Any]:
     method = record.get("method")
     method_fields = METHODS.get(canonical_method(method) if isinstance(method, str) else "", {})
     weights = mask.get("weights") or {}
-    return {
+    out = {
         "site": mask.get("site") or method_fields.get("site") or "residual",
         "threshold": mask.get("threshold", sweep.get("threshold")),
         "weights": ",".join(f"{t}={w:g}" for t, w in sorted(weights.items())) if weights else "equal",
         "limit": record.get("limit"),
     }
+    return out | {k: None for k in _ignored(method) if k in out}
+
+
+def _ignored(method: Any) -> set[str]:
+    """The mask settings ``method`` does not read (``masking.config.ignored_settings``): a random run
+    has no τ and no task weights, so the listing leaves them blank rather than show the defaults."""
+    if not isinstance(method, str) or method == "dense":
+        return set()
+    try:
+        return set(ignored_settings(canonical_method(method)))
+    except (DietError, TypeError, ValueError):  # a method of another version: show what the record holds
+        return set()
 
 
 def differing(frame, columns: Sequence[str] = SETTINGS) -> list[str]:
-    """The settings columns whose values are not the same in every row of ``frame``."""
+    """The settings columns whose values are not the same in every row of ``frame`` that has one: a
+    blank (a setting the run's method does not read, ``run_settings``) differs from nothing."""
     out = []
     for c in columns:
-        if c in frame and frame[c].map(lambda v: json.dumps(v, sort_keys=True, default=str)).nunique() > 1:
+        if c in frame and frame[c].dropna().map(lambda v: json.dumps(v, sort_keys=True, default=str)).nunique() > 1:
             out.append(c)
     return out
 
@@ -201,6 +214,21 @@ def with_lines(frame):
     for c in apart:
         line = line + f" · {c} " + frame[c].astype(str)
     return frame.assign(line=line)
+
+
+#: run listing column -> its column in points (``in_points``): the page shows Δ and both averages in points.
+POINTS_COLUMNS = {"delta_avg": "delta_points", "ci_low": "ci_low_points", "ci_high": "ci_high_points"}
+POINTS_COLUMNS |= {"dense_avg": "dense_points", "pruned_avg": "pruned_points"}
+
+
+def in_points(frame):
+    """The listing with the main-metric columns also in points (× ``decision.SCALES[MAIN]``, the one
+    factor every page prints accuracy by): the history chart and table beside it read one unit."""
+    import pandas as pd
+
+    factor = SCALES[MAIN].factor
+    cols = {new: pd.to_numeric(frame[old], errors="coerce") * factor for old, new in POINTS_COLUMNS.items() if old in frame}
+    return frame.assign(**cols)
 
 
 def run_heading(record: dict[str, Any]) -> str:

@@ -41,8 +41,9 @@ with ui.shown_errors():
         st.stop()
     st.markdown(
         f"**{len(frame)} run{'' if len(frame) == 1 else 's'}** in `{ui.display_path(store.root)}`, newest first. "
-        "Each is named by its mask (method and every setting that differs from the paper default); Δ is the mean over "
-        "tasks of the pruned − dense main metric on the same examples, in points, with its 95% CI."
+        "Each is named by its mask (method and every setting that differs from the paper default). Main %: the mean over "
+        "tasks of the main metric, dense → pruned; Δ: the mean of pruned − dense on the same examples, in points, with its "
+        "95% CI; Δ gold LL: the gold answer's log-likelihood per character (nats); PPL: wiki perplexity, dense → pruned."
     )
     st.dataframe(tables.format_history_table(frame), hide_index=True, key="hist_table")
     st.download_button(
@@ -50,7 +51,10 @@ with ui.shown_errors():
     )
     # one line per mask label (and model, tasks and examples per task where runs differ in them): runs
     # built by different rules (τ, weights, site, ...) or scored on other examples are never joined
-    st.plotly_chart(plots.run_history(H.with_lines(frame), x="sparsity", y="delta_avg", color="line"), key="hist_plot")
+    # in points, as the table beside it (history.in_points)
+    lines = H.in_points(H.with_lines(frame))
+    chart = plots.run_history(lines, x="sparsity", y="delta_points", color="line", ci=("ci_low_points", "ci_high_points"))
+    st.plotly_chart(chart, key="hist_plot")
 
     st.subheader("Compare runs")
     by_id = {r["run_id"]: r for r in records}

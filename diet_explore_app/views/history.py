@@ -79,6 +79,9 @@ with ui.shown_errors():
     )
     if differ:
         shown = sub[["label", *[c for c in differ if c != "label"]]].rename(columns=SETTING_NAMES)
+        for c in ("τ", "task weights", "site"):  # blank there: a setting the run's method ignores (history.run_settings)
+            if c in shown:
+                shown[c] = shown[c].astype(object).where(shown[c].notna(), "not read")
         st.dataframe(shown, hide_index=True, key="hist_differs")
     for run_id in picked:
         candidate = by_id[run_id]

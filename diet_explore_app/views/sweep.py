@@ -43,7 +43,7 @@ def render_sweep(job: dict[str, Any]) -> None:
         st.caption("No run finished yet: the curves appear as each method × sparsity finishes.")
         return
     if job["status"] != "done":
-        st.caption(f"{finished} run(s) finished so far (partial).")
+        st.caption(f"{finished} pruned run(s) finished so far besides the dense model (partial).")
     sweep = as_sweep(rows)
     for curve in CURVES:
         if not curve_frame(sweep, curve).empty:  # never an empty "no points" chart

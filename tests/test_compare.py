@@ -12,7 +12,7 @@ from diet_explore.core.errors import DietError
 from diet_explore.evaluation.evaluate import evaluate_model
 from diet_explore.evaluation.metrics import average_interval, paired_proportion_delta
 from diet_explore.experiments.history import run_view, runs_frame
-from diet_explore.experiments.reports import markdown_table
+from diet_explore.experiments.reports import as_sweep, markdown_table
 from diet_explore.experiments.results import read_results
 from diet_explore.experiments.runs import RunStore
 from diet_explore.experiments.sweep import CompareConfig, run_compare, sweep_grid
@@ -118,9 +118,10 @@ def test_reports_and_run_store(setup):
     assert m == pytest.approx(
         np.mean([np.mean(diet["tasks"][t]["correct"]) - np.mean(rnd["tasks"][t]["correct"]) for t in diet["tasks"]])
     )
-    line = next(ln for ln in versus.splitlines() if "| diet − random |" in ln)
+    labels = as_sweep(rows).labels()  # each run named by its mask's label (history.run_label), e.g. "diet exact multiple 4"
+    line = next(ln for ln in versus.splitlines() if f"| {labels['diet']} − {labels['random']} |" in ln)
     assert f"| {100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |" in line
-    assert versus.count(" | diet − ") == len(METHODS) - 1
+    assert versus.count(f" | {labels['diet']} − ") == len(METHODS) - 1
     runs = runs_frame(store.records())
     assert sorted(runs["method"]) == sorted(METHODS) and set(runs["sparsity"]) == {0.25}
     assert {r["run_id"] for r in rows[1:]} == set(runs["run_id"])

@@ -342,7 +342,7 @@ def test_a_reprofiled_cache_changes_the_examples_so_the_dense_model_is_evaluated
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_sweep_runs_as_a_job_and_draws_its_curves_from_its_results(tiny_app):
-    from diet_explore.experiments.reports import curve_frame
+    from diet_explore.experiments.reports import as_sweep, curve_frame
     from diet_explore.experiments.results import read_results
 
     at, dirs = tiny_app
@@ -363,7 +363,7 @@ def test_a_sweep_runs_as_a_job_and_draws_its_curves_from_its_results(tiny_app):
         spec = chart_by_key(at, f"sw_curve_{curve}")
         expected = curve_frame(rows, curve)
         drawn = {tr["name"]: tr["y"] for tr in spec["data"] if tr.get("mode") == "lines+markers"}
-        assert sorted(drawn) == ["diet", "random"]
+        assert sorted(drawn) == sorted(as_sweep(rows).labels()[m] for m in ("diet", "random"))  # the runs' mask labels
         for method, g in expected.groupby("method"):
             assert np.allclose(arr(drawn[method]).astype(float), g.sort_values("sparsity")["value"].to_numpy())
     assert len([r for r in JobStore(dirs["runs"]).runs.records() if r["source"] == "compare"]) == 4

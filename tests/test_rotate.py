@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from diet_explore.core.errors import DietError
+from diet_explore.experiments.reports import as_sweep
 from diet_explore.models.adapters import get_adapter
 from diet_explore.models.adapters.tiny import tiny_model
 from diet_explore.pruning.pca import pca_rotations, slicegpt_model
@@ -296,7 +297,8 @@ def test_slicegpt_resumes_into_a_sweep_and_keeps_the_mask_count(sweep):
     for r in rows[1:]:
         assert r["ppl"] > 1 and set(r["tasks"]) == {"rte", "winogrande"} and "delta_ci_low" in r
     md = (root / "out" / "table.md").read_text()
-    assert "| 0.25 | diet − slicegpt | 48 |" in md and "| 0.25 | diet − slicegpt-wiki | 48 |" in md
+    diet = as_sweep(rows).labels()["diet"]  # the run's mask label (history.run_label)
+    assert f"| 0.25 | {diet} − slicegpt | 48 |" in md and f"| 0.25 | {diet} − slicegpt-wiki | 48 |" in md
     assert "SliceGPT parameters" in md
 
 

@@ -70,9 +70,10 @@ def test_the_results_page_draws_every_committed_sweep(tmp_path):
             page.locator('[data-testid="stDataFrame"]').nth(1).wait_for(timeout=WAIT_MS)  # paper-style and DIET-minus tables
             # the figure of the sweep picked before can stand until the rerun replaces it: wait for this one's lines
             deadline = time.monotonic() + WAIT_MS / 1000
-            while sorted(_line_names(page, "Δ average main metric")) != sorted(sweep.methods()) and time.monotonic() < deadline:
+            legend = sorted(sweep.labels()[m] for m in sweep.methods())  # each method by its runs' mask label
+            while sorted(_line_names(page, "Δ average main metric")) != legend and time.monotonic() < deadline:
                 page.wait_for_timeout(200)
-            assert sorted(_line_names(page, "Δ average main metric")) == sorted(sweep.methods())
+            assert sorted(_line_names(page, "Δ average main metric")) == legend
             assert _line_names(page, "perplexity")  # the perplexity curve is drawn too
             if i == len(sweeps) - 1:
                 idle(page)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from app_helpers import metrics, run_page
-from test_app_prune_eval import tiny, tiny_app  # noqa: F401  (fixtures)
+from test_app_prune_eval import tiny  # noqa: F401  (fixture; tiny_app is in conftest)
 
 from diet_explore.masking.build import MaskConfig, build_mask
 

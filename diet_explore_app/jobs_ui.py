@@ -48,7 +48,7 @@ def list_jobs(jobs_store: J.JobStore) -> tuple[list[dict[str, Any]], list[str]]:
 
 def submit(jobs_store: J.JobStore, job_type: str, config: dict[str, Any], label: str, watch_key: str) -> None:
     """Queue a job (or find the same one already queued or running), start the worker if needed,
-    and make this session show it."""
+    and make this browser tab show it."""
     job_id, new = J.submit(jobs_store, job_type, config, label)
     st.session_state[watch_key] = job_id
     if not new:

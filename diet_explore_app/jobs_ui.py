@@ -64,7 +64,7 @@ def warm_worker(jobs_store: J.JobStore, model: str | None = None) -> None:
 
 
 def pick(found: list[dict[str, Any]], job_type: str, watched: str | None) -> dict[str, Any] | None:
-    """The job a page shows: the one this session started, else the running one, else the next
+    """The job a page shows: the one this browser tab started, else the running one, else the next
     queued, else the newest of that type."""
     mine = [j for j in found if j["type"] == job_type]
     for rule in (

@@ -40,7 +40,7 @@ def test_the_sweeps_diet_run_keeps_the_mask_builders_count_and_label(tiny_app, t
     at.slider(key="w_rte").set_value(RTE_WEIGHT).run()
     assert not at.exception, [e.value for e in at.exception]
     cache = load_cache(tiny_cache_root / "tiny")
-    # the Mask builder's mask, by the app's own function over this session's state, and the count it shows
+    # the Mask builder's mask, by the app's own function over this browser tab's state, and the count it shows
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(state.st, "session_state", at.session_state.to_dict())
         tuned = state.current_config(cache)

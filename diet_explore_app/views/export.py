@@ -29,7 +29,7 @@ from diet_explore_app import widgets as ui
 
 K_NAME, K_SAVE, K_SAVE_MODEL = "export_name", "export_save", "export_save_model"
 K_REPLACE_MASK, K_REPLACE_MODEL = "export_replace_mask", "export_replace_model"
-K_WATCH = "_ex_job"  # the prune_save job this session started
+K_WATCH = "_ex_job"  # the prune_save job this browser tab started
 
 
 def render_prune_job(job: dict) -> None:

@@ -206,8 +206,10 @@ def test_a_tied_head_saved_beside_its_embedding_is_loaded_not_streamed(tmp_path)
 
 
 @pytest.mark.slow
-def test_a_prune_and_evaluate_job_holds_one_pruned_model_at_a_time(tmp_path, tiny_cache_root, monkeypatch):
-    """With comparison masks, each pruned model is built, scored and freed before the next is built."""
+@pytest.mark.parametrize("fit", [False, True])
+def test_a_prune_and_evaluate_job_holds_one_pruned_model_at_a_time_unless_all_fit(tmp_path, tiny_cache_root, monkeypatch, fit):
+    """With comparison masks, each pruned model is built, scored and freed before the next is built,
+    unless every copy fits in memory: then they are built together and scored with blocks interleaved."""
     import gc
     import weakref
 
@@ -228,6 +230,7 @@ def test_a_prune_and_evaluate_job_holds_one_pruned_model_at_a_time(tmp_path, tin
         return pruned
 
     monkeypatch.setattr(tuning, "prune_model", tracked)
+    monkeypatch.setattr(tuning, "pruned_copies_fit", lambda model, copies: fit)
     store = JobStore(tmp_path / "runs")
     try:
         config = prune_eval_config(tiny_cache_root, limit=3, tasks=("rte",))
@@ -244,7 +247,7 @@ def test_a_prune_and_evaluate_job_holds_one_pruned_model_at_a_time(tmp_path, tin
         assert set(job["result"]["others"]) == {"random", "magnitude"}
     finally:
         stop_workers(store)
-    assert alive_at_build == [0, 0, 0]
+    assert alive_at_build == ([0, 1, 2] if fit else [0, 0, 0])
 
 
 def test_a_sweep_pre_checks_memory_for_the_dense_model_and_one_pruned_copy(tmp_path, monkeypatch):

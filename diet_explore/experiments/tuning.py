@@ -132,6 +132,18 @@ def other_run_id(run_id: str, label: str) -> str:
     return f"{run_id.split('-')[0]}-{hashlib.sha256(f'{run_id}:{label}'.encode()).hexdigest()[:8]}"
 
 
+def pruned_copies_fit(model, copies: int) -> bool:
+    """Whether ``copies`` pruned copies of ``model`` (each at most its size) fit in half the free
+    memory of its device, beside it: then a job scores every mask at once."""
+    import psutil
+
+    from diet_explore.core.batching import gpu_free_bytes
+
+    device = next(model.parameters()).device
+    free = gpu_free_bytes(str(device)) if device.type == "cuda" else psutil.virtual_memory().available
+    return copies * model_nbytes(model) <= 0.5 * free
+
+
 def mask_progress(index: int, count: int, name: str, fraction: float, message: str) -> tuple[float, str]:
     """(the whole job's share done, the text under its bar) while mask ``index`` (0-based) of
     ``count`` is scored, ``fraction`` of that mask's examples done (``message``: the scorer's own
@@ -194,15 +206,17 @@ def run_prune_eval_job(config: dict[str, Any], ctx) -> dict[str, Any]:
         scored[unit.label].update(((s.task, s.doc_id), s) for s in scores)
         ctx.partial(paired_so_far(scored, specs, requests))
 
-    # One pruned model in memory at a time: the mask's own (with the dense model, blocks interleaved
-    # so the pair streams from the first block), then each comparison mask's: built, scored, freed.
+    # Every mask's pruned copy together, blocks interleaved, so a comparison (DIET vs random) streams
+    # from the first block, when the copies fit in memory; else one copy at a time (built, scored, freed).
+    labels = list(masks)
+    groups = [labels] if pruned_copies_fit(model, len(labels)) else [[label] for label in labels]
     results, sizes, blocks = {}, {}, ScoreLog(ctx.folder / "blocks")
-    for i, (label, m) in enumerate(masks.items()):
-        pruned = prune_model(model, m.keep, saveable=False)
-        sizes[label] = (count_parameters(pruned), model_nbytes(pruned))
-        models = ({"dense": model} if dense is None and i == 0 else {}) | {label: pruned}
-        name = m.config.label() + (", with dense" if "dense" in models else "")
-        part = lambda f, msg, i=i, name=name: ctx.progress(*mask_progress(i, len(masks), name, f, msg))
+    for i, group in enumerate(groups):
+        pruned = {label: prune_model(model, masks[label].keep, saveable=False) for label in group}
+        sizes |= {label: (count_parameters(p), model_nbytes(p)) for label, p in pruned.items()}
+        models = ({"dense": model} if dense is None and i == 0 else {}) | pruned
+        name = ", ".join(masks[label].config.label() for label in group) + (", with dense" if "dense" in models else "")
+        part = lambda f, msg, i=i, name=name: ctx.progress(*mask_progress(i, len(groups), name, f, msg))
         results |= evaluate_models(
             models, tokenizer, ecfg, part, requests, log=blocks, on_block=on_block, should_stop=ctx.should_stop
         )

@@ -75,6 +75,7 @@ with ui.shown_errors():
     jac = report.jaccard.to_numpy()
     off = jac[~np.eye(t, dtype=bool)]
     pruned = int(report.prune[0].sum())
+    st.markdown(f"Mask **{config.label()}**: kept {vote.n_keep} of {vote.hidden_size} hidden dims")  # as every page names it
     c = st.columns(4)
     c[0].metric("Pruned per task", pruned, help=ui.HELP["sparsity"])
     # two empty pruned sets are identical (Jaccard 1) by the library's rule, which says nothing here

@@ -9,6 +9,7 @@ in the store's worker.json) and resumes it with SIGCONT."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from app_helpers import APP, TIMEOUT, arr, chart_by_key, metrics, run_page
 from job_helpers import paired, scored, stop_workers, wait_job, worker_pid
 
+from diet_explore.core.numbers import points
 from diet_explore.evaluation.decision import decide, format_entry, format_estimate
 from diet_explore.experiments.history import compare_runs, run_heading, run_view
 from diet_explore.experiments.jobs import JobStore
@@ -401,10 +403,10 @@ def test_history_compares_picked_runs_side_by_side_and_pairs_them_on_shared_exam
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert "target sparsity" in texts(at) and "kept dims" in texts(at)  # what differs, in words
     ha = run_heading(a)
-    side = frame_with(at, (ha, "main metric"))
-    assert side.loc["rte", (ha, "main metric")] == pytest.approx(
-        next(r["pruned_main"] for r in a["task_results"] if r["task"] == "rte")
-    )
+    side = frame_with(at, (ha, "main metric"))  # printed by the one number rule: points, never a raw fraction
+    assert side.loc["rte", (ha, "main metric")] == points(next(r["pruned_main"] for r in a["task_results"] if r["task"] == "rte"))
+    ll = side.xs("Δ gold LL/char", axis=1, level="value").stack()
+    assert len(ll) and all(re.fullmatch(r"[+\u2212]\d+\.\d{3}|0\.000|—", v) for v in ll), list(ll)
     paired = frame_with(at, "shared examples")
     # recomputed by hand: a's main-metric correctness minus b's, on the examples both scored
     for task in ("rte", "arc_easy"):

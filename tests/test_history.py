@@ -109,6 +109,24 @@ def test_runs_without_their_examples_are_not_paired_but_still_shown_side_by_side
     assert side.loc["rte", (hb, "agreement")] is None or np.isnan(side.loc["rte", (hb, "agreement")])
 
 
+def test_the_side_by_side_table_prints_every_cell_by_the_one_number_rule():
+    """Accuracy and agreement in points with one decimal, Δ gold LL/char in nats with three and a real
+    minus sign, "—" where a run has no value: never a raw fraction such as 0.4 or −3.220105266571045."""
+    from diet_explore.experiments.history import side_by_side_text
+
+    rng = np.random.default_rng(4)
+    a, b = _record("r1", rng), _record("r2", rng, examples=False)
+    entry = lambda d: {"delta": d, "ci_low": None, "ci_high": None, "n": 12}
+    paired = {"agreement": entry(0.9166666666666666), "gold_ll_per_char": entry(-3.220105266571045)}
+    a["paired"] = {"tasks": {"rte": paired}, "average": paired}
+    side = side_by_side_text(side_by_side([a, b]))
+    ha, hb = run_heading(a), run_heading(b)
+    assert side.loc["rte", (ha, "main metric")] == "40.0" and side.loc["average", (hb, "main metric")] == "40.0"
+    assert side.loc["rte", (ha, "agreement")] == "91.7" and side.loc["average", (ha, "agreement")] == "91.7"
+    assert side.loc["rte", (ha, "Δ gold LL/char")] == "\u22123.220"
+    assert side.loc["rte", (hb, "agreement")] == "—" and side.loc["average", (hb, "Δ gold LL/char")] == "—"
+
+
 def test_a_run_history_line_never_joins_runs_of_other_settings_or_examples():
     from diet_explore.experiments.history import with_lines
 

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from diet_explore.core.errors import DietError
-from diet_explore.evaluation.decision import SCALES, decision_sentences, format_entry
+from diet_explore.core.numbers import number
+from diet_explore.evaluation.decision import MINUS, SCALES, decision_sentences, format_entry
 from diet_explore.evaluation.metrics import MAIN, paired_examples
 from diet_explore.experiments.results import METHODS, row_spec
 from diet_explore.masking.config import canonical_method, ignored_settings
@@ -275,6 +276,26 @@ def side_by_side(records: Sequence[dict[str, Any]]):
     frame = pd.DataFrame(out, index=[*tasks, "average"])
     frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["run", "value"])
     return frame
+
+
+#: ``side_by_side``'s value -> (its ``decision.SCALES`` entry, whether it carries a sign): the main
+#: metric and agreement are shares in points (no sign: a level, not a difference), Δ gold LL/char a
+#: signed difference in nats with the decimals every paired table prints it with.
+SIDE_SCALES = {"main metric": (MAIN, False), "agreement": ("agreement", False), "Δ gold LL/char": ("gold_ll_per_char", True)}
+
+
+def side_by_side_text(frame):
+    """``side_by_side`` as the page shows it: every cell printed by the one number rule
+    (``core.numbers.number`` with the metric's ``decision.SCALES`` factor and decimals, a real
+    minus sign, "—" where a run has no value), never a raw fraction or float."""
+    out = frame.astype(object).copy()
+    for col in frame.columns:
+        metric, signed = SIDE_SCALES[col[-1]]
+        scale = SCALES[metric]
+        out[col] = [
+            number(None if v is None else float(v) * scale.factor, scale.digits, signed=signed, minus=MINUS) for v in frame[col]
+        ]
+    return out
 
 
 def _d(entries: dict[str, Any], metric: str) -> float | None:

@@ -98,9 +98,12 @@ with ui.shown_errors():
         for line in result["sentences"]:
             st.markdown(line)
         st.dataframe(H.paired_frame(result), key=f"hist_paired_{run_id}")
-    st.markdown("**Per task, side by side**: the pruned model's main metric, its agreement with the dense model, Δ gold LL/char")
+    st.markdown(
+        "**Per task, side by side**: the pruned model's main metric and its agreement with the dense model (%), "
+        "Δ gold LL/char vs dense (nats)"
+    )
     side = H.side_by_side(chosen)
-    st.dataframe(side, key="hist_side")
+    st.dataframe(H.side_by_side_text(side), key="hist_side")  # printed by the one number rule; the CSV keeps full precision
     st.download_button(
         "Download the comparison as CSV",
         side.to_csv(),

@@ -27,12 +27,14 @@ def _tune(at, tau: float, weights: dict[str, float]) -> int:
     return int(metrics(at)["Kept dims"].split("/")[0])
 
 
-def test_mask_builder_agreement_dimension_and_prune_eval_name_the_mask_by_its_full_label(app):
+def test_mask_builder_agreement_rankings_dimension_and_prune_eval_name_the_mask_by_its_full_label(app):
     at = app.run()
     kept = _tune(at, 0.6, {"boolq": 2.0})
     label = "diet τ0.6 boolq×2"
     assert f"Mask **{label}**: kept {kept} of 576 hidden dims" in _texts(at)
     run_page(at, "agreement")
+    assert f"Mask **{label}**: kept {kept} of 576 hidden dims" in _texts(at)
+    run_page(at, "rankings")  # one label line, not only the kept column's heading
     assert f"Mask **{label}**: kept {kept} of 576 hidden dims" in _texts(at)
     run_page(at, "dimension")
     assert f"{label} merges them into {kept} kept." in _texts(at)

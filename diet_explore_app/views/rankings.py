@@ -129,6 +129,13 @@ with ui.shown_errors():
     tasks = list(cache.tasks)  # evaluation tasks and generic text
     ui.vote_settings(cache)
     site, agg, last_k = ui.score_controls(cache)
+    try:
+        config = state.current_config(cache)  # the Mask builder's settings
+    except DietError:  # every weight 0: the dim tables below say so; the scores above do not need a mask
+        config = None
+    if config is not None:
+        vote = loaders.vote_view_for(loaded.path, loaded.sha, config.to_json())  # the vote exactly as the mask is built
+        st.markdown(f"Mask **{config.label()}**: kept {vote.n_keep} of {vote.hidden_size} hidden dims")  # as every page names it
     sparsity = float(state.get(S.KEY_SPARSITY))
     scores = loaders.task_scores(loaded.path, loaded.sha, site, agg, last_k)  # (D,) each
     n_keep = keep_count(cache.hidden_size, sparsity)

@@ -132,7 +132,7 @@ def test_other_settings_under_the_same_name_are_refused(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_the_pruner_stops_trials_and_the_savings_count_what_ran(tiny, tmp_path):
-    cfg = config(tiny, name="p", trials=8, limit=20, pruner="halving")
+    cfg = config(tiny, name="p", trials=12, limit=20, pruner="halving")
     out = run(tiny, cfg, tmp_path)
     db, _ = tune.study_paths(tmp_path, "p")
     study = tune.load_study(db, "p")
@@ -285,3 +285,22 @@ def test_a_minutes_budget_ends_the_search_and_a_spent_budget_before_any_trial_is
     run(tiny, config(tiny, name="m", trials=1, pruner="none"), tmp_path)
     out = run(tiny, config(tiny, name="m", trials=None, minutes=1e-6), tmp_path)  # no new trial: the report of the one
     assert out["savings"]["trials"] == 1 and out["best"]["trial"] == 0
+
+
+def test_the_pruner_stops_at_the_block_ends_after_a_warmup_and_keeps_the_top_third():
+    # rungs are block ends (1, 3, 7, 15, 27, ...) from MIN_RESOURCE on, leaving a quarter of the examples to come
+    assert tune.rungs(12) == [7] and tune.rungs(25) == [7, 15] and tune.rungs(40) == [7, 15, 27] and tune.rungs(6) == []
+    assert not tune.halving_stops(-9.0, [0.0] * (tune.WARMUP_TRIALS - 1))  # the warm-up trials set the bar
+    assert tune.halving_stops(-0.25, [0.0, -0.2, -0.3, -0.4, -0.5])  # 6 values: only the top 2 go on
+    assert not tune.halving_stops(-0.1, [0.0, -0.2, -0.3, -0.4, -0.5]) and not tune.halving_stops(0.0, [0.0] * 5)
+    # the study's pruner applies the rule only at a rung, comparing values at exactly that step
+    study = optuna.create_study(direction="maximize", pruner=tune.make_pruner(optuna, "halving", 12))
+    stopped = []
+    for value in (0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.6, 0.45):
+        trial = study.ask()
+        trial.report(-1.0 - trial.number, 3)  # the worst so far, but before the first rung: never stopped
+        assert not trial.should_prune()
+        trial.report(value, 7)
+        stopped.append(trial.should_prune())
+        study.tell(trial, value)
+    assert stopped == [False] * 5 + [True, False, True]

@@ -47,7 +47,12 @@ def register(sub) -> None:
         help="keep a setting out of the search, e.g. "
         "--fix threshold=0.5, --fix boolq=2 (a task's weight), --fix site=residual, --fix layer_agg=mean",
     )
-    p.add_argument("--pruner", default="hyperband", choices=list(PRUNERS), help="stops trials that trail at the same examples")
+    p.add_argument(
+        "--pruner",
+        default=PRUNERS[0],
+        choices=list(PRUNERS),
+        help="stops trials that trail at the same examples (halving: successive halving after a 5-trial warm-up)",
+    )
     p.add_argument("--prefilter", type=int_arg, default=0, help="draw N candidates per trial, evaluate the live proxy's best")
     p.add_argument("--sampler-seed", type=int_arg, default=0, help="seed of the search's sampler (TPE)")
     p.add_argument("--baselines", default=",".join(BASELINES), help=f"scored on the test set: {', '.join(BASELINES)}")

@@ -4,8 +4,8 @@ The search (Optuna, an optional extra: ``pip install 'diet-explore[tune]'``) pro
 (task weights, site, layer aggregation, last-k; τ when the vote keeps its own count) with a TPE
 sampler. A trial's examples are its budget: the pruned model is scored on the *tuning* examples in
 interleaved blocks (``evaluation/blocks.py``), the paired Δ against the dense model on the examples
-scored so far is reported after every block, and the pruner (Hyperband or successive halving)
-stops a trial that trails the others at the same number of examples.
+scored so far is reported after every block, and the pruner (successive halving on the block ends
+after a warm-up, or Hyperband) stops a trial that trails the others at the same number of examples.
 
 The honest split. The held-out examples of every task (``evaluate.eval_requests``: never a
 calibration example) are split once, by ``split_seed`` (recorded in the study and the report),
@@ -57,13 +57,21 @@ from diet_explore.tasks.registry import Request, resolve_tasks
 TUNE_DIR = "tune"
 INSTALL_HINT = "pip install 'diet-explore[tune]'"
 OBJECTIVES = {"main": "paired Δ of the main metric", "gold_ll_per_char": "paired Δ gold log-likelihood per char"}
-PRUNERS = ("hyperband", "halving", "none")
+PRUNERS = ("halving", "hyperband", "none")
 BASELINES = ("default", "random", "wiki", "slicegpt")
 # the search grid is the Mask builder's slider grid (its τ and weight steps), so the best setting is
 # one the app's sliders can show exactly (tests/test_tune.py keeps the two in step)
 THRESHOLD_RANGE, THRESHOLD_STEP = (0.1, 0.9), 0.05
 WEIGHT_RANGE, WEIGHT_STEP = (0.0, 2.0), 0.1
 MIN_RESOURCE = 4  # examples per task a trial is scored on before the pruner may stop it (1-2 examples say nothing)
+# Successive halving's rule (``halving_stops``): at a rung a trial goes on only when its value is among
+# the top 1/PRUNE_FACTOR of the values every trial had at that rung, and a rung prunes nothing until
+# WARMUP_TRIALS earlier trials reached it (as MedianPruner's n_startup_trials: the first trials set the bar).
+PRUNE_FACTOR = 3
+WARMUP_TRIALS = 5
+# a rung must leave at least this share of a trial's examples to come: a later stop saves little and
+# costs the search a full value
+RUNG_MAX_SHARE = 0.75
 WEIGHT_PREFIX = "w_"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 Progress = Callable[[float, str], None]
@@ -98,7 +106,7 @@ class TuneConfig(JsonConfig):
     split_seed: int = 0  # the tuning/test split
     objective: str = "main"  # one of OBJECTIVES
     fixed: dict[str, Any] = field(default_factory=dict)  # parameter -> value not searched (--fix)
-    pruner: str = "hyperband"  # one of PRUNERS
+    pruner: str = "halving"  # one of PRUNERS (successive halving on the block ends, after a warm-up)
     prefilter: int = 0  # >1: draw this many candidates per trial and evaluate the best by the live proxy
     sampler_seed: int = 0
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
@@ -391,13 +399,51 @@ def sentence(candidate: str, reference: str, entry: dict[str, Any], objective: s
 # --------------------------------------------------------------------------------------------
 # The search
 # --------------------------------------------------------------------------------------------
-def make_pruner(optuna, name: str, max_examples: int):
+def rungs(per_task: int) -> list[int]:
+    """The examples per task at which the pruner may stop a trial: the block ends (``blocks.block_bounds``,
+    where a trial reports its value) from ``MIN_RESOURCE`` on, while at least 1 − ``RUNG_MAX_SHARE`` of
+    the examples are still to come. Every trial reports at the same ends, so trials are compared on the
+    same examples."""
+    ends = [b for _, b in block_bounds(per_task)]
+    return [e for e in ends if MIN_RESOURCE <= e <= RUNG_MAX_SHARE * per_task]
+
+
+def halving_stops(value: float, others: list[float], factor: int = PRUNE_FACTOR, warmup: int = WARMUP_TRIALS) -> bool:
+    """Successive halving at one rung: stop a trial whose ``value`` there is below the top 1/``factor``
+    of all values at that rung (``others``: the other trials' values there, its own included in the
+    ranking; ties go on); never while fewer than ``warmup`` other trials reached the rung."""
+    if len(others) < warmup:
+        return False
+    ranked = sorted([*others, value], reverse=True)
+    return value < ranked[max(1, len(ranked) // factor) - 1]
+
+
+def make_pruner(optuna, name: str, per_task: int):
+    """The study's pruner for ``per_task`` tuning examples per task. ``halving`` (the default):
+    ``halving_stops`` at each of ``rungs(per_task)``; ``hyperband``: Optuna's, from the first rung to the
+    end (a share of its trials fall in brackets that never stop early)."""
     if name == "none":
         return optuna.pruners.NopPruner()
-    low = min(MIN_RESOURCE, max_examples)
-    if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=low, reduction_factor=3)
-    return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=max(max_examples, low), reduction_factor=3)
+    at = rungs(per_task)
+    if name == "hyperband":
+        low = at[0] if at else per_task
+        return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=max(per_task, low), reduction_factor=PRUNE_FACTOR)
+
+    class RungHalving(optuna.pruners.BasePruner):
+        """``halving_stops`` at the rungs: values compared at exactly the same examples per task."""
+
+        def prune(self, study, trial) -> bool:
+            step = trial.last_step
+            if step not in at:
+                return False
+            others = [
+                t.intermediate_values[step]
+                for t in study.get_trials(deepcopy=False)
+                if t.number != trial.number and step in t.intermediate_values
+            ]
+            return halving_stops(trial.intermediate_values[step], others)
+
+    return RungHalving()
 
 
 def open_study(config: TuneConfig, root: str | Path, resume: bool = False, pruner_examples: int = 1):

@@ -141,7 +141,7 @@ with ui.shown_errors():
     state.default(K_MINUTES, 0)
     state.default(K_LIMIT, 20)
     state.default(K_OBJECTIVE, "main")
-    state.default(K_PRUNER, "hyperband")
+    state.default(K_PRUNER, tune.TuneConfig.pruner)
     state.default(K_EXACT, True)
     state.default(K_FIX, [])
     state.follow(K_NAME, f"{Path(str(loaded.path)).name}-{state.get(K_SPARSITY):g}")

@@ -179,3 +179,29 @@ def test_the_history_shows_the_main_metric_in_points():
     assert row["delta_points"] == pytest.approx(-10.0) and row["ci_low_points"] == pytest.approx(-15.0)
     assert row["dense_points"] == pytest.approx(50.0) and row["pruned_points"] == pytest.approx(40.0)
     assert np.isnan(blank["delta_points"])  # a run without a Δ stays without one
+
+
+def test_baseline_runs_of_different_kept_counts_are_listed_apart_and_stay_one_history_line():
+    """A Prune & evaluate random baseline (455 kept, matched to its mask) and a sweep's (461 kept) are
+    two masks: the listing names them apart, while the history chart keeps one random line."""
+    from diet_explore.experiments.history import run_labels, with_lines
+    from diet_explore.masking.build import MaskConfig
+
+    rng = np.random.default_rng(6)
+    rand = MaskConfig(method="random").to_dict()
+    matched = _record("r1", rng, method="random", mask_config=rand) | {"n_keep": 455}
+    swept = _record("r2", rng, method="random", mask_config=rand, sparsity=0.2) | {"n_keep": 461}
+    again = _record("r3", rng, method="random", mask_config=rand) | {"n_keep": 455}
+    diets = [_record(f"r{i}", rng, mask_config={"method": "diet"}) | {"n_keep": n} for i, n in ((4, 455), (5, 461))]
+    assert run_labels([matched, swept, again, *diets]) == [
+        "random 455 kept",
+        "random 461 kept",
+        "random 455 kept",
+        "diet",
+        "diet",
+    ]
+    assert run_labels([matched, again]) == ["random", "random"]  # one count: nothing to tell apart
+    frame = with_lines(runs_frame([matched, swept])).set_index("run_id")
+    assert frame.loc["r1", "label"] == "random 455 kept" and frame.loc["r2", "label"] == "random 461 kept"
+    assert "label" in differing(frame.reset_index())  # "What differs" says the masks differ
+    assert frame.loc["r1", "line"] == frame.loc["r2", "line"] == "random"  # one rule: one line across sparsity

@@ -20,7 +20,7 @@ from diet_explore.core.numbers import number
 from diet_explore.evaluation.decision import MINUS, SCALES, decision_sentences, format_entry
 from diet_explore.evaluation.metrics import MAIN, paired_examples
 from diet_explore.experiments.results import METHODS, row_spec
-from diet_explore.masking.config import canonical_method, ignored_settings
+from diet_explore.masking.config import BASELINE_METHODS, canonical_method, ignored_settings
 from diet_explore.tasks.registry import TaskSpec, load_registry
 
 #: Flat columns the listing shows, in this order (``run_view``), then ``SETTING_COLUMNS``.
@@ -30,6 +30,7 @@ LIST_COLUMNS = (
     "source",
     "model",
     "label",
+    "rule",
     "method",
     "target_sparsity",
     "actual_sparsity",
@@ -76,6 +77,31 @@ def run_label(record: dict[str, Any]) -> str:
         except (DietError, TypeError, ValueError):  # a mask config of another version: the method says enough
             pass
     return str(record.get("method") or "?")
+
+
+def run_labels(records: Sequence[dict[str, Any]]) -> list[str]:
+    """What each of ``records`` is listed as: its ``run_label``, and where one baseline's label
+    (``masking.config.BASELINE_METHODS``: random, magnitude, ...; their label says nothing that sets
+    two counts apart) names runs that keep different counts, each of those runs says its count:
+    "random 455 kept" (a Prune & evaluate baseline matched to its mask's count) and "random 461
+    kept" (a sweep's, at the target sparsity), never "random" twice for two different masks."""
+    labels = [run_label(r) for r in records]
+    counts: dict[str, set] = {}
+    for r, label in zip(records, labels):
+        if _is_baseline(r):
+            counts.setdefault(label, set()).add(r.get("n_keep"))
+    return [
+        f"{label} {r['n_keep']} kept" if _is_baseline(r) and r.get("n_keep") is not None and len(counts[label]) > 1 else label
+        for r, label in zip(records, labels)
+    ]
+
+
+def _is_baseline(record: dict[str, Any]) -> bool:
+    method = record.get("method")
+    try:
+        return isinstance(method, str) and canonical_method(method) in BASELINE_METHODS
+    except (DietError, TypeError, ValueError):  # a method of another version: its label is what it has
+        return False
 
 
 def target_and_actual(record: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -130,13 +156,16 @@ def task_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 def runs_frame(records):
     """THE listing of stored runs (app or CLI), one row per run (``run_view``), newest first, with
-    the ``LIST_COLUMNS`` and the mask settings that tell runs apart (``history.run_settings``)."""
+    the ``LIST_COLUMNS`` and the mask settings that tell runs apart (``history.run_settings``):
+    ``label`` as the runs are listed together (``run_labels``: a baseline's kept count where its
+    runs differ in it), ``rule`` the mask's label alone (``run_label``, what a history line joins)."""
     import pandas as pd
 
+    records = list(records)
     rows = []
-    for r in records:
+    for r, label in zip(records, run_labels(records)):
         view = run_view(r)
-        row = {k: _cell(view.get(k)) for k in LIST_COLUMNS}
+        row = {k: _cell(view.get(k)) for k in LIST_COLUMNS} | {"label": label, "rule": view["label"]}
         rows.append(row | run_settings(r))
     frame = pd.DataFrame(rows, columns=[*LIST_COLUMNS, *SETTING_COLUMNS])
     return newest_first(frame)
@@ -208,10 +237,11 @@ LINE_APART = ("model", "tasks", "limit")  # besides the mask label, what puts tw
 
 def with_lines(frame):
     """The listing (``runs_frame``) with ``line``: the run-history line a run belongs to, its
-    mask label, plus the model, tasks and examples per task where the runs differ in them, so one
-    line never joins runs of other mask settings or other examples."""
+    mask label (``rule``: a baseline's runs at several kept counts are one line across sparsity),
+    plus the model, tasks and examples per task where the runs differ in them, so one line never
+    joins runs of other mask settings or other examples."""
     apart = [c for c in LINE_APART if c in frame and frame[c].astype(str).nunique() > 1]
-    line = frame["label"].astype(str)
+    line = frame["rule" if "rule" in frame else "label"].astype(str)
     for c in apart:
         line = line + f" · {c} " + frame[c].astype(str)
     return frame.assign(line=line)

@@ -12,11 +12,17 @@ one ``--out``: rows merge in its results.jsonl under its lock (``results.append_
 dense model is scored once: the first job to need it scores it under a lock while the others wait
 for its row (and the evaluation cache keeps it for later sweeps).
 
+The app's Sweeps page queues one ``sweep`` job (``queue_sweep``): on the local process it runs the
+sweep itself, as one job; on Ray it is the driver of ``run_sweep`` (the function ``compare
+--executor ray`` calls), so the sweep splits the same way and the page follows one job, whose
+progress counts its runs' jobs.
+
 Ray moves only job ids and folder names between processes; models and results stay in files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -113,6 +119,81 @@ def dense_lock(store: J.JobStore, out: Path) -> Path:
     return store.root / f"dense-{hashlib.sha256(str(out).encode()).hexdigest()[:16]}"
 
 
+def queue_sweep(store: J.JobStore, config, label: str, executor: str = "local", workers: int = 1) -> tuple[str, bool]:
+    """The app's sweep (``config``: a ``sweep.CompareConfig``) as one ``sweep`` job, started by the
+    app's worker; returns (job id, whether it is new). ``executor`` ``local``: the job runs the
+    whole sweep in that worker, with its model. ``ray``: the job drives ``run_sweep`` on
+    ``workers`` Ray actors (``run_split_sweep_job``): one job per (method, sparsity) into the job's
+    folder, dense scored once. A missing Ray or a bad count is refused here, before anything is queued."""
+    make_executor(executor, workers)
+    job_config = config.to_dict()
+    if executor != "local":
+        job_config[SPLIT_KEY] = {"executor": executor, "workers": int(workers)}
+    return J.submit(store, "sweep", job_config, label + ("" if executor == "local" else f", on {executor} × {workers}"))
+
+
+SPLIT_KEY = "split"  # a sweep job's config field: the executor its runs' jobs go to (absent: run in the job)
+
+
+def split_setting(config: dict[str, Any]) -> tuple[str, int] | None:
+    """(executor, workers) a ``sweep`` job splits onto, or None when the job runs the sweep itself."""
+    split = config.get(SPLIT_KEY)
+    return (str(split["executor"]), int(split["workers"])) if isinstance(split, dict) else None
+
+
+def run_split_sweep_job(config: dict[str, Any], ctx) -> dict[str, Any]:
+    """A ``sweep`` job that ``queue_sweep`` gave an executor: ``run_sweep`` into the job's folder (one
+    ``compare_run`` job per run, rows merged in one results.jsonl), its progress the share of its
+    runs' jobs done. Stop (or the worker's end) stops its runs' jobs; finished runs are kept."""
+    from diet_explore.evaluation.blocks import Stopped
+    from diet_explore.experiments.sweep import CompareConfig
+
+    name, workers = split_setting(config)
+    cfg = CompareConfig.from_dict({k: v for k, v in config.items() if k != SPLIT_KEY})
+    out = (ctx.folder / "sweep").resolve()
+    executor = make_executor(name, workers)
+    stopping: list[str] = []
+
+    def on_poll() -> None:
+        latest: dict[str, dict[str, Any]] = {}  # a run's newest job (a stopped one is replaced on Resume)
+        for job in sorted(ctx.store.jobs(), key=lambda j: (j["created"], j.get("queue_seq", 0))):
+            if job["type"] == "compare_run" and job["config"].get("out") == str(out):
+                latest[job["config"]["run"]] = job
+        mine = list(latest.values())
+        why = ctx.should_stop()
+        if why and not stopping:
+            stopping.append(why)
+            for job in mine:
+                if job["status"] in J.ACTIVE:
+                    with contextlib.suppress(DietError):  # it ended meanwhile
+                        ctx.store.stop(job["job_id"])
+        ctx.progress(*split_progress(mine, name, workers))
+
+    try:
+        rows = run_sweep(cfg, out, executor, ctx.store, log=ctx.log, on_poll=on_poll)
+    except DietError:
+        if stopping:
+            raise Stopped(stopping[0]) from None
+        raise
+    finally:
+        executor.release()
+    return {"out": str(out), "runs": len(rows) - 1}
+
+
+def split_progress(jobs: list[dict[str, Any]], executor: str, workers: int) -> tuple[float, str]:
+    """(fraction, message) of a split sweep: the mean of its runs' jobs' shares (a finished job
+    counts whole), and which runs are done and running."""
+    if not jobs:
+        return 0.0, "queueing the runs"
+    share = [1.0 if j["status"] in J.FINISHED else float((j.get("progress") or {}).get("fraction") or 0.0) for j in jobs]
+    done = sum(j["status"] == "done" for j in jobs)
+    running = [j["config"]["run"] for j in jobs if j["status"] == "running"]
+    return sum(share) / len(jobs), (
+        f"{done} of {len(jobs)} run(s) done, one job each on {executor} × {workers}"
+        + (f"; running {', '.join(running)}" if running else "")
+    )
+
+
 def finish_sweep(config, out: str | Path, statuses: dict[str, str]) -> list[dict[str, Any]]:
     """After a split sweep's jobs ended: the reports from every merged row; a failed job is named."""
     from diet_explore.experiments.reports import write_reports
@@ -161,6 +242,9 @@ class LocalExecutor:
                     p.terminate()  # Ctrl-C: the jobs stop as interrupted, resumable
                     p.wait()
         return {j: store.get(j)["status"] for j in job_ids}
+
+    def release(self) -> None:
+        """Nothing is kept between runs: each run starts its own processes."""
 
 
 class JobActor:
@@ -245,6 +329,26 @@ class RayExecutor:
             for actor, _ in running.values():
                 ray.kill(actor)
 
+    def release(self) -> None:
+        """End the actors kept between runs, giving back the CPUs or GPUs they hold."""
+        if self._idle:
+            ray = import_ray()
+            for actor in self._idle:
+                ray.kill(actor)
+            self._idle = []
+
+
+def ray_missing() -> str | None:
+    """Why Ray cannot be chosen here (with the install command), or None when it can: looked up
+    without importing it."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else "Ray is not installed: pip install 'diet-explore[ray]'"
+
 
 def import_ray():
     try:
@@ -294,8 +398,17 @@ def serve(store: J.JobStore, owner: int | None = None, idle_exit_s: float | None
         idle_since = time.monotonic()
         while owner is None or os.getppid() == owner:
             store.requeue_stale()
-            queued = [j["job_id"] for j in store.jobs() if j["status"] == "queued"]
-            if queued:
+            found = [j for j in store.jobs() if j["status"] == "queued"]
+            drivers = [j["job_id"] for j in found if j["type"] == "sweep" and split_setting(j["config"])]
+            queued = [j["job_id"] for j in found if j["job_id"] not in drivers]
+            if drivers:  # a split sweep drives its own actors: run here, never nested in an actor
+                executor.release()
+                job = store.claim(drivers[0], info["token"])
+                if job is not None:
+                    J.run_job(store, job)
+                    ran += 1
+                idle_since = time.monotonic()
+            elif queued:
                 ran += len(executor.run(store, queued))
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > idle_exit_s:
@@ -308,12 +421,20 @@ def serve(store: J.JobStore, owner: int | None = None, idle_exit_s: float | None
 
 
 def run_sweep(
-    config, out: str | Path, executor, store: J.JobStore, eval_cache=None, use_eval_cache: bool = True, log=print
+    config,
+    out: str | Path,
+    executor,
+    store: J.JobStore,
+    eval_cache=None,
+    use_eval_cache: bool = True,
+    log=print,
+    on_poll: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """``compare`` on an executor: the sweep split into jobs, run, and its reports written."""
+    """``compare`` on an executor: the sweep split into jobs, run, and its reports written
+    (``on_poll``: called while they run, e.g. a driving job's progress)."""
     ids = submit_sweep(store, config, out, eval_cache, use_eval_cache)
     log(f"{len(ids)} run(s) queued as jobs in {store.root} on {type(executor).__name__} ({executor.workers} worker(s))")
-    statuses = executor.run(store, ids) if ids else {}
+    statuses = executor.run(store, ids, on_poll) if ids else {}
     return finish_sweep(config, out, statuses)
 
 

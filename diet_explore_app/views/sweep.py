@@ -11,6 +11,7 @@ from typing import Any
 import streamlit as st
 
 from diet_explore.core.errors import DietError
+from diet_explore.experiments.executors import executor_setting, queue_sweep, ray_missing
 from diet_explore.experiments.reports import as_sweep, curve_figure, curve_frame
 from diet_explore.experiments.results import METHODS, read_results
 from diet_explore.experiments.sweep import CompareConfig, compare_mask
@@ -27,7 +28,9 @@ K_METHODS, K_SPARSITIES, K_LIMIT, K_TASKS, K_PPL, K_PPL_WINDOWS, K_RUN = (
     "sw_ppl_windows",
     "sw_run",
 )
+K_EXECUTOR, K_WORKERS = "sw_executor", "sw_workers"
 K_WATCH = "_sw_job"
+RUN_ON = {"local": "Local process", "ray": "Ray (workers →)"}  # the executors a sweep can run on (executors.EXECUTORS)
 SPARSITY_CHOICES = [round(0.05 * i, 2) for i in range(1, 19)]  # 0.05 … 0.9, the Mask builder's range
 CURVES = ("main", "gold_ll_per_char", "ppl")
 # What a new form starts from: the Prune & evaluate page's evaluation settings (so a sweep after a
@@ -114,6 +117,7 @@ def sweep_form(loaded, shown: dict[str, Any] | None) -> None:
     else:  # a model that is nowhere: the sweeps below still show, so a warning rather than a page error
         reason = f"{problem.message} ({problem.hint})"
         st.warning(f"No sweep can run with this model: {reason}.")
+    executor, workers = run_on()
     # no worker warmed here: this page is also where sweeps are only read, and Run sweep starts one
     jobs_store = jobs_ui.store()
     if st.button(
@@ -143,7 +147,37 @@ def sweep_form(loaded, shown: dict[str, Any] | None) -> None:
             f"{', '.join(config.methods)} × {', '.join(f'{s:g}' for s in config.sparsities)}, "
             f"{len(config.tasks)} tasks × {config.limit}, mask {mask.label()}"
         )
-        jobs_ui.submit(jobs_store, "sweep", config.to_dict(), label, K_WATCH)
+        job_id, new = queue_sweep(jobs_store, config, label, executor, workers)
+        st.session_state[K_WATCH] = job_id
+        if not new:
+            st.info(f"The same sweep is already queued or running ({job_id}): showing it.")
+
+
+def run_on() -> tuple[str, int]:
+    """Where Run sweep runs (the executor and its workers): starts at ``diet-explore app --executor
+    --workers``; Ray is greyed out, with the install command, where it is not installed."""
+    try:
+        launch, launch_workers = executor_setting()
+    except DietError:  # a bad DIET_EXPLORE_EXECUTOR: Run sweep says so, with the fix (queue_sweep starts the worker)
+        launch, launch_workers = "local", 1
+    missing = ray_missing()
+    state.default(K_EXECUTOR, launch if missing is None else "local")
+    state.default(K_WORKERS, launch_workers)
+    c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
+    c1.radio(
+        "Run on",
+        list(RUN_ON),
+        format_func=RUN_ON.get,
+        horizontal=True,
+        disabled=missing is not None,
+        help=missing or "Ray: one job per method × sparsity, on that many actors (one per GPU), the dense model scored once",
+        **state.sel_kw(K_EXECUTOR, RUN_ON),
+    )
+    on_ray = missing is None and state.get(K_EXECUTOR) == "ray"
+    c2.number_input("Ray workers", 1, 256, step=1, disabled=not on_ray, **state.kw(K_WORKERS))
+    if missing:
+        st.caption(f"Ray is greyed out: {missing}.")
+    return ("ray", int(state.get(K_WORKERS))) if on_ray else ("local", 1)
 
 
 st.title("Sweeps")

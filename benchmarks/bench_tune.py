@@ -1,15 +1,16 @@
 """diet-explore tune on SmolLM2 and its committed cache: what the pruner saves, what a search costs,
 and whether the live proxy would make a good pre-filter.
 
-    python benchmarks/bench_tune.py                     # both: 30 trials at 0.2, 3 tasks x --limit 24
+    python benchmarks/bench_tune.py                     # both: 30 trials at 0.2, 3 tasks x --limit 32
     python benchmarks/bench_tune.py --only search       # or: --only recall
 
-1. ``search``: a 30-trial study (TPE, Hyperband) at sparsity 0.2, every mask at the exact kept count
+1. ``search``: a 30-trial study (TPE, the default pruner: successive halving on the block ends after a
+   warm-up; ``--pruner hyperband`` for Optuna's) at sparsity 0.2, every mask at the exact kept count
    (a multiple of the 9 heads), on ``--limit`` held-out examples per task split half tuning, half
    test. Prints the example-evaluations the trials ran against running every trial to the end
-   (target: the pruner saves ≥ 20%), the wall time of the search and of the final test-set
-   evaluation, and the report's sentences. Small limits make every Δ noisy: this measures the
-   machinery, not whether tuning helps.
+   (target: the pruner saves ≥ 20%), how many trials it stopped and where, the wall time of the
+   search and of the final test-set evaluation, the load average, and the report's sentences. Small
+   limits make every Δ noisy: this measures the machinery, not whether tuning helps.
 2. ``recall``: the same search with no pruner, so every trial has its full
    tuning-set value; prints the live proxy's best-k recall (``tune.proxy_recall``) against chance.
 """
@@ -34,7 +35,7 @@ def load_avg() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def search(root: Path, loaded, args, pruner: str, name: str) -> tuple[dict, float]:
+def search(root: Path, loaded, args, pruner: str | None, name: str) -> tuple[dict, float]:
     from diet_explore.experiments import tune
 
     cfg = tune.TuneConfig(
@@ -46,7 +47,7 @@ def search(root: Path, loaded, args, pruner: str, name: str) -> tuple[dict, floa
         trials=args.trials,
         limit=args.limit,
         tasks=args.tasks.split(",") if args.tasks != "all" else "all",
-        pruner=pruner,
+        pruner=pruner or tune.PRUNERS[0],
         device="cpu",
         baselines=["default", "random", "wiki", "slicegpt"] if pruner != "none" else ["default"],
     )
@@ -68,7 +69,8 @@ def search(root: Path, loaded, args, pruner: str, name: str) -> tuple[dict, floa
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=30)
-    ap.add_argument("--limit", type=int, default=24, help="held-out examples per task (half tuning, half test)")
+    ap.add_argument("--limit", type=int, default=32, help="held-out examples per task (half tuning, half test)")
+    ap.add_argument("--pruner", default=None, help="the study's pruner (default: tune's default)")
     ap.add_argument("--tasks", default="arc_easy,winogrande,openbookqa", help="evaluated tasks (every cache task votes)")
     ap.add_argument("--only", choices=["search", "recall"], default=None, help="one of the two measurements")
     ap.add_argument("--sparsity", type=float, default=0.2)
@@ -91,19 +93,29 @@ def main() -> int:
 
 
 def report_search(tmp: Path, loaded, args) -> bool:
-    out, total = search(tmp, loaded, args, "hyperband", "bench")
+    from diet_explore.experiments import tune
+
+    out, total = search(tmp, loaded, args, args.pruner, "bench")
     s = out["savings"]
     share = s["saved"] / max(s["full"], 1)
+    rows = tune.trial_rows(tune.load_study(tune.study_paths(tmp, "bench")[0], "bench"))
+    stops = sorted(r["examples"] for r in rows if r["state"] == "pruned")
     print(
-        f"search: {args.trials} trials at sparsity {args.sparsity:g}, {args.tasks} x {args.limit} held-out examples "
+        f"search: {args.trials} trials at sparsity {args.sparsity:g} (pruner {args.pruner or tune.PRUNERS[0]}), "
+        f"{args.tasks} x {args.limit} held-out examples "
         f"({sum(len(v) for v in out['split']['tuning'].values())} tuning, "
         f"{sum(len(v) for v in out['split']['test'].values())} test), SmolLM2-135M on CPU"
     )
     print(
         f"  pruner: {s['scored']:,} of {s['full']:,} example-evaluations run, {s['saved']:,} saved "
-        f"({share:.0%}; target >= {SAVED_TARGET:.0%}: ratio {share / SAVED_TARGET:.2f})"
+        f"({share:.0%}; target >= {SAVED_TARGET:.0%}: ratio {share / SAVED_TARGET:.2f}); "
+        f"{len(stops)} trials stopped early, after {', '.join(map(str, stops)) or '-'} examples in all; "
+        f"{s['reused']} trial(s) reused an earlier trial's mask (counted in neither)"
     )
-    print(f"  wall time: search {out['_search_s']:.0f} s, final test evaluation {out['_final_s']:.0f} s, total {total:.0f} s")
+    print(
+        f"  wall time: search {out['_search_s']:.0f} s, final test evaluation {out['_final_s']:.0f} s, total {total:.0f} s "
+        f"(load average now {load_avg()})"
+    )
     print(f"  best: {out['best']['label']} ({out['best']['n_keep']} dims kept)")
     for line in out["sentences"]:
         print(f"  {line}")

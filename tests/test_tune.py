@@ -304,3 +304,30 @@ def test_the_pruner_stops_at_the_block_ends_after_a_warmup_and_keeps_the_top_thi
         stopped.append(trial.should_prune())
         study.tell(trial, value)
     assert stopped == [False] * 5 + [True, False, True]
+
+
+def test_the_savings_count_evaluated_trials_only():
+    from optuna.trial import TrialState
+
+    study = optuna.create_study(direction="maximize")
+    for examples, reused, state in ((10, False, TrialState.COMPLETE), (4, False, TrialState.PRUNED), (0, True, None)):
+        trial = study.ask()
+        trial.set_user_attr("examples", examples)
+        if reused:
+            trial.set_user_attr("reused_from", 0)
+        study.tell(trial, 0.0 if state is not TrialState.PRUNED else None, state=state)
+    assert tune.savings(study, 10) == {"trials": 2, "scored": 14, "full": 20, "saved": 6, "reused": 1}
+
+
+@pytest.mark.slow
+def test_a_trial_with_a_finished_trials_mask_reuses_its_value_and_is_not_a_pruner_saving(tiny, tmp_path):
+    from diet_explore.profiling.cache import load_cache
+
+    cfg = config(tiny, name="same", trials=2, pruner="none", baselines=["default"])
+    space = tune.search_space(cfg, load_cache(tiny["cache"]))
+    cfg.fixed = {k: (1.0 if k.startswith(tune.WEIGHT_PREFIX) else spec[1][0]) for k, spec in space.items() if k != "last_k"}
+    out = run(tiny, cfg, tmp_path)
+    study = tune.load_study(tune.study_paths(tmp_path, "same")[0], "same")
+    assert [t.user_attrs.get("reused_from") for t in study.trials] == [None, 0]
+    n_tuning = sum(len(v) for v in out["split"]["tuning"].values())
+    assert out["savings"] == {"trials": 1, "scored": n_tuning, "full": n_tuning, "saved": 0, "reused": 1}

@@ -102,7 +102,10 @@ def run(args) -> int:
     for line in out["sentences"]:
         print(line)
     s = out["savings"]
-    print(f"pruner: {s['scored']:,} of {s['full']:,} example-evaluations run ({s['saved']:,} saved) over {s['trials']} trials")
+    print(
+        f"pruner: {s['scored']:,} of {s['full']:,} example-evaluations run ({s['saved']:,} saved) over {s['trials']} "
+        f"evaluated trials; {s['reused']} trial(s) reused the value of a trial with the same mask"
+    )
     if out["importance"]:
         print("importance (fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in out["importance"].items()))
     for name, note in out["notes"].items():

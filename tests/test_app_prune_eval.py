@@ -146,6 +146,7 @@ def test_compare_with_a_baseline_scores_it_in_the_same_job_and_shows_the_paired_
     assert sorted(r["method"] for r in runs) == ["diet", "random"] and len({r["n_keep"] for r in runs}) == 1
 
 
+@pytest.mark.slow  # several worker runs and restarts
 def test_a_running_job_survives_a_page_switch_a_reload_and_a_second_tab_and_then_shows_its_result(tiny_app):
     at, dirs = tiny_app
     at = start_tiny_eval(at, sparsity=0.25, limit=300, tasks=("arc_easy",))
@@ -185,6 +186,7 @@ def test_a_running_job_survives_a_page_switch_a_reload_and_a_second_tab_and_then
         assert f"Run {record['run_id']}" in [h.value for h in session.subheader][0]
 
 
+@pytest.mark.slow  # several worker runs and restarts
 def test_stop_on_the_page_keeps_the_partial_results_and_resume_finishes_the_run(tiny_app):
     at, dirs = tiny_app
     at = start_tiny_eval(at, sparsity=0.25, limit=300, tasks=("arc_easy",))
@@ -208,6 +210,7 @@ def test_stop_on_the_page_keeps_the_partial_results_and_resume_finishes_the_run(
     assert len(store.runs.records()) == 1 and done["attempts"] == 2
 
 
+@pytest.mark.slow  # several worker runs and restarts
 def test_an_interrupted_job_is_shown_so_and_resumes_from_the_page_to_the_numbers_of_an_uninterrupted_run(tiny_app, tmp_path):
     from diet_explore.experiments.jobs import run_worker
 
@@ -288,6 +291,7 @@ def test_a_model_that_fails_to_load_in_the_worker_is_an_error_box_and_the_histor
     assert [r["run_id"] for r in store.records()] == [earlier]
 
 
+@pytest.mark.slow  # several worker runs and restarts
 def test_a_second_run_reuses_the_dense_results_even_after_a_restart(tiny_app):
     import streamlit as st
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from diet_explore.core.atomic import shorten
 from diet_explore.core.config import parse_float, parse_int
 from diet_explore.core.errors import DietError
 from diet_explore.masking.config import METHODS, MaskConfig, canonical_method, parse_weights
@@ -295,17 +296,19 @@ def decode_query(params: Mapping[str, str | Sequence[str]]) -> tuple[MaskConfig,
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.7) if name not in known else None
             if close:
                 text = _first(raw)
-                warnings.append(f"ignored link setting {name}={text[:40]!r}: no such setting; did you mean {close[0]}=?")
+                warnings.append(
+                    f"ignored link setting {name}={shorten(text, 40, quote=True)}: no such setting; did you mean {close[0]}=?"
+                )
             continue
         text = _first(raw)
         try:
             value = _PARSERS[name](text)
             MaskConfig(**{name: value})  # the config's own checks, one field at a time
         except DietError as exc:  # the config's own rule says what is allowed
-            warnings.append(f"ignored link setting {name}={text[:40]!r}: {exc.message}; the default is used")
+            warnings.append(f"ignored link setting {name}={shorten(text, 40, quote=True)}: {exc.message}; the default is used")
             continue
         except (ValueError, TypeError) as exc:
-            warnings.append(f"ignored link setting {name}={text[:40]!r}: {str(exc)[:120]}; the default is used")
+            warnings.append(f"ignored link setting {name}={shorten(text, 40, quote=True)}: {str(exc)[:120]}; the default is used")
             continue
         values[name] = value
     config = MaskConfig(**values)
@@ -314,7 +317,9 @@ def decode_query(params: Mapping[str, str | Sequence[str]]) -> tuple[MaskConfig,
         if name in values and getattr(stepped, name) != getattr(config, name):
             shown = getattr(stepped, name)
             shown = ",".join(f"{t}:{w:g}" for t, w in shown.items()) if name == "weights" else f"{shown:g}"
-            warnings.append(f"link setting {name}={_first(params[name])[:40]!r} is between the slider's steps; {shown} is used")
+            warnings.append(
+                f"link setting {name}={shorten(_first(params[name]), 40, quote=True)} is between the slider's steps; {shown} is used"
+            )
     cache = _first(params[CACHE_PARAM]) if CACHE_PARAM in params else None
     return stepped, (cache or None), warnings
 
@@ -327,7 +332,9 @@ def decode_dim(params: Mapping[str, str | Sequence[str]]) -> tuple[int | None, l
     text = _first(params[DIM_PARAM]).strip()
     if re.fullmatch(r"[0-9]{1,9}", text):  # ASCII only
         return int(text), []
-    return None, [f"ignored link setting {DIM_PARAM}={text[:40]!r}: a dimension is an index, 0 or more, e.g. {DIM_PARAM}=507"]
+    return None, [
+        f"ignored link setting {DIM_PARAM}={shorten(text, 40, quote=True)}: a dimension is an index, 0 or more, e.g. {DIM_PARAM}=507"
+    ]
 
 
 def decode_view(params: Mapping[str, str | Sequence[str]]) -> tuple[str | None, list[str]]:
@@ -337,7 +344,7 @@ def decode_view(params: Mapping[str, str | Sequence[str]]) -> tuple[str | None, 
     text = _first(params[VIEW_PARAM]).strip()
     if text in AGREEMENT_VIEWS:
         return AGREEMENT_VIEWS[text], []
-    return None, [f"ignored link setting {VIEW_PARAM}={text[:40]!r}: use one of {', '.join(AGREEMENT_VIEWS)}"]
+    return None, [f"ignored link setting {VIEW_PARAM}={shorten(text, 40, quote=True)}: use one of {', '.join(AGREEMENT_VIEWS)}"]
 
 
 def view_key(label: str) -> str | None:
@@ -363,7 +370,7 @@ def reconcile_config(
     named = [config.single_task, config.held_out_task]
     dropped = sorted((set(config.weights) | set(config.tasks or []) | {t for t in named if t}) - known)
     if dropped:
-        shown = ", ".join(t[:40] for t in dropped[:5]) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+        shown = ", ".join(shorten(t, 40) for t in dropped[:5]) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
         warnings.append(f"this cache has no task(s) {shown}; their settings were ignored")
     if tasks is not None and not tasks:
         tasks = None

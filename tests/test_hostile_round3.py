@@ -244,7 +244,8 @@ def test_a_manifest_that_names_a_task_twice_is_refused(tmp_path, capsys):
     rte = json.dumps(doc["tasks"]["rte"])
     (root / MANIFEST).write_text(text.replace('"tasks": {', f'"tasks": {{"rte": {rte}, ', 1))
     err = _run(["mask", "--cache", str(root), "--sparsity", "0.5", "--out", str(tmp_path / "m.json")], capsys)
-    assert "'rte' appears twice" in err and not (tmp_path / "m.json").exists()
+    assert "names 'rte' twice" in err and not (tmp_path / "m.json").exists()
+    assert "not valid JSON" not in err and "char 0" not in err  # valid JSON with a repeated key, said so
 
 
 def test_two_tasks_on_one_file_or_a_repeated_sample_id_are_refused(tmp_path):
@@ -461,8 +462,9 @@ def test_link_values_are_shortened_and_warnings_say_what_is_allowed():
     long = "boolq:" + "1" * 5000
     _, _, warned = S.decode_query({"weights": long})
     assert warned and all(len(w) < 300 for w in warned), [len(w) for w in warned]
+    assert all("…" in w and "(5006 characters)" in w for w in warned), warned  # a cut value says it is cut
     _, warned = S.decode_dim({"dim": "7" * 5000})
-    assert warned and len(warned[0]) < 300
+    assert warned and len(warned[0]) < 300 and "…" in warned[0] and "(5000 characters)" in warned[0]
 
 
 def test_a_link_naming_an_unknown_task_or_a_multiple_over_the_width_warns(app_env, alpha):
@@ -551,3 +553,18 @@ def test_compare_slicegpt_on_a_family_it_cannot_rotate_is_refused_before_any_eva
     with pytest.raises(DietError, match="SliceGPT is not available for this model"):
         run_compare(config, tmp_path / "out", model, WordTokenizer(), RunStore(tmp_path / "runs"), log=lambda m: None)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("auto_map", [False, True])
+def test_a_model_that_needs_its_own_code_is_refused_saying_trust_remote_code_stays_off(tmp_path, capsys, auto_map):
+    """An architecture transformers does not ship, with or without an ``auto_map`` pointing at the
+    checkpoint's own code: one line that says custom code is never run, not "fix that value"."""
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    config = {"model_type": "mystery2", "hidden_size": 64, "num_hidden_layers": 2}
+    if auto_map:
+        config["auto_map"] = {"AutoConfig": "configuration_mystery.MysteryConfig"}
+    (folder / "config.json").write_text(json.dumps(config))
+    err = _run(["eval", "--model", str(folder), "--tasks", "rte", "--limit", "1", "--no-perplexity"], capsys)
+    assert "trust_remote_code stays off" in err and "fix that value" not in err
+    assert "Traceback" not in err

@@ -374,7 +374,7 @@ def test_a_task_file_task_named_like_a_builtin_or_named_twice_is_refused(tmp_pat
         load_registry([first, second])
     twice = tmp_path / "twice.json"  # the same key twice in one file: json keeps the last one silently
     twice.write_text('{"mine": ' + json.dumps(_entry(tmp_path / "tiny")) + ', "mine": {}}')
-    with pytest.raises(DietError, match="the key 'mine' appears twice"):
+    with pytest.raises(DietError, match="names 'mine' twice"):
         load_registry([twice])
     assert list(load_registry([first]))[-1] == "mine"  # a good name still loads
 

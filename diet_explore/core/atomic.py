@@ -105,8 +105,13 @@ def _may_unlink(file_lock: Any) -> bool:
 # --------------------------------------------------------------------------------------------
 # Paths the OS can take
 # --------------------------------------------------------------------------------------------
-def _short(text: str, n: int = 48) -> str:
-    return text if len(text) <= n else f"{text[: n // 2]}…{text[-(n // 2) :]} ({len(text)} characters)"
+def shorten(text: str, n: int = 48, quote: bool = False) -> str:
+    """``text`` as a message quotes it: whole up to ``n`` characters, else its two ends joined by …
+    and its length, so a cut value is never mistaken for the whole one (``quote``: in repr quotes)."""
+    q = repr if quote else str
+    if len(text) <= n:
+        return q(text)
+    return f"{q(text[: n // 2] + '…' + text[-(n // 2) :])} ({len(text)} characters)"
 
 
 def check_path(path: str | Path, what: str = "path") -> Path:
@@ -114,18 +119,18 @@ def check_path(path: str | Path, what: str = "path") -> Path:
     ``PATH_MAX``), with the DietError every command prints, instead of the OSError it would raise."""
     text = os.fspath(path)
     if "\0" in text:  # the OS cannot take it: os.stat raised ValueError ("embedded null byte")
-        shown = _short(text.replace("\0", "\\0"))
+        shown = shorten(text.replace("\0", "\\0"))
         raise DietError(f"{what} {shown} contains a NUL byte", f"give a {what} without one")
     for part in Path(text).parts:
         if len(os.fsencode(part)) > NAME_MAX:
             raise DietError(
-                f"{what} {_short(text)}: the name {part[:12]}…{part[-12:]} is {len(os.fsencode(part))} bytes long; "
+                f"{what} {shorten(text)}: the name {part[:12]}…{part[-12:]} is {len(os.fsencode(part))} bytes long; "
                 f"a file or folder name is at most {NAME_MAX} bytes",
                 f"shorten that name to at most {NAME_MAX} bytes",
             )
     if len(os.fsencode(text)) >= PATH_MAX:
         raise DietError(
-            f"{what} {_short(text)} is {len(os.fsencode(text))} bytes long; paths are at most {PATH_MAX - 1} bytes",
+            f"{what} {shorten(text)} is {len(os.fsencode(text))} bytes long; paths are at most {PATH_MAX - 1} bytes",
             "use a shorter path",
         )
     return Path(text)
@@ -296,6 +301,18 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+class DuplicateKeyError(json.JSONDecodeError):
+    """Valid JSON whose object names ``key`` twice (read with ``unique_keys``): a reader says that,
+    not "invalid JSON at char 0", since the position of the second key is not known."""
+
+    def __init__(self, key: str, doc: str):
+        super().__init__(f"the key {key!r} appears twice in one object", doc, 0)
+        self.key = key
+
+    def __str__(self) -> str:
+        return self.msg
+
+
 def loads_json(text: str | bytes, unique_keys: bool = False) -> Any:
     """``json.loads``, with a document nested too deeply for Python's parser (``[[[[...`` 100,000
     deep) raised as the ``json.JSONDecodeError`` every reader already handles: ``json`` raises a
@@ -307,7 +324,7 @@ def loads_json(text: str | bytes, unique_keys: bool = False) -> Any:
         out: dict[str, Any] = {}
         for key, value in items:
             if key in out:
-                raise json.JSONDecodeError(f"the key {key!r} appears twice in one object", doc[:80], 0)
+                raise DuplicateKeyError(key, doc[:80])
             out[key] = value
         return out
 

@@ -133,7 +133,8 @@ def load_config(name_or_path: str):
 
 
 # AutoConfig's ValueErrors for a model type transformers does not know (anything else is a bad value)
-_UNKNOWN_ARCHITECTURE = re.compile(r"does not recognize this architecture|Unrecognized model in")
+# and its error when a config's auto_map asks for the checkpoint's own code
+_UNKNOWN_ARCHITECTURE = re.compile(r"does not recognize this architecture|Unrecognized model in|contains custom code")
 _CONFIG_HINT = "fix that value in config.json, or re-create the model folder"
 #: Config fields that must be positive whole numbers when present (None: not set, e.g. head_dim)
 _SIZE_FIELDS = (

@@ -418,6 +418,11 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     try:
         # unique keys: a second "rte" entry silently replaced the first (and changed the mask)
         manifest = atomic.loads_json(data.decode(), unique_keys=True)
+    except atomic.DuplicateKeyError as exc:
+        raise DietError(
+            f"{path} names {exc.key!r} twice in one object, so one of the two entries would be ignored",
+            "keep one entry per name, or re-run the profile into a new folder",
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         if CACHE_KIND.encode() not in data:  # another program's manifest.json: nothing to re-run
             raise DietError(

@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from diet_explore.core.atomic import loads_json
+from diet_explore.core.atomic import DuplicateKeyError, loads_json
 from diet_explore.core.errors import DietError
 from diet_explore.tasks.formats import PREPROCESSORS
 
@@ -428,6 +428,8 @@ def load_registry(extra_files: list[str | Path] | None = None) -> dict[str, Task
             raise DietError(f"task file {p} {what}", "give a JSON task file (see `diet-explore tasks --help`)")
         try:
             sources.append((str(p), loads_json(Path(p).read_text(encoding="utf-8"), unique_keys=True)))
+        except DuplicateKeyError as exc:
+            raise DietError(f"task file {p} names {exc.key!r} twice in one object", "keep one definition per name") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DietError(f"task file {p} could not be read ({exc})", "fix the path or the JSON") from None
     registry: dict[str, TaskSpec] = {}

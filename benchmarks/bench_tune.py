@@ -1,7 +1,7 @@
 """diet-explore tune on SmolLM2 and its committed cache: what the pruner saves, what a search costs,
 and whether the live proxy would make a good pre-filter.
 
-    python benchmarks/bench_tune.py                     # both: 30 trials at 0.2, 3 tasks x --limit 32
+    python benchmarks/bench_tune.py                     # both: 30 trials at 0.2, 3 tasks x --limit 40
     python benchmarks/bench_tune.py --only search       # or: --only recall
 
 1. ``search``: a 30-trial study (TPE, the default pruner: successive halving on the block ends after a
@@ -9,8 +9,9 @@ and whether the live proxy would make a good pre-filter.
    (a multiple of the 9 heads), on ``--limit`` held-out examples per task split half tuning, half
    test. Prints the example-evaluations the trials ran against running every trial to the end
    (target: the pruner saves ≥ 20%), how many trials it stopped and where, the wall time of the
-   search and of the final test-set evaluation, the load average, and the report's sentences. Small
-   limits make every Δ noisy: this measures the machinery, not whether tuning helps.
+   search and of the final test-set evaluation (default, random and wiki; ``--slicegpt`` adds SliceGPT,
+   whose rotation alone takes about 10 minutes on 2 shared cores), the load average, and the report's
+   sentences. Small limits make every Δ noisy: this measures the machinery, not whether tuning helps.
 2. ``recall``: the same search with no pruner, so every trial has its full
    tuning-set value; prints the live proxy's best-k recall (``tune.proxy_recall``) against chance.
 """
@@ -49,7 +50,7 @@ def search(root: Path, loaded, args, pruner: str | None, name: str) -> tuple[dic
         tasks=args.tasks.split(",") if args.tasks != "all" else "all",
         pruner=pruner or tune.PRUNERS[0],
         device="cpu",
-        baselines=["default", "random", "wiki", "slicegpt"] if pruner != "none" else ["default"],
+        baselines=(["default", "random", "wiki"] + ["slicegpt"] * args.slicegpt) if pruner != "none" else ["default"],
     )
     model, tok, info = loaded
     t0 = time.perf_counter()
@@ -69,7 +70,8 @@ def search(root: Path, loaded, args, pruner: str | None, name: str) -> tuple[dic
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=30)
-    ap.add_argument("--limit", type=int, default=32, help="held-out examples per task (half tuning, half test)")
+    ap.add_argument("--limit", type=int, default=40, help="held-out examples per task (half tuning, half test)")
+    ap.add_argument("--slicegpt", action="store_true", help="SliceGPT in the final test-set evaluation too")
     ap.add_argument("--pruner", default=None, help="the study's pruner (default: tune's default)")
     ap.add_argument("--tasks", default="arc_easy,winogrande,openbookqa", help="evaluated tasks (every cache task votes)")
     ap.add_argument("--only", choices=["search", "recall"], default=None, help="one of the two measurements")

@@ -10,7 +10,7 @@ from diet_explore.tasks.data import DEFAULT_SEED
 
 
 def register(sub) -> None:
-    from diet_explore.experiments.tune import BASELINES, OBJECTIVES, PRUNERS
+    from diet_explore.experiments.tune import BASELINES, OBJECTIVES, PRUNERS, WARMUP_TRIALS
 
     p = sub.add_parser(
         "tune",
@@ -51,7 +51,8 @@ def register(sub) -> None:
         "--pruner",
         default=PRUNERS[0],
         choices=list(PRUNERS),
-        help="stops trials that trail at the same examples (halving: successive halving after a 5-trial warm-up)",
+        help=f"stops trials that trail at the same examples (halving: successive halving on the block ends after a "
+        f"{WARMUP_TRIALS}-trial warm-up)",
     )
     p.add_argument("--prefilter", type=int_arg, default=0, help="draw N candidates per trial, evaluate the live proxy's best")
     p.add_argument("--sampler-seed", type=int_arg, default=0, help="seed of the search's sampler (TPE)")

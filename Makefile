@@ -12,6 +12,9 @@ PORT   ?= 8501
 # their time waiting on a Streamlit server and chromium, so two workers on two cores run the tests
 # faster (measured: 488 s in one process on a clean clone; 354-440 s on two workers)
 TEST_WORKERS ?= 2
+# worksteal: an idle worker takes tests queued on the busy one, so a few long tests (Ray, worker
+# processes, the browser) do not leave one worker running alone at the end
+TEST_DIST ?= worksteal
 
 .PHONY: setup run test test-fast lint mutants wheel-check models gemma browser screenshots bench clean-store constraints
 
@@ -54,7 +57,7 @@ run: setup
 # Lint and format check, every test in random order (pytest-randomly; the seed is printed), the
 # mutation check over the rules that decide numbers, and the wheel in a throwaway venv.
 test: setup browser $(BSTAMP) lint
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist $(TEST_DIST)
 	$(PY) tools/mutants.py
 	PY=$(PY) tools/check_wheel.sh
 
@@ -70,7 +73,7 @@ wheel-check: $(STAMP)
 
 # Quick loop while developing: skips the real-model and browser tests.
 test-fast: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow and not browser"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist $(TEST_DIST) -m "not slow and not browser"
 
 # Refresh the README's page screenshots (the browser test takes them from the committed caches).
 screenshots: setup browser

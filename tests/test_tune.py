@@ -304,6 +304,12 @@ def test_the_pruner_stops_at_the_block_ends_after_a_warmup_and_keeps_the_top_thi
         stopped.append(trial.should_prune())
         study.tell(trial, value)
     assert stopped == [False] * 5 + [True, False, True]
+    # Hyperband runs over the same range: from the first rung (or the end, with no rung) to the end
+    for per_task in (25, 6):
+        study = optuna.create_study(direction="maximize", pruner=tune.make_pruner(optuna, "hyperband", per_task))
+        trial = study.ask()
+        trial.report(0.0, per_task)
+        assert not trial.should_prune()
 
 
 def test_the_savings_count_evaluated_trials_only():

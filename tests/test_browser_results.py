@@ -36,6 +36,27 @@ def _line_names(page, title_part: str) -> list[str]:
     return handle.json_value()
 
 
+def pick_option(page, box_text: str, option: str, tries: int = 3) -> None:
+    """Open the selectbox that shows ``box_text`` and pick ``option``. A rerun that arrives while the
+    list is open redraws the box and closes the list (more often on a loaded machine), so the box is
+    opened again, up to ``tries`` times."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(tries):
+        idle(page)
+        page.locator('[data-testid="stSelectbox"]').filter(has_text=box_text).first.click()
+        choice = page.get_by_role("option", name=option, exact=True)
+        try:
+            choice.wait_for(timeout=WAIT_MS // tries)
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+            page.keyboard.press("Escape")
+            continue
+        choice.click()
+        return
+
+
 def test_the_results_page_draws_every_committed_sweep(tmp_path):
     require_browser()
     from playwright.sync_api import sync_playwright
@@ -63,8 +84,7 @@ def test_the_results_page_draws_every_committed_sweep(tmp_path):
         for i, path in enumerate(sweeps):
             sweep = load_sweep(path)
             # picked every time: the page opens on a sweep of the explored model, not the first by name
-            page.locator('[data-testid="stSelectbox"]').filter(has_text="Sweep").first.click()
-            page.get_by_role("option", name=sweep_name(path), exact=True).click()
+            pick_option(page, "Sweep", sweep_name(path))
             idle(page)
             page.get_by_text("Paper-style table", exact=True).wait_for(timeout=WAIT_MS)
             page.locator('[data-testid="stDataFrame"]').nth(1).wait_for(timeout=WAIT_MS)  # paper-style and DIET-minus tables

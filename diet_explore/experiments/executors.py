@@ -119,6 +119,9 @@ def dense_lock(store: J.JobStore, out: Path) -> Path:
     return store.root / f"dense-{hashlib.sha256(str(out).encode()).hexdigest()[:16]}"
 
 
+SPLIT_KEY = "split"  # a sweep job's config field: the executor its runs' jobs go to (absent: run in the job)
+
+
 def queue_sweep(store: J.JobStore, config, label: str, executor: str = "local", workers: int = 1) -> tuple[str, bool]:
     """The app's sweep (``config``: a ``sweep.CompareConfig``) as one ``sweep`` job, started by the
     app's worker; returns (job id, whether it is new). ``executor`` ``local``: the job runs the
@@ -130,9 +133,6 @@ def queue_sweep(store: J.JobStore, config, label: str, executor: str = "local", 
     if executor != "local":
         job_config[SPLIT_KEY] = {"executor": executor, "workers": int(workers)}
     return J.submit(store, "sweep", job_config, label + ("" if executor == "local" else f", on {executor} × {workers}"))
-
-
-SPLIT_KEY = "split"  # a sweep job's config field: the executor its runs' jobs go to (absent: run in the job)
 
 
 def split_setting(config: dict[str, Any]) -> tuple[str, int] | None:

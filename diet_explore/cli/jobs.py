@@ -12,7 +12,9 @@ from diet_explore.core.errors import DietError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("jobs", help="list the background jobs of a run store; --stop or --resume one")
+    p = sub.add_parser(
+        "jobs", help="list the background jobs of a run store, --stop or --resume one; submit queues work, work runs it"
+    )
     p.add_argument("--runs", default=None, help="run store folder whose jobs to show (default: <repo>/runs)")
     action = p.add_mutually_exclusive_group()
     action.add_argument(

@@ -14,7 +14,7 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "tune",
-        help="Optuna search over τ, task weights, site and layer aggregation; the best setting vs the paper default "
+        help="Optuna search over task weights, site and layer aggregation (and τ with --no-exact); the best setting vs the paper default "
         "and baselines on a held-out test split (needs diet-explore[tune]; resumable)",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, local folder or hub id (the cache's model)")
@@ -45,7 +45,7 @@ def register(sub) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="keep a setting out of the search, e.g. "
-        "--fix threshold=0.5, --fix boolq=2 (a task's weight), --fix site=residual, --fix layer_agg=mean",
+        "--fix boolq=2 (a task's weight), --fix site=residual, --fix layer_agg=mean, --fix threshold=0.5 (with --no-exact)",
     )
     p.add_argument(
         "--pruner",

@@ -30,7 +30,7 @@ K_METHODS, K_SPARSITIES, K_LIMIT, K_TASKS, K_PPL, K_PPL_WINDOWS, K_RUN = (
 )
 K_EXECUTOR, K_WORKERS = "sw_executor", "sw_workers"
 K_WATCH = "_sw_job"
-RUN_ON = {"local": "Local process", "ray": "Ray (workers →)"}  # the executors a sweep can run on (executors.EXECUTORS)
+RUN_ON = {"local": "Local process", "ray": "Ray actors"}  # the executors a sweep can run on (executors.EXECUTORS)
 SPARSITY_CHOICES = [round(0.05 * i, 2) for i in range(1, 19)]  # 0.05 … 0.9, the Mask builder's range
 CURVES = ("main", "gold_ll_per_char", "ppl")
 # What a new form starts from: the Prune & evaluate page's evaluation settings (so a sweep after a

@@ -64,7 +64,7 @@ def sorted_score_curves(scores: Mapping[str, np.ndarray], log_y: bool = True, cu
         title=dict(text="Sorted dimension scores per task"),
         xaxis=dict(title=dict(text="rank")),
         yaxis=dict(title=dict(text="score (mean |activation|)"), **(_LOG_AXIS if log_y else {})),
-        **(_vline(cutoff_rank, f"keep {cutoff_rank}", "grey") if cutoff_rank is not None else {}),
+        **(_vline(cutoff_rank, f"each task keeps {cutoff_rank}", "grey") if cutoff_rank is not None else {}),
         **_LAYOUT,
     )
     return go.Figure(data=traces, layout=layout)

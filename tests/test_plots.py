@@ -31,6 +31,8 @@ def test_sorted_score_curves_descending_with_cutoff():
         y = np.asarray(tr.y)
         assert np.all(np.diff(y) <= 0) and y[0] == scores[t].max() and y[-1] == scores[t].min()
     assert fig.layout.shapes[0].x0 == 240
+    # the line is each task's own count, not the merged mask's (which the page names above it)
+    assert fig.layout.annotations[0].text == "each task keeps 240"
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1  # one label per power of ten
 
 

@@ -49,7 +49,12 @@ def list_jobs(jobs_store: J.JobStore) -> tuple[list[dict[str, Any]], list[str]]:
 def submit(jobs_store: J.JobStore, job_type: str, config: dict[str, Any], label: str, watch_key: str) -> None:
     """Queue a job (or find the same one already queued or running), start the worker if needed,
     and make this browser tab show it."""
-    job_id, new = J.submit(jobs_store, job_type, config, label)
+    watch(*J.submit(jobs_store, job_type, config, label), watch_key)
+
+
+def watch(job_id: str, new: bool, watch_key: str) -> None:
+    """Make this browser tab show the job just queued (``new``: False when the same job was already
+    queued or running, which the page says)."""
     st.session_state[watch_key] = job_id
     if not new:
         st.info(f"The same job is already queued or running ({job_id}): showing it.")

@@ -147,10 +147,7 @@ def sweep_form(loaded, shown: dict[str, Any] | None) -> None:
             f"{', '.join(config.methods)} × {', '.join(f'{s:g}' for s in config.sparsities)}, "
             f"{len(config.tasks)} tasks × {config.limit}, mask {mask.label()}"
         )
-        job_id, new = queue_sweep(jobs_store, config, label, executor, workers)
-        st.session_state[K_WATCH] = job_id
-        if not new:
-            st.info(f"The same sweep is already queued or running ({job_id}): showing it.")
+        jobs_ui.watch(*queue_sweep(jobs_store, config, label, executor, workers), K_WATCH)
 
 
 def run_on() -> tuple[str, int]:

@@ -5,7 +5,9 @@
 ``diet-explore app`` is started as a user starts it and driven by Playwright with Debian's
 chromium. For each page that follows the mask settings (Agreement, Mask builder, Rankings) and
 each input on it (a sparsity key press, a τ key press, a task-weight key press), one key press is
-timed ``--repeats`` times, from the keydown (page clock) to the page being fully updated:
+timed ``--repeats`` times, from the keydown (page clock) to the page being fully updated (on
+Agreement and Rankings, whose first view is a coloured table, the sparsity key press is timed again
+with a plotly figure's tab open):
 
 * the server's ``script_finished`` message has arrived (its websocket frames are watched in the
   page), Streamlit's running indicator is gone, and
@@ -213,6 +215,9 @@ INPUTS = {  # input name -> (slider label, key)
     "weight": ("__first_weight__", "ArrowLeft"),
 }
 PAGES = {"agreement": "Agreement", "mask_builder": "Mask builder", "rankings": "Rankings"}
+# Agreement and Rankings open on a coloured table; a key press is also timed with a figure's tab open
+FIRST_TABS = {"agreement": "Task overlap", "rankings": "Task correlation"}
+FIGURE_TABS = {"agreement": "Votes per dim", "rankings": "Sorted scores"}
 
 
 def find_input(p: Page, name: str, tasks: list[str]):
@@ -379,6 +384,15 @@ def bench_server(browser, url: str, which: str, cache, repeats: int, pages: list
                     print(f"{label:<44} (no {name} input on this page)", flush=True)
                     continue
                 ok &= report(label, rows, target)
+            if key in FIGURE_TABS:  # the page's first view is a table: time a plotly figure's redraw too
+                tab = FIGURE_TABS[key]
+                p.page.get_by_role("tab", name=tab).click()
+                p.page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=120_000)
+                p.idle()
+                rows = time_input(p, key, "sparsity", tasks, repeats)
+                ok &= report(f"{which} cache, {PAGES[key]} ({tab}), sparsity", rows, target)
+                p.page.get_by_role("tab", name=FIRST_TABS[key]).click()
+                p.idle()
         if "agreement" in pages:
             p.nav("Agreement")
             from diet_explore.masking.selection import keep_count

@@ -1,4 +1,5 @@
-"""Plot builders: plain arrays and DataFrames in, plotly figures out.
+"""Plot builders: plain arrays and DataFrames in, plotly figures out (and task × task matrices as
+coloured tables, ``HeatTable``).
 
 The app renders these with ``st.plotly_chart``; the CLI and notebooks can call them too. Nothing
 here imports streamlit or computes a mask: callers pass what the library computed, so a plot never
@@ -14,9 +15,11 @@ index alone, as every table shows it ("507"); hover text says "dim 507".
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import plotly.colors as pc
 import plotly.graph_objects as go
 
 # Curves longer than this are thinned for drawing (every point's rank is kept exactly): a chart about
@@ -142,7 +145,25 @@ def data_range(matrix: np.ndarray) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo - 0.01, hi + 0.01)
 
 
-def task_heatmap(
+@dataclass(frozen=True)
+class HeatTable:
+    """A task × task matrix as a coloured table: ``frame`` holds the values (rows and columns named by
+    task), ``css`` each cell's colours on the same grid, ``title`` says what it is and the colour range."""
+
+    frame: pd.DataFrame
+    css: pd.DataFrame
+    title: str
+    zmin: float
+    zmax: float
+
+
+def _text_colour(rgb: str) -> str:
+    """Black or white, whichever reads on the background ``rgb(r, g, b)`` (relative luminance)."""
+    r, g, b = (float(v) / 255 for v in rgb[rgb.index("(") + 1 : -1].split(","))
+    return "#000000" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "#ffffff"
+
+
+def task_heat_table(
     matrix: np.ndarray,
     tasks: Sequence[str],
     title: str,
@@ -150,43 +171,38 @@ def task_heatmap(
     zmax: float = 1.0,
     colorscale: str = "Blues",
     auto_range: bool = False,
-) -> go.Figure:
-    """A labelled, annotated task × task heatmap (symmetric matrices: Jaccard, Spearman).
-    ``auto_range``: colours span the off-diagonal data (``data_range``) instead of [zmin, zmax],
-    so nearby values (Gemma's 0.87–0.98) are told apart; the title says which range is shown."""
+) -> HeatTable:
+    """A symmetric task × task matrix (Jaccard, Spearman) as a table coloured like a heatmap: a table,
+    not a plotly figure, so a page whose first view it is opens without plotly's script (a fresh
+    browser spends over a second loading and running it), and every value is printed.
+    ``auto_range``: colours span the off-diagonal data (``data_range``) instead of [zmin, zmax], so
+    nearby values (Gemma's 0.87–0.98) are told apart; the title says which range is shown."""
     matrix = np.asarray(matrix, dtype=np.float64)
     if auto_range:
         zmin, zmax = data_range(matrix)
         title = f"{title} (colours: {zmin:.2f} to {zmax:.2f})"
-    text = np.vectorize(lambda v: f"{v:.2f}")(matrix) if matrix.size else matrix
-    fig = go.Figure(
-        go.Heatmap(
-            z=matrix,
-            x=list(tasks),
-            y=list(tasks),
-            zmin=zmin,
-            zmax=zmax,
-            colorscale=colorscale,
-            text=text,
-            texttemplate="%{text}",
-            hovertemplate="%{y} / %{x}: %{z:.3f}<extra></extra>",
-        )
+    scale = pc.get_colorscale(colorscale)
+    share = np.clip((np.nan_to_num(matrix, nan=zmin) - zmin) / (zmax - zmin), 0.0, 1.0)
+    fills = pc.sample_colorscale(scale, share.ravel().tolist()) if share.size else []
+    css = [f"background-color: {c}; color: {_text_colour(c)}" for c in fills]
+    names = list(tasks)
+    return HeatTable(
+        frame=pd.DataFrame(matrix, index=names, columns=names),
+        css=pd.DataFrame(np.array(css, dtype=object).reshape(matrix.shape), index=names, columns=names),
+        title=title,
+        zmin=float(zmin),
+        zmax=float(zmax),
     )
-    fig.update_layout(title=title, **_LAYOUT)
-    fig.update_yaxes(autorange="reversed")
-    return fig
 
 
-def correlation_heatmap(
-    matrix: np.ndarray, tasks: Sequence[str], method: str = "Spearman", auto_range: bool = False
-) -> go.Figure:
-    return task_heatmap(
+def correlation_table(matrix: np.ndarray, tasks: Sequence[str], method: str = "Spearman", auto_range: bool = False) -> HeatTable:
+    return task_heat_table(
         matrix, tasks, f"{method} correlation of task scores", zmin=-1.0, zmax=1.0, colorscale="RdBu", auto_range=auto_range
     )
 
 
-def jaccard_heatmap(matrix: np.ndarray, tasks: Sequence[str], sparsity: float, auto_range: bool = False) -> go.Figure:
-    return task_heatmap(matrix, tasks, f"Jaccard overlap of pruned sets at sparsity {sparsity:.2f}", auto_range=auto_range)
+def jaccard_table(matrix: np.ndarray, tasks: Sequence[str], sparsity: float, auto_range: bool = False) -> HeatTable:
+    return task_heat_table(matrix, tasks, f"Jaccard overlap of pruned sets at sparsity {sparsity:.2f}", auto_range=auto_range)
 
 
 def vote_matrix(prune: np.ndarray, tasks: Sequence[str], order: Sequence[int] | None = None, max_rows: int = 2000) -> go.Figure:

@@ -208,13 +208,13 @@ def run_store() -> RunStore:
 
 
 # ---------------------------------------------------------------------------------------------- figures
-# the Agreement page's figures, one per tab (only the open tab's is built)
-@st.cache_resource(show_spinner=False, max_entries=64)
-def jaccard_figure(
+# the Agreement page's figures and its overlap table, one per tab (only the open tab's is built)
+@st.cache_data(show_spinner=False, max_entries=64)
+def jaccard_table(
     path: str, sha: str, sparsity: float, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int, fit: bool
-):
+) -> plots.HeatTable:
     rep = agreement_for(path, sha, sparsity, tasks, site, layer_agg, last_k)
-    return plots.jaccard_heatmap(rep.jaccard.to_numpy(), list(tasks), rep.sparsity, auto_range=fit)
+    return plots.jaccard_table(rep.jaccard.to_numpy(), list(tasks), rep.sparsity, auto_range=fit)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -257,9 +257,11 @@ def score_distributions_figure(path: str, sha: str, site: str, layer_agg: str, l
     return plots.score_distributions(task_scores(path, sha, site, layer_agg, last_k))
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
-def correlation_figure(path: str, sha: str, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int, fit: bool):
-    return plots.correlation_heatmap(spearman_for(path, sha, tasks, site, layer_agg, last_k), list(tasks), auto_range=fit)
+@st.cache_data(show_spinner=False, max_entries=32)
+def correlation_table(
+    path: str, sha: str, tasks: tuple[str, ...], site: str, layer_agg: str, last_k: int, fit: bool
+) -> plots.HeatTable:
+    return plots.correlation_table(spearman_for(path, sha, tasks, site, layer_agg, last_k), list(tasks), auto_range=fit)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)

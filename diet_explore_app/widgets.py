@@ -17,6 +17,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from diet_explore import plots
 from diet_explore.core.atomic import check_path
 from diet_explore.core.errors import DietError
 from diet_explore.evaluation.decision import SCALES, format_entry
@@ -308,6 +309,13 @@ def colour_range_toggle(key: str) -> bool:
         "values (e.g. 0.87 to 0.98) are told apart.",
         **kw(key),
     )
+
+
+def heat_table(table: plots.HeatTable) -> None:
+    """A task × task matrix as a coloured table under its title (``plots.task_heat_table``), values to
+    two decimals as the heatmaps printed them."""
+    st.markdown(f"**{table.title}**")  # words and numbers the library wrote, no user text
+    st.table(table.frame.style.apply(lambda _: table.css, axis=None).format("{:.2f}"))
 
 
 def export_dir() -> Path:

@@ -115,6 +115,27 @@ def chart_by_key(at, key: str) -> dict:
     raise AssertionError(f"no plotly chart with key {key!r}; keys: {[c.key for c in at.get('plotly_chart')]}")
 
 
+def heat_table(at, title_part: str):
+    """The page's one coloured task × task table (``ui.heat_table``), checked to sit under a bold title
+    containing ``title_part``: ``(values, fills, title)``, the values a DataFrame named by task on both
+    axes, ``fills`` each cell's background colour (an array of "rgb(r, g, b)") from the CSS the browser gets."""
+    import re
+
+    import numpy as np
+
+    titles = [m.value for m in at.markdown if m.value.startswith("**") and title_part in m.value]
+    assert len(titles) == 1 and len(at.table) == 1, (titles, len(at.table))
+    table = at.table[0]
+    values = table.value
+    fills = np.empty(values.shape, dtype=object)
+    for selectors, body in re.findall(r"([^{}]+)\{([^}]*)\}", table.proto.arrow_data.styler.styles):
+        fill = re.search(r"background-color:\s*([^;]+)", body).group(1).strip()
+        for row, col in re.findall(r"_row(\d+)_col(\d+)", selectors):
+            fills[int(row), int(col)] = fill
+    assert all(f is not None for f in fills.ravel()), "a cell without a colour"
+    return values, fills, titles[0].strip("*")
+
+
 def arr(value):
     """A plotly JSON array as numpy: plain lists, or plotly's typed arrays {dtype, bdata, shape}."""
     import base64

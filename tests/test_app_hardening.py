@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from app_helpers import APP, TIMEOUT, arr, chart_by_key, metrics, open_tab, run_page, shell_argv
+from app_helpers import APP, TIMEOUT, arr, chart_by_key, heat_table, metrics, open_tab, run_page, shell_argv
 from job_helpers import stop_workers, wait_job
 
 from diet_explore.experiments.jobs import JobStore
@@ -24,6 +24,8 @@ from diet_explore.profiling.synthetic import synthetic_cache
 from diet_explore_app import tables
 
 PAGES = ["overview", "rankings", "agreement", "mask_builder", "prune_eval", "export"]
+
+TOP_BLUE, BOTTOM_BLUE = "rgb(8, 48, 107)", "rgb(247, 251, 255)"  # the ends of plotly's Blues scale
 
 
 def _app(monkeypatch, root: Path, tmp_path: Path):
@@ -161,18 +163,25 @@ def test_agreement_histogram_marks_tau_and_heatmaps_fit_their_colours(app, alpha
     kept, pruned = (arr(tr["y"]) for tr in hist["data"])
     assert hist["layout"]["barmode"] == "stack" and "diet τ0.75" in hist["layout"]["title"]["text"]
     assert not kept[2:].any() and not pruned[:2].any() and kept[:2].all()
-    heat = chart_by_key(open_tab(at, "agree_view", "Task overlap"), "agree_jaccard")
-    assert (heat["data"][0]["zmin"], heat["data"][0]["zmax"]) == (0, 1)
+    open_tab(at, "agree_view", "Task overlap")
+    jac, fills, title = heat_table(at, "Jaccard overlap")
+    off = ~np.eye(7, dtype=bool)
+    lo, hi = jac.to_numpy()[off].min(), jac.to_numpy()[off].max()
+    assert set(fills[~off]) == {TOP_BLUE} and "colours:" not in title  # the diagonal's 1s: the top of [0, 1]
+    assert TOP_BLUE not in set(fills[off]) and BOTTOM_BLUE not in set(fills[off])  # 0.4-0.8: neither end
     at.toggle(key="agree_fit_colours").set_value(True).run()
-    heat = chart_by_key(at, "agree_jaccard")
-    z = arr(heat["data"][0]["z"]).astype(float)
-    off = z[~np.eye(7, dtype=bool)]
-    assert heat["data"][0]["zmin"] == pytest.approx(off.min()) and heat["data"][0]["zmax"] == pytest.approx(off.max())
+    jac, fills, title = heat_table(at, "Jaccard overlap")
+    assert f"(colours: {lo:.2f} to {hi:.2f})" in title
+    assert set(fills[jac.to_numpy() == lo]) == {BOTTOM_BLUE} and set(fills[jac.to_numpy() == hi]) == {TOP_BLUE}
     run_page(at, "rankings")
     open_tab(at, "rank_view", "Task correlation")
+    corr, fills, title = heat_table(at, "Spearman correlation")
+    assert "colours:" not in title and "rgb(5, 48, 97)" in set(fills.ravel())  # the diagonal's 1s: RdBu's top
     at.toggle(key="rank_fit_colours").set_value(True).run()
-    corr = chart_by_key(at, "rank_correlation")
-    assert corr["data"][0]["zmax"] < 1  # the off-diagonal range, not [-1, 1]
+    corr, fitted, title = heat_table(at, "Spearman correlation")
+    off = ~np.eye(len(corr), dtype=bool)
+    assert f"(colours: {corr.to_numpy()[off].min():.2f} to {corr.to_numpy()[off].max():.2f})" in title
+    assert (fitted != fills).any()  # the off-diagonal range, not [-1, 1]
 
 
 def test_a_dimension_is_named_by_its_index_everywhere(app, alpha):

@@ -14,12 +14,14 @@ from app_helpers import (
     arr,
     chart_by_key,
     chart_specs,
+    heat_table,
     metrics,
     open_expander,
     open_tab,
     run_page,
     shell_argv,
 )
+from scipy.stats import spearmanr
 
 from diet_explore.masking.agreement import prune_matrix, vote_counts
 from diet_explore.masking.build import MaskConfig, build_mask, mask_overlap
@@ -131,9 +133,15 @@ def test_rankings_tables_and_charts_match_library(app, alpha):
     assert np.allclose(top["score"], np.round(scores[order[:10]], 5))
     bottom = frame(at, "rank_bottom_table")
     assert bottom["dim"].tolist() == order[-10:].tolist() and bottom["rank"].iloc[-1] == 576
-    curves = chart_by_key(at, "rank_curves")
-    # lazy tabs, two sets: only the open tab's figure is built (a page opens with one plotly figure)
-    assert [c.key for c in at.get("plotly_chart")] == ["rank_curves"]
+    # the first view is a coloured table, so a pasted link opens without plotly's script
+    assert not at.get("plotly_chart")
+    corr, _, title = heat_table(at, "Spearman correlation of task scores")
+    assert corr.columns.tolist() == corr.index.tolist() == list(alpha.tasks)  # evaluation tasks and generic text
+    by_hand = spearmanr(np.stack([aggregate_scores(alpha, t) for t in alpha.tasks]), axis=1).statistic
+    assert np.allclose(corr.to_numpy(), by_hand)
+    # lazy tabs, two sets: only the open tab's figure is built
+    curves = chart_by_key(open_tab(at, "rank_view", "Sorted scores"), "rank_curves")
+    assert [c.key for c in at.get("plotly_chart")] == ["rank_curves"] and not at.table
     dists = chart_by_key(open_tab(at, "rank_view", "Score distributions"), "rank_distributions")
     assert [c.key for c in at.get("plotly_chart")] == ["rank_distributions"]
     assert len(dists["data"]) == len(alpha.tasks)
@@ -194,15 +202,15 @@ def test_agreement_follows_the_sparsity_slider(app, alpha):
             at.slider(key="sparsity").set_value(s).run()
         prune = prune_matrix(alpha, s)
         jac = jaccard(prune[:, None], prune[None])
-        heat = chart_by_key(at, "agree_jaccard")
-        assert heat["data"][0]["x"] == tasks
-        assert np.allclose(arr(heat["data"][0]["z"]), jac)
+        heat, _, title = heat_table(at, "Jaccard overlap of pruned sets")
+        assert heat.columns.tolist() == heat.index.tolist() == tasks and f"at sparsity {s:.2f}" in title
+        assert np.allclose(heat.to_numpy(), jac)
         m = metrics(at)
         assert m["Pruned per task"] == str(576 - keep_count(576, s))
         assert m["Mean pairwise Jaccard"] == f"{jac[~np.eye(7, dtype=bool)].mean():.3f}"
         votes = vote_counts(prune)
         assert m["Pruned by every task"] == str(int((votes == 7).sum()))
-        assert [c.key for c in at.get("plotly_chart")] == ["agree_jaccard"]  # lazy tabs: only the open one is drawn
+        assert not at.get("plotly_chart")  # lazy tabs: only the open one is drawn, and the first is a table
         hist = chart_by_key(open_tab(at, "agree_view", "Votes per dim"), "agree_vote_hist")
         kept_bars, pruned_bars = (arr(tr["y"]) for tr in hist["data"])  # each bar split by the mask's decision
         assert (kept_bars + pruned_bars).tolist() == np.bincount(votes, minlength=8).tolist()
@@ -210,7 +218,7 @@ def test_agreement_follows_the_sparsity_slider(app, alpha):
         assert arr(upset["data"][0]["y"]).sum() <= int((votes > 0).sum())
         matrix = chart_by_key(open_tab(at, "agree_view", "Vote matrix"), "agree_vote_matrix")
         assert arr(matrix["data"][0]["z"]).sum() == int(prune.sum())
-        assert [c.key for c in at.get("plotly_chart")] == ["agree_vote_matrix"]
+        assert [c.key for c in at.get("plotly_chart")] == ["agree_vote_matrix"] and not at.table
         open_tab(at, "agree_view", "Task overlap")
     assert at.query_params.get("sparsity") in (["0.45"], "0.45")
 
@@ -222,10 +230,10 @@ def test_agreement_at_sparsity_0_says_nothing_is_pruned_instead_of_a_perfect_ove
     at.slider(key="sparsity").set_value(0.0).run()
     m = metrics(at)
     assert m["Pruned per task"] == "0" and m["Mean pairwise Jaccard"] == "n/a"
-    assert not at.get("plotly_chart") and not at.dataframe
+    assert not at.table and not at.dataframe
     assert sum("No dim is pruned at this sparsity" in c.value for c in at.caption) == 2  # the overlap tab, the table
-    at.slider(key="sparsity").set_value(0.01).run()  # one dim pruned: the figure and the table are back
-    assert [c.key for c in at.get("plotly_chart")] == ["agree_jaccard"] and at.dataframe
+    at.slider(key="sparsity").set_value(0.01).run()  # one dim pruned: the overlap and the table are back
+    assert len(at.table) == 1 and at.dataframe
 
 
 def test_the_open_agreement_tab_is_remembered_and_in_the_link(app_env, alpha):
@@ -254,7 +262,7 @@ def test_an_unknown_view_in_the_link_is_a_warning(app_env, alpha):
     at.run()
     assert any("ignored link setting view='pie'" in w.value and "intersections" in w.value for w in at.warning)
     run_page(at, "agreement")
-    assert [c.key for c in at.get("plotly_chart")] == ["agree_jaccard"]
+    assert heat_table(at, "Jaccard overlap")[0].shape == (7, 7)  # the default tab
 
 
 def test_agreement_weight_zero_removes_task(app, alpha):
@@ -262,11 +270,9 @@ def test_agreement_weight_zero_removes_task(app, alpha):
     at.slider(key="w_rte").set_value(0.0).run()
     run_page(at, "agreement")
     tasks = [t for t in alpha.task_names if t != "rte"]
-    heat = chart_by_key(at, "agree_jaccard")
-    assert heat["data"][0]["x"] == tasks
-    assert np.allclose(
-        arr(heat["data"][0]["z"]), jaccard(prune_matrix(alpha, 0.2, tasks)[:, None], prune_matrix(alpha, 0.2, tasks)[None])
-    )
+    heat = heat_table(at, "Jaccard overlap")[0]
+    assert heat.columns.tolist() == tasks
+    assert np.allclose(heat.to_numpy(), jaccard(prune_matrix(alpha, 0.2, tasks)[:, None], prune_matrix(alpha, 0.2, tasks)[None]))
 
 
 # --------------------------------------------------------------------------------------------

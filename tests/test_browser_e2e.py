@@ -86,6 +86,31 @@ def _plot_data(page, title_part: str):
     return handle.json_value()
 
 
+def _heat_table(page, title_part: str):
+    """The coloured task × task table under the bold title containing ``title_part``, as shown:
+    (column names, row names, values as printed, cell background colours); waits until it is drawn."""
+    handle = page.wait_for_function(
+        """(part) => {
+            for (const b of document.querySelectorAll('strong')) {
+                if (!b.innerText.includes(part)) continue;
+                const block = b.closest('[data-testid="stElementContainer"]');
+                let next = block && block.nextElementSibling;
+                const table = next && next.querySelector('[data-testid="stTable"] table');
+                if (!table) return null;
+                const rows = [...table.querySelectorAll('tbody tr')];
+                return {cols: [...table.querySelectorAll('thead th')].slice(1).map(c => c.innerText.trim()),
+                        rows: rows.map(r => r.querySelector('th').innerText.trim()),
+                        values: rows.map(r => [...r.querySelectorAll('td')].map(c => c.innerText.trim())),
+                        fills: rows.map(r => [...r.querySelectorAll('td')].map(c => getComputedStyle(c).backgroundColor))};
+            }
+            return null;
+        }""",
+        arg=title_part,
+        timeout=WAIT_MS,
+    )
+    return handle.json_value()
+
+
 def _shot(page, name: str, folder: Path) -> None:
     idle(page)  # the whole page, not the half rendered before the last element arrives
     folder = SCREENSHOTS or folder
@@ -129,8 +154,11 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     _shot(page, "overview", tmp_path / "screenshots")
 
     goto_page(page, "Rankings")
-    assert _plot_data(page, "Sorted dimension scores") is not None
+    assert _heat_table(page, "Spearman correlation of task scores")["rows"] == list(cache.tasks)
     _shot(page, "rankings", tmp_path / "screenshots")
+    page.get_by_role("tab", name="Sorted scores").click()
+    assert _plot_data(page, "Sorted dimension scores") is not None
+    idle(page)
     page.get_by_role("tab", name="Score distributions").click()  # its figures in lazy tabs, as on Agreement
     assert len(_plot_data(page, "Distribution of dimension scores")) == len(cache.tasks)
     idle(page)
@@ -141,18 +169,20 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     # Agreement: move the sparsity slider with the keyboard; the heatmap must follow.
     goto_page(page, "Agreement")
     wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.2)))
-    before = _plot_data(page, "Jaccard overlap of pruned sets at sparsity 0.20")
-    assert np.allclose(arr(before[0]["z"]).astype(float), jaccard_matrix(prune_matrix(cache, 0.2)))
+    # the overlap is a coloured table (no plotly figure on a page's first view)
+    before = _heat_table(page, "Jaccard overlap of pruned sets at sparsity 0.20")
+    assert before["cols"] == before["rows"] == list(cache.task_names)
+    assert before["values"] == [[f"{v:.2f}" for v in row] for row in jaccard_matrix(prune_matrix(cache, 0.2))]
+    assert len({f for row in before["fills"] for f in row}) > 2  # coloured by value, not one fill
     handle = page.locator('[data-testid="stSlider"] input[type="range"]').first
     handle.focus()
     for _ in range(5):
         handle.press("ArrowRight")
     wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.25)))
     idle(page)
-    after = _plot_data(page, "Jaccard overlap of pruned sets at sparsity 0.25")  # waits for the redrawn chart
-    z_after = arr(after[0]["z"]).astype(float)
-    assert not np.allclose(arr(before[0]["z"]).astype(float), z_after)
-    assert np.allclose(z_after, jaccard_matrix(prune_matrix(cache, 0.25)))
+    after = _heat_table(page, "Jaccard overlap of pruned sets at sparsity 0.25")  # waits for the redrawn table
+    assert after["values"] != before["values"]
+    assert after["values"] == [[f"{v:.2f}" for v in row] for row in jaccard_matrix(prune_matrix(cache, 0.25))]
     page.wait_for_function("() => location.search.includes('sparsity=0.25')", timeout=WAIT_MS)
     _shot(page, "agreement", tmp_path / "screenshots")
     # one view at a time: a click opens another tab's figure (two clicks in a row: neither is lost),

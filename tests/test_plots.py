@@ -65,26 +65,40 @@ def test_score_distributions_log():
     assert list(fig.data[0].y[:-1]) == [1, 0, 1, 1] and list(fig.data[1].y[:-1]) == [0, 0, 2, 0]
 
 
-def test_task_heatmaps():
+def test_task_heat_tables():
     prune = _prune()
     jac = jaccard(prune[:, None], prune[None])
-    fig = plots.jaccard_heatmap(jac, TASKS, 0.4)
-    assert np.allclose(np.asarray(fig.data[0].z), jac) and "0.40" in fig.layout.title.text
-    assert list(fig.data[0].x) == TASKS
-    corr = plots.correlation_heatmap(np.eye(3), TASKS)
-    assert corr.data[0].zmin == -1 and corr.data[0].zmax == 1
+    table = plots.jaccard_table(jac, TASKS, 0.4)
+    assert np.allclose(table.frame.to_numpy(), jac) and "0.40" in table.title
+    assert table.frame.columns.tolist() == table.frame.index.tolist() == TASKS
+    assert table.css.shape == jac.shape and table.css.index.tolist() == TASKS  # Styler.apply needs the same labels
+    corr = plots.correlation_table(np.eye(3), TASKS)
+    assert (corr.zmin, corr.zmax) == (-1, 1)
 
 
-def test_heatmaps_offer_a_colour_range_fitted_to_the_data():
+def test_heat_table_colours_follow_the_scale_and_text_stays_readable():
+    m = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, np.nan], [0.5, np.nan, 1.0]])
+    css = plots.jaccard_table(m, TASKS, 0.2).css.to_numpy()
+    assert css[0, 0] == "background-color: rgb(8, 48, 107); color: #ffffff"  # 1: Blues' dark top, white text
+    assert css[0, 1] == "background-color: rgb(247, 251, 255); color: #000000"  # 0: its pale bottom, black text
+    assert css[1, 2] == css[0, 1]  # no value (a constant task's NaN): the bottom colour, not an error
+    corr = plots.correlation_table(np.array([[1.0, -1.0], [-1.0, 1.0]]), TASKS[:2]).css.to_numpy()
+    assert corr[0, 1].startswith("background-color: rgb(103, 0, 31)")  # RdBu: -1 red, +1 blue
+    assert corr[0, 0].startswith("background-color: rgb(5, 48, 97)")
+
+
+def test_heat_tables_offer_a_colour_range_fitted_to_the_data():
     """Gemma's Jaccards all lie in 0.87-0.98: on [0, 1] every cell is the same dark blue."""
     m = np.array([[1.0, 0.87, 0.95], [0.87, 1.0, 0.98], [0.95, 0.98, 1.0]])
-    fixed = plots.jaccard_heatmap(m, TASKS, 0.2)
-    assert (fixed.data[0].zmin, fixed.data[0].zmax) == (0, 1)
-    fitted = plots.jaccard_heatmap(m, TASKS, 0.2, auto_range=True)
-    assert (fitted.data[0].zmin, fitted.data[0].zmax) == (0.87, 0.98)  # the off-diagonal range, not the 1s
-    assert "0.87 to 0.98" in fitted.layout.title.text
-    corr = plots.correlation_heatmap(m, TASKS, auto_range=True)
-    assert (corr.data[0].zmin, corr.data[0].zmax) == (0.87, 0.98)
+    fixed = plots.jaccard_table(m, TASKS, 0.2)
+    assert (fixed.zmin, fixed.zmax) == (0, 1) and "colours" not in fixed.title
+    fitted = plots.jaccard_table(m, TASKS, 0.2, auto_range=True)
+    assert (fitted.zmin, fitted.zmax) == (0.87, 0.98)  # the off-diagonal range, not the 1s
+    assert "0.87 to 0.98" in fitted.title
+    assert fitted.css.iloc[0, 1] != fixed.css.iloc[0, 1]  # 0.87: the bottom colour once fitted
+    assert fitted.css.iloc[0, 1] == plots.jaccard_table(np.zeros((1, 1)), TASKS[:1], 0.2).css.iloc[0, 0]
+    corr = plots.correlation_table(m, TASKS, auto_range=True)
+    assert (corr.zmin, corr.zmax) == (0.87, 0.98)
 
 
 def test_vote_matrix_sorted_by_votes():

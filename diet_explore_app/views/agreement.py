@@ -26,7 +26,7 @@ def show_view(view: str, key: tuple, config_json: str, pruned: int) -> None:
         st.caption(NOTHING_PRUNED)
     elif view == "overlap":
         fit = ui.colour_range_toggle(K_FIT)
-        st.plotly_chart(loaders.jaccard_figure(*key, fit), key="agree_jaccard")
+        ui.heat_table(loaders.jaccard_table(*key, fit))
         st.caption(ui.HELP["jaccard"])
     elif view == "votes":
         st.plotly_chart(loaders.vote_histogram_figure(key[0], key[1], config_json), key="agree_vote_hist")

@@ -17,7 +17,8 @@ from diet_explore_app import widgets as ui
 K_TASK, K_TOP_N, K_DIMS, K_FIT = "rank_task", "rank_top_n", "rank_dims", "rank_fit_colours"
 K_PER_DIM = "rank_heat_per_dim"  # the layer heatmap: each dim on its own colour scale
 K_VIEW = "rank_view"  # the open tab, remembered in the session
-VIEWS = ("Sorted scores", "Score distributions", "Task correlation")
+# the first view is a table, so a pasted link opens without plotly's script (``plots.task_heat_table``)
+VIEWS = ("Task correlation", "Sorted scores", "Score distributions")
 K_DIM_VIEW = "rank_dim_view"  # the open tab below the figure: the task's dims as tables, or by layer
 DIM_VIEWS = ("Top and bottom dims", "Score by layer")
 
@@ -140,19 +141,19 @@ with ui.shown_errors():
     scores = loaders.task_scores(loaded.path, loaded.sha, site, agg, last_k)  # (D,) each
     n_keep = keep_count(cache.hidden_size, sparsity)
 
-    # one figure at a time (lazy tabs, as on Agreement: only the open tab's figure is built, sent and drawn)
+    # one view at a time (lazy tabs, as on Agreement: only the open tab's table or figure is built, sent and drawn)
     label, tab = ui.open_tab(K_VIEW, VIEWS)
     with tab:
         if label == VIEWS[0]:
+            fit = ui.colour_range_toggle(K_FIT)
+            ui.heat_table(loaders.correlation_table(loaded.path, loaded.sha, tuple(tasks), site, agg, last_k, fit))
+            st.caption("How alike two tasks rank the hidden dims: Spearman's ρ between their dim scores (1: the same order).")
+        elif label == VIEWS[1]:
             curves = loaders.score_curves_figure(loaded.path, loaded.sha, site, agg, last_k, n_keep)
             st.plotly_chart(curves, key="rank_curves")
             st.caption(f"Dashed line: the {n_keep} dims each task keeps at sparsity {sparsity:.2f}.")
-        elif label == VIEWS[1]:
+        else:
             dists = loaders.score_distributions_figure(loaded.path, loaded.sha, site, agg, last_k)
             st.plotly_chart(dists, key="rank_distributions")
-        else:
-            fit = ui.colour_range_toggle(K_FIT)
-            corr = loaders.correlation_figure(loaded.path, loaded.sha, tuple(tasks), site, agg, last_k, fit)
-            st.plotly_chart(corr, key="rank_correlation")
 
     dim_tables(loaded, tasks, scores, site)

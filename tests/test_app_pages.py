@@ -30,11 +30,12 @@ from diet_explore.masking.selection import jaccard, keep_count, rank_dims
 from diet_explore.masking.stability import bootstrap_masks
 
 # AppTest does not expose dataframe keys; tables are found by their position on the page.
-_FRAMES = {"overview_tasks": 0, "overview_provenance": 1, "rank_top_table": 0, "rank_bottom_table": 1, "mb_overlaps": 0}
+_FRAMES = {"overview_tasks": 0, "overview_provenance": 1, "rank_top_table": 0, "rank_bottom_table": 1}
+_TABLES = {"mb_overlaps": 0}  # static tables (st.table), also found by position
 
 
 def frame(at, key: str):
-    return at.dataframe[_FRAMES[key]].value
+    return at.table[_TABLES[key]].value if key in _TABLES else at.dataframe[_FRAMES[key]].value
 
 
 # --------------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def test_runs_that_cannot_be_rebuilt_are_skipped_and_named(tmp_path):
 
 def test_the_mask_builder_shows_the_proxy_and_its_validation(app, alpha):
     at = run_page(app.run(), "mask_builder")
-    table = next(d.value for d in at.dataframe if "kept_mass" in d.value.columns)  # the mask's site: residual
+    table = next(d.value for d in at.table if "kept_mass" in d.value.columns)  # the mask's site: residual
     expected = mask_proxies(alpha, build_mask(alpha, MaskConfig()).keep)
     assert list(table["task"]) == [r["task"] for r in expected]
     np.testing.assert_allclose(table["kept_mass"], [round(r["kept_mass@residual"], 4) for r in expected])
@@ -107,7 +107,7 @@ def test_the_mask_builder_shows_the_proxy_and_its_validation(app, alpha):
     text = " ".join(c.value for c in at.caption)
     assert "kept_energy" in text and "compare-smollm2-135m" in text and "runs" in text
     at.slider(key="sparsity").set_value(0.6).run()
-    moved = next(d.value for d in at.dataframe if "kept_mass" in d.value.columns)
+    moved = next(d.value for d in at.table if "kept_mass" in d.value.columns)
     assert moved["kept_mass"].iloc[-1] < table["kept_mass"].iloc[-1]  # follows the slider
 
 

@@ -140,7 +140,9 @@ with ui.shown_errors():
                 f"{int(paper['n_diff'])} dim{'' if int(paper['n_diff']) == 1 else 's'} differ{'s' if int(paper['n_diff']) == 1 else ''}, Jaccard of kept sets {paper['jaccard_kept']:.4f}."
             )
         st.markdown("**Overlap with baselines** (baselines built at the same kept count)")
-        st.dataframe(overlaps, hide_index=True, key="mb_overlaps")
+        # small tables that change on every slider move are static tables (st.table): the browser
+        # redraws a data grid at several times their cost (benchmarks/bench_browser.py)
+        st.table(overlaps, hide_index=True)
 
         # the live proxy: what the mask keeps of each task's activations, from the cache alone
         st.markdown(
@@ -151,7 +153,7 @@ with ui.shown_errors():
         site = config.site if f"kept_mass@{config.site}" in proxies else "residual"
         shown = proxies[["task", f"kept_mass@{site}", f"kept_energy@{site}"]]  # the mask's own site: a table that fits
         shown.columns = ["task", "kept_mass", "kept_energy"]
-        st.dataframe(shown.round(4), hide_index=True, key="mb_proxy")
+        st.table(shown.round(4), hide_index=True)
         st.caption(f"At the {site} site, the one the mask's scores come from.")
         checks = loaders.proxy_checks(cache.model_name)
         if any(v is False for v, _ in checks.values()) and not any(v for v, _ in checks.values()):

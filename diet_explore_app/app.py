@@ -21,7 +21,8 @@ if str(ROOT) not in sys.path:  # `streamlit run diet_explore_app/app.py` from a 
 import streamlit as st
 
 from diet_explore.core.errors import DietError
-from diet_explore_app import state
+from diet_explore_app import loaders, state
+from diet_explore_app import settings as S
 from diet_explore_app import widgets as ui
 
 # The favicon is a file the app serves itself: a material or emoji icon (here or a page's icon, which
@@ -53,6 +54,8 @@ st.session_state["_loaded"] = loaded
 if loaded is not None:
     state.ensure_settings(loaded.cache)
 state.show_link_warnings()
+if page.url_path in S.MODEL_PAGES:  # they wait for the background imports, never import beside them
+    loaders.wait_for_warm_up()
 page.run()
 if loaded is not None:
     ui.rendered_marker(loaded.cache)  # the slider values this run's numbers belong to (see widgets.UPDATING_JS)
@@ -60,3 +63,5 @@ if loaded is not None:
     with contextlib.suppress(DietError):
         extra = ui.page_query_params(page)
         state.sync_query_params(state.current_config(loaded.cache), ui.cache_link_value(loaded), extra)
+    # after the page is sent, not before: the imports would slow this first run down
+    loaders.warm_up(loaded.cache.manifest["model"].get("model_type"))

@@ -14,6 +14,7 @@ rerun of a page used to build all of them again, whatever changed.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,43 @@ def dense_model(name: str, device: str):
     from diet_explore.models.loading import load_model
 
     return load_model(name, device=device)
+
+
+def _import_model_libraries(model_type: str | None) -> None:
+    # imports only: reading a built-in model's config could convert its weights, which only a page
+    # that needs the model may start
+    import contextlib
+
+    from transformers import CONFIG_MAPPING
+
+    import diet_explore.models.loading
+    import diet_explore.pruning.saving  # noqa: F401  (torch)
+
+    with contextlib.suppress(KeyError, ImportError):
+        CONFIG_MAPPING[model_type or ""]  # the config class's own module (rope utils, activations, ...)
+
+
+_WARMING: list[threading.Thread] = []
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up(model_type: str | None) -> threading.Thread:
+    """Once per server process and model type, import torch, transformers and the model's config
+    class in a background thread. The pages in ``app.MODEL_PAGES`` need them, and importing them takes
+    seconds on a small machine: a visitor who reads another page first no longer waits for them there."""
+    thread = threading.Thread(target=_import_model_libraries, args=(model_type,), name="diet-explore-warm-up", daemon=True)
+    _WARMING.append(thread)
+    thread.start()
+    return thread
+
+
+def wait_for_warm_up() -> None:
+    """Block until the background imports are done. A page that imports torch or transformers calls
+    this first: two threads importing transformers at once can each see the other's half-imported
+    module and fail with an ImportError."""
+    while _WARMING:
+        _WARMING[0].join()
+        _WARMING.pop(0)
 
 
 @st.cache_data(show_spinner=False)

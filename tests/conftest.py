@@ -69,9 +69,12 @@ def alpha(app_cache_root):
 def clear_st_caches():
     import streamlit as st
 
+    from diet_explore_app import loaders
+
     st.cache_data.clear()
     st.cache_resource.clear()
     yield
+    loaders.wait_for_warm_up()  # a test's own transformers import must not overlap the app's background one
     st.cache_data.clear()
     st.cache_resource.clear()
 

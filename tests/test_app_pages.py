@@ -41,6 +41,74 @@ def frame(at, key: str):
 # --------------------------------------------------------------------------------------------
 # Overview, cache picking and errors
 # --------------------------------------------------------------------------------------------
+def test_the_first_run_imports_the_model_libraries_in_the_background(app, monkeypatch):
+    """The Mask builder's save check imports torch, transformers and the model's config class (seconds
+    on a small machine): the app's first run starts those imports in a thread once the page is sent."""
+    import threading
+
+    from diet_explore_app import loaders
+
+    seen, done = [], threading.Event()
+    monkeypatch.setattr(loaders, "_import_model_libraries", lambda model_type: (seen.append(model_type), done.set()))
+    at = app.run()
+    assert not at.exception and done.wait(30)
+    run_page(at, "agreement")
+    assert seen == ["synthetic"]  # the cache's model type, once per server process
+
+
+def test_a_model_page_waits_for_the_background_imports(app, monkeypatch):
+    """Two threads importing transformers at once can break each other's import: the Mask builder
+    (it reads the model's config) starts only once the background imports are done."""
+    import threading
+
+    from diet_explore_app import loaders
+
+    order, release = [], threading.Event()
+
+    def slow_imports(model_type):
+        release.wait(30)
+        order.append("imports")
+
+    def saveable(name):
+        order.append("page")
+        return None
+
+    monkeypatch.setattr(loaders, "_import_model_libraries", slow_imports)
+    monkeypatch.setattr(loaders, "saveable_multiple", saveable)
+    at = app.run()  # starts the imports, which wait for the release
+    threading.Timer(1.0, release.set).start()
+    run_page(at, "mask_builder")
+    assert order[:2] == ["imports", "page"]
+
+
+def test_only_the_model_pages_import_torch_or_transformers(app_env):
+    """``settings.MODEL_PAGES`` wait for the background imports before they run; every other page must
+    not import torch or transformers itself, beside that thread. Checked in a fresh interpreter (the
+    app's environment), with the background imports switched off."""
+    import subprocess
+    import sys
+
+    from diet_explore_app.settings import MODEL_PAGES
+
+    free = sorted(p.stem for p in (APP.parent / "views").glob("*.py") if p.stem not in MODEL_PAGES)
+    assert {"overview", "rankings", "agreement", "dimension", "history"} <= set(free)
+    code = f"""
+import sys
+from diet_explore_app import loaders
+loaders._import_model_libraries = lambda model_type: None
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({str(APP)!r}, default_timeout={TIMEOUT})
+at.run()
+for page in {free!r}:
+    at.switch_page(f"views/{{page}}.py").run()
+    assert not at.exception, (page, [e.value for e in at.exception])
+    found = [m for m in ("torch", "transformers") if m in sys.modules]
+    assert not found, f"page {{page}} imported {{found}}: add it to settings.MODEL_PAGES"
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_overview_and_dimension_say_which_dims_fire_on_the_first_token(app, monkeypatch):
     from diet_explore.masking.dims import first_token_dims
     from diet_explore.profiling.cache import load_cache

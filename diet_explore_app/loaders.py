@@ -13,6 +13,7 @@ rerun of a page used to build all of them again, whatever changed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from dataclasses import dataclass
@@ -180,26 +181,25 @@ def dense_model(name: str, device: str):
 
 def _import_model_libraries(model_type: str | None) -> None:
     # imports only: reading a built-in model's config could convert its weights, which only a page
-    # that needs the model may start
-    import contextlib
+    # that needs the model may start. A missing library is the page's to report, not this thread's.
+    with contextlib.suppress(ImportError):
+        from transformers import CONFIG_MAPPING
 
-    from transformers import CONFIG_MAPPING
+        import diet_explore.models.loading
+        import diet_explore.pruning.saving  # noqa: F401  (torch)
 
-    import diet_explore.models.loading
-    import diet_explore.pruning.saving  # noqa: F401  (torch)
-
-    with contextlib.suppress(KeyError, ImportError):
-        CONFIG_MAPPING[model_type or ""]  # the config class's own module (rope utils, activations, ...)
+        with contextlib.suppress(KeyError):
+            CONFIG_MAPPING[model_type or ""]  # the config class's own module (rope utils, activations, ...)
 
 
-_WARMING: list[threading.Thread] = []
+_WARMING: list[threading.Thread] = []  # every warm-up started in this process (one per model type)
 
 
 @st.cache_resource(show_spinner=False)
 def warm_up(model_type: str | None) -> threading.Thread:
     """Once per server process and model type, import torch, transformers and the model's config
-    class in a background thread. The pages in ``app.MODEL_PAGES`` need them, and importing them takes
-    seconds on a small machine: a visitor who reads another page first no longer waits for them there."""
+    class in a background thread. The pages in ``settings.MODEL_PAGES`` need them, and importing them
+    takes seconds on a small machine: a visitor who reads another page first no longer waits for them there."""
     thread = threading.Thread(target=_import_model_libraries, args=(model_type,), name="diet-explore-warm-up", daemon=True)
     _WARMING.append(thread)
     thread.start()
@@ -210,9 +210,8 @@ def wait_for_warm_up() -> None:
     """Block until the background imports are done. A page that imports torch or transformers calls
     this first: two threads importing transformers at once can each see the other's half-imported
     module and fail with an ImportError."""
-    while _WARMING:
-        _WARMING[0].join()
-        _WARMING.pop(0)
+    for thread in list(_WARMING):
+        thread.join()
 
 
 @st.cache_data(show_spinner=False)

@@ -222,6 +222,31 @@ def goto_page(page, title: str) -> None:
     idle(page)
 
 
+def heat_table_shown(page, title_part: str):
+    """The coloured task × task table under the bold title containing ``title_part``, as shown:
+    (column names, row names, values as printed, cell background colours); waits until it is drawn."""
+    handle = page.wait_for_function(
+        """(part) => {
+            for (const b of document.querySelectorAll('strong')) {
+                if (!b.innerText.includes(part)) continue;
+                const block = b.closest('[data-testid="stElementContainer"]');
+                const next = block && block.nextElementSibling;
+                const table = next && next.querySelector('[data-testid="stTable"] table');
+                if (!table) return null;
+                const rows = [...table.querySelectorAll('tbody tr')];
+                return {cols: [...table.querySelectorAll('thead th')].slice(1).map(c => c.innerText.trim()),
+                        rows: rows.map(r => r.querySelector('th').innerText.trim()),
+                        values: rows.map(r => [...r.querySelectorAll('td')].map(c => c.innerText.trim())),
+                        fills: rows.map(r => [...r.querySelectorAll('td')].map(c => getComputedStyle(c).backgroundColor))};
+            }
+            return null;
+        }""",
+        arg=title_part,
+        timeout=WAIT_MS,
+    )
+    return handle.json_value()
+
+
 def metric(page, label: str) -> str:
     m = page.locator('[data-testid="stMetric"]').filter(has=page.get_by_text(label, exact=True)).first
     return m.locator('[data-testid="stMetricValue"]').inner_text().strip()

@@ -1,7 +1,7 @@
 """End to end in a real headless Chromium: ``streamlit run app.py`` on a free port, driven by Playwright.
 
 Visits every page through the sidebar (so session state must carry the settings), moves the
-sparsity slider with the keyboard and checks that the Jaccard heatmap and the numbers change to the
+sparsity slider with the keyboard and checks that the Jaccard overlap table and the numbers change to the
 library's values, runs a tiny prune + evaluate (2 examples per task) into the run store, downloads
 the mask and validates it with ``load_mask``, checks the URL reproduces the view in a fresh browser
 context, and screenshots every page (into docs/screenshots/ when DIET_EXPLORE_SCREENSHOTS=docs/screenshots,
@@ -25,6 +25,7 @@ from app_helpers import (
     arr,
     committed_cache_server,
     goto_page,
+    heat_table_shown,
     idle,
     launched_browser,
     metric,
@@ -86,31 +87,6 @@ def _plot_data(page, title_part: str):
     return handle.json_value()
 
 
-def _heat_table(page, title_part: str):
-    """The coloured task × task table under the bold title containing ``title_part``, as shown:
-    (column names, row names, values as printed, cell background colours); waits until it is drawn."""
-    handle = page.wait_for_function(
-        """(part) => {
-            for (const b of document.querySelectorAll('strong')) {
-                if (!b.innerText.includes(part)) continue;
-                const block = b.closest('[data-testid="stElementContainer"]');
-                let next = block && block.nextElementSibling;
-                const table = next && next.querySelector('[data-testid="stTable"] table');
-                if (!table) return null;
-                const rows = [...table.querySelectorAll('tbody tr')];
-                return {cols: [...table.querySelectorAll('thead th')].slice(1).map(c => c.innerText.trim()),
-                        rows: rows.map(r => r.querySelector('th').innerText.trim()),
-                        values: rows.map(r => [...r.querySelectorAll('td')].map(c => c.innerText.trim())),
-                        fills: rows.map(r => [...r.querySelectorAll('td')].map(c => getComputedStyle(c).backgroundColor))};
-            }
-            return null;
-        }""",
-        arg=title_part,
-        timeout=WAIT_MS,
-    )
-    return handle.json_value()
-
-
 def _shot(page, name: str, folder: Path) -> None:
     idle(page)  # the whole page, not the half rendered before the last element arrives
     folder = SCREENSHOTS or folder
@@ -154,7 +130,7 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     _shot(page, "overview", tmp_path / "screenshots")
 
     goto_page(page, "Rankings")
-    assert _heat_table(page, "Spearman correlation of task scores")["rows"] == list(cache.tasks)
+    assert heat_table_shown(page, "Spearman correlation of task scores")["rows"] == list(cache.tasks)
     _shot(page, "rankings", tmp_path / "screenshots")
     page.get_by_role("tab", name="Sorted scores").click()
     assert _plot_data(page, "Sorted dimension scores") is not None
@@ -166,11 +142,11 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
     assert _plot_data(page, "Sorted dimension scores") is not None
     idle(page)
 
-    # Agreement: move the sparsity slider with the keyboard; the heatmap must follow.
+    # Agreement: move the sparsity slider with the keyboard; the overlap table must follow.
     goto_page(page, "Agreement")
     wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.2)))
     # the overlap is a coloured table (no plotly figure on a page's first view)
-    before = _heat_table(page, "Jaccard overlap of pruned sets at sparsity 0.20")
+    before = heat_table_shown(page, "Jaccard overlap of pruned sets at sparsity 0.20")
     assert before["cols"] == before["rows"] == list(cache.task_names)
     assert before["values"] == [[f"{v:.2f}" for v in row] for row in jaccard_matrix(prune_matrix(cache, 0.2))]
     assert len({f for row in before["fills"] for f in row}) > 2  # coloured by value, not one fill
@@ -180,7 +156,7 @@ def test_every_page_slider_and_download(server, browser, tmp_path):
         handle.press("ArrowRight")
     wait_metric(page, "Pruned per task", str(d - keep_count(d, 0.25)))
     idle(page)
-    after = _heat_table(page, "Jaccard overlap of pruned sets at sparsity 0.25")  # waits for the redrawn table
+    after = heat_table_shown(page, "Jaccard overlap of pruned sets at sparsity 0.25")  # waits for the redrawn table
     assert after["values"] != before["values"]
     assert after["values"] == [[f"{v:.2f}" for v in row] for row in jaccard_matrix(prune_matrix(cache, 0.25))]
     page.wait_for_function("() => location.search.includes('sparsity=0.25')", timeout=WAIT_MS)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from app_helpers import (
     WAIT_MS,
-    arr,
     committed_cache_server,
     goto_page,
+    heat_table_shown,
     idle,
     launched_browser,
     metric,
@@ -121,18 +121,11 @@ def test_fast_key_presses_end_on_the_last_value_and_never_show_old_numbers_witho
     final = round(start + 0.18, 2)
     _settled(page, "Pruned per task", expected[f"{final:.2f}"])
     samples = page.evaluate("() => { const s = window.__samples; window.__samples = null; return s; }")
-    # no stale value remains: the last frame shows the numbers of the last press, and so does the heatmap
+    # no stale value remains: the last frame shows the numbers of the last press, and so does the overlap table
     assert samples[-1]["s"] == f"{final:.2f}" and samples[-1]["v"] == expected[f"{final:.2f}"]
-    heat = page.wait_for_function(
-        """(part) => { for (const el of document.querySelectorAll('.js-plotly-plot')) {
-             const t = (el.layout && el.layout.title && (el.layout.title.text || el.layout.title)) || '';
-             const conv = v => v == null ? null : ArrayBuffer.isView(v) ? Array.from(v) : Array.isArray(v) ? v.map(conv) : v;
-             if (String(t).includes(part)) return conv(el.data[0].z); } return null; }""",
-        arg=f"at sparsity {final:.2f}",
-        timeout=WAIT_MS,
-    ).json_value()
+    heat = heat_table_shown(page, f"at sparsity {final:.2f}")  # waits for the last press's table
     prune = prune_matrix(cache, final)
-    assert np.allclose(arr(heat).astype(float), jaccard(prune[:, None], prune[None]))
+    assert heat["values"] == [[f"{v:.2f}" for v in row] for row in jaccard(prune[:, None], prune[None])]
     # and in no frame was a number shown for another slider value than the one shown, without a sign
     bad = [(a["s"], a["v"]) for a in samples if expected.get(a["s"]) != a["v"] and not a["sign"]]
     assert not bad, f"{len(bad)} frames of old numbers with no update sign, e.g. {bad[:3]}"
@@ -212,6 +205,7 @@ def test_back_undoes_a_slider_move_and_forward_redoes_it(server, page):
 
 def test_log_axes_are_labelled_by_powers_of_ten(server, page):
     goto_page(page, "Rankings")
+    page.get_by_role("tab", name="Sorted scores").click()  # the page opens on a table
     ticks = page.wait_for_function(
         """() => { for (const el of document.querySelectorAll('.js-plotly-plot')) {
              const t = (el.layout && el.layout.title && (el.layout.title.text || el.layout.title)) || '';

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -69,12 +70,14 @@ def alpha(app_cache_root):
 def clear_st_caches():
     import streamlit as st
 
-    from diet_explore_app import loaders
-
     st.cache_data.clear()
     st.cache_resource.clear()
     yield
-    loaders.wait_for_warm_up()  # a test's own transformers import must not overlap the app's background one
+    # a test's own transformers import must not overlap the app's background one. Only where the app
+    # ran: importing diet_explore_app here would decide which copy of it AppTest's app.py imports
+    loaders = sys.modules.get("diet_explore_app.loaders")
+    if loaders is not None:
+        loaders.wait_for_warm_up()
     st.cache_data.clear()
     st.cache_resource.clear()
 

@@ -138,3 +138,9 @@ def tiny_app(monkeypatch, tmp_path, tiny_cache_root, clear_st_caches):
     monkeypatch.setenv("DIET_EXPLORE_RUNS_DIR", str(dirs["runs"]))
     yield AppTest.from_file(str(APP), default_timeout=TIMEOUT), dirs
     stop_workers(JobStore(dirs["runs"]))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long tests (marked slow or browser) first, each group in pytest-randomly's shuffled order:
+    on two xdist workers a long test started near the end leaves the other worker idle while it runs."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") or item.get_closest_marker("browser") else 1)

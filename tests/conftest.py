@@ -141,6 +141,10 @@ def tiny_app(monkeypatch, tmp_path, tiny_cache_root, clear_st_caches):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The long tests (marked slow or browser) first, each group in pytest-randomly's shuffled order:
-    on two xdist workers a long test started near the end leaves the other worker idle while it runs."""
+    """On xdist workers, the long tests (marked slow or browser) first, each group in pytest-randomly's
+    shuffled order: a long test started near the end leaves the other worker idle while it runs. In
+    one process (the mutation check's ``-x`` runs) the order stays: there the first test is the one
+    expected to fail."""
+    if not hasattr(config, "workerinput"):
+        return
     items.sort(key=lambda item: 0 if item.get_closest_marker("slow") or item.get_closest_marker("browser") else 1)

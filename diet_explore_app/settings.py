@@ -37,12 +37,12 @@ EXPORT_DIR_ENV = "DIET_EXPLORE_EXPORT_DIR"  # where exports are written (default
 CACHE_PARAM = "cache"
 DIM_PARAM = "dim"  # the Dimension page's hidden dim, e.g. ?dim=507
 VIEW_PARAM = "view"  # the Agreement page's open tab, e.g. ?view=intersections
-# Agreement's views (one tab each), by their link value; the first is the default
 # The pages (their url paths) whose code imports torch or transformers. They wait for the imports the
 # app's first run starts in the background (loaders.warm_up): two threads importing transformers at
 # once can break each other's import. Every other page imports neither (tests/test_app_pages.py).
 MODEL_PAGES = frozenset({"mask_builder", "prune_eval", "sweep", "tune", "export"})
 
+# Agreement's views (one tab each), by their link value; the first is the default
 AGREEMENT_VIEWS = {
     "overlap": "Task overlap",
     "votes": "Votes per dim",

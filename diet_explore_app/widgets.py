@@ -313,7 +313,7 @@ def colour_range_toggle(key: str) -> bool:
 
 def heat_table(table: plots.HeatTable) -> None:
     """A task × task matrix as a coloured table under its title (``plots.task_heat_table``), values to
-    two decimals as the heatmaps printed them."""
+    two decimals."""
     st.markdown(f"**{table.title}**")  # words and numbers the library wrote, no user text
     st.table(table.frame.style.apply(lambda _: table.css, axis=None).format("{:.2f}"))
 

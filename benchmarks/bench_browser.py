@@ -1,6 +1,6 @@
 """What a user waits for in a real browser: input -> page fully updated, page opening, a pasted link.
 
-    python benchmarks/bench_browser.py [--repeats 10] [--only default|synthetic] [--pages agreement,...]
+    python benchmarks/bench_browser.py [--repeats 10] [--only default|synthetic] [--pages agreement,...] [--keys-only | --links-only]
 
 ``diet-explore app`` is started as a user starts it and driven by Playwright with Debian's
 chromium. For each page that follows the mask settings (Agreement, Mask builder, Rankings) and
@@ -509,6 +509,7 @@ def main() -> int:
     ap.add_argument("--only", choices=("default", "synthetic"), default=None)
     ap.add_argument("--pages", default=",".join(PAGES))
     ap.add_argument("--links-only", action="store_true", help="time the pasted links only, not the key presses")
+    ap.add_argument("--keys-only", action="store_true", help="time the key presses and page opens only, not the links")
     args = ap.parse_args()
 
     from app_helpers import CHROME_ARGS, CHROMIUM, start_app_server
@@ -551,7 +552,8 @@ def main() -> int:
             with start_app_server(tmp / which, env) as url:
                 cache = load_cache(folder)
                 print(f"== {which} cache: {folder.name} ({cache.hidden_size} dims, {cache.num_layers} layers)", flush=True)
-                ok &= bench_link(browser, url, which, finished)  # first: a fresh server's cold start counts
+                if not args.keys_only:
+                    ok &= bench_link(browser, url, which, finished)  # first: a fresh server's cold start counts
                 if not args.links_only:
                     ok &= bench_server(browser, url, which, cache, args.repeats, pages, finished)
         browser.close()

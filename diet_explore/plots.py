@@ -5,16 +5,20 @@ The app renders these with ``st.plotly_chart``; the CLI and notebooks can call t
 here imports streamlit or computes a mask: callers pass what the library computed, so a plot never
 disagrees with the number shown beside it.
 
-Figures are drawn again on every slider move, so they are kept light: no template (the app's theme
-styles them; a named template cost ~12 ms to build and ~3 KB per figure, and the browser time to
-apply it), curves thinned to what a chart can show, histograms binned here (so a bar's height is
-the count the caller can check), one trace where one will do. A hidden dimension is named by its
-index alone, as every table shows it ("507"); hover text says "dim 507".
+Figures are drawn again on every slider move, so they are kept light: curves thinned to what a
+chart can show, histograms binned here (so a bar's height is the count the caller can check), one
+trace where one will do. Every builder's figure leaves through ``finish`` (``@figure_builder``):
+plain lists, a data revision, no template, so a front end's update draws it once (see ``finish``).
+A hidden dimension is named by its index alone, as every table shows it ("507"); hover text says
+"dim 507".
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +32,63 @@ MAX_CURVE_POINTS = 240
 _LAYOUT = dict(margin=dict(l=60, r=20, t=50, b=50))
 DODGE_SHARE = 0.006  # sweep curves: methods side by side at one sparsity, this share of the x range apart
 _LOG_AXIS = dict(type="log", dtick=1)  # one labelled tick per power of ten (not "1000, 5, 2, 100, 5, 2")
+
+
+# The look every figure has on its own (it carries no template): the app's body font and text colour.
+FONT = dict(family='"Source Sans", sans-serif', color="#31333F")
+
+
+def _plain(value):
+    """``value`` with every numpy array in it (at any depth) as a list (dates as ISO strings), or
+    ``value`` itself when it holds none."""
+    if isinstance(value, np.ndarray):
+        return [str(t) for t in pd.DatetimeIndex(value)] if value.dtype.kind == "M" else value.tolist()
+    if isinstance(value, dict):
+        out = {k: _plain(v) for k, v in value.items()}
+        return value if all(out[k] is v for k, v in value.items()) else out
+    if isinstance(value, (list, tuple)):
+        out = [_plain(v) for v in value]
+        return value if all(a is b for a, b in zip(out, value, strict=True)) else out
+    return value
+
+
+def finish(fig: go.Figure) -> go.Figure:
+    """``fig`` as every figure of this package leaves it: its data as plain lists,
+    ``layout.datarevision`` a digest of that data, no template, ``FONT`` and axes whose margins
+    grow to fit their labels (changed in place).
+
+    The rule, and why: a front end updates a figure with ``Plotly.react`` (Streamlit's chart after
+    it mounts one, Dash's ``dcc.Graph`` on every change), which diffs the new figure against the one
+    drawn and redraws only what changed. Three things make it redraw everything for an unchanged
+    figure: without a datarevision, an array that is a new object counts as new data; numpy arrays,
+    which plotly sends as base64 typed arrays, are decoded into new objects on every draw; and a
+    template is compared as an object, not by value. Streamlit copies the figure (and, with its own
+    theme, the template) right after every mount, so each of them cost a second full draw of every
+    chart on every slider move. With the datarevision, data that does change still redraws: its
+    digest changes."""
+    for part in (*fig.data, fig.layout):
+        # each part's own JSON (numpy intact; the figure's to_dict has already made them base64)
+        for key, value in part.to_plotly_json().items():
+            if (plain := _plain(value)) is not value:
+                part[key] = None  # an equal value set again is ignored: an array would stay numpy
+                part[key] = plain
+    data = json.dumps([t.to_plotly_json() for t in fig.data], sort_keys=True, default=str)
+    fig.layout.template = None
+    fig.update_layout(datarevision=hashlib.sha1(data.encode()).hexdigest()[:16], font=FONT)
+    fig.update_xaxes(automargin=True)  # long tick labels (task names) widen the margin, not get cut
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def figure_builder(build: Callable[..., go.Figure]) -> Callable[..., go.Figure]:
+    """Marks a function that returns a figure: its figure leaves through ``finish``."""
+
+    @functools.wraps(build)
+    def built(*args, **kwargs) -> go.Figure:
+        return finish(build(*args, **kwargs))
+
+    built.finished = True
+    return built
 
 
 def _vline(x: float, text: str, color: str) -> dict:
@@ -54,6 +115,7 @@ def _thin(n: int, max_points: int = MAX_CURVE_POINTS) -> np.ndarray:
     return np.unique(np.concatenate([head, tail]))
 
 
+@figure_builder
 def sorted_score_curves(scores: Mapping[str, np.ndarray], log_y: bool = True, cutoff_rank: int | None = None) -> go.Figure:
     """One descending score curve per task (rank on x). ``cutoff_rank``: a vertical line at the keep count."""
     traces = []
@@ -73,6 +135,7 @@ def sorted_score_curves(scores: Mapping[str, np.ndarray], log_y: bool = True, cu
     return go.Figure(data=traces, layout=layout)
 
 
+@figure_builder
 def layer_dim_heatmap(layer_scores: np.ndarray, dims: Sequence[int], task: str = "", per_dim: bool = False) -> go.Figure:
     """Heatmap of ``layer_scores[:, dims]`` ((L, D) in): which blocks a dimension is active in.
     ``per_dim``: each column divided by its own peak, so a massive dim (100× the others) does not
@@ -103,6 +166,7 @@ def layer_dim_heatmap(layer_scores: np.ndarray, dims: Sequence[int], task: str =
     return go.Figure(data=[heat], layout=layout)
 
 
+@figure_builder
 def score_distributions(scores: Mapping[str, np.ndarray], log_x: bool = True, bins: int = 60) -> go.Figure:
     """Per-dimension score distributions, one step outline per task over shared bins (log10 scale
     by default): one path per task instead of a bar per bin, binned here."""
@@ -205,6 +269,7 @@ def jaccard_table(matrix: np.ndarray, tasks: Sequence[str], sparsity: float, aut
     return task_heat_table(matrix, tasks, f"Jaccard overlap of pruned sets at sparsity {sparsity:.2f}", auto_range=auto_range)
 
 
+@figure_builder
 def vote_matrix(prune: np.ndarray, tasks: Sequence[str], order: Sequence[int] | None = None, max_rows: int = 2000) -> go.Figure:
     """Dimensions (rows) × tasks (columns): 1 where the task prunes the dimension.
 
@@ -243,6 +308,7 @@ def vote_matrix(prune: np.ndarray, tasks: Sequence[str], order: Sequence[int] | 
     return fig
 
 
+@figure_builder
 def vote_histogram(prune_votes: np.ndarray, keep: np.ndarray, n_tasks: int, label: str = "") -> go.Figure:
     """How many dimensions got k prune votes, k = 0..n_tasks, each bar split by what the mask does
     with them (``masking.voteview.VoteView``: ``prune_votes`` (D,) and the mask's ``keep`` (D,)): kept
@@ -254,8 +320,10 @@ def vote_histogram(prune_votes: np.ndarray, keep: np.ndarray, n_tasks: int, labe
     kept = np.bincount(votes[keep], minlength=n_tasks + 1)[: n_tasks + 1]
     pruned = np.bincount(votes[~keep], minlength=n_tasks + 1)[: n_tasks + 1]
     bars = [
-        go.Bar(x=x, y=kept, name="kept by the mask", marker_color="#7f8c9d", text=kept, textposition="inside"),
-        go.Bar(x=x, y=pruned, name="pruned by the mask", marker_color="#c0392b", text=pruned, textposition="inside"),
+        go.Bar(x=x, y=kept, name="kept by the mask", marker_color="#7f8c9d", text=[str(n) for n in kept], textposition="inside"),
+        go.Bar(
+            x=x, y=pruned, name="pruned by the mask", marker_color="#c0392b", text=[str(n) for n in pruned], textposition="inside"
+        ),
     ]
     return go.Figure(
         bars,
@@ -270,6 +338,7 @@ def vote_histogram(prune_votes: np.ndarray, keep: np.ndarray, n_tasks: int, labe
     )
 
 
+@figure_builder
 def upset_bars(overlaps: pd.DataFrame, tasks: Sequence[str], top: int = 20) -> go.Figure:
     """UpSet-style plot: bars of exact-intersection sizes over a dot matrix of member tasks.
 
@@ -284,7 +353,7 @@ def upset_bars(overlaps: pd.DataFrame, tasks: Sequence[str], top: int = 20) -> g
     bars = go.Bar(
         x=xs,
         y=df["size"],
-        text=df["size"],
+        text=[str(n) for n in df["size"]],
         textposition="outside",
         marker_color="#34495e",
         showlegend=False,
@@ -333,6 +402,7 @@ def stability_bins(keep_frequency: np.ndarray, bins: int = 40) -> tuple[np.ndarr
     return left, right, counts
 
 
+@figure_builder
 def stability_histogram(keep_frequency: np.ndarray, bins: int = 40) -> go.Figure:
     """Per-dimension frequency of being kept across bootstrap resamples (0 or 1 = stable), binned
     by ``stability_bins``: its first and last bars are the dims kept in no resample and in all."""
@@ -383,6 +453,7 @@ RUN_COLUMN_TITLES = {
 SPARSITY_RANGE = (0.0, 0.9)  # the app's sparsity slider: plots over sparsity keep this axis, so runs compare by eye
 
 
+@figure_builder
 def run_history(
     runs: pd.DataFrame,
     x: str = "sparsity",
@@ -436,6 +507,7 @@ def run_history(
     return fig
 
 
+@figure_builder
 def sweep_curves(
     frame: pd.DataFrame, title: str, y_title: str, log_y: bool = False, methods: Sequence[str] | None = None
 ) -> go.Figure:
@@ -493,6 +565,7 @@ def sweep_curves(
 KEEP_COLOR, PRUNE_COLOR, IDLE_COLOR = "#2a9d8f", "#c0392b", "#9aa5b1"
 
 
+@figure_builder
 def dim_task_scores(
     dim: int,
     tasks: Sequence[str],
@@ -544,6 +617,7 @@ def dim_task_scores(
     return fig
 
 
+@figure_builder
 def dim_layer_profile(dim: int, profiles: Mapping[str, Sequence[float]], log_y: bool = False) -> go.Figure:
     """The dim's score at each layer, one line per task."""
     fig = go.Figure()

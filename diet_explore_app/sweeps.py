@@ -138,7 +138,7 @@ def show_sweep(path: Path, running: bool = False) -> None:
             why = "no run has finished yet" if running else "this results file has none"
             st.caption(f"No {CURVES[curve][1]} curve: {why}.")
             continue
-        st.plotly_chart(curve_figure(sweep, curve), key=key)
+        ui.chart(curve_figure(sweep, curve), key)
         drawn += 1
     if drawn:
         st.caption(

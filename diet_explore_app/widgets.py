@@ -311,6 +311,16 @@ def colour_range_toggle(key: str) -> bool:
     )
 
 
+def chart(fig, key: str, where=None) -> None:
+    """Every plotly figure the app shows (built by ``plots`` or another ``@plots.figure_builder``),
+    in ``where`` (a column or container; the page by default), in its own light look rather than
+    Streamlit's theme. Streamlit's theme adds a template the chart copies right after it mounts,
+    and plotly redraws a figure whose template is another object in full: a second full draw on
+    every slider move (``plots.finish`` says the rest). The app's theme is pinned to light
+    (``.streamlit/config.toml``), so the figures' look matches the page."""
+    (where or st).plotly_chart(fig, key=key, theme=None)
+
+
 def heat_table(table: plots.HeatTable) -> None:
     """A task × task matrix as a coloured table under its title (``plots.task_heat_table``), values to
     two decimals."""

@@ -115,6 +115,28 @@ def chart_by_key(at, key: str) -> dict:
     raise AssertionError(f"no plotly chart with key {key!r}; keys: {[c.key for c in at.get('plotly_chart')]}")
 
 
+def charts_drawn_twice(at) -> list[str]:
+    """The page's plotly charts that the browser would draw twice on each update, with why: drawn in
+    Streamlit's theme, carrying a template or base64 arrays, or without a data revision
+    (``widgets.chart``, ``plots.finish``; test_browser_hardening counts the draws in a browser)."""
+    out = []
+    for c in at.get("plotly_chart"):
+        spec = json.loads(c.proto.spec)
+        why = [
+            reason
+            for reason, bad in (
+                (f"theme {c.proto.theme!r}", c.proto.theme != ""),
+                ("a template", spec["layout"].get("template") is not None),
+                ("base64 arrays", "bdata" in c.proto.spec),
+                ("no datarevision", not spec["layout"].get("datarevision")),
+            )
+            if bad
+        ]
+        if why:
+            out.append(f"{c.key}: {', '.join(why)}")
+    return out
+
+
 def heat_table(at, title_part: str):
     """The page's one coloured task × task table (``ui.heat_table``), checked to sit under a bold title
     containing ``title_part``: ``(values, fills, title)``, the values a DataFrame named by task on both

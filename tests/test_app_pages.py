@@ -14,6 +14,7 @@ from app_helpers import (
     arr,
     chart_by_key,
     chart_specs,
+    charts_drawn_twice,
     heat_table,
     metrics,
     open_expander,
@@ -212,13 +213,14 @@ def test_rankings_tables_and_charts_match_library(app, alpha):
     curves = chart_by_key(open_tab(at, "rank_view", "Sorted scores"), "rank_curves")
     assert [c.key for c in at.get("plotly_chart")] == ["rank_curves"] and not at.table
     dists = chart_by_key(open_tab(at, "rank_view", "Score distributions"), "rank_distributions")
-    assert [c.key for c in at.get("plotly_chart")] == ["rank_distributions"]
+    assert [c.key for c in at.get("plotly_chart")] == ["rank_distributions"] and not charts_drawn_twice(at)
     assert len(dists["data"]) == len(alpha.tasks)
     open_tab(at, "rank_view", "Sorted scores")
     assert [tr["name"] for tr in curves["data"]] == list(alpha.tasks)
     assert arr(curves["data"][0]["y"])[0] == pytest.approx(scores.max())
     heat = chart_by_key(open_tab(at, "rank_dim_view", "Score by layer"), "rank_layer_heatmap")
     assert [c.key for c in at.get("plotly_chart")] == ["rank_curves", "rank_layer_heatmap"]
+    assert not charts_drawn_twice(at), charts_drawn_twice(at)
     assert not [d for d in at.dataframe if d.key in ("rank_top_table", "rank_bottom_table")]  # the tables' tab is shut
     assert heat["data"][0]["x"] == [str(d) for d in order[:10]]
 
@@ -281,11 +283,13 @@ def test_agreement_follows_the_sparsity_slider(app, alpha):
         assert m["Pruned by every task"] == str(int((votes == 7).sum()))
         assert not at.get("plotly_chart")  # lazy tabs: only the open one is drawn, and the first is a table
         hist = chart_by_key(open_tab(at, "agree_view", "Votes per dim"), "agree_vote_hist")
+        assert not charts_drawn_twice(at), charts_drawn_twice(at)
         kept_bars, pruned_bars = (arr(tr["y"]) for tr in hist["data"])  # each bar split by the mask's decision
         assert (kept_bars + pruned_bars).tolist() == np.bincount(votes, minlength=8).tolist()
         upset = chart_by_key(open_tab(at, "agree_view", "Task intersections"), "agree_upset")
-        assert arr(upset["data"][0]["y"]).sum() <= int((votes > 0).sum())
+        assert arr(upset["data"][0]["y"]).sum() <= int((votes > 0).sum()) and not charts_drawn_twice(at)
         matrix = chart_by_key(open_tab(at, "agree_view", "Vote matrix"), "agree_vote_matrix")
+        assert not charts_drawn_twice(at), charts_drawn_twice(at)
         assert arr(matrix["data"][0]["z"]).sum() == int(prune.sum())
         assert [c.key for c in at.get("plotly_chart")] == ["agree_vote_matrix"] and not at.table
         open_tab(at, "agree_view", "Task overlap")

@@ -128,6 +128,19 @@ def test_no_library_module_imports_streamlit():
     assert int(proc.stdout.split()[0]) >= len(list(LIB.rglob("*.py"))) - 1  # every module was imported
 
 
+def test_every_app_chart_is_drawn_through_widgets_chart():
+    """One rule for how the app draws a plotly figure (widgets.chart: no Streamlit theme, so an update
+    that changes nothing draws nothing); a page calling st.plotly_chart itself would bypass it."""
+    app = ROOT / "diet_explore_app"
+    calls = {
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in app.rglob("*.py")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if ".plotly_chart(" in line
+    }
+    assert len(calls) == 1 and next(iter(calls)).startswith("diet_explore_app/widgets.py:"), sorted(calls)
+
+
 def test_the_wheel_lists_every_package():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = set(find_packages(str(ROOT), include=["diet_explore", "diet_explore.*", "diet_explore_app"]))

@@ -44,7 +44,7 @@ def test_long_curves_are_thinned_but_keep_head_and_tail():
     assert np.array_equal(y, 4999 - x)  # each drawn point sits at its true rank
     head = plots.MAX_CURVE_POINTS // 4
     assert np.array_equal(x[:head], np.arange(head))
-    assert plots.sorted_score_curves({"a": np.arange(576.0)}).data[0].x.size <= plots.MAX_CURVE_POINTS  # not 576
+    assert np.asarray(plots.sorted_score_curves({"a": np.arange(576.0)}).data[0].x).size <= plots.MAX_CURVE_POINTS  # not 576
 
 
 def test_layer_dim_heatmap_selects_columns():
@@ -213,3 +213,62 @@ def test_run_history_axes_have_plain_titles():
     fig = plots.run_history(runs, x="sparsity", y="delta_avg")
     assert fig.layout.yaxis.title.text == "Δ main metric vs dense (mean over tasks)"
     assert "delta_avg" not in fig.layout.title.text
+
+
+def _figure_builders():
+    import inspect
+
+    from diet_explore.experiments import tune_plots
+
+    return [
+        (module.__name__, name, f)
+        for module in (plots, tune_plots)
+        for name, f in inspect.getmembers(module, inspect.isfunction)
+        if f.__module__ == module.__name__
+        and inspect.signature(f).return_annotation in ("go.Figure", go.Figure)
+        and f is not plots.finish  # takes a figure: the rule itself
+    ]
+
+
+def test_every_figure_builder_leaves_through_finish():
+    builders = _figure_builders()
+    assert len(builders) >= 14  # the plots module's eleven, the tune's three
+    assert [f"{m}.{n}" for m, n, f in builders if not getattr(f, "finished", False)] == []
+
+
+def test_finish_gives_plain_lists_a_data_revision_and_no_template():
+    import json
+
+    import plotly.io as pio
+
+    z = np.arange(6.0).reshape(2, 3)
+    when = np.array(["2026-12-08T03:00", "2026-12-09T04:30"], dtype="datetime64[ns]")
+
+    def build(z):
+        return go.Figure(
+            [
+                go.Heatmap(z=z, x=np.arange(3), y=["p", "q"]),
+                go.Scatter(x=when, y=np.array([1, 2]), marker=dict(color=np.array([0.5, 1.5]))),
+            ],
+            layout=dict(title="t", xaxis2=dict(tickvals=np.array([1, 2]))),
+        )
+
+    fig = plots.finish(build(z))
+    sent = pio.to_json(fig, validate=False)  # what Streamlit sends to the browser
+    spec = json.loads(sent)
+    assert "bdata" not in sent and spec["layout"].get("template") is None
+    assert spec["data"][0]["z"] == z.tolist() and spec["data"][0]["x"] == [0, 1, 2]
+    assert spec["data"][1]["x"] == ["2026-12-08 03:00:00", "2026-12-09 04:30:00"]
+    assert spec["data"][1]["marker"]["color"] == [0.5, 1.5] and spec["layout"]["xaxis2"]["tickvals"] == [1, 2]
+    assert spec["layout"]["title"]["text"] == "t" and spec["layout"]["font"] == plots.FONT
+    revision = spec["layout"]["datarevision"]
+    assert plots.finish(build(z)).layout.datarevision == revision  # the same data: the same revision
+    assert plots.finish(build(z + 1)).layout.datarevision != revision  # new data: redrawn
+    assert plots.finish(fig).layout.datarevision == revision  # finishing twice changes nothing
+
+
+def test_a_built_figure_is_finished():
+    fig = plots.vote_histogram(np.array([0, 1, 1, 3]), np.array([True, True, False, False]), 3, "diet")
+    sent = fig.to_json()
+    assert fig.layout.datarevision and '"template"' not in sent.replace('"template":null', "") and "bdata" not in sent
+    assert list(fig.data[0].y) == [1, 1, 0, 0] and list(fig.data[1].y) == [0, 1, 0, 1]

@@ -137,6 +137,8 @@ def run(args) -> int:
         "none",
         "--client.toolbarMode",
         "viewer",
+        "--theme.base",  # the figures' own look is light (diet_explore_app/widgets.py, chart)
+        "light",
         # Streamlit forces a full gc.collect(2) after every script run; with torch and
         # transformers imported that holds the GIL for ~250 ms, before the finished page
         # reaches the browser (benchmarks/bench_browser.py). Python's own generational

@@ -9,6 +9,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from diet_explore.experiments.tune import WEIGHT_PREFIX
+from diet_explore.plots import figure_builder
 
 STATE_COLOURS = {"complete": "#1f77b4", "pruned": "#bbbbbb", "fail": "#d62728", "running": "#2ca02c"}
 
@@ -28,6 +29,7 @@ def _scaled(value: float | None, objective: str) -> float | None:
     return None if value is None else (100 * value if objective == "main" else value)
 
 
+@figure_builder
 def history_figure(rows: list[dict[str, Any]], objective: str = "main") -> go.Figure:
     """Each trial's value against its number (pruned trials at their last reported value, grey),
     and the best complete value so far as a step line."""
@@ -65,6 +67,7 @@ def history_figure(rows: list[dict[str, Any]], objective: str = "main") -> go.Fi
     return fig
 
 
+@figure_builder
 def parallel_figure(rows: list[dict[str, Any]], objective: str = "main") -> go.Figure:
     """Parallel coordinates of the complete trials: one axis per setting (choices as labelled
     codes; a setting a trial does not read, e.g. last k without last_k, at the axis' lowest value)
@@ -92,6 +95,7 @@ def parallel_figure(rows: list[dict[str, Any]], objective: str = "main") -> go.F
     return fig
 
 
+@figure_builder
 def importance_figure(importance: dict[str, float]) -> go.Figure:
     """Each searched setting's share of the objective's variance (fANOVA), largest on top."""
     items = sorted(importance.items(), key=lambda kv: kv[1])

@@ -29,21 +29,21 @@ def show_view(view: str, key: tuple, config_json: str, pruned: int) -> None:
         ui.heat_table(loaders.jaccard_table(*key, fit))
         st.caption(ui.HELP["jaccard"])
     elif view == "votes":
-        st.plotly_chart(loaders.vote_histogram_figure(key[0], key[1], config_json), key="agree_vote_hist")
+        ui.chart(loaders.vote_histogram_figure(key[0], key[1], config_json), "agree_vote_hist")
         st.caption(
             "How many dims got k prune votes (k of the voting tasks put the dim in their own lowest-scoring set), "
             "each bar split by what the current mask (the Mask builder's) does with them: with task weights, an "
             "exact count or a rounded count, dims with the same number of votes can go either way."
         )
     elif view == "matrix":
-        st.plotly_chart(loaders.vote_matrix_figure(*key), key="agree_vote_matrix")
+        ui.chart(loaders.vote_matrix_figure(*key), "agree_vote_matrix")
         st.caption("Every dim (row, most prune votes first) against every task (column): red where the task prunes it.")
     else:
         upset = loaders.upset_figure(*key)
         if upset is None:
             st.caption(NOTHING_PRUNED)
         else:
-            st.plotly_chart(upset, key="agree_upset")
+            ui.chart(upset, "agree_upset")
             st.caption(ui.HELP["upset"])
 
 

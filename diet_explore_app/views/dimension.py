@@ -120,7 +120,7 @@ with ui.shown_errors():
         + "".join(f" {n}." for n in card.notes)
     )
 
-    st.plotly_chart(
+    ui.chart(
         plots.dim_task_scores(
             dim,
             [t.task for t in card.tasks],
@@ -129,7 +129,7 @@ with ui.shown_errors():
             [t.kept for t in card.tasks],
             [t.weight is not None for t in card.tasks],
         ),
-        key="dim_scores",
+        "dim_scores",
     )
     st.dataframe(
         pd.DataFrame(
@@ -146,6 +146,6 @@ with ui.shown_errors():
         hide_index=True,
         key="dim_votes",
     )
-    st.plotly_chart(plots.dim_layer_profile(dim, {t.task: t.layers for t in card.tasks}), key="dim_layers")
+    ui.chart(plots.dim_layer_profile(dim, {t.task: t.layers for t in card.tasks}), "dim_layers")
     st.number_input("Contexts per task", 1, 64, step=1, **state.kw(K_CONTEXTS_N))
     contexts_block(card, int(state.get(K_CONTEXTS_N)))

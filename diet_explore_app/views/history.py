@@ -54,7 +54,7 @@ with ui.shown_errors():
     # in points, as the table beside it (history.in_points)
     lines = H.in_points(H.with_lines(frame))
     chart = plots.run_history(lines, x="sparsity", y="delta_points", color="line", ci=("ci_low_points", "ci_high_points"))
-    st.plotly_chart(chart, key="hist_plot")
+    ui.chart(chart, "hist_plot")
 
     st.subheader("Compare runs")
     by_id = {r["run_id"]: r for r in records}

@@ -50,7 +50,7 @@ def stability_section(loaded, config) -> None:
             shown, box = ui.open_expander(state.K_STAB_HIST, "Keep-frequency histogram (how often each dim is kept)")
             if shown:
                 fig = loaders.stability_figure(loaded.path, loaded.sha, config.to_json(), n_res)
-                box.plotly_chart(fig, key="mb_stability")
+                ui.chart(fig, "mb_stability", box)
 
 
 st.title("Mask builder")

@@ -120,7 +120,7 @@ def layer_heatmap(loaded, task: str, site: str, order: np.ndarray, top_n: int) -
     )
     dims_key = tuple(int(d) for d in dims)
     heat = loaders.layer_heatmap_figure(loaded.path, loaded.sha, task, site, dims_key, per_dim)
-    st.plotly_chart(heat, key="rank_layer_heatmap")
+    ui.chart(heat, "rank_layer_heatmap")
 
 
 st.title("Rankings")
@@ -150,10 +150,10 @@ with ui.shown_errors():
             st.caption("How alike two tasks rank the hidden dims: Spearman's ρ between their dim scores (1: the same order).")
         elif label == VIEWS[1]:
             curves = loaders.score_curves_figure(loaded.path, loaded.sha, site, agg, last_k, n_keep)
-            st.plotly_chart(curves, key="rank_curves")
+            ui.chart(curves, "rank_curves")
             st.caption(f"Dashed line: the {n_keep} dims each task keeps at sparsity {sparsity:.2f}.")
         else:
             dists = loaders.score_distributions_figure(loaded.path, loaded.sha, site, agg, last_k)
-            st.plotly_chart(dists, key="rank_distributions")
+            ui.chart(dists, "rank_distributions")
 
     dim_tables(loaded, tasks, scores, site)

@@ -50,7 +50,7 @@ def render_sweep(job: dict[str, Any]) -> None:
     sweep = as_sweep(rows)
     for curve in CURVES:
         if not curve_frame(sweep, curve).empty:  # never an empty "no points" chart
-            st.plotly_chart(curve_figure(sweep, curve), key=f"sw_curve_{curve}")
+            ui.chart(curve_figure(sweep, curve), f"sw_curve_{curve}")
     st.caption("The full tables and the decision in words: pick this sweep under Sweep results below.")
 
 

@@ -71,8 +71,8 @@ def render_tune(job: dict[str, Any]) -> None:
     if best:
         st.markdown(f"Best so far (tuning set): trial {best['number']}, **{best['label']}** ({best['n_keep']} dims kept)")
     c1, c2 = st.columns(2)
-    c1.plotly_chart(history_figure(rows, objective), key="tu_history")
-    c2.plotly_chart(parallel_figure(rows, objective), key="tu_parallel")
+    ui.chart(history_figure(rows, objective), "tu_history", c1)
+    ui.chart(parallel_figure(rows, objective), "tu_parallel", c2)
     with st.expander("Trials", expanded=False):
         st.dataframe(
             [
@@ -109,7 +109,7 @@ def render_tune(job: dict[str, Any]) -> None:
         st.caption(f"{name}: not compared ({note})")
     st.caption(f"Split seed {(report.get('split') or {}).get('seed')}; per-example results in `{result['report']}`.")
     if report.get("importance"):
-        st.plotly_chart(importance_figure(report["importance"]), key="tu_importance")
+        ui.chart(importance_figure(report["importance"]), "tu_importance")
     mask = (report.get("best") or {}).get("mask")
     if mask:
         st.markdown(f"**Best mask:** {report['best']['label']} ({report['best']['n_keep']} dims kept)")

@@ -5,9 +5,9 @@
 ``diet-explore app`` is started as a user starts it and driven by Playwright with Debian's
 chromium. For each page that follows the mask settings (Agreement, Mask builder, Rankings) and
 each input on it (a sparsity key press, a τ key press, a task-weight key press), one key press is
-timed ``--repeats`` times, from the keydown (page clock) to the page being fully updated (on
-Agreement and Rankings, whose first view is a coloured table, the sparsity key press is timed again
-with a plotly figure's tab open):
+timed ``--repeats`` times, from the keydown (page clock) to the page being fully updated (no
+page's first view holds a plotly figure, so the sparsity key press is timed again with one open:
+Agreement's and Rankings' figure tab, Mask builder's keep-frequency histogram):
 
 * the server's ``script_finished`` message has arrived (its websocket frames are watched in the
   page), Streamlit's running indicator is gone, and
@@ -216,8 +216,11 @@ INPUTS = {  # input name -> (slider label, key)
 }
 PAGES = {"agreement": "Agreement", "mask_builder": "Mask builder", "rankings": "Rankings"}
 # Agreement and Rankings open on a coloured table; a key press is also timed with a figure's tab open
+# Where each page's first view has no plotly figure, the figure its sparsity key press is timed with
+# again: a tab to open (and the tab to go back to), or Mask builder's expander (closed again after).
 FIRST_TABS = {"agreement": "Task overlap", "rankings": "Task correlation"}
 FIGURE_TABS = {"agreement": "Votes per dim", "rankings": "Sorted scores"}
+FIGURE_EXPANDERS = {"mask_builder": "Keep-frequency histogram"}
 
 
 def find_input(p: Page, name: str, tasks: list[str]):
@@ -384,14 +387,19 @@ def bench_server(browser, url: str, which: str, cache, repeats: int, pages: list
                     print(f"{label:<44} (no {name} input on this page)", flush=True)
                     continue
                 ok &= report(label, rows, target)
-            if key in FIGURE_TABS:  # the page's first view is a table: time a plotly figure's redraw too
-                tab = FIGURE_TABS[key]
-                p.page.get_by_role("tab", name=tab).click()
+            if key in FIGURE_TABS or key in FIGURE_EXPANDERS:  # no figure in the first view: time one's redraw too
+                name = FIGURE_TABS.get(key) or FIGURE_EXPANDERS[key]
+                opener = (
+                    p.page.get_by_role("tab", name=name)
+                    if key in FIGURE_TABS
+                    else p.page.locator('[data-testid="stExpander"] summary').filter(has_text=name)
+                )
+                opener.click()
                 p.page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=120_000)
                 p.idle()
                 rows = time_input(p, key, "sparsity", tasks, repeats)
-                ok &= report(f"{which} cache, {PAGES[key]} ({tab}), sparsity", rows, target)
-                p.page.get_by_role("tab", name=FIRST_TABS[key]).click()
+                ok &= report(f"{which} cache, {PAGES[key]} ({name.split(' (')[0]}), sparsity", rows, target)
+                (p.page.get_by_role("tab", name=FIRST_TABS[key]) if key in FIGURE_TABS else opener).click()
                 p.idle()
         if "agreement" in pages:
             p.nav("Agreement")

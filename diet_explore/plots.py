@@ -1,7 +1,7 @@
 """Plot builders: plain arrays and DataFrames in, plotly figures out (and task × task matrices as
 coloured tables, ``HeatTable``).
 
-The app renders these with ``st.plotly_chart``; the CLI and notebooks can call them too. Nothing
+The app draws these with ``widgets.chart``; the CLI and notebooks can call them too. Nothing
 here imports streamlit or computes a mask: callers pass what the library computed, so a plot never
 disagrees with the number shown beside it.
 

@@ -54,8 +54,8 @@ def _plain(value):
 
 def finish(fig: go.Figure) -> go.Figure:
     """``fig`` as every figure of this package leaves it: its data as plain lists,
-    ``layout.datarevision`` a digest of that data, no template, ``FONT`` and axes whose margins
-    grow to fit their labels (changed in place).
+    ``layout.datarevision`` a digest of that data, no template, ``FONT``, and axes as below (changed
+    in place).
 
     The rule, and why: a front end updates a figure with ``Plotly.react`` (Streamlit's chart after
     it mounts one, Dash's ``dcc.Graph`` on every change), which diffs the new figure against the one
@@ -75,9 +75,16 @@ def finish(fig: go.Figure) -> go.Figure:
     data = json.dumps([t.to_plotly_json() for t in fig.data], sort_keys=True, default=str)
     fig.layout.template = None
     fig.update_layout(datarevision=hashlib.sha1(data.encode()).hexdigest()[:16], font=FONT)
-    fig.update_xaxes(automargin=True)  # long tick labels (task names) widen the margin, not get cut
-    fig.update_yaxes(automargin=True)
+    # What a builder leaves unset: margins grow to fit long tick labels (task names) instead of
+    # cutting them; no vertical grid or zero lines (a bar chart's columns, an UpSet's dot grid).
+    fig.for_each_xaxis(lambda ax: ax.update(_unset(ax, automargin=True, showgrid=False, zeroline=False)))
+    fig.for_each_yaxis(lambda ax: ax.update(_unset(ax, automargin=True)))
     return fig
+
+
+def _unset(axis, **defaults) -> dict:
+    """The ``defaults`` the ``axis`` does not set itself."""
+    return {k: v for k, v in defaults.items() if axis[k] is None}
 
 
 def figure_builder(build: Callable[..., go.Figure]) -> Callable[..., go.Figure]:
@@ -320,9 +327,23 @@ def vote_histogram(prune_votes: np.ndarray, keep: np.ndarray, n_tasks: int, labe
     kept = np.bincount(votes[keep], minlength=n_tasks + 1)[: n_tasks + 1]
     pruned = np.bincount(votes[~keep], minlength=n_tasks + 1)[: n_tasks + 1]
     bars = [
-        go.Bar(x=x, y=kept, name="kept by the mask", marker_color="#7f8c9d", text=[str(n) for n in kept], textposition="inside"),
         go.Bar(
-            x=x, y=pruned, name="pruned by the mask", marker_color="#c0392b", text=[str(n) for n in pruned], textposition="inside"
+            x=x,
+            y=kept,
+            name="kept by the mask",
+            marker_color="#7f8c9d",
+            text=[str(n) for n in kept],
+            textposition="inside",
+            textangle=0,
+        ),
+        go.Bar(
+            x=x,
+            y=pruned,
+            name="pruned by the mask",
+            marker_color="#c0392b",
+            text=[str(n) for n in pruned],
+            textposition="inside",
+            textangle=0,
         ),
     ]
     return go.Figure(
@@ -333,6 +354,8 @@ def vote_histogram(prune_votes: np.ndarray, keep: np.ndarray, n_tasks: int, labe
             yaxis_title="dimensions",
             barmode="stack",
             showlegend=True,
+            legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom"),
+            uniformtext=dict(minsize=11, mode="show"),  # a short bar's count stays readable, not shrunk
             **_LAYOUT,
         ),
     )
@@ -380,7 +403,14 @@ def upset_bars(overlaps: pd.DataFrame, tasks: Sequence[str], top: int = 20) -> g
             xaxis=dict(anchor="y", domain=[0.0, 1.0], matches="x2", showticklabels=False),
             yaxis=dict(anchor="x", domain=[split + gap, 1.0], title=dict(text="dimensions")),
             xaxis2=dict(anchor="y2", domain=[0.0, 1.0], showticklabels=False),
-            yaxis2=dict(anchor="x2", domain=[0.0, split], tickvals=list(range(len(tasks))), ticktext=tasks, autorange="reversed"),
+            yaxis2=dict(
+                anchor="x2",
+                domain=[0.0, split],
+                tickvals=list(range(len(tasks))),
+                ticktext=tasks,
+                autorange="reversed",
+                zeroline=False,
+            ),
             title=f"Exact overlaps of pruned sets (top {len(df)})",
             height=520,
             **_LAYOUT,

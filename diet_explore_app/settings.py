@@ -349,7 +349,10 @@ def decode_view(params: Mapping[str, str | Sequence[str]]) -> tuple[str | None, 
     text = _first(params[VIEW_PARAM]).strip()
     if text in AGREEMENT_VIEWS:
         return AGREEMENT_VIEWS[text], []
-    return None, [f"ignored link setting {VIEW_PARAM}={shorten(text, 40, quote=True)}: use one of {', '.join(AGREEMENT_VIEWS)}"]
+    return None, [
+        f"ignored link setting {VIEW_PARAM}={shorten(text, 40, quote=True)}: it names the Agreement page's open tab, "
+        f"one of {', '.join(AGREEMENT_VIEWS)}"
+    ]
 
 
 def view_key(label: str) -> str | None:

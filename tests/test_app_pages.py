@@ -333,7 +333,10 @@ def test_an_unknown_view_in_the_link_is_a_warning(app_env, alpha):
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.query_params.update({"view": "pie"})
     at.run()
-    assert any("ignored link setting view='pie'" in w.value and "intersections" in w.value for w in at.warning)
+    assert any(
+        "ignored link setting view='pie'" in w.value and "Agreement page's open tab" in w.value and "intersections" in w.value
+        for w in at.warning
+    )
     run_page(at, "agreement")
     assert heat_table(at, "Jaccard overlap")[0].shape == (7, 7)  # the default tab
 

@@ -250,7 +250,7 @@ def test_finish_gives_plain_lists_a_data_revision_and_no_template():
                 go.Heatmap(z=z, x=np.arange(3), y=["p", "q"]),
                 go.Scatter(x=when, y=np.array([1, 2]), marker=dict(color=np.array([0.5, 1.5]))),
             ],
-            layout=dict(title="t", xaxis2=dict(tickvals=np.array([1, 2]))),
+            layout=dict(title="t", xaxis=dict(showgrid=True), xaxis2=dict(tickvals=np.array([1, 2]))),
         )
 
     fig = plots.finish(build(z))
@@ -261,6 +261,10 @@ def test_finish_gives_plain_lists_a_data_revision_and_no_template():
     assert spec["data"][1]["x"] == ["2026-12-08 03:00:00", "2026-12-09 04:30:00"]
     assert spec["data"][1]["marker"]["color"] == [0.5, 1.5] and spec["layout"]["xaxis2"]["tickvals"] == [1, 2]
     assert spec["layout"]["title"]["text"] == "t" and spec["layout"]["font"] == plots.FONT
+    lay = spec["layout"]
+    assert lay["xaxis"]["showgrid"] is True  # what the builder set stays
+    assert lay["xaxis2"]["showgrid"] is False and lay["xaxis2"]["zeroline"] is False  # the rest: no vertical lines
+    assert all(lay[a]["automargin"] is True for a in ("xaxis", "xaxis2", "yaxis"))
     revision = spec["layout"]["datarevision"]
     assert plots.finish(build(z)).layout.datarevision == revision  # the same data: the same revision
     assert plots.finish(build(z + 1)).layout.datarevision != revision  # new data: redrawn

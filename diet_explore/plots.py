@@ -458,7 +458,7 @@ def stability_histogram(keep_frequency: np.ndarray, bins: int = 40) -> go.Figure
         # short enough to clear plotly's toolbar (top right, shown on hover)
         title=dict(
             text="Bootstrap keep frequency per dimension",
-            subtitle=dict(text="blue: stable, kept in none or all of the resamples"),
+            subtitle=dict(text="blue: stable, kept in none or all of the resamples; orange: kept in some"),
         ),
         xaxis=dict(
             title=dict(text="fraction of resamples keeping the dim"),
@@ -635,11 +635,17 @@ def dim_task_scores(
     positive = positive[positive > 0]
     log = positive.size > 0 and positive.max() / positive.min() > 20
     fig.update_layout(
-        title=f"Dim {dim}: score per task and each task's keep threshold",
+        title=dict(
+            text=f"Dim {dim}: score per task and each task's keep threshold",
+            subtitle=dict(
+                text="teal: the task keeps the dim, red: the task prunes it, grey: not voting; "
+                "black line: the lowest score the task keeps"
+            ),
+        ),
         xaxis_title="task",
         yaxis_title="score (mean |activation|)",
         showlegend=False,
-        **_LAYOUT,
+        **{**_LAYOUT, "margin": dict(_LAYOUT["margin"], t=80)},  # room for the subtitle
     )
     fig.update_xaxes(type="category")
     if log:

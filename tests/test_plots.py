@@ -160,6 +160,7 @@ def test_stability_histogram_bars_count_the_data():
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1
     # the colour key is a subtitle: in the title, it ran under plotly's toolbar (a real-browser walk)
     assert len(fig.layout.title.text) <= 40 and "blue: stable" in fig.layout.title.subtitle.text
+    assert "orange: kept in some" in fig.layout.title.subtitle.text  # both bar colours are named
 
 
 def test_run_history():
@@ -276,3 +277,11 @@ def test_a_built_figure_is_finished():
     sent = fig.to_json()
     assert fig.layout.datarevision and '"template"' not in sent.replace('"template":null', "") and "bdata" not in sent
     assert list(fig.data[0].y) == [1, 1, 0, 0] and list(fig.data[1].y) == [0, 1, 0, 1]
+
+
+def test_the_dimension_chart_says_what_its_colours_and_marks_mean():
+    """A demo audience saw teal, red and grey bars and black lines with nothing naming them."""
+    fig = plots.dim_task_scores(507, ["a", "b", "c"], [4.0, 2.0, 3.0], [3.0, 3.0, 3.0], [True, False, True], [True, True, False])
+    assert [b for b in fig.data[0].marker.color] == [plots.KEEP_COLOR, plots.PRUNE_COLOR, plots.IDLE_COLOR]
+    subtitle = fig.layout.title.subtitle.text
+    assert all(word in subtitle for word in ("teal: the task keeps", "red: the task prunes", "grey: not voting", "black line"))

@@ -187,6 +187,13 @@ def test_a_wrong_typed_run_record_is_skipped_with_a_warning_naming_it(tmp_path, 
         store.load(bad)
 
 
+def test_an_empty_history_names_the_run_store_and_how_to_fill_it(app, app_env):
+    shutil.rmtree(app_env["runs"], ignore_errors=True)
+    at = run_page(app.run(), "history")
+    said = [c.value for c in at.caption if c.value.startswith("No runs yet")]
+    assert said and "run store (`" in said[0] and "Prune & evaluate" in said[0] and not at.dataframe, said
+
+
 @pytest.mark.parametrize("field", ["created", "delta_avg_ci"])
 def test_the_history_page_skips_a_wrong_typed_record_and_says_so(app, app_env, field):
     shutil.rmtree(app_env["runs"], ignore_errors=True)

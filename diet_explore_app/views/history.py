@@ -37,7 +37,10 @@ with ui.shown_errors():
         st.warning(line)
     frame = runs_frame(records)
     if frame.empty:
-        st.caption(f"No runs yet in {ui.display_path(store.root)}: run Prune & evaluate, a Sweep or `diet-explore compare`.")
+        st.caption(
+            f"No runs yet in the run store (`{ui.display_path(store.root)}`): run Prune & evaluate, a Sweep or "
+            "`diet-explore compare`, and each run is listed here."
+        )
         st.stop()
     st.markdown(
         f"**{len(frame)} run{'' if len(frame) == 1 else 's'}** in `{ui.display_path(store.root)}`, newest first. "

@@ -327,24 +327,8 @@ def vote_histogram(prune_votes: np.ndarray, keep: np.ndarray, n_tasks: int, labe
     kept = np.bincount(votes[keep], minlength=n_tasks + 1)[: n_tasks + 1]
     pruned = np.bincount(votes[~keep], minlength=n_tasks + 1)[: n_tasks + 1]
     bars = [
-        go.Bar(
-            x=x,
-            y=kept,
-            name="kept by the mask",
-            marker_color="#7f8c9d",
-            text=[str(n) for n in kept],
-            textposition="inside",
-            textangle=0,
-        ),
-        go.Bar(
-            x=x,
-            y=pruned,
-            name="pruned by the mask",
-            marker_color="#c0392b",
-            text=[str(n) for n in pruned],
-            textposition="inside",
-            textangle=0,
-        ),
+        go.Bar(x=x, y=counts, name=name, marker_color=colour, text=[str(n) for n in counts], textposition="inside", textangle=0)
+        for counts, name, colour in ((kept, "kept by the mask", "#7f8c9d"), (pruned, "pruned by the mask", "#c0392b"))
     ]
     return go.Figure(
         bars,

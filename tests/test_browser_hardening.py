@@ -257,9 +257,10 @@ def test_the_stability_histogram_is_drawn_when_its_expander_opens_and_stays_open
 # one batch of mutation records inside charts: a full draw of the votes histogram is about 800-1,700
 # records, an update that changes nothing a handful.
 COUNT_FULL_DRAWS = """() => { window.__fullDraws = 0;
-  new MutationObserver(ms => {
+  window.__drawCounter = new MutationObserver(ms => {
     if (ms.filter(m => m.target.closest && m.target.closest('.js-plotly-plot')).length >= 300) window.__fullDraws++;
-  }).observe(document.body, {subtree: true, childList: true, attributes: true}); }"""
+  });
+  window.__drawCounter.observe(document.body, {subtree: true, childList: true, attributes: true}); }"""
 
 
 def test_a_slider_move_draws_the_open_figure_once(server, page):
@@ -281,6 +282,7 @@ def test_a_slider_move_draws_the_open_figure_once(server, page):
     page.wait_for_timeout(500)  # Streamlit's update follows the mount within a frame or two
     assert metric(page, "Pruned per task") != before
     assert 0 < int(metric(page, "Pruned per task")) < d
-    assert page.evaluate("() => window.__fullDraws") == 1
+    draws = page.evaluate("() => { window.__drawCounter.disconnect(); return window.__fullDraws; }")
+    assert draws == 1
     page.get_by_role("tab", name="Task overlap").click()  # the page's first view, for the other tests
     idle(page)

@@ -215,7 +215,6 @@ INPUTS = {  # input name -> (slider label, key)
     "weight": ("__first_weight__", "ArrowLeft"),
 }
 PAGES = {"agreement": "Agreement", "mask_builder": "Mask builder", "rankings": "Rankings"}
-# Agreement and Rankings open on a coloured table; a key press is also timed with a figure's tab open
 # Where each page's first view has no plotly figure, the figure its sparsity key press is timed with
 # again: a tab to open (and the tab to go back to), or Mask builder's expander (closed again after).
 FIRST_TABS = {"agreement": "Task overlap", "rankings": "Task correlation"}
